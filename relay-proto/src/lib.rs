@@ -1,0 +1,10 @@
+//! Sans-IO TURN core.
+//!
+//! No sockets, no clock, no randomness: every input carries `now`, secrets are injected,
+//! and the outputs are replies written into caller-owned buffers plus [`server`] commands
+//! that the data paths (userspace UDP, io_uring TCP, XDP maps) carry out.
+
+pub mod auth;
+pub mod policy;
+pub mod server;
+pub mod stun;
