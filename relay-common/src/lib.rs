@@ -24,10 +24,12 @@ pub struct IfaceCounters {
 impl IfaceCounters {
     /// Sum of per-CPU values, as userspace reads them.
     pub fn sum<'a>(values: impl IntoIterator<Item = &'a IfaceCounters>) -> IfaceCounters {
-        values.into_iter().fold(IfaceCounters::default(), |acc, v| IfaceCounters {
-            packets: acc.packets.wrapping_add(v.packets),
-            bytes: acc.bytes.wrapping_add(v.bytes),
-        })
+        values
+            .into_iter()
+            .fold(IfaceCounters::default(), |acc, v| IfaceCounters {
+                packets: acc.packets.wrapping_add(v.packets),
+                bytes: acc.bytes.wrapping_add(v.bytes),
+            })
     }
 }
 

@@ -1,0 +1,44 @@
+//! Command line of the `relay` binary.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::xdp::AttachMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay",
+    version,
+    about = "TURN relay with an XDP (eBPF) fast path"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay. Without a config file it serves a demo on 127.0.0.1:3478.
+    Serve(ServeArgs),
+}
+
+/// Flags override the config file for the settings operators change most.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Address to answer TURN on (repeat for several, e.g. internal and external NIC).
+    #[arg(long = "listen", value_name = "ADDR:PORT")]
+    pub listen: Vec<SocketAddr>,
+    /// Interface to attach the XDP program to (repeat for several).
+    #[arg(long = "xdp-interface", value_name = "IFNAME")]
+    pub xdp_interfaces: Vec<String>,
+    /// auto (native, else generic), native, generic or off.
+    #[arg(long = "xdp-mode", value_name = "MODE")]
+    pub xdp_mode: Option<AttachMode>,
+    /// error, warn, info, debug, trace, or a tracing filter.
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}

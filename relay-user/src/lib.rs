@@ -1,0 +1,7 @@
+//! The relay daemon: configuration, the userspace data paths and the XDP loader around
+//! the sans-IO core in `relay-proto`.
+
+pub mod cli;
+pub mod logging;
+pub mod serve;
+pub mod xdp;

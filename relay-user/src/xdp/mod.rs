@@ -1,0 +1,163 @@
+//! The kernel fast path seen from userspace: loading the XDP object, attaching it to
+//! interfaces (native first, generic as the logged fallback), and reading its maps.
+
+mod attach;
+mod logs;
+
+pub use attach::{AttachMode, Attached};
+pub use logs::spawn_log_pump;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::PerCpuHashMap,
+    programs::{Xdp, XdpMode},
+};
+use relay_common::{IFACE_COUNTERS_MAP, IfaceCounters, XDP_PROGRAM};
+
+/// The object built from `relay-ebpf` by the build script.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RELAY_EBPF_OBJECT"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error(
+        "loading the XDP object failed: {0} (needs root or CAP_BPF + CAP_NET_ADMIN and a kernel with BPF/BTF)"
+    )]
+    Load(#[source] aya::EbpfError),
+    #[error("the XDP object has no program `{XDP_PROGRAM}`: rebuild with `cargo xtask build`")]
+    MissingProgram,
+    #[error("the kernel refused the XDP program: {0}")]
+    Verify(#[source] aya::programs::ProgramError),
+    #[error("XDP is switched off (`[xdp] mode = \"off\"`)")]
+    Disabled,
+    #[error("interface `{0}` does not exist (check `ip link`)")]
+    UnknownInterface(String),
+    #[error("attaching XDP to `{interface}` in {mode} mode failed: {source}")]
+    Attach {
+        interface: String,
+        mode: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("reading XDP map `{map}`: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// A loaded XDP program and the interfaces it is attached to. Dropping it detaches.
+pub struct XdpPath {
+    ebpf: Ebpf,
+    attached: Vec<Attached>,
+}
+
+impl XdpPath {
+    /// Loads the embedded object and verifies the program; attaches nowhere yet.
+    pub fn load() -> Result<Self, XdpError> {
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(XdpError::Load)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(XDP_PROGRAM)
+            .ok_or(XdpError::MissingProgram)?
+            .try_into()
+            .map_err(XdpError::Verify)?;
+        program.load().map_err(XdpError::Verify)?;
+        Ok(Self {
+            ebpf,
+            attached: Vec::new(),
+        })
+    }
+
+    /// The aya `Ebpf` handle, for the log pump and for tests.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The loaded program, e.g. for `TestRun` in tests.
+    pub fn program_mut(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(XDP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked in load()")
+    }
+
+    /// Attaches to `interface` as `mode` asks; `Auto` tries native and falls back to
+    /// generic, logging why. Returns what was actually attached.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<&Attached, XdpError> {
+        if mode == AttachMode::Off {
+            return Err(XdpError::Disabled);
+        }
+        let ifindex = ifindex(interface)?;
+        let program = self.program_mut();
+        let attached = attach::attach(program, interface, ifindex, mode)?;
+        self.attached.push(attached);
+        Ok(self.attached.last().expect("just pushed"))
+    }
+
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    /// Packets and bytes seen per ingress ifindex, summed over CPUs.
+    pub fn iface_counters(&self) -> Result<Vec<(u32, IfaceCounters)>, XdpError> {
+        let err = |source| XdpError::Map {
+            map: IFACE_COUNTERS_MAP,
+            source,
+        };
+        let map = self
+            .ebpf
+            .map(IFACE_COUNTERS_MAP)
+            .ok_or(aya::maps::MapError::InvalidName {
+                name: IFACE_COUNTERS_MAP.into(),
+            })
+            .map_err(err)?;
+        let map = PerCpuHashMap::<_, u32, IfaceCounters>::try_from(map).map_err(err)?;
+        let mut out = Vec::new();
+        for entry in map.iter() {
+            let (ifindex, per_cpu) = entry.map_err(err)?;
+            out.push((ifindex, IfaceCounters::sum(per_cpu.iter())));
+        }
+        out.sort_by_key(|(i, _)| *i);
+        Ok(out)
+    }
+}
+
+impl Drop for XdpPath {
+    fn drop(&mut self) {
+        for a in &self.attached {
+            tracing::info!(interface = %a.interface, "XDP program detached");
+        }
+    }
+}
+
+fn ifindex(interface: &str) -> Result<u32, XdpError> {
+    let name = std::ffi::CString::new(interface)
+        .map_err(|_| XdpError::UnknownInterface(interface.to_owned()))?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(XdpError::UnknownInterface(interface.to_owned())),
+        i => Ok(i),
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall on a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
+    }
+}
+
+fn mode_name(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Driver => "native",
+        XdpMode::Skb => "generic",
+        XdpMode::Hardware => "offload",
+        XdpMode::Default => "default",
+    }
+}
