@@ -1,1 +1,138 @@
-fn main() {}
+//! Project automation: `cargo xtask setup | build | run | test | bench | fuzz`.
+//!
+//! Everything a fresh machine lacks is installed here, idempotently, so the README's
+//! two commands work on a clean clone.
+
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use util::{Cargo, root};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what builds and tests need (rust-src, bpf-linker, cargo-fuzz, Debian packages).
+    Setup,
+    /// Build the XDP object and the release `relay` binary.
+    Build,
+    /// Setup, build, then run `relay serve ARGS` as root.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, formatting, clippy, every test (root-only ones included) and a fuzz smoke run.
+    Test {
+        /// Seconds each fuzz target runs.
+        #[arg(long, default_value_t = 20)]
+        fuzz_seconds: u64,
+    },
+    /// Criterion micro-benchmarks of the protocol core.
+    Bench {
+        /// Extra arguments for criterion (e.g. a filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every fuzz target for a bounded time.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Setup => setup::all(),
+        Cmd::Build => {
+            setup::toolchain()?;
+            build()
+        }
+        Cmd::Run { args } => {
+            setup::toolchain()?;
+            build()?;
+            let relay = root().join("target/release/relay");
+            let mut full = vec!["serve".to_owned()];
+            full.extend(args);
+            util::exec_as_root(&relay, &full)
+        }
+        Cmd::Test { fuzz_seconds } => {
+            setup::all()?;
+            test(fuzz_seconds)
+        }
+        Cmd::Bench { args } => {
+            setup::toolchain()?;
+            let mut c = Cargo::new(["bench", "-p", "relay-benches"]);
+            if !args.is_empty() {
+                c.arg("--").args(args);
+            }
+            c.run("criterion benchmarks")
+        }
+        Cmd::Fuzz { seconds } => {
+            setup::fuzzer()?;
+            fuzz(seconds)
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    Cargo::new(["build", "--release", "-p", "relay-user"]).run("building the relay")?;
+    println!("built {}", root().join("target/release/relay").display());
+    Ok(())
+}
+
+fn test(fuzz_seconds: u64) -> Result<()> {
+    util::require_root("the XDP and network-namespace tests")?;
+    Cargo::new(["fmt", "--all", "--check"]).run("cargo fmt --check")?;
+    Cargo::nightly(["fmt", "--check"])
+        .dir(root().join("relay-ebpf"))
+        .run("cargo fmt --check (relay-ebpf)")?;
+    Cargo::new([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+    .run("clippy")?;
+    Cargo::new(["test", "--workspace", "--all-targets"])
+        .run("the test suite")
+        .context("tests failed")?;
+    // Doc tests are not covered by --all-targets.
+    Cargo::new(["test", "--workspace", "--doc"]).run("doc tests")?;
+    fuzz(fuzz_seconds)
+}
+
+fn fuzz(seconds: u64) -> Result<()> {
+    for target in FUZZ_TARGETS {
+        println!("fuzzing {target} for {seconds} s");
+        Cargo::nightly(["fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .arg("-rss_limit_mb=2048")
+            .dir(root().join("fuzz"))
+            .run(&format!("fuzz target {target}"))?;
+    }
+    Ok(())
+}
+
+const FUZZ_TARGETS: &[&str] = &["stun_parse", "channel_data", "server"];
