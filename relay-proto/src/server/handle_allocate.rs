@@ -1,0 +1,328 @@
+//! Allocate (RFC 8656 §7.2, dual stack per §7.2/RFC 8656 ADDITIONAL-ADDRESS-FAMILY).
+//!
+//! All checks and port choices happen before anything is recorded, and the response is
+//! built before the allocation is inserted: a refused or unanswerable request leaves no state.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::stun::{
+    AdditionalAddressFamily, AddressErrorCode, AddressFamily, AlternateServer, Attr, Class,
+    DontFragment, EvenPort, Lifetime, Message, RequestedAddressFamily, RequestedTransport,
+    ReservationToken, XorMappedAddress, XorRelayedAddress,
+};
+
+use super::allocation::{Allocation, Counters, Family, Relayed};
+use super::auth_check::Auth;
+use super::command::Command;
+use super::config::RESERVATION_LIFETIME;
+use super::event::Event;
+use super::five_tuple::FiveTuple;
+use super::ports::Want;
+use super::timers::TimerKey;
+use super::{Reservation, Server};
+
+/// RFC 8656 §14.7: REQUESTED-TRANSPORT for UDP.
+const UDP: u8 = 17;
+
+/// An optional attribute that must be well-formed if present: `Err(reason)` for 400.
+pub(crate) fn optional<'a, A: Attr<'a>>(msg: &Message<'a>) -> Result<Option<A>, String> {
+    match msg.attr::<A>() {
+        None => Ok(None),
+        Some(Ok(a)) => Ok(Some(a)),
+        Some(Err(e)) => Err(format!("Malformed attribute: {e}")),
+    }
+}
+
+pub(crate) const fn family_of(f: AddressFamily) -> Family {
+    match f {
+        AddressFamily::V4 => Family::V4,
+        AddressFamily::V6 => Family::V6,
+    }
+}
+
+/// Everything parsed out of an Allocate request.
+struct Request {
+    family: Family,
+    /// RESERVATION-TOKEN and the port it holds (checked fresh).
+    reserved: Option<([u8; 8], u16)>,
+    even: Option<bool>,
+    additional_v6: bool,
+    dont_fragment: bool,
+    lifetime: Option<u32>,
+}
+
+impl Server {
+    pub(crate) fn allocate(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        auth: &Auth,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let a = Some(auth);
+        if self.table.id_by_tuple(&from).is_some() {
+            return self.reply_error(from, msg, a, 437, "", out);
+        }
+        let req = match self.parse_allocate(now, msg) {
+            Ok(r) => r,
+            Err((code, why)) => return self.reply_error(from, msg, a, code, &why, out),
+        };
+        if self.pools[req.family.idx()].is_none() {
+            return self.reply_error(from, msg, a, 440, "", out);
+        }
+        if self.draining || self.table.len() >= self.config.max_allocations {
+            return self.refuse_capacity(now, from, msg, auth, out);
+        }
+        if self.table.user_count(&auth.username) >= self.config.max_allocations_per_user {
+            return self.reply_error(from, msg, a, 486, "", out);
+        }
+
+        // Ports. From here on every failure must give back what was taken.
+        let mut new_token = None;
+        let port = match req.reserved {
+            // Consumed once the response is written.
+            Some((_, port)) => port,
+            None => {
+                let want = match req.even {
+                    None => Want::Any,
+                    Some(false) => Want::Even,
+                    Some(true) => Want::EvenPair,
+                };
+                let random = self.rng.next_u64();
+                let pool = self.pools[req.family.idx()].as_mut()?;
+                let Some(port) = pool.allocate(random, want) else {
+                    return self.reply_error(from, msg, a, 508, "No relay port available", out);
+                };
+                if want == Want::EvenPair {
+                    new_token = Some(self.rng.token());
+                }
+                port
+            }
+        };
+        let mut address_error = None;
+        let mut second = None;
+        if req.additional_v6 {
+            let random = self.rng.next_u64();
+            match &mut self.pools[Family::V6.idx()] {
+                None => address_error = Some(440),
+                Some(pool) => match pool.allocate(random, Want::Any) {
+                    Some(p) => second = Some(p),
+                    None => address_error = Some(508),
+                },
+            }
+        }
+
+        let relayed_of = |s: &Self, family: Family, port: u16| {
+            s.relay_addr(family).map(|r| Relayed {
+                bind: SocketAddr::new(r.bind, port),
+                public: SocketAddr::new(r.public, port),
+            })
+        };
+        let mut relayed = [None, None];
+        relayed[req.family.idx()] = relayed_of(self, req.family, port);
+        if let Some(p) = second {
+            relayed[Family::V6.idx()] = relayed_of(self, Family::V6, p);
+        }
+        let lifetime = self.clamp_lifetime(req.lifetime);
+
+        // The response first: if it cannot be written, nothing happened.
+        let built = {
+            let mut build = || {
+                let mut w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
+                for r in relayed.iter().flatten() {
+                    w.attr(&XorRelayedAddress(r.public))?;
+                }
+                if let Some(code) = address_error {
+                    w.attr(&AddressErrorCode {
+                        family: AddressFamily::V6,
+                        code,
+                        reason: super::reply::reason(code),
+                    })?;
+                }
+                w.attr(&Lifetime(lifetime.as_secs().min(u64::from(u32::MAX)) as u32))?;
+                if let Some(t) = new_token {
+                    w.attr(&ReservationToken(t))?;
+                }
+                w.attr(&XorMappedAddress(from.client))?;
+                self.seal(w, a)
+            };
+            build().ok()
+        };
+        let Some(len) = built else {
+            for (family, r) in [Family::V4, Family::V6].into_iter().zip(relayed) {
+                if let (Some(r), Some(pool)) = (r, &mut self.pools[family.idx()]) {
+                    if req.reserved.is_some() && family == req.family {
+                        continue; // still held by its reservation
+                    }
+                    pool.release(r.bind.port());
+                    if new_token.is_some() && family == req.family {
+                        pool.release(r.bind.port() + 1);
+                    }
+                }
+            }
+            return None;
+        };
+
+        if let Some((token, _)) = req.reserved {
+            self.reservations.remove(&token);
+        }
+        if let Some(token) = new_token {
+            let expires = now + RESERVATION_LIFETIME;
+            self.reservations.insert(
+                token,
+                Reservation {
+                    family: req.family,
+                    port: port + 1,
+                    expires,
+                },
+            );
+            self.timers.schedule(expires, TimerKey::Reservation(token));
+        }
+        let id = self.table.next_id();
+        let user = auth.username.clone();
+        self.table.insert(Allocation {
+            id,
+            client: from,
+            user: user.clone(),
+            relayed,
+            created: now,
+            expires: now + lifetime,
+            lifetime,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            counters: Counters::default(),
+            dont_fragment: req.dont_fragment,
+            last_response: None,
+        });
+        self.timers
+            .schedule(now + lifetime, TimerKey::Allocation(id));
+        for r in relayed.iter().flatten() {
+            self.commands.push_back(Command::AllocationCreated {
+                id,
+                client: from,
+                relay: r.bind,
+                public: r.public,
+                user: user.clone(),
+            });
+        }
+        self.events.push(Event::AllocationCreated {
+            id,
+            user,
+            client: from,
+            relayed: relayed.iter().flatten().map(|r| r.public).collect(),
+            lifetime,
+        });
+        self.remember(now, id, msg, &out[..len]);
+        Some(len)
+    }
+
+    /// Parses and cross-checks the attributes (RFC 8656 §7.2 steps 3-6); `Err((code, why))`.
+    fn parse_allocate(
+        &mut self,
+        now: Instant,
+        msg: &Message<'_>,
+    ) -> Result<Request, (u16, String)> {
+        let bad = |why: String| (400, why);
+        match optional::<RequestedTransport>(msg).map_err(bad)? {
+            None => return Err((400, "Missing REQUESTED-TRANSPORT".into())),
+            Some(RequestedTransport(UDP)) => {}
+            Some(_) => return Err((442, String::new())),
+        }
+        let dont_fragment = optional::<DontFragment>(msg).map_err(bad)?.is_some();
+        let token = optional::<ReservationToken>(msg).map_err(bad)?;
+        let even = optional::<EvenPort>(msg).map_err(bad)?;
+        let raf = optional::<RequestedAddressFamily>(msg).map_err(bad)?;
+        let aaf = optional::<AdditionalAddressFamily>(msg).map_err(bad)?;
+        let lifetime = optional::<Lifetime>(msg).map_err(bad)?.map(|l| l.0);
+        if raf.is_some() && aaf.is_some() {
+            return Err(bad(
+                "REQUESTED-ADDRESS-FAMILY and ADDITIONAL-ADDRESS-FAMILY together".into(),
+            ));
+        }
+        if token.is_some() && (even.is_some() || raf.is_some() || aaf.is_some()) {
+            return Err(bad(
+                "RESERVATION-TOKEN with EVEN-PORT or an address family".into()
+            ));
+        }
+        if aaf.is_some_and(|f| f.0 != AddressFamily::V6) {
+            return Err(bad("ADDITIONAL-ADDRESS-FAMILY must be IPv6".into()));
+        }
+        let mut family = raf.map_or(Family::V4, |f| family_of(f.0));
+        let mut reserved = None;
+        if let Some(ReservationToken(t)) = token {
+            match self.reservations.get(&t).copied() {
+                Some(r) if now < r.expires => {
+                    family = r.family;
+                    reserved = Some((t, r.port));
+                }
+                Some(r) => {
+                    // Expired but not yet reaped: reap it now.
+                    self.reservations.remove(&t);
+                    if let Some(pool) = &mut self.pools[r.family.idx()] {
+                        pool.release(r.port);
+                    }
+                    return Err((508, "Reservation expired".into()));
+                }
+                None => return Err((508, "Unknown RESERVATION-TOKEN".into())),
+            }
+        }
+        Ok(Request {
+            family,
+            reserved,
+            even: even.map(|e| e.0),
+            additional_v6: aaf.is_some(),
+            dont_fragment,
+            lifetime,
+        })
+    }
+
+    /// Full or draining: 300 towards an alternate server when one fits, else 508.
+    fn refuse_capacity(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        auth: &Auth,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        match self.pick_alternate(now, from, &auth.username) {
+            Some(alt) => {
+                self.redirected
+                    .remember(now, from.client.ip(), &auth.username);
+                self.events.push(Event::Redirected {
+                    client: from,
+                    alternate: alt,
+                });
+                self.reply_error_with(from, msg, Some(auth), 300, "", out, |w| {
+                    w.attr(&AlternateServer(alt))?;
+                    Ok(())
+                })
+            }
+            None => self.reply_error(from, msg, Some(auth), 508, "", out),
+        }
+    }
+
+    /// Round-robin over the configured alternates of the client's family, never the listener
+    /// the client reached, never for a client we redirected a moment ago (it came back).
+    fn pick_alternate(&mut self, now: Instant, from: FiveTuple, user: &str) -> Option<SocketAddr> {
+        if self.redirected.contains(now, from.client.ip(), user) {
+            return None;
+        }
+        let v4 = from.client.is_ipv4();
+        let candidates: Vec<SocketAddr> = self
+            .config
+            .alternate_servers
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv4() == v4 && *a != from.listener)
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let pick = candidates[self.alternate_cursor % candidates.len()];
+        self.alternate_cursor = self.alternate_cursor.wrapping_add(1);
+        Some(pick)
+    }
+}

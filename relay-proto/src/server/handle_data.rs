@@ -1,0 +1,209 @@
+//! The userspace data path: Send indications and ChannelData from clients, datagrams from
+//! peers, and hairpinning between two allocations of this relay.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::stun::{
+    BufferTooSmall, ChannelData, Class, Data, Message, MessageWriter, Method, TransactionId,
+    XorPeerAddress, write_channel_data,
+};
+
+use super::allocation::{Allocation, AllocationId, Family};
+use super::event::DropReason;
+use super::five_tuple::FiveTuple;
+use super::{ClientOutput, PeerOutput, Server};
+
+/// Frames `payload` from `peer` for `to`'s client: ChannelData on a bound channel (padded on
+/// stream transports), otherwise a Data indication with XOR-PEER-ADDRESS and DATA.
+fn frame_for_client(
+    to: &Allocation,
+    now: Instant,
+    peer: SocketAddr,
+    payload: &[u8],
+    txid: TransactionId,
+    out: &mut [u8],
+) -> Result<usize, BufferTooSmall> {
+    match to.active_channel_to(peer, now) {
+        Some(ch) => write_channel_data(out, ch, payload, to.client.transport.is_stream()),
+        None => {
+            let mut w = MessageWriter::new(out, Class::Indication, Method::DATA, txid)?;
+            w.attr(&XorPeerAddress(peer))?.attr(&Data(payload))?;
+            Ok(w.finish())
+        }
+    }
+}
+
+impl Server {
+    /// Transaction id for a Data indication: unique per server, no randomness needed
+    /// (RFC 8656 §10.3 leaves its value to the server).
+    fn next_indication_txid(&mut self) -> TransactionId {
+        self.indication_counter = self.indication_counter.wrapping_add(1);
+        let mut t = [0u8; 12];
+        t[..4].copy_from_slice(b"rly\0");
+        t[4..].copy_from_slice(&self.indication_counter.to_be_bytes());
+        TransactionId(t)
+    }
+
+    pub(crate) fn send_indication<'p>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'p>,
+        out: &mut [u8],
+    ) -> ClientOutput<'p> {
+        let Some(id) = self.table.id_by_tuple(&from) else {
+            return self.drop_client(DropReason::NoAllocation);
+        };
+        if !msg.unknown_comprehension_required().is_empty() {
+            return self.drop_client(DropReason::UnknownAttribute);
+        }
+        let (Some(Ok(XorPeerAddress(peer))), Some(Ok(Data(payload)))) =
+            (msg.attr::<XorPeerAddress>(), msg.attr::<Data<'p>>())
+        else {
+            return self.drop_client(DropReason::MissingAttribute);
+        };
+        // DONT-FRAGMENT is accepted and needs no action: the userspace sockets never fragment
+        // (IP_PMTUDISC_DO is the data path's default).
+        self.relay_to_peer(now, id, peer, payload, out)
+    }
+
+    pub(crate) fn client_channel_data<'p>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        packet: &'p [u8],
+        out: &mut [u8],
+    ) -> ClientOutput<'p> {
+        let Ok(cd) = ChannelData::parse(packet) else {
+            return self.drop_client(DropReason::Malformed);
+        };
+        let Some(id) = self.table.id_by_tuple(&from) else {
+            return self.drop_client(DropReason::NoAllocation);
+        };
+        let peer = self
+            .table
+            .get(id)
+            .and_then(|a| a.channel_by_number(cd.channel()))
+            .filter(|c| c.is_active(now))
+            .map(|c| c.peer);
+        match peer {
+            Some(peer) => self.relay_to_peer(now, id, peer, cd.payload(), out),
+            None => self.drop_client(DropReason::NoChannel),
+        }
+    }
+
+    /// Client `id` sends `payload` to `peer`: checks the allocation is alive, has a relayed
+    /// address of the peer's family and a permission for the peer IP; then either hands it to
+    /// the data path or, for one of our own relayed addresses, delivers it internally.
+    fn relay_to_peer<'p>(
+        &mut self,
+        now: Instant,
+        id: AllocationId,
+        peer: SocketAddr,
+        payload: &'p [u8],
+        out: &mut [u8],
+    ) -> ClientOutput<'p> {
+        let family = Family::of(peer.ip());
+        let Some(a) = self.table.get(id).filter(|a| a.alive(now)) else {
+            return self.drop_client(DropReason::NoAllocation);
+        };
+        let Some(relayed) = a.relayed(family).copied() else {
+            return self.drop_client(DropReason::WrongFamily);
+        };
+        if !a.has_permission(peer.ip(), now) {
+            return self.drop_client(DropReason::NoPermission);
+        }
+        if self.is_own_relay_ip(peer.ip()) {
+            return self.hairpin(now, id, relayed.public, peer, payload, out);
+        }
+        if let Some(a) = self.table.get_mut(id) {
+            a.counters.count_to_peer(payload.len());
+        }
+        ClientOutput::ToPeer {
+            relay: relayed.bind,
+            peer,
+            payload,
+        }
+    }
+
+    /// Allocation `src` (relayed public address `src_public`) sends to `dst`, one of our
+    /// relayed addresses: the allocation owning that port receives it as if from
+    /// `src_public`, provided it has a permission for that IP.
+    fn hairpin<'p>(
+        &mut self,
+        now: Instant,
+        src: AllocationId,
+        src_public: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> ClientOutput<'p> {
+        let family = Family::of(dst.ip());
+        let target = self
+            .table
+            .id_by_port(family, dst.port())
+            .filter(|&t| t != src);
+        let Some(target) = target else {
+            return self.drop_client(DropReason::NoAllocation);
+        };
+        let txid = self.next_indication_txid();
+        let Some((a, b)) = self.table.pair_mut(src, target) else {
+            return self.drop_client(DropReason::NoAllocation);
+        };
+        if !b.alive(now) {
+            self.drops.bump(DropReason::NoAllocation);
+            return ClientOutput::Nothing;
+        }
+        if !b.has_permission(src_public.ip(), now) {
+            self.drops.bump(DropReason::NoPermission);
+            return ClientOutput::Nothing;
+        }
+        match frame_for_client(b, now, src_public, payload, txid, out) {
+            Ok(len) => {
+                a.counters.count_to_peer(payload.len());
+                b.counters.count_to_client(payload.len());
+                ClientOutput::ToClient { to: b.client, len }
+            }
+            Err(BufferTooSmall) => {
+                self.drops.bump(DropReason::BufferTooSmall);
+                ClientOutput::Nothing
+            }
+        }
+    }
+
+    pub(crate) fn peer_data(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        payload: &[u8],
+        out: &mut [u8],
+    ) -> PeerOutput {
+        let family = Family::of(relay.ip());
+        let txid = self.next_indication_txid();
+        let a = self
+            .table
+            .id_by_port(family, relay.port())
+            .and_then(|id| self.table.get_mut(id))
+            .filter(|a| a.alive(now) && a.relayed(family).is_some_and(|r| r.bind == relay));
+        let Some(a) = a else {
+            self.drops.bump(DropReason::NoAllocation);
+            return PeerOutput::Drop(DropReason::NoAllocation);
+        };
+        if !a.has_permission(peer.ip(), now) {
+            self.drops.bump(DropReason::NoPermission);
+            return PeerOutput::Drop(DropReason::NoPermission);
+        }
+        match frame_for_client(a, now, peer, payload, txid, out) {
+            Ok(len) => {
+                a.counters.count_to_client(payload.len());
+                PeerOutput::ToClient { to: a.client, len }
+            }
+            Err(BufferTooSmall) => {
+                self.drops.bump(DropReason::BufferTooSmall);
+                PeerOutput::Drop(DropReason::BufferTooSmall)
+            }
+        }
+    }
+}

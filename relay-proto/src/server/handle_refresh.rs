@@ -1,0 +1,108 @@
+//! Refresh (RFC 8656 §7.3): LIFETIME 0 deletes, anything else re-clamps the lifetime.
+
+use std::time::Instant;
+
+use crate::stun::{Class, Lifetime, Message, RequestedAddressFamily};
+
+use super::allocation::AllocationId;
+use super::auth_check::Auth;
+use super::event::Event;
+use super::five_tuple::FiveTuple;
+use super::handle_allocate::{family_of, optional};
+use super::timers::TimerKey;
+use super::{Removal, Server};
+
+impl Server {
+    /// The allocation on `from` if `auth` may use it: `Err` holds the 437/441 reply.
+    pub(crate) fn owned_allocation(
+        &mut self,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        auth: &Auth,
+        out: &mut [u8],
+    ) -> Result<AllocationId, Option<usize>> {
+        let Some(id) = self.table.id_by_tuple(&from) else {
+            return Err(self.reply_error(from, msg, Some(auth), 437, "", out));
+        };
+        let same_user = self
+            .table
+            .get(id)
+            .is_some_and(|a| *a.user == *auth.username);
+        if !same_user {
+            return Err(self.reply_error(from, msg, Some(auth), 441, "", out));
+        }
+        Ok(id)
+    }
+
+    pub(crate) fn refresh(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        auth: &Auth,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let a = Some(auth);
+        let id = match self.owned_allocation(from, msg, auth, out) {
+            Ok(id) => id,
+            Err(reply) => return reply,
+        };
+        let (raf, lifetime) = match (
+            optional::<RequestedAddressFamily>(msg),
+            optional::<Lifetime>(msg),
+        ) {
+            (Ok(raf), Ok(l)) => (raf, l.map(|l| l.0)),
+            (Err(why), _) | (_, Err(why)) => return self.reply_error(from, msg, a, 400, &why, out),
+        };
+        if let Some(RequestedAddressFamily(f)) = raf {
+            let has = self
+                .table
+                .get(id)
+                .is_some_and(|al| al.relayed(family_of(f)).is_some());
+            if !has {
+                return self.reply_error(from, msg, a, 443, "", out);
+            }
+        }
+
+        if lifetime == Some(0) {
+            let mut build = || {
+                let mut w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
+                w.attr(&Lifetime(0))?;
+                self.seal(w, a)
+            };
+            let len = build().ok()?;
+            self.remove_allocation(now, id, Removal::Deleted, None);
+            self.graveyard.insert(
+                now,
+                from,
+                msg.method().0,
+                msg.transaction_id().0,
+                &out[..len],
+            );
+            return Some(len);
+        }
+
+        let granted = self.clamp_lifetime(lifetime);
+        let mut build = || {
+            let mut w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
+            w.attr(&Lifetime(granted.as_secs().min(u64::from(u32::MAX)) as u32))?;
+            self.seal(w, a)
+        };
+        let len = build().ok()?;
+        let al = self.table.get_mut(id)?;
+        let expires = now + granted;
+        al.expires = expires;
+        al.lifetime = granted;
+        let (user, client) = (al.user.clone(), al.client);
+        // Every deadline change gets its own heap entry; the old one fires as a no-op.
+        self.timers.schedule(expires, TimerKey::Allocation(id));
+        self.events.push(Event::AllocationRefreshed {
+            id,
+            user,
+            client,
+            lifetime: granted,
+        });
+        self.remember(now, id, msg, &out[..len]);
+        Some(len)
+    }
+}

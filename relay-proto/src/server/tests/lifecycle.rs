@@ -1,0 +1,180 @@
+//! Refresh/delete, retransmissions, relay failures, malformed and unknown requests.
+
+use std::net::SocketAddr;
+
+use super::harness::*;
+use crate::server::{CloseReason, Command, Event};
+use crate::stun::{
+    AddressFamily, Class, Lifetime, Message, Method, RequestedAddressFamily, RequestedTransport,
+};
+
+#[test]
+fn refresh_with_lifetime_zero_deletes_and_its_retransmission_succeeds_again() {
+    let mut h = H::new();
+    let rel = h.allocate(udp(1));
+    h.permit(udp(1), &Cred::alice(), &[peer(1, 1)]);
+    h.commands();
+    let (req, r) = h.request(udp(1), Method::REFRESH, &Cred::alice(), |w| {
+        w.attr(&Lifetime(0)).unwrap();
+    });
+    assert_eq!(code(&r), None);
+    assert_eq!(lifetime(&r), 0);
+    Message::parse(&r)
+        .unwrap()
+        .verify_integrity(Cred::alice().key().as_bytes())
+        .unwrap();
+    assert_eq!(h.server.allocation_count(), 0);
+    let cmds = h.commands();
+    assert!(matches!(&cmds[..], [
+        Command::PermissionRemoved { .. },
+        Command::AllocationRemoved { public, .. },
+    ] if *public == rel));
+    assert!(
+        h.events()
+            .iter()
+            .any(|e| matches!(e, Event::AllocationDeleted { .. }))
+    );
+
+    h.skip(secs(1));
+    assert_eq!(
+        h.client(udp(1), &req).reply(),
+        r,
+        "retransmitted delete: same success"
+    );
+    h.skip(secs(40));
+    assert_eq!(code(&h.client(udp(1), &req).reply()), Some(437));
+    // A new allocation on the same 5-tuple works.
+    h.allocate(udp(1));
+}
+
+#[test]
+fn refresh_family_mismatch_is_443() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    let (_, r) = h.request(udp(1), Method::REFRESH, &Cred::alice(), |w| {
+        w.attr(&RequestedAddressFamily(AddressFamily::V6)).unwrap();
+    });
+    assert_eq!(code(&r), Some(443));
+    let (_, r) = h.request(udp(1), Method::REFRESH, &Cred::alice(), |w| {
+        w.attr(&RequestedAddressFamily(AddressFamily::V4)).unwrap();
+    });
+    assert_eq!(code(&r), None);
+}
+
+#[test]
+fn refresh_retransmission_is_answered_from_the_cache() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    let (req, r) = h.request(udp(1), Method::REFRESH, &Cred::alice(), |w| {
+        w.attr(&Lifetime(900)).unwrap();
+    });
+    assert_eq!(h.client(udp(1), &req).reply(), r);
+}
+
+#[test]
+fn relay_unavailable_removes_the_allocation_and_quarantines_the_port() {
+    let mut h = H::with(|c| c.ports = 24000..=24000);
+    let rel = h.allocate(udp(1));
+    let bind = SocketAddr::new(RELAY4_BIND.into(), rel.port());
+    h.commands();
+    h.server.relay_unavailable(h.now, bind);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert!(
+        matches!(&h.commands()[..], [Command::AllocationRemoved { relay, .. }] if *relay == bind)
+    );
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        Event::AllocationClosed {
+            reason: CloseReason::RelayUnavailable,
+            ..
+        }
+    )));
+    // The only port is quarantined: 508 until the quarantine ends.
+    let r = h.allocate_with(udp(2), &Cred::alice(), |_| {});
+    assert_eq!(code(&r), Some(508));
+    h.advance(crate::server::PORT_QUARANTINE);
+    assert_eq!(h.allocate(udp(2)).port(), 24000);
+    // A report for a port nobody holds quarantines it as well.
+    let mut h = H::with(|c| c.ports = 24000..=24000);
+    h.server.relay_unavailable(h.now, bind);
+    assert_eq!(
+        code(&h.allocate_with(udp(2), &Cred::alice(), |_| {})),
+        Some(508)
+    );
+}
+
+#[test]
+fn unknown_method_request_is_400_and_malformed_request_is_400() {
+    let mut h = H::new();
+    let txid = h.txid();
+    let req = h.build(
+        Class::Request,
+        crate::stun::Method(0x0123),
+        txid,
+        None,
+        |_| {},
+    );
+    assert_eq!(code(&h.client(udp(1), &req).reply()), Some(400));
+    let req = h.build(Class::Request, Method::CONNECT, txid, None, |_| {});
+    assert_eq!(code(&h.client(udp(1), &req).reply()), Some(400));
+
+    // An attribute running past the end: 400 with the request's transaction id.
+    let mut req = h.build(Class::Request, Method::ALLOCATE, txid, None, |w| {
+        w.attr(&RequestedTransport(17)).unwrap();
+    });
+    req.truncate(28); // header + REQUESTED-TRANSPORT
+    req[3] = 8;
+    req[23] = 40; // attribute length 40
+    let reply = h.client(udp(1), &req).reply();
+    assert_eq!(code(&reply), Some(400));
+    assert_eq!(Message::parse(&reply).unwrap().transaction_id().0, txid);
+
+    // Garbage after a good header of an indication: dropped, no reply.
+    let mut ind = h.build(Class::Indication, Method::SEND, txid, None, |_| {});
+    ind.truncate(20);
+    ind[3] = 4;
+    assert_eq!(h.client(udp(1), &ind), Out::Nothing);
+    // Bad fingerprint: not for us, dropped.
+    let mut req = h.build(Class::Request, Method::BINDING, txid, None, |_| {});
+    let last = req.len() - 1;
+    req[last] ^= 1;
+    assert_eq!(h.client(udp(1), &req), Out::Nothing);
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn a_tiny_output_buffer_never_panics_and_creates_nothing() {
+    let mut h = H::new();
+    let nonce = h.nonce(udp(1));
+    let txid = h.txid();
+    let req = h.build(
+        Class::Request,
+        Method::ALLOCATE,
+        txid,
+        Some((&Cred::alice(), &nonce)),
+        |w| {
+            w.attr(&RequestedTransport(17)).unwrap();
+        },
+    );
+    let mut out = [0u8; 40];
+    let r = h.server.handle_client(h.now, udp(1), &req, &mut out);
+    assert_eq!(r, crate::server::ClientOutput::Nothing);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.ports_in_use(), (0, 0));
+    assert!(h.commands().is_empty());
+}
+
+#[test]
+fn status_page_lists_allocations() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    h.allocate(udp(2));
+    h.bind(udp(2), &Cred::alice(), 0x4000, peer(1, 1));
+    let infos: Vec<_> = h.server.allocations().collect();
+    assert_eq!(infos.len(), 2);
+    let b = infos.iter().find(|i| i.client() == udp(2)).unwrap();
+    assert_eq!(b.channels().count(), 1);
+    assert_eq!(b.permissions().count(), 1);
+    assert_eq!(b.created(), h.t0);
+    assert!(format!("{b:?}").contains("alice"));
+}

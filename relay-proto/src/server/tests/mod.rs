@@ -1,0 +1,12 @@
+//! Server tests: a harness driving [`Server`](super::Server) with a fake clock and a small
+//! client built on the codec's `MessageWriter`.
+
+mod harness;
+
+mod allocate;
+mod auth;
+mod data;
+mod expiry;
+mod lifecycle;
+mod permission;
+mod props;

@@ -1,0 +1,228 @@
+//! CreatePermission and ChannelBind.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::harness::*;
+use crate::server::{Command, Event};
+use crate::stun::{ChannelNumber, Message, Method, XorPeerAddress};
+
+#[test]
+fn create_permission_installs_each_peer_ip_once() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    h.commands();
+    let r = h.permit(
+        udp(1),
+        &Cred::alice(),
+        &[peer(1, 1000), peer(1, 2000), peer(2, 1)],
+    );
+    assert_eq!(code(&r), None, "{}", describe(&r));
+    Message::parse(&r)
+        .unwrap()
+        .verify_integrity(Cred::alice().key().as_bytes())
+        .unwrap();
+    let cmds = h.commands();
+    let peers: Vec<IpAddr> = cmds
+        .iter()
+        .map(|c| match c {
+            Command::PermissionCreated { peer, relay, .. } => {
+                assert_eq!(relay.ip(), IpAddr::from(RELAY4_BIND));
+                *peer
+            }
+            c => panic!("{c:?}"),
+        })
+        .collect();
+    assert_eq!(peers, vec![peer(1, 0).ip(), peer(2, 0).ip()]);
+    // Refreshing an existing permission emits nothing.
+    h.permit(udp(1), &Cred::alice(), &[peer(1, 3000)]);
+    assert!(h.commands().is_empty());
+    let perms: Vec<_> = h
+        .server
+        .allocation(&udp(1))
+        .unwrap()
+        .permissions()
+        .collect();
+    assert_eq!(perms.len(), 2);
+}
+
+#[test]
+fn denied_peer_is_403_and_nothing_is_installed() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    h.commands();
+    h.events();
+    let private: SocketAddr = ([10, 1, 2, 3], 80).into();
+    let r = h.permit(udp(1), &Cred::alice(), &[peer(1, 1), private]);
+    assert_eq!(code(&r), Some(403));
+    assert!(h.commands().is_empty());
+    let evs = h.events();
+    let denied = evs.iter().find_map(|e| match e {
+        Event::PeerDenied {
+            peer, reason, user, ..
+        } => Some((*peer, reason.to_string(), user.clone())),
+        _ => None,
+    });
+    let (p, why, user) = denied.expect("PeerDenied event");
+    assert_eq!(p, private);
+    assert!(
+        why.contains("10.0.0.0/8") || why.contains("10/8") || !why.is_empty(),
+        "{why}"
+    );
+    assert_eq!(&*user, "alice");
+    // Metadata service too.
+    let r = h.permit(udp(1), &Cred::alice(), &[([169, 254, 169, 254], 80).into()]);
+    assert_eq!(code(&r), Some(403));
+    let r = h.bind(udp(1), &Cred::alice(), 0x4000, private);
+    assert_eq!(code(&r), Some(403));
+}
+
+#[test]
+fn peer_family_mismatch_is_443_and_missing_peer_400() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    let p6: SocketAddr = "[2001:db8:1::1]:9".parse().unwrap();
+    assert_eq!(code(&h.permit(udp(1), &Cred::alice(), &[p6])), Some(443));
+    assert_eq!(code(&h.bind(udp(1), &Cred::alice(), 0x4000, p6)), Some(443));
+    assert_eq!(code(&h.permit(udp(1), &Cred::alice(), &[])), Some(400));
+}
+
+#[test]
+fn requests_without_an_allocation_are_437() {
+    let mut h = H::new();
+    assert_eq!(
+        code(&h.permit(udp(1), &Cred::alice(), &[peer(1, 1)])),
+        Some(437)
+    );
+    assert_eq!(
+        code(&h.bind(udp(1), &Cred::alice(), 0x4000, peer(1, 1))),
+        Some(437)
+    );
+    assert_eq!(code(&h.refresh(udp(1), &Cred::alice(), None)), Some(437));
+}
+
+#[test]
+fn too_many_permissions_is_508() {
+    let mut h = H::with(|c| c.max_permissions = 2);
+    h.allocate(udp(1));
+    assert_eq!(
+        code(&h.permit(udp(1), &Cred::alice(), &[peer(1, 1), peer(2, 1)])),
+        None
+    );
+    assert_eq!(
+        code(&h.permit(udp(1), &Cred::alice(), &[peer(3, 1)])),
+        Some(508)
+    );
+    assert_eq!(code(&h.permit(udp(1), &Cred::alice(), &[peer(2, 1)])), None);
+}
+
+#[test]
+fn channel_bind_binds_and_installs_the_permission() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    h.commands();
+    let r = h.bind(udp(1), &Cred::alice(), 0x4001, peer(1, 5000));
+    assert_eq!(code(&r), None, "{}", describe(&r));
+    let cmds = h.commands();
+    assert!(matches!(&cmds[..], [
+        Command::PermissionCreated { peer: p, .. },
+        Command::ChannelBound { peer: cp, channel: 0x4001, .. },
+    ] if *p == peer(1, 0).ip() && *cp == peer(1, 5000)));
+    // Rebinding the same pair refreshes silently.
+    assert_eq!(
+        code(&h.bind(udp(1), &Cred::alice(), 0x4001, peer(1, 5000))),
+        None
+    );
+    assert!(h.commands().is_empty());
+}
+
+#[test]
+fn channel_bind_errors() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    for bad in [0x3FFF, 0x5000, 0x0000, 0xFFFF] {
+        assert_eq!(
+            code(&h.bind(udp(1), &Cred::alice(), bad, peer(1, 1))),
+            Some(400),
+            "{bad:#x}"
+        );
+    }
+    assert_eq!(
+        code(&h.bind(udp(1), &Cred::alice(), 0x4000, peer(1, 1))),
+        None
+    );
+    // Channel taken by another peer.
+    assert_eq!(
+        code(&h.bind(udp(1), &Cred::alice(), 0x4000, peer(1, 2))),
+        Some(400)
+    );
+    // Peer already on another channel.
+    assert_eq!(
+        code(&h.bind(udp(1), &Cred::alice(), 0x4001, peer(1, 1))),
+        Some(400)
+    );
+    // Missing attributes.
+    let r = h
+        .request(udp(1), Method::CHANNEL_BIND, &Cred::alice(), |w| {
+            w.attr(&ChannelNumber(0x4002)).unwrap();
+        })
+        .1;
+    assert_eq!(code(&r), Some(400));
+    let r = h
+        .request(udp(1), Method::CHANNEL_BIND, &Cred::alice(), |w| {
+            w.attr(&XorPeerAddress(peer(1, 3))).unwrap();
+        })
+        .1;
+    assert_eq!(code(&r), Some(400));
+    let channels: Vec<_> = h.server.allocation(&udp(1)).unwrap().channels().collect();
+    assert_eq!(channels.len(), 1);
+}
+
+#[test]
+fn too_many_channels_is_508() {
+    let mut h = H::with(|c| c.max_channels = 1);
+    h.allocate(udp(1));
+    assert_eq!(
+        code(&h.bind(udp(1), &Cred::alice(), 0x4000, peer(1, 1))),
+        None
+    );
+    assert_eq!(
+        code(&h.bind(udp(1), &Cred::alice(), 0x4001, peer(1, 2))),
+        Some(508)
+    );
+}
+
+#[test]
+fn policy_reload_revokes_permissions_and_channels() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    h.bind(udp(1), &Cred::alice(), 0x4000, peer(1, 1));
+    h.permit(udp(1), &Cred::alice(), &[peer(2, 1)]);
+    h.commands();
+    let deny: ipnet::IpNet = "198.51.100.1/32".parse().unwrap();
+    let own = vec![IpAddr::from(RELAY4_BIND)];
+    h.server
+        .set_policy(crate::policy::PeerPolicy::new(vec![], vec![deny], own));
+    let cmds = h.commands();
+    assert!(matches!(&cmds[..], [
+        Command::ChannelUnbound { channel: 0x4000, .. },
+        Command::PermissionRemoved { peer: p, .. },
+    ] if *p == peer(1, 0).ip()));
+    let info = h.server.allocation(&udp(1)).unwrap();
+    assert_eq!(info.permissions().count(), 1);
+    assert_eq!(info.channels().count(), 0);
+    assert_eq!(
+        h.peer(relay_bind(&h), peer(1, 1), b"x"),
+        Out::Drop(crate::server::DropReason::NoPermission)
+    );
+}
+
+/// Relay bind address of udp(1)'s allocation.
+pub fn relay_bind(h: &H) -> SocketAddr {
+    h.server
+        .allocation(&udp(1))
+        .unwrap()
+        .relayed()
+        .next()
+        .unwrap()
+        .bind
+}
