@@ -21,6 +21,11 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay. Without a config file it serves a demo on 127.0.0.1:3478.
     Serve(ServeArgs),
+    /// Validate a config file: prints the settings it resolves to, or the key at fault.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 /// Flags override the config file for the settings operators change most.

@@ -1,7 +1,9 @@
 //! The relay daemon: configuration, the userspace data paths and the XDP loader around
 //! the sans-IO core in `relay-proto`.
 
+pub mod check;
 pub mod cli;
+pub mod config;
 pub mod logging;
 pub mod serve;
 pub mod xdp;

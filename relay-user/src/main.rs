@@ -7,6 +7,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => relay_user::serve::run(args),
+        Command::Check { config } => relay_user::check::run(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,108 @@
+//! The file as written: one struct per table, serde-checked, unknown keys refused.
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// REALM of long-term credentials (the appliance used "TANDBERG").
+    pub realm: Option<String>,
+    /// SOFTWARE attribute in responses; empty string to omit.
+    pub software: Option<String>,
+    #[serde(default)]
+    pub listen: Vec<ListenSection>,
+    #[serde(default)]
+    pub relay: RelaySection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub peers: PeersSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(default)]
+    pub xdp: XdpSection,
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// `IP:PORT` to answer TURN on.
+    pub address: String,
+    #[serde(default = "default_transports")]
+    pub transports: Vec<Transport>,
+}
+
+fn default_transports() -> Vec<Transport> {
+    vec![Transport::Udp]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// Where relay ports bind (the external NIC's own address).
+    pub address: Option<String>,
+    /// What XOR-RELAYED-ADDRESS says (the static NAT address); default: `address`.
+    pub public_address: Option<String>,
+    /// IPv6 relay address for RFC 6156 / dual allocations, and its public form.
+    pub address6: Option<String>,
+    pub public_address6: Option<String>,
+    /// `"LOW-HIGH"`, e.g. `"24000-29999"`.
+    pub ports: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// TOML file with a `[users]` table, same shape as `users` here.
+    pub users_file: Option<String>,
+    /// Inline users: `name = "password"` or `name = { md5_key = "0x…" }`.
+    #[serde(default)]
+    pub users: std::collections::BTreeMap<String, super::UserEntry>,
+    /// TURN REST API secrets; several at once while rotating.
+    #[serde(default)]
+    pub shared_secrets: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeersSection {
+    /// CIDRs that are peers despite the default deny (e.g. the internal media server).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// CIDRs refused even when otherwise allowed.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Relays this node holds at once ("1800 TURN relays").
+    pub max_allocations: Option<usize>,
+    pub max_allocations_per_user: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpSection {
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// auto | native | generic | off
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub level: Option<String>,
+}

@@ -1,0 +1,28 @@
+//! The TOML configuration. Key names are a contract with operators' scripts: unknown keys
+//! are refused, and every error names the key and what is wrong with it.
+
+mod file;
+mod users;
+mod validate;
+
+pub use file::{
+    AuthSection, ConfigFile, LimitsSection, ListenSection, LogSection, PeersSection, RelaySection,
+    Transport, XdpSection,
+};
+pub use users::{UserEntry, load_users_file};
+pub use validate::{Config, ConfigError, Listener, PortRange, RelayAddrs};
+
+use std::path::Path;
+
+/// Reads, parses and validates a config file; relative paths inside it (users_file) are
+/// resolved against the file's folder.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path.display(), format!("cannot read: {e}")))?;
+    let file: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::toml(path, &text, e))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    file.validate(base)
+}
+
+#[cfg(test)]
+mod tests;

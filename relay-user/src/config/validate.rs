@@ -1,0 +1,333 @@
+//! From the file as written to the settings the relay runs with, checking each key.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    str::FromStr,
+};
+
+use ipnet::IpNet;
+
+use super::{ConfigFile, Transport, UserEntry, load_users_file};
+use crate::xdp::AttachMode;
+
+/// A config error: which key, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl fmt::Display, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A TOML/serde error, with the line and column where it happened.
+    pub(super) fn toml(path: &Path, text: &str, e: toml::de::Error) -> Self {
+        let at = e.span().map(|s| {
+            let line = text[..s.start].lines().count().max(1);
+            format!(" (line {line})")
+        });
+        Self::new(
+            path.display(),
+            format!("{}{}", e.message(), at.unwrap_or_default()),
+        )
+    }
+}
+
+/// The validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub realm: String,
+    pub software: Option<String>,
+    pub listeners: Vec<Listener>,
+    pub relay_v4: Option<RelayAddrs>,
+    pub relay_v6: Option<RelayAddrs>,
+    pub ports: PortRange,
+    pub users: BTreeMap<String, UserEntry>,
+    pub shared_secrets: Vec<String>,
+    pub peers_allow: Vec<IpNet>,
+    pub peers_deny: Vec<IpNet>,
+    pub max_allocations: usize,
+    pub max_allocations_per_user: usize,
+    pub xdp_interfaces: Vec<String>,
+    pub xdp_mode: AttachMode,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub transports: Vec<Transport>,
+}
+
+/// Where relay ports bind, and what clients are told (static NAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayAddrs {
+    pub bind: IpAddr,
+    pub public: IpAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (low, high) = s
+            .split_once('-')
+            .ok_or_else(|| format!("`{s}` is not a range like \"24000-29999\""))?;
+        let parse = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("`{p}` is not a port number (1-65535)"))
+        };
+        let (low, high) = (parse(low)?, parse(high)?);
+        if low == 0 || low > high {
+            return Err(format!("`{s}`: need 1 <= low <= high"));
+        }
+        Ok(Self { low, high })
+    }
+}
+
+pub const DEFAULT_PORTS: PortRange = PortRange {
+    low: 49152,
+    high: 65535,
+};
+pub const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
+
+impl ConfigFile {
+    /// Checks every key; `base` resolves relative file paths.
+    pub fn validate(self, base: &Path) -> Result<Config, ConfigError> {
+        let realm = self.realm.unwrap_or_else(|| "relay".to_owned());
+        if realm.is_empty() || realm.chars().count() >= 128 {
+            return Err(ConfigError::new("realm", "must be 1 to 127 characters"));
+        }
+        let listeners = self
+            .listen
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let key = format!("listen[{i}].address");
+                let address: SocketAddr = l.address.parse().map_err(|_| {
+                    ConfigError::new(&key, format!("`{}` is not IP:PORT", l.address))
+                })?;
+                if l.transports.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("listen[{i}].transports"),
+                        "is empty",
+                    ));
+                }
+                if let Some(t) = l.transports.iter().find(|t| **t != Transport::Udp) {
+                    return Err(ConfigError::new(
+                        format!("listen[{i}].transports"),
+                        format!("{t:?} is not served yet by this version (only \"udp\")"),
+                    ));
+                }
+                Ok(Listener {
+                    address,
+                    transports: l.transports,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if listeners.is_empty() {
+            return Err(ConfigError::new(
+                "listen",
+                "at least one [[listen]] address is needed",
+            ));
+        }
+
+        let (relay_v4, relay_v6) = relay_addresses(&self.relay, &listeners)?;
+        let ports = match &self.relay.ports {
+            Some(p) => p.parse().map_err(|m| ConfigError::new("relay.ports", m))?,
+            None => DEFAULT_PORTS,
+        };
+
+        let mut users = self.auth.users;
+        if let Some(file) = &self.auth.users_file {
+            for (name, entry) in load_users_file(&base.join(file))? {
+                if users.insert(name.clone(), entry).is_some() {
+                    return Err(ConfigError::new(
+                        "auth.users_file",
+                        format!("user `{name}` is also defined inline in [auth.users]"),
+                    ));
+                }
+            }
+        }
+        if let Some(i) = self.auth.shared_secrets.iter().position(String::is_empty) {
+            return Err(ConfigError::new(
+                format!("auth.shared_secrets[{i}]"),
+                "is empty (anyone could mint credentials)",
+            ));
+        }
+        if users.is_empty() && self.auth.shared_secrets.is_empty() {
+            return Err(ConfigError::new(
+                "auth",
+                "no users and no shared_secrets: nobody could allocate a relay",
+            ));
+        }
+
+        let max_allocations = self
+            .limits
+            .max_allocations
+            .unwrap_or(DEFAULT_MAX_ALLOCATIONS);
+        if max_allocations == 0 {
+            return Err(ConfigError::new(
+                "limits.max_allocations",
+                "must be at least 1",
+            ));
+        }
+        let per_user = self
+            .limits
+            .max_allocations_per_user
+            .unwrap_or(max_allocations);
+        if per_user == 0 {
+            return Err(ConfigError::new(
+                "limits.max_allocations_per_user",
+                "must be at least 1",
+            ));
+        }
+        let xdp_mode = match &self.xdp.mode {
+            Some(m) => m
+                .parse()
+                .map_err(|e: String| ConfigError::new("xdp.mode", e))?,
+            None => AttachMode::Auto,
+        };
+        let log_level = self.log.level.unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!("`{log_level}` is not a level"),
+            ));
+        }
+        Ok(Config {
+            realm,
+            software: match self.software {
+                Some(s) if s.is_empty() => None,
+                Some(s) => Some(s),
+                None => Some(concat!("relay/", env!("CARGO_PKG_VERSION")).to_owned()),
+            },
+            listeners,
+            relay_v4,
+            relay_v6,
+            ports,
+            users,
+            shared_secrets: self.auth.shared_secrets,
+            peers_allow: cidrs("peers.allow", &self.peers.allow)?,
+            peers_deny: cidrs("peers.deny", &self.peers.deny)?,
+            max_allocations,
+            max_allocations_per_user: per_user,
+            xdp_interfaces: self.xdp.interfaces,
+            xdp_mode,
+            log_level,
+        })
+    }
+}
+
+fn ip(key: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| ConfigError::new(key, format!("`{value}` is not an IP address")))
+}
+
+/// Relay addresses per family. Without `relay.address`, a single listener's specific IP
+/// is used (the demo and one-NIC hosts).
+fn relay_addresses(
+    r: &super::RelaySection,
+    listeners: &[Listener],
+) -> Result<(Option<RelayAddrs>, Option<RelayAddrs>), ConfigError> {
+    let pair = |bind_key: &str, bind: &Option<String>, pub_key: &str, public: &Option<String>| {
+        let Some(bind) = bind else {
+            if public.is_some() {
+                return Err(ConfigError::new(
+                    pub_key,
+                    format!("needs {bind_key} as well"),
+                ));
+            }
+            return Ok(None);
+        };
+        let bind = ip(bind_key, bind)?;
+        if bind.is_unspecified() {
+            return Err(ConfigError::new(
+                bind_key,
+                "must be the NIC's own address, not 0.0.0.0/::",
+            ));
+        }
+        let public = match public {
+            Some(p) => ip(pub_key, p)?,
+            None => bind,
+        };
+        if public.is_ipv4() != bind.is_ipv4() {
+            return Err(ConfigError::new(
+                pub_key,
+                format!("must be the same IP family as {bind_key}"),
+            ));
+        }
+        Ok(Some(RelayAddrs { bind, public }))
+    };
+    let v4 = pair(
+        "relay.address",
+        &r.address,
+        "relay.public_address",
+        &r.public_address,
+    )?;
+    let v6 = pair(
+        "relay.address6",
+        &r.address6,
+        "relay.public_address6",
+        &r.public_address6,
+    )?;
+    if v4.is_some_and(|a| !a.bind.is_ipv4()) {
+        return Err(ConfigError::new(
+            "relay.address",
+            "must be IPv4 (use relay.address6 for IPv6)",
+        ));
+    }
+    if v6.is_some_and(|a| a.bind.is_ipv4()) {
+        return Err(ConfigError::new("relay.address6", "must be IPv6"));
+    }
+    if v4.is_some() || v6.is_some() {
+        return Ok((v4, v6));
+    }
+    match listeners {
+        [only] if !only.address.ip().is_unspecified() => {
+            let a = RelayAddrs {
+                bind: only.address.ip(),
+                public: only.address.ip(),
+            };
+            Ok(if a.bind.is_ipv4() {
+                (Some(a), None)
+            } else {
+                (None, Some(a))
+            })
+        }
+        _ => Err(ConfigError::new(
+            "relay.address",
+            "missing: set the address relay ports bind on (the external NIC)",
+        )),
+    }
+}
+
+fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.parse::<IpNet>()
+                .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    ConfigError::new(format!("{key}[{i}]"), format!("`{v}` is not a CIDR or IP"))
+                })
+        })
+        .collect()
+}
