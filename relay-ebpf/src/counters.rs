@@ -23,8 +23,14 @@ pub fn count(ctx: &XdpContext) {
         }
         None => {
             // First packet seen on this CPU for this interface: rare, so worth a log line.
-            let first = IfaceCounters { packets: 1, bytes: len };
-            if IFACE_COUNTERS.insert(ifindex, first, BPF_NOEXIST as u64).is_ok() {
+            let first = IfaceCounters {
+                packets: 1,
+                bytes: len,
+            };
+            if IFACE_COUNTERS
+                .insert(ifindex, first, BPF_NOEXIST as u64)
+                .is_ok()
+            {
                 info!(ctx, "xdp: counting packets on ifindex {}", ifindex);
             }
         }

@@ -4,6 +4,10 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod core;
+pub mod events;
 pub mod logging;
+pub mod probe;
 pub mod serve;
+pub mod udp;
 pub mod xdp;

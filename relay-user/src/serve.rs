@@ -1,35 +1,87 @@
-//! `relay serve`: sets up logging, the XDP fast path and the listeners, then runs until
+//! `relay serve`: logging, the core, the UDP data path and the XDP fast path, until
 //! SIGINT/SIGTERM.
+
+use std::time::Instant;
 
 use anyhow::Context as _;
 
 use crate::{
     cli::ServeArgs,
+    config::{self, Config, Listener, Transport},
+    udp::Dataplane,
     xdp::{AttachMode, XdpPath},
 };
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    crate::logging::init(args.log_level.as_deref().unwrap_or("info"))
-        .map_err(anyhow::Error::msg)?;
+    let (config, demo_password) = match &args.config {
+        Some(path) => (config::load(path)?, None),
+        None => {
+            let (c, p) = crate::core::demo_config()?;
+            (c, Some(p))
+        }
+    };
+    let config = apply_flags(config, &args);
+    crate::logging::init(&config.log_level).map_err(anyhow::Error::msg)?;
+    if let Some(password) = demo_password {
+        tracing::warn!(
+            "no --config: demo relay on loopback only. realm `{}`, user `demo`, password `{password}` \
+             (try: turnutils_uclient -u demo -w {password} -e 127.0.0.1 127.0.0.1)",
+            config.realm
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(args))
+    runtime.block_on(serve(config))
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let mode = args.xdp_mode.unwrap_or_default();
-    let interfaces = if args.xdp_interfaces.is_empty() && args.config.is_none() {
-        // The demo runs on loopback, so that is where the program goes.
-        vec!["lo".to_owned()]
-    } else {
-        args.xdp_interfaces.clone()
-    };
-    let _xdp = start_xdp(mode, &interfaces)?;
-    tracing::info!("relay running; Ctrl-C or SIGTERM stops it");
+/// Command-line flags win over the file.
+fn apply_flags(mut c: Config, args: &ServeArgs) -> Config {
+    if !args.listen.is_empty() {
+        c.listeners = args
+            .listen
+            .iter()
+            .map(|a| Listener {
+                address: *a,
+                transports: vec![Transport::Udp],
+            })
+            .collect();
+    }
+    if !args.xdp_interfaces.is_empty() {
+        c.xdp_interfaces = args.xdp_interfaces.clone();
+    }
+    if let Some(m) = args.xdp_mode {
+        c.xdp_mode = m;
+    }
+    if let Some(l) = &args.log_level {
+        c.log_level = l.clone();
+    }
+    c
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let _xdp = start_xdp(config.xdp_mode, &config.xdp_interfaces)?;
+    let server = crate::core::server(&config, Instant::now())?;
+    let udp: Vec<_> = config
+        .listeners
+        .iter()
+        .filter(|l| l.transports.contains(&Transport::Udp))
+        .map(|l| l.address)
+        .collect();
+    let dataplane = Dataplane::new(server, &udp)?.spawn()?;
+    for r in [config.relay_v4, config.relay_v6].into_iter().flatten() {
+        tracing::info!(
+            bind = %r.bind, public = %r.public, ports = %format!("{}-{}", config.ports.low, config.ports.high),
+            "relaying"
+        );
+    }
+    tracing::info!(realm = %config.realm, users = config.users.len(), shared_secrets = config.shared_secrets.len(),
+        max_allocations = config.max_allocations, "relay running; SIGTERM or Ctrl-C stops it");
     shutdown_signal().await;
     tracing::info!("shutting down");
+    let server = tokio::task::spawn_blocking(move || dataplane.shutdown()).await?;
+    tracing::info!(allocations = server.allocation_count(), "stopped");
     Ok(())
 }
 
@@ -49,9 +101,8 @@ fn start_xdp(mode: AttachMode, interfaces: &[String]) -> anyhow::Result<Option<X
         }
         Err(e) => return Err(e.into()),
     };
-    if let Some(pump) = crate::xdp::spawn_log_pump(xdp.ebpf_mut()) {
-        drop(pump); // detached task; it ends with the runtime
-    }
+    // Detached task: it ends with the runtime.
+    drop(crate::xdp::spawn_log_pump(xdp.ebpf_mut()));
     for ifname in interfaces {
         xdp.attach(ifname, mode)
             .with_context(|| format!("[xdp] interfaces: `{ifname}`"))?;

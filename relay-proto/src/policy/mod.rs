@@ -71,6 +71,14 @@ impl PeerPolicy {
         }
     }
 
+    /// Whether the operator's `allow` list names `ip` (and `deny` does not). The server asks
+    /// this for a peer on one of the relay's own addresses but outside the relay port
+    /// range: a service on the relay host, reachable only when explicitly allowed.
+    pub fn is_allow_listed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        !self.deny.iter().any(|n| n.contains(&ip)) && self.allow.iter().any(|n| n.contains(&ip))
+    }
+
     /// Judges `peer` (see the module docs for the order of the rules).
     pub fn check(&self, peer: IpAddr) -> PeerVerdict {
         let embedded = match peer {

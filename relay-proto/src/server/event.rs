@@ -107,10 +107,13 @@ pub enum DropReason {
     Unexpected,
     /// `out` could not hold the reply.
     BufferTooSmall,
+    /// Data for the relay's own address on a port outside the relay range (a service on
+    /// the relay host itself) whose address the operator did not allow-list.
+    RelayHostPort,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::NoAllocation,
         DropReason::NoPermission,
@@ -120,6 +123,7 @@ impl DropReason {
         DropReason::WrongFamily,
         DropReason::Unexpected,
         DropReason::BufferTooSmall,
+        DropReason::RelayHostPort,
     ];
 
     const fn idx(self) -> usize {
@@ -137,6 +141,7 @@ impl DropReason {
             DropReason::WrongFamily => "wrong_family",
             DropReason::Unexpected => "unexpected",
             DropReason::BufferTooSmall => "buffer_too_small",
+            DropReason::RelayHostPort => "relay_host_port",
         }
     }
 }

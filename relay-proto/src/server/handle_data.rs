@@ -115,7 +115,14 @@ impl Server {
             return self.drop_client(DropReason::NoPermission);
         }
         if self.is_own_relay_ip(peer.ip()) {
-            return self.hairpin(now, id, relayed.public, peer, payload, out);
+            if self.config.ports.contains(&peer.port()) {
+                return self.hairpin(now, id, relayed.public, peer, payload, out);
+            }
+            // Any other port of the relay host (its listeners, admin, ssh) is a local
+            // service, not a relay: off limits unless the operator allow-listed the address.
+            if !self.policy.is_allow_listed(peer.ip()) {
+                return self.drop_client(DropReason::RelayHostPort);
+            }
         }
         if let Some(a) = self.table.get_mut(id) {
             a.counters.count_to_peer(payload.len());

@@ -5,9 +5,11 @@ use super::error::{BufferTooSmall, ChannelDataError};
 use super::header::be16;
 
 pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
-/// Channel numbers a client may bind (RFC 8656 §12); 0x5000..=0x7FFF are reserved.
+/// Channel numbers a client may bind. RFC 8656 §12 narrowed the range to 0x4000..=0x4FFF,
+/// but RFC 5766 clients still in the field (coturn's own turnutils among them) pick from
+/// 0x4000..=0x7FFF, and refusing them breaks calls, so the old range is accepted.
 pub const CHANNEL_MIN: u16 = 0x4000;
-pub const CHANNEL_MAX: u16 = 0x4FFF;
+pub const CHANNEL_MAX: u16 = 0x7FFF;
 
 mod field {
     pub const CHANNEL: usize = 0;
@@ -107,8 +109,8 @@ mod tests {
             Err(ChannelDataError::BadChannel(0x3fff))
         );
         assert_eq!(
-            ChannelData::parse(&[0x50, 0x00, 0, 0]),
-            Err(ChannelDataError::BadChannel(0x5000))
+            ChannelData::parse(&[0x80, 0x00, 0, 0]),
+            Err(ChannelDataError::BadChannel(0x8000))
         );
         assert_eq!(
             ChannelData::parse(&[0x40, 0x00, 0, 5, 1, 2, 3, 4]),

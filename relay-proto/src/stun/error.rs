@@ -97,7 +97,7 @@ pub enum FramingError {
 pub enum ChannelDataError {
     #[error("{0} bytes is shorter than the 4-byte ChannelData header")]
     TooShort(usize),
-    #[error("channel number {0:#06x} outside 0x4000..=0x4fff")]
+    #[error("channel number {0:#06x} outside 0x4000..=0x7fff")]
     BadChannel(u16),
     #[error("length field {declared} exceeds the {available} payload bytes present")]
     Truncated { declared: usize, available: usize },

@@ -12,12 +12,13 @@ pub enum PacketKind {
     Other,
 }
 
-/// STUN has the top two bits 00; ChannelData uses channels 0x4000-0x4FFF (first byte 0x40-0x4F).
+/// STUN has the top two bits 00; ChannelData uses channels 0x4000-0x7FFF (first byte
+/// 0x40-0x7F, see [`CHANNEL_MAX`](super::CHANNEL_MAX)).
 #[inline]
 pub fn classify(buf: &[u8]) -> PacketKind {
     match buf.first() {
         Some(0x00..=0x3F) => PacketKind::Stun,
-        Some(0x40..=0x4F) => PacketKind::ChannelData,
+        Some(0x40..=0x7F) => PacketKind::ChannelData,
         _ => PacketKind::Other,
     }
 }
@@ -74,7 +75,9 @@ mod tests {
         assert_eq!(classify(&[0x3f]), PacketKind::Stun);
         assert_eq!(classify(&[0x40]), PacketKind::ChannelData);
         assert_eq!(classify(&[0x4f]), PacketKind::ChannelData);
-        assert_eq!(classify(&[0x50]), PacketKind::Other);
+        // RFC 5766 channels up to 0x7FFF (see CHANNEL_MAX).
+        assert_eq!(classify(&[0x50]), PacketKind::ChannelData);
+        assert_eq!(classify(&[0x7f]), PacketKind::ChannelData);
         assert_eq!(classify(&[0x80]), PacketKind::Other); // RTP
         assert_eq!(classify(&[0x16]), PacketKind::Stun); // (DTLS shares 20..63; caller's job)
     }
@@ -113,8 +116,8 @@ mod tests {
             Err(FramingError::UnknownFirstByte(0xff))
         );
         assert_eq!(
-            frame_len(&[0x50, 0, 0, 0]),
-            Err(FramingError::UnknownFirstByte(0x50))
+            frame_len(&[0x80, 0, 0, 0]),
+            Err(FramingError::UnknownFirstByte(0x80))
         );
     }
 }

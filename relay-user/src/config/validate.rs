@@ -122,6 +122,12 @@ impl ConfigFile {
                 let address: SocketAddr = l.address.parse().map_err(|_| {
                     ConfigError::new(&key, format!("`{}` is not IP:PORT", l.address))
                 })?;
+                if address.ip().is_unspecified() {
+                    return Err(ConfigError::new(
+                        &key,
+                        "must be a specific address (replies leave from the address the client reached)",
+                    ));
+                }
                 if l.transports.is_empty() {
                     return Err(ConfigError::new(
                         format!("listen[{i}].transports"),

@@ -305,3 +305,25 @@ fn hairpin_needs_the_targets_permission_and_the_bind_address_works_too() {
     };
     assert_eq!(to, udp(2));
 }
+
+/// The relay's own address on a port outside the relay range is a service on the relay
+/// host (a listener, the admin API, ssh): refused unless the operator allow-listed it,
+/// as the loopback demo does for a local echo peer.
+#[test]
+fn relay_host_ports_outside_the_range_need_the_allow_list() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    let local_service: SocketAddr = (RELAY4_BIND, 3480).into();
+    h.permit(udp(1), &Cred::alice(), &[local_service]);
+    assert!(matches!(h.send(udp(1), local_service, b"x"), Out::Nothing));
+    assert_eq!(h.server.drops().get(DropReason::RelayHostPort), 1);
+
+    let own: Vec<std::net::IpAddr> = vec![RELAY4_BIND.into(), RELAY4_PUBLIC.into()];
+    let allow = vec!["10.0.0.5/32".parse().unwrap()];
+    h.server
+        .set_policy(crate::policy::PeerPolicy::new(allow, vec![], own));
+    let Out::ToPeer { peer, payload, .. } = h.send(udp(1), local_service, b"x") else {
+        panic!("allow-listed relay host port should be relayed")
+    };
+    assert_eq!((peer, payload.as_slice()), (local_service, &b"x"[..]));
+}

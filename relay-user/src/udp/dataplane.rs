@@ -1,0 +1,328 @@
+//! One thread owns the core and every UDP socket: it waits on epoll, drains ready
+//! sockets in recvmmsg batches, hands each datagram to the core, sends what comes back,
+//! then carries out the core's commands (relay sockets) and logs its events.
+//!
+//! A single owner means no locks on the packet path; the kernel fast path carries the
+//! bulk of the media, and this loop what it passes up.
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Instant,
+};
+
+use anyhow::Context as _;
+use relay_proto::server::{ClientOutput, Command, FiveTuple, PeerOutput, Server, Transport};
+
+use super::{
+    batch::{BATCH, RecvBatch},
+    socket::{bind_udp, send_to},
+};
+
+const WAKE: u64 = u64::MAX;
+const RELAY_TOKEN_BASE: u64 = 1 << 32;
+/// Batches taken from one socket before looking at the others (fairness).
+const BATCHES_PER_WAKEUP: usize = 8;
+
+struct Listener {
+    addr: SocketAddr,
+    sock: UdpSocket,
+}
+
+struct Relay {
+    sock: UdpSocket,
+    slot: usize,
+}
+
+pub struct Dataplane {
+    server: Server,
+    epoll: OwnedFd,
+    wake: OwnedFd,
+    listeners: Vec<Listener>,
+    relays: HashMap<SocketAddr, Relay>,
+    /// Relay token slot → its bind address; freed slots are reused.
+    slots: Vec<Option<SocketAddr>>,
+    free_slots: Vec<usize>,
+    rx: RecvBatch,
+    out: Box<[u8]>,
+    stop: Arc<AtomicBool>,
+    send_errors: u64,
+}
+
+/// Stops the loop and gives the core back (for a final report).
+pub struct DataplaneHandle {
+    stop: Arc<AtomicBool>,
+    wake: RawFd,
+    thread: JoinHandle<Server>,
+}
+
+impl DataplaneHandle {
+    pub fn shutdown(self) -> Server {
+        self.stop.store(true, Ordering::SeqCst);
+        let one: u64 = 1;
+        // SAFETY: eventfd write of 8 bytes; the fd lives until the thread ends.
+        unsafe { libc::write(self.wake, (&one as *const u64).cast(), 8) };
+        self.thread.join().expect("dataplane thread panicked")
+    }
+}
+
+impl Dataplane {
+    /// Binds every UDP listener now, so that a busy port is a startup error naming it.
+    pub fn new(server: Server, listen: &[SocketAddr]) -> anyhow::Result<Self> {
+        // SAFETY: plain syscalls; results checked.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error()).context("epoll_create1");
+        }
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if wake < 0 {
+            return Err(io::Error::last_os_error()).context("eventfd");
+        }
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        epoll_add(epoll.as_raw_fd(), wake.as_raw_fd(), WAKE)?;
+        let mut listeners = Vec::new();
+        for (i, addr) in listen.iter().enumerate() {
+            let sock = bind_udp(*addr).with_context(|| {
+                format!("listen {addr} (udp): is another TURN server (coturn?) running, or the address not on this host?")
+            })?;
+            epoll_add(epoll.as_raw_fd(), sock.as_raw_fd(), i as u64)?;
+            tracing::info!(listen = %addr, "answering TURN over UDP");
+            listeners.push(Listener { addr: *addr, sock });
+        }
+        Ok(Self {
+            server,
+            epoll,
+            wake,
+            listeners,
+            relays: HashMap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            rx: RecvBatch::new(),
+            out: vec![0; 65536].into_boxed_slice(),
+            stop: Arc::new(AtomicBool::new(false)),
+            send_errors: 0,
+        })
+    }
+
+    pub fn spawn(mut self) -> anyhow::Result<DataplaneHandle> {
+        let stop = self.stop.clone();
+        let wake = self.wake.as_raw_fd();
+        let thread = std::thread::Builder::new()
+            .name("dataplane".into())
+            .spawn(move || {
+                self.run();
+                self.server
+            })
+            .context("starting the dataplane thread")?;
+        Ok(DataplaneHandle { stop, wake, thread })
+    }
+
+    fn run(&mut self) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
+        while !self.stop.load(Ordering::Relaxed) {
+            let timeout = match self.server.poll_timeout() {
+                // Round up so we never wake just before the deadline and spin.
+                Some(t) => {
+                    t.saturating_duration_since(Instant::now())
+                        .as_millis()
+                        .min(1000) as i32
+                        + 1
+                }
+                None => 1000,
+            };
+            // SAFETY: events has room for 64 entries.
+            let n = unsafe {
+                libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, timeout)
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "epoll_wait failed; the UDP data path stops");
+                return;
+            }
+            for ev in &events[..n as usize] {
+                let token = ev.u64;
+                if token == WAKE {
+                    let mut buf = [0u8; 8];
+                    // SAFETY: reading the eventfd counter into an 8-byte buffer.
+                    unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+                } else {
+                    self.drain(token);
+                }
+            }
+            let now = Instant::now();
+            if self.server.poll_timeout().is_some_and(|t| t <= now) {
+                self.server.handle_timeout(now);
+            }
+            self.apply_commands(now);
+        }
+    }
+
+    /// Reads a ready socket until it is empty or has had its share.
+    fn drain(&mut self, token: u64) {
+        let relay = if token >= RELAY_TOKEN_BASE {
+            match self
+                .slots
+                .get((token - RELAY_TOKEN_BASE) as usize)
+                .copied()
+                .flatten()
+            {
+                Some(addr) => Some(addr),
+                None => return, // closed since the event was queued
+            }
+        } else {
+            None
+        };
+        let fd = match relay {
+            Some(addr) => match self.relays.get(&addr) {
+                Some(r) => r.sock.as_raw_fd(),
+                None => return,
+            },
+            None => self.listeners[token as usize].sock.as_raw_fd(),
+        };
+        for _ in 0..BATCHES_PER_WAKEUP {
+            let n = match self.rx.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "recvmmsg");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                let Some((from, packet)) = self.rx.get(i) else {
+                    continue;
+                };
+                let sent = match relay {
+                    None => {
+                        let listener = &self.listeners[token as usize];
+                        let five = FiveTuple {
+                            client: from,
+                            listener: listener.addr,
+                            transport: Transport::Udp,
+                        };
+                        match self.server.handle_client(now, five, packet, &mut self.out) {
+                            ClientOutput::Nothing => Ok(()),
+                            ClientOutput::Reply { len } => {
+                                send_to(&listener.sock, &self.out[..len], &from)
+                            }
+                            ClientOutput::ToPeer {
+                                relay,
+                                peer,
+                                payload,
+                            } => match self.relays.get(&relay) {
+                                Some(r) => send_to(&r.sock, payload, &peer),
+                                None => Ok(()),
+                            },
+                            ClientOutput::ToClient { to, len } => {
+                                send_to_client(&self.listeners, &to, &self.out[..len])
+                            }
+                        }
+                    }
+                    Some(relay_addr) => {
+                        match self
+                            .server
+                            .handle_peer(now, relay_addr, from, packet, &mut self.out)
+                        {
+                            PeerOutput::Drop(_) => Ok(()),
+                            PeerOutput::ToClient { to, len } => {
+                                send_to_client(&self.listeners, &to, &self.out[..len])
+                            }
+                        }
+                    }
+                };
+                if let Err(e) = sent {
+                    self.send_errors += 1;
+                    if self.send_errors.is_power_of_two() {
+                        tracing::warn!(error = %e, total = self.send_errors, "UDP send failed (socket buffer full or route missing)");
+                    }
+                }
+            }
+            // New allocations must have their socket before the next batch.
+            self.apply_commands(now);
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Relay sockets follow the core's allocation commands; events become log lines.
+    fn apply_commands(&mut self, now: Instant) {
+        while let Some(cmd) = self.server.poll_command() {
+            match cmd {
+                Command::AllocationCreated { relay, .. } => {
+                    if let Err(e) = self.open_relay(relay) {
+                        tracing::warn!(%relay, error = %e, "cannot bind relay port; allocation dropped");
+                        self.server.relay_unavailable(now, relay);
+                    }
+                }
+                Command::AllocationRemoved { relay, .. } => self.close_relay(relay),
+                // Permissions and channels only matter to the kernel fast path.
+                Command::PermissionCreated { .. }
+                | Command::PermissionRemoved { .. }
+                | Command::ChannelBound { .. }
+                | Command::ChannelUnbound { .. } => {}
+            }
+        }
+        while let Some(event) = self.server.poll_event() {
+            crate::events::log(event);
+        }
+    }
+
+    fn open_relay(&mut self, relay: SocketAddr) -> io::Result<()> {
+        let sock = bind_udp(relay)?;
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        if let Err(e) = epoll_add(
+            self.epoll.as_raw_fd(),
+            sock.as_raw_fd(),
+            RELAY_TOKEN_BASE + slot as u64,
+        ) {
+            self.free_slots.push(slot);
+            return Err(io::Error::other(e));
+        }
+        self.slots[slot] = Some(relay);
+        self.relays.insert(relay, Relay { sock, slot });
+        Ok(())
+    }
+
+    fn close_relay(&mut self, relay: SocketAddr) {
+        if let Some(r) = self.relays.remove(&relay) {
+            // Closing the fd removes it from the epoll set.
+            self.slots[r.slot] = None;
+            self.free_slots.push(r.slot);
+        }
+    }
+}
+
+fn send_to_client(listeners: &[Listener], to: &FiveTuple, bytes: &[u8]) -> io::Result<()> {
+    match listeners.iter().find(|l| l.addr == to.listener) {
+        Some(l) if to.transport == Transport::Udp => send_to(&l.sock, bytes, &to.client),
+        _ => Ok(()), // stream clients are served by the TCP path
+    }
+}
+
+fn epoll_add(epoll: RawFd, fd: RawFd, token: u64) -> anyhow::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: valid fds and event struct.
+    if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(io::Error::last_os_error()).context("epoll_ctl");
+    }
+    Ok(())
+}
