@@ -8,3 +8,18 @@ pub mod topology;
 
 pub use netns::Netns;
 pub use topology::{Addresses, Topology, TopologyOptions};
+
+/// The `relay` binary of this workspace (debug build), as `cargo test --workspace` and
+/// `cargo xtask test` build it before running any test.
+pub fn relay_binary() -> std::path::PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/relay");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p relay-user`, or run `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
