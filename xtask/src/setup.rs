@@ -9,8 +9,8 @@ use crate::util::{Cargo, is_root, output, tools_dir};
 
 /// Debian packages the tests and benchmarks use: coturn for turnutils_uclient,
 /// turnutils_peer and turnserver; ethtool, nftables and iproute2 for the namespace
-/// topology.
-const APT_PACKAGES: &[&str] = &["coturn", "ethtool", "nftables", "iproute2"];
+/// topology; chromium for the real-browser WebRTC test.
+const APT_PACKAGES: &[&str] = &["coturn", "ethtool", "nftables", "iproute2", "chromium"];
 
 pub fn all() -> Result<()> {
     toolchain()?;

@@ -22,8 +22,8 @@ use anyhow::Context as _;
 use relay_proto::server::{ClientOutput, Command, FiveTuple, PeerOutput, Server, Transport};
 
 use super::{
-    batch::{BATCH, RecvBatch},
-    socket::{bind_udp, send_to},
+    batch::{BATCH, RecvBatch, SendBatch},
+    socket::bind_udp,
 };
 
 const WAKE: u64 = u64::MAX;
@@ -51,9 +51,11 @@ pub struct Dataplane {
     slots: Vec<Option<SocketAddr>>,
     free_slots: Vec<usize>,
     rx: RecvBatch,
+    tx: SendBatch,
     out: Box<[u8]>,
     stop: Arc<AtomicBool>,
-    send_errors: u64,
+    /// `tx.errors` when the last warning was logged.
+    send_errors_logged: u64,
 }
 
 /// Stops the loop and gives the core back (for a final report).
@@ -106,9 +108,10 @@ impl Dataplane {
             slots: Vec::new(),
             free_slots: Vec::new(),
             rx: RecvBatch::new(),
+            tx: SendBatch::new(),
             out: vec![0; 65536].into_boxed_slice(),
             stop: Arc::new(AtomicBool::new(false)),
-            send_errors: 0,
+            send_errors_logged: 0,
         })
     }
 
@@ -204,7 +207,7 @@ impl Dataplane {
                 let Some((from, packet)) = self.rx.get(i) else {
                     continue;
                 };
-                let sent = match relay {
+                match relay {
                     None => {
                         let listener = &self.listeners[token as usize];
                         let five = FiveTuple {
@@ -213,21 +216,26 @@ impl Dataplane {
                             transport: Transport::Udp,
                         };
                         match self.server.handle_client(now, five, packet, &mut self.out) {
-                            ClientOutput::Nothing => Ok(()),
+                            ClientOutput::Nothing => {}
                             ClientOutput::Reply { len } => {
-                                send_to(&listener.sock, &self.out[..len], &from)
+                                self.tx
+                                    .push(listener.sock.as_raw_fd(), &self.out[..len], &from)
                             }
                             ClientOutput::ToPeer {
                                 relay,
                                 peer,
                                 payload,
-                            } => match self.relays.get(&relay) {
-                                Some(r) => send_to(&r.sock, payload, &peer),
-                                None => Ok(()),
-                            },
-                            ClientOutput::ToClient { to, len } => {
-                                send_to_client(&self.listeners, &to, &self.out[..len])
+                            } => {
+                                if let Some(r) = self.relays.get(&relay) {
+                                    self.tx.push(r.sock.as_raw_fd(), payload, &peer);
+                                }
                             }
+                            ClientOutput::ToClient { to, len } => queue_to_client(
+                                &mut self.tx,
+                                &self.listeners,
+                                &to,
+                                &self.out[..len],
+                            ),
                         }
                     }
                     Some(relay_addr) => {
@@ -235,19 +243,27 @@ impl Dataplane {
                             .server
                             .handle_peer(now, relay_addr, from, packet, &mut self.out)
                         {
-                            PeerOutput::Drop(_) => Ok(()),
-                            PeerOutput::ToClient { to, len } => {
-                                send_to_client(&self.listeners, &to, &self.out[..len])
-                            }
+                            PeerOutput::Drop(_) => {}
+                            PeerOutput::ToClient { to, len } => queue_to_client(
+                                &mut self.tx,
+                                &self.listeners,
+                                &to,
+                                &self.out[..len],
+                            ),
                         }
                     }
-                };
-                if let Err(e) = sent {
-                    self.send_errors += 1;
-                    if self.send_errors.is_power_of_two() {
-                        tracing::warn!(error = %e, total = self.send_errors, "UDP send failed (socket buffer full or route missing)");
-                    }
                 }
+            }
+            self.tx.flush();
+            if self.tx.errors > self.send_errors_logged && self.tx.errors.is_power_of_two() {
+                self.send_errors_logged = self.tx.errors;
+                let error = self
+                    .tx
+                    .last_error
+                    .as_ref()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                tracing::warn!(%error, total = self.tx.errors, "UDP sends failed (socket buffer full or no route)");
             }
             // New allocations must have their socket before the next batch.
             self.apply_commands(now);
@@ -308,10 +324,10 @@ impl Dataplane {
     }
 }
 
-fn send_to_client(listeners: &[Listener], to: &FiveTuple, bytes: &[u8]) -> io::Result<()> {
+fn queue_to_client(tx: &mut SendBatch, listeners: &[Listener], to: &FiveTuple, bytes: &[u8]) {
     match listeners.iter().find(|l| l.addr == to.listener) {
-        Some(l) if to.transport == Transport::Udp => send_to(&l.sock, bytes, &to.client),
-        _ => Ok(()), // stream clients are served by the TCP path
+        Some(l) if to.transport == Transport::Udp => tx.push(l.sock.as_raw_fd(), bytes, &to.client),
+        _ => {} // stream clients are served by the TCP path
     }
 }
 

@@ -26,12 +26,12 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 
 /// `sendto` without blocking; a full socket buffer drops the datagram (UDP semantics)
 /// and reports it.
-pub fn send_to(sock: &UdpSocket, buf: &[u8], to: &SocketAddr) -> io::Result<()> {
+pub fn send_raw(fd: std::os::fd::RawFd, buf: &[u8], to: &SocketAddr) -> io::Result<()> {
     let (s, len) = super::sockaddr::to_storage(to);
     // SAFETY: buf and the address are valid for the call.
     let n = unsafe {
         libc::sendto(
-            sock.as_raw_fd(),
+            fd,
             buf.as_ptr().cast(),
             buf.len(),
             libc::MSG_DONTWAIT,
