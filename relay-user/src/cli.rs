@@ -21,6 +21,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay. Without a config file it serves a demo on 127.0.0.1:3478.
     Serve(ServeArgs),
+    /// Probe a STUN/TURN server: reachability, round trip, mapped address and, with
+    /// credentials, a test allocation. Exit 0 ok, 1 error answer, 2 no answer, 64 usage.
+    Stun(crate::probe::ProbeArgs),
     /// Validate a config file: prints the settings it resolves to, or the key at fault.
     Check {
         #[arg(long, short)]

@@ -3,11 +3,24 @@ use std::process::ExitCode;
 use clap::Parser;
 use relay_user::cli::{Cli, Command};
 
+/// sysexits' EX_USAGE: kept apart from `relay stun`'s 1 (error answer) and 2 (no answer).
+const EXIT_USAGE: u8 = 64;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => relay_user::serve::run(args),
         Command::Check { config } => relay_user::check::run(&config),
+        Command::Stun(args) => {
+            return ExitCode::from(relay_user::probe::run(&args).clamp(0, 255) as u8);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,577 @@
+//! What a probe found, and its two renderings: text for a terminal, one JSON object for
+//! scripts and monitoring.
+
+use std::fmt::{self, Write as _};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use relay_proto::stun::Message;
+
+use super::client::error_info;
+
+/// Exit codes of `relay stun`.
+pub mod exit {
+    /// Everything asked for succeeded.
+    pub const OK: i32 = 0;
+    /// The server answered with an error (or an unusable response).
+    pub const SERVER_ERROR: i32 = 1;
+    /// No answer (timeout) or unreachable.
+    pub const NO_ANSWER: i32 = 2;
+    /// Bad command line (sysexits.h EX_USAGE).
+    pub const USAGE: i32 = 64;
+}
+
+/// How one exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Success response.
+    Ok,
+    /// Error response; see [`StepReport::error`].
+    Error,
+    /// A response this probe cannot use (malformed, or missing a required attribute).
+    BadResponse,
+    /// No response within the tries and the time allowed.
+    Timeout,
+    /// ICMP unreachable or a local network error.
+    Unreachable,
+    /// Not attempted.
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::BadResponse => "bad_response",
+            Status::Timeout => "timeout",
+            Status::Unreachable => "unreachable",
+            Status::Skipped => "skipped",
+        }
+    }
+
+    fn no_answer(self) -> bool {
+        matches!(self, Status::Timeout | Status::Unreachable)
+    }
+}
+
+/// An error response's ERROR-CODE, with advice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub code: u16,
+    pub reason: String,
+    pub hint: Option<&'static str>,
+    /// ALTERNATE-SERVER of a 300 (Try Alternate).
+    pub alternate_server: Option<SocketAddr>,
+}
+
+/// The outcome of one request/response exchange.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    pub status: Status,
+    /// From the first transmission to the response (milliseconds, fractional).
+    pub rtt_ms: Option<f64>,
+    pub transmissions: u32,
+    pub error: Option<ErrorInfo>,
+    /// Human-readable detail for timeouts, unreachability and bad responses.
+    pub detail: Option<String>,
+}
+
+impl StepReport {
+    pub(super) fn failed(status: Status, detail: impl Into<String>) -> Self {
+        let detail = detail.into();
+        Self {
+            status,
+            rtt_ms: None,
+            transmissions: 0,
+            error: None,
+            detail: (!detail.is_empty()).then_some(detail),
+        }
+    }
+
+    pub(super) fn answered(rtt: Duration, transmissions: u32) -> Self {
+        Self {
+            status: Status::Ok,
+            rtt_ms: Some(rtt.as_secs_f64() * 1000.0),
+            transmissions,
+            error: None,
+            detail: None,
+        }
+    }
+
+    /// Marks the step as answered with the error response `msg`.
+    pub(super) fn fail_with(&mut self, msg: &Message<'_>) {
+        match error_info(msg) {
+            Some(e) => {
+                self.status = Status::Error;
+                self.error = Some(e);
+            }
+            None => {
+                self.status = Status::BadResponse;
+                self.detail = Some("error response without a valid ERROR-CODE".into());
+            }
+        }
+    }
+
+    /// The server sent something back (success, error or garbage).
+    pub fn answered_by_server(&self) -> bool {
+        matches!(
+            self.status,
+            Status::Ok | Status::Error | Status::BadResponse
+        )
+    }
+}
+
+/// The Binding request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingReport {
+    pub step: StepReport,
+    /// XOR-MAPPED-ADDRESS (or MAPPED-ADDRESS from a pre-RFC 5389 server).
+    pub mapped_address: Option<SocketAddr>,
+    /// The address came from MAPPED-ADDRESS, not XOR-MAPPED-ADDRESS.
+    pub mapped_address_plain: bool,
+    pub software: Option<String>,
+}
+
+impl Default for BindingReport {
+    fn default() -> Self {
+        Self {
+            step: StepReport::failed(Status::Skipped, ""),
+            mapped_address: None,
+            mapped_address_plain: false,
+            software: None,
+        }
+    }
+}
+
+/// Whether a success response's MESSAGE-INTEGRITY(-SHA256) verified with our key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    Verified,
+    Missing,
+    Mismatch,
+}
+
+impl Integrity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Integrity::Verified => "verified",
+            Integrity::Missing => "missing",
+            Integrity::Mismatch => "mismatch",
+        }
+    }
+}
+
+/// The test allocation and its deletion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllocationReport {
+    pub username: String,
+    /// The credentials were minted from a TURN REST shared secret.
+    pub rest: bool,
+    /// REALM of the server's challenge.
+    pub realm: Option<String>,
+    /// "MD5" or "SHA-256".
+    pub password_algorithm: Option<&'static str>,
+    /// The authenticated Allocate (its round trip is the allocate RTT).
+    pub step: StepReport,
+    /// 438 Stale Nonce answers that were retried with the new nonce.
+    pub stale_nonce_retries: u32,
+    pub relayed_address: Option<SocketAddr>,
+    pub mapped_address: Option<SocketAddr>,
+    pub lifetime_secs: Option<u32>,
+    pub response_integrity: Option<Integrity>,
+    /// The Refresh LIFETIME 0 that deletes the allocation; `None` if there was none to delete.
+    pub deleted: Option<StepReport>,
+}
+
+impl AllocationReport {
+    pub(super) fn skipped(username: &str, rest: bool, detail: &str) -> Self {
+        Self {
+            username: username.to_owned(),
+            rest,
+            realm: None,
+            password_algorithm: None,
+            step: StepReport::failed(Status::Skipped, detail),
+            stale_nonce_retries: 0,
+            relayed_address: None,
+            mapped_address: None,
+            lifetime_secs: None,
+            response_integrity: None,
+            deleted: None,
+        }
+    }
+
+    pub(super) fn with(mut self, step: StepReport) -> Self {
+        self.step = step;
+        self
+    }
+}
+
+/// Everything one probe found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub server: SocketAddr,
+    pub local_address: Option<SocketAddr>,
+    /// The Binding request was answered.
+    pub reachable: bool,
+    pub binding: BindingReport,
+    /// Present when credentials were given.
+    pub allocation: Option<AllocationReport>,
+    pub warnings: Vec<String>,
+    pub exit_code: i32,
+}
+
+impl Report {
+    pub(super) fn new(server: SocketAddr) -> Self {
+        Self {
+            server,
+            local_address: None,
+            reachable: false,
+            binding: BindingReport::default(),
+            allocation: None,
+            warnings: Vec::new(),
+            exit_code: exit::OK,
+        }
+    }
+
+    /// A probe that could not send anything.
+    pub(super) fn new_unreachable(server: SocketAddr, detail: String) -> Self {
+        let mut r = Self::new(server);
+        r.binding.step = StepReport::failed(Status::Unreachable, detail);
+        r.finish();
+        r
+    }
+
+    /// Computes `exit_code`: 2 if any exchange got no answer, else 1 if any got an error.
+    pub(super) fn finish(&mut self) {
+        let mut steps = vec![&self.binding.step];
+        if let Some(a) = &self.allocation {
+            steps.push(&a.step);
+            steps.extend(a.deleted.as_ref());
+        }
+        self.exit_code = if steps.iter().any(|s| s.status.no_answer()) {
+            exit::NO_ANSWER
+        } else if steps
+            .iter()
+            .any(|s| matches!(s.status, Status::Error | Status::BadResponse))
+        {
+            exit::SERVER_ERROR
+        } else {
+            exit::OK
+        };
+    }
+
+    /// One JSON object (no trailing newline).
+    pub fn to_json(&self) -> String {
+        let mut o = JsonObject::new();
+        o.str("server", &self.server.to_string());
+        o.opt_str("local_address", self.local_address.map(|a| a.to_string()));
+        o.raw("reachable", bool_json(self.reachable));
+        let mut b = step_json(&self.binding.step);
+        b.opt_str(
+            "mapped_address",
+            self.binding.mapped_address.map(|a| a.to_string()),
+        );
+        b.raw(
+            "mapped_address_plain",
+            bool_json(self.binding.mapped_address_plain),
+        );
+        b.opt_str("software", self.binding.software.clone());
+        o.raw("binding", &b.finish());
+        match &self.allocation {
+            None => o.raw("allocation", "null"),
+            Some(a) => {
+                let mut j = step_json(&a.step);
+                j.str("username", &a.username);
+                j.str(
+                    "credentials",
+                    if a.rest { "rest_secret" } else { "long_term" },
+                );
+                j.opt_str("realm", a.realm.clone());
+                j.opt_str(
+                    "password_algorithm",
+                    a.password_algorithm.map(str::to_owned),
+                );
+                j.raw("stale_nonce_retries", &a.stale_nonce_retries.to_string());
+                j.opt_str("relayed_address", a.relayed_address.map(|x| x.to_string()));
+                j.opt_str("mapped_address", a.mapped_address.map(|x| x.to_string()));
+                j.raw(
+                    "lifetime_secs",
+                    &a.lifetime_secs
+                        .map_or_else(|| "null".to_owned(), |l| l.to_string()),
+                );
+                j.opt_str(
+                    "response_integrity",
+                    a.response_integrity.map(|i| i.as_str().to_owned()),
+                );
+                match &a.deleted {
+                    None => j.raw("deleted", "null"),
+                    Some(d) => j.raw("deleted", &step_json(d).finish()),
+                }
+                o.raw("allocation", &j.finish());
+            }
+        }
+        let warnings: Vec<String> = self.warnings.iter().map(|w| json_string(w)).collect();
+        o.raw("warnings", &format!("[{}]", warnings.join(",")));
+        o.raw("exit_code", &self.exit_code.to_string());
+        o.finish()
+    }
+}
+
+fn step_json(s: &StepReport) -> JsonObject {
+    let mut o = JsonObject::new();
+    o.str("status", s.status.as_str());
+    o.raw(
+        "rtt_ms",
+        &s.rtt_ms
+            .map_or_else(|| "null".to_owned(), |r| format!("{r:.3}")),
+    );
+    o.raw("transmissions", &s.transmissions.to_string());
+    match &s.error {
+        None => o.raw("error", "null"),
+        Some(e) => {
+            let mut j = JsonObject::new();
+            j.raw("code", &e.code.to_string());
+            j.str("reason", &e.reason);
+            j.opt_str("hint", e.hint.map(str::to_owned));
+            j.opt_str(
+                "alternate_server",
+                e.alternate_server.map(|a| a.to_string()),
+            );
+            o.raw("error", &j.finish());
+        }
+    }
+    o.opt_str("detail", s.detail.clone());
+    o
+}
+
+fn bool_json(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+/// Builds `{"k":v,...}` in insertion order.
+struct JsonObject(String);
+
+impl JsonObject {
+    fn new() -> Self {
+        Self(String::from("{"))
+    }
+
+    fn raw(&mut self, key: &str, value: &str) {
+        if self.0.len() > 1 {
+            self.0.push(',');
+        }
+        self.0.push_str(&json_string(key));
+        self.0.push(':');
+        self.0.push_str(value);
+    }
+
+    fn str(&mut self, key: &str, value: &str) {
+        self.raw(key, &json_string(value));
+    }
+
+    fn opt_str(&mut self, key: &str, value: Option<String>) {
+        match value {
+            Some(v) => self.str(key, &v),
+            None => self.raw(key, "null"),
+        }
+    }
+
+    fn finish(mut self) -> String {
+        self.0.push('}');
+        self.0
+    }
+}
+
+/// A JSON string literal (RFC 8259 §7): quotes, backslash and control characters escaped.
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Advice for an exchange that got no usable answer.
+fn no_answer_hint(status: Status, allocate: bool) -> Option<&'static str> {
+    match (status, allocate) {
+        (Status::Timeout, false) => Some(
+            "no answer: a firewall drops UDP to this address/port, wrong IP or port, or the \
+             relay is down (browsers report this as \"relay candidate creation timeout\")",
+        ),
+        (Status::Timeout, true) => Some(
+            "Binding is answered but Allocate is not: the server may be STUN-only, or TURN is \
+             disabled (browsers report \"relay candidate creation timeout\")",
+        ),
+        (Status::Unreachable, _) => {
+            Some("the request could not be delivered: check the address, the port and the routes")
+        }
+        _ => None,
+    }
+}
+
+fn rtt(s: &StepReport) -> String {
+    match s.rtt_ms {
+        Some(ms) => format!(
+            "{ms:.2} ms ({} transmission{})",
+            s.transmissions,
+            if s.transmissions == 1 { "" } else { "s" }
+        ),
+        None => "-".into(),
+    }
+}
+
+fn line(f: &mut fmt::Formatter<'_>, label: &str, value: impl fmt::Display) -> fmt::Result {
+    writeln!(f, "  {label:<17}{value}")
+}
+
+fn step_failure(f: &mut fmt::Formatter<'_>, s: &StepReport, allocate: bool) -> fmt::Result {
+    if let Some(e) = &s.error {
+        line(f, "error", format_args!("{} {}", e.code, e.reason))?;
+        if let Some(alt) = e.alternate_server {
+            line(f, "alternate server", alt)?;
+        }
+        if let Some(h) = e.hint {
+            line(f, "hint", h)?;
+        }
+    }
+    if let Some(d) = &s.detail {
+        line(f, "detail", d)?;
+    }
+    if let Some(h) = no_answer_hint(s.status, allocate) {
+        line(f, "hint", h)?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.local_address {
+            Some(l) => writeln!(f, "STUN Binding to {} from {l}", self.server)?,
+            None => writeln!(f, "STUN Binding to {}", self.server)?,
+        }
+        let b = &self.binding;
+        line(f, "reachable", if self.reachable { "yes" } else { "no" })?;
+        if b.step.answered_by_server() {
+            line(f, "round-trip", rtt(&b.step))?;
+        }
+        if b.step.status != Status::Ok {
+            line(f, "result", b.step.status.as_str())?;
+        }
+        if let Some(m) = b.mapped_address {
+            let plain = if b.mapped_address_plain {
+                " (MAPPED-ADDRESS, not XOR)"
+            } else {
+                ""
+            };
+            line(f, "mapped address", format_args!("{m}{plain}"))?;
+        }
+        if let Some(s) = &b.software {
+            line(f, "software", s)?;
+        }
+        step_failure(f, &b.step, false)?;
+
+        if let Some(a) = &self.allocation {
+            let how = if a.rest {
+                "TURN REST secret"
+            } else {
+                "long-term credentials"
+            };
+            writeln!(f, "TURN Allocate (UDP) as \"{}\" ({how})", a.username)?;
+            if let Some(r) = &a.realm {
+                line(f, "realm", r)?;
+            }
+            if let Some(p) = a.password_algorithm {
+                line(f, "password algo", p)?;
+            }
+            line(f, "result", a.step.status.as_str())?;
+            if a.step.answered_by_server() {
+                line(f, "round-trip", rtt(&a.step))?;
+            }
+            if a.stale_nonce_retries > 0 {
+                line(f, "stale nonce", "438 answered, retried with the new nonce")?;
+            }
+            if let Some(r) = a.relayed_address {
+                line(f, "relayed address", r)?;
+            }
+            if let Some(m) = a.mapped_address {
+                line(f, "mapped address", m)?;
+            }
+            if let Some(l) = a.lifetime_secs {
+                line(f, "lifetime", format_args!("{l} s"))?;
+            }
+            if let Some(i) = a.response_integrity {
+                line(f, "integrity", i.as_str())?;
+            }
+            step_failure(f, &a.step, true)?;
+            if let Some(d) = &a.deleted {
+                match d.status {
+                    Status::Ok => line(
+                        f,
+                        "deleted",
+                        format_args!(
+                            "yes (Refresh LIFETIME 0 answered in {:.2} ms)",
+                            d.rtt_ms.unwrap_or_default()
+                        ),
+                    )?,
+                    s => {
+                        line(f, "deleted", format_args!("no ({})", s.as_str()))?;
+                        step_failure(f, d, true)?;
+                    }
+                }
+            }
+        }
+        for w in &self.warnings {
+            writeln!(f, "warning: {w}")?;
+        }
+        let verdict = match self.exit_code {
+            exit::OK => "OK",
+            exit::SERVER_ERROR => "FAILED (server answered with an error)",
+            _ => "FAILED (no answer)",
+        };
+        writeln!(f, "result: {verdict} (exit {})", self.exit_code)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_string_escapes() {
+        assert_eq!(json_string("a\"b\\c\n\u{1}é"), r#""a\"b\\c\n\u0001é""#);
+    }
+
+    #[test]
+    fn exit_code_precedence() {
+        let mut r = Report::new("127.0.0.1:3478".parse().unwrap());
+        r.binding.step = StepReport::failed(Status::Ok, "");
+        r.finish();
+        assert_eq!(r.exit_code, exit::OK);
+        let mut a = AllocationReport::skipped("u", false, "");
+        a.step = StepReport::failed(Status::Error, "");
+        a.deleted = Some(StepReport::failed(Status::Timeout, ""));
+        r.allocation = Some(a.clone());
+        r.finish();
+        assert_eq!(r.exit_code, exit::NO_ANSWER);
+        a.deleted = None;
+        r.allocation = Some(a);
+        r.finish();
+        assert_eq!(r.exit_code, exit::SERVER_ERROR);
+        let json = r.to_json();
+        assert!(json.starts_with(r#"{"server":"127.0.0.1:3478","local_address":null,"#));
+        assert!(json.ends_with(r#""warnings":[],"exit_code":1}"#), "{json}");
+    }
+}
