@@ -64,7 +64,7 @@ pub fn log(event: Event) {
             reason,
         } => {
             let user = user.as_deref().unwrap_or("-");
-            tracing::warn!(user, %client, method = ?method, %reason,
+            tracing::warn!(user, %client, %method, %reason,
                 "authentication failed (401/438): check the client's username, password or shared secret, and the realm");
         }
         Event::PeerDenied {
@@ -81,7 +81,7 @@ pub fn log(event: Event) {
             method,
             code,
         } => {
-            tracing::info!(%client, method = ?method, code, "request rejected");
+            tracing::info!(%client, %method, code, "request rejected");
         }
         Event::Redirected { client, alternate } => {
             tracing::info!(%client, %alternate, "allocation redirected to alternate server (300)");

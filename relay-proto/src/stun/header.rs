@@ -63,6 +63,32 @@ impl Method {
     pub const CONNECT: Method = Method(0x00A);
     pub const CONNECTION_BIND: Method = Method(0x00B);
     pub const CONNECTION_ATTEMPT: Method = Method(0x00C);
+
+    /// The RFC name, for operator logs; None for methods this codec does not know.
+    pub const fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Method::BINDING => "Binding",
+            Method::ALLOCATE => "Allocate",
+            Method::REFRESH => "Refresh",
+            Method::SEND => "Send",
+            Method::DATA => "Data",
+            Method::CREATE_PERMISSION => "CreatePermission",
+            Method::CHANNEL_BIND => "ChannelBind",
+            Method::CONNECT => "Connect",
+            Method::CONNECTION_BIND => "ConnectionBind",
+            Method::CONNECTION_ATTEMPT => "ConnectionAttempt",
+            _ => return None,
+        })
+    }
+}
+
+impl core::fmt::Display for Method {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.name() {
+            Some(n) => f.write_str(n),
+            None => write!(f, "method {:#05x}", self.0),
+        }
+    }
 }
 
 /// Message type = M11..M7 C1 M6..M4 C0 M3..M0 (RFC 8489 §5, figure 3).
@@ -101,6 +127,14 @@ pub(crate) fn be32(buf: &[u8], at: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn method_names_for_logs() {
+        assert_eq!(Method::ALLOCATE.to_string(), "Allocate");
+        assert_eq!(Method::CREATE_PERMISSION.to_string(), "CreatePermission");
+        assert_eq!(Method(0x0FF).to_string(), "method 0x0ff");
+    }
+
     use super::*;
 
     #[test]
