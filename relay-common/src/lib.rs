@@ -33,8 +33,244 @@ impl IfaceCounters {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// TURN fast path maps.
+//
+// Addresses are 16-byte arrays with IPv4 stored v4-mapped (`::ffff:a.b.c.d`): one map per
+// kind serves both families and the mixed cases (an IPv4 client with an IPv6 relayed
+// address), the kernel builds keys from packet bytes with plain copies, and userspace has
+// one code path. The cost is 12 unused bytes per IPv4 address in a key, which hash maps of
+// this size do not notice. Ports and channel numbers are network byte order byte arrays.
+// ---------------------------------------------------------------------------------------
+
+/// `HashMap<RelayKey, u32>`: relay bind address (ip:port the relay socket is bound to) →
+/// counter slot. A packet to one of these addresses is peer → client traffic.
+pub const ALLOCATIONS_MAP: &str = "ALLOCATIONS";
+/// `HashMap<ChannelKey, ChannelValue>`: client → peer ChannelData.
+pub const CHANNELS_MAP: &str = "CHANNELS";
+/// `HashMap<PeerKey, ClientTarget>`: peer → client as ChannelData (`channel != 0`).
+pub const PEER_CHANNELS_MAP: &str = "PEER_CHANNELS";
+/// `HashMap<PermissionKey, ClientTarget>`: peer → client as a Data indication.
+pub const PERMISSIONS_MAP: &str = "PERMISSIONS";
+/// `PerCpuArray<AllocCounters>` indexed by slot.
+pub const ALLOC_COUNTERS_MAP: &str = "ALLOC_COUNTERS";
+/// `PerCpuArray<u64>` indexed by [`Reason`].
+pub const REASON_COUNTERS_MAP: &str = "REASON_COUNTERS";
+/// `DevMapHash` keyed by ifindex: the interfaces the program may redirect to (the ones it
+/// is attached to). A FIB result pointing elsewhere is passed up.
+pub const REDIRECT_MAP: &str = "REDIRECT_IFACES";
+
+/// `HashMap<Ip, u32>`: the public (advertised) IPs of relayed addresses, value = number of
+/// allocations using it. ChannelData to a peer on one of these is hairpin traffic, which
+/// the kernel passes up (userspace delivers it without a round trip through the NAT).
+pub const PUBLIC_IPS_MAP: &str = "PUBLIC_IPS";
+/// Capacity of [`PUBLIC_IPS_MAP`].
+pub const PUBLIC_IPS_MAX: u32 = 256;
+
+/// Default `max_allocations` when the daemon does not say.
+pub const DEFAULT_MAX_ALLOCATIONS: u32 = 16384;
+/// Relayed addresses per allocation (one per family of a dual allocation).
+pub const RELAYS_PER_ALLOCATION: u32 = 2;
+/// Channel entries per allocation (both [`CHANNELS_MAP`] and [`PEER_CHANNELS_MAP`]).
+pub const CHANNELS_PER_ALLOCATION: u32 = 4;
+/// Permission entries per allocation.
+pub const PERMISSIONS_PER_ALLOCATION: u32 = 8;
+/// Capacity of [`REDIRECT_MAP`].
+pub const REDIRECT_MAX: u32 = 64;
+
+/// Map capacities derived from `max_allocations`: (map name, entries).
+pub const fn map_sizes(max_allocations: u32) -> [(&'static str, u32); 5] {
+    let relays = max_allocations.saturating_mul(RELAYS_PER_ALLOCATION);
+    let channels = max_allocations.saturating_mul(CHANNELS_PER_ALLOCATION);
+    [
+        (ALLOCATIONS_MAP, relays),
+        (ALLOC_COUNTERS_MAP, relays),
+        (CHANNELS_MAP, channels),
+        (PEER_CHANNELS_MAP, channels),
+        (
+            PERMISSIONS_MAP,
+            max_allocations.saturating_mul(PERMISSIONS_PER_ALLOCATION),
+        ),
+    ]
+}
+
+/// An IP address as the maps store it (IPv4 v4-mapped).
+pub type Ip = [u8; 16];
+/// A port or channel number in network byte order.
+pub type Be16 = [u8; 2];
+
+/// `::ffff:a.b.c.d`.
+pub const fn v4_mapped(v4: [u8; 4]) -> Ip {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Whether `ip` is v4-mapped, i.e. stands for an IPv4 address.
+pub fn is_v4_mapped(ip: &Ip) -> bool {
+    ip[..10].iter().all(|b| *b == 0) && ip[10] == 0xff && ip[11] == 0xff
+}
+
+/// Key of [`ALLOCATIONS_MAP`]: a relay socket's bind address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RelayKey {
+    pub ip: Ip,
+    pub port: Be16,
+    pub _pad: [u8; 2],
+}
+
+/// Key of [`CHANNELS_MAP`]: who sent the ChannelData, where to, on which channel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChannelKey {
+    pub client_ip: Ip,
+    pub listener_ip: Ip,
+    pub client_port: Be16,
+    pub listener_port: Be16,
+    pub channel: Be16,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`CHANNELS_MAP`]: send the payload from `relay` to `peer`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ChannelValue {
+    pub relay_ip: Ip,
+    pub peer_ip: Ip,
+    pub relay_port: Be16,
+    pub peer_port: Be16,
+    /// Index into [`ALLOC_COUNTERS_MAP`].
+    pub slot: u32,
+}
+
+/// Key of [`PEER_CHANNELS_MAP`]: a peer's packet to a relay address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub relay_ip: Ip,
+    pub peer_ip: Ip,
+    pub relay_port: Be16,
+    pub peer_port: Be16,
+}
+
+/// Key of [`PERMISSIONS_MAP`]: permissions are per peer IP, any port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PermissionKey {
+    pub relay_ip: Ip,
+    pub peer_ip: Ip,
+    pub relay_port: Be16,
+    pub _pad: [u8; 2],
+}
+
+/// Value of [`PEER_CHANNELS_MAP`] and [`PERMISSIONS_MAP`]: where the client is, which of
+/// our addresses it talks to, and the channel (`[0, 0]` for "send a Data indication").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientTarget {
+    pub client_ip: Ip,
+    pub listener_ip: Ip,
+    pub client_port: Be16,
+    pub listener_port: Be16,
+    pub channel: Be16,
+    pub _pad: [u8; 2],
+    /// Index into [`ALLOC_COUNTERS_MAP`].
+    pub slot: u32,
+}
+
+/// Per relayed address: what the kernel relayed (application payload bytes, i.e. without
+/// ChannelData/STUN framing).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllocCounters {
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+}
+
+impl AllocCounters {
+    /// Sum of per-CPU values.
+    pub fn sum<'a>(values: impl IntoIterator<Item = &'a AllocCounters>) -> AllocCounters {
+        values
+            .into_iter()
+            .fold(AllocCounters::default(), |a, v| AllocCounters {
+                to_peer_packets: a.to_peer_packets.wrapping_add(v.to_peer_packets),
+                to_peer_bytes: a.to_peer_bytes.wrapping_add(v.to_peer_bytes),
+                to_client_packets: a.to_client_packets.wrapping_add(v.to_client_packets),
+                to_client_bytes: a.to_client_bytes.wrapping_add(v.to_client_bytes),
+            })
+    }
+}
+
+macro_rules! reasons {
+    ($($name:ident = $n:literal, $text:literal;)*) => {
+        /// What the program did with a packet, and why it went up when it did. Index of
+        /// [`REASON_COUNTERS_MAP`].
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Reason { $($name = $n,)* }
+
+        impl Reason {
+            pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
+            /// Stable snake_case name for metrics and logs.
+            pub const fn name(self) -> &'static str {
+                match self { $(Reason::$name => $text,)* }
+            }
+        }
+    };
+}
+
+reasons! {
+    ForwardedToPeer = 0, "forwarded_to_peer";
+    ForwardedToClient = 1, "forwarded_to_client";
+    DataIndication = 2, "data_indication";
+    NotIp = 3, "not_ip";
+    NotUdp = 4, "not_udp";
+    Fragment = 5, "fragment";
+    IpOptions = 6, "ip_options";
+    Ipv6ExtHeader = 7, "ipv6_ext_header";
+    Malformed = 8, "malformed";
+    NoMatch = 9, "no_match";
+    NotChannelData = 10, "not_channel_data";
+    UnknownChannel = 11, "unknown_channel";
+    NoPermission = 12, "no_permission";
+    FibNoNeighbour = 13, "fib_no_neighbour";
+    FibFailed = 14, "fib_failed";
+    FibForwardingDisabled = 15, "fib_forwarding_disabled";
+    TooBig = 16, "too_big";
+    NoRedirectTarget = 17, "no_redirect_target";
+    AdjustFailed = 18, "adjust_failed";
+    NoChecksum = 19, "no_checksum";
+    BadPadding = 20, "bad_padding";
+    Hairpin = 21, "hairpin";
+}
+
+/// Capacity of [`REASON_COUNTERS_MAP`] (room to add reasons without a layout change).
+pub const REASON_COUNT: u32 = 32;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain old data, `repr(C)`, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::IfaceCounters {}
+    // SAFETY: as above; padding is explicit (`_pad` fields), so every byte is initialised.
+    unsafe impl aya::Pod for super::RelayKey {}
+    unsafe impl aya::Pod for super::ChannelKey {}
+    unsafe impl aya::Pod for super::ChannelValue {}
+    unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::PermissionKey {}
+    unsafe impl aya::Pod for super::ClientTarget {}
+    unsafe impl aya::Pod for super::AllocCounters {}
 }
+
+// Layouts the kernel program and the daemon must agree on.
+const _: () = {
+    assert!(core::mem::size_of::<RelayKey>() == 20);
+    assert!(core::mem::size_of::<ChannelKey>() == 40);
+    assert!(core::mem::size_of::<ChannelValue>() == 40);
+    assert!(core::mem::size_of::<PeerKey>() == 36);
+    assert!(core::mem::size_of::<PermissionKey>() == 36);
+    assert!(core::mem::size_of::<ClientTarget>() == 44);
+    assert!(core::mem::size_of::<AllocCounters>() == 32);
+};

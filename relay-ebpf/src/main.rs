@@ -1,18 +1,62 @@
 //! The relay's XDP program.
 //!
-//! For now it counts what arrives on each attached interface and passes every packet on
-//! to the kernel stack; the TURN fast path builds on the same entry point.
+//! Counts what arrives on each attached interface, then runs the TURN fast path: UDP
+//! ChannelData from clients to peers and peer datagrams back to clients are rewritten
+//! and sent on in the kernel; everything else (and every case the fast path does not
+//! handle) passes up to the daemon unchanged, with the reason counted.
 #![no_std]
 #![no_main]
 
+mod client_to_peer;
 mod counters;
+mod csum;
+mod emit;
+mod fib;
+mod maps;
+mod parse;
+mod peer_to_client;
+mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use relay_common::{Reason, RelayKey};
 
 #[xdp]
 pub fn relay_xdp(ctx: XdpContext) -> u32 {
     counters::count(&ctx);
-    xdp_action::XDP_PASS
+    match relay(&ctx) {
+        Ok((action, reason)) => {
+            maps::count_reason(reason);
+            action
+        }
+        // The frame was already being rewritten: it cannot go up half-changed.
+        Err(Reason::AdjustFailed) => {
+            maps::count_reason(Reason::AdjustFailed);
+            xdp_action::XDP_DROP
+        }
+        Err(reason) => {
+            maps::count_reason(reason);
+            xdp_action::XDP_PASS
+        }
+    }
+}
+
+#[inline(always)]
+fn relay(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
+    let udp = maps::SCRATCH_UDP.get_ptr_mut(0).ok_or(Reason::Malformed)?;
+    // SAFETY: per-CPU scratch slot, used by this run only (see maps.rs).
+    let udp = unsafe { &mut *udp };
+    parse::parse(ctx, udp)?;
+    let udp = &*udp;
+    let relay = RelayKey {
+        ip: udp.dst_ip,
+        port: udp.dst_port,
+        _pad: [0; 2],
+    };
+    if maps::ALLOCATIONS.get_ptr(&relay).is_some() {
+        verdict::unpack(peer_to_client::handle(ctx, udp))
+    } else {
+        verdict::unpack(client_to_peer::handle(ctx, udp))
+    }
 }
 
 #[cfg(not(test))]

@@ -3,16 +3,20 @@
 
 mod attach;
 mod logs;
+pub mod maps;
 
 pub use attach::{AttachMode, Attached};
 pub use logs::spawn_log_pump;
+pub use maps::{XdpMaps, XdpMapsError};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::PerCpuHashMap,
     programs::{Xdp, XdpMode},
 };
-use relay_common::{IFACE_COUNTERS_MAP, IfaceCounters, XDP_PROGRAM};
+use relay_common::{
+    DEFAULT_MAX_ALLOCATIONS, IFACE_COUNTERS_MAP, IfaceCounters, XDP_PROGRAM, map_sizes,
+};
 
 /// The object built from `relay-ebpf` by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RELAY_EBPF_OBJECT"));
@@ -50,13 +54,26 @@ pub enum XdpError {
 pub struct XdpPath {
     ebpf: Ebpf,
     attached: Vec<Attached>,
+    max_allocations: u32,
 }
 
 impl XdpPath {
-    /// Loads the embedded object and verifies the program; attaches nowhere yet.
+    /// Loads the embedded object and verifies the program; attaches nowhere yet. Maps are
+    /// sized for [`DEFAULT_MAX_ALLOCATIONS`].
     pub fn load() -> Result<Self, XdpError> {
+        Self::load_with(DEFAULT_MAX_ALLOCATIONS)
+    }
+
+    /// As [`XdpPath::load`], with the fast-path maps sized for `max_allocations`
+    /// (see [`relay_common::map_sizes`]).
+    pub fn load_with(max_allocations: u32) -> Result<Self, XdpError> {
         raise_memlock_limit();
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(XdpError::Load)?;
+        let max_allocations = max_allocations.max(1);
+        let mut loader = EbpfLoader::new();
+        for (name, size) in map_sizes(max_allocations) {
+            loader.map_max_entries(name, size);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(XdpError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or(XdpError::MissingProgram)?
@@ -66,7 +83,16 @@ impl XdpPath {
         Ok(Self {
             ebpf,
             attached: Vec::new(),
+            max_allocations,
         })
+    }
+
+    /// Takes the fast-path maps (once) for the daemon's map writer. The interfaces attached
+    /// so far become redirect targets; attach first, or add later ones with
+    /// [`XdpMaps::add_redirect_interface`].
+    pub fn take_maps(&mut self) -> Result<XdpMaps, XdpMapsError> {
+        let attached: Vec<u32> = self.attached.iter().map(|a| a.ifindex).collect();
+        XdpMaps::take(&mut self.ebpf, self.max_allocations, &attached)
     }
 
     /// The aya `Ebpf` handle, for the log pump and for tests.

@@ -1,0 +1,83 @@
+//! The fast path's maps. Sizes here are defaults; the daemon sets the real ones from
+//! `max_allocations` at load time.
+
+use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
+use aya_ebpf::{
+    macros::map,
+    maps::{DevMapHash, HashMap, PerCpuArray},
+};
+use relay_common::{
+    AllocCounters, CHANNELS_PER_ALLOCATION, ChannelKey, ChannelValue, ClientTarget,
+    DEFAULT_MAX_ALLOCATIONS, Ip, PERMISSIONS_PER_ALLOCATION, PUBLIC_IPS_MAX, PeerKey,
+    PermissionKey, REASON_COUNT, REDIRECT_MAX, RELAYS_PER_ALLOCATION, Reason, RelayKey,
+};
+
+use crate::parse::Udp;
+
+const RELAYS: u32 = DEFAULT_MAX_ALLOCATIONS * RELAYS_PER_ALLOCATION;
+const CHANNELS: u32 = DEFAULT_MAX_ALLOCATIONS * CHANNELS_PER_ALLOCATION;
+
+#[map(name = "ALLOCATIONS")]
+pub static ALLOCATIONS: HashMap<RelayKey, u32> = HashMap::with_max_entries(RELAYS, 0);
+
+#[map(name = "CHANNELS")]
+pub static CHANNEL_MAP: HashMap<ChannelKey, ChannelValue> = HashMap::with_max_entries(CHANNELS, 0);
+
+#[map(name = "PEER_CHANNELS")]
+pub static PEER_CHANNELS: HashMap<PeerKey, ClientTarget> = HashMap::with_max_entries(CHANNELS, 0);
+
+#[map(name = "PERMISSIONS")]
+pub static PERMISSIONS: HashMap<PermissionKey, ClientTarget> =
+    HashMap::with_max_entries(DEFAULT_MAX_ALLOCATIONS * PERMISSIONS_PER_ALLOCATION, 0);
+
+#[map(name = "PUBLIC_IPS")]
+pub static PUBLIC_IPS: HashMap<Ip, u32> = HashMap::with_max_entries(PUBLIC_IPS_MAX, 0);
+
+#[map(name = "ALLOC_COUNTERS")]
+pub static ALLOC_COUNTERS: PerCpuArray<AllocCounters> = PerCpuArray::with_max_entries(RELAYS, 0);
+
+#[map(name = "REASON_COUNTERS")]
+pub static REASON_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+#[map(name = "REDIRECT_IFACES")]
+pub static REDIRECT_IFACES: DevMapHash = DevMapHash::with_max_entries(REDIRECT_MAX, 0);
+
+// Per-CPU scratch space for what does not fit the 512-byte BPF stack (the parsed datagram,
+// the FIB lookup parameters): one map each so the references never alias. A program run
+// is not preempted by another run on its CPU, so a slot belongs to one run at a time.
+
+#[map(name = "SCRATCH_UDP")]
+pub static SCRATCH_UDP: PerCpuArray<Udp> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SCRATCH_FIB")]
+pub static SCRATCH_FIB: PerCpuArray<FibParams> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn count_reason(reason: Reason) {
+    if let Some(c) = REASON_COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_to_peer(slot: u32, bytes: u64) {
+    if let Some(c) = ALLOC_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).to_peer_packets += 1;
+            (*c).to_peer_bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_to_client(slot: u32, bytes: u64) {
+    if let Some(c) = ALLOC_COUNTERS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*c).to_client_packets += 1;
+            (*c).to_client_bytes += bytes;
+        }
+    }
+}
