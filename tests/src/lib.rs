@@ -2,9 +2,13 @@
 //! namespaces, veth pairs and nftables, so end-to-end tests run real clients through a
 //! static-NAT firewall to a dual-NIC relay host. Needs root (CI is root).
 
+pub mod browser;
 pub mod cmd;
+pub mod coturn;
 pub mod netns;
+pub mod relay;
 pub mod topology;
+pub mod turn_client;
 
 pub use netns::Netns;
 pub use topology::{Addresses, Topology, TopologyOptions};

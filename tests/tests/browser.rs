@@ -1,0 +1,290 @@
+//! A real browser through the relay: headless Chromium in the client namespace runs two
+//! relay-only RTCPeerConnections whose only ICE server is the relay (reached through
+//! the static NAT), and they exchange data-channel messages. Both relayed candidates
+//! are the relay's public address, and the firewall does not reflect NAT, so every
+//! packet between the peers must hairpin inside the relay between its own allocations.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use relay_tests::{
+    Topology, TopologyOptions,
+    browser::{Chromium, PageServer, Report, find_chromium},
+    relay::{RelayProcess, field},
+};
+
+const PAGE: &str = include_str!("../assets/webrtc_relay.html");
+/// The page's own timeout (it reports a failure when it expires).
+const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the test waits for any report (browser start-up on top of the page's own).
+const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
+const MESSAGES: usize = 5;
+
+fn config(a: &relay_tests::Addresses) -> String {
+    format!(
+        r#"realm = "example.org"
+[[listen]]
+address = "{ext}:3478"
+transports = ["udp"]
+[relay]
+address = "{ext}"
+public_address = "{public}"
+ports = "24000-29999"
+[auth]
+users = {{ alice = "pw" }}
+[xdp]
+mode = "off"
+[log]
+level = "debug"
+"#,
+        ext = a.relay_external,
+        public = a.public,
+    )
+}
+
+/// `type address port protocol relayProtocol` as the page reports a candidate.
+struct Candidate<'a> {
+    kind: &'a str,
+    address: &'a str,
+    port: u16,
+}
+
+fn candidate<'a>(report: &'a Report, key: &str) -> Candidate<'a> {
+    let v = report
+        .get(key)
+        .unwrap_or_else(|| panic!("report has no {key}:\n{}", report.text));
+    let mut f = v.split_whitespace();
+    let (Some(kind), Some(address), Some(port)) = (f.next(), f.next(), f.next()) else {
+        panic!("{key}={v} is not `type address port …`");
+    };
+    Candidate {
+        kind,
+        address,
+        port: port
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}={v}: bad port")),
+    }
+}
+
+/// Relay-side counters of one allocation, from its "allocation deleted/expired" line.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    to_peer: u64,
+    to_client: u64,
+}
+
+#[test]
+fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
+    let started = Instant::now();
+    let chromium = find_chromium().expect(
+        "Chromium is not installed (`apt-get install chromium`, or `cargo xtask setup`); \
+         set CHROMIUM=/path/to/chrome to use another build",
+    );
+    let topo = Topology::new(TopologyOptions {
+        nat_reflection: false,
+    })
+    .expect("build topology");
+    let a = topo.addrs;
+    let relay = RelayProcess::start(&topo.relay, &config(&a)).expect("start relay");
+    let server = PageServer::start(&topo.client, PAGE).expect("start page server");
+    let url = format!(
+        "{}?url={}&username=alice&credential=pw&messages={MESSAGES}&timeout_ms={}",
+        server.url(),
+        // turn:203.0.113.50:3478?transport=udp, percent-encoded for the query string.
+        format_args!("turn%3A{}%3A3478%3Ftransport%3Dudp", a.public),
+        PAGE_TIMEOUT.as_millis()
+    );
+    let mut browser = Chromium::launch(&topo.client, &chromium, &url).expect("launch Chromium");
+
+    let failure = |what: &str, report: Option<&Report>| -> String {
+        format!(
+            "{what}\n----- page report -----\n{}\n----- Chromium ICE/TURN lines (last 200) -----\n{}\n\
+             ----- relay log -----\n{}",
+            report.map(|r| r.text.as_str()).unwrap_or("(none)"),
+            browser.ice_lines(200),
+            relay.logs()
+        )
+    };
+
+    let Some(text) = server.wait_result(RESULT_TIMEOUT) else {
+        let msg = failure(
+            &format!("the page reported nothing within {RESULT_TIMEOUT:?}"),
+            None,
+        );
+        panic!(
+            "{msg}\n----- Chromium output (all) -----\n{}",
+            browser.output()
+        );
+    };
+    let report = Report::parse(text);
+    eprintln!("page report:\n{}", report.text);
+
+    assert_eq!(
+        report.get("ok"),
+        Some("true"),
+        "{}",
+        failure("the page failed", Some(&report))
+    );
+
+    // Messages both ways, all of them, in order.
+    for (key, from) in [("received_1to2", "pc1"), ("received_2to1", "pc2")] {
+        let want: Vec<String> = (0..MESSAGES).map(|i| format!("from-{from}-{i}")).collect();
+        let got: Vec<&str> = report
+            .get(key)
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert_eq!(got, want, "{}", failure(key, Some(&report)));
+    }
+
+    // The selected pair of each connection is relay ⇄ relay on the public address.
+    let public = a.public.to_string();
+    let mut relayed_ports = Vec::new();
+    for pc in ["pc1", "pc2"] {
+        for side in ["local", "remote"] {
+            let key = format!("{pc}.{side}");
+            let c = candidate(&report, &key);
+            assert_eq!(c.kind, "relay", "{}", failure(&key, Some(&report)));
+            assert_eq!(c.address, public, "{}", failure(&key, Some(&report)));
+        }
+        relayed_ports.push(candidate(&report, &format!("{pc}.local")).port);
+    }
+    // Each side's remote candidate is the other's local one.
+    assert_eq!(
+        candidate(&report, "pc1.remote").port,
+        relayed_ports[1],
+        "{}",
+        failure("pc1.remote is not pc2.local", Some(&report))
+    );
+    assert_eq!(
+        candidate(&report, "pc2.remote").port,
+        relayed_ports[0],
+        "{}",
+        failure("pc2.remote is not pc1.local", Some(&report))
+    );
+    assert_ne!(relayed_ports[0], relayed_ports[1]);
+
+    // The relay's side: allocations on the public address, among them the two selected
+    // ones, and traffic through both of them in both directions. The page closed its
+    // peer connections, so Chrome released the allocations and the relay logged their
+    // counters.
+    let created = relay.log_lines("allocation created");
+    let mut ids_by_port = BTreeMap::new();
+    for line in &created {
+        let relayed = field(line, "relayed").unwrap_or("");
+        for addr in relayed.split(',') {
+            if let Some((ip, port)) = addr.rsplit_once(':') {
+                assert_eq!(
+                    ip,
+                    public,
+                    "{}",
+                    failure("relayed address is not the public one", Some(&report))
+                );
+                if let (Ok(port), Some(id)) = (port.parse::<u16>(), field(line, "id")) {
+                    ids_by_port.insert(port, id.to_owned());
+                }
+            }
+        }
+    }
+    assert!(
+        created.len() >= 2,
+        "{}",
+        failure("fewer than two allocations created", Some(&report))
+    );
+    let counters_of = |id: &str| -> Option<Counters> {
+        relay
+            .logs()
+            .lines()
+            .filter(|l| l.contains("allocation deleted") || l.contains("allocation expired"))
+            .find(|l| field(l, "id") == Some(id))
+            .map(|l| Counters {
+                to_peer: field(l, "to_peer_packets")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+                to_client: field(l, "to_client_packets")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            })
+    };
+    let mut by_pc = Vec::new();
+    for (pc, port) in ["pc1", "pc2"]
+        .into_iter()
+        .zip(relayed_ports.iter().copied())
+    {
+        let id = ids_by_port.get(&port).unwrap_or_else(|| {
+            panic!(
+                "{}",
+                failure(
+                    &format!("no allocation created with relayed {public}:{port} ({pc})"),
+                    Some(&report)
+                )
+            )
+        });
+        let id_owned = id.clone();
+        // Chrome sends its deallocations (Refresh, LIFETIME 0) when the page closes the
+        // connections; allow them a moment to arrive.
+        let line = relay.wait_for_line(Duration::from_secs(5), |l| {
+            (l.contains("allocation deleted") || l.contains("allocation expired"))
+                && field(l, "id") == Some(&id_owned)
+        });
+        if line.is_err() {
+            panic!(
+                "{}",
+                failure(
+                    &format!("allocation {id} ({pc}, relayed port {port}) was not released"),
+                    Some(&report)
+                )
+            );
+        }
+        let c = counters_of(id).expect("line just seen");
+        eprintln!("relay allocation {id} ({pc}, {public}:{port}): {c:?}");
+        assert!(
+            c.to_peer > 0 && c.to_client > 0,
+            "{}",
+            failure(
+                &format!("allocation {id} ({pc}) relayed no traffic one way: {c:?}"),
+                Some(&report)
+            )
+        );
+        by_pc.push((id.clone(), c));
+    }
+    // Hairpin evidence: nothing else can reach the peers (no NAT reflection, no other
+    // peers), so what one allocation hands its client must have been sent to its peer
+    // by the other one, which the relay counts on both sides at once.
+    if created.len() == 2 {
+        let ((id1, c1), (id2, c2)) = (by_pc[0].clone(), by_pc[1].clone());
+        assert!(
+            c2.to_client <= c1.to_peer && c1.to_client <= c2.to_peer,
+            "{}",
+            failure(
+                &format!(
+                    "allocations {id1} {c1:?} and {id2} {c2:?} delivered more than the other sent"
+                ),
+                Some(&report)
+            )
+        );
+    }
+
+    if std::env::var_os("BROWSER_TEST_VERBOSE").is_some() {
+        eprintln!(
+            "----- Chromium ICE/TURN lines -----\n{}\n----- relay log -----\n{}",
+            browser.ice_lines(usize::MAX),
+            relay.logs()
+        );
+    }
+    browser.kill();
+    let group = browser.pgid();
+    assert!(
+        !relay_tests::browser::group_alive(group),
+        "Chromium processes survived"
+    );
+    eprintln!(
+        "browser test passed in {:?} (page elapsed_ms={})",
+        started.elapsed(),
+        report.get("elapsed_ms").unwrap_or("?")
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
