@@ -695,32 +695,10 @@ fn io_detail(e: &io::Error) -> String {
     }
 }
 
-/// 96 random bits (RFC 8489 §6): /dev/urandom, or a clock-and-counter mix where there is none.
+/// 96 random bits (RFC 8489 §6) from the kernel's CSPRNG, like every other secret the
+/// relay draws (see `crate::core::random`).
 pub fn new_transaction_id() -> TransactionId {
-    use std::io::Read;
     let mut id = [0u8; 12];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut id))
-        .is_ok()
-    {
-        return TransactionId(id);
-    }
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    let a = h.finish();
-    h.write_u64(a);
-    let b = h.finish();
-    id[..8].copy_from_slice(&a.to_le_bytes());
-    id[8..].copy_from_slice(&b.to_le_bytes()[..4]);
+    getrandom::fill(&mut id).expect("the kernel's random source (getrandom) is unavailable");
     TransactionId(id)
 }
