@@ -9,5 +9,6 @@ pub mod events;
 pub mod logging;
 pub mod probe;
 pub mod serve;
+pub mod shard;
 pub mod udp;
 pub mod xdp;

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use crate::{
     cli::ServeArgs,
     config::{self, Config, Listener, Transport},
+    shard::{self, Kernel, ShardHandle},
     udp::Dataplane,
     xdp::{AttachMode, XdpPath},
 };
@@ -61,15 +62,20 @@ fn apply_flags(mut c: Config, args: &ServeArgs) -> Config {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let _xdp = start_xdp(config.xdp_mode, &config.xdp_interfaces)?;
-    let server = crate::core::server(&config, Instant::now())?;
+    let (_xdp, kernel) = start_xdp(&config)?;
     let udp: Vec<_> = config
         .listeners
         .iter()
         .filter(|l| l.transports.contains(&Transport::Udp))
         .map(|l| l.address)
         .collect();
-    let dataplane = Dataplane::new(server, &udp)?.spawn()?;
+    let mut shards: Vec<ShardHandle> = Vec::new();
+    let mut threads = Vec::new();
+    let name = "udp-0".to_owned();
+    let (handle, inbox) = shard::channel(&name).context("creating a shard wake-up eventfd")?;
+    let server = crate::core::server(&config, Instant::now())?;
+    threads.push(Dataplane::new(server, &udp, inbox, kernel.clone())?.spawn(&name)?);
+    shards.push(handle);
     for r in [config.relay_v4, config.relay_v6].into_iter().flatten() {
         tracing::info!(
             bind = %r.bind, public = %r.public, ports = %format!("{}-{}", config.ports.low, config.ports.high),
@@ -80,24 +86,36 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_allocations = config.max_allocations, "relay running; SIGTERM or Ctrl-C stops it");
     shutdown_signal().await;
     tracing::info!("shutting down");
-    let server = tokio::task::spawn_blocking(move || dataplane.shutdown()).await?;
-    tracing::info!(allocations = server.allocation_count(), "stopped");
+    for s in &shards {
+        s.stop();
+    }
+    let servers = tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .filter_map(|t| t.join().ok())
+            .collect::<Vec<_>>()
+    })
+    .await?;
+    let allocations: usize = servers.iter().map(|s| s.allocation_count()).sum();
+    tracing::info!(allocations, "stopped");
     Ok(())
 }
 
-/// Loads and attaches the kernel program. With `auto`, a failure to load leaves the
-/// relay running on its userspace path, with the reason logged; an explicit mode makes
-/// it fatal, because the operator asked for it.
-fn start_xdp(mode: AttachMode, interfaces: &[String]) -> anyhow::Result<Option<XdpPath>> {
+/// Loads and attaches the kernel program and hands its maps to the shards. With `auto`,
+/// a failure to load leaves the relay running on its userspace path, with the reason
+/// logged; an explicit mode makes it fatal, because the operator asked for it.
+fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpPath>, Kernel)> {
+    let (mode, interfaces) = (config.xdp_mode, &config.xdp_interfaces);
     if mode == AttachMode::Off || interfaces.is_empty() {
         tracing::info!("XDP fast path off: relaying in userspace");
-        return Ok(None);
+        return Ok((None, Kernel::off()));
     }
-    let mut xdp = match XdpPath::load() {
+    let max = u32::try_from(config.max_allocations).unwrap_or(u32::MAX);
+    let mut xdp = match XdpPath::load_with(max) {
         Ok(x) => x,
         Err(e) if mode == AttachMode::Auto => {
             tracing::warn!(error = %e, "XDP fast path unavailable: relaying in userspace");
-            return Ok(None);
+            return Ok((None, Kernel::off()));
         }
         Err(e) => return Err(e.into()),
     };
@@ -107,7 +125,8 @@ fn start_xdp(mode: AttachMode, interfaces: &[String]) -> anyhow::Result<Option<X
         xdp.attach(ifname, mode)
             .with_context(|| format!("[xdp] interfaces: `{ifname}`"))?;
     }
-    Ok(Some(xdp))
+    let maps = xdp.take_maps().context("taking the XDP maps")?;
+    Ok((Some(xdp), Kernel::new(maps)))
 }
 
 async fn shutdown_signal() {

@@ -10,10 +10,6 @@ use std::{
     io,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     thread::JoinHandle,
     time::Instant,
 };
@@ -25,6 +21,7 @@ use super::{
     batch::{BATCH, RecvBatch, SendBatch},
     socket::bind_udp,
 };
+use crate::shard::{Inbox, Kernel};
 
 const WAKE: u64 = u64::MAX;
 const RELAY_TOKEN_BASE: u64 = 1 << 32;
@@ -44,7 +41,8 @@ struct Relay {
 pub struct Dataplane {
     server: Server,
     epoll: OwnedFd,
-    wake: OwnedFd,
+    inbox: Inbox,
+    kernel: Kernel,
     listeners: Vec<Listener>,
     relays: HashMap<SocketAddr, Relay>,
     /// Relay token slot → its bind address; freed slots are reused.
@@ -53,43 +51,27 @@ pub struct Dataplane {
     rx: RecvBatch,
     tx: SendBatch,
     out: Box<[u8]>,
-    stop: Arc<AtomicBool>,
     /// `tx.errors` when the last warning was logged.
     send_errors_logged: u64,
 }
 
-/// Stops the loop and gives the core back (for a final report).
-pub struct DataplaneHandle {
-    stop: Arc<AtomicBool>,
-    wake: RawFd,
-    thread: JoinHandle<Server>,
-}
-
-impl DataplaneHandle {
-    pub fn shutdown(self) -> Server {
-        self.stop.store(true, Ordering::SeqCst);
-        let one: u64 = 1;
-        // SAFETY: eventfd write of 8 bytes; the fd lives until the thread ends.
-        unsafe { libc::write(self.wake, (&one as *const u64).cast(), 8) };
-        self.thread.join().expect("dataplane thread panicked")
-    }
-}
-
 impl Dataplane {
     /// Binds every UDP listener now, so that a busy port is a startup error naming it.
-    pub fn new(server: Server, listen: &[SocketAddr]) -> anyhow::Result<Self> {
+    /// `inbox` brings control-plane jobs (reload, drain, admin queries); `kernel` mirrors
+    /// the core's commands into the XDP maps when the fast path is on.
+    pub fn new(
+        server: Server,
+        listen: &[SocketAddr],
+        inbox: Inbox,
+        kernel: Kernel,
+    ) -> anyhow::Result<Self> {
         // SAFETY: plain syscalls; results checked.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epoll < 0 {
             return Err(io::Error::last_os_error()).context("epoll_create1");
         }
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        let wake = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if wake < 0 {
-            return Err(io::Error::last_os_error()).context("eventfd");
-        }
-        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
-        epoll_add(epoll.as_raw_fd(), wake.as_raw_fd(), WAKE)?;
+        epoll_add(epoll.as_raw_fd(), inbox.waker.fd(), WAKE)?;
         let mut listeners = Vec::new();
         for (i, addr) in listen.iter().enumerate() {
             let sock = bind_udp(*addr).with_context(|| {
@@ -102,7 +84,8 @@ impl Dataplane {
         Ok(Self {
             server,
             epoll,
-            wake,
+            inbox,
+            kernel,
             listeners,
             relays: HashMap::new(),
             slots: Vec::new(),
@@ -110,27 +93,25 @@ impl Dataplane {
             rx: RecvBatch::new(),
             tx: SendBatch::new(),
             out: vec![0; 65536].into_boxed_slice(),
-            stop: Arc::new(AtomicBool::new(false)),
             send_errors_logged: 0,
         })
     }
 
-    pub fn spawn(mut self) -> anyhow::Result<DataplaneHandle> {
-        let stop = self.stop.clone();
-        let wake = self.wake.as_raw_fd();
-        let thread = std::thread::Builder::new()
-            .name("dataplane".into())
+    /// Runs the loop on its own thread until the shard is told to stop; joining gives
+    /// the core back (for the final report).
+    pub fn spawn(mut self, name: &str) -> anyhow::Result<JoinHandle<Server>> {
+        std::thread::Builder::new()
+            .name(name.into())
             .spawn(move || {
                 self.run();
                 self.server
             })
-            .context("starting the dataplane thread")?;
-        Ok(DataplaneHandle { stop, wake, thread })
+            .context("starting a dataplane thread")
     }
 
     fn run(&mut self) {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.inbox.stopping() {
             let timeout = match self.server.poll_timeout() {
                 // Round up so we never wake just before the deadline and spin.
                 Some(t) => {
@@ -156,9 +137,8 @@ impl Dataplane {
             for ev in &events[..n as usize] {
                 let token = ev.u64;
                 if token == WAKE {
-                    let mut buf = [0u8; 8];
-                    // SAFETY: reading the eventfd counter into an 8-byte buffer.
-                    unsafe { libc::read(self.wake.as_raw_fd(), buf.as_mut_ptr().cast(), 8) };
+                    self.inbox.waker.clear();
+                    self.inbox.run_jobs(&mut self.server);
                 } else {
                     self.drain(token);
                 }
@@ -276,6 +256,7 @@ impl Dataplane {
     /// Relay sockets follow the core's allocation commands; events become log lines.
     fn apply_commands(&mut self, now: Instant) {
         while let Some(cmd) = self.server.poll_command() {
+            self.kernel.apply(&cmd);
             match cmd {
                 Command::AllocationCreated { relay, .. } => {
                     if let Err(e) = self.open_relay(relay) {
@@ -284,7 +265,7 @@ impl Dataplane {
                     }
                 }
                 Command::AllocationRemoved { relay, .. } => self.close_relay(relay),
-                // Permissions and channels only matter to the kernel fast path.
+                // Permissions and channels only matter to the kernel fast path (above).
                 Command::PermissionCreated { .. }
                 | Command::PermissionRemoved { .. }
                 | Command::ChannelBound { .. }

@@ -6,5 +6,5 @@ mod dataplane;
 mod sockaddr;
 mod socket;
 
-pub use dataplane::{Dataplane, DataplaneHandle};
+pub use dataplane::Dataplane;
 pub use socket::bind_udp;
