@@ -240,6 +240,10 @@ fuzz_target!(|data: &[u8]| {
                     assert!(grants.remove(&(id.as_u64(), peer)));
                 }
                 Command::ChannelBound { .. } | Command::ChannelUnbound { .. } => {}
+                Command::ConnectPeer { .. }
+                | Command::SendToClient { .. }
+                | Command::SpliceConnection { .. }
+                | Command::CloseConnection { .. } => {}
             }
         }
         while server.poll_event().is_some() {}

@@ -43,8 +43,9 @@ impl IfaceCounters {
 // this size do not notice. Ports and channel numbers are network byte order byte arrays.
 // ---------------------------------------------------------------------------------------
 
-/// `HashMap<RelayKey, u32>`: relay bind address (ip:port the relay socket is bound to) →
-/// counter slot. A packet to one of these addresses is peer → client traffic.
+/// `HashMap<RelayKey, RelayValue>`: relay bind address (ip:port the relay socket is bound
+/// to) → the public address it is advertised as, and its counter slot. A packet to one of
+/// these addresses is peer → client traffic.
 pub const ALLOCATIONS_MAP: &str = "ALLOCATIONS";
 /// `HashMap<ChannelKey, ChannelValue>`: client → peer ChannelData.
 pub const CHANNELS_MAP: &str = "CHANNELS";
@@ -60,12 +61,21 @@ pub const REASON_COUNTERS_MAP: &str = "REASON_COUNTERS";
 /// is attached to). A FIB result pointing elsewhere is passed up.
 pub const REDIRECT_MAP: &str = "REDIRECT_IFACES";
 
-/// `HashMap<Ip, u32>`: the public (advertised) IPs of relayed addresses, value = number of
-/// allocations using it. ChannelData to a peer on one of these is hairpin traffic, which
-/// the kernel passes up (userspace delivers it without a round trip through the NAT).
+/// `HashMap<Ip, u32>`: the IPs of relayed addresses, public (advertised) and bind, value =
+/// 1 while an allocation uses it. A client's packet to a peer on one of these is hairpin
+/// traffic: delivered to the other allocation's client without a round trip through the
+/// NAT (in the kernel when [`RELAY_ADDRS_MAP`] knows the port, else by userspace).
 pub const PUBLIC_IPS_MAP: &str = "PUBLIC_IPS";
 /// Capacity of [`PUBLIC_IPS_MAP`].
 pub const PUBLIC_IPS_MAX: u32 = 256;
+/// `HashMap<RelayKey, RelayValue>`: every address a peer can name a relayed address of a UDP
+/// allocation by (its public address and its bind address) → the bind address and the
+/// counter slot. Hairpin: finds the allocation a client's packet is for.
+pub const RELAY_ADDRS_MAP: &str = "RELAY_ADDRS";
+/// `HashMap<ClientKey, RelayValue>`: a UDP client (5-tuple) and a peer family → the bind
+/// address and counter slot of its relayed address of that family. Send indications name
+/// only the peer, so this is how the kernel finds the sending allocation.
+pub const CLIENTS_MAP: &str = "CLIENTS";
 
 /// Default `max_allocations` when the daemon does not say.
 pub const DEFAULT_MAX_ALLOCATIONS: u32 = 16384;
@@ -79,12 +89,15 @@ pub const PERMISSIONS_PER_ALLOCATION: u32 = 8;
 pub const REDIRECT_MAX: u32 = 64;
 
 /// Map capacities derived from `max_allocations`: (map name, entries).
-pub const fn map_sizes(max_allocations: u32) -> [(&'static str, u32); 5] {
+pub const fn map_sizes(max_allocations: u32) -> [(&'static str, u32); 7] {
     let relays = max_allocations.saturating_mul(RELAYS_PER_ALLOCATION);
     let channels = max_allocations.saturating_mul(CHANNELS_PER_ALLOCATION);
     [
         (ALLOCATIONS_MAP, relays),
         (ALLOC_COUNTERS_MAP, relays),
+        // Public and bind address of each relayed address.
+        (RELAY_ADDRS_MAP, relays.saturating_mul(2)),
+        (CLIENTS_MAP, relays),
         (CHANNELS_MAP, channels),
         (PEER_CHANNELS_MAP, channels),
         (
@@ -118,6 +131,38 @@ pub struct RelayKey {
     pub ip: Ip,
     pub port: Be16,
     pub _pad: [u8; 2],
+}
+
+/// Value of [`ALLOCATIONS_MAP`] (the public address of a bind address), of
+/// [`RELAY_ADDRS_MAP`] and [`CLIENTS_MAP`] (the bind address): the other address of the same
+/// relayed endpoint, and the endpoint's counter slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RelayValue {
+    pub ip: Ip,
+    pub port: Be16,
+    pub _pad: [u8; 2],
+    /// Index into [`ALLOC_COUNTERS_MAP`].
+    pub slot: u32,
+}
+
+/// [`ClientKey::family`] of an IPv4 peer (and relayed address).
+pub const FAMILY_V4: u8 = 4;
+/// [`ClientKey::family`] of an IPv6 peer (and relayed address).
+pub const FAMILY_V6: u8 = 6;
+
+/// Key of [`CLIENTS_MAP`]: a UDP client as one of our listeners sees it, and the family of
+/// the peers it sends to ([`FAMILY_V4`] or [`FAMILY_V6`]; a dual allocation has one
+/// relayed address of each).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub client_ip: Ip,
+    pub listener_ip: Ip,
+    pub client_port: Be16,
+    pub listener_port: Be16,
+    pub family: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Key of [`CHANNELS_MAP`]: who sent the ChannelData, where to, on which channel.
@@ -205,12 +250,12 @@ impl AllocCounters {
 }
 
 macro_rules! reasons {
-    ($($name:ident = $n:literal, $text:literal;)*) => {
+    ($($(#[$doc:meta])* $name:ident = $n:literal, $text:literal;)*) => {
         /// What the program did with a packet, and why it went up when it did. Index of
         /// [`REASON_COUNTERS_MAP`].
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum Reason { $($name = $n,)* }
+        pub enum Reason { $($(#[$doc])* $name = $n,)* }
 
         impl Reason {
             pub const ALL: &'static [Reason] = &[$(Reason::$name,)*];
@@ -244,7 +289,22 @@ reasons! {
     AdjustFailed = 18, "adjust_failed";
     NoChecksum = 19, "no_checksum";
     BadPadding = 20, "bad_padding";
+    /// To one of our own relayed IPs, but not an allocation the kernel can deliver to
+    /// (unknown port, a TCP allocation, the sender's own address): userspace decides.
     Hairpin = 21, "hairpin";
+    /// Delivered from one allocation's client to another's, in the kernel.
+    Hairpinned = 22, "hairpinned";
+    /// A Send indication's data forwarded to its peer.
+    SendIndication = 23, "send_indication";
+    /// Hairpin to an allocation without a permission for the sender's relayed address.
+    HairpinNoPermission = 24, "hairpin_no_permission";
+    /// A Send indication with an attribute the kernel leaves to userspace (anything but
+    /// XOR-PEER-ADDRESS, DATA, DONT-FRAGMENT and a final FINGERPRINT), or a repeated one.
+    UnhandledAttribute = 25, "unhandled_attribute";
+    /// A Send indication from a client without a UDP allocation of the peer's family.
+    NoAllocation = 26, "no_allocation";
+    /// A peer of the other family than the relayed address (an IPv4-mapped IPv6 peer).
+    FamilyMismatch = 27, "family_mismatch";
 }
 
 /// Capacity of [`REASON_COUNTERS_MAP`] (room to add reasons without a layout change).
@@ -256,6 +316,8 @@ mod pod {
     unsafe impl aya::Pod for super::IfaceCounters {}
     // SAFETY: as above; padding is explicit (`_pad` fields), so every byte is initialised.
     unsafe impl aya::Pod for super::RelayKey {}
+    unsafe impl aya::Pod for super::RelayValue {}
+    unsafe impl aya::Pod for super::ClientKey {}
     unsafe impl aya::Pod for super::ChannelKey {}
     unsafe impl aya::Pod for super::ChannelValue {}
     unsafe impl aya::Pod for super::PeerKey {}
@@ -267,6 +329,8 @@ mod pod {
 // Layouts the kernel program and the daemon must agree on.
 const _: () = {
     assert!(core::mem::size_of::<RelayKey>() == 20);
+    assert!(core::mem::size_of::<RelayValue>() == 24);
+    assert!(core::mem::size_of::<ClientKey>() == 40);
     assert!(core::mem::size_of::<ChannelKey>() == 40);
     assert!(core::mem::size_of::<ChannelValue>() == 40);
     assert!(core::mem::size_of::<PeerKey>() == 36);

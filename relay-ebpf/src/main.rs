@@ -1,9 +1,11 @@
 //! The relay's XDP program.
 //!
 //! Counts what arrives on each attached interface, then runs the TURN fast path: UDP
-//! ChannelData from clients to peers and peer datagrams back to clients are rewritten
-//! and sent on in the kernel; everything else (and every case the fast path does not
-//! handle) passes up to the daemon unchanged, with the reason counted.
+//! clients' ChannelData and Send indications go to their peers, or straight to another
+//! allocation's client when the peer is one of our own relayed addresses (hairpin), and
+//! peer datagrams go back to clients, all rewritten and sent on in the kernel; everything
+//! else (and every case the fast path does not handle) passes up to the daemon unchanged,
+//! with the reason counted.
 #![no_std]
 #![no_main]
 
@@ -12,9 +14,13 @@ mod counters;
 mod csum;
 mod emit;
 mod fib;
+mod hairpin;
 mod maps;
 mod parse;
 mod peer_to_client;
+mod request;
+mod send_indication;
+mod to_client;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -53,9 +59,19 @@ fn relay(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
         _pad: [0; 2],
     };
     if maps::ALLOCATIONS.get_ptr(&relay).is_some() {
-        verdict::unpack(peer_to_client::handle(ctx, udp))
+        return verdict::unpack(peer_to_client::handle(ctx, udp));
+    }
+    let req = maps::SCRATCH_REQUEST
+        .get_ptr_mut(0)
+        .ok_or(Reason::Malformed)?;
+    // SAFETY: per-CPU scratch slot, used by this run only (see maps.rs).
+    let req = unsafe { &mut *req };
+    let (route, _) = verdict::unpack(request::read(ctx, udp, req))?;
+    let req = &*req;
+    if route == request::HAIRPIN {
+        verdict::unpack(hairpin::handle(ctx, udp, req))
     } else {
-        verdict::unpack(client_to_peer::handle(ctx, udp))
+        verdict::unpack(client_to_peer::handle(ctx, udp, req))
     }
 }
 

@@ -7,18 +7,24 @@ use aya_ebpf::{
     maps::{DevMapHash, HashMap, PerCpuArray},
 };
 use relay_common::{
-    AllocCounters, CHANNELS_PER_ALLOCATION, ChannelKey, ChannelValue, ClientTarget,
+    AllocCounters, CHANNELS_PER_ALLOCATION, ChannelKey, ChannelValue, ClientKey, ClientTarget,
     DEFAULT_MAX_ALLOCATIONS, Ip, PERMISSIONS_PER_ALLOCATION, PUBLIC_IPS_MAX, PeerKey,
-    PermissionKey, REASON_COUNT, REDIRECT_MAX, RELAYS_PER_ALLOCATION, Reason, RelayKey,
+    PermissionKey, REASON_COUNT, REDIRECT_MAX, RELAYS_PER_ALLOCATION, Reason, RelayKey, RelayValue,
 };
 
-use crate::parse::Udp;
+use crate::{parse::Udp, request::Request};
 
 const RELAYS: u32 = DEFAULT_MAX_ALLOCATIONS * RELAYS_PER_ALLOCATION;
 const CHANNELS: u32 = DEFAULT_MAX_ALLOCATIONS * CHANNELS_PER_ALLOCATION;
 
 #[map(name = "ALLOCATIONS")]
-pub static ALLOCATIONS: HashMap<RelayKey, u32> = HashMap::with_max_entries(RELAYS, 0);
+pub static ALLOCATIONS: HashMap<RelayKey, RelayValue> = HashMap::with_max_entries(RELAYS, 0);
+
+#[map(name = "RELAY_ADDRS")]
+pub static RELAY_ADDRS: HashMap<RelayKey, RelayValue> = HashMap::with_max_entries(RELAYS * 2, 0);
+
+#[map(name = "CLIENTS")]
+pub static CLIENTS: HashMap<ClientKey, RelayValue> = HashMap::with_max_entries(RELAYS, 0);
 
 #[map(name = "CHANNELS")]
 pub static CHANNEL_MAP: HashMap<ChannelKey, ChannelValue> = HashMap::with_max_entries(CHANNELS, 0);
@@ -43,11 +49,15 @@ pub static REASON_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REA
 pub static REDIRECT_IFACES: DevMapHash = DevMapHash::with_max_entries(REDIRECT_MAX, 0);
 
 // Per-CPU scratch space for what does not fit the 512-byte BPF stack (the parsed datagram,
-// the FIB lookup parameters): one map each so the references never alias. A program run
-// is not preempted by another run on its CPU, so a slot belongs to one run at a time.
+// a client's request, the FIB lookup parameters): one map each so the references never
+// alias. A program run is not preempted by another run on its CPU, so a slot belongs to
+// one run at a time.
 
 #[map(name = "SCRATCH_UDP")]
 pub static SCRATCH_UDP: PerCpuArray<Udp> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SCRATCH_REQUEST")]
+pub static SCRATCH_REQUEST: PerCpuArray<Request> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SCRATCH_FIB")]
 pub static SCRATCH_FIB: PerCpuArray<FibParams> = PerCpuArray::with_max_entries(1, 0);

@@ -40,10 +40,34 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         c.max_allocations, c.max_allocations_per_user
     );
     println!(
-        "  xdp              {} on [{}]",
+        "  xdp              {} on [{}], forwarding {}",
         c.xdp_mode,
-        c.xdp_interfaces.join(", ")
+        c.xdp_interfaces.join(", "),
+        c.xdp_forwarding
     );
+    match c.udp_workers {
+        0 => println!("  udp workers      one per CPU"),
+        n => println!("  udp workers      {n}"),
+    }
+    println!(
+        "  admin            {} (token {})",
+        c.admin.address,
+        if c.admin.token.is_some() {
+            "required"
+        } else {
+            "none"
+        }
+    );
+    let alternates: Vec<String> = c.alternate_servers.iter().map(|a| a.to_string()).collect();
+    println!(
+        "  when full        {}",
+        if alternates.is_empty() {
+            "508 Insufficient Capacity".to_owned()
+        } else {
+            format!("300 to {}", alternates.join(", "))
+        }
+    );
+    println!("  drain timeout    {} s", c.drain_timeout.as_secs());
     println!("  log level        {}", c.log_level);
     Ok(())
 }

@@ -24,6 +24,13 @@ pub enum Command {
     /// Probe a STUN/TURN server: reachability, round trip, mapped address and, with
     /// credentials, a test allocation. Exit 0 ok, 1 error answer, 2 no answer, 64 usage.
     Stun(crate::probe::ProbeArgs),
+    /// The "TURN relay usage" view of a running relay, from its admin endpoint: one row
+    /// per allocation. Exit 0 shown, 1 refused (token), 2 unreachable, 64 usage.
+    Status(crate::status::StatusArgs),
+    /// Load generator for any TURN server: thousands of allocations, packets through them
+    /// to an echo peer, setup rate, loss, RTT and CPU figures. `relay load echo`: the peer.
+    /// Exit 0 all set up, 1 some failed or nothing came back, 2 none set up, 64 usage.
+    Load(Box<crate::load::LoadCommand>),
     /// Validate a config file: prints the settings it resolves to, or the key at fault.
     Check {
         #[arg(long, short)]
@@ -49,4 +56,8 @@ pub struct ServeArgs {
     /// error, warn, info, debug, trace, or a tracing filter.
     #[arg(long = "log-level", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// UDP data-path threads sharing the listeners (SO_REUSEPORT); 0 = one per CPU.
+    #[arg(long = "udp-workers", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(0..=crate::config::MAX_UDP_WORKERS as i64))]
+    pub udp_workers: Option<u16>,
 }

@@ -3,6 +3,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -10,7 +11,7 @@ use anyhow::Context as _;
 use relay_proto::{
     auth::{CredentialStore, NonceKey},
     policy::PeerPolicy,
-    server::{RelayAddr, Server, ServerConfig},
+    server::{RelayAddr, Server, ServerConfig, Shared},
 };
 
 use crate::config::{Config, Listener, PortRange, RelayAddrs, Transport, UserEntry};
@@ -41,14 +42,61 @@ pub fn policy(c: &Config) -> PeerPolicy {
     PeerPolicy::new(c.peers_allow.clone(), c.peers_deny.clone(), own.collect())
 }
 
+/// What the cores of all shards are built from: one nonce key (a nonce one shard issued
+/// verifies on any other, whichever worker SO_REUSEPORT hands the retry to) and the state
+/// they count together (relay port pools, reservations, quotas).
+#[derive(Clone)]
+pub struct Cores {
+    nonce_key: [u8; 32],
+    shared: Arc<Shared>,
+}
+
+impl Cores {
+    pub fn new(c: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            nonce_key: random()?,
+            shared: Shared::new(&server_config(c)?),
+        })
+    }
+
+    /// The core of one more shard. Relay sockets of the allocations it makes belong to
+    /// the shard that runs it.
+    pub fn server(&self, c: &Config, now: Instant) -> anyhow::Result<Server> {
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .context("system clock")?
+            .as_secs();
+        Ok(Server::with_shared(
+            server_config(c)?,
+            credentials(c)?,
+            policy(c),
+            NonceKey::new(self.nonce_key),
+            now,
+            unix_now,
+            self.shared.clone(),
+        ))
+    }
+
+    /// Totals over all shards (allocations, ports in use) and the quotas in force.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// A lone core (tests, tools): its own nonce key and shared state.
 pub fn server(c: &Config, now: Instant) -> anyhow::Result<Server> {
+    Cores::new(c)?.server(c, now)
+}
+
+/// The core's settings; each call draws a fresh port-choice seed.
+fn server_config(c: &Config) -> anyhow::Result<ServerConfig> {
     let relay = |r: Option<RelayAddrs>| {
         r.map(|r| RelayAddr {
             bind: r.bind,
             public: r.public,
         })
     };
-    let config = ServerConfig {
+    Ok(ServerConfig {
         realm: c.realm.clone(),
         software: c.software.clone(),
         relay_v4: relay(c.relay_v4),
@@ -56,21 +104,10 @@ pub fn server(c: &Config, now: Instant) -> anyhow::Result<Server> {
         ports: c.ports.low..=c.ports.high,
         max_allocations: c.max_allocations,
         max_allocations_per_user: c.max_allocations_per_user,
+        alternate_servers: c.alternate_servers.clone(),
         port_seed: u64::from_ne_bytes(random()?[..8].try_into().expect("8 bytes")),
         ..ServerConfig::default()
-    };
-    let unix_now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("system clock")?
-        .as_secs();
-    Ok(Server::new(
-        config,
-        credentials(c)?,
-        policy(c),
-        NonceKey::new(random()?),
-        now,
-        unix_now,
-    ))
+    })
 }
 
 /// 32 bytes from the kernel's CSPRNG (nonce key, port seed, demo password).
@@ -113,7 +150,14 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         max_allocations_per_user: 1000,
         xdp_interfaces: vec!["lo".into()],
         xdp_mode: crate::xdp::AttachMode::Auto,
+        xdp_forwarding: crate::xdp::Forwarding::Auto,
+        udp_workers: 0,
         log_level: "info".into(),
+        admin: crate::config::AdminSettings::default(),
+        alternate_servers: vec![],
+        drain_timeout: crate::config::DEFAULT_DRAIN_TIMEOUT,
+        tcp: crate::config::TcpSettings::default(),
+        tls: None,
     };
     Ok((config, password))
 }

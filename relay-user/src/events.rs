@@ -1,9 +1,22 @@
 //! The core's events as operator log lines: who, from where, what happened, and for
 //! failures what to check.
 
+use relay_common::AllocCounters;
 use relay_proto::server::{CloseReason, Event};
 
 pub fn log(event: Event) {
+    log_with_kernel(event, None)
+}
+
+/// As [`log`]. `kernel`: what the XDP fast path relayed for an allocation that ended (read
+/// before its map entries went), added to its last line as `xdp_*` fields beside the
+/// userspace counters; the two together are the allocation's traffic.
+pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
+    crate::metrics::observe(&event);
+    if let Some(k) = kernel {
+        crate::metrics::kernel_allocation_retired(k);
+    }
+    let k = |f: fn(&AllocCounters) -> u64| kernel.as_ref().map(f);
     match event {
         Event::AllocationCreated {
             id,
@@ -30,7 +43,10 @@ pub fn log(event: Event) {
             counters: c,
         } => {
             tracing::info!(%id, %user, %client, to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
-                to_peer_bytes = c.to_peer_bytes, to_client_bytes = c.to_client_bytes, "allocation expired");
+                to_peer_bytes = c.to_peer_bytes, to_client_bytes = c.to_client_bytes,
+                xdp_to_peer_packets = k(|k| k.to_peer_packets), xdp_to_client_packets = k(|k| k.to_client_packets),
+                xdp_to_peer_bytes = k(|k| k.to_peer_bytes), xdp_to_client_bytes = k(|k| k.to_client_bytes),
+                "allocation expired");
         }
         Event::AllocationDeleted {
             id,
@@ -39,7 +55,10 @@ pub fn log(event: Event) {
             counters: c,
         } => {
             tracing::info!(%id, %user, %client, to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
-                to_peer_bytes = c.to_peer_bytes, to_client_bytes = c.to_client_bytes, "allocation deleted by client");
+                to_peer_bytes = c.to_peer_bytes, to_client_bytes = c.to_client_bytes,
+                xdp_to_peer_packets = k(|k| k.to_peer_packets), xdp_to_client_packets = k(|k| k.to_client_packets),
+                xdp_to_peer_bytes = k(|k| k.to_peer_bytes), xdp_to_client_bytes = k(|k| k.to_client_bytes),
+                "allocation deleted by client");
         }
         Event::AllocationClosed {
             id,
@@ -55,7 +74,8 @@ pub fn log(event: Event) {
                 }
             };
             tracing::warn!(%id, %user, %client, reason = why, to_peer_packets = c.to_peer_packets,
-                to_client_packets = c.to_client_packets, "allocation closed");
+                to_client_packets = c.to_client_packets, xdp_to_peer_packets = k(|k| k.to_peer_packets),
+                xdp_to_client_packets = k(|k| k.to_client_packets), "allocation closed");
         }
         Event::AuthFailed {
             user,
@@ -63,9 +83,12 @@ pub fn log(event: Event) {
             method,
             reason,
         } => {
-            let user = user.as_deref().unwrap_or("-");
-            tracing::warn!(user, %client, %method, %reason,
-                "authentication failed (401/438): check the client's username, password or shared secret, and the realm");
+            // Repeats from the same source within the window are counted, then summed up.
+            if auth_flood::first_in_window(client.client.ip(), &user, reason) {
+                let user = user.as_deref().unwrap_or("-");
+                tracing::warn!(user, %client, %method, %reason,
+                    "authentication failed (401/438): check the client's username, password or shared secret, and the realm");
+            }
         }
         Event::PeerDenied {
             user,
@@ -85,6 +108,268 @@ pub fn log(event: Event) {
         }
         Event::Redirected { client, alternate } => {
             tracing::info!(%client, %alternate, "allocation redirected to alternate server (300)");
+        }
+        Event::PeerConnectionBound {
+            id,
+            user,
+            client,
+            data,
+            peer,
+            conn,
+            direction,
+        } => {
+            tracing::info!(%id, %user, %client, %data, %peer, %conn, ?direction, "TCP peer connection spliced");
+        }
+        Event::PeerConnectionClosed {
+            id,
+            user,
+            client,
+            peer,
+            conn,
+            reason,
+        } => {
+            use relay_proto::server::ConnectionEnd as End;
+            match reason {
+                End::ConnectFailed(_) | End::ConnectTimeout => {
+                    tracing::info!(%id, %user, %client, %peer, %conn, %reason,
+                    "TCP connect to peer failed (447): is the peer listening and reachable from the relay address?")
+                }
+                End::BindTimeout => tracing::info!(%id, %user, %client, %peer, %conn, %reason,
+                    "TCP peer connection closed: the client sent no ConnectionBind within 30 s"),
+                _ => {
+                    tracing::debug!(%id, %user, %client, %peer, %conn, %reason, "TCP peer connection closed")
+                }
+            }
+        }
+    }
+}
+
+/// Logs the summaries of auth-failure windows that have ended. Data-path loops call it
+/// once per wake-up; it costs one atomic load while no source is being counted.
+pub fn flush_auth_failures() {
+    auth_flood::flush(std::time::Instant::now());
+}
+
+/// Repeated auth failures per source IP: the first of a [`WINDOW`](auth_flood::WINDOW)
+/// is logged in full, the rest are counted and summed up in one line when the window ends
+/// (coturn's uclient retries a wrong password about 30 times in 25 ms; a scanner far more).
+/// One table for all shards: a client's retries from new ports may land on any of them.
+mod auth_flood {
+    use std::{
+        collections::{HashMap, VecDeque},
+        net::IpAddr,
+        sync::{
+            LazyLock, Mutex,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    use relay_proto::auth::AuthError;
+
+    pub const WINDOW: Duration = Duration::from_secs(10);
+    /// Sources counted one by one; beyond, failures are counted together (memory bound
+    /// under a spoofed-source flood).
+    const MAX_SOURCES: usize = 4096;
+
+    struct Source {
+        since: Instant,
+        more: u64,
+        last_user: Option<String>,
+        last_reason: Option<AuthError>,
+    }
+
+    /// A window that ended with failures left unlogged; `ip` None: the overflow bucket.
+    #[derive(Debug, PartialEq)]
+    pub struct Summary {
+        pub ip: Option<IpAddr>,
+        pub more: u64,
+        pub last_user: Option<String>,
+        pub last_reason: Option<AuthError>,
+    }
+
+    #[derive(Default)]
+    pub struct Limiter {
+        sources: HashMap<IpAddr, Source>,
+        /// Window starts in order, so expiry only looks at the front.
+        order: VecDeque<(Instant, IpAddr)>,
+        overflow: Option<Source>,
+    }
+
+    impl Limiter {
+        /// Whether this failure is to be logged in full (the first from `ip` in its
+        /// window); otherwise it is counted. Ended windows go to `ended` first.
+        pub fn admit(
+            &mut self,
+            ip: IpAddr,
+            now: Instant,
+            user: &Option<String>,
+            reason: AuthError,
+            ended: &mut Vec<Summary>,
+        ) -> bool {
+            self.expire(now, ended);
+            let fresh = || Source {
+                since: now,
+                more: 0,
+                last_user: None,
+                last_reason: None,
+            };
+            if !self.sources.contains_key(&ip) && self.sources.len() < MAX_SOURCES {
+                self.sources.insert(ip, fresh());
+                self.order.push_back((now, ip));
+                return true;
+            }
+            let counted = match self.sources.get_mut(&ip) {
+                Some(s) => s,
+                None => self.overflow.get_or_insert_with(fresh),
+            };
+            counted.more += 1;
+            counted.last_user.clone_from(user);
+            counted.last_reason = Some(reason);
+            false
+        }
+
+        /// Ends the windows older than [`WINDOW`]; those with unlogged failures go to `ended`.
+        pub fn expire(&mut self, now: Instant, ended: &mut Vec<Summary>) {
+            let over = |since: Instant| now.saturating_duration_since(since) >= WINDOW;
+            while let Some(&(since, ip)) = self.order.front() {
+                if !over(since) {
+                    break;
+                }
+                self.order.pop_front();
+                if let Some(s) = self.sources.remove(&ip)
+                    && s.more > 0
+                {
+                    ended.push(summary(Some(ip), s));
+                }
+            }
+            if self.overflow.as_ref().is_some_and(|s| over(s.since))
+                && let Some(s) = self.overflow.take()
+            {
+                ended.push(summary(None, s));
+            }
+        }
+
+        fn tracked(&self) -> usize {
+            self.sources.len() + usize::from(self.overflow.is_some())
+        }
+    }
+
+    fn summary(ip: Option<IpAddr>, s: Source) -> Summary {
+        Summary {
+            ip,
+            more: s.more,
+            last_user: s.last_user,
+            last_reason: s.last_reason,
+        }
+    }
+
+    static LIMITER: LazyLock<Mutex<Limiter>> = LazyLock::new(Mutex::default);
+    /// Sources being counted, readable without the lock.
+    static TRACKED: AtomicUsize = AtomicUsize::new(0);
+
+    pub fn first_in_window(ip: IpAddr, user: &Option<String>, reason: AuthError) -> bool {
+        let mut ended = Vec::new();
+        let first = {
+            let mut l = LIMITER.lock().unwrap_or_else(|p| p.into_inner());
+            let first = l.admit(ip, Instant::now(), user, reason, &mut ended);
+            TRACKED.store(l.tracked(), Ordering::Relaxed);
+            first
+        };
+        ended.into_iter().for_each(log);
+        first
+    }
+
+    pub fn flush(now: Instant) {
+        if TRACKED.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut ended = Vec::new();
+        {
+            let mut l = LIMITER.lock().unwrap_or_else(|p| p.into_inner());
+            l.expire(now, &mut ended);
+            TRACKED.store(l.tracked(), Ordering::Relaxed);
+        }
+        ended.into_iter().for_each(log);
+    }
+
+    fn log(s: Summary) {
+        let secs = WINDOW.as_secs();
+        let last_user = s.last_user.as_deref().unwrap_or("-");
+        let last_reason = s.last_reason.map(|r| r.to_string()).unwrap_or_default();
+        match s.ip {
+            Some(ip) => tracing::warn!(client_ip = %ip, more = s.more, last_user, %last_reason,
+                "{} more authentication failures from {ip} in the last {secs} s", s.more),
+            None => tracing::warn!(more = s.more, last_user, %last_reason,
+                "{} more authentication failures from other sources in the last {secs} s \
+                 (too many sources to count one by one: an attack or a misconfigured fleet?)", s.more),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn first_is_logged_repeats_are_summed_up_when_the_window_ends() {
+            let mut l = Limiter::default();
+            let (a, b): (IpAddr, IpAddr) = (
+                "203.0.113.10".parse().unwrap(),
+                "203.0.113.11".parse().unwrap(),
+            );
+            let t0 = Instant::now();
+            let mut ended = Vec::new();
+            let alice = Some("alice".to_owned());
+            assert!(l.admit(a, t0, &alice, AuthError::BadIntegrity, &mut ended));
+            for i in 1..=30 {
+                let t = t0 + Duration::from_millis(i);
+                assert!(!l.admit(a, t, &alice, AuthError::BadIntegrity, &mut ended));
+            }
+            // Another source has its own window.
+            assert!(l.admit(
+                b,
+                t0 + Duration::from_secs(1),
+                &None,
+                AuthError::UnknownUser,
+                &mut ended
+            ));
+            l.expire(t0 + WINDOW - Duration::from_millis(1), &mut ended);
+            assert!(ended.is_empty());
+            l.expire(t0 + WINDOW, &mut ended);
+            assert_eq!(
+                ended,
+                vec![Summary {
+                    ip: Some(a),
+                    more: 30,
+                    last_user: alice.clone(),
+                    last_reason: Some(AuthError::BadIntegrity),
+                }]
+            );
+            // A new window starts with a logged line again; b ends without a summary.
+            ended.clear();
+            assert!(l.admit(a, t0 + WINDOW, &alice, AuthError::StaleNonce, &mut ended));
+            l.expire(t0 + Duration::from_secs(11), &mut ended);
+            assert!(ended.is_empty(), "{ended:?}");
+            assert_eq!(l.tracked(), 1);
+        }
+
+        #[test]
+        fn sources_beyond_the_bound_share_one_counter() {
+            let mut l = Limiter::default();
+            let t0 = Instant::now();
+            let mut ended = Vec::new();
+            for i in 0..MAX_SOURCES as u32 {
+                let ip = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
+                assert!(l.admit(ip, t0, &None, AuthError::UnknownUser, &mut ended));
+            }
+            let extra: IpAddr = "198.51.100.7".parse().unwrap();
+            assert!(!l.admit(extra, t0, &None, AuthError::UnknownUser, &mut ended));
+            assert!(!l.admit(extra, t0, &None, AuthError::UnknownUser, &mut ended));
+            l.expire(t0 + WINDOW, &mut ended);
+            assert_eq!(ended.len(), 1, "{ended:?}");
+            assert_eq!(ended[0].ip, None);
+            assert_eq!(ended[0].more, 2);
+            assert_eq!(l.tracked(), 0);
         }
     }
 }

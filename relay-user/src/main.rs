@@ -21,6 +21,12 @@ fn main() -> ExitCode {
         Command::Stun(args) => {
             return ExitCode::from(relay_user::probe::run(&args).clamp(0, 255) as u8);
         }
+        Command::Status(args) => {
+            return ExitCode::from(relay_user::status::run(&args).clamp(0, 255) as u8);
+        }
+        Command::Load(cmd) => {
+            return ExitCode::from(relay_user::load::run(*cmd).clamp(0, 255) as u8);
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,9 +8,10 @@ use anyhow::Context as _;
 use crate::{
     cli::ServeArgs,
     config::{self, Config, Listener, Transport},
+    control::{ConfigLoader, Control, Signals, XdpStatus},
     shard::{self, Kernel, ShardHandle},
     udp::Dataplane,
-    xdp::{AttachMode, XdpPath},
+    xdp::{AttachMode, ForwardingGuard, XdpPath},
 };
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -30,11 +31,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             config.realm
         );
     }
+    // SIGHUP reads the same file again, with the same flags on top.
+    let path = args.config.clone();
+    let args = std::sync::Arc::new(args);
+    let loader = path
+        .clone()
+        .map(|p| Box::new(move || config::load(&p).map(|c| apply_flags(c, &args))) as ConfigLoader);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config))
+    runtime.block_on(serve(config, path, loader))
 }
 
 /// Command-line flags win over the file.
@@ -58,24 +65,86 @@ fn apply_flags(mut c: Config, args: &ServeArgs) -> Config {
     if let Some(l) = &args.log_level {
         c.log_level = l.clone();
     }
+    if let Some(n) = args.udp_workers {
+        c.udp_workers = n.into();
+    }
     c
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let (_xdp, kernel) = start_xdp(&config)?;
+async fn serve(
+    config: Config,
+    path: Option<std::path::PathBuf>,
+    loader: Option<ConfigLoader>,
+) -> anyhow::Result<()> {
+    let signals = Signals::new().context("installing the SIGHUP/SIGTERM/SIGINT handlers")?;
+    let (xdp, kernel, forwarding) = start_xdp(&config)?;
     let udp: Vec<_> = config
         .listeners
         .iter()
         .filter(|l| l.transports.contains(&Transport::Udp))
         .map(|l| l.address)
         .collect();
+    // Every shard's core counts ports and quotas in `cores`, and checks nonces with its key.
+    let cores = crate::core::Cores::new(&config)?;
     let mut shards: Vec<ShardHandle> = Vec::new();
     let mut threads = Vec::new();
-    let name = "udp-0".to_owned();
-    let (handle, inbox) = shard::channel(&name).context("creating a shard wake-up eventfd")?;
-    let server = crate::core::server(&config, Instant::now())?;
-    threads.push(Dataplane::new(server, &udp, inbox, kernel.clone())?.spawn(&name)?);
-    shards.push(handle);
+    let workers = if udp.is_empty() {
+        0
+    } else {
+        udp_workers(&config)
+    };
+    for addr in &udp {
+        crate::udp::claim_listener(*addr).with_context(|| {
+            format!("listen {addr} (udp): is another TURN server (coturn?) running, or the address not on this host?")
+        })?;
+    }
+    // All workers bind before any runs: the SO_REUSEPORT groups are complete, so the
+    // worker a client hashes to cannot change after its first datagram.
+    let mut planes = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let name = format!("udp-{i}");
+        let (handle, inbox) = shard::channel(&name).context("creating a shard wake-up eventfd")?;
+        let server = cores.server(&config, Instant::now())?;
+        planes.push((name, Dataplane::new(server, &udp, inbox, kernel.clone())?));
+        shards.push(handle);
+    }
+    for (name, plane) in planes {
+        threads.push(plane.spawn(&name)?);
+    }
+    // TURN over TCP/TLS: one more shard, with its own core on the shared ports and quotas.
+    let mut tls_reload = None;
+    if crate::tcp::wanted(&config) {
+        let (handle, inbox) = shard::channel("tcp").context("creating a shard wake-up eventfd")?;
+        let server = cores.server(&config, Instant::now())?;
+        let tcp = crate::tcp::spawn(server, &config, inbox, kernel.clone())?;
+        threads.push(tcp.thread);
+        shards.push(handle);
+        tls_reload = tcp.tls;
+    }
+    let xdp_status = XdpStatus::of(&config, xdp.as_ref());
+    let control = std::sync::Arc::new(Control::new(
+        config.clone(),
+        path,
+        loader,
+        shards.clone(),
+        kernel.clone(),
+        xdp_status,
+    ));
+    if let Some(acceptor) = tls_reload {
+        control.on_reload("tls", Box::new(crate::tcp::reload_hook(acceptor)));
+    }
+    let admin = match crate::admin::start(control.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            for s in &shards {
+                s.stop();
+            }
+            return Err(e.into());
+        }
+    };
+    for addr in &udp {
+        tracing::info!(listen = %addr, workers, "answering TURN over UDP");
+    }
     for r in [config.relay_v4, config.relay_v6].into_iter().flatten() {
         tracing::info!(
             bind = %r.bind, public = %r.public, ports = %format!("{}-{}", config.ports.low, config.ports.high),
@@ -83,9 +152,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         );
     }
     tracing::info!(realm = %config.realm, users = config.users.len(), shared_secrets = config.shared_secrets.len(),
-        max_allocations = config.max_allocations, "relay running; SIGTERM or Ctrl-C stops it");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+        max_allocations = config.max_allocations, udp_workers = workers, "relay running; SIGTERM or Ctrl-C stops it");
+    // SIGHUP reloads; SIGTERM/SIGINT drain, a second one stops at once.
+    let died = tokio::select! {
+        _ = control.run_until_stopped(signals) => None,
+        name = shard_exited(&threads) => Some(name),
+    };
+    if let Some(admin) = admin {
+        admin.shutdown().await;
+    }
+    match &died {
+        None => tracing::info!("shutting down"),
+        // Its sockets left the SO_REUSEPORT groups, so clients now hash to other workers
+        // that do not know their allocations: a restart is the only clean state.
+        Some(name) => tracing::error!(shard = %name,
+            "a data-path thread stopped on its own (see the error before); shutting down so that a supervisor restarts the relay"),
+    }
     for s in &shards {
         s.stop();
     }
@@ -97,25 +179,53 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .await?;
     let allocations: usize = servers.iter().map(|s| s.allocation_count()).sum();
+    // Detach first, then put the host's forwarding back (the guard goes last).
+    drop(xdp);
+    drop(forwarding);
     tracing::info!(allocations, "stopped");
+    if let Some(name) = died {
+        anyhow::bail!("data-path thread {name} stopped unexpectedly");
+    }
     Ok(())
 }
 
-/// Loads and attaches the kernel program and hands its maps to the shards. With `auto`,
-/// a failure to load leaves the relay running on its userspace path, with the reason
-/// logged; an explicit mode makes it fatal, because the operator asked for it.
-fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpPath>, Kernel)> {
+/// `[udp] workers`, with 0 resolved to the CPUs this process may run on.
+fn udp_workers(config: &Config) -> usize {
+    match config.udp_workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Resolves when one of `threads` has ended (they only end on their own after a fatal
+/// error or a panic); its name.
+async fn shard_exited<T>(threads: &[std::thread::JoinHandle<T>]) -> String {
+    loop {
+        if let Some(t) = threads.iter().find(|t| t.is_finished()) {
+            return t.thread().name().unwrap_or("unnamed").to_owned();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Loads and attaches the kernel program, makes forwarding what its FIB lookups need
+/// (`[xdp] forwarding`), and hands its maps to the shards. With `auto`, a failure to load
+/// leaves the relay running on its userspace path, with the reason logged; an explicit
+/// mode makes it fatal, because the operator asked for it.
+fn start_xdp(
+    config: &Config,
+) -> anyhow::Result<(Option<XdpPath>, Kernel, Option<ForwardingGuard>)> {
     let (mode, interfaces) = (config.xdp_mode, &config.xdp_interfaces);
     if mode == AttachMode::Off || interfaces.is_empty() {
         tracing::info!("XDP fast path off: relaying in userspace");
-        return Ok((None, Kernel::off()));
+        return Ok((None, Kernel::off(), None));
     }
     let max = u32::try_from(config.max_allocations).unwrap_or(u32::MAX);
     let mut xdp = match XdpPath::load_with(max) {
         Ok(x) => x,
         Err(e) if mode == AttachMode::Auto => {
             tracing::warn!(error = %e, "XDP fast path unavailable: relaying in userspace");
-            return Ok((None, Kernel::off()));
+            return Ok((None, Kernel::off(), None));
         }
         Err(e) => return Err(e.into()),
     };
@@ -126,14 +236,8 @@ fn start_xdp(config: &Config) -> anyhow::Result<(Option<XdpPath>, Kernel)> {
             .with_context(|| format!("[xdp] interfaces: `{ifname}`"))?;
     }
     let maps = xdp.take_maps().context("taking the XDP maps")?;
-    Ok((Some(xdp), Kernel::new(maps)))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let attached: Vec<String> = xdp.attached().iter().map(|a| a.interface.clone()).collect();
+    let ipv6 = config.relay_v6.is_some() || config.listeners.iter().any(|l| l.address.is_ipv6());
+    let forwarding = crate::xdp::setup_forwarding(config.xdp_forwarding, &attached, ipv6);
+    Ok((Some(xdp), Kernel::new(maps), Some(forwarding)))
 }

@@ -6,6 +6,16 @@
 //! (10.0.0.3, fd00::3) and the peer (10.0.0.2, fd00::2). Frames "arrive" on `xf0`, so a
 //! successful lookup gives the same interface back and the program answers XDP_TX.
 //! Addresses without a neighbour entry exercise the FIB-failure → XDP_PASS path.
+//!
+//! Send indications are in `xdp_forward/send.rs`, hairpin in `xdp_forward/hairpin.rs`
+//! (which also drives the protocol core, `xdp_forward/core_driver.rs`, into the maps).
+
+#[path = "xdp_forward/core_driver.rs"]
+mod core_driver;
+#[path = "xdp_forward/hairpin.rs"]
+mod hairpin;
+#[path = "xdp_forward/send.rs"]
+mod send;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -575,6 +585,16 @@ fn fib_failure_and_hairpin_pass_up() {
         let f = v4();
         let mac = env.mac;
         env.maps.add_allocation(f.relay).unwrap();
+        for peer in [
+            f.far_peer,
+            sa("192.0.2.1:9"),
+            f.peer,
+            sa("203.0.113.50:24010"),
+        ] {
+            env.maps
+                .add_permission(f.client, f.listener, f.relay, peer.ip())
+                .unwrap();
+        }
         // No neighbour entry for the peer: userspace sends it (and resolves the neighbour).
         env.maps
             .add_channel(f.client, f.listener, f.relay, f.far_peer, 0x4003)
@@ -612,7 +632,7 @@ fn fib_failure_and_hairpin_pass_up() {
             mac,
         );
         env.assert_pass(&p, Reason::TooBig);
-        // Hairpin: the peer is our own public address; userspace delivers it.
+        // Hairpin to a relayed address the maps do not know: userspace delivers it.
         env.maps
             .add_public_ip("203.0.113.50".parse().unwrap())
             .unwrap();
@@ -633,6 +653,35 @@ fn fib_failure_and_hairpin_pass_up() {
             mac,
         );
         env.assert_pass(&p, Reason::Hairpin);
+    });
+}
+
+/// Permissions expire before channels (5 vs 10 minutes): a bound channel without its
+/// permission no longer forwards, in either direction, until the permission is back.
+#[test]
+fn channel_without_permission_passes_up() {
+    in_netns(|env| {
+        let f = v4();
+        setup_channel(env, &f, 0x4001);
+        let mac = env.mac;
+        let to_peer = frame(
+            f.client,
+            f.listener,
+            &channel_data(0x4001, b"hello", 0),
+            CLIENT_MAC,
+            mac,
+        );
+        let to_client = frame(f.peer, f.relay, b"hi", PEER_MAC, mac);
+        assert_eq!(env.run(&to_peer).0, XDP_TX);
+        assert_eq!(env.run(&to_client).0, XDP_TX);
+        env.maps.remove_permission(f.relay, f.peer.ip()).unwrap();
+        env.assert_pass(&to_peer, Reason::NoPermission);
+        env.assert_pass(&to_client, Reason::NoPermission);
+        env.maps
+            .add_permission(f.client, f.listener, f.relay, f.peer.ip())
+            .unwrap();
+        assert_eq!(env.run(&to_peer).0, XDP_TX);
+        assert_eq!(env.run(&to_client).0, XDP_TX);
     });
 }
 

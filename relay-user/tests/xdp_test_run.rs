@@ -39,3 +39,22 @@ fn passes_frames_unchanged_and_counts_them() {
     assert_eq!(lo.packets, 3);
     assert_eq!(lo.bytes, 3 * frame.len() as u64);
 }
+
+/// The verifier walks every path of the program; this keeps that work (and the program
+/// size) far from the kernel's limits (1M processed instructions) as paths are added, and
+/// prints both figures for the record.
+#[test]
+fn verifier_work_stays_within_budget() {
+    let mut xdp = XdpPath::load().expect("load (run as root)");
+    let info = xdp.program_mut().info().expect("program info");
+    let insns = info.size_translated().expect("xlated length") / 8;
+    let verified = info
+        .verified_instruction_count()
+        .expect("verified_insns (kernel >= 5.16)");
+    eprintln!("XDP program: {insns} instructions, verifier processed {verified}");
+    assert!(insns < 16_384, "program grew to {insns} instructions");
+    assert!(
+        verified < 250_000,
+        "verifier processed {verified} instructions (limit 1,000,000)"
+    );
+}

@@ -279,6 +279,17 @@ pub struct Chromium {
 impl Chromium {
     /// Starts `binary` inside `ns` on `url` with [`CHROMIUM_FLAGS`] and a fresh profile.
     pub fn launch(ns: &Netns, binary: &Path, url: &str) -> std::io::Result<Self> {
+        Self::launch_with(ns, binary, url, &[])
+    }
+
+    /// Like [`launch`](Self::launch) with `extra` flags after [`CHROMIUM_FLAGS`] (e.g.
+    /// `--ignore-certificate-errors` for a relay with a test certificate on `turns:`).
+    pub fn launch_with(
+        ns: &Netns,
+        binary: &Path,
+        url: &str,
+        extra: &[&str],
+    ) -> std::io::Result<Self> {
         let dir = std::env::temp_dir().join(format!("chromium-test-{}", crate::netns::unique_id()));
         std::fs::create_dir_all(&dir)?;
         let profile = dir.join("profile");
@@ -286,6 +297,7 @@ impl Chromium {
         let log = std::fs::File::create(&log_path)?;
         let mut cmd = ns.command(binary.to_str().expect("utf-8 path"));
         cmd.args(CHROMIUM_FLAGS)
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg(url)
             .env("HOME", &dir)

@@ -99,6 +99,10 @@ pub struct Uclient {
     pub ipv4_relay: bool,
     /// `-z`: per-session packet interval, ms.
     pub interval_ms: Option<u32>,
+    /// `-t`: TCP to the TURN server (relaying stays UDP).
+    pub tcp: bool,
+    /// `-S`: TLS to the TURN server (with `-t`; DTLS without it).
+    pub tls: bool,
     /// Anything else, appended before the server address.
     pub extra: Vec<String>,
 }
@@ -121,6 +125,8 @@ impl Uclient {
             no_rtcp: false,
             ipv4_relay: false,
             interval_ms: None,
+            tcp: false,
+            tls: false,
             extra: Vec::new(),
         }
     }
@@ -158,6 +164,8 @@ impl Uclient {
             (self.client_to_client, "-y"),
             (self.no_rtcp, "-c"),
             (self.ipv4_relay, "-X"),
+            (self.tcp, "-t"),
+            (self.tls, "-S"),
         ] {
             if on {
                 a.push(flag.to_owned());

@@ -3,10 +3,13 @@
 //! static-NAT firewall to a dual-NIC relay host. Needs root (CI is root).
 
 pub mod browser;
+pub mod certs;
 pub mod cmd;
 pub mod coturn;
 pub mod netns;
 pub mod relay;
+pub mod seccomp;
+pub mod stream_client;
 pub mod topology;
 pub mod turn_client;
 

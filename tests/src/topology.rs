@@ -162,6 +162,10 @@ impl Topology {
     pub fn media_if(&self) -> String {
         format!("{}md", self.id)
     }
+    /// The firewall's end of the link to the relay's external NIC.
+    pub fn firewall_inside_if(&self) -> String {
+        format!("{}fi", self.id)
+    }
 }
 
 /// A veth pair with one end in each namespace, up, with tx checksum offload off: packets

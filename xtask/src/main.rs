@@ -3,6 +3,7 @@
 //! Everything a fresh machine lacks is installed here, idempotently, so the README's
 //! two commands work on a clean clone.
 
+mod bench;
 mod setup;
 mod util;
 
@@ -37,12 +38,9 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         fuzz_seconds: u64,
     },
-    /// Criterion micro-benchmarks of the protocol core.
-    Bench {
-        /// Extra arguments for criterion (e.g. a filter).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// coturn vs this relay (XDP, userspace) under `relay load` in network namespaces,
+    /// results in bench-results/; then the criterion micro-benchmarks of the protocol core.
+    Bench(bench::BenchArgs),
     /// Run every fuzz target for a bounded time.
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -79,13 +77,9 @@ fn run(cmd: Cmd) -> Result<()> {
             setup::all()?;
             test(fuzz_seconds)
         }
-        Cmd::Bench { args } => {
+        Cmd::Bench(args) => {
             setup::toolchain()?;
-            let mut c = Cargo::new(["bench", "-p", "relay-benches"]);
-            if !args.is_empty() {
-                c.arg("--").args(args);
-            }
-            c.run("criterion benchmarks")
+            bench::run(args)
         }
         Cmd::Fuzz { seconds } => {
             setup::fuzzer()?;

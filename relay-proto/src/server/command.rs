@@ -6,23 +6,31 @@
 //! allocation goes, its channels are unbound and its permissions removed first, each with its
 //! own command, then one `AllocationRemoved` per relayed address, so every `*Created` /
 //! `ChannelBound` is matched by exactly one removal.
+//!
+//! TCP allocations (RFC 6062, `protocol: Tcp`) add peer connections: each [`ConnectionId`]
+//! the core hands out (in `ConnectPeer`, or returned by
+//! [`Server::peer_connection_incoming`](super::Server::peer_connection_incoming)) ends with
+//! exactly one `CloseConnection`, which comes before its allocation's `AllocationRemoved`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::allocation::AllocationId;
 use super::five_tuple::FiveTuple;
+use super::tcp_relay::{ConnectionId, RelayProtocol};
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Command {
     /// Open (bind) the relay socket `relay` and map it to `client`. `public` is what the
     /// client was told (static NAT); peers send to `public`, packets arrive on `relay`.
+    /// `protocol`: a UDP socket, or (RFC 6062) a TCP socket listening on `relay`.
     AllocationCreated {
         id: AllocationId,
         client: FiveTuple,
         relay: SocketAddr,
         public: SocketAddr,
         user: Arc<str>,
+        protocol: RelayProtocol,
     },
     /// Close the relay socket `relay` and forget the allocation's mapping.
     AllocationRemoved {
@@ -30,6 +38,7 @@ pub enum Command {
         client: FiveTuple,
         relay: SocketAddr,
         public: SocketAddr,
+        protocol: RelayProtocol,
     },
     /// Packets from any port of `peer` to `relay` may now go to the client.
     PermissionCreated {
@@ -60,6 +69,39 @@ pub enum Command {
         peer: SocketAddr,
         channel: u16,
     },
+    /// RFC 6062 Connect: open a TCP connection to `peer` from `relay` (bind the socket to the
+    /// relayed address, SO_REUSEADDR/SO_REUSEPORT beside its listener) and report the outcome
+    /// with [`Server::peer_connected`](super::Server::peer_connected). Do not read from it
+    /// until `SpliceConnection`: the kernel buffers what the peer sends meanwhile.
+    ConnectPeer {
+        id: AllocationId,
+        conn: ConnectionId,
+        relay: SocketAddr,
+        peer: SocketAddr,
+    },
+    /// Send `message` (a whole STUN message: a deferred Connect response or a
+    /// ConnectionAttempt indication) on the control connection `client`, in order with the
+    /// responses returned by `handle_client`. Dropped if that connection is gone.
+    SendToClient {
+        id: AllocationId,
+        client: FiveTuple,
+        message: Box<[u8]>,
+    },
+    /// RFC 6062 ConnectionBind succeeded on the client data connection `data` (its response
+    /// was the `handle_client` reply just before): from now on that connection carries no
+    /// STUN; pipe its bytes (including any already read after the ConnectionBind) to the peer
+    /// connection `conn` and the peer's bytes back, as they are.
+    SpliceConnection {
+        id: AllocationId,
+        conn: ConnectionId,
+        data: FiveTuple,
+    },
+    /// Close the peer connection `conn` (connecting, waiting or spliced) and, if spliced, its
+    /// client data connection. Nothing to report back.
+    CloseConnection {
+        id: AllocationId,
+        conn: ConnectionId,
+    },
 }
 
 impl Command {
@@ -70,7 +112,11 @@ impl Command {
             | Command::PermissionCreated { id, .. }
             | Command::PermissionRemoved { id, .. }
             | Command::ChannelBound { id, .. }
-            | Command::ChannelUnbound { id, .. } => *id,
+            | Command::ChannelUnbound { id, .. }
+            | Command::ConnectPeer { id, .. }
+            | Command::SendToClient { id, .. }
+            | Command::SpliceConnection { id, .. }
+            | Command::CloseConnection { id, .. } => *id,
         }
     }
 }

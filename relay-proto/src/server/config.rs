@@ -28,8 +28,11 @@ impl RelayAddr {
     }
 }
 
-/// Everything [`Server`](super::Server) needs to know at construction. Limits can be changed
-/// later with [`Server::set_limits`](super::Server::set_limits).
+/// Everything [`Server`](super::Server) needs to know at construction. The port range, the
+/// relay families, the limits and the port seed also build the [`Shared`](super::Shared)
+/// state, which owns them from then on: limits change with
+/// [`Server::set_limits`](super::Server::set_limits) and are read back with
+/// [`Server::limits`](super::Server::limits).
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// The realm, for the operator's reference: REALM in 401/438 (and the realm keys are
@@ -54,9 +57,10 @@ pub struct ServerConfig {
     pub channel_lifetime: Duration,
     /// How long a NONCE stays fresh before 438.
     pub nonce_lifetime: Duration,
-    /// Total allocations; beyond it new ones get 508 (or 300 towards an alternate server).
+    /// Total allocations, all shards together; beyond it new ones get 508 (or 300 towards an
+    /// alternate server). Initial value (see the struct's note).
     pub max_allocations: usize,
-    /// Allocations per username; beyond it 486.
+    /// Allocations per username, all shards together; beyond it 486. Initial value.
     pub max_allocations_per_user: usize,
     /// Permissions per allocation; a CreatePermission/ChannelBind beyond it gets 508.
     pub max_permissions: usize,
@@ -64,7 +68,8 @@ pub struct ServerConfig {
     pub max_channels: usize,
     /// Where to send clients (300 ALTERNATE-SERVER) when full or draining.
     pub alternate_servers: Vec<SocketAddr>,
-    /// Injected randomness for relay port choice and reservation tokens.
+    /// Injected randomness for relay port choice and reservation tokens (one generator in
+    /// [`Shared`](super::Shared) serves all shards).
     pub port_seed: u64,
 }
 

@@ -12,6 +12,7 @@ use crate::stun::Method;
 
 use super::allocation::{AllocationId, Counters};
 use super::five_tuple::FiveTuple;
+use super::tcp_relay::{ConnectionEnd, ConnectionId, Direction};
 
 /// Why an allocation ended other than by expiry or a Refresh with LIFETIME 0.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -84,6 +85,26 @@ pub enum Event {
         client: FiveTuple,
         alternate: SocketAddr,
     },
+    /// RFC 6062: peer TCP connection `conn` of allocation `id` (control connection `client`)
+    /// is spliced to the client data connection `data`.
+    PeerConnectionBound {
+        id: AllocationId,
+        user: Arc<str>,
+        client: FiveTuple,
+        data: FiveTuple,
+        peer: SocketAddr,
+        conn: ConnectionId,
+        direction: Direction,
+    },
+    /// RFC 6062: peer TCP connection `conn` ended, bound or not.
+    PeerConnectionClosed {
+        id: AllocationId,
+        user: Arc<str>,
+        client: FiveTuple,
+        peer: SocketAddr,
+        conn: ConnectionId,
+        reason: ConnectionEnd,
+    },
 }
 
 /// Why a packet was dropped without a reply.
@@ -110,10 +131,13 @@ pub enum DropReason {
     /// Data for the relay's own address on a port outside the relay range (a service on
     /// the relay host itself) whose address the operator did not allow-list.
     RelayHostPort,
+    /// A peer's TCP connection to a relayed address refused: the allocation holds
+    /// [`MAX_CONNECTIONS_PER_ALLOCATION`](super::MAX_CONNECTIONS_PER_ALLOCATION) already.
+    ConnectionLimit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Malformed,
         DropReason::NoAllocation,
         DropReason::NoPermission,
@@ -124,6 +148,7 @@ impl DropReason {
         DropReason::Unexpected,
         DropReason::BufferTooSmall,
         DropReason::RelayHostPort,
+        DropReason::ConnectionLimit,
     ];
 
     const fn idx(self) -> usize {
@@ -142,6 +167,7 @@ impl DropReason {
             DropReason::Unexpected => "unexpected",
             DropReason::BufferTooSmall => "buffer_too_small",
             DropReason::RelayHostPort => "relay_host_port",
+            DropReason::ConnectionLimit => "connection_limit",
         }
     }
 }

@@ -2,6 +2,12 @@
 //!
 //! All checks and port choices happen before anything is recorded, and the response is
 //! built before the allocation is inserted: a refused or unanswerable request leaves no state.
+//! Quotas, ports and reservations are the relay's, shared by all shards: `Shared::admit`
+//! checks and takes them in one step, `Shared::undo` gives them back.
+//!
+//! REQUESTED-TRANSPORT TCP (RFC 6062 §5.1) makes a TCP allocation: same ports from the same
+//! pools, announced to the data path with `protocol: Tcp` so it listens instead of binding
+//! a UDP socket.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -12,18 +18,21 @@ use crate::stun::{
     ReservationToken, XorMappedAddress, XorRelayedAddress,
 };
 
+use super::Server;
 use super::allocation::{Allocation, Counters, Family, Relayed};
 use super::auth_check::Auth;
 use super::command::Command;
-use super::config::RESERVATION_LIFETIME;
 use super::event::Event;
 use super::five_tuple::FiveTuple;
 use super::ports::Want;
+use super::shared::{PortAsk, Refusal};
+use super::tcp_relay::RelayProtocol;
 use super::timers::TimerKey;
-use super::{Reservation, Server};
 
 /// RFC 8656 §14.7: REQUESTED-TRANSPORT for UDP.
 const UDP: u8 = 17;
+/// RFC 6062 §6.1: REQUESTED-TRANSPORT for TCP.
+const TCP: u8 = 6;
 
 /// An optional attribute that must be well-formed if present: `Err(reason)` for 400.
 pub(crate) fn optional<'a, A: Attr<'a>>(msg: &Message<'a>) -> Result<Option<A>, String> {
@@ -43,9 +52,10 @@ pub(crate) const fn family_of(f: AddressFamily) -> Family {
 
 /// Everything parsed out of an Allocate request.
 struct Request {
+    protocol: RelayProtocol,
     family: Family,
-    /// RESERVATION-TOKEN and the port it holds (checked fresh).
-    reserved: Option<([u8; 8], u16)>,
+    /// RESERVATION-TOKEN (checked fresh when parsed; redeemed by `Shared::admit`).
+    reserved: Option<[u8; 8]>,
     even: Option<bool>,
     additional_v6: bool,
     dont_fragment: bool,
@@ -65,54 +75,48 @@ impl Server {
         if self.table.id_by_tuple(&from).is_some() {
             return self.reply_error(from, msg, a, 437, "", out);
         }
-        let req = match self.parse_allocate(now, msg) {
+        let req = match self.parse_allocate(now, from, msg) {
             Ok(r) => r,
             Err((code, why)) => return self.reply_error(from, msg, a, code, &why, out),
         };
-        if self.pools[req.family.idx()].is_none() {
+        if self.relay_addr(req.family).is_none() {
             return self.reply_error(from, msg, a, 440, "", out);
         }
-        if self.draining || self.table.len() >= self.config.max_allocations {
+        if self.draining {
             return self.refuse_capacity(now, from, msg, auth, out);
         }
-        if self.table.user_count(&auth.username) >= self.config.max_allocations_per_user {
-            return self.reply_error(from, msg, a, 486, "", out);
-        }
 
-        // Ports. From here on every failure must give back what was taken.
-        let mut new_token = None;
-        let port = match req.reserved {
-            // Consumed once the response is written.
-            Some((_, port)) => port,
-            None => {
-                let want = match req.even {
+        // Quotas and ports. From here on every failure must give back what was taken.
+        let ask = match req.reserved {
+            Some(token) => PortAsk::Reserved(token),
+            None => PortAsk::Pick(
+                req.family,
+                match req.even {
                     None => Want::Any,
                     Some(false) => Want::Even,
                     Some(true) => Want::EvenPair,
-                };
-                let random = self.rng.next_u64();
-                let pool = self.pools[req.family.idx()].as_mut()?;
-                let Some(port) = pool.allocate(random, want) else {
-                    return self.reply_error(from, msg, a, 508, "No relay port available", out);
-                };
-                if want == Want::EvenPair {
-                    new_token = Some(self.rng.token());
-                }
-                port
-            }
-        };
-        let mut address_error = None;
-        let mut second = None;
-        if req.additional_v6 {
-            let random = self.rng.next_u64();
-            match &mut self.pools[Family::V6.idx()] {
-                None => address_error = Some(440),
-                Some(pool) => match pool.allocate(random, Want::Any) {
-                    Some(p) => second = Some(p),
-                    None => address_error = Some(508),
                 },
+            ),
+        };
+        let grant = match self
+            .shared
+            .admit(now, &auth.username, ask, req.additional_v6)
+        {
+            Ok(g) => g,
+            Err(Refusal::Full) => return self.refuse_capacity(now, from, msg, auth, out),
+            Err(Refusal::UserQuota) => return self.reply_error(from, msg, a, 486, "", out),
+            Err(Refusal::NoPort) => {
+                return self.reply_error(from, msg, a, 508, "No relay port available", out);
             }
-        }
+            Err(Refusal::Reservation(why)) => return self.reply_error(from, msg, a, 508, why, out),
+        };
+        let port = grant.port;
+        let (second, address_error) = match grant.second {
+            None => (None, None),
+            Some(Ok(p)) => (Some(p), None),
+            Some(Err(code)) => (None, Some(code)),
+        };
+        let new_token = grant.new_token;
 
         let relayed_of = |s: &Self, family: Family, port: u16| {
             s.relay_addr(family).map(|r| Relayed {
@@ -121,7 +125,7 @@ impl Server {
             })
         };
         let mut relayed = [None, None];
-        relayed[req.family.idx()] = relayed_of(self, req.family, port);
+        relayed[grant.family.idx()] = relayed_of(self, grant.family, port);
         if let Some(p) = second {
             relayed[Family::V6.idx()] = relayed_of(self, Family::V6, p);
         }
@@ -142,7 +146,7 @@ impl Server {
                     })?;
                 }
                 w.attr(&Lifetime(lifetime.as_secs().min(u64::from(u32::MAX)) as u32))?;
-                if let Some(t) = new_token {
+                if let Some((t, _)) = new_token {
                     w.attr(&ReservationToken(t))?;
                 }
                 w.attr(&XorMappedAddress(from.client))?;
@@ -151,33 +155,11 @@ impl Server {
             build().ok()
         };
         let Some(len) = built else {
-            for (family, r) in [Family::V4, Family::V6].into_iter().zip(relayed) {
-                if let (Some(r), Some(pool)) = (r, &mut self.pools[family.idx()]) {
-                    if req.reserved.is_some() && family == req.family {
-                        continue; // still held by its reservation
-                    }
-                    pool.release(r.bind.port());
-                    if new_token.is_some() && family == req.family {
-                        pool.release(r.bind.port() + 1);
-                    }
-                }
-            }
+            self.shared.undo(&auth.username, grant);
             return None;
         };
 
-        if let Some((token, _)) = req.reserved {
-            self.reservations.remove(&token);
-        }
-        if let Some(token) = new_token {
-            let expires = now + RESERVATION_LIFETIME;
-            self.reservations.insert(
-                token,
-                Reservation {
-                    family: req.family,
-                    port: port + 1,
-                    expires,
-                },
-            );
+        if let Some((token, expires)) = new_token {
             self.timers.schedule(expires, TimerKey::Reservation(token));
         }
         let id = self.table.next_id();
@@ -205,7 +187,11 @@ impl Server {
                 relay: r.bind,
                 public: r.public,
                 user: user.clone(),
+                protocol: req.protocol,
             });
+        }
+        if req.protocol == RelayProtocol::Tcp {
+            self.tcp.add_allocation(id);
         }
         self.events.push(Event::AllocationCreated {
             id,
@@ -222,17 +208,29 @@ impl Server {
     fn parse_allocate(
         &mut self,
         now: Instant,
+        from: FiveTuple,
         msg: &Message<'_>,
     ) -> Result<Request, (u16, String)> {
         let bad = |why: String| (400, why);
-        match optional::<RequestedTransport>(msg).map_err(bad)? {
+        let protocol = match optional::<RequestedTransport>(msg).map_err(bad)? {
             None => return Err((400, "Missing REQUESTED-TRANSPORT".into())),
-            Some(RequestedTransport(UDP)) => {}
+            Some(RequestedTransport(UDP)) => RelayProtocol::Udp,
+            // RFC 6062 §5.1 answers a TCP relay asked over UDP with 400; 442 tells an RFC 8656
+            // client plainly that this transport is not offered to it.
+            Some(RequestedTransport(TCP)) if from.transport.is_stream() && self.tcp.enabled => {
+                RelayProtocol::Tcp
+            }
             Some(_) => return Err((442, String::new())),
-        }
+        };
         let dont_fragment = optional::<DontFragment>(msg).map_err(bad)?.is_some();
         let token = optional::<ReservationToken>(msg).map_err(bad)?;
         let even = optional::<EvenPort>(msg).map_err(bad)?;
+        // RFC 6062 §5.1: none of these mean anything for a TCP relay.
+        if protocol == RelayProtocol::Tcp && (dont_fragment || token.is_some() || even.is_some()) {
+            return Err(bad(
+                "DONT-FRAGMENT, EVEN-PORT or RESERVATION-TOKEN with a TCP relay".into(),
+            ));
+        }
         let raf = optional::<RequestedAddressFamily>(msg).map_err(bad)?;
         let aaf = optional::<AdditionalAddressFamily>(msg).map_err(bad)?;
         let lifetime = optional::<Lifetime>(msg).map_err(bad)?.map(|l| l.0);
@@ -252,23 +250,16 @@ impl Server {
         let mut family = raf.map_or(Family::V4, |f| family_of(f.0));
         let mut reserved = None;
         if let Some(ReservationToken(t)) = token {
-            match self.reservations.get(&t).copied() {
-                Some(r) if now < r.expires => {
-                    family = r.family;
-                    reserved = Some((t, r.port));
-                }
-                Some(r) => {
-                    // Expired but not yet reaped: reap it now.
-                    self.reservations.remove(&t);
-                    if let Some(pool) = &mut self.pools[r.family.idx()] {
-                        pool.release(r.port);
-                    }
-                    return Err((508, "Reservation expired".into()));
-                }
-                None => return Err((508, "Unknown RESERVATION-TOKEN".into())),
-            }
+            // Issued by any shard. Checked here so that its 508 comes before 440 or quota
+            // answers; `admit` redeems it atomically (another shard may be quicker).
+            family = self
+                .shared
+                .reservation_family(now, t)
+                .map_err(|why| (508, why.to_owned()))?;
+            reserved = Some(t);
         }
         Ok(Request {
+            protocol,
             family,
             reserved,
             even: even.map(|e| e.0),

@@ -1,5 +1,11 @@
 //! The userspace data path: Send indications and ChannelData from clients, datagrams from
 //! peers, and hairpinning between two allocations of this relay.
+//!
+//! Hairpin between shards: when the target relayed port belongs to another shard's
+//! allocation, the datagram leaves from the sender's relay socket to the target's relay
+//! socket on the bind address; the host kernel delivers it locally (no NAT reflection on the
+//! firewall). The receiving shard sees it come from the bind address and presents it to its
+//! client as coming from the public relayed address, the one that client knows.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -9,7 +15,7 @@ use crate::stun::{
     XorPeerAddress, write_channel_data,
 };
 
-use super::allocation::{Allocation, AllocationId, Family};
+use super::allocation::{Allocation, AllocationId, Family, Relayed};
 use super::event::DropReason;
 use super::five_tuple::FiveTuple;
 use super::{ClientOutput, PeerOutput, Server};
@@ -116,7 +122,7 @@ impl Server {
         }
         if self.is_own_relay_ip(peer.ip()) {
             if self.config.ports.contains(&peer.port()) {
-                return self.hairpin(now, id, relayed.public, peer, payload, out);
+                return self.hairpin(now, id, relayed, peer, payload, out);
             }
             // Any other port of the relay host (its listeners, admin, ssh) is a local
             // service, not a relay: off limits unless the operator allow-listed the address.
@@ -134,25 +140,26 @@ impl Server {
         }
     }
 
-    /// Allocation `src` (relayed public address `src_public`) sends to `dst`, one of our
-    /// relayed addresses: the allocation owning that port receives it as if from
-    /// `src_public`, provided it has a permission for that IP.
+    /// Allocation `src` (relayed address `src_relayed`) sends to `dst`, one of our relayed
+    /// addresses: the allocation owning that port receives it as if from the public relayed
+    /// address of `src`, provided it has a permission for that IP. If another shard owns the
+    /// port, the data path carries it there through the host (see the module comment).
     fn hairpin<'p>(
         &mut self,
         now: Instant,
         src: AllocationId,
-        src_public: SocketAddr,
+        src_relayed: Relayed,
         dst: SocketAddr,
-        payload: &[u8],
+        payload: &'p [u8],
         out: &mut [u8],
     ) -> ClientOutput<'p> {
         let family = Family::of(dst.ip());
-        let target = self
-            .table
-            .id_by_port(family, dst.port())
-            .filter(|&t| t != src);
-        let Some(target) = target else {
-            return self.drop_client(DropReason::NoAllocation);
+        let src_public = src_relayed.public;
+        let target = match self.table.id_by_port(family, dst.port()) {
+            Some(t) if t != src => t,
+            // To its own relayed address.
+            Some(_) => return self.drop_client(DropReason::NoAllocation),
+            None => return self.hairpin_to_shard(src, src_relayed, dst, payload),
         };
         let txid = self.next_indication_txid();
         let Some((a, b)) = self.table.pair_mut(src, target) else {
@@ -179,6 +186,45 @@ impl Server {
         }
     }
 
+    /// The relayed port of `dst` is not ours: if another shard's allocation holds it, send
+    /// from `src`'s relay socket to that port on the relay bind address.
+    fn hairpin_to_shard<'p>(
+        &mut self,
+        src: AllocationId,
+        src_relayed: Relayed,
+        dst: SocketAddr,
+        payload: &'p [u8],
+    ) -> ClientOutput<'p> {
+        let family = Family::of(dst.ip());
+        let bind = self.relay_addr(family).map(|r| r.bind);
+        let (Some(bind), true) = (bind, self.shared.is_live(family, dst.port())) else {
+            return self.drop_client(DropReason::NoAllocation);
+        };
+        if let Some(a) = self.table.get_mut(src) {
+            a.counters.count_to_peer(payload.len());
+        }
+        ClientOutput::ToPeer {
+            relay: src_relayed.bind,
+            peer: SocketAddr::new(bind, dst.port()),
+            payload,
+        }
+    }
+
+    /// A datagram from the relay bind address on a relay port is another shard's allocation
+    /// hairpinning: its clients know (and permitted) that allocation by the public address.
+    fn as_clients_see_it(&self, peer: SocketAddr) -> SocketAddr {
+        match self.relay_addr(Family::of(peer.ip())) {
+            Some(r)
+                if peer.ip() == r.bind
+                    && r.bind != r.public
+                    && self.config.ports.contains(&peer.port()) =>
+            {
+                SocketAddr::new(r.public, peer.port())
+            }
+            _ => peer,
+        }
+    }
+
     pub(crate) fn peer_data(
         &mut self,
         now: Instant,
@@ -187,6 +233,7 @@ impl Server {
         payload: &[u8],
         out: &mut [u8],
     ) -> PeerOutput {
+        let peer = self.as_clients_see_it(peer);
         let family = Family::of(relay.ip());
         let txid = self.next_indication_txid();
         let a = self

@@ -22,17 +22,21 @@ mod handle_channel_bind;
 mod handle_data;
 mod handle_permission;
 mod handle_refresh;
+mod handle_tcp_relay;
 mod ports;
 mod reply;
+mod shared;
 mod table;
+mod tcp_relay;
 mod timers;
 mod txcache;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{CredentialStore, NonceKey, Nonces};
@@ -49,11 +53,17 @@ pub use config::{
 };
 pub use event::{CloseReason, DropCounters, DropReason, Event, MAX_QUEUED_EVENTS};
 pub use five_tuple::{FiveTuple, Transport};
+pub use reply::{ERROR_CODES, ErrorResponses};
+pub use shared::{Limits, Shared};
+pub use tcp_relay::{
+    BIND_TIMEOUT, CONNECT_TIMEOUT, ConnectionEnd, ConnectionId, Direction,
+    MAX_CONNECTIONS_PER_ALLOCATION, RelayProtocol,
+};
 
 use allocation::Allocation;
 use event::EventQueue;
-use ports::{PortPool, Rng};
 use table::Table;
+use tcp_relay::TcpRelays;
 use timers::{TimerKey, Timers};
 use txcache::{Graveyard, RedirectMemory};
 
@@ -87,14 +97,6 @@ pub enum PeerOutput {
     },
 }
 
-/// An EVEN-PORT reservation (RFC 8656 §7.2, R bit): `port` is held for the token's owner.
-#[derive(Clone, Copy, Debug)]
-struct Reservation {
-    family: Family,
-    port: u16,
-    expires: Instant,
-}
-
 /// How an allocation ended.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Removal {
@@ -111,12 +113,11 @@ pub struct Server {
     anchor: Instant,
     unix_anchor: u64,
     table: Table,
-    /// Indexed by [`Family::idx`]; `None` where that family has no relay address.
-    pools: [Option<PortPool>; 2],
-    reservations: HashMap<[u8; 8], Reservation>,
-    quarantined: HashMap<(Family, u16), Instant>,
+    /// Port pools, reservations, quarantines and quotas, common to every shard.
+    shared: Arc<Shared>,
     timers: Timers,
-    rng: Rng,
+    /// RFC 6062: TCP allocations and their peer connections.
+    tcp: TcpRelays,
     commands: VecDeque<Command>,
     events: EventQueue,
     drops: DropCounters,
@@ -125,11 +126,13 @@ pub struct Server {
     draining: bool,
     alternate_cursor: usize,
     indication_counter: u64,
+    error_responses: ErrorResponses,
 }
 
 impl Server {
     /// `now` and `unix_now` anchor the clock: unix time at a later `now` is
-    /// `unix_now + (now - anchor)` (nonces and TURN REST expiry use it).
+    /// `unix_now + (now - anchor)` (nonces and TURN REST expiry use it). A single server:
+    /// its port pools and quotas are its own.
     pub fn new(
         config: ServerConfig,
         credentials: CredentialStore,
@@ -138,21 +141,49 @@ impl Server {
         now: Instant,
         unix_now: u64,
     ) -> Self {
-        let pool = |r: &Option<RelayAddr>| r.map(|_| PortPool::new(config.ports.clone()));
-        let pools = [pool(&config.relay_v4), pool(&config.relay_v6)];
+        let shared = Shared::new(&config);
+        Self::with_shared(
+            config,
+            credentials,
+            policy,
+            nonce_key,
+            now,
+            unix_now,
+            shared,
+        )
+    }
+
+    /// One shard of a relay: ports, reservations and quotas come from `shared`, which every
+    /// shard holds (build it with [`Shared::new`] from the same config). Shards should get the
+    /// same `nonce_key` so a nonce stays valid whichever shard checks it.
+    ///
+    /// # Panics
+    /// If `shared` was built for another port range or other relay address families.
+    pub fn with_shared(
+        config: ServerConfig,
+        credentials: CredentialStore,
+        policy: PeerPolicy,
+        nonce_key: NonceKey,
+        now: Instant,
+        unix_now: u64,
+        shared: Arc<Shared>,
+    ) -> Self {
+        assert!(
+            shared.fits(&config),
+            "Server::with_shared: the Shared state was built for another port range or other \
+             relay address families than this ServerConfig"
+        );
         let nonces = Nonces::new(nonce_key, config.nonce_lifetime.as_secs().max(1));
         Self {
-            rng: Rng::new(config.port_seed),
-            pools,
+            table: Table::new(shared.next_shard()),
+            shared,
             nonces,
             credentials,
             policy,
             anchor: now,
             unix_anchor: unix_now,
-            table: Table::default(),
-            reservations: HashMap::new(),
-            quarantined: HashMap::new(),
             timers: Timers::default(),
+            tcp: TcpRelays::default(),
             commands: VecDeque::new(),
             events: EventQueue::default(),
             drops: DropCounters::default(),
@@ -161,6 +192,7 @@ impl Server {
             draining: false,
             alternate_cursor: 0,
             indication_counter: 0,
+            error_responses: ErrorResponses::default(),
             config,
         }
     }
@@ -190,10 +222,26 @@ impl Server {
         }
     }
 
-    /// New quotas. Allocations over a lowered limit stay until they end.
+    /// New quotas, for every shard sharing this server's [`Shared`] (SIGHUP). Allocations
+    /// over a lowered limit stay until they end.
     pub fn set_limits(&mut self, max_allocations: usize, max_allocations_per_user: usize) {
-        self.config.max_allocations = max_allocations;
-        self.config.max_allocations_per_user = max_allocations_per_user;
+        self.shared
+            .set_limits(max_allocations, max_allocations_per_user);
+    }
+
+    /// The quotas in force (the config's are only the initial ones).
+    pub fn limits(&self) -> Limits {
+        self.shared.limits()
+    }
+
+    /// The state this server shares with the other shards.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// New alternate servers for 300 redirects (SIGHUP).
+    pub fn set_alternate_servers(&mut self, alternates: Vec<SocketAddr>) {
+        self.config.alternate_servers = alternates;
     }
 
     /// Drain (SIGTERM): new allocations are refused (300 towards an alternate server if one
@@ -220,6 +268,11 @@ impl Server {
         packet: &'p [u8],
         out: &mut [u8],
     ) -> ClientOutput<'p> {
+        // RFC 6062: a spliced client data connection carries a peer's bytes, not STUN or
+        // ChannelData; the data path must not frame it.
+        if from.transport.is_stream() && self.tcp.is_data_connection(&from) {
+            return self.drop_client(DropReason::Unexpected);
+        }
         match stun::classify(packet) {
             PacketKind::ChannelData => self.client_channel_data(now, from, packet, out),
             PacketKind::Stun => self.client_stun(now, from, packet, out),
@@ -266,16 +319,22 @@ impl Server {
     }
 
     /// A TCP/TLS client connection closed: the allocation made on it ends (RFC 8656 §5: the
-    /// allocation is bound to the 5-tuple, which no longer exists).
+    /// allocation is bound to the 5-tuple, which no longer exists). A client data connection
+    /// (RFC 6062) takes its peer connection with it.
     pub fn client_closed(&mut self, now: Instant, from: FiveTuple) {
         if let Some(id) = self.table.id_by_tuple(&from) {
             self.remove_allocation(now, id, Removal::Closed(CloseReason::ClientClosed), None);
+        } else if let Some(conn) = self.tcp.by_data(&from) {
+            self.connection_closed(now, conn);
         }
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.next()
+        match (self.timers.next(), self.tcp.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Expires allocations, permissions, channel bindings, channel cool-downs, reservations
@@ -283,6 +342,9 @@ impl Server {
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((_, key)) = self.timers.pop_due(now) {
             self.fire(now, key);
+        }
+        while let Some(conn) = self.tcp.pop_due(now) {
+            self.connection_deadline(now, conn);
         }
         if self.timers.needs_compaction() {
             self.compact_timers();
@@ -319,14 +381,15 @@ impl Server {
         self.table.get(id).map(|a| AllocationInfo { a })
     }
 
+    /// Allocations held by this server (all shards: [`Shared::allocation_count`]).
     pub fn allocation_count(&self) -> usize {
         self.table.len()
     }
 
-    /// Relay ports in use (allocated, reserved or quarantined) per family: (v4, v6).
+    /// Relay ports in use (allocated, reserved or quarantined) per family, all shards
+    /// together: (v4, v6).
     pub fn ports_in_use(&self) -> (u32, u32) {
-        let used = |p: &Option<PortPool>| p.as_ref().map_or(0, PortPool::used);
-        (used(&self.pools[0]), used(&self.pools[1]))
+        self.shared.ports_in_use()
     }
 
     // ----- shared internals -----------------------------------------------------------------
@@ -375,6 +438,11 @@ impl Server {
             Err(e) => return self.malformed_stun(from, packet, e, out),
         };
         match msg.class() {
+            // RFC 6062: a Connect is answered later, a ConnectionBind turns the connection
+            // into a data connection; both have their own dispatch.
+            Class::Request if matches!(msg.method(), Method::CONNECT | Method::CONNECTION_BIND) => {
+                self.tcp_relay_request(now, from, &msg, out)
+            }
             Class::Request => match self.request(now, from, &msg, out) {
                 Some(len) => ClientOutput::Reply { len },
                 None => self.drop_client(DropReason::BufferTooSmall),
@@ -436,6 +504,9 @@ impl Server {
         out: &mut [u8],
     ) -> ClientOutput<'p> {
         match msg.method() {
+            // A TCP allocation has no UDP socket to send from (RFC 6062 §5: data goes over
+            // the data connections).
+            Method::SEND if self.relays_tcp(&from) => self.drop_client(DropReason::Unexpected),
             Method::SEND => self.send_indication(now, from, msg, out),
             // Binding indications are keepalives (RFC 8489 §6.3.2): nothing to do.
             Method::BINDING => ClientOutput::Nothing,
@@ -475,11 +546,14 @@ impl Server {
                     Method::ALLOCATE => self.allocate(now, from, msg, &auth, out),
                     Method::REFRESH => self.refresh(now, from, msg, &auth, out),
                     Method::CREATE_PERMISSION => self.create_permission(now, from, msg, &auth, out),
+                    // Channels relay datagrams; a TCP allocation has none.
+                    _ if self.relays_tcp(&from) => {
+                        let why = "ChannelBind on a TCP allocation";
+                        self.reply_error(from, msg, Some(&auth), 400, why, out)
+                    }
                     _ => self.channel_bind(now, from, msg, &auth, out),
                 }
             }
-            // Connect / ConnectionBind (RFC 6062) need TCP allocations, which this server
-            // does not make; everything else is unknown.
             _ => self.reply_error(from, msg, None, 400, "Unsupported method", out),
         }
     }
@@ -537,6 +611,8 @@ impl Server {
         quarantine: Option<(Family, u16)>,
     ) -> Option<Allocation> {
         let a = self.table.remove(id)?;
+        // Peer connections close before their relayed address.
+        let protocol = self.end_tcp_allocation(&a);
         for c in a.channels.iter().filter(|c| !c.cooling) {
             if let Some(r) = a.relayed(Family::of(c.peer.ip())) {
                 self.commands.push_back(Command::ChannelUnbound {
@@ -558,28 +634,21 @@ impl Server {
                 });
             }
         }
-        for (family, r) in [Family::V4, Family::V6]
-            .into_iter()
-            .zip(a.relayed.iter())
-            .filter_map(|(f, r)| Some((f, (*r)?)))
-        {
+        for r in a.relayed.iter().flatten() {
             self.commands.push_back(Command::AllocationRemoved {
                 id,
                 client: a.client,
                 relay: r.bind,
                 public: r.public,
+                protocol,
             });
-            if quarantine == Some((family, r.bind.port())) {
-                // Still marked busy in the pool: the quarantine timer frees it.
-                self.quarantined
-                    .insert((family, r.bind.port()), now + PORT_QUARANTINE);
-                self.timers.schedule(
-                    now + PORT_QUARANTINE,
-                    TimerKey::Quarantine(family, r.bind.port()),
-                );
-            } else if let Some(pool) = &mut self.pools[family.idx()] {
-                pool.release(r.bind.port());
-            }
+        }
+        // A quarantined port stays busy in the pool: the quarantine timer frees it.
+        if self.shared.release(now, &a.user, &a.relayed, quarantine)
+            && let Some((family, port)) = quarantine
+        {
+            self.timers
+                .schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
         }
         let (user, client, counters) = (a.user.clone(), a.client, a.counters);
         self.events.push(match why {
@@ -608,20 +677,15 @@ impl Server {
 
     /// Takes a free port out of circulation for [`PORT_QUARANTINE`].
     fn quarantine(&mut self, now: Instant, family: Family, port: u16) {
-        let Some(pool) = &mut self.pools[family.idx()] else {
-            return;
-        };
-        if !pool.take(port) && !self.quarantined.contains_key(&(family, port)) {
-            // Busy for another reason (reserved): leave it alone.
-            return;
+        // Busy for another reason (reserved, another shard's allocation): left alone.
+        if self.shared.quarantine(now, family, port) {
+            self.timers
+                .schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
         }
-        self.quarantined
-            .insert((family, port), now + PORT_QUARANTINE);
-        self.timers
-            .schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
     }
 
-    /// Removes the permission for `ip` and the channels to it (policy reload).
+    /// Removes the permission for `ip`, the channels and TCP connections to it (policy
+    /// reload).
     fn revoke_peer(&mut self, id: AllocationId, ip: IpAddr) {
         let Some(a) = self.table.get_mut(id) else {
             return;
@@ -657,6 +721,7 @@ impl Server {
             relay,
             peer: ip,
         });
+        self.close_connections_to(id, ip, ConnectionEnd::PeerDenied);
     }
 
     fn fire(&mut self, now: Instant, key: TimerKey) {
@@ -719,25 +784,9 @@ impl Server {
                     self.timers.schedule(until, TimerKey::Channel(id, number));
                 }
             }
-            TimerKey::Reservation(token) => {
-                if let Some(r) = self.reservations.get(&token).copied()
-                    && r.expires <= now
-                {
-                    self.reservations.remove(&token);
-                    if let Some(pool) = &mut self.pools[r.family.idx()] {
-                        pool.release(r.port);
-                    }
-                }
-            }
+            TimerKey::Reservation(token) => self.shared.expire_reservation(now, token),
             TimerKey::Quarantine(family, port) => {
-                if let Some(&until) = self.quarantined.get(&(family, port))
-                    && until <= now
-                {
-                    self.quarantined.remove(&(family, port));
-                    if let Some(pool) = &mut self.pools[family.idx()] {
-                        pool.release(port);
-                    }
-                }
+                self.shared.expire_quarantine(now, family, port);
             }
         }
     }
@@ -753,12 +802,7 @@ impl Server {
                 live.push((c.expires, TimerKey::Channel(a.id, c.number)));
             }
         }
-        for (token, r) in &self.reservations {
-            live.push((r.expires, TimerKey::Reservation(*token)));
-        }
-        for (&(family, port), &until) in &self.quarantined {
-            live.push((until, TimerKey::Quarantine(family, port)));
-        }
+        self.shared.deadlines(&mut live);
         self.timers.rebuild(live);
     }
 
@@ -773,7 +817,7 @@ impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("allocations", &self.table.len())
-            .field("reservations", &self.reservations.len())
+            .field("shared", &self.shared)
             .field("draining", &self.draining)
             .finish_non_exhaustive()
     }

@@ -4,8 +4,12 @@
 //! a RESERVATION-TOKEN, or quarantined after the data path failed to bind it. A new port is
 //! the first free one at or after a random offset, so ports are unpredictable while the pool
 //! is sparse and a port still in use is never handed out twice.
+//!
+//! [`LivePorts`] mirrors the subset held by live allocations in atomics, so the data path can
+//! ask "is this one of our relays?" without the lock that guards the pools.
 
 use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 
@@ -180,6 +184,53 @@ impl PortPool {
     }
 }
 
+/// Which relay ports of one family are held by a live allocation on any shard. Written under
+/// the shared state's lock when an allocation starts or ends; read without a lock on the data
+/// path. A stale answer is harmless: the receiving allocation still checks its permissions.
+#[derive(Debug)]
+pub(crate) struct LivePorts {
+    base: u16,
+    len: u32,
+    words: Box<[AtomicU64]>,
+}
+
+impl LivePorts {
+    pub(crate) fn new(range: RangeInclusive<u16>) -> Self {
+        let (lo, hi) = (*range.start(), *range.end());
+        let len = if hi >= lo { u32::from(hi - lo) + 1 } else { 0 };
+        let words = (0..(len as usize).div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        Self {
+            base: lo,
+            len,
+            words,
+        }
+    }
+
+    fn bit(&self, port: u16) -> Option<(&AtomicU64, u64)> {
+        let off = u32::from(port.checked_sub(self.base)?);
+        (off < self.len).then(|| (&self.words[(off / 64) as usize], 1u64 << (off % 64)))
+    }
+
+    pub(crate) fn set(&self, port: u16) {
+        if let Some((w, b)) = self.bit(port) {
+            w.fetch_or(b, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn clear(&self, port: u16) {
+        if let Some((w, b)) = self.bit(port) {
+            w.fetch_and(!b, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn contains(&self, port: u16) -> bool {
+        self.bit(port)
+            .is_some_and(|(w, b)| w.load(Ordering::Relaxed) & b != 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +326,26 @@ mod tests {
         #[allow(clippy::reversed_empty_ranges)]
         let mut empty = PortPool::new(10..=9);
         assert_eq!(empty.allocate(0, Want::Any), None);
+    }
+
+    #[test]
+    fn live_ports_set_clear_and_range() {
+        let live = LivePorts::new(24001..=24200);
+        for port in [24001, 24064, 24065, 24200] {
+            assert!(!live.contains(port));
+            live.set(port);
+            assert!(live.contains(port));
+        }
+        live.clear(24064);
+        assert!(!live.contains(24064) && live.contains(24065));
+        // Outside the range: never live, and setting it is a no-op.
+        live.set(24000);
+        live.set(24201);
+        assert!(!live.contains(24000) && !live.contains(24201));
+        #[allow(clippy::reversed_empty_ranges)]
+        let empty = LivePorts::new(10..=9);
+        empty.set(10);
+        assert!(!empty.contains(10));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! MESSAGE-INTEGRITY-SHA256 when the request was authenticated (same key, same kind as the
 //! request), and FINGERPRINT.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::stun::{
     BufferTooSmall, Class, ErrorCode, IntegrityKind, Message, MessageWriter, Method, Software,
     TransactionId, UnknownAttributes, UnknownAttrs,
@@ -12,7 +14,7 @@ use super::auth_check::Auth;
 use super::event::Event;
 use super::five_tuple::FiveTuple;
 
-/// Standard reason phrases (RFC 8489 §14.8, RFC 8656 §18.10).
+/// Standard reason phrases (RFC 8489 §14.8, RFC 8656 §18.10, RFC 6062 §6.3).
 pub(crate) const fn reason(code: u16) -> &'static str {
     match code {
         300 => "Try Alternate",
@@ -26,6 +28,8 @@ pub(crate) const fn reason(code: u16) -> &'static str {
         441 => "Wrong Credentials",
         442 => "Unsupported Transport Protocol",
         443 => "Peer Address Family Mismatch",
+        446 => "Connection Already Exists",
+        447 => "Connection Timeout or Failure",
         486 => "Allocation Quota Reached",
         500 => "Server Error",
         508 => "Insufficient Capacity",
@@ -33,7 +37,58 @@ pub(crate) const fn reason(code: u16) -> &'static str {
     }
 }
 
+/// The error codes this server sends, in [`ErrorResponses`] order.
+pub const ERROR_CODES: [u16; 16] = [
+    300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 446, 447, 486, 500, 508,
+];
+
+/// Error responses sent, per code (the operator's "4xx/5xx by code"), counting plain 401
+/// challenges and 438 stale-nonce retries too. Atomics because every error path ends in
+/// the `&self` builder [`Server::error_response`]; only the owning thread writes them.
+#[derive(Debug, Default)]
+pub struct ErrorResponses {
+    by_code: [AtomicU64; ERROR_CODES.len()],
+    /// Codes not in [`ERROR_CODES`].
+    other: AtomicU64,
+}
+
+impl ErrorResponses {
+    fn slot(&self, code: u16) -> &AtomicU64 {
+        match ERROR_CODES.iter().position(|c| *c == code) {
+            Some(i) => &self.by_code[i],
+            None => &self.other,
+        }
+    }
+
+    fn bump(&self, code: u16) {
+        self.slot(code).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Responses sent with `code` (codes outside [`ERROR_CODES`] share one count).
+    pub fn get(&self, code: u16) -> u64 {
+        self.slot(code).load(Ordering::Relaxed)
+    }
+
+    /// Every code in [`ERROR_CODES`] with its count.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        ERROR_CODES
+            .iter()
+            .zip(&self.by_code)
+            .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+    }
+
+    /// Responses with a code outside [`ERROR_CODES`].
+    pub fn other(&self) -> u64 {
+        self.other.load(Ordering::Relaxed)
+    }
+}
+
 impl Server {
+    /// Error responses sent so far, per code.
+    pub fn error_responses(&self) -> &ErrorResponses {
+        &self.error_responses
+    }
+
     /// Header plus nothing yet; SOFTWARE and integrity are added by [`Self::seal`].
     pub(crate) fn writer<'o>(
         out: &'o mut [u8],
@@ -123,7 +178,11 @@ impl Server {
             extra(&mut w)?;
             self.seal(w, auth)
         };
-        build().ok()
+        let len = build().ok();
+        if len.is_some() {
+            self.error_responses.bump(code);
+        }
+        len
     }
 
     /// 420 with the unknown comprehension-required attributes.

@@ -1,9 +1,8 @@
 //! The allocation table: a slab of allocations indexed by client 5-tuple and by relayed port
 //! (one index per family: there is one relay bind address per family, so the port names the
-//! allocation), plus per-user counts for the quota.
+//! allocation). Per-user counts for the quota live in [`Shared`](super::Shared), across shards.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use super::allocation::{Allocation, AllocationId, Family};
 use super::five_tuple::FiveTuple;
@@ -14,30 +13,57 @@ struct Slot {
     alloc: Option<Allocation>,
 }
 
-#[derive(Debug, Default)]
+/// Low bits of an id's index: the slot. A table holds at most one allocation per relay port
+/// of each family (2 × 65536 < 2^20), so slots never reach the shard bits.
+const SLOT_BITS: u32 = 20;
+const SLOT_MASK: u32 = (1 << SLOT_BITS) - 1;
+
+#[derive(Debug)]
 pub(crate) struct Table {
+    /// The shard number, in the high bits of every id's index: ids of different shards differ.
+    shard_bits: u32,
     slots: Vec<Slot>,
     free: Vec<u32>,
     by_tuple: HashMap<FiveTuple, AllocationId>,
     by_port: [HashMap<u16, AllocationId>; 2],
-    per_user: HashMap<Arc<str>, usize>,
+}
+
+impl Default for Table {
+    fn default() -> Self {
+        Self::new(0)
+    }
 }
 
 impl Table {
+    /// Shard numbers past 4095 wrap: ids stay unique among 4096 live shards.
+    pub(crate) fn new(shard: u32) -> Self {
+        Self {
+            shard_bits: (shard << SLOT_BITS) & !SLOT_MASK,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_tuple: HashMap::new(),
+            by_port: Default::default(),
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.by_tuple.len()
     }
 
-    pub(crate) fn user_count(&self, user: &str) -> usize {
-        self.per_user.get(user).copied().unwrap_or(0)
-    }
-
     /// The id the next [`insert`](Self::insert) will use.
     pub(crate) fn next_id(&self) -> AllocationId {
-        match self.free.last() {
-            Some(&i) => AllocationId::new(i, self.slots[i as usize].generation),
-            None => AllocationId::new(self.slots.len() as u32, 0),
-        }
+        let (slot, generation) = match self.free.last() {
+            Some(&i) => (i, self.slots[i as usize].generation),
+            None => (self.slots.len() as u32, 0),
+        };
+        debug_assert!(slot <= SLOT_MASK, "allocation slots exhausted");
+        AllocationId::new(self.shard_bits | slot, generation)
+    }
+
+    /// The slot of an id of this table; `None` for another shard's id.
+    fn slot_of(&self, id: AllocationId) -> Option<usize> {
+        let index = id.index();
+        (index & !SLOT_MASK == self.shard_bits).then_some((index & SLOT_MASK) as usize)
     }
 
     /// Inserts an allocation whose `id` came from [`next_id`](Self::next_id). The caller has
@@ -55,7 +81,6 @@ impl Table {
                 self.by_port[fam.idx()].insert(r.bind.port(), id);
             }
         }
-        *self.per_user.entry(alloc.user.clone()).or_insert(0) += 1;
         match self.free.pop() {
             Some(i) => self.slots[i as usize].alloc = Some(alloc),
             None => self.slots.push(Slot {
@@ -67,13 +92,14 @@ impl Table {
     }
 
     pub(crate) fn remove(&mut self, id: AllocationId) -> Option<Allocation> {
-        let slot = self.slots.get_mut(id.index() as usize)?;
+        let i = self.slot_of(id)?;
+        let slot = self.slots.get_mut(i)?;
         if slot.alloc.as_ref()?.id != id {
             return None;
         }
         let alloc = slot.alloc.take()?;
         slot.generation = slot.generation.wrapping_add(1);
-        self.free.push(id.index());
+        self.free.push(i as u32);
         self.by_tuple.remove(&alloc.client);
         for (fam, r) in [Family::V4, Family::V6]
             .into_iter()
@@ -83,29 +109,20 @@ impl Table {
                 self.by_port[fam.idx()].remove(&r.bind.port());
             }
         }
-        if let Some(n) = self.per_user.get_mut(&alloc.user) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_user.remove(&alloc.user);
-            }
-        }
         Some(alloc)
     }
 
     pub(crate) fn get(&self, id: AllocationId) -> Option<&Allocation> {
         self.slots
-            .get(id.index() as usize)?
+            .get(self.slot_of(id)?)?
             .alloc
             .as_ref()
             .filter(|a| a.id == id)
     }
 
     pub(crate) fn get_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
-        self.slots
-            .get_mut(id.index() as usize)?
-            .alloc
-            .as_mut()
-            .filter(|a| a.id == id)
+        let i = self.slot_of(id)?;
+        self.slots.get_mut(i)?.alloc.as_mut().filter(|a| a.id == id)
     }
 
     pub(crate) fn id_by_tuple(&self, t: &FiveTuple) -> Option<AllocationId> {
@@ -122,7 +139,7 @@ impl Table {
         a: AllocationId,
         b: AllocationId,
     ) -> Option<(&mut Allocation, &mut Allocation)> {
-        let (ia, ib) = (a.index() as usize, b.index() as usize);
+        let (ia, ib) = (self.slot_of(a)?, self.slot_of(b)?);
         if ia == ib || ia >= self.slots.len() || ib >= self.slots.len() {
             return None;
         }
@@ -183,7 +200,6 @@ mod tests {
         t.insert(alloc(id2, 1001, 24001, "alice"));
         assert_ne!(id1, id2);
         assert_eq!(t.len(), 2);
-        assert_eq!(t.user_count("alice"), 2);
         let tuple = t.get(id1).unwrap().client;
         assert_eq!(t.id_by_tuple(&tuple), Some(id1));
         assert_eq!(t.id_by_port(Family::V4, 24001), Some(id2));
@@ -194,7 +210,6 @@ mod tests {
         assert!(t.get(id1).is_none());
         assert_eq!(t.id_by_tuple(&tuple), None);
         assert_eq!(t.id_by_port(Family::V4, 24000), None);
-        assert_eq!(t.user_count("alice"), 1);
 
         // The slot is reused under a new generation: the old id stays dead.
         let id3 = t.next_id();
@@ -213,6 +228,24 @@ mod tests {
         assert!(size <= 400, "Allocation is {size} bytes");
         assert!(std::mem::size_of::<crate::server::allocation::Permission>() <= 48);
         assert!(std::mem::size_of::<crate::server::allocation::Channel>() <= 64);
+    }
+
+    #[test]
+    fn ids_of_different_shards_differ_and_are_not_found_across() {
+        let mut t0 = Table::new(0);
+        let mut t1 = Table::new(1);
+        let a = t0.next_id();
+        t0.insert(alloc(a, 1, 24000, "a"));
+        let b = t1.next_id();
+        t1.insert(alloc(b, 1, 24000, "a"));
+        assert_ne!(a, b, "first allocation of each shard");
+        assert!(t0.get(a).is_some() && t1.get(b).is_some());
+        assert!(t0.get(b).is_none() && t1.get(a).is_none());
+        assert!(t0.remove(b).is_none());
+        assert_eq!(t0.len(), 1);
+        // The shard number wraps above the slot bits, never into them.
+        let wrapped = Table::new(1 << (32 - SLOT_BITS));
+        assert_eq!(wrapped.next_id(), Table::new(0).next_id());
     }
 
     #[test]

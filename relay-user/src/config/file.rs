@@ -20,9 +20,17 @@ pub struct ConfigFile {
     #[serde(default)]
     pub limits: LimitsSection,
     #[serde(default)]
+    pub udp: UdpSection,
+    #[serde(default)]
     pub xdp: XdpSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub admin: AdminSection,
+    #[serde(default)]
+    pub tcp: super::TcpSection,
+    #[serde(default)]
+    pub tls: super::TlsSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +98,11 @@ pub struct LimitsSection {
     /// Relays this node holds at once ("1800 TURN relays").
     pub max_allocations: Option<usize>,
     pub max_allocations_per_user: Option<usize>,
+    /// `IP:PORT` of other relays: full or draining, new clients get 300 towards them.
+    #[serde(default)]
+    pub alternate_servers: Vec<String>,
+    /// Seconds SIGTERM waits for allocations to end before stopping.
+    pub drain_timeout: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,10 +112,29 @@ pub struct XdpSection {
     pub interfaces: Vec<String>,
     /// auto | native | generic | off
     pub mode: Option<String>,
+    /// auto | manual: whether the relay enables IP forwarding on these interfaces (which
+    /// the kernel's FIB lookup requires) and guards it with nftables.
+    pub forwarding: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UdpSection {
+    /// Data-path threads sharing the UDP listeners with SO_REUSEPORT; 0 = one per CPU.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `IP:PORT` of the admin HTTP endpoint; default 127.0.0.1:9641.
+    pub address: Option<String>,
+    /// Bearer token for the admin endpoint (required off loopback).
+    pub token: Option<String>,
 }

@@ -1,16 +1,20 @@
 //! The TOML configuration. Key names are a contract with operators' scripts: unknown keys
 //! are refused, and every error names the key and what is wrong with it.
 
+mod admin;
 mod file;
+mod tcp;
 mod users;
 mod validate;
 
+pub use admin::{AdminSettings, DEFAULT_ADMIN_ADDRESS, DEFAULT_DRAIN_TIMEOUT};
 pub use file::{
-    AuthSection, ConfigFile, LimitsSection, ListenSection, LogSection, PeersSection, RelaySection,
-    Transport, XdpSection,
+    AdminSection, AuthSection, ConfigFile, LimitsSection, ListenSection, LogSection, PeersSection,
+    RelaySection, Transport, UdpSection, XdpSection,
 };
+pub use tcp::{TcpEngine, TcpSection, TcpSettings, TlsFiles, TlsSection};
 pub use users::{UserEntry, load_users_file};
-pub use validate::{Config, ConfigError, Listener, PortRange, RelayAddrs};
+pub use validate::{Config, ConfigError, Listener, MAX_UDP_WORKERS, PortRange, RelayAddrs};
 
 use std::path::Path;
 

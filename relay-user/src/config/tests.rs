@@ -28,9 +28,13 @@ allow = ["192.0.2.0/24", "10.1.2.3"]
 [limits]
 max_allocations = 1800
 
+[udp]
+workers = 4
+
 [xdp]
 interfaces = ["eth1", "eth0"]
 mode = "native"
+forwarding = "manual"
 
 [log]
 level = "debug"
@@ -70,6 +74,8 @@ fn deployment_config_parses() {
     assert_eq!(c.max_allocations, 1800);
     assert_eq!(c.max_allocations_per_user, 1800);
     assert_eq!(c.xdp_mode, crate::xdp::AttachMode::Native);
+    assert_eq!(c.xdp_forwarding, crate::xdp::Forwarding::Manual);
+    assert_eq!(c.udp_workers, 4);
     assert_eq!(c.log_level, "debug");
 }
 
@@ -107,7 +113,7 @@ fn each_bad_value_names_its_key() {
             "listen[0].transports",
         ),
         (
-            DEPLOYMENT.replace("[\"udp\"]", "[\"tcp\"]"),
+            DEPLOYMENT.replace("[\"udp\"]", "[\"udp\", \"udp\"]"),
             "listen[0].transports",
         ),
         (
@@ -121,6 +127,14 @@ fn each_bad_value_names_its_key() {
         (
             DEPLOYMENT.replace("mode = \"native\"", "mode = \"fast\""),
             "xdp.mode",
+        ),
+        (
+            DEPLOYMENT.replace("forwarding = \"manual\"", "forwarding = \"on\""),
+            "xdp.forwarding",
+        ),
+        (
+            DEPLOYMENT.replace("workers = 4", "workers = 100000"),
+            "udp.workers",
         ),
         (
             DEPLOYMENT.replace("[\"s3cret\"]", "[\"\"]"),
@@ -148,6 +162,9 @@ fn single_listener_supplies_the_relay_address() {
         .unwrap();
     assert_eq!(c.relay_v4.unwrap().bind.to_string(), "127.0.0.1");
     assert_eq!(c.ports, validate::DEFAULT_PORTS);
+    // Defaults: a worker per CPU; forwarding managed by the relay.
+    assert_eq!(c.udp_workers, 0);
+    assert_eq!(c.xdp_forwarding, crate::xdp::Forwarding::Auto);
     // Two listeners: which NIC relays is the operator's call.
     let two = "[[listen]]\naddress = \"127.0.0.1:3478\"\n[[listen]]\naddress = \"127.0.0.2:3478\"\n\
                [auth]\nshared_secrets = [\"x\"]\n";
@@ -185,4 +202,176 @@ fn users_file_is_read_relative_to_the_config() {
         "{e}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn admin_and_capacity_keys() {
+    // Defaults: loopback admin without a token, no alternates, a minute to drain.
+    let c = parse(DEPLOYMENT).unwrap();
+    assert_eq!(c.admin.address, DEFAULT_ADMIN_ADDRESS);
+    assert_eq!(c.admin.token, None);
+    assert!(!c.admin.explicit);
+    assert!(c.alternate_servers.is_empty());
+    assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
+
+    let text = DEPLOYMENT.replace(
+        "max_allocations = 1800",
+        "max_allocations = 1800\nalternate_servers = [\"203.0.113.60:3478\", \"[2001:db8::60]:3478\"]\ndrain_timeout = 120",
+    ) + "\n[admin]\naddress = \"192.0.2.50:9641\"\ntoken = \"t0ken\"\n";
+    let c = parse(&text).unwrap();
+    assert_eq!(c.admin.address.to_string(), "192.0.2.50:9641");
+    assert_eq!(c.admin.token.as_deref(), Some("t0ken"));
+    assert!(c.admin.explicit);
+    assert_eq!(c.alternate_servers.len(), 2);
+    assert_eq!(c.alternate_servers[1].to_string(), "[2001:db8::60]:3478");
+    assert_eq!(c.drain_timeout, std::time::Duration::from_secs(120));
+    // The token never shows in debug output (logs, `relay check`).
+    assert!(!format!("{:?}", c.admin).contains("t0ken"));
+}
+
+#[test]
+fn admin_and_capacity_mistakes_name_their_key() {
+    let admin = |body: &str| format!("{DEPLOYMENT}\n[admin]\n{body}\n");
+    let limits = |extra: &str| {
+        DEPLOYMENT.replace(
+            "max_allocations = 1800",
+            &format!("max_allocations = 1800\n{extra}"),
+        )
+    };
+    let cases = [
+        (admin("address = \"9641\""), "admin.address"),
+        // The TURN ports, on the same or every address, and the relay range.
+        (admin("address = \"192.0.2.50:3478\""), "admin.address"),
+        (
+            admin("address = \"0.0.0.0:3478\"\ntoken = \"x\""),
+            "admin.address",
+        ),
+        (
+            admin("address = \"198.51.100.50:25000\"\ntoken = \"x\""),
+            "admin.address",
+        ),
+        (admin("address = \"127.0.0.1:0\""), "admin.address"),
+        // Off loopback a token is required; it must fit in a header.
+        (admin("address = \"192.0.2.50:9641\""), "admin.token"),
+        (admin("token = \"\""), "admin.token"),
+        (admin("token = \"two words\""), "admin.token"),
+        (admin("bogus = 1"), "file"),
+        (
+            limits("alternate_servers = [\"203.0.113.60\"]"),
+            "limits.alternate_servers[0]",
+        ),
+        (
+            limits("alternate_servers = [\"203.0.113.60:3478\", \"0.0.0.0:3478\"]"),
+            "limits.alternate_servers[1]",
+        ),
+        (
+            limits("alternate_servers = [\"192.0.2.50:3478\"]"),
+            "limits.alternate_servers[0]",
+        ),
+        (limits("drain_timeout = 90000"), "limits.drain_timeout"),
+    ];
+    for (text, key) in cases {
+        assert_eq!(err(&text).key, key, "{}", err(&text));
+    }
+    // A wildcard admin address is fine with a token and a free port.
+    parse(&admin("address = \"0.0.0.0:9641\"\ntoken = \"x\"")).unwrap();
+}
+
+#[test]
+fn tcp_and_tls_listeners_with_their_tables() {
+    let dir = std::env::temp_dir().join(format!("relay-config-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = write_test_certificate(&dir);
+    let text = DEPLOYMENT.replace(
+        "address = \"198.51.100.50:3478\"\n",
+        "address = \"198.51.100.50:3478\"\ntransports = [\"udp\", \"tcp\"]\n\n\
+         [[listen]]\naddress = \"198.51.100.50:443\"\ntransports = [\"tcp\", \"tls\"]\n",
+    ) + "\n[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n\
+         [tcp]\nengine = \"epoll\"\nmax_connections_per_source = 20\nidle_timeout = 30\n";
+    let file: ConfigFile = toml::from_str(&text).unwrap();
+    let c = file.validate(&dir).unwrap();
+    assert_eq!(
+        c.listeners[2].transports,
+        vec![Transport::Tcp, Transport::Tls]
+    );
+    assert_eq!(c.tcp.engine, TcpEngine::Epoll);
+    assert_eq!(c.tcp.max_connections_per_source, 20);
+    assert_eq!(c.tcp.idle_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(
+        c.tcp.handshake_timeout,
+        TcpSettings::default().handshake_timeout
+    );
+    let tls = c.tls.unwrap();
+    assert_eq!(tls.certificate, dir.join("cert.pem"));
+    assert_eq!(tls.private_key, key);
+
+    // Mistakes name their key.
+    let cases = [
+        (
+            text.replace("engine = \"epoll\"", "engine = \"kqueue\""),
+            "tcp.engine",
+        ),
+        (
+            text.replace("idle_timeout = 30", "idle_timeout = 0"),
+            "tcp.idle_timeout",
+        ),
+        (
+            text.replace(
+                "max_connections_per_source = 20",
+                "max_connections_per_source = 0",
+            ),
+            "tcp.max_connections_per_source",
+        ),
+        (
+            text.replace("\"key.pem\"", "\"missing.pem\""),
+            "tls.private_key",
+        ),
+        (
+            text.replace("\"key.pem\"", "\"cert.pem\""),
+            "tls.private_key",
+        ),
+        (
+            text.replace("certificate = \"cert.pem\"\n", ""),
+            "tls.certificate",
+        ),
+        (
+            text.replace("198.51.100.50:443", "198.51.100.50:3478"),
+            "listen[2].address",
+        ),
+    ];
+    for (t, k) in cases {
+        let file: ConfigFile = toml::from_str(&t).unwrap();
+        let e = file.validate(&dir).expect_err(k);
+        assert_eq!(e.key, k, "{e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A self-signed P-256 certificate for 203.0.113.50 (`openssl req -x509 -newkey ec`), and
+/// its key.
+const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----\n\
+MIIBkTCCATigAwIBAgIUDZmx8c/qkNaFUXNVvkV9E6Fs95IwCgYIKoZIzj0EAwIw\n\
+FTETMBEGA1UEAwwKcmVsYXkudGVzdDAgFw0yNjExMjIxODAzMjJaGA8yMTI2MTAy\n\
+OTE4MDMyMlowFTETMBEGA1UEAwwKcmVsYXkudGVzdDBZMBMGByqGSM49AgEGCCqG\n\
+SM49AwEHA0IABPbAx+JJM4rZ0pV5OWQnYdR8ybFWmsXdZuta1VXMyFE4wQJjSMHs\n\
+4X0LbdV/74KNcg76Pb9PlVZVqBb6UXOeYaSjZDBiMB0GA1UdDgQWBBTGGU43n12W\n\
+FXsiNpIGxfk2EC9g4jAfBgNVHSMEGDAWgBTGGU43n12WFXsiNpIGxfk2EC9g4jAP\n\
+BgNVHRMBAf8EBTADAQH/MA8GA1UdEQQIMAaHBMsAcTIwCgYIKoZIzj0EAwIDRwAw\n\
+RAIgIuOBgd8U533H3xosonU2r13LyXZfKK+oMp4L7KxgcJYCIBASRkP2jfZiAq0/\n\
+VviAGgDhcehnnJns7afpvA7HxtOY\n\
+-----END CERTIFICATE-----\n\
+";
+const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----\n\
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQggEe5PQxfmHhq0MIo\n\
+LV03ts6T+wbqIggaH6/OnIl0HtShRANCAAT2wMfiSTOK2dKVeTlkJ2HUfMmxVprF\n\
+3WbrWtVVzMhROMECY0jB7OF9C23Vf++CjXIO+j2/T5VWVagW+lFznmGk\n\
+-----END PRIVATE KEY-----\n\
+";
+
+/// Writes the fixture as `dir`/cert.pem and `dir`/key.pem; returns the key's path.
+fn write_test_certificate(dir: &Path) -> std::path::PathBuf {
+    std::fs::write(dir.join("cert.pem"), TEST_CERT).unwrap();
+    let key = dir.join("key.pem");
+    std::fs::write(&key, TEST_KEY).unwrap();
+    key
 }

@@ -11,7 +11,7 @@ use std::{
 use ipnet::IpNet;
 
 use super::{ConfigFile, Transport, UserEntry, load_users_file};
-use crate::xdp::AttachMode;
+use crate::xdp::{AttachMode, Forwarding};
 
 /// A config error: which key, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,7 +59,19 @@ pub struct Config {
     pub max_allocations_per_user: usize,
     pub xdp_interfaces: Vec<String>,
     pub xdp_mode: AttachMode,
+    /// Who turns on the IP forwarding the kernel fast path needs (`[xdp] forwarding`).
+    pub xdp_forwarding: Forwarding,
+    /// UDP data-path threads; 0 = one per CPU (`[udp] workers`).
+    pub udp_workers: usize,
     pub log_level: String,
+    pub admin: super::AdminSettings,
+    /// Where full or draining relays send new clients (300 ALTERNATE-SERVER).
+    pub alternate_servers: Vec<std::net::SocketAddr>,
+    pub drain_timeout: std::time::Duration,
+    /// `[tcp]`: the TCP/TLS event loop.
+    pub tcp: super::TcpSettings,
+    /// `[tls]`: certificate and key for `tls` listeners.
+    pub tls: Option<super::TlsFiles>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +117,8 @@ pub const DEFAULT_PORTS: PortRange = PortRange {
     high: 65535,
 };
 pub const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
+/// Far more threads than any edge host has cores; a typo guard.
+pub const MAX_UDP_WORKERS: usize = 1024;
 
 impl ConfigFile {
     /// Checks every key; `base` resolves relative file paths.
@@ -134,10 +148,16 @@ impl ConfigFile {
                         "is empty",
                     ));
                 }
-                if let Some(t) = l.transports.iter().find(|t| **t != Transport::Udp) {
+                if let Some(t) = l
+                    .transports
+                    .iter()
+                    .enumerate()
+                    .find(|(j, t)| l.transports[..*j].contains(t))
+                    .map(|(_, t)| t)
+                {
                     return Err(ConfigError::new(
                         format!("listen[{i}].transports"),
-                        format!("{t:?} is not served yet by this version (only \"udp\")"),
+                        format!("{t:?} is listed twice"),
                     ));
                 }
                 Ok(Listener {
@@ -153,6 +173,20 @@ impl ConfigFile {
             ));
         }
 
+        // One socket per address and protocol: TCP and TLS on one port are one listener
+        // (the first byte tells them apart), so an address may not appear twice.
+        for (i, l) in listeners.iter().enumerate() {
+            if listeners[..i].iter().any(|o| o.address == l.address) {
+                return Err(ConfigError::new(
+                    format!("listen[{i}].address"),
+                    format!(
+                        "{} is listed twice: put all its transports in one [[listen]]",
+                        l.address
+                    ),
+                ));
+            }
+        }
+        let (tcp, tls) = super::tcp::validate(self.tcp, self.tls, &listeners, base)?;
         let (relay_v4, relay_v6) = relay_addresses(&self.relay, &listeners)?;
         let ports = match &self.relay.ports {
             Some(p) => p.parse().map_err(|m| ConfigError::new("relay.ports", m))?,
@@ -209,6 +243,24 @@ impl ConfigFile {
                 .map_err(|e: String| ConfigError::new("xdp.mode", e))?,
             None => AttachMode::Auto,
         };
+        let xdp_forwarding = match &self.xdp.forwarding {
+            Some(f) => f
+                .parse()
+                .map_err(|e: String| ConfigError::new("xdp.forwarding", e))?,
+            None => Forwarding::Auto,
+        };
+        let udp_workers = self.udp.workers.unwrap_or(0);
+        if udp_workers > MAX_UDP_WORKERS {
+            return Err(ConfigError::new(
+                "udp.workers",
+                format!("{udp_workers} is more than {MAX_UDP_WORKERS}; 0 means one per CPU"),
+            ));
+        }
+        let relays: Vec<RelayAddrs> = [relay_v4, relay_v6].into_iter().flatten().collect();
+        let admin = super::admin::admin(self.admin, &listeners, &relays, ports)?;
+        let alternate_servers =
+            super::admin::alternate_servers(&self.limits.alternate_servers, &listeners)?;
+        let drain_timeout = super::admin::drain_timeout(self.limits.drain_timeout)?;
         let log_level = self.log.level.unwrap_or_else(|| "info".to_owned());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(ConfigError::new(
@@ -235,7 +287,14 @@ impl ConfigFile {
             max_allocations_per_user: per_user,
             xdp_interfaces: self.xdp.interfaces,
             xdp_mode,
+            xdp_forwarding,
+            udp_workers,
             log_level,
+            admin,
+            alternate_servers,
+            drain_timeout,
+            tcp,
+            tls,
         })
     }
 }

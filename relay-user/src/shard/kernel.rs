@@ -1,8 +1,12 @@
 //! The XDP maps as every shard sees them: one set of kernel maps, written under a mutex
 //! by whichever shard's core issued the command (control-plane rate, never per packet).
 
-use std::sync::{Arc, Mutex};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
 
+use relay_common::AllocCounters;
 use relay_proto::server::Command;
 
 use crate::xdp::XdpMaps;
@@ -32,6 +36,13 @@ impl Kernel {
         if let Err(e) = maps.apply(cmd) {
             tracing::warn!(error = %e, command = ?cmd, "XDP map update failed; this flow stays in userspace");
         }
+    }
+
+    /// What the kernel relayed for the relayed address `relay` (its bind address), summed
+    /// over CPUs. `None` when the fast path is off or `relay` is not in the maps (TCP/TLS
+    /// clients, or already removed): then userspace carried all of its traffic.
+    pub fn allocation_counters(&self, relay: SocketAddr) -> Option<AllocCounters> {
+        self.with(|m| m.allocation_counters(relay).ok()).flatten()
     }
 
     /// Direct access for counters (admin, metrics, deletion logs).

@@ -1,9 +1,14 @@
-//! One thread owns the core and every UDP socket: it waits on epoll, drains ready
-//! sockets in recvmmsg batches, hands each datagram to the core, sends what comes back,
-//! then carries out the core's commands (relay sockets) and logs its events.
+//! A UDP worker: one thread that owns its shard's core, its own member of every
+//! listener's SO_REUSEPORT group, and the relay sockets of the allocations its core made.
+//! It waits on epoll, drains ready sockets in recvmmsg batches, hands each datagram to the
+//! core, carries out the core's commands (relay sockets, XDP maps), sends what came back,
+//! and logs the core's events.
 //!
-//! A single owner means no locks on the packet path; the kernel fast path carries the
-//! bulk of the media, and this loop what it passes up.
+//! The kernel hashes a client's 4-tuple to the same group member every time, so all of a
+//! client's datagrams reach the worker that holds its allocation, and peers reach it
+//! through the allocation's relay socket. A single owner means no locks on the packet
+//! path; the kernel fast path carries the bulk of the media, and these loops what it
+//! passes up.
 
 use std::{
     collections::HashMap,
@@ -15,11 +20,14 @@ use std::{
 };
 
 use anyhow::Context as _;
-use relay_proto::server::{ClientOutput, Command, FiveTuple, PeerOutput, Server, Transport};
+use relay_common::AllocCounters;
+use relay_proto::server::{
+    AllocationId, ClientOutput, Command, Event, FiveTuple, PeerOutput, Server, Transport,
+};
 
 use super::{
     batch::{BATCH, RecvBatch, SendBatch},
-    socket::bind_udp,
+    socket::{bind_udp, bind_udp_reuseport},
 };
 use crate::shard::{Inbox, Kernel};
 
@@ -53,10 +61,15 @@ pub struct Dataplane {
     out: Box<[u8]>,
     /// `tx.errors` when the last warning was logged.
     send_errors_logged: u64,
+    /// Kernel counters of allocations being removed, read before their map entries go,
+    /// for the log line of the event that follows (same `apply_commands` call).
+    ended: Vec<(AllocationId, AllocCounters)>,
 }
 
 impl Dataplane {
-    /// Binds every UDP listener now, so that a busy port is a startup error naming it.
+    /// Binds this worker's member of every listener's SO_REUSEPORT group now, so that a
+    /// failure is a startup error naming the address (check with
+    /// [`claim_listener`](super::claim_listener) first that nobody else holds it).
     /// `inbox` brings control-plane jobs (reload, drain, admin queries); `kernel` mirrors
     /// the core's commands into the XDP maps when the fast path is on.
     pub fn new(
@@ -74,11 +87,10 @@ impl Dataplane {
         epoll_add(epoll.as_raw_fd(), inbox.waker.fd(), WAKE)?;
         let mut listeners = Vec::new();
         for (i, addr) in listen.iter().enumerate() {
-            let sock = bind_udp(*addr).with_context(|| {
+            let sock = bind_udp_reuseport(*addr).with_context(|| {
                 format!("listen {addr} (udp): is another TURN server (coturn?) running, or the address not on this host?")
             })?;
             epoll_add(epoll.as_raw_fd(), sock.as_raw_fd(), i as u64)?;
-            tracing::info!(listen = %addr, "answering TURN over UDP");
             listeners.push(Listener { addr: *addr, sock });
         }
         Ok(Self {
@@ -94,6 +106,7 @@ impl Dataplane {
             tx: SendBatch::new(),
             out: vec![0; 65536].into_boxed_slice(),
             send_errors_logged: 0,
+            ended: Vec::with_capacity(4),
         })
     }
 
@@ -148,6 +161,7 @@ impl Dataplane {
                 self.server.handle_timeout(now);
             }
             self.apply_commands(now);
+            crate::events::flush_auth_failures();
         }
     }
 
@@ -234,6 +248,9 @@ impl Dataplane {
                     }
                 }
             }
+            // Commands first: a new allocation gets its socket, and a permission or channel
+            // its XDP map entry, before the response that lets the client use it leaves.
+            self.apply_commands(now);
             self.tx.flush();
             if self.tx.errors > self.send_errors_logged && self.tx.errors.is_power_of_two() {
                 self.send_errors_logged = self.tx.errors;
@@ -245,8 +262,6 @@ impl Dataplane {
                     .unwrap_or_default();
                 tracing::warn!(%error, total = self.tx.errors, "UDP sends failed (socket buffer full or no route)");
             }
-            // New allocations must have their socket before the next batch.
-            self.apply_commands(now);
             if n < BATCH {
                 return;
             }
@@ -256,6 +271,11 @@ impl Dataplane {
     /// Relay sockets follow the core's allocation commands; events become log lines.
     fn apply_commands(&mut self, now: Instant) {
         while let Some(cmd) = self.server.poll_command() {
+            if let Command::AllocationRemoved { id, relay, .. } = &cmd
+                && let Some(c) = self.kernel.allocation_counters(*relay)
+            {
+                self.ended.push((*id, c));
+            }
             self.kernel.apply(&cmd);
             match cmd {
                 Command::AllocationCreated { relay, .. } => {
@@ -270,11 +290,23 @@ impl Dataplane {
                 | Command::PermissionRemoved { .. }
                 | Command::ChannelBound { .. }
                 | Command::ChannelUnbound { .. } => {}
+                // RFC 6062 TCP allocations exist only for TCP/TLS clients: not on this shard.
+                Command::ConnectPeer { .. }
+                | Command::SendToClient { .. }
+                | Command::SpliceConnection { .. }
+                | Command::CloseConnection { .. } => {}
             }
         }
         while let Some(event) = self.server.poll_event() {
-            crate::events::log(event);
+            let kernel = match &event {
+                Event::AllocationExpired { id, .. }
+                | Event::AllocationDeleted { id, .. }
+                | Event::AllocationClosed { id, .. } => kernel_total(&self.ended, *id),
+                _ => None,
+            };
+            crate::events::log_with_kernel(event, kernel);
         }
+        self.ended.clear();
     }
 
     fn open_relay(&mut self, relay: SocketAddr) -> io::Result<()> {
@@ -303,6 +335,20 @@ impl Dataplane {
             self.free_slots.push(r.slot);
         }
     }
+}
+
+/// The kernel's counters for allocation `id`, over both relayed addresses of a dual one.
+fn kernel_total(
+    ended: &[(AllocationId, AllocCounters)],
+    id: AllocationId,
+) -> Option<AllocCounters> {
+    let mut found = ended
+        .iter()
+        .filter(|(i, _)| *i == id)
+        .map(|(_, c)| c)
+        .peekable();
+    found.peek()?;
+    Some(AllocCounters::sum(found))
 }
 
 fn queue_to_client(tx: &mut SendBatch, listeners: &[Listener], to: &FiveTuple, bytes: &[u8]) {

@@ -1,5 +1,6 @@
-//! The userspace UDP data path: listeners, relay sockets, and one event loop that feeds
-//! every datagram to the sans-IO core and carries out what it returns.
+//! The userspace UDP data path: listeners, relay sockets, and event loops (one per worker,
+//! sharing the listeners through SO_REUSEPORT) that feed every datagram to their shard's
+//! sans-IO core and carry out what it returns.
 
 mod batch;
 mod dataplane;
@@ -7,4 +8,4 @@ mod sockaddr;
 mod socket;
 
 pub use dataplane::Dataplane;
-pub use socket::bind_udp;
+pub use socket::{bind_udp, bind_udp_reuseport, claim_listener};

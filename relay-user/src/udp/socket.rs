@@ -1,27 +1,96 @@
 //! Socket setup for listeners and relay ports.
 
-use std::{io, net::SocketAddr, net::UdpSocket, os::fd::AsRawFd};
+use std::{
+    io,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
 
 /// Big receive buffers absorb bursts while the loop is busy (media is bursty).
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
 
-/// A non-blocking UDP socket bound to `addr`, with large buffers.
+/// A non-blocking UDP socket bound to `addr`, with large buffers. Relay sockets use this:
+/// without SO_REUSEPORT, a port some other socket holds (another shard's, the TCP path's,
+/// another program's) fails loudly instead of silently sharing its traffic.
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(addr)?;
     sock.set_nonblocking(true)?;
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: valid fd and a c_int option value. Failure only means smaller buffers.
-        unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                &SOCKET_BUFFER as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    set_buffers(sock.as_raw_fd());
     Ok(sock)
+}
+
+/// One member of a listener's SO_REUSEPORT group: each UDP worker binds its own, and the
+/// kernel spreads datagrams over them by a hash of the 4-tuple, so a client's datagrams
+/// keep reaching the worker that holds its allocation. Call [`claim_listener`] first.
+pub fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let family = match addr {
+        SocketAddr::V4(_) => libc::AF_INET,
+        SocketAddr::V6(_) => libc::AF_INET6,
+    };
+    // SAFETY: plain syscall; result checked, then owned.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    if family == libc::AF_INET6 {
+        // A specific IPv6 address never takes IPv4 anyway; say so explicitly.
+        set_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
+    }
+    set_buffers(fd.as_raw_fd());
+    let (storage, len) = super::sockaddr::to_storage(&addr);
+    // SAFETY: storage holds a sockaddr of `len` bytes.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(UdpSocket::from(fd))
+}
+
+/// Fails if any socket already holds `addr`. SO_REUSEPORT would otherwise let a second
+/// relay (or any same-user program that also asks for it) join the listener's group and
+/// silently take a share of the clients.
+pub fn claim_listener(addr: SocketAddr) -> io::Result<()> {
+    UdpSocket::bind(addr).map(drop)
+}
+
+fn set_buffers(fd: RawFd) {
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // Failure only means smaller buffers.
+        let _ = set_int(fd, libc::SOL_SOCKET, opt, SOCKET_BUFFER);
+    }
+}
+
+fn set_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: valid fd and a c_int option value of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// `sendto` without blocking; a full socket buffer drops the datagram (UDP semantics)

@@ -1,6 +1,12 @@
 //! The fast path's maps seen from the daemon: [`XdpMaps`] replays the protocol core's
 //! [`Command`]s into them (UDP clients only: TCP/TLS allocations stay in userspace) and
 //! reads the counters back.
+//!
+//! One relayed address of a UDP allocation is several entries: ALLOCATIONS (bind address →
+//! public address, slot), RELAY_ADDRS (public and bind address → bind address, slot: the
+//! hairpin target), CLIENTS (client 5-tuple and family → bind address, slot: the sender of
+//! a Send indication). Its IPs, public and bind, are in PUBLIC_IPS for every transport, so
+//! the kernel recognises hairpin traffic even to TCP allocations (and passes it up).
 
 use std::{
     collections::HashMap as StdHashMap,
@@ -12,9 +18,10 @@ use aya::{
     maps::{DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, xdp::XdpMapError},
 };
 use relay_common::{
-    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, CHANNELS_MAP, ChannelKey, ChannelValue,
-    ClientTarget, Ip, PEER_CHANNELS_MAP, PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey,
-    REASON_COUNTERS_MAP, REDIRECT_MAP, RELAYS_PER_ALLOCATION, Reason, RelayKey, v4_mapped,
+    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, CHANNELS_MAP, CLIENTS_MAP, ChannelKey,
+    ChannelValue, ClientKey, ClientTarget, FAMILY_V4, FAMILY_V6, Ip, PEER_CHANNELS_MAP,
+    PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP,
+    RELAY_ADDRS_MAP, RELAYS_PER_ALLOCATION, Reason, RelayKey, RelayValue, v4_mapped,
 };
 use relay_proto::server::{Command, Transport};
 
@@ -53,7 +60,9 @@ pub enum XdpMapsError {
 
 /// Map handles plus the daemon-side bookkeeping (counter slots, public IP refcounts).
 pub struct XdpMaps {
-    allocations: HashMap<MapData, RelayKey, u32>,
+    allocations: HashMap<MapData, RelayKey, RelayValue>,
+    relay_addrs: HashMap<MapData, RelayKey, RelayValue>,
+    clients: HashMap<MapData, ClientKey, RelayValue>,
     channels: HashMap<MapData, ChannelKey, ChannelValue>,
     peer_channels: HashMap<MapData, PeerKey, ClientTarget>,
     permissions: HashMap<MapData, PermissionKey, ClientTarget>,
@@ -61,12 +70,21 @@ pub struct XdpMaps {
     alloc_counters: PerCpuArray<MapData, AllocCounters>,
     reasons: PerCpuArray<MapData, u64>,
     redirect: DevMapHash<MapData>,
-    slots: StdHashMap<SocketAddr, u32>,
+    /// By bind address.
+    relays: StdHashMap<SocketAddr, Relay>,
     free_slots: Vec<u32>,
     next_slot: u32,
     slot_capacity: u32,
     public_refs: StdHashMap<IpAddr, u32>,
     nr_cpus: usize,
+}
+
+/// What the maps hold for one relayed address, to take it out again.
+#[derive(Clone, Copy)]
+struct Relay {
+    slot: u32,
+    public: SocketAddr,
+    client: Option<ClientKey>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpMapsError>
@@ -113,6 +131,8 @@ impl XdpMaps {
             aya::util::nr_cpus().map_err(|(what, e)| XdpMapsError::Cpus(format!("{what}: {e}")))?;
         let mut maps = Self {
             allocations: take(ebpf, ALLOCATIONS_MAP)?,
+            relay_addrs: take(ebpf, RELAY_ADDRS_MAP)?,
+            clients: take(ebpf, CLIENTS_MAP)?,
             channels: take(ebpf, CHANNELS_MAP)?,
             peer_channels: take(ebpf, PEER_CHANNELS_MAP)?,
             permissions: take(ebpf, PERMISSIONS_MAP)?,
@@ -120,7 +140,7 @@ impl XdpMaps {
             alloc_counters: take(ebpf, ALLOC_COUNTERS_MAP)?,
             reasons: take(ebpf, REASON_COUNTERS_MAP)?,
             redirect: take(ebpf, REDIRECT_MAP)?,
-            slots: StdHashMap::new(),
+            relays: StdHashMap::new(),
             free_slots: Vec::new(),
             next_slot: 0,
             slot_capacity: max_allocations.saturating_mul(RELAYS_PER_ALLOCATION),
@@ -141,7 +161,7 @@ impl XdpMaps {
     }
 
     /// Replays one command of the protocol core. Commands for TCP/TLS clients only touch
-    /// the public-IP set (hairpin detection); their data stays in userspace.
+    /// the relay-IP set (hairpin detection); their data stays in userspace.
     pub fn apply(&mut self, cmd: &Command) -> Result<(), XdpMapsError> {
         match cmd {
             Command::AllocationCreated {
@@ -150,9 +170,11 @@ impl XdpMaps {
                 public,
                 ..
             } => {
-                self.add_public_ip(public.ip())?;
+                for ip in own_ips(*relay, *public) {
+                    self.add_public_ip(ip)?;
+                }
                 if client.transport == Transport::Udp {
-                    self.add_allocation(*relay)?;
+                    self.add_udp_allocation(client.client, client.listener, *relay, *public)?;
                 }
             }
             Command::AllocationRemoved {
@@ -161,10 +183,15 @@ impl XdpMaps {
                 public,
                 ..
             } => {
+                // Everything is taken out even if one step fails, so nothing leaks.
+                let mut result = Ok(());
                 if client.transport == Transport::Udp {
-                    self.remove_allocation(*relay)?;
+                    result = self.remove_allocation(*relay);
                 }
-                self.remove_public_ip(public.ip())?;
+                for ip in own_ips(*relay, *public) {
+                    result = result.and(self.remove_public_ip(ip));
+                }
+                result?;
             }
             Command::PermissionCreated {
                 client,
@@ -205,53 +232,147 @@ impl XdpMaps {
         Ok(())
     }
 
-    /// Registers a relayed address (`relay` = the socket's bind address) and gives it a
-    /// zeroed counter slot. Returns the slot.
+    /// Registers a relayed address (`relay` = the socket's bind address, advertised as
+    /// itself) and gives it a zeroed counter slot. Returns the slot. Send indications from
+    /// its client stay in userspace: [`XdpMaps::add_udp_allocation`] registers those too.
     pub fn add_allocation(&mut self, relay: SocketAddr) -> Result<u32, XdpMapsError> {
-        let slot = match self.slots.get(&relay) {
-            Some(&s) => s,
-            None => {
-                let s = match self.free_slots.pop() {
-                    Some(s) => s,
-                    None if self.next_slot < self.slot_capacity => {
-                        self.next_slot += 1;
-                        self.next_slot - 1
-                    }
-                    None => return Err(XdpMapsError::SlotsExhausted(self.slot_capacity)),
-                };
-                let zero = PerCpuValues::try_from(vec![AllocCounters::default(); self.nr_cpus])
-                    .map_err(|e| XdpMapsError::Cpus(e.to_string()))?;
-                if let Err(e) = self.alloc_counters.set(s, zero, 0) {
-                    self.free_slots.push(s);
-                    return Err(upd(ALLOC_COUNTERS_MAP, "zeroing a slot")(e));
-                }
-                s
-            }
-        };
-        if let Err(e) = self.allocations.insert(relay_key(relay), slot, 0) {
-            if !self.slots.contains_key(&relay) {
-                self.free_slots.push(slot);
-            }
-            return Err(upd(ALLOCATIONS_MAP, "insert")(e));
+        self.add_relay(relay, relay, None)
+    }
+
+    /// Registers the relayed address `relay` (bind address) of a UDP client's allocation,
+    /// advertised as `public`: peer datagrams to `relay`, the client's Send indications to
+    /// peers of `relay`'s family, and other clients' data hairpinned to `public` (or
+    /// `relay`). Returns the counter slot.
+    pub fn add_udp_allocation(
+        &mut self,
+        client: SocketAddr,
+        listener: SocketAddr,
+        relay: SocketAddr,
+        public: SocketAddr,
+    ) -> Result<u32, XdpMapsError> {
+        self.add_relay(
+            relay,
+            public,
+            Some(client_key(client, listener, relay.ip())),
+        )
+    }
+
+    fn add_relay(
+        &mut self,
+        relay: SocketAddr,
+        public: SocketAddr,
+        client: Option<ClientKey>,
+    ) -> Result<u32, XdpMapsError> {
+        // Registered again (a retried command): start from a clean slate, same slot.
+        let known = self.relays.get(&relay).copied();
+        if let Some(old) = known {
+            self.remove_entries(relay, &old)?;
         }
-        self.slots.insert(relay, slot);
+        let slot = match known {
+            Some(old) => old.slot,
+            None => self.new_slot()?,
+        };
+        let entry = Relay {
+            slot,
+            public,
+            client,
+        };
+        if let Err(e) = self.insert_entries(relay, &entry) {
+            // Best effort: the entries that made it in come out again.
+            let _ = self.remove_entries(relay, &entry);
+            self.relays.remove(&relay);
+            self.free_slots.push(slot);
+            return Err(e);
+        }
+        self.relays.insert(relay, entry);
         Ok(slot)
     }
 
+    fn new_slot(&mut self) -> Result<u32, XdpMapsError> {
+        let s = match self.free_slots.pop() {
+            Some(s) => s,
+            None if self.next_slot < self.slot_capacity => {
+                self.next_slot += 1;
+                self.next_slot - 1
+            }
+            None => return Err(XdpMapsError::SlotsExhausted(self.slot_capacity)),
+        };
+        let zero = PerCpuValues::try_from(vec![AllocCounters::default(); self.nr_cpus])
+            .map_err(|e| XdpMapsError::Cpus(e.to_string()))?;
+        if let Err(e) = self.alloc_counters.set(s, zero, 0) {
+            self.free_slots.push(s);
+            return Err(upd(ALLOC_COUNTERS_MAP, "zeroing a slot")(e));
+        }
+        Ok(s)
+    }
+
+    fn insert_entries(&mut self, relay: SocketAddr, r: &Relay) -> Result<(), XdpMapsError> {
+        let bind = relay_value(relay, r.slot);
+        self.allocations
+            .insert(relay_key(relay), relay_value(r.public, r.slot), 0)
+            .map_err(upd(ALLOCATIONS_MAP, "insert"))?;
+        for named in names(relay, r.public) {
+            self.relay_addrs
+                .insert(relay_key(named), bind, 0)
+                .map_err(upd(RELAY_ADDRS_MAP, "insert"))?;
+        }
+        if let Some(key) = r.client {
+            self.clients
+                .insert(key, bind, 0)
+                .map_err(upd(CLIENTS_MAP, "insert"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes what [`Self::insert_entries`] put in; the first failure is returned, after
+    /// trying every entry.
+    fn remove_entries(&mut self, relay: SocketAddr, r: &Relay) -> Result<(), XdpMapsError> {
+        let mut result = self
+            .allocations
+            .remove(&relay_key(relay))
+            .map_err(upd(ALLOCATIONS_MAP, "remove"));
+        for named in names(relay, r.public) {
+            let key = relay_key(named);
+            // Only while it still leads here (another relay may have taken the address).
+            if self
+                .relay_addrs
+                .get(&key, 0)
+                .is_ok_and(|v| v == relay_value(relay, r.slot))
+            {
+                result = result.and(
+                    self.relay_addrs
+                        .remove(&key)
+                        .map_err(upd(RELAY_ADDRS_MAP, "remove")),
+                );
+            }
+        }
+        if let Some(key) = r.client
+            && self
+                .clients
+                .get(&key, 0)
+                .is_ok_and(|v| v == relay_value(relay, r.slot))
+        {
+            result = result.and(
+                self.clients
+                    .remove(&key)
+                    .map_err(upd(CLIENTS_MAP, "remove")),
+            );
+        }
+        result
+    }
+
     pub fn remove_allocation(&mut self, relay: SocketAddr) -> Result<(), XdpMapsError> {
-        let Some(slot) = self.slots.remove(&relay) else {
+        let Some(r) = self.relays.remove(&relay) else {
             return Err(XdpMapsError::UnknownRelay(relay));
         };
-        self.free_slots.push(slot);
-        self.allocations
-            .remove(&relay_key(relay))
-            .map_err(upd(ALLOCATIONS_MAP, "remove"))
+        self.free_slots.push(r.slot);
+        self.remove_entries(relay, &r)
     }
 
     fn slot(&self, relay: SocketAddr) -> Result<u32, XdpMapsError> {
-        self.slots
+        self.relays
             .get(&relay)
-            .copied()
+            .map(|r| r.slot)
             .ok_or(XdpMapsError::UnknownRelay(relay))
     }
 
@@ -396,6 +517,45 @@ impl XdpMaps {
             out.push((r, v.iter().sum()));
         }
         Ok(out)
+    }
+}
+
+/// The IPs a relayed address can be named by: its public IP and, behind a static NAT, its
+/// bind IP (a wildcard bind names nothing).
+fn own_ips(relay: SocketAddr, public: SocketAddr) -> impl Iterator<Item = IpAddr> {
+    let (public, bind) = (public.ip().to_canonical(), relay.ip().to_canonical());
+    let bind = (bind != public && !bind.is_unspecified()).then_some(bind);
+    std::iter::once(public).chain(bind)
+}
+
+/// The addresses a peer can name a relayed address by: public, and bind if different.
+fn names(relay: SocketAddr, public: SocketAddr) -> impl Iterator<Item = SocketAddr> {
+    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+    let bind =
+        (canonical(relay) != canonical(public) && !relay.ip().is_unspecified()).then_some(relay);
+    std::iter::once(public).chain(bind)
+}
+
+fn relay_value(addr: SocketAddr, slot: u32) -> RelayValue {
+    RelayValue {
+        ip: map_ip(addr.ip()),
+        port: port(addr.port()),
+        _pad: [0; 2],
+        slot,
+    }
+}
+
+fn client_key(client: SocketAddr, listener: SocketAddr, relay: IpAddr) -> ClientKey {
+    ClientKey {
+        client_ip: map_ip(client.ip()),
+        listener_ip: map_ip(listener.ip()),
+        client_port: port(client.port()),
+        listener_port: port(listener.port()),
+        family: match relay.to_canonical() {
+            IpAddr::V4(_) => FAMILY_V4,
+            IpAddr::V6(_) => FAMILY_V6,
+        },
+        _pad: [0; 3],
     }
 }
 

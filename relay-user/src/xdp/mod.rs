@@ -1,11 +1,14 @@
 //! The kernel fast path seen from userspace: loading the XDP object, attaching it to
-//! interfaces (native first, generic as the logged fallback), and reading its maps.
+//! interfaces (native first, generic as the logged fallback), the IP forwarding its FIB
+//! lookups need (`forwarding`), and reading its maps.
 
 mod attach;
+mod forwarding;
 mod logs;
 pub mod maps;
 
 pub use attach::{AttachMode, Attached};
+pub use forwarding::{Forwarding, ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};
 pub use logs::spawn_log_pump;
 pub use maps::{XdpMaps, XdpMapsError};
 

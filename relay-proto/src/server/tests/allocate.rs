@@ -97,11 +97,13 @@ fn allocate_success_advertises_the_public_address_and_commands_carry_the_bind_ad
             relay,
             public,
             user,
+            protocol,
         },
     ] = &cmds[..]
     else {
         panic!("{cmds:?}");
     };
+    assert_eq!(*protocol, crate::server::RelayProtocol::Udp);
     assert_eq!(*client, udp(1));
     assert_eq!(*relay, SocketAddr::new(RELAY4_BIND.into(), rel[0].port()));
     assert_eq!(*public, rel[0]);

@@ -10,3 +10,6 @@ mod expiry;
 mod lifecycle;
 mod permission;
 mod props;
+mod responses;
+mod shards;
+mod tcp_relay;

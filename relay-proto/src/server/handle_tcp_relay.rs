@@ -1,0 +1,548 @@
+//! RFC 6062, TURN extensions for TCP allocations: Connect, ConnectionBind, ConnectionAttempt
+//! and the data path's reports about peer connections.
+//!
+//! The core never sees a byte of relayed TCP data. It decides which connections may exist
+//! and tells the data path with commands (`ConnectPeer`, `SpliceConnection`,
+//! `CloseConnection`, and `SendToClient` for the messages that answer nothing the client
+//! just sent: the deferred Connect response and ConnectionAttempt indications). Invariants:
+//! every Connect gets exactly one response; every connection id handed out ends with exactly
+//! one `CloseConnection` and one [`Event::PeerConnectionClosed`].
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::stun::{
+    BufferTooSmall, Class, ConnectionId as ConnectionIdAttr, Message, MessageWriter, Method,
+    TransactionId, XorPeerAddress,
+};
+
+use super::allocation::{Allocation, AllocationId, Family};
+use super::auth_check::Auth;
+use super::command::Command;
+use super::event::{DropReason, Event};
+use super::five_tuple::FiveTuple;
+use super::handle_allocate::optional;
+use super::tcp_relay::{
+    BIND_TIMEOUT, CONNECT_TIMEOUT, ConnState, ConnectionEnd, ConnectionId, DeferredConnect,
+    Direction, MAX_CONNECTIONS_PER_ALLOCATION, PeerConnection, RelayProtocol,
+};
+use super::{ClientOutput, Server};
+
+/// Room for a deferred Connect response: header, CONNECTION-ID or ERROR-CODE, the longest
+/// SOFTWARE (RFC 8489: < 128 characters, 763 bytes), MESSAGE-INTEGRITY-SHA256, FINGERPRINT.
+const DEFERRED_MAX: usize = 1024;
+/// A ConnectionAttempt: header, XOR-PEER-ADDRESS (IPv6: 24), CONNECTION-ID (8).
+const ATTEMPT_MAX: usize = 64;
+
+impl Server {
+    /// Whether REQUESTED-TRANSPORT TCP is granted (to TCP/TLS clients). Off by default: the
+    /// data path that serves TCP/TLS clients turns it on once it carries out `ConnectPeer`,
+    /// `SendToClient`, `SpliceConnection`, `CloseConnection` and listens on `protocol: Tcp`
+    /// relayed addresses; until then such requests get 442 as from an RFC 8656-only relay.
+    pub fn enable_tcp_relays(&mut self, on: bool) {
+        self.tcp.enabled = on;
+    }
+
+    pub fn tcp_relays_enabled(&self) -> bool {
+        self.tcp.enabled
+    }
+
+    // ----- the data path's reports ----------------------------------------------------------
+
+    /// The outcome of a [`Command::ConnectPeer`]. `Ok`: the client gets the Connect success
+    /// response with the CONNECTION-ID, the peer's IP a permission, and the connection
+    /// [`BIND_TIMEOUT`] to be bound. `Err(kind)`: the client gets 447 and a
+    /// `CloseConnection` follows. Returns `false` if the connection is not (or no longer)
+    /// wanted: close the socket (a `CloseConnection` for it is queued or already was).
+    pub fn peer_connected(
+        &mut self,
+        now: Instant,
+        conn: ConnectionId,
+        outcome: Result<(), io::ErrorKind>,
+    ) -> bool {
+        let Some(pc) = self.tcp.get(conn) else {
+            return false;
+        };
+        if !matches!(pc.state, ConnState::Connecting(_)) {
+            // A second report for the same attempt: the first one counted.
+            return true;
+        }
+        let (id, peer) = (pc.allocation, pc.peer);
+        if let Err(kind) = outcome {
+            self.close_connection(conn, ConnectionEnd::ConnectFailed(kind));
+            return false;
+        }
+        let Some(client) = self.table.get(id).map(|a| a.client) else {
+            self.close_connection(conn, ConnectionEnd::AllocationEnded);
+            return false;
+        };
+        let old = self
+            .tcp
+            .set_state(conn, ConnState::Pending, Some(now + BIND_TIMEOUT));
+        if let Some(ConnState::Connecting(d)) = old {
+            self.send_deferred(id, client, &d, Ok(conn));
+        }
+        // The client chose this peer: its IP is permitted from now on, as after a
+        // CreatePermission (checked against the cap when the Connect came in).
+        self.grant_permission(now, id, peer.ip());
+        true
+    }
+
+    /// A peer opened a TCP connection from `peer` to the relayed address `relay` (bind
+    /// address and port of a TCP allocation's listener). `Some(conn)`: keep it, unread,
+    /// until `SpliceConnection` or `CloseConnection` for `conn`; the client is told with a
+    /// ConnectionAttempt indication (a `SendToClient`). `None`: close it at once (no TCP
+    /// allocation there, no permission for the peer's IP, or the allocation's
+    /// [`MAX_CONNECTIONS_PER_ALLOCATION`] reached; counted in [`Server::drops`]).
+    pub fn peer_connection_incoming(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        peer: SocketAddr,
+    ) -> Option<ConnectionId> {
+        let peer = self.tcp_peer_as_clients_see_it(peer);
+        let family = Family::of(relay.ip());
+        let found = self
+            .table
+            .id_by_port(family, relay.port())
+            .filter(|id| self.tcp.is_tcp(*id))
+            .and_then(|id| self.table.get(id))
+            .filter(|a| a.alive(now) && a.relayed(family).is_some_and(|r| r.bind == relay));
+        let Some(a) = found else {
+            self.drops.bump(DropReason::NoAllocation);
+            return None;
+        };
+        // RFC 6062 §5.3: without a permission the connection is closed once accepted.
+        if !a.has_permission(peer.ip(), now) {
+            self.drops.bump(DropReason::NoPermission);
+            return None;
+        }
+        let (id, client) = (a.id, a.client);
+        if self.tcp.connections_of(id).len() >= MAX_CONNECTIONS_PER_ALLOCATION {
+            self.drops.bump(DropReason::ConnectionLimit);
+            return None;
+        }
+        let conn = self.tcp.insert(PeerConnection {
+            allocation: id,
+            peer,
+            direction: Direction::Incoming,
+            state: ConnState::Pending,
+            deadline: Some(now + BIND_TIMEOUT),
+        })?;
+        let txid = self.next_attempt_txid();
+        let mut buf = [0u8; ATTEMPT_MAX];
+        let built = (|| {
+            let mut w = MessageWriter::new(
+                &mut buf,
+                Class::Indication,
+                Method::CONNECTION_ATTEMPT,
+                txid,
+            )?;
+            w.attr(&XorPeerAddress(peer))?
+                .attr(&ConnectionIdAttr(conn.as_u32()))?;
+            Ok::<_, BufferTooSmall>(w.finish())
+        })();
+        match built {
+            Ok(len) => self.commands.push_back(Command::SendToClient {
+                id,
+                client,
+                message: buf[..len].into(),
+            }),
+            // Cannot happen with ATTEMPT_MAX; without the indication nobody would bind it.
+            Err(BufferTooSmall) => {
+                self.close_connection(conn, ConnectionEnd::Closed);
+                return None;
+            }
+        }
+        Some(conn)
+    }
+
+    /// The data path saw peer connection `conn` end: the peer or the client data connection
+    /// closed or failed, or a connect attempt was aborted (the client then gets 447). A
+    /// `CloseConnection` follows for whatever is still open. Unknown ids are ignored.
+    pub fn connection_closed(&mut self, now: Instant, conn: ConnectionId) {
+        let connecting = match self.tcp.get(conn) {
+            None => return,
+            Some(pc) => matches!(pc.state, ConnState::Connecting(_)),
+        };
+        if connecting {
+            self.peer_connected(now, conn, Err(io::ErrorKind::ConnectionAborted));
+        } else {
+            self.close_connection(conn, ConnectionEnd::Closed);
+        }
+    }
+
+    /// Peer TCP connections held (connecting, waiting for ConnectionBind or spliced).
+    pub fn tcp_connection_count(&self) -> usize {
+        self.tcp.len()
+    }
+
+    /// What allocation `id`'s relayed addresses carry; `None` if there is no such allocation.
+    pub fn relay_protocol(&self, id: AllocationId) -> Option<RelayProtocol> {
+        self.table.get(id)?;
+        Some(if self.tcp.is_tcp(id) {
+            RelayProtocol::Tcp
+        } else {
+            RelayProtocol::Udp
+        })
+    }
+
+    // ----- requests -------------------------------------------------------------------------
+
+    /// `true` if `from` holds a TCP allocation.
+    pub(crate) fn relays_tcp(&self, from: &FiveTuple) -> bool {
+        self.table
+            .id_by_tuple(from)
+            .is_some_and(|id| self.tcp.is_tcp(id))
+    }
+
+    /// Connect and ConnectionBind: authenticated like every other TURN request. Not cached
+    /// for retransmissions: they only come over TCP/TLS, where clients do not retransmit.
+    pub(crate) fn tcp_relay_request<'p>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> ClientOutput<'p> {
+        // RFC 6062 §5.1, §5.4: over UDP neither can ever succeed; no challenge needed.
+        if !from.transport.is_stream() {
+            let why = "Connect and ConnectionBind need a TCP or TLS connection";
+            return self.reject(from, msg, None, 400, why, out);
+        }
+        let auth = match self.authenticate(now, from, msg, out) {
+            Ok(a) => a,
+            Err(reply) => return self.output(reply),
+        };
+        let unknown = msg.unknown_comprehension_required();
+        if !unknown.is_empty() {
+            let reply = self.reply_unknown(from, msg, Some(&auth), &unknown, out);
+            return self.output(reply);
+        }
+        if msg.method() == Method::CONNECT {
+            self.connect(now, from, msg, &auth, out)
+        } else {
+            self.connection_bind(now, from, msg, &auth, out)
+        }
+    }
+
+    /// RFC 6062 §5.2. Answered now only when refused; otherwise the data path dials and the
+    /// response follows its [`peer_connected`](Self::peer_connected) report.
+    fn connect<'p>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        auth: &Auth,
+        out: &mut [u8],
+    ) -> ClientOutput<'p> {
+        let a = Some(auth);
+        let id = match self.owned_allocation(from, msg, auth, out) {
+            Ok(id) => id,
+            Err(reply) => return self.output(reply),
+        };
+        if !self.tcp.is_tcp(id) {
+            let why = "Connect needs a TCP allocation";
+            return self.reject(from, msg, a, 400, why, out);
+        }
+        let peer = match optional::<XorPeerAddress>(msg) {
+            Ok(Some(XorPeerAddress(p))) => p,
+            Ok(None) => return self.reject(from, msg, a, 400, "Missing XOR-PEER-ADDRESS", out),
+            Err(why) => return self.reject(from, msg, a, 400, &why, out),
+        };
+        if let Err(code) = self.check_peer(id, peer) {
+            return self.reject(from, msg, a, code, "", out);
+        }
+        let Some(target) = self.tcp_connect_target(peer) else {
+            let why = "Peer is a service on the relay host";
+            return self.reject(from, msg, a, 403, why, out);
+        };
+        if self.tcp.find(id, peer).is_some() {
+            return self.reject(from, msg, a, 446, "", out);
+        }
+        // check_peer found the allocation and its relayed address of the peer's family.
+        let Some((relay, room_for_permission)) = self.table.get(id).and_then(|al| {
+            let relay = al.relayed(Family::of(peer.ip()))?.bind;
+            let room = al.permission(peer.ip()).is_some()
+                || al.permissions.len() < self.config.max_permissions;
+            Some((relay, room))
+        }) else {
+            return self.reject(from, msg, a, 437, "", out);
+        };
+        if self.tcp.connections_of(id).len() >= MAX_CONNECTIONS_PER_ALLOCATION {
+            return self.reject(from, msg, a, 508, "Too many connections", out);
+        }
+        if !room_for_permission {
+            return self.reject(from, msg, a, 508, "Too many permissions", out);
+        }
+        let deferred = DeferredConnect {
+            txid: msg.transaction_id(),
+            username: auth.username.clone(),
+            key: auth.key.clone(),
+            kind: auth.kind,
+        };
+        let Some(conn) = self.tcp.insert(PeerConnection {
+            allocation: id,
+            peer,
+            direction: Direction::Outgoing,
+            state: ConnState::Connecting(Box::new(deferred)),
+            deadline: Some(now + CONNECT_TIMEOUT),
+        }) else {
+            return self.reject(from, msg, a, 437, "", out);
+        };
+        self.commands.push_back(Command::ConnectPeer {
+            id,
+            conn,
+            relay,
+            peer: target,
+        });
+        ClientOutput::Nothing
+    }
+
+    /// RFC 6062 §5.4, on a new TCP/TLS connection: with the same credentials as the
+    /// allocation, it turns that connection into the client data connection of `conn`.
+    fn connection_bind<'p>(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        auth: &Auth,
+        out: &mut [u8],
+    ) -> ClientOutput<'p> {
+        let a = Some(auth);
+        // The control connection must stay one, and a data connection carries no more STUN.
+        if self.table.id_by_tuple(&from).is_some() || self.tcp.by_data(&from).is_some() {
+            let why = "ConnectionBind belongs on a new connection";
+            return self.reject(from, msg, a, 400, why, out);
+        }
+        let conn = match optional::<ConnectionIdAttr>(msg) {
+            Ok(Some(ConnectionIdAttr(c))) => ConnectionId(c),
+            Ok(None) => return self.reject(from, msg, a, 400, "Missing CONNECTION-ID", out),
+            Err(why) => return self.reject(from, msg, a, 400, &why, out),
+        };
+        let pending = self
+            .tcp
+            .get(conn)
+            .filter(|pc| matches!(pc.state, ConnState::Pending))
+            .map(|pc| (pc.allocation, pc.peer, pc.direction));
+        let found = pending.and_then(|(id, ..)| self.table.get(id).filter(|al| al.alive(now)));
+        let (Some((id, peer, direction)), Some(al)) = (pending, found) else {
+            let why = "No pending connection with this CONNECTION-ID";
+            return self.reject(from, msg, a, 400, why, out);
+        };
+        if *al.user != *auth.username {
+            return self.reject(from, msg, a, 441, "", out);
+        }
+        let (user, client) = (al.user.clone(), al.client);
+        let built = (|| {
+            let w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
+            self.seal(w, a)
+        })();
+        let Ok(len) = built else {
+            return self.drop_client(DropReason::BufferTooSmall);
+        };
+        self.tcp.set_state(conn, ConnState::Bound(from), None);
+        self.commands.push_back(Command::SpliceConnection {
+            id,
+            conn,
+            data: from,
+        });
+        self.events.push(Event::PeerConnectionBound {
+            id,
+            user,
+            client,
+            data: from,
+            peer,
+            conn,
+            direction,
+        });
+        ClientOutput::Reply { len }
+    }
+
+    // ----- lifecycle ------------------------------------------------------------------------
+
+    /// `conn`'s deadline passed: a Connect still waiting gets 447, an unbound connection
+    /// closes.
+    pub(crate) fn connection_deadline(&mut self, _now: Instant, conn: ConnectionId) {
+        let reason = match self.tcp.get(conn).map(|pc| &pc.state) {
+            Some(ConnState::Connecting(_)) => ConnectionEnd::ConnectTimeout,
+            Some(ConnState::Pending) => ConnectionEnd::BindTimeout,
+            Some(ConnState::Bound(_)) | None => return,
+        };
+        self.close_connection(conn, reason);
+    }
+
+    /// Allocation `a` is gone: its peer connections close. Returns what it relayed.
+    pub(crate) fn end_tcp_allocation(&mut self, a: &Allocation) -> RelayProtocol {
+        if !self.tcp.is_tcp(a.id) {
+            return RelayProtocol::Udp;
+        }
+        for (conn, pc) in self.tcp.remove_allocation(a.id) {
+            let end = ConnectionEnd::AllocationEnded;
+            self.connection_ended(conn, pc, a.user.clone(), a.client, end);
+        }
+        RelayProtocol::Tcp
+    }
+
+    /// Closes allocation `id`'s connections to `ip` (its permission was revoked).
+    pub(crate) fn close_connections_to(
+        &mut self,
+        id: AllocationId,
+        ip: std::net::IpAddr,
+        reason: ConnectionEnd,
+    ) {
+        let doomed: Vec<ConnectionId> = self
+            .tcp
+            .connections_of(id)
+            .iter()
+            .copied()
+            .filter(|c| self.tcp.get(*c).is_some_and(|pc| pc.peer.ip() == ip))
+            .collect();
+        for conn in doomed {
+            self.close_connection(conn, reason);
+        }
+    }
+
+    fn close_connection(&mut self, conn: ConnectionId, reason: ConnectionEnd) {
+        let Some(pc) = self.tcp.forget(conn) else {
+            return;
+        };
+        let owner = self
+            .table
+            .get(pc.allocation)
+            .map(|a| (a.user.clone(), a.client));
+        match owner {
+            Some((user, client)) => self.connection_ended(conn, pc, user, client, reason),
+            // Unreachable: an allocation's removal takes its connections first.
+            None => self.commands.push_back(Command::CloseConnection {
+                id: pc.allocation,
+                conn,
+            }),
+        }
+    }
+
+    /// The one place a connection ends: a Connect still waiting gets its 447, the data path
+    /// closes the sockets, the operator sees why.
+    fn connection_ended(
+        &mut self,
+        conn: ConnectionId,
+        pc: PeerConnection,
+        user: Arc<str>,
+        client: FiveTuple,
+        reason: ConnectionEnd,
+    ) {
+        let id = pc.allocation;
+        if let ConnState::Connecting(d) = &pc.state {
+            self.send_deferred(id, client, d, Err(447));
+        }
+        self.commands
+            .push_back(Command::CloseConnection { id, conn });
+        self.events.push(Event::PeerConnectionClosed {
+            id,
+            user,
+            client,
+            peer: pc.peer,
+            conn,
+            reason,
+        });
+    }
+
+    // ----- helpers --------------------------------------------------------------------------
+
+    /// The Connect response, signed with the request's key, for the control connection.
+    fn send_deferred(
+        &mut self,
+        id: AllocationId,
+        client: FiveTuple,
+        d: &DeferredConnect,
+        result: Result<ConnectionId, u16>,
+    ) {
+        let auth = Auth {
+            username: d.username.clone(),
+            key: d.key.clone(),
+            kind: d.kind,
+        };
+        let mut buf = [0u8; DEFERRED_MAX];
+        let len = match result {
+            Ok(conn) => (|| {
+                let mut w = Self::writer(&mut buf, Class::Success, Method::CONNECT, d.txid)?;
+                w.attr(&ConnectionIdAttr(conn.as_u32()))?;
+                self.seal(w, Some(&auth))
+            })()
+            .ok(),
+            Err(code) => {
+                let (method, txid) = (Method::CONNECT, d.txid);
+                self.error_response(method, txid, Some(&auth), code, "", &mut buf, |_| Ok(()))
+            }
+        };
+        if let Some(len) = len {
+            self.commands.push_back(Command::SendToClient {
+                id,
+                client,
+                message: buf[..len].into(),
+            });
+        }
+    }
+
+    fn reject<'p>(
+        &mut self,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        auth: Option<&Auth>,
+        code: u16,
+        why: &str,
+        out: &mut [u8],
+    ) -> ClientOutput<'p> {
+        let reply = self.reply_error(from, msg, auth, code, why, out);
+        self.output(reply)
+    }
+
+    fn output<'p>(&mut self, reply: Option<usize>) -> ClientOutput<'p> {
+        match reply {
+            Some(len) => ClientOutput::Reply { len },
+            None => self.drop_client(DropReason::BufferTooSmall),
+        }
+    }
+
+    /// Where the data path dials for a Connect to `peer`: another allocation of this relay
+    /// is reached on the bind address, which the host delivers locally (a static-NAT
+    /// firewall would not reflect a connection to the public one); other ports of the
+    /// relay host only when the operator allow-listed the address. `None`: refused.
+    fn tcp_connect_target(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        if !self.is_own_relay_ip(peer.ip()) {
+            return Some(peer);
+        }
+        if self.config.ports.contains(&peer.port()) {
+            let bind = self.relay_addr(Family::of(peer.ip()))?.bind;
+            return Some(SocketAddr::new(bind, peer.port()));
+        }
+        self.policy.is_allow_listed(peer.ip()).then_some(peer)
+    }
+
+    /// A connection from the relay bind address on a relay port is another allocation of
+    /// this relay dialling (see `tcp_connect_target`): its clients know it by the public
+    /// address, and permitted that one.
+    fn tcp_peer_as_clients_see_it(&self, peer: SocketAddr) -> SocketAddr {
+        match self.relay_addr(Family::of(peer.ip())) {
+            Some(r)
+                if peer.ip() == r.bind
+                    && r.bind != r.public
+                    && self.config.ports.contains(&peer.port()) =>
+            {
+                SocketAddr::new(r.public, peer.port())
+            }
+            _ => peer,
+        }
+    }
+
+    /// Unique per server, like the Data indications' (they share the counter).
+    fn next_attempt_txid(&mut self) -> TransactionId {
+        self.indication_counter = self.indication_counter.wrapping_add(1);
+        let mut t = [0u8; 12];
+        t[..4].copy_from_slice(b"rly\0");
+        t[4..].copy_from_slice(&self.indication_counter.to_be_bytes());
+        TransactionId(t)
+    }
+}

@@ -1,0 +1,309 @@
+//! The admin HTTP endpoint, on its own address (loopback by default, never a TURN port):
+//!
+//! - `GET /metrics`: Prometheus metrics (OpenMetrics text);
+//! - `GET /api/allocations`: the "TURN relay usage" view as JSON;
+//! - `GET /api/status`: listeners, XDP mode per interface, limits, version, as JSON;
+//! - `GET /healthz`: `200 ok`, or `503 draining` once SIGTERM arrived.
+//!
+//! With `[admin] token`, every path but `/healthz` wants `Authorization: Bearer TOKEN`.
+//! Handlers query the shards through [`Control`] on the blocking pool, so a slow shard
+//! never stalls the runtime the signal handling runs on.
+
+pub mod prom;
+pub mod view;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use subtle::ConstantTimeEq;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+use crate::control::Control;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(
+        "[admin] address {address}: cannot listen: {source} (another relay or service on that port? pick another with [admin] address)"
+    )]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running endpoint; [`shutdown`](Self::shutdown) stops it.
+pub struct Admin {
+    pub local_addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// Binds `[admin] address` and serves it on the current runtime. A busy *default* address
+/// only disables the endpoint, with a warning (two relays on one host); a configured one
+/// that cannot be bound is an error.
+pub async fn start(control: Arc<Control>) -> Result<Option<Admin>, AdminError> {
+    let settings = control.config().admin.clone();
+    let listener = match TcpListener::bind(settings.address).await {
+        Ok(l) => l,
+        Err(source) if !settings.explicit => {
+            tracing::warn!(address = %settings.address, error = %source,
+                "admin API disabled: its default address is busy (set [admin] address to choose another)");
+            return Ok(None);
+        }
+        Err(source) => {
+            return Err(AdminError::Bind {
+                address: settings.address,
+                source,
+            });
+        }
+    };
+    let local_addr = listener.local_addr().unwrap_or(settings.address);
+    let app = router(control).into_make_service_with_connect_info::<SocketAddr>();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    tracing::info!(address = %local_addr, token = settings.token.is_some(),
+        "admin API listening: /metrics, /api/allocations, /api/status, /healthz");
+    Ok(Some(Admin {
+        local_addr,
+        stop,
+        task,
+    }))
+}
+
+impl Admin {
+    /// Stops accepting and waits for requests in flight.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+pub fn router(control: Arc<Control>) -> Router<()> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/allocations", get(allocations))
+        .route("/api/status", get(status))
+        .route_layer(middleware::from_fn_with_state(
+            control.clone(),
+            require_token,
+        ))
+        .route("/healthz", get(healthz))
+        .with_state(control)
+}
+
+/// The token is read per request, so a reload that changes it applies at once.
+async fn require_token(
+    State(control): State<Arc<Control>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = control.config().admin.token.clone() else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
+    if ok {
+        return next.run(request).await;
+    }
+    let from = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "-".into());
+    let why = if given.is_some() {
+        "wrong bearer token"
+    } else {
+        "no bearer token"
+    };
+    tracing::warn!(%from, path = %request.uri().path(), reason = why,
+        "admin request refused (401): send `Authorization: Bearer <[admin] token>`");
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        format!("401 Unauthorized: {why}\n"),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"relay admin\""),
+    );
+    r
+}
+
+/// Runs a blocking query on the blocking pool; a panic there becomes a 500.
+async fn blocking<T: Send + 'static>(
+    control: Arc<Control>,
+    f: fn(&Control) -> T,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(move || f(&control))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "admin query failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "query failed\n").into_response()
+        })
+}
+
+async fn metrics(State(control): State<Arc<Control>>) -> Response {
+    match blocking(control, prom::render).await {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, prom::CONTENT_TYPE)], text).into_response(),
+        Ok(Err(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn allocations(State(control): State<Arc<Control>>) -> Response {
+    match blocking(control, view::allocations).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn status(State(control): State<Arc<Control>>) -> Response {
+    match blocking(control, view::status).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn healthz(State(control): State<Arc<Control>>) -> Response {
+    if control.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{control::test_support::*, shard::Kernel, status::AdminClient, xdp::AttachMode};
+
+    /// A control plane over two fake shards, its admin endpoint on an ephemeral loopback
+    /// port with `token`.
+    fn serve(token: Option<&str>) -> (tokio::runtime::Runtime, Arc<Control>, Admin, FakeShards) {
+        let mut config = parse_config(&config_text(""));
+        config.admin.address = "127.0.0.1:0".parse().unwrap();
+        config.admin.explicit = true;
+        config.admin.token = token.map(str::to_owned);
+        let shards = FakeShards::start(&config, 2);
+        let control = Arc::new(Control::new(
+            config,
+            None,
+            None,
+            shards.handles.clone(),
+            Kernel::off(),
+            crate::control::XdpStatus {
+                configured: AttachMode::Off,
+                interfaces: vec![],
+                off_reason: Some("test".into()),
+                sized_for: 10,
+            },
+        ));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let admin = rt
+            .block_on(start(control.clone()))
+            .unwrap()
+            .expect("explicit address");
+        (rt, control, admin, shards)
+    }
+
+    #[test]
+    fn token_guards_everything_but_healthz() {
+        let (rt, control, admin, _shards) = serve(Some("s3cret"));
+        let addr = admin.local_addr;
+        let anonymous = AdminClient::new(addr, None);
+        let wrong = AdminClient::new(addr, Some("guess".into()));
+        let right = AdminClient::new(addr, Some("s3cret".into()));
+        for path in ["/metrics", "/api/allocations", "/api/status"] {
+            assert_eq!(anonymous.get(path).unwrap().0, 401, "{path}");
+            assert_eq!(wrong.get(path).unwrap().0, 401, "{path}");
+            assert_eq!(right.get(path).unwrap().0, 200, "{path}");
+        }
+        assert_eq!(anonymous.get("/healthz").unwrap(), (200, "ok\n".into()));
+        let e = anonymous.allocations().unwrap_err();
+        assert_eq!(e.exit_code(), 1, "{e}");
+        assert!(e.to_string().contains("--token"), "{e}");
+
+        let view = right.allocations().unwrap();
+        assert_eq!((view.count, view.draining), (0, false));
+        let status = right.status().unwrap();
+        assert_eq!(status.shards.len(), 2);
+        assert_eq!(status.allocations, Some(0));
+        assert!(status.admin.token_required);
+        let (code, text) = right.get("/metrics").unwrap();
+        assert_eq!(code, 200);
+        assert!(
+            text.contains("relay_allocations_active{shard=\"fake-1\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("relay_draining 0"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+
+        control.start_draining();
+        assert_eq!(
+            anonymous.get("/healthz").unwrap(),
+            (503, "draining\n".into())
+        );
+        assert!(right.allocations().unwrap().draining);
+        rt.block_on(admin.shutdown());
+    }
+
+    #[test]
+    fn without_a_token_loopback_is_open() {
+        let (rt, _control, admin, _shards) = serve(None);
+        let c = AdminClient::new(admin.local_addr, None);
+        assert_eq!(c.get("/api/status").unwrap().0, 200);
+        assert_eq!(c.get("/nope").unwrap().0, 404);
+        rt.block_on(admin.shutdown());
+    }
+
+    #[test]
+    fn a_busy_default_address_is_a_warning_a_configured_one_an_error() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = parse_config(&config_text(""));
+        config.admin.address = taken.local_addr().unwrap();
+        let shards = FakeShards::start(&config, 1);
+        let make = |explicit: bool| {
+            let mut c = config.clone();
+            c.admin.explicit = explicit;
+            Arc::new(Control::new(
+                c,
+                None,
+                None,
+                shards.handles.clone(),
+                Kernel::off(),
+                crate::control::XdpStatus {
+                    configured: AttachMode::Off,
+                    interfaces: vec![],
+                    off_reason: None,
+                    sized_for: 10,
+                },
+            ))
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        assert!(rt.block_on(start(make(false))).unwrap().is_none());
+        let e = rt.block_on(start(make(true))).err().expect("bind error");
+        assert!(e.to_string().contains("[admin] address"), "{e}");
+    }
+}

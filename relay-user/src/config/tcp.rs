@@ -1,0 +1,171 @@
+//! `[tcp]` and `[tls]`: TURN over TCP and TLS (RFC 8656 §3.1), for clients behind
+//! firewalls that only let TCP 443 (often TLS) out.
+
+use std::{fmt, path::Path, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::Deserialize;
+
+use super::{ConfigError, Listener, Transport};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSection {
+    /// auto | io_uring | epoll
+    pub engine: Option<String>,
+    /// TCP/TLS connections held at once, all sources together.
+    pub max_connections: Option<usize>,
+    /// Connections one client IP may hold (slowloris-style abuse); a NAT of many
+    /// browsers is one IP, so keep it generous.
+    pub max_connections_per_source: Option<u32>,
+    /// Seconds a connection without an allocation may stay without a complete message.
+    pub idle_timeout: Option<u64>,
+    /// Seconds from accept to the end of the TLS handshake and the first message.
+    pub handshake_timeout: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first.
+    pub certificate: Option<String>,
+    /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1, unencrypted).
+    pub private_key: Option<String>,
+}
+
+/// Which event loop serves TCP/TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpEngine {
+    /// io_uring when the kernel allows it, else epoll (the reason is logged).
+    Auto,
+    /// io_uring or fail to start.
+    IoUring,
+    /// epoll even where io_uring works.
+    Epoll,
+}
+
+impl FromStr for TcpEngine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "io_uring" => Ok(Self::IoUring),
+            "epoll" => Ok(Self::Epoll),
+            _ => Err(format!(
+                "`{s}` is not one of \"auto\", \"io_uring\", \"epoll\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for TcpEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::IoUring => "io_uring",
+            Self::Epoll => "epoll",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpSettings {
+    pub engine: TcpEngine,
+    pub max_connections: usize,
+    pub max_connections_per_source: u32,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TcpSettings {
+    fn default() -> Self {
+        Self {
+            engine: TcpEngine::Auto,
+            max_connections: 50_000,
+            max_connections_per_source: 1_000,
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Certificate chain and key files, resolved against the config file's folder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// Checks `[tcp]` and `[tls]` against the listeners: a `tls` listener needs both files,
+/// and they must load (so `relay check` catches a wrong path or a key of another cert).
+pub(super) fn validate(
+    tcp: TcpSection,
+    tls: TlsSection,
+    listeners: &[Listener],
+    base: &Path,
+) -> Result<(TcpSettings, Option<TlsFiles>), ConfigError> {
+    let d = TcpSettings::default();
+    let engine = match tcp.engine {
+        Some(e) => e.parse().map_err(|m| ConfigError::new("tcp.engine", m))?,
+        None => d.engine,
+    };
+    let positive = |key: &str, v: Option<u64>, default: Duration| match v {
+        Some(0) => Err(ConfigError::new(key, "must be at least 1 (seconds)")),
+        Some(s) => Ok(Duration::from_secs(s)),
+        None => Ok(default),
+    };
+    let settings = TcpSettings {
+        engine,
+        max_connections: match tcp.max_connections {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "tcp.max_connections",
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n,
+            None => d.max_connections,
+        },
+        max_connections_per_source: match tcp.max_connections_per_source {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    "tcp.max_connections_per_source",
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n,
+            None => d.max_connections_per_source,
+        },
+        idle_timeout: positive("tcp.idle_timeout", tcp.idle_timeout, d.idle_timeout)?,
+        handshake_timeout: positive(
+            "tcp.handshake_timeout",
+            tcp.handshake_timeout,
+            d.handshake_timeout,
+        )?,
+    };
+    let wants_tls = listeners
+        .iter()
+        .any(|l| l.transports.contains(&Transport::Tls));
+    let files = match (tls.certificate, tls.private_key) {
+        (Some(c), Some(k)) => Some(TlsFiles {
+            certificate: base.join(c),
+            private_key: base.join(k),
+        }),
+        (None, None) if !wants_tls => None,
+        (None, _) => {
+            return Err(ConfigError::new(
+                "tls.certificate",
+                "missing: a listener has transports = [\"tls\"] (PEM chain, leaf first)",
+            ));
+        }
+        (_, None) => {
+            return Err(ConfigError::new(
+                "tls.private_key",
+                "missing: a listener has transports = [\"tls\"] (PEM key of the certificate)",
+            ));
+        }
+    };
+    if let Some(f) = &files {
+        crate::tcp::tls::load(f).map_err(|e| ConfigError::new(e.key(), e.to_string()))?;
+    }
+    Ok((settings, files))
+}

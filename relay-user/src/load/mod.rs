@@ -1,0 +1,800 @@
+//! `relay load`: a load generator for any TURN server, and `relay load echo`, the peer
+//! that sends everything back.
+//!
+//! Thousands of allocations are set up with a ramp (long-term or TURN REST credentials),
+//! then probe packets flow through them in channel or Send mode to an echo peer at a
+//! target rate, and come back. Reported: allocation setup rate and failures by error
+//! code, packets per second each way, loss, RTT percentiles, per-second progress, and the
+//! CPU time of the whole box and of a watched process (`--watch-pid`), so the cost of a
+//! relayed packet can be computed. `--direct` sends to the peer with no relay: the
+//! baseline a benchmark subtracts.
+//!
+//! Threads each own a slice of the allocations (one UDP socket each; see `worker`); the
+//! main thread only coordinates, samples CPU and prints.
+
+mod echo;
+mod payload;
+mod progress;
+pub mod report;
+mod stats;
+mod sys;
+mod turn;
+mod worker;
+
+pub use echo::{Echo, EchoError, EchoStats};
+pub use report::{Report, exit};
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use clap::{Args, Subcommand, ValueEnum};
+
+use progress::Progress;
+use report::{CpuPhase, CpuReport, SetupReport, TrafficReport, WatchedReport};
+use stats::{Percentiles, Seconds, SetupStats, TrafficStats};
+use sys::BoxCpu;
+use turn::{Credentials, DataMode, Retransmit};
+use worker::{Plan, Shared, Worker};
+
+/// The channel every allocation binds (channels are per allocation, so one number will do).
+const CHANNEL: u16 = 0x4000;
+/// The window opens this long after the workers are released, so all start together.
+const START_DELAY: Duration = Duration::from_millis(20);
+
+/// `relay load [OPTIONS] SERVER` or `relay load echo [OPTIONS]`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct LoadCommand {
+    #[command(subcommand)]
+    pub echo: Option<LoadSubcommand>,
+    #[command(flatten)]
+    pub args: LoadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LoadSubcommand {
+    /// Run only the echo peer: every datagram goes back to its sender, from the same port.
+    Echo(EchoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// ChannelBind, then ChannelData (4 bytes of overhead; what browsers use).
+    Channel,
+    /// CreatePermission, then Send and Data indications.
+    Send,
+}
+
+/// Load generator options.
+#[derive(Debug, Clone, Args)]
+pub struct LoadArgs {
+    /// TURN server, IP:PORT or IP (port 3478). With --direct: the echo peer itself.
+    #[arg(value_name = "SERVER", required = true)]
+    pub server: Option<String>,
+    /// Long-term credential username; with --secret, the name part of the REST username.
+    #[arg(long, short = 'u', value_name = "USER")]
+    pub user: Option<String>,
+    /// Long-term credential password.
+    #[arg(long, short = 'p', value_name = "PASSWORD")]
+    pub password: Option<String>,
+    /// TURN REST shared secret: mints "<now+86400>:<user or load>" and its password.
+    #[arg(long, value_name = "SECRET")]
+    pub secret: Option<String>,
+    /// The echo peer as the relay reaches it (default: --echo's address).
+    #[arg(long, value_name = "IP:PORT")]
+    pub peer: Option<SocketAddr>,
+    /// Also run an echo peer in this process, listening here (one host is then enough).
+    #[arg(long, value_name = "IP:PORT")]
+    pub echo: Option<SocketAddr>,
+    /// The built-in echo peer drops every Nth datagram (a known loss).
+    #[arg(long = "echo-drop-every", value_name = "N", requires = "echo")]
+    pub echo_drop_every: Option<u64>,
+    /// Concurrent allocations (one UDP socket each).
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 100)]
+    pub allocations: usize,
+    /// Allocations started per second (default: as fast as --window allows).
+    #[arg(long, value_name = "PER_SEC")]
+    pub ramp: Option<f64>,
+    /// Setup transactions in flight at once, per thread.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub window: usize,
+    #[arg(long, value_enum, default_value_t = ModeArg::Channel)]
+    pub mode: ModeArg,
+    /// No TURN: send straight to SERVER, the echo peer (the no-relay baseline).
+    #[arg(long, conflicts_with_all = ["user", "password", "secret", "peer"])]
+    pub direct: bool,
+    /// Packets per second sent in total (each comes back once), or "max".
+    #[arg(long, value_name = "PPS|max", default_value = "1000")]
+    pub rate: String,
+    /// Payload bytes per packet (24 to 1400).
+    #[arg(long, value_name = "BYTES", default_value_t = 100)]
+    pub size: usize,
+    /// Seconds of traffic after setup (0: set up, report, delete).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Packets sent back to back on one allocation (one sendmmsg).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub burst: usize,
+    /// How long echoes still in flight are awaited after the traffic window.
+    #[arg(long = "drain-ms", value_name = "MS", default_value_t = 1000)]
+    pub drain_ms: u64,
+    /// Longest wait for one request's answer, retransmissions included.
+    #[arg(long = "timeout-ms", value_name = "MS", default_value_t = 5000)]
+    pub timeout_ms: u64,
+    /// Local address the allocations' sockets bind to.
+    #[arg(long, value_name = "IP")]
+    pub local: Option<IpAddr>,
+    /// Report this process's CPU time and memory too (the server under test).
+    #[arg(long = "watch-pid", value_name = "PID")]
+    pub watch_pid: Option<u32>,
+    /// Leave the allocations in place at the end (they expire on the server).
+    #[arg(long = "no-delete")]
+    pub no_delete: bool,
+    /// No progress on stderr.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Echo peer options.
+#[derive(Debug, Clone, Args)]
+pub struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: SocketAddr,
+    /// Threads, each with its own SO_REUSEPORT socket (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Drop every Nth datagram instead of echoing it (a known loss for tests).
+    #[arg(long = "drop-every", value_name = "N")]
+    pub drop_every: Option<u64>,
+    /// Stop after this many seconds (default: on SIGINT or SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Print the final counts as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A command line that cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs `relay load` or `relay load echo`; returns the exit code.
+pub fn run(cmd: LoadCommand) -> i32 {
+    let stop = signals::install();
+    let result = match cmd.echo {
+        Some(LoadSubcommand::Echo(a)) => run_echo(&a, &stop),
+        None => run_load(&cmd.args, &stop),
+    };
+    match result {
+        Ok(code) => code,
+        Err(RunError::Usage(e)) => {
+            eprintln!("relay load: {e}");
+            exit::USAGE
+        }
+        Err(RunError::Failed(e)) => {
+            eprintln!("relay load: {e}");
+            exit::NOTHING
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Usage(#[from] UsageError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn run_echo(a: &EchoArgs, stop: &AtomicBool) -> Result<i32, RunError> {
+    if a.drop_every == Some(0) {
+        return Err(UsageError("--drop-every must be at least 1".into()).into());
+    }
+    let threads = a.threads.unwrap_or_else(sys::cpu_count).max(1);
+    let echo = Echo::start(a.listen, threads, a.drop_every)
+        .map_err(|e| RunError::Failed(e.to_string()))?;
+    eprintln!(
+        "echo peer listening on {} ({threads} threads{}); SIGTERM or Ctrl-C stops it",
+        echo.local,
+        a.drop_every
+            .map(|n| format!(", dropping every {n}th datagram"))
+            .unwrap_or_default()
+    );
+    let until = a
+        .duration
+        .map(|s| Instant::now() + Duration::from_secs_f64(s.max(0.0)));
+    while !stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
+        std::thread::sleep(Duration::from_millis(50));
+        forward_signal(stop);
+    }
+    let s = echo.stop();
+    if a.json {
+        println!("{}", serde_json::to_string(&s).expect("serializes"));
+    } else {
+        println!(
+            "echo peer: received {}, echoed {}, dropped {}, send errors {}",
+            s.received, s.echoed, s.dropped, s.send_errors
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// The command line, checked and resolved.
+#[derive(Debug)]
+struct Setup {
+    target: SocketAddr,
+    peer: SocketAddr,
+    mode: DataMode,
+    credentials: Option<Credentials>,
+    credential_kind: &'static str,
+    rate: Option<f64>,
+    threads: usize,
+    local: IpAddr,
+}
+
+fn resolve(a: &LoadArgs, unix_now: u64) -> Result<Setup, UsageError> {
+    let server = a.server.as_deref().unwrap_or_default();
+    let target = crate::probe::parse_server(server).map_err(|e| UsageError(e.0))?;
+    let mode = match (a.direct, a.mode) {
+        (true, _) => DataMode::Direct,
+        (false, ModeArg::Channel) => DataMode::Channel,
+        (false, ModeArg::Send) => DataMode::Send,
+    };
+    let peer = match (a.direct, a.peer, a.echo) {
+        (true, _, _) => target,
+        (false, Some(p), _) => p,
+        (false, None, Some(e)) if !e.ip().is_unspecified() && e.port() != 0 => e,
+        (false, None, _) => {
+            return Err(UsageError(
+                "--peer IP:PORT is needed (the echo peer as the relay reaches it), or --echo with \
+                 a concrete address"
+                    .into(),
+            ));
+        }
+    };
+    let (credentials, credential_kind) = match (&a.user, &a.password, &a.secret) {
+        _ if a.direct => (None, "none"),
+        (_, Some(_), Some(_)) => {
+            return Err(UsageError(
+                "--password and --secret exclude each other (--secret derives the password)".into(),
+            ));
+        }
+        (Some(u), Some(p), None) => (
+            Some(Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            }),
+            "long-term",
+        ),
+        (None, Some(_), None) => return Err(UsageError("--password needs --user".into())),
+        (Some(_), None, None) => {
+            return Err(UsageError(
+                "--user needs --password (or --secret for TURN REST credentials)".into(),
+            ));
+        }
+        (user, None, Some(secret)) => {
+            let name = user.as_deref().unwrap_or("load");
+            let c = crate::probe::Credentials::rest(secret.as_bytes(), Some(name), unix_now);
+            (
+                Some(Credentials {
+                    username: c.username,
+                    password: c.password,
+                }),
+                "rest",
+            )
+        }
+        (None, None, None) => (None, "none"),
+    };
+    let rate = match a.rate.as_str() {
+        "max" => None,
+        r => match r.parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Some(v),
+            _ => {
+                return Err(UsageError(format!(
+                    "--rate {r:?}: a positive number of packets per second, or \"max\""
+                )));
+            }
+        },
+    };
+    if a.allocations == 0 {
+        return Err(UsageError("--allocations must be at least 1".into()));
+    }
+    if !(payload::PROBE_LEN..=payload::MAX_PAYLOAD).contains(&a.size) {
+        return Err(UsageError(format!(
+            "--size {}: between {} and {} bytes",
+            a.size,
+            payload::PROBE_LEN,
+            payload::MAX_PAYLOAD
+        )));
+    }
+    if !(a.duration >= 0.0 && a.duration.is_finite()) {
+        return Err(UsageError("--duration must be 0 or more seconds".into()));
+    }
+    if a.ramp.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(UsageError("--ramp must be a positive rate".into()));
+    }
+    for (flag, v) in [
+        ("--window", a.window),
+        ("--burst", a.burst),
+        ("--timeout-ms", a.timeout_ms as usize),
+    ] {
+        if v == 0 {
+            return Err(UsageError(format!("{flag} must be at least 1")));
+        }
+    }
+    if a.burst > 64 {
+        return Err(UsageError("--burst is at most 64".into()));
+    }
+    if a.threads == Some(0) {
+        return Err(UsageError("--threads must be at least 1".into()));
+    }
+    let threads = a
+        .threads
+        .unwrap_or_else(sys::cpu_count)
+        .clamp(1, a.allocations);
+    let local = a.local.unwrap_or(match target {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    Ok(Setup {
+        target,
+        peer,
+        mode,
+        credentials,
+        credential_kind,
+        rate,
+        threads,
+        local,
+    })
+}
+
+/// Whole-box and watched-process CPU at one instant.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    at: Instant,
+    cpu: Option<BoxCpu>,
+    watched: Option<f64>,
+}
+
+impl CpuMark {
+    fn now(watch: Option<u32>) -> Self {
+        Self {
+            at: Instant::now(),
+            cpu: BoxCpu::read().ok(),
+            watched: watch.and_then(|p| sys::process_cpu_secs(p).ok()),
+        }
+    }
+
+    fn since(&self, start: &CpuMark, cpus: usize, packets: Option<u64>) -> CpuPhase {
+        let wall = (self.at - start.at).as_secs_f64();
+        let (busy, total) = match (start.cpu, self.cpu) {
+            (Some(a), Some(b)) => (
+                (b.busy_secs - a.busy_secs).max(0.0),
+                (b.total_secs - a.total_secs).max(0.0),
+            ),
+            _ => (0.0, 0.0),
+        };
+        let watched = match (start.watched, self.watched) {
+            (Some(a), Some(b)) => Some((b - a).max(0.0)),
+            _ => None,
+        };
+        let per = |secs: f64| packets.filter(|&p| p > 0).map(|p| secs * 1e6 / p as f64);
+        CpuPhase {
+            wall_secs: wall,
+            box_busy_secs: busy,
+            // Over the ticks /proc/stat counted, not wall x CPUs: the two edges of a
+            // short phase are a tick apart at most, but ticks are what busy is made of.
+            box_busy_ratio: if total > 0.0 {
+                busy / total
+            } else if wall > 0.0 {
+                busy / (wall * cpus as f64)
+            } else {
+                0.0
+            },
+            watched_secs: watched,
+            box_us_per_packet: per(busy),
+            watched_us_per_packet: watched.and_then(per),
+        }
+    }
+}
+
+fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
+    let unix_now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let s = resolve(a, unix_now)?;
+    let nofile = sys::raise_nofile_limit();
+    if (a.allocations as u64) + 64 > nofile {
+        return Err(UsageError(format!(
+            "{} allocations need as many sockets, but the open-file limit is {nofile} \
+             (raise it: ulimit -n)",
+            a.allocations
+        ))
+        .into());
+    }
+    let cpus = sys::cpu_count();
+    let echo = match a.echo {
+        Some(listen) => Some(
+            Echo::start(listen, cpus, a.echo_drop_every)
+                .map_err(|e| RunError::Failed(e.to_string()))?,
+        ),
+        None => None,
+    };
+
+    let shared = Arc::new(Shared::new(s.threads, stop.clone()));
+    let (setup_tx, setup_rx) = mpsc::channel();
+    let (second_tx, second_rx) = mpsc::channel();
+    let mut workers = Vec::new();
+    let mut first = 0usize;
+    for w in 0..s.threads {
+        let count = a.allocations / s.threads + usize::from(w < a.allocations % s.threads);
+        let plan = Plan {
+            first_index: first as u32,
+            count,
+            local: s.local,
+            target: s.target,
+            peer: s.peer,
+            mode: s.mode,
+            channel: CHANNEL,
+            credentials: s.credentials.clone(),
+            retransmit: Retransmit {
+                rto: Duration::from_millis(500),
+                tries: 7,
+                timeout: Duration::from_millis(a.timeout_ms),
+            },
+            ramp: a.ramp.map(|r| r / s.threads as f64),
+            window: a.window,
+            rate: s.rate.map(|r| r / s.threads as f64),
+            size: a.size,
+            burst: a.burst,
+            drain: Duration::from_millis(a.drain_ms),
+            delete: !a.no_delete,
+        };
+        first += count;
+        let (worker, socket_error) = Worker::new(plan, shared.clone(), second_tx.clone())
+            .map_err(|e| RunError::Failed(format!("cannot start a worker: {e}")))?;
+        if let Some(e) = socket_error {
+            eprintln!("relay load: {e}");
+        }
+        workers.push(worker);
+    }
+    drop(second_tx);
+
+    let watch = a.watch_pid;
+    let rss_before = watch.and_then(|p| sys::rss_kib(p).ok());
+    let setup_start = CpuMark::now(watch);
+    let mut progress = Progress::new(!a.quiet);
+    let handles: Vec<_> = workers
+        .into_iter()
+        .enumerate()
+        .map(|(k, w)| {
+            let tx = setup_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("load-{k}"))
+                .spawn(move || w.run(tx))
+                .expect("spawning a worker thread")
+        })
+        .collect();
+    drop(setup_tx);
+
+    // Setup: until every worker has reported.
+    let mut setup = SetupStats::new();
+    let mut reported = 0;
+    let mut next_tick = Instant::now() + Duration::from_secs(1);
+    while reported < s.threads {
+        forward_signal(stop);
+        match setup_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(w) => {
+                setup.merge(&w);
+                reported += 1;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= next_tick {
+            next_tick += Duration::from_secs(1);
+            progress.setup(
+                setup_start.at.elapsed(),
+                shared.ready.load(Ordering::Relaxed),
+                shared.failed.load(Ordering::Relaxed),
+                a.allocations,
+            );
+        }
+    }
+    let setup_end = CpuMark::now(watch);
+    let rss_after_setup = watch.and_then(|p| sys::rss_kib(p).ok());
+
+    // Traffic.
+    let duration = Duration::from_secs_f64(a.duration);
+    let traffic_on = !duration.is_zero() && setup.ready > 0 && !stop.load(Ordering::Relaxed);
+    let mut seconds = Seconds::default();
+    let mut traffic_marks = None;
+    if traffic_on {
+        let start = Instant::now() + START_DELAY;
+        let end = start + duration;
+        let _ = shared.window.set((start, end));
+        shared.barrier.wait();
+        std::thread::sleep(start.saturating_duration_since(Instant::now()));
+        let t0 = CpuMark::now(watch);
+        let mut shown = 0;
+        while Instant::now() < end && !stop.load(Ordering::Relaxed) {
+            forward_signal(stop);
+            let wait = end
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            if let Ok(sample) = second_rx.recv_timeout(wait) {
+                seconds.add(sample);
+            }
+            // Percentiles cost a pass over the histogram: once per second shown.
+            if let Some(t) = seconds.latest_complete(s.threads)
+                && t > shown
+            {
+                shown = t;
+                progress.traffic(start.elapsed(), duration, &seconds.second(t));
+            }
+        }
+        let t1 = CpuMark::now(watch);
+        traffic_marks = Some((t0, t1));
+    } else {
+        shared.barrier.wait();
+    }
+    let rss_end = watch.and_then(|p| sys::rss_kib(p).ok());
+
+    let mut traffic = TrafficStats::new();
+    let (mut refresh_failures, mut deleted) = (0, 0);
+    for h in handles {
+        match h.join() {
+            Ok(o) => {
+                traffic.merge(&o.traffic);
+                refresh_failures += o.refresh_failures;
+                deleted += o.deleted;
+            }
+            Err(_) => return Err(RunError::Failed("a worker thread panicked".into())),
+        }
+    }
+    for sample in second_rx.try_iter() {
+        seconds.add(sample);
+    }
+    progress.finish();
+    let echo = echo.map(Echo::stop);
+
+    let setup_secs = match (setup.first_start, setup.last_done) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let traffic_report = traffic_marks.map(|(t0, t1)| {
+        let secs = (t1.at - t0.at).as_secs_f64().max(1e-9);
+        let lost = traffic.sent.saturating_sub(traffic.received);
+        TrafficReport {
+            duration_secs: secs,
+            target_rate: s.rate,
+            sent: traffic.sent,
+            received: traffic.received,
+            received_in_window: traffic.received_in_window,
+            lost,
+            loss_ratio: if traffic.sent > 0 {
+                lost as f64 / traffic.sent as f64
+            } else {
+                0.0
+            },
+            sent_per_sec: traffic.sent as f64 / secs,
+            received_per_sec: traffic.received_in_window as f64 / secs,
+            send_errors: traffic.send_errors,
+            last_send_error: traffic.last_send_error.clone(),
+            behind: traffic.behind,
+            foreign: traffic.foreign,
+            rtt_us: Percentiles::of(&traffic.rtt),
+        }
+    });
+    let cpu = CpuReport {
+        cpus,
+        setup: setup_end.since(&setup_start, cpus, None),
+        traffic: traffic_marks
+            .map(|(t0, t1)| {
+                let packets = traffic.sent + traffic.received_in_window;
+                t1.since(&t0, cpus, Some(packets))
+            })
+            .unwrap_or_default(),
+    };
+    let watched = watch.map(|pid| WatchedReport {
+        pid,
+        rss_before_kib: rss_before,
+        rss_after_setup_kib: rss_after_setup,
+        rss_end_kib: rss_end,
+        rss_per_allocation_bytes: match (rss_before, rss_after_setup) {
+            (Some(b), Some(a)) if setup.ready > 0 => {
+                Some((a as f64 - b as f64) * 1024.0 / setup.ready as f64)
+            }
+            _ => None,
+        },
+    });
+    let failed = setup.failed();
+    let exit_code = if setup.ready == 0 {
+        exit::NOTHING
+    } else if failed > 0 || traffic_report.as_ref().is_some_and(|t| t.received == 0) {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    };
+    let report = Report {
+        target: s.target.to_string(),
+        peer: s.peer.to_string(),
+        mode: match s.mode {
+            DataMode::Channel => "channel",
+            DataMode::Send => "send",
+            DataMode::Direct => "direct",
+        },
+        transport: "udp",
+        credentials: s.credential_kind,
+        threads: s.threads,
+        payload_bytes: a.size,
+        setup: SetupReport {
+            requested: a.allocations,
+            ready: setup.ready,
+            failed,
+            failures: setup.failures.clone(),
+            secs: setup_secs,
+            rate_per_sec: if setup_secs > 0.0 {
+                setup.ready as f64 / setup_secs
+            } else {
+                0.0
+            },
+            latency_us: Percentiles::of(&setup.latency),
+        },
+        traffic: traffic_report,
+        seconds: seconds.all(),
+        cpu,
+        watched,
+        echo,
+        refresh_failures,
+        deleted,
+        interrupted: stop.load(Ordering::Relaxed),
+        exit_code,
+    };
+    if a.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{report}");
+    }
+    Ok(exit_code)
+}
+
+/// Copies a SIGINT/SIGTERM seen by the handler into the run's stop flag.
+fn forward_signal(stop: &AtomicBool) {
+    if signals::received() {
+        stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// SIGINT/SIGTERM end a run early but cleanly: the report is still printed and the
+/// allocations deleted.
+mod signals {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+
+    static RECEIVED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        // Only an atomic store: async-signal-safe.
+        RECEIVED.store(true, Ordering::Relaxed);
+    }
+
+    pub fn received() -> bool {
+        RECEIVED.load(Ordering::Relaxed)
+    }
+
+    /// Installs the handlers; the returned flag is what workers watch (the main thread
+    /// copies the handler's flag into it).
+    pub fn install() -> Arc<AtomicBool> {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: a handler that only stores to an atomic; sigaction struct zeroed
+            // then filled.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as *const () as usize;
+                libc::sigemptyset(&mut sa.sa_mask);
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+        Arc::new(AtomicBool::new(received()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadArgs,
+    }
+
+    fn args(v: &[&str]) -> LoadArgs {
+        Cli::try_parse_from(std::iter::once("load").chain(v.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn resolves_modes_peers_and_credentials() {
+        let s = resolve(
+            &args(&[
+                "192.0.2.50",
+                "--peer",
+                "192.0.2.10:7000",
+                "-u",
+                "a",
+                "-p",
+                "b",
+            ]),
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.target, "192.0.2.50:3478".parse().unwrap());
+        assert_eq!(s.mode, DataMode::Channel);
+        assert_eq!(s.credential_kind, "long-term");
+        assert_eq!(s.rate, Some(1000.0));
+
+        let s = resolve(
+            &args(&[
+                "192.0.2.50:3478",
+                "--echo",
+                "192.0.2.10:7000",
+                "--secret",
+                "s",
+                "--mode",
+                "send",
+                "--rate",
+                "max",
+            ]),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(s.peer, "192.0.2.10:7000".parse().unwrap());
+        assert_eq!(s.mode, DataMode::Send);
+        assert_eq!(s.rate, None);
+        assert_eq!(s.credentials.unwrap().username, "87400:load");
+
+        let s = resolve(&args(&["192.0.2.10:7000", "--direct", "-n", "3"]), 0).unwrap();
+        assert_eq!((s.mode, s.peer), (DataMode::Direct, s.target));
+        assert!(s.threads <= 3);
+    }
+
+    #[test]
+    fn refuses_what_cannot_run() {
+        for bad in [
+            &["192.0.2.50"][..],
+            &["192.0.2.50", "--echo", "0.0.0.0:7000"],
+            &["192.0.2.50", "--peer", "192.0.2.10:1", "-u", "a"],
+            &["192.0.2.50", "--peer", "192.0.2.10:1", "-p", "a"],
+            &["192.0.2.50", "--peer", "192.0.2.10:1", "--rate", "0"],
+            &["192.0.2.50", "--peer", "192.0.2.10:1", "--rate", "fast"],
+            &["192.0.2.50", "--peer", "192.0.2.10:1", "--size", "10"],
+            &["192.0.2.50", "--peer", "192.0.2.10:1", "-n", "0"],
+            &["192.0.2.50", "--peer", "192.0.2.10:1", "--burst", "65"],
+            &["192.0.2.50", "--peer", "192.0.2.10:1", "--duration=-1"],
+            &["not-an-ip", "--peer", "192.0.2.10:1"],
+        ] {
+            assert!(resolve(&args(bad), 0).is_err(), "{bad:?}");
+        }
+    }
+}

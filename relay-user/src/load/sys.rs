@@ -1,0 +1,351 @@
+//! The few Linux calls the load generator needs beyond std: epoll, batched UDP I/O on
+//! connected sockets, the open-file limit, and CPU/memory readings from /proc.
+
+use std::{
+    io,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+};
+
+/// Largest datagram the generator sends or expects back (payload cap plus TURN framing).
+pub const DATAGRAM_MAX: usize = 2048;
+
+/// Asks for socket buffers this big; the kernel caps them at `net.core.[rw]mem_max`.
+/// Bursts of a thousand allocations' worth of echoes must not overflow one socket.
+const SOCKET_BUFFER: libc::c_int = 1 << 20;
+
+/// Raises the soft open-file limit to the hard one: every allocation is one socket.
+/// Returns the limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer for getrlimit; setrlimit reads the same struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    lim.rlim_cur
+}
+
+/// A non-blocking UDP socket bound to `local` and connected to `remote`: the kernel then
+/// filters foreign senders and reports ICMP unreachable as ECONNREFUSED.
+pub fn connected_udp(local: SocketAddr, remote: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = UdpSocket::bind(local)?;
+    sock.connect(remote)?;
+    sock.set_nonblocking(true)?;
+    set_buffers(sock.as_raw_fd());
+    Ok(sock)
+}
+
+/// Best effort: a smaller buffer only means loss shows up earlier.
+pub fn set_buffers(fd: RawFd) {
+    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: valid fd and a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                (&SOCKET_BUFFER as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+/// `send` on a connected socket without blocking.
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<()> {
+    // SAFETY: buf is valid for reads of its length.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Level-triggered epoll set whose events carry a caller-chosen `u64` token.
+pub struct Epoll {
+    fd: OwnedFd,
+    events: Vec<libc::epoll_event>,
+}
+
+impl Epoll {
+    pub fn new(capacity: usize) -> io::Result<Self> {
+        // SAFETY: plain syscall.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            // SAFETY: a fresh fd we own.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)],
+        })
+    }
+
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: token,
+        };
+        // SAFETY: valid epoll fd, valid event struct.
+        let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Waits up to `timeout_ms` (0: poll); returns the ready tokens.
+    pub fn wait(&mut self, timeout_ms: i32) -> io::Result<impl Iterator<Item = u64> + '_> {
+        // SAFETY: the events buffer is valid for `len` entries.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                timeout_ms,
+            )
+        };
+        let n = if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            0
+        } else {
+            n as usize
+        };
+        Ok(self.events[..n].iter().map(|e| e.u64))
+    }
+}
+
+/// Buffers for recvmmsg/sendmmsg on connected sockets (no addresses), allocated once.
+pub struct Mmsg {
+    bufs: Vec<[u8; DATAGRAM_MAX]>,
+    lens: Vec<usize>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+// SAFETY: the raw pointers only point into this struct's own heap buffers and are
+// rewritten before every syscall.
+unsafe impl Send for Mmsg {}
+
+impl Mmsg {
+    pub fn new(batch: usize) -> Self {
+        let batch = batch.max(1);
+        Self {
+            bufs: vec![[0; DATAGRAM_MAX]; batch],
+            lens: vec![0; batch],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                batch
+            ],
+            // SAFETY: all-zero is a valid mmsghdr; `link` sets the pointers.
+            hdrs: vec![unsafe { std::mem::zeroed() }; batch],
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.bufs.len()
+    }
+
+    /// Buffer `i` to fill before [`send`](Self::send).
+    pub fn buf_mut(&mut self, i: usize) -> &mut [u8; DATAGRAM_MAX] {
+        &mut self.bufs[i]
+    }
+
+    pub fn set_len(&mut self, i: usize, len: usize) {
+        self.lens[i] = len.min(DATAGRAM_MAX);
+    }
+
+    fn link(&mut self, n: usize, recv: bool) {
+        for i in 0..n {
+            self.iovs[i].iov_base = self.bufs[i].as_mut_ptr().cast();
+            self.iovs[i].iov_len = if recv { DATAGRAM_MAX } else { self.lens[i] };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = std::ptr::null_mut();
+            h.msg_hdr.msg_namelen = 0;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+    }
+
+    /// Receives up to the batch size without blocking; no data is `Ok(0)`.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let n = self.capacity();
+        self.link(n, true);
+        // SAFETY: every header points at live buffers owned by self.
+        let got = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ => Err(e),
+            };
+        }
+        for i in 0..got as usize {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+        }
+        Ok(got as usize)
+    }
+
+    /// Datagram `i` of the last receive.
+    pub fn get(&self, i: usize) -> &[u8] {
+        &self.bufs[i][..self.lens[i]]
+    }
+
+    /// Sends buffers `0..n` on `fd`; returns how many the kernel took (the rest hit a full
+    /// buffer or an error, reported when nothing went out).
+    pub fn send(&mut self, fd: RawFd, n: usize) -> io::Result<usize> {
+        let n = n.min(self.capacity());
+        self.link(n, false);
+        // SAFETY: every header points at live buffers owned by self.
+        let sent = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(sent as usize)
+        }
+    }
+}
+
+/// Clock ticks per second of /proc's CPU times.
+fn clk_tck() -> f64 {
+    // SAFETY: plain sysconf query.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// Whole-box CPU time from the first line of /proc/stat, in seconds summed over CPUs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BoxCpu {
+    pub busy_secs: f64,
+    pub total_secs: f64,
+}
+
+impl BoxCpu {
+    pub fn read() -> io::Result<Self> {
+        let text = std::fs::read_to_string("/proc/stat")?;
+        Self::parse(&text).ok_or_else(|| io::Error::other("/proc/stat has no `cpu` line"))
+    }
+
+    /// user nice system idle iowait irq softirq steal (guest time is inside user).
+    fn parse(text: &str) -> Option<Self> {
+        let line = text.lines().find(|l| l.starts_with("cpu "))?;
+        let v: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        if v.len() < 8 {
+            return None;
+        }
+        let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+        let total = busy + v[3] + v[4];
+        let tck = clk_tck();
+        Some(Self {
+            busy_secs: busy as f64 / tck,
+            total_secs: total as f64 / tck,
+        })
+    }
+}
+
+/// utime + stime of a process (all its threads), seconds.
+pub fn process_cpu_secs(pid: u32) -> io::Result<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_process_cpu(&text)
+        .map(|ticks| ticks as f64 / clk_tck())
+        .ok_or_else(|| io::Error::other(format!("cannot parse /proc/{pid}/stat")))
+}
+
+/// Fields after the command name (which may hold spaces and parentheses): state is the
+/// first, utime and stime the 12th and 13th.
+fn parse_process_cpu(text: &str) -> Option<u64> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Resident set size of a process, KiB (VmRSS of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/status has no VmRSS")))
+}
+
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_busy_excludes_idle_and_iowait() {
+        let t = "cpu  100 10 50 1000 30 5 7 3 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
+        let c = BoxCpu::parse(t).unwrap();
+        let tck = clk_tck();
+        assert!((c.busy_secs - 175.0 / tck).abs() < 1e-9);
+        assert!((c.total_secs - 1205.0 / tck).abs() < 1e-9);
+        assert!(BoxCpu::parse("intr 1 2 3\n").is_none());
+    }
+
+    #[test]
+    fn process_stat_with_awkward_name() {
+        // comm may contain spaces and ')'.
+        let t = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 17 4 0 0 20 0 1 0 5 0 0";
+        assert_eq!(parse_process_cpu(t), Some(21));
+    }
+
+    #[test]
+    fn own_process_readings() {
+        let pid = std::process::id();
+        assert!(process_cpu_secs(pid).unwrap() >= 0.0);
+        assert!(rss_kib(pid).unwrap() > 0);
+        assert!(BoxCpu::read().unwrap().total_secs > 0.0);
+    }
+}

@@ -1,0 +1,817 @@
+//! One load thread: it owns a slice of the allocations (one connected UDP socket each),
+//! sets them up with a ramp and a window of transactions in flight, paces probe packets
+//! across them, reads echoes back through epoll + recvmmsg, and finally deletes them.
+//!
+//! Packets are sent in 1 ms ticks: each wake-up sends whatever the target rate says is
+//! due, so the thread sleeps in epoll between ticks instead of spinning. Frames are built
+//! once per send buffer; a packet only rewrites its 24 probe bytes.
+
+use std::{
+    io,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Barrier, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::Sender,
+    },
+    time::{Duration, Instant},
+};
+
+use relay_proto::stun::{
+    ChannelData, Class, Data, Message, MessageWriter, Method, PacketKind, TransactionId,
+    XorPeerAddress, classify, write_channel_data,
+};
+
+use super::{
+    payload::{PROBE_LEN, Probe},
+    stats::{SecondSample, SetupStats, TrafficStats, new_hist},
+    sys::{self, Epoll, Mmsg},
+    turn::{Credentials, Ctx, DataMode, Failure, Next, Retransmit, Session, Step},
+};
+
+/// Permissions last 300 s and channels 600 s (RFC 8656): refreshing every 240 s keeps
+/// both, and the allocation, alive in runs of any length.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(240);
+/// After a failed refresh, try again this soon.
+const REFRESH_RETRY: Duration = Duration::from_secs(10);
+/// How often retransmission timers and refresh deadlines are looked at.
+const TIMER_SCAN: Duration = Duration::from_millis(5);
+/// Datagrams read per recvmmsg.
+const RECV_BATCH: usize = 32;
+/// Without a rate, each loop sends this many before reading.
+const MAX_RATE_STEP: u64 = 256;
+/// A pacer that fell behind sends at most this much of the backlog at once, in seconds
+/// of the target rate; the rest is counted as `behind`, not sent in a burst.
+const CATCH_UP_SECS: f64 = 0.005;
+
+/// What one worker does.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Index of this worker's first allocation across the run.
+    pub first_index: u32,
+    pub count: usize,
+    pub local: IpAddr,
+    /// The TURN server, or the echo peer itself in direct mode.
+    pub target: SocketAddr,
+    /// The peer as the relay sees it (XOR-PEER-ADDRESS).
+    pub peer: SocketAddr,
+    pub mode: DataMode,
+    pub channel: u16,
+    pub credentials: Option<Credentials>,
+    pub retransmit: Retransmit,
+    /// Allocations this worker starts per second; None: as fast as the window allows.
+    pub ramp: Option<f64>,
+    /// Setup transactions in flight at once.
+    pub window: usize,
+    /// Packets per second this worker sends; None: as fast as it can.
+    pub rate: Option<f64>,
+    /// Payload bytes per packet.
+    pub size: usize,
+    /// Packets sent back to back on one allocation.
+    pub burst: usize,
+    /// How long echoes are awaited after the window.
+    pub drain: Duration,
+    pub delete: bool,
+}
+
+/// What the workers and the main thread share.
+pub struct Shared {
+    pub epoch: Instant,
+    pub stop: Arc<AtomicBool>,
+    pub ready: AtomicU64,
+    pub failed: AtomicU64,
+    /// Traffic start and end, set by the main thread before it releases `barrier`.
+    pub window: OnceLock<(Instant, Instant)>,
+    pub barrier: Barrier,
+}
+
+impl Shared {
+    pub fn new(workers: usize, stop: Arc<AtomicBool>) -> Self {
+        Self {
+            epoch: Instant::now(),
+            stop,
+            ready: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            window: OnceLock::new(),
+            barrier: Barrier::new(workers + 1),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+}
+
+/// What a worker hands back at the end.
+pub struct Outcome {
+    pub traffic: TrafficStats,
+    pub refresh_failures: u64,
+    pub deleted: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Idle,
+    Setup,
+    Ready,
+    Failed,
+    Deleted,
+}
+
+struct Alloc {
+    sock: Option<UdpSocket>,
+    index: u32,
+    session: Session,
+    state: State,
+    started: Instant,
+    next_refresh: Instant,
+    inflight: bool,
+    seq: u64,
+}
+
+/// Control-plane bookkeeping, apart from the sockets and buffers so both can be
+/// borrowed at once.
+struct Control {
+    ctx: Option<Ctx>,
+    setup: SetupStats,
+    inflight: Vec<usize>,
+    refresh_failures: u64,
+    deleted: u64,
+    shared: Arc<Shared>,
+}
+
+impl Control {
+    /// Carries out what a session asked for, chaining the setup and refresh steps.
+    fn drive(&mut self, a: &mut Alloc, i: usize, next: Next, now: Instant) {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return;
+        };
+        let next = match next {
+            Next::Done(Step::Allocate) => a.session.start(ctx, Step::Bind, now),
+            Next::Done(Step::Bind) if a.state == State::Ready => {
+                a.session.start(ctx, Step::Refresh, now)
+            }
+            other => other,
+        };
+        match next {
+            Next::Send => {
+                if let Some(s) = &a.sock {
+                    // A lost request is retransmitted by its timer.
+                    let _ = sys::send(s.as_raw_fd(), a.session.request());
+                }
+                if !a.inflight {
+                    a.inflight = true;
+                    self.inflight.push(i);
+                }
+            }
+            Next::Wait => {}
+            Next::Done(Step::Bind) => {
+                a.state = State::Ready;
+                a.next_refresh = now + REFRESH_EVERY;
+                self.setup.ready += 1;
+                self.setup.last_done = Some(now);
+                let _ = self
+                    .setup
+                    .latency
+                    .record(now.saturating_duration_since(a.started).as_nanos() as u64);
+                self.shared.ready.fetch_add(1, Ordering::Relaxed);
+            }
+            Next::Done(Step::Refresh) => a.next_refresh = now + REFRESH_EVERY,
+            Next::Done(Step::Delete) => {
+                a.state = State::Deleted;
+                self.deleted += 1;
+            }
+            Next::Done(Step::Allocate) => unreachable!("chained to Bind above"),
+            Next::Failed(f) => self.fail(a, f, now),
+        }
+    }
+
+    fn fail(&mut self, a: &mut Alloc, f: Failure, now: Instant) {
+        match a.state {
+            State::Ready => {
+                // A refresh failed: the allocation may still carry traffic; retry soon.
+                self.refresh_failures += 1;
+                a.next_refresh = now + REFRESH_RETRY;
+            }
+            _ => {
+                a.state = State::Failed;
+                self.setup.fail(f.label());
+                self.shared.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Retransmissions and refresh deadlines; forgets finished transactions.
+    fn scan(&mut self, allocs: &mut [Alloc], now: Instant) {
+        let mut k = 0;
+        while k < self.inflight.len() {
+            let i = self.inflight[k];
+            let next = match self.ctx.as_ref() {
+                Some(ctx) => allocs[i].session.on_timer(ctx, now),
+                None => Next::Wait,
+            };
+            self.drive(&mut allocs[i], i, next, now);
+            if allocs[i].session.pending_step().is_none() {
+                allocs[i].inflight = false;
+                self.inflight.swap_remove(k);
+            } else {
+                k += 1;
+            }
+        }
+    }
+
+    /// Starts the refresh of every ready allocation whose time has come.
+    fn refresh_due(&mut self, allocs: &mut [Alloc], now: Instant) {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return;
+        };
+        let mut due = Vec::new();
+        for (i, a) in allocs.iter_mut().enumerate() {
+            if a.state == State::Ready && !a.inflight && now >= a.next_refresh {
+                due.push((i, a.session.start(ctx, Step::Bind, now)));
+            }
+        }
+        for (i, next) in due {
+            self.drive(&mut allocs[i], i, next, now);
+        }
+    }
+}
+
+/// The frame every send buffer holds; a packet rewrites only the probe in it.
+struct Frame {
+    len: usize,
+    probe_at: usize,
+}
+
+pub struct Worker {
+    plan: Plan,
+    allocs: Vec<Alloc>,
+    control: Control,
+    epoll: Epoll,
+    rx: Mmsg,
+    tx: Mmsg,
+    frame: Frame,
+    traffic: TrafficStats,
+    second: SecondSample,
+    seconds: Sender<SecondSample>,
+}
+
+impl Worker {
+    /// Opens this worker's sockets. A socket that cannot be made is a failed allocation
+    /// (labelled `socket`), not a failed run.
+    pub fn new(
+        plan: Plan,
+        shared: Arc<Shared>,
+        seconds: Sender<SecondSample>,
+    ) -> io::Result<(Self, Option<String>)> {
+        let epoll = Epoll::new(256)?;
+        let now = Instant::now();
+        let mut allocs = Vec::with_capacity(plan.count);
+        let mut first_error = None;
+        let local = SocketAddr::new(plan.local, 0);
+        for k in 0..plan.count {
+            let sock = match sys::connected_udp(local, plan.target) {
+                Ok(s) => {
+                    epoll.add(s.as_raw_fd(), k as u64)?;
+                    Some(s)
+                }
+                Err(e) => {
+                    first_error.get_or_insert_with(|| {
+                        format!(
+                            "cannot open a UDP socket from {local} to {}: {e}",
+                            plan.target
+                        )
+                    });
+                    None
+                }
+            };
+            allocs.push(Alloc {
+                sock,
+                index: plan.first_index + k as u32,
+                session: Session::new(),
+                state: State::Idle,
+                started: now,
+                next_refresh: now,
+                inflight: false,
+                seq: 0,
+            });
+        }
+        let ctx = (plan.mode != DataMode::Direct).then(|| {
+            Ctx::new(
+                plan.peer,
+                plan.mode,
+                plan.channel,
+                plan.credentials.clone(),
+                plan.retransmit,
+            )
+        });
+        let mut tx = Mmsg::new(plan.burst);
+        let frame = prefill(&mut tx, &plan);
+        let worker = Self {
+            control: Control {
+                ctx,
+                setup: SetupStats::new(),
+                inflight: Vec::new(),
+                refresh_failures: 0,
+                deleted: 0,
+                shared,
+            },
+            allocs,
+            epoll,
+            rx: Mmsg::new(RECV_BATCH),
+            tx,
+            frame,
+            traffic: TrafficStats::new(),
+            second: SecondSample {
+                index: 0,
+                sent: 0,
+                received: 0,
+                rtt: new_hist(),
+            },
+            seconds,
+            plan,
+        };
+        Ok((worker, first_error))
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.control.shared
+    }
+
+    /// Setup, then (after the main thread opens the window) traffic, drain, teardown.
+    pub fn run(mut self, setup_done: Sender<SetupStats>) -> Outcome {
+        self.setup();
+        let stats = std::mem::take(&mut self.control.setup);
+        let _ = setup_done.send(stats);
+        let shared = self.control.shared.clone();
+        shared.barrier.wait();
+        if let Some(&(start, end)) = shared.window.get() {
+            self.traffic(start, end);
+            self.drain(end);
+        }
+        if self.plan.delete {
+            self.teardown();
+        }
+        Outcome {
+            traffic: self.traffic,
+            refresh_failures: self.control.refresh_failures,
+            deleted: self.control.deleted,
+        }
+    }
+
+    fn setup(&mut self) {
+        let start = Instant::now();
+        let n = self.allocs.len();
+        let mut next = 0;
+        let mut last_scan = start;
+        while !self.shared().stopped() {
+            let now = Instant::now();
+            let allowed = match self.plan.ramp {
+                Some(r) => (((now - start).as_secs_f64() * r) as usize + 1).min(n),
+                None => n,
+            };
+            while next < allowed && self.control.inflight.len() < self.plan.window {
+                let a = &mut self.allocs[next];
+                if a.sock.is_none() {
+                    a.state = State::Failed;
+                    self.control.setup.fail(Failure::Socket.label());
+                    self.control.shared.failed.fetch_add(1, Ordering::Relaxed);
+                } else if let Some(ctx) = self.control.ctx.as_mut() {
+                    a.state = State::Setup;
+                    a.started = now;
+                    self.control.setup.first_start.get_or_insert(now);
+                    let step = a.session.start(ctx, Step::Allocate, now);
+                    self.control.drive(a, next, step, now);
+                } else {
+                    // Direct: nothing to set up.
+                    a.state = State::Ready;
+                    self.control.setup.ready += 1;
+                    self.control.shared.ready.fetch_add(1, Ordering::Relaxed);
+                }
+                next += 1;
+            }
+            if next == n && self.control.inflight.is_empty() {
+                break;
+            }
+            let timeout = match self.plan.ramp {
+                Some(r) if next < n => {
+                    let at = start + Duration::from_secs_f64(next as f64 / r);
+                    ms_until(now, at).min(5)
+                }
+                _ => 5,
+            };
+            self.poll(timeout, None);
+            let now = Instant::now();
+            if now - last_scan >= TIMER_SCAN {
+                last_scan = now;
+                self.control.scan(&mut self.allocs, now);
+            }
+        }
+        // Interrupted: whatever is still being set up will not be used.
+        for a in &mut self.allocs {
+            if a.state == State::Setup {
+                a.state = State::Failed;
+            }
+        }
+    }
+
+    fn traffic(&mut self, start: Instant, end: Instant) {
+        let ready: Vec<usize> = (0..self.allocs.len())
+            .filter(|&i| self.allocs[i].state == State::Ready)
+            .collect();
+        let mut scheduled: u64 = 0;
+        let mut cursor = 0;
+        let mut next_second = start + Duration::from_secs(1);
+        let mut last_scan = start;
+        let catch_up = self
+            .plan
+            .rate
+            .map_or(MAX_RATE_STEP, |r| ((r * CATCH_UP_SECS) as u64).max(1));
+        // The main thread opens the window a moment ahead; wait for it.
+        let now = Instant::now();
+        if start > now {
+            std::thread::sleep(start - now);
+        }
+        loop {
+            let now = Instant::now();
+            if now >= end || self.shared().stopped() {
+                break;
+            }
+            while now >= next_second {
+                self.end_second();
+                next_second += Duration::from_secs(1);
+            }
+            let due = match self.plan.rate {
+                Some(r) => {
+                    let target = ((now - start).as_secs_f64() * r) as u64;
+                    let mut due = target.saturating_sub(scheduled);
+                    if due > catch_up {
+                        self.traffic.behind += due - catch_up;
+                        scheduled += due - catch_up;
+                        due = catch_up;
+                    }
+                    due
+                }
+                None => MAX_RATE_STEP,
+            };
+            if !ready.is_empty() {
+                scheduled += due;
+                let mut left = due;
+                while left > 0 {
+                    let i = ready[cursor];
+                    cursor = (cursor + 1) % ready.len();
+                    let b = left.min(self.plan.burst as u64) as usize;
+                    self.send_probes(i, b);
+                    left -= b as u64;
+                }
+            }
+            let timeout = match self.plan.rate {
+                Some(r) => {
+                    let at = start + Duration::from_secs_f64((scheduled + 1) as f64 / r);
+                    ms_until(Instant::now(), at.min(end)).min(1)
+                }
+                None => 0,
+            };
+            self.poll(timeout, Some(end));
+            let now = Instant::now();
+            if now - last_scan >= TIMER_SCAN {
+                last_scan = now;
+                self.control.scan(&mut self.allocs, now);
+                self.control.refresh_due(&mut self.allocs, now);
+            }
+        }
+        // The last (possibly partial) second.
+        if self.second.sent > 0 || self.second.received > 0 {
+            self.end_second();
+        }
+    }
+
+    /// Waits for the echoes still in flight, up to the drain time.
+    fn drain(&mut self, end: Instant) {
+        let until = end.max(Instant::now()) + self.plan.drain;
+        loop {
+            let now = Instant::now();
+            if now >= until || self.traffic.received >= self.traffic.sent {
+                break;
+            }
+            self.poll(ms_until(now, until).clamp(1, 10), Some(end));
+            self.control.scan(&mut self.allocs, Instant::now());
+        }
+    }
+
+    fn teardown(&mut self) {
+        // Transactions of the traffic phase are abandoned: the delete replaces them.
+        for &i in &self.control.inflight {
+            self.allocs[i].inflight = false;
+        }
+        self.control.inflight.clear();
+        let todo: Vec<usize> = (0..self.allocs.len())
+            .filter(|&i| self.allocs[i].state == State::Ready)
+            .collect();
+        let mut next = 0;
+        loop {
+            let now = Instant::now();
+            while next < todo.len() && self.control.inflight.len() < self.plan.window {
+                let i = todo[next];
+                if let Some(ctx) = self.control.ctx.as_mut() {
+                    let a = &mut self.allocs[i];
+                    let step = a.session.start(ctx, Step::Delete, now);
+                    self.control.drive(a, i, step, now);
+                }
+                next += 1;
+            }
+            if next == todo.len() && self.control.inflight.is_empty() {
+                break;
+            }
+            self.poll(5, None);
+            self.control.scan(&mut self.allocs, Instant::now());
+        }
+    }
+
+    /// Reads whatever is ready, waiting up to `timeout_ms`. `window_end` is the end of
+    /// the traffic window when probes count, None during setup and teardown.
+    fn poll(&mut self, timeout_ms: i32, window_end: Option<Instant>) {
+        let mut tokens = [0u64; 256];
+        let n = match self.epoll.wait(timeout_ms) {
+            Ok(ready) => {
+                let mut n = 0;
+                for t in ready {
+                    tokens[n] = t;
+                    n += 1;
+                }
+                n
+            }
+            Err(_) => 0,
+        };
+        for &t in &tokens[..n] {
+            self.on_readable(t as usize, window_end);
+        }
+    }
+
+    fn on_readable(&mut self, i: usize, window_end: Option<Instant>) {
+        let Some(fd) = self.allocs[i].sock.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        // An ICMP error queued on the socket is reported (and cleared) by this read.
+        let n = match self.rx.recv(fd) {
+            Ok(n) => n,
+            Err(e) => {
+                // Port unreachable while setting up: nothing listens there, stop asking.
+                let a = &mut self.allocs[i];
+                if e.kind() == io::ErrorKind::ConnectionRefused && a.state == State::Setup {
+                    a.session.abandon();
+                    self.control.fail(a, Failure::Unreachable, Instant::now());
+                }
+                return;
+            }
+        };
+        if n == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let now_ns = self.control.shared.ns(now);
+        let counting = window_end.is_some();
+        let in_window = window_end.is_some_and(|end| now < end);
+        let mode = self.plan.mode;
+        for k in 0..n {
+            let d = self.rx.get(k);
+            let payload = match (mode, classify(d)) {
+                (DataMode::Direct, _) => Some(d),
+                (DataMode::Channel, PacketKind::ChannelData) => {
+                    ChannelData::parse(d).ok().map(|c| c.payload())
+                }
+                (_, PacketKind::Stun) => {
+                    let Ok(msg) = Message::parse(d) else {
+                        self.traffic.foreign += u64::from(counting);
+                        continue;
+                    };
+                    if msg.class() == Class::Indication && msg.method() == Method::DATA {
+                        match msg.attr::<Data>() {
+                            Some(Ok(Data(p))) => Some(p),
+                            _ => None,
+                        }
+                    } else {
+                        let a = &mut self.allocs[i];
+                        if let Some(ctx) = self.control.ctx.as_mut() {
+                            let next = a.session.on_response(ctx, &msg, now);
+                            self.control.drive(a, i, next, now);
+                        }
+                        continue;
+                    }
+                }
+                _ => None,
+            };
+            if !counting {
+                continue;
+            }
+            match payload.and_then(Probe::read) {
+                Some(p) if p.alloc == self.allocs[i].index => {
+                    let rtt = now_ns.saturating_sub(p.sent_ns);
+                    self.traffic.received += 1;
+                    let _ = self.traffic.rtt.record(rtt.max(1));
+                    if in_window {
+                        self.traffic.received_in_window += 1;
+                        self.second.received += 1;
+                        let _ = self.second.rtt.record(rtt.max(1));
+                    }
+                }
+                _ => self.traffic.foreign += 1,
+            }
+        }
+    }
+
+    /// Sends `b` probes back to back on allocation `i`.
+    fn send_probes(&mut self, i: usize, b: usize) {
+        let a = &mut self.allocs[i];
+        let Some(fd) = a.sock.as_ref().map(|s| s.as_raw_fd()) else {
+            return;
+        };
+        let now_ns = self.control.shared.ns(Instant::now());
+        let at = self.frame.probe_at;
+        for k in 0..b {
+            let probe = Probe {
+                alloc: a.index,
+                seq: a.seq,
+                sent_ns: now_ns,
+            };
+            a.seq += 1;
+            probe.write(&mut self.tx.buf_mut(k)[at..at + PROBE_LEN]);
+            self.tx.set_len(k, self.frame.len);
+        }
+        let result = if b == 1 {
+            sys::send(fd, &self.tx.buf_mut(0)[..self.frame.len]).map(|()| 1)
+        } else {
+            self.tx.send(fd, b)
+        };
+        let took = match result {
+            Ok(n) => n,
+            Err(e) => {
+                self.traffic.last_send_error = Some(e.to_string());
+                0
+            }
+        };
+        self.traffic.sent += took as u64;
+        self.second.sent += took as u64;
+        self.traffic.send_errors += (b - took) as u64;
+    }
+
+    fn end_second(&mut self) {
+        let index = self.second.index;
+        let done = std::mem::replace(
+            &mut self.second,
+            SecondSample {
+                index: index + 1,
+                sent: 0,
+                received: 0,
+                rtt: new_hist(),
+            },
+        );
+        let _ = self.seconds.send(done);
+    }
+}
+
+/// Whole milliseconds from `now` to `at`, rounded up (epoll's unit); 0 when past.
+fn ms_until(now: Instant, at: Instant) -> i32 {
+    let d = at.saturating_duration_since(now);
+    if d.is_zero() {
+        0
+    } else {
+        d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    }
+}
+
+/// Writes the constant part of every packet (framing and filler) into each send buffer.
+fn prefill(tx: &mut Mmsg, plan: &Plan) -> Frame {
+    // Filler a capture shows as ours; the probe overwrites the first bytes.
+    let mut payload = vec![0u8; plan.size];
+    for (k, b) in payload.iter_mut().enumerate() {
+        *b = b"relay-load "[k % 11];
+    }
+    let mut frame = Frame {
+        len: 0,
+        probe_at: 0,
+    };
+    for k in 0..tx.capacity() {
+        let buf = tx.buf_mut(k);
+        frame = match plan.mode {
+            DataMode::Direct => {
+                buf[..plan.size].copy_from_slice(&payload);
+                Frame {
+                    len: plan.size,
+                    probe_at: 0,
+                }
+            }
+            DataMode::Channel => {
+                let len = write_channel_data(&mut buf[..], plan.channel, &payload, false)
+                    .expect("payload fits a send buffer");
+                Frame { len, probe_at: 4 }
+            }
+            DataMode::Send => {
+                // A fixed transaction id: indications are not transactions, and a constant
+                // XOR-PEER-ADDRESS lets every packet reuse the frame.
+                let txid = TransactionId(*b"relay-load-1");
+                let mut w = MessageWriter::new(&mut buf[..], Class::Indication, Method::SEND, txid)
+                    .expect("header fits");
+                w.attr(&XorPeerAddress(plan.peer))
+                    .and_then(|w| w.attr(&Data(&payload)))
+                    .expect("payload fits a send buffer");
+                let len = w.finish();
+                // DATA is last: its value starts where its padded value ends, minus padding.
+                let padded = (plan.size + 3) & !3;
+                Frame {
+                    len,
+                    probe_at: len - padded,
+                }
+            }
+        };
+    }
+    frame
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::payload::MAGIC;
+
+    fn plan(mode: DataMode, size: usize) -> Plan {
+        Plan {
+            first_index: 0,
+            count: 1,
+            local: "127.0.0.1".parse().unwrap(),
+            target: "127.0.0.1:3478".parse().unwrap(),
+            peer: "192.0.2.10:7000".parse().unwrap(),
+            mode,
+            channel: 0x4001,
+            credentials: None,
+            retransmit: Retransmit {
+                rto: Duration::from_millis(100),
+                tries: 2,
+                timeout: Duration::from_secs(1),
+            },
+            ramp: None,
+            window: 8,
+            rate: None,
+            size,
+            burst: 2,
+            drain: Duration::ZERO,
+            delete: false,
+        }
+    }
+
+    #[test]
+    fn frames_carry_the_probe_where_receivers_look() {
+        for (mode, size) in [
+            (DataMode::Direct, 24),
+            (DataMode::Channel, 101),
+            (DataMode::Send, 101),
+            (DataMode::Send, 160),
+        ] {
+            let p = plan(mode, size);
+            let mut tx = Mmsg::new(2);
+            let f = prefill(&mut tx, &p);
+            let probe = Probe {
+                alloc: 3,
+                seq: 9,
+                sent_ns: 77,
+            };
+            probe.write(&mut tx.buf_mut(1)[f.probe_at..f.probe_at + PROBE_LEN]);
+            let pkt = &tx.buf_mut(1)[..f.len];
+            let payload = match mode {
+                DataMode::Direct => pkt,
+                DataMode::Channel => {
+                    let c = ChannelData::parse(pkt).unwrap();
+                    assert_eq!(c.channel(), 0x4001);
+                    c.payload()
+                }
+                DataMode::Send => {
+                    let m = Message::parse(pkt).unwrap();
+                    assert_eq!((m.class(), m.method()), (Class::Indication, Method::SEND));
+                    assert!(
+                        matches!(m.attr::<XorPeerAddress>(), Some(Ok(XorPeerAddress(a))) if a == p.peer)
+                    );
+                    match m.attr::<Data>() {
+                        Some(Ok(Data(d))) => d,
+                        other => panic!("{other:?}"),
+                    }
+                }
+            };
+            assert_eq!(payload.len(), size, "{mode:?}");
+            assert_eq!(Probe::read(payload), Some(probe), "{mode:?}");
+            assert_eq!(&payload[..4], &MAGIC);
+        }
+    }
+
+    #[test]
+    fn ms_until_rounds_up() {
+        let now = Instant::now();
+        assert_eq!(ms_until(now, now), 0);
+        assert_eq!(ms_until(now + Duration::from_millis(1), now), 0);
+        assert_eq!(ms_until(now, now + Duration::from_micros(10)), 1);
+        assert_eq!(ms_until(now, now + Duration::from_micros(1500)), 2);
+    }
+}

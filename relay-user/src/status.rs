@@ -1,0 +1,446 @@
+//! `relay status`: the "TURN relay usage" view of a running relay, read from its admin
+//! endpoint and printed as a table (or JSON). Exit 0 shown, 1 the endpoint refused
+//! (401: token), 2 unreachable, 64 usage.
+
+use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, body::Bytes, header};
+use hyper_util::rt::TokioIo;
+
+use crate::{
+    admin::view::{AllocationView, AllocationsView, StatusView},
+    metrics::Traffic,
+};
+
+/// Environment variable read for the token when `--token` is not given.
+pub const TOKEN_ENV: &str = "RELAY_ADMIN_TOKEN";
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Admin endpoint, `http://IP:PORT` or `IP:PORT` (default: `[admin] address` of
+    /// --config, else 127.0.0.1:9641).
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    /// Take the admin address and token from this config file.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Bearer token (default: $RELAY_ADMIN_TOKEN, else `[admin] token` of --config).
+    #[arg(long, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Print the usage view as JSON (the document of /api/allocations).
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long = "timeout-ms", value_name = "MS", default_value_t = 5000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("`{0}` is not an admin address (expected http://IP:PORT or IP:PORT)")]
+    BadUrl(String),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(
+        "cannot reach the admin endpoint at {address}: {reason} (is the relay running? check [admin] address)"
+    )]
+    Unreachable { address: SocketAddr, reason: String },
+    #[error("no answer from {address} within {timeout:?}")]
+    Timeout {
+        address: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("{path}: HTTP {code}: {body}{hint}")]
+    Http {
+        path: String,
+        code: u16,
+        body: String,
+        hint: &'static str,
+    },
+    #[error("{path}: unexpected answer: {reason}")]
+    Protocol { path: String, reason: String },
+}
+
+impl StatusError {
+    /// 1 the endpoint answered with an error, 2 no answer, 64 usage.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StatusError::BadUrl(_) | StatusError::Config(_) => 64,
+            StatusError::Unreachable { .. } | StatusError::Timeout { .. } => 2,
+            StatusError::Http { .. } | StatusError::Protocol { .. } => 1,
+        }
+    }
+}
+
+/// Where and how to reach one relay's admin endpoint.
+#[derive(Clone, Debug)]
+pub struct AdminClient {
+    pub address: SocketAddr,
+    pub token: Option<String>,
+    pub timeout: Duration,
+}
+
+impl AdminClient {
+    pub fn new(address: SocketAddr, token: Option<String>) -> Self {
+        Self {
+            address,
+            token,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// `http://IP:PORT`, `http://IP:PORT/` or `IP:PORT`.
+    pub fn parse_address(url: &str) -> Result<SocketAddr, StatusError> {
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        rest.parse()
+            .map_err(|_| StatusError::BadUrl(url.to_owned()))
+    }
+
+    /// GET `path`; returns the status code and the body.
+    pub fn get(&self, path: &str) -> Result<(u16, String), StatusError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StatusError::Unreachable {
+                address: self.address,
+                reason: format!("no async runtime: {e}"),
+            })?;
+        rt.block_on(async {
+            tokio::time::timeout(self.timeout, self.get_async(path))
+                .await
+                .map_err(|_| StatusError::Timeout {
+                    address: self.address,
+                    timeout: self.timeout,
+                })?
+        })
+    }
+
+    async fn get_async(&self, path: &str) -> Result<(u16, String), StatusError> {
+        let unreachable = |reason: String| StatusError::Unreachable {
+            address: self.address,
+            reason,
+        };
+        let protocol = |reason: String| StatusError::Protocol {
+            path: path.to_owned(),
+            reason,
+        };
+        let stream = tokio::net::TcpStream::connect(self.address)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let conn = tokio::spawn(conn);
+        let mut req = Request::get(path).header(header::HOST, self.address.to_string());
+        if let Some(t) = &self.token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = req
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| protocol(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| protocol(e.to_string()))?;
+        let code = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| protocol(e.to_string()))?
+            .to_bytes();
+        conn.abort();
+        Ok((code, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// GET `path` expecting 200 and a JSON document.
+    pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, StatusError> {
+        let (code, body) = self.get(path)?;
+        if code != 200 {
+            let hint = match code {
+                401 => " (pass the [admin] token with --token or $RELAY_ADMIN_TOKEN)",
+                _ => "",
+            };
+            return Err(StatusError::Http {
+                path: path.to_owned(),
+                code,
+                body: body.trim().to_owned(),
+                hint,
+            });
+        }
+        serde_json::from_str(&body).map_err(|e| StatusError::Protocol {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn allocations(&self) -> Result<AllocationsView, StatusError> {
+        self.get_json("/api/allocations")
+    }
+
+    pub fn status(&self) -> Result<StatusView, StatusError> {
+        self.get_json("/api/status")
+    }
+}
+
+/// The client the flags describe: --admin and --token win over --config.
+pub fn client(args: &StatusArgs) -> Result<AdminClient, StatusError> {
+    let config = args
+        .config
+        .as_deref()
+        .map(crate::config::load)
+        .transpose()?;
+    let address = match (&args.admin, &config) {
+        (Some(url), _) => AdminClient::parse_address(url)?,
+        (None, Some(c)) => c.admin.address,
+        (None, None) => crate::config::DEFAULT_ADMIN_ADDRESS,
+    };
+    let address = if address.ip().is_unspecified() {
+        // Listening on every address: the loopback one is among them.
+        let lo = match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        SocketAddr::new(lo, address.port())
+    } else {
+        address
+    };
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
+        .or_else(|| config.and_then(|c| c.admin.token.clone()));
+    let mut c = AdminClient::new(address, token);
+    c.timeout = Duration::from_millis(args.timeout_ms.max(1));
+    Ok(c)
+}
+
+/// `relay status`; returns the exit code.
+pub fn run(args: &StatusArgs) -> i32 {
+    match show(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("relay status: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn show(args: &StatusArgs) -> Result<(), StatusError> {
+    let client = client(args)?;
+    let view = client.allocations()?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&view).map_err(|e| StatusError::Protocol {
+            path: "/api/allocations".into(),
+            reason: e.to_string(),
+        })?;
+        print_out(&format!("{text}\n"));
+        return Ok(());
+    }
+    let status = client.status()?;
+    print_out(&render(&status, &view));
+    Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`relay status | head`) is not an error.
+fn print_out(text: &str) {
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// The header and the table, as printed.
+pub fn render(status: &StatusView, view: &AllocationsView) -> String {
+    let mut out = String::new();
+    let xdp = if status.xdp.interfaces.is_empty() {
+        format!(
+            "off{}",
+            status
+                .xdp
+                .off_reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        )
+    } else {
+        status
+            .xdp
+            .interfaces
+            .iter()
+            .map(|i| format!("{} {}", i.name, i.mode))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(
+        out,
+        "relay {} up {}{}  allocations {}/{}  xdp: {}",
+        status.version,
+        duration(status.uptime_s),
+        if view.draining { "  DRAINING" } else { "" },
+        view.count,
+        status.limits.max_allocations,
+        xdp
+    );
+    if !view.shards_missing.is_empty() {
+        let _ = writeln!(
+            out,
+            "warning: no answer from {}: their allocations are not listed",
+            view.shards_missing.join(", ")
+        );
+    }
+    if view.allocations.is_empty() {
+        out.push_str("no allocations\n");
+        return out;
+    }
+    let header = [
+        "CLIENT",
+        "USER",
+        "LISTENER",
+        "RELAYED",
+        "PEERS",
+        "CH",
+        "TO PEER",
+        "TO CLIENT",
+        "IN KERNEL",
+        "AGE",
+        "EXPIRES",
+    ];
+    let rows: Vec<[String; 11]> = view.allocations.iter().map(row).collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&header);
+    for r in &rows {
+        let cells: Vec<&str> = r.iter().map(String::as_str).collect();
+        line(&cells);
+    }
+    out
+}
+
+fn row(a: &AllocationView) -> [String; 11] {
+    let relayed: Vec<String> = a.relayed.iter().map(|r| r.public.to_string()).collect();
+    let peers: Vec<String> = a.permissions.iter().map(|p| p.peer.to_string()).collect();
+    let channels = a.channels.iter().filter(|c| !c.cooling).count();
+    let kernel = match a.kernel {
+        None => "-".to_owned(),
+        Some(k) => {
+            let all = a.total.to_peer_packets + a.total.to_client_packets;
+            let fast = k.to_peer_packets + k.to_client_packets;
+            // No traffic yet: no share to show.
+            (fast * 100)
+                .checked_div(all)
+                .map_or_else(|| "-".to_owned(), |p| format!("{p}%"))
+        }
+    };
+    [
+        format!("{} {}", a.transport, a.client),
+        a.user.clone(),
+        a.listener.to_string(),
+        relayed.join(","),
+        if peers.is_empty() {
+            "-".to_owned()
+        } else {
+            peers.join(",")
+        },
+        channels.to_string(),
+        traffic(a.total, true),
+        traffic(a.total, false),
+        kernel,
+        duration(a.age_s),
+        duration(a.remaining_s),
+    ]
+}
+
+fn traffic(t: Traffic, to_peer: bool) -> String {
+    let (p, b) = if to_peer {
+        (t.to_peer_packets, t.to_peer_bytes)
+    } else {
+        (t.to_client_packets, t.to_client_bytes)
+    };
+    format!("{p} pkt/{}", bytes(b))
+}
+
+fn bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
+    if b < 1000 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1000.0;
+    let mut unit = UNITS[0];
+    for u in &UNITS[1..] {
+        if v < 1000.0 {
+            break;
+        }
+        v /= 1000.0;
+        unit = u;
+    }
+    format!("{v:.1} {unit}")
+}
+
+fn duration(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_with_or_without_scheme() {
+        let a: SocketAddr = "127.0.0.1:9641".parse().unwrap();
+        assert_eq!(
+            AdminClient::parse_address("http://127.0.0.1:9641").unwrap(),
+            a
+        );
+        assert_eq!(
+            AdminClient::parse_address("http://127.0.0.1:9641/").unwrap(),
+            a
+        );
+        assert_eq!(AdminClient::parse_address("127.0.0.1:9641").unwrap(), a);
+        assert!(AdminClient::parse_address("https://127.0.0.1:9641").is_err());
+        assert!(AdminClient::parse_address("localhost").is_err());
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes(999), "999 B");
+        assert_eq!(bytes(12_345), "12.3 kB");
+        assert_eq!(bytes(5_000_000_000), "5.0 GB");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(61), "1m01s");
+        assert_eq!(duration(7260), "2h01m");
+        assert_eq!(duration(90_000), "1d01h");
+    }
+
+    #[test]
+    fn unreachable_endpoint_is_exit_2() {
+        // A port nothing listens on: bind one, learn it, close it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let e = AdminClient::new(port, None).allocations().unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{e}");
+    }
+}

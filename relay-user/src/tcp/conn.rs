@@ -1,0 +1,136 @@
+//! One stream socket: a client connection (its 5-tuple, its TLS session if any, what it
+//! sent that is not yet a whole frame) or an RFC 6062 peer connection of a TCP allocation;
+//! what waits to be sent, and the flow-control state the event loops act on.
+//!
+//! A client data connection and its peer connection are spliced: each holds the other's
+//! key (in the other table) and stops reading while the other's send queue is full.
+
+use std::{net::SocketAddr, net::TcpStream, time::Instant};
+
+use relay_proto::server::{ConnectionId, FiveTuple};
+use rustls::ServerConnection;
+
+use super::{slab::Key, stream::TxBuf};
+
+/// Frames are at most 64 KiB + headers; more than this waiting unprocessed means the
+/// client keeps sending while we are not reading (a paused connection overrun).
+pub const RX_LIMIT: usize = 256 * 1024;
+
+pub enum Mode {
+    /// A listener with both `tcp` and `tls`: the first byte decides (0x16 starts a TLS
+    /// handshake record; STUN starts 0x00/0x01, ChannelData 0x40-0x7F).
+    Detect,
+    Plain,
+    Tls(Box<ServerConnection>),
+}
+
+/// Event-loop bookkeeping (each engine uses the fields it needs).
+#[derive(Default, Debug)]
+pub struct IoState {
+    /// A receive (io_uring multishot recv) is armed.
+    pub recv_armed: bool,
+    /// A cancel of that receive was submitted and has not completed.
+    pub recv_cancelling: bool,
+    /// A send holds a pointer into the connection's `tx.inflight`.
+    pub send_inflight: bool,
+    /// The socket was shut down; the slot is freed once nothing is in flight.
+    pub shut: bool,
+    /// The epoll interest currently registered.
+    pub epoll_mask: u32,
+    /// On the state's `touched` list already.
+    pub touched: bool,
+    /// A writability poll (connect in progress) is armed (io_uring).
+    pub poll_armed: bool,
+    /// In the epoll set.
+    pub registered: bool,
+}
+
+/// A datagram for a peer that the relay socket refused (buffer full): the connection
+/// stops reading until it is sent, which pushes back on the client through TCP.
+pub struct Stall {
+    pub relay: Key,
+    pub peer: SocketAddr,
+}
+
+pub struct Conn {
+    pub stream: TcpStream,
+    pub five: FiveTuple,
+    pub mode: Mode,
+    /// Bytes of frames not yet complete, or not yet processed while paused.
+    pub rx: Vec<u8>,
+    pub tx: TxBuf,
+    pub accepted: Instant,
+    /// When the last complete frame arrived; `None` before the first one.
+    pub last_frame: Option<Instant>,
+    pub stall: Option<Stall>,
+    /// Payload of the stalled datagram; keeps its capacity.
+    pub stall_buf: Vec<u8>,
+    /// Above the high-water mark, until drained to the low one.
+    pub tx_full: bool,
+    /// Why it is being closed; set once.
+    pub closing: Option<String>,
+    /// Closes once its queue is sent, or at this time at the latest (the other end of a
+    /// splice ended: what it sent still goes out).
+    pub finish_by: Option<Instant>,
+    /// A peer connection: the core's id for it. `None` for client connections.
+    pub relay_conn: Option<ConnectionId>,
+    /// A peer connection whose non-blocking connect has not completed.
+    pub connecting: bool,
+    /// Spliced with this socket of the other table (peer for a client data connection,
+    /// client data connection for a peer).
+    pub link: Option<super::slab::Key>,
+    /// The linked socket's queue is above the high-water mark: stop reading.
+    pub partner_full: bool,
+    pub io: IoState,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, five: FiveTuple, mode: Mode, now: Instant) -> Self {
+        Self {
+            stream,
+            five,
+            mode,
+            rx: Vec::new(),
+            tx: TxBuf::default(),
+            accepted: now,
+            last_frame: None,
+            stall: None,
+            stall_buf: Vec::new(),
+            tx_full: false,
+            closing: None,
+            finish_by: None,
+            relay_conn: None,
+            connecting: false,
+            link: None,
+            partner_full: false,
+            io: IoState::default(),
+        }
+    }
+
+    /// A peer connection of a TCP allocation: not read until spliced.
+    pub fn peer(stream: TcpStream, five: FiveTuple, conn: ConnectionId, now: Instant) -> Self {
+        let mut c = Self::new(stream, five, Mode::Plain, now);
+        c.relay_conn = Some(conn);
+        c
+    }
+
+    /// Whether the loop should take more bytes from the socket now.
+    pub fn wants_read(&self) -> bool {
+        if self.closing.is_some() || self.finish_by.is_some() {
+            return false;
+        }
+        match self.link {
+            // Spliced: only the other side's queue matters (its own queue filling up is
+            // the other direction).
+            Some(_) => !self.partner_full,
+            // A peer connection waits unread for its ConnectionBind.
+            None if self.relay_conn.is_some() => false,
+            None => !self.tx_full && self.stall.is_none(),
+        }
+    }
+
+    /// Whether queued frames may be processed (same as reading, minus the socket).
+    pub fn may_process(&self) -> bool {
+        self.wants_read()
+    }
+}

@@ -1,0 +1,246 @@
+//! TURN over TCP and TLS (RFC 8656 §3.1, `turn:…?transport=tcp` and `turns:`): one shard
+//! thread that owns its core, the client connections and the UDP relay sockets of their
+//! allocations, on an io_uring event loop, or an epoll one where io_uring is unavailable.
+//!
+//! - `state`: everything both loops share: accept limits, STUN/ChannelData framing over
+//!   the stream (`frame_len`, ChannelData padding), TLS sessions, flow control, relay
+//!   sockets, timeouts. `stream` is a connection's send queue, `conn` a connection.
+//! - `uring`: the io_uring loop and the probe that decides whether it can run.
+//! - `epoll`: the fallback loop.
+//! - `tls`: certificate loading and reload.
+//!
+//! RFC 6062 (TCP relay allocations) will add TCP sockets that are not client connections:
+//! the state's slabs are keyed per kind (`Key::token` carries a kind tag), so a new kind of
+//! socket is a new tag and table, not a change to the client path.
+
+mod conn;
+mod epoll;
+mod slab;
+mod state;
+mod stream;
+pub mod tls;
+mod uring;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    os::fd::AsRawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use relay_proto::server::Server;
+
+pub use tls::{TlsAcceptor, TlsError};
+pub use uring::{Unavailable, probe as probe_io_uring};
+
+use crate::{
+    config::{Config, TcpEngine, Transport},
+    shard::{Inbox, Kernel},
+};
+
+/// Environment override of `[tcp] engine` (auto | io_uring | epoll), for hosts where a
+/// config change is harder than a unit-file drop-in.
+pub const ENGINE_ENV: &str = "RELAY_TCP_ENGINE";
+/// How often the certificate files are checked for a renewal.
+pub const TLS_WATCH_EVERY: Duration = Duration::from_secs(2);
+/// Pending connections per listener (a burst of browsers reconnecting).
+const BACKLOG: i32 = 4096;
+
+/// The running TCP/TLS shard.
+pub struct TcpShard {
+    /// Joining gives the core back (for the final report).
+    pub thread: JoinHandle<Server>,
+    /// Present when a listener serves TLS: `reload()` re-reads the certificate (SIGHUP).
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// For the control plane's SIGHUP reload: loads the reloaded config's `[tls]` files (new
+/// paths included); an error refuses the reload and the current certificate stays.
+pub fn reload_hook(
+    acceptor: TlsAcceptor,
+) -> impl Fn(&Config) -> anyhow::Result<()> + Send + Sync + 'static {
+    move |c: &Config| match &c.tls {
+        Some(files) => acceptor
+            .reload_from(files)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", e.key())),
+        None => Ok(()),
+    }
+}
+
+/// Whether the config has anything for this shard.
+pub fn wanted(config: &Config) -> bool {
+    config
+        .listeners
+        .iter()
+        .any(|l| l.transports.iter().any(|t| *t != Transport::Udp))
+}
+
+/// Binds every TCP/TLS listener (a busy port is a startup error naming it), loads the
+/// certificate, picks the engine and starts the shard thread.
+pub fn spawn(
+    server: Server,
+    config: &Config,
+    inbox: Inbox,
+    kernel: Kernel,
+) -> anyhow::Result<TcpShard> {
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let plain = l.transports.contains(&Transport::Tcp);
+        let tls = l.transports.contains(&Transport::Tls);
+        if !plain && !tls {
+            continue;
+        }
+        let what = match (plain, tls) {
+            (true, true) => "tcp+tls",
+            (true, false) => "tcp",
+            _ => "tls",
+        };
+        let sock = bind(l.address).with_context(|| {
+            format!(
+                "listen {} ({what}): is another TURN or web server on this port, or the address not on this host?",
+                l.address
+            )
+        })?;
+        tracing::info!(listen = %l.address, transports = what, "answering TURN over TCP");
+        listeners.push(state::StreamListener {
+            addr: l.address,
+            plain,
+            tls,
+            sock,
+        });
+    }
+    let tls = match &config.tls {
+        Some(files) if listeners.iter().any(|l| l.tls) => {
+            Some(TlsAcceptor::new(files.clone()).map_err(|e| anyhow::anyhow!("{}: {e}", e.key()))?)
+        }
+        _ => None,
+    };
+    raise_open_files(config.tcp.max_connections);
+    let engine = choose_engine(config.tcp.engine)?;
+    let settings = config.tcp.clone();
+    let watch_stop = Arc::new(AtomicBool::new(false));
+    let watcher = match &tls {
+        Some(t) => Some(
+            t.spawn_watcher(TLS_WATCH_EVERY, watch_stop.clone())
+                .context("starting the TLS certificate watcher")?,
+        ),
+        None => None,
+    };
+    let acceptor = tls.clone();
+    let thread = std::thread::Builder::new()
+        .name("tcp".into())
+        .spawn(move || {
+            let state = state::State::new(server, kernel, settings, tls, listeners, Instant::now());
+            let server = run(engine, state, inbox);
+            watch_stop.store(true, Ordering::Relaxed);
+            if let Some(w) = watcher {
+                let _ = w.join();
+            }
+            server
+        })
+        .context("starting the TCP/TLS thread")?;
+    Ok(TcpShard {
+        thread,
+        tls: acceptor,
+    })
+}
+
+fn run(engine: TcpEngine, state: state::State, inbox: Inbox) -> Server {
+    if engine != TcpEngine::Epoll {
+        match uring::UringLoop::new(state, inbox) {
+            Ok(l) => {
+                tracing::info!(engine = "io_uring", "TCP/TLS event loop running");
+                return l.run();
+            }
+            Err((e, state, inbox)) => {
+                tracing::warn!(reason = %e, "io_uring loop cannot start; serving TCP/TLS with epoll");
+                return run_epoll(state, inbox);
+            }
+        }
+    }
+    run_epoll(state, inbox)
+}
+
+fn run_epoll(state: state::State, inbox: Inbox) -> Server {
+    match epoll::EpollLoop::new(state, inbox) {
+        Ok(l) => {
+            tracing::info!(engine = "epoll", "TCP/TLS event loop running");
+            l.run()
+        }
+        Err((e, state)) => {
+            tracing::error!(error = %e, "cannot create the epoll instance; TCP/TLS clients are not served");
+            state.server
+        }
+    }
+}
+
+/// `[tcp] engine`, overridden by `RELAY_TCP_ENGINE`; with `auto`, io_uring if the probe
+/// passes, else epoll with the reason logged. `io_uring` that cannot run is an error.
+fn choose_engine(configured: TcpEngine) -> anyhow::Result<TcpEngine> {
+    let (engine, source) = match std::env::var(ENGINE_ENV) {
+        Ok(v) => (
+            v.parse::<TcpEngine>()
+                .map_err(|e| anyhow::anyhow!("{ENGINE_ENV}: {e}"))?,
+            ENGINE_ENV,
+        ),
+        Err(_) => (configured, "tcp.engine"),
+    };
+    match engine {
+        TcpEngine::Epoll => {
+            tracing::info!(engine = "epoll", "{source} = \"epoll\": io_uring not used");
+            Ok(TcpEngine::Epoll)
+        }
+        TcpEngine::IoUring => {
+            uring::probe().with_context(|| format!("{source} = \"io_uring\""))?;
+            Ok(TcpEngine::IoUring)
+        }
+        TcpEngine::Auto => match uring::probe() {
+            Ok(()) => Ok(TcpEngine::IoUring),
+            Err(reason) => {
+                tracing::warn!(%reason, "io_uring unavailable; serving TCP/TLS with epoll");
+                Ok(TcpEngine::Epoll)
+            }
+        },
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = TcpListener::bind(addr)?;
+    // std's backlog is small; a longer queue absorbs reconnect storms.
+    // SAFETY: listen(2) on our listening socket only changes its backlog.
+    unsafe { libc::listen(sock.as_raw_fd(), BACKLOG) };
+    Ok(sock)
+}
+
+/// Each connection is a descriptor: lift the soft limit to the hard one, and say so when
+/// even that is below what `[tcp] max_connections` needs.
+fn raise_open_files(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    // Every connection can carry two relay sockets (dual-stack allocation).
+    let need = (max_connections as u64).saturating_mul(2) + 1024;
+    if lim.rlim_cur < need {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            needed = need,
+            "open-files limit below what tcp.max_connections needs: raise LimitNOFILE (or ulimit -n)"
+        );
+    }
+}

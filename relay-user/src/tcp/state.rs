@@ -1,0 +1,1227 @@
+//! What both event loops share: the core, the client connections and the relay sockets,
+//! and everything that happens between bytes arriving and bytes leaving. The loops only
+//! move bytes (io_uring completions or epoll readiness) and tell this state about it; it
+//! tells them back which connections have something to send, should stop or resume
+//! reading, or must close, and which relay sockets to watch.
+//!
+//! Relay sockets are UDP sockets on the same relay address and port range as the UDP
+//! path's; datagrams to peers leave with a non-blocking `sendto` right away. When one is
+//! refused (socket buffer full), it is kept and its client connection stops reading until
+//! the socket drains, so a slow peer side slows the TCP client down instead of losing data.
+//! The other way, a client that does not read has data from its peers dropped once
+//! [`HIGH_WATER`] bytes wait for it, as a UDP path would.
+//!
+//! RFC 6062 TCP allocations: a listening TCP socket per relayed address (`relay_listeners`)
+//! and peer connections (`peers`, the same [`Conn`] as clients, in their own table). A
+//! peer connection is not read until the core splices it to a client data connection;
+//! from then on bytes go both ways unchanged, and each side stops reading while the
+//! other's send queue is above [`HIGH_WATER`] (no loss: TCP pushes back on the sender).
+
+use std::{
+    collections::HashMap,
+    io::{self, Read as _},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use relay_proto::{
+    server::{
+        ClientOutput, Command, ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server,
+        Transport,
+    },
+    stun::frame_len,
+};
+use rustls::ServerConnection;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{
+    conn::{Conn, Mode, RX_LIMIT, Stall},
+    slab::{Key, Slab},
+    stream::{HIGH_WATER, LOW_WATER},
+    tls::TlsAcceptor,
+};
+use crate::{config::TcpSettings, shard::Kernel, udp::bind_udp};
+
+/// How often idle and handshake timeouts are checked.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Datagrams taken from one relay socket per readiness event (fairness).
+const PEER_BATCH: usize = 64;
+/// Largest datagram read from a peer; larger ones are truncated by the kernel and dropped.
+const DATAGRAM_MAX: usize = 65_536;
+/// Pending peer connections per TCP relayed address.
+const RELAY_BACKLOG: i32 = 128;
+/// How long the survivor of a splice may take to send what it still holds once the other
+/// side ended.
+const FINISH_GRACE: Duration = Duration::from_secs(10);
+
+/// Which table a stream socket lives in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Side {
+    Client,
+    /// An RFC 6062 peer connection.
+    Peer,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Peer,
+            Side::Peer => Side::Client,
+        }
+    }
+}
+
+/// The listening socket of a TCP allocation's relayed address.
+pub struct RelayListener {
+    pub sock: TcpListener,
+    pub addr: SocketAddr,
+}
+
+pub struct StreamListener {
+    pub addr: SocketAddr,
+    pub plain: bool,
+    pub tls: bool,
+    pub sock: TcpListener,
+}
+
+pub struct Relay {
+    pub sock: UdpSocket,
+    pub addr: SocketAddr,
+    /// The connection stalled on this socket, if any.
+    stalled: Option<Key>,
+    /// Engine bookkeeping: a writability watch is armed.
+    pub watching_out: bool,
+}
+
+/// Relay socket changes for the loop to register or unregister.
+pub enum RelayChange {
+    Opened(Key),
+    /// Gone from the table; the loop unregisters it, then drops the socket.
+    Closed(Key, UdpSocket),
+    /// A datagram waits for room in this socket: tell [`State::relay_writable`].
+    WantWritable(Key),
+    /// A TCP allocation's listener: accept peers with [`State::peer_accepted`].
+    ListenerOpened(Key),
+    /// Gone from the table: the loop stops accepting on it, then drops it.
+    ListenerClosed(Key, TcpListener),
+}
+
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub accepted: u64,
+    pub refused_total: u64,
+    pub refused_per_source: u64,
+    pub dropped_backpressure: u64,
+    pub peer_send_errors: u64,
+    pub stalls: u64,
+    pub peer_connect_errors: u64,
+}
+
+pub struct State {
+    pub server: Server,
+    kernel: Kernel,
+    pub settings: TcpSettings,
+    tls: Option<TlsAcceptor>,
+    pub listeners: Vec<StreamListener>,
+    pub conns: Slab<Conn>,
+    by_tuple: HashMap<(SocketAddr, SocketAddr), Key>,
+    per_source: HashMap<IpAddr, u32>,
+    pub relays: Slab<Relay>,
+    relay_by_addr: HashMap<SocketAddr, Key>,
+    /// RFC 6062 peer connections.
+    pub peers: Slab<Conn>,
+    /// Peer connections the core still knows: an entry leaves on `CloseConnection` (or
+    /// when we report the connection closed), so each id is reported at most once.
+    peer_by_conn: HashMap<ConnectionId, Key>,
+    pub relay_listeners: Slab<RelayListener>,
+    listener_by_addr: HashMap<SocketAddr, Key>,
+    out: Box<[u8]>,
+    scratch: Box<[u8]>,
+    /// Connections whose sending, reading or closing state changed since the loop last
+    /// looked (each once: see `IoState::touched`).
+    pub touched: Vec<(Side, Key)>,
+    pub relay_changes: Vec<RelayChange>,
+    next_sweep: Instant,
+    sweep_keys: Vec<Key>,
+    pub stats: Stats,
+    /// `stats` values when the last warnings were logged.
+    warned: (u64, u64, u64),
+}
+
+impl State {
+    pub fn new(
+        mut server: Server,
+        kernel: Kernel,
+        settings: TcpSettings,
+        tls: Option<TlsAcceptor>,
+        listeners: Vec<StreamListener>,
+        now: Instant,
+    ) -> Self {
+        // Both loops carry out the RFC 6062 commands (see `apply_commands`).
+        server.enable_tcp_relays(true);
+        Self {
+            server,
+            kernel,
+            settings,
+            tls,
+            listeners,
+            conns: Slab::default(),
+            by_tuple: HashMap::new(),
+            per_source: HashMap::new(),
+            relays: Slab::default(),
+            relay_by_addr: HashMap::new(),
+            peers: Slab::default(),
+            peer_by_conn: HashMap::new(),
+            relay_listeners: Slab::default(),
+            listener_by_addr: HashMap::new(),
+            out: vec![0; 65_536 + 128].into_boxed_slice(),
+            scratch: vec![0; DATAGRAM_MAX].into_boxed_slice(),
+            touched: Vec::new(),
+            relay_changes: Vec::new(),
+            next_sweep: now + SWEEP_EVERY,
+            sweep_keys: Vec::new(),
+            stats: Stats::default(),
+            warned: (0, 0, 0),
+        }
+    }
+
+    pub fn table(&self, side: Side) -> &Slab<Conn> {
+        match side {
+            Side::Client => &self.conns,
+            Side::Peer => &self.peers,
+        }
+    }
+
+    pub fn table_mut(&mut self, side: Side) -> &mut Slab<Conn> {
+        match side {
+            Side::Client => &mut self.conns,
+            Side::Peer => &mut self.peers,
+        }
+    }
+
+    /// Puts client connection `id` on the list the loop looks at after this round.
+    pub fn touch(&mut self, id: Key) {
+        self.touch_on(Side::Client, id);
+    }
+
+    pub fn touch_on(&mut self, side: Side, id: Key) {
+        if let Some(c) = self.table_mut(side).get_mut(id)
+            && !c.io.touched
+        {
+            c.io.touched = true;
+            self.touched.push((side, id));
+        }
+    }
+
+    // ----- connections ------------------------------------------------------------------
+
+    /// A connection accepted on listener `l`. `None` if it was refused (limits) and
+    /// closed; the reason is counted and logged.
+    pub fn accept(&mut self, l: usize, stream: TcpStream, now: Instant) -> Option<Key> {
+        let Ok(peer) = stream.peer_addr() else {
+            return None; // reset before we looked
+        };
+        let peer = canonical(peer);
+        let (listener, plain, tls) = {
+            let l = &self.listeners[l];
+            (l.addr, l.plain, l.tls)
+        };
+        if self.conns.len() >= self.settings.max_connections {
+            self.stats.refused_total += 1;
+            if self.stats.refused_total.is_power_of_two() {
+                tracing::warn!(client = %peer, %listener, held = self.conns.len(), refused = self.stats.refused_total,
+                    "TCP connection refused: the relay holds tcp.max_connections already (raise it, and the open-files limit)");
+            }
+            return None;
+        }
+        let count = self.per_source.entry(peer.ip()).or_insert(0);
+        if *count >= self.settings.max_connections_per_source {
+            self.stats.refused_per_source += 1;
+            if self.stats.refused_per_source.is_power_of_two() {
+                tracing::warn!(client = %peer, %listener, held = *count, refused = self.stats.refused_per_source,
+                    "TCP connection refused: this source holds tcp.max_connections_per_source already \
+                     (abuse, or many clients behind one NAT: then raise the limit)");
+            }
+            return None;
+        }
+        *count += 1;
+        let _ = stream.set_nodelay(true);
+        let mode = match (plain, tls) {
+            (true, true) => Mode::Detect,
+            (true, false) => Mode::Plain,
+            (false, _) => match self.tls_session() {
+                Some(s) => Mode::Tls(s),
+                None => {
+                    self.uncount(peer.ip());
+                    return None;
+                }
+            },
+        };
+        let transport = if matches!(mode, Mode::Tls(_)) {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        };
+        let five = FiveTuple::new(peer, listener, transport);
+        let id = self.conns.insert(Conn::new(stream, five, mode, now));
+        self.by_tuple.insert((peer, listener), id);
+        self.stats.accepted += 1;
+        tracing::debug!(client = %five, "TCP connection accepted");
+        Some(id)
+    }
+
+    fn tls_session(&self) -> Option<Box<ServerConnection>> {
+        let acceptor = self.tls.as_ref()?;
+        match ServerConnection::new(acceptor.config()) {
+            Ok(s) => Some(Box::new(s)),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a TLS session; check [tls]");
+                None
+            }
+        }
+    }
+
+    fn uncount(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_source.remove(&ip);
+            }
+        }
+    }
+
+    /// Starts closing client connection `id` (once); the loop shuts the socket and calls
+    /// [`release`](Self::release) when nothing is in flight.
+    pub fn close(&mut self, id: Key, reason: impl Into<String>) {
+        self.close_on(Side::Client, id, reason);
+    }
+
+    pub fn close_on(&mut self, side: Side, id: Key, reason: impl Into<String>) {
+        if let Some(c) = self.table_mut(side).get_mut(id)
+            && c.closing.is_none()
+        {
+            c.closing = Some(reason.into());
+            self.touch_on(side, id);
+        }
+    }
+
+    /// Closes `id` once what it has queued is sent (bounded by [`FINISH_GRACE`]).
+    fn finish(&mut self, side: Side, id: Key, reason: &str, now: Instant) {
+        let Some(c) = self.table_mut(side).get_mut(id) else {
+            return;
+        };
+        if c.tx.is_empty() || c.closing.is_some() {
+            return self.close_on(side, id, reason);
+        }
+        if c.finish_by.is_none() {
+            c.finish_by = Some(now + FINISH_GRACE);
+            self.touch_on(side, id);
+        }
+    }
+
+    /// Forgets a closed socket. A client connection: its allocation ends (RFC 8656: it
+    /// is bound to the 5-tuple), its relay sockets close; a data connection takes its
+    /// peer connection with it. A peer connection: the core hears of it (unless it asked
+    /// for the close).
+    pub fn release_on(&mut self, side: Side, id: Key, now: Instant) {
+        match side {
+            Side::Client => self.release(id, now),
+            Side::Peer => {
+                let Some(c) = self.peers.remove(id) else {
+                    return;
+                };
+                let reason = c.closing.as_deref().unwrap_or("closed");
+                tracing::debug!(peer = %c.five.client, relay = %c.five.listener, reason, "TCP peer connection closed");
+                if let Some(conn) = c.relay_conn
+                    && self.peer_by_conn.get(&conn) == Some(&id)
+                {
+                    self.peer_by_conn.remove(&conn);
+                    if c.connecting {
+                        self.server.peer_connected(
+                            now,
+                            conn,
+                            Err(io::ErrorKind::ConnectionAborted),
+                        );
+                    } else {
+                        self.server.connection_closed(now, conn);
+                    }
+                }
+                if let Some(d) = c.link {
+                    self.finish(Side::Client, d, "peer connection closed", now);
+                }
+                self.apply_commands(now);
+            }
+        }
+    }
+
+    /// Forgets a closed client connection (see [`release_on`](Self::release_on)).
+    pub fn release(&mut self, id: Key, now: Instant) {
+        let Some(c) = self.conns.remove(id) else {
+            return;
+        };
+        if self.by_tuple.get(&(c.five.client, c.five.listener)) == Some(&id) {
+            self.by_tuple.remove(&(c.five.client, c.five.listener));
+        }
+        self.uncount(c.five.client.ip());
+        if let Some(s) = &c.stall
+            && let Some(r) = self.relays.get_mut(s.relay)
+        {
+            r.stalled = None;
+        }
+        tracing::debug!(client = %c.five, reason = c.closing.as_deref().unwrap_or("closed"), "TCP connection closed");
+        if let Some(p) = c.link {
+            self.finish(Side::Peer, p, "client data connection closed", now);
+        }
+        self.server.client_closed(now, c.five);
+        self.apply_commands(now);
+    }
+
+    /// Bytes read from socket `id` of `side`.
+    pub fn received_on(&mut self, side: Side, id: Key, data: &[u8], now: Instant) {
+        match side {
+            Side::Client => self.received(id, data, now),
+            Side::Peer => {
+                let Some(c) = self.peers.get(id) else { return };
+                if c.closing.is_some() || data.is_empty() {
+                    return;
+                }
+                match c.link {
+                    Some(d) => self.forward(Side::Peer, id, d, data),
+                    None => self.close_on(Side::Peer, id, "read before being spliced"),
+                }
+            }
+        }
+    }
+
+    /// Spliced bytes from `from` (of `side`) to its partner `to`, as they are (a TLS data
+    /// connection's partner gets plaintext; a peer's bytes are encrypted for the client).
+    /// Reading `from` pauses while `to`'s queue is above the high-water mark.
+    fn forward(&mut self, side: Side, from: Key, to: Key, bytes: &[u8]) {
+        let full = match side {
+            Side::Peer => {
+                self.queue(to, bytes, false);
+                match self.conns.get(to) {
+                    Some(c) => c.tx_full,
+                    None => return,
+                }
+            }
+            Side::Client => {
+                let Some(p) = self.peers.get_mut(to) else {
+                    return;
+                };
+                if p.closing.is_some() {
+                    return;
+                }
+                p.tx.push(bytes);
+                if p.tx.len() > HIGH_WATER {
+                    p.tx_full = true;
+                }
+                let full = p.tx_full;
+                self.touch_on(Side::Peer, to);
+                full
+            }
+        };
+        if full && let Some(c) = self.table_mut(side).get_mut(from) {
+            c.partner_full = true;
+            self.touch_on(side, from);
+        }
+    }
+
+    /// Bytes read from connection `id` (`data` may be a shared receive buffer: what is
+    /// not consumed now is copied).
+    pub fn received(&mut self, id: Key, data: &[u8], now: Instant) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.closing.is_some() || data.is_empty() {
+            return;
+        }
+        if matches!(c.mode, Mode::Detect) {
+            let l = self
+                .listeners
+                .iter()
+                .position(|l| l.addr == c.five.listener);
+            let tls_ok = l.is_some_and(|l| self.listeners[l].tls);
+            if data[0] == 0x16 && tls_ok {
+                match self.tls_session() {
+                    Some(s) => {
+                        let c = self.conns.get_mut(id).expect("checked above");
+                        c.mode = Mode::Tls(s);
+                        c.five.transport = Transport::Tls;
+                    }
+                    None => return self.close(id, "TLS unavailable"),
+                }
+            } else {
+                let c = self.conns.get_mut(id).expect("checked above");
+                c.mode = Mode::Plain;
+            }
+        }
+        let c = self.conns.get_mut(id).expect("checked above");
+        match (&mut c.mode, c.link) {
+            (Mode::Tls(_), _) => self.tls_received(id, data, now),
+            (_, Some(p)) => self.forward(Side::Client, id, p, data),
+            _ => {
+                if c.rx.is_empty() && c.may_process() {
+                    // The common case: frames straight from the receive buffer.
+                    let used = self.frames(id, data, now);
+                    if let Some(c) = self.conns.get_mut(id)
+                        && c.closing.is_none()
+                    {
+                        c.rx.extend_from_slice(&data[used..]);
+                    }
+                } else {
+                    c.rx.extend_from_slice(data);
+                    self.process_rx(id, now);
+                }
+            }
+        }
+        self.check_rx_limit(id);
+    }
+
+    fn check_rx_limit(&mut self, id: Key) {
+        if self.conns.get(id).is_some_and(|c| c.rx.len() > RX_LIMIT) {
+            self.close(
+                id,
+                "client sent more than 256 KiB beyond what the relay could take (not reading its responses?)",
+            );
+        }
+    }
+
+    /// Ciphertext in, plaintext into `rx`, handshake records out.
+    fn tls_received(&mut self, id: Key, data: &[u8], now: Instant) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let Mode::Tls(tls) = &mut c.mode else { return };
+        let mut input = data;
+        let mut failure = None;
+        let mut peer_closed = false;
+        while !input.is_empty() {
+            if let Err(e) = tls.read_tls(&mut input) {
+                failure = Some(format!("TLS record layer: {e}"));
+                break;
+            }
+            match tls.process_new_packets() {
+                Ok(state) => {
+                    let n = state.plaintext_bytes_to_read();
+                    if n > 0 {
+                        let start = c.rx.len();
+                        c.rx.resize(start + n, 0);
+                        if let Err(e) = tls.reader().read_exact(&mut c.rx[start..]) {
+                            failure = Some(format!("TLS read: {e}"));
+                            break;
+                        }
+                    }
+                    if state.peer_has_closed() {
+                        peer_closed = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    // Best effort: the alert goes out with whatever is queued.
+                    let _ = tls.write_tls(c.tx.pending_mut());
+                    failure = Some(tls_failure(&e));
+                    break;
+                }
+            }
+        }
+        while tls.wants_write() {
+            if tls.write_tls(c.tx.pending_mut()).is_err() {
+                break;
+            }
+        }
+        let handshaking = tls.is_handshaking();
+        let (has_tx, client) = (!c.tx.is_empty(), c.five);
+        if has_tx {
+            self.touch(id);
+        }
+        if let Some(why) = failure {
+            // The alert goes out before the close, so the client reports why (a closed
+            // socket alone reads as "unexpected EOF").
+            if let Some(c) = self.conns.get_mut(id) {
+                send_now(c);
+            }
+            if handshaking {
+                tracing::info!(%client, reason = %why, "TLS handshake failed");
+            }
+            return self.close(id, why);
+        }
+        self.process_rx(id, now);
+        if peer_closed {
+            self.close(id, "client sent TLS close_notify");
+        }
+    }
+
+    /// Processes whole frames waiting in `rx` (after a pause, or TLS plaintext).
+    fn process_rx(&mut self, id: Key, now: Instant) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.rx.is_empty() || !c.may_process() {
+            return;
+        }
+        let mut rx = std::mem::take(&mut c.rx);
+        if let Some(p) = c.link {
+            // Spliced (TLS plaintext): no frames any more.
+            self.forward(Side::Client, id, p, &rx);
+            rx.clear();
+            if let Some(c) = self.conns.get_mut(id) {
+                c.rx = rx;
+            }
+            return;
+        }
+        let used = self.frames(id, &rx, now);
+        match self.conns.get_mut(id) {
+            Some(c) => {
+                let mut rx = rx;
+                rx.drain(..used);
+                // Bytes may have been added meanwhile only if the connection closed.
+                c.rx = rx;
+            }
+            None => drop(rx),
+        }
+    }
+
+    /// Handles the whole frames at the start of `buf` until it runs out, the connection
+    /// pauses or closes; returns the bytes consumed.
+    fn frames(&mut self, id: Key, buf: &[u8], now: Instant) -> usize {
+        let mut at = 0;
+        loop {
+            match self.conns.get(id) {
+                Some(c) if c.may_process() => {}
+                _ => return at,
+            }
+            match frame_len(&buf[at..]) {
+                Ok(Some(n)) => {
+                    self.frame(id, &buf[at..at + n], now);
+                    at += n;
+                    // A ConnectionBind spliced it: the rest is the peer's (RFC 6062 §5.4).
+                    if let Some(p) = self.conns.get(id).and_then(|c| c.link) {
+                        if at < buf.len() {
+                            self.forward(Side::Client, id, p, &buf[at..]);
+                        }
+                        return buf.len();
+                    }
+                }
+                Ok(None) => return at,
+                Err(e) => {
+                    let client = self.conns.get(id).map(|c| c.five);
+                    if let Some(client) = client {
+                        tracing::info!(%client, error = %e, "closing TCP connection: not STUN or ChannelData framing");
+                    }
+                    self.close(id, format!("stream framing: {e}"));
+                    return at;
+                }
+            }
+        }
+    }
+
+    fn frame(&mut self, id: Key, frame: &[u8], now: Instant) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        c.last_frame = Some(now);
+        let five = c.five;
+        let mut out = std::mem::take(&mut self.out);
+        match self.server.handle_client(now, five, frame, &mut out) {
+            ClientOutput::Nothing => {}
+            ClientOutput::Reply { len } => self.queue(id, &out[..len], false),
+            ClientOutput::ToPeer {
+                relay,
+                peer,
+                payload,
+            } => self.send_to_peer(id, relay, peer, payload),
+            ClientOutput::ToClient { to, len } => self.deliver(&to, &out[..len]),
+        }
+        self.out = out;
+        // An Allocate's relay socket must exist before the next frame uses it.
+        self.apply_commands(now);
+    }
+
+    /// Appends a frame to `id`'s send queue. Peer data (`droppable`) is dropped while the
+    /// client is not taking what it has; responses are always queued (reading pauses).
+    fn queue(&mut self, id: Key, bytes: &[u8], droppable: bool) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.closing.is_some() {
+            return;
+        }
+        if droppable && c.tx_full {
+            self.stats.dropped_backpressure += 1;
+            return;
+        }
+        match &mut c.mode {
+            Mode::Tls(tls) => {
+                if let Err(e) = io::Write::write_all(&mut tls.writer(), bytes) {
+                    return self.close(id, format!("TLS write: {e}"));
+                }
+                while tls.wants_write() {
+                    if tls.write_tls(c.tx.pending_mut()).is_err() {
+                        break;
+                    }
+                }
+            }
+            _ => c.tx.push(bytes),
+        }
+        if c.tx.len() > HIGH_WATER {
+            c.tx_full = true;
+        }
+        self.touch(id);
+    }
+
+    /// Sends `message` (from the core) on the control connection `client`, if still here.
+    fn send_to_client(&mut self, client: &FiveTuple, message: &[u8]) {
+        if let Some(&id) = self.by_tuple.get(&(client.client, client.listener)) {
+            self.queue(id, message, false);
+        }
+    }
+
+    /// Hairpin or peer data for a stream client of this shard.
+    fn deliver(&mut self, to: &FiveTuple, bytes: &[u8]) {
+        if !to.transport.is_stream() {
+            return; // UDP clients belong to the UDP shards
+        }
+        if let Some(&id) = self.by_tuple.get(&(to.client, to.listener)) {
+            self.queue(id, bytes, true);
+        }
+    }
+
+    fn send_to_peer(&mut self, id: Key, relay: SocketAddr, peer: SocketAddr, payload: &[u8]) {
+        let Some(&rk) = self.relay_by_addr.get(&relay) else {
+            return;
+        };
+        let Some(r) = self.relays.get_mut(rk) else {
+            return;
+        };
+        match r.sock.send_to(payload, peer) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                r.stalled = Some(id);
+                self.stats.stalls += 1;
+                if let Some(c) = self.conns.get_mut(id) {
+                    c.stall_buf.clear();
+                    c.stall_buf.extend_from_slice(payload);
+                    c.stall = Some(Stall { relay: rk, peer });
+                }
+                self.relay_changes.push(RelayChange::WantWritable(rk));
+                self.touch(id);
+            }
+            Err(e) => {
+                self.stats.peer_send_errors += 1;
+                if self.stats.peer_send_errors > self.warned.0
+                    && self.stats.peer_send_errors.is_power_of_two()
+                {
+                    self.warned.0 = self.stats.peer_send_errors;
+                    tracing::warn!(%relay, %peer, error = %e, total = self.stats.peer_send_errors,
+                        "sending to a peer failed (no route, or refused by the host's firewall)");
+                }
+            }
+        }
+    }
+
+    /// The relay socket `rk` has room again: the stalled datagram goes, and its client
+    /// connection resumes.
+    pub fn relay_writable(&mut self, rk: Key, now: Instant) {
+        let Some(r) = self.relays.get_mut(rk) else {
+            return;
+        };
+        let Some(id) = r.stalled else { return };
+        let Some(c) = self.conns.get_mut(id) else {
+            r.stalled = None;
+            return;
+        };
+        let Some(stall) = &c.stall else {
+            r.stalled = None;
+            return;
+        };
+        match r.sock.send_to(&c.stall_buf, stall.peer) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.relay_changes.push(RelayChange::WantWritable(rk));
+                return;
+            }
+            // Sent, or failed for good (counted like any other send error).
+            Ok(_) => {}
+            Err(_) => self.stats.peer_send_errors += 1,
+        }
+        r.stalled = None;
+        c.stall = None;
+        self.touch(id);
+        self.process_rx(id, now);
+    }
+
+    /// `n` bytes of `id`'s queue went out: below the low-water mark, whoever waited for
+    /// room (itself, or its splice partner) reads again.
+    pub fn sent_on(&mut self, side: Side, id: Key, n: usize, now: Instant) {
+        let Some(c) = self.table_mut(side).get_mut(id) else {
+            return;
+        };
+        c.tx.advance(n);
+        if c.finish_by.is_some() && c.tx.is_empty() {
+            return self.close_on(side, id, "sent what was left after the other side closed");
+        }
+        if c.tx_full && c.tx.len() <= LOW_WATER {
+            c.tx_full = false;
+            let link = c.link;
+            self.touch_on(side, id);
+            match link {
+                Some(other) => {
+                    let other_side = side.other();
+                    if let Some(o) = self.table_mut(other_side).get_mut(other) {
+                        o.partner_full = false;
+                        self.touch_on(other_side, other);
+                    }
+                    if other_side == Side::Client {
+                        self.process_rx(other, now);
+                    }
+                }
+                None if side == Side::Client => self.process_rx(id, now),
+                None => {}
+            }
+        }
+    }
+
+    // ----- relay sockets ----------------------------------------------------------------
+
+    /// Datagrams from peers waiting on relay socket `rk`.
+    pub fn peer_readable(&mut self, rk: Key, now: Instant) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut out = std::mem::take(&mut self.out);
+        for _ in 0..PEER_BATCH {
+            let Some(r) = self.relays.get(rk) else { break };
+            let relay = r.addr;
+            let (n, from) = match r.sock.recv_from(&mut scratch) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP errors surface here (ECONNREFUSED): nothing to do, try the next.
+                Err(_) => continue,
+            };
+            if let PeerOutput::ToClient { to, len } =
+                self.server
+                    .handle_peer(now, relay, from, &scratch[..n], &mut out)
+            {
+                self.deliver(&to, &out[..len]);
+            }
+        }
+        self.scratch = scratch;
+        self.out = out;
+        self.warn_drops();
+    }
+
+    fn warn_drops(&mut self) {
+        let d = self.stats.dropped_backpressure;
+        if d > self.warned.1 && d.is_power_of_two() && d >= 64 {
+            self.warned.1 = d;
+            tracing::warn!(
+                dropped = d,
+                "peer data dropped for TCP clients that do not read fast enough (their queue is full)"
+            );
+        }
+    }
+
+    /// Relay sockets follow the core's commands; events become log lines.
+    pub fn apply_commands(&mut self, now: Instant) {
+        while let Some(cmd) = self.server.poll_command() {
+            self.kernel.apply(&cmd);
+            match cmd {
+                Command::AllocationCreated {
+                    relay,
+                    client,
+                    protocol,
+                    ..
+                } => {
+                    let opened = match protocol {
+                        RelayProtocol::Udp => self.open_relay(relay),
+                        RelayProtocol::Tcp => self.open_listener(relay),
+                    };
+                    if let Err(e) = opened {
+                        tracing::warn!(%relay, %protocol, client = %client, error = %e, "cannot bind relay port; allocation dropped");
+                        self.server.relay_unavailable(now, relay);
+                    }
+                }
+                Command::AllocationRemoved {
+                    relay, protocol, ..
+                } => match protocol {
+                    RelayProtocol::Udp => self.close_relay(relay),
+                    RelayProtocol::Tcp => self.close_listener(relay),
+                },
+                Command::ConnectPeer {
+                    conn, relay, peer, ..
+                } => self.connect_peer(conn, relay, peer, now),
+                Command::SendToClient {
+                    client, message, ..
+                } => self.send_to_client(&client, &message),
+                Command::SpliceConnection { conn, data, .. } => self.splice(conn, data, now),
+                Command::CloseConnection { conn, .. } => {
+                    if let Some(p) = self.peer_by_conn.remove(&conn) {
+                        let data = self.peers.get(p).and_then(|c| c.link);
+                        self.finish(Side::Peer, p, "closed by the relay core", now);
+                        if let Some(d) = data {
+                            self.finish(Side::Client, d, "peer connection closed", now);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        while let Some(event) = self.server.poll_event() {
+            crate::events::log(event);
+        }
+    }
+
+    fn open_relay(&mut self, addr: SocketAddr) -> io::Result<()> {
+        let sock = bind_udp(addr)?;
+        let key = self.relays.insert(Relay {
+            sock,
+            addr,
+            stalled: None,
+            watching_out: false,
+        });
+        if let Some(old) = self.relay_by_addr.insert(addr, key) {
+            // Cannot happen (the port was bound just now), but never leak a socket.
+            if let Some(r) = self.relays.remove(old) {
+                self.relay_changes.push(RelayChange::Closed(old, r.sock));
+            }
+        }
+        self.relay_changes.push(RelayChange::Opened(key));
+        Ok(())
+    }
+
+    // ----- RFC 6062 TCP relays -----------------------------------------------------------
+
+    fn open_listener(&mut self, addr: SocketAddr) -> io::Result<()> {
+        let sock = relay_socket(addr)?;
+        sock.listen(RELAY_BACKLOG)?;
+        let key = self.relay_listeners.insert(RelayListener {
+            sock: sock.into(),
+            addr,
+        });
+        if let Some(old) = self.listener_by_addr.insert(addr, key)
+            && let Some(l) = self.relay_listeners.remove(old)
+        {
+            self.relay_changes
+                .push(RelayChange::ListenerClosed(old, l.sock));
+        }
+        self.relay_changes.push(RelayChange::ListenerOpened(key));
+        Ok(())
+    }
+
+    fn close_listener(&mut self, addr: SocketAddr) {
+        if let Some(key) = self.listener_by_addr.remove(&addr)
+            && let Some(l) = self.relay_listeners.remove(key)
+        {
+            self.relay_changes
+                .push(RelayChange::ListenerClosed(key, l.sock));
+        }
+    }
+
+    /// A peer connected to the listener `lk` (a TCP allocation's relayed address).
+    pub fn peer_accepted(&mut self, lk: Key, stream: TcpStream, now: Instant) {
+        let Some(relay) = self.relay_listeners.get(lk).map(|l| l.addr) else {
+            return;
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            return; // reset before we looked
+        };
+        let peer = canonical(peer);
+        let Some(conn) = self.server.peer_connection_incoming(now, relay, peer) else {
+            // No permission, no allocation, or its connection limit: dropping closes it.
+            tracing::debug!(%peer, %relay, "TCP peer connection refused");
+            self.apply_commands(now);
+            return;
+        };
+        if stream.set_nonblocking(true).is_err() {
+            self.server.connection_closed(now, conn);
+            self.apply_commands(now);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let five = FiveTuple::new(peer, relay, Transport::Tcp);
+        let pk = self.peers.insert(Conn::peer(stream, five, conn, now));
+        self.peer_by_conn.insert(conn, pk);
+        self.touch_on(Side::Peer, pk);
+        // The ConnectionAttempt for the client.
+        self.apply_commands(now);
+    }
+
+    /// `ConnectPeer`: a non-blocking connect from the relayed address; the loop watches
+    /// for writability and calls [`connect_done`](Self::connect_done).
+    fn connect_peer(
+        &mut self,
+        conn: ConnectionId,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        now: Instant,
+    ) {
+        let started = relay_socket(relay).and_then(|s| {
+            s.set_tcp_nodelay(true)?;
+            match s.connect(&peer.into()) {
+                Ok(()) => Ok((s, false)),
+                Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok((s, true)),
+                Err(e) => Err(e),
+            }
+        });
+        let (sock, in_progress) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                self.connect_failed(&e, relay, peer);
+                // Refused: the core answers 447 and sends CloseConnection.
+                self.server.peer_connected(now, conn, Err(e.kind()));
+                return;
+            }
+        };
+        let five = FiveTuple::new(peer, relay, Transport::Tcp);
+        let mut c = Conn::peer(sock.into(), five, conn, now);
+        c.connecting = in_progress;
+        let pk = self.peers.insert(c);
+        self.peer_by_conn.insert(conn, pk);
+        self.touch_on(Side::Peer, pk);
+        if !in_progress {
+            self.connect_done(pk, Ok(()), now);
+        }
+    }
+
+    fn connect_failed(&mut self, e: &io::Error, relay: SocketAddr, peer: SocketAddr) {
+        self.stats.peer_connect_errors += 1;
+        if self.stats.peer_connect_errors > self.warned.2
+            && self.stats.peer_connect_errors.is_power_of_two()
+        {
+            self.warned.2 = self.stats.peer_connect_errors;
+            tracing::info!(%relay, %peer, error = %e, total = self.stats.peer_connect_errors,
+                "RFC 6062 Connect to a peer failed (peer down, no route, or a firewall on the way)");
+        }
+    }
+
+    /// The connect of peer socket `pk` completed (`Ok`) or failed.
+    pub fn connect_done(&mut self, pk: Key, outcome: io::Result<()>, now: Instant) {
+        let Some(c) = self.peers.get_mut(pk) else {
+            return;
+        };
+        if !c.connecting && outcome.is_err() {
+            return;
+        }
+        c.connecting = false;
+        let (conn, five) = (c.relay_conn, c.five);
+        self.touch_on(Side::Peer, pk);
+        let Some(conn) = conn else { return };
+        let kind = match outcome {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.connect_failed(&e, five.listener, five.client);
+                Err(e.kind())
+            }
+        };
+        if kind.is_err() {
+            // The core answers 447 and sends CloseConnection (which finds nothing to do).
+            self.peer_by_conn.remove(&conn);
+            self.close_on(Side::Peer, pk, "connect failed");
+        }
+        if !self.server.peer_connected(now, conn, kind) {
+            self.peer_by_conn.remove(&conn);
+            self.close_on(Side::Peer, pk, "not wanted any more");
+        }
+        self.apply_commands(now);
+    }
+
+    /// `SpliceConnection`: the client data connection `data` and peer connection `conn`
+    /// carry each other's bytes from now on.
+    fn splice(&mut self, conn: ConnectionId, data: FiveTuple, now: Instant) {
+        let d = self.by_tuple.get(&(data.client, data.listener)).copied();
+        let p = self.peer_by_conn.get(&conn).copied();
+        match (d, p) {
+            (Some(d), Some(p)) if self.conns.get(d).is_some() && self.peers.get(p).is_some() => {
+                let c = self.conns.get_mut(d).expect("checked");
+                c.link = Some(p);
+                let peer = self.peers.get_mut(p).expect("checked");
+                peer.link = Some(d);
+                self.touch_on(Side::Client, d);
+                self.touch_on(Side::Peer, p);
+            }
+            // One side vanished in between: end the other, the core cleans up.
+            (d, _) => {
+                if let Some(d) = d {
+                    self.close(d, "its peer connection is gone");
+                }
+                self.server.connection_closed(now, conn);
+            }
+        }
+    }
+
+    fn close_relay(&mut self, addr: SocketAddr) {
+        let Some(key) = self.relay_by_addr.remove(&addr) else {
+            return;
+        };
+        let Some(r) = self.relays.remove(key) else {
+            return;
+        };
+        if let Some(id) = r.stalled
+            && let Some(c) = self.conns.get_mut(id)
+        {
+            // The allocation is gone: its pending datagram has nowhere to go.
+            c.stall = None;
+            self.touch(id);
+        }
+        self.relay_changes.push(RelayChange::Closed(key, r.sock));
+    }
+
+    // ----- time -------------------------------------------------------------------------
+
+    /// When [`tick`](Self::tick) is next due.
+    pub fn deadline(&self) -> Instant {
+        match self.server.poll_timeout() {
+            Some(t) => t.min(self.next_sweep),
+            None => self.next_sweep,
+        }
+    }
+
+    /// Core timers, then idle and handshake timeouts.
+    pub fn tick(&mut self, now: Instant) {
+        if self.server.poll_timeout().is_some_and(|t| t <= now) {
+            self.server.handle_timeout(now);
+        }
+        self.apply_commands(now);
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + SWEEP_EVERY;
+        let mut keys = std::mem::take(&mut self.sweep_keys);
+        keys.clear();
+        keys.extend(self.conns.keys());
+        for &id in &keys {
+            let Some(c) = self.conns.get(id) else {
+                continue;
+            };
+            if c.finish_by.is_some_and(|t| now >= t) {
+                self.close(
+                    id,
+                    "client did not take the rest of its peer's data in time",
+                );
+                continue;
+            }
+            if c.closing.is_some() || c.link.is_some() || c.finish_by.is_some() {
+                // Spliced data connections carry no frames: only the peer side ends them.
+                continue;
+            }
+            let why = match c.last_frame {
+                None if now.saturating_duration_since(c.accepted)
+                    > self.settings.handshake_timeout =>
+                {
+                    Some(
+                        "no TURN message within tcp.handshake_timeout (TLS handshake or first request)",
+                    )
+                }
+                Some(last)
+                    if now.saturating_duration_since(last) > self.settings.idle_timeout
+                        && self.server.allocation(&c.five).is_none() =>
+                {
+                    Some("idle: no allocation and no message within tcp.idle_timeout")
+                }
+                _ => None,
+            };
+            if let Some(why) = why {
+                tracing::debug!(client = %c.five, reason = why, "closing TCP connection");
+                self.close(id, why);
+            }
+        }
+        keys.clear();
+        keys.extend(self.peers.keys());
+        for &id in &keys {
+            if self
+                .peers
+                .get(id)
+                .is_some_and(|c| c.finish_by.is_some_and(|t| now >= t))
+            {
+                self.close_on(
+                    Side::Peer,
+                    id,
+                    "peer did not take the rest of the client's data in time",
+                );
+            }
+        }
+        self.sweep_keys = keys;
+    }
+
+    /// Starts closing every connection (shutdown).
+    pub fn close_all(&mut self) {
+        let keys: Vec<Key> = self.conns.keys().collect();
+        for id in keys {
+            self.close(id, "relay stopping");
+        }
+        let keys: Vec<Key> = self.peers.keys().collect();
+        for id in keys {
+            self.close_on(Side::Peer, id, "relay stopping");
+        }
+    }
+
+    /// Sockets still held (client and peer connections).
+    pub fn open_streams(&self) -> usize {
+        self.conns.len() + self.peers.len()
+    }
+}
+
+/// Sends what is queued with one non-blocking `send`, unless the loop has a send in
+/// flight; for the last words before a close.
+fn send_now(c: &mut Conn) {
+    use std::os::fd::AsRawFd;
+    if c.io.send_inflight {
+        return;
+    }
+    let fd = c.stream.as_raw_fd();
+    let buf = c.tx.peek();
+    if buf.is_empty() {
+        return;
+    }
+    // SAFETY: send(2) from a live buffer on our socket; it does not block.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n > 0 {
+        c.tx.advance(n as usize);
+    }
+}
+
+/// A non-blocking TCP socket bound to a relayed address, beside the allocation's
+/// listener and its other peer connections (RFC 6062 §5.2: they share the address).
+fn relay_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4, so limits and logs see one client once.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// What an operator can act on, from a rustls error.
+fn tls_failure(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, Error as E};
+    match e {
+        E::AlertReceived(A::BadCertificate | A::UnknownCA | A::CertificateUnknown) => format!(
+            "client refused our certificate ({e}): check the chain is complete and names this host"
+        ),
+        E::PeerIncompatible(_) => {
+            format!("client offers no TLS version or cipher suite we accept ({e})")
+        }
+        E::InvalidMessage(_) => format!("not TLS, or a corrupted record ({e})"),
+        _ => format!("TLS: {e}"),
+    }
+}

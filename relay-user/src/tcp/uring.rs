@@ -1,0 +1,795 @@
+//! The io_uring event loop: multishot accept on every listener, multishot receive into a
+//! ring of provided buffers (no buffer per connection while it is idle), one send in flight
+//! per connection straight from its queue, multishot poll on relay sockets and on the
+//! shard's wake-up eventfd. One thread, no syscall per connection per round: the ring is
+//! submitted and reaped once per loop turn.
+//!
+//! Lifetimes the kernel sees: a send points into the connection's `tx.inflight`, so a
+//! connection is freed only when no send and no receive is in flight (the socket is shut
+//! down first, which completes both); provided buffers are handed back right after their
+//! bytes were consumed (frames handled, the rest copied).
+//!
+//! RFC 6062 peer connections run the same receive and send as client connections under
+//! their own kinds; a connect in progress is a one-shot writability poll, and a TCP
+//! allocation's listener a multishot accept that is cancelled when the allocation goes.
+
+use std::{
+    alloc::Layout,
+    io,
+    net::TcpStream,
+    os::fd::{AsRawFd, FromRawFd, RawFd},
+    sync::atomic::{AtomicU16, Ordering},
+    time::{Duration, Instant},
+};
+
+use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+use relay_proto::server::Server;
+
+use super::{
+    slab::Key,
+    state::{RelayChange, Side, State},
+};
+use crate::shard::Inbox;
+
+const WAKE: u8 = 1;
+const ACCEPT: u8 = 2;
+const RECV: u8 = 3;
+const SEND: u8 = 4;
+const RELAY_IN: u8 = 5;
+const RELAY_OUT: u8 = 6;
+/// Completions of cancels and poll removals: nothing to do.
+const IGNORE: u8 = 7;
+const PEER_RECV: u8 = 8;
+const PEER_SEND: u8 = 9;
+/// A peer connect in progress became writable (or failed).
+const PEER_CONNECT: u8 = 10;
+/// A TCP allocation's listener accepted a peer.
+const RELAY_ACCEPT: u8 = 11;
+
+fn recv_kind(side: Side) -> u8 {
+    match side {
+        Side::Client => RECV,
+        Side::Peer => PEER_RECV,
+    }
+}
+
+fn send_kind(side: Side) -> u8 {
+    match side {
+        Side::Client => SEND,
+        Side::Peer => PEER_SEND,
+    }
+}
+
+const RING_ENTRIES: u32 = 4096;
+/// Provided receive buffers: count (a power of two) and size.
+const BUFFERS: u16 = 1024;
+const BUFFER_SIZE: usize = 16 * 1024;
+const BUFFER_GROUP: u16 = 0;
+/// How long a stopping loop waits for in-flight operations before leaving anyway.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+fn token(kind: u8, idx: u32) -> u64 {
+    Key { idx, generation: 0 }.token(kind)
+}
+
+/// Why the io_uring loop cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("io_uring is disabled by sysctl kernel.io_uring_disabled={0}")]
+    Sysctl(String),
+    #[error(
+        "io_uring_setup is not permitted ({0}): kernel.io_uring_disabled, a seccomp filter or a container policy"
+    )]
+    NotPermitted(io::Error),
+    #[error("this kernel has no io_uring ({0})")]
+    NoSyscall(io::Error),
+    #[error("the kernel lacks {0}")]
+    Missing(&'static str),
+    #[error("{what}: {source}")]
+    Failed {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn setup_error(e: io::Error) -> Unavailable {
+    match e.raw_os_error() {
+        Some(libc::EPERM | libc::EACCES) => Unavailable::NotPermitted(e),
+        Some(libc::ENOSYS) => Unavailable::NoSyscall(e),
+        _ => Unavailable::Failed {
+            what: "io_uring_setup",
+            source: e,
+        },
+    }
+}
+
+/// Checks that this process may use io_uring with everything the loop needs: ring
+/// creation, the opcodes, provided-buffer rings (5.19) and multishot receive (6.0), the
+/// last by receiving one byte over a socketpair.
+pub fn probe() -> Result<(), Unavailable> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        let v = v.trim();
+        if v == "2" {
+            return Err(Unavailable::Sysctl(v.to_owned()));
+        }
+    }
+    let mut ring = IoUring::new(8).map_err(setup_error)?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err(Unavailable::Missing("IORING_FEAT_EXT_ARG (5.11)"));
+    }
+    let mut p = Probe::new();
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(|source| Unavailable::Failed {
+            what: "IORING_REGISTER_PROBE",
+            source,
+        })?;
+    for (code, name) in [
+        (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT"),
+        (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
+        (opcode::Send::CODE, "IORING_OP_SEND"),
+        (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
+        (opcode::PollRemove::CODE, "IORING_OP_POLL_REMOVE"),
+        (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(Unavailable::Missing(name));
+        }
+    }
+    let bufs = BufRing::new(&ring, 2, 64, 7).map_err(|e| match e.raw_os_error() {
+        Some(libc::EINVAL) => Unavailable::Missing("provided-buffer rings (5.19)"),
+        _ => Unavailable::Failed {
+            what: "IORING_REGISTER_PBUF_RING",
+            source: e,
+        },
+    })?;
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds has room for two descriptors.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(Unavailable::Failed {
+            what: "socketpair",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (a, b) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let recv = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), 7)
+        .build()
+        .user_data(1);
+    // SAFETY: the entry references only a descriptor that outlives the ring's use of it.
+    unsafe { ring.submission().push(&recv) }.map_err(|_| Unavailable::Missing("SQ space"))?;
+    // SAFETY: one-byte write from a valid buffer.
+    unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) };
+    ring.submit_and_wait(1)
+        .map_err(|source| Unavailable::Failed {
+            what: "io_uring_enter",
+            source,
+        })?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or(Unavailable::Missing("a completion for the probe"))?;
+    let ok = cqe.result() == 1 && cqueue::more(cqe.flags());
+    drop(a);
+    drop(b);
+    // The ring goes first (it holds the registration), then the probe's buffers.
+    drop(ring);
+    drop(bufs);
+    if !ok {
+        return Err(Unavailable::Missing("multishot receive (6.0)"));
+    }
+    Ok(())
+}
+
+/// A ring of provided buffers (IORING_REGISTER_PBUF_RING): the kernel picks one per
+/// receive completion; we hand it back once its bytes are consumed.
+struct BufRing {
+    ring: *mut types::BufRingEntry,
+    layout: Layout,
+    mem: *mut u8,
+    mem_layout: Layout,
+    entries: u16,
+    size: usize,
+    tail: u16,
+}
+
+impl BufRing {
+    fn new(uring: &IoUring, entries: u16, size: usize, group: u16) -> io::Result<Self> {
+        assert!(entries.is_power_of_two());
+        let layout = Layout::from_size_align(
+            usize::from(entries) * std::mem::size_of::<types::BufRingEntry>(),
+            4096,
+        )
+        .map_err(io::Error::other)?;
+        let mem_layout =
+            Layout::from_size_align(usize::from(entries) * size, 64).map_err(io::Error::other)?;
+        // SAFETY: non-zero sizes; checked for null below.
+        let ring = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
+        let mem = unsafe { std::alloc::alloc(mem_layout) };
+        if ring.is_null() || mem.is_null() {
+            // SAFETY: freeing only what was allocated with these layouts.
+            unsafe {
+                if !ring.is_null() {
+                    std::alloc::dealloc(ring.cast(), layout);
+                }
+                if !mem.is_null() {
+                    std::alloc::dealloc(mem, mem_layout);
+                }
+            }
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut me = Self {
+            ring,
+            layout,
+            mem,
+            mem_layout,
+            entries,
+            size,
+            tail: 0,
+        };
+        // SAFETY: the ring memory is page-aligned, sized for `entries`, and lives as long
+        // as `me`; `me` is dropped only after the io_uring instance (see the loop's drop
+        // order), which unregisters it.
+        unsafe {
+            uring
+                .submitter()
+                .register_buf_ring_with_flags(ring as u64, entries, group, 0)?;
+        }
+        for bid in 0..entries {
+            me.add(bid);
+        }
+        me.publish();
+        Ok(me)
+    }
+
+    fn add(&mut self, bid: u16) {
+        let idx = usize::from(self.tail & (self.entries - 1));
+        // SAFETY: idx < entries; the entry is ours to write until the tail is published.
+        let e = unsafe { &mut *self.ring.add(idx) };
+        // SAFETY: bid < entries, so the buffer lies inside `mem`.
+        e.set_addr(unsafe { self.mem.add(usize::from(bid) * self.size) } as u64);
+        e.set_len(self.size as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field lives in the first entry's reserved field and is shared
+        // with the kernel, which reads it atomically.
+        unsafe {
+            let tail = types::BufRingEntry::tail(self.ring).cast::<AtomicU16>();
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    /// The bytes the kernel put in buffer `bid`.
+    fn get(&self, bid: u16, len: usize) -> &[u8] {
+        let len = len.min(self.size);
+        // SAFETY: bid < entries (the kernel only returns ids we gave it); the kernel is
+        // done writing this buffer until we hand it back.
+        unsafe { std::slice::from_raw_parts(self.mem.add(usize::from(bid) * self.size), len) }
+    }
+
+    fn recycle(&mut self, bid: u16) {
+        if bid < self.entries {
+            self.add(bid);
+            self.publish();
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with these layouts.
+        unsafe {
+            std::alloc::dealloc(self.ring.cast(), self.layout);
+            std::alloc::dealloc(self.mem, self.mem_layout);
+        }
+    }
+}
+
+pub struct UringLoop {
+    // Field order is drop order: the ring (and with it the kernel's use of the buffers)
+    // goes before the buffers.
+    ring: IoUring,
+    bufs: Option<BufRing>,
+    state: State,
+    inbox: Inbox,
+    cqes: Vec<(u64, i32, u32)>,
+    /// Listeners whose multishot accept ended on an error; re-armed at the next tick.
+    accept_rearm: Vec<usize>,
+    /// The same for TCP allocations' listeners.
+    relay_accept_rearm: Vec<Key>,
+    stopping: bool,
+    accept_errors: u64,
+}
+
+// SAFETY: the raw pointers in BufRing point to heap memory owned by it; the loop moves to
+// its thread once and is used there only.
+unsafe impl Send for UringLoop {}
+
+impl UringLoop {
+    /// Sets up the ring on the calling thread; on failure the state comes back for the
+    /// epoll loop.
+    #[allow(clippy::result_large_err)]
+    pub fn new(state: State, inbox: Inbox) -> Result<Self, (Unavailable, State, Inbox)> {
+        // Must be built on the thread that runs the loop (single issuer). Kernels without
+        // these two flags (before 6.0) still run the loop, a little slower.
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .build(RING_ENTRIES)
+            .or_else(|_| IoUring::new(RING_ENTRIES));
+        let ring = match ring {
+            Ok(r) => r,
+            Err(e) => return Err((setup_error(e), state, inbox)),
+        };
+        let bufs = match BufRing::new(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
+            Ok(b) => b,
+            Err(source) => {
+                let e = Unavailable::Failed {
+                    what: "registering receive buffers",
+                    source,
+                };
+                return Err((e, state, inbox));
+            }
+        };
+        let mut me = Self {
+            ring,
+            bufs: Some(bufs),
+            state,
+            inbox,
+            cqes: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            accept_rearm: Vec::new(),
+            relay_accept_rearm: Vec::new(),
+            stopping: false,
+            accept_errors: 0,
+        };
+        let wake = opcode::PollAdd::new(types::Fd(me.inbox.waker.fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(token(WAKE, 0));
+        me.push(wake);
+        for l in 0..me.state.listeners.len() {
+            me.arm_accept(l);
+        }
+        Ok(me)
+    }
+
+    /// Queues a submission, submitting first when the queue is full.
+    fn push(&mut self, e: squeue::Entry) {
+        loop {
+            // SAFETY: every entry references descriptors and buffers that outlive the
+            // operation (see the module comment).
+            if unsafe { self.ring.submission().push(&e) }.is_ok() {
+                return;
+            }
+            if let Err(err) = self.ring.submit() {
+                tracing::error!(error = %err, "io_uring submit failed");
+                return;
+            }
+        }
+    }
+
+    fn arm_accept(&mut self, l: usize) {
+        let fd = self.state.listeners[l].sock.as_raw_fd();
+        let e = opcode::AcceptMulti::new(types::Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(token(ACCEPT, l as u32));
+        self.push(e);
+    }
+
+    /// Runs until the shard is told to stop; returns the core.
+    pub fn run(mut self) -> Server {
+        while !self.inbox.stopping() {
+            self.sync(Instant::now());
+            let wait = self
+                .state
+                .deadline()
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1))
+                + Duration::from_millis(1);
+            if let Err(e) = self.wait(wait) {
+                tracing::error!(error = %e, "io_uring_enter failed; the TCP/TLS data path stops");
+                break;
+            }
+            let now = Instant::now();
+            self.reap(now);
+            if self.state.deadline() <= now {
+                self.state.tick(now);
+                for l in std::mem::take(&mut self.accept_rearm) {
+                    self.arm_accept(l);
+                }
+                for k in std::mem::take(&mut self.relay_accept_rearm) {
+                    self.arm_relay_accept(k);
+                }
+            }
+        }
+        self.stop();
+        self.state.server
+    }
+
+    fn wait(&mut self, wait: Duration) -> io::Result<()> {
+        let ts = types::Timespec::new()
+            .sec(wait.as_secs())
+            .nsec(wait.subsec_nanos());
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes every connection and waits (bounded) until the kernel holds none of their
+    /// buffers.
+    fn stop(&mut self) {
+        self.stopping = true;
+        self.state.close_all();
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.state.open_streams() > 0 && Instant::now() < deadline {
+            self.sync(Instant::now());
+            if self.wait(Duration::from_millis(50)).is_err() {
+                break;
+            }
+            self.reap(Instant::now());
+        }
+        if self.state.open_streams() > 0 {
+            // The kernel may still write into receive buffers or read send queues: keep
+            // that memory alive for the rest of the process rather than free it under it.
+            tracing::warn!(
+                connections = self.state.open_streams(),
+                "TCP connections still in flight at stop"
+            );
+            std::mem::forget(self.bufs.take());
+            for c in self.state.conns.values_mut() {
+                std::mem::forget(std::mem::take(&mut c.tx));
+            }
+            for c in self.state.peers.values_mut() {
+                std::mem::forget(std::mem::take(&mut c.tx));
+            }
+        }
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        cqes.clear();
+        cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for &(ud, res, flags) in &cqes {
+            self.complete(ud, res, flags, now);
+        }
+        self.cqes = cqes;
+    }
+
+    fn complete(&mut self, ud: u64, res: i32, flags: u32, now: Instant) {
+        let (kind, key) = Key::from_token(ud);
+        let more = cqueue::more(flags);
+        match kind {
+            WAKE => {
+                if !more {
+                    let wake =
+                        opcode::PollAdd::new(types::Fd(self.inbox.waker.fd()), libc::POLLIN as u32)
+                            .multi(true)
+                            .build()
+                            .user_data(token(WAKE, 0));
+                    self.push(wake);
+                }
+                self.inbox.waker.clear();
+                self.inbox.run_jobs(&mut self.state.server);
+                self.state.apply_commands(now);
+            }
+            ACCEPT => {
+                let l = key.idx as usize;
+                if res >= 0 {
+                    // SAFETY: the kernel just created this descriptor for us.
+                    let stream = unsafe { TcpStream::from_raw_fd(res) };
+                    if !self.stopping
+                        && let Some(id) = self.state.accept(l, stream, now)
+                    {
+                        self.state.touch(id); // arms its receive
+                    }
+                } else {
+                    let e = io::Error::from_raw_os_error(-res);
+                    self.accept_errors += 1;
+                    if self.accept_errors.is_power_of_two() {
+                        super::epoll::accept_error(&e, self.state.listeners[l].addr);
+                    }
+                }
+                if !more {
+                    // Ended (out of descriptors, typically): try again at the next tick
+                    // rather than spin.
+                    self.accept_rearm.push(l);
+                }
+            }
+            RECV => self.received(Side::Client, key, res, flags, now),
+            PEER_RECV => self.received(Side::Peer, key, res, flags, now),
+            SEND | PEER_SEND => {
+                let side = if kind == SEND {
+                    Side::Client
+                } else {
+                    Side::Peer
+                };
+                let Some(c) = self.state.table_mut(side).get_mut(key) else {
+                    return;
+                };
+                c.io.send_inflight = false;
+                if res >= 0 {
+                    self.state.sent_on(side, key, res as usize, now);
+                } else {
+                    let e = io::Error::from_raw_os_error(-res);
+                    self.state.close_on(side, key, format!("send: {e}"));
+                }
+                self.state.touch_on(side, key);
+            }
+            PEER_CONNECT => {
+                let Some(c) = self.state.peers.get_mut(key) else {
+                    return;
+                };
+                c.io.poll_armed = false;
+                if c.closing.is_some() || !c.connecting {
+                    return self.state.touch_on(Side::Peer, key);
+                }
+                let outcome = if res < 0 {
+                    Err(io::Error::from_raw_os_error(-res))
+                } else {
+                    match c.stream.take_error() {
+                        Ok(None) => Ok(()),
+                        Ok(Some(e)) | Err(e) => Err(e),
+                    }
+                };
+                self.state.connect_done(key, outcome, now);
+            }
+            RELAY_ACCEPT => {
+                if res >= 0 {
+                    // SAFETY: the kernel just created this descriptor for us.
+                    let stream = unsafe { TcpStream::from_raw_fd(res) };
+                    if !self.stopping {
+                        self.state.peer_accepted(key, stream, now);
+                    }
+                } else if -res != libc::ECANCELED
+                    && let Some(l) = self.state.relay_listeners.get(key)
+                {
+                    let e = io::Error::from_raw_os_error(-res);
+                    self.accept_errors += 1;
+                    if self.accept_errors.is_power_of_two() {
+                        super::epoll::accept_error(&e, l.addr);
+                    }
+                }
+                if !more && self.state.relay_listeners.get(key).is_some() {
+                    self.relay_accept_rearm.push(key);
+                }
+            }
+            RELAY_IN => {
+                if self.state.relays.get(key).is_none() {
+                    return;
+                }
+                if res >= 0 {
+                    self.state.peer_readable(key, now);
+                }
+                if !more && let Some(r) = self.state.relays.get(key) {
+                    let fd = r.sock.as_raw_fd();
+                    self.arm_relay(key, fd);
+                }
+            }
+            RELAY_OUT => {
+                if let Some(r) = self.state.relays.get_mut(key) {
+                    r.watching_out = false;
+                    self.state.relay_writable(key, now);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn received(&mut self, side: Side, id: Key, res: i32, flags: u32, now: Instant) {
+        let more = cqueue::more(flags);
+        if res > 0 {
+            let Some(bid) = cqueue::buffer_select(flags) else {
+                return self
+                    .state
+                    .close_on(side, id, "receive completed without a buffer");
+            };
+            let bufs = self
+                .bufs
+                .as_mut()
+                .expect("buffers live while the loop runs");
+            self.state
+                .received_on(side, id, bufs.get(bid, res as usize), now);
+            bufs.recycle(bid);
+        } else if res == 0 {
+            let why = match side {
+                Side::Client => "client closed the connection",
+                Side::Peer => "peer closed the connection",
+            };
+            self.state.close_on(side, id, why);
+        } else if -res != libc::ENOBUFS && -res != libc::ECANCELED {
+            let e = io::Error::from_raw_os_error(-res);
+            self.state.close_on(side, id, format!("receive: {e}"));
+        }
+        if !more && let Some(c) = self.state.table_mut(side).get_mut(id) {
+            // Ended (cancelled, out of buffers, closed): the sync decides what next.
+            c.io.recv_armed = false;
+            c.io.recv_cancelling = false;
+            self.state.touch_on(side, id);
+        }
+    }
+
+    fn arm_relay_accept(&mut self, k: Key) {
+        let Some(l) = self.state.relay_listeners.get(k) else {
+            return;
+        };
+        let e = opcode::AcceptMulti::new(types::Fd(l.sock.as_raw_fd()))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(k.token(RELAY_ACCEPT));
+        self.push(e);
+    }
+
+    fn arm_relay(&mut self, k: Key, fd: RawFd) {
+        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(k.token(RELAY_IN));
+        self.push(e);
+    }
+
+    /// Turns the state's requests into submissions.
+    fn sync(&mut self, now: Instant) {
+        loop {
+            for change in std::mem::take(&mut self.state.relay_changes) {
+                self.relay_change(change);
+            }
+            let Some((side, id)) = self.state.touched.pop() else {
+                if self.state.relay_changes.is_empty() {
+                    return;
+                }
+                continue;
+            };
+            self.conn(side, id, now);
+        }
+    }
+
+    fn relay_change(&mut self, change: RelayChange) {
+        match change {
+            RelayChange::Opened(k) => {
+                if let Some(r) = self.state.relays.get(k) {
+                    let fd = r.sock.as_raw_fd();
+                    self.arm_relay(k, fd);
+                }
+            }
+            RelayChange::Closed(k, sock) => {
+                // The poll holds its own reference to the socket until removed.
+                for kind in [RELAY_IN, RELAY_OUT] {
+                    let e = opcode::PollRemove::new(k.token(kind))
+                        .build()
+                        .user_data(token(IGNORE, 0));
+                    self.push(e);
+                }
+                drop(sock);
+            }
+            RelayChange::WantWritable(k) => {
+                if let Some(r) = self.state.relays.get_mut(k)
+                    && !r.watching_out
+                {
+                    r.watching_out = true;
+                    let fd = r.sock.as_raw_fd();
+                    let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+                        .build()
+                        .user_data(k.token(RELAY_OUT));
+                    self.push(e);
+                }
+            }
+            RelayChange::ListenerOpened(k) => self.arm_relay_accept(k),
+            RelayChange::ListenerClosed(k, sock) => {
+                // The multishot accept holds the socket open until cancelled; shutting it
+                // down stops listening at once, whatever the cancel's timing.
+                let e = opcode::AsyncCancel::new(k.token(RELAY_ACCEPT))
+                    .build()
+                    .user_data(token(IGNORE, 0));
+                self.push(e);
+                // SAFETY: shutdown(2) on our own listening socket.
+                unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
+                drop(sock);
+            }
+        }
+    }
+
+    /// One connection's submissions: its send, its receive, its connect, or its end.
+    fn conn(&mut self, side: Side, id: Key, now: Instant) {
+        let Some(c) = self.state.table_mut(side).get_mut(id) else {
+            return;
+        };
+        c.io.touched = false;
+        let fd = c.stream.as_raw_fd();
+        let recv_token = id.token(recv_kind(side));
+        if c.closing.is_some() {
+            if !c.io.shut {
+                c.io.shut = true;
+                if c.io.poll_armed {
+                    let e = opcode::PollRemove::new(id.token(PEER_CONNECT))
+                        .build()
+                        .user_data(token(IGNORE, 0));
+                    self.push(e);
+                }
+                let c = self.state.table_mut(side).get_mut(id).expect("still here");
+                // Completes a pending receive (EOF) and send (EPIPE).
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                if c.io.recv_armed && !c.io.recv_cancelling {
+                    c.io.recv_cancelling = true;
+                    let e = opcode::AsyncCancel::new(recv_token)
+                        .build()
+                        .user_data(token(IGNORE, 0));
+                    self.push(e);
+                }
+            }
+            let c = self.state.table(side).get(id).expect("still here");
+            if !c.io.recv_armed && !c.io.send_inflight && !c.io.poll_armed {
+                self.state.release_on(side, id, now);
+            }
+            return;
+        }
+        if c.connecting {
+            if !c.io.poll_armed {
+                c.io.poll_armed = true;
+                let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
+                    .build()
+                    .user_data(id.token(PEER_CONNECT));
+                self.push(e);
+            }
+            return;
+        }
+        if !c.io.send_inflight {
+            let buf = c.tx.peek();
+            if !buf.is_empty() {
+                let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
+                c.io.send_inflight = true;
+                let e = opcode::Send::new(types::Fd(fd), ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(id.token(send_kind(side)));
+                self.push(e);
+            }
+        }
+        let c = self.state.table_mut(side).get_mut(id).expect("still here");
+        if c.wants_read() && !c.io.recv_armed {
+            c.io.recv_armed = true;
+            let e = opcode::RecvMulti::new(types::Fd(fd), BUFFER_GROUP)
+                .build()
+                .user_data(recv_token);
+            self.push(e);
+        } else if !c.wants_read() && c.io.recv_armed && !c.io.recv_cancelling {
+            // Backpressure: stop taking bytes; what arrives before the cancel lands is kept.
+            c.io.recv_cancelling = true;
+            let e = opcode::AsyncCancel::new(recv_token)
+                .build()
+                .user_data(token(IGNORE, 0));
+            self.push(e);
+        }
+    }
+}

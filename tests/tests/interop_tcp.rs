@@ -1,0 +1,1033 @@
+//! TURN over TCP and TLS end to end, through the deployment of CONTEXT.md: internet
+//! clients reach the relay's public NAT address on TCP 3478 and on 443 (plain TCP and TLS
+//! on one port), relaying goes over UDP to the media server's echo peer. coturn's
+//! `turnutils_uclient -t`/`-S` and this crate's stream client drive it, on the io_uring
+//! loop and on the epoll fallback (chosen by config, and forced by a seccomp filter that
+//! forbids io_uring).
+//!
+//! Needs root, `coturn` (Debian package) and `target/debug/relay`.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use relay_proto::stun::{Class, Message, MessageWriter, Method};
+use relay_tests::{
+    Addresses, Netns, Topology, TopologyOptions,
+    certs::{Leaf, TestCa},
+    coturn::{PeerProcess, Uclient, UclientRun},
+    relay::{RelayProcess, field},
+    seccomp,
+    stream_client::{StreamClient, connect_tcp, connect_tls},
+    turn_client::new_txid,
+};
+
+const REALM: &str = "example.org";
+const USER: &str = "alice";
+const PASSWORD: &str = "pw";
+const PORTS: std::ops::RangeInclusive<u16> = 24000..=29999;
+const PEER_PORT: u16 = 3480;
+const UCLIENT_TIMEOUT: Duration = Duration::from_secs(40);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const LOG_WAIT: Duration = Duration::from_secs(5);
+const CHANNEL: u16 = 0x4000;
+
+/// Knobs of the deployment config that the tests vary.
+#[derive(Clone, Copy)]
+struct Cfg {
+    engine: &'static str,
+    max_allocations: usize,
+    per_source: u32,
+    handshake_timeout: u64,
+    idle_timeout: u64,
+}
+
+impl Default for Cfg {
+    fn default() -> Self {
+        Cfg {
+            engine: "auto",
+            max_allocations: 1800,
+            per_source: 1000,
+            handshake_timeout: 10,
+            idle_timeout: 60,
+        }
+    }
+}
+
+/// Listeners on both NICs (UDP and TCP 3478), 443 on the external one for `turn:` over
+/// TCP and `turns:` at once; relay ports on the external NIC, the NAT address advertised.
+fn config(a: &Addresses, cfg: Cfg) -> String {
+    format!(
+        r#"realm = "{REALM}"
+
+[[listen]]
+address = "{int}:3478"
+transports = ["udp", "tcp"]
+
+[[listen]]
+address = "{ext}:3478"
+transports = ["udp", "tcp"]
+
+[[listen]]
+address = "{ext}:443"
+transports = ["tcp", "tls"]
+
+[relay]
+address = "{ext}"
+public_address = "{public}"
+ports = "{lo}-{hi}"
+
+[auth]
+users = {{ {USER} = "{PASSWORD}" }}
+
+[peers]
+allow = ["192.0.2.0/24"]
+
+[limits]
+max_allocations = {max}
+
+[tcp]
+engine = "{engine}"
+max_connections_per_source = {per_source}
+handshake_timeout = {handshake}
+idle_timeout = {idle}
+
+[tls]
+certificate = "cert.pem"
+private_key = "key.pem"
+
+[xdp]
+mode = "off"
+
+[log]
+level = "info"
+"#,
+        int = a.relay_internal,
+        ext = a.relay_external,
+        public = a.public,
+        lo = PORTS.start(),
+        hi = PORTS.end(),
+        max = cfg.max_allocations,
+        engine = cfg.engine,
+        per_source = cfg.per_source,
+        handshake = cfg.handshake_timeout,
+        idle = cfg.idle_timeout,
+    )
+}
+
+/// Topology plus the processes in it; field order is drop order.
+struct Env {
+    peer: Option<PeerProcess>,
+    relay: RelayProcess,
+    ca: TestCa,
+    topo: Topology,
+}
+
+impl Env {
+    fn start(cfg: Cfg) -> Env {
+        Self::start_with(cfg, false)
+    }
+
+    /// `no_io_uring`: the relay runs under a seccomp filter that fails io_uring with EPERM.
+    fn start_with(cfg: Cfg, no_io_uring: bool) -> Env {
+        raise_open_files();
+        let topo = Topology::new(TopologyOptions::default()).expect("build topology");
+        let a = topo.addrs;
+        let ca = TestCa::new("relay test CA");
+        let leaf = ca.leaf("relay-a", &[&a.public.to_string()]);
+        let conf = config(&a, cfg);
+        let relay = if no_io_uring {
+            seccomp::without_io_uring(|| start_relay(&topo.relay, &conf, &leaf))
+                .expect("seccomp filter")
+        } else {
+            start_relay(&topo.relay, &conf, &leaf)
+        };
+        Env {
+            peer: None,
+            relay,
+            ca,
+            topo,
+        }
+    }
+
+    fn with_media_peer(mut self) -> Env {
+        let a = self.topo.addrs;
+        self.peer = Some(
+            PeerProcess::start(&self.topo.media, a.media.into(), PEER_PORT)
+                .unwrap_or_else(|e| panic!("turnutils_peer: {e}")),
+        );
+        self
+    }
+
+    fn addrs(&self) -> Addresses {
+        self.topo.addrs
+    }
+
+    fn media_peer(&self) -> SocketAddr {
+        (self.addrs().media, PEER_PORT).into()
+    }
+
+    /// uclient as an internet client over TCP (`tls`: TLS) to `port` of the NAT address.
+    fn uclient(&self, port: u16, tls: bool) -> Uclient {
+        let a = self.addrs();
+        let mut u = Uclient::new(a.public.into());
+        u.port = port;
+        u.tcp = true;
+        u.tls = tls;
+        u.user = Some(USER.into());
+        u.password = Some(PASSWORD.into());
+        u.peer = Some(a.media.into());
+        u.peer_port = Some(PEER_PORT);
+        u.clients = 4;
+        u.messages = 20;
+        u
+    }
+
+    fn run(&self, u: &Uclient) -> UclientRun {
+        let run = u
+            .run(&self.topo.client, UCLIENT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("turnutils_uclient: {e}"));
+        eprintln!("{}: {:?}", run.command, run.summary);
+        run
+    }
+
+    fn context(&self, run: &UclientRun) -> String {
+        format!(
+            "{}\n{}----- relay log -----\n{}",
+            run.describe(),
+            self.relay
+                .unexpected_stop()
+                .map(|s| format!("NOTE: {s}\n"))
+                .unwrap_or_default(),
+            self.relay.logs()
+        )
+    }
+
+    /// A plain TCP client of `port` on the NAT address, connected from the client host.
+    fn tcp_client(&self, port: u16) -> StreamClient<TcpStream> {
+        let server = SocketAddr::from((self.addrs().public, port));
+        let s = self
+            .topo
+            .client
+            .run(move || connect_tcp(server, IO_TIMEOUT))
+            .expect("enter namespace")
+            .unwrap_or_else(|e| panic!("connect {server}: {e}"));
+        StreamClient::new(s, USER, PASSWORD)
+    }
+
+    /// A TLS client of 443 on the NAT address, verifying the chain against the test CA.
+    fn tls_client(&self) -> StreamClient<relay_tests::stream_client::TlsStream> {
+        let public = self.addrs().public;
+        let roots = self.ca.roots();
+        let s = self
+            .topo
+            .client
+            .run(move || connect_tls((public, 443).into(), roots, public.into(), IO_TIMEOUT))
+            .expect("enter namespace")
+            .unwrap_or_else(|e| panic!("TLS to {public}:443: {e}"));
+        StreamClient::new(s, USER, PASSWORD)
+    }
+
+    /// The engine line the relay logged.
+    fn engine(&self) -> String {
+        self.relay
+            .wait_for_log("TCP/TLS event loop running", LOG_WAIT)
+            .ok()
+            .and_then(|l| field(&l, "engine").map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+fn start_relay(ns: &Netns, conf: &str, leaf: &Leaf) -> RelayProcess {
+    RelayProcess::start_with_files(
+        ns,
+        conf,
+        &[("cert.pem", &leaf.chain_pem), ("key.pem", &leaf.key_pem)],
+    )
+    .unwrap_or_else(|e| panic!("relay did not start: {e}"))
+}
+
+/// Thousands of sockets in one test process: lift the soft open-files limit.
+fn raise_open_files() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// Zero loss, everything sent came back, the client exited cleanly; the allocations were
+/// made over `transport` and advertised the NAT address.
+fn assert_lossless(env: &Env, run: &UclientRun, expected_msgs: u64, transport: &str) {
+    let ctx = || env.context(run);
+    assert!(!run.timed_out, "uclient still running\n{}", ctx());
+    assert!(run.success(), "uclient failed\n{}", ctx());
+    let s = &run.summary;
+    assert_eq!(s.send_msgs, Some(expected_msgs), "messages sent\n{}", ctx());
+    assert_eq!(s.recv_msgs, s.send_msgs, "received == sent\n{}", ctx());
+    assert_eq!(s.lost_packets, Some(0), "lost packets\n{}", ctx());
+    let created = env.relay.log_lines("allocation created");
+    let over: Vec<&String> = created
+        .iter()
+        .filter(|l| l.contains(&format!("client={transport} ")))
+        .collect();
+    assert!(
+        !over.is_empty(),
+        "no allocation over {transport}\n{}",
+        ctx()
+    );
+    let public = env.addrs().public.to_string();
+    for l in over {
+        let relayed = field(l, "relayed").unwrap_or("");
+        assert!(
+            relayed.starts_with(&format!("{public}:")),
+            "relayed address is not the NAT address: {l}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// coturn's uclient over TCP and TLS, through the NAT to the media host's echo peer
+
+#[test]
+fn uclient_tcp_3478_channels_and_send_indications() {
+    let env = Env::start(Cfg::default()).with_media_peer();
+    assert_eq!(env.engine(), "io_uring", "{}", env.relay.logs());
+    // Channels, with RTCP allocations (EVEN-PORT / RESERVATION-TOKEN) over TCP as well.
+    let run = env.run(&env.uclient(3478, false));
+    assert_lossless(&env, &run, 80, "tcp");
+    // Send/Data indications.
+    let mut u = env.uclient(3478, false);
+    u.send_indications = true;
+    u.no_rtcp = true;
+    let run = env.run(&u);
+    assert_lossless(&env, &run, 80, "tcp");
+}
+
+#[test]
+fn uclient_tls_and_tcp_on_443() {
+    let env = Env::start(Cfg::default()).with_media_peer();
+    let run = env.run(&env.uclient(443, true));
+    assert_lossless(&env, &run, 80, "tls");
+    // Plain TCP on the same port: the first byte tells them apart.
+    let run = env.run(&env.uclient(443, false));
+    assert_lossless(&env, &run, 80, "tcp");
+}
+
+#[test]
+fn epoll_engine_by_config_serves_tcp_and_tls() {
+    let env = Env::start(Cfg {
+        engine: "epoll",
+        ..Cfg::default()
+    })
+    .with_media_peer();
+    assert_eq!(env.engine(), "epoll", "{}", env.relay.logs());
+    let run = env.run(&env.uclient(3478, false));
+    assert_lossless(&env, &run, 80, "tcp");
+    let run = env.run(&env.uclient(443, true));
+    assert_lossless(&env, &run, 80, "tls");
+    pipelined_and_late_reader(&env);
+}
+
+#[test]
+fn io_uring_forbidden_by_seccomp_falls_back_to_epoll() {
+    let env = Env::start_with(Cfg::default(), true).with_media_peer();
+    assert_eq!(env.engine(), "epoll", "{}", env.relay.logs());
+    let line = env
+        .relay
+        .wait_for_log("io_uring unavailable", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        line.contains("not permitted") && line.contains("seccomp"),
+        "the reason should say io_uring was refused: {line}"
+    );
+    let run = env.run(&env.uclient(3478, false));
+    assert_lossless(&env, &run, 80, "tcp");
+    let run = env.run(&env.uclient(443, true));
+    assert_lossless(&env, &run, 80, "tls");
+}
+
+// ---------------------------------------------------------------------------------------
+// This crate's stream client
+
+/// Many requests written back to back in chunks that cut frames anywhere, by a client
+/// that reads nothing until it has written them all: the relay must stop reading while
+/// its replies wait (backpressure), and every reply must still arrive, in order.
+fn pipelined_and_late_reader(env: &Env) {
+    const REQUESTS: usize = 40_000;
+    let mut c = env.tcp_client(3478);
+    let mut all = Vec::with_capacity(REQUESTS * 28);
+    let mut ids = Vec::with_capacity(REQUESTS);
+    let mut buf = [0u8; 64];
+    for _ in 0..REQUESTS {
+        let txid = new_txid();
+        let mut w = MessageWriter::new(&mut buf, Class::Request, Method::BINDING, txid).unwrap();
+        w.fingerprint().unwrap();
+        let n = w.finish();
+        all.extend_from_slice(&buf[..n]);
+        ids.push(txid);
+    }
+    let mut writer = c.stream.try_clone().expect("clone socket");
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = done.clone();
+    let t = std::thread::spawn(move || {
+        for chunk in all.chunks(997) {
+            writer.write_all(chunk).expect("write requests");
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let blocked = !done.load(Ordering::SeqCst);
+    let mut got = 0;
+    for (i, txid) in ids.iter().enumerate() {
+        let f = c
+            .read_frame()
+            .unwrap_or_else(|e| panic!("reply {i} of {REQUESTS}: {e}\n{}", env.relay.logs()));
+        let m = Message::parse(&f).expect("reply parses");
+        assert_eq!(m.transaction_id(), *txid, "reply {i} out of order");
+        assert_eq!(m.class(), Class::Success);
+        got += 1;
+    }
+    t.join().expect("writer");
+    eprintln!("{got} pipelined Binding replies; writer blocked while nobody read: {blocked}");
+}
+
+#[test]
+fn thousands_of_connections_and_allocations_keep_working() {
+    const N: usize = 5000;
+    const BATCH: usize = 200;
+    let env = Env::start(Cfg {
+        max_allocations: N + 100,
+        per_source: N as u32 + 100,
+        ..Cfg::default()
+    })
+    .with_media_peer();
+    let peer = env.media_peer();
+    let started = Instant::now();
+    let mut first = env.tcp_client(3478);
+    first.allocate().expect("first allocation");
+    let (realm, nonce) = first.credentials().expect("learnt realm and nonce");
+    drop(first);
+    let server = SocketAddr::from((env.addrs().public, 3478));
+    let mut clients: Vec<StreamClient<TcpStream>> = env
+        .topo
+        .client
+        .run(move || {
+            (0..N)
+                .map(|i| {
+                    let s = connect_tcp(server, IO_TIMEOUT)
+                        .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                    let mut c = StreamClient::new(s, USER, PASSWORD);
+                    c.prime(&realm, &nonce);
+                    c
+                })
+                .collect()
+        })
+        .expect("enter namespace");
+    let connected = started.elapsed();
+
+    // Lockstep: every request written, then every response read.
+    let ctx =
+        |what: &str, i: usize, e: &dyn std::fmt::Display| format!("{what} on connection {i}: {e}");
+    let ids: Vec<_> = clients
+        .iter_mut()
+        .map(|c| c.write_allocate().expect("write Allocate"))
+        .collect();
+    for (i, (c, id)) in clients.iter_mut().zip(ids).enumerate() {
+        let resp = c
+            .read_response(id)
+            .unwrap_or_else(|e| panic!("{}", ctx("Allocate", i, &e)));
+        c.take_allocation(&resp)
+            .unwrap_or_else(|e| panic!("{}", ctx("Allocate", i, &e)));
+    }
+    let ids: Vec<_> = clients
+        .iter_mut()
+        .map(|c| {
+            c.write_channel_bind(CHANNEL, peer)
+                .expect("write ChannelBind")
+        })
+        .collect();
+    for (i, (c, id)) in clients.iter_mut().zip(ids).enumerate() {
+        let resp = c
+            .read_response(id)
+            .unwrap_or_else(|e| panic!("{}", ctx("ChannelBind", i, &e)));
+        c.check(Method::CHANNEL_BIND, &resp)
+            .unwrap_or_else(|e| panic!("{}", ctx("ChannelBind", i, &e)));
+    }
+    let allocated = started.elapsed();
+    let mut relayed: Vec<SocketAddr> = clients.iter().filter_map(|c| c.relayed).collect();
+    relayed.sort();
+    relayed.dedup();
+    assert_eq!(
+        relayed.len(),
+        N,
+        "every allocation has its own relayed address"
+    );
+
+    // Two rounds of echo through every allocation, a few seconds apart. Odd payload
+    // lengths: ChannelData padding both ways. Batches keep the echo peer's socket buffer
+    // from overflowing (that would be the test's loss, not the relay's).
+    for round in 0..2 {
+        if round > 0 {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        for (b, chunk) in clients.chunks_mut(BATCH).enumerate() {
+            for (j, c) in chunk.iter_mut().enumerate() {
+                let msg = format!("r{round}-c{}", b * BATCH + j);
+                c.send_channel_data(CHANNEL, msg.as_bytes()).expect("send");
+            }
+            for (j, c) in chunk.iter_mut().enumerate() {
+                let i = b * BATCH + j;
+                let want = format!("r{round}-c{i}");
+                let got = c
+                    .recv_data()
+                    .unwrap_or_else(|e| panic!("{}", ctx("echo", i, &e)));
+                assert_eq!(got.channel, Some(CHANNEL), "connection {i}");
+                assert_eq!(got.data, want.as_bytes(), "connection {i}");
+            }
+        }
+    }
+    let echoed = started.elapsed();
+    assert!(env.relay.unexpected_stop().is_none());
+    assert!(
+        env.relay.log_lines("allocation created").len() > N,
+        "allocation lines"
+    );
+
+    // Closing the connections ends their allocations (the 5-tuple is gone).
+    drop(clients);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let closed = loop {
+        let n = env
+            .relay
+            .log_lines("allocation closed")
+            .iter()
+            .filter(|l| l.contains("client connection closed"))
+            .count();
+        if n > N || Instant::now() >= deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The N, and the first connection that learnt the nonce.
+    assert_eq!(closed, N + 1, "allocations ended with their connections");
+    eprintln!(
+        "{N} connections: connected in {connected:?}, allocated+bound by {allocated:?}, \
+         two echo rounds by {echoed:?}, all closed by {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn per_source_limit_and_handshake_timeout_against_slowloris() {
+    let env = Env::start(Cfg {
+        per_source: 3,
+        handshake_timeout: 2,
+        ..Cfg::default()
+    });
+    let server = SocketAddr::from((env.addrs().public, 3478));
+    // Three silent connections (a slowloris holding sockets), then a fourth.
+    let mut socks: Vec<TcpStream> = env
+        .topo
+        .client
+        .run(move || {
+            (0..4)
+                .map(|_| connect_tcp(server, IO_TIMEOUT).expect("connect"))
+                .collect()
+        })
+        .expect("enter namespace");
+    let mut fourth = socks.pop().expect("four");
+    let mut b = [0u8; 16];
+    let r = fourth.read(&mut b);
+    assert!(
+        matches!(r, Ok(0) | Err(_))
+            && !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the fourth connection from one source must be closed at once: {r:?}"
+    );
+    env.relay
+        .wait_for_log("tcp.max_connections_per_source", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The silent ones are closed by the handshake timeout (2 s, swept every second).
+    let t0 = Instant::now();
+    for (i, s) in socks.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
+        let r = s.read(&mut b);
+        assert!(
+            matches!(r, Ok(0))
+                || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+            "silent connection {i} not closed: {r:?}\n{}",
+            env.relay.logs()
+        );
+    }
+    assert!(t0.elapsed() < Duration::from_secs(6));
+    // Their slots are free again.
+    let mut c = env.tcp_client(3478);
+    c.allocate()
+        .unwrap_or_else(|e| panic!("allocation after the sweep: {e}\n{}", env.relay.logs()));
+}
+
+#[test]
+fn tls_certificate_reloads_without_restart() {
+    let env = Env::start(Cfg::default());
+    let a = env.addrs();
+    let leaf_a_der = {
+        let c = env.tls_client();
+        c.stream.conn.peer_certificates().expect("certificate")[0].clone()
+    };
+    let mut old = env.tls_client();
+    old.allocate().expect("allocate over TLS");
+    assert_eq!(old.stream.conn.peer_certificates().unwrap()[0], leaf_a_der);
+
+    // Renew: new key and certificate, written the way certbot does (rename into place).
+    let leaf_b = env.ca.leaf("relay-b", &[&a.public.to_string()]);
+    let dir = env
+        .relay
+        .config_path()
+        .parent()
+        .expect("config dir")
+        .to_owned();
+    for (name, pem) in [
+        ("key.pem", &leaf_b.key_pem),
+        ("cert.pem", &leaf_b.chain_pem),
+    ] {
+        let tmp = dir.join(format!("{name}.new"));
+        std::fs::write(&tmp, pem).unwrap();
+        std::fs::rename(&tmp, dir.join(name)).unwrap();
+    }
+    env.relay
+        .wait_for_log("TLS certificate reloaded", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let new = env.tls_client();
+    let served = new.stream.conn.peer_certificates().expect("certificate")[0].clone();
+    assert_eq!(
+        served, leaf_b.der,
+        "new connections get the renewed certificate"
+    );
+    assert_ne!(served, leaf_a_der);
+    // The connection made before keeps working, with its allocation.
+    old.refresh(600)
+        .unwrap_or_else(|e| panic!("refresh on the old connection: {e}"));
+    assert_eq!(env.relay.log_lines("TCP/TLS event loop running").len(), 1);
+}
+
+#[test]
+fn stream_framing_padding_and_bad_bytes() {
+    let env = Env::start(Cfg::default()).with_media_peer();
+    let peer = env.media_peer();
+    let mut c = env.tcp_client(3478);
+    c.allocate().expect("allocate");
+    c.channel_bind(CHANNEL, peer).expect("channel bind");
+    // Every payload length modulo 4, each message written one byte at a time.
+    for len in 1..=9usize {
+        let payload: Vec<u8> = (0..len as u8).collect();
+        let mut frame = vec![0u8; len + 8];
+        let n = relay_proto::stun::write_channel_data(&mut frame, CHANNEL, &payload, true).unwrap();
+        for byte in &frame[..n] {
+            c.write_all(std::slice::from_ref(byte)).unwrap();
+        }
+        let got = c.recv_data().expect("echo");
+        assert_eq!(got.data, payload, "payload of {len} bytes");
+    }
+    // A Send indication works too (the peer has a permission through the channel).
+    c.send_indication(peer, b"indication").unwrap();
+    assert_eq!(c.recv_data().expect("echo").data, b"indication");
+    // Garbage (neither STUN nor ChannelData): the relay closes the connection.
+    c.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+    let r = c.read_frame();
+    assert!(r.is_err(), "connection not closed after garbage: {r:?}");
+    let line = env
+        .relay
+        .wait_for_log("not STUN or ChannelData framing", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        line.contains(&format!("client=tcp {}:", env.addrs().client)),
+        "{line}"
+    );
+    // Its allocation ended with it.
+    env.relay
+        .wait_for_log("client connection closed", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn tls_client_through_nat_relays_to_media_peer() {
+    let env = Env::start(Cfg::default()).with_media_peer();
+    let peer = env.media_peer();
+    let mut c = env.tls_client();
+    let relayed = c.allocate().expect("allocate over TLS");
+    assert_eq!(relayed.ip(), IpAddr::V4(env.addrs().public));
+    assert_eq!(
+        c.mapped.map(|m| m.ip()),
+        Some(IpAddr::V4(env.addrs().client))
+    );
+    c.channel_bind(CHANNEL, peer).expect("channel bind");
+    for i in 0..50 {
+        let msg = format!("tls message {i}");
+        c.send_channel_data(CHANNEL, msg.as_bytes()).unwrap();
+        assert_eq!(c.recv_data().expect("echo").data, msg.as_bytes());
+    }
+    c.refresh(0).expect("delete");
+    let line = env
+        .relay
+        .wait_for_log("allocation deleted by client", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("client=tls "), "{line}");
+    assert_eq!(field(&line, "to_peer_packets"), Some("50"), "{line}");
+}
+
+// ---------------------------------------------------------------------------------------
+// A browser with only a `turns:` server on 443
+
+const PAGE: &str = include_str!("../assets/webrtc_relay.html");
+
+#[test]
+fn chromium_data_channel_with_only_turns_on_443() {
+    use relay_tests::browser::{Chromium, PageServer, Report, find_chromium};
+    const MESSAGES: usize = 5;
+    let chromium = find_chromium()
+        .expect("Chromium is not installed (`apt-get install chromium`, or `cargo xtask setup`)");
+    let topo = Topology::new(TopologyOptions {
+        nat_reflection: false,
+    })
+    .expect("build topology");
+    let a = topo.addrs;
+    let ca = TestCa::new("relay test CA");
+    let leaf = ca.leaf("relay", &[&a.public.to_string()]);
+    // Nothing but TLS on 443: no UDP, no plain TCP.
+    let conf = format!(
+        r#"realm = "{REALM}"
+[[listen]]
+address = "{ext}:443"
+transports = ["tls"]
+[relay]
+address = "{ext}"
+public_address = "{public}"
+ports = "24000-29999"
+[auth]
+users = {{ {USER} = "{PASSWORD}" }}
+[tls]
+certificate = "cert.pem"
+private_key = "key.pem"
+[xdp]
+mode = "off"
+"#,
+        ext = a.relay_external,
+        public = a.public,
+    );
+    let relay = start_relay(&topo.relay, &conf, &leaf);
+    let server = PageServer::start(&topo.client, PAGE).expect("start page server");
+    let url = format!(
+        "{}?url={}&username={USER}&credential={PASSWORD}&messages={MESSAGES}&timeout_ms=20000",
+        server.url(),
+        format_args!("turns%3A{}%3A443%3Ftransport%3Dtcp", a.public),
+    );
+    // The test CA is not in the browser's trust store.
+    let browser = Chromium::launch_with(
+        &topo.client,
+        &chromium,
+        &url,
+        &["--ignore-certificate-errors"],
+    )
+    .expect("launch Chromium");
+    let failure = |what: &str, report: Option<&Report>| {
+        format!(
+            "{what}\n----- page report -----\n{}\n----- Chromium ICE/TURN lines -----\n{}\n\
+             ----- relay log -----\n{}",
+            report.map(|r| r.text.as_str()).unwrap_or("(none)"),
+            browser.ice_lines(200),
+            relay.logs()
+        )
+    };
+    let report = match server.wait_result(Duration::from_secs(30)) {
+        Some(t) => Report::parse(t),
+        None => panic!("{}", failure("the page reported nothing", None)),
+    };
+    assert_eq!(
+        report.get("ok"),
+        Some("true"),
+        "{}",
+        failure("page failed", Some(&report))
+    );
+    for (key, from) in [("received_1to2", "pc1"), ("received_2to1", "pc2")] {
+        let want: Vec<String> = (0..MESSAGES).map(|i| format!("from-{from}-{i}")).collect();
+        let got: Vec<&str> = report
+            .get(key)
+            .unwrap_or("")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .collect();
+        assert_eq!(got, want, "{}", failure(key, Some(&report)));
+    }
+    eprintln!("page report:\n{}", report.text);
+    for pc in ["pc1.local", "pc2.local"] {
+        let c = report.get(pc).unwrap_or("");
+        assert!(
+            c.starts_with(&format!("relay {} ", a.public)) && c.ends_with(" tls"),
+            "{pc}={c}: want a relay candidate on the public address over TLS\n{}",
+            failure(pc, Some(&report))
+        );
+    }
+    let over_tls = relay
+        .log_lines("allocation created")
+        .iter()
+        .filter(|l| l.contains("client=tls "))
+        .count();
+    assert!(
+        over_tls >= 2,
+        "{}",
+        failure("allocations over TLS", Some(&report))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// RFC 6062 TCP allocations: Connect, ConnectionBind, ConnectionAttempt
+
+const TCP_ECHO_PORT: u16 = 3481;
+
+/// A TCP echo server on the media host: every accepted connection gets its bytes back.
+/// Stops accepting when dropped; connection threads end on EOF or a read timeout.
+struct TcpEcho {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpEcho {
+    fn start(ns: &Netns, addr: SocketAddr) -> TcpEcho {
+        let listener = ns
+            .run(move || std::net::TcpListener::bind(addr))
+            .expect("enter namespace")
+            .unwrap_or_else(|e| panic!("bind echo {addr}: {e}"));
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        std::thread::spawn(move || echo(s));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        TcpEcho {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for TcpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn echo(mut s: TcpStream) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(UCLIENT_TIMEOUT));
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Allocate with REQUESTED-TRANSPORT TCP on the control connection.
+fn allocate_tcp(c: &mut StreamClient<TcpStream>) -> SocketAddr {
+    let resp = c
+        .transact(Method::ALLOCATE, &|w| {
+            w.attr(&relay_proto::stun::RequestedTransport::TCP)?;
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("TCP Allocate: {e}"));
+    c.take_allocation(&resp).expect("relayed address")
+}
+
+fn connection_id(resp: &[u8]) -> u32 {
+    let msg = Message::parse(resp).expect("parse");
+    msg.attr::<relay_proto::stun::ConnectionId>()
+        .and_then(Result::ok)
+        .map(|c| c.0)
+        .expect("CONNECTION-ID")
+}
+
+/// A new connection from the client host that binds peer connection `conn` to itself;
+/// afterwards it carries raw bytes.
+fn connection_bind(env: &Env, control: &StreamClient<TcpStream>, conn: u32) -> TcpStream {
+    let mut data = env.tcp_client(3478);
+    let (realm, nonce) = control.credentials().expect("credentials");
+    data.prime(&realm, &nonce);
+    data.write_request(Method::CONNECTION_BIND, &|w| {
+        w.attr(&relay_proto::stun::ConnectionId(conn))?;
+        Ok(())
+    })
+    .expect("write ConnectionBind");
+    // Read exactly the response: the peer's bytes may follow it in the same segment.
+    let mut resp = vec![0u8; 20];
+    data.stream
+        .read_exact(&mut resp)
+        .unwrap_or_else(|e| panic!("ConnectionBind response: {e}\n{}", env.relay.logs()));
+    let body = usize::from(u16::from_be_bytes([resp[2], resp[3]]));
+    resp.resize(20 + body, 0);
+    data.stream
+        .read_exact(&mut resp[20..])
+        .expect("response body");
+    data.check(Method::CONNECTION_BIND, &resp)
+        .unwrap_or_else(|e| panic!("ConnectionBind: {e}\n{}", env.relay.logs()));
+    data.stream
+}
+
+/// Writes `total` patterned bytes on `s` from another thread while reading what comes
+/// back; returns whether the echo matched byte for byte. Several times the relay's
+/// high-water mark, so both directions hit backpressure.
+fn echo_round_trip(s: &TcpStream, total: usize) -> Result<(), String> {
+    let pattern = |i: usize| (i % 251) as u8;
+    let mut writer = s.try_clone().map_err(|e| e.to_string())?;
+    let w = std::thread::spawn(move || {
+        let chunk: Vec<u8> = (0..total).map(pattern).collect();
+        for part in chunk.chunks(7919) {
+            writer.write_all(part)?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut reader = s.try_clone().map_err(|e| e.to_string())?;
+    let mut got = 0usize;
+    let mut buf = [0u8; 32 * 1024];
+    while got < total {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("read after {got} of {total} bytes: {e}"))?;
+        if n == 0 {
+            return Err(format!("EOF after {got} of {total} bytes"));
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            if *b != pattern(got + k) {
+                return Err(format!("byte {} differs", got + k));
+            }
+        }
+        got += n;
+    }
+    w.join()
+        .map_err(|_| "writer panicked".to_string())?
+        .map_err(|e| format!("write: {e}"))
+}
+
+/// Connect to the media host's echo, bind it, a megabyte both ways; then the media host
+/// connects to the relayed address, the client hears a ConnectionAttempt, binds it and
+/// talks to that peer; closing the peer closes the data connection.
+fn tcp_relay_connect_bind_and_attempt(env: &Env) {
+    let a = env.addrs();
+    let _echo = TcpEcho::start(&env.topo.media, (a.media, TCP_ECHO_PORT).into());
+    let mut control = env.tcp_client(3478);
+    let relayed = allocate_tcp(&mut control);
+    assert_eq!(
+        relayed.ip(),
+        IpAddr::from(a.public),
+        "relayed is the NAT address"
+    );
+
+    // Outgoing: Connect, then ConnectionBind on a second connection.
+    let peer: SocketAddr = (a.media, TCP_ECHO_PORT).into();
+    let resp = control
+        .transact(Method::CONNECT, &|w| {
+            w.attr(&relay_proto::stun::XorPeerAddress(peer))?;
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("Connect: {e}\n{}", env.relay.logs()));
+    let conn = connection_id(&resp);
+    let data = connection_bind(env, &control, conn);
+    echo_round_trip(&data, 1 << 20)
+        .unwrap_or_else(|e| panic!("echo through the relay: {e}\n{}", env.relay.logs()));
+    drop(data);
+
+    // Incoming: the media host (permitted since the Connect) dials the relayed port.
+    let relay_addr: SocketAddr = (a.relay_external, relayed.port()).into();
+    let mut peer_side = env
+        .topo
+        .media
+        .run(move || connect_tcp(relay_addr, IO_TIMEOUT))
+        .expect("enter namespace")
+        .unwrap_or_else(|e| panic!("peer connect to {relay_addr}: {e}"));
+    let attempt = loop {
+        let f = control
+            .read_frame()
+            .unwrap_or_else(|e| panic!("waiting for ConnectionAttempt: {e}\n{}", env.relay.logs()));
+        let msg = Message::parse(&f).expect("STUN");
+        if msg.method() == Method::CONNECTION_ATTEMPT && msg.class() == Class::Indication {
+            let from = msg
+                .attr::<relay_proto::stun::XorPeerAddress>()
+                .and_then(Result::ok)
+                .map(|p| p.0)
+                .expect("XOR-PEER-ADDRESS");
+            assert_eq!(
+                from.ip(),
+                IpAddr::from(a.media),
+                "attempt names the media host"
+            );
+            break connection_id(&f);
+        }
+    };
+    // Bytes the peer sends before the bind wait in the relay, unread.
+    peer_side.write_all(b"early ").expect("peer write");
+    let mut data = connection_bind(env, &control, attempt);
+    data.write_all(b"hello peer").expect("client write");
+    let mut got = [0u8; 10];
+    peer_side.read_exact(&mut got).expect("peer read");
+    assert_eq!(&got, b"hello peer");
+    peer_side.write_all(b"hello client").expect("peer write");
+    let mut got = [0u8; 18];
+    data.read_exact(&mut got).expect("client read");
+    assert_eq!(&got, b"early hello client");
+    // The peer leaves: the data connection follows.
+    drop(peer_side);
+    let mut rest = [0u8; 1];
+    let n = data.read(&mut rest).unwrap_or(0);
+    assert_eq!(n, 0, "data connection closed after the peer left");
+    env.relay
+        .wait_for_log("peer connection closed", LOG_WAIT)
+        .or_else(|_| env.relay.wait_for_log("PeerConnectionClosed", LOG_WAIT))
+        .ok();
+    // The control connection and its allocation are still fine.
+    control
+        .refresh(600)
+        .expect("Refresh after the data connections ended");
+}
+
+#[test]
+fn tcp_allocation_connect_bind_and_attempt_io_uring() {
+    let env = Env::start(Cfg::default());
+    assert_eq!(env.engine(), "io_uring", "{}", env.relay.logs());
+    tcp_relay_connect_bind_and_attempt(&env);
+}
+
+#[test]
+fn tcp_allocation_connect_bind_and_attempt_epoll() {
+    let env = Env::start(Cfg {
+        engine: "epoll",
+        ..Cfg::default()
+    });
+    assert_eq!(env.engine(), "epoll", "{}", env.relay.logs());
+    tcp_relay_connect_bind_and_attempt(&env);
+}

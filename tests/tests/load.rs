@@ -1,0 +1,358 @@
+//! `relay load` and its echo peer, checked against a known loss: the echo drops every
+//! Nth datagram, and the loss the load generator reports must be 1/N. Through the relay
+//! in the static-NAT deployment of CONTEXT.md (channel and Send mode, long-term and REST
+//! credentials), and straight to the echo with no relay.
+//!
+//! Needs root and `target/debug/relay` (`cargo build -p relay-user`).
+
+use std::{
+    io::Read,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use relay_tests::{Netns, Topology, TopologyOptions, netns, relay::RelayProcess};
+use serde_json::Value;
+
+const USER: &str = "alice";
+const PASSWORD: &str = "pw";
+const SECRET: &str = "north-secret";
+const ECHO_PORT: u16 = 7000;
+/// Hard limit for one `relay load` run (each run here lasts a few seconds).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(40);
+
+fn relay_config(t: &Topology) -> String {
+    let a = t.addrs;
+    format!(
+        r#"realm = "example.org"
+
+[[listen]]
+address = "{ext}:3478"
+
+[relay]
+address = "{ext}"
+public_address = "{public}"
+ports = "24000-29999"
+
+[auth]
+users = {{ {USER} = "{PASSWORD}" }}
+shared_secrets = ["{SECRET}"]
+
+[peers]
+allow = ["192.0.2.0/24", "{client}/32"]
+
+[xdp]
+mode = "off"
+"#,
+        ext = a.relay_external,
+        public = a.public,
+        client = a.client,
+    )
+}
+
+/// A process killed on drop (the echo peer when a test fails half-way).
+struct Guard(Option<Child>);
+
+impl Guard {
+    /// SIGTERM, then the process's stdout once it has exited.
+    fn finish(mut self) -> String {
+        let mut child = self.0.take().expect("running");
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let mut out = String::new();
+        if let Some(mut s) = child.stdout.take() {
+            let _ = s.read_to_string(&mut out);
+        }
+        let _ = child.wait();
+        out
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `relay load echo` in `ns`, waiting until its socket is bound.
+fn start_echo(ns: &Netns, listen: &str, drop_every: u64) -> Guard {
+    let bin = relay_tests::relay_binary();
+    let child = ns
+        .command(bin.to_str().unwrap())
+        .args([
+            "load",
+            "echo",
+            "--listen",
+            listen,
+            "--threads",
+            "2",
+            "--json",
+        ])
+        .args(["--drop-every", &drop_every.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn relay load echo");
+    let guard = Guard(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let bound = ns
+            .exec("ss", &["-Hlun"])
+            .map(|o| o.contains(listen))
+            .unwrap_or(false);
+        if bound {
+            return guard;
+        }
+        assert!(Instant::now() < deadline, "echo peer did not bind {listen}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs `relay load ARGS --json -q` in `ns`; returns the exit code and the parsed report.
+fn load(ns: &Netns, args: &[&str]) -> (i32, Value) {
+    let bin = relay_tests::relay_binary();
+    let mut child = ns
+        .command(bin.to_str().unwrap())
+        .arg("load")
+        .args(args)
+        .args(["--json", "-q"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn relay load");
+    let deadline = Instant::now() + LOAD_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("relay load {args:?} did not finish within {LOAD_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let report: Value = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("relay load output is not JSON ({e}): {out}\nstderr: {err}"));
+    (status.code().unwrap_or(-1), report)
+}
+
+fn num(v: &Value, path: &str) -> f64 {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = &cur[key];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("`{path}` missing or not a number in {v:#}"))
+}
+
+/// Loss must be 1/N give or take a sliver: the drops are exact per echo thread, and a
+/// round at the end of the window may be split.
+fn assert_loss(report: &Value, n: u64) {
+    let loss = num(report, "traffic.loss_ratio");
+    let want = 1.0 / n as f64;
+    assert!(
+        (loss - want).abs() < 0.01,
+        "reported loss {loss:.4}, the echo dropped 1/{n} = {want:.4}: {report:#}"
+    );
+}
+
+/// Every figure the issue asks for is in the JSON, with sane values.
+fn assert_figures(report: &Value, allocations: u64) {
+    assert_eq!(num(report, "setup.requested") as u64, allocations);
+    assert_eq!(num(report, "setup.ready") as u64, allocations, "{report:#}");
+    assert_eq!(num(report, "setup.failed"), 0.0);
+    assert!(report["setup"]["failures"].as_object().unwrap().is_empty());
+    let sent = num(report, "traffic.sent");
+    let received = num(report, "traffic.received");
+    assert!(sent > 0.0 && received > 0.0 && received <= sent);
+    assert_eq!(num(report, "traffic.lost"), sent - received);
+    assert!(num(report, "traffic.sent_per_sec") > 0.0);
+    assert!(num(report, "traffic.received_per_sec") > 0.0);
+    let (p50, p90, p99, max) = (
+        num(report, "traffic.rtt_us.p50"),
+        num(report, "traffic.rtt_us.p90"),
+        num(report, "traffic.rtt_us.p99"),
+        num(report, "traffic.rtt_us.max"),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p90 && p90 <= p99 && p99 <= max,
+        "{report:#}"
+    );
+    let seconds = report["seconds"].as_array().unwrap();
+    assert!(!seconds.is_empty());
+    assert!(seconds.iter().all(|s| s["sent"].as_u64().is_some()));
+    assert!(num(report, "cpu.cpus") >= 1.0);
+    assert!(num(report, "cpu.traffic.box_busy_secs") >= 0.0);
+    assert!(num(report, "cpu.traffic.box_us_per_packet") >= 0.0);
+}
+
+#[test]
+fn channel_mode_through_the_relay_reports_the_echo_drops() {
+    let t = Topology::new(TopologyOptions::default()).expect("topology");
+    let relay = RelayProcess::start(&t.relay, &relay_config(&t)).expect("relay");
+    let listen = format!("{}:{ECHO_PORT}", t.addrs.media);
+    let echo = start_echo(&t.media, &listen, 10);
+    let pid = relay.pid().to_string();
+    let server = format!("{}:3478", t.addrs.public);
+    let (code, r) = load(
+        &t.client,
+        &[
+            &server,
+            "-u",
+            USER,
+            "-p",
+            PASSWORD,
+            "--peer",
+            &listen,
+            "-n",
+            "20",
+            "--rate",
+            "2000",
+            "--duration",
+            "3",
+            "--watch-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["mode"], "channel");
+    assert_eq!(r["credentials"], "long-term");
+    assert_figures(&r, 20);
+    assert_loss(&r, 10);
+    // The watched process is the relay: its CPU and memory are reported.
+    assert!(num(&r, "cpu.traffic.watched_secs") >= 0.0);
+    assert!(num(&r, "watched.rss_after_setup_kib") > 0.0);
+    assert!(r["watched"]["rss_per_allocation_bytes"].is_number());
+    // Every allocation was deleted at the end.
+    assert_eq!(num(&r, "deleted"), 20.0);
+
+    // What the echo dropped is exactly what the generator lost.
+    let stats: Value = serde_json::from_str(&echo.finish()).expect("echo JSON");
+    let (lost, dropped) = (num(&r, "traffic.lost"), num(&stats, "dropped"));
+    assert!(
+        (lost - dropped).abs() <= 0.01 * num(&r, "traffic.sent"),
+        "lost {lost}, echo dropped {dropped}"
+    );
+    assert!(relay.unexpected_stop().is_none());
+}
+
+#[test]
+fn send_mode_rest_credentials_and_the_built_in_echo() {
+    let t = Topology::new(TopologyOptions::default()).expect("topology");
+    let _relay = RelayProcess::start(&t.relay, &relay_config(&t)).expect("relay");
+    // The echo runs inside `relay load` on the client host; the relay reaches it
+    // through the firewall.
+    let echo = format!("{}:{ECHO_PORT}", t.addrs.client);
+    let server = format!("{}:3478", t.addrs.public);
+    let (code, r) = load(
+        &t.client,
+        &[
+            &server,
+            "--secret",
+            SECRET,
+            "--mode",
+            "send",
+            "--echo",
+            &echo,
+            "--echo-drop-every",
+            "5",
+            "-n",
+            "10",
+            "--rate",
+            "1500",
+            "--duration",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["mode"], "send");
+    assert_eq!(r["credentials"], "rest");
+    assert_figures(&r, 10);
+    assert_loss(&r, 5);
+    assert!(num(&r, "echo.dropped") > 0.0);
+}
+
+#[test]
+fn direct_mode_against_a_plain_echo() {
+    netns::sweep_stale();
+    let ns = Netns::new(&netns::unique_id()).expect("namespace");
+    let echo = "127.0.0.1:7001";
+    let (code, r) = load(
+        &ns,
+        &[
+            echo,
+            "--direct",
+            "--echo",
+            echo,
+            "--echo-drop-every",
+            "4",
+            "-n",
+            "8",
+            "--rate",
+            "4000",
+            "--duration",
+            "2",
+        ],
+    );
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["mode"], "direct");
+    assert_figures(&r, 8);
+    assert_loss(&r, 4);
+}
+
+#[test]
+fn refused_allocations_are_counted_by_error_code() {
+    let t = Topology::new(TopologyOptions::default()).expect("topology");
+    let _relay = RelayProcess::start(&t.relay, &relay_config(&t)).expect("relay");
+    let listen = format!("{}:{ECHO_PORT}", t.addrs.media);
+    let server = format!("{}:3478", t.addrs.public);
+    let (code, r) = load(
+        &t.client,
+        &[
+            &server,
+            "-u",
+            USER,
+            "-p",
+            "wrong",
+            "--peer",
+            &listen,
+            "-n",
+            "6",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(code, 2, "no allocation could be made: {r:#}");
+    assert_eq!(num(&r, "setup.ready"), 0.0);
+    assert_eq!(num(&r, "setup.failures.401"), 6.0, "{r:#}");
+    assert!(r["traffic"].is_null(), "no traffic without allocations");
+}

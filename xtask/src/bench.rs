@@ -1,0 +1,351 @@
+//! `cargo xtask bench`: coturn and this relay (XDP and userspace) under identical load
+//! from `relay load`, in one run, on the namespace topology of `bench/topo.rs`; then the
+//! criterion micro-benchmarks of the protocol core.
+//!
+//! Every scenario runs against each server in turn (a fresh process each time), plus a
+//! no-relay baseline where the host only routes. Whole-box CPU busy time under load
+//! minus the baseline's, per packet, is the relay's cost: on a box where load generator,
+//! echo peer and server share two cores, that difference is what the relay adds.
+//! Results go to `bench-results/` (not committed): `results.md`, `results.json` and the
+//! PNG plots.
+
+mod plot;
+mod procs;
+mod table;
+mod topo;
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::util::{self, Cargo, root};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// quick: 3 s runs, a few points (about 3 minutes); full: the scale (about 15).
+    #[arg(long, value_enum, default_value_t = Scale::Full)]
+    pub scale: Scale,
+    /// Servers to measure (comma-separated); the no-relay baseline always runs.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Server::Coturn, Server::Userspace, Server::Xdp])]
+    pub servers: Vec<Server>,
+    /// Only the criterion micro-benchmarks.
+    #[arg(long, conflicts_with = "no_criterion")]
+    pub criterion_only: bool,
+    /// Skip the criterion micro-benchmarks.
+    #[arg(long)]
+    pub no_criterion: bool,
+    /// Use the relay binary already in target/release instead of building it.
+    #[arg(long)]
+    pub skip_build: bool,
+    /// Where results go (default: bench-results/ in the workspace).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Extra arguments for criterion (e.g. a filter).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub criterion_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scale {
+    Quick,
+    Full,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Server {
+    /// No relay: the client sends straight to the echo peer through the routing host.
+    Direct,
+    /// coturn's turnserver (Debian package), userspace.
+    Coturn,
+    /// This relay with XDP off.
+    Userspace,
+    /// This relay with the XDP fast path attached natively.
+    Xdp,
+}
+
+impl Server {
+    pub fn label(self) -> &'static str {
+        match self {
+            Server::Direct => "no relay",
+            Server::Coturn => "coturn",
+            Server::Userspace => "relay userspace",
+            Server::Xdp => "relay XDP",
+        }
+    }
+}
+
+/// One load shape, run against every server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scenario {
+    pub name: String,
+    pub allocations: usize,
+    /// Echo packets per second offered (each comes back once).
+    pub rate: u64,
+    pub duration_secs: f64,
+    /// Part of the offered-load sweep (1000 allocations) that the plots draw.
+    pub sweep: bool,
+}
+
+fn scenarios(scale: Scale) -> Vec<Scenario> {
+    let s = |allocations, rate, duration_secs, sweep| Scenario {
+        name: format!("{allocations} alloc @ {}k/s", rate / 1000),
+        allocations,
+        rate,
+        duration_secs,
+        sweep,
+    };
+    match scale {
+        Scale::Quick => vec![
+            s(1, 50_000, 3.0, false),
+            s(100, 50_000, 3.0, false),
+            s(1000, 50_000, 3.0, true),
+            s(1000, 150_000, 3.0, true),
+            s(2000, 20_000, 3.0, false),
+        ],
+        Scale::Full => vec![
+            s(1, 50_000, 10.0, false),
+            s(100, 50_000, 10.0, false),
+            s(1000, 25_000, 10.0, true),
+            s(1000, 50_000, 10.0, true),
+            s(1000, 100_000, 10.0, true),
+            s(1000, 150_000, 10.0, true),
+            s(1000, 200_000, 10.0, true),
+            s(5000, 50_000, 10.0, false),
+            s(10_000, 20_000, 10.0, false),
+        ],
+    }
+}
+
+/// The figures of `relay load --json` the bench uses.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Load {
+    pub setup: LoadSetup,
+    pub traffic: Option<LoadTraffic>,
+    pub cpu: LoadCpu,
+    pub watched: Option<LoadWatched>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct LoadSetup {
+    pub requested: usize,
+    pub ready: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub rate_per_sec: f64,
+    pub latency_us: Pct,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct LoadTraffic {
+    pub sent: u64,
+    pub received: u64,
+    pub loss_ratio: f64,
+    pub sent_per_sec: f64,
+    pub received_per_sec: f64,
+    pub behind: u64,
+    pub rtt_us: Pct,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize)]
+pub struct Pct {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct LoadCpu {
+    pub cpus: usize,
+    pub traffic: LoadCpuPhase,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct LoadCpuPhase {
+    pub box_busy_secs: f64,
+    pub box_busy_ratio: f64,
+    pub watched_secs: Option<f64>,
+    pub box_us_per_packet: Option<f64>,
+    pub watched_us_per_packet: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct LoadWatched {
+    pub rss_after_setup_kib: Option<u64>,
+    pub rss_per_allocation_bytes: Option<f64>,
+}
+
+/// One scenario against one server.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub scenario: usize,
+    pub server: Server,
+    /// Share of the box busy with other work just before the run (0 to 1): whole-box CPU
+    /// figures only mean something when this is near 0.
+    pub background_busy: f64,
+    /// Why the run produced no figures (the server did not start, the load timed out...).
+    pub error: Option<String>,
+    pub load: Option<Load>,
+}
+
+impl Run {
+    pub fn traffic(&self) -> Option<&LoadTraffic> {
+        self.load.as_ref()?.traffic.as_ref()
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.criterion_only {
+        return criterion(&args.criterion_args);
+    }
+    util::require_root("the benchmark's network namespaces and XDP")?;
+    if !args.skip_build {
+        Cargo::new(["build", "--release", "-p", "relay-user"]).run("building the relay")?;
+    }
+    let mut servers = vec![Server::Direct];
+    servers.extend(
+        args.servers
+            .iter()
+            .copied()
+            .filter(|s| *s != Server::Direct),
+    );
+    servers.sort();
+    servers.dedup();
+    if servers.contains(&Server::Coturn) && util::output("turnserver", &["--version"]).is_none() {
+        bail!(
+            "coturn's turnserver is missing: `cargo xtask setup` installs it (Debian package coturn)"
+        );
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root().join("bench-results"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let work = out.join("work");
+    std::fs::create_dir_all(&work)?;
+    // A private copy: a rebuild in the workspace during the run must not change it.
+    let relay = work.join("relay");
+    std::fs::copy(root().join("target/release/relay"), &relay)
+        .context("copying target/release/relay (build it: cargo xtask build)")?;
+
+    let scenarios = scenarios(args.scale);
+    let topo = topo::Topo::new().context("building the namespace topology")?;
+    let mut runs = Vec::new();
+    for (k, sc) in scenarios.iter().enumerate() {
+        for &server in &servers {
+            let background_busy = quiet_box();
+            eprintln!(
+                "bench: {} against {} (box {:.0}% busy beforehand)",
+                sc.name,
+                server.label(),
+                background_busy * 100.0
+            );
+            let (error, load) = match procs::measure(&topo, &relay, &work, server, sc) {
+                Ok(load) => (None, Some(load)),
+                Err(e) => {
+                    eprintln!(
+                        "bench: {} against {} failed: {e:#}",
+                        sc.name,
+                        server.label()
+                    );
+                    (Some(format!("{e:#}")), None)
+                }
+            };
+            let run = Run {
+                scenario: k,
+                server,
+                background_busy,
+                error,
+                load,
+            };
+            if let Some(t) = run.traffic() {
+                eprintln!(
+                    "bench:   {:.0}/s back, loss {:.3}%, rtt p99 {:.0} us, box {:.2} us/packet",
+                    t.received_per_sec,
+                    t.loss_ratio * 100.0,
+                    t.rtt_us.p99,
+                    run.load
+                        .as_ref()
+                        .and_then(|l| l.cpu.traffic.box_us_per_packet)
+                        .unwrap_or(0.0)
+                );
+            }
+            runs.push(run);
+        }
+    }
+    drop(topo);
+
+    let machine = table::Machine::read();
+    let json = serde_json::json!({
+        "machine": machine,
+        "scenarios": scenarios,
+        "runs": runs,
+    });
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let md = table::markdown(&machine, &scenarios, &runs);
+    std::fs::write(out.join("results.md"), &md)?;
+    let plotted = plot::all(&out, &scenarios, &runs);
+    println!("{md}");
+    match plotted {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+        }
+        Err(e) => eprintln!("bench: plots not written: {e:#}"),
+    }
+    println!("wrote {}", out.join("results.md").display());
+    if !args.no_criterion {
+        criterion(&args.criterion_args)?;
+    }
+    Ok(())
+}
+
+/// Busy share of the whole box over `window`, from /proc/stat.
+fn busy_ratio(window: std::time::Duration) -> f64 {
+    fn read() -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = text
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+        Some((busy, busy + v.get(3)? + v.get(4)?))
+    }
+    let a = read();
+    std::thread::sleep(window);
+    match (a, read()) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+        _ => 0.0,
+    }
+}
+
+/// Waits (up to a minute) for other work on the box to calm down, since whole-box CPU
+/// is what the bench measures; returns the busy share it settled for.
+fn quiet_box() -> f64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let busy = busy_ratio(std::time::Duration::from_secs(1));
+        if busy < 0.05 || std::time::Instant::now() >= deadline {
+            return busy;
+        }
+    }
+}
+
+fn criterion(args: &[String]) -> Result<()> {
+    let mut c = Cargo::new(["bench", "-p", "relay-benches"]);
+    if !args.is_empty() {
+        c.arg("--").args(args);
+    }
+    c.run("criterion benchmarks")
+}

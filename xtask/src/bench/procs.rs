@@ -1,0 +1,328 @@
+//! The processes of one measurement: the server under test on the relay host, the echo
+//! peer on the media host, `relay load` on the client; each stopped when the run ends,
+//! also on error.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    Load, Scenario, Server,
+    topo::{MEDIA, RELAY_EXT, Topo},
+};
+
+const REALM: &str = "bench";
+const USER: &str = "bench";
+const PASSWORD: &str = "bench-password";
+const ECHO_PORT: u16 = 7000;
+const PORTS: (u16, u16) = (20000, 59999);
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A child process stopped with SIGTERM (then SIGKILL) on drop.
+struct Proc {
+    child: Child,
+    what: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(mut cmd: std::process::Command, what: &str, log: PathBuf) -> Result<Self> {
+        let f = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("starting {what}"))?;
+        Ok(Self {
+            child,
+            what: what.to_owned(),
+            log,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `ready()` or the timeout; an exit on the way is an error with the log.
+    fn wait_ready(&mut self, ready: impl Fn(&Self) -> bool) -> Result<()> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if ready(self) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}):\n{}",
+                    self.what,
+                    tail(&self.log_text())
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} not ready after {START_TIMEOUT:?}:\n{}",
+                    self.what,
+                    tail(&self.log_text())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+fn listening(topo: &Topo, ns_relay: bool, addr: &str) -> bool {
+    let ns = if ns_relay { &topo.relay } else { &topo.media };
+    ns.exec("ss", &["-Hlun"])
+        .map(|o| o.contains(addr))
+        .unwrap_or(false)
+}
+
+/// One scenario against one server: fresh server and echo, then the load.
+pub fn measure(
+    topo: &Topo,
+    relay_bin: &Path,
+    work: &Path,
+    server: Server,
+    sc: &Scenario,
+) -> Result<Load> {
+    let bin = relay_bin
+        .to_str()
+        .context("the relay binary's path is not UTF-8")?;
+    let tag = format!("{:?}-{}-{}", server, sc.allocations, sc.rate).to_lowercase();
+
+    let mut echo_cmd = topo.media.command(bin);
+    echo_cmd.args(["load", "echo", "--listen", &format!("{MEDIA}:{ECHO_PORT}")]);
+    let mut echo = Proc::spawn(
+        echo_cmd,
+        "the echo peer",
+        work.join(format!("echo-{tag}.log")),
+    )?;
+    echo.wait_ready(|p| p.log_text().contains("echo peer listening"))?;
+
+    let mut srv = match server {
+        Server::Direct => None,
+        Server::Coturn => Some(start_coturn(topo, work, &tag)?),
+        Server::Userspace | Server::Xdp => Some(start_relay(topo, bin, work, &tag, server)?),
+    };
+    let load = run_load(
+        topo,
+        bin,
+        work,
+        &tag,
+        server,
+        sc,
+        srv.as_ref().map(Proc::pid),
+    );
+    if let Some(s) = &mut srv {
+        s.stop();
+    }
+    echo.stop();
+    load
+}
+
+fn start_relay(topo: &Topo, bin: &str, work: &Path, tag: &str, server: Server) -> Result<Proc> {
+    let mode = if server == Server::Xdp {
+        "native"
+    } else {
+        "off"
+    };
+    let config = format!(
+        r#"realm = "{REALM}"
+
+[[listen]]
+address = "{RELAY_EXT}:3478"
+
+[relay]
+address = "{RELAY_EXT}"
+ports = "{lo}-{hi}"
+
+[auth]
+users = {{ {USER} = "{PASSWORD}" }}
+
+[peers]
+allow = ["192.0.2.0/24"]
+
+[limits]
+max_allocations = 20000
+
+[xdp]
+interfaces = ["{ext}", "{int}"]
+mode = "{mode}"
+
+[log]
+level = "info"
+"#,
+        lo = PORTS.0,
+        hi = PORTS.1,
+        ext = topo.ext_if,
+        int = topo.int_if,
+    );
+    let path = work.join(format!("relay-{tag}.toml"));
+    std::fs::write(&path, config)?;
+    let mut cmd = topo.relay.command(bin);
+    cmd.args(["serve", "--config"])
+        .arg(&path)
+        .env("NO_COLOR", "1");
+    let mut p = Proc::spawn(cmd, "the relay", work.join(format!("relay-{tag}.log")))?;
+    p.wait_ready(|p| p.log_text().contains("relay running"))?;
+    Ok(p)
+}
+
+fn start_coturn(topo: &Topo, work: &Path, tag: &str) -> Result<Proc> {
+    let log = work.join(format!("coturn-{tag}.log"));
+    let mut cmd = topo.relay.command("turnserver");
+    cmd.args([
+        "-n",
+        "--no-cli",
+        "--no-tls",
+        "--no-dtls",
+        "--no-tcp-relay",
+        "--listening-ip",
+        &RELAY_EXT.to_string(),
+        "--listening-port",
+        "3478",
+        "--relay-ip",
+        &RELAY_EXT.to_string(),
+        "--min-port",
+        &PORTS.0.to_string(),
+        "--max-port",
+        &PORTS.1.to_string(),
+        "--realm",
+        REALM,
+        "--lt-cred-mech",
+        "--user",
+        &format!("{USER}:{PASSWORD}"),
+        &format!("--allowed-peer-ip={MEDIA}"),
+        "--simple-log",
+        "--log-file",
+    ])
+    .arg(work.join(format!("coturn-{tag}.turnlog")))
+    .arg("--pidfile")
+    .arg(work.join(format!("coturn-{tag}.pid")));
+    let mut p = Proc::spawn(cmd, "coturn", log)?;
+    let addr = format!("{RELAY_EXT}:3478");
+    p.wait_ready(|_| listening(topo, true, &addr))?;
+    // coturn binds before its relay threads are up; give them a moment.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(p)
+}
+
+fn run_load(
+    topo: &Topo,
+    bin: &str,
+    work: &Path,
+    tag: &str,
+    server: Server,
+    sc: &Scenario,
+    pid: Option<u32>,
+) -> Result<Load> {
+    let mut cmd = topo.client.command(bin);
+    cmd.arg("load");
+    let peer = format!("{MEDIA}:{ECHO_PORT}");
+    if server == Server::Direct {
+        cmd.args([&peer, "--direct"]);
+    } else {
+        cmd.args([
+            &format!("{RELAY_EXT}:3478"),
+            "-u",
+            USER,
+            "-p",
+            PASSWORD,
+            "--peer",
+            &peer,
+        ]);
+    }
+    cmd.args([
+        "-n",
+        &sc.allocations.to_string(),
+        "--rate",
+        &sc.rate.to_string(),
+        "--duration",
+        &sc.duration_secs.to_string(),
+        // Two packets back to back per allocation turn, as video frames come: halves the
+        // generator's send syscalls, leaving the CPU to what is measured.
+        "--burst",
+        "2",
+        "--json",
+        "--quiet",
+    ]);
+    if let Some(pid) = pid {
+        cmd.args(["--watch-pid", &pid.to_string()]);
+    }
+    let stderr = File::create(work.join(format!("load-{tag}.log")))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .context("starting relay load")?;
+    // Setup of 10,000 allocations, the window, drain and teardown, with room to spare.
+    let limit = Duration::from_secs_f64(sc.duration_secs) + Duration::from_secs(120);
+    let deadline = Instant::now() + limit;
+    let mut stdout = child.stdout.take().context("piped stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut s);
+        s
+    });
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("relay load did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = reader.join().unwrap_or_default();
+    // Exit 1 (some allocations failed) still has figures worth keeping.
+    if text.trim().is_empty() {
+        let log = std::fs::read_to_string(work.join(format!("load-{tag}.log"))).unwrap_or_default();
+        bail!("relay load printed nothing ({status}):\n{}", tail(&log));
+    }
+    std::fs::write(work.join(format!("load-{tag}.json")), &text)?;
+    serde_json::from_str(&text).context("parsing relay load's JSON")
+}
