@@ -135,6 +135,8 @@ pub struct Control {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload: Mutex<Option<ReloadRecord>>,
+    /// The TCP/TLS shard's connection counters, when it runs.
+    tcp_stats: std::sync::OnceLock<Arc<crate::tcp::Stats>>,
 }
 
 impl Control {
@@ -162,7 +164,17 @@ impl Control {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_reload: Mutex::new(None),
+            tcp_stats: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Registers the TCP/TLS shard's counters for the metrics (once, at startup).
+    pub fn set_tcp_stats(&self, stats: Arc<crate::tcp::Stats>) {
+        let _ = self.tcp_stats.set(stats);
+    }
+
+    pub fn tcp_stats(&self) -> Option<&crate::tcp::Stats> {
+        self.tcp_stats.get().map(|s| &**s)
     }
 
     /// Runs `hook` on every reload, after the new config validated and before the shards

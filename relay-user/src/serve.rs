@@ -113,6 +113,7 @@ async fn serve(
     }
     // TURN over TCP/TLS: one more shard, with its own core on the shared ports and quotas.
     let mut tls_reload = None;
+    let mut tcp_stats = None;
     if crate::tcp::wanted(&config) {
         let (handle, inbox) = shard::channel("tcp").context("creating a shard wake-up eventfd")?;
         let server = cores.server(&config, Instant::now())?;
@@ -120,6 +121,7 @@ async fn serve(
         threads.push(tcp.thread);
         shards.push(handle);
         tls_reload = tcp.tls;
+        tcp_stats = Some(tcp.stats);
     }
     let xdp_status = XdpStatus::of(&config, xdp.as_ref());
     let control = std::sync::Arc::new(Control::new(
@@ -130,6 +132,9 @@ async fn serve(
         kernel.clone(),
         xdp_status,
     ));
+    if let Some(stats) = tcp_stats {
+        control.set_tcp_stats(stats);
+    }
     if let Some(acceptor) = tls_reload {
         control.on_reload("tls", Box::new(crate::tcp::reload_hook(acceptor)));
     }

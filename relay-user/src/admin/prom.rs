@@ -87,6 +87,36 @@ struct Scrape {
     /// `(map, entries, capacity)`.
     xdp_maps: Vec<(&'static str, usize, u32)>,
     reloads: (u64, u64),
+    tcp: Option<TcpFigures>,
+}
+
+/// The TCP/TLS shard's connection counters at scrape time.
+#[derive(Clone, Copy, Debug)]
+struct TcpFigures {
+    held: u64,
+    accepted: u64,
+    refused_total: u64,
+    refused_per_source: u64,
+    dropped_backpressure: u64,
+    stalls: u64,
+    peer_send_errors: u64,
+    peer_connect_errors: u64,
+}
+
+impl TcpFigures {
+    fn of(s: &crate::tcp::Stats) -> Self {
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        Self {
+            held: get(&s.held),
+            accepted: get(&s.accepted),
+            refused_total: get(&s.refused_total),
+            refused_per_source: get(&s.refused_per_source),
+            dropped_backpressure: get(&s.dropped_backpressure),
+            stalls: get(&s.stalls),
+            peer_send_errors: get(&s.peer_send_errors),
+            peer_connect_errors: get(&s.peer_connect_errors),
+        }
+    }
 }
 
 /// Collects and encodes. Blocks (shard round trips, map reads).
@@ -170,6 +200,7 @@ pub fn render(control: &Control) -> Result<String, fmt::Error> {
         xdp_reasons,
         xdp_maps,
         reloads: (ok, refused),
+        tcp: control.tcp_stats().map(TcpFigures::of),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -460,6 +491,38 @@ impl Collector for Scrape {
                 (label("result", "refused"), self.reloads.1),
             ],
         )?;
+        if let Some(t) = self.tcp {
+            single(
+                &mut enc,
+                "relay_tcp_connections_open",
+                "TURN client connections over TCP/TLS held now.",
+                Gauge,
+                t.held,
+            )?;
+            family(
+                &mut enc,
+                "relay_tcp_connections",
+                "TURN client connections over TCP/TLS, by outcome: accepted, or refused at tcp.max_connections (limit) or at the per-source limit (per_source).",
+                Counter,
+                [
+                    (label("outcome", "accepted"), t.accepted),
+                    (label("outcome", "limit"), t.refused_total),
+                    (label("outcome", "per_source"), t.refused_per_source),
+                ],
+            )?;
+            family(
+                &mut enc,
+                "relay_tcp_problems",
+                "TCP/TLS path trouble: peer datagrams dropped for clients that do not read (backpressure), client reads paused on a full relay socket (stall), peer send and RFC 6062 connect errors.",
+                Counter,
+                [
+                    (label("kind", "backpressure_drop"), t.dropped_backpressure),
+                    (label("kind", "stall"), t.stalls),
+                    (label("kind", "peer_send_error"), t.peer_send_errors),
+                    (label("kind", "peer_connect_error"), t.peer_connect_errors),
+                ],
+            )?;
+        }
         Ok(())
     }
 }

@@ -35,6 +35,7 @@ use std::{
 use anyhow::Context as _;
 use relay_proto::server::Server;
 
+pub use state::Stats;
 pub use tls::{TlsAcceptor, TlsError};
 pub use uring::{Unavailable, probe as probe_io_uring};
 
@@ -57,6 +58,8 @@ pub struct TcpShard {
     pub thread: JoinHandle<Server>,
     /// Present when a listener serves TLS: `reload()` re-reads the certificate (SIGHUP).
     pub tls: Option<TlsAcceptor>,
+    /// Connection counters for the metrics.
+    pub stats: Arc<Stats>,
 }
 
 /// For the control plane's SIGHUP reload: loads the reloaded config's `[tls]` files (new
@@ -132,10 +135,11 @@ pub fn spawn(
         None => None,
     };
     let acceptor = tls.clone();
+    let state = state::State::new(server, kernel, settings, tls, listeners, Instant::now());
+    let stats = state.stats.clone();
     let thread = std::thread::Builder::new()
         .name("tcp".into())
         .spawn(move || {
-            let state = state::State::new(server, kernel, settings, tls, listeners, Instant::now());
             let server = run(engine, state, inbox);
             watch_stop.store(true, Ordering::Relaxed);
             if let Some(w) = watcher {
@@ -147,6 +151,7 @@ pub fn spawn(
     Ok(TcpShard {
         thread,
         tls: acceptor,
+        stats,
     })
 }
 

@@ -18,9 +18,13 @@
 //! other's send queue is above [`HIGH_WATER`] (no loss: TCP pushes back on the sender).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     io::{self, Read as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -69,6 +73,33 @@ impl Side {
             Side::Peer => Side::Client,
         }
     }
+
+    /// `client` or `peer`, whichever this side is (the loops' per-side token kinds).
+    pub fn pick<T>(self, client: T, peer: T) -> T {
+        match self {
+            Side::Client => client,
+            Side::Peer => peer,
+        }
+    }
+
+    /// Why a connection on this side closes when the other end closed it.
+    pub fn closed_remotely(self) -> &'static str {
+        self.pick("client closed the connection", "peer closed the connection")
+    }
+}
+
+/// A token for what lives outside the slabs (the wake-up, a client listener by index):
+/// generation 0, never stale.
+pub fn token(kind: u8, idx: u32) -> u64 {
+    Key { idx, generation: 0 }.token(kind)
+}
+
+/// What a non-blocking connect that has finished (its socket became writable) came to.
+pub fn connect_outcome(stream: &TcpStream) -> io::Result<()> {
+    match stream.take_error() {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) | Err(e) => Err(e),
+    }
 }
 
 /// The listening socket of a TCP allocation's relayed address.
@@ -93,6 +124,13 @@ pub struct Relay {
     pub watching_out: bool,
 }
 
+/// What an event loop carries out next (see [`State::next_work`]).
+pub enum Work {
+    Relay(RelayChange),
+    /// A connection whose sending, reading or closing state changed.
+    Conn(Side, Key),
+}
+
 /// Relay socket changes for the loop to register or unregister.
 pub enum RelayChange {
     Opened(Key),
@@ -106,15 +144,24 @@ pub enum RelayChange {
     ListenerClosed(Key, TcpListener),
 }
 
+/// The shard's own counters, shared with the admin endpoint (atomics: the loop bumps,
+/// a scrape reads, neither waits).
 #[derive(Default, Debug)]
 pub struct Stats {
-    pub accepted: u64,
-    pub refused_total: u64,
-    pub refused_per_source: u64,
-    pub dropped_backpressure: u64,
-    pub peer_send_errors: u64,
-    pub stalls: u64,
-    pub peer_connect_errors: u64,
+    pub accepted: AtomicU64,
+    pub refused_total: AtomicU64,
+    pub refused_per_source: AtomicU64,
+    pub dropped_backpressure: AtomicU64,
+    pub peer_send_errors: AtomicU64,
+    pub stalls: AtomicU64,
+    pub peer_connect_errors: AtomicU64,
+    /// Client connections open now (gauge).
+    pub held: AtomicU64,
+}
+
+/// Adds one and returns the new total.
+fn bump(c: &AtomicU64) -> u64 {
+    c.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 pub struct State {
@@ -139,11 +186,11 @@ pub struct State {
     scratch: Box<[u8]>,
     /// Connections whose sending, reading or closing state changed since the loop last
     /// looked (each once: see `IoState::touched`).
-    pub touched: Vec<(Side, Key)>,
-    pub relay_changes: Vec<RelayChange>,
+    touched: Vec<(Side, Key)>,
+    relay_changes: VecDeque<RelayChange>,
     next_sweep: Instant,
     sweep_keys: Vec<Key>,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     /// `stats` values when the last warnings were logged.
     warned: (u64, u64, u64),
 }
@@ -177,10 +224,10 @@ impl State {
             out: vec![0; 65_536 + 128].into_boxed_slice(),
             scratch: vec![0; DATAGRAM_MAX].into_boxed_slice(),
             touched: Vec::new(),
-            relay_changes: Vec::new(),
+            relay_changes: VecDeque::new(),
             next_sweep: now + SWEEP_EVERY,
             sweep_keys: Vec::new(),
-            stats: Stats::default(),
+            stats: Arc::default(),
             warned: (0, 0, 0),
         }
     }
@@ -197,6 +244,17 @@ impl State {
             Side::Client => &mut self.conns,
             Side::Peer => &mut self.peers,
         }
+    }
+
+    /// The loops' to-do list after a round: relay socket changes first, in the order they
+    /// were made, then the touched connections one at a time (looking at one may add
+    /// relay changes, which again come first). `None`: nothing left.
+    pub fn next_work(&mut self) -> Option<Work> {
+        if let Some(change) = self.relay_changes.pop_front() {
+            return Some(Work::Relay(change));
+        }
+        let (side, id) = self.touched.pop()?;
+        Some(Work::Conn(side, id))
     }
 
     /// Puts client connection `id` on the list the loop looks at after this round.
@@ -227,18 +285,18 @@ impl State {
             (l.addr, l.plain, l.tls)
         };
         if self.conns.len() >= self.settings.max_connections {
-            self.stats.refused_total += 1;
-            if self.stats.refused_total.is_power_of_two() {
-                tracing::warn!(client = %peer, %listener, held = self.conns.len(), refused = self.stats.refused_total,
+            let refused = bump(&self.stats.refused_total);
+            if refused.is_power_of_two() {
+                tracing::warn!(client = %peer, %listener, held = self.conns.len(), refused,
                     "TCP connection refused: the relay holds tcp.max_connections already (raise it, and the open-files limit)");
             }
             return None;
         }
         let count = self.per_source.entry(peer.ip()).or_insert(0);
         if *count >= self.settings.max_connections_per_source {
-            self.stats.refused_per_source += 1;
-            if self.stats.refused_per_source.is_power_of_two() {
-                tracing::warn!(client = %peer, %listener, held = *count, refused = self.stats.refused_per_source,
+            let refused = bump(&self.stats.refused_per_source);
+            if refused.is_power_of_two() {
+                tracing::warn!(client = %peer, %listener, held = *count, refused,
                     "TCP connection refused: this source holds tcp.max_connections_per_source already \
                      (abuse, or many clients behind one NAT: then raise the limit)");
             }
@@ -264,8 +322,11 @@ impl State {
         };
         let five = FiveTuple::new(peer, listener, transport);
         let id = self.conns.insert(Conn::new(stream, five, mode, now));
+        self.stats
+            .held
+            .store(self.conns.len() as u64, Ordering::Relaxed);
         self.by_tuple.insert((peer, listener), id);
-        self.stats.accepted += 1;
+        bump(&self.stats.accepted);
         tracing::debug!(client = %five, "TCP connection accepted");
         Some(id)
     }
@@ -359,6 +420,9 @@ impl State {
         let Some(c) = self.conns.remove(id) else {
             return;
         };
+        self.stats
+            .held
+            .store(self.conns.len() as u64, Ordering::Relaxed);
         if self.by_tuple.get(&(c.five.client, c.five.listener)) == Some(&id) {
             self.by_tuple.remove(&(c.five.client, c.five.listener));
         }
@@ -648,7 +712,7 @@ impl State {
             return;
         }
         if droppable && c.tx_full {
-            self.stats.dropped_backpressure += 1;
+            bump(&self.stats.dropped_backpressure);
             return;
         }
         match &mut c.mode {
@@ -698,22 +762,20 @@ impl State {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 r.stalled = Some(id);
-                self.stats.stalls += 1;
+                bump(&self.stats.stalls);
                 if let Some(c) = self.conns.get_mut(id) {
                     c.stall_buf.clear();
                     c.stall_buf.extend_from_slice(payload);
                     c.stall = Some(Stall { relay: rk, peer });
                 }
-                self.relay_changes.push(RelayChange::WantWritable(rk));
+                self.relay_changes.push_back(RelayChange::WantWritable(rk));
                 self.touch(id);
             }
             Err(e) => {
-                self.stats.peer_send_errors += 1;
-                if self.stats.peer_send_errors > self.warned.0
-                    && self.stats.peer_send_errors.is_power_of_two()
-                {
-                    self.warned.0 = self.stats.peer_send_errors;
-                    tracing::warn!(%relay, %peer, error = %e, total = self.stats.peer_send_errors,
+                let total = bump(&self.stats.peer_send_errors);
+                if total > self.warned.0 && total.is_power_of_two() {
+                    self.warned.0 = total;
+                    tracing::warn!(%relay, %peer, error = %e, total,
                         "sending to a peer failed (no route, or refused by the host's firewall)");
                 }
             }
@@ -737,12 +799,14 @@ impl State {
         };
         match r.sock.send_to(&c.stall_buf, stall.peer) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.relay_changes.push(RelayChange::WantWritable(rk));
+                self.relay_changes.push_back(RelayChange::WantWritable(rk));
                 return;
             }
             // Sent, or failed for good (counted like any other send error).
             Ok(_) => {}
-            Err(_) => self.stats.peer_send_errors += 1,
+            Err(_) => {
+                bump(&self.stats.peer_send_errors);
+            }
         }
         r.stalled = None;
         c.stall = None;
@@ -810,7 +874,7 @@ impl State {
     }
 
     fn warn_drops(&mut self) {
-        let d = self.stats.dropped_backpressure;
+        let d = self.stats.dropped_backpressure.load(Ordering::Relaxed);
         if d > self.warned.1 && d.is_power_of_two() && d >= 64 {
             self.warned.1 = d;
             tracing::warn!(
@@ -881,10 +945,11 @@ impl State {
         if let Some(old) = self.relay_by_addr.insert(addr, key) {
             // Cannot happen (the port was bound just now), but never leak a socket.
             if let Some(r) = self.relays.remove(old) {
-                self.relay_changes.push(RelayChange::Closed(old, r.sock));
+                self.relay_changes
+                    .push_back(RelayChange::Closed(old, r.sock));
             }
         }
-        self.relay_changes.push(RelayChange::Opened(key));
+        self.relay_changes.push_back(RelayChange::Opened(key));
         Ok(())
     }
 
@@ -901,9 +966,10 @@ impl State {
             && let Some(l) = self.relay_listeners.remove(old)
         {
             self.relay_changes
-                .push(RelayChange::ListenerClosed(old, l.sock));
+                .push_back(RelayChange::ListenerClosed(old, l.sock));
         }
-        self.relay_changes.push(RelayChange::ListenerOpened(key));
+        self.relay_changes
+            .push_back(RelayChange::ListenerOpened(key));
         Ok(())
     }
 
@@ -912,7 +978,7 @@ impl State {
             && let Some(l) = self.relay_listeners.remove(key)
         {
             self.relay_changes
-                .push(RelayChange::ListenerClosed(key, l.sock));
+                .push_back(RelayChange::ListenerClosed(key, l.sock));
         }
     }
 
@@ -983,12 +1049,10 @@ impl State {
     }
 
     fn connect_failed(&mut self, e: &io::Error, relay: SocketAddr, peer: SocketAddr) {
-        self.stats.peer_connect_errors += 1;
-        if self.stats.peer_connect_errors > self.warned.2
-            && self.stats.peer_connect_errors.is_power_of_two()
-        {
-            self.warned.2 = self.stats.peer_connect_errors;
-            tracing::info!(%relay, %peer, error = %e, total = self.stats.peer_connect_errors,
+        let total = bump(&self.stats.peer_connect_errors);
+        if total > self.warned.2 && total.is_power_of_two() {
+            self.warned.2 = total;
+            tracing::info!(%relay, %peer, error = %e, total,
                 "RFC 6062 Connect to a peer failed (peer down, no route, or a firewall on the way)");
         }
     }
@@ -1062,7 +1126,8 @@ impl State {
             c.stall = None;
             self.touch(id);
         }
-        self.relay_changes.push(RelayChange::Closed(key, r.sock));
+        self.relay_changes
+            .push_back(RelayChange::Closed(key, r.sock));
     }
 
     // ----- time -------------------------------------------------------------------------
