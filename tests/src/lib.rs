@@ -6,12 +6,15 @@ pub mod browser;
 pub mod certs;
 pub mod cmd;
 pub mod coturn;
+pub mod fixture;
 pub mod netns;
+pub mod page;
 pub mod relay;
 pub mod seccomp;
 pub mod stream_client;
 pub mod topology;
 pub mod turn_client;
+pub mod turn_codec;
 
 pub use netns::Netns;
 pub use topology::{Addresses, Topology, TopologyOptions};

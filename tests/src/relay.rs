@@ -241,6 +241,26 @@ impl RelayProcess {
         self.child.id()
     }
 
+    /// Whether the process has ended (a zombie counts as ended).
+    pub fn exited(&self) -> bool {
+        !process_alive(self.child.id())
+    }
+
+    /// Sends `sig` to the relay (SIGHUP reloads, SIGTERM drains, SIGKILL leaves the host
+    /// as it was).
+    pub fn signal(&self, sig: libc::c_int) {
+        // `ip netns exec` execs the program in place, so the child's pid is the relay's.
+        // SAFETY: plain kill(2) on our own child's pid, which is not reaped before drop.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill({sig}) of the relay failed");
+    }
+
+    /// Replaces the config file in place (SIGHUP reads it again).
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(&self.config_path, config)
+            .unwrap_or_else(|e| panic!("rewrite {}: {e}", self.config_path.display()));
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config_path
     }

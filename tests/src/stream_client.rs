@@ -15,24 +15,20 @@ use std::{
     time::Duration,
 };
 
-use relay_proto::{
-    auth::{Key, PasswordAlgorithm, long_term_key},
-    stun::{
-        BufferTooSmall, ChannelData, ChannelNumber, Class, Data, ErrorCode, Lifetime, Message,
-        MessageWriter, Method, Nonce, PacketKind, Realm, RequestedTransport, TransactionId,
-        Username, XorMappedAddress, XorPeerAddress, XorRelayedAddress, classify, frame_len,
-        write_channel_data,
-    },
+use relay_proto::stun::{
+    ChannelNumber, Class, Lifetime, Message, Method, RequestedTransport, TransactionId,
+    XorMappedAddress, XorPeerAddress, XorRelayedAddress, frame_len, write_channel_data,
 };
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, pki_types::ServerName};
 
-use crate::turn_client::{Received, TurnError, new_txid};
+pub use crate::turn_codec::Attrs;
+use crate::{
+    turn_client::{Received, TurnError, new_txid},
+    turn_codec::{self, Credentials},
+};
 
 /// TLS over a TCP socket, as the client side of `turns:`.
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
-
-/// Attributes of one request besides the authentication ones.
-pub type Attrs<'f> = &'f dyn Fn(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>;
 
 /// Connects with a read timeout (every blocking read gives up after it).
 pub fn connect_tcp(server: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
@@ -69,11 +65,7 @@ pub fn connect_tls(
 pub struct StreamClient<S> {
     pub stream: S,
     rx: Vec<u8>,
-    username: String,
-    password: String,
-    realm: Option<String>,
-    nonce: Option<String>,
-    key: Option<Key>,
+    auth: Credentials,
     /// XOR-RELAYED-ADDRESS of the last successful Allocate.
     pub relayed: Option<SocketAddr>,
     /// XOR-MAPPED-ADDRESS of the last successful Allocate.
@@ -86,11 +78,7 @@ impl<S: Read + Write> StreamClient<S> {
         Self {
             stream,
             rx: Vec::new(),
-            username: username.to_owned(),
-            password: password.to_owned(),
-            realm: None,
-            nonce: None,
-            key: None,
+            auth: Credentials::new(username, password),
             relayed: None,
             mapped: None,
             pending: VecDeque::new(),
@@ -100,19 +88,12 @@ impl<S: Read + Write> StreamClient<S> {
     /// Uses a realm and nonce learnt on another connection from the same IP (the relay's
     /// nonces are bound to the client IP), saving the 401 round trip.
     pub fn prime(&mut self, realm: &str, nonce: &str) {
-        self.realm = Some(realm.to_owned());
-        self.nonce = Some(nonce.to_owned());
-        self.key = Some(long_term_key(
-            PasswordAlgorithm::Md5,
-            &self.username,
-            realm,
-            &self.password,
-        ));
+        self.auth.prime(realm, nonce);
     }
 
     /// The realm and nonce in use, once known.
     pub fn credentials(&self) -> Option<(String, String)> {
-        Some((self.realm.clone()?, self.nonce.clone()?))
+        self.auth.realm_and_nonce()
     }
 
     /// Writes one request (authenticated once a key is known); returns its id.
@@ -123,18 +104,7 @@ impl<S: Read + Write> StreamClient<S> {
     ) -> Result<TransactionId, TurnError> {
         let txid = new_txid();
         let mut buf = vec![0u8; 2048];
-        let n = {
-            let mut w = MessageWriter::new(&mut buf, Class::Request, method, txid)?;
-            attrs(&mut w)?;
-            if let (Some(key), Some(realm), Some(nonce)) = (&self.key, &self.realm, &self.nonce) {
-                w.attr(&Username(&self.username))?;
-                w.attr(&Realm(realm))?;
-                w.attr(&Nonce(nonce))?;
-                w.integrity_sha1(key.as_bytes())?;
-            }
-            w.fingerprint()?;
-            w.finish()
-        };
+        let n = self.auth.write_request(&mut buf, method, txid, attrs)?;
         self.write_all(&buf[..n])?;
         Ok(txid)
     }
@@ -166,7 +136,7 @@ impl<S: Read + Write> StreamClient<S> {
     pub fn read_response(&mut self, txid: TransactionId) -> Result<Vec<u8>, TurnError> {
         loop {
             let f = self.read_frame()?;
-            if let Some(r) = as_data(&f) {
+            if let Some(r) = turn_codec::received(&f) {
                 self.pending.push_back(r);
                 continue;
             }
@@ -180,68 +150,29 @@ impl<S: Read + Write> StreamClient<S> {
         }
     }
 
-    /// For a 401/438 response: takes its realm and nonce; `true` if a retry makes sense.
-    pub fn absorb_challenge(&mut self, resp: &[u8]) -> bool {
-        let Ok(msg) = Message::parse(resp) else {
-            return false;
-        };
-        let code = match msg.attr::<ErrorCode>() {
-            Some(Ok(e)) => e.code,
-            _ => return false,
-        };
-        if code != 401 && code != 438 {
-            return false;
-        }
-        let nonce = msg.attr::<Nonce>().and_then(Result::ok).map(|n| n.0);
-        if let Some(r) = msg.attr::<Realm>().and_then(Result::ok).map(|r| r.0) {
-            self.realm = Some(r.to_owned());
-        }
-        match (nonce, self.realm.clone()) {
-            (Some(n), Some(r)) => {
-                let fresh = code == 438 || self.key.is_none();
-                self.prime(&r, n);
-                fresh
-            }
-            _ => false,
-        }
-    }
-
-    /// A success response's bytes, or the error it carries.
+    /// A success response, or the error it carries.
     pub fn check(&self, method: Method, resp: &[u8]) -> Result<(), TurnError> {
-        let msg = Message::parse(resp).map_err(|e| TurnError::Protocol(e.to_string()))?;
-        if msg.class() == Class::Success {
-            if let Some(key) = &self.key {
-                msg.verify_integrity(key.as_bytes()).map_err(|e| {
-                    TurnError::Protocol(format!("{method:?} response integrity: {e:?}"))
-                })?;
-            }
-            return Ok(());
-        }
-        match msg.attr::<ErrorCode>() {
-            Some(Ok(e)) => Err(TurnError::Code {
-                method,
-                code: e.code,
-                reason: e.reason.to_owned(),
-            }),
-            _ => Err(TurnError::Protocol(format!(
-                "{method:?} error without ERROR-CODE"
-            ))),
-        }
+        self.auth.check(method, resp)
     }
 
-    /// One transaction, retried once after a 401 challenge or a 438 stale nonce.
+    /// One transaction, retried after a 401 challenge to an unsigned request or a 438
+    /// stale nonce, three attempts at most.
     pub fn transact(&mut self, method: Method, attrs: Attrs<'_>) -> Result<Vec<u8>, TurnError> {
         for _ in 0..3 {
             let txid = self.write_request(method, attrs)?;
             let resp = self.read_response(txid)?;
-            match self.check(method, &resp) {
+            let err = match self.auth.check(method, &resp) {
                 Ok(()) => return Ok(resp),
-                Err(e) if e.code().is_some_and(|c| c == 401 || c == 438) => {
-                    if !self.absorb_challenge(&resp) {
-                        return Err(e);
-                    }
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            let fresh = match err.code() {
+                Some(401) => !self.auth.has_key(),
+                Some(438) => true,
+                _ => return Err(err),
+            };
+            // A challenge's nonce is taken even when it is not retried.
+            if !self.auth.absorb_challenge(&resp) || !fresh {
+                return Err(err);
             }
         }
         Err(TurnError::Protocol(format!(
@@ -331,12 +262,8 @@ impl<S: Read + Write> StreamClient<S> {
     }
 
     pub fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) -> Result<(), TurnError> {
-        let mut buf = vec![0u8; data.len() + 128];
-        let mut w = MessageWriter::new(&mut buf, Class::Indication, Method::SEND, new_txid())?;
-        w.attr(&XorPeerAddress(peer))?;
-        w.attr(&Data(data))?;
-        let n = w.finish();
-        self.write_all(&buf[..n])?;
+        let msg = turn_codec::send_indication(peer, data)?;
+        self.write_all(&msg)?;
         Ok(())
     }
 
@@ -347,35 +274,9 @@ impl<S: Read + Write> StreamClient<S> {
         }
         loop {
             let f = self.read_frame()?;
-            if let Some(r) = as_data(&f) {
+            if let Some(r) = turn_codec::received(&f) {
                 return Ok(r);
             }
         }
-    }
-}
-
-/// A Data indication or ChannelData message (padding allowed) as [`Received`].
-fn as_data(frame: &[u8]) -> Option<Received> {
-    match classify(frame) {
-        PacketKind::ChannelData => {
-            let cd = ChannelData::parse(frame).ok()?;
-            Some(Received {
-                peer: None,
-                channel: Some(cd.channel()),
-                data: cd.payload().to_vec(),
-            })
-        }
-        PacketKind::Stun => {
-            let msg = Message::parse(frame).ok()?;
-            if msg.class() != Class::Indication || msg.method() != Method::DATA {
-                return None;
-            }
-            Some(Received {
-                peer: Some(msg.attr::<XorPeerAddress>().and_then(Result::ok)?.0),
-                channel: None,
-                data: msg.attr::<Data>().and_then(Result::ok)?.0.to_vec(),
-            })
-        }
-        PacketKind::Other => None,
     }
 }

@@ -13,15 +13,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_proto::{
-    auth::{Key, PasswordAlgorithm, long_term_key},
-    stun::{
-        AddressFamily, BufferTooSmall, ChannelData, ChannelNumber, Class, Data, ErrorCode,
-        Lifetime, Message, MessageWriter, Method, Nonce, PacketKind, Realm, RequestedAddressFamily,
-        RequestedTransport, TransactionId, Username, XorMappedAddress, XorPeerAddress,
-        XorRelayedAddress, classify, write_channel_data,
-    },
+use relay_proto::stun::{
+    AddressFamily, BufferTooSmall, ChannelNumber, Class, Lifetime, Message, MessageWriter, Method,
+    RequestedAddressFamily, RequestedTransport, TransactionId, XorMappedAddress, XorPeerAddress,
+    XorRelayedAddress, write_channel_data,
 };
+
+use crate::turn_codec::{self, Attrs, Credentials};
 
 /// First retransmission timeout; doubles up to [`MAX_RTO`].
 pub const INITIAL_RTO: Duration = Duration::from_millis(250);
@@ -99,11 +97,7 @@ pub struct Received {
 pub struct TurnClient {
     sock: UdpSocket,
     server: SocketAddr,
-    username: String,
-    password: String,
-    realm: Option<String>,
-    nonce: Option<String>,
-    key: Option<Key>,
+    auth: Credentials,
     /// XOR-RELAYED-ADDRESS values of the last successful Allocate.
     pub relayed: Vec<SocketAddr>,
     /// XOR-MAPPED-ADDRESS of the last successful Allocate.
@@ -136,9 +130,6 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Attributes of one request besides the authentication ones.
-type Attrs<'f> = &'f dyn Fn(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>;
-
 impl TurnClient {
     /// Binds an ephemeral port on the wildcard address of `server`'s family.
     pub fn new(server: SocketAddr, username: &str, password: &str) -> std::io::Result<Self> {
@@ -160,11 +151,7 @@ impl TurnClient {
         Ok(TurnClient {
             sock,
             server,
-            username: username.to_owned(),
-            password: password.to_owned(),
-            realm: None,
-            nonce: None,
-            key: None,
+            auth: Credentials::new(username, password),
             relayed: Vec::new(),
             mapped: None,
             pending: VecDeque::new(),
@@ -261,12 +248,8 @@ impl TurnClient {
 
     /// A Send indication carrying `data` to `peer` (no response; may be lost).
     pub fn send_indication(&self, peer: SocketAddr, data: &[u8]) -> Result<(), TurnError> {
-        let mut buf = vec![0u8; data.len() + 128];
-        let mut w = MessageWriter::new(&mut buf, Class::Indication, Method::SEND, new_txid())?;
-        w.attr(&XorPeerAddress(peer))?;
-        w.attr(&Data(data))?;
-        let n = w.finish();
-        self.sock.send_to(&buf[..n], self.server)?;
+        let msg = turn_codec::send_indication(peer, data)?;
+        self.sock.send_to(&msg, self.server)?;
         Ok(())
     }
 
@@ -298,7 +281,7 @@ impl TurnClient {
                 Err(e) if is_timeout(&e) => continue,
                 Err(e) => return Err(e.into()),
             };
-            if let Some(r) = as_data(&buf[..n]) {
+            if let Some(r) = turn_codec::received(&buf[..n]) {
                 return Ok(r);
             }
         }
@@ -326,53 +309,26 @@ impl TurnClient {
     pub fn transact(&mut self, method: Method, attrs: Attrs<'_>) -> Result<Vec<u8>, TurnError> {
         let mut stale = 0;
         loop {
-            let authenticated = self.key.is_some();
+            let authenticated = self.auth.has_key();
             let resp = self.round_trip(method, attrs)?;
-            let msg = Message::parse(&resp).map_err(|e| TurnError::Protocol(e.to_string()))?;
-            if msg.class() == Class::Success {
-                if let Some(key) = &self.key {
-                    msg.verify_integrity(key.as_bytes()).map_err(|e| {
-                        TurnError::Protocol(format!("{method:?} success response integrity: {e:?}"))
-                    })?;
-                }
-                return Ok(resp);
-            }
-            let (code, reason) = match msg.attr::<ErrorCode>() {
-                Some(Ok(e)) => (e.code, e.reason.to_owned()),
-                _ => {
-                    return Err(TurnError::Protocol(format!(
-                        "{method:?} error response without a valid ERROR-CODE"
-                    )));
-                }
+            let err = match self.auth.check(method, &resp) {
+                Ok(()) => return Ok(resp),
+                Err(e) => e,
             };
             // A 401 to an unauthenticated attempt is the normal challenge; a 401 to an
             // authenticated one means the credentials are wrong. 438: new nonce, retry.
-            let challenge = (code == 401 && !authenticated) || (code == 438 && stale < 2);
-            if challenge {
-                let nonce = msg.attr::<Nonce>().and_then(Result::ok).map(|n| n.0);
-                let realm = msg.attr::<Realm>().and_then(Result::ok).map(|r| r.0);
-                if let Some(r) = realm {
-                    self.realm = Some(r.to_owned());
+            let challenge = match err.code() {
+                Some(401) => !authenticated,
+                Some(438) => stale < 2,
+                _ => false,
+            };
+            if challenge && self.auth.absorb_challenge(&resp) {
+                if err.code() == Some(438) {
+                    stale += 1;
                 }
-                if let (Some(n), Some(r)) = (nonce, self.realm.clone()) {
-                    self.nonce = Some(n.to_owned());
-                    self.key = Some(long_term_key(
-                        PasswordAlgorithm::Md5,
-                        &self.username,
-                        &r,
-                        &self.password,
-                    ));
-                    if code == 438 {
-                        stale += 1;
-                    }
-                    continue;
-                }
+                continue;
             }
-            return Err(TurnError::Code {
-                method,
-                code,
-                reason,
-            });
+            return Err(err);
         }
     }
 
@@ -381,18 +337,7 @@ impl TurnClient {
     fn round_trip(&mut self, method: Method, attrs: Attrs<'_>) -> Result<Vec<u8>, TurnError> {
         let txid = new_txid();
         let mut req = vec![0u8; 2048];
-        let n = {
-            let mut w = MessageWriter::new(&mut req, Class::Request, method, txid)?;
-            attrs(&mut w)?;
-            if let (Some(key), Some(realm), Some(nonce)) = (&self.key, &self.realm, &self.nonce) {
-                w.attr(&Username(&self.username))?;
-                w.attr(&Realm(realm))?;
-                w.attr(&Nonce(nonce))?;
-                w.integrity_sha1(key.as_bytes())?;
-            }
-            w.fingerprint()?;
-            w.finish()
-        };
+        let n = self.auth.write_request(&mut req, method, txid, attrs)?;
         let req = &req[..n];
         let mut buf = vec![0u8; 65_536];
         let mut rto = INITIAL_RTO;
@@ -411,7 +356,7 @@ impl TurnClient {
                     Err(e) => return Err(e.into()),
                 };
                 let pkt = &buf[..len];
-                if let Some(r) = as_data(pkt) {
+                if let Some(r) = turn_codec::received(pkt) {
                     self.pending.push_back(r);
                     continue;
                 }
@@ -439,34 +384,6 @@ fn is_timeout(e: &std::io::Error) -> bool {
         e.kind(),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
     )
-}
-
-/// A Data indication or ChannelData message as [`Received`].
-fn as_data(pkt: &[u8]) -> Option<Received> {
-    match classify(pkt) {
-        PacketKind::ChannelData => {
-            let cd = ChannelData::parse(pkt).ok()?;
-            Some(Received {
-                peer: None,
-                channel: Some(cd.channel()),
-                data: cd.payload().to_vec(),
-            })
-        }
-        PacketKind::Stun => {
-            let msg = Message::parse(pkt).ok()?;
-            if msg.class() != Class::Indication || msg.method() != Method::DATA {
-                return None;
-            }
-            let peer = msg.attr::<XorPeerAddress>().and_then(Result::ok)?.0;
-            let data = msg.attr::<Data>().and_then(Result::ok)?.0.to_vec();
-            Some(Received {
-                peer: Some(peer),
-                channel: None,
-                data,
-            })
-        }
-        _ => None,
-    }
 }
 
 /// An address in an IP family, for building peers in tests.

@@ -11,30 +11,28 @@
 
 use std::{
     collections::HashMap,
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     process::Command,
     time::{Duration, Instant},
 };
 
 use relay_tests::{
     Netns, Topology, TopologyOptions,
-    coturn::{PeerProcess, Uclient},
-    relay::RelayProcess,
+    fixture::{
+        Deployment, RELAY_PORTS, RelayConfig, UCLIENT_TIMEOUT, USER, start_relay, toml_list,
+        turn_client, wait_until,
+    },
     turn_client::{TurnClient, TurnError},
 };
 use relay_user::{
     admin::view::{AllocationView, AllocationsView, StatusView},
     status::{AdminClient, StatusError},
-    xdp::{AttachMode, XdpPath},
 };
 
-const USER: &str = "alice";
-const PEER_PORT: u16 = 3480;
 const ADMIN: &str = "127.0.0.1:9641";
 const TOKEN: &str = "admin-token-1";
 const CHANNEL: u16 = 0x4000;
 const LOG_WAIT: Duration = Duration::from_secs(5);
-const UCLIENT_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// The settings the tests vary.
 #[derive(Clone)]
@@ -63,7 +61,6 @@ impl Default for Cfg {
 /// The deployment's config: both NICs answer, relay ports on the external one, the NAT
 /// address advertised, the media subnet allowed as peers, admin on loopback.
 fn config(topo: &Topology, cfg: &Cfg) -> String {
-    let a = topo.addrs;
     let xdp = if cfg.xdp {
         format!(
             "interfaces = [\"{}\", \"{}\"]\nmode = \"native\"\nforwarding = \"auto\"",
@@ -72,30 +69,12 @@ fn config(topo: &Topology, cfg: &Cfg) -> String {
     } else {
         "interfaces = []\nmode = \"off\"".to_owned()
     };
-    let alternates: Vec<String> = cfg.alternates.iter().map(|a| format!("\"{a}\"")).collect();
-    format!(
-        r#"realm = "example.org"
-
-[[listen]]
-address = "{int}:3478"
-
-[[listen]]
-address = "{ext}:3478"
-
-[relay]
-address = "{ext}"
-public_address = "{public}"
-ports = "24000-29999"
-
-[auth]
-users = {{ {USER} = "{password}" }}
-
-[peers]
-allow = ["192.0.2.0/24"]
-
-[limits]
+    RelayConfig {
+        password: cfg.password.to_owned(),
+        sections: format!(
+            r#"[limits]
 max_allocations = {max}
-alternate_servers = [{alternates}]
+alternate_servers = {alternates}
 drain_timeout = {drain}
 
 [admin]
@@ -105,75 +84,47 @@ token = "{token}"
 [xdp]
 {xdp}
 "#,
-        int = a.relay_internal,
-        ext = a.relay_external,
-        public = a.public,
-        password = cfg.password,
-        max = cfg.max_allocations,
-        alternates = alternates.join(", "),
-        drain = cfg.drain_timeout,
-        token = cfg.token,
-    )
+            max = cfg.max_allocations,
+            alternates = toml_list(cfg.alternates),
+            drain = cfg.drain_timeout,
+            token = cfg.token,
+        ),
+        ..RelayConfig::deployment(&topo.addrs)
+    }
+    .to_string()
 }
 
-/// Field order is drop order: processes, then the pass programs, then the namespaces.
-struct Env {
-    peer: PeerProcess,
-    relay: RelayProcess,
-    _pass: Vec<XdpPath>,
-    topo: Topology,
+/// The deployment with the media host's echo peer, and with `cfg.xdp` ready for the
+/// kernel path.
+fn start(cfg: &Cfg) -> Deployment {
+    let opts = TopologyOptions::default();
+    let start = |t: &Topology| start_relay(&t.relay, &config(t, cfg));
+    let env = if cfg.xdp {
+        Deployment::start_kernel_path(opts, start)
+    } else {
+        Deployment::start(opts, start)
+    }
+    .with_media_peer();
+    env.relay
+        .wait_for_log("admin API listening", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    env
 }
 
-impl Env {
-    fn start(cfg: &Cfg) -> Env {
-        let topo = Topology::new(TopologyOptions::default()).expect("build topology");
-        // veth delivers frames the relay's program redirects into it only when its other
-        // end runs an XDP program too: a pass-everything one on the firewall and media ends.
-        let pass = if cfg.xdp {
-            vec![
-                attach_pass(&topo.firewall, topo.firewall_inside_if()),
-                attach_pass(&topo.media, topo.media_if()),
-            ]
-        } else {
-            Vec::new()
-        };
-        let relay = RelayProcess::start(&topo.relay, &config(&topo, cfg))
-            .unwrap_or_else(|e| panic!("relay did not start: {e}"));
-        relay
-            .wait_for_log("admin API listening", LOG_WAIT)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let peer = PeerProcess::start(&topo.media, topo.addrs.media.into(), PEER_PORT)
-            .unwrap_or_else(|e| panic!("turnutils_peer: {e}"));
-        if cfg.xdp {
-            warm_neighbours(&topo);
-        }
-        Env {
-            peer,
-            relay,
-            _pass: pass,
-            topo,
-        }
-    }
-
-    fn server(&self) -> SocketAddr {
-        (self.topo.addrs.public, 3478).into()
-    }
-
-    fn media_peer(&self) -> SocketAddr {
-        (self.peer.address, self.peer.port).into()
-    }
-
-    /// A TURN client on the internet side (its socket lives in the client namespace).
-    fn client(&self, password: &str) -> TurnClient {
-        let (server, password) = (self.server(), password.to_owned());
-        self.topo
-            .client
-            .run(move || TurnClient::new(server, USER, &password))
-            .expect("enter client namespace")
-            .expect("bind client socket")
-    }
-
+/// The relay's admin endpoint, queried from inside the relay namespace.
+trait AdminApi {
     /// `f` with an admin client, on a thread inside the relay namespace.
+    fn admin<T: Send + 'static>(
+        &self,
+        token: Option<&str>,
+        f: impl FnOnce(AdminClient) -> T + Send + 'static,
+    ) -> T;
+    fn allocations(&self) -> AllocationsView;
+    fn status(&self, token: &str) -> StatusView;
+    fn metrics(&self) -> Metrics;
+}
+
+impl AdminApi for Deployment {
     fn admin<T: Send + 'static>(
         &self,
         token: Option<&str>,
@@ -204,22 +155,19 @@ impl Env {
         assert_eq!(code, 200, "{text}");
         Metrics::parse(&text)
     }
+}
 
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
-        let r = unsafe { libc::kill(self.relay.pid() as libc::pid_t, sig) };
-        assert_eq!(r, 0, "kill({sig}) failed");
-    }
-
-    /// Rewrites the relay's config file in place (SIGHUP reads it again).
-    fn rewrite_config(&self, text: &str) {
-        std::fs::write(self.relay.config_path(), text).expect("rewrite config");
-    }
+/// `relay` (the CLI) run inside `ns`.
+fn relay_cli(ns: &Netns) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns.name()])
+        .arg(relay_tests::relay_binary());
+    c
 }
 
 /// A client with a channel to the media server's echo peer, proven to relay.
-fn connected_client(env: &Env, password: &str) -> TurnClient {
-    let mut c = env.client(password);
+fn connected_client(env: &Deployment, password: &str) -> TurnClient {
+    let mut c = turn_client(&env.topo.client, env.server(), password);
     c.allocate().unwrap_or_else(|e| panic!("allocate: {e}"));
     c.create_permission(&[env.media_peer()])
         .unwrap_or_else(|e| panic!("CreatePermission: {e}"));
@@ -230,35 +178,13 @@ fn connected_client(env: &Env, password: &str) -> TurnClient {
 }
 
 /// ChannelData to the echo peer comes back on the channel.
-fn assert_echo(env: &Env, c: &mut TurnClient, payload: &[u8]) {
+fn assert_echo(env: &Deployment, c: &mut TurnClient, payload: &[u8]) {
     c.send_channel_data(CHANNEL, payload).expect("send");
-    let got = c.recv_data(Duration::from_secs(3)).unwrap_or_else(|e| {
-        panic!(
-            "no echo of {payload:?}: {e}\n----- relay log -----\n{}",
-            env.relay.logs()
-        )
-    });
+    let got = c
+        .recv_data(Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("{}", env.with_log(format!("no echo of {payload:?}: {e}"))));
     assert_eq!(got.channel, Some(CHANNEL));
     assert_eq!(got.data, payload);
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Whether `pid` still runs (a zombie counts as gone).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
-        })
-        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// The samples of an OpenMetrics text, by series (`name{labels}` as printed).
@@ -294,55 +220,14 @@ impl Metrics {
     }
 }
 
-fn attach_pass(ns: &Netns, ifname: String) -> XdpPath {
-    ns.run(move || {
-        let mut xdp = XdpPath::load_with(16).expect("load XDP program (run as root)");
-        xdp.attach(&ifname, AttachMode::Native)
-            .unwrap_or_else(|e| panic!("attach pass program to {ifname}: {e}"));
-        xdp
-    })
-    .expect("enter namespace")
-}
-
-/// Resolves the relay host's next hops before media flows: without a neighbour entry the
-/// program passes the packet up, and these tests want the kernel path.
-fn warm_neighbours(topo: &Topology) {
-    let a = topo.addrs;
-    let hops = [
-        (a.firewall_inside, topo.relay_external_if.clone()),
-        (a.media, topo.relay_internal_if.clone()),
-    ];
-    let ips = hops.clone().map(|(ip, _)| ip);
-    topo.relay
-        .run(move || {
-            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-            for ip in ips {
-                s.send_to(b"arp", (ip, 9)).expect("send");
-            }
-        })
-        .expect("enter relay namespace");
-    for (ip, dev) in hops {
-        wait_until(&format!("a neighbour entry for {ip}"), LOG_WAIT, || {
-            topo.relay
-                .ip(&["neigh", "show", &ip.to_string(), "dev", &dev])
-                .unwrap_or_default()
-                .contains("lladdr")
-        });
-    }
-}
-
 #[test]
 fn usage_view_and_metrics_follow_a_live_uclient_session() {
-    let env = Env::start(&Cfg {
+    let env = start(&Cfg {
         xdp: true,
         ..Cfg::default()
     });
     let a = env.topo.addrs;
-    let mut u = Uclient::new(a.public.into());
-    u.user = Some(USER.into());
-    u.password = Some("pw".into());
-    u.peer = Some(a.media.into());
-    u.peer_port = Some(PEER_PORT);
+    let mut u = env.uclient();
     u.no_rtcp = true;
     // Long enough to be looked at while it runs: 300 messages, one every 20 ms.
     u.messages = 300;
@@ -379,11 +264,7 @@ fn usage_view_and_metrics_follow_a_live_uclient_session() {
         ((seen, metrics, table), run)
     });
     let run = run.unwrap_or_else(|e| panic!("turnutils_uclient: {e}"));
-    let context = format!(
-        "{}\n----- relay log -----\n{}",
-        run.describe(),
-        env.relay.logs()
-    );
+    let context = env.context(&run);
     let (seen, metrics, table) = live;
     let al = seen.unwrap_or_else(|| panic!("alice's allocation never showed\n{context}"));
 
@@ -398,7 +279,7 @@ fn usage_view_and_metrics_follow_a_live_uclient_session() {
         r.bind,
         SocketAddr::from((a.relay_external, r.public.port()))
     );
-    assert!((24000..=29999).contains(&r.public.port()), "{al:?}");
+    assert!(RELAY_PORTS.contains(&r.public.port()), "{al:?}");
     assert!(
         al.permissions
             .iter()
@@ -487,7 +368,7 @@ fn usage_view_and_metrics_follow_a_live_uclient_session() {
 
 #[test]
 fn sighup_changes_a_password_while_an_allocation_keeps_relaying() {
-    let env = Env::start(&Cfg::default());
+    let env = start(&Cfg::default());
     let mut old = connected_client(&env, "pw");
 
     // New password and new admin token, then SIGHUP.
@@ -496,8 +377,8 @@ fn sighup_changes_a_password_while_an_allocation_keeps_relaying() {
         token: "admin-token-2",
         ..Cfg::default()
     };
-    env.rewrite_config(&config(&env.topo, &new_cfg));
-    env.signal(libc::SIGHUP);
+    env.relay.rewrite_config(&config(&env.topo, &new_cfg));
+    env.relay.signal(libc::SIGHUP);
     env.relay
         .wait_for_log("configuration reloaded", LOG_WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -505,7 +386,7 @@ fn sighup_changes_a_password_while_an_allocation_keeps_relaying() {
     // The allocation made with the old password still relays.
     assert_echo(&env, &mut old, b"after reload");
     // A new allocation with the old password is refused, with the new one it works.
-    let mut refused = env.client("pw");
+    let mut refused = turn_client(&env.topo.client, env.server(), "pw");
     match refused.allocate() {
         Err(TurnError::Code { code: 401, .. }) => {}
         other => panic!("old password: expected 401, got {other:?}"),
@@ -523,8 +404,8 @@ fn sighup_changes_a_password_while_an_allocation_keeps_relaying() {
         &format!("max_allocations = {}", new_cfg.max_allocations),
         "max_allocations = 0",
     );
-    env.rewrite_config(&broken);
-    env.signal(libc::SIGHUP);
+    env.relay.rewrite_config(&broken);
+    env.relay.signal(libc::SIGHUP);
     let line = env
         .relay
         .wait_for_log("configuration reload refused", LOG_WAIT)
@@ -548,9 +429,9 @@ fn drain_refuses_new_allocations_and_lets_existing_ones_finish() {
         drain_timeout: 30,
         ..Cfg::default()
     };
-    let env = Env::start(&cfg);
+    let env = start(&cfg);
     let mut existing = connected_client(&env, "pw");
-    env.signal(libc::SIGTERM);
+    env.relay.signal(libc::SIGTERM);
     env.relay
         .wait_for_log("draining", LOG_WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -559,7 +440,7 @@ fn drain_refuses_new_allocations_and_lets_existing_ones_finish() {
     assert_eq!((code, body.as_str()), (503, "draining\n"));
     assert!(env.allocations().draining);
     // New allocations: 508 (no alternate configured).
-    match env.client("pw").allocate() {
+    match turn_client(&env.topo.client, env.server(), "pw").allocate() {
         Err(TurnError::Code { code: 508, .. }) => {}
         other => panic!("allocate while draining: expected 508, got {other:?}"),
     }
@@ -571,8 +452,9 @@ fn drain_refuses_new_allocations_and_lets_existing_ones_finish() {
     // Once it ends, the relay stops on its own, long before the drain timeout.
     let start = Instant::now();
     existing.refresh(0).expect("delete");
-    let pid = env.relay.pid();
-    wait_until("the relay to exit", Duration::from_secs(10), || !alive(pid));
+    wait_until("the relay to exit", Duration::from_secs(10), || {
+        env.relay.exited()
+    });
     assert!(start.elapsed() < Duration::from_secs(cfg.drain_timeout));
     let logs = env.relay.logs();
     assert!(logs.contains("drained: no allocations left"), "{logs}");
@@ -581,18 +463,19 @@ fn drain_refuses_new_allocations_and_lets_existing_ones_finish() {
 
 #[test]
 fn a_second_sigterm_stops_a_drain_at_once() {
-    let env = Env::start(&Cfg {
+    let env = start(&Cfg {
         drain_timeout: 600,
         ..Cfg::default()
     });
     let _held = connected_client(&env, "pw");
-    env.signal(libc::SIGTERM);
+    env.relay.signal(libc::SIGTERM);
     env.relay
         .wait_for_log("draining", LOG_WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
-    env.signal(libc::SIGTERM);
-    let pid = env.relay.pid();
-    wait_until("the relay to exit", Duration::from_secs(5), || !alive(pid));
+    env.relay.signal(libc::SIGTERM);
+    wait_until("the relay to exit", Duration::from_secs(5), || {
+        env.relay.exited()
+    });
     let line = env
         .relay
         .wait_for_log("second signal while draining", LOG_WAIT)
@@ -602,16 +485,14 @@ fn a_second_sigterm_stops_a_drain_at_once() {
 
 #[test]
 fn a_full_relay_redirects_to_an_alternate() {
-    let env = Env::start(&Cfg {
+    let env = start(&Cfg {
         max_allocations: 1,
         alternates: &["203.0.113.60:3478"],
         ..Cfg::default()
     });
     let _first = connected_client(&env, "pw");
     // The media server's probe, from the internet side: 300 with ALTERNATE-SERVER.
-    let out = Command::new("ip")
-        .args(["netns", "exec", env.topo.client.name()])
-        .arg(relay_tests::relay_binary())
+    let out = relay_cli(&env.topo.client)
         .args([
             "stun",
             &env.server().to_string(),
@@ -643,7 +524,7 @@ fn a_full_relay_redirects_to_an_alternate() {
 
 #[test]
 fn admin_token_is_enforced() {
-    let env = Env::start(&Cfg::default());
+    let env = start(&Cfg::default());
     for path in ["/metrics", "/api/allocations", "/api/status"] {
         let (anonymous, _) = env.admin(None, move |c| c.get(path)).unwrap();
         let (wrong, _) = env.admin(Some("guess"), move |c| c.get(path)).unwrap();
@@ -662,9 +543,7 @@ fn admin_token_is_enforced() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(refused.contains("from=127.0.0.1:"), "{refused}");
     // `relay status` without the token: exit 1 and what to do about it.
-    let out = Command::new("ip")
-        .args(["netns", "exec", env.topo.relay.name()])
-        .arg(relay_tests::relay_binary())
+    let out = relay_cli(&env.topo.relay)
         .args(["status", "--admin", ADMIN])
         .env_remove("RELAY_ADMIN_TOKEN")
         .output()
@@ -676,9 +555,7 @@ fn admin_token_is_enforced() {
         "{stderr}"
     );
     // With the config file it finds address and token by itself.
-    let out = Command::new("ip")
-        .args(["netns", "exec", env.topo.relay.name()])
-        .arg(relay_tests::relay_binary())
+    let out = relay_cli(&env.topo.relay)
         .args(["status", "--json", "--config"])
         .arg(env.relay.config_path())
         .output()

@@ -10,38 +10,30 @@ use std::{
 };
 
 use relay_tests::{
-    Topology, TopologyOptions,
-    browser::{Chromium, PageServer, Report, find_chromium},
-    relay::{RelayProcess, field},
+    TopologyOptions,
+    browser::{Report, group_alive},
+    fixture::{Deployment, Listen, RelayConfig, start_relay},
+    page::PageRun,
+    relay::field,
 };
 
-const PAGE: &str = include_str!("../assets/webrtc_relay.html");
-/// The page's own timeout (it reports a failure when it expires).
-const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long the test waits for any report (browser start-up on top of the page's own).
-const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
 const MESSAGES: usize = 5;
 
-fn config(a: &relay_tests::Addresses) -> String {
-    format!(
-        r#"realm = "example.org"
-[[listen]]
-address = "{ext}:3478"
-transports = ["udp"]
-[relay]
-address = "{ext}"
-public_address = "{public}"
-ports = "24000-29999"
-[auth]
-users = {{ alice = "pw" }}
-[xdp]
-mode = "off"
-[log]
-level = "debug"
-"#,
-        ext = a.relay_external,
-        public = a.public,
-    )
+/// UDP on the external NIC only, debug logs.
+fn start() -> Deployment {
+    let opts = TopologyOptions {
+        nat_reflection: false,
+    };
+    Deployment::start(opts, |topo| {
+        let a = topo.addrs;
+        let config = RelayConfig {
+            listen: vec![Listen::new(a.relay_external, 3478, &["udp"])],
+            peers_allow: Vec::new(),
+            sections: "[xdp]\nmode = \"off\"\n[log]\nlevel = \"debug\"\n".to_owned(),
+            ..RelayConfig::deployment(&a)
+        };
+        start_relay(&topo.relay, &config.to_string())
+    })
 }
 
 /// `type address port protocol relayProtocol` as the page reports a candidate.
@@ -78,67 +70,16 @@ struct Counters {
 #[test]
 fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
     let started = Instant::now();
-    let chromium = find_chromium().expect(
-        "Chromium is not installed (`apt-get install chromium`, or `cargo xtask setup`); \
-         set CHROMIUM=/path/to/chrome to use another build",
+    let env = start();
+    let (a, relay) = (env.addrs(), &env.relay);
+    let mut page = PageRun::data_channel(
+        &env.topo.client,
+        relay,
+        &format!("turn:{}:3478?transport=udp", a.public),
+        MESSAGES,
+        &[],
     );
-    let topo = Topology::new(TopologyOptions {
-        nat_reflection: false,
-    })
-    .expect("build topology");
-    let a = topo.addrs;
-    let relay = RelayProcess::start(&topo.relay, &config(&a)).expect("start relay");
-    let server = PageServer::start(&topo.client, PAGE).expect("start page server");
-    let url = format!(
-        "{}?url={}&username=alice&credential=pw&messages={MESSAGES}&timeout_ms={}",
-        server.url(),
-        // turn:203.0.113.50:3478?transport=udp, percent-encoded for the query string.
-        format_args!("turn%3A{}%3A3478%3Ftransport%3Dudp", a.public),
-        PAGE_TIMEOUT.as_millis()
-    );
-    let mut browser = Chromium::launch(&topo.client, &chromium, &url).expect("launch Chromium");
-
-    let failure = |what: &str, report: Option<&Report>| -> String {
-        format!(
-            "{what}\n----- page report -----\n{}\n----- Chromium ICE/TURN lines (last 200) -----\n{}\n\
-             ----- relay log -----\n{}",
-            report.map(|r| r.text.as_str()).unwrap_or("(none)"),
-            browser.ice_lines(200),
-            relay.logs()
-        )
-    };
-
-    let Some(text) = server.wait_result(RESULT_TIMEOUT) else {
-        let msg = failure(
-            &format!("the page reported nothing within {RESULT_TIMEOUT:?}"),
-            None,
-        );
-        panic!(
-            "{msg}\n----- Chromium output (all) -----\n{}",
-            browser.output()
-        );
-    };
-    let report = Report::parse(text);
-    eprintln!("page report:\n{}", report.text);
-
-    assert_eq!(
-        report.get("ok"),
-        Some("true"),
-        "{}",
-        failure("the page failed", Some(&report))
-    );
-
-    // Messages both ways, all of them, in order.
-    for (key, from) in [("received_1to2", "pc1"), ("received_2to1", "pc2")] {
-        let want: Vec<String> = (0..MESSAGES).map(|i| format!("from-{from}-{i}")).collect();
-        let got: Vec<&str> = report
-            .get(key)
-            .unwrap_or("")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .collect();
-        assert_eq!(got, want, "{}", failure(key, Some(&report)));
-    }
+    let report = &page.report;
 
     // The selected pair of each connection is relay ⇄ relay on the public address.
     let public = a.public.to_string();
@@ -146,24 +87,24 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
     for pc in ["pc1", "pc2"] {
         for side in ["local", "remote"] {
             let key = format!("{pc}.{side}");
-            let c = candidate(&report, &key);
-            assert_eq!(c.kind, "relay", "{}", failure(&key, Some(&report)));
-            assert_eq!(c.address, public, "{}", failure(&key, Some(&report)));
+            let c = candidate(report, &key);
+            assert_eq!(c.kind, "relay", "{}", page.failure(&key, relay));
+            assert_eq!(c.address, public, "{}", page.failure(&key, relay));
         }
-        relayed_ports.push(candidate(&report, &format!("{pc}.local")).port);
+        relayed_ports.push(candidate(report, &format!("{pc}.local")).port);
     }
     // Each side's remote candidate is the other's local one.
     assert_eq!(
-        candidate(&report, "pc1.remote").port,
+        candidate(report, "pc1.remote").port,
         relayed_ports[1],
         "{}",
-        failure("pc1.remote is not pc2.local", Some(&report))
+        page.failure("pc1.remote is not pc2.local", relay)
     );
     assert_eq!(
-        candidate(&report, "pc2.remote").port,
+        candidate(report, "pc2.remote").port,
         relayed_ports[0],
         "{}",
-        failure("pc2.remote is not pc1.local", Some(&report))
+        page.failure("pc2.remote is not pc1.local", relay)
     );
     assert_ne!(relayed_ports[0], relayed_ports[1]);
 
@@ -181,7 +122,7 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
                     ip,
                     public,
                     "{}",
-                    failure("relayed address is not the public one", Some(&report))
+                    page.failure("relayed address is not the public one", relay)
                 );
                 if let (Ok(port), Some(id)) = (port.parse::<u16>(), field(line, "id")) {
                     ids_by_port.insert(port, id.to_owned());
@@ -192,7 +133,7 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
     assert!(
         created.len() >= 2,
         "{}",
-        failure("fewer than two allocations created", Some(&report))
+        page.failure("fewer than two allocations created", relay)
     );
     let counters_of = |id: &str| -> Option<Counters> {
         relay
@@ -217,9 +158,9 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
         let id = ids_by_port.get(&port).unwrap_or_else(|| {
             panic!(
                 "{}",
-                failure(
+                page.failure(
                     &format!("no allocation created with relayed {public}:{port} ({pc})"),
-                    Some(&report)
+                    relay
                 )
             )
         });
@@ -233,9 +174,9 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
         if line.is_err() {
             panic!(
                 "{}",
-                failure(
+                page.failure(
                     &format!("allocation {id} ({pc}, relayed port {port}) was not released"),
-                    Some(&report)
+                    relay
                 )
             );
         }
@@ -244,9 +185,9 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
         assert!(
             c.to_peer > 0 && c.to_client > 0,
             "{}",
-            failure(
+            page.failure(
                 &format!("allocation {id} ({pc}) relayed no traffic one way: {c:?}"),
-                Some(&report)
+                relay
             )
         );
         by_pc.push((id.clone(), c));
@@ -259,11 +200,11 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
         assert!(
             c2.to_client <= c1.to_peer && c1.to_client <= c2.to_peer,
             "{}",
-            failure(
+            page.failure(
                 &format!(
                     "allocations {id1} {c1:?} and {id2} {c2:?} delivered more than the other sent"
                 ),
-                Some(&report)
+                relay
             )
         );
     }
@@ -271,16 +212,13 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
     if std::env::var_os("BROWSER_TEST_VERBOSE").is_some() {
         eprintln!(
             "----- Chromium ICE/TURN lines -----\n{}\n----- relay log -----\n{}",
-            browser.ice_lines(usize::MAX),
+            page.browser.ice_lines(usize::MAX),
             relay.logs()
         );
     }
-    browser.kill();
-    let group = browser.pgid();
-    assert!(
-        !relay_tests::browser::group_alive(group),
-        "Chromium processes survived"
-    );
+    page.browser.kill();
+    let group = page.browser.pgid();
+    assert!(!group_alive(group), "Chromium processes survived");
     eprintln!(
         "browser test passed in {:?} (page elapsed_ms={})",
         started.elapsed(),

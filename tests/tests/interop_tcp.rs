@@ -19,22 +19,19 @@ use std::{
 
 use relay_proto::stun::{Class, Message, MessageWriter, Method};
 use relay_tests::{
-    Addresses, Netns, Topology, TopologyOptions,
-    certs::{Leaf, TestCa},
-    coturn::{PeerProcess, Uclient, UclientRun},
-    relay::{RelayProcess, field},
+    Addresses, Netns, TopologyOptions,
+    coturn::{Uclient, UclientRun},
+    fixture::{
+        Deployment, Listen, PASSWORD, RelayConfig, STREAM_TIMEOUT, UCLIENT_TIMEOUT, USER,
+        start_tls_relay,
+    },
+    page::PageRun,
+    relay::field,
     seccomp,
-    stream_client::{StreamClient, connect_tcp, connect_tls},
+    stream_client::{StreamClient, connect_tcp},
     turn_client::new_txid,
 };
 
-const REALM: &str = "example.org";
-const USER: &str = "alice";
-const PASSWORD: &str = "pw";
-const PORTS: std::ops::RangeInclusive<u16> = 24000..=29999;
-const PEER_PORT: u16 = 3480;
-const UCLIENT_TIMEOUT: Duration = Duration::from_secs(40);
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const LOG_WAIT: Duration = Duration::from_secs(5);
 const CHANNEL: u16 = 0x4000;
 
@@ -63,33 +60,13 @@ impl Default for Cfg {
 /// Listeners on both NICs (UDP and TCP 3478), 443 on the external one for `turn:` over
 /// TCP and `turns:` at once; relay ports on the external NIC, the NAT address advertised.
 fn config(a: &Addresses, cfg: Cfg) -> String {
-    format!(
-        r#"realm = "{REALM}"
-
-[[listen]]
-address = "{int}:3478"
-transports = ["udp", "tcp"]
-
-[[listen]]
-address = "{ext}:3478"
-transports = ["udp", "tcp"]
-
-[[listen]]
-address = "{ext}:443"
-transports = ["tcp", "tls"]
-
-[relay]
-address = "{ext}"
-public_address = "{public}"
-ports = "{lo}-{hi}"
-
-[auth]
-users = {{ {USER} = "{PASSWORD}" }}
-
-[peers]
-allow = ["192.0.2.0/24"]
-
-[limits]
+    let mut listen = Listen::both_nics(a, 3478, &["udp", "tcp"]);
+    listen.push(Listen::new(a.relay_external, 443, &["tcp", "tls"]));
+    RelayConfig {
+        listen,
+        tls: true,
+        sections: format!(
+            r#"[limits]
 max_allocations = {max}
 
 [tcp]
@@ -98,159 +75,77 @@ max_connections_per_source = {per_source}
 handshake_timeout = {handshake}
 idle_timeout = {idle}
 
-[tls]
-certificate = "cert.pem"
-private_key = "key.pem"
-
 [xdp]
 mode = "off"
-
-[log]
-level = "info"
 "#,
-        int = a.relay_internal,
-        ext = a.relay_external,
-        public = a.public,
-        lo = PORTS.start(),
-        hi = PORTS.end(),
-        max = cfg.max_allocations,
-        engine = cfg.engine,
-        per_source = cfg.per_source,
-        handshake = cfg.handshake_timeout,
-        idle = cfg.idle_timeout,
-    )
-}
-
-/// Topology plus the processes in it; field order is drop order.
-struct Env {
-    peer: Option<PeerProcess>,
-    relay: RelayProcess,
-    ca: TestCa,
-    topo: Topology,
-}
-
-impl Env {
-    fn start(cfg: Cfg) -> Env {
-        Self::start_with(cfg, false)
+            max = cfg.max_allocations,
+            engine = cfg.engine,
+            per_source = cfg.per_source,
+            handshake = cfg.handshake_timeout,
+            idle = cfg.idle_timeout,
+        ),
+        ..RelayConfig::deployment(a)
     }
+    .to_string()
+}
 
-    /// `no_io_uring`: the relay runs under a seccomp filter that fails io_uring with EPERM.
-    fn start_with(cfg: Cfg, no_io_uring: bool) -> Env {
-        raise_open_files();
-        let topo = Topology::new(TopologyOptions::default()).expect("build topology");
-        let a = topo.addrs;
-        let ca = TestCa::new("relay test CA");
-        let leaf = ca.leaf("relay-a", &[&a.public.to_string()]);
-        let conf = config(&a, cfg);
-        let relay = if no_io_uring {
-            seccomp::without_io_uring(|| start_relay(&topo.relay, &conf, &leaf))
-                .expect("seccomp filter")
+fn start(cfg: Cfg) -> Deployment {
+    start_with(cfg, false)
+}
+
+/// `no_io_uring`: the relay runs under a seccomp filter that fails io_uring with EPERM.
+fn start_with(cfg: Cfg, no_io_uring: bool) -> Deployment {
+    raise_open_files();
+    Deployment::start_tls(TopologyOptions::default(), |topo, leaf| {
+        let conf = config(&topo.addrs, cfg);
+        let start = || start_tls_relay(&topo.relay, &conf, leaf);
+        if no_io_uring {
+            seccomp::without_io_uring(start).expect("seccomp filter")
         } else {
-            start_relay(&topo.relay, &conf, &leaf)
-        };
-        Env {
-            peer: None,
-            relay,
-            ca,
-            topo,
+            start()
         }
-    }
-
-    fn with_media_peer(mut self) -> Env {
-        let a = self.topo.addrs;
-        self.peer = Some(
-            PeerProcess::start(&self.topo.media, a.media.into(), PEER_PORT)
-                .unwrap_or_else(|e| panic!("turnutils_peer: {e}")),
-        );
-        self
-    }
-
-    fn addrs(&self) -> Addresses {
-        self.topo.addrs
-    }
-
-    fn media_peer(&self) -> SocketAddr {
-        (self.addrs().media, PEER_PORT).into()
-    }
-
-    /// uclient as an internet client over TCP (`tls`: TLS) to `port` of the NAT address.
-    fn uclient(&self, port: u16, tls: bool) -> Uclient {
-        let a = self.addrs();
-        let mut u = Uclient::new(a.public.into());
-        u.port = port;
-        u.tcp = true;
-        u.tls = tls;
-        u.user = Some(USER.into());
-        u.password = Some(PASSWORD.into());
-        u.peer = Some(a.media.into());
-        u.peer_port = Some(PEER_PORT);
-        u.clients = 4;
-        u.messages = 20;
-        u
-    }
-
-    fn run(&self, u: &Uclient) -> UclientRun {
-        let run = u
-            .run(&self.topo.client, UCLIENT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("turnutils_uclient: {e}"));
-        eprintln!("{}: {:?}", run.command, run.summary);
-        run
-    }
-
-    fn context(&self, run: &UclientRun) -> String {
-        format!(
-            "{}\n{}----- relay log -----\n{}",
-            run.describe(),
-            self.relay
-                .unexpected_stop()
-                .map(|s| format!("NOTE: {s}\n"))
-                .unwrap_or_default(),
-            self.relay.logs()
-        )
-    }
-
-    /// A plain TCP client of `port` on the NAT address, connected from the client host.
-    fn tcp_client(&self, port: u16) -> StreamClient<TcpStream> {
-        let server = SocketAddr::from((self.addrs().public, port));
-        let s = self
-            .topo
-            .client
-            .run(move || connect_tcp(server, IO_TIMEOUT))
-            .expect("enter namespace")
-            .unwrap_or_else(|e| panic!("connect {server}: {e}"));
-        StreamClient::new(s, USER, PASSWORD)
-    }
-
-    /// A TLS client of 443 on the NAT address, verifying the chain against the test CA.
-    fn tls_client(&self) -> StreamClient<relay_tests::stream_client::TlsStream> {
-        let public = self.addrs().public;
-        let roots = self.ca.roots();
-        let s = self
-            .topo
-            .client
-            .run(move || connect_tls((public, 443).into(), roots, public.into(), IO_TIMEOUT))
-            .expect("enter namespace")
-            .unwrap_or_else(|e| panic!("TLS to {public}:443: {e}"));
-        StreamClient::new(s, USER, PASSWORD)
-    }
-
-    /// The engine line the relay logged.
-    fn engine(&self) -> String {
-        self.relay
-            .wait_for_log("TCP/TLS event loop running", LOG_WAIT)
-            .ok()
-            .and_then(|l| field(&l, "engine").map(str::to_owned))
-            .unwrap_or_default()
-    }
+    })
 }
 
-fn start_relay(ns: &Netns, conf: &str, leaf: &Leaf) -> RelayProcess {
-    RelayProcess::start_with_files(
-        ns,
-        conf,
-        &[("cert.pem", &leaf.chain_pem), ("key.pem", &leaf.key_pem)],
-    )
-    .unwrap_or_else(|e| panic!("relay did not start: {e}"))
+/// uclient as an internet client over TCP (`tls`: TLS) to `port` of the NAT address.
+fn uclient(env: &Deployment, port: u16, tls: bool) -> Uclient {
+    let mut u = env.uclient();
+    u.port = port;
+    u.tcp = true;
+    u.tls = tls;
+    u.clients = 4;
+    u.messages = 20;
+    u
+}
+
+/// [`uclient`] with TCP relays (`-T`, which implies `-t -y -c`): the clients are each
+/// other's peers.
+fn uclient_tcp_relays(env: &Deployment, port: u16, tls: bool) -> Uclient {
+    let mut u = uclient(env, port, tls);
+    u.peer = None;
+    u.peer_port = None;
+    u.extra.push("-T".into());
+    u
+}
+
+/// The deployment with the TCP/TLS loop on `engine`: "io_uring" (what `auto` picks on
+/// this kernel) or "epoll" (chosen by config).
+fn start_on(engine: &str) -> Deployment {
+    let env = start(Cfg {
+        engine: if engine == "epoll" { "epoll" } else { "auto" },
+        ..Cfg::default()
+    });
+    assert_eq!(engine_in_use(&env), engine, "{}", env.relay.logs());
+    env
+}
+
+/// The engine line the relay logged.
+fn engine_in_use(env: &Deployment) -> String {
+    env.relay
+        .wait_for_log("TCP/TLS event loop running", LOG_WAIT)
+        .ok()
+        .and_then(|l| field(&l, "engine").map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// Thousands of sockets in one test process: lift the soft open-files limit.
@@ -268,16 +163,10 @@ fn raise_open_files() {
     }
 }
 
-/// Zero loss, everything sent came back, the client exited cleanly; the allocations were
-/// made over `transport` and advertised the NAT address.
-fn assert_lossless(env: &Env, run: &UclientRun, expected_msgs: u64, transport: &str) {
-    let ctx = || env.context(run);
-    assert!(!run.timed_out, "uclient still running\n{}", ctx());
-    assert!(run.success(), "uclient failed\n{}", ctx());
-    let s = &run.summary;
-    assert_eq!(s.send_msgs, Some(expected_msgs), "messages sent\n{}", ctx());
-    assert_eq!(s.recv_msgs, s.send_msgs, "received == sent\n{}", ctx());
-    assert_eq!(s.lost_packets, Some(0), "lost packets\n{}", ctx());
+/// Runs `u` from the client host without loss; its allocations were made over
+/// `transport` and advertised the NAT address.
+fn run_over(env: &Deployment, u: &Uclient, transport: &str) -> UclientRun {
+    let run = env.run_lossless(&env.topo.client, u);
     let created = env.relay.log_lines("allocation created");
     let over: Vec<&String> = created
         .iter()
@@ -286,7 +175,7 @@ fn assert_lossless(env: &Env, run: &UclientRun, expected_msgs: u64, transport: &
     assert!(
         !over.is_empty(),
         "no allocation over {transport}\n{}",
-        ctx()
+        env.context(&run)
     );
     let public = env.addrs().public.to_string();
     for l in over {
@@ -296,6 +185,7 @@ fn assert_lossless(env: &Env, run: &UclientRun, expected_msgs: u64, transport: &
             "relayed address is not the NAT address: {l}"
         );
     }
+    run
 }
 
 // ---------------------------------------------------------------------------------------
@@ -303,48 +193,36 @@ fn assert_lossless(env: &Env, run: &UclientRun, expected_msgs: u64, transport: &
 
 #[test]
 fn uclient_tcp_3478_channels_and_send_indications() {
-    let env = Env::start(Cfg::default()).with_media_peer();
-    assert_eq!(env.engine(), "io_uring", "{}", env.relay.logs());
+    let env = start_on("io_uring").with_media_peer();
     // Channels, with RTCP allocations (EVEN-PORT / RESERVATION-TOKEN) over TCP as well.
-    let run = env.run(&env.uclient(3478, false));
-    assert_lossless(&env, &run, 80, "tcp");
+    run_over(&env, &uclient(&env, 3478, false), "tcp");
     // Send/Data indications.
-    let mut u = env.uclient(3478, false);
+    let mut u = uclient(&env, 3478, false);
     u.send_indications = true;
     u.no_rtcp = true;
-    let run = env.run(&u);
-    assert_lossless(&env, &run, 80, "tcp");
+    run_over(&env, &u, "tcp");
 }
 
 #[test]
 fn uclient_tls_and_tcp_on_443() {
-    let env = Env::start(Cfg::default()).with_media_peer();
-    let run = env.run(&env.uclient(443, true));
-    assert_lossless(&env, &run, 80, "tls");
+    let env = start(Cfg::default()).with_media_peer();
+    run_over(&env, &uclient(&env, 443, true), "tls");
     // Plain TCP on the same port: the first byte tells them apart.
-    let run = env.run(&env.uclient(443, false));
-    assert_lossless(&env, &run, 80, "tcp");
+    run_over(&env, &uclient(&env, 443, false), "tcp");
 }
 
 #[test]
 fn epoll_engine_by_config_serves_tcp_and_tls() {
-    let env = Env::start(Cfg {
-        engine: "epoll",
-        ..Cfg::default()
-    })
-    .with_media_peer();
-    assert_eq!(env.engine(), "epoll", "{}", env.relay.logs());
-    let run = env.run(&env.uclient(3478, false));
-    assert_lossless(&env, &run, 80, "tcp");
-    let run = env.run(&env.uclient(443, true));
-    assert_lossless(&env, &run, 80, "tls");
+    let env = start_on("epoll").with_media_peer();
+    run_over(&env, &uclient(&env, 3478, false), "tcp");
+    run_over(&env, &uclient(&env, 443, true), "tls");
     pipelined_and_late_reader(&env);
 }
 
 #[test]
 fn io_uring_forbidden_by_seccomp_falls_back_to_epoll() {
-    let env = Env::start_with(Cfg::default(), true).with_media_peer();
-    assert_eq!(env.engine(), "epoll", "{}", env.relay.logs());
+    let env = start_with(Cfg::default(), true).with_media_peer();
+    assert_eq!(engine_in_use(&env), "epoll", "{}", env.relay.logs());
     let line = env
         .relay
         .wait_for_log("io_uring unavailable", LOG_WAIT)
@@ -353,10 +231,8 @@ fn io_uring_forbidden_by_seccomp_falls_back_to_epoll() {
         line.contains("not permitted") && line.contains("seccomp"),
         "the reason should say io_uring was refused: {line}"
     );
-    let run = env.run(&env.uclient(3478, false));
-    assert_lossless(&env, &run, 80, "tcp");
-    let run = env.run(&env.uclient(443, true));
-    assert_lossless(&env, &run, 80, "tls");
+    run_over(&env, &uclient(&env, 3478, false), "tcp");
+    run_over(&env, &uclient(&env, 443, true), "tls");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -365,7 +241,7 @@ fn io_uring_forbidden_by_seccomp_falls_back_to_epoll() {
 /// Many requests written back to back in chunks that cut frames anywhere, by a client
 /// that reads nothing until it has written them all: the relay must stop reading while
 /// its replies wait (backpressure), and every reply must still arrive, in order.
-fn pipelined_and_late_reader(env: &Env) {
+fn pipelined_and_late_reader(env: &Deployment) {
     const REQUESTS: usize = 40_000;
     let mut c = env.tcp_client(3478);
     let mut all = Vec::with_capacity(REQUESTS * 28);
@@ -408,7 +284,7 @@ fn pipelined_and_late_reader(env: &Env) {
 fn thousands_of_connections_and_allocations_keep_working() {
     const N: usize = 5000;
     const BATCH: usize = 200;
-    let env = Env::start(Cfg {
+    let env = start(Cfg {
         max_allocations: N + 100,
         per_source: N as u32 + 100,
         ..Cfg::default()
@@ -427,7 +303,7 @@ fn thousands_of_connections_and_allocations_keep_working() {
         .run(move || {
             (0..N)
                 .map(|i| {
-                    let s = connect_tcp(server, IO_TIMEOUT)
+                    let s = connect_tcp(server, STREAM_TIMEOUT)
                         .unwrap_or_else(|e| panic!("connection {i}: {e}"));
                     let mut c = StreamClient::new(s, USER, PASSWORD);
                     c.prime(&realm, &nonce);
@@ -532,7 +408,7 @@ fn thousands_of_connections_and_allocations_keep_working() {
 
 #[test]
 fn per_source_limit_and_handshake_timeout_against_slowloris() {
-    let env = Env::start(Cfg {
+    let env = start(Cfg {
         per_source: 3,
         handshake_timeout: 2,
         ..Cfg::default()
@@ -544,7 +420,7 @@ fn per_source_limit_and_handshake_timeout_against_slowloris() {
         .client
         .run(move || {
             (0..4)
-                .map(|_| connect_tcp(server, IO_TIMEOUT).expect("connect"))
+                .map(|_| connect_tcp(server, STREAM_TIMEOUT).expect("connect"))
                 .collect()
         })
         .expect("enter namespace");
@@ -580,7 +456,7 @@ fn per_source_limit_and_handshake_timeout_against_slowloris() {
 
 #[test]
 fn tls_certificate_reloads_without_restart() {
-    let env = Env::start(Cfg::default());
+    let env = start(Cfg::default());
     let a = env.addrs();
     let leaf_a_der = {
         let c = env.tls_client();
@@ -591,7 +467,8 @@ fn tls_certificate_reloads_without_restart() {
     assert_eq!(old.stream.conn.peer_certificates().unwrap()[0], leaf_a_der);
 
     // Renew: new key and certificate, written the way certbot does (rename into place).
-    let leaf_b = env.ca.leaf("relay-b", &[&a.public.to_string()]);
+    let ca = env.ca.as_ref().expect("a TLS deployment");
+    let leaf_b = ca.leaf("relay-b", &[&a.public.to_string()]);
     let dir = env
         .relay
         .config_path()
@@ -624,7 +501,7 @@ fn tls_certificate_reloads_without_restart() {
 
 #[test]
 fn stream_framing_padding_and_bad_bytes() {
-    let env = Env::start(Cfg::default()).with_media_peer();
+    let env = start(Cfg::default()).with_media_peer();
     let peer = env.media_peer();
     let mut c = env.tcp_client(3478);
     c.allocate().expect("allocate");
@@ -663,7 +540,7 @@ fn stream_framing_padding_and_bad_bytes() {
 
 #[test]
 fn tls_client_through_nat_relays_to_media_peer() {
-    let env = Env::start(Cfg::default()).with_media_peer();
+    let env = start(Cfg::default()).with_media_peer();
     let peer = env.media_peer();
     let mut c = env.tls_client();
     let relayed = c.allocate().expect("allocate over TLS");
@@ -690,96 +567,45 @@ fn tls_client_through_nat_relays_to_media_peer() {
 // ---------------------------------------------------------------------------------------
 // A browser with only a `turns:` server on 443
 
-const PAGE: &str = include_str!("../assets/webrtc_relay.html");
-
 #[test]
 fn chromium_data_channel_with_only_turns_on_443() {
-    use relay_tests::browser::{Chromium, PageServer, Report, find_chromium};
     const MESSAGES: usize = 5;
-    let chromium = find_chromium()
-        .expect("Chromium is not installed (`apt-get install chromium`, or `cargo xtask setup`)");
-    let topo = Topology::new(TopologyOptions {
-        nat_reflection: false,
-    })
-    .expect("build topology");
-    let a = topo.addrs;
-    let ca = TestCa::new("relay test CA");
-    let leaf = ca.leaf("relay", &[&a.public.to_string()]);
-    // Nothing but TLS on 443: no UDP, no plain TCP.
-    let conf = format!(
-        r#"realm = "{REALM}"
-[[listen]]
-address = "{ext}:443"
-transports = ["tls"]
-[relay]
-address = "{ext}"
-public_address = "{public}"
-ports = "24000-29999"
-[auth]
-users = {{ {USER} = "{PASSWORD}" }}
-[tls]
-certificate = "cert.pem"
-private_key = "key.pem"
-[xdp]
-mode = "off"
-"#,
-        ext = a.relay_external,
-        public = a.public,
+    let env = Deployment::start_tls(
+        TopologyOptions {
+            nat_reflection: false,
+        },
+        |topo, leaf| {
+            let a = topo.addrs;
+            // Nothing but TLS on 443: no UDP, no plain TCP.
+            let config = RelayConfig {
+                listen: vec![Listen::new(a.relay_external, 443, &["tls"])],
+                peers_allow: Vec::new(),
+                tls: true,
+                sections: "[xdp]\nmode = \"off\"\n".to_owned(),
+                ..RelayConfig::deployment(&a)
+            };
+            start_tls_relay(&topo.relay, &config.to_string(), leaf)
+        },
     );
-    let relay = start_relay(&topo.relay, &conf, &leaf);
-    let server = PageServer::start(&topo.client, PAGE).expect("start page server");
-    let url = format!(
-        "{}?url={}&username={USER}&credential={PASSWORD}&messages={MESSAGES}&timeout_ms=20000",
-        server.url(),
-        format_args!("turns%3A{}%3A443%3Ftransport%3Dtcp", a.public),
-    );
+    let public = env.addrs().public;
     // The test CA is not in the browser's trust store.
-    let browser = Chromium::launch_with(
-        &topo.client,
-        &chromium,
-        &url,
+    let page = PageRun::data_channel(
+        &env.topo.client,
+        &env.relay,
+        &format!("turns:{public}:443?transport=tcp"),
+        MESSAGES,
         &["--ignore-certificate-errors"],
-    )
-    .expect("launch Chromium");
-    let failure = |what: &str, report: Option<&Report>| {
-        format!(
-            "{what}\n----- page report -----\n{}\n----- Chromium ICE/TURN lines -----\n{}\n\
-             ----- relay log -----\n{}",
-            report.map(|r| r.text.as_str()).unwrap_or("(none)"),
-            browser.ice_lines(200),
-            relay.logs()
-        )
-    };
-    let report = match server.wait_result(Duration::from_secs(30)) {
-        Some(t) => Report::parse(t),
-        None => panic!("{}", failure("the page reported nothing", None)),
-    };
-    assert_eq!(
-        report.get("ok"),
-        Some("true"),
-        "{}",
-        failure("page failed", Some(&report))
     );
-    for (key, from) in [("received_1to2", "pc1"), ("received_2to1", "pc2")] {
-        let want: Vec<String> = (0..MESSAGES).map(|i| format!("from-{from}-{i}")).collect();
-        let got: Vec<&str> = report
-            .get(key)
-            .unwrap_or("")
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .collect();
-        assert_eq!(got, want, "{}", failure(key, Some(&report)));
-    }
-    eprintln!("page report:\n{}", report.text);
     for pc in ["pc1.local", "pc2.local"] {
-        let c = report.get(pc).unwrap_or("");
+        let c = page.report.get(pc).unwrap_or("");
         assert!(
-            c.starts_with(&format!("relay {} ", a.public)) && c.ends_with(" tls"),
+            c.starts_with(&format!("relay {public} ")) && c.ends_with(" tls"),
             "{pc}={c}: want a relay candidate on the public address over TLS\n{}",
-            failure(pc, Some(&report))
+            page.failure(pc, &env.relay)
         );
     }
-    let over_tls = relay
+    let over_tls = env
+        .relay
         .log_lines("allocation created")
         .iter()
         .filter(|l| l.contains("client=tls "))
@@ -787,7 +613,7 @@ mode = "off"
     assert!(
         over_tls >= 2,
         "{}",
-        failure("allocations over TLS", Some(&report))
+        page.failure("allocations over TLS", &env.relay)
     );
 }
 
@@ -875,7 +701,7 @@ fn connection_id(resp: &[u8]) -> u32 {
 
 /// A new connection from the client host that binds peer connection `conn` to itself;
 /// afterwards it carries raw bytes.
-fn connection_bind(env: &Env, control: &StreamClient<TcpStream>, conn: u32) -> TcpStream {
+fn connection_bind(env: &Deployment, control: &StreamClient<TcpStream>, conn: u32) -> TcpStream {
     let mut data = env.tcp_client(3478);
     let (realm, nonce) = control.credentials().expect("credentials");
     data.prime(&realm, &nonce);
@@ -937,7 +763,7 @@ fn echo_round_trip(s: &TcpStream, total: usize) -> Result<(), String> {
 /// Connect to the media host's echo, bind it, a megabyte both ways; then the media host
 /// connects to the relayed address, the client hears a ConnectionAttempt, binds it and
 /// talks to that peer; closing the peer closes the data connection.
-fn tcp_relay_connect_bind_and_attempt(env: &Env) {
+fn tcp_relay_connect_bind_and_attempt(env: &Deployment) {
     let a = env.addrs();
     let _echo = TcpEcho::start(&env.topo.media, (a.media, TCP_ECHO_PORT).into());
     let mut control = env.tcp_client(3478);
@@ -980,7 +806,7 @@ fn tcp_relay_connect_bind_and_attempt(env: &Env) {
     let mut peer_side = env
         .topo
         .media
-        .run(move || connect_tcp(relay_addr, IO_TIMEOUT))
+        .run(move || connect_tcp(relay_addr, STREAM_TIMEOUT))
         .expect("enter namespace")
         .unwrap_or_else(|e| panic!("peer connect to {relay_addr}: {e}"));
     let attempt = loop {
@@ -1026,18 +852,13 @@ fn tcp_relay_connect_bind_and_attempt(env: &Env) {
 
 #[test]
 fn tcp_allocation_connect_bind_and_attempt_io_uring() {
-    let env = Env::start(Cfg::default());
-    assert_eq!(env.engine(), "io_uring", "{}", env.relay.logs());
+    let env = start_on("io_uring");
     tcp_relay_connect_bind_and_attempt(&env);
 }
 
 #[test]
 fn tcp_allocation_connect_bind_and_attempt_epoll() {
-    let env = Env::start(Cfg {
-        engine: "epoll",
-        ..Cfg::default()
-    });
-    assert_eq!(env.engine(), "epoll", "{}", env.relay.logs());
+    let env = start_on("epoll");
     tcp_relay_connect_bind_and_attempt(&env);
 }
 
@@ -1047,14 +868,8 @@ fn tcp_allocation_connect_bind_and_attempt_epoll() {
 /// round with no loss.
 #[test]
 fn uclient_tcp_relay_client_to_client() {
-    let env = Env::start(Cfg::default());
-    assert_eq!(env.engine(), "io_uring", "{}", env.relay.logs());
-    let mut u = env.uclient(3478, false);
-    u.peer = None;
-    u.peer_port = None;
-    u.extra.push("-T".into());
-    let run = env.run(&u);
-    assert_lossless(&env, &run, 80, "tcp");
+    let env = start_on("io_uring");
+    let run = run_over(&env, &uclient_tcp_relays(&env, 3478, false), "tcp");
     let spliced = env.relay.log_lines("TCP peer connection spliced");
     let outgoing = spliced.iter().filter(|l| l.contains("Outgoing")).count();
     let incoming = spliced.iter().filter(|l| l.contains("Incoming")).count();
@@ -1069,17 +884,8 @@ fn uclient_tcp_relay_client_to_client() {
 /// the peer side gets plaintext.
 #[test]
 fn uclient_tcp_relay_over_tls_on_epoll() {
-    let env = Env::start(Cfg {
-        engine: "epoll",
-        ..Cfg::default()
-    });
-    assert_eq!(env.engine(), "epoll", "{}", env.relay.logs());
-    let mut u = env.uclient(443, true);
-    u.peer = None;
-    u.peer_port = None;
-    u.extra.push("-T".into());
-    let run = env.run(&u);
-    assert_lossless(&env, &run, 80, "tls");
+    let env = start_on("epoll");
+    let run = run_over(&env, &uclient_tcp_relays(&env, 443, true), "tls");
     let spliced = env.relay.log_lines("TCP peer connection spliced");
     assert!(spliced.len() >= 4, "{}", env.context(&run));
 }

@@ -13,20 +13,16 @@ use std::{
 
 use relay_proto::stun::AddressFamily;
 use relay_tests::{
-    Addresses, Topology, TopologyOptions,
-    coturn::{PeerProcess, Uclient, UclientRun},
-    relay::{RelayProcess, field},
+    TopologyOptions,
+    coturn::{Uclient, UclientRun},
+    fixture::{
+        Deployment, Listen, PASSWORD, RELAY_PORTS, RelayConfig, USER, start_relay, turn_client,
+    },
+    relay::field,
     turn_client::{Received, TurnClient, TurnError},
 };
 
-const REALM: &str = "example.org";
-const USER: &str = "alice";
-const PASSWORD: &str = "pw";
 const SECRET: &str = "north-secret";
-const PORTS: std::ops::RangeInclusive<u16> = 24000..=29999;
-const PEER_PORT: u16 = 3480;
-/// Hard limit for one `turnutils_uclient` run.
-const UCLIENT_TIMEOUT: Duration = Duration::from_secs(40);
 const LOG_WAIT: Duration = Duration::from_secs(3);
 /// An IPv6 relay address for the IPv4-mapped peer test (documentation range, so the
 /// policy does not deny the relay's own family by default).
@@ -50,70 +46,10 @@ impl Default for Cfg {
     }
 }
 
-/// The deployment's config: listeners on both NICs, relay ports on the external NIC,
+/// The deployment, UDP only: listeners on both NICs, relay ports on the external NIC,
 /// the NAT address advertised, the media subnet allowed as peers.
-fn config(a: &Addresses, cfg: Cfg) -> String {
-    let relay6 = if cfg.relay6 {
-        format!("address6 = \"{RELAY6}\"\n")
-    } else {
-        String::new()
-    };
-    format!(
-        r#"realm = "{REALM}"
-
-[[listen]]
-address = "{int}:3478"
-transports = ["udp"]
-
-[[listen]]
-address = "{ext}:3478"
-transports = ["udp"]
-
-[relay]
-address = "{ext}"
-public_address = "{public}"
-{relay6}ports = "{lo}-{hi}"
-
-[auth]
-users = {{ {USER} = "{PASSWORD}" }}
-shared_secrets = ["{SECRET}"]
-
-[peers]
-allow = ["192.0.2.0/24"]
-deny = []
-
-[limits]
-max_allocations = {max}
-max_allocations_per_user = {per_user}
-
-[xdp]
-interfaces = []
-mode = "off"
-
-[log]
-level = "info"
-"#,
-        int = a.relay_internal,
-        ext = a.relay_external,
-        public = a.public,
-        lo = PORTS.start(),
-        hi = PORTS.end(),
-        max = cfg.max_allocations,
-        per_user = cfg.max_allocations_per_user,
-    )
-}
-
-/// Topology plus the processes in it. Field order is drop order: the processes stop
-/// before their namespaces go.
-struct Env {
-    peer: Option<PeerProcess>,
-    relay: RelayProcess,
-    topo: Topology,
-}
-
-impl Env {
-    fn start(nat_reflection: bool, cfg: Cfg) -> Env {
-        let topo = Topology::new(TopologyOptions { nat_reflection }).expect("build topology");
+fn start(nat_reflection: bool, cfg: Cfg) -> Deployment {
+    Deployment::start(TopologyOptions { nat_reflection }, |topo| {
         if cfg.relay6 {
             // The IPv6 relay address on the external NIC; no DAD, so it is usable at once.
             topo.relay
@@ -127,61 +63,34 @@ impl Env {
                 ])
                 .expect("add IPv6 relay address");
         }
-        let relay = RelayProcess::start(&topo.relay, &config(&topo.addrs, cfg))
-            .unwrap_or_else(|e| panic!("relay did not start: {e}"));
-        Env {
-            peer: None,
-            relay,
-            topo,
-        }
-    }
+        let config = RelayConfig {
+            listen: Listen::both_nics(&topo.addrs, 3478, &["udp"]),
+            relay6: cfg.relay6.then_some(RELAY6),
+            shared_secrets: vec![SECRET.to_owned()],
+            sections: format!(
+                r#"[limits]
+max_allocations = {max}
+max_allocations_per_user = {per_user}
 
-    /// `turnutils_peer` (an echo server) on the media host.
-    fn with_media_peer(mut self) -> Env {
-        let a = self.topo.addrs;
-        self.peer = Some(
-            PeerProcess::start(&self.topo.media, a.media.into(), PEER_PORT)
-                .unwrap_or_else(|e| panic!("turnutils_peer: {e}")),
-        );
-        self
-    }
+[xdp]
+interfaces = []
+mode = "off"
+"#,
+                max = cfg.max_allocations,
+                per_user = cfg.max_allocations_per_user,
+            ),
+            ..RelayConfig::deployment(&topo.addrs)
+        };
+        start_relay(&topo.relay, &config.to_string())
+    })
+}
 
-    fn addrs(&self) -> Addresses {
-        self.topo.addrs
-    }
-
-    /// uclient as an internet client: to the public NAT address, user alice.
-    fn uclient(&self) -> Uclient {
-        let a = self.addrs();
-        let mut u = Uclient::new(a.public.into());
-        u.user = Some(USER.into());
-        u.password = Some(PASSWORD.into());
-        u.peer = Some(a.media.into());
-        u.peer_port = Some(PEER_PORT);
-        u
-    }
-
-    fn run(&self, u: &Uclient) -> UclientRun {
-        let run = u
-            .run(&self.topo.client, UCLIENT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("turnutils_uclient: {e}"));
-        // One line per run, so a passing test's output still shows what happened.
-        eprintln!("{}: {:?}", run.command, run.summary);
-        run
-    }
-
-    /// A context block for assertion messages: uclient's output and the relay log.
-    fn context(&self, run: &UclientRun) -> String {
-        format!(
-            "{}\n{}----- relay log -----\n{}",
-            run.describe(),
-            self.relay
-                .unexpected_stop()
-                .map(|s| format!("NOTE: {s}\n"))
-                .unwrap_or_default(),
-            self.relay.logs()
-        )
-    }
+/// Runs `u` from the client host without loss; at least `allocations` allocations, each
+/// advertising the NAT address.
+fn run_through_nat(env: &Deployment, u: &Uclient, allocations: usize) -> UclientRun {
+    let run = env.run_lossless(&env.topo.client, u);
+    assert_public_relayed(env, &run, allocations);
+    run
 }
 
 /// The relayed addresses of every "allocation created" line.
@@ -197,29 +106,9 @@ fn relayed_addresses(log: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Zero loss, everything sent came back, the client exited cleanly.
-fn assert_lossless(env: &Env, run: &UclientRun, expected_msgs: u64) {
-    let ctx = || env.context(run);
-    assert!(
-        !run.timed_out,
-        "uclient still running after {UCLIENT_TIMEOUT:?}\n{}",
-        ctx()
-    );
-    assert!(run.success(), "uclient failed\n{}", ctx());
-    let s = &run.summary;
-    assert_eq!(s.send_msgs, Some(expected_msgs), "messages sent\n{}", ctx());
-    assert_eq!(
-        s.recv_msgs,
-        s.send_msgs,
-        "messages received == sent\n{}",
-        ctx()
-    );
-    assert_eq!(s.lost_packets, Some(0), "lost packets\n{}", ctx());
-}
-
 /// Every allocation advertised the public NAT address with a port of the range, never
 /// the external NIC's own address; at least `min` of them.
-fn assert_public_relayed(env: &Env, run: &UclientRun, min: usize) {
+fn assert_public_relayed(env: &Deployment, run: &UclientRun, min: usize) {
     let a = env.addrs();
     let log = env.relay.logs();
     let relayed = relayed_addresses(&log);
@@ -236,8 +125,8 @@ fn assert_public_relayed(env: &Env, run: &UclientRun, min: usize) {
             env.context(run)
         );
         assert!(
-            PORTS.contains(&r.port()),
-            "relayed port of {r} outside {PORTS:?}"
+            RELAY_PORTS.contains(&r.port()),
+            "relayed port of {r} outside {RELAY_PORTS:?}"
         );
     }
     assert!(
@@ -251,41 +140,35 @@ fn assert_public_relayed(env: &Env, run: &UclientRun, min: usize) {
 
 #[test]
 fn uclient_channels_through_nat_to_media_peer() {
-    let env = Env::start(true, Cfg::default()).with_media_peer();
+    let env = start(true, Cfg::default()).with_media_peer();
     let mut u = env.uclient();
     u.clients = 4;
     u.messages = 20;
     // Default RTCP on: each client also allocates with EVEN-PORT / RESERVATION-TOKEN.
-    let run = env.run(&u);
-    assert_lossless(&env, &run, 80);
-    assert_public_relayed(&env, &run, 4);
+    run_through_nat(&env, &u, 4);
 }
 
 #[test]
 fn uclient_send_indications_through_nat_to_media_peer() {
-    let env = Env::start(true, Cfg::default()).with_media_peer();
+    let env = start(true, Cfg::default()).with_media_peer();
     let mut u = env.uclient();
     u.clients = 4;
     u.messages = 20;
     u.send_indications = true;
     u.no_rtcp = true;
-    let run = env.run(&u);
-    assert_lossless(&env, &run, 80);
-    assert_public_relayed(&env, &run, 4);
+    run_through_nat(&env, &u, 4);
 }
 
 #[test]
 fn uclient_rest_shared_secret() {
-    let env = Env::start(true, Cfg::default()).with_media_peer();
+    let env = start(true, Cfg::default()).with_media_peer();
     let mut u = env.uclient();
     u.password = None;
     u.secret = Some(SECRET.into());
     u.clients = 2;
     u.messages = 20;
     u.no_rtcp = true;
-    let run = env.run(&u);
-    assert_lossless(&env, &run, 40);
-    assert_public_relayed(&env, &run, 2);
+    let run = run_through_nat(&env, &u, 2);
     // The allocations ran under the REST name (`<expiry>:alice`), not the static user.
     let rest_user = env
         .relay
@@ -304,7 +187,7 @@ fn uclient_rest_shared_secret() {
 fn uclient_client_to_client_hairpins_without_nat_reflection() {
     // The firewall drops inside → public-address traffic: the relay must hand packets
     // between its own relayed addresses internally.
-    let env = Env::start(false, Cfg::default());
+    let env = start(false, Cfg::default());
     let mut u = env.uclient();
     u.peer = None;
     u.peer_port = None;
@@ -312,18 +195,16 @@ fn uclient_client_to_client_hairpins_without_nat_reflection() {
     u.clients = 2;
     u.messages = 20;
     u.no_rtcp = true;
-    let run = env.run(&u);
-    assert_lossless(&env, &run, 40);
-    assert_public_relayed(&env, &run, 2);
+    run_through_nat(&env, &u, 2);
 }
 
 #[test]
 fn uclient_wrong_password_is_refused_and_logged() {
-    let env = Env::start(true, Cfg::default()).with_media_peer();
+    let env = start(true, Cfg::default()).with_media_peer();
     let mut u = env.uclient();
     u.password = Some("not-the-password".into());
     u.no_rtcp = true;
-    let run = env.run(&u);
+    let run = env.run(&env.topo.client, &u);
     let a = env.addrs();
     assert!(
         !run.timed_out,
@@ -361,13 +242,6 @@ fn uclient_wrong_password_is_refused_and_logged() {
 // ---------------------------------------------------------------------------------------
 // This crate's TURN client
 
-/// A client of `server` whose socket lives in `ns`.
-fn client_in(ns: &relay_tests::Netns, server: SocketAddr) -> TurnClient {
-    ns.run(move || TurnClient::new(server, USER, PASSWORD))
-        .expect("enter namespace")
-        .expect("bind client socket")
-}
-
 /// Waits for `want` among incoming data (other payloads are ignored, e.g. duplicates).
 fn expect_data(c: &mut TurnClient, want: &[u8], what: &str) -> Received {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
@@ -392,22 +266,19 @@ fn expect_data(c: &mut TurnClient, want: &[u8], what: &str) -> Received {
 #[test]
 fn media_server_internal_listener_to_browser_relayed_address() {
     for nat_reflection in [false, true] {
-        let env = Env::start(nat_reflection, Cfg::default());
+        let env = start(nat_reflection, Cfg::default());
         let a = env.addrs();
         let ctx = |e: &dyn std::fmt::Display| {
-            format!(
-                "nat_reflection={nat_reflection}: {e}\n----- relay log -----\n{}",
-                env.relay.logs()
-            )
+            env.with_log(format!("nat_reflection={nat_reflection}: {e}"))
         };
 
-        let mut media = client_in(&env.topo.media, (a.relay_internal, 3478).into());
-        let mut browser = client_in(&env.topo.client, (a.public, 3478).into());
+        let mut media = turn_client(&env.topo.media, (a.relay_internal, 3478).into(), PASSWORD);
+        let mut browser = turn_client(&env.topo.client, env.server(), PASSWORD);
         let media_relayed = media.allocate().unwrap_or_else(|e| panic!("{}", ctx(&e)));
         let browser_relayed = browser.allocate().unwrap_or_else(|e| panic!("{}", ctx(&e)));
         for (who, r) in [("media", media_relayed), ("browser", browser_relayed)] {
             assert_eq!(r.ip(), IpAddr::V4(a.public), "{who} relayed {r}");
-            assert!(PORTS.contains(&r.port()), "{who} relayed {r}");
+            assert!(RELAY_PORTS.contains(&r.port()), "{who} relayed {r}");
         }
         assert_ne!(media_relayed, browser_relayed);
         // The browser's server-reflexive address is its own (static NAT is inbound only).
@@ -488,7 +359,7 @@ fn media_server_internal_listener_to_browser_relayed_address() {
 
 #[test]
 fn denied_peers_get_403_with_the_rule_logged() {
-    let env = Env::start(
+    let env = start(
         true,
         Cfg {
             relay6: true,
@@ -496,7 +367,7 @@ fn denied_peers_get_403_with_the_rule_logged() {
         },
     );
     let a = env.addrs();
-    let mut c = client_in(&env.topo.client, (a.public, 3478).into());
+    let mut c = turn_client(&env.topo.client, env.server(), PASSWORD);
     let relayed = c.allocate().expect("allocate");
     assert!(relayed.is_ipv4(), "default family is IPv4: {relayed}");
 
@@ -534,7 +405,7 @@ fn denied_peers_get_403_with_the_rule_logged() {
 
     // With an IPv6 allocation the family matches, and the policy must see through the
     // mapping: 403, logged with the rule.
-    let mut c6 = client_in(&env.topo.client, (a.public, 3478).into());
+    let mut c6 = turn_client(&env.topo.client, env.server(), PASSWORD);
     let relayed6 = c6
         .allocate_with(Some(AddressFamily::V6), None)
         .unwrap_or_else(|e| panic!("IPv6 allocation: {e}\n{}", env.relay.logs()));
@@ -600,11 +471,10 @@ fn denied_peers_get_403_with_the_rule_logged() {
 
 /// Allocates `n` times as alice from separate client sockets; returns the clients and
 /// the outcome of each.
-fn allocate_n(env: &Env, n: usize) -> Vec<(TurnClient, Result<SocketAddr, TurnError>)> {
-    let a = env.addrs();
+fn allocate_n(env: &Deployment, n: usize) -> Vec<(TurnClient, Result<SocketAddr, TurnError>)> {
     (0..n)
         .map(|_| {
-            let mut c = client_in(&env.topo.client, (a.public, 3478).into());
+            let mut c = turn_client(&env.topo.client, env.server(), PASSWORD);
             let r = c.allocate();
             (c, r)
         })
@@ -614,7 +484,7 @@ fn allocate_n(env: &Env, n: usize) -> Vec<(TurnClient, Result<SocketAddr, TurnEr
 #[test]
 fn per_user_quota_486_and_total_quota_508() {
     // Per user: the third allocation of alice → 486 Allocation Quota Reached.
-    let env = Env::start(
+    let env = start(
         true,
         Cfg {
             max_allocations_per_user: 2,
@@ -646,7 +516,7 @@ fn per_user_quota_486_and_total_quota_508() {
     drop(env);
 
     // In total: the third allocation on the relay → 508 Insufficient Capacity.
-    let env = Env::start(
+    let env = start(
         true,
         Cfg {
             max_allocations: 2,

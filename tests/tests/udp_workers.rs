@@ -5,41 +5,29 @@
 //!
 //! Needs root, `coturn` and `target/debug/relay` (`cargo build -p relay-user`).
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{collections::BTreeSet, time::Duration};
 
 use relay_tests::{
     Topology, TopologyOptions,
-    coturn::Uclient,
+    fixture::{Deployment, PASSWORD, RelayConfig, start_relay, turn_client},
     relay::{RelayProcess, field},
-    turn_client::TurnClient,
 };
 
-const USER: &str = "alice";
-const PASSWORD: &str = "pw";
 const WORKERS: usize = 4;
 /// `max_allocations_per_user` of the quota test.
 const QUOTA: usize = 12;
 
+fn start(nat_reflection: bool, per_user: usize) -> Deployment {
+    Deployment::start(TopologyOptions { nat_reflection }, |t| {
+        start_relay(&t.relay, &config(t, per_user))
+    })
+}
+
 fn config(topo: &Topology, per_user: usize) -> String {
-    let a = topo.addrs;
-    format!(
-        r#"realm = "example.org"
-
-[[listen]]
-address = "{int}:3478"
-
-[[listen]]
-address = "{ext}:3478"
-
-[relay]
-address = "{ext}"
-public_address = "{public}"
-ports = "24000-29999"
-
-[auth]
-users = {{ {USER} = "{PASSWORD}" }}
-
-[limits]
+    RelayConfig {
+        peers_allow: Vec::new(),
+        sections: format!(
+            r#"[limits]
 max_allocations_per_user = {per_user}
 drain_timeout = 0
 
@@ -48,11 +36,11 @@ workers = {WORKERS}
 
 [xdp]
 mode = "off"
-"#,
-        int = a.relay_internal,
-        ext = a.relay_external,
-        public = a.public,
-    )
+"#
+        ),
+        ..RelayConfig::deployment(&topo.addrs)
+    }
+    .to_string()
 }
 
 /// The worker ("shard") that made each allocation. relay-proto puts the shard number in
@@ -68,13 +56,9 @@ fn shards_of_allocations(relay: &RelayProcess) -> BTreeSet<u64> {
 
 #[test]
 fn client_to_client_across_workers_without_nat_reflection() {
-    let topo = Topology::new(TopologyOptions {
-        nat_reflection: false,
-    })
-    .expect("build topology");
-    let relay = RelayProcess::start(&topo.relay, &config(&topo, 100))
-        .unwrap_or_else(|e| panic!("relay did not start: {e}"));
-    let running = relay
+    let env = start(false, 100);
+    let running = env
+        .relay
         .wait_for_log("relay running", Duration::ZERO)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -84,61 +68,40 @@ fn client_to_client_across_workers_without_nat_reflection() {
 
     // Eight clients in pairs, each the peer of another's relayed address: with four
     // workers, pairs split across workers (all eight allocations on one: 1 in 16384).
-    let mut u = Uclient::new(topo.addrs.public.into());
-    u.user = Some(USER.into());
-    u.password = Some(PASSWORD.into());
+    let mut u = env.uclient();
+    u.peer = None;
+    u.peer_port = None;
     u.client_to_client = true;
     u.no_rtcp = true;
     u.clients = 8;
     u.messages = 20;
-    let run = u
-        .run(&topo.client, Duration::from_secs(40))
-        .unwrap_or_else(|e| panic!("turnutils_uclient: {e}"));
-    eprintln!("{}: {:?}", run.command, run.summary);
-    let ctx = || {
-        format!(
-            "{}\n----- relay log -----\n{}",
-            run.describe(),
-            relay.logs()
-        )
-    };
-    assert!(run.success() && !run.timed_out, "uclient failed\n{}", ctx());
-    assert_eq!(run.summary.send_msgs, Some(160), "{}", ctx());
-    assert_eq!(run.summary.recv_msgs, Some(160), "{}", ctx());
-    assert_eq!(run.summary.lost_packets, Some(0), "{}", ctx());
-    let shards = shards_of_allocations(&relay);
+    let run = env.run_lossless(&env.topo.client, &u);
+    let shards = shards_of_allocations(&env.relay);
     eprintln!("workers that made allocations: {shards:?}");
     assert!(
         shards.len() >= 2,
         "all allocations on one worker: {shards:?}\n{}",
-        ctx()
+        env.context(&run)
     );
 }
 
 #[test]
 fn user_quota_counts_over_all_workers() {
-    let topo = Topology::new(TopologyOptions::default()).expect("build topology");
-    let relay = RelayProcess::start(&topo.relay, &config(&topo, QUOTA))
-        .unwrap_or_else(|e| panic!("relay did not start: {e}"));
-    let server: SocketAddr = (topo.addrs.public, 3478).into();
+    let env = start(true, QUOTA);
     // Each client has its own source port, so SO_REUSEPORT spreads them over the workers
     // (all twelve allocations on one worker: 1 in 4^11). The allocations outlive the
     // clients' sockets.
     let outcomes: Vec<Option<u16>> = (0..QUOTA + 4)
         .map(|_| {
-            let mut c = topo
-                .client
-                .run(move || TurnClient::new(server, USER, PASSWORD))
-                .expect("enter client namespace")
-                .expect("client socket");
+            let mut c = turn_client(&env.topo.client, env.server(), PASSWORD);
             c.allocate().err().map(|e| e.code().unwrap_or(0))
         })
         .collect();
     let ok = outcomes.iter().filter(|o| o.is_none()).count();
     let quota = outcomes.iter().filter(|o| **o == Some(486)).count();
-    let ctx = || format!("{outcomes:?}\n----- relay log -----\n{}", relay.logs());
+    let ctx = || env.with_log(format!("{outcomes:?}"));
     assert_eq!((ok, quota), (QUOTA, 4), "{}", ctx());
-    let shards = shards_of_allocations(&relay);
+    let shards = shards_of_allocations(&env.relay);
     assert!(
         shards.len() >= 2,
         "the allocations all landed on one worker: {shards:?}\n{}",

@@ -3,21 +3,11 @@
 
 use std::{net::UdpSocket, time::Duration};
 
-use relay_tests::{Topology, TopologyOptions};
+use relay_tests::{Topology, TopologyOptions, fixture::send_udp};
 use relay_user::xdp::{AttachMode, XdpPath};
 
 const PACKETS: u64 = 50;
 const PAYLOAD: &[u8] = &[0x5a; 100];
-
-fn send_udp(ns: &relay_tests::Netns, to: std::net::SocketAddr, count: u64) {
-    ns.run(move || {
-        let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        for _ in 0..count {
-            s.send_to(PAYLOAD, to).expect("send");
-        }
-    })
-    .expect("enter namespace");
-}
 
 #[test]
 fn xdp_counts_packets_on_both_nics() {
@@ -45,11 +35,17 @@ fn xdp_counts_packets_on_both_nics() {
     let (xdp, ext_index, int_index) = xdp;
 
     // Internet client → public NAT address → firewall → external NIC.
-    send_udp(&topo.client, (topo.addrs.public, 3478).into(), PACKETS);
+    send_udp(
+        &topo.client,
+        (topo.addrs.public, 3478).into(),
+        PAYLOAD,
+        PACKETS,
+    );
     // Media server → internal NIC, twice as many so the two counts cannot be confused.
     send_udp(
         &topo.media,
         (topo.addrs.relay_internal, 3478).into(),
+        PAYLOAD,
         2 * PACKETS,
     );
     std::thread::sleep(Duration::from_millis(200));
@@ -96,7 +92,7 @@ fn static_nat_reaches_relay_and_reflection_switch_works() {
                 s
             })
             .unwrap();
-        send_udp(&topo.client, (a.public, 3478).into(), 1);
+        send_udp(&topo.client, (a.public, 3478).into(), PAYLOAD, 1);
         let mut buf = [0u8; 256];
         let (_, from) = relay_sock
             .recv_from(&mut buf)

@@ -16,22 +16,18 @@
 //! Needs root, `coturn`, `nftables` and `target/debug/relay` (`cargo build -p relay-user`).
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
 use relay_tests::{
-    Addresses, Netns, Topology, TopologyOptions,
-    coturn::{PeerProcess, Uclient, UclientRun},
-    relay::{RelayProcess, field},
-    turn_client::TurnClient,
+    Netns, Topology, TopologyOptions,
+    cmd::CmdError,
+    coturn::Uclient,
+    fixture::{self, Deployment, PASSWORD, RelayConfig, send_udp, start_relay, turn_client},
+    relay::field,
 };
-use relay_user::xdp::{AttachMode, XdpPath};
 
-const USER: &str = "alice";
-const PASSWORD: &str = "pw";
-const PEER_PORT: u16 = 3480;
-const UCLIENT_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long to wait for the deletion lines after uclient exits (it deletes its
 /// allocations on the way out).
 const LOG_WAIT: Duration = Duration::from_secs(5);
@@ -44,28 +40,9 @@ fn config(topo: &Topology) -> String {
 
 /// [`config`] with `[xdp] forwarding = "{forwarding}"`.
 fn config_with(topo: &Topology, forwarding: &str) -> String {
-    let a = topo.addrs;
-    format!(
-        r#"realm = "example.org"
-
-[[listen]]
-address = "{int}:3478"
-
-[[listen]]
-address = "{ext}:3478"
-
-[relay]
-address = "{ext}"
-public_address = "{public}"
-ports = "24000-29999"
-
-[auth]
-users = {{ {USER} = "{PASSWORD}" }}
-
-[peers]
-allow = ["192.0.2.0/24"]
-
-[limits]
+    RelayConfig {
+        sections: format!(
+            r#"[limits]
 # SIGTERM stops at once (no draining): the tests check what the relay restores at exit.
 drain_timeout = 0
 
@@ -77,101 +54,36 @@ interfaces = ["{ext_if}", "{int_if}"]
 mode = "native"
 forwarding = "{forwarding}"
 "#,
-        int = a.relay_internal,
-        ext = a.relay_external,
-        public = a.public,
-        ext_if = topo.relay_external_if,
-        int_if = topo.relay_internal_if,
-    )
+            ext_if = topo.relay_external_if,
+            int_if = topo.relay_internal_if,
+        ),
+        ..RelayConfig::deployment(&topo.addrs)
+    }
+    .to_string()
 }
 
-/// Field order is drop order: processes, then the pass programs, then the namespaces.
-struct Env {
-    peer: PeerProcess,
-    relay: Option<RelayProcess>,
-    _pass: Vec<XdpPath>,
-    topo: Topology,
+fn start(opts: TopologyOptions) -> Deployment {
+    start_config(opts, config)
 }
 
-impl Env {
-    fn start() -> Env {
-        Self::start_with(TopologyOptions::default())
-    }
-
-    fn start_with(opts: TopologyOptions) -> Env {
-        Self::start_config(opts, config)
-    }
-
-    fn start_config(opts: TopologyOptions, config: fn(&Topology) -> String) -> Env {
-        let topo = Topology::new(opts).expect("build topology");
-        let pass = vec![
-            attach_pass(&topo.firewall, topo.firewall_inside_if()),
-            attach_pass(&topo.media, topo.media_if()),
-        ];
+fn start_config(opts: TopologyOptions, config: fn(&Topology) -> String) -> Deployment {
+    Deployment::start_kernel_path(opts, |topo| {
         assert_eq!(
             sysctl(&topo.relay, &forwarding_key(&topo.relay_external_if)),
             "0",
             "a fresh namespace starts without forwarding"
         );
-        let relay = RelayProcess::start(&topo.relay, &config(&topo))
-            .unwrap_or_else(|e| panic!("relay did not start: {e}"));
-        let a = topo.addrs;
-        let peer = PeerProcess::start(&topo.media, a.media.into(), PEER_PORT)
-            .unwrap_or_else(|e| panic!("turnutils_peer: {e}"));
-        warm_neighbours(&topo);
-        Env {
-            peer,
-            relay: Some(relay),
-            _pass: pass,
-            topo,
-        }
-    }
-
-    fn relay(&self) -> &RelayProcess {
-        self.relay.as_ref().expect("relay running")
-    }
-
-    fn addrs(&self) -> Addresses {
-        self.topo.addrs
-    }
-
-    fn uclient(&self, server: IpAddr) -> Uclient {
-        let mut u = Uclient::new(server);
-        u.user = Some(USER.into());
-        u.password = Some(PASSWORD.into());
-        u.peer = Some(self.peer.address);
-        u.peer_port = Some(self.peer.port);
-        u.no_rtcp = true;
-        u
-    }
-
-    fn run(&self, ns: &Netns, u: &Uclient) -> UclientRun {
-        let run = u
-            .run(ns, UCLIENT_TIMEOUT)
-            .unwrap_or_else(|e| panic!("turnutils_uclient: {e}"));
-        eprintln!("{}: {:?}", run.command, run.summary);
-        run
-    }
-
-    fn context(&self, run: &UclientRun) -> String {
-        format!(
-            "{}\n----- relay log -----\n{}",
-            run.describe(),
-            self.relay().logs()
-        )
-    }
+        start_relay(&topo.relay, &config(topo))
+    })
+    .with_media_peer()
 }
 
-/// This crate's program with empty maps: it passes every frame, and its presence lets the
-/// veth end receive what the relay's program redirects or sends back into it.
-fn attach_pass(ns: &Netns, ifname: String) -> XdpPath {
-    ns.run(move || {
-        let mut xdp = XdpPath::load_with(16).expect("load XDP program (run as root)");
-        xdp.attach(&ifname, AttachMode::Native)
-            .unwrap_or_else(|e| panic!("attach pass program to {ifname}: {e}"));
-        xdp
-    })
-    .expect("enter namespace")
+/// uclient to `server` as alice, to the media host's echo peer, no RTCP allocations.
+fn uclient(env: &Deployment, server: std::net::Ipv4Addr) -> Uclient {
+    let mut u = env.uclient();
+    u.server = server.into();
+    u.no_rtcp = true;
+    u
 }
 
 fn forwarding_key(ifname: &str) -> String {
@@ -185,66 +97,10 @@ fn sysctl(ns: &Netns, key: &str) -> String {
         .to_owned()
 }
 
-/// Resolves the relay host's next hops (the firewall, the media server) before media
-/// flows: the program passes a packet up when the neighbour entry is missing, and the
-/// test wants to see none passed up.
-fn warm_neighbours(topo: &Topology) {
-    let a = topo.addrs;
-    let hops = [
-        (a.firewall_inside, &topo.relay_external_if),
-        (a.media, &topo.relay_internal_if),
-    ];
-    let ips = hops.map(|(ip, _)| ip);
+/// The relay's nftables guard table, if installed.
+fn guard_table(topo: &Topology) -> Result<String, CmdError> {
     topo.relay
-        .run(move || {
-            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-            for ip in ips {
-                s.send_to(b"arp", (ip, 9)).expect("send");
-            }
-        })
-        .expect("enter relay namespace");
-    let deadline = Instant::now() + Duration::from_secs(3);
-    for (ip, dev) in hops {
-        loop {
-            let out = topo
-                .relay
-                .ip(&["neigh", "show", &ip.to_string(), "dev", dev])
-                .unwrap_or_default();
-            if out.contains("lladdr") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no neighbour entry for {ip}: {out}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// Zero loss, everything sent came back, the client exited cleanly.
-fn assert_lossless(env: &Env, run: &UclientRun, expected: u64) {
-    assert!(!run.timed_out, "uclient hung\n{}", env.context(run));
-    assert!(run.success(), "uclient failed\n{}", env.context(run));
-    let s = &run.summary;
-    assert_eq!(
-        s.send_msgs,
-        Some(expected),
-        "messages sent\n{}",
-        env.context(run)
-    );
-    assert_eq!(
-        s.recv_msgs,
-        Some(expected),
-        "messages received\n{}",
-        env.context(run)
-    );
-    assert_eq!(
-        s.lost_packets,
-        Some(0),
-        "lost packets\n{}",
-        env.context(run)
-    );
+        .exec("nft", &["list", "table", "inet", "relay_guard"])
 }
 
 /// Userspace and kernel counters of one ended allocation, from its deletion line.
@@ -258,9 +114,27 @@ struct Ended {
     xdp_to_client_bytes: u64,
 }
 
+impl Ended {
+    /// Packets to the peer and to the client through the daemon, then through the kernel,
+    /// are `userspace` and `kernel`.
+    #[track_caller]
+    fn assert_paths(&self, userspace: (u64, u64), kernel: (u64, u64), context: &str) {
+        assert_eq!(
+            (self.to_peer, self.to_client),
+            userspace,
+            "packets (to peer, to client) through userspace: {self:?}\n{context}"
+        );
+        assert_eq!(
+            (self.xdp_to_peer, self.xdp_to_client),
+            kernel,
+            "packets (to peer, to client) through the kernel: {self:?}\n{context}"
+        );
+    }
+}
+
 /// Waits for `n` "allocation deleted" lines with traffic and returns their counters.
 /// `what` ran the traffic (for the failure message).
-fn ended_with_traffic(env: &Env, what: &str, n: usize) -> Vec<Ended> {
+fn ended_with_traffic(env: &Deployment, what: &str, n: usize) -> Vec<Ended> {
     let parse = |l: &str, k: &str| -> u64 {
         field(l, k)
             .unwrap_or_else(|| panic!("no {k}= in: {l}"))
@@ -268,7 +142,7 @@ fn ended_with_traffic(env: &Env, what: &str, n: usize) -> Vec<Ended> {
             .unwrap_or_else(|e| panic!("{k}= in {l}: {e}"))
     };
     let collect = || -> Vec<Ended> {
-        env.relay()
+        env.relay
             .log_lines("allocation deleted by client")
             .iter()
             .map(|l| Ended {
@@ -290,16 +164,56 @@ fn ended_with_traffic(env: &Env, what: &str, n: usize) -> Vec<Ended> {
         }
         assert!(
             Instant::now() < deadline,
-            "expected {n} deleted allocations with traffic, got {got:?}\n{what}\n----- relay log -----\n{}",
-            env.relay().logs()
+            "{}",
+            env.with_log(format!(
+                "expected {n} deleted allocations with traffic, got {got:?}\n{what}"
+            ))
         );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
+/// Which data path should have relayed the media.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Kernel,
+    Userspace,
+}
+
+/// Runs `u` in `ns` without loss; each of its allocations then relayed every message both
+/// ways on `path` and none on the other. Returns their counters.
+fn relay_all_on(env: &Deployment, ns: &Netns, u: &Uclient, path: Path) -> Vec<Ended> {
+    let run = env.run_lossless(ns, u);
+    let ended = ended_with_traffic(env, &run.describe(), u.clients as usize);
+    eprintln!("ended allocations: {ended:?}");
+    let (all, none) = ((u64::from(u.messages), u64::from(u.messages)), (0, 0));
+    let (userspace, kernel) = match path {
+        Path::Kernel => (none, all),
+        Path::Userspace => (all, none),
+    };
+    for e in &ended {
+        e.assert_paths(userspace, kernel, &env.context(&run));
+    }
+    ended
+}
+
+/// The relay's `forwarding enabled` line for sysctl `key`.
+fn forwarding_enabled(env: &Deployment, key: &str) -> String {
+    env.relay
+        .log_lines("forwarding enabled")
+        .into_iter()
+        .find(|l| field(l, "sysctl") == Some(key))
+        .unwrap_or_else(|| {
+            panic!(
+                "no `forwarding enabled` line for {key}:\n{}",
+                env.relay.logs()
+            )
+        })
+}
+
 /// The operator's view of startup: native on both NICs, forwarding enabled and guarded.
-fn assert_startup_log(env: &Env) {
-    let relay = env.relay();
+fn assert_startup_log(env: &Deployment) {
+    let relay = &env.relay;
     for ifname in [&env.topo.relay_external_if, &env.topo.relay_internal_if] {
         let attached = relay
             .log_lines("XDP program attached")
@@ -313,11 +227,7 @@ fn assert_startup_log(env: &Env) {
             });
         assert_eq!(field(&attached, "mode"), Some("native"), "{attached}");
         let key = forwarding_key(ifname);
-        let enabled = relay
-            .log_lines("forwarding enabled")
-            .into_iter()
-            .find(|l| field(l, "sysctl") == Some(key.as_str()))
-            .unwrap_or_else(|| panic!("no `forwarding enabled` line for {key}:\n{}", relay.logs()));
+        let enabled = forwarding_enabled(env, &key);
         assert_eq!(field(&enabled, "was"), Some("0"), "{enabled}");
         assert_eq!(
             sysctl(&env.topo.relay, &key),
@@ -338,8 +248,8 @@ fn assert_startup_log(env: &Env) {
 }
 
 /// Stops the relay; the host's forwarding and nftables are as they were before it ran.
-fn assert_restored_after_stop(env: &mut Env) {
-    let logs = env.relay.take().expect("relay running").stop();
+fn assert_restored_after_stop(env: Deployment) {
+    let logs = env.relay.stop();
     for ifname in [&env.topo.relay_external_if, &env.topo.relay_internal_if] {
         let key = forwarding_key(ifname);
         assert_eq!(
@@ -353,49 +263,22 @@ fn assert_restored_after_stop(env: &mut Env) {
             "no `restored` line for {key}:\n{logs}"
         );
     }
-    let table = env
-        .topo
-        .relay
-        .exec("nft", &["list", "table", "inet", "relay_guard"]);
+    let table = guard_table(&env.topo);
     assert!(table.is_err(), "guard table left behind: {table:?}\n{logs}");
     assert!(logs.contains("nftables guard removed"), "{logs}");
 }
 
 #[test]
 fn uclient_channels_through_nat_are_relayed_in_the_kernel() {
-    let mut env = Env::start();
+    let env = start(TopologyOptions::default());
     assert_startup_log(&env);
-    let a = env.addrs();
     let (clients, messages) = (4u32, 50u32);
-    let mut u = env.uclient(a.public.into());
+    let mut u = uclient(&env, env.addrs().public);
     u.clients = clients;
     u.messages = messages;
-    let run = env.run(&env.topo.client, &u);
-    let expected = u64::from(clients * messages);
-    assert_lossless(&env, &run, expected);
-
-    let ended = ended_with_traffic(&env, &run.describe(), clients as usize);
-    eprintln!("ended allocations: {ended:?}");
+    // After ChannelBind every datagram went through the kernel, none through the daemon.
+    let ended = relay_all_on(&env, &env.topo.client, &u, Path::Kernel);
     for e in &ended {
-        // After ChannelBind every datagram went through the kernel, none through the daemon.
-        assert_eq!(
-            (e.to_peer, e.to_client),
-            (0, 0),
-            "userspace relayed media: {e:?}\n{}",
-            env.context(&run)
-        );
-        assert_eq!(
-            e.xdp_to_peer,
-            u64::from(messages),
-            "{e:?}\n{}",
-            env.context(&run)
-        );
-        assert_eq!(
-            e.xdp_to_client,
-            u64::from(messages),
-            "{e:?}\n{}",
-            env.context(&run)
-        );
         assert_eq!(
             e.xdp_to_peer_bytes,
             e.xdp_to_peer * u64::from(u.length),
@@ -412,10 +295,10 @@ fn uclient_channels_through_nat_are_relayed_in_the_kernel() {
             .iter()
             .map(|e| e.xdp_to_peer + e.xdp_to_client)
             .sum::<u64>(),
-        2 * expected,
+        2 * u64::from(clients * messages),
         "kernel counters account for every data packet, both ways"
     );
-    assert_restored_after_stop(&mut env);
+    assert_restored_after_stop(env);
 }
 
 /// The media server as the TURN client on the internal listener (its `serverAddress`),
@@ -423,76 +306,40 @@ fn uclient_channels_through_nat_are_relayed_in_the_kernel() {
 /// came in on (XDP_TX).
 #[test]
 fn media_server_on_internal_listener_is_relayed_in_the_kernel() {
-    let env = Env::start();
-    let a = env.addrs();
-    let messages = 40u32;
-    let mut u = env.uclient(a.relay_internal.into());
+    let env = start(TopologyOptions::default());
+    let mut u = uclient(&env, env.addrs().relay_internal);
     u.clients = 2;
-    u.messages = messages;
-    let run = env.run(&env.topo.media, &u);
-    assert_lossless(&env, &run, 2 * u64::from(messages));
-    for e in ended_with_traffic(&env, &run.describe(), 2) {
-        assert_eq!(
-            (e.to_peer, e.to_client),
-            (0, 0),
-            "userspace relayed media: {e:?}\n{}",
-            env.context(&run)
-        );
-        assert_eq!(
-            (e.xdp_to_peer, e.xdp_to_client),
-            (u64::from(messages), u64::from(messages)),
-            "{e:?}"
-        );
-    }
+    u.messages = 40;
+    relay_all_on(&env, &env.topo.media, &u, Path::Kernel);
 }
 
 /// Send indications are unwrapped in the kernel, and the peer's answers come back as Data
 /// indications the kernel builds.
 #[test]
 fn send_and_data_indications_are_relayed_in_the_kernel() {
-    let env = Env::start();
-    let a = env.addrs();
-    let messages = 40u32;
-    let mut u = env.uclient(a.public.into());
+    let env = start(TopologyOptions::default());
+    let mut u = uclient(&env, env.addrs().public);
     u.clients = 2;
-    u.messages = messages;
+    u.messages = 40;
     u.send_indications = true;
-    let run = env.run(&env.topo.client, &u);
-    assert_lossless(&env, &run, 2 * u64::from(messages));
-    for e in ended_with_traffic(&env, &run.describe(), 2) {
-        let m = u64::from(messages);
-        assert_eq!(
-            (e.to_peer, e.to_client),
-            (0, 0),
-            "userspace relayed media: {e:?}\n{}",
-            env.context(&run)
-        );
-        assert_eq!(
-            (e.xdp_to_peer, e.xdp_to_client),
-            (m, m),
-            "{e:?}\n{}",
-            env.context(&run)
-        );
-    }
+    relay_all_on(&env, &env.topo.client, &u, Path::Kernel);
 }
 
 /// Two internet clients relaying to each other's relayed address, with a firewall that
 /// refuses NAT reflection: the relay hands the packets over itself (hairpin).
 #[test]
 fn client_to_client_hairpin_without_nat_reflection() {
-    let env = Env::start_with(TopologyOptions {
+    let env = start(TopologyOptions {
         nat_reflection: false,
     });
-    let a = env.addrs();
     let messages = 40u32;
-    let mut u = env.uclient(a.public.into());
+    let mut u = uclient(&env, env.addrs().public);
     u.peer = None;
     u.peer_port = None;
     u.client_to_client = true;
     u.clients = 2;
     u.messages = messages;
-    let run = env.run(&env.topo.client, &u);
-    assert_lossless(&env, &run, 2 * u64::from(messages));
+    let run = env.run_lossless(&env.topo.client, &u);
     let ended = ended_with_traffic(&env, &run.describe(), 2);
     eprintln!("ended allocations: {ended:?}");
     let total = |f: fn(&Ended) -> u64| ended.iter().map(f).sum::<u64>();
@@ -513,57 +360,39 @@ fn client_to_client_hairpin_without_nat_reflection() {
 /// guard table, puts the recorded values back, and starts from the host's own state.
 #[test]
 fn forwarding_left_by_a_killed_relay_is_restored_by_the_next() {
-    let mut env = Env::start();
+    let mut env = start(TopologyOptions::default());
     let key = forwarding_key(&env.topo.relay_external_if);
-    let killed = env.relay.take().expect("relay running");
-    // SAFETY: kill(2) on the pid of our own child, not reaped yet.
-    unsafe { libc::kill(killed.pid() as libc::pid_t, libc::SIGKILL) };
-    let logs = killed.stop();
+    env.relay.signal(libc::SIGKILL);
+    fixture::wait_until("the killed relay to exit", LOG_WAIT, || env.relay.exited());
     assert_eq!(
         sysctl(&env.topo.relay, &key),
         "1",
-        "SIGKILL cannot restore:\n{logs}"
+        "SIGKILL cannot restore:\n{}",
+        env.relay.logs()
     );
-    env.topo
-        .relay
-        .exec("nft", &["list", "table", "inet", "relay_guard"])
-        .expect("the guard stays with the forwarding it guards");
+    guard_table(&env.topo).expect("the guard stays with the forwarding it guards");
 
-    env.relay = Some(
-        RelayProcess::start(&env.topo.relay, &config(&env.topo))
-            .unwrap_or_else(|e| panic!("relay did not start again: {e}")),
-    );
-    let relay = env.relay();
-    relay
+    let next = start_relay(&env.topo.relay, &config(&env.topo));
+    drop(std::mem::replace(&mut env.relay, next));
+    env.relay
         .wait_for_log("did not stop cleanly", Duration::ZERO)
         .unwrap_or_else(|e| panic!("{e}"));
     // Put back to 0 first, so this run enables it again and will restore 0 in turn.
-    let enabled = relay
-        .log_lines("forwarding enabled")
-        .into_iter()
-        .find(|l| field(l, "sysctl") == Some(key.as_str()))
-        .unwrap_or_else(|| panic!("no `forwarding enabled` line for {key}:\n{}", relay.logs()));
+    let enabled = forwarding_enabled(&env, &key);
     assert_eq!(field(&enabled, "was"), Some("0"), "{enabled}");
     // The restarted relay serves (and has had time to install its signal handlers).
-    let server: SocketAddr = (env.addrs().public, 3478).into();
-    let mut c = env
-        .topo
-        .client
-        .run(move || TurnClient::new(server, USER, PASSWORD))
-        .expect("enter client namespace")
-        .expect("client socket");
+    let mut c = turn_client(&env.topo.client, env.server(), PASSWORD);
     c.allocate()
-        .unwrap_or_else(|e| panic!("allocate after the restart: {e}\n{}", env.relay().logs()));
-    assert_restored_after_stop(&mut env);
+        .unwrap_or_else(|e| panic!("allocate after the restart: {e}\n{}", env.relay.logs()));
+    assert_restored_after_stop(env);
 }
 
 /// Forwarding is on for the fast path, but the host still routes nothing: a datagram the
 /// media server sends to the firewall through the relay host stops at the guard.
 #[test]
 fn relay_host_does_not_route_while_forwarding_is_on() {
-    let mut env = Env::start();
-    let a = env.addrs();
-    let target: SocketAddr = (a.firewall_inside, 9999).into();
+    let env = start(TopologyOptions::default());
+    let target: SocketAddr = (env.addrs().firewall_inside, 9999).into();
     let sink = env
         .topo
         .firewall
@@ -575,15 +404,7 @@ fn relay_host_does_not_route_while_forwarding_is_on() {
         })
         .expect("enter firewall namespace");
     // The media server's default route is the relay host's internal address.
-    env.topo
-        .media
-        .run(move || {
-            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
-            for _ in 0..3 {
-                s.send_to(b"routed?", target).expect("send");
-            }
-        })
-        .expect("enter media namespace");
+    send_udp(&env.topo.media, target, b"routed?", 3);
     let mut buf = [0u8; 64];
     let got = sink.recv_from(&mut buf);
     assert!(
@@ -591,11 +412,7 @@ fn relay_host_does_not_route_while_forwarding_is_on() {
         "the relay host routed media → firewall: {got:?}"
     );
     // Dropped by the guard, i.e. the stack would have routed it.
-    let table = env
-        .topo
-        .relay
-        .exec("nft", &["list", "table", "inet", "relay_guard"])
-        .expect("guard table present while the relay runs");
+    let table = guard_table(&env.topo).expect("guard table present while the relay runs");
     let dropped: u64 = table
         .split("counter packets ")
         .nth(1)
@@ -603,7 +420,7 @@ fn relay_host_does_not_route_while_forwarding_is_on() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no counter in the guard table:\n{table}"));
     assert!(dropped >= 3, "guard counted {dropped} drops:\n{table}");
-    assert_restored_after_stop(&mut env);
+    assert_restored_after_stop(env);
 }
 
 /// The CMS deployment: the media server allocates through the INTERNAL listener, a
@@ -612,19 +429,13 @@ fn relay_host_does_not_route_while_forwarding_is_on() {
 /// and none may reach the daemon once the channels are bound.
 #[test]
 fn media_server_and_browser_hairpin_in_the_kernel() {
-    let env = Env::start_with(TopologyOptions {
+    let env = start(TopologyOptions {
         nat_reflection: false,
     });
     let a = env.addrs();
-    let client_in = |ns: &Netns, server: SocketAddr| {
-        ns.run(move || TurnClient::new(server, USER, PASSWORD))
-            .expect("enter namespace")
-            .expect("client socket")
-    };
-    let ctx =
-        |e: &dyn std::fmt::Display| format!("{e}\n----- relay log -----\n{}", env.relay().logs());
-    let mut media = client_in(&env.topo.media, (a.relay_internal, 3478).into());
-    let mut browser = client_in(&env.topo.client, (a.public, 3478).into());
+    let ctx = |e: &dyn std::fmt::Display| env.with_log(e);
+    let mut media = turn_client(&env.topo.media, (a.relay_internal, 3478).into(), PASSWORD);
+    let mut browser = turn_client(&env.topo.client, env.server(), PASSWORD);
     let media_relayed = media.allocate().unwrap_or_else(|e| panic!("{}", ctx(&e)));
     let browser_relayed = browser.allocate().unwrap_or_else(|e| panic!("{}", ctx(&e)));
     media
@@ -634,7 +445,7 @@ fn media_server_and_browser_hairpin_in_the_kernel() {
         .channel_bind(0x4001, media_relayed)
         .unwrap_or_else(|e| panic!("{}", ctx(&e)));
 
-    const N: usize = 50;
+    const N: u64 = 50;
     for i in 0..N {
         let (to_browser, to_media) = (format!("m->b {i:03}"), format!("b->m {i:03}"));
         media
@@ -659,18 +470,7 @@ fn media_server_and_browser_hairpin_in_the_kernel() {
     let ended = ended_with_traffic(&env, "media server + browser", 2);
     eprintln!("ended allocations: {ended:?}");
     for e in &ended {
-        assert_eq!(
-            (e.to_peer, e.to_client),
-            (0, 0),
-            "userspace relayed media: {ended:?}\n{}",
-            ctx(&"")
-        );
-        assert_eq!(
-            (e.xdp_to_peer, e.xdp_to_client),
-            (N as u64, N as u64),
-            "{ended:?}\n{}",
-            ctx(&"")
-        );
+        e.assert_paths((0, 0), (N, N), &ctx(&format_args!("{ended:?}")));
     }
 }
 
@@ -679,15 +479,15 @@ fn media_server_and_browser_hairpin_in_the_kernel() {
 /// what it cannot route).
 #[test]
 fn manual_forwarding_off_warns_and_falls_back_to_userspace() {
-    let env = Env::start_config(TopologyOptions::default(), |t| config_with(t, "manual"));
+    let env = start_config(TopologyOptions::default(), |t| config_with(t, "manual"));
     for ifname in [&env.topo.relay_external_if, &env.topo.relay_internal_if] {
         let key = forwarding_key(ifname);
         let hint = format!("sysctl -w {key}=1");
-        let warned = env.relay().log_lines(" WARN ");
+        let warned = env.relay.log_lines(" WARN ");
         assert!(
             warned.iter().any(|l| l.contains(&hint)),
             "no warning naming `{hint}`:\n{}",
-            env.relay().logs()
+            env.relay.logs()
         );
         assert_eq!(
             sysctl(&env.topo.relay, &key),
@@ -695,31 +495,11 @@ fn manual_forwarding_off_warns_and_falls_back_to_userspace() {
             "manual mode changed {key}"
         );
     }
-    let table = env
-        .topo
-        .relay
-        .exec("nft", &["list", "table", "inet", "relay_guard"]);
+    let table = guard_table(&env.topo);
     assert!(table.is_err(), "manual mode installed a guard: {table:?}");
 
-    let messages = 20u32;
-    let mut u = env.uclient(env.addrs().public.into());
+    let mut u = uclient(&env, env.addrs().public);
     u.clients = 2;
-    u.messages = messages;
-    let run = env.run(&env.topo.client, &u);
-    assert_lossless(&env, &run, 2 * u64::from(messages));
-    for e in ended_with_traffic(&env, &run.describe(), 2) {
-        let m = u64::from(messages);
-        assert_eq!(
-            (e.to_peer, e.to_client),
-            (m, m),
-            "{e:?}\n{}",
-            env.context(&run)
-        );
-        assert_eq!(
-            (e.xdp_to_peer, e.xdp_to_client),
-            (0, 0),
-            "{e:?}\n{}",
-            env.context(&run)
-        );
-    }
+    u.messages = 20;
+    relay_all_on(&env, &env.topo.client, &u, Path::Userspace);
 }

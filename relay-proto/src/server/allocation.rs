@@ -145,6 +145,12 @@ impl Allocation {
         self.permission(ip).is_some_and(|p| now < p.expires)
     }
 
+    /// Whether a permission for `ip` can be installed or refreshed when an allocation may
+    /// hold `max`.
+    pub(crate) fn has_room_for_permission(&self, ip: IpAddr, max: usize) -> bool {
+        self.permission(ip).is_some() || self.permissions.len() < max
+    }
+
     /// Installs or refreshes; `true` if it was new (the data path must be told).
     pub(crate) fn install_permission(&mut self, ip: IpAddr, expires: Instant) -> bool {
         match self.permissions.iter_mut().find(|p| p.ip == ip) {

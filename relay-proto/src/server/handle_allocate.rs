@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::stun::{
-    AdditionalAddressFamily, AddressErrorCode, AddressFamily, AlternateServer, Attr, Class,
-    DontFragment, EvenPort, Lifetime, Message, RequestedAddressFamily, RequestedTransport,
-    ReservationToken, XorMappedAddress, XorRelayedAddress,
+    AdditionalAddressFamily, AddressErrorCode, AddressFamily, AlternateServer, Attr, DontFragment,
+    EvenPort, Lifetime, Message, RequestedAddressFamily, RequestedTransport, ReservationToken,
+    XorMappedAddress, XorRelayedAddress,
 };
 
 use super::Server;
@@ -132,28 +132,24 @@ impl Server {
         let lifetime = self.clamp_lifetime(req.lifetime);
 
         // The response first: if it cannot be written, nothing happened.
-        let built = {
-            let mut build = || {
-                let mut w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
-                for r in relayed.iter().flatten() {
-                    w.attr(&XorRelayedAddress(r.public))?;
-                }
-                if let Some(code) = address_error {
-                    w.attr(&AddressErrorCode {
-                        family: AddressFamily::V6,
-                        code,
-                        reason: super::reply::reason(code),
-                    })?;
-                }
-                w.attr(&Lifetime(lifetime.as_secs().min(u64::from(u32::MAX)) as u32))?;
-                if let Some((t, _)) = new_token {
-                    w.attr(&ReservationToken(t))?;
-                }
-                w.attr(&XorMappedAddress(from.client))?;
-                self.seal(w, a)
-            };
-            build().ok()
-        };
+        let built = self.reply_success_with(msg, a, out, |w| {
+            for r in relayed.iter().flatten() {
+                w.attr(&XorRelayedAddress(r.public))?;
+            }
+            if let Some(code) = address_error {
+                w.attr(&AddressErrorCode {
+                    family: AddressFamily::V6,
+                    code,
+                    reason: super::reply::reason(code),
+                })?;
+            }
+            w.attr(&Lifetime(lifetime.as_secs().min(u64::from(u32::MAX)) as u32))?;
+            if let Some((t, _)) = new_token {
+                w.attr(&ReservationToken(t))?;
+            }
+            w.attr(&XorMappedAddress(from.client))?;
+            Ok(())
+        });
         let Some(len) = built else {
             self.shared.undo(&auth.username, grant);
             return None;

@@ -1,7 +1,7 @@
 //! Binding requests (RFC 8489 §6.3.1): answered without authentication, so clients (and ICE)
 //! can learn their reflexive address from the relay.
 
-use crate::stun::{Class, Message, XorMappedAddress};
+use crate::stun::{Message, XorMappedAddress};
 
 use super::Server;
 use super::five_tuple::FiveTuple;
@@ -17,11 +17,9 @@ impl Server {
         if !unknown.is_empty() {
             return self.reply_unknown(from, msg, None, &unknown, out);
         }
-        let mut build = || {
-            let mut w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
+        self.reply_success_with(msg, None, out, |w| {
             w.attr(&XorMappedAddress(from.client))?;
-            self.seal(w, None)
-        };
-        build().ok()
+            Ok(())
+        })
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use crate::stun::{CHANNEL_MAX, CHANNEL_MIN, ChannelNumber, Class, Message, XorPeerAddress};
+use crate::stun::{CHANNEL_MAX, CHANNEL_MIN, ChannelNumber, Message, XorPeerAddress};
 
 use super::Server;
 use super::allocation::{Channel, Family};
@@ -60,15 +60,10 @@ impl Server {
         if !existing && al.channels.len() >= self.config.max_channels {
             return self.reply_error(from, msg, a, 508, "Too many channels", out);
         }
-        if al.permission(peer.ip()).is_none() && al.permissions.len() >= self.config.max_permissions
-        {
+        if !al.has_room_for_permission(peer.ip(), self.config.max_permissions) {
             return self.reply_error(from, msg, a, 508, "Too many permissions", out);
         }
-        let mut build = || {
-            let w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
-            self.seal(w, a)
-        };
-        let len = build().ok()?;
+        let len = self.reply_success(msg, a, out)?;
 
         // Permission first, so the data path never has a channel without its permission.
         self.grant_permission(now, id, peer.ip());

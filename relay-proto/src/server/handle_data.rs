@@ -41,16 +41,6 @@ fn frame_for_client(
 }
 
 impl Server {
-    /// Transaction id for a Data indication: unique per server, no randomness needed
-    /// (RFC 8656 §10.3 leaves its value to the server).
-    fn next_indication_txid(&mut self) -> TransactionId {
-        self.indication_counter = self.indication_counter.wrapping_add(1);
-        let mut t = [0u8; 12];
-        t[..4].copy_from_slice(b"rly\0");
-        t[4..].copy_from_slice(&self.indication_counter.to_be_bytes());
-        TransactionId(t)
-    }
-
     pub(crate) fn send_indication<'p>(
         &mut self,
         now: Instant,
@@ -210,21 +200,6 @@ impl Server {
         }
     }
 
-    /// A datagram from the relay bind address on a relay port is another shard's allocation
-    /// hairpinning: its clients know (and permitted) that allocation by the public address.
-    fn as_clients_see_it(&self, peer: SocketAddr) -> SocketAddr {
-        match self.relay_addr(Family::of(peer.ip())) {
-            Some(r)
-                if peer.ip() == r.bind
-                    && r.bind != r.public
-                    && self.config.ports.contains(&peer.port()) =>
-            {
-                SocketAddr::new(r.public, peer.port())
-            }
-            _ => peer,
-        }
-    }
-
     pub(crate) fn peer_data(
         &mut self,
         now: Instant,
@@ -233,14 +208,14 @@ impl Server {
         payload: &[u8],
         out: &mut [u8],
     ) -> PeerOutput {
-        let peer = self.as_clients_see_it(peer);
-        let family = Family::of(relay.ip());
+        // Another shard's allocation hairpinning arrives from the bind address.
+        let peer = self.peer_as_clients_see_it(peer);
         let txid = self.next_indication_txid();
         let a = self
             .table
-            .id_by_port(family, relay.port())
+            .id_by_relay(relay)
             .and_then(|id| self.table.get_mut(id))
-            .filter(|a| a.alive(now) && a.relayed(family).is_some_and(|r| r.bind == relay));
+            .filter(|a| a.alive(now));
         let Some(a) = a else {
             self.drops.bump(DropReason::NoAllocation);
             return PeerOutput::Drop(DropReason::NoAllocation);

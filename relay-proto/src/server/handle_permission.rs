@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::policy::PeerVerdict;
-use crate::stun::{Class, Message, XorPeerAddress};
+use crate::stun::{Message, XorPeerAddress};
 
 use super::Server;
 use super::allocation::{AllocationId, Family};
@@ -109,11 +109,7 @@ impl Server {
         if !fresh {
             return self.reply_error(from, msg, a, 508, "Too many permissions", out);
         }
-        let mut build = || {
-            let w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
-            self.seal(w, a)
-        };
-        let len = build().ok()?;
+        let len = self.reply_success(msg, a, out)?;
         for ip in peers {
             self.grant_permission(now, id, ip);
         }

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use crate::stun::{Class, Lifetime, Message, RequestedAddressFamily};
+use crate::stun::{Lifetime, Message, RequestedAddressFamily};
 
 use super::allocation::AllocationId;
 use super::auth_check::Auth;
@@ -65,12 +65,10 @@ impl Server {
         }
 
         if lifetime == Some(0) {
-            let mut build = || {
-                let mut w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
+            let len = self.reply_success_with(msg, a, out, |w| {
                 w.attr(&Lifetime(0))?;
-                self.seal(w, a)
-            };
-            let len = build().ok()?;
+                Ok(())
+            })?;
             self.remove_allocation(now, id, Removal::Deleted, None);
             self.graveyard.insert(
                 now,
@@ -83,12 +81,10 @@ impl Server {
         }
 
         let granted = self.clamp_lifetime(lifetime);
-        let mut build = || {
-            let mut w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
+        let len = self.reply_success_with(msg, a, out, |w| {
             w.attr(&Lifetime(granted.as_secs().min(u64::from(u32::MAX)) as u32))?;
-            self.seal(w, a)
-        };
-        let len = build().ok()?;
+            Ok(())
+        })?;
         let al = self.table.get_mut(id)?;
         let expires = now + granted;
         al.expires = expires;

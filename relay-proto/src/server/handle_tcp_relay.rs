@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use crate::stun::{
     BufferTooSmall, Class, ConnectionId as ConnectionIdAttr, Message, MessageWriter, Method,
-    TransactionId, XorPeerAddress,
+    XorPeerAddress,
 };
 
 use super::allocation::{Allocation, AllocationId, Family};
@@ -102,14 +102,15 @@ impl Server {
         relay: SocketAddr,
         peer: SocketAddr,
     ) -> Option<ConnectionId> {
-        let peer = self.tcp_peer_as_clients_see_it(peer);
-        let family = Family::of(relay.ip());
+        // Another allocation of this relay dialling (see `tcp_connect_target`) arrives from
+        // the bind address.
+        let peer = self.peer_as_clients_see_it(peer);
         let found = self
             .table
-            .id_by_port(family, relay.port())
+            .id_by_relay(relay)
             .filter(|id| self.tcp.is_tcp(*id))
             .and_then(|id| self.table.get(id))
-            .filter(|a| a.alive(now) && a.relayed(family).is_some_and(|r| r.bind == relay));
+            .filter(|a| a.alive(now));
         let Some(a) = found else {
             self.drops.bump(DropReason::NoAllocation);
             return None;
@@ -131,7 +132,7 @@ impl Server {
             state: ConnState::Pending,
             deadline: Some(now + BIND_TIMEOUT),
         })?;
-        let txid = self.next_attempt_txid();
+        let txid = self.next_indication_txid();
         let mut buf = [0u8; ATTEMPT_MAX];
         let built = (|| {
             let mut w = MessageWriter::new(
@@ -212,15 +213,10 @@ impl Server {
             let why = "Connect and ConnectionBind need a TCP or TLS connection";
             return self.reject(from, msg, None, 400, why, out);
         }
-        let auth = match self.authenticate(now, from, msg, out) {
+        let auth = match self.authenticate_request(now, from, msg, out) {
             Ok(a) => a,
-            Err(reply) => return self.output(reply),
+            Err(reply) => return self.reply_or_drop(reply),
         };
-        let unknown = msg.unknown_comprehension_required();
-        if !unknown.is_empty() {
-            let reply = self.reply_unknown(from, msg, Some(&auth), &unknown, out);
-            return self.output(reply);
-        }
         if msg.method() == Method::CONNECT {
             self.connect(now, from, msg, &auth, out)
         } else {
@@ -241,7 +237,7 @@ impl Server {
         let a = Some(auth);
         let id = match self.owned_allocation(from, msg, auth, out) {
             Ok(id) => id,
-            Err(reply) => return self.output(reply),
+            Err(reply) => return self.reply_or_drop(reply),
         };
         if !self.tcp.is_tcp(id) {
             let why = "Connect needs a TCP allocation";
@@ -265,8 +261,7 @@ impl Server {
         // check_peer found the allocation and its relayed address of the peer's family.
         let Some((relay, room_for_permission)) = self.table.get(id).and_then(|al| {
             let relay = al.relayed(Family::of(peer.ip()))?.bind;
-            let room = al.permission(peer.ip()).is_some()
-                || al.permissions.len() < self.config.max_permissions;
+            let room = al.has_room_for_permission(peer.ip(), self.config.max_permissions);
             Some((relay, room))
         }) else {
             return self.reject(from, msg, a, 437, "", out);
@@ -336,11 +331,7 @@ impl Server {
             return self.reject(from, msg, a, 441, "", out);
         }
         let (user, client) = (al.user.clone(), al.client);
-        let built = (|| {
-            let w = Self::writer(out, Class::Success, msg.method(), msg.transaction_id())?;
-            self.seal(w, a)
-        })();
-        let Ok(len) = built else {
+        let Some(len) = self.reply_success(msg, a, out) else {
             return self.drop_client(DropReason::BufferTooSmall);
         };
         self.tcp.set_state(conn, ConnState::Bound(from), None);
@@ -465,17 +456,13 @@ impl Server {
             kind: d.kind,
         };
         let mut buf = [0u8; DEFERRED_MAX];
+        let (method, txid, a) = (Method::CONNECT, d.txid, Some(&auth));
         let len = match result {
-            Ok(conn) => (|| {
-                let mut w = Self::writer(&mut buf, Class::Success, Method::CONNECT, d.txid)?;
+            Ok(conn) => self.success_response(method, txid, a, &mut buf, |w| {
                 w.attr(&ConnectionIdAttr(conn.as_u32()))?;
-                self.seal(w, Some(&auth))
-            })()
-            .ok(),
-            Err(code) => {
-                let (method, txid) = (Method::CONNECT, d.txid);
-                self.error_response(method, txid, Some(&auth), code, "", &mut buf, |_| Ok(()))
-            }
+                Ok(())
+            }),
+            Err(code) => self.error_response(method, txid, a, code, "", &mut buf, |_| Ok(())),
         };
         if let Some(len) = len {
             self.commands.push_back(Command::SendToClient {
@@ -496,14 +483,7 @@ impl Server {
         out: &mut [u8],
     ) -> ClientOutput<'p> {
         let reply = self.reply_error(from, msg, auth, code, why, out);
-        self.output(reply)
-    }
-
-    fn output<'p>(&mut self, reply: Option<usize>) -> ClientOutput<'p> {
-        match reply {
-            Some(len) => ClientOutput::Reply { len },
-            None => self.drop_client(DropReason::BufferTooSmall),
-        }
+        self.reply_or_drop(reply)
     }
 
     /// Where the data path dials for a Connect to `peer`: another allocation of this relay
@@ -519,30 +499,5 @@ impl Server {
             return Some(SocketAddr::new(bind, peer.port()));
         }
         self.policy.is_allow_listed(peer.ip()).then_some(peer)
-    }
-
-    /// A connection from the relay bind address on a relay port is another allocation of
-    /// this relay dialling (see `tcp_connect_target`): its clients know it by the public
-    /// address, and permitted that one.
-    fn tcp_peer_as_clients_see_it(&self, peer: SocketAddr) -> SocketAddr {
-        match self.relay_addr(Family::of(peer.ip())) {
-            Some(r)
-                if peer.ip() == r.bind
-                    && r.bind != r.public
-                    && self.config.ports.contains(&peer.port()) =>
-            {
-                SocketAddr::new(r.public, peer.port())
-            }
-            _ => peer,
-        }
-    }
-
-    /// Unique per server, like the Data indications' (they share the counter).
-    fn next_attempt_txid(&mut self) -> TransactionId {
-        self.indication_counter = self.indication_counter.wrapping_add(1);
-        let mut t = [0u8; 12];
-        t[..4].copy_from_slice(b"rly\0");
-        t[4..].copy_from_slice(&self.indication_counter.to_be_bytes());
-        TransactionId(t)
     }
 }

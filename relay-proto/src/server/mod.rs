@@ -298,21 +298,14 @@ impl Server {
     pub fn relay_unavailable(&mut self, now: Instant, relay: SocketAddr) {
         let family = Family::of(relay.ip());
         let port = relay.port();
-        if let Some(id) = self.table.id_by_port(family, port) {
-            let owns = self
-                .table
-                .get(id)
-                .and_then(|a| a.relayed(family))
-                .is_some_and(|r| r.bind == relay);
-            if owns {
-                self.remove_allocation(
-                    now,
-                    id,
-                    Removal::Closed(CloseReason::RelayUnavailable),
-                    Some((family, port)),
-                );
-                return;
-            }
+        if let Some(id) = self.table.id_by_relay(relay) {
+            self.remove_allocation(
+                now,
+                id,
+                Removal::Closed(CloseReason::RelayUnavailable),
+                Some((family, port)),
+            );
+            return;
         }
         // Not (or no longer) allocated: still keep it out of circulation.
         self.quarantine(now, family, port);
@@ -417,6 +410,40 @@ impl Server {
         ClientOutput::Nothing
     }
 
+    /// A reply written to `out` goes back to the client; one that did not fit is a drop.
+    fn reply_or_drop<'p>(&mut self, reply: Option<usize>) -> ClientOutput<'p> {
+        match reply {
+            Some(len) => ClientOutput::Reply { len },
+            None => self.drop_client(DropReason::BufferTooSmall),
+        }
+    }
+
+    /// Transaction id for an indication the server sends (Data, ConnectionAttempt): unique
+    /// per server, no randomness needed (RFC 8656 §10.3 leaves its value to the server).
+    fn next_indication_txid(&mut self) -> stun::TransactionId {
+        self.indication_counter = self.indication_counter.wrapping_add(1);
+        let mut t = [0u8; 12];
+        t[..4].copy_from_slice(b"rly\0");
+        t[4..].copy_from_slice(&self.indication_counter.to_be_bytes());
+        stun::TransactionId(t)
+    }
+
+    /// A peer on the relay bind address and a relay port is another allocation of this
+    /// relay (a hairpinning datagram, or a Connect dialled to the bind address): its
+    /// clients know it by the public address, and permitted that one.
+    fn peer_as_clients_see_it(&self, peer: SocketAddr) -> SocketAddr {
+        match self.relay_addr(Family::of(peer.ip())) {
+            Some(r)
+                if peer.ip() == r.bind
+                    && r.bind != r.public
+                    && self.config.ports.contains(&peer.port()) =>
+            {
+                SocketAddr::new(r.public, peer.port())
+            }
+            _ => peer,
+        }
+    }
+
     fn clamp_lifetime(&self, requested: Option<u32>) -> Duration {
         let default = self.config.default_lifetime;
         let max = self.config.max_lifetime.max(default);
@@ -443,10 +470,10 @@ impl Server {
             Class::Request if matches!(msg.method(), Method::CONNECT | Method::CONNECTION_BIND) => {
                 self.tcp_relay_request(now, from, &msg, out)
             }
-            Class::Request => match self.request(now, from, &msg, out) {
-                Some(len) => ClientOutput::Reply { len },
-                None => self.drop_client(DropReason::BufferTooSmall),
-            },
+            Class::Request => {
+                let reply = self.request(now, from, &msg, out);
+                self.reply_or_drop(reply)
+            }
             Class::Indication => self.indication(now, from, &msg, out),
             Class::Success | Class::Error => self.drop_client(DropReason::Unexpected),
         }
@@ -487,10 +514,7 @@ impl Server {
                     out,
                     |_| Ok(()),
                 );
-                match reply {
-                    Some(len) => ClientOutput::Reply { len },
-                    None => self.drop_client(DropReason::BufferTooSmall),
-                }
+                self.reply_or_drop(reply)
             }
             _ => self.drop_client(DropReason::Malformed),
         }
@@ -534,14 +558,10 @@ impl Server {
             | Method::REFRESH
             | Method::CREATE_PERMISSION
             | Method::CHANNEL_BIND => {
-                let auth = match self.authenticate(now, from, msg, out) {
+                let auth = match self.authenticate_request(now, from, msg, out) {
                     Ok(a) => a,
                     Err(reply) => return reply,
                 };
-                let unknown = msg.unknown_comprehension_required();
-                if !unknown.is_empty() {
-                    return self.reply_unknown(from, msg, Some(&auth), &unknown, out);
-                }
                 match method {
                     Method::ALLOCATE => self.allocate(now, from, msg, &auth, out),
                     Method::REFRESH => self.refresh(now, from, msg, &auth, out),
@@ -556,6 +576,24 @@ impl Server {
             }
             _ => self.reply_error(from, msg, None, 400, "Unsupported method", out),
         }
+    }
+
+    /// What every TURN request (Binding aside) passes before its handler: the long-term
+    /// credentials, then 420 for comprehension-required attributes we do not know.
+    /// `Err` holds the reply already written to `out` (`Err(None)`: it did not fit).
+    fn authenticate_request(
+        &mut self,
+        now: Instant,
+        from: FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> Result<auth_check::Auth, Option<usize>> {
+        let auth = self.authenticate(now, from, msg, out)?;
+        let unknown = msg.unknown_comprehension_required();
+        if !unknown.is_empty() {
+            return Err(self.reply_unknown(from, msg, Some(&auth), &unknown, out));
+        }
+        Ok(auth)
     }
 
     /// A cached response to a retransmitted request: `Some(reply)` if this (5-tuple, method,

@@ -118,6 +118,46 @@ impl Server {
         Ok(w.finish())
     }
 
+    /// A success response to `msg` with no attributes of its own.
+    pub(crate) fn reply_success(
+        &self,
+        msg: &Message<'_>,
+        auth: Option<&Auth>,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        self.reply_success_with(msg, auth, out, |_| Ok(()))
+    }
+
+    /// A success response to `msg`; `attrs` adds the method's attributes.
+    pub(crate) fn reply_success_with(
+        &self,
+        msg: &Message<'_>,
+        auth: Option<&Auth>,
+        out: &mut [u8],
+        attrs: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>,
+    ) -> Option<usize> {
+        let (method, txid) = (msg.method(), msg.transaction_id());
+        self.success_response(method, txid, auth, out, attrs)
+    }
+
+    /// Builds a success response, also one that answers no message at hand (a deferred
+    /// Connect response); `None`: it did not fit in `out`.
+    pub(crate) fn success_response(
+        &self,
+        method: Method,
+        txid: TransactionId,
+        auth: Option<&Auth>,
+        out: &mut [u8],
+        attrs: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>,
+    ) -> Option<usize> {
+        let build = || -> Result<usize, BufferTooSmall> {
+            let mut w = Self::writer(out, Class::Success, method, txid)?;
+            attrs(&mut w)?;
+            self.seal(w, auth)
+        };
+        build().ok()
+    }
+
     /// An error response with only ERROR-CODE; logs [`Event::RequestRejected`].
     pub(crate) fn reply_error(
         &mut self,

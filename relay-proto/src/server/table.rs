@@ -3,6 +3,7 @@
 //! allocation). Per-user counts for the quota live in [`Shared`](super::Shared), across shards.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use super::allocation::{Allocation, AllocationId, Family};
 use super::five_tuple::FiveTuple;
@@ -133,6 +134,17 @@ impl Table {
         self.by_port[family.idx()].get(&port).copied()
     }
 
+    /// The allocation whose relayed address is bound to `relay`: the port finds it, the
+    /// address must match too.
+    pub(crate) fn id_by_relay(&self, relay: SocketAddr) -> Option<AllocationId> {
+        let family = Family::of(relay.ip());
+        let id = self.id_by_port(family, relay.port())?;
+        let a = self.get(id)?;
+        a.relayed(family)
+            .is_some_and(|r| r.bind == relay)
+            .then_some(id)
+    }
+
     /// Two distinct allocations mutably at once (hairpin forwarding counts on both sides).
     pub(crate) fn pair_mut(
         &mut self,
@@ -204,6 +216,17 @@ mod tests {
         assert_eq!(t.id_by_tuple(&tuple), Some(id1));
         assert_eq!(t.id_by_port(Family::V4, 24001), Some(id2));
         assert_eq!(t.id_by_port(Family::V6, 24001), None);
+        assert_eq!(t.id_by_relay(([10, 1, 1, 1], 24001).into()), Some(id2));
+        assert_eq!(
+            t.id_by_relay(([10, 1, 1, 2], 24001).into()),
+            None,
+            "other address"
+        );
+        assert_eq!(
+            t.id_by_relay(([10, 1, 1, 1], 24002).into()),
+            None,
+            "other port"
+        );
 
         assert!(t.remove(id1).is_some());
         assert!(t.remove(id1).is_none());

@@ -199,15 +199,9 @@ mod tests {
     use super::*;
     use crate::{control::test_support::*, shard::Kernel, status::AdminClient, xdp::AttachMode};
 
-    /// A control plane over two fake shards, its admin endpoint on an ephemeral loopback
-    /// port with `token`.
-    fn serve(token: Option<&str>) -> (tokio::runtime::Runtime, Arc<Control>, Admin, FakeShards) {
-        let mut config = parse_config(&config_text(""));
-        config.admin.address = "127.0.0.1:0".parse().unwrap();
-        config.admin.explicit = true;
-        config.admin.token = token.map(str::to_owned);
-        let shards = FakeShards::start(&config, 2);
-        let control = Arc::new(Control::new(
+    /// A control plane over `shards`, without a config file to reload or a fast path.
+    fn control(config: crate::config::Config, shards: &FakeShards) -> Arc<Control> {
+        Arc::new(Control::new(
             config,
             None,
             None,
@@ -219,7 +213,18 @@ mod tests {
                 off_reason: Some("test".into()),
                 sized_for: 10,
             },
-        ));
+        ))
+    }
+
+    /// A control plane over two fake shards, its admin endpoint on an ephemeral loopback
+    /// port with `token`.
+    fn serve(token: Option<&str>) -> (tokio::runtime::Runtime, Arc<Control>, Admin, FakeShards) {
+        let mut config = parse_config(&config_text(""));
+        config.admin.address = "127.0.0.1:0".parse().unwrap();
+        config.admin.explicit = true;
+        config.admin.token = token.map(str::to_owned);
+        let shards = FakeShards::start(&config, 2);
+        let control = control(config, &shards);
         let rt = tokio::runtime::Runtime::new().unwrap();
         let admin = rt
             .block_on(start(control.clone()))
@@ -287,19 +292,7 @@ mod tests {
         let make = |explicit: bool| {
             let mut c = config.clone();
             c.admin.explicit = explicit;
-            Arc::new(Control::new(
-                c,
-                None,
-                None,
-                shards.handles.clone(),
-                Kernel::off(),
-                crate::control::XdpStatus {
-                    configured: AttachMode::Off,
-                    interfaces: vec![],
-                    off_reason: None,
-                    sized_for: 10,
-                },
-            ))
+            control(c, &shards)
         };
         let rt = tokio::runtime::Runtime::new().unwrap();
         assert!(rt.block_on(start(make(false))).unwrap().is_none());

@@ -16,7 +16,7 @@ use relay_proto::server::Server;
 use super::{
     conn::Conn,
     slab::Key,
-    state::{RelayChange, Side, State},
+    state::{RelayChange, Side, State, Work, connect_outcome, token},
 };
 use crate::shard::Inbox;
 
@@ -26,13 +26,6 @@ const CONN: u8 = 3;
 const RELAY: u8 = 4;
 const PEER: u8 = 5;
 const RELAY_LISTENER: u8 = 6;
-
-fn conn_kind(side: Side) -> u8 {
-    match side {
-        Side::Client => CONN,
-        Side::Peer => PEER,
-    }
-}
 /// Reads per readable connection per wake-up (fairness between connections).
 const READS_PER_EVENT: usize = 4;
 /// Accepts per readable listener per wake-up.
@@ -47,10 +40,6 @@ pub struct EpollLoop {
     inbox: Inbox,
     epoll: OwnedFd,
     read_buf: Box<[u8]>,
-}
-
-fn token(kind: u8, idx: u32) -> u64 {
-    Key { idx, generation: 0 }.token(kind)
 }
 
 impl EpollLoop {
@@ -166,10 +155,11 @@ impl EpollLoop {
                     && c.connecting
                 {
                     if ready & OUT != 0 || gone {
-                        let outcome = match c.stream.take_error() {
-                            Ok(None) if !gone => Ok(()),
-                            Ok(None) => Err(io::Error::from(io::ErrorKind::ConnectionRefused)),
-                            Ok(Some(e)) | Err(e) => Err(e),
+                        let outcome = match connect_outcome(&c.stream) {
+                            Ok(()) if gone => {
+                                Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+                            }
+                            outcome => outcome,
                         };
                         self.state.connect_done(key, outcome, now);
                     }
@@ -277,13 +267,7 @@ impl EpollLoop {
                 return;
             }
             let n = match (&c.stream).read(&mut self.read_buf) {
-                Ok(0) => {
-                    let why = match side {
-                        Side::Client => "client closed the connection",
-                        Side::Peer => "peer closed the connection",
-                    };
-                    return self.state.close_on(side, id, why);
-                }
+                Ok(0) => return self.state.close_on(side, id, side.closed_remotely()),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -299,31 +283,28 @@ impl EpollLoop {
     /// Carries out what the state asked for: relay sockets to (un)watch, data to send,
     /// reading to pause or resume, connections to close.
     fn sync(&mut self, now: Instant) {
-        loop {
-            for change in std::mem::take(&mut self.state.relay_changes) {
-                self.relay_change(change);
+        while let Some(work) = self.state.next_work() {
+            match work {
+                Work::Relay(change) => self.relay_change(change),
+                Work::Conn(side, id) => self.conn(side, id, now),
             }
-            let Some((side, id)) = self.state.touched.pop() else {
-                if self.state.relay_changes.is_empty() {
-                    return;
-                }
-                continue;
-            };
-            let Some(c) = self.state.table_mut(side).get_mut(id) else {
-                continue;
-            };
-            c.io.touched = false;
-            if c.closing.is_some() {
-                // Closing the socket also takes it out of the epoll set.
-                self.state.release_on(side, id, now);
-                continue;
-            }
-            if let Err(e) = self.flush(side, id, now) {
-                self.state.close_on(side, id, format!("send: {e}"));
-                continue;
-            }
-            self.update_interest(side, id);
         }
+    }
+
+    /// One touched connection: sends what it can, updates its interest, or releases it.
+    fn conn(&mut self, side: Side, id: Key, now: Instant) {
+        let Some(c) = self.state.table_mut(side).get_mut(id) else {
+            return;
+        };
+        c.io.touched = false;
+        if c.closing.is_some() {
+            // Closing the socket also takes it out of the epoll set.
+            return self.state.release_on(side, id, now);
+        }
+        if let Err(e) = self.flush(side, id, now) {
+            return self.state.close_on(side, id, format!("send: {e}"));
+        }
+        self.update_interest(side, id);
     }
 
     fn relay_change(&mut self, change: RelayChange) {
@@ -415,7 +396,7 @@ impl EpollLoop {
             };
             c.io.epoll_mask = mask;
             c.io.registered = true;
-            if let Err(e) = self.ctl(op, fd, mask, id.token(conn_kind(side))) {
+            if let Err(e) = self.ctl(op, fd, mask, id.token(side.pick(CONN, PEER))) {
                 self.state.close_on(side, id, format!("epoll_ctl: {e}"));
             }
         }

@@ -27,7 +27,7 @@ use relay_proto::server::Server;
 
 use super::{
     slab::Key,
-    state::{RelayChange, Side, State},
+    state::{RelayChange, Side, State, Work, connect_outcome, token},
 };
 use crate::shard::Inbox;
 
@@ -46,20 +46,6 @@ const PEER_CONNECT: u8 = 10;
 /// A TCP allocation's listener accepted a peer.
 const RELAY_ACCEPT: u8 = 11;
 
-fn recv_kind(side: Side) -> u8 {
-    match side {
-        Side::Client => RECV,
-        Side::Peer => PEER_RECV,
-    }
-}
-
-fn send_kind(side: Side) -> u8 {
-    match side {
-        Side::Client => SEND,
-        Side::Peer => PEER_SEND,
-    }
-}
-
 const RING_ENTRIES: u32 = 4096;
 /// Provided receive buffers: count (a power of two) and size.
 const BUFFERS: u16 = 1024;
@@ -67,10 +53,6 @@ const BUFFER_SIZE: usize = 16 * 1024;
 const BUFFER_GROUP: u16 = 0;
 /// How long a stopping loop waits for in-flight operations before leaving anyway.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-
-fn token(kind: u8, idx: u32) -> u64 {
-    Key { idx, generation: 0 }.token(kind)
-}
 
 /// Why the io_uring loop cannot run here.
 #[derive(Debug, thiserror::Error)]
@@ -558,10 +540,7 @@ impl UringLoop {
                 let outcome = if res < 0 {
                     Err(io::Error::from_raw_os_error(-res))
                 } else {
-                    match c.stream.take_error() {
-                        Ok(None) => Ok(()),
-                        Ok(Some(e)) | Err(e) => Err(e),
-                    }
+                    connect_outcome(&c.stream)
                 };
                 self.state.connect_done(key, outcome, now);
             }
@@ -623,11 +602,7 @@ impl UringLoop {
                 .received_on(side, id, bufs.get(bid, res as usize), now);
             bufs.recycle(bid);
         } else if res == 0 {
-            let why = match side {
-                Side::Client => "client closed the connection",
-                Side::Peer => "peer closed the connection",
-            };
-            self.state.close_on(side, id, why);
+            self.state.close_on(side, id, side.closed_remotely());
         } else if -res != libc::ENOBUFS && -res != libc::ECANCELED {
             let e = io::Error::from_raw_os_error(-res);
             self.state.close_on(side, id, format!("receive: {e}"));
@@ -661,17 +636,11 @@ impl UringLoop {
 
     /// Turns the state's requests into submissions.
     fn sync(&mut self, now: Instant) {
-        loop {
-            for change in std::mem::take(&mut self.state.relay_changes) {
-                self.relay_change(change);
+        while let Some(work) = self.state.next_work() {
+            match work {
+                Work::Relay(change) => self.relay_change(change),
+                Work::Conn(side, id) => self.conn(side, id, now),
             }
-            let Some((side, id)) = self.state.touched.pop() else {
-                if self.state.relay_changes.is_empty() {
-                    return;
-                }
-                continue;
-            };
-            self.conn(side, id, now);
         }
     }
 
@@ -727,7 +696,7 @@ impl UringLoop {
         };
         c.io.touched = false;
         let fd = c.stream.as_raw_fd();
-        let recv_token = id.token(recv_kind(side));
+        let recv_token = id.token(side.pick(RECV, PEER_RECV));
         if c.closing.is_some() {
             if !c.io.shut {
                 c.io.shut = true;
@@ -772,7 +741,7 @@ impl UringLoop {
                 let e = opcode::Send::new(types::Fd(fd), ptr, len)
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
-                    .user_data(id.token(send_kind(side)));
+                    .user_data(id.token(side.pick(SEND, PEER_SEND)));
                 self.push(e);
             }
         }

@@ -3,20 +3,10 @@
 use std::net::SocketAddr;
 
 use super::harness::*;
-use crate::server::{DropReason, FiveTuple};
+use crate::server::DropReason;
 use crate::stun::{
     AttrType, ChannelData, Class, Data, Message, Method, XorPeerAddress, write_channel_data,
 };
-
-fn bind_addr(h: &H, from: FiveTuple) -> SocketAddr {
-    h.server
-        .allocation(&from)
-        .unwrap()
-        .relayed()
-        .next()
-        .unwrap()
-        .bind
-}
 
 fn channel_data(ch: u16, payload: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; payload.len() + 8];
@@ -30,7 +20,7 @@ fn send_indication_to_a_permitted_peer_goes_out_zero_copy() {
     let mut h = H::new();
     h.allocate(udp(1));
     h.permit(udp(1), &Cred::alice(), &[peer(1, 0)]);
-    let relay = bind_addr(&h, udp(1));
+    let relay = h.relay_bind(udp(1));
     // Permission is by IP: any port of the peer.
     let out = h.send(udp(1), peer(1, 7777), b"hello");
     assert_eq!(
@@ -102,7 +92,7 @@ fn channel_data_goes_to_the_bound_peer() {
     let mut h = H::new();
     h.allocate(udp(1));
     h.bind(udp(1), &Cred::alice(), 0x4000, peer(1, 5000));
-    let relay = bind_addr(&h, udp(1));
+    let relay = h.relay_bind(udp(1));
     let out = h.client(udp(1), &channel_data(0x4000, b"media"));
     assert_eq!(
         out,
@@ -132,7 +122,7 @@ fn channel_data_goes_to_the_bound_peer() {
 fn peer_data_needs_a_permission_and_becomes_a_data_indication() {
     let mut h = H::new();
     h.allocate(udp(1));
-    let relay = bind_addr(&h, udp(1));
+    let relay = h.relay_bind(udp(1));
     assert_eq!(
         h.peer(relay, peer(1, 9), b"hi"),
         Out::Drop(DropReason::NoPermission)
@@ -148,13 +138,8 @@ fn peer_data_needs_a_permission_and_becomes_a_data_indication() {
         panic!()
     };
     assert_eq!(to, udp(1));
+    assert_eq!(data_indication(&bytes), (peer(1, 9), b"hi".to_vec()));
     let m = Message::parse(&bytes).unwrap();
-    assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
-    assert_eq!(
-        m.attr::<XorPeerAddress>(),
-        Some(Ok(XorPeerAddress(peer(1, 9))))
-    );
-    assert_eq!(m.attr::<Data>(), Some(Ok(Data(b"hi"))));
     // Distinct transaction ids.
     let Out::ToClient { bytes: b2, .. } = h.peer(relay, peer(1, 9), b"hi") else {
         panic!()
@@ -173,7 +158,7 @@ fn peer_data_on_a_channel_is_channel_data_padded_on_tcp() {
         let mut h = H::new();
         h.allocate(from);
         h.bind(from, &Cred::alice(), 0x4ABC, peer(1, 5000));
-        let relay = bind_addr(&h, from);
+        let relay = h.relay_bind(from);
         let Out::ToClient { to, bytes } = h.peer(relay, peer(1, 5000), b"abcde") else {
             panic!()
         };
@@ -226,21 +211,17 @@ fn hairpin_send_indication_reaches_the_other_allocation() {
         panic!()
     };
     assert_eq!(to, udp(2));
-    let m = Message::parse(&bytes).unwrap();
-    assert_eq!(m.method(), Method::DATA);
     assert_eq!(
-        m.attr::<XorPeerAddress>(),
-        Some(Ok(XorPeerAddress(a))),
+        data_indication(&bytes),
+        (a, b"loop".to_vec()),
         "B sees A's relayed address"
     );
-    assert_eq!(m.attr::<Data>(), Some(Ok(Data(b"loop"))));
     // And back.
     let Out::ToClient { to, bytes } = h.send(udp(2), a, b"back") else {
         panic!()
     };
     assert_eq!(to, udp(1));
-    let m = Message::parse(&bytes).unwrap();
-    assert_eq!(m.attr::<XorPeerAddress>(), Some(Ok(XorPeerAddress(b))));
+    assert_eq!(data_indication(&bytes).0, b);
     let ca = h.server.allocation(&udp(1)).unwrap().counters();
     assert_eq!((ca.to_peer_packets, ca.to_client_packets), (1, 1));
 }

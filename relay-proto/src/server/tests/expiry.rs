@@ -1,20 +1,8 @@
 //! Lifetimes at their boundaries: allocations, permissions, channels and channel cool-down.
 
-use std::net::SocketAddr;
-
 use super::harness::*;
 use crate::server::{Command, DropReason, Event};
 use crate::stun::{ChannelData, Message, Method, write_channel_data};
-
-fn bind_addr(h: &H) -> SocketAddr {
-    h.server
-        .allocation(&udp(1))
-        .unwrap()
-        .relayed()
-        .next()
-        .unwrap()
-        .bind
-}
 
 #[test]
 fn allocation_expires_exactly_at_its_lifetime() {
@@ -35,7 +23,7 @@ fn allocation_expires_exactly_at_its_lifetime() {
     h.commands();
     h.advance(secs(20) - ms(1));
     assert_eq!(h.server.allocation_count(), 1);
-    let relay = bind_addr(&h);
+    let relay = h.relay_bind(udp(1));
     assert!(matches!(
         h.peer(relay, peer(1, 1), b"x"),
         Out::ToClient { .. }
@@ -68,7 +56,7 @@ fn an_expired_allocation_is_dead_even_before_the_timer_runs() {
     let mut h = H::new();
     h.allocate(udp(1));
     h.permit(udp(1), &Cred::alice(), &[peer(1, 1)]);
-    let relay = bind_addr(&h);
+    let relay = h.relay_bind(udp(1));
     h.skip(secs(600)); // no handle_timeout
     assert_eq!(
         h.peer(relay, peer(1, 1), b"x"),
@@ -104,7 +92,7 @@ fn permission_expires_after_300_seconds_unless_refreshed() {
     h.allocate(udp(1));
     h.permit(udp(1), &Cred::alice(), &[peer(1, 1)]);
     h.commands();
-    let relay = bind_addr(&h);
+    let relay = h.relay_bind(udp(1));
     h.advance(secs(300) - ms(1));
     assert!(matches!(
         h.peer(relay, peer(1, 1), b"x"),
@@ -148,7 +136,7 @@ fn channel_expires_after_600_seconds_then_cools_down_for_5_minutes() {
     h.refresh(udp(1), &Cred::alice(), Some(3600));
     h.bind(udp(1), &Cred::alice(), 0x4000, peer(1, 1));
     h.commands();
-    let relay = bind_addr(&h);
+    let relay = h.relay_bind(udp(1));
     let mut cd = vec![0u8; 16];
     let n = write_channel_data(&mut cd, 0x4000, b"x", false).unwrap();
     cd.truncate(n);

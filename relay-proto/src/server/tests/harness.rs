@@ -294,8 +294,24 @@ impl H {
         m.attr::<Nonce>().unwrap().unwrap().0.to_owned()
     }
 
-    /// An authenticated request with a fresh nonce; returns the request bytes (for
-    /// retransmission) and the reply.
+    /// An authenticated request with a fresh nonce, whatever comes out (a Connect is
+    /// answered later); returns the request bytes (for retransmission) and the output.
+    pub fn ask(
+        &mut self,
+        from: FiveTuple,
+        method: Method,
+        cred: &Cred,
+        f: impl FnOnce(&mut MessageWriter<'_>),
+    ) -> (Vec<u8>, Out) {
+        let nonce = self.nonce(from);
+        let txid = self.txid();
+        let req = self.build(Class::Request, method, txid, Some((cred, &nonce)), f);
+        let out = self.client(from, &req);
+        (req, out)
+    }
+
+    /// [`ask`](Self::ask) for a request answered at once; returns the request bytes and the
+    /// reply.
     pub fn request(
         &mut self,
         from: FiveTuple,
@@ -303,11 +319,8 @@ impl H {
         cred: &Cred,
         f: impl FnOnce(&mut MessageWriter<'_>),
     ) -> (Vec<u8>, Vec<u8>) {
-        let nonce = self.nonce(from);
-        let txid = self.txid();
-        let req = self.build(Class::Request, method, txid, Some((cred, &nonce)), f);
-        let reply = self.client(from, &req).reply();
-        (req, reply)
+        let (req, out) = self.ask(from, method, cred, f);
+        (req, out.reply())
     }
 
     /// Authenticated Allocate (UDP) with extra attributes.
@@ -367,6 +380,18 @@ impl H {
         self.client(from, &ind)
     }
 
+    /// The bind address of `from`'s (first) relayed address: where its peers' datagrams
+    /// arrive.
+    pub fn relay_bind(&self, from: FiveTuple) -> SocketAddr {
+        self.server
+            .allocation(&from)
+            .unwrap()
+            .relayed()
+            .next()
+            .unwrap()
+            .bind
+    }
+
     pub fn commands(&mut self) -> Vec<Command> {
         std::iter::from_fn(|| self.server.poll_command()).collect()
     }
@@ -400,6 +425,20 @@ pub fn relayed(reply: &[u8]) -> Vec<SocketAddr> {
     m.attrs::<crate::stun::XorRelayedAddress>()
         .map(|a| a.unwrap().0)
         .collect()
+}
+
+/// The bind address behind an IPv4 relayed (public) address.
+pub fn bind_of(relayed: SocketAddr) -> SocketAddr {
+    SocketAddr::new(RELAY4_BIND.into(), relayed.port())
+}
+
+/// XOR-PEER-ADDRESS and DATA of a Data indication; panics on anything else.
+pub fn data_indication(bytes: &[u8]) -> (SocketAddr, Vec<u8>) {
+    let m = Message::parse(bytes).unwrap();
+    assert_eq!((m.class(), m.method()), (Class::Indication, Method::DATA));
+    let peer = m.attr::<crate::stun::XorPeerAddress>().unwrap().unwrap().0;
+    let data = m.attr::<crate::stun::Data>().unwrap().unwrap().0;
+    (peer, data.to_vec())
 }
 
 pub fn lifetime(reply: &[u8]) -> u32 {

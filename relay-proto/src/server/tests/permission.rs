@@ -211,18 +211,7 @@ fn policy_reload_revokes_permissions_and_channels() {
     assert_eq!(info.permissions().count(), 1);
     assert_eq!(info.channels().count(), 0);
     assert_eq!(
-        h.peer(relay_bind(&h), peer(1, 1), b"x"),
+        h.peer(h.relay_bind(udp(1)), peer(1, 1), b"x"),
         Out::Drop(crate::server::DropReason::NoPermission)
     );
-}
-
-/// Relay bind address of udp(1)'s allocation.
-pub fn relay_bind(h: &H) -> SocketAddr {
-    h.server
-        .allocation(&udp(1))
-        .unwrap()
-        .relayed()
-        .next()
-        .unwrap()
-        .bind
 }

@@ -22,27 +22,12 @@ fn tcp_h() -> H {
     h
 }
 
-/// Authenticated request over `from` whatever the answer (Connect answers later).
-fn ask(
-    h: &mut H,
-    from: FiveTuple,
-    method: Method,
-    cred: &Cred,
-    f: impl FnOnce(&mut MessageWriter<'_>),
-) -> (Vec<u8>, Out) {
-    let nonce = h.nonce(from);
-    let txid = h.txid();
-    let req = h.build(Class::Request, method, txid, Some((cred, &nonce)), f);
-    let out = h.client(from, &req);
-    (req, out)
-}
-
 fn allocate_tcp_with(
     h: &mut H,
     from: FiveTuple,
     f: impl FnOnce(&mut MessageWriter<'_>),
 ) -> Vec<u8> {
-    ask(h, from, Method::ALLOCATE, &Cred::alice(), |w| {
+    h.ask(from, Method::ALLOCATE, &Cred::alice(), |w| {
         w.attr(&RequestedTransport::TCP).unwrap();
         f(w);
     })
@@ -60,19 +45,15 @@ fn allocate_tcp(h: &mut H, from: FiveTuple) -> SocketAddr {
     relayed
 }
 
-fn bind_of(relayed: SocketAddr) -> SocketAddr {
-    SocketAddr::new(RELAY4_BIND.into(), relayed.port())
-}
-
 /// Sends Connect; returns the request (its transaction id answers later) and the output.
 fn connect(h: &mut H, from: FiveTuple, to: SocketAddr) -> (Vec<u8>, Out) {
-    ask(h, from, Method::CONNECT, &Cred::alice(), |w| {
+    h.ask(from, Method::CONNECT, &Cred::alice(), |w| {
         w.attr(&XorPeerAddress(to)).unwrap();
     })
 }
 
 fn connection_bind(h: &mut H, data: FiveTuple, cred: &Cred, conn: Option<u32>) -> Vec<u8> {
-    ask(h, data, Method::CONNECTION_BIND, cred, |w| {
+    h.ask(data, Method::CONNECTION_BIND, cred, |w| {
         if let Some(c) = conn {
             w.attr(&ConnectionIdAttr(c)).unwrap();
         }
@@ -137,11 +118,12 @@ fn connected(h: &mut H, from: FiveTuple, to: SocketAddr) -> ConnectionId {
 fn tcp_allocation_needs_a_stream_client_and_tells_the_data_path_to_listen() {
     let mut h = tcp_h();
     // RFC 8656 over UDP: TCP relaying is not offered (442, as before TCP support).
-    let r = ask(&mut h, udp(1), Method::ALLOCATE, &Cred::alice(), |w| {
-        w.attr(&RequestedTransport::TCP).unwrap();
-    })
-    .1
-    .reply();
+    let r = h
+        .ask(udp(1), Method::ALLOCATE, &Cred::alice(), |w| {
+            w.attr(&RequestedTransport::TCP).unwrap();
+        })
+        .1
+        .reply();
     assert_eq!(code(&r), Some(442));
     assert!(h.commands().is_empty());
 
@@ -606,15 +588,17 @@ fn connect_is_checked_like_create_permission() {
     let v6: SocketAddr = "[2001:db8::9]:80".parse().unwrap();
     assert_eq!(code(&connect(&mut h, tcp(1), v6).1.reply()), Some(443));
     // Missing peer, or another user.
-    let r = ask(&mut h, tcp(1), Method::CONNECT, &Cred::alice(), |_| {})
+    let r = h
+        .ask(tcp(1), Method::CONNECT, &Cred::alice(), |_| {})
         .1
         .reply();
     assert_eq!(code(&r), Some(400));
-    let r = ask(&mut h, tcp(1), Method::CONNECT, &Cred::bob(), |w| {
-        w.attr(&XorPeerAddress(peer(1, 80))).unwrap();
-    })
-    .1
-    .reply();
+    let r = h
+        .ask(tcp(1), Method::CONNECT, &Cred::bob(), |w| {
+            w.attr(&XorPeerAddress(peer(1, 80))).unwrap();
+        })
+        .1
+        .reply();
     assert_eq!(code(&r), Some(441));
     assert!(h.commands().is_empty());
     assert_eq!(h.server.tcp_connection_count(), 0);

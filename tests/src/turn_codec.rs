@@ -1,0 +1,164 @@
+//! What the datagram client ([`turn_client`](crate::turn_client)) and the stream client
+//! ([`stream_client`](crate::stream_client)) share: long-term credentials and the requests
+//! they sign, Send indications, and the application data a client receives.
+
+use std::net::SocketAddr;
+
+use relay_proto::{
+    auth::{Key, PasswordAlgorithm, long_term_key},
+    stun::{
+        BufferTooSmall, ChannelData, Class, Data, ErrorCode, Message, MessageWriter, Method, Nonce,
+        PacketKind, Realm, TransactionId, Username, XorPeerAddress, classify,
+    },
+};
+
+use crate::turn_client::{Received, TurnError, new_txid};
+
+/// Attributes of one request besides the authentication ones.
+pub type Attrs<'f> = &'f dyn Fn(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>;
+
+/// Long-term credentials as a client holds them: its username and password and, once a
+/// server has challenged it, the realm, the nonce and the key derived from them.
+pub struct Credentials {
+    username: String,
+    password: String,
+    realm: Option<String>,
+    nonce: Option<String>,
+    key: Option<Key>,
+}
+
+impl Credentials {
+    pub fn new(username: &str, password: &str) -> Self {
+        Self {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            realm: None,
+            nonce: None,
+            key: None,
+        }
+    }
+
+    /// Whether requests are signed yet.
+    pub fn has_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Uses `realm` and `nonce` from now on, with the MD5 key for them.
+    pub fn prime(&mut self, realm: &str, nonce: &str) {
+        self.realm = Some(realm.to_owned());
+        self.nonce = Some(nonce.to_owned());
+        self.key = Some(long_term_key(
+            PasswordAlgorithm::Md5,
+            &self.username,
+            realm,
+            &self.password,
+        ));
+    }
+
+    /// The realm and nonce in use, once known.
+    pub fn realm_and_nonce(&self) -> Option<(String, String)> {
+        Some((self.realm.clone()?, self.nonce.clone()?))
+    }
+
+    /// Encodes a request into `buf`: `attrs`, then (once a key is known) USERNAME, REALM,
+    /// NONCE and MESSAGE-INTEGRITY, FINGERPRINT last. Returns its length.
+    pub fn write_request(
+        &self,
+        buf: &mut [u8],
+        method: Method,
+        txid: TransactionId,
+        attrs: Attrs<'_>,
+    ) -> Result<usize, BufferTooSmall> {
+        let mut w = MessageWriter::new(buf, Class::Request, method, txid)?;
+        attrs(&mut w)?;
+        if let (Some(key), Some(realm), Some(nonce)) = (&self.key, &self.realm, &self.nonce) {
+            w.attr(&Username(&self.username))?;
+            w.attr(&Realm(realm))?;
+            w.attr(&Nonce(nonce))?;
+            w.integrity_sha1(key.as_bytes())?;
+        }
+        w.fingerprint()?;
+        Ok(w.finish())
+    }
+
+    /// `Ok` for a success response to `method` (its MESSAGE-INTEGRITY checked once a key
+    /// is known), otherwise the error it carries.
+    pub fn check(&self, method: Method, resp: &[u8]) -> Result<(), TurnError> {
+        let msg = Message::parse(resp).map_err(|e| TurnError::Protocol(e.to_string()))?;
+        if msg.class() == Class::Success {
+            if let Some(key) = &self.key {
+                msg.verify_integrity(key.as_bytes()).map_err(|e| {
+                    TurnError::Protocol(format!("{method:?} success response integrity: {e:?}"))
+                })?;
+            }
+            return Ok(());
+        }
+        match msg.attr::<ErrorCode>() {
+            Some(Ok(e)) => Err(TurnError::Code {
+                method,
+                code: e.code,
+                reason: e.reason.to_owned(),
+            }),
+            _ => Err(TurnError::Protocol(format!(
+                "{method:?} error response without a valid ERROR-CODE"
+            ))),
+        }
+    }
+
+    /// Takes the realm (when present) and the nonce of a challenge (a 401 or 438 error
+    /// response); `true` when a realm and a nonce are now known and the key is derived.
+    pub fn absorb_challenge(&mut self, resp: &[u8]) -> bool {
+        let Ok(msg) = Message::parse(resp) else {
+            return false;
+        };
+        let nonce = msg.attr::<Nonce>().and_then(Result::ok).map(|n| n.0);
+        if let Some(r) = msg.attr::<Realm>().and_then(Result::ok).map(|r| r.0) {
+            self.realm = Some(r.to_owned());
+        }
+        match (nonce, self.realm.clone()) {
+            (Some(n), Some(r)) => {
+                self.prime(&r, n);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A Send indication carrying `data` to `peer`.
+pub fn send_indication(peer: SocketAddr, data: &[u8]) -> Result<Vec<u8>, BufferTooSmall> {
+    let mut buf = vec![0u8; data.len() + 128];
+    let mut w = MessageWriter::new(&mut buf, Class::Indication, Method::SEND, new_txid())?;
+    w.attr(&XorPeerAddress(peer))?;
+    w.attr(&Data(data))?;
+    let n = w.finish();
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// A Data indication or a ChannelData message (stream padding allowed) as [`Received`];
+/// `None` for anything else.
+pub fn received(pkt: &[u8]) -> Option<Received> {
+    match classify(pkt) {
+        PacketKind::ChannelData => {
+            let cd = ChannelData::parse(pkt).ok()?;
+            Some(Received {
+                peer: None,
+                channel: Some(cd.channel()),
+                data: cd.payload().to_vec(),
+            })
+        }
+        PacketKind::Stun => {
+            let msg = Message::parse(pkt).ok()?;
+            if msg.class() != Class::Indication || msg.method() != Method::DATA {
+                return None;
+            }
+            Some(Received {
+                peer: Some(msg.attr::<XorPeerAddress>().and_then(Result::ok)?.0),
+                channel: None,
+                data: msg.attr::<Data>().and_then(Result::ok)?.0.to_vec(),
+            })
+        }
+        PacketKind::Other => None,
+    }
+}
