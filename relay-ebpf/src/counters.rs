@@ -1,7 +1,7 @@
 //! Per-interface packet and byte counters, read by the daemon for status and metrics.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::map, maps::PerCpuHashMap, programs::XdpContext};
-use aya_log_ebpf::info;
+use aya_log_ebpf::debug;
 use relay_common::{IFACE_COUNTERS_MAX, IfaceCounters};
 
 #[map(name = "IFACE_COUNTERS")]
@@ -22,7 +22,8 @@ pub fn count(ctx: &XdpContext) {
             }
         }
         None => {
-            // First packet seen on this CPU for this interface: rare, so worth a log line.
+            // First packet seen on this CPU for this interface: once per CPU, so a debug
+            // line, not an operator's.
             let first = IfaceCounters {
                 packets: 1,
                 bytes: len,
@@ -31,7 +32,7 @@ pub fn count(ctx: &XdpContext) {
                 .insert(ifindex, first, BPF_NOEXIST as u64)
                 .is_ok()
             {
-                info!(ctx, "xdp: counting packets on ifindex {}", ifindex);
+                debug!(ctx, "xdp: counting packets on ifindex {}", ifindex);
             }
         }
     }

@@ -1,73 +1,196 @@
 //! `relay check --config FILE`: what the relay would run with, or which key is wrong.
 
-use std::path::Path;
+use std::{fmt::Write as _, io::Write as _, path::Path};
 
-use crate::config;
+use crate::{
+    config::{self, Config},
+    xdp::AttachMode,
+};
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let c = config::load(path)?;
-    println!("{}: ok", path.display());
-    println!("  realm            {}", c.realm);
+    let text = render(path, &c);
+    // main() restores SIGPIPE's default for this command, so `relay check | head -1`
+    // ends quietly; any other write error is the operator's to see.
+    std::io::stdout().lock().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The report, as printed: settings first, then notes on values that take no effect
+/// as written.
+pub fn render(path: &Path, c: &Config) -> String {
+    let mut out = String::new();
+    let mut line = |label: &str, value: &dyn std::fmt::Display| {
+        let _ = writeln!(out, "  {label:<17}{value}");
+    };
+    line("realm", &c.realm);
     for l in &c.listeners {
         let t: Vec<String> = l
             .transports
             .iter()
             .map(|t| format!("{t:?}").to_lowercase())
             .collect();
-        println!("  listen           {} ({})", l.address, t.join(", "));
+        line("listen", &format!("{} ({})", l.address, t.join(", ")));
     }
     for (family, r) in [("IPv4", c.relay_v4), ("IPv6", c.relay_v6)] {
         if let Some(r) = r {
-            println!(
-                "  relay {family}       bind {} advertised as {}",
-                r.bind, r.public
+            line(
+                &format!("relay {family}"),
+                &format!("bind {} advertised as {}", r.bind, r.public),
             );
         }
     }
-    println!("  relay ports      {}-{}", c.ports.low, c.ports.high);
-    println!("  users            {}", c.users.len());
-    println!("  shared secrets   {}", c.shared_secrets.len());
+    line("relay ports", &format!("{}-{}", c.ports.low, c.ports.high));
+    line("users", &c.users.len());
+    line("shared secrets", &c.shared_secrets.len());
     let nets = |v: &[ipnet::IpNet]| {
+        if v.is_empty() {
+            return "none".to_owned();
+        }
         v.iter()
             .map(|n| n.to_string())
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!("  peers allowed    {}", nets(&c.peers_allow));
-    println!("  peers denied     {}", nets(&c.peers_deny));
-    println!(
-        "  max allocations  {} ({} per user)",
-        c.max_allocations, c.max_allocations_per_user
+    line("peers allowed", &nets(&c.peers_allow));
+    line("peers denied", &nets(&c.peers_deny));
+    line(
+        "max allocations",
+        &format!(
+            "{} ({} per user)",
+            c.max_allocations,
+            c.max_allocations_per_user.min(c.max_allocations)
+        ),
     );
-    println!(
-        "  xdp              {} on [{}], forwarding {}",
-        c.xdp_mode,
-        c.xdp_interfaces.join(", "),
-        c.xdp_forwarding
-    );
+    let xdp = if c.xdp_mode == AttachMode::Off {
+        "off".to_owned()
+    } else {
+        format!(
+            "{} on [{}], forwarding {}",
+            c.xdp_mode,
+            c.xdp_interfaces.join(", "),
+            c.xdp_forwarding
+        )
+    };
+    line("xdp", &xdp);
     match c.udp_workers {
-        0 => println!("  udp workers      one per CPU"),
-        n => println!("  udp workers      {n}"),
+        0 => line("udp workers", &"one per CPU"),
+        n => line("udp workers", &n),
     }
-    println!(
-        "  admin            {} (token {})",
-        c.admin.address,
-        if c.admin.token.is_some() {
-            "required"
-        } else {
-            "none"
-        }
+    if let Some(tls) = &c.tls {
+        line("tls certificate", &tls.certificate.display());
+        line("tls private key", &tls.private_key.display());
+    }
+    line(
+        "admin",
+        &format!(
+            "{} (token {})",
+            c.admin.address,
+            if c.admin.token.is_some() {
+                "required"
+            } else {
+                "none"
+            }
+        ),
     );
     let alternates: Vec<String> = c.alternate_servers.iter().map(|a| a.to_string()).collect();
-    println!(
-        "  when full        {}",
-        if alternates.is_empty() {
+    line(
+        "when full",
+        &if alternates.is_empty() {
             "508 Insufficient Capacity".to_owned()
         } else {
             format!("300 to {}", alternates.join(", "))
-        }
+        },
     );
-    println!("  drain timeout    {} s", c.drain_timeout.as_secs());
-    println!("  log level        {}", c.log_level);
-    Ok(())
+    line("drain timeout", &format!("{} s", c.drain_timeout.as_secs()));
+    line("log level", &c.log_level);
+    if c.max_allocations_per_user > c.max_allocations {
+        let _ = writeln!(
+            out,
+            "note: limits.max_allocations_per_user ({}) is above limits.max_allocations ({}): \
+             each user is held to {}",
+            c.max_allocations_per_user, c.max_allocations, c.max_allocations
+        );
+    }
+    format!("{}: ok\n{out}", path.display())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::render;
+    use crate::config::{ConfigFile, TlsFiles};
+
+    const BASE: &str = r#"
+[[listen]]
+address = "198.51.100.50:3478"
+[relay]
+public_address = "203.0.113.50"
+address = "198.51.100.50"
+ports = "24000-29999"
+[auth]
+shared_secrets = ["s"]
+[peers]
+allow = ["192.0.2.0/24"]
+[xdp]
+interfaces = ["eth1", "eth0"]
+mode = "off"
+"#;
+
+    fn report(text: &str) -> String {
+        let file: ConfigFile = toml::from_str(text).unwrap();
+        let c = file.validate(Path::new(".")).unwrap();
+        render(Path::new("relay.toml"), &c)
+    }
+
+    fn value<'a>(report: &'a str, label: &str) -> &'a str {
+        report
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix(label))
+            .unwrap_or_else(|| panic!("no `{label}` in\n{report}"))
+            .trim()
+    }
+
+    #[test]
+    fn empty_lists_say_none_and_xdp_off_has_no_interfaces() {
+        let r = report(BASE);
+        assert!(r.starts_with("relay.toml: ok\n"), "{r}");
+        assert_eq!(value(&r, "peers allowed"), "192.0.2.0/24");
+        assert_eq!(value(&r, "peers denied"), "none");
+        assert_eq!(value(&r, "xdp"), "off");
+        assert!(!r.contains("tls"), "{r}");
+        assert!(!r.contains("note:"), "{r}");
+
+        let r = report(&BASE.replace("mode = \"off\"", "mode = \"native\""));
+        assert_eq!(value(&r, "xdp"), "native on [eth1, eth0], forwarding auto");
+    }
+
+    #[test]
+    fn per_user_limit_above_the_total_is_a_note_with_the_effective_value() {
+        let r = report(&format!(
+            "{BASE}[limits]\nmax_allocations = 1800\nmax_allocations_per_user = 5000\n"
+        ));
+        assert_eq!(value(&r, "max allocations"), "1800 (1800 per user)");
+        assert!(
+            r.lines().any(
+                |l| l.starts_with("note: limits.max_allocations_per_user (5000)")
+                    && l.ends_with("each user is held to 1800")
+            ),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn tls_files_are_shown() {
+        let file: ConfigFile = toml::from_str(BASE).unwrap();
+        let mut c = file.validate(Path::new(".")).unwrap();
+        c.tls = Some(TlsFiles {
+            certificate: "/etc/relay/tls/fullchain.pem".into(),
+            private_key: "/etc/relay/tls/privkey.pem".into(),
+        });
+        let r = render(Path::new("relay.toml"), &c);
+        assert_eq!(value(&r, "tls certificate"), "/etc/relay/tls/fullchain.pem");
+        assert_eq!(value(&r, "tls private key"), "/etc/relay/tls/privkey.pem");
+    }
 }

@@ -53,7 +53,7 @@ pub struct ServeArgs {
     /// auto (native, else generic), native, generic or off.
     #[arg(long = "xdp-mode", value_name = "MODE")]
     pub xdp_mode: Option<AttachMode>,
-    /// error, warn, info, debug, trace, or a tracing filter.
+    /// error, warn, info, debug, trace, off, or directives such as "info,relay_user=debug".
     #[arg(long = "log-level", value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// UDP data-path threads sharing the listeners (SO_REUSEPORT); 0 = one per CPU.

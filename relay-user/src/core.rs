@@ -34,12 +34,18 @@ pub fn credentials(c: &Config) -> anyhow::Result<CredentialStore> {
     Ok(store)
 }
 
+/// The peer policy: relay addresses (bind and public) are hairpins; the listener and admin
+/// addresses are the rest of the relay host, whose services `[peers] allow` must name one
+/// by one.
 pub fn policy(c: &Config) -> PeerPolicy {
-    let own = [c.relay_v4, c.relay_v6]
+    let relay = [c.relay_v4, c.relay_v6]
         .into_iter()
         .flatten()
         .flat_map(|r| [r.bind, r.public]);
-    PeerPolicy::new(c.peers_allow.clone(), c.peers_deny.clone(), own.collect())
+    let listeners = c.listeners.iter().map(|l| l.address.ip());
+    let host = listeners.chain(std::iter::once(c.admin.address.ip()));
+    PeerPolicy::new(c.peers_allow.clone(), c.peers_deny.clone(), relay.collect())
+        .with_host_addresses(host)
 }
 
 /// What the cores of all shards are built from: one nonce key (a nonce one shard issued

@@ -114,6 +114,16 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
         } => {
             tracing::info!(%client, %method, code, "request rejected");
         }
+        Event::CapacityReached {
+            user,
+            client,
+            limit,
+        } => {
+            // A full relay refuses every new call: one line per window, then a count.
+            if capacity::first_in_window(&user, limit) {
+                capacity::log_first(&user, &client, limit);
+            }
+        }
         Event::Redirected { client, alternate } => {
             tracing::info!(%client, %alternate, "allocation redirected to alternate server (300)");
         }
@@ -152,10 +162,228 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
     }
 }
 
-/// Logs the summaries of auth-failure windows that have ended. Data-path loops call it
-/// once per wake-up; it costs one atomic load while no source is being counted.
-pub fn flush_auth_failures() {
-    auth_flood::flush(std::time::Instant::now());
+/// Logs the summaries of rate-limited warnings (auth failures, capacity refusals) whose
+/// windows have ended. Data-path loops call it once per wake-up; it costs two atomic loads
+/// while nothing is being counted.
+pub fn flush_rate_limited() {
+    let now = std::time::Instant::now();
+    auth_flood::flush(now);
+    capacity::flush(now);
+}
+
+/// Allocations refused for capacity: the first refusal of a [`WINDOW`](capacity::WINDOW)
+/// per limit (the relay's, or one user's) is logged at WARN, the rest are counted and
+/// summed up when the window ends. A full relay under load refuses hundreds a second.
+mod capacity {
+    use std::{
+        collections::{HashMap, VecDeque},
+        sync::{
+            Arc, LazyLock, Mutex,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    use relay_proto::server::{CapacityLimit, FiveTuple};
+
+    pub const WINDOW: Duration = Duration::from_secs(10);
+    /// Users counted one by one; beyond, their refusals go uncounted until a window ends
+    /// (the relay-wide limit is always counted).
+    const MAX_USERS: usize = 1024;
+
+    /// `None`: the relay-wide limit; `Some(user)`: that user's quota.
+    type Key = Option<Arc<str>>;
+
+    struct Window {
+        more: u64,
+        limit: CapacityLimit,
+        last_user: Arc<str>,
+    }
+
+    /// A window that ended with refusals left unlogged.
+    #[derive(Debug, PartialEq)]
+    pub struct Summary {
+        pub more: u64,
+        pub limit: CapacityLimit,
+        pub last_user: Arc<str>,
+    }
+
+    #[derive(Default)]
+    pub struct Limiter {
+        windows: HashMap<Key, Window>,
+        order: VecDeque<(Instant, Key)>,
+    }
+
+    fn key(user: &Arc<str>, limit: CapacityLimit) -> Key {
+        match limit {
+            CapacityLimit::Relay { .. } => None,
+            CapacityLimit::User { .. } => Some(user.clone()),
+        }
+    }
+
+    impl Limiter {
+        /// Whether this refusal is to be logged in full; ended windows go to `ended` first.
+        pub fn admit(
+            &mut self,
+            now: Instant,
+            user: &Arc<str>,
+            limit: CapacityLimit,
+            ended: &mut Vec<Summary>,
+        ) -> bool {
+            self.expire(now, ended);
+            let k = key(user, limit);
+            if let Some(w) = self.windows.get_mut(&k) {
+                w.more += 1;
+                w.limit = limit;
+                w.last_user = user.clone();
+                return false;
+            }
+            if k.is_some() && self.windows.len() > MAX_USERS {
+                return false;
+            }
+            self.windows.insert(
+                k.clone(),
+                Window {
+                    more: 0,
+                    limit,
+                    last_user: user.clone(),
+                },
+            );
+            self.order.push_back((now, k));
+            true
+        }
+
+        pub fn expire(&mut self, now: Instant, ended: &mut Vec<Summary>) {
+            while let Some((since, _)) = self.order.front() {
+                if now.saturating_duration_since(*since) < WINDOW {
+                    break;
+                }
+                if let Some((_, k)) = self.order.pop_front()
+                    && let Some(w) = self.windows.remove(&k)
+                    && w.more > 0
+                {
+                    ended.push(Summary {
+                        more: w.more,
+                        limit: w.limit,
+                        last_user: w.last_user,
+                    });
+                }
+            }
+        }
+    }
+
+    static LIMITER: LazyLock<Mutex<Limiter>> = LazyLock::new(Mutex::default);
+    static TRACKED: AtomicUsize = AtomicUsize::new(0);
+
+    pub fn first_in_window(user: &Arc<str>, limit: CapacityLimit) -> bool {
+        let mut ended = Vec::new();
+        let first = {
+            let mut l = LIMITER.lock().unwrap_or_else(|p| p.into_inner());
+            let first = l.admit(Instant::now(), user, limit, &mut ended);
+            TRACKED.store(l.windows.len(), Ordering::Relaxed);
+            first
+        };
+        ended.into_iter().for_each(log_summary);
+        first
+    }
+
+    pub fn flush(now: Instant) {
+        if TRACKED.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut ended = Vec::new();
+        {
+            let mut l = LIMITER.lock().unwrap_or_else(|p| p.into_inner());
+            l.expire(now, &mut ended);
+            TRACKED.store(l.windows.len(), Ordering::Relaxed);
+        }
+        ended.into_iter().for_each(log_summary);
+    }
+
+    pub fn log_first(user: &str, client: &FiveTuple, limit: CapacityLimit) {
+        match limit {
+            CapacityLimit::Relay { max_allocations } => {
+                tracing::warn!(%user, %client, max_allocations,
+                "relay full: max_allocations {max_allocations} reached; new allocations get 508 \
+                 (or 300 to an alternate): raise max_allocations or add relays")
+            }
+            CapacityLimit::User {
+                max_allocations_per_user,
+            } => tracing::warn!(%user, %client, max_allocations_per_user,
+                "user {user} reached max_allocations_per_user {max_allocations_per_user}; \
+                 their new allocations get 486: leaked allocations on the client, or raise the quota"),
+        }
+    }
+
+    fn log_summary(s: Summary) {
+        let secs = WINDOW.as_secs();
+        let (more, last_user) = (s.more, &*s.last_user);
+        match s.limit {
+            CapacityLimit::Relay { max_allocations } => tracing::warn!(
+                more,
+                last_user,
+                max_allocations,
+                "relay full: {more} more allocations refused in the last {secs} s (max_allocations {max_allocations})"
+            ),
+            CapacityLimit::User {
+                max_allocations_per_user,
+            } => tracing::warn!(
+                more,
+                user = last_user,
+                max_allocations_per_user,
+                "user {last_user}: {more} more allocations refused (486) in the last {secs} s \
+                 (max_allocations_per_user {max_allocations_per_user})"
+            ),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn first_refusal_per_limit_is_logged_repeats_are_summed_up() {
+            let mut l = Limiter::default();
+            let t0 = Instant::now();
+            let mut ended = Vec::new();
+            let (alice, bob): (Arc<str>, Arc<str>) = ("alice".into(), "bob".into());
+            let full = CapacityLimit::Relay {
+                max_allocations: 1800,
+            };
+            let quota = CapacityLimit::User {
+                max_allocations_per_user: 3,
+            };
+            assert!(l.admit(t0, &alice, full, &mut ended));
+            // The relay-wide limit is one window whoever asks.
+            assert!(!l.admit(t0, &bob, full, &mut ended));
+            assert!(!l.admit(t0 + Duration::from_secs(1), &alice, full, &mut ended));
+            // A user's quota is a window of its own, per user.
+            assert!(l.admit(t0, &alice, quota, &mut ended));
+            assert!(l.admit(t0, &bob, quota, &mut ended));
+            assert!(!l.admit(t0, &bob, quota, &mut ended));
+            l.expire(t0 + WINDOW - Duration::from_millis(1), &mut ended);
+            assert!(ended.is_empty());
+            l.expire(t0 + WINDOW, &mut ended);
+            ended.sort_by_key(|s| s.more);
+            assert_eq!(
+                ended,
+                vec![
+                    Summary {
+                        more: 1,
+                        limit: quota,
+                        last_user: bob.clone(),
+                    },
+                    Summary {
+                        more: 2,
+                        limit: full,
+                        last_user: alice.clone(),
+                    },
+                ]
+            );
+            // A new window logs in full again.
+            assert!(l.admit(t0 + WINDOW, &bob, full, &mut ended));
+        }
+    }
 }
 
 /// Repeated auth failures per source IP: the first of a [`WINDOW`](auth_flood::WINDOW)

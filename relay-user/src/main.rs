@@ -15,6 +15,9 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if !matches!(cli.command, Command::Serve(_) | Command::Status(_)) {
+        restore_sigpipe();
+    }
     let result = match cli.command {
         Command::Serve(args) => relay_user::serve::run(args),
         Command::Check { config } => relay_user::check::run(&config),
@@ -35,5 +38,18 @@ fn main() -> ExitCode {
             eprintln!("relay: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Rust starts with SIGPIPE ignored, so a write to a closed pipe (`relay check | head -1`)
+/// fails and `println!` panics. Commands that only print to stdout and use UDP (check,
+/// stun, load) get the default back: the reader went away, so the process ends quietly,
+/// as `cat` does. `serve` keeps it ignored (a TCP client that resets would kill the
+/// relay), and so does `status`: its HTTP client writes to a TCP socket, and it already
+/// treats a closed stdout as done.
+fn restore_sigpipe() {
+    // SAFETY: setting a signal's disposition to the default, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -94,9 +94,7 @@ async fn serve(
         udp_workers(&config)
     };
     for addr in &udp {
-        crate::udp::claim_listener(*addr).with_context(|| {
-            format!("listen {addr} (udp): is another TURN server (coturn?) running, or the address not on this host?")
-        })?;
+        crate::udp::claim_listener(*addr).with_context(|| format!("listen {addr} (udp)"))?;
     }
     // All workers bind before any runs: the SO_REUSEPORT groups are complete, so the
     // worker a client hashes to cannot change after its first datagram.

@@ -143,6 +143,54 @@ pub fn exec_as_root(program: &Path, args: &[String]) -> Result<()> {
         c
     };
     cmd.args(args);
+    // Shown like `Cargo::run` shows cargo: the operator can repeat or tweak it.
+    eprintln!("+ {}", shown(&cmd));
     let err = cmd.exec();
     bail!("cannot start {}: {err}", program.display())
+}
+
+/// `cmd` as a shell line, quoting only the words that need it.
+fn shown(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|w| shell_word(&w.to_string_lossy()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_word(w: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c);
+    if !w.is_empty() && w.chars().all(plain) {
+        w.to_owned()
+    } else {
+        format!("'{}'", w.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::shown;
+
+    #[test]
+    fn shown_command_is_a_shell_line() {
+        let mut cmd = Command::new("sudo");
+        cmd.args([
+            "--preserve-env=RUST_LOG",
+            "/w/target/release/relay",
+            "serve",
+            "--listen",
+            "127.0.0.1:3478",
+            "--log-level",
+            "info,relay_user=debug",
+            "it's",
+            "",
+        ]);
+        assert_eq!(
+            shown(&cmd),
+            "sudo --preserve-env=RUST_LOG /w/target/release/relay serve --listen 127.0.0.1:3478 \
+             --log-level info,relay_user=debug 'it'\\''s' ''"
+        );
+    }
 }

@@ -6,9 +6,12 @@
 //!
 //! Order of evaluation for a peer:
 //! 1. explicit `deny` entries (plain address; IPv4 entries also match embedded IPv4) → Deny;
-//! 2. one of the relay's own addresses → Hairpin (plain form only: an embedded copy of a
-//!    relay address is refused, since it would leave through a translator or tunnel rather
-//!    than reach our own allocation);
+//! 2. one of the relay's relay addresses → Hairpin (plain form only: an embedded copy of an
+//!    address of the relay host is refused, since it would leave through a translator or
+//!    tunnel rather than reach our own allocation); any other address of the relay host (a
+//!    listener, see [`PeerPolicy::with_host_addresses`]) → Deny, unless `allow` names exactly
+//!    that address (/32 or /128): a broad `allow` entry that happens to contain the relay
+//!    host must not open its TURN listeners or admin port to clients (a TURN loop);
 //! 3. explicit `allow` entries (operator exceptions such as an internal media server) → Allow;
 //!    an IPv4 entry also vouches for that address when it is embedded, so
 //!    `::ffff:192.0.2.10` is allowed by `192.0.2.0/24` exactly like `192.0.2.10`;
@@ -50,6 +53,8 @@ pub struct PeerPolicy {
     allow: Vec<IpNet>,
     deny: Vec<IpNet>,
     relay_addresses: Vec<IpAddr>,
+    /// The relay host's other addresses (listeners), minus `relay_addresses`.
+    host_addresses: Vec<IpAddr>,
 }
 
 impl PeerPolicy {
@@ -68,15 +73,43 @@ impl PeerPolicy {
             allow: allow.into_iter().map(|n| n.trunc()).collect(),
             deny: deny.into_iter().map(|n| n.trunc()).collect(),
             relay_addresses,
+            host_addresses: Vec::new(),
         }
     }
 
-    /// Whether the operator's `allow` list names `ip` (and `deny` does not). The server asks
-    /// this for a peer on one of the relay's own addresses but outside the relay port
-    /// range: a service on the relay host, reachable only when explicitly allowed.
-    pub fn is_allow_listed(&self, ip: IpAddr) -> bool {
+    /// The relay host's other addresses (its listeners): peers there are services of the
+    /// relay host, not relays, and are refused unless allow-listed exactly (see
+    /// [`is_host_allow_listed`](Self::is_host_allow_listed)). Relay addresses among them
+    /// stay hairpins; spellings are normalised as in [`new`](Self::new).
+    pub fn with_host_addresses(mut self, host: impl IntoIterator<Item = IpAddr>) -> Self {
+        let mut host: Vec<IpAddr> = host
+            .into_iter()
+            .map(|a| a.to_canonical())
+            .filter(|a| !a.is_unspecified() && !self.relay_addresses.contains(a))
+            .collect();
+        host.sort_unstable();
+        host.dedup();
+        self.host_addresses = host;
+        self
+    }
+
+    /// Whether `ip` is an address of the relay host (relay or listener address).
+    pub fn is_host_address(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
-        !self.deny.iter().any(|n| n.contains(&ip)) && self.allow.iter().any(|n| n.contains(&ip))
+        self.relay_addresses.contains(&ip) || self.host_addresses.contains(&ip)
+    }
+
+    /// Whether the operator's `allow` list names exactly `ip` as a single host (/32 or
+    /// /128), and `deny` does not cover it. Services of the relay host (its listeners, the
+    /// admin API, ssh) are reachable only so: a broad entry that merely contains the relay
+    /// host's address is not taken as consent.
+    pub fn is_host_allow_listed(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        !self.deny.iter().any(|n| n.contains(&ip))
+            && self
+                .allow
+                .iter()
+                .any(|n| n.prefix_len() == n.max_prefix_len() && n.addr() == ip)
     }
 
     /// Judges `peer` (see the module docs for the order of the rules).
@@ -103,9 +136,25 @@ impl PeerPolicy {
         if self.relay_addresses.contains(&peer) {
             return PeerVerdict::Hairpin;
         }
+        if self.host_addresses.contains(&peer) {
+            if self.is_host_allow_listed(peer) {
+                return PeerVerdict::Allow;
+            }
+            // Name the rule the operator would look for: a default range (loopback admin
+            // port) unless their allow list covers it, then the relay-host rule.
+            let broadly_allowed = self.allow.iter().any(|n| n.contains(&peer));
+            return PeerVerdict::Deny(match DefaultDeny::of(peer) {
+                Some(range) if !broadly_allowed => DenyReason::Default(range),
+                _ => DenyReason::RelayHost(peer),
+            });
+        }
         for &(form, v4) in embedded {
-            if self.relay_addresses.contains(&IpAddr::V4(v4)) {
-                let inner = EmbeddedDeny::RelayAddress(v4);
+            if self.is_host_address(IpAddr::V4(v4)) {
+                // A default range names the rule better (the loopback admin address).
+                let inner = match DefaultDeny::of_v4(v4) {
+                    Some(range) => EmbeddedDeny::Default(range),
+                    None => EmbeddedDeny::RelayAddress(v4),
+                };
                 return PeerVerdict::Deny(DenyReason::Embedded { form, inner });
             }
         }

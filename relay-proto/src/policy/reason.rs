@@ -2,7 +2,7 @@
 //! operator's 403 log line.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -217,7 +217,8 @@ pub enum EmbeddedDeny {
     Default(DefaultDeny),
     /// It is in a configured IPv4 deny entry.
     Configured(Ipv4Net),
-    /// It is one of the relay's own addresses; only the plain form is a hairpin.
+    /// It is an address of the relay host; only the plain form of a relay address is a
+    /// hairpin.
     RelayAddress(Ipv4Addr),
 }
 
@@ -245,6 +246,12 @@ pub enum DenyReason {
         /// Why the IPv4 address is refused.
         inner: EmbeddedDeny,
     },
+    /// An address of the relay host that is not a relay address (a listener): its services
+    /// are off limits unless `allow` names the address exactly.
+    RelayHost(IpAddr),
+    /// A relay address with a port outside the relay port range: a service of the relay
+    /// host, not an allocation (ChannelBind and Connect carry the port).
+    RelayHostPort(SocketAddr),
 }
 
 impl fmt::Display for DenyReason {
@@ -253,6 +260,16 @@ impl fmt::Display for DenyReason {
             Self::Default(r) => r.fmt(f),
             Self::Configured(net) => write!(f, "configured deny {net}"),
             Self::Embedded { form, inner } => write!(f, "{form} of {inner}"),
+            Self::RelayHost(ip) => write!(
+                f,
+                "relay host address {ip} (a listener, not a relay address; allow it as a \
+                 single-host entry to reach its services)"
+            ),
+            Self::RelayHostPort(peer) => write!(
+                f,
+                "relay host port {peer} (outside the relay port range: a service of the relay \
+                 host, not an allocation)"
+            ),
         }
     }
 }

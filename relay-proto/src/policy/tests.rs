@@ -397,3 +397,71 @@ proptest! {
         let _ = open_policy().check(IpAddr::from(octets));
     }
 }
+
+/// The relay host's listener addresses are not relays: refused even inside a broad allow
+/// entry (no TURN loop through the relay's own listener), also when embedded, unless the
+/// allow list names the address as a single host. Relay addresses stay hairpins.
+#[test]
+fn relay_host_addresses_need_a_single_host_allow_entry() {
+    let relay = ip("198.51.100.50");
+    let listener = ip("192.0.2.50");
+    let policy = |allow: &[&str]| {
+        PeerPolicy::new(allow.iter().map(|s| net(s)).collect(), vec![], vec![relay])
+            .with_host_addresses([listener, relay, ip("0.0.0.0")])
+    };
+    let p = policy(&["192.0.2.0/24"]);
+    assert_eq!(
+        p.check(listener),
+        PeerVerdict::Deny(DenyReason::RelayHost(listener))
+    );
+    assert_eq!(p.check(ip("192.0.2.10")), PeerVerdict::Allow);
+    assert_eq!(
+        p.check(ip("::ffff:192.0.2.50")),
+        PeerVerdict::Deny(DenyReason::Embedded {
+            form: EmbeddingForm::Ipv4Mapped,
+            inner: EmbeddedDeny::RelayAddress(Ipv4Addr::new(192, 0, 2, 50)),
+        })
+    );
+    assert_eq!(p.check(relay), PeerVerdict::Hairpin);
+    assert!(!p.is_host_allow_listed(listener));
+    assert!(
+        DenyReason::RelayHost(listener)
+            .to_string()
+            .contains("relay host address 192.0.2.50")
+    );
+
+    let p = policy(&["192.0.2.0/24", "192.0.2.50/32"]);
+    assert_eq!(p.check(listener), PeerVerdict::Allow);
+    assert!(p.is_host_allow_listed(listener));
+    assert!(!p.is_host_allow_listed(ip("192.0.2.10")));
+    // The wildcard is never an own address.
+    assert!(!p.is_host_address(ip("0.0.0.0")));
+    assert!(p.is_host_address(relay) && p.is_host_address(listener));
+    // Deny still wins over an exact allow entry.
+    let p = PeerPolicy::new(
+        vec![net("192.0.2.50/32")],
+        vec![net("192.0.2.0/24")],
+        vec![],
+    )
+    .with_host_addresses([listener]);
+    assert!(!p.is_host_allow_listed(listener));
+    assert!(matches!(
+        p.check(listener),
+        PeerVerdict::Deny(DenyReason::Configured(_))
+    ));
+}
+
+/// A relay host address in a default range (an admin port on loopback) is refused by
+/// that range's rule, unless the allow list covers it: then by the relay-host rule.
+#[test]
+fn relay_host_address_in_a_default_range_names_the_range() {
+    let admin = ip("127.0.0.1");
+    let p = PeerPolicy::new(vec![], vec![], vec![]).with_host_addresses([admin]);
+    assert_eq!(p.check(admin), deny_default(DefaultDeny::Loopback));
+    let p = PeerPolicy::new(vec![net("127.0.0.0/8")], vec![], vec![]).with_host_addresses([admin]);
+    assert_eq!(
+        p.check(admin),
+        PeerVerdict::Deny(DenyReason::RelayHost(admin))
+    );
+    assert_eq!(p.check(ip("127.0.0.2")), PeerVerdict::Allow);
+}

@@ -23,6 +23,15 @@ pub enum CloseReason {
     RelayUnavailable,
 }
 
+/// The capacity limit that refused a new allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CapacityLimit {
+    /// `max_allocations` (all shards together) reached: 508, or 300 to an alternate.
+    Relay { max_allocations: usize },
+    /// The user's `max_allocations_per_user` reached: 486.
+    User { max_allocations_per_user: usize },
+}
+
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Event {
     AllocationCreated {
@@ -79,6 +88,13 @@ pub enum Event {
         client: FiveTuple,
         method: Method,
         code: u16,
+    },
+    /// An Allocate hit a capacity limit (the 486/508/300 itself also comes as
+    /// `RequestRejected` or `Redirected`).
+    CapacityReached {
+        user: Arc<str>,
+        client: FiveTuple,
+        limit: CapacityLimit,
     },
     /// A new allocation was refused and the client sent to `alternate` (300).
     Redirected {

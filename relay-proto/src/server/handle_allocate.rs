@@ -22,7 +22,7 @@ use super::Server;
 use super::allocation::{Allocation, Counters, Family, Relayed};
 use super::auth_check::Auth;
 use super::command::Command;
-use super::event::Event;
+use super::event::{CapacityLimit, Event};
 use super::five_tuple::FiveTuple;
 use super::ports::Want;
 use super::shared::{PortAsk, Refusal};
@@ -85,6 +85,12 @@ impl Server {
         if self.draining {
             return self.refuse_capacity(now, from, msg, auth, out);
         }
+        // The data path could not bind the ports this transaction got: stop trying.
+        let failed = self.bind_failures.count(now, &from, msg.transaction_id().0);
+        if failed >= super::RELAY_BIND_ATTEMPTS {
+            let why = "No relay port could be bound";
+            return self.reply_error(from, msg, a, 508, why, out);
+        }
 
         // Quotas and ports. From here on every failure must give back what was taken.
         let ask = match req.reserved {
@@ -103,8 +109,19 @@ impl Server {
             .admit(now, &auth.username, ask, req.additional_v6)
         {
             Ok(g) => g,
-            Err(Refusal::Full) => return self.refuse_capacity(now, from, msg, auth, out),
-            Err(Refusal::UserQuota) => return self.reply_error(from, msg, a, 486, "", out),
+            Err(Refusal::Full) => {
+                let max_allocations = self.shared.limits().max_allocations;
+                self.capacity_reached(from, auth, CapacityLimit::Relay { max_allocations });
+                return self.refuse_capacity(now, from, msg, auth, out);
+            }
+            Err(Refusal::UserQuota) => {
+                let max_allocations_per_user = self.shared.limits().max_allocations_per_user;
+                let limit = CapacityLimit::User {
+                    max_allocations_per_user,
+                };
+                self.capacity_reached(from, auth, limit);
+                return self.reply_error(from, msg, a, 486, "", out);
+            }
             Err(Refusal::NoPort) => {
                 return self.reply_error(from, msg, a, 508, "No relay port available", out);
             }
@@ -263,6 +280,14 @@ impl Server {
             dont_fragment,
             lifetime,
         })
+    }
+
+    fn capacity_reached(&mut self, from: FiveTuple, auth: &Auth, limit: CapacityLimit) {
+        self.events.push(Event::CapacityReached {
+            user: auth.username.clone(),
+            client: from,
+            limit,
+        });
     }
 
     /// Full or draining: 300 towards an alternate server when one fits, else 508.

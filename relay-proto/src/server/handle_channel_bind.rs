@@ -44,7 +44,7 @@ impl Server {
         if !(CHANNEL_MIN..=CHANNEL_MAX).contains(&number) {
             return self.reply_error(from, msg, a, 400, "Channel number out of range", out);
         }
-        if let Err(code) = self.check_peer(id, peer) {
+        if let Err(code) = self.check_peer_port(id, peer) {
             return self.reply_error(from, msg, a, code, "", out);
         }
         let al = self.table.get(id)?;

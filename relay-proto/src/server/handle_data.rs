@@ -116,7 +116,7 @@ impl Server {
             }
             // Any other port of the relay host (its listeners, admin, ssh) is a local
             // service, not a relay: off limits unless the operator allow-listed the address.
-            if !self.policy.is_allow_listed(peer.ip()) {
+            if !self.policy.is_host_allow_listed(peer.ip()) {
                 return self.drop_client(DropReason::RelayHostPort);
             }
         }

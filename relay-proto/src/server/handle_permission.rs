@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use crate::policy::PeerVerdict;
+use crate::policy::{DenyReason, PeerVerdict};
 use crate::stun::{Message, XorPeerAddress};
 
 use super::Server;
@@ -40,6 +40,33 @@ impl Server {
                 Err(403)
             }
         }
+    }
+
+    /// [`check_peer`](Self::check_peer) for a request that names the peer's port
+    /// (ChannelBind, Connect): a relay address with a port outside the relay range is a
+    /// service of the relay host, refused (403, [`Event::PeerDenied`]) unless the operator
+    /// allow-listed the address exactly. Answering 200 and then dropping the data would
+    /// leave the client with a channel that silently goes nowhere.
+    pub(crate) fn check_peer_port(
+        &mut self,
+        id: AllocationId,
+        peer: SocketAddr,
+    ) -> Result<(), u16> {
+        self.check_peer(id, peer)?;
+        if !self.is_own_relay_ip(peer.ip())
+            || self.config.ports.contains(&peer.port())
+            || self.policy.is_host_allow_listed(peer.ip())
+        {
+            return Ok(());
+        }
+        let a = self.table.get(id).ok_or(437u16)?;
+        self.events.push(Event::PeerDenied {
+            user: a.user.clone(),
+            client: a.client,
+            peer,
+            reason: DenyReason::RelayHostPort(peer),
+        });
+        Err(403)
     }
 
     /// Installs or refreshes a permission (the caller checked peer and capacity); emits

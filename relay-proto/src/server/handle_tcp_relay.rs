@@ -248,7 +248,7 @@ impl Server {
             Ok(None) => return self.reject(from, msg, a, 400, "Missing XOR-PEER-ADDRESS", out),
             Err(why) => return self.reject(from, msg, a, 400, &why, out),
         };
-        if let Err(code) = self.check_peer(id, peer) {
+        if let Err(code) = self.check_peer_port(id, peer) {
             return self.reject(from, msg, a, code, "", out);
         }
         let Some(target) = self.tcp_connect_target(peer) else {
@@ -498,6 +498,6 @@ impl Server {
             let bind = self.relay_addr(Family::of(peer.ip()))?.bind;
             return Some(SocketAddr::new(bind, peer.port()));
         }
-        self.policy.is_allow_listed(peer.ip()).then_some(peer)
+        self.policy.is_host_allow_listed(peer.ip()).then_some(peer)
     }
 }

@@ -51,7 +51,7 @@ pub use config::{
     CHANNEL_COOLDOWN, PORT_QUARANTINE, RESERVATION_LIFETIME, RelayAddr, ServerConfig,
     TRANSACTION_TTL,
 };
-pub use event::{CloseReason, DropCounters, DropReason, Event, MAX_QUEUED_EVENTS};
+pub use event::{CapacityLimit, CloseReason, DropCounters, DropReason, Event, MAX_QUEUED_EVENTS};
 pub use five_tuple::{FiveTuple, Transport};
 pub use reply::{ERROR_CODES, ErrorResponses};
 pub use shared::{Limits, Shared};
@@ -59,13 +59,14 @@ pub use tcp_relay::{
     BIND_TIMEOUT, CONNECT_TIMEOUT, ConnectionEnd, ConnectionId, Direction,
     MAX_CONNECTIONS_PER_ALLOCATION, RelayProtocol,
 };
+pub use txcache::RELAY_BIND_ATTEMPTS;
 
 use allocation::Allocation;
 use event::EventQueue;
 use table::Table;
 use tcp_relay::TcpRelays;
 use timers::{TimerKey, Timers};
-use txcache::{Graveyard, RedirectMemory};
+use txcache::{BindFailures, Graveyard, RedirectMemory};
 
 /// What to do after [`Server::handle_client`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -123,6 +124,7 @@ pub struct Server {
     drops: DropCounters,
     graveyard: Graveyard,
     redirected: RedirectMemory,
+    bind_failures: BindFailures,
     draining: bool,
     alternate_cursor: usize,
     indication_counter: u64,
@@ -189,6 +191,7 @@ impl Server {
             drops: DropCounters::default(),
             graveyard: Graveyard::default(),
             redirected: RedirectMemory::default(),
+            bind_failures: BindFailures::default(),
             draining: false,
             alternate_cursor: 0,
             indication_counter: 0,
@@ -295,10 +298,23 @@ impl Server {
     /// The data path could not bind `relay`: the allocation holding it ends (event
     /// [`CloseReason::RelayUnavailable`]) and the port is not handed out for
     /// [`PORT_QUARANTINE`].
+    ///
+    /// The success response to its Allocate is void: the data path should discard it and
+    /// hand the same request to [`handle_client`](Self::handle_client) again, which then
+    /// allocates another port (the dead allocation's response is not replayed). After
+    /// [`RELAY_BIND_ATTEMPTS`] failed ports for one transaction the answer is 508.
     pub fn relay_unavailable(&mut self, now: Instant, relay: SocketAddr) {
         let family = Family::of(relay.ip());
         let port = relay.port();
         if let Some(id) = self.table.id_by_relay(relay) {
+            if let Some(a) = self.table.get(id)
+                && let Some(r) = a
+                    .last_response
+                    .as_deref()
+                    .filter(|r| r.method == Method::ALLOCATE.0)
+            {
+                self.bind_failures.record(now, a.client, r.txid);
+            }
             self.remove_allocation(
                 now,
                 id,
@@ -344,6 +360,7 @@ impl Server {
         }
         self.graveyard.prune(now);
         self.redirected.prune(now);
+        self.bind_failures.prune(now);
     }
 
     // ----- outputs --------------------------------------------------------------------------

@@ -6,7 +6,9 @@
 //! - [`Graveyard`]: the response to a Refresh with LIFETIME 0, so that its retransmission gets
 //!   the same success instead of 437 (RFC 8656 §7.3 notes the problem);
 //! - [`RedirectMemory`]: clients (IP and user) recently sent to an alternate server, so that
-//!   one bounced back is not redirected again (no ping-pong between two full servers).
+//!   one bounced back is not redirected again (no ping-pong between two full servers);
+//! - [`BindFailures`]: Allocate transactions whose relay port the data path could not bind,
+//!   so that re-submitting the request tries another port a bounded number of times.
 //!
 //! The graveyard is only consulted for a 5-tuple without an allocation, so a new allocation
 //! on the same 5-tuple is never answered from it.
@@ -90,6 +92,62 @@ impl Graveyard {
     }
 }
 
+/// Relay ports tried for one Allocate transaction before the answer is 508.
+pub const RELAY_BIND_ATTEMPTS: u8 = 4;
+/// Most Allocate transactions with failed binds remembered.
+pub const BIND_FAILURES_CAPACITY: usize = 1024;
+
+type AllocKey = (FiveTuple, [u8; 12]);
+
+/// Failed relay binds per Allocate transaction (client 5-tuple, transaction id). The data
+/// path re-submits a request whose relay port it could not bind; the count tells the
+/// handler when to stop trying ports.
+#[derive(Debug, Default)]
+pub(crate) struct BindFailures {
+    map: HashMap<AllocKey, (Instant, u8)>,
+    order: VecDeque<(Instant, AllocKey)>,
+}
+
+impl BindFailures {
+    pub(crate) fn record(&mut self, now: Instant, client: FiveTuple, txid: [u8; 12]) {
+        self.prune(now);
+        let key = (client, txid);
+        if let Some((_, n)) = self.map.get_mut(&key) {
+            *n = n.saturating_add(1);
+            return;
+        }
+        while self.order.len() >= BIND_FAILURES_CAPACITY {
+            if let Some((_, k)) = self.order.pop_front() {
+                self.map.remove(&k);
+            }
+        }
+        self.map.insert(key, (now, 1));
+        self.order.push_back((now, key));
+    }
+
+    /// Failed binds for this transaction within [`TRANSACTION_TTL`] of the first.
+    pub(crate) fn count(&self, now: Instant, client: &FiveTuple, txid: [u8; 12]) -> u8 {
+        if self.map.is_empty() {
+            return 0;
+        }
+        self.map
+            .get(&(*client, txid))
+            .filter(|(at, _)| now.saturating_duration_since(*at) < TRANSACTION_TTL)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    pub(crate) fn prune(&mut self, now: Instant) {
+        while let Some(&(at, _)) = self.order.front() {
+            if now.saturating_duration_since(at) < TRANSACTION_TTL {
+                break;
+            }
+            if let Some((_, k)) = self.order.pop_front() {
+                self.map.remove(&k);
+            }
+        }
+    }
+}
+
 /// How long a redirected client is remembered.
 pub const REDIRECT_MEMORY: Duration = Duration::from_secs(60);
 /// Most redirected clients remembered.
@@ -169,6 +227,26 @@ mod tests {
             g.insert(t0, tuple(1), 4, txid, b"x");
         }
         assert_eq!(g.len(), GRAVEYARD_CAPACITY);
+    }
+
+    #[test]
+    fn bind_failures_count_per_transaction_expire_and_are_bounded() {
+        let t0 = Instant::now();
+        let mut b = BindFailures::default();
+        b.record(t0, tuple(1), [1; 12]);
+        b.record(t0, tuple(1), [1; 12]);
+        assert_eq!(b.count(t0, &tuple(1), [1; 12]), 2);
+        assert_eq!(b.count(t0, &tuple(1), [2; 12]), 0);
+        assert_eq!(b.count(t0, &tuple(2), [1; 12]), 0);
+        assert_eq!(b.count(t0 + TRANSACTION_TTL, &tuple(1), [1; 12]), 0);
+        b.prune(t0 + TRANSACTION_TTL);
+        assert!(b.map.is_empty() && b.order.is_empty());
+        for i in 0..(BIND_FAILURES_CAPACITY as u32 + 10) {
+            let mut txid = [0u8; 12];
+            txid[..4].copy_from_slice(&i.to_le_bytes());
+            b.record(t0, tuple(1), txid);
+        }
+        assert_eq!(b.map.len(), BIND_FAILURES_CAPACITY);
     }
 
     #[test]

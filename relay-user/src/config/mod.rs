@@ -3,6 +3,7 @@
 
 mod admin;
 mod file;
+mod log;
 mod tcp;
 mod users;
 mod validate;
@@ -12,6 +13,7 @@ pub use file::{
     AdminSection, AuthSection, ConfigFile, LimitsSection, ListenSection, LogSection, PeersSection,
     RelaySection, Transport, UdpSection, XdpSection,
 };
+pub use log::{LEVELS as LOG_LEVELS, check_log_filter};
 pub use tcp::{TcpEngine, TcpSection, TcpSettings, TlsFiles, TlsSection};
 pub use users::{UserEntry, load_users_file};
 pub use validate::{Config, ConfigError, Listener, MAX_UDP_WORKERS, PortRange, RelayAddrs};

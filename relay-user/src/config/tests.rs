@@ -375,3 +375,104 @@ fn write_test_certificate(dir: &Path) -> std::path::PathBuf {
     std::fs::write(&key, TEST_KEY).unwrap();
     key
 }
+
+#[test]
+fn log_level_must_be_a_level_or_target_directives() {
+    let level = |l: &str| DEPLOYMENT.replace("level = \"debug\"", &format!("level = \"{l}\""));
+    // tracing alone would take `infoo` as a target and log nothing at all.
+    let e = err(&level("infoo"));
+    assert_eq!(e.key, "log.level");
+    assert!(
+        e.message.contains("error, warn, info, debug, trace, off"),
+        "{e}"
+    );
+    assert_eq!(err(&level("relay_user=loud")).key, "log.level");
+    assert_eq!(
+        parse(&level("warn,relay_user=debug")).unwrap().log_level,
+        "warn,relay_user=debug"
+    );
+}
+
+#[test]
+fn addresses_clients_cannot_use_are_refused() {
+    let cases = [
+        (
+            DEPLOYMENT.replace("\"203.0.113.50\"", "\"0.0.0.0\""),
+            "relay.public_address",
+        ),
+        (
+            DEPLOYMENT.replace("\"203.0.113.50\"", "\"224.0.0.1\""),
+            "relay.public_address",
+        ),
+        (
+            DEPLOYMENT.replace(
+                "public_address = \"203.0.113.50\"",
+                "public_address = \"203.0.113.50\"\naddress6 = \"2001:db8::50\"\npublic_address6 = \"::\"",
+            ),
+            "relay.public_address6",
+        ),
+        (
+            DEPLOYMENT.replace(
+                "public_address = \"203.0.113.50\"",
+                "public_address = \"203.0.113.50\"\naddress6 = \"2001:db8::50\"\npublic_address6 = \"ff02::1\"",
+            ),
+            "relay.public_address6",
+        ),
+        (
+            DEPLOYMENT.replace("192.0.2.50:3478", "192.0.2.50:0"),
+            "listen[0].address",
+        ),
+    ];
+    for (text, key) in cases {
+        assert_eq!(err(&text).key, key, "{}", err(&text));
+    }
+}
+
+#[test]
+fn relay_ports_may_not_contain_a_listener_on_the_relay_address() {
+    let e = err(&DEPLOYMENT.replace("24000-29999", "3000-3500"));
+    assert_eq!(e.key, "relay.ports");
+    assert!(e.message.contains("198.51.100.50:3478"), "{e}");
+    // The internal NIC's listener is on another address: relay sockets never bind there.
+    let text = DEPLOYMENT
+        .replace("192.0.2.50:3478", "192.0.2.50:3100")
+        .replace("198.51.100.50:3478", "198.51.100.50:3600")
+        .replace("24000-29999", "3000-3500");
+    parse(&text).unwrap();
+    // Edges of the range count.
+    assert_eq!(
+        err(&DEPLOYMENT.replace("24000-29999", "3478-3478")).key,
+        "relay.ports"
+    );
+}
+
+#[test]
+fn cidrs_with_host_bits_are_refused_with_both_readings() {
+    let e = err(&DEPLOYMENT.replace("192.0.2.0/24", "192.0.2.10/24"));
+    assert_eq!(e.key, "peers.allow[0]");
+    assert_eq!(
+        e.message,
+        "192.0.2.10/24 has host bits set: write 192.0.2.0/24, or 192.0.2.10/32 for one host"
+    );
+    let text = DEPLOYMENT.replace(
+        "allow = [\"192.0.2.0/24\", \"10.1.2.3\"]",
+        "allow = [\"192.0.2.0/24\", \"10.1.2.3\"]\ndeny = [\"192.0.2.0/25\", \"2001:db8::1/64\"]",
+    );
+    let e = err(&text);
+    assert_eq!(e.key, "peers.deny[1]");
+    assert!(
+        e.message
+            .contains("write 2001:db8::/64, or 2001:db8::1/128 for one host"),
+        "{e}"
+    );
+}
+
+#[test]
+fn per_user_limit_above_the_total_is_accepted() {
+    let c = parse(&DEPLOYMENT.replace(
+        "max_allocations = 1800",
+        "max_allocations = 1800\nmax_allocations_per_user = 5000",
+    ))
+    .unwrap();
+    assert_eq!(c.max_allocations_per_user, 5000);
+}

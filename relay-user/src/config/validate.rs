@@ -136,6 +136,12 @@ impl ConfigFile {
                 let address: SocketAddr = l.address.parse().map_err(|_| {
                     ConfigError::new(&key, format!("`{}` is not IP:PORT", l.address))
                 })?;
+                if address.port() == 0 {
+                    return Err(ConfigError::new(
+                        &key,
+                        "needs a port (3478 is TURN's; clients must know where to reach it)",
+                    ));
+                }
                 if address.ip().is_unspecified() {
                     return Err(ConfigError::new(
                         &key,
@@ -192,6 +198,7 @@ impl ConfigFile {
             Some(p) => p.parse().map_err(|m| ConfigError::new("relay.ports", m))?,
             None => DEFAULT_PORTS,
         };
+        ports_clear_of_listeners(ports, &[relay_v4, relay_v6], &listeners)?;
 
         let mut users = self.auth.users;
         if let Some(file) = &self.auth.users_file {
@@ -262,12 +269,7 @@ impl ConfigFile {
             super::admin::alternate_servers(&self.limits.alternate_servers, &listeners)?;
         let drain_timeout = super::admin::drain_timeout(self.limits.drain_timeout)?;
         let log_level = self.log.level.unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(ConfigError::new(
-                "log.level",
-                format!("`{log_level}` is not a level"),
-            ));
-        }
+        super::check_log_filter(&log_level).map_err(|m| ConfigError::new("log.level", m))?;
         Ok(Config {
             realm,
             software: match self.software {
@@ -322,16 +324,25 @@ fn relay_addresses(
             return Ok(None);
         };
         let bind = ip(bind_key, bind)?;
-        if bind.is_unspecified() {
+        if bind.is_unspecified() || bind.is_multicast() {
             return Err(ConfigError::new(
                 bind_key,
-                "must be the NIC's own address, not 0.0.0.0/::",
+                format!("must be the NIC's own address, not {bind}"),
             ));
         }
         let public = match public {
             Some(p) => ip(pub_key, p)?,
             None => bind,
         };
+        // Clients send to this address: a wildcard or a group cannot reach one relay.
+        if public.is_unspecified() || public.is_multicast() {
+            return Err(ConfigError::new(
+                pub_key,
+                format!(
+                    "must be the address clients reach the relay on (the static NAT address), not {public}"
+                ),
+            ));
+        }
         if public.is_ipv4() != bind.is_ipv4() {
             return Err(ConfigError::new(
                 pub_key,
@@ -383,16 +394,58 @@ fn relay_addresses(
     }
 }
 
+/// Relay sockets (UDP, and RFC 6062 TCP listeners) take any port of the range on the
+/// relay address; one that is also a TURN listener's port would fail to bind or, worse,
+/// the listener would fail at the next start.
+fn ports_clear_of_listeners(
+    ports: PortRange,
+    relays: &[Option<RelayAddrs>],
+    listeners: &[Listener],
+) -> Result<(), ConfigError> {
+    let shared = |ip: IpAddr| {
+        relays
+            .iter()
+            .flatten()
+            .any(|r| r.bind == ip || ip.is_unspecified())
+    };
+    match listeners
+        .iter()
+        .find(|l| (ports.low..=ports.high).contains(&l.address.port()) && shared(l.address.ip()))
+    {
+        Some(l) => Err(ConfigError::new(
+            "relay.ports",
+            format!(
+                "{}-{} contains the port of the TURN listener {} on the relay address: \
+                 relay sockets would collide with it; move the range or the listener",
+                ports.low, ports.high, l.address
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
     values
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            v.parse::<IpNet>()
+            let key = format!("{key}[{i}]");
+            let net = v
+                .parse::<IpNet>()
                 .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    ConfigError::new(format!("{key}[{i}]"), format!("`{v}` is not a CIDR or IP"))
-                })
+                .map_err(|_| ConfigError::new(&key, format!("`{v}` is not a CIDR or IP")))?;
+            // `192.0.2.10/24` is ambiguous: a typo for one host, or the whole network?
+            if net.trunc() != net {
+                return Err(ConfigError::new(
+                    &key,
+                    format!(
+                        "{net} has host bits set: write {}, or {} for one host",
+                        net.trunc(),
+                        IpNet::from(net.addr())
+                    ),
+                ));
+            }
+            Ok(net)
         })
         .collect()
 }

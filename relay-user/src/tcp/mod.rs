@@ -103,12 +103,9 @@ pub fn spawn(
             (true, false) => "tcp",
             _ => "tls",
         };
-        let sock = bind(l.address).with_context(|| {
-            format!(
-                "listen {} ({what}): is another TURN or web server on this port, or the address not on this host?",
-                l.address
-            )
-        })?;
+        let sock = bind(l.address)
+            .map_err(crate::udp::with_bind_hint)
+            .with_context(|| format!("listen {} ({what})", l.address))?;
         tracing::info!(listen = %l.address, transports = what, "answering TURN over TCP");
         listeners.push(state::StreamListener {
             addr: l.address,

@@ -30,8 +30,8 @@ use std::{
 
 use relay_proto::{
     server::{
-        ClientOutput, Command, ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server,
-        Transport,
+        ClientOutput, Command, ConnectionId, FiveTuple, PeerOutput, RELAY_BIND_ATTEMPTS,
+        RelayProtocol, Server, Transport,
     },
     stun::frame_len,
 };
@@ -687,7 +687,20 @@ impl State {
         c.last_frame = Some(now);
         let five = c.five;
         let mut out = std::mem::take(&mut self.out);
-        match self.server.handle_client(now, five, frame, &mut out) {
+        let mut output = self.server.handle_client(now, five, frame, &mut out);
+        // A reply may announce an allocation: its relay socket must exist before the
+        // response leaves. If the port cannot be bound the core voids that allocation and
+        // the same request, handed in again, gets another port (or 508 once the core has
+        // given up, so this loop ends).
+        for _ in 0..=RELAY_BIND_ATTEMPTS {
+            if !matches!(output, ClientOutput::Reply { .. })
+                || !self.apply_commands_for(now, Some(&five))
+            {
+                break;
+            }
+            output = self.server.handle_client(now, five, frame, &mut out);
+        }
+        match output {
             ClientOutput::Nothing => {}
             ClientOutput::Reply { len } => self.queue(id, &out[..len], false),
             ClientOutput::ToPeer {
@@ -886,6 +899,13 @@ impl State {
 
     /// Relay sockets follow the core's commands; events become log lines.
     pub fn apply_commands(&mut self, now: Instant) {
+        self.apply_commands_for(now, None);
+    }
+
+    /// As [`apply_commands`](Self::apply_commands); `true` if a relay port of an allocation
+    /// for `client` could not be bound (its Allocate must be handed to the core again).
+    fn apply_commands_for(&mut self, now: Instant, client_filter: Option<&FiveTuple>) -> bool {
+        let mut bind_failed = false;
         while let Some(cmd) = self.server.poll_command() {
             self.kernel.apply(&cmd);
             match cmd {
@@ -900,8 +920,10 @@ impl State {
                         RelayProtocol::Tcp => self.open_listener(relay),
                     };
                     if let Err(e) = opened {
-                        tracing::warn!(%relay, %protocol, client = %client, error = %e, "cannot bind relay port; allocation dropped");
+                        tracing::warn!(%relay, %protocol, client = %client, error = %e,
+                            "cannot bind relay port (another program holds it? keep the relay port range out of net.ipv4.ip_local_port_range); the core voids the allocation and the request is retried on another port");
                         self.server.relay_unavailable(now, relay);
+                        bind_failed |= Some(&client) == client_filter;
                     }
                 }
                 Command::AllocationRemoved {
@@ -932,6 +954,7 @@ impl State {
         while let Some(event) = self.server.poll_event() {
             crate::events::log(event);
         }
+        bind_failed
     }
 
     fn open_relay(&mut self, addr: SocketAddr) -> io::Result<()> {
@@ -1146,6 +1169,7 @@ impl State {
             self.server.handle_timeout(now);
         }
         self.apply_commands(now);
+        crate::events::flush_rate_limited();
         if now < self.next_sweep {
             return;
         }

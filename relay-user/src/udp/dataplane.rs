@@ -22,7 +22,8 @@ use std::{
 use anyhow::Context as _;
 use relay_common::AllocCounters;
 use relay_proto::server::{
-    AllocationId, ClientOutput, Command, Event, FiveTuple, PeerOutput, Server, Transport,
+    AllocationId, ClientOutput, Command, Event, FiveTuple, PeerOutput, RELAY_BIND_ATTEMPTS, Server,
+    Transport,
 };
 
 use super::{
@@ -50,17 +51,26 @@ pub struct Dataplane {
     server: Server,
     epoll: OwnedFd,
     inbox: Inbox,
-    kernel: Kernel,
     listeners: Vec<Listener>,
-    relays: HashMap<SocketAddr, Relay>,
-    /// Relay token slot → its bind address; freed slots are reused.
-    slots: Vec<Option<SocketAddr>>,
-    free_slots: Vec<usize>,
+    /// What the core's commands act on; apart from the receive batch so that commands can
+    /// be carried out while a received packet is still borrowed.
+    relays: Relays,
     rx: RecvBatch,
     tx: SendBatch,
     out: Box<[u8]>,
     /// `tx.errors` when the last warning was logged.
     send_errors_logged: u64,
+}
+
+/// The relay sockets and the kernel mirror.
+struct Relays {
+    /// The worker's epoll set (owned by [`Dataplane::epoll`], which outlives this).
+    epoll: RawFd,
+    kernel: Kernel,
+    sockets: HashMap<SocketAddr, Relay>,
+    /// Relay token slot → its bind address; freed slots are reused.
+    slots: Vec<Option<SocketAddr>>,
+    free_slots: Vec<usize>,
     /// Kernel counters of allocations being removed, read before their map entries go,
     /// for the log line of the event that follows (same `apply_commands` call).
     ended: Vec<(AllocationId, AllocCounters)>,
@@ -87,26 +97,28 @@ impl Dataplane {
         epoll_add(epoll.as_raw_fd(), inbox.waker.fd(), WAKE)?;
         let mut listeners = Vec::new();
         for (i, addr) in listen.iter().enumerate() {
-            let sock = bind_udp_reuseport(*addr).with_context(|| {
-                format!("listen {addr} (udp): is another TURN server (coturn?) running, or the address not on this host?")
-            })?;
+            let sock = bind_udp_reuseport(*addr).with_context(|| format!("listen {addr} (udp)"))?;
             epoll_add(epoll.as_raw_fd(), sock.as_raw_fd(), i as u64)?;
             listeners.push(Listener { addr: *addr, sock });
         }
+        let relays = Relays {
+            epoll: epoll.as_raw_fd(),
+            kernel,
+            sockets: HashMap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            ended: Vec::with_capacity(4),
+        };
         Ok(Self {
             server,
             epoll,
             inbox,
-            kernel,
             listeners,
-            relays: HashMap::new(),
-            slots: Vec::new(),
-            free_slots: Vec::new(),
+            relays,
             rx: RecvBatch::new(),
             tx: SendBatch::new(),
             out: vec![0; 65536].into_boxed_slice(),
             send_errors_logged: 0,
-            ended: Vec::with_capacity(4),
         })
     }
 
@@ -160,8 +172,8 @@ impl Dataplane {
             if self.server.poll_timeout().is_some_and(|t| t <= now) {
                 self.server.handle_timeout(now);
             }
-            self.apply_commands(now);
-            crate::events::flush_auth_failures();
+            self.relays.apply_commands(&mut self.server, now, None);
+            crate::events::flush_rate_limited();
         }
     }
 
@@ -169,6 +181,7 @@ impl Dataplane {
     fn drain(&mut self, token: u64) {
         let relay = if token >= RELAY_TOKEN_BASE {
             match self
+                .relays
                 .slots
                 .get((token - RELAY_TOKEN_BASE) as usize)
                 .copied()
@@ -181,7 +194,7 @@ impl Dataplane {
             None
         };
         let fd = match relay {
-            Some(addr) => match self.relays.get(&addr) {
+            Some(addr) => match self.relays.sockets.get(&addr) {
                 Some(r) => r.sock.as_raw_fd(),
                 None => return,
             },
@@ -209,7 +222,23 @@ impl Dataplane {
                             listener: listener.addr,
                             transport: Transport::Udp,
                         };
-                        match self.server.handle_client(now, five, packet, &mut self.out) {
+                        let mut output =
+                            self.server.handle_client(now, five, packet, &mut self.out);
+                        // A reply may announce an allocation: its relay socket must exist
+                        // before the response leaves. If the port cannot be bound the core
+                        // voids that allocation and the same request, handed in again, gets
+                        // another port (or 508 once the core has given up: the loop ends).
+                        for _ in 0..=RELAY_BIND_ATTEMPTS {
+                            if !matches!(output, ClientOutput::Reply { .. })
+                                || !self
+                                    .relays
+                                    .apply_commands(&mut self.server, now, Some(&five))
+                            {
+                                break;
+                            }
+                            output = self.server.handle_client(now, five, packet, &mut self.out);
+                        }
+                        match output {
                             ClientOutput::Nothing => {}
                             ClientOutput::Reply { len } => {
                                 self.tx
@@ -220,7 +249,7 @@ impl Dataplane {
                                 peer,
                                 payload,
                             } => {
-                                if let Some(r) = self.relays.get(&relay) {
+                                if let Some(r) = self.relays.sockets.get(&relay) {
                                     self.tx.push(r.sock.as_raw_fd(), payload, &peer);
                                 }
                             }
@@ -250,7 +279,7 @@ impl Dataplane {
             }
             // Commands first: a new allocation gets its socket, and a permission or channel
             // its XDP map entry, before the response that lets the client use it leaves.
-            self.apply_commands(now);
+            self.relays.apply_commands(&mut self.server, now, None);
             self.tx.flush();
             if self.tx.errors > self.send_errors_logged && self.tx.errors.is_power_of_two() {
                 self.send_errors_logged = self.tx.errors;
@@ -267,10 +296,20 @@ impl Dataplane {
             }
         }
     }
+}
 
+impl Relays {
     /// Relay sockets follow the core's allocation commands; events become log lines.
-    fn apply_commands(&mut self, now: Instant) {
-        while let Some(cmd) = self.server.poll_command() {
+    /// `true` if a relay port of an allocation for `client` could not be bound: the core
+    /// voided it, and its Allocate must be handed to the core again.
+    fn apply_commands(
+        &mut self,
+        server: &mut Server,
+        now: Instant,
+        client: Option<&FiveTuple>,
+    ) -> bool {
+        let mut bind_failed = false;
+        while let Some(cmd) = server.poll_command() {
             if let Command::AllocationRemoved { id, relay, .. } = &cmd
                 && let Some(c) = self.kernel.allocation_counters(*relay)
             {
@@ -278,10 +317,14 @@ impl Dataplane {
             }
             self.kernel.apply(&cmd);
             match cmd {
-                Command::AllocationCreated { relay, .. } => {
+                Command::AllocationCreated {
+                    relay, client: c, ..
+                } => {
                     if let Err(e) = self.open_relay(relay) {
-                        tracing::warn!(%relay, error = %e, "cannot bind relay port; allocation dropped");
-                        self.server.relay_unavailable(now, relay);
+                        tracing::warn!(%relay, client = %c, error = %e,
+                            "cannot bind relay port (another program holds it? keep the relay port range out of net.ipv4.ip_local_port_range); the core voids the allocation and the request is retried on another port");
+                        server.relay_unavailable(now, relay);
+                        bind_failed |= Some(&c) == client;
                     }
                 }
                 Command::AllocationRemoved { relay, .. } => self.close_relay(relay),
@@ -297,7 +340,7 @@ impl Dataplane {
                 | Command::CloseConnection { .. } => {}
             }
         }
-        while let Some(event) = self.server.poll_event() {
+        while let Some(event) = server.poll_event() {
             let kernel = match &event {
                 Event::AllocationExpired { id, .. }
                 | Event::AllocationDeleted { id, .. }
@@ -307,6 +350,7 @@ impl Dataplane {
             crate::events::log_with_kernel(event, kernel);
         }
         self.ended.clear();
+        bind_failed
     }
 
     fn open_relay(&mut self, relay: SocketAddr) -> io::Result<()> {
@@ -315,21 +359,17 @@ impl Dataplane {
             self.slots.push(None);
             self.slots.len() - 1
         });
-        if let Err(e) = epoll_add(
-            self.epoll.as_raw_fd(),
-            sock.as_raw_fd(),
-            RELAY_TOKEN_BASE + slot as u64,
-        ) {
+        if let Err(e) = epoll_add(self.epoll, sock.as_raw_fd(), RELAY_TOKEN_BASE + slot as u64) {
             self.free_slots.push(slot);
             return Err(io::Error::other(e));
         }
         self.slots[slot] = Some(relay);
-        self.relays.insert(relay, Relay { sock, slot });
+        self.sockets.insert(relay, Relay { sock, slot });
         Ok(())
     }
 
     fn close_relay(&mut self, relay: SocketAddr) {
-        if let Some(r) = self.relays.remove(&relay) {
+        if let Some(r) = self.sockets.remove(&relay) {
             // Closing the fd removes it from the epoll set.
             self.slots[r.slot] = None;
             self.free_slots.push(r.slot);

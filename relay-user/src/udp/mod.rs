@@ -8,4 +8,4 @@ mod sockaddr;
 mod socket;
 
 pub use dataplane::Dataplane;
-pub use socket::{bind_udp, bind_udp_reuseport, claim_listener};
+pub use socket::{bind_udp, bind_udp_reuseport, claim_listener, with_bind_hint};

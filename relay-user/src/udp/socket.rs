@@ -56,7 +56,7 @@ pub fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
         )
     } < 0
     {
-        return Err(io::Error::last_os_error());
+        return Err(with_bind_hint(io::Error::last_os_error()));
     }
     Ok(UdpSocket::from(fd))
 }
@@ -65,7 +65,27 @@ pub fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
 /// relay (or any same-user program that also asks for it) join the listener's group and
 /// silently take a share of the clients.
 pub fn claim_listener(addr: SocketAddr) -> io::Result<()> {
-    UdpSocket::bind(addr).map(drop)
+    UdpSocket::bind(addr).map(drop).map_err(with_bind_hint)
+}
+
+/// What the operator should check when a listener cannot bind, for the errors that
+/// have one likely cause.
+pub fn bind_hint(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EADDRNOTAVAIL => Some("the address is not on this host (check the NIC's IP)"),
+        libc::EADDRINUSE => Some("another process holds it (coturn? another relay?)"),
+        libc::EACCES => Some("ports below 1024 need CAP_NET_BIND_SERVICE or root"),
+        _ => None,
+    }
+}
+
+/// `e` with its [`bind_hint`] appended; the kind is kept. Callers add the
+/// `listen ADDR (proto)` prefix.
+pub fn with_bind_hint(e: io::Error) -> io::Error {
+    match bind_hint(&e) {
+        Some(hint) => io::Error::new(e.kind(), format!("{e}: {hint}")),
+        None => e,
+    }
 }
 
 fn set_buffers(fd: RawFd) {
@@ -112,5 +132,42 @@ pub fn send_raw(fd: std::os::fd::RawFd, buf: &[u8], to: &SocketAddr) -> io::Resu
         Err(io::Error::last_os_error())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io, net::SocketAddr};
+
+    use super::{claim_listener, with_bind_hint};
+
+    #[test]
+    fn bind_errors_carry_what_to_check() {
+        let hint = |errno| with_bind_hint(io::Error::from_raw_os_error(errno)).to_string();
+        assert!(
+            hint(libc::EADDRNOTAVAIL)
+                .ends_with("the address is not on this host (check the NIC's IP)")
+        );
+        assert!(
+            hint(libc::EADDRINUSE).ends_with("another process holds it (coturn? another relay?)")
+        );
+        assert!(hint(libc::EACCES).ends_with("ports below 1024 need CAP_NET_BIND_SERVICE or root"));
+        // Others pass through unchanged, OS text and all.
+        let other = io::Error::from_raw_os_error(libc::EINVAL);
+        assert_eq!(
+            with_bind_hint(io::Error::from_raw_os_error(libc::EINVAL)).to_string(),
+            other.to_string()
+        );
+    }
+
+    #[test]
+    fn a_held_listener_port_is_reported_with_the_hint() {
+        let held = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let e = claim_listener(held.local_addr().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains("coturn?"), "{e}");
+        // 192.0.2.1 (documentation range) is on no host.
+        let e = claim_listener("192.0.2.1:3478".parse::<SocketAddr>().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("not on this host"), "{e}");
     }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::harness::*;
-use crate::server::{Command, Event, Family, RelayAddr};
+use crate::server::{CapacityLimit, Command, Event, Family, RelayAddr};
 use crate::stun::{
     AdditionalAddressFamily, AddressErrorCode, AddressFamily, AlternateServer, AttrType, Class,
     DontFragment, EvenPort, IntegrityKind, Lifetime, Message, Method, PasswordAlgorithms, Realm,
@@ -341,12 +341,35 @@ fn total_quota_is_508_and_per_user_quota_is_486() {
     });
     h.allocate(udp(1));
     h.allocate(udp(2));
+    h.events();
     let r = h.allocate_with(udp(3), &Cred::alice(), |_| {});
     assert_eq!(code(&r), Some(486));
+    let capacity = |evs: Vec<Event>| {
+        evs.into_iter()
+            .filter_map(|e| match e {
+                Event::CapacityReached {
+                    user,
+                    client,
+                    limit,
+                } => Some((user.to_string(), client, limit)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let user_limit = CapacityLimit::User {
+        max_allocations_per_user: 2,
+    };
+    assert_eq!(
+        capacity(h.events()),
+        [("alice".to_owned(), udp(3), user_limit)]
+    );
     let r = h.allocate_with(udp(3), &Cred::bob(), |_| {});
     assert_eq!(code(&r), None);
+    assert!(capacity(h.events()).is_empty());
     let r = h.allocate_with(udp(4), &Cred::bob(), |_| {});
     assert_eq!(code(&r), Some(508));
+    let full = CapacityLimit::Relay { max_allocations: 3 };
+    assert_eq!(capacity(h.events()), [("bob".to_owned(), udp(4), full)]);
 
     // Raising the limits at runtime (SIGHUP) takes effect at once.
     h.server.set_limits(10, 10);

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::harness::*;
-use crate::server::{CloseReason, Command, Event};
+use crate::server::{CloseReason, Command, Event, RELAY_BIND_ATTEMPTS};
 use crate::stun::{
     AddressFamily, Class, Lifetime, Message, Method, RequestedAddressFamily, RequestedTransport,
 };
@@ -101,6 +101,46 @@ fn relay_unavailable_removes_the_allocation_and_quarantines_the_port() {
         code(&h.allocate_with(udp(2), &Cred::alice(), |_| {})),
         Some(508)
     );
+}
+
+/// The data path answers a failed relay bind by handing the same Allocate back: the
+/// dead allocation's success must not be replayed from the transaction cache, another
+/// port is tried, and after `RELAY_BIND_ATTEMPTS` failed ports the answer is 508.
+#[test]
+fn allocate_resubmitted_after_relay_unavailable_gets_another_port_then_508() {
+    let mut h = H::with(|c| c.ports = 24000..=24009);
+    let (req, out) = h.ask(udp(1), Method::ALLOCATE, &Cred::alice(), |w| {
+        w.attr(&RequestedTransport(17)).unwrap();
+    });
+    let first = out.reply();
+    assert_eq!(code(&first), None, "{}", describe(&first));
+    let mut tried = vec![relayed(&first)[0].port()];
+    for attempt in 1..=RELAY_BIND_ATTEMPTS {
+        h.commands();
+        let bind = SocketAddr::new(RELAY4_BIND.into(), *tried.last().unwrap());
+        h.server.relay_unavailable(h.now, bind);
+        assert_eq!(h.server.allocation_count(), 0);
+        h.commands();
+        let r = h.client(udp(1), &req).reply();
+        if attempt == RELAY_BIND_ATTEMPTS {
+            assert_eq!(code(&r), Some(508), "{}", describe(&r));
+            assert!(h.commands().is_empty(), "508 creates nothing");
+            // A retransmission of the request gets the same answer.
+            assert_eq!(code(&h.client(udp(1), &req).reply()), Some(508));
+            break;
+        }
+        assert_eq!(code(&r), None, "attempt {attempt}: {}", describe(&r));
+        assert_ne!(r, first, "the dead allocation's response was replayed");
+        let port = relayed(&r)[0].port();
+        assert!(!tried.contains(&port), "port {port} tried twice: {tried:?}");
+        tried.push(port);
+        assert!(h.commands().iter().any(|c| matches!(
+            c,
+            Command::AllocationCreated { relay, .. } if relay.port() == port
+        )));
+    }
+    // A new transaction from the same client starts over.
+    h.allocate(udp(1));
 }
 
 #[test]

@@ -215,3 +215,83 @@ fn policy_reload_revokes_permissions_and_channels() {
         Out::Drop(crate::server::DropReason::NoPermission)
     );
 }
+
+/// ChannelBind names the peer's port: a relay address outside the relay port range is a
+/// service of the relay host, refused with 403 (not 200 and then silence). CreatePermission
+/// has no port and stays allowed for relay addresses (hairpin).
+#[test]
+fn channel_bind_to_a_relay_host_port_is_403_unless_exactly_allow_listed() {
+    let mut h = H::new();
+    h.allocate(udp(1));
+    h.commands();
+    h.events();
+    let service: SocketAddr = (RELAY4_PUBLIC, 3478).into();
+    let r = h.permit(udp(1), &Cred::alice(), &[service]);
+    assert_eq!(code(&r), None, "{}", describe(&r));
+    let r = h.bind(udp(1), &Cred::alice(), 0x4000, service);
+    assert_eq!(code(&r), Some(403), "{}", describe(&r));
+    let denied = h.events().into_iter().find_map(|e| match e {
+        Event::PeerDenied { peer, reason, .. } => Some((peer, reason.to_string())),
+        _ => None,
+    });
+    let (p, why) = denied.expect("PeerDenied event");
+    assert_eq!(p, service);
+    assert!(why.contains("relay host port"), "{why}");
+    assert!(
+        h.server
+            .allocation(&udp(1))
+            .unwrap()
+            .channels()
+            .next()
+            .is_none()
+    );
+    // Inside the relay range it is another allocation: bound as before.
+    let other: SocketAddr = (RELAY4_PUBLIC, 24001).into();
+    assert_eq!(code(&h.bind(udp(1), &Cred::alice(), 0x4001, other)), None);
+
+    // Only a single-host allow entry opens the relay host's own ports.
+    let own: Vec<IpAddr> = vec![RELAY4_BIND.into(), RELAY4_PUBLIC.into()];
+    let broad = vec!["203.0.113.0/24".parse().unwrap()];
+    h.server
+        .set_policy(crate::policy::PeerPolicy::new(broad, vec![], own.clone()));
+    assert_eq!(
+        code(&h.bind(udp(1), &Cred::alice(), 0x4000, service)),
+        Some(403)
+    );
+    let exact = vec!["203.0.113.5/32".parse().unwrap()];
+    h.server
+        .set_policy(crate::policy::PeerPolicy::new(exact, vec![], own));
+    assert_eq!(code(&h.bind(udp(1), &Cred::alice(), 0x4000, service)), None);
+}
+
+/// A listener address of the relay host inside a broad allow entry is refused (a TURN
+/// loop through the relay's own listener), unless allow-listed as a single host.
+#[test]
+fn relay_host_listener_address_is_refused_despite_a_broad_allow_entry() {
+    let mut h = H::new();
+    let own: Vec<IpAddr> = vec![RELAY4_BIND.into(), RELAY4_PUBLIC.into()];
+    let internal: IpAddr = [192, 0, 2, 50].into();
+    let policy = |allow: &str| {
+        crate::policy::PeerPolicy::new(vec![allow.parse().unwrap()], vec![], own.clone())
+            .with_host_addresses([internal])
+    };
+    h.server.set_policy(policy("192.0.2.0/24"));
+    h.allocate(udp(1));
+    h.events();
+    let r = h.permit(udp(1), &Cred::alice(), &[(internal, 3478).into()]);
+    assert_eq!(code(&r), Some(403), "{}", describe(&r));
+    let why = h.events().into_iter().find_map(|e| match e {
+        Event::PeerDenied { reason, .. } => Some(reason.to_string()),
+        _ => None,
+    });
+    assert!(why.expect("PeerDenied").contains("relay host address"));
+    // Its neighbours stay allowed.
+    assert_eq!(
+        code(&h.permit(udp(1), &Cred::alice(), &[([192, 0, 2, 10], 5000).into()])),
+        None
+    );
+    // Named as a single host, the operator means it.
+    h.server.set_policy(policy("192.0.2.50/32"));
+    let r = h.permit(udp(1), &Cred::alice(), &[(internal, 3478).into()]);
+    assert_eq!(code(&r), None, "{}", describe(&r));
+}
