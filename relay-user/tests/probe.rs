@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,7 +19,7 @@ use relay_proto::stun::{
     XorMappedAddress,
 };
 use relay_user::probe::{
-    self, Credentials, ProbeArgs, ProbeOptions, Report, Retransmit, Status, exit,
+    self, Credentials, ProbeArgs, ProbeOptions, Report, Retransmit, Status, Transport, exit,
 };
 
 const REALM: &str = "example.org";
@@ -72,17 +72,59 @@ enum Auth {
     Rest,
 }
 
+/// A free TCP port on loopback.
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A turnserver process, killed on drop.
 struct Turnserver {
     child: Child,
     addr: SocketAddr,
+    /// TURN over TLS, when started with [`Turnserver::start_streams`].
+    tls_addr: Option<SocketAddr>,
     min_port: u16,
     max_port: u16,
     dir: PathBuf,
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1, as PEM files in `dir`.
+struct SelfSigned {
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl SelfSigned {
+    fn write(dir: &std::path::Path) -> Self {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("self-signed certificate");
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        fs::write(&cert, ck.cert.pem()).unwrap();
+        fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        Self { cert, key }
+    }
+}
+
 impl Turnserver {
+    /// UDP only.
     fn start(auth: Auth) -> Self {
+        Self::launch(auth, false)
+    }
+
+    /// UDP and TCP on one port, TLS (self-signed, see [`Turnserver::certificate`]) on another.
+    fn start_streams(auth: Auth) -> Self {
+        Self::launch(auth, true)
+    }
+
+    fn certificate(&self) -> PathBuf {
+        self.dir.join("cert.pem")
+    }
+
+    fn launch(auth: Auth, streams: bool) -> Self {
         let port = free_port_pair();
         // Relay range derived from the listening port: distinct per test, clear of it.
         let min_port = 20_000 + (port % 400) * 50;
@@ -103,23 +145,35 @@ impl Turnserver {
             .arg(min_port.to_string())
             .arg("--max-port")
             .arg(max_port.to_string())
-            .args(["--realm", REALM])
-            .args([
-                "--no-tcp",
-                "--no-tls",
-                "--no-dtls",
-                "--no-cli",
-                "--no-rfc5780",
-                "--allow-loopback-peers",
-                "--simple-log",
-                "--verbose",
-            ])
-            .arg("--log-file")
-            .arg(dir.join("turnserver.log"))
-            .arg("--db")
-            .arg(dir.join("turndb"))
-            .arg("--pidfile")
-            .arg(dir.join("turnserver.pid"));
+            .args(["--realm", REALM]);
+        let mut tls_addr = None;
+        if streams {
+            let certs = SelfSigned::write(&dir);
+            let tls_port = free_tcp_port();
+            tls_addr = Some(SocketAddr::from(([127, 0, 0, 1], tls_port)));
+            cmd.arg("--tls-listening-port")
+                .arg(tls_port.to_string())
+                .arg("--cert")
+                .arg(&certs.cert)
+                .arg("--pkey")
+                .arg(&certs.key);
+        } else {
+            cmd.args(["--no-tcp", "--no-tls"]);
+        }
+        cmd.args([
+            "--no-dtls",
+            "--no-cli",
+            "--no-rfc5780",
+            "--allow-loopback-peers",
+            "--simple-log",
+            "--verbose",
+        ])
+        .arg("--log-file")
+        .arg(dir.join("turnserver.log"))
+        .arg("--db")
+        .arg(dir.join("turndb"))
+        .arg("--pidfile")
+        .arg(dir.join("turnserver.pid"));
         match auth {
             Auth::LongTerm => {
                 cmd.args(["--lt-cred-mech", "--user"])
@@ -145,6 +199,7 @@ impl Turnserver {
         let server = Turnserver {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            tls_addr,
             min_port,
             max_port,
             dir,
@@ -183,16 +238,7 @@ impl Turnserver {
     }
 
     fn args(&self) -> ProbeArgs {
-        ProbeArgs {
-            server: self.addr.to_string(),
-            user: None,
-            password: None,
-            secret: None,
-            realm: None,
-            timeout_ms: 2000,
-            tries: 4,
-            json: false,
-        }
+        udp_args(&self.addr.to_string())
     }
 }
 
@@ -201,6 +247,24 @@ impl Drop for Turnserver {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The flags' defaults, for SERVER.
+fn udp_args(server: &str) -> ProbeArgs {
+    ProbeArgs {
+        server: server.into(),
+        transport: None,
+        ca: None,
+        insecure: false,
+        sni: None,
+        user: None,
+        password: None,
+        secret: None,
+        realm: None,
+        timeout_ms: 2000,
+        tries: 4,
+        json: false,
     }
 }
 
@@ -280,11 +344,10 @@ fn binding_reports_mapped_address_and_software() {
         );
         assert!(r.allocation.is_none());
         assert_eq!(r.exit_code, exit::OK);
-        let json = r.to_json();
-        assert!(
-            json.contains(&format!(r#""mapped_address":"{local}""#)),
-            "{json}"
-        );
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["binding"]["mapped_address"], local.to_string());
+        assert_eq!(json["transport"], "udp");
+        assert!(json["connect_ms"].is_null());
     });
 }
 
@@ -354,9 +417,9 @@ fn wrong_password_is_401_and_exit_1() {
         assert_eq!(r.exit_code, exit::SERVER_ERROR);
         // run() prints and returns the same code.
         assert_eq!(probe::run(&args), exit::SERVER_ERROR);
-        let json = r.to_json();
-        assert!(json.contains(r#""code":401"#), "{json}");
-        assert!(json.ends_with(r#""exit_code":1}"#), "{json}");
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["allocation"]["error"]["code"], 401);
+        assert_eq!(json["exit_code"], 1);
     });
 }
 
@@ -415,14 +478,10 @@ fn nothing_listening_exits_2_quickly() {
     bounded(TEST_LIMIT, || {
         let port = free_port_pair();
         let args = ProbeArgs {
-            server: format!("127.0.0.1:{port}"),
             user: Some(USER.into()),
             password: Some(PASSWORD.into()),
-            secret: None,
-            realm: None,
             timeout_ms: 1500,
-            tries: 4,
-            json: false,
+            ..udp_args(&format!("127.0.0.1:{port}"))
         };
         let start = Instant::now();
         let r = probe::execute(&args).unwrap();
@@ -690,14 +749,10 @@ fn own_relay_rest_secret_and_wrong_password() {
     bounded(TEST_LIMIT, || {
         let relay = OwnRelay::start(|_| {});
         let mut args = ProbeArgs {
-            server: relay.addr.to_string(),
-            user: None,
-            password: None,
             secret: Some(SECRET.into()),
             realm: Some(REALM.into()),
-            timeout_ms: 2000,
-            tries: 4,
             json: true,
+            ..udp_args(&relay.addr.to_string())
         };
         let r = probe::execute(&args).unwrap();
         assert_eq!(r.exit_code, exit::OK, "{r:#?}");
@@ -731,5 +786,215 @@ fn own_relay_quota_and_full_hints() {
         let e = r.allocation.unwrap().step.error.unwrap();
         assert_eq!(e.code, 508);
         assert!(e.hint.unwrap().contains("relay full"));
+    });
+}
+
+/// A long-term-credential probe of `server` (any SERVER form).
+fn stream_args(server: &str) -> ProbeArgs {
+    ProbeArgs {
+        user: Some(USER.into()),
+        password: Some(PASSWORD.into()),
+        ..udp_args(server)
+    }
+}
+
+/// Allocated over a stream: timings, mapped address = our end of the connection, relayed
+/// address from coturn's range, deleted again.
+fn assert_stream_allocated(ts: &Turnserver, r: &Report, transport: Transport) {
+    assert_eq!(r.transport, transport);
+    assert!(r.reachable, "{r:#?}\n{}", ts.log());
+    assert!(r.connect_ms.is_some_and(|ms| ms >= 0.0), "{r:#?}");
+    assert_eq!(
+        r.tls_handshake_ms.is_some(),
+        transport == Transport::Tls,
+        "{r:#?}"
+    );
+    let local = r.local_address.expect("local address of the connection");
+    assert_eq!(r.binding.mapped_address, Some(local));
+    // One transmission over a stream, never a retransmission.
+    assert_eq!(r.binding.step.transmissions, 1);
+    assert_allocated(ts, r, local);
+    let a = r.allocation.as_ref().unwrap();
+    assert_eq!(a.deleted.as_ref().map(|d| d.status), Some(Status::Ok));
+    assert_eq!(r.exit_code, exit::OK);
+}
+
+#[test]
+fn coturn_over_tcp_uri() {
+    bounded(TEST_LIMIT, || {
+        let ts = Turnserver::start_streams(Auth::LongTerm);
+        let uri = format!("turn:{}?transport=tcp", ts.addr);
+        let r = probe::execute(&stream_args(&uri)).unwrap();
+        assert_stream_allocated(&ts, &r, Transport::Tcp);
+
+        // The same with --transport tcp and HOST:PORT.
+        let mut args = stream_args(&ts.addr.to_string());
+        args.transport = Some(Transport::Tcp);
+        let r = probe::execute(&args).unwrap();
+        assert_stream_allocated(&ts, &r, Transport::Tcp);
+    });
+}
+
+#[test]
+fn coturn_over_tls_with_ca_insecure_and_untrusted() {
+    bounded(TEST_LIMIT, || {
+        let ts = Turnserver::start_streams(Auth::LongTerm);
+        let tls = ts.tls_addr.unwrap();
+
+        // Trusting the self-signed certificate with --ca; the name is the IP (an IP SAN).
+        let mut args = stream_args(&format!("turns:{tls}"));
+        args.ca = Some(ts.certificate());
+        let r = probe::execute(&args).unwrap();
+        assert_stream_allocated(&ts, &r, Transport::Tls);
+
+        // A name the certificate does not carry: refused before any STUN is sent.
+        args.sni = Some("other.example".into());
+        let r = probe::execute(&args).unwrap();
+        assert!(!r.reachable);
+        assert_eq!(r.binding.step.status, Status::Unreachable);
+        let detail = r.binding.step.detail.as_deref().unwrap();
+        assert!(detail.contains("not trusted"), "{detail}");
+        assert!(r.connect_ms.is_some());
+        assert_eq!(r.allocation.as_ref().unwrap().step.status, Status::Skipped);
+        assert_eq!(r.exit_code, exit::NO_ANSWER);
+
+        // The system trust store does not know it either.
+        args.sni = None;
+        args.ca = None;
+        let r = probe::execute(&args).unwrap();
+        assert_eq!(r.binding.step.status, Status::Unreachable, "{r:#?}");
+        assert_eq!(r.exit_code, exit::NO_ANSWER);
+
+        // --insecure skips the check; --transport tls with HOST:PORT, SNI "localhost".
+        let mut args = stream_args(&format!("localhost:{}", tls.port()));
+        args.transport = Some(Transport::Tls);
+        args.insecure = true;
+        let r = probe::execute(&args).unwrap();
+        assert_eq!(r.server_name.as_deref(), Some("localhost"));
+        assert_eq!(r.server.port(), tls.port());
+        if r.server.ip().is_loopback() && r.server.is_ipv4() {
+            assert_stream_allocated(&ts, &r, Transport::Tls);
+        } else {
+            // localhost resolved to ::1 first: coturn listens on 127.0.0.1 only.
+            assert_eq!(r.exit_code, exit::NO_ANSWER, "{r:#?}");
+        }
+    });
+}
+
+#[test]
+fn tcp_to_a_closed_port_exits_2() {
+    bounded(TEST_LIMIT, || {
+        let port = free_tcp_port();
+        let mut args = stream_args(&format!("127.0.0.1:{port}"));
+        args.transport = Some(Transport::Tcp);
+        let r = probe::execute(&args).unwrap();
+        assert!(!r.reachable);
+        assert_eq!(r.binding.step.status, Status::Unreachable);
+        assert!(
+            r.binding
+                .step
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("refused")),
+            "{r:#?}"
+        );
+        assert!(r.connect_ms.is_none());
+        assert_eq!(r.exit_code, exit::NO_ANSWER);
+        assert_eq!(probe::run(&args), exit::NO_ANSWER);
+    });
+}
+
+/// A TCP service that is not STUN: answers every connection with an HTTP error.
+fn http_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut c in l.incoming().flatten().take(2) {
+            use std::io::Write;
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+        }
+    });
+    addr
+}
+
+#[test]
+fn non_stun_service_over_tcp_and_tls() {
+    bounded(TEST_LIMIT, || {
+        let http = http_server();
+        // TCP: something answered, but not STUN: exit 1 with the framing error.
+        let mut args = udp_args(&http.to_string());
+        args.transport = Some(Transport::Tcp);
+        let r = probe::execute(&args).unwrap();
+        assert_eq!(r.binding.step.status, Status::BadResponse, "{r:#?}");
+        assert!(
+            r.binding
+                .step
+                .detail
+                .as_deref()
+                .unwrap()
+                .contains("not STUN framing"),
+            "{r:#?}"
+        );
+        assert_eq!(r.exit_code, exit::SERVER_ERROR);
+
+        // TLS: the handshake fails, nothing STUN was exchanged: exit 2.
+        let mut args = stream_args(&format!("turns:{http}"));
+        args.insecure = true;
+        let r = probe::execute(&args).unwrap();
+        assert_eq!(r.binding.step.status, Status::Unreachable, "{r:#?}");
+        assert!(
+            r.binding
+                .step
+                .detail
+                .as_deref()
+                .unwrap()
+                .starts_with("TLS handshake"),
+            "{r:#?}"
+        );
+        assert_eq!(r.exit_code, exit::NO_ANSWER);
+    });
+}
+
+#[test]
+fn binary_prints_json_over_tcp() {
+    bounded(TEST_LIMIT, || {
+        let ts = Turnserver::start_streams(Auth::LongTerm);
+        let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["stun", &format!("turn:{}?transport=tcp", ts.addr)])
+            .args(["-u", USER, "-p", PASSWORD, "--json"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(exit::OK), "{stdout}");
+        let j: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        assert_eq!(j["transport"], "tcp");
+        assert_eq!(j["server"], ts.addr.to_string());
+        assert_eq!(j["reachable"], true);
+        assert!(j["connect_ms"].as_f64().is_some(), "{j}");
+        assert!(j["tls_handshake_ms"].is_null());
+        assert_eq!(j["binding"]["status"], "ok");
+        assert_eq!(j["binding"]["mapped_address"], j["local_address"]);
+        let a = &j["allocation"];
+        assert_eq!(a["status"], "ok");
+        assert_eq!(a["credentials"], "long_term");
+        assert_eq!(a["realm"], REALM);
+        let relayed: SocketAddr = a["relayed_address"].as_str().unwrap().parse().unwrap();
+        assert!((ts.min_port..=ts.max_port).contains(&relayed.port()));
+        assert_eq!(a["deleted"]["status"], "ok");
+        assert_eq!(a["response_integrity"], "verified");
+        assert_eq!(j["exit_code"], 0);
+
+        // Text output names the transport and the connect time.
+        let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+            .args(["stun", "-t", "tcp", &ts.addr.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(exit::OK), "{text}");
+        assert!(
+            text.contains("over TCP") && text.contains("tcp connect"),
+            "{text}"
+        );
     });
 }

@@ -4,10 +4,12 @@
 //! Blocking and single-threaded on purpose: a one-shot diagnostic needs no runtime, and
 //! [`probe`] takes the socket so tests (and callers that must probe from a given local
 //! address, e.g. one NIC of a dual-homed host) choose where the requests come from.
+//! [`probe_conn`] runs the same exchanges over any [`Conn`] (a TCP or TLS stream).
 
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+
 use std::time::{Duration, Instant};
 
 use relay_proto::auth::{Key, PasswordAlgorithm as KeyAlgorithm, rest, try_long_term_key};
@@ -20,9 +22,8 @@ use relay_proto::stun::{
 use super::report::{
     AllocationReport, BindingReport, ErrorInfo, Integrity, Report, Status, StepReport,
 };
+use super::transport::{Conn, Datagram, RecvError};
 
-/// Port used when SERVER has none (RFC 8489 §18.1).
-pub const DEFAULT_PORT: u16 = 3478;
 /// Initial retransmission timeout (RFC 8489 §6.2.1).
 pub const INITIAL_RTO: Duration = Duration::from_millis(500);
 /// How long REST credentials minted by the probe stay valid.
@@ -31,7 +32,7 @@ pub const REST_TTL_SECS: u64 = 86_400;
 pub const REST_DEFAULT_NAME: &str = "probe";
 /// SOFTWARE sent in every request, so the relay's log shows where a request came from.
 const SOFTWARE: &str = concat!("relay-probe/", env!("CARGO_PKG_VERSION"));
-/// Large enough for any STUN response sent over UDP.
+/// Large enough for any STUN response a probe gets (the UDP-sized responses of RFC 8489).
 const RECV_BUF: usize = 4096;
 const SEND_BUF: usize = 1024;
 
@@ -118,8 +119,14 @@ pub fn probe(sock: &UdpSocket, server: SocketAddr, opts: &ProbeOptions) -> Repor
         return report;
     }
     report.local_address = sock.local_addr().ok();
+    probe_conn(&mut Datagram(sock), report, opts)
+}
+
+/// Binding, then (with credentials) Allocate + delete over `conn`; `report` already says
+/// where to and how (transport, local address, connection timings).
+pub fn probe_conn(conn: &mut dyn Conn, mut report: Report, opts: &ProbeOptions) -> Report {
     let mut client = Client {
-        sock,
+        conn,
         rt: opts.retransmit,
         buf: vec![0; RECV_BUF],
     };
@@ -158,9 +165,21 @@ enum NoAnswer {
         waited: Duration,
     },
     Unreachable(String),
+    /// Bytes came back that are not STUN framing (a stream to some other service).
+    Garbled(String),
 }
 
 impl NoAnswer {
+    fn from_recv(e: RecvError) -> Self {
+        match e {
+            RecvError::Io(e) => NoAnswer::Unreachable(io_detail(&e)),
+            RecvError::Closed => {
+                NoAnswer::Unreachable("the server closed the connection before answering".into())
+            }
+            RecvError::Framing(detail) => NoAnswer::Garbled(detail),
+        }
+    }
+
     fn into_step(self) -> StepReport {
         match self {
             NoAnswer::Timeout {
@@ -179,6 +198,7 @@ impl NoAnswer {
                 s
             }
             NoAnswer::Unreachable(detail) => StepReport::failed(Status::Unreachable, detail),
+            NoAnswer::Garbled(detail) => StepReport::failed(Status::BadResponse, detail),
         }
     }
 }
@@ -207,8 +227,8 @@ struct Auth {
     key: Key,
 }
 
-struct Client<'s> {
-    sock: &'s UdpSocket,
+struct Client<'c> {
+    conn: &'c mut dyn Conn,
     rt: Retransmit,
     buf: Vec<u8>,
 }
@@ -405,7 +425,11 @@ impl Client<'_> {
     ) -> Result<Answer, NoAnswer> {
         let start = Instant::now();
         let deadline = start + self.rt.timeout;
-        let tries = self.rt.tries.max(1);
+        let tries = if self.conn.retransmits() {
+            self.rt.tries.max(1)
+        } else {
+            1
+        };
         let mut rto = self.rt.rto;
         let mut transmissions = 0;
         while transmissions < tries {
@@ -413,7 +437,7 @@ impl Client<'_> {
             if now >= deadline {
                 break;
             }
-            if let Err(e) = self.sock.send(req) {
+            if let Err(e) = self.conn.send(req) {
                 return Err(NoAnswer::Unreachable(io_detail(&e)));
             }
             transmissions += 1;
@@ -439,7 +463,7 @@ impl Client<'_> {
         })
     }
 
-    /// Reads until a response to `txid`/`method` or `until`; other datagrams are dropped.
+    /// Reads until a response to `txid`/`method` or `until`; other messages are dropped.
     fn recv_until(
         &mut self,
         until: Instant,
@@ -447,35 +471,19 @@ impl Client<'_> {
         method: Method,
     ) -> Result<Option<usize>, NoAnswer> {
         loop {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            let Some(len) = self
+                .conn
+                .recv(&mut self.buf, until)
+                .map_err(NoAnswer::from_recv)?
+            else {
                 return Ok(None);
-            }
-            // set_read_timeout refuses zero; sub-microsecond leftovers round up.
-            let left = left.max(Duration::from_micros(1));
-            self.sock
-                .set_read_timeout(Some(left))
-                .map_err(|e| NoAnswer::Unreachable(io_detail(&e)))?;
-            match self.sock.recv(&mut self.buf) {
-                Ok(len) => {
-                    if let Ok(m) = Message::parse(&self.buf[..len])
-                        && m.transaction_id() == txid
-                        && m.method() == method
-                        && matches!(m.class(), Class::Success | Class::Error)
-                    {
-                        return Ok(Some(len));
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return Ok(None);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(NoAnswer::Unreachable(io_detail(&e))),
+            };
+            if let Ok(m) = Message::parse(&self.buf[..len])
+                && m.transaction_id() == txid
+                && m.method() == method
+                && matches!(m.class(), Class::Success | Class::Error)
+            {
+                return Ok(Some(len));
             }
         }
     }

@@ -1,13 +1,15 @@
 //! What a probe found, and its two renderings: text for a terminal, one JSON object for
 //! scripts and monitoring.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use relay_proto::stun::Message;
+use serde::{Serialize, Serializer};
 
 use super::client::error_info;
+use super::transport::Transport;
 
 /// Exit codes of `relay stun`.
 pub mod exit {
@@ -22,7 +24,8 @@ pub mod exit {
 }
 
 /// How one exchange ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Success response.
     Ok,
@@ -56,7 +59,7 @@ impl Status {
 }
 
 /// An error response's ERROR-CODE, with advice.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ErrorInfo {
     pub code: u16,
     pub reason: String,
@@ -66,10 +69,11 @@ pub struct ErrorInfo {
 }
 
 /// The outcome of one request/response exchange.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepReport {
     pub status: Status,
     /// From the first transmission to the response (milliseconds, fractional).
+    #[serde(serialize_with = "millis")]
     pub rtt_ms: Option<f64>,
     pub transmissions: u32,
     pub error: Option<ErrorInfo>,
@@ -123,8 +127,9 @@ impl StepReport {
 }
 
 /// The Binding request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BindingReport {
+    #[serde(flatten)]
     pub step: StepReport,
     /// XOR-MAPPED-ADDRESS (or MAPPED-ADDRESS from a pre-RFC 5389 server).
     pub mapped_address: Option<SocketAddr>,
@@ -145,7 +150,8 @@ impl Default for BindingReport {
 }
 
 /// Whether a success response's MESSAGE-INTEGRITY(-SHA256) verified with our key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Integrity {
     Verified,
     Missing,
@@ -163,16 +169,19 @@ impl Integrity {
 }
 
 /// The test allocation and its deletion.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AllocationReport {
     pub username: String,
-    /// The credentials were minted from a TURN REST shared secret.
+    /// The credentials were minted from a TURN REST shared secret (JSON: `"credentials":
+    /// "rest_secret"`, else `"long_term"`).
+    #[serde(rename = "credentials", serialize_with = "credential_kind")]
     pub rest: bool,
     /// REALM of the server's challenge.
     pub realm: Option<String>,
     /// "MD5" or "SHA-256".
     pub password_algorithm: Option<&'static str>,
     /// The authenticated Allocate (its round trip is the allocate RTT).
+    #[serde(flatten)]
     pub step: StepReport,
     /// 438 Stale Nonce answers that were retried with the new nonce.
     pub stale_nonce_retries: u32,
@@ -207,11 +216,20 @@ impl AllocationReport {
     }
 }
 
-/// Everything one probe found.
-#[derive(Debug, Clone, PartialEq)]
+/// Everything one probe found; `--json` prints it as one object with these field names.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub server: SocketAddr,
+    /// The host name SERVER gave (resolved to `server`; the TLS server name unless --sni).
+    pub server_name: Option<String>,
+    pub transport: Transport,
     pub local_address: Option<SocketAddr>,
+    /// TCP/TLS: time to establish the TCP connection.
+    #[serde(serialize_with = "millis")]
+    pub connect_ms: Option<f64>,
+    /// TLS: handshake time after the TCP connect.
+    #[serde(serialize_with = "millis")]
+    pub tls_handshake_ms: Option<f64>,
     /// The Binding request was answered.
     pub reachable: bool,
     pub binding: BindingReport,
@@ -222,10 +240,14 @@ pub struct Report {
 }
 
 impl Report {
-    pub(super) fn new(server: SocketAddr) -> Self {
+    pub fn new(server: SocketAddr) -> Self {
         Self {
             server,
+            server_name: None,
+            transport: Transport::Udp,
             local_address: None,
+            connect_ms: None,
+            tls_handshake_ms: None,
             reachable: false,
             binding: BindingReport::default(),
             allocation: None,
@@ -235,11 +257,10 @@ impl Report {
     }
 
     /// A probe that could not send anything.
-    pub(super) fn new_unreachable(server: SocketAddr, detail: String) -> Self {
-        let mut r = Self::new(server);
-        r.binding.step = StepReport::failed(Status::Unreachable, detail);
-        r.finish();
-        r
+    pub(super) fn unreachable(mut self, detail: String) -> Self {
+        self.binding.step = StepReport::failed(Status::Unreachable, detail);
+        self.finish();
+        self
     }
 
     /// Computes `exit_code`: 2 if any exchange got no answer, else 1 if any got an error.
@@ -263,153 +284,29 @@ impl Report {
 
     /// One JSON object (no trailing newline).
     pub fn to_json(&self) -> String {
-        let mut o = JsonObject::new();
-        o.str("server", &self.server.to_string());
-        o.opt_str("local_address", self.local_address.map(|a| a.to_string()));
-        o.raw("reachable", bool_json(self.reachable));
-        let mut b = step_json(&self.binding.step);
-        b.opt_str(
-            "mapped_address",
-            self.binding.mapped_address.map(|a| a.to_string()),
-        );
-        b.raw(
-            "mapped_address_plain",
-            bool_json(self.binding.mapped_address_plain),
-        );
-        b.opt_str("software", self.binding.software.clone());
-        o.raw("binding", &b.finish());
-        match &self.allocation {
-            None => o.raw("allocation", "null"),
-            Some(a) => {
-                let mut j = step_json(&a.step);
-                j.str("username", &a.username);
-                j.str(
-                    "credentials",
-                    if a.rest { "rest_secret" } else { "long_term" },
-                );
-                j.opt_str("realm", a.realm.clone());
-                j.opt_str(
-                    "password_algorithm",
-                    a.password_algorithm.map(str::to_owned),
-                );
-                j.raw("stale_nonce_retries", &a.stale_nonce_retries.to_string());
-                j.opt_str("relayed_address", a.relayed_address.map(|x| x.to_string()));
-                j.opt_str("mapped_address", a.mapped_address.map(|x| x.to_string()));
-                j.raw(
-                    "lifetime_secs",
-                    &a.lifetime_secs
-                        .map_or_else(|| "null".to_owned(), |l| l.to_string()),
-                );
-                j.opt_str(
-                    "response_integrity",
-                    a.response_integrity.map(|i| i.as_str().to_owned()),
-                );
-                match &a.deleted {
-                    None => j.raw("deleted", "null"),
-                    Some(d) => j.raw("deleted", &step_json(d).finish()),
-                }
-                o.raw("allocation", &j.finish());
-            }
-        }
-        let warnings: Vec<String> = self.warnings.iter().map(|w| json_string(w)).collect();
-        o.raw("warnings", &format!("[{}]", warnings.join(",")));
-        o.raw("exit_code", &self.exit_code.to_string());
-        o.finish()
+        serde_json::to_string(self).expect("a probe report always serializes")
     }
 }
 
-fn step_json(s: &StepReport) -> JsonObject {
-    let mut o = JsonObject::new();
-    o.str("status", s.status.as_str());
-    o.raw(
-        "rtt_ms",
-        &s.rtt_ms
-            .map_or_else(|| "null".to_owned(), |r| format!("{r:.3}")),
-    );
-    o.raw("transmissions", &s.transmissions.to_string());
-    match &s.error {
-        None => o.raw("error", "null"),
-        Some(e) => {
-            let mut j = JsonObject::new();
-            j.raw("code", &e.code.to_string());
-            j.str("reason", &e.reason);
-            j.opt_str("hint", e.hint.map(str::to_owned));
-            j.opt_str(
-                "alternate_server",
-                e.alternate_server.map(|a| a.to_string()),
-            );
-            o.raw("error", &j.finish());
-        }
-    }
-    o.opt_str("detail", s.detail.clone());
-    o
+/// Milliseconds to the microsecond: more digits would be noise.
+fn millis<S: Serializer>(ms: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    ms.map(|v| (v * 1000.0).round() / 1000.0).serialize(s)
 }
 
-fn bool_json(b: bool) -> &'static str {
-    if b { "true" } else { "false" }
+fn credential_kind<S: Serializer>(rest: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *rest { "rest_secret" } else { "long_term" })
 }
 
-/// Builds `{"k":v,...}` in insertion order.
-struct JsonObject(String);
-
-impl JsonObject {
-    fn new() -> Self {
-        Self(String::from("{"))
-    }
-
-    fn raw(&mut self, key: &str, value: &str) {
-        if self.0.len() > 1 {
-            self.0.push(',');
-        }
-        self.0.push_str(&json_string(key));
-        self.0.push(':');
-        self.0.push_str(value);
-    }
-
-    fn str(&mut self, key: &str, value: &str) {
-        self.raw(key, &json_string(value));
-    }
-
-    fn opt_str(&mut self, key: &str, value: Option<String>) {
-        match value {
-            Some(v) => self.str(key, &v),
-            None => self.raw(key, "null"),
-        }
-    }
-
-    fn finish(mut self) -> String {
-        self.0.push('}');
-        self.0
-    }
-}
-
-/// A JSON string literal (RFC 8259 §7): quotes, backslash and control characters escaped.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+pub(super) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Advice for an exchange that got no usable answer.
 fn no_answer_hint(status: Status, allocate: bool) -> Option<&'static str> {
     match (status, allocate) {
         (Status::Timeout, false) => Some(
-            "no answer: a firewall drops UDP to this address/port, wrong IP or port, or the \
-             relay is down (browsers report this as \"relay candidate creation timeout\")",
+            "no answer: a firewall drops the traffic to this address/port, wrong IP or port, or \
+             the relay is down (browsers report this as \"relay candidate creation timeout\")",
         ),
         (Status::Timeout, true) => Some(
             "Binding is answered but Allocate is not: the server may be STUN-only, or TURN is \
@@ -458,9 +355,20 @@ fn step_failure(f: &mut fmt::Formatter<'_>, s: &StepReport, allocate: bool) -> f
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "STUN Binding to {}", self.server)?;
+        if let Some(n) = &self.server_name {
+            write!(f, " ({n})")?;
+        }
+        write!(f, " over {}", self.transport.as_str().to_uppercase())?;
         match self.local_address {
-            Some(l) => writeln!(f, "STUN Binding to {} from {l}", self.server)?,
-            None => writeln!(f, "STUN Binding to {}", self.server)?,
+            Some(l) => writeln!(f, " from {l}")?,
+            None => writeln!(f)?,
+        }
+        if let Some(c) = self.connect_ms {
+            line(f, "tcp connect", format_args!("{c:.2} ms"))?;
+        }
+        if let Some(h) = self.tls_handshake_ms {
+            line(f, "tls handshake", format_args!("{h:.2} ms"))?;
         }
         let b = &self.binding;
         line(f, "reachable", if self.reachable { "yes" } else { "no" })?;
@@ -489,7 +397,7 @@ impl fmt::Display for Report {
             } else {
                 "long-term credentials"
             };
-            writeln!(f, "TURN Allocate (UDP) as \"{}\" ({how})", a.username)?;
+            writeln!(f, "TURN Allocate (UDP relay) as \"{}\" ({how})", a.username)?;
             if let Some(r) = &a.realm {
                 line(f, "realm", r)?;
             }
@@ -550,11 +458,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_string_escapes() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}é"), r#""a\"b\\c\n\u0001é""#);
-    }
-
-    #[test]
     fn exit_code_precedence() {
         let mut r = Report::new("127.0.0.1:3478".parse().unwrap());
         r.binding.step = StepReport::failed(Status::Ok, "");
@@ -570,8 +473,14 @@ mod tests {
         r.allocation = Some(a);
         r.finish();
         assert_eq!(r.exit_code, exit::SERVER_ERROR);
-        let json = r.to_json();
-        assert!(json.starts_with(r#"{"server":"127.0.0.1:3478","local_address":null,"#));
-        assert!(json.ends_with(r#""warnings":[],"exit_code":1}"#), "{json}");
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["server"], "127.0.0.1:3478");
+        assert_eq!(json["transport"], "udp");
+        assert!(json["local_address"].is_null());
+        assert_eq!(json["binding"]["status"], "ok");
+        assert_eq!(json["allocation"]["status"], "error");
+        assert_eq!(json["allocation"]["credentials"], "long_term");
+        assert_eq!(json["warnings"], serde_json::json!([]));
+        assert_eq!(json["exit_code"], 1);
     }
 }
