@@ -168,6 +168,9 @@ pub struct LoadCpuPhase {
     pub box_busy_secs: f64,
     pub box_busy_ratio: f64,
     pub watched_secs: Option<f64>,
+    /// Generator, echo, server and ksoftirqd: the run's own CPU.
+    #[serde(default)]
+    pub group_us_per_packet: Option<f64>,
     pub box_us_per_packet: Option<f64>,
     pub watched_us_per_packet: Option<f64>,
 }
@@ -263,13 +266,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
             };
             if let Some(t) = run.traffic() {
                 eprintln!(
-                    "bench:   {:.0}/s back, loss {:.3}%, rtt p99 {:.0} us, box {:.2} us/packet",
+                    "bench:   {:.0}/s back, loss {:.3}%, rtt p99 {:.0} us, run {:.2} us/packet",
                     t.received_per_sec,
                     t.loss_ratio * 100.0,
                     t.rtt_us.p99,
                     run.load
                         .as_ref()
-                        .and_then(|l| l.cpu.traffic.box_us_per_packet)
+                        .and_then(|l| l.cpu.traffic.group_us_per_packet)
                         .unwrap_or(0.0)
                 );
             }

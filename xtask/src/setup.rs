@@ -9,8 +9,15 @@ use crate::util::{Cargo, is_root, output, tools_dir};
 
 /// Debian packages the tests and benchmarks use: coturn for turnutils_uclient,
 /// turnutils_peer and turnserver; ethtool, nftables and iproute2 for the namespace
-/// topology; chromium for the real-browser WebRTC test.
-const APT_PACKAGES: &[&str] = &["coturn", "ethtool", "nftables", "iproute2", "chromium"];
+/// topology; chromium for the real-browser WebRTC test; DejaVu for the bench plots.
+const APT_PACKAGES: &[&str] = &[
+    "coturn",
+    "ethtool",
+    "nftables",
+    "iproute2",
+    "chromium",
+    "fonts-dejavu-core",
+];
 
 pub fn all() -> Result<()> {
     toolchain()?;

@@ -137,6 +137,10 @@ pub struct LoadArgs {
     /// Report this process's CPU time and memory too (the server under test).
     #[arg(long = "watch-pid", value_name = "PID")]
     pub watch_pid: Option<u32>,
+    /// Add this process's CPU time to the run's own (`group`) figure, e.g. the echo
+    /// peer (repeat for several).
+    #[arg(long = "count-pid", value_name = "PID")]
+    pub count_pid: Vec<u32>,
     /// Leave the allocations in place at the end (they expire on the server).
     #[arg(long = "no-delete")]
     pub no_delete: bool,
@@ -363,20 +367,47 @@ fn resolve(a: &LoadArgs, unix_now: u64) -> Result<Setup, UsageError> {
     })
 }
 
-/// Whole-box and watched-process CPU at one instant.
+/// Which processes' CPU time a run adds up.
+struct Counted {
+    watch: Option<u32>,
+    /// This process, the watched one, `--count-pid` ones and the kernel's softirq
+    /// threads: the run's own cost, apart from whatever else the box is doing.
+    group: Vec<u32>,
+}
+
+impl Counted {
+    fn new(watch: Option<u32>, extra: &[u32]) -> Self {
+        let mut group = vec![std::process::id()];
+        group.extend(watch);
+        group.extend_from_slice(extra);
+        group.extend(sys::softirq_threads());
+        group.sort_unstable();
+        group.dedup();
+        Self { watch, group }
+    }
+}
+
+/// Whole-box, watched-process and group CPU at one instant.
 #[derive(Clone, Copy)]
 struct CpuMark {
     at: Instant,
     cpu: Option<BoxCpu>,
     watched: Option<f64>,
+    group: f64,
 }
 
 impl CpuMark {
-    fn now(watch: Option<u32>) -> Self {
+    fn now(c: &Counted) -> Self {
         Self {
             at: Instant::now(),
             cpu: BoxCpu::read().ok(),
-            watched: watch.and_then(|p| sys::process_cpu_secs(p).ok()),
+            watched: c.watch.and_then(|p| sys::process_cpu_secs(p).ok()),
+            // A process that is gone counts 0 at both ends.
+            group: c
+                .group
+                .iter()
+                .filter_map(|&p| sys::process_cpu_secs(p).ok())
+                .sum(),
         }
     }
 
@@ -393,6 +424,7 @@ impl CpuMark {
             (Some(a), Some(b)) => Some((b - a).max(0.0)),
             _ => None,
         };
+        let group = (self.group - start.group).max(0.0);
         let per = |secs: f64| packets.filter(|&p| p > 0).map(|p| secs * 1e6 / p as f64);
         CpuPhase {
             wall_secs: wall,
@@ -406,6 +438,8 @@ impl CpuMark {
             } else {
                 0.0
             },
+            group_secs: group,
+            group_us_per_packet: per(group),
             watched_secs: watched,
             box_us_per_packet: per(busy),
             watched_us_per_packet: watched.and_then(per),
@@ -476,8 +510,9 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
     drop(second_tx);
 
     let watch = a.watch_pid;
+    let counted = Counted::new(watch, &a.count_pid);
     let rss_before = watch.and_then(|p| sys::rss_kib(p).ok());
-    let setup_start = CpuMark::now(watch);
+    let setup_start = CpuMark::now(&counted);
     let mut progress = Progress::new(!a.quiet);
     let handles: Vec<_> = workers
         .into_iter()
@@ -516,7 +551,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
             );
         }
     }
-    let setup_end = CpuMark::now(watch);
+    let setup_end = CpuMark::now(&counted);
     let rss_after_setup = watch.and_then(|p| sys::rss_kib(p).ok());
 
     // Traffic.
@@ -530,7 +565,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
         let _ = shared.window.set((start, end));
         shared.barrier.wait();
         std::thread::sleep(start.saturating_duration_since(Instant::now()));
-        let t0 = CpuMark::now(watch);
+        let t0 = CpuMark::now(&counted);
         let mut shown = 0;
         while Instant::now() < end && !stop.load(Ordering::Relaxed) {
             forward_signal(stop);
@@ -548,7 +583,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
                 progress.traffic(start.elapsed(), duration, &seconds.second(t));
             }
         }
-        let t1 = CpuMark::now(watch);
+        let t1 = CpuMark::now(&counted);
         traffic_marks = Some((t0, t1));
     } else {
         shared.barrier.wait();

@@ -100,6 +100,10 @@ pub struct CpuPhase {
     pub box_busy_secs: f64,
     /// Share of the box's CPU time that was busy (0 to 1).
     pub box_busy_ratio: f64,
+    /// This process, `--watch-pid`, `--count-pid` and the kernel's ksoftirqd threads:
+    /// the run's own CPU, without other work on the box.
+    pub group_secs: f64,
+    pub group_us_per_packet: Option<f64>,
     /// The `--watch-pid` process (utime + stime of all its threads).
     pub watched_secs: Option<f64>,
     /// Traffic only: per packet sent or received, microseconds.
@@ -210,6 +214,13 @@ impl fmt::Display for Report {
                 write!(f, ", {us:.2} us/packet")?;
             }
             writeln!(f)?;
+            if let Some(us) = c.group_us_per_packet {
+                writeln!(
+                    f,
+                    "  cpu (run)    {:.2} s in this run's processes, {us:.2} us/packet",
+                    c.group_secs
+                )?;
+            }
             if let (Some(w), Some(us)) = (c.watched_secs, c.watched_us_per_packet) {
                 writeln!(f, "  watched      {w:.2} s CPU, {us:.2} us/packet")?;
             }

@@ -225,6 +225,16 @@ impl Control {
         }
     }
 
+    /// Forgets finished transactions at once, so the setup window refills without
+    /// waiting for the next timer scan.
+    fn compact(&mut self, allocs: &mut [Alloc]) {
+        self.inflight.retain(|&i| {
+            let pending = allocs[i].session.pending_step().is_some();
+            allocs[i].inflight = pending;
+            pending
+        });
+    }
+
     /// Starts the refresh of every ready allocation whose time has come.
     fn refresh_due(&mut self, allocs: &mut [Alloc], now: Instant) {
         let Some(ctx) = self.ctx.as_mut() else {
@@ -410,6 +420,8 @@ impl Worker {
             if now - last_scan >= TIMER_SCAN {
                 last_scan = now;
                 self.control.scan(&mut self.allocs, now);
+            } else {
+                self.control.compact(&mut self.allocs);
             }
         }
         // Interrupted: whatever is still being set up will not be used.
@@ -514,6 +526,7 @@ impl Worker {
             .filter(|&i| self.allocs[i].state == State::Ready)
             .collect();
         let mut next = 0;
+        let mut last_scan = Instant::now();
         loop {
             let now = Instant::now();
             while next < todo.len() && self.control.inflight.len() < self.plan.window {
@@ -529,7 +542,13 @@ impl Worker {
                 break;
             }
             self.poll(5, None);
-            self.control.scan(&mut self.allocs, Instant::now());
+            let now = Instant::now();
+            if now - last_scan >= TIMER_SCAN {
+                last_scan = now;
+                self.control.scan(&mut self.allocs, now);
+            } else {
+                self.control.compact(&mut self.allocs);
+            }
         }
     }
 

@@ -167,7 +167,7 @@ fn cpu(path: &Path, sc: &[Scenario], runs: &[Run], xmax: f64) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
     let panels: [(_, &str, bool); 2] = [
-        (left, "Whole box, µs per packet", false),
+        (left, "The run's processes, µs per packet", false),
         (right, "Added by the server, µs per packet", true),
     ];
     for (area, title, added) in panels {
@@ -178,7 +178,7 @@ fn cpu(path: &Path, sc: &[Scenario], runs: &[Run], xmax: f64) -> Result<()> {
                 }
                 table::added_us(runs, k, r.server)
             } else {
-                table::box_us(r)
+                table::run_us(r)
             }
         };
         let pts: Vec<(Server, Vec<(f64, f64)>)> = servers(runs)

@@ -145,15 +145,8 @@ pub fn measure(
         Server::Coturn => Some(start_coturn(topo, work, &tag)?),
         Server::Userspace | Server::Xdp => Some(start_relay(topo, bin, work, &tag, server)?),
     };
-    let load = run_load(
-        topo,
-        bin,
-        work,
-        &tag,
-        server,
-        sc,
-        srv.as_ref().map(Proc::pid),
-    );
+    let pids = (srv.as_ref().map(Proc::pid), echo.pid());
+    let load = run_load(topo, bin, work, &tag, server, sc, pids);
     if let Some(s) = &mut srv {
         s.stop();
     }
@@ -255,7 +248,7 @@ fn run_load(
     tag: &str,
     server: Server,
     sc: &Scenario,
-    pid: Option<u32>,
+    (server_pid, echo_pid): (Option<u32>, u32),
 ) -> Result<Load> {
     let mut cmd = topo.client.command(bin);
     cmd.arg("load");
@@ -287,9 +280,10 @@ fn run_load(
         "--json",
         "--quiet",
     ]);
-    if let Some(pid) = pid {
+    if let Some(pid) = server_pid {
         cmd.args(["--watch-pid", &pid.to_string()]);
     }
+    cmd.args(["--count-pid", &echo_pid.to_string()]);
     let stderr = File::create(work.join(format!("load-{tag}.log")))?;
     let mut child = cmd
         .stdin(Stdio::null())
