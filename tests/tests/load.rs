@@ -1,7 +1,8 @@
 //! `relay load` and its echo peer, checked against a known loss: the echo drops every
 //! Nth datagram, and the loss the load generator reports must be 1/N. Through the relay
 //! in the static-NAT deployment of CONTEXT.md (channel and Send mode, long-term and REST
-//! credentials), and straight to the echo with no relay.
+//! credentials), over UDP, TCP and TLS to the relay, and straight to the echo with no
+//! relay.
 //!
 //! Needs root and `target/debug/relay` (`cargo build -p relay-user`).
 
@@ -11,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_tests::{Netns, Topology, TopologyOptions, netns, relay::RelayProcess};
+use relay_tests::{
+    Netns, Topology, TopologyOptions, certs::TestCa, fixture::start_tls_relay, netns,
+    relay::RelayProcess,
+};
 use serde_json::Value;
 
 const USER: &str = "alice";
@@ -21,6 +25,8 @@ const ECHO_PORT: u16 = 7000;
 /// Hard limit for one `relay load` run (each run here lasts a few seconds).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(40);
 
+/// UDP and TCP on 3478; with `tls`, TLS on 443 too (certificate files beside the config,
+/// as `start_tls_relay` writes them).
 fn relay_config(t: &Topology) -> String {
     let a = t.addrs;
     format!(
@@ -28,6 +34,7 @@ fn relay_config(t: &Topology) -> String {
 
 [[listen]]
 address = "{ext}:3478"
+transports = ["udp", "tcp"]
 
 [relay]
 address = "{ext}"
@@ -355,4 +362,131 @@ fn refused_allocations_are_counted_by_error_code() {
     assert_eq!(num(&r, "setup.ready"), 0.0);
     assert_eq!(num(&r, "setup.failures.401"), 6.0, "{r:#}");
     assert!(r["traffic"].is_null(), "no traffic without allocations");
+}
+
+/// Over TCP: one connection per allocation, ChannelData framed on the stream, the echo
+/// (UDP behind the relay) dropping every 5th probe.
+#[test]
+fn tcp_channel_mode_reports_the_echo_drops() {
+    let t = Topology::new(TopologyOptions::default()).expect("topology");
+    let relay = RelayProcess::start(&t.relay, &relay_config(&t)).expect("relay");
+    let listen = format!("{}:{ECHO_PORT}", t.addrs.media);
+    let echo = start_echo(&t.media, &listen, 5);
+    let server = format!("{}:3478", t.addrs.public);
+    let (code, r) = load(
+        &t.client,
+        &[
+            &server,
+            "--transport",
+            "tcp",
+            "-u",
+            USER,
+            "-p",
+            PASSWORD,
+            "--peer",
+            &listen,
+            "-n",
+            "20",
+            "--rate",
+            "2000",
+            "--burst",
+            "2",
+            "--duration",
+            "3",
+        ],
+    );
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["transport"], "tcp");
+    assert_eq!(r["mode"], "channel");
+    assert_figures(&r, 20);
+    assert_loss(&r, 5);
+    assert_eq!(num(&r, "traffic.send_errors"), 0.0, "{r:#}");
+    assert_eq!(num(&r, "deleted"), 20.0);
+    let stats: Value = serde_json::from_str(&echo.finish()).expect("echo JSON");
+    let (lost, dropped) = (num(&r, "traffic.lost"), num(&stats, "dropped"));
+    assert!(
+        (lost - dropped).abs() <= 0.01 * num(&r, "traffic.sent"),
+        "lost {lost}, echo dropped {dropped}"
+    );
+    // The relay saw the allocations arrive over TCP.
+    assert_over(&relay, "tcp", 20);
+    assert!(relay.unexpected_stop().is_none());
+}
+
+/// The relay logged at least `n` allocations created over `transport`.
+fn assert_over(relay: &RelayProcess, transport: &str, n: usize) {
+    let created = relay.log_lines("allocation created");
+    let over = created
+        .iter()
+        .filter(|l| l.contains(&format!("client={transport} ")))
+        .count();
+    assert!(
+        over >= n,
+        "{over} of {n} allocations over {transport}: {created:#?}"
+    );
+}
+
+/// Over TLS on 443, the relay's certificate checked against the test CA; Send mode.
+#[test]
+fn tls_send_mode_verifies_the_certificate_and_reports_the_echo_drops() {
+    let t = Topology::new(TopologyOptions::default()).expect("topology");
+    let ca = TestCa::new("load test CA");
+    let leaf = ca.leaf("relay", &[&t.addrs.public.to_string()]);
+    let config = format!(
+        "{}\n[[listen]]\naddress = \"{}:443\"\ntransports = [\"tls\"]\n\n\
+         [tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n",
+        relay_config(&t),
+        t.addrs.relay_external
+    );
+    let relay = start_tls_relay(&t.relay, &config, &leaf);
+    let ca_file = relay
+        .config_path()
+        .parent()
+        .expect("config dir")
+        .join("load-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).expect("write CA file");
+    let listen = format!("{}:{ECHO_PORT}", t.addrs.media);
+    let _echo = start_echo(&t.media, &listen, 5);
+    let server = format!("{}:443", t.addrs.public);
+    let ca_arg = ca_file.to_str().unwrap();
+    let common = [
+        server.as_str(),
+        "--transport",
+        "tls",
+        "--ca",
+        ca_arg,
+        "-u",
+        USER,
+        "-p",
+        PASSWORD,
+        "--peer",
+        &listen,
+    ];
+    let mut args = common.to_vec();
+    args.extend([
+        "--mode",
+        "send",
+        "-n",
+        "10",
+        "--rate",
+        "1500",
+        "--duration",
+        "2",
+    ]);
+    let (code, r) = load(&t.client, &args);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["transport"], "tls");
+    assert_eq!(r["mode"], "send");
+    assert_figures(&r, 10);
+    assert_loss(&r, 5);
+    assert_over(&relay, "tls", 10);
+
+    // A certificate for another name is refused: every allocation fails, none is made.
+    let mut args = common.to_vec();
+    args.extend(["--sni", "other.example", "-n", "3", "--duration", "1"]);
+    let (code, r) = load(&t.client, &args);
+    assert_eq!(code, 2, "{r:#}");
+    assert_eq!(num(&r, "setup.ready"), 0.0);
+    assert_eq!(num(&r, "setup.failures.tls"), 3.0, "{r:#}");
+    assert!(relay.unexpected_stop().is_none());
 }

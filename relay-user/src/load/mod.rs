@@ -9,14 +9,17 @@
 //! relayed packet can be computed. `--direct` sends to the peer with no relay: the
 //! baseline a benchmark subtracts.
 //!
-//! Threads each own a slice of the allocations (one UDP socket each; see `worker`); the
-//! main thread only coordinates, samples CPU and prints.
+//! `--transport tcp|tls` reaches the server over one TCP or TLS connection per allocation
+//! (what browsers fall back to behind UDP-hostile firewalls); the relayed leg to the echo
+//! peer stays UDP. Threads each own a slice of the allocations (one socket each; see
+//! `worker`); the main thread only coordinates, samples CPU and prints.
 
 mod echo;
 mod payload;
 mod progress;
 pub mod report;
 mod stats;
+mod stream;
 mod sys;
 mod turn;
 mod worker;
@@ -26,6 +29,7 @@ pub use report::{Report, exit};
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -35,6 +39,9 @@ use std::{
 };
 
 use clap::{Args, Subcommand, ValueEnum};
+use rustls::{ClientConfig, pki_types::ServerName};
+
+use crate::probe::{Transport, Trust};
 
 use progress::Progress;
 use report::{CpuPhase, CpuReport, SetupReport, TrafficReport, WatchedReport};
@@ -78,6 +85,19 @@ pub struct LoadArgs {
     /// TURN server, IP:PORT or IP (port 3478). With --direct: the echo peer itself.
     #[arg(value_name = "SERVER", required = true)]
     pub server: Option<String>,
+    /// How allocations reach the server: one UDP socket, or one TCP or TLS connection,
+    /// each (SERVER without a port: 3478, or 5349 for TLS).
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    pub transport: Transport,
+    /// TLS: trust only the CA certificates in this PEM file (default: the system's).
+    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
+    pub ca: Option<PathBuf>,
+    /// TLS: accept any certificate (load tests of a server with a throw-away one).
+    #[arg(long)]
+    pub insecure: bool,
+    /// TLS: the name the certificate must carry (default: SERVER's address).
+    #[arg(long, value_name = "NAME")]
+    pub sni: Option<String>,
     /// Long-term credential username; with --secret, the name part of the REST username.
     #[arg(long, short = 'u', value_name = "USER")]
     pub user: Option<String>,
@@ -96,7 +116,7 @@ pub struct LoadArgs {
     /// The built-in echo peer drops every Nth datagram (a known loss).
     #[arg(long = "echo-drop-every", value_name = "N", requires = "echo")]
     pub echo_drop_every: Option<u64>,
-    /// Concurrent allocations (one UDP socket each).
+    /// Concurrent allocations (one UDP socket, or one TCP or TLS connection, each).
     #[arg(long, short = 'n', value_name = "N", default_value_t = 100)]
     pub allocations: usize,
     /// Allocations started per second (default: as fast as --window allows).
@@ -242,6 +262,9 @@ fn run_echo(a: &EchoArgs, stop: &AtomicBool) -> Result<i32, RunError> {
 #[derive(Debug)]
 struct Setup {
     target: SocketAddr,
+    transport: Transport,
+    /// What `tls_config` is built from (TLS only), and the name to verify.
+    trust: Option<(Trust, ServerName<'static>)>,
     peer: SocketAddr,
     mode: DataMode,
     credentials: Option<Credentials>,
@@ -253,7 +276,36 @@ struct Setup {
 
 fn resolve(a: &LoadArgs, unix_now: u64) -> Result<Setup, UsageError> {
     let server = a.server.as_deref().unwrap_or_default();
-    let target = crate::probe::parse_server(server).map_err(|e| UsageError(e.0))?;
+    let mut target = crate::probe::parse_server(server).map_err(|e| UsageError(e.0))?;
+    if a.transport == Transport::Tls && server.trim().parse::<SocketAddr>().is_err() {
+        target.set_port(Transport::Tls.default_port());
+    }
+    if a.direct && a.transport != Transport::Udp {
+        return Err(UsageError(
+            "--direct sends to the UDP echo peer: --transport does not apply".into(),
+        ));
+    }
+    let trust = match (a.transport, &a.ca, a.insecure) {
+        (Transport::Tls, ca, insecure) => {
+            let trust = match (ca, insecure) {
+                (Some(ca), _) => Trust::CaFile(ca.clone()),
+                (None, true) => Trust::Insecure,
+                (None, false) => Trust::System,
+            };
+            let name = match &a.sni {
+                Some(n) => ServerName::try_from(n.clone())
+                    .map_err(|e| UsageError(format!("--sni {n:?}: {e}")))?,
+                None => ServerName::IpAddress(target.ip().into()),
+            };
+            Some((trust, name))
+        }
+        (_, None, false) if a.sni.is_none() => None,
+        (t, _, _) => {
+            return Err(UsageError(format!(
+                "--ca, --insecure and --sni apply to --transport tls only (this run is over {t})"
+            )));
+        }
+    };
     let mode = match (a.direct, a.mode) {
         (true, _) => DataMode::Direct,
         (false, ModeArg::Channel) => DataMode::Channel,
@@ -357,6 +409,8 @@ fn resolve(a: &LoadArgs, unix_now: u64) -> Result<Setup, UsageError> {
     });
     Ok(Setup {
         target,
+        transport: a.transport,
+        trust,
         peer,
         mode,
         credentials,
@@ -461,6 +515,13 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
         ))
         .into());
     }
+    let tls: Option<(Arc<ClientConfig>, ServerName<'static>)> = match &s.trust {
+        Some((trust, name)) => Some((
+            crate::probe::transport::tls_config(trust).map_err(|e| UsageError(e.0))?,
+            name.clone(),
+        )),
+        None => None,
+    };
     let cpus = sys::cpu_count();
     let echo = match a.echo {
         Some(listen) => Some(
@@ -484,11 +545,15 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
             target: s.target,
             peer: s.peer,
             mode: s.mode,
+            transport: s.transport,
+            tls: tls.clone(),
             channel: CHANNEL,
             credentials: s.credentials.clone(),
             retransmit: Retransmit {
                 rto: Duration::from_millis(500),
-                tries: 7,
+                // A stream delivers or fails: a request is sent once and awaited until
+                // the deadline (RFC 8489 §6.2.2).
+                tries: if s.transport == Transport::Udp { 7 } else { 1 },
                 timeout: Duration::from_millis(a.timeout_ms),
             },
             ramp: a.ramp.map(|r| r / s.threads as f64),
@@ -674,7 +739,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
             DataMode::Send => "send",
             DataMode::Direct => "direct",
         },
-        transport: "udp",
+        transport: s.transport.as_str(),
         credentials: s.credential_kind,
         threads: s.threads,
         payload_bytes: a.size,
@@ -815,6 +880,57 @@ mod tests {
     }
 
     #[test]
+    fn streams_take_their_port_and_tls_its_trust() {
+        let peer = ["--peer", "192.0.2.10:7000"];
+        let s = resolve(
+            &args(&["192.0.2.50", "--transport", "tcp", peer[0], peer[1]]),
+            0,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.target.port(), s.transport, s.trust),
+            (3478, Transport::Tcp, None)
+        );
+
+        let s = resolve(
+            &args(&[
+                "192.0.2.50",
+                "--transport",
+                "tls",
+                "--insecure",
+                peer[0],
+                peer[1],
+            ]),
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.target.port(), 5349);
+        let (trust, name) = s.trust.unwrap();
+        assert_eq!(trust, Trust::Insecure);
+        assert_eq!(name, ServerName::try_from("192.0.2.50").unwrap());
+
+        let s = resolve(
+            &args(&[
+                "192.0.2.50:443",
+                "--transport",
+                "tls",
+                "--ca",
+                "ca.pem",
+                "--sni",
+                "turn.example.org",
+                peer[0],
+                peer[1],
+            ]),
+            0,
+        )
+        .unwrap();
+        assert_eq!(s.target.port(), 443);
+        let (trust, name) = s.trust.unwrap();
+        assert_eq!(trust, Trust::CaFile("ca.pem".into()));
+        assert_eq!(name, ServerName::try_from("turn.example.org").unwrap());
+    }
+
+    #[test]
     fn refuses_what_cannot_run() {
         for bad in [
             &["192.0.2.50"][..],
@@ -828,6 +944,17 @@ mod tests {
             &["192.0.2.50", "--peer", "192.0.2.10:1", "--burst", "65"],
             &["192.0.2.50", "--peer", "192.0.2.10:1", "--duration=-1"],
             &["not-an-ip", "--peer", "192.0.2.10:1"],
+            &["192.0.2.50", "--peer", "192.0.2.10:1", "--insecure"],
+            &[
+                "192.0.2.50",
+                "--peer",
+                "192.0.2.10:1",
+                "--transport",
+                "tcp",
+                "--ca",
+                "a",
+            ],
+            &["192.0.2.10:7000", "--direct", "--transport", "tcp"],
         ] {
             assert!(resolve(&args(bad), 0).is_err(), "{bad:?}");
         }

@@ -97,10 +97,19 @@ impl Epoll {
     }
 
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        let mut ev = libc::epoll_event {
-            events: libc::EPOLLIN as u32,
-            u64: token,
-        };
+        self.add_events(fd, token, libc::EPOLLIN as u32)
+    }
+
+    /// A TCP or TLS stream: edge-triggered, readable or writable (a connect that
+    /// completed, room for queued bytes) or closed. The owner reads and writes until
+    /// EAGAIN on every wake-up.
+    pub fn add_stream(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+        self.add_events(fd, token, events as u32)
+    }
+
+    fn add_events(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event { events, u64: token };
         // SAFETY: valid epoll fd, valid event struct.
         let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
         if rc < 0 {

@@ -142,6 +142,10 @@ pub enum Failure {
     BadResponse,
     /// The local socket could not be made (open-file limit, no such address...).
     Socket,
+    /// The TCP or TLS connection failed or was closed before the allocation was ready.
+    Closed,
+    /// The TLS handshake failed (certificate not trusted, wrong name, no common version).
+    Tls,
 }
 
 impl Failure {
@@ -153,6 +157,8 @@ impl Failure {
             Failure::Unreachable => "unreachable".into(),
             Failure::BadResponse => "bad_response".into(),
             Failure::Socket => "socket".into(),
+            Failure::Closed => "closed".into(),
+            Failure::Tls => "tls".into(),
         }
     }
 }

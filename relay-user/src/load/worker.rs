@@ -1,6 +1,7 @@
-//! One load thread: it owns a slice of the allocations (one connected UDP socket each),
-//! sets them up with a ramp and a window of transactions in flight, paces probe packets
-//! across them, reads echoes back through epoll + recvmmsg, and finally deletes them.
+//! One load thread: it owns a slice of the allocations (one connected UDP socket, or one
+//! TCP or TLS connection, each), sets them up with a ramp and a window of transactions in
+//! flight, paces probe packets across them, reads echoes back through epoll (recvmmsg on
+//! UDP, frames cut from the stream on TCP and TLS), and finally deletes them.
 //!
 //! Packets are sent in 1 ms ticks: each wake-up sends whatever the target rate says is
 //! due, so the thread sleeps in epoll between ticks instead of spinning. Frames are built
@@ -23,12 +24,16 @@ use relay_proto::stun::{
     XorPeerAddress, classify, write_channel_data,
 };
 
+use rustls::{ClientConfig, pki_types::ServerName};
+
 use super::{
     payload::{PROBE_LEN, Probe},
     stats::{SecondSample, SetupStats, TrafficStats, new_hist},
-    sys::{self, Epoll, Mmsg},
+    stream::{Fill, StreamConn, StreamError},
+    sys::{self, DATAGRAM_MAX, Epoll, Mmsg},
     turn::{Credentials, Ctx, DataMode, Failure, Next, Retransmit, Session, Step},
 };
+use crate::probe::Transport;
 
 /// Permissions last 300 s and channels 600 s (RFC 8656): refreshing every 240 s keeps
 /// both, and the allocation, alive in runs of any length.
@@ -57,6 +62,11 @@ pub struct Plan {
     /// The peer as the relay sees it (XOR-PEER-ADDRESS).
     pub peer: SocketAddr,
     pub mode: DataMode,
+    /// How allocations reach the server; the echo peer is always UDP.
+    pub transport: Transport,
+    /// With `Transport::Tls`: the client configuration and the name the certificate
+    /// must carry.
+    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     pub channel: u16,
     pub credentials: Option<Credentials>,
     pub retransmit: Retransmit,
@@ -123,8 +133,24 @@ enum State {
     Deleted,
 }
 
+/// An allocation's way to the server.
+enum Conn {
+    Udp(UdpSocket),
+    Stream(Box<StreamConn>),
+}
+
+impl Conn {
+    /// Sends one whole datagram or frame without blocking.
+    fn send(&mut self, buf: &[u8]) -> Result<(), StreamError> {
+        match self {
+            Conn::Udp(s) => Ok(sys::send(s.as_raw_fd(), buf)?),
+            Conn::Stream(s) => s.send(buf),
+        }
+    }
+}
+
 struct Alloc {
-    sock: Option<UdpSocket>,
+    conn: Option<Conn>,
     index: u32,
     session: Session,
     state: State,
@@ -160,9 +186,10 @@ impl Control {
         };
         match next {
             Next::Send => {
-                if let Some(s) = &a.sock {
-                    // A lost request is retransmitted by its timer.
-                    let _ = sys::send(s.as_raw_fd(), a.session.request());
+                if let Some(c) = &mut a.conn {
+                    // A lost request is retransmitted by its timer (on UDP; a stream that
+                    // fails is noticed when it is read).
+                    let _ = c.send(a.session.request());
                 }
                 if !a.inflight {
                     a.inflight = true;
@@ -266,6 +293,10 @@ pub struct Worker {
     rx: Mmsg,
     tx: Mmsg,
     frame: Frame,
+    /// One frame cut from a stream, handled while the stream is borrowed no more.
+    scratch: Box<[u8]>,
+    /// The first failed connect or connection has been reported.
+    connect_error_shown: bool,
     traffic: TrafficStats,
     second: SecondSample,
     seconds: Sender<SecondSample>,
@@ -285,12 +316,16 @@ impl Worker {
         let mut first_error = None;
         let local = SocketAddr::new(plan.local, 0);
         for k in 0..plan.count {
-            let sock = match sys::connected_udp(local, plan.target) {
-                Ok(s) => {
+            // Streams connect when their allocation's turn in the ramp comes.
+            let udp =
+                (plan.transport == Transport::Udp).then(|| sys::connected_udp(local, plan.target));
+            let conn = match udp {
+                None => None,
+                Some(Ok(s)) => {
                     epoll.add(s.as_raw_fd(), k as u64)?;
-                    Some(s)
+                    Some(Conn::Udp(s))
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     first_error.get_or_insert_with(|| {
                         format!(
                             "cannot open a UDP socket from {local} to {}: {e}",
@@ -301,7 +336,7 @@ impl Worker {
                 }
             };
             allocs.push(Alloc {
-                sock,
+                conn,
                 index: plan.first_index + k as u32,
                 session: Session::new(),
                 state: State::Idle,
@@ -336,6 +371,8 @@ impl Worker {
             rx: Mmsg::new(RECV_BATCH),
             tx,
             frame,
+            scratch: vec![0; DATAGRAM_MAX].into_boxed_slice(),
+            connect_error_shown: false,
             traffic: TrafficStats::new(),
             second: SecondSample {
                 index: 0,
@@ -386,8 +423,11 @@ impl Worker {
                 None => n,
             };
             while next < allowed && self.control.inflight.len() < self.plan.window {
+                if self.plan.transport != Transport::Udp {
+                    self.connect(next);
+                }
                 let a = &mut self.allocs[next];
-                if a.sock.is_none() {
+                if a.conn.is_none() {
                     a.state = State::Failed;
                     self.control.setup.fail(Failure::Socket.label());
                     self.control.shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -572,9 +612,112 @@ impl Worker {
         }
     }
 
+    /// Opens allocation `i`'s TCP or TLS connection; a failure leaves it without one
+    /// (a `socket` failure), reported once.
+    fn connect(&mut self, i: usize) {
+        let local = SocketAddr::new(self.plan.local, 0);
+        let tls = self.plan.tls.as_ref().map(|(c, n)| (c, n));
+        let result = StreamConn::connect(local, self.plan.target, tls).and_then(|s| {
+            self.epoll.add_stream(s.fd(), i as u64)?;
+            Ok(s)
+        });
+        match result {
+            Ok(s) => self.allocs[i].conn = Some(Conn::Stream(Box::new(s))),
+            Err(e) if !self.connect_error_shown => {
+                self.connect_error_shown = true;
+                eprintln!(
+                    "relay load: cannot open a {} connection from {local} to {}: {e}",
+                    self.plan.transport, self.plan.target
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// A stream woke up: write what waits, then read and handle every whole frame.
+    fn on_stream(&mut self, i: usize, window_end: Option<Instant>) {
+        let arrival = Arrival::new(&self.control.shared, self.plan.mode, window_end);
+        let result = 'io: loop {
+            let Some(Conn::Stream(s)) = self.allocs[i].conn.as_mut() else {
+                return;
+            };
+            if let Err(e) = s.flush() {
+                break 'io Err(e);
+            }
+            let fill = match s.fill() {
+                Ok(f) => f,
+                Err(e) => break 'io Err(e),
+            };
+            loop {
+                let Some(Conn::Stream(s)) = self.allocs[i].conn.as_mut() else {
+                    return;
+                };
+                match s.next_frame(&mut self.scratch) {
+                    Ok(Some(n)) => on_packet(
+                        &mut self.control,
+                        &mut self.allocs[i],
+                        i,
+                        &mut self.traffic,
+                        &mut self.second,
+                        &self.scratch[..n],
+                        arrival,
+                    ),
+                    Ok(None) => break,
+                    Err(e) => break 'io Err(e),
+                }
+            }
+            if fill == Fill::Drained {
+                break Ok(());
+            }
+        };
+        if let Err(e) = result {
+            self.stream_lost(i, &e);
+        }
+    }
+
+    /// A stream failed: its allocation is gone with it (RFC 8656 §3.1).
+    fn stream_lost(&mut self, i: usize, e: &StreamError) {
+        let now = Instant::now();
+        let a = &mut self.allocs[i];
+        // Closing the socket also takes it out of the epoll set.
+        a.conn = None;
+        a.session.abandon();
+        match a.state {
+            State::Setup => {
+                let why = match e {
+                    StreamError::Io(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        Failure::Unreachable
+                    }
+                    StreamError::Tls(_) => Failure::Tls,
+                    _ => Failure::Closed,
+                };
+                if !self.connect_error_shown {
+                    // The counts say how many; the first reason says why.
+                    self.connect_error_shown = true;
+                    eprintln!(
+                        "relay load: allocation {}: {} connection to {}: {e}",
+                        a.index, self.plan.transport, self.plan.target
+                    );
+                }
+                self.control.fail(a, why, now);
+            }
+            State::Ready => {
+                // Its probes from now on count as send errors.
+                a.state = State::Failed;
+                self.traffic.last_send_error = Some(format!(
+                    "{} connection of allocation {}: {e}",
+                    self.plan.transport, a.index
+                ));
+            }
+            State::Idle | State::Failed | State::Deleted => {}
+        }
+    }
+
     fn on_readable(&mut self, i: usize, window_end: Option<Instant>) {
-        let Some(fd) = self.allocs[i].sock.as_ref().map(|s| s.as_raw_fd()) else {
-            return;
+        let fd = match &self.allocs[i].conn {
+            Some(Conn::Udp(s)) => s.as_raw_fd(),
+            Some(Conn::Stream(_)) => return self.on_stream(i, window_end),
+            None => return,
         };
         // An ICMP error queued on the socket is reported (and cleared) by this read.
         let n = match self.rx.recv(fd) {
@@ -592,62 +735,26 @@ impl Worker {
         if n == 0 {
             return;
         }
-        let now = Instant::now();
-        let now_ns = self.control.shared.ns(now);
-        let counting = window_end.is_some();
-        let in_window = window_end.is_some_and(|end| now < end);
-        let mode = self.plan.mode;
+        let arrival = Arrival::new(&self.control.shared, self.plan.mode, window_end);
         for k in 0..n {
-            let d = self.rx.get(k);
-            let payload = match (mode, classify(d)) {
-                (DataMode::Direct, _) => Some(d),
-                (DataMode::Channel, PacketKind::ChannelData) => {
-                    ChannelData::parse(d).ok().map(|c| c.payload())
-                }
-                (_, PacketKind::Stun) => {
-                    let Ok(msg) = Message::parse(d) else {
-                        self.traffic.foreign += u64::from(counting);
-                        continue;
-                    };
-                    if msg.class() == Class::Indication && msg.method() == Method::DATA {
-                        match msg.attr::<Data>() {
-                            Some(Ok(Data(p))) => Some(p),
-                            _ => None,
-                        }
-                    } else {
-                        let a = &mut self.allocs[i];
-                        if let Some(ctx) = self.control.ctx.as_mut() {
-                            let next = a.session.on_response(ctx, &msg, now);
-                            self.control.drive(a, i, next, now);
-                        }
-                        continue;
-                    }
-                }
-                _ => None,
-            };
-            if !counting {
-                continue;
-            }
-            match payload.and_then(Probe::read) {
-                Some(p) if p.alloc == self.allocs[i].index => {
-                    let rtt = now_ns.saturating_sub(p.sent_ns);
-                    self.traffic.received += 1;
-                    let _ = self.traffic.rtt.record(rtt.max(1));
-                    if in_window {
-                        self.traffic.received_in_window += 1;
-                        self.second.received += 1;
-                        let _ = self.second.rtt.record(rtt.max(1));
-                    }
-                }
-                _ => self.traffic.foreign += 1,
-            }
+            on_packet(
+                &mut self.control,
+                &mut self.allocs[i],
+                i,
+                &mut self.traffic,
+                &mut self.second,
+                self.rx.get(k),
+                arrival,
+            );
         }
     }
 
     /// Sends `b` probes back to back on allocation `i`.
     fn send_probes(&mut self, i: usize, b: usize) {
         let a = &mut self.allocs[i];
-        let Some(fd) = a.sock.as_ref().map(|s| s.as_raw_fd()) else {
+        let Some(conn) = a.conn.as_mut() else {
+            // Its connection was lost: what would have been sent is not.
+            self.traffic.send_errors += b as u64;
             return;
         };
         let now_ns = self.control.shared.ns(Instant::now());
@@ -662,15 +769,40 @@ impl Worker {
             probe.write(&mut self.tx.buf_mut(k)[at..at + PROBE_LEN]);
             self.tx.set_len(k, self.frame.len);
         }
-        let result = if b == 1 {
-            sys::send(fd, &self.tx.buf_mut(0)[..self.frame.len]).map(|()| 1)
-        } else {
-            self.tx.send(fd, b)
+        let result = match conn {
+            Conn::Udp(s) if b == 1 => {
+                sys::send(s.as_raw_fd(), &self.tx.buf_mut(0)[..self.frame.len])
+                    .map(|()| 1)
+                    .map_err(|e| e.to_string())
+            }
+            Conn::Udp(s) => self.tx.send(s.as_raw_fd(), b).map_err(|e| e.to_string()),
+            Conn::Stream(s) => {
+                // Frames back to back on the stream; one refused stops the burst.
+                let mut took = 0;
+                let mut err = None;
+                for k in 0..b {
+                    match s.send(&self.tx.buf_mut(k)[..self.frame.len]) {
+                        Ok(()) => took += 1,
+                        Err(e) => {
+                            err = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                match err {
+                    Some(e) if took == 0 => Err(e),
+                    Some(e) => {
+                        self.traffic.last_send_error = Some(e);
+                        Ok(took)
+                    }
+                    None => Ok(took),
+                }
+            }
         };
         let took = match result {
             Ok(n) => n,
             Err(e) => {
-                self.traffic.last_send_error = Some(e.to_string());
+                self.traffic.last_send_error = Some(e);
                 0
             }
         };
@@ -691,6 +823,84 @@ impl Worker {
             },
         );
         let _ = self.seconds.send(done);
+    }
+}
+
+/// When and how an arrival counts.
+#[derive(Clone, Copy)]
+struct Arrival {
+    now: Instant,
+    now_ns: u64,
+    mode: DataMode,
+    /// Probes count (traffic window or drain), not setup or teardown.
+    counting: bool,
+    in_window: bool,
+}
+
+impl Arrival {
+    fn new(shared: &Shared, mode: DataMode, window_end: Option<Instant>) -> Self {
+        let now = Instant::now();
+        Self {
+            now,
+            now_ns: shared.ns(now),
+            mode,
+            counting: window_end.is_some(),
+            in_window: window_end.is_some_and(|end| now < end),
+        }
+    }
+}
+
+/// One datagram or frame from the server (or the peer, in direct mode): a response
+/// for the session, or an echoed probe to account.
+fn on_packet(
+    control: &mut Control,
+    a: &mut Alloc,
+    i: usize,
+    traffic: &mut TrafficStats,
+    second: &mut SecondSample,
+    d: &[u8],
+    at: Arrival,
+) {
+    let payload = match (at.mode, classify(d)) {
+        (DataMode::Direct, _) => Some(d),
+        (DataMode::Channel, PacketKind::ChannelData) => {
+            ChannelData::parse(d).ok().map(|c| c.payload())
+        }
+        (_, PacketKind::Stun) => {
+            let Ok(msg) = Message::parse(d) else {
+                traffic.foreign += u64::from(at.counting);
+                return;
+            };
+            if msg.class() == Class::Indication && msg.method() == Method::DATA {
+                match msg.attr::<Data>() {
+                    Some(Ok(Data(p))) => Some(p),
+                    _ => None,
+                }
+            } else {
+                if let Some(ctx) = control.ctx.as_mut() {
+                    let next = a.session.on_response(ctx, &msg, at.now);
+                    control.drive(a, i, next, at.now);
+                }
+                return;
+            }
+        }
+        _ => None,
+    };
+    if !at.counting {
+        return;
+    }
+    match payload.and_then(Probe::read) {
+        Some(p) if p.alloc == a.index => {
+            let rtt = at.now_ns.saturating_sub(p.sent_ns);
+            traffic.received += 1;
+            let _ = traffic.rtt.record(rtt.max(1));
+            if at.in_window {
+                traffic.received_in_window += 1;
+                second.received += 1;
+                let _ = second.rtt.record(rtt.max(1));
+            }
+        }
+        _ => traffic.foreign += 1,
     }
 }
 
@@ -726,7 +936,9 @@ fn prefill(tx: &mut Mmsg, plan: &Plan) -> Frame {
                 }
             }
             DataMode::Channel => {
-                let len = write_channel_data(&mut buf[..], plan.channel, &payload, false)
+                // Streams carry ChannelData padded to 4 (RFC 8656 §12.5).
+                let pad = plan.transport != Transport::Udp;
+                let len = write_channel_data(&mut buf[..], plan.channel, &payload, pad)
                     .expect("payload fits a send buffer");
                 Frame { len, probe_at: 4 }
             }
@@ -765,6 +977,8 @@ mod tests {
             target: "127.0.0.1:3478".parse().unwrap(),
             peer: "192.0.2.10:7000".parse().unwrap(),
             mode,
+            transport: Transport::Udp,
+            tls: None,
             channel: 0x4001,
             credentials: None,
             retransmit: Retransmit {
