@@ -2,10 +2,27 @@
 //! failures what to check.
 
 use relay_common::AllocCounters;
-use relay_proto::server::{CloseReason, Event};
+use relay_proto::server::{CloseReason, Counters, Event};
 
 pub fn log(event: Event) {
     log_with_kernel(event, None)
+}
+
+/// The last line of an allocation that expired or was deleted: both paths' traffic.
+fn ended(
+    what: &str,
+    id: &dyn std::fmt::Display,
+    user: &dyn std::fmt::Display,
+    client: &dyn std::fmt::Display,
+    c: &Counters,
+    kernel: Option<&AllocCounters>,
+) {
+    let k = |f: fn(&AllocCounters) -> u64| kernel.map(f);
+    tracing::info!(%id, %user, %client, to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
+        to_peer_bytes = c.to_peer_bytes, to_client_bytes = c.to_client_bytes,
+        xdp_to_peer_packets = k(|k| k.to_peer_packets), xdp_to_client_packets = k(|k| k.to_client_packets),
+        xdp_to_peer_bytes = k(|k| k.to_peer_bytes), xdp_to_client_bytes = k(|k| k.to_client_bytes),
+        "{what}");
 }
 
 /// As [`log`]. `kernel`: what the XDP fast path relayed for an allocation that ended (read
@@ -42,11 +59,14 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
             client,
             counters: c,
         } => {
-            tracing::info!(%id, %user, %client, to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
-                to_peer_bytes = c.to_peer_bytes, to_client_bytes = c.to_client_bytes,
-                xdp_to_peer_packets = k(|k| k.to_peer_packets), xdp_to_client_packets = k(|k| k.to_client_packets),
-                xdp_to_peer_bytes = k(|k| k.to_peer_bytes), xdp_to_client_bytes = k(|k| k.to_client_bytes),
-                "allocation expired");
+            ended(
+                "allocation expired",
+                &id,
+                &user,
+                &client,
+                &c,
+                kernel.as_ref(),
+            );
         }
         Event::AllocationDeleted {
             id,
@@ -54,11 +74,14 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
             client,
             counters: c,
         } => {
-            tracing::info!(%id, %user, %client, to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
-                to_peer_bytes = c.to_peer_bytes, to_client_bytes = c.to_client_bytes,
-                xdp_to_peer_packets = k(|k| k.to_peer_packets), xdp_to_client_packets = k(|k| k.to_client_packets),
-                xdp_to_peer_bytes = k(|k| k.to_peer_bytes), xdp_to_client_bytes = k(|k| k.to_client_bytes),
-                "allocation deleted by client");
+            ended(
+                "allocation deleted by client",
+                &id,
+                &user,
+                &client,
+                &c,
+                kernel.as_ref(),
+            );
         }
         Event::AllocationClosed {
             id,

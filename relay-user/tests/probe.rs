@@ -19,7 +19,8 @@ use relay_proto::stun::{
     XorMappedAddress,
 };
 use relay_user::probe::{
-    self, Credentials, ProbeArgs, ProbeOptions, Report, Retransmit, Status, Transport, exit,
+    self, CredentialArgs, Credentials, ProbeArgs, ProbeOptions, Report, Retransmit, Status,
+    TlsArgs, Transport, exit,
 };
 
 const REALM: &str = "example.org";
@@ -255,12 +256,8 @@ fn udp_args(server: &str) -> ProbeArgs {
     ProbeArgs {
         server: server.into(),
         transport: None,
-        ca: None,
-        insecure: false,
-        sni: None,
-        user: None,
-        password: None,
-        secret: None,
+        tls: TlsArgs::default(),
+        credentials: CredentialArgs::default(),
         realm: None,
         timeout_ms: 2000,
         tries: 4,
@@ -400,8 +397,8 @@ fn wrong_password_is_401_and_exit_1() {
     bounded(TEST_LIMIT, || {
         let ts = Turnserver::start(Auth::LongTerm);
         let mut args = ts.args();
-        args.user = Some(USER.into());
-        args.password = Some("not-the-password".into());
+        args.credentials.user = Some(USER.into());
+        args.credentials.password = Some("not-the-password".into());
         args.json = true;
         let r = probe::execute(&args).unwrap();
         assert!(r.reachable);
@@ -428,7 +425,7 @@ fn rest_secret_allocates() {
     bounded(TEST_LIMIT, || {
         let ts = Turnserver::start(Auth::Rest);
         let mut args = ts.args();
-        args.secret = Some(SECRET.into());
+        args.credentials.secret = Some(SECRET.into());
         args.realm = Some(REALM.into());
         let r = probe::execute(&args).unwrap();
         let a = r.allocation.as_ref().unwrap();
@@ -448,7 +445,7 @@ fn rest_secret_allocates() {
         assert_eq!(probe::run(&args), exit::OK);
 
         // With --user the name part is the user's.
-        args.user = Some("bob".into());
+        args.credentials.user = Some("bob".into());
         let r = probe::execute(&args).unwrap();
         let a = r.allocation.as_ref().unwrap();
         assert!(a.username.ends_with(":bob"), "{}", a.username);
@@ -461,7 +458,7 @@ fn wrong_rest_secret_is_401() {
     bounded(TEST_LIMIT, || {
         let ts = Turnserver::start(Auth::Rest);
         let mut args = ts.args();
-        args.secret = Some("not-the-secret".into());
+        args.credentials.secret = Some("not-the-secret".into());
         args.realm = Some("other.example".into());
         let r = probe::execute(&args).unwrap();
         let a = r.allocation.as_ref().unwrap();
@@ -478,8 +475,7 @@ fn nothing_listening_exits_2_quickly() {
     bounded(TEST_LIMIT, || {
         let port = free_port_pair();
         let args = ProbeArgs {
-            user: Some(USER.into()),
-            password: Some(PASSWORD.into()),
+            credentials: long_term_args(),
             timeout_ms: 1500,
             ..udp_args(&format!("127.0.0.1:{port}"))
         };
@@ -749,7 +745,10 @@ fn own_relay_rest_secret_and_wrong_password() {
     bounded(TEST_LIMIT, || {
         let relay = OwnRelay::start(|_| {});
         let mut args = ProbeArgs {
-            secret: Some(SECRET.into()),
+            credentials: CredentialArgs {
+                secret: Some(SECRET.into()),
+                ..CredentialArgs::default()
+            },
             realm: Some(REALM.into()),
             json: true,
             ..udp_args(&relay.addr.to_string())
@@ -758,9 +757,9 @@ fn own_relay_rest_secret_and_wrong_password() {
         assert_eq!(r.exit_code, exit::OK, "{r:#?}");
         assert_eq!(relay.allocations(), 0);
 
-        args.secret = None;
-        args.user = Some(USER.into());
-        args.password = Some("wrong".into());
+        args.credentials.secret = None;
+        args.credentials.user = Some(USER.into());
+        args.credentials.password = Some("wrong".into());
         let r = probe::execute(&args).unwrap();
         let e = r.allocation.unwrap().step.error.unwrap();
         assert_eq!(e.code, 401);
@@ -792,9 +791,17 @@ fn own_relay_quota_and_full_hints() {
 /// A long-term-credential probe of `server` (any SERVER form).
 fn stream_args(server: &str) -> ProbeArgs {
     ProbeArgs {
+        credentials: long_term_args(),
+        ..udp_args(server)
+    }
+}
+
+/// --user and --password of the test user.
+fn long_term_args() -> CredentialArgs {
+    CredentialArgs {
         user: Some(USER.into()),
         password: Some(PASSWORD.into()),
-        ..udp_args(server)
+        secret: None,
     }
 }
 
@@ -843,12 +850,12 @@ fn coturn_over_tls_with_ca_insecure_and_untrusted() {
 
         // Trusting the self-signed certificate with --ca; the name is the IP (an IP SAN).
         let mut args = stream_args(&format!("turns:{tls}"));
-        args.ca = Some(ts.certificate());
+        args.tls.ca = Some(ts.certificate());
         let r = probe::execute(&args).unwrap();
         assert_stream_allocated(&ts, &r, Transport::Tls);
 
         // A name the certificate does not carry: refused before any STUN is sent.
-        args.sni = Some("other.example".into());
+        args.tls.sni = Some("other.example".into());
         let r = probe::execute(&args).unwrap();
         assert!(!r.reachable);
         assert_eq!(r.binding.step.status, Status::Unreachable);
@@ -859,8 +866,8 @@ fn coturn_over_tls_with_ca_insecure_and_untrusted() {
         assert_eq!(r.exit_code, exit::NO_ANSWER);
 
         // The system trust store does not know it either.
-        args.sni = None;
-        args.ca = None;
+        args.tls.sni = None;
+        args.tls.ca = None;
         let r = probe::execute(&args).unwrap();
         assert_eq!(r.binding.step.status, Status::Unreachable, "{r:#?}");
         assert_eq!(r.exit_code, exit::NO_ANSWER);
@@ -868,7 +875,7 @@ fn coturn_over_tls_with_ca_insecure_and_untrusted() {
         // --insecure skips the check; --transport tls with HOST:PORT, SNI "localhost".
         let mut args = stream_args(&format!("localhost:{}", tls.port()));
         args.transport = Some(Transport::Tls);
-        args.insecure = true;
+        args.tls.insecure = true;
         let r = probe::execute(&args).unwrap();
         assert_eq!(r.server_name.as_deref(), Some("localhost"));
         assert_eq!(r.server.port(), tls.port());
@@ -939,7 +946,7 @@ fn non_stun_service_over_tcp_and_tls() {
 
         // TLS: the handshake fails, nothing STUN was exchanged: exit 2.
         let mut args = stream_args(&format!("turns:{http}"));
-        args.insecure = true;
+        args.tls.insecure = true;
         let r = probe::execute(&args).unwrap();
         assert_eq!(r.binding.step.status, Status::Unreachable, "{r:#?}");
         assert!(

@@ -29,7 +29,6 @@ pub use report::{Report, exit};
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -41,7 +40,7 @@ use std::{
 use clap::{Args, Subcommand, ValueEnum};
 use rustls::{ClientConfig, pki_types::ServerName};
 
-use crate::probe::{Transport, Trust};
+use crate::probe::{CredentialArgs, TlsArgs, Transport, Trust};
 
 use progress::Progress;
 use report::{CpuPhase, CpuReport, SetupReport, TrafficReport, WatchedReport};
@@ -89,24 +88,10 @@ pub struct LoadArgs {
     /// each (SERVER without a port: 3478, or 5349 for TLS).
     #[arg(long, value_enum, default_value_t = Transport::Udp)]
     pub transport: Transport,
-    /// TLS: trust only the CA certificates in this PEM file (default: the system's).
-    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
-    pub ca: Option<PathBuf>,
-    /// TLS: accept any certificate (load tests of a server with a throw-away one).
-    #[arg(long)]
-    pub insecure: bool,
-    /// TLS: the name the certificate must carry (default: SERVER's address).
-    #[arg(long, value_name = "NAME")]
-    pub sni: Option<String>,
-    /// Long-term credential username; with --secret, the name part of the REST username.
-    #[arg(long, short = 'u', value_name = "USER")]
-    pub user: Option<String>,
-    /// Long-term credential password.
-    #[arg(long, short = 'p', value_name = "PASSWORD")]
-    pub password: Option<String>,
-    /// TURN REST shared secret: mints "<now+86400>:<user or load>" and its password.
-    #[arg(long, value_name = "SECRET")]
-    pub secret: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     /// The echo peer as the relay reaches it (default: --echo's address).
     #[arg(long, value_name = "IP:PORT")]
     pub peer: Option<SocketAddr>,
@@ -192,10 +177,8 @@ pub struct EchoArgs {
     pub json: bool,
 }
 
-/// A command line that cannot be run.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+/// A command line that cannot be run (the same type as `relay stun`'s).
+pub use crate::probe::UsageError;
 
 /// Runs `relay load` or `relay load echo`; returns the exit code.
 pub fn run(cmd: LoadCommand) -> i32 {
@@ -276,7 +259,7 @@ struct Setup {
 
 fn resolve(a: &LoadArgs, unix_now: u64) -> Result<Setup, UsageError> {
     let server = a.server.as_deref().unwrap_or_default();
-    let mut target = crate::probe::parse_server(server).map_err(|e| UsageError(e.0))?;
+    let mut target = crate::probe::parse_server(server)?;
     if a.transport == Transport::Tls && server.trim().parse::<SocketAddr>().is_err() {
         target.set_port(Transport::Tls.default_port());
     }
@@ -285,26 +268,16 @@ fn resolve(a: &LoadArgs, unix_now: u64) -> Result<Setup, UsageError> {
             "--direct sends to the UDP echo peer: --transport does not apply".into(),
         ));
     }
-    let trust = match (a.transport, &a.ca, a.insecure) {
-        (Transport::Tls, ca, insecure) => {
-            let trust = match (ca, insecure) {
-                (Some(ca), _) => Trust::CaFile(ca.clone()),
-                (None, true) => Trust::Insecure,
-                (None, false) => Trust::System,
-            };
-            let name = match &a.sni {
-                Some(n) => ServerName::try_from(n.clone())
-                    .map_err(|e| UsageError(format!("--sni {n:?}: {e}")))?,
-                None => ServerName::IpAddress(target.ip().into()),
-            };
-            Some((trust, name))
-        }
-        (_, None, false) if a.sni.is_none() => None,
-        (t, _, _) => {
-            return Err(UsageError(format!(
-                "--ca, --insecure and --sni apply to --transport tls only (this run is over {t})"
-            )));
-        }
+    let trust = if a.transport == Transport::Tls {
+        let name = match &a.tls.sni {
+            Some(n) => ServerName::try_from(n.clone())
+                .map_err(|e| UsageError(format!("--sni {n:?}: {e}")))?,
+            None => ServerName::IpAddress(target.ip().into()),
+        };
+        Some((a.tls.trust(), name))
+    } else {
+        a.tls.refused_on(a.transport)?;
+        None
     };
     let mode = match (a.direct, a.mode) {
         (true, _) => DataMode::Direct,
@@ -323,39 +296,20 @@ fn resolve(a: &LoadArgs, unix_now: u64) -> Result<Setup, UsageError> {
             ));
         }
     };
-    let (credentials, credential_kind) = match (&a.user, &a.password, &a.secret) {
-        _ if a.direct => (None, "none"),
-        (_, Some(_), Some(_)) => {
-            return Err(UsageError(
-                "--password and --secret exclude each other (--secret derives the password)".into(),
-            ));
-        }
-        (Some(u), Some(p), None) => (
-            Some(Credentials {
-                username: u.clone(),
-                password: p.clone(),
-            }),
-            "long-term",
-        ),
-        (None, Some(_), None) => return Err(UsageError("--password needs --user".into())),
-        (Some(_), None, None) => {
-            return Err(UsageError(
-                "--user needs --password (or --secret for TURN REST credentials)".into(),
-            ));
-        }
-        (user, None, Some(secret)) => {
-            let name = user.as_deref().unwrap_or("load");
-            let c = crate::probe::Credentials::rest(secret.as_bytes(), Some(name), unix_now);
-            (
-                Some(Credentials {
-                    username: c.username,
-                    password: c.password,
-                }),
-                "rest",
-            )
-        }
-        (None, None, None) => (None, "none"),
+    let resolved = if a.direct {
+        None
+    } else {
+        a.credentials.resolve("load", unix_now)?
     };
+    let credential_kind = match &resolved {
+        None => "none",
+        Some(c) if c.rest => "rest",
+        Some(_) => "long-term",
+    };
+    let credentials = resolved.map(|c| Credentials {
+        username: c.username,
+        password: c.password,
+    });
     let rate = match a.rate.as_str() {
         "max" => None,
         r => match r.parse::<f64>() {
@@ -516,10 +470,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
         .into());
     }
     let tls: Option<(Arc<ClientConfig>, ServerName<'static>)> = match &s.trust {
-        Some((trust, name)) => Some((
-            crate::probe::transport::tls_config(trust).map_err(|e| UsageError(e.0))?,
-            name.clone(),
-        )),
+        Some((trust, name)) => Some((crate::probe::transport::tls_config(trust)?, name.clone())),
         None => None,
     };
     let cpus = sys::cpu_count();

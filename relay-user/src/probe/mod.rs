@@ -8,17 +8,19 @@
 //! [`report::exit`].
 
 pub mod client;
+pub mod flags;
 pub mod report;
 pub mod transport;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use rustls::pki_types::ServerName;
 
 pub use client::{Credentials, ProbeOptions, Retransmit, probe, probe_conn};
+use flags::nonempty;
+pub use flags::{CredentialArgs, TlsArgs};
 pub use report::{Report, Status, exit};
 pub use transport::{DEFAULT_PORT, DEFAULT_TLS_PORT, Host, Target, Transport, Trust, parse_target};
 
@@ -32,24 +34,10 @@ pub struct ProbeArgs {
     /// udp, tcp or tls (TURN over TLS, turns:); default: the URI's, else udp.
     #[arg(long, short = 't', value_name = "TRANSPORT")]
     pub transport: Option<Transport>,
-    /// TLS: trust only the CA certificate(s) in this PEM file instead of the system store.
-    #[arg(long, value_name = "FILE", conflicts_with = "insecure")]
-    pub ca: Option<PathBuf>,
-    /// TLS: do not verify the server's certificate (self-signed test setups only).
-    #[arg(long)]
-    pub insecure: bool,
-    /// TLS: the name to send (SNI) and verify the certificate against; default: SERVER's host.
-    #[arg(long, value_name = "NAME")]
-    pub sni: Option<String>,
-    /// Long-term credential username; with --secret, the name part of the REST username.
-    #[arg(long, short = 'u', value_name = "USER")]
-    pub user: Option<String>,
-    /// Long-term credential password (needs --user).
-    #[arg(long, short = 'p', value_name = "PASSWORD")]
-    pub password: Option<String>,
-    /// TURN REST shared secret: the probe mints "<now+86400>:<user or probe>" and its password.
-    #[arg(long, value_name = "SECRET")]
-    pub secret: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub credentials: CredentialArgs,
     /// Realm the server is expected to announce (a different one is reported as a warning).
     #[arg(long, value_name = "REALM")]
     pub realm: Option<String>,
@@ -130,23 +118,15 @@ pub fn plan(args: &ProbeArgs) -> Result<Plan, UsageError> {
     };
     let port = target.port.unwrap_or(transport.default_port());
     let trust = if transport == Transport::Tls {
-        let trust = match (&args.ca, args.insecure) {
-            (Some(ca), _) => Trust::CaFile(ca.clone()),
-            (None, true) => Trust::Insecure,
-            (None, false) => Trust::System,
-        };
-        let name = match (&args.sni, &target.host) {
+        let trust = args.tls.trust();
+        let name = match (&args.tls.sni, &target.host) {
             (Some(n), _) => nonempty("--sni", n)?.to_owned(),
             (None, Host::Name(n)) => n.clone(),
             (None, Host::Ip(ip)) => ip.to_string(),
         };
         Some((trust, name))
     } else {
-        if args.ca.is_some() || args.insecure || args.sni.is_some() {
-            return Err(UsageError(format!(
-                "--ca, --insecure and --sni apply to TLS only (this probe is over {transport})"
-            )));
-        }
+        args.tls.refused_on(transport)?;
         None
     };
     Ok(Plan {
@@ -261,32 +241,9 @@ pub fn options(args: &ProbeArgs, unix_now: u64) -> Result<ProbeOptions, UsageErr
     if args.timeout_ms == 0 {
         return Err(UsageError("--timeout-ms must be at least 1".into()));
     }
-    let credentials = match (&args.user, &args.password, &args.secret) {
-        (_, Some(_), Some(_)) => {
-            return Err(UsageError(
-                "--password and --secret exclude each other (--secret derives the password)".into(),
-            ));
-        }
-        (Some(user), Some(password), None) => Some(Credentials {
-            username: nonempty("--user", user)?.to_owned(),
-            password: nonempty("--password", password)?.to_owned(),
-            rest: false,
-        }),
-        (None, Some(_), None) => {
-            return Err(UsageError("--password needs --user".into()));
-        }
-        (Some(_), None, None) => {
-            return Err(UsageError(
-                "--user needs --password (or --secret for TURN REST credentials)".into(),
-            ));
-        }
-        (user, None, Some(secret)) => {
-            let secret = nonempty("--secret", secret)?;
-            let name = user.as_deref().map(|u| nonempty("--user", u)).transpose()?;
-            Some(Credentials::rest(secret.as_bytes(), name, unix_now))
-        }
-        (None, None, None) => None,
-    };
+    let credentials = args
+        .credentials
+        .resolve(client::REST_DEFAULT_NAME, unix_now)?;
     if let Some(r) = &args.realm {
         nonempty("--realm", r)?;
     }
@@ -300,14 +257,6 @@ pub fn options(args: &ProbeArgs, unix_now: u64) -> Result<ProbeOptions, UsageErr
         expected_realm: args.realm.clone(),
         keep_allocation: false,
     })
-}
-
-fn nonempty<'a>(flag: &str, v: &'a str) -> Result<&'a str, UsageError> {
-    if v.is_empty() {
-        Err(UsageError(format!("{flag} must not be empty")))
-    } else {
-        Ok(v)
-    }
 }
 
 fn unix_now() -> u64 {
