@@ -912,13 +912,23 @@ fn tcp_to_a_closed_port_exits_2() {
 }
 
 /// A TCP service that is not STUN: answers every connection with an HTTP error.
+///
+/// It reads the request before answering and half-closes instead of closing:
+/// closing a socket with unread input makes the kernel send RST, which can
+/// overtake the answer and turn "not STUN" into "connection reset".
 fn http_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     thread::spawn(move || {
         for mut c in l.incoming().flatten().take(2) {
             use std::io::Write;
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
             let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            let _ = c.shutdown(std::net::Shutdown::Write);
+            // Drain until the client closes, so our close sends FIN, not RST.
+            while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
         }
     });
     addr
