@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Skip the criterion micro-benchmarks.
     #[arg(long)]
     pub no_criterion: bool,
+    /// Only the scenarios whose name contains one of these (comma-separated), e.g.
+    /// `--only "1000 alloc @ 50k"`.
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    pub only: Vec<String>,
     /// Use the relay binary already in target/release instead of building it.
     #[arg(long)]
     pub skip_build: bool,
@@ -234,7 +238,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     std::fs::copy(root().join("target/release/relay"), &relay)
         .context("copying target/release/relay (build it: cargo xtask build)")?;
 
-    let scenarios = scenarios(args.scale);
+    let mut scenarios = scenarios(args.scale);
+    if !args.only.is_empty() {
+        scenarios.retain(|sc| args.only.iter().any(|o| sc.name.contains(o.as_str())));
+        if scenarios.is_empty() {
+            bail!(
+                "--only {:?} matches no scenario at scale {:?}",
+                args.only,
+                args.scale
+            );
+        }
+    }
     let topo = topo::Topo::new().context("building the namespace topology")?;
     let mut runs = Vec::new();
     for (k, sc) in scenarios.iter().enumerate() {
@@ -346,7 +360,9 @@ fn quiet_box() -> f64 {
 }
 
 fn criterion(args: &[String]) -> Result<()> {
-    let mut c = Cargo::new(["bench", "-p", "relay-benches"]);
+    // `--benches`: only the criterion targets get the arguments (the lib's libtest
+    // harness would refuse criterion flags such as `--quick`).
+    let mut c = Cargo::new(["bench", "-p", "relay-benches", "--benches"]);
     if !args.is_empty() {
         c.arg("--").args(args);
     }
