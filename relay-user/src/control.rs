@@ -510,6 +510,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         "xdp",
     );
     check(old.udp_workers != new.udp_workers, "udp.workers");
+    check(old.udp_engine != new.udp_engine, "udp.engine");
     check(old.tcp != new.tcp, "tcp");
     check(old.admin.address != new.admin.address, "admin.address");
     check(old.log_level != new.log_level, "log.level");

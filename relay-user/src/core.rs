@@ -150,7 +150,13 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         },
         users: [("demo".to_owned(), UserEntry::Password(password.clone()))].into(),
         shared_secrets: vec![],
-        peers_allow: vec!["127.0.0.0/8".parse().expect("literal")],
+        // The demo's peers (turnutils_peer, `relay load echo`) run on the relay host
+        // itself: its own address must be allowed exactly, or every non-relay port of
+        // 127.0.0.1 counts as a service of the relay host (403).
+        peers_allow: vec![
+            "127.0.0.0/8".parse().expect("literal"),
+            "127.0.0.1/32".parse().expect("literal"),
+        ],
         peers_deny: vec![],
         max_allocations: 1000,
         max_allocations_per_user: 1000,
@@ -158,6 +164,7 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         xdp_mode: crate::xdp::AttachMode::Auto,
         xdp_forwarding: crate::xdp::Forwarding::Auto,
         udp_workers: 0,
+        udp_engine: crate::config::IoEngine::Auto,
         log_level: "info".into(),
         admin: crate::config::AdminSettings::default(),
         alternate_servers: vec![],

@@ -17,4 +17,5 @@ pub mod shard;
 pub mod status;
 pub mod tcp;
 pub mod udp;
+pub mod uring;
 pub mod xdp;

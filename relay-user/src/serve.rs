@@ -96,6 +96,11 @@ async fn serve(
     for addr in &udp {
         crate::udp::claim_listener(*addr).with_context(|| format!("listen {addr} (udp)"))?;
     }
+    let engine = if workers > 0 {
+        crate::udp::choose_engine(config.udp_engine)?
+    } else {
+        crate::config::IoEngine::Epoll
+    };
     // All workers bind before any runs: the SO_REUSEPORT groups are complete, so the
     // worker a client hashes to cannot change after its first datagram.
     let mut planes = Vec::with_capacity(workers);
@@ -103,7 +108,10 @@ async fn serve(
         let name = format!("udp-{i}");
         let (handle, inbox) = shard::channel(&name).context("creating a shard wake-up eventfd")?;
         let server = cores.server(&config, Instant::now())?;
-        planes.push((name, Dataplane::new(server, &udp, inbox, kernel.clone())?));
+        planes.push((
+            name,
+            Dataplane::new(server, &udp, inbox, kernel.clone(), engine)?,
+        ));
         shards.push(handle);
     }
     for (name, plane) in planes {
@@ -146,7 +154,7 @@ async fn serve(
         }
     };
     for addr in &udp {
-        tracing::info!(listen = %addr, workers, "answering TURN over UDP");
+        tracing::info!(listen = %addr, workers, %engine, "answering TURN over UDP");
     }
     for r in [config.relay_v4, config.relay_v6].into_iter().flatten() {
         tracing::info!(

@@ -1,7 +1,8 @@
 //! Several UDP workers (`[udp] workers`) sharing the listeners through SO_REUSEPORT, in
 //! the deployment of CONTEXT.md with the kernel fast path off, so every packet crosses
 //! the workers: allocations land on different workers, hairpin between them works
-//! without NAT reflection, and quotas count over all of them.
+//! without NAT reflection, and quotas count over all of them. The io_uring loop (what
+//! `[udp] engine = "auto"` picks here) and the epoll loop are both run.
 //!
 //! Needs root, `coturn` and `target/debug/relay` (`cargo build -p relay-user`).
 
@@ -9,7 +10,9 @@ use std::{collections::BTreeSet, time::Duration};
 
 use relay_tests::{
     Topology, TopologyOptions,
-    fixture::{Deployment, PASSWORD, RelayConfig, start_relay, turn_client},
+    fixture::{
+        Deployment, PASSWORD, RELAY_PORTS, RelayConfig, start_relay, turn_client, wait_until,
+    },
     relay::{RelayProcess, field},
 };
 
@@ -18,12 +21,28 @@ const WORKERS: usize = 4;
 const QUOTA: usize = 12;
 
 fn start(nat_reflection: bool, per_user: usize) -> Deployment {
-    Deployment::start(TopologyOptions { nat_reflection }, |t| {
-        start_relay(&t.relay, &config(t, per_user))
-    })
+    start_on("auto", nat_reflection, per_user)
 }
 
-fn config(topo: &Topology, per_user: usize) -> String {
+/// The deployment with the UDP workers on `engine` ("auto" is io_uring on this kernel).
+fn start_on(engine: &str, nat_reflection: bool, per_user: usize) -> Deployment {
+    let env = Deployment::start(TopologyOptions { nat_reflection }, |t| {
+        start_relay(&t.relay, &config(t, per_user, engine))
+    });
+    let line = env
+        .relay
+        .wait_for_log("answering TURN over UDP", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let expected = if engine == "epoll" {
+        "epoll"
+    } else {
+        "io_uring"
+    };
+    assert_eq!(field(&line, "engine"), Some(expected), "{line}");
+    env
+}
+
+fn config(topo: &Topology, per_user: usize, engine: &str) -> String {
     RelayConfig {
         peers_allow: Vec::new(),
         sections: format!(
@@ -33,6 +52,7 @@ drain_timeout = 0
 
 [udp]
 workers = {WORKERS}
+engine = "{engine}"
 
 [xdp]
 mode = "off"
@@ -56,7 +76,16 @@ fn shards_of_allocations(relay: &RelayProcess) -> BTreeSet<u64> {
 
 #[test]
 fn client_to_client_across_workers_without_nat_reflection() {
-    let env = start(false, 100);
+    client_to_client_across_workers("auto");
+}
+
+#[test]
+fn client_to_client_across_workers_on_epoll() {
+    client_to_client_across_workers("epoll");
+}
+
+fn client_to_client_across_workers(engine: &str) {
+    let env = start_on(engine, false, 100);
     let running = env
         .relay
         .wait_for_log("relay running", Duration::ZERO)
@@ -107,4 +136,65 @@ fn user_quota_counts_over_all_workers() {
         "the allocations all landed on one worker: {shards:?}\n{}",
         ctx()
     );
+}
+
+/// The relay sockets (bind address 198.51.100.50 in the relay host) listed by `ss`.
+fn relay_sockets(env: &Deployment) -> BTreeSet<u16> {
+    let out = env
+        .topo
+        .relay
+        .exec("ss", &["-Huan"])
+        .unwrap_or_else(|e| panic!("ss: {e}"));
+    let bind = format!("{}:", env.addrs().relay_external);
+    out.lines()
+        .filter_map(|l| l.split_whitespace().find(|f| f.starts_with(&bind)))
+        .filter_map(|f| f[bind.len()..].parse().ok())
+        .filter(|p| RELAY_PORTS.contains(p))
+        .collect()
+}
+
+/// An allocation's relay port is released when it ends: the io_uring loop must cancel
+/// the socket's armed receive, which otherwise keeps the port bound after close.
+fn relay_ports_are_released(engine: &str) {
+    let env = start_on(engine, true, 100);
+    let mut clients: Vec<_> = (0..6)
+        .map(|_| turn_client(&env.topo.client, env.server(), PASSWORD))
+        .collect();
+    let ports: BTreeSet<u16> = clients
+        .iter_mut()
+        .map(|c| {
+            c.allocate()
+                .unwrap_or_else(|e| panic!("allocate: {e}"))
+                .port()
+        })
+        .collect();
+    assert_eq!(ports.len(), 6);
+    let open = relay_sockets(&env);
+    assert!(
+        ports.is_subset(&open),
+        "relay ports {ports:?} not all bound: {open:?}"
+    );
+    for c in &mut clients {
+        assert_eq!(c.refresh(0).unwrap_or_else(|e| panic!("delete: {e}")), 0);
+    }
+    wait_until("relay ports released", Duration::from_secs(5), || {
+        relay_sockets(&env).is_disjoint(&ports)
+    });
+    // The workers still serve: a new allocation gets a port and is bound.
+    let mut c = turn_client(&env.topo.client, env.server(), PASSWORD);
+    let port = c
+        .allocate()
+        .unwrap_or_else(|e| panic!("allocate: {e}"))
+        .port();
+    assert!(relay_sockets(&env).contains(&port), "{}", env.relay.logs());
+}
+
+#[test]
+fn relay_ports_are_released_on_io_uring() {
+    relay_ports_are_released("auto");
+}
+
+#[test]
+fn relay_ports_are_released_on_epoll() {
+    relay_ports_are_released("epoll");
 }

@@ -122,6 +122,8 @@ pub struct XdpSection {
 pub struct UdpSection {
     /// Data-path threads sharing the UDP listeners with SO_REUSEPORT; 0 = one per CPU.
     pub workers: Option<usize>,
+    /// auto | io_uring | epoll
+    pub engine: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,7 +14,7 @@ pub use file::{
     RelaySection, Transport, UdpSection, XdpSection,
 };
 pub use log::{LEVELS as LOG_LEVELS, check_log_filter};
-pub use tcp::{TcpEngine, TcpSection, TcpSettings, TlsFiles, TlsSection};
+pub use tcp::{IoEngine, TcpSection, TcpSettings, TlsFiles, TlsSection};
 pub use users::{UserEntry, load_users_file};
 pub use validate::{Config, ConfigError, Listener, MAX_UDP_WORKERS, PortRange, RelayAddrs};
 

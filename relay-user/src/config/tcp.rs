@@ -32,9 +32,9 @@ pub struct TlsSection {
     pub private_key: Option<String>,
 }
 
-/// Which event loop serves TCP/TLS.
+/// Which event loop serves a transport (`[tcp] engine`, `[udp] engine`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TcpEngine {
+pub enum IoEngine {
     /// io_uring when the kernel allows it, else epoll (the reason is logged).
     Auto,
     /// io_uring or fail to start.
@@ -43,7 +43,7 @@ pub enum TcpEngine {
     Epoll,
 }
 
-impl FromStr for TcpEngine {
+impl FromStr for IoEngine {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
@@ -57,7 +57,7 @@ impl FromStr for TcpEngine {
     }
 }
 
-impl fmt::Display for TcpEngine {
+impl fmt::Display for IoEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Auto => "auto",
@@ -69,7 +69,7 @@ impl fmt::Display for TcpEngine {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpSettings {
-    pub engine: TcpEngine,
+    pub engine: IoEngine,
     pub max_connections: usize,
     pub max_connections_per_source: u32,
     pub idle_timeout: Duration,
@@ -79,7 +79,7 @@ pub struct TcpSettings {
 impl Default for TcpSettings {
     fn default() -> Self {
         Self {
-            engine: TcpEngine::Auto,
+            engine: IoEngine::Auto,
             max_connections: 50_000,
             max_connections_per_source: 1_000,
             idle_timeout: Duration::from_secs(60),

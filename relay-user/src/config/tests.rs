@@ -137,6 +137,10 @@ fn each_bad_value_names_its_key() {
             "udp.workers",
         ),
         (
+            DEPLOYMENT.replace("workers = 4", "workers = 4\nengine = \"uring\""),
+            "udp.engine",
+        ),
+        (
             DEPLOYMENT.replace("[\"s3cret\"]", "[\"\"]"),
             "auth.shared_secrets[0]",
         ),
@@ -164,6 +168,7 @@ fn single_listener_supplies_the_relay_address() {
     assert_eq!(c.ports, validate::DEFAULT_PORTS);
     // Defaults: a worker per CPU; forwarding managed by the relay.
     assert_eq!(c.udp_workers, 0);
+    assert_eq!(c.udp_engine, IoEngine::Auto);
     assert_eq!(c.xdp_forwarding, crate::xdp::Forwarding::Auto);
     // Two listeners: which NIC relays is the operator's call.
     let two = "[[listen]]\naddress = \"127.0.0.1:3478\"\n[[listen]]\naddress = \"127.0.0.2:3478\"\n\
@@ -294,7 +299,7 @@ fn tcp_and_tls_listeners_with_their_tables() {
         c.listeners[2].transports,
         vec![Transport::Tcp, Transport::Tls]
     );
-    assert_eq!(c.tcp.engine, TcpEngine::Epoll);
+    assert_eq!(c.tcp.engine, IoEngine::Epoll);
     assert_eq!(c.tcp.max_connections_per_source, 20);
     assert_eq!(c.tcp.idle_timeout, std::time::Duration::from_secs(30));
     assert_eq!(

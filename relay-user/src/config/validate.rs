@@ -10,7 +10,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use super::{ConfigFile, Transport, UserEntry, load_users_file};
+use super::{ConfigFile, IoEngine, Transport, UserEntry, load_users_file};
 use crate::xdp::{AttachMode, Forwarding};
 
 /// A config error: which key, and what is wrong with it.
@@ -63,6 +63,8 @@ pub struct Config {
     pub xdp_forwarding: Forwarding,
     /// UDP data-path threads; 0 = one per CPU (`[udp] workers`).
     pub udp_workers: usize,
+    /// Event loop of the UDP workers (`[udp] engine`).
+    pub udp_engine: IoEngine,
     pub log_level: String,
     pub admin: super::AdminSettings,
     /// Where full or draining relays send new clients (300 ALTERNATE-SERVER).
@@ -263,6 +265,12 @@ impl ConfigFile {
                 format!("{udp_workers} is more than {MAX_UDP_WORKERS}; 0 means one per CPU"),
             ));
         }
+        let udp_engine = match &self.udp.engine {
+            Some(e) => e
+                .parse()
+                .map_err(|m: String| ConfigError::new("udp.engine", m))?,
+            None => IoEngine::Auto,
+        };
         let relays: Vec<RelayAddrs> = [relay_v4, relay_v6].into_iter().flatten().collect();
         let admin = super::admin::admin(self.admin, &listeners, &relays, ports)?;
         let alternate_servers =
@@ -291,6 +299,7 @@ impl ConfigFile {
             xdp_mode,
             xdp_forwarding,
             udp_workers,
+            udp_engine,
             log_level,
             admin,
             alternate_servers,

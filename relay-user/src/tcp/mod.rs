@@ -37,10 +37,10 @@ use relay_proto::server::Server;
 
 pub use state::Stats;
 pub use tls::{TlsAcceptor, TlsError};
-pub use uring::{Unavailable, probe as probe_io_uring};
+pub use uring::probe as probe_io_uring;
 
 use crate::{
-    config::{Config, TcpEngine, Transport},
+    config::{Config, IoEngine, Transport},
     shard::{Inbox, Kernel},
 };
 
@@ -152,8 +152,8 @@ pub fn spawn(
     })
 }
 
-fn run(engine: TcpEngine, state: state::State, inbox: Inbox) -> Server {
-    if engine != TcpEngine::Epoll {
+fn run(engine: IoEngine, state: state::State, inbox: Inbox) -> Server {
+    if engine != IoEngine::Epoll {
         match uring::UringLoop::new(state, inbox) {
             Ok(l) => {
                 tracing::info!(engine = "io_uring", "TCP/TLS event loop running");
@@ -183,32 +183,14 @@ fn run_epoll(state: state::State, inbox: Inbox) -> Server {
 
 /// `[tcp] engine`, overridden by `RELAY_TCP_ENGINE`; with `auto`, io_uring if the probe
 /// passes, else epoll with the reason logged. `io_uring` that cannot run is an error.
-fn choose_engine(configured: TcpEngine) -> anyhow::Result<TcpEngine> {
-    let (engine, source) = match std::env::var(ENGINE_ENV) {
-        Ok(v) => (
-            v.parse::<TcpEngine>()
-                .map_err(|e| anyhow::anyhow!("{ENGINE_ENV}: {e}"))?,
-            ENGINE_ENV,
-        ),
-        Err(_) => (configured, "tcp.engine"),
-    };
-    match engine {
-        TcpEngine::Epoll => {
-            tracing::info!(engine = "epoll", "{source} = \"epoll\": io_uring not used");
-            Ok(TcpEngine::Epoll)
-        }
-        TcpEngine::IoUring => {
-            uring::probe().with_context(|| format!("{source} = \"io_uring\""))?;
-            Ok(TcpEngine::IoUring)
-        }
-        TcpEngine::Auto => match uring::probe() {
-            Ok(()) => Ok(TcpEngine::IoUring),
-            Err(reason) => {
-                tracing::warn!(%reason, "io_uring unavailable; serving TCP/TLS with epoll");
-                Ok(TcpEngine::Epoll)
-            }
-        },
-    }
+fn choose_engine(configured: IoEngine) -> anyhow::Result<IoEngine> {
+    crate::uring::choose_engine(
+        configured,
+        ENGINE_ENV,
+        "tcp.engine",
+        "TCP/TLS",
+        uring::probe,
+    )
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

@@ -14,22 +14,23 @@
 //! allocation's listener a multishot accept that is cancelled when the allocation goes.
 
 use std::{
-    alloc::Layout,
     io,
     net::TcpStream,
     os::fd::{AsRawFd, FromRawFd, RawFd},
-    sync::atomic::{AtomicU16, Ordering},
     time::{Duration, Instant},
 };
 
-use io_uring::{IoUring, Probe, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use relay_proto::server::Server;
 
 use super::{
     slab::Key,
     state::{RelayChange, Side, State, Work, connect_outcome, token},
 };
-use crate::shard::Inbox;
+use crate::{
+    shard::Inbox,
+    uring::{BufRing, Unavailable, completions, probe_multishot, setup_error, submit_and_wait},
+};
 
 const WAKE: u8 = 1;
 const ACCEPT: u8 = 2;
@@ -54,234 +55,23 @@ const BUFFER_GROUP: u16 = 0;
 /// How long a stopping loop waits for in-flight operations before leaving anyway.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// Why the io_uring loop cannot run here.
-#[derive(Debug, thiserror::Error)]
-pub enum Unavailable {
-    #[error("io_uring is disabled by sysctl kernel.io_uring_disabled={0}")]
-    Sysctl(String),
-    #[error(
-        "io_uring_setup is not permitted ({0}): kernel.io_uring_disabled, a seccomp filter or a container policy"
-    )]
-    NotPermitted(io::Error),
-    #[error("this kernel has no io_uring ({0})")]
-    NoSyscall(io::Error),
-    #[error("the kernel lacks {0}")]
-    Missing(&'static str),
-    #[error("{what}: {source}")]
-    Failed {
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
-}
-
-fn setup_error(e: io::Error) -> Unavailable {
-    match e.raw_os_error() {
-        Some(libc::EPERM | libc::EACCES) => Unavailable::NotPermitted(e),
-        Some(libc::ENOSYS) => Unavailable::NoSyscall(e),
-        _ => Unavailable::Failed {
-            what: "io_uring_setup",
-            source: e,
-        },
-    }
-}
-
 /// Checks that this process may use io_uring with everything the loop needs: ring
 /// creation, the opcodes, provided-buffer rings (5.19) and multishot receive (6.0), the
 /// last by receiving one byte over a socketpair.
 pub fn probe() -> Result<(), Unavailable> {
-    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
-        let v = v.trim();
-        if v == "2" {
-            return Err(Unavailable::Sysctl(v.to_owned()));
-        }
-    }
-    let mut ring = IoUring::new(8).map_err(setup_error)?;
-    if !ring.params().is_feature_ext_arg() {
-        return Err(Unavailable::Missing("IORING_FEAT_EXT_ARG (5.11)"));
-    }
-    let mut p = Probe::new();
-    ring.submitter()
-        .register_probe(&mut p)
-        .map_err(|source| Unavailable::Failed {
-            what: "IORING_REGISTER_PROBE",
-            source,
-        })?;
-    for (code, name) in [
-        (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT"),
-        (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
-        (opcode::Send::CODE, "IORING_OP_SEND"),
-        (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
-        (opcode::PollRemove::CODE, "IORING_OP_POLL_REMOVE"),
-        (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
-    ] {
-        if !p.is_supported(code) {
-            return Err(Unavailable::Missing(name));
-        }
-    }
-    let bufs = BufRing::new(&ring, 2, 64, 7).map_err(|e| match e.raw_os_error() {
-        Some(libc::EINVAL) => Unavailable::Missing("provided-buffer rings (5.19)"),
-        _ => Unavailable::Failed {
-            what: "IORING_REGISTER_PBUF_RING",
-            source: e,
-        },
-    })?;
-    let mut fds = [0 as RawFd; 2];
-    // SAFETY: fds has room for two descriptors.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } < 0
-    {
-        return Err(Unavailable::Failed {
-            what: "socketpair",
-            source: io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: both descriptors were just created and are owned here.
-    let (a, b) = unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    };
-    let recv = opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), 7)
-        .build()
-        .user_data(1);
-    // SAFETY: the entry references only a descriptor that outlives the ring's use of it.
-    unsafe { ring.submission().push(&recv) }.map_err(|_| Unavailable::Missing("SQ space"))?;
-    // SAFETY: one-byte write from a valid buffer.
-    unsafe { libc::write(b.as_raw_fd(), b"x".as_ptr().cast(), 1) };
-    ring.submit_and_wait(1)
-        .map_err(|source| Unavailable::Failed {
-            what: "io_uring_enter",
-            source,
-        })?;
-    let cqe = ring
-        .completion()
-        .next()
-        .ok_or(Unavailable::Missing("a completion for the probe"))?;
-    let ok = cqe.result() == 1 && cqueue::more(cqe.flags());
-    drop(a);
-    drop(b);
-    // The ring goes first (it holds the registration), then the probe's buffers.
-    drop(ring);
-    drop(bufs);
-    if !ok {
-        return Err(Unavailable::Missing("multishot receive (6.0)"));
-    }
-    Ok(())
-}
-
-/// A ring of provided buffers (IORING_REGISTER_PBUF_RING): the kernel picks one per
-/// receive completion; we hand it back once its bytes are consumed.
-struct BufRing {
-    ring: *mut types::BufRingEntry,
-    layout: Layout,
-    mem: *mut u8,
-    mem_layout: Layout,
-    entries: u16,
-    size: usize,
-    tail: u16,
-}
-
-impl BufRing {
-    fn new(uring: &IoUring, entries: u16, size: usize, group: u16) -> io::Result<Self> {
-        assert!(entries.is_power_of_two());
-        let layout = Layout::from_size_align(
-            usize::from(entries) * std::mem::size_of::<types::BufRingEntry>(),
-            4096,
-        )
-        .map_err(io::Error::other)?;
-        let mem_layout =
-            Layout::from_size_align(usize::from(entries) * size, 64).map_err(io::Error::other)?;
-        // SAFETY: non-zero sizes; checked for null below.
-        let ring = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<types::BufRingEntry>();
-        let mem = unsafe { std::alloc::alloc(mem_layout) };
-        if ring.is_null() || mem.is_null() {
-            // SAFETY: freeing only what was allocated with these layouts.
-            unsafe {
-                if !ring.is_null() {
-                    std::alloc::dealloc(ring.cast(), layout);
-                }
-                if !mem.is_null() {
-                    std::alloc::dealloc(mem, mem_layout);
-                }
-            }
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        }
-        let mut me = Self {
-            ring,
-            layout,
-            mem,
-            mem_layout,
-            entries,
-            size,
-            tail: 0,
-        };
-        // SAFETY: the ring memory is page-aligned, sized for `entries`, and lives as long
-        // as `me`; `me` is dropped only after the io_uring instance (see the loop's drop
-        // order), which unregisters it.
-        unsafe {
-            uring
-                .submitter()
-                .register_buf_ring_with_flags(ring as u64, entries, group, 0)?;
-        }
-        for bid in 0..entries {
-            me.add(bid);
-        }
-        me.publish();
-        Ok(me)
-    }
-
-    fn add(&mut self, bid: u16) {
-        let idx = usize::from(self.tail & (self.entries - 1));
-        // SAFETY: idx < entries; the entry is ours to write until the tail is published.
-        let e = unsafe { &mut *self.ring.add(idx) };
-        // SAFETY: bid < entries, so the buffer lies inside `mem`.
-        e.set_addr(unsafe { self.mem.add(usize::from(bid) * self.size) } as u64);
-        e.set_len(self.size as u32);
-        e.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    fn publish(&self) {
-        // SAFETY: the tail field lives in the first entry's reserved field and is shared
-        // with the kernel, which reads it atomically.
-        unsafe {
-            let tail = types::BufRingEntry::tail(self.ring).cast::<AtomicU16>();
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-
-    /// The bytes the kernel put in buffer `bid`.
-    fn get(&self, bid: u16, len: usize) -> &[u8] {
-        let len = len.min(self.size);
-        // SAFETY: bid < entries (the kernel only returns ids we gave it); the kernel is
-        // done writing this buffer until we hand it back.
-        unsafe { std::slice::from_raw_parts(self.mem.add(usize::from(bid) * self.size), len) }
-    }
-
-    fn recycle(&mut self, bid: u16) {
-        if bid < self.entries {
-            self.add(bid);
-            self.publish();
-        }
-    }
-}
-
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with these layouts.
-        unsafe {
-            std::alloc::dealloc(self.ring.cast(), self.layout);
-            std::alloc::dealloc(self.mem, self.mem_layout);
-        }
-    }
+    probe_multishot(
+        &[
+            (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT"),
+            (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
+            (opcode::Send::CODE, "IORING_OP_SEND"),
+            (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
+            (opcode::PollRemove::CODE, "IORING_OP_POLL_REMOVE"),
+            (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+        ],
+        libc::SOCK_STREAM,
+        |fd| opcode::RecvMulti::new(types::Fd(fd), 7).build(),
+        "multishot receive (6.0)",
+    )
 }
 
 pub struct UringLoop {
@@ -299,10 +89,6 @@ pub struct UringLoop {
     stopping: bool,
     accept_errors: u64,
 }
-
-// SAFETY: the raw pointers in BufRing point to heap memory owned by it; the loop moves to
-// its thread once and is used there only.
-unsafe impl Send for UringLoop {}
 
 impl UringLoop {
     /// Sets up the ring on the calling thread; on failure the state comes back for the
@@ -407,22 +193,7 @@ impl UringLoop {
     }
 
     fn wait(&mut self, wait: Duration) -> io::Result<()> {
-        let ts = types::Timespec::new()
-            .sec(wait.as_secs())
-            .nsec(wait.subsec_nanos());
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match self.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        submit_and_wait(&self.ring, 1, wait, None)
     }
 
     /// Closes every connection and waits (bounded) until the kernel holds none of their
@@ -457,12 +228,7 @@ impl UringLoop {
 
     fn reap(&mut self, now: Instant) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        cqes.clear();
-        cqes.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
+        completions(&mut self.ring, &mut cqes);
         for &(ud, res, flags) in &cqes {
             self.complete(ud, res, flags, now);
         }

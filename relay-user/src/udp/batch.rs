@@ -116,8 +116,7 @@ pub struct SendBatch {
     fd: RawFd,
     count: usize,
     /// Datagrams the kernel refused (full socket buffer, no route), since start.
-    pub errors: u64,
-    pub last_error: Option<io::Error>,
+    pub errors: super::plane::SendErrors,
 }
 
 impl SendBatch {
@@ -126,8 +125,7 @@ impl SendBatch {
             slots: Slots::new(),
             fd: -1,
             count: 0,
-            errors: 0,
-            last_error: None,
+            errors: Default::default(),
         }
     }
 
@@ -185,7 +183,12 @@ impl SendBatch {
     }
 
     fn fail(&mut self, e: io::Error) {
-        self.errors += 1;
-        self.last_error = Some(e);
+        self.errors.record(e);
+    }
+}
+
+impl super::plane::Outbox for SendBatch {
+    fn push(&mut self, fd: RawFd, bytes: &[u8], to: &SocketAddr) {
+        SendBatch::push(self, fd, bytes, to)
     }
 }

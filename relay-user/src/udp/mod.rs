@@ -4,8 +4,11 @@
 
 mod batch;
 mod dataplane;
+mod epoll;
+mod plane;
 mod sockaddr;
 mod socket;
+mod uring;
 
-pub use dataplane::Dataplane;
+pub use dataplane::{Dataplane, ENGINE_ENV, choose_engine};
 pub use socket::{bind_udp, bind_udp_reuseport, claim_listener, with_bind_hint};

@@ -1,0 +1,135 @@
+//! The epoll loop of a UDP worker: waits on epoll, drains ready sockets in recvmmsg
+//! batches, and sends what the core returned with one sendmmsg per run of datagrams
+//! leaving through the same socket. It runs where io_uring cannot (see
+//! [`super::uring`]).
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Instant,
+};
+
+use anyhow::Context as _;
+
+use super::{
+    batch::{BATCH, RecvBatch, SendBatch},
+    plane::{Plane, RELAY_TOKEN_BASE, Registry, epoll_add},
+};
+
+const WAKE: u64 = u64::MAX;
+/// Batches taken from one socket before looking at the others (fairness).
+const BATCHES_PER_WAKEUP: usize = 8;
+
+pub(super) struct EpollLoop {
+    plane: Plane,
+    epoll: OwnedFd,
+    rx: RecvBatch,
+    tx: SendBatch,
+}
+
+impl EpollLoop {
+    #[allow(clippy::result_large_err)] // once per worker at startup
+    pub fn new(mut plane: Plane) -> Result<Self, (anyhow::Error, Plane)> {
+        match Self::epoll(&plane) {
+            Ok(epoll) => {
+                plane.relays.registry = Registry::Epoll(epoll.as_raw_fd());
+                Ok(Self {
+                    plane,
+                    epoll,
+                    rx: RecvBatch::new(),
+                    tx: SendBatch::new(),
+                })
+            }
+            Err(e) => Err((e, plane)),
+        }
+    }
+
+    fn epoll(plane: &Plane) -> anyhow::Result<OwnedFd> {
+        // SAFETY: plain syscall; result checked.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error()).context("epoll_create1");
+        }
+        // SAFETY: just created, owned by nobody else.
+        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+        epoll_add(epoll.as_raw_fd(), plane.inbox.waker.fd(), WAKE).context("epoll_ctl")?;
+        for (i, l) in plane.listeners.iter().enumerate() {
+            epoll_add(epoll.as_raw_fd(), l.sock.as_raw_fd(), i as u64)
+                .with_context(|| format!("epoll_ctl (listener {})", l.addr))?;
+        }
+        Ok(epoll)
+    }
+
+    pub fn run(mut self) -> Plane {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
+        while !self.plane.inbox.stopping() {
+            let timeout = self.plane.wait_ms() as i32;
+            // SAFETY: events has room for 64 entries.
+            let n = unsafe {
+                libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, timeout)
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "epoll_wait failed; the UDP data path stops");
+                break;
+            }
+            for ev in &events[..n as usize] {
+                let token = ev.u64;
+                if token == WAKE {
+                    self.plane.inbox.waker.clear();
+                    self.plane.inbox.run_jobs(&mut self.plane.server);
+                } else {
+                    self.drain(token);
+                }
+            }
+            self.plane.tick(Instant::now());
+        }
+        self.plane
+    }
+
+    /// Reads a ready socket until it is empty or has had its share.
+    fn drain(&mut self, token: u64) {
+        let (relay, fd) = if token >= RELAY_TOKEN_BASE {
+            match self.plane.relays.slot((token - RELAY_TOKEN_BASE) as usize) {
+                Some((addr, fd)) => (Some(addr), fd),
+                None => return, // closed since the event was queued
+            }
+        } else {
+            (None, self.plane.listeners[token as usize].sock.as_raw_fd())
+        };
+        for _ in 0..BATCHES_PER_WAKEUP {
+            let n = match self.rx.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "recvmmsg");
+                    return;
+                }
+            };
+            let now = Instant::now();
+            for i in 0..n {
+                let Some((from, packet)) = self.rx.get(i) else {
+                    continue;
+                };
+                match relay {
+                    None => {
+                        self.plane
+                            .client_datagram(now, token as usize, from, packet, &mut self.tx)
+                    }
+                    Some(addr) => self
+                        .plane
+                        .peer_datagram(now, addr, from, packet, &mut self.tx),
+                }
+            }
+            self.plane.apply_commands(now);
+            self.tx.flush();
+            self.tx.errors.report();
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! What both UDP event loops (epoll and io_uring) share: the shard's core, its member of
+//! every listener's SO_REUSEPORT group, the relay sockets of the allocations its core made,
+//! and what happens to one datagram. The loops differ only in how they wait, receive and
+//! send; this is the rest.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, RawFd},
+    time::Instant,
+};
+
+use relay_common::AllocCounters;
+use relay_proto::server::{
+    AllocationId, ClientOutput, Command, Event, FiveTuple, PeerOutput, RELAY_BIND_ATTEMPTS, Server,
+    Transport,
+};
+
+use super::socket::bind_udp;
+use crate::shard::{Inbox, Kernel};
+
+/// Where a loop puts a datagram to send: `bytes` to `to` through socket `fd`.
+pub(super) trait Outbox {
+    fn push(&mut self, fd: RawFd, bytes: &[u8], to: &SocketAddr);
+}
+
+pub(super) struct Listener {
+    pub addr: SocketAddr,
+    pub sock: UdpSocket,
+}
+
+struct Relay {
+    sock: UdpSocket,
+    slot: usize,
+}
+
+/// How relay sockets join the loop's wait set.
+pub(super) enum Registry {
+    /// Added to this epoll set when opened (token: the slot); closing the fd leaves it.
+    Epoll(RawFd),
+    /// The io_uring loop arms a multishot receive on each slot in `opened`, and cancels
+    /// the one of each socket in `closed`: an armed receive holds the socket (and its
+    /// port) open after close, so the slot stays taken until the loop calls
+    /// [`Relays::free_slot`].
+    Uring {
+        opened: Vec<usize>,
+        closed: Vec<(usize, UdpSocket)>,
+    },
+}
+
+/// The relay sockets and the kernel mirror.
+pub(super) struct Relays {
+    pub registry: Registry,
+    kernel: Kernel,
+    sockets: HashMap<SocketAddr, Relay>,
+    /// Slot (the loop's token for a relay socket) → its bind address; free slots are reused.
+    slots: Vec<Option<SocketAddr>>,
+    free_slots: Vec<usize>,
+    /// Kernel counters of allocations being removed, read before their map entries go,
+    /// for the log line of the event that follows (same `apply_commands` call).
+    ended: Vec<(AllocationId, AllocCounters)>,
+}
+
+impl Relays {
+    /// The bind address and socket of relay slot `slot`, if it is open.
+    pub fn slot(&self, slot: usize) -> Option<(SocketAddr, RawFd)> {
+        let addr = self.slots.get(slot).copied().flatten()?;
+        Some((addr, self.sockets.get(&addr)?.sock.as_raw_fd()))
+    }
+
+    /// Gives back a slot whose socket the io_uring loop has finished with.
+    pub fn free_slot(&mut self, slot: usize) {
+        debug_assert!(self.slots[slot].is_none());
+        self.free_slots.push(slot);
+    }
+
+    pub fn is_open(&self, slot: usize) -> bool {
+        self.slots.get(slot).is_some_and(|s| s.is_some())
+    }
+
+    /// Relay sockets follow the core's allocation commands; events become log lines.
+    /// `true` if a relay port of an allocation for `client` could not be bound: the core
+    /// voided it, and its Allocate must be handed to the core again.
+    fn apply_commands(
+        &mut self,
+        server: &mut Server,
+        now: Instant,
+        client: Option<&FiveTuple>,
+    ) -> bool {
+        let mut bind_failed = false;
+        while let Some(cmd) = server.poll_command() {
+            if let Command::AllocationRemoved { id, relay, .. } = &cmd
+                && let Some(c) = self.kernel.allocation_counters(*relay)
+            {
+                self.ended.push((*id, c));
+            }
+            self.kernel.apply(&cmd);
+            match cmd {
+                Command::AllocationCreated {
+                    relay, client: c, ..
+                } => {
+                    if let Err(e) = self.open_relay(relay) {
+                        tracing::warn!(%relay, client = %c, error = %e,
+                            "cannot bind relay port (another program holds it? keep the relay port range out of net.ipv4.ip_local_port_range); the core voids the allocation and the request is retried on another port");
+                        server.relay_unavailable(now, relay);
+                        bind_failed |= Some(&c) == client;
+                    }
+                }
+                Command::AllocationRemoved { relay, .. } => self.close_relay(relay),
+                // Permissions and channels only matter to the kernel fast path (above).
+                Command::PermissionCreated { .. }
+                | Command::PermissionRemoved { .. }
+                | Command::ChannelBound { .. }
+                | Command::ChannelUnbound { .. } => {}
+                // RFC 6062 TCP allocations exist only for TCP/TLS clients: not on this shard.
+                Command::ConnectPeer { .. }
+                | Command::SendToClient { .. }
+                | Command::SpliceConnection { .. }
+                | Command::CloseConnection { .. } => {}
+            }
+        }
+        while let Some(event) = server.poll_event() {
+            let kernel = match &event {
+                Event::AllocationExpired { id, .. }
+                | Event::AllocationDeleted { id, .. }
+                | Event::AllocationClosed { id, .. } => kernel_total(&self.ended, *id),
+                _ => None,
+            };
+            crate::events::log_with_kernel(event, kernel);
+        }
+        self.ended.clear();
+        bind_failed
+    }
+
+    fn open_relay(&mut self, relay: SocketAddr) -> std::io::Result<()> {
+        let sock = bind_udp(relay)?;
+        let slot = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        });
+        match &mut self.registry {
+            Registry::Epoll(epoll) => {
+                if let Err(e) = epoll_add(*epoll, sock.as_raw_fd(), slot_token(slot)) {
+                    self.free_slots.push(slot);
+                    return Err(e);
+                }
+            }
+            Registry::Uring { opened, .. } => opened.push(slot),
+        }
+        self.slots[slot] = Some(relay);
+        self.sockets.insert(relay, Relay { sock, slot });
+        Ok(())
+    }
+
+    fn close_relay(&mut self, relay: SocketAddr) {
+        if let Some(r) = self.sockets.remove(&relay) {
+            self.slots[r.slot] = None;
+            match &mut self.registry {
+                // Closing the fd removes it from the epoll set.
+                Registry::Epoll(_) => self.free_slots.push(r.slot),
+                Registry::Uring { closed, .. } => closed.push((r.slot, r.sock)),
+            }
+        }
+    }
+}
+
+/// Epoll tokens: listeners are their index, relay sockets this base plus their slot.
+pub(super) const RELAY_TOKEN_BASE: u64 = 1 << 32;
+
+pub(super) fn slot_token(slot: usize) -> u64 {
+    RELAY_TOKEN_BASE + slot as u64
+}
+
+pub(super) fn epoll_add(epoll: RawFd, fd: RawFd, token: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: valid fds and event struct.
+    if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The kernel's counters for allocation `id`, over both relayed addresses of a dual one.
+fn kernel_total(
+    ended: &[(AllocationId, AllocCounters)],
+    id: AllocationId,
+) -> Option<AllocCounters> {
+    let mut found = ended
+        .iter()
+        .filter(|(i, _)| *i == id)
+        .map(|(_, c)| c)
+        .peekable();
+    found.peek()?;
+    Some(AllocCounters::sum(found))
+}
+
+/// One worker's core, listeners and relay sockets.
+pub(super) struct Plane {
+    pub server: Server,
+    pub inbox: Inbox,
+    pub listeners: Vec<Listener>,
+    /// Apart from the core so that commands can be carried out while a received packet
+    /// is still borrowed.
+    pub relays: Relays,
+    out: Box<[u8]>,
+}
+
+impl Plane {
+    pub fn new(server: Server, listeners: Vec<Listener>, inbox: Inbox, kernel: Kernel) -> Self {
+        Self {
+            server,
+            inbox,
+            listeners,
+            relays: Relays {
+                // Set by the loop before anything can be allocated.
+                registry: Registry::Epoll(-1),
+                kernel,
+                sockets: HashMap::new(),
+                slots: Vec::new(),
+                free_slots: Vec::new(),
+                ended: Vec::with_capacity(4),
+            },
+            out: vec![0; 65536].into_boxed_slice(),
+        }
+    }
+
+    /// A datagram from a client on listener `l`.
+    pub fn client_datagram(
+        &mut self,
+        now: Instant,
+        l: usize,
+        from: SocketAddr,
+        packet: &[u8],
+        tx: &mut impl Outbox,
+    ) {
+        let listener = &self.listeners[l];
+        let five = FiveTuple {
+            client: from,
+            listener: listener.addr,
+            transport: Transport::Udp,
+        };
+        let mut output = self.server.handle_client(now, five, packet, &mut self.out);
+        // A reply may announce an allocation: its relay socket must exist before the
+        // response leaves. If the port cannot be bound the core voids that allocation and
+        // the same request, handed in again, gets another port (or 508 once the core has
+        // given up: the loop ends).
+        for _ in 0..=RELAY_BIND_ATTEMPTS {
+            if !matches!(output, ClientOutput::Reply { .. })
+                || !self
+                    .relays
+                    .apply_commands(&mut self.server, now, Some(&five))
+            {
+                break;
+            }
+            output = self.server.handle_client(now, five, packet, &mut self.out);
+        }
+        match output {
+            ClientOutput::Nothing => {}
+            ClientOutput::Reply { len } => {
+                tx.push(listener.sock.as_raw_fd(), &self.out[..len], &from)
+            }
+            ClientOutput::ToPeer {
+                relay,
+                peer,
+                payload,
+            } => {
+                if let Some(r) = self.relays.sockets.get(&relay) {
+                    tx.push(r.sock.as_raw_fd(), payload, &peer);
+                }
+            }
+            ClientOutput::ToClient { to, len } => {
+                to_client(tx, &self.listeners, &to, &self.out[..len])
+            }
+        }
+    }
+
+    /// A datagram from a peer on the relay socket bound to `relay`.
+    pub fn peer_datagram(
+        &mut self,
+        now: Instant,
+        relay: SocketAddr,
+        from: SocketAddr,
+        packet: &[u8],
+        tx: &mut impl Outbox,
+    ) {
+        match self
+            .server
+            .handle_peer(now, relay, from, packet, &mut self.out)
+        {
+            PeerOutput::Drop(_) => {}
+            PeerOutput::ToClient { to, len } => {
+                to_client(tx, &self.listeners, &to, &self.out[..len])
+            }
+        }
+    }
+
+    /// Carries out what the core decided while handling a batch. Call before the batch's
+    /// datagrams leave: a new allocation gets its socket, and a permission or channel its
+    /// XDP map entry, before the response that lets the client use it.
+    pub fn apply_commands(&mut self, now: Instant) {
+        self.relays.apply_commands(&mut self.server, now, None);
+    }
+
+    /// The core's timers, then what they decided; between batches.
+    pub fn tick(&mut self, now: Instant) {
+        if self.server.poll_timeout().is_some_and(|t| t <= now) {
+            self.server.handle_timeout(now);
+        }
+        self.apply_commands(now);
+        crate::events::flush_rate_limited();
+    }
+
+    /// How long the loop may sleep: until the core's next timer, at most a second,
+    /// rounded up so it never wakes just before the deadline and spins.
+    pub fn wait_ms(&self) -> u64 {
+        match self.server.poll_timeout() {
+            Some(t) => {
+                t.saturating_duration_since(Instant::now())
+                    .as_millis()
+                    .min(1000) as u64
+                    + 1
+            }
+            None => 1000,
+        }
+    }
+}
+
+fn to_client(tx: &mut impl Outbox, listeners: &[Listener], to: &FiveTuple, bytes: &[u8]) {
+    match listeners.iter().find(|l| l.addr == to.listener) {
+        Some(l) if to.transport == Transport::Udp => tx.push(l.sock.as_raw_fd(), bytes, &to.client),
+        _ => {} // stream clients are served by the TCP path
+    }
+}
+
+/// Logs failed sends now and then (at 1, 2, 4, 8... failures) so a full socket buffer
+/// or a missing route is visible without a line per datagram.
+#[derive(Default)]
+pub(super) struct SendErrors {
+    pub total: u64,
+    logged: u64,
+    last: Option<std::io::Error>,
+}
+
+impl SendErrors {
+    pub fn record(&mut self, e: std::io::Error) {
+        self.total += 1;
+        self.last = Some(e);
+    }
+
+    pub fn report(&mut self) {
+        if self.total > self.logged && self.total.is_power_of_two() {
+            self.logged = self.total;
+            let error = self
+                .last
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            tracing::warn!(%error, total = self.total, "UDP sends failed (socket buffer full or no route)");
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The io_uring loop of a UDP worker. Every listener and relay socket has a multishot
+//! receive armed into one ring of provided buffers, and every outgoing datagram is a
+//! send queued on the ring: one `io_uring_enter` per loop turn submits all sends and
+//! waits for the next completions, where the epoll loop makes an epoll_wait, a recvmmsg
+//! per ready socket and a sendmmsg per socket written to. With one relay socket per
+//! allocation, that is most of a relay's syscalls.
+//!
+//! Lifetimes the kernel sees: a send points into its slot of the send pool until its
+//! completion; a receive buffer is handed back once its datagram was handled; a relay
+//! socket whose allocation ended is kept, and its slot reserved, until the cancelled
+//! receive's last completion (an armed receive would keep the port bound after close).
+
+use std::{
+    collections::HashMap,
+    io,
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, RawFd},
+    time::{Duration, Instant},
+};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+
+use super::{
+    batch::DATAGRAM_MAX,
+    plane::{Outbox, Plane, Registry, SendErrors},
+};
+use crate::uring::{BufRing, Unavailable, completions, setup_error, submit_and_wait};
+
+const WAKE: u64 = 1;
+const LISTENER: u64 = 2;
+const RELAY: u64 = 3;
+const SEND: u64 = 4;
+/// Completions of cancels: nothing to do.
+const IGNORE: u64 = 5;
+
+const RING_ENTRIES: u32 = 4096;
+const CQ_ENTRIES: u32 = 4 * RING_ENTRIES;
+/// Provided receive buffers: count (a power of two) and size (the recvmsg header, the
+/// source address, then up to DATAGRAM_MAX of payload; larger datagrams are dropped as
+/// truncated, as in the epoll loop).
+const BUFFERS: u16 = 2048;
+const BUFFER_SIZE: usize = DATAGRAM_MAX + 64;
+const BUFFER_GROUP: u16 = 0;
+/// Sends in flight at once; beyond, datagrams go out with a plain sendto.
+const SEND_SLOTS: usize = 1024;
+/// Completions one wake-up waits for, and how long it waits for them once one is there.
+const COALESCE: usize = 32;
+const COALESCE_WAIT_US: u32 = 50;
+/// How long a stopping loop waits for cancelled receives before leaving anyway.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+fn token(kind: u64, index: usize) -> u64 {
+    (kind << 56) | index as u64
+}
+
+fn untoken(ud: u64) -> (u64, usize) {
+    (ud >> 56, (ud & ((1 << 56) - 1)) as usize)
+}
+
+/// Checks that this process may run the loop: the opcodes, provided-buffer rings (5.19)
+/// and multishot recvmsg (6.0), the last by receiving one datagram over a socketpair.
+pub fn probe() -> Result<(), Unavailable> {
+    // SAFETY: all-zero is a valid msghdr (no name, no control).
+    let msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    crate::uring::probe_multishot(
+        &[
+            (opcode::RecvMsgMulti::CODE, "IORING_OP_RECVMSG"),
+            (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
+            (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
+            (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+        ],
+        libc::SOCK_DGRAM,
+        |fd| opcode::RecvMsgMulti::new(types::Fd(fd), &msg, 7).build(),
+        "multishot recvmsg (6.0)",
+    )
+}
+
+/// One send in flight: its bytes, destination and the msghdr pointing at them. Boxed in
+/// a slice that never moves, so the kernel may read it until the completion.
+#[derive(Clone, Copy)]
+struct SendSlot {
+    buf: [u8; DATAGRAM_MAX],
+    addr: libc::sockaddr_storage,
+    iov: libc::iovec,
+    hdr: libc::msghdr,
+}
+
+struct SendPool {
+    slots: Box<[SendSlot]>,
+    free: Vec<usize>,
+}
+
+// SAFETY: the raw pointers in the slots point into the pool's own boxed slice; the pool
+// moves to its loop's thread once and is used there only.
+unsafe impl Send for SendPool {}
+
+impl SendPool {
+    fn new() -> Self {
+        // SAFETY: all-zero is valid for these C structs; pointers are set per send.
+        let empty: SendSlot = unsafe { std::mem::zeroed() };
+        Self {
+            slots: vec![empty; SEND_SLOTS].into_boxed_slice(),
+            free: (0..SEND_SLOTS).rev().collect(),
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        SEND_SLOTS - self.free.len()
+    }
+}
+
+/// Sends queued on the ring while a batch of completions is handled.
+struct RingOutbox<'a> {
+    ring: &'a mut IoUring,
+    pool: &'a mut SendPool,
+    errors: &'a mut SendErrors,
+}
+
+impl Outbox for RingOutbox<'_> {
+    fn push(&mut self, fd: RawFd, bytes: &[u8], to: &SocketAddr) {
+        let slot = match self.pool.free.pop() {
+            Some(i) if bytes.len() <= DATAGRAM_MAX => i,
+            Some(i) => {
+                self.pool.free.push(i);
+                return send_now(fd, bytes, to, self.errors);
+            }
+            // Every slot is in flight (the peer side is slower than we are): no reason to
+            // hold this one back.
+            None => return send_now(fd, bytes, to, self.errors),
+        };
+        let s = &mut self.pool.slots[slot];
+        s.buf[..bytes.len()].copy_from_slice(bytes);
+        let (addr, len) = super::sockaddr::to_storage(to);
+        s.addr = addr;
+        s.iov = libc::iovec {
+            iov_base: s.buf.as_mut_ptr().cast(),
+            iov_len: bytes.len(),
+        };
+        s.hdr.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
+        s.hdr.msg_namelen = len;
+        s.hdr.msg_iov = &mut s.iov;
+        s.hdr.msg_iovlen = 1;
+        s.hdr.msg_control = std::ptr::null_mut();
+        s.hdr.msg_controllen = 0;
+        s.hdr.msg_flags = 0;
+        let e = opcode::SendMsg::new(types::Fd(fd), &s.hdr)
+            .build()
+            .user_data(token(SEND, slot));
+        push(self.ring, &e);
+    }
+}
+
+fn send_now(fd: RawFd, bytes: &[u8], to: &SocketAddr, errors: &mut SendErrors) {
+    if let Err(e) = super::socket::send_raw(fd, bytes, to) {
+        errors.record(e);
+    }
+}
+
+/// Queues a submission, submitting first when the queue is full.
+fn push(ring: &mut IoUring, e: &squeue::Entry) {
+    loop {
+        // SAFETY: every entry references descriptors and memory that outlive the
+        // operation (see the module comment).
+        if unsafe { ring.submission().push(e) }.is_ok() {
+            return;
+        }
+        if let Err(err) = ring.submit() {
+            tracing::error!(error = %err, "io_uring submit failed");
+            return;
+        }
+    }
+}
+
+pub(super) struct UringLoop {
+    // Field order is drop order: the ring (and with it the kernel's use of the buffers
+    // and send slots) goes first.
+    ring: IoUring,
+    bufs: Option<BufRing>,
+    sends: Option<SendPool>,
+    plane: Plane,
+    /// The recvmsg template every multishot receive uses: room for an IPv6 source, no
+    /// control data.
+    msg: Box<libc::msghdr>,
+    /// Per relay slot: a multishot receive is armed.
+    armed: Vec<bool>,
+    /// Multishot receives armed (listeners and relays): the kernel may write into the
+    /// buffers while any is.
+    receiving: usize,
+    /// Relay sockets whose allocation ended, kept until their receive is cancelled.
+    closing: HashMap<usize, UdpSocket>,
+    /// Receives that ended (out of buffers, an error) and are armed again after the batch.
+    rearm_listeners: Vec<usize>,
+    rearm_relays: Vec<usize>,
+    cqes: Vec<(u64, i32, u32)>,
+    errors: SendErrors,
+    /// Datagrams dropped because they were larger than a receive buffer.
+    truncated: u64,
+}
+
+// SAFETY: the msghdr template holds no pointers (no name buffer, no iovec: the kernel
+// writes into provided buffers); everything else is Send.
+unsafe impl Send for UringLoop {}
+
+impl UringLoop {
+    /// Sets up the ring on the calling thread (the loop's: single issuer); on failure the
+    /// plane comes back for the epoll loop.
+    #[allow(clippy::result_large_err)] // once per worker at startup
+    pub fn new(mut plane: Plane) -> Result<Self, (Unavailable, Plane)> {
+        let ring = IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .setup_coop_taskrun()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(RING_ENTRIES)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(CQ_ENTRIES)
+                    .build(RING_ENTRIES)
+            });
+        let ring = match ring {
+            Ok(r) => r,
+            Err(e) => return Err((setup_error(e), plane)),
+        };
+        let bufs = match BufRing::new(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
+            Ok(b) => b,
+            Err(source) => {
+                let e = Unavailable::Failed {
+                    what: "registering receive buffers",
+                    source,
+                };
+                return Err((e, plane));
+            }
+        };
+        // SAFETY: all-zero is a valid msghdr.
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        plane.relays.registry = Registry::Uring {
+            opened: Vec::new(),
+            closed: Vec::new(),
+        };
+        let mut me = Self {
+            ring,
+            bufs: Some(bufs),
+            sends: Some(SendPool::new()),
+            plane,
+            msg,
+            armed: Vec::new(),
+            receiving: 0,
+            closing: HashMap::new(),
+            rearm_listeners: Vec::new(),
+            rearm_relays: Vec::new(),
+            cqes: Vec::with_capacity(CQ_ENTRIES as usize),
+            errors: SendErrors::default(),
+            truncated: 0,
+        };
+        me.arm_wake();
+        for l in 0..me.plane.listeners.len() {
+            me.arm_listener(l);
+        }
+        Ok(me)
+    }
+
+    fn arm_wake(&mut self) {
+        let e = opcode::PollAdd::new(types::Fd(self.plane.inbox.waker.fd()), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(token(WAKE, 0));
+        push(&mut self.ring, &e);
+    }
+
+    fn arm_listener(&mut self, l: usize) {
+        let fd = self.plane.listeners[l].sock.as_raw_fd();
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, BUFFER_GROUP)
+            .build()
+            .user_data(token(LISTENER, l));
+        push(&mut self.ring, &e);
+        self.receiving += 1;
+    }
+
+    fn arm_relay(&mut self, slot: usize) {
+        let Some((_, fd)) = self.plane.relays.slot(slot) else {
+            return;
+        };
+        if self.armed.len() <= slot {
+            self.armed.resize(slot + 1, false);
+        }
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, BUFFER_GROUP)
+            .build()
+            .user_data(token(RELAY, slot));
+        push(&mut self.ring, &e);
+        self.armed[slot] = true;
+        self.receiving += 1;
+    }
+
+    /// Runs until the shard is told to stop; returns the plane (and with it the core).
+    pub fn run(mut self) -> Plane {
+        while !self.plane.inbox.stopping() {
+            self.sync();
+            let wait = Duration::from_millis(self.plane.wait_ms());
+            if let Err(e) = self.wait(wait) {
+                tracing::error!(error = %e, "io_uring_enter failed; the UDP data path stops");
+                break;
+            }
+            let now = Instant::now();
+            self.reap(now);
+            self.plane.tick(now);
+        }
+        self.stop();
+        self.plane
+    }
+
+    /// Arms receives on new relay sockets, cancels those of closed ones, and re-arms
+    /// receives that ended: after every batch, before the next submit.
+    fn sync(&mut self) {
+        let Registry::Uring { opened, closed } = &mut self.plane.relays.registry else {
+            unreachable!("the io_uring loop set its registry");
+        };
+        let opened = std::mem::take(opened);
+        let closed = std::mem::take(closed);
+        // New ones first: a slot opened and closed in the same batch is not armed (it is
+        // no longer open) and is then freed below.
+        for slot in opened {
+            self.arm_relay(slot);
+        }
+        for (slot, sock) in closed {
+            if self.armed.get(slot).copied().unwrap_or(false) {
+                let e = opcode::AsyncCancel::new(token(RELAY, slot))
+                    .build()
+                    .user_data(token(IGNORE, 0));
+                push(&mut self.ring, &e);
+                self.closing.insert(slot, sock);
+            } else {
+                self.rearm_relays.retain(|s| *s != slot);
+                drop(sock);
+                self.plane.relays.free_slot(slot);
+            }
+        }
+        for l in std::mem::take(&mut self.rearm_listeners) {
+            self.arm_listener(l);
+        }
+        for slot in std::mem::take(&mut self.rearm_relays) {
+            if self.plane.relays.is_open(slot) && !self.armed[slot] {
+                self.arm_relay(slot);
+            }
+        }
+        self.errors.report();
+    }
+
+    /// Submits what is queued and sleeps until completions arrive or `wait` passes.
+    /// Where the kernel can (6.13), a wake-up gathers up to [`COALESCE`] completions
+    /// for at most [`COALESCE_WAIT_US`]: under load one turn then serves many datagrams
+    /// instead of one wake-up each, and at low rates a datagram waits at most that long.
+    fn wait(&mut self, wait: Duration) -> io::Result<()> {
+        if self.ring.params().is_feature_min_timeout() {
+            submit_and_wait(&self.ring, COALESCE, wait, Some(COALESCE_WAIT_US))
+        } else {
+            submit_and_wait(&self.ring, 1, wait, None)
+        }
+    }
+
+    fn reap(&mut self, now: Instant) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        completions(&mut self.ring, &mut cqes);
+        for &(ud, res, flags) in &cqes {
+            self.complete(ud, res, flags, now);
+        }
+        self.cqes = cqes;
+        // What the batch decided happens before its datagrams leave (next submit).
+        self.plane.apply_commands(now);
+    }
+
+    fn complete(&mut self, ud: u64, res: i32, flags: u32, now: Instant) {
+        let (kind, index) = untoken(ud);
+        match kind {
+            SEND => {
+                if let Some(pool) = self.sends.as_mut() {
+                    pool.free.push(index);
+                }
+                if res < 0 {
+                    self.errors.record(io::Error::from_raw_os_error(-res));
+                }
+            }
+            LISTENER | RELAY => {
+                if res >= 0
+                    && let Some(bid) = cqueue::buffer_select(flags)
+                {
+                    self.datagram(kind, index, bid, res as usize, now);
+                }
+                if !cqueue::more(flags) {
+                    self.ended(kind, index, res);
+                }
+            }
+            WAKE => {
+                self.plane.inbox.waker.clear();
+                self.plane.inbox.run_jobs(&mut self.plane.server);
+                if !cqueue::more(flags) {
+                    self.arm_wake();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A received datagram in buffer `bid`: handed to the core, the buffer given back.
+    fn datagram(&mut self, kind: u64, index: usize, bid: u16, len: usize, now: Instant) {
+        let Self {
+            ring,
+            bufs,
+            sends,
+            plane,
+            msg,
+            errors,
+            truncated,
+            ..
+        } = self;
+        let (Some(bufs), Some(pool)) = (bufs.as_mut(), sends.as_mut()) else {
+            return;
+        };
+        if let Ok(out) = types::RecvMsgOut::parse(bufs.get(bid, len), msg)
+            && let Some(from) = source(out.name_data())
+        {
+            if out.is_payload_truncated() {
+                *truncated += 1;
+            } else {
+                let mut tx = RingOutbox { ring, pool, errors };
+                match kind {
+                    LISTENER => {
+                        plane.client_datagram(now, index, from, out.payload_data(), &mut tx)
+                    }
+                    _ => {
+                        if let Some((relay, _)) = plane.relays.slot(index) {
+                            plane.peer_datagram(now, relay, from, out.payload_data(), &mut tx);
+                        }
+                    }
+                }
+            }
+        }
+        bufs.recycle(bid);
+    }
+
+    /// A multishot receive ended: a closing relay socket is released, anything else is
+    /// armed again after the batch (ENOBUFS: the buffers handed back meanwhile serve it).
+    fn ended(&mut self, kind: u64, index: usize, res: i32) {
+        self.receiving -= 1;
+        if kind == LISTENER {
+            if res < 0 && res != -libc::ENOBUFS {
+                let addr = self.plane.listeners[index].addr;
+                tracing::warn!(listen = %addr, error = %io::Error::from_raw_os_error(-res), "UDP receive ended; armed again");
+            }
+            self.rearm_listeners.push(index);
+            return;
+        }
+        if let Some(a) = self.armed.get_mut(index) {
+            *a = false;
+        }
+        if let Some(sock) = self.closing.remove(&index) {
+            drop(sock);
+            self.plane.relays.free_slot(index);
+        } else if self.plane.relays.is_open(index) {
+            self.rearm_relays.push(index);
+        }
+    }
+
+    /// Cancels every receive and waits (bounded) until the kernel holds no buffer and no
+    /// send slot; past the grace period that memory is leaked rather than freed under it.
+    fn stop(&mut self) {
+        let e = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(token(IGNORE, 0));
+        push(&mut self.ring, &e);
+        let deadline = Instant::now() + STOP_GRACE;
+        loop {
+            let sending = self.sends.as_ref().is_some_and(|p| p.in_flight() > 0);
+            if (self.receiving == 0 && !sending) || Instant::now() >= deadline {
+                break;
+            }
+            if self.wait(Duration::from_millis(50)).is_err() {
+                break;
+            }
+            // Completions only: no new datagrams reach the core any more.
+            for c in self.ring.completion() {
+                let (kind, index) = untoken(c.user_data());
+                match kind {
+                    SEND => {
+                        if let Some(pool) = self.sends.as_mut() {
+                            pool.free.push(index);
+                        }
+                    }
+                    LISTENER | RELAY if !cqueue::more(c.flags()) => {
+                        self.receiving -= 1;
+                        if kind == RELAY {
+                            self.closing.remove(&index);
+                        }
+                    }
+                    _ => {}
+                }
+                if let (Some(bid), Some(bufs)) =
+                    (cqueue::buffer_select(c.flags()), self.bufs.as_mut())
+                {
+                    bufs.recycle(bid);
+                }
+            }
+        }
+        if self.receiving > 0 || self.sends.as_ref().is_some_and(|p| p.in_flight() > 0) {
+            tracing::warn!("UDP receives or sends still in flight at stop");
+            std::mem::forget(self.bufs.take());
+            std::mem::forget(self.sends.take());
+        }
+        if self.truncated > 0 {
+            tracing::info!(
+                datagrams = self.truncated,
+                limit = DATAGRAM_MAX,
+                "UDP datagrams dropped for being larger than the receive buffers"
+            );
+        }
+    }
+}
+
+/// The source address the kernel wrote into the recvmsg header.
+fn source(name: &[u8]) -> Option<SocketAddr> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = name
+        .len()
+        .min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: copying at most the storage's size of plain bytes into it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            name.as_ptr(),
+            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            n,
+        );
+    }
+    super::sockaddr::from_storage(&storage)
+}
