@@ -178,7 +178,13 @@ impl Uclient {
 
     /// Runs the client in `ns`, killing it after `timeout`.
     pub fn run(&self, ns: &Netns, timeout: Duration) -> Result<UclientRun, String> {
-        let args = self.args();
+        run_uclient(ns, self.args(), timeout)
+    }
+}
+
+/// Runs `turnutils_uclient args` in `ns` (killed after `timeout`) and parses its summary.
+pub fn run_uclient(ns: &Netns, args: Vec<String>, timeout: Duration) -> Result<UclientRun, String> {
+    {
         // uclient writes its log lines to stdout and, on some builds, a log file in the
         // working directory: run it in a private temp dir.
         let dir = std::env::temp_dir().join(format!("uclient-{}", crate::netns::unique_id()));

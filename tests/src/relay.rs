@@ -102,12 +102,30 @@ impl RelayProcess {
             return Err(e);
         }
 
+        Self::launch(ns, dir, config_path, true)
+    }
+
+    /// `relay serve` with no config: the loopback demo, on 127.0.0.1:3478 of `ns`.
+    pub fn start_demo(ns: &Netns) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("relay-test-{}", crate::netns::unique_id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let config_path = dir.join("no-config");
+        Self::launch(ns, dir, config_path, false)
+    }
+
+    fn launch(
+        ns: &Netns,
+        dir: PathBuf,
+        config_path: PathBuf,
+        with_config: bool,
+    ) -> Result<Self, String> {
         let bin = crate::relay_binary();
         let mut cmd = ns.command(bin.to_str().expect("utf-8 path"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .current_dir(&dir)
+        cmd.arg("serve");
+        if with_config {
+            cmd.arg("--config").arg(&config_path);
+        }
+        cmd.current_dir(&dir)
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
