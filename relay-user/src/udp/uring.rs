@@ -195,6 +195,8 @@ pub(super) struct UringLoop {
     errors: SendErrors,
     /// Datagrams dropped because they were larger than a receive buffer.
     truncated: u64,
+    /// Listener receives that ended on an error other than running out of buffers.
+    listener_errors: u64,
 }
 
 // SAFETY: the msghdr template holds no pointers (no name buffer, no iovec: the kernel
@@ -252,6 +254,7 @@ impl UringLoop {
             cqes: Vec::with_capacity(CQ_ENTRIES as usize),
             errors: SendErrors::default(),
             truncated: 0,
+            listener_errors: 0,
         };
         me.arm_wake();
         for l in 0..me.plane.listeners.len() {
@@ -444,8 +447,13 @@ impl UringLoop {
         self.receiving -= 1;
         if kind == LISTENER {
             if res < 0 && res != -libc::ENOBUFS {
-                let addr = self.plane.listeners[index].addr;
-                tracing::warn!(listen = %addr, error = %io::Error::from_raw_os_error(-res), "UDP receive ended; armed again");
+                // Logged at 1, 2, 4, 8... so a persistent error cannot flood the log.
+                self.listener_errors += 1;
+                if self.listener_errors.is_power_of_two() {
+                    let addr = self.plane.listeners[index].addr;
+                    tracing::warn!(listen = %addr, error = %io::Error::from_raw_os_error(-res),
+                        total = self.listener_errors, "UDP receive on a listener failed; armed again");
+                }
             }
             self.rearm_listeners.push(index);
             return;
