@@ -332,7 +332,24 @@ impl Control {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "-".into());
-        let (ok, message) = match self.reload() {
+        let result = self.reload();
+        // Counted before the log line: whoever reacts to the line finds it in the status.
+        let (ok, message) = match &result {
+            Ok(_) => (true, "reloaded".to_owned()),
+            Err(e) => (false, e.to_string()),
+        };
+        let counter = if ok {
+            &self.reloads_ok
+        } else {
+            &self.reloads_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.last_reload) = Some(ReloadRecord {
+            at_unix: unix_now(),
+            ok,
+            message,
+        });
+        match result {
             Ok(r) => {
                 tracing::info!(config = %path, users = r.users, shared_secrets = r.shared_secrets,
                     allocations_kept = r.allocations_kept,
@@ -347,25 +364,12 @@ impl Control {
                     tracing::warn!(keys = %r.restart_needed.join(", "),
                         "these changed keys take effect only after a restart; their old values stay in force");
                 }
-                (true, "reloaded".to_owned())
             }
             Err(e) => {
                 tracing::error!(config = %path, error = %e,
                     "configuration reload refused; the previous configuration stays in force (check with `relay check --config FILE`)");
-                (false, e.to_string())
             }
-        };
-        let counter = if ok {
-            &self.reloads_ok
-        } else {
-            &self.reloads_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_reload) = Some(ReloadRecord {
-            at_unix: unix_now(),
-            ok,
-            message,
-        });
+        }
     }
 
     /// New allocations are refused from now on (300 to an alternate, else 508); existing

@@ -366,6 +366,25 @@ fn usage_view_and_metrics_follow_a_live_uclient_session() {
     assert_eq!(after.get("relay_xdp_map_entries{map=\"channels\"}"), 0.0);
 }
 
+/// `/api/status` once its reload counts are `(succeeded, refused)`. The relay logs a
+/// reload's outcome before it counts it, so right after the log line the status may
+/// still show the previous counts: poll, and fail with the last status seen.
+fn status_after_reloads(env: &Deployment, token: &str, want: (u64, u64)) -> StatusView {
+    let deadline = Instant::now() + LOG_WAIT;
+    loop {
+        let status = env.status(token);
+        let got = (status.reloads.succeeded, status.reloads.refused);
+        if got == want {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reloads (succeeded, refused) = {got:?}, want {want:?}: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn sighup_changes_a_password_while_an_allocation_keeps_relaying() {
     let env = start(&Cfg::default());
@@ -395,8 +414,7 @@ fn sighup_changes_a_password_while_an_allocation_keeps_relaying() {
     // The token changed too: the old one is refused.
     let (code, _) = env.admin(Some(TOKEN), |c| c.get("/api/status")).unwrap();
     assert_eq!(code, 401);
-    let status = env.status("admin-token-2");
-    assert_eq!((status.reloads.succeeded, status.reloads.refused), (1, 0));
+    let status = status_after_reloads(&env, "admin-token-2", (1, 0));
     assert_eq!(status.allocations, Some(2));
 
     // A broken config is refused with its reason; the one in force stays.
@@ -413,8 +431,7 @@ fn sighup_changes_a_password_while_an_allocation_keeps_relaying() {
     assert!(line.contains("limits.max_allocations"), "{line}");
     connected_client(&env, "pw-new");
     assert_echo(&env, &mut old, b"after refused reload");
-    let status = env.status("admin-token-2");
-    assert_eq!((status.reloads.succeeded, status.reloads.refused), (1, 1));
+    let status = status_after_reloads(&env, "admin-token-2", (1, 1));
     let last = status.reloads.last.expect("last reload");
     assert!(
         !last.ok && last.message.contains("limits.max_allocations"),

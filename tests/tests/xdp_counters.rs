@@ -1,13 +1,18 @@
 //! The kernel program, attached natively to the relay host's two veth NICs inside the
 //! namespace topology, counts the UDP that reaches each NIC.
 
-use std::{net::UdpSocket, time::Duration};
+use std::{
+    net::UdpSocket,
+    time::{Duration, Instant},
+};
 
 use relay_tests::{Topology, TopologyOptions, fixture::send_udp};
 use relay_user::xdp::{AttachMode, XdpPath};
 
 const PACKETS: u64 = 50;
 const PAYLOAD: &[u8] = &[0x5a; 100];
+/// How long the counters may take to show every datagram sent.
+const COUNT_WAIT: Duration = Duration::from_secs(10);
 
 #[test]
 fn xdp_counts_packets_on_both_nics() {
@@ -48,17 +53,26 @@ fn xdp_counts_packets_on_both_nics() {
         PAYLOAD,
         2 * PACKETS,
     );
-    std::thread::sleep(Duration::from_millis(200));
-
-    let counters = xdp.iface_counters().expect("read counters");
+    // `send_to` returns once a datagram is queued: veth hands it to the receiving NIC's
+    // NAPI poll, and the firewall forwards it after resolving the relay's address, so
+    // the program may count it later (much later on a busy host). Wait for every UDP
+    // frame to be counted, then check nothing else was.
     let get = |ifindex| {
-        counters
+        xdp.iface_counters()
+            .expect("read counters")
             .iter()
             .find(|(i, _)| *i == ifindex)
             .map(|(_, c)| *c)
+            .unwrap_or_default()
     };
-    let ext_c = get(ext_index).expect("external NIC counted");
-    let int_c = get(int_index).expect("internal NIC counted");
+    let deadline = Instant::now() + COUNT_WAIT;
+    let (ext_c, int_c) = loop {
+        let (e, i) = (get(ext_index), get(int_index));
+        if (e.packets >= PACKETS && i.packets >= 2 * PACKETS) || Instant::now() >= deadline {
+            break (e, i);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     // ARP and neighbour discovery add a few frames; the UDP must all be there.
     assert!(
         ext_c.packets >= PACKETS && ext_c.packets < PACKETS + 10,

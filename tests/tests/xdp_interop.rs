@@ -31,6 +31,8 @@ use relay_tests::{
 /// How long to wait for the deletion lines after uclient exits (it deletes its
 /// allocations on the way out).
 const LOG_WAIT: Duration = Duration::from_secs(5);
+/// How long a kernel counter may take to show packets already sent.
+const COUNTER_WAIT: Duration = Duration::from_secs(5);
 const WORKERS: usize = 2;
 
 /// The deployment's config with the fast path on both NICs, natively, two UDP workers.
@@ -411,14 +413,27 @@ fn relay_host_does_not_route_while_forwarding_is_on() {
         got.is_err(),
         "the relay host routed media → firewall: {got:?}"
     );
-    // Dropped by the guard, i.e. the stack would have routed it.
-    let table = guard_table(&env.topo).expect("guard table present while the relay runs");
-    let dropped: u64 = table
-        .split("counter packets ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no counter in the guard table:\n{table}"));
+    // Dropped by the guard, i.e. the stack would have routed it. The receive timeout
+    // above does not prove all three reached the guard yet (veth delivers in a softirq,
+    // late on a busy host): poll its counter.
+    let guard_drops = || {
+        let table = guard_table(&env.topo).expect("guard table present while the relay runs");
+        let dropped: u64 = table
+            .split("counter packets ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no counter in the guard table:\n{table}"));
+        (dropped, table)
+    };
+    let deadline = Instant::now() + COUNTER_WAIT;
+    let (dropped, table) = loop {
+        let (dropped, table) = guard_drops();
+        if dropped >= 3 || Instant::now() >= deadline {
+            break (dropped, table);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(dropped >= 3, "guard counted {dropped} drops:\n{table}");
     assert_restored_after_stop(env);
 }

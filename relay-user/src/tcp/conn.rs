@@ -81,6 +81,10 @@ pub struct Conn {
     pub link: Option<super::slab::Key>,
     /// The linked socket's queue is above the high-water mark: stop reading.
     pub partner_full: bool,
+    /// Counts against `tcp.max_connections` and its source's limit. Cleared as soon as
+    /// the socket is shut (the client has seen the close and may reconnect), which can
+    /// be before the loop forgets it.
+    pub counted: bool,
     pub io: IoState,
 }
 
@@ -103,6 +107,7 @@ impl Conn {
             connecting: false,
             link: None,
             partner_full: false,
+            counted: false,
             io: IoState::default(),
         }
     }

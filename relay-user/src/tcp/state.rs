@@ -173,6 +173,8 @@ pub struct State {
     pub conns: Slab<Conn>,
     by_tuple: HashMap<(SocketAddr, SocketAddr), Key>,
     per_source: HashMap<IpAddr, u32>,
+    /// Client connections counted against `tcp.max_connections` (see [`Conn::counted`]).
+    counted: usize,
     pub relays: Slab<Relay>,
     relay_by_addr: HashMap<SocketAddr, Key>,
     /// RFC 6062 peer connections.
@@ -215,6 +217,7 @@ impl State {
             conns: Slab::default(),
             by_tuple: HashMap::new(),
             per_source: HashMap::new(),
+            counted: 0,
             relays: Slab::default(),
             relay_by_addr: HashMap::new(),
             peers: Slab::default(),
@@ -284,10 +287,10 @@ impl State {
             let l = &self.listeners[l];
             (l.addr, l.plain, l.tls)
         };
-        if self.conns.len() >= self.settings.max_connections {
+        if self.counted >= self.settings.max_connections {
             let refused = bump(&self.stats.refused_total);
             if refused.is_power_of_two() {
-                tracing::warn!(client = %peer, %listener, held = self.conns.len(), refused,
+                tracing::warn!(client = %peer, %listener, held = self.counted, refused,
                     "TCP connection refused: the relay holds tcp.max_connections already (raise it, and the open-files limit)");
             }
             return None;
@@ -321,7 +324,10 @@ impl State {
             Transport::Tcp
         };
         let five = FiveTuple::new(peer, listener, transport);
-        let id = self.conns.insert(Conn::new(stream, five, mode, now));
+        let mut conn = Conn::new(stream, five, mode, now);
+        conn.counted = true;
+        self.counted += 1;
+        let id = self.conns.insert(conn);
         self.stats
             .held
             .store(self.conns.len() as u64, Ordering::Relaxed);
@@ -348,6 +354,21 @@ impl State {
             if *n == 0 {
                 self.per_source.remove(&ip);
             }
+        }
+    }
+
+    /// The loop shut connection `id` down: the client sees the close now, so its source
+    /// may connect again at once, though the socket is forgotten only when nothing is in
+    /// flight any more.
+    pub fn shut_on(&mut self, side: Side, id: Key) {
+        if side == Side::Client
+            && let Some(c) = self.conns.get_mut(id)
+            && c.counted
+        {
+            c.counted = false;
+            let ip = c.five.client.ip();
+            self.counted -= 1;
+            self.uncount(ip);
         }
     }
 
@@ -426,7 +447,10 @@ impl State {
         if self.by_tuple.get(&(c.five.client, c.five.listener)) == Some(&id) {
             self.by_tuple.remove(&(c.five.client, c.five.listener));
         }
-        self.uncount(c.five.client.ip());
+        if c.counted {
+            self.counted -= 1;
+            self.uncount(c.five.client.ip());
+        }
         if let Some(s) = &c.stall
             && let Some(r) = self.relays.get_mut(s.relay)
         {

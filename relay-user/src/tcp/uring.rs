@@ -475,6 +475,8 @@ impl UringLoop {
                 let c = self.state.table_mut(side).get_mut(id).expect("still here");
                 // Completes a pending receive (EOF) and send (EPIPE).
                 let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                self.state.shut_on(side, id);
+                let c = self.state.table_mut(side).get_mut(id).expect("still here");
                 if c.io.recv_armed && !c.io.recv_cancelling {
                     c.io.recv_cancelling = true;
                     let e = opcode::AsyncCancel::new(recv_token)
