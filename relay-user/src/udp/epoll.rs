@@ -85,7 +85,9 @@ impl EpollLoop {
                     self.drain(token);
                 }
             }
+            // Nothing is queued here (every drain flushed): what the timers closed goes.
             self.plane.tick(Instant::now());
+            self.plane.relays.bury();
         }
         self.plane
     }
@@ -126,6 +128,7 @@ impl EpollLoop {
             }
             self.plane.apply_commands(now);
             self.tx.flush();
+            self.plane.relays.bury();
             self.tx.errors.report();
             if n < BATCH {
                 return;

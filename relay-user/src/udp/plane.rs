@@ -56,6 +56,10 @@ pub(super) struct Relays {
     /// Slot (the loop's token for a relay socket) → its bind address; free slots are reused.
     slots: Vec<Option<SocketAddr>>,
     free_slots: Vec<usize>,
+    /// Closed relay sockets whose fd a batch's queued sends may still name: kept until
+    /// those are handed to the kernel ([`bury`](Self::bury)), so a send can never reach
+    /// whatever socket reuses the fd number.
+    retired: Vec<UdpSocket>,
     /// Kernel counters of allocations being removed, read before their map entries go,
     /// for the log line of the event that follows (same `apply_commands` call).
     ended: Vec<(AllocationId, AllocCounters)>,
@@ -64,8 +68,24 @@ pub(super) struct Relays {
 impl Relays {
     /// The bind address and socket of relay slot `slot`, if it is open.
     pub fn slot(&self, slot: usize) -> Option<(SocketAddr, RawFd)> {
-        let addr = self.slots.get(slot).copied().flatten()?;
+        let addr = self.slot_addr(slot)?;
         Some((addr, self.sockets.get(&addr)?.sock.as_raw_fd()))
+    }
+
+    /// The bind address of relay slot `slot`, if it is open.
+    pub fn slot_addr(&self, slot: usize) -> Option<SocketAddr> {
+        self.slots.get(slot).copied().flatten()
+    }
+
+    /// Keeps a closed socket until [`bury`](Self::bury).
+    pub fn retire(&mut self, sock: UdpSocket) {
+        self.retired.push(sock);
+    }
+
+    /// Closes the retired sockets: call once the sends queued so far were handed to the
+    /// kernel (which then holds its own reference to their sockets).
+    pub fn bury(&mut self) {
+        self.retired.clear();
     }
 
     /// Gives back a slot whose socket the io_uring loop has finished with.
@@ -156,8 +176,13 @@ impl Relays {
         if let Some(r) = self.sockets.remove(&relay) {
             self.slots[r.slot] = None;
             match &mut self.registry {
-                // Closing the fd removes it from the epoll set.
-                Registry::Epoll(_) => self.free_slots.push(r.slot),
+                // Closing the fd (at the next bury) removes it from the epoll set; a
+                // stale event for the slot finds it closed or reused, which drains
+                // nothing or the new socket.
+                Registry::Epoll(_) => {
+                    self.free_slots.push(r.slot);
+                    self.retired.push(r.sock);
+                }
                 Registry::Uring { closed, .. } => closed.push((r.slot, r.sock)),
             }
         }
@@ -221,6 +246,7 @@ impl Plane {
                 sockets: HashMap::new(),
                 slots: Vec::new(),
                 free_slots: Vec::new(),
+                retired: Vec::new(),
                 ended: Vec::with_capacity(4),
             },
             out: vec![0; 65536].into_boxed_slice(),
