@@ -29,6 +29,7 @@ fn demo_relay_serves_the_command_it_prints() {
         .unwrap_or_else(|| panic!("no command in: {line}"));
     let mut printed: Vec<String> = hint.split_whitespace().map(str::to_owned).collect();
     assert_eq!(printed.remove(0), "turnutils_uclient", "{hint}");
+    let (server, options) = printed.split_last().expect("server address in the hint");
     // uclient's default peer port.
     let _peer =
         PeerProcess::start(&ns, Ipv4Addr::LOCALHOST.into(), 3480).unwrap_or_else(|e| panic!("{e}"));
@@ -37,15 +38,13 @@ fn demo_relay_serves_the_command_it_prints() {
         // The printed command, with more traffic and the mode in front of the server.
         let mut args: Vec<String> = ["-n", "50", "-m", "4"].map(str::to_owned).to_vec();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let server = printed.pop().expect("server address");
-        args.extend(printed.iter().cloned());
+        args.extend(options.iter().cloned());
         if extra == ["-y"] {
             // Client to client: no peer address.
             let e = args.iter().position(|a| a == "-e").expect("-e in the hint");
             args.drain(e..e + 2);
         }
         args.push(server.clone());
-        printed.push(server);
         let run = run_uclient(&ns, args, UCLIENT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             run.success() && run.summary.lost_packets == Some(0) && run.summary.errors.is_empty(),

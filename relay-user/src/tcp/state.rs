@@ -348,6 +348,12 @@ impl State {
         }
     }
 
+    /// A client connection from `ip` no longer counts against the limits.
+    fn stop_counting(&mut self, ip: IpAddr) {
+        self.counted -= 1;
+        self.uncount(ip);
+    }
+
     fn uncount(&mut self, ip: IpAddr) {
         if let Some(n) = self.per_source.get_mut(&ip) {
             *n -= 1;
@@ -367,8 +373,7 @@ impl State {
         {
             c.counted = false;
             let ip = c.five.client.ip();
-            self.counted -= 1;
-            self.uncount(ip);
+            self.stop_counting(ip);
         }
     }
 
@@ -448,8 +453,7 @@ impl State {
             self.by_tuple.remove(&(c.five.client, c.five.listener));
         }
         if c.counted {
-            self.counted -= 1;
-            self.uncount(c.five.client.ip());
+            self.stop_counting(c.five.client.ip());
         }
         if let Some(s) = &c.stall
             && let Some(r) = self.relays.get_mut(s.relay)

@@ -95,7 +95,7 @@ impl Relays {
     }
 
     pub fn is_open(&self, slot: usize) -> bool {
-        self.slots.get(slot).is_some_and(|s| s.is_some())
+        self.slot_addr(slot).is_some()
     }
 
     /// Relay sockets follow the core's allocation commands; events become log lines.

@@ -310,14 +310,20 @@ impl UringLoop {
         self.rearm_wake = !push(&mut self.ring, &e);
     }
 
-    fn arm_listener(&mut self, l: usize) {
-        let fd = self.plane.listeners[l].sock.as_raw_fd();
+    /// Queues a multishot receive on `fd` completing with `ud`; `false` if the ring
+    /// refused it (the caller re-arms at the next turn).
+    fn arm_recv(&mut self, fd: RawFd, ud: u64) -> bool {
         let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, BUFFER_GROUP)
             .build()
-            .user_data(token(LISTENER, l));
-        if push(&mut self.ring, &e) {
-            self.receiving += 1;
-        } else {
+            .user_data(ud);
+        let queued = push(&mut self.ring, &e);
+        self.receiving += usize::from(queued);
+        queued
+    }
+
+    fn arm_listener(&mut self, l: usize) {
+        let fd = self.plane.listeners[l].sock.as_raw_fd();
+        if !self.arm_recv(fd, token(LISTENER, l)) {
             self.rearm_listeners.push(l);
         }
     }
@@ -329,12 +335,8 @@ impl UringLoop {
         if self.armed.len() <= slot {
             self.armed.resize(slot + 1, false);
         }
-        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, BUFFER_GROUP)
-            .build()
-            .user_data(token(RELAY, slot));
-        if push(&mut self.ring, &e) {
+        if self.arm_recv(fd, token(RELAY, slot)) {
             self.armed[slot] = true;
-            self.receiving += 1;
         } else {
             self.rearm_relays.push(slot);
         }
