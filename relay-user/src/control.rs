@@ -289,6 +289,7 @@ impl Control {
         running.alternate_servers = new.alternate_servers.clone();
         running.drain_timeout = new.drain_timeout;
         running.admin.token = new.admin.token.clone();
+        running.tcp.relay_tcp = new.tcp.relay_tcp;
 
         // Built here to refuse the reload before any shard sees it; each shard builds its
         // own store from the same settings (a store is not shared between threads).
@@ -312,6 +313,7 @@ impl Control {
             server.set_policy(crate::core::policy(&apply));
             server.set_limits(apply.max_allocations, apply.max_allocations_per_user);
             server.set_alternate_servers(apply.alternate_servers.clone());
+            server.set_relay_tcp(apply.tcp.relay_tcp);
             server.allocation_count()
         });
         let report = ReloadReport {
@@ -354,7 +356,7 @@ impl Control {
                 tracing::info!(config = %path, users = r.users, shared_secrets = r.shared_secrets,
                     allocations_kept = r.allocations_kept,
                     shards = %format!("{}/{}", r.shards_applied, self.shards.len()),
-                    "configuration reloaded: users, shared secrets, peer policy, limits and alternates in force");
+                    "configuration reloaded: users, shared secrets, peer policy, limits, alternates and tcp.relay_tcp in force");
                 if r.shards_applied < self.shards.len() {
                     tracing::warn!(
                         "some shards did not confirm the reload in time; they apply it when their loop next runs"
@@ -515,7 +517,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     );
     check(old.udp_workers != new.udp_workers, "udp.workers");
     check(old.udp_engine != new.udp_engine, "udp.engine");
-    check(old.tcp != new.tcp, "tcp");
+    check(old.tcp.restart_only() != new.tcp.restart_only(), "tcp");
     check(old.admin.address != new.admin.address, "admin.address");
     check(old.log_level != new.log_level, "log.level");
     keys
@@ -665,6 +667,35 @@ mod tests {
             assert_eq!(alts, vec!["203.0.113.60:3478".parse().unwrap()]);
             assert_eq!(max, 20);
         }
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn relay_tcp_is_applied_by_a_reload_and_the_rest_of_tcp_is_not() {
+        let path = temp_config("relay-tcp", &config_text(""));
+        let shards = FakeShards::start(&crate::config::load(&path).unwrap(), 2);
+        let control = control_for(&path, &shards);
+        let offered = |c: &Control| c.gather(QUERY_TIMEOUT, |s| s.config().relay_tcp);
+        assert_eq!(offered(&control), vec![Some(false); 2]);
+        write(&path, &config_text("[tcp]\nrelay_tcp = true\n"));
+        let report = control.reload().unwrap();
+        assert!(
+            report.restart_needed.is_empty(),
+            "{:?}",
+            report.restart_needed
+        );
+        assert!(control.config().tcp.relay_tcp);
+        assert_eq!(offered(&control), vec![Some(true); 2]);
+        write(
+            &path,
+            &config_text("[tcp]\nrelay_tcp = true\nmax_connections = 7\n"),
+        );
+        let report = control.reload().unwrap();
+        assert_eq!(report.restart_needed, vec!["tcp"]);
+        assert_eq!(
+            control.config().tcp.max_connections,
+            crate::config::TcpSettings::default().max_connections
+        );
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

@@ -112,6 +112,7 @@ fn server_config(c: &Config) -> anyhow::Result<ServerConfig> {
         max_allocations_per_user: c.max_allocations_per_user,
         alternate_servers: c.alternate_servers.clone(),
         port_seed: u64::from_ne_bytes(random()?[..8].try_into().expect("8 bytes")),
+        relay_tcp: c.tcp.relay_tcp,
         ..ServerConfig::default()
     })
 }

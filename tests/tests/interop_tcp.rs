@@ -43,6 +43,8 @@ struct Cfg {
     per_source: u32,
     handshake_timeout: u64,
     idle_timeout: u64,
+    /// `[tcp] relay_tcp`: RFC 6062 TCP allocations offered.
+    relay_tcp: bool,
 }
 
 impl Default for Cfg {
@@ -53,6 +55,7 @@ impl Default for Cfg {
             per_source: 1000,
             handshake_timeout: 10,
             idle_timeout: 60,
+            relay_tcp: false,
         }
     }
 }
@@ -62,6 +65,10 @@ impl Default for Cfg {
 fn config(a: &Addresses, cfg: Cfg) -> String {
     let mut listen = Listen::both_nics(a, 3478, &["udp", "tcp"]);
     listen.push(Listen::new(a.relay_external, 443, &["tcp", "tls"]));
+    config_with(a, cfg, listen)
+}
+
+fn config_with(a: &Addresses, cfg: Cfg, listen: Vec<Listen>) -> String {
     RelayConfig {
         listen,
         tls: true,
@@ -74,6 +81,7 @@ engine = "{engine}"
 max_connections_per_source = {per_source}
 handshake_timeout = {handshake}
 idle_timeout = {idle}
+relay_tcp = {relay_tcp}
 
 [xdp]
 mode = "off"
@@ -83,6 +91,7 @@ mode = "off"
             per_source = cfg.per_source,
             handshake = cfg.handshake_timeout,
             idle = cfg.idle_timeout,
+            relay_tcp = cfg.relay_tcp,
         ),
         ..RelayConfig::deployment(a)
     }
@@ -133,6 +142,8 @@ fn uclient_tcp_relays(env: &Deployment, port: u16, tls: bool) -> Uclient {
 fn start_on(engine: &str) -> Deployment {
     let env = start(Cfg {
         engine: if engine == "epoll" { "epoll" } else { "auto" },
+        // The RFC 6062 tests run on both engines.
+        relay_tcp: true,
         ..Cfg::default()
     });
     assert_eq!(engine_in_use(&env), engine, "{}", env.relay.logs());
@@ -888,4 +899,313 @@ fn uclient_tcp_relay_over_tls_on_epoll() {
     let run = run_over(&env, &uclient_tcp_relays(&env, 443, true), "tls");
     let spliced = env.relay.log_lines("TCP peer connection spliced");
     assert!(spliced.len() >= 4, "{}", env.context(&run));
+}
+
+// ---------------------------------------------------------------------------------------
+// Hardening: RFC 6062 only when offered, Connect only to TCP allocations, large datagrams
+// over TLS, slots held without authenticating
+
+/// Allocate with REQUESTED-TRANSPORT TCP; the error code if refused.
+fn try_allocate_tcp<S: Read + Write>(c: &mut StreamClient<S>) -> Result<SocketAddr, Option<u16>> {
+    let resp = c
+        .transact(Method::ALLOCATE, &|w| {
+            w.attr(&relay_proto::stun::RequestedTransport::TCP)?;
+            Ok(())
+        })
+        .map_err(|e| e.code())?;
+    c.take_allocation(&resp).map_err(|e| e.code())
+}
+
+#[test]
+fn tcp_allocations_are_442_until_relay_tcp_is_turned_on() {
+    let env = start(Cfg::default());
+    // The default: over TCP and over TLS, REQUESTED-TRANSPORT TCP is not offered.
+    let mut tcp = env.tcp_client(3478);
+    assert_eq!(
+        try_allocate_tcp(&mut tcp),
+        Err(Some(442)),
+        "TCP allocation over TCP with relay_tcp unset\n{}",
+        env.relay.logs()
+    );
+    let mut tls = env.tls_client();
+    assert_eq!(
+        try_allocate_tcp(&mut tls),
+        Err(Some(442)),
+        "TCP allocation over TLS with relay_tcp unset"
+    );
+    // UDP allocations on the same connection are unaffected.
+    tcp.allocate().expect("UDP allocation over TCP");
+
+    // Turned on by a reload, without a restart.
+    let on = Cfg {
+        relay_tcp: true,
+        ..Cfg::default()
+    };
+    env.relay.rewrite_config(&config(&env.addrs(), on));
+    env.relay.signal(libc::SIGHUP);
+    let line = env
+        .relay
+        .wait_for_log("configuration reloaded", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        env.relay
+            .log_lines("take effect only after a restart")
+            .is_empty(),
+        "relay_tcp is reloadable: {line}\n{}",
+        env.relay.logs()
+    );
+    let mut c = env.tcp_client(3478);
+    let relayed = try_allocate_tcp(&mut c).unwrap_or_else(|e| {
+        panic!(
+            "TCP allocation with relay_tcp on: {e:?}\n{}",
+            env.relay.logs()
+        )
+    });
+    assert_eq!(relayed.ip(), IpAddr::from(env.addrs().public));
+    let mut c = env.tls_client();
+    try_allocate_tcp(&mut c).expect("TCP allocation over TLS with relay_tcp on");
+}
+
+/// Connect from `c`'s TCP allocation to `peer`; the CONNECTION-ID or the error code.
+fn try_connect(c: &mut StreamClient<TcpStream>, peer: SocketAddr) -> Result<u32, Option<u16>> {
+    c.transact(Method::CONNECT, &|w| {
+        w.attr(&relay_proto::stun::XorPeerAddress(peer))?;
+        Ok(())
+    })
+    .map(|r| connection_id(&r))
+    .map_err(|e| e.code())
+}
+
+#[test]
+fn connect_to_the_relay_address_reaches_only_tcp_allocations() {
+    let env = start(Cfg {
+        relay_tcp: true,
+        ..Cfg::default()
+    });
+    let a = env.addrs();
+    // Something else of the relay host listens on a port of the relay range.
+    let host_port = *relay_tests::fixture::RELAY_PORTS.end();
+    let host_addr: SocketAddr = (a.relay_external, host_port).into();
+    let host = env
+        .topo
+        .relay
+        .run(move || std::net::TcpListener::bind(host_addr))
+        .expect("enter namespace")
+        .unwrap_or_else(|e| panic!("bind {host_addr}: {e}"));
+    host.set_nonblocking(true).unwrap();
+
+    let mut dialler = env.tcp_client(3478);
+    allocate_tcp(&mut dialler);
+    let mut target = env.tcp_client(3478);
+    let target_relayed = allocate_tcp(&mut target);
+    let mut udp = env.tcp_client(3478);
+    let udp_relayed = udp.allocate().expect("UDP allocation");
+    assert_ne!(
+        target_relayed.port(),
+        host_port,
+        "the pool skipped a bound port"
+    );
+
+    // Refused: the host's listener (public and bind address) and a UDP allocation's port.
+    for peer in [
+        SocketAddr::new(a.public.into(), host_port),
+        host_addr,
+        udp_relayed,
+    ] {
+        let got = try_connect(&mut dialler, peer);
+        assert_eq!(
+            got,
+            Err(Some(403)),
+            "Connect to {peer}\n{}",
+            env.relay.logs()
+        );
+    }
+    let denied = env.relay.log_lines("no TCP allocation holds that port");
+    assert_eq!(
+        denied.len(),
+        3,
+        "one refused-peer line each\n{}",
+        env.relay.logs()
+    );
+    match host.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the host's listener got a connection: {other:?}"),
+    }
+
+    // Another TCP allocation is a peer: it permits the dialler's relayed address first.
+    let dialler_relayed = dialler.relayed.expect("relayed");
+    target
+        .create_permission(&[dialler_relayed])
+        .expect("permission");
+    let conn = try_connect(&mut dialler, target_relayed)
+        .unwrap_or_else(|e| panic!("Connect to a TCP allocation: {e:?}\n{}", env.relay.logs()));
+    assert_ne!(conn, 0);
+    let attempt = target.read_frame().expect("ConnectionAttempt");
+    let msg = Message::parse(&attempt).expect("STUN");
+    assert_eq!(msg.method(), Method::CONNECTION_ATTEMPT);
+}
+
+#[test]
+fn a_tls_client_keeps_its_allocation_through_datagrams_over_64_kib() {
+    const BIG: usize = 65_507; // the largest UDP payload over IPv4
+    let env = start(Cfg::default());
+    let a = env.addrs();
+    let mut c = env.tls_client();
+    let relayed = c.allocate().expect("allocate over TLS");
+    let peer_addr: SocketAddr = (a.media, 3490).into();
+    c.create_permission(&[peer_addr]).expect("permission");
+    let peer = env
+        .topo
+        .media
+        .run(move || std::net::UdpSocket::bind(peer_addr))
+        .expect("enter namespace")
+        .expect("bind the peer");
+    // The relayed port on the external NIC, as the media host reaches it.
+    let to: SocketAddr = (a.relay_external, relayed.port()).into();
+    for i in 0..3u8 {
+        // A Data indication of 65,544 bytes: more than rustls buffers at once (64 KiB).
+        let payload = vec![i; BIG];
+        peer.send_to(&payload, to).expect("peer send");
+        let got = c
+            .recv_data()
+            .unwrap_or_else(|e| panic!("datagram {i} of {BIG} bytes: {e}\n{}", env.relay.logs()));
+        assert_eq!(got.data.len(), BIG, "datagram {i}");
+        assert!(got.data.iter().all(|b| *b == i), "datagram {i} intact");
+    }
+    // A small one still follows, and the allocation lives on.
+    peer.send_to(b"small", to).expect("peer send");
+    assert_eq!(c.recv_data().expect("small datagram").data, b"small");
+    c.refresh(600)
+        .unwrap_or_else(|e| panic!("refresh: {e}\n{}", env.relay.logs()));
+    assert!(
+        env.relay.log_lines("TLS write").is_empty(),
+        "{}",
+        env.relay.logs()
+    );
+}
+
+/// An unsigned Binding request on `c`; `false` once the connection is closed.
+fn binding_answered(c: &mut StreamClient<TcpStream>) -> bool {
+    let mut buf = [0u8; 64];
+    let txid = new_txid();
+    let mut w = MessageWriter::new(&mut buf, Class::Request, Method::BINDING, txid).unwrap();
+    w.fingerprint().unwrap();
+    let n = w.finish();
+    c.write_all(&buf[..n]).is_ok() && c.read_response(txid).is_ok()
+}
+
+#[test]
+fn only_authenticated_requests_keep_a_connection_without_allocation_open() {
+    const IDLE: u64 = 2;
+    let env = start(Cfg {
+        idle_timeout: IDLE,
+        ..Cfg::default()
+    });
+    let mut unsigned = env.tcp_client(3478);
+    let mut signed = env.tcp_client(3478);
+    // The signed one learns a nonce (a 401 does not count) and then sends Refreshes: no
+    // allocation (437), but each request verifies.
+    assert_eq!(signed.refresh(600).err().and_then(|e| e.code()), Some(437));
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(IDLE + 5);
+    let closed_after = loop {
+        if !binding_answered(&mut unsigned) {
+            break started.elapsed();
+        }
+        assert_eq!(
+            signed.refresh(600).err().and_then(|e| e.code()),
+            Some(437),
+            "the authenticated connection stays open\n{}",
+            env.relay.logs()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "a connection sending unsigned Bindings every 500 ms is still open after {:?} \
+             (tcp.idle_timeout = {IDLE} s)\n{}",
+            started.elapsed(),
+            env.relay.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        closed_after >= Duration::from_secs(IDLE - 1),
+        "closed too early: {closed_after:?}"
+    );
+}
+
+#[test]
+fn connections_from_one_ipv6_slash_64_count_as_one_source() {
+    // Addresses on the relay host's loopback: its listener, two sources of one /64 and
+    // one of another.
+    const LISTEN: &str = "2001:db8:5::50";
+    let srcs: [&str; 4] = [
+        "2001:db8:5::a",
+        "2001:db8:5::b",
+        "2001:db8:5::c",
+        "2001:db8:6::a",
+    ];
+    let env = Deployment::start_tls(TopologyOptions::default(), |topo, leaf| {
+        for a in std::iter::once(LISTEN).chain(srcs) {
+            topo.relay
+                .ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/64"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ])
+                .unwrap_or_else(|e| panic!("add {a}: {e}"));
+        }
+        let mut listen = Listen::both_nics(&topo.addrs, 3478, &["udp", "tcp"]);
+        listen.push(Listen::new(topo.addrs.relay_external, 443, &["tcp", "tls"]));
+        listen.push(Listen::new(
+            LISTEN.parse::<IpAddr>().unwrap(),
+            3478,
+            &["tcp"],
+        ));
+        let cfg = Cfg {
+            per_source: 2,
+            ..Cfg::default()
+        };
+        start_tls_relay(&topo.relay, &config_with(&topo.addrs, cfg, listen), leaf)
+    });
+    let server: SocketAddr = (LISTEN.parse::<IpAddr>().unwrap(), 3478).into();
+    let connect_from = |src: &str| {
+        let src: SocketAddr = (src.parse::<IpAddr>().unwrap(), 0).into();
+        let s = env
+            .topo
+            .relay
+            .run(move || {
+                let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
+                s.bind(&src.into())?;
+                s.connect_timeout(&server.into(), STREAM_TIMEOUT)?;
+                s.set_read_timeout(Some(STREAM_TIMEOUT))?;
+                Ok::<TcpStream, std::io::Error>(s.into())
+            })
+            .expect("enter namespace")
+            .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+        StreamClient::new(s, USER, PASSWORD)
+    };
+    let mut first = connect_from(srcs[0]);
+    let mut second = connect_from(srcs[1]);
+    assert!(binding_answered(&mut first) && binding_answered(&mut second));
+    // A third address of the same /64 is over the limit of 2; another /64 is not.
+    let mut third = connect_from(srcs[2]);
+    assert!(
+        !binding_answered(&mut third),
+        "a third connection from the same /64 was served\n{}",
+        env.relay.logs()
+    );
+    let line = env
+        .relay
+        .wait_for_log("tcp.max_connections_per_source", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(line.contains("2001:db8:5::/64"), "{line}");
+    let mut other = connect_from(srcs[3]);
+    assert!(
+        binding_answered(&mut other),
+        "another /64 is another source"
+    );
 }

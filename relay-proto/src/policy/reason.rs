@@ -252,6 +252,9 @@ pub enum DenyReason {
     /// A relay address with a port outside the relay port range: a service of the relay
     /// host, not an allocation (ChannelBind and Connect carry the port).
     RelayHostPort(SocketAddr),
+    /// A Connect to a relay address and a port of the relay range that no RFC 6062 TCP
+    /// allocation holds: whatever listens there belongs to the host.
+    NoTcpRelay(SocketAddr),
 }
 
 impl fmt::Display for DenyReason {
@@ -269,6 +272,11 @@ impl fmt::Display for DenyReason {
                 f,
                 "relay host port {peer} (outside the relay port range: a service of the relay \
                  host, not an allocation)"
+            ),
+            Self::NoTcpRelay(peer) => write!(
+                f,
+                "relay address {peer} (no TCP allocation holds that port: a Connect reaches \
+                 only another TCP allocation of this relay)"
             ),
         }
     }

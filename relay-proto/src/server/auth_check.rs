@@ -67,7 +67,9 @@ impl Server {
                 return Err(self.reply_error(from, msg, None, 400, why, out));
             }
         };
-        self.authenticate_as(now, from, msg, &username, realm, nonce, out)
+        let auth = self.authenticate_as(now, from, msg, &username, realm, nonce, out);
+        self.authenticated = auth.is_ok();
+        auth
     }
 
     #[allow(clippy::too_many_arguments)]

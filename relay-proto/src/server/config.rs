@@ -68,9 +68,15 @@ pub struct ServerConfig {
     pub max_channels: usize,
     /// Where to send clients (300 ALTERNATE-SERVER) when full or draining.
     pub alternate_servers: Vec<SocketAddr>,
-    /// Injected randomness for relay port choice and reservation tokens (one generator in
-    /// [`Shared`](super::Shared) serves all shards).
+    /// Injected randomness for relay port choice, reservation tokens and CONNECTION-IDs
+    /// (one generator in [`Shared`](super::Shared) serves all shards and seeds each
+    /// server's own).
     pub port_seed: u64,
+    /// RFC 6062 TCP allocations (REQUESTED-TRANSPORT TCP) offered to TCP/TLS clients. Off by
+    /// default: a TCP relay lets a client open TCP connections from the relay host, which
+    /// an operator should choose. Off, such Allocates get 442 as from an RFC 8656-only
+    /// relay. Changed at run time with [`Server::set_relay_tcp`](super::Server::set_relay_tcp).
+    pub relay_tcp: bool,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +98,7 @@ impl Default for ServerConfig {
             max_channels: 256,
             alternate_servers: Vec::new(),
             port_seed: 0,
+            relay_tcp: false,
         }
     }
 }

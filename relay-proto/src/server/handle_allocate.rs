@@ -205,6 +205,10 @@ impl Server {
         }
         if req.protocol == RelayProtocol::Tcp {
             self.tcp.add_allocation(id);
+            // Every shard's Connect may dial it now (and only it: see `tcp_connect_target`).
+            for r in relayed.iter().flatten() {
+                self.shared.mark_tcp(Family::of(r.bind.ip()), r.bind.port());
+            }
         }
         self.events.push(Event::AllocationCreated {
             id,
@@ -230,7 +234,10 @@ impl Server {
             Some(RequestedTransport(UDP)) => RelayProtocol::Udp,
             // RFC 6062 §5.1 answers a TCP relay asked over UDP with 400; 442 tells an RFC 8656
             // client plainly that this transport is not offered to it.
-            Some(RequestedTransport(TCP)) if from.transport.is_stream() && self.tcp.enabled => {
+            // Offered only when the operator turned it on and the data path carries it.
+            Some(RequestedTransport(TCP))
+                if from.transport.is_stream() && self.config.relay_tcp && self.tcp.enabled =>
+            {
                 RelayProtocol::Tcp
             }
             Some(_) => return Err((442, String::new())),

@@ -29,6 +29,7 @@ use super::tcp_relay::{
     Direction, MAX_CONNECTIONS_PER_ALLOCATION, PeerConnection, RelayProtocol,
 };
 use super::{ClientOutput, Server};
+use crate::policy::DenyReason;
 
 /// Room for a deferred Connect response: header, CONNECTION-ID or ERROR-CODE, the longest
 /// SOFTWARE (RFC 8489: < 128 characters, 763 bytes), MESSAGE-INTEGRITY-SHA256, FINGERPRINT.
@@ -37,16 +38,26 @@ const DEFERRED_MAX: usize = 1024;
 const ATTEMPT_MAX: usize = 64;
 
 impl Server {
-    /// Whether REQUESTED-TRANSPORT TCP is granted (to TCP/TLS clients). Off by default: the
-    /// data path that serves TCP/TLS clients turns it on once it carries out `ConnectPeer`,
+    /// Whether this server's data path carries TCP relays. Off by default: the data path
+    /// that serves TCP/TLS clients turns it on once it carries out `ConnectPeer`,
     /// `SendToClient`, `SpliceConnection`, `CloseConnection` and listens on `protocol: Tcp`
-    /// relayed addresses; until then such requests get 442 as from an RFC 8656-only relay.
+    /// relayed addresses. REQUESTED-TRANSPORT TCP is granted only when this is on *and* the
+    /// operator offers TCP relays ([`ServerConfig::relay_tcp`]); otherwise 442, as from an
+    /// RFC 8656-only relay.
+    ///
+    /// [`ServerConfig::relay_tcp`]: super::ServerConfig::relay_tcp
     pub fn enable_tcp_relays(&mut self, on: bool) {
         self.tcp.enabled = on;
     }
 
     pub fn tcp_relays_enabled(&self) -> bool {
         self.tcp.enabled
+    }
+
+    /// The operator's switch for RFC 6062 (SIGHUP): off, new TCP allocations get 442;
+    /// existing ones keep working until they end.
+    pub fn set_relay_tcp(&mut self, on: bool) {
+        self.config.relay_tcp = on;
     }
 
     // ----- the data path's reports ----------------------------------------------------------
@@ -252,7 +263,17 @@ impl Server {
             return self.reject(from, msg, a, code, "", out);
         }
         let Some(target) = self.tcp_connect_target(peer) else {
-            let why = "Peer is a service on the relay host";
+            // A port of the relay address that no TCP allocation holds: whatever listens
+            // there (a UDP allocation's port has nothing of ours) is the host's, not a peer.
+            if let Some(al) = self.table.get(id) {
+                self.events.push(Event::PeerDenied {
+                    user: al.user.clone(),
+                    client: al.client,
+                    peer,
+                    reason: DenyReason::NoTcpRelay(peer),
+                });
+            }
+            let why = "No TCP allocation of this relay on that port";
             return self.reject(from, msg, a, 403, why, out);
         };
         if self.tcp.find(id, peer).is_some() {
@@ -486,16 +507,22 @@ impl Server {
         self.reply_or_drop(reply)
     }
 
-    /// Where the data path dials for a Connect to `peer`: another allocation of this relay
-    /// is reached on the bind address, which the host delivers locally (a static-NAT
-    /// firewall would not reflect a connection to the public one); other ports of the
-    /// relay host only when the operator allow-listed the address. `None`: refused.
+    /// Where the data path dials for a Connect to `peer`: another TCP allocation of this
+    /// relay (any shard's) is reached on the bind address, which the host delivers locally
+    /// (a static-NAT firewall would not reflect a connection to the public one); other
+    /// ports of the relay range are refused, as the UDP hairpin refuses ports no allocation
+    /// holds; ports outside the range only when the operator allow-listed the address.
+    /// `None`: refused.
     fn tcp_connect_target(&self, peer: SocketAddr) -> Option<SocketAddr> {
         if !self.is_own_relay_ip(peer.ip()) {
             return Some(peer);
         }
         if self.config.ports.contains(&peer.port()) {
-            let bind = self.relay_addr(Family::of(peer.ip()))?.bind;
+            let family = Family::of(peer.ip());
+            if !self.shared.is_tcp_relay(family, peer.port()) {
+                return None;
+            }
+            let bind = self.relay_addr(family)?.bind;
             return Some(SocketAddr::new(bind, peer.port()));
         }
         self.policy.is_host_allow_listed(peer.ip()).then_some(peer)

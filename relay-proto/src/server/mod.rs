@@ -129,6 +129,8 @@ pub struct Server {
     alternate_cursor: usize,
     indication_counter: u64,
     error_responses: ErrorResponses,
+    /// The request of the last `handle_client` verified its MESSAGE-INTEGRITY.
+    authenticated: bool,
 }
 
 impl Server {
@@ -176,6 +178,7 @@ impl Server {
              relay address families than this ServerConfig"
         );
         let nonces = Nonces::new(nonce_key, config.nonce_lifetime.as_secs().max(1));
+        let tcp = TcpRelays::new(shared.draw_seed());
         Self {
             table: Table::new(shared.next_shard()),
             shared,
@@ -185,7 +188,7 @@ impl Server {
             anchor: now,
             unix_anchor: unix_now,
             timers: Timers::default(),
-            tcp: TcpRelays::default(),
+            tcp,
             commands: VecDeque::new(),
             events: EventQueue::default(),
             drops: DropCounters::default(),
@@ -196,6 +199,7 @@ impl Server {
             alternate_cursor: 0,
             indication_counter: 0,
             error_responses: ErrorResponses::default(),
+            authenticated: false,
             config,
         }
     }
@@ -271,6 +275,7 @@ impl Server {
         packet: &'p [u8],
         out: &mut [u8],
     ) -> ClientOutput<'p> {
+        self.authenticated = false;
         // RFC 6062: a spliced client data connection carries a peer's bytes, not STUN or
         // ChannelData; the data path must not frame it.
         if from.transport.is_stream() && self.tcp.is_data_connection(&from) {
@@ -281,6 +286,14 @@ impl Server {
             PacketKind::Stun => self.client_stun(now, from, packet, out),
             PacketKind::Other => self.drop_client(DropReason::Malformed),
         }
+    }
+
+    /// Whether the packet of the last [`handle_client`](Self::handle_client) call was a
+    /// request whose MESSAGE-INTEGRITY verified (whatever the answer). A stream data path
+    /// keeps a connection without an allocation open only for such requests: anyone can
+    /// send Bindings or collect 401s.
+    pub fn last_request_authenticated(&self) -> bool {
+        self.authenticated
     }
 
     /// A datagram that arrived from `peer` on relay socket `relay` (bind address and port).

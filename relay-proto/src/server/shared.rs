@@ -110,6 +110,9 @@ pub struct Shared {
     state: Mutex<State>,
     /// Ports held by live allocations, per family (same `None`s as the pools).
     live: [Option<LivePorts>; 2],
+    /// The subset of `live` held by RFC 6062 TCP allocations: the only ports of the relay
+    /// address a Connect may dial (anything else listening there is not ours).
+    tcp: [Option<LivePorts>; 2],
     ports: RangeInclusive<u16>,
     /// Written under the lock, read without it.
     allocations: AtomicUsize,
@@ -126,6 +129,7 @@ impl Shared {
         let families = [has(&config.relay_v4), has(&config.relay_v6)];
         let pools = families.map(|on| on.then(|| PortPool::new(config.ports.clone())));
         let live = families.map(|on| on.then(|| LivePorts::new(config.ports.clone())));
+        let tcp = families.map(|on| on.then(|| LivePorts::new(config.ports.clone())));
         Arc::new(Self {
             state: Mutex::new(State {
                 pools,
@@ -135,6 +139,7 @@ impl Shared {
                 rng: Rng::new(config.port_seed),
             }),
             live,
+            tcp,
             ports: config.ports.clone(),
             allocations: AtomicUsize::new(0),
             max_allocations: AtomicUsize::new(config.max_allocations),
@@ -210,6 +215,27 @@ impl Shared {
         self.live[family.idx()]
             .as_ref()
             .is_some_and(|l| l.contains(port))
+    }
+
+    /// `true` if `port` is the relayed port of a live RFC 6062 TCP allocation of some shard
+    /// (lock-free).
+    pub(crate) fn is_tcp_relay(&self, family: Family, port: u16) -> bool {
+        self.tcp[family.idx()]
+            .as_ref()
+            .is_some_and(|l| l.contains(port))
+    }
+
+    /// A TCP allocation now listens on `port` (cleared by [`release`](Self::release)).
+    pub(crate) fn mark_tcp(&self, family: Family, port: u16) {
+        if let Some(l) = &self.tcp[family.idx()] {
+            l.set(port);
+        }
+    }
+
+    /// A seed for a generator of a Server's own (CONNECTION-IDs), drawn from the relay's
+    /// generator: distinct per Server, unpredictable without `port_seed`.
+    pub(crate) fn draw_seed(&self) -> u64 {
+        self.lock().rng.next_u64()
     }
 
     /// The family a RESERVATION-TOKEN holds a port of; `Err(reason)` for 508. An expired
@@ -413,6 +439,9 @@ impl Shared {
     fn mark_live(&self, family: Family, port: u16, on: bool) {
         if let Some(l) = &self.live[family.idx()] {
             if on { l.set(port) } else { l.clear(port) }
+        }
+        if !on && let Some(l) = &self.tcp[family.idx()] {
+            l.clear(port);
         }
     }
 

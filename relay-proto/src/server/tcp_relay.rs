@@ -21,6 +21,7 @@ use crate::stun::{IntegrityKind, TransactionId};
 
 use super::allocation::AllocationId;
 use super::five_tuple::FiveTuple;
+use super::ports::Rng;
 
 /// RFC 6062 §5.2: a connect attempt to a peer is given at least 30 s before 447.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,8 +32,9 @@ pub const BIND_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_CONNECTIONS_PER_ALLOCATION: usize = 128;
 
 /// Names one peer TCP connection of a TCP allocation (the CONNECTION-ID value). Unique among
-/// the live connections of a [`Server`](super::Server); a closed connection's id is not
-/// reused before the 32-bit counter wraps.
+/// the live connections of a [`Server`](super::Server), never 0, and drawn at random: a
+/// ConnectionBind only checks the username, so a client sharing it (static credentials of a
+/// deployment) must not be able to guess another client's pending connection.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct ConnectionId(pub(crate) u32);
 
@@ -131,7 +133,6 @@ pub(crate) struct PeerConnection {
     pub deadline: Option<Instant>,
 }
 
-#[derive(Default)]
 pub(crate) struct TcpRelays {
     /// The data path carries TCP relays (see `Server::enable_tcp_relays`).
     pub enabled: bool,
@@ -141,10 +142,39 @@ pub(crate) struct TcpRelays {
     /// Bound connections by their client data connection.
     by_data: HashMap<FiveTuple, ConnectionId>,
     deadlines: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
-    last_id: u32,
+    /// Where CONNECTION-IDs come from (keyed: seen ids do not tell the next ones).
+    ids: Rng,
+    /// Tests: ids drawn before the generator's, last first.
+    #[cfg(test)]
+    script: Vec<u32>,
 }
 
 impl TcpRelays {
+    /// `seed`: this server's CONNECTION-ID generator (see [`Shared::draw_seed`]).
+    ///
+    /// [`Shared::draw_seed`]: super::Shared
+    pub(crate) fn new(seed: u64) -> Self {
+        Self {
+            enabled: false,
+            allocations: HashMap::new(),
+            conns: HashMap::new(),
+            by_data: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            ids: Rng::new(seed),
+            #[cfg(test)]
+            script: Vec::new(),
+        }
+    }
+
+    fn draw_id(&mut self) -> u32 {
+        #[cfg(test)]
+        if let Some(id) = self.script.pop() {
+            return id;
+        }
+        // The low half of a keyed hash output.
+        self.ids.next_u64() as u32
+    }
+
     pub(crate) fn add_allocation(&mut self, id: AllocationId) {
         self.allocations.insert(id, Vec::new());
     }
@@ -180,17 +210,21 @@ impl TcpRelays {
     /// Records a new connection of a TCP allocation and its first deadline. `None` if the
     /// allocation is not (or no longer) a TCP one.
     pub(crate) fn insert(&mut self, conn: PeerConnection) -> Option<ConnectionId> {
-        let list = self.allocations.get_mut(&conn.allocation)?;
-        // Counter with wrap-around, never 0 (some clients treat 0 as "absent"), never an id
-        // still in use.
+        if !self.allocations.contains_key(&conn.allocation) {
+            return None;
+        }
+        // Random, never 0 (some clients treat 0 as "absent"), never an id still in use
+        // (at most MAX_CONNECTIONS_PER_ALLOCATION per allocation: a retry is rare).
         let id = loop {
-            self.last_id = self.last_id.wrapping_add(1);
-            let c = ConnectionId(self.last_id);
+            let c = ConnectionId(self.draw_id());
             if c.0 != 0 && !self.conns.contains_key(&c) {
                 break c;
             }
         };
-        list.push(id);
+        self.allocations
+            .get_mut(&conn.allocation)
+            .expect("checked above")
+            .push(id);
         if let Some(at) = conn.deadline {
             self.deadlines.push(Reverse((at, id)));
         }
@@ -292,16 +326,17 @@ mod tests {
     fn ids_skip_zero_and_live_ones_and_indexes_follow_removal() {
         let t0 = Instant::now();
         let a = AllocationId::new(1, 0);
-        let mut t = TcpRelays::default();
+        let mut t = TcpRelays::new(7);
         assert!(t.insert(conn(a, 1, None)).is_none(), "not a TCP allocation");
         t.add_allocation(a);
-        t.last_id = u32::MAX - 1;
         let c1 = t.insert(conn(a, 1, Some(t0))).unwrap();
+        // A generator replaying c1's id, then 0, then a fresh one: both are skipped.
+        let fresh = Rng::new(8).next_u64() as u32;
+        t.script = vec![fresh, 0, c1.0];
         let c2 = t.insert(conn(a, 2, None)).unwrap();
-        assert_eq!((c1.0, c2.0), (u32::MAX, 1), "wraps past 0");
-        t.last_id = u32::MAX - 1;
+        assert_eq!(c2.0, fresh, "skips the live id and 0");
         let c3 = t.insert(conn(a, 3, None)).unwrap();
-        assert_eq!(c3.0, 2, "skips the live u32::MAX and 1");
+        assert!(![0, c1.0, c2.0].contains(&c3.0));
         assert_eq!(t.find(a, ([198, 51, 100, 1], 2).into()), Some(c2));
 
         let data = FiveTuple::new(
@@ -325,7 +360,7 @@ mod tests {
     fn stale_deadlines_are_skipped() {
         let t0 = Instant::now();
         let a = AllocationId::new(1, 0);
-        let mut t = TcpRelays::default();
+        let mut t = TcpRelays::new(1);
         t.add_allocation(a);
         let c = t.insert(conn(a, 1, Some(t0 + BIND_TIMEOUT))).unwrap();
         let gone = t.insert(conn(a, 2, Some(t0 + BIND_TIMEOUT))).unwrap();

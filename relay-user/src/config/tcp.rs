@@ -21,6 +21,8 @@ pub struct TcpSection {
     pub idle_timeout: Option<u64>,
     /// Seconds from accept to the end of the TLS handshake and the first message.
     pub handshake_timeout: Option<u64>,
+    /// RFC 6062 TCP allocations (REQUESTED-TRANSPORT TCP) for TCP/TLS clients.
+    pub relay_tcp: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -74,16 +76,39 @@ pub struct TcpSettings {
     pub max_connections_per_source: u32,
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// RFC 6062 offered (reloadable: the only `[tcp]` key a SIGHUP applies).
+    pub relay_tcp: bool,
 }
 
+impl TcpSettings {
+    /// The settings only a restart applies (all but `relay_tcp`).
+    pub fn restart_only(&self) -> Self {
+        Self {
+            relay_tcp: false,
+            ..self.clone()
+        }
+    }
+}
+
+/// Defaults for one edge host (CONTEXT.md: 1,800 to 6,000 relays per node):
+/// - `max_connections`: two per allocation at the default `limits.max_allocations`
+///   (10,000): a control connection, plus one in its handshake or an RFC 6062 data
+///   connection. Each may queue 256 KiB each way, and needs a descriptor (2 × 20,000 +
+///   1,024 fits the usual `LimitNOFILE=65536`).
+/// - `max_connections_per_source`: a NAT of about 250 browsers, each gathering a
+///   `turn:…?transport=tcp` and a `turns:` allocation; 40 sources fill the relay.
+/// - `idle_timeout`: counts only authenticated requests, for connections without an
+///   allocation; a real client allocates within a round trip or two of its 401.
+/// - `handshake_timeout`: a TLS handshake and a first request take 3 round trips.
 impl Default for TcpSettings {
     fn default() -> Self {
         Self {
             engine: IoEngine::Auto,
-            max_connections: 50_000,
-            max_connections_per_source: 1_000,
-            idle_timeout: Duration::from_secs(60),
+            max_connections: 20_000,
+            max_connections_per_source: 500,
+            idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            relay_tcp: false,
         }
     }
 }
@@ -141,6 +166,7 @@ pub(super) fn validate(
             tcp.handshake_timeout,
             d.handshake_timeout,
         )?,
+        relay_tcp: tcp.relay_tcp.unwrap_or(d.relay_tcp),
     };
     let wants_tls = listeners
         .iter()

@@ -292,7 +292,8 @@ fn tcp_and_tls_listeners_with_their_tables() {
         "address = \"198.51.100.50:3478\"\ntransports = [\"udp\", \"tcp\"]\n\n\
          [[listen]]\naddress = \"198.51.100.50:443\"\ntransports = [\"tcp\", \"tls\"]\n",
     ) + "\n[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n\
-         [tcp]\nengine = \"epoll\"\nmax_connections_per_source = 20\nidle_timeout = 30\n";
+         [tcp]\nengine = \"epoll\"\nmax_connections_per_source = 20\nidle_timeout = 45\n\
+         relay_tcp = true\n";
     let file: ConfigFile = toml::from_str(&text).unwrap();
     let c = file.validate(&dir).unwrap();
     assert_eq!(
@@ -301,7 +302,12 @@ fn tcp_and_tls_listeners_with_their_tables() {
     );
     assert_eq!(c.tcp.engine, IoEngine::Epoll);
     assert_eq!(c.tcp.max_connections_per_source, 20);
-    assert_eq!(c.tcp.idle_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(c.tcp.idle_timeout, std::time::Duration::from_secs(45));
+    assert!(c.tcp.relay_tcp);
+    assert!(
+        !TcpSettings::default().relay_tcp,
+        "RFC 6062 is off unless asked for"
+    );
     assert_eq!(
         c.tcp.handshake_timeout,
         TcpSettings::default().handshake_timeout
@@ -317,7 +323,7 @@ fn tcp_and_tls_listeners_with_their_tables() {
             "tcp.engine",
         ),
         (
-            text.replace("idle_timeout = 30", "idle_timeout = 0"),
+            text.replace("idle_timeout = 45", "idle_timeout = 0"),
             "tcp.idle_timeout",
         ),
         (

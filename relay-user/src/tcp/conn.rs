@@ -62,6 +62,9 @@ pub struct Conn {
     pub accepted: Instant,
     /// When the last complete frame arrived; `None` before the first one.
     pub last_frame: Option<Instant>,
+    /// When the last request whose MESSAGE-INTEGRITY verified arrived: only those keep a
+    /// connection without an allocation open.
+    pub last_authenticated: Option<Instant>,
     pub stall: Option<Stall>,
     /// Payload of the stalled datagram; keeps its capacity.
     pub stall_buf: Vec<u8>,
@@ -98,6 +101,7 @@ impl Conn {
             tx: TxBuf::default(),
             accepted: now,
             last_frame: None,
+            last_authenticated: None,
             stall: None,
             stall_buf: Vec::new(),
             tx_full: false,

@@ -7,7 +7,9 @@
 //!   sockets, timeouts. `stream` is a connection's send queue, `conn` a connection.
 //! - `uring`: the io_uring loop and the probe that decides whether it can run.
 //! - `epoll`: the fallback loop.
-//! - `tls`: certificate loading and reload.
+//! - `tls`: certificate loading and reload; `records`: plaintext into TLS records.
+//! - `limits`: connections per source (IPv4 address or IPv6 /64) and in all, and when an
+//!   unauthenticated connection has been idle too long.
 //!
 //! RFC 6062 (TCP relay allocations) will add TCP sockets that are not client connections:
 //! the state's slabs are keyed per kind (`Key::token` carries a kind tag), so a new kind of
@@ -15,6 +17,8 @@
 
 mod conn;
 mod epoll;
+mod limits;
+mod records;
 mod slab;
 mod state;
 mod stream;

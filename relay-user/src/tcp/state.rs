@@ -40,6 +40,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{
     conn::{Conn, Mode, RX_LIMIT, Stall},
+    limits::{Activity, Admission, Refusal, idle_verdict},
+    records::seal,
     slab::{Key, Slab},
     stream::{HIGH_WATER, LOW_WATER},
     tls::TlsAcceptor,
@@ -172,9 +174,9 @@ pub struct State {
     pub listeners: Vec<StreamListener>,
     pub conns: Slab<Conn>,
     by_tuple: HashMap<(SocketAddr, SocketAddr), Key>,
-    per_source: HashMap<IpAddr, u32>,
-    /// Client connections counted against `tcp.max_connections` (see [`Conn::counted`]).
-    counted: usize,
+    /// Client connections counted against `tcp.max_connections` and per source (see
+    /// [`Conn::counted`]).
+    admission: Admission,
     pub relays: Slab<Relay>,
     relay_by_addr: HashMap<SocketAddr, Key>,
     /// RFC 6062 peer connections.
@@ -206,8 +208,13 @@ impl State {
         listeners: Vec<StreamListener>,
         now: Instant,
     ) -> Self {
-        // Both loops carry out the RFC 6062 commands (see `apply_commands`).
+        // Both loops carry out the RFC 6062 commands (see `apply_commands`); whether TCP
+        // allocations are offered is `[tcp] relay_tcp`, in the core's config.
         server.enable_tcp_relays(true);
+        let admission = Admission::new(
+            settings.max_connections,
+            settings.max_connections_per_source,
+        );
         Self {
             server,
             kernel,
@@ -216,8 +223,7 @@ impl State {
             listeners,
             conns: Slab::default(),
             by_tuple: HashMap::new(),
-            per_source: HashMap::new(),
-            counted: 0,
+            admission,
             relays: Slab::default(),
             relay_by_addr: HashMap::new(),
             peers: Slab::default(),
@@ -287,25 +293,26 @@ impl State {
             let l = &self.listeners[l];
             (l.addr, l.plain, l.tls)
         };
-        if self.counted >= self.settings.max_connections {
-            let refused = bump(&self.stats.refused_total);
-            if refused.is_power_of_two() {
-                tracing::warn!(client = %peer, %listener, held = self.counted, refused,
-                    "TCP connection refused: the relay holds tcp.max_connections already (raise it, and the open-files limit)");
+        match self.admission.admit(peer.ip()) {
+            Ok(()) => {}
+            Err(Refusal::Total { held }) => {
+                let refused = bump(&self.stats.refused_total);
+                if refused.is_power_of_two() {
+                    tracing::warn!(client = %peer, %listener, held, refused,
+                        "TCP connection refused: the relay holds tcp.max_connections already (raise it, and the open-files limit)");
+                }
+                return None;
             }
-            return None;
-        }
-        let count = self.per_source.entry(peer.ip()).or_insert(0);
-        if *count >= self.settings.max_connections_per_source {
-            let refused = bump(&self.stats.refused_per_source);
-            if refused.is_power_of_two() {
-                tracing::warn!(client = %peer, %listener, held = *count, refused,
-                    "TCP connection refused: this source holds tcp.max_connections_per_source already \
-                     (abuse, or many clients behind one NAT: then raise the limit)");
+            Err(Refusal::PerSource { source, held }) => {
+                let refused = bump(&self.stats.refused_per_source);
+                if refused.is_power_of_two() {
+                    tracing::warn!(client = %peer, %source, %listener, held, refused,
+                        "TCP connection refused: this source (an IPv4 address or an IPv6 /64) holds tcp.max_connections_per_source already \
+                         (abuse, or many clients behind one NAT: then raise the limit)");
+                }
+                return None;
             }
-            return None;
         }
-        *count += 1;
         let _ = stream.set_nodelay(true);
         let mode = match (plain, tls) {
             (true, true) => Mode::Detect,
@@ -313,7 +320,7 @@ impl State {
             (false, _) => match self.tls_session() {
                 Some(s) => Mode::Tls(s),
                 None => {
-                    self.uncount(peer.ip());
+                    self.admission.release(peer.ip());
                     return None;
                 }
             },
@@ -326,7 +333,6 @@ impl State {
         let five = FiveTuple::new(peer, listener, transport);
         let mut conn = Conn::new(stream, five, mode, now);
         conn.counted = true;
-        self.counted += 1;
         let id = self.conns.insert(conn);
         self.stats
             .held
@@ -348,21 +354,6 @@ impl State {
         }
     }
 
-    /// A client connection from `ip` no longer counts against the limits.
-    fn stop_counting(&mut self, ip: IpAddr) {
-        self.counted -= 1;
-        self.uncount(ip);
-    }
-
-    fn uncount(&mut self, ip: IpAddr) {
-        if let Some(n) = self.per_source.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_source.remove(&ip);
-            }
-        }
-    }
-
     /// The loop shut connection `id` down: the client sees the close now, so its source
     /// may connect again at once, though the socket is forgotten only when nothing is in
     /// flight any more.
@@ -373,7 +364,7 @@ impl State {
         {
             c.counted = false;
             let ip = c.five.client.ip();
-            self.stop_counting(ip);
+            self.admission.release(ip);
         }
     }
 
@@ -453,7 +444,7 @@ impl State {
             self.by_tuple.remove(&(c.five.client, c.five.listener));
         }
         if c.counted {
-            self.stop_counting(c.five.client.ip());
+            self.admission.release(c.five.client.ip());
         }
         if let Some(s) = &c.stall
             && let Some(r) = self.relays.get_mut(s.relay)
@@ -728,6 +719,13 @@ impl State {
             }
             output = self.server.handle_client(now, five, frame, &mut out);
         }
+        // Only a request whose integrity verified keeps a connection without an
+        // allocation open (see `limits::idle_verdict`).
+        if self.server.last_request_authenticated()
+            && let Some(c) = self.conns.get_mut(id)
+        {
+            c.last_authenticated = Some(now);
+        }
         match output {
             ClientOutput::Nothing => {}
             ClientOutput::Reply { len } => self.queue(id, &out[..len], false),
@@ -757,14 +755,10 @@ impl State {
             return;
         }
         match &mut c.mode {
+            // In pieces: one message may exceed rustls' own buffer (see `records`).
             Mode::Tls(tls) => {
-                if let Err(e) = io::Write::write_all(&mut tls.writer(), bytes) {
+                if let Err(e) = seal(tls, &mut c.tx, bytes) {
                     return self.close(id, format!("TLS write: {e}"));
-                }
-                while tls.wants_write() {
-                    if tls.write_tls(c.tx.pending_mut()).is_err() {
-                        break;
-                    }
                 }
             }
             _ => c.tx.push(bytes),
@@ -1220,22 +1214,18 @@ impl State {
                 // Spliced data connections carry no frames: only the peer side ends them.
                 continue;
             }
-            let why = match c.last_frame {
-                None if now.saturating_duration_since(c.accepted)
-                    > self.settings.handshake_timeout =>
-                {
-                    Some(
-                        "no TURN message within tcp.handshake_timeout (TLS handshake or first request)",
-                    )
-                }
-                Some(last)
-                    if now.saturating_duration_since(last) > self.settings.idle_timeout
-                        && self.server.allocation(&c.five).is_none() =>
-                {
-                    Some("idle: no allocation and no message within tcp.idle_timeout")
-                }
-                _ => None,
+            let activity = Activity {
+                accepted: c.accepted,
+                first_frame: c.last_frame,
+                last_authenticated: c.last_authenticated,
+                has_allocation: self.server.allocation(&c.five).is_some(),
             };
+            let why = idle_verdict(
+                activity,
+                self.settings.handshake_timeout,
+                self.settings.idle_timeout,
+                now,
+            );
             if let Some(why) = why {
                 tracing::debug!(client = %c.five, reason = why, "closing TCP connection");
                 self.close(id, why);

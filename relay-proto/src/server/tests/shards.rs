@@ -529,3 +529,44 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn connect_reaches_a_tcp_allocation_of_another_shard_and_nothing_else() {
+    use crate::server::Command;
+    use crate::stun::{Method, RequestedTransport, XorPeerAddress};
+    let (mut hs, _) = shards(2, |c| c.relay_tcp = true);
+    let mut tcp_relayed = Vec::new();
+    for h in &mut hs {
+        h.server.enable_tcp_relays(true);
+        let r = h
+            .ask(tcp(1), Method::ALLOCATE, &Cred::alice(), |w| {
+                w.attr(&RequestedTransport::TCP).unwrap();
+            })
+            .1
+            .reply();
+        assert_eq!(code(&r), None, "{}", describe(&r));
+        tcp_relayed.push(relayed(&r)[0]);
+        h.commands();
+    }
+    let udp_on_1 = hs[1].allocate(udp(2));
+    let connect = |h: &mut H, to: SocketAddr| {
+        h.ask(tcp(1), Method::CONNECT, &Cred::alice(), |w| {
+            w.attr(&XorPeerAddress(to)).unwrap();
+        })
+        .1
+    };
+    // Shard 0's client dials shard 1's TCP allocation: through the bind address.
+    assert_eq!(connect(&mut hs[0], tcp_relayed[1]), Out::Nothing);
+    let cmds = hs[0].commands();
+    assert!(
+        matches!(&cmds[..], [Command::ConnectPeer { peer, .. }] if *peer == bind_of(tcp_relayed[1])),
+        "{cmds:?}"
+    );
+    // Shard 1's UDP allocation has no TCP listener: refused.
+    let r = connect(&mut hs[0], udp_on_1).reply();
+    assert_eq!(code(&r), Some(403), "{}", describe(&r));
+    // Once shard 1's TCP allocation is gone, its port is refused too.
+    delete(&mut hs[1], tcp(1), &Cred::alice());
+    let r = connect(&mut hs[0], tcp_relayed[1]).reply();
+    assert_eq!(code(&r), Some(403), "{}", describe(&r));
+}

@@ -15,9 +15,9 @@ use crate::stun::{
     MessageWriter, Method, RequestedTransport, XorPeerAddress,
 };
 
-/// A server whose data path carries TCP relays.
+/// A server offering TCP relays, whose data path carries them.
 fn tcp_h() -> H {
-    let mut h = H::new();
+    let mut h = H::with(|c| c.relay_tcp = true);
     h.server.enable_tcp_relays(true);
     h
 }
@@ -167,7 +167,7 @@ fn tcp_allocation_needs_a_stream_client_and_tells_the_data_path_to_listen() {
 
 #[test]
 fn tcp_relays_wait_for_a_data_path_that_carries_them() {
-    let mut h = H::new();
+    let mut h = H::with(|c| c.relay_tcp = true);
     assert!(!h.server.tcp_relays_enabled());
     let r = allocate_tcp_with(&mut h, tcp(1), |_| {});
     assert_eq!(code(&r), Some(442));
@@ -757,4 +757,151 @@ fn connections_per_allocation_are_capped() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), MAX_CONNECTIONS_PER_ALLOCATION);
+}
+
+// ----- hardening: operator switch, dial targets on the relay host, unguessable ids ------
+
+#[test]
+fn tcp_relays_are_off_unless_the_operator_turns_them_on() {
+    // The data path carries them, but the default config does not offer them.
+    let mut h = H::new();
+    h.server.enable_tcp_relays(true);
+    let r = allocate_tcp_with(&mut h, tcp(1), |_| {});
+    assert_eq!(code(&r), Some(442), "{}", describe(&r));
+    assert!(h.commands().is_empty());
+    // On; then off again (a reload): new ones get 442, the existing one stays.
+    h.server.set_relay_tcp(true);
+    allocate_tcp(&mut h, tcp(1));
+    h.server.set_relay_tcp(false);
+    let r = allocate_tcp_with(&mut h, tcp(2), |_| {});
+    assert_eq!(code(&r), Some(442), "{}", describe(&r));
+    let r = h.refresh(tcp(1), &Cred::alice(), Some(600));
+    assert_eq!(code(&r), None, "{}", describe(&r));
+}
+
+#[test]
+fn only_requests_whose_integrity_verifies_count_as_authenticated() {
+    let mut h = H::new();
+    let binding = h.build(Class::Request, Method::BINDING, [1; 12], None, |_| {});
+    h.client(tcp(1), &binding);
+    assert!(!h.server.last_request_authenticated(), "Binding");
+    let wrong = Cred::new(ALICE.0, "not-the-password");
+    let r = h
+        .ask(tcp(1), Method::ALLOCATE, &wrong, |w| {
+            w.attr(&RequestedTransport::UDP).unwrap();
+        })
+        .1
+        .reply();
+    assert_eq!(code(&r), Some(401));
+    assert!(!h.server.last_request_authenticated(), "wrong password");
+    // Verified, even though refused (no allocation to refresh).
+    let r = h.refresh(tcp(1), &Cred::alice(), Some(600));
+    assert_eq!(code(&r), Some(437));
+    assert!(
+        h.server.last_request_authenticated(),
+        "Refresh with a valid key"
+    );
+    h.client(tcp(1), &binding);
+    assert!(
+        !h.server.last_request_authenticated(),
+        "reset by the next packet"
+    );
+}
+
+#[test]
+fn connect_to_a_relay_port_without_a_tcp_allocation_is_403() {
+    let mut h = tcp_h();
+    let tcp_rel = allocate_tcp(&mut h, tcp(1));
+    let udp_rel = h.allocate(udp(1));
+    h.commands();
+    h.events();
+    // A UDP allocation's port (nothing of ours listens on TCP there), and a free port of
+    // the range (another program of the host may listen there), on both addresses.
+    let free = (24000..=29999)
+        .find(|p| ![udp_rel.port(), tcp_rel.port()].contains(p))
+        .unwrap();
+    for ip in [IpAddr::from(RELAY4_PUBLIC), IpAddr::from(RELAY4_BIND)] {
+        for port in [udp_rel.port(), free] {
+            let target = SocketAddr::new(ip, port);
+            let r = connect(&mut h, tcp(1), target).1;
+            let Out::Reply(r) = r else {
+                panic!("Connect to {target} was dialled: {:?}", h.commands());
+            };
+            assert_eq!(code(&r), Some(403), "{target}: {}", describe(&r));
+            assert!(
+                h.events()
+                    .iter()
+                    .any(|e| matches!(e, Event::PeerDenied { peer, .. } if *peer == target)),
+                "{target}: refusal logged"
+            );
+        }
+    }
+    assert!(h.commands().is_empty());
+    assert_eq!(h.server.tcp_connection_count(), 0);
+}
+
+/// CONNECTION-ID values of Connect successes and ConnectionAttempts among `cmds`.
+fn connection_ids(cmds: &[Command]) -> Vec<u32> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::SendToClient { message, .. } => Message::parse(message)
+                .unwrap()
+                .attr::<ConnectionIdAttr>()
+                .map(|a| a.unwrap().0),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn connection_ids_are_not_predictable() {
+    let mut h = tcp_h();
+    let rel = allocate_tcp(&mut h, tcp(1));
+    h.permit(tcp(1), &Cred::alice(), &[peer(1, 0)]);
+    h.commands();
+    // Outgoing and incoming connections, interleaved, as the client sees their ids.
+    let mut ids = Vec::new();
+    for port in 0..32u16 {
+        ids.push(connected(&mut h, tcp(1), peer(2, 1000 + port)).as_u32());
+        h.server
+            .peer_connection_incoming(h.now, bind_of(rel), peer(1, 10_000 + port))
+            .unwrap();
+        ids.extend(connection_ids(&h.commands()));
+    }
+    assert_eq!(ids.len(), 64);
+    assert!(!ids.contains(&0));
+    for w in ids.windows(2) {
+        let distance = w[1].wrapping_sub(w[0]).min(w[0].wrapping_sub(w[1]));
+        assert!(
+            distance > 1 << 16,
+            "consecutive ids {} and {} are close: {ids:?}",
+            w[0],
+            w[1]
+        );
+    }
+    let high = ids.iter().filter(|i| **i >= 1 << 31).count();
+    assert!(
+        high > ids.len() / 4 && high < ids.len() * 3 / 4,
+        "ids spread over the u32 space: {ids:?}"
+    );
+}
+
+#[test]
+fn a_guessed_connection_id_of_another_client_of_the_same_user_binds_nothing() {
+    let mut h = tcp_h();
+    // Two clients with the same static credentials (a shared deployment user).
+    allocate_tcp(&mut h, tcp(1));
+    allocate_tcp(&mut h, tcp(2));
+    // The attacker learns one id of its own, then the victim's Connect completes.
+    let own = connected(&mut h, tcp(2), peer(1, 80));
+    let victims = connected(&mut h, tcp(1), peer(2, 80));
+    for guess in [own.as_u32().wrapping_add(1), own.as_u32().wrapping_sub(1)] {
+        let r = connection_bind(&mut h, tcp(3), &Cred::alice(), Some(guess));
+        assert_eq!(
+            code(&r),
+            Some(400),
+            "guessed id {guess} bound (the victim's is {victims})"
+        );
+    }
+    assert!(h.commands().is_empty());
 }
