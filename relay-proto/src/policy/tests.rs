@@ -423,7 +423,7 @@ fn relay_host_addresses_need_a_single_host_allow_entry() {
         })
     );
     assert_eq!(p.check(relay), PeerVerdict::Hairpin);
-    assert!(!p.is_host_allow_listed(listener));
+    assert!(!p.is_host_allow_listed((listener, 22).into(), Scope::STATIC_UDP));
     assert!(
         DenyReason::RelayHost(listener)
             .to_string()
@@ -432,8 +432,8 @@ fn relay_host_addresses_need_a_single_host_allow_entry() {
 
     let p = policy(&["192.0.2.0/24", "192.0.2.50/32"]);
     assert_eq!(p.check(listener), PeerVerdict::Allow);
-    assert!(p.is_host_allow_listed(listener));
-    assert!(!p.is_host_allow_listed(ip("192.0.2.10")));
+    assert!(p.is_host_allow_listed((listener, 22).into(), Scope::STATIC_UDP));
+    assert!(!p.is_host_allow_listed((ip("192.0.2.10"), 22).into(), Scope::STATIC_UDP));
     // The wildcard is never an own address.
     assert!(!p.is_host_address(ip("0.0.0.0")));
     assert!(p.is_host_address(relay) && p.is_host_address(listener));
@@ -444,7 +444,7 @@ fn relay_host_addresses_need_a_single_host_allow_entry() {
         vec![],
     )
     .with_host_addresses([listener]);
-    assert!(!p.is_host_allow_listed(listener));
+    assert!(!p.is_host_allow_listed((listener, 22).into(), Scope::STATIC_UDP));
     assert!(matches!(
         p.check(listener),
         PeerVerdict::Deny(DenyReason::Configured(_))
