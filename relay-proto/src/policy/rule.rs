@@ -71,7 +71,7 @@ impl AllowRule {
     }
 
     /// Whether it opens every port (the kernel may then take Send indications).
-    pub(super) fn all_ports(&self) -> bool {
+    pub fn all_ports(&self) -> bool {
         self.low <= 1 && self.high == u16::MAX
     }
 

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::auth::{AuthError, CredentialKind, Key, NonceError, Nonces, PasswordAlgorithm as KeyAlgorithm};
+use crate::auth::{
+    AuthError, CredentialKind, Key, NonceError, Nonces, PasswordAlgorithm as KeyAlgorithm,
+};
 use crate::stun::{
     IntegrityKind, Message, MessageWriter, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm,
     UserHash, Username,

@@ -16,10 +16,10 @@ use crate::stun::{
 };
 
 use super::allocation::{Allocation, AllocationId, Family, Relayed};
-use crate::policy::PeerVerdict;
 use super::event::DropReason;
 use super::five_tuple::FiveTuple;
 use super::{ClientOutput, PeerOutput, Server};
+use crate::policy::PeerVerdict;
 
 /// Frames `payload` from `peer` for `to`'s client: ChannelData on a bound channel (padded on
 /// stream transports), otherwise a Data indication with XOR-PEER-ADDRESS and DATA.
