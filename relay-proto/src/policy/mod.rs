@@ -270,7 +270,13 @@ impl PeerPolicy {
             }
         }
 
-        if !allows(&peer) {
+        // Named only by entries of the other protocol: say so (below), not which default
+        // range.
+        let other_protocol_only = {
+            let mut named = covering(rules, peer).peekable();
+            named.peek().is_some() && !named.any(|r| r.carries(scope.protocol))
+        };
+        if !allows(&peer) && !other_protocol_only {
             if let Some(range) = DefaultDeny::of(peer) {
                 return PeerVerdict::Deny(DenyReason::Default(range));
             }

@@ -185,3 +185,69 @@ impl FromStr for AllowRule {
         Ok(rule)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(s: &str) -> AllowRule {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn the_four_forms() {
+        let r = rule("192.0.2.0/24");
+        assert_eq!((r.protocol, r.low, r.high), (None, 1, 65535));
+        assert!(r.all_ports());
+        let r = rule("192.0.2.10/32 udp");
+        assert_eq!(
+            (r.protocol, r.low, r.high),
+            (Some(RelayProtocol::Udp), 1, 65535)
+        );
+        let r = rule("192.0.2.10 5432");
+        assert_eq!((r.protocol, r.low, r.high), (None, 5432, 5432));
+        assert_eq!(r.net, "192.0.2.10/32".parse::<IpNet>().unwrap());
+        let r = rule("  2001:db8::/64   TCP  10000-20000 ");
+        assert_eq!(
+            (r.protocol, r.low, r.high),
+            (Some(RelayProtocol::Tcp), 10000, 20000)
+        );
+        assert!(!r.all_ports());
+        // Display gives the canonical spelling back.
+        for s in [
+            "192.0.2.0/24",
+            "192.0.2.10/32 udp",
+            "192.0.2.10/32 5432",
+            "2001:db8::/64 tcp 10000-20000",
+            "0.0.0.0/0 udp 1-65535",
+        ] {
+            let shown = rule(s).to_string();
+            assert_eq!(rule(&shown), rule(s), "{s} shown as {shown}");
+        }
+        assert_eq!(
+            rule("192.0.2.10/32 udp 1-65535").to_string(),
+            "192.0.2.10/32 udp"
+        );
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let err = |s: &str| s.parse::<AllowRule>().unwrap_err();
+        assert_eq!(err("192.0.2.300"), RuleError::Address("192.0.2.300".into()));
+        assert_eq!(err(""), RuleError::Address(String::new()));
+        assert!(matches!(err("192.0.2.10/24"), RuleError::HostBits { .. }));
+        assert!(err("192.0.2.10/24").to_string().contains("192.0.2.0/24"));
+        assert_eq!(err("192.0.2.0/24 sctp"), RuleError::Word("sctp".into()));
+        assert_eq!(err("192.0.2.0/24 0"), RuleError::Ports("0".into()));
+        assert_eq!(err("192.0.2.0/24 20-10"), RuleError::Ports("20-10".into()));
+        assert_eq!(err("192.0.2.0/24 70000"), RuleError::Ports("70000".into()));
+        assert_eq!(err("192.0.2.0/24 1-x"), RuleError::Ports("1-x".into()));
+        for shape in [
+            "192.0.2.0/24 80 udp",
+            "192.0.2.0/24 udp tcp",
+            "192.0.2.0/24 80 90",
+        ] {
+            assert_eq!(err(shape), RuleError::Shape(shape.into()), "{shape}");
+        }
+    }
+}
