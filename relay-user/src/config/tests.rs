@@ -515,9 +515,7 @@ fn allow_entries_take_a_protocol_and_ports() {
         assert!(e.message.contains(says), "{entry}: {e}");
     }
     // deny stays plain CIDRs.
-    let e = err(
-        &format!("{DEPLOYMENT}").replace("[limits]", "deny = [\"10.0.0.0/8 udp\"]\n\n[limits]")
-    );
+    let e = err(&DEPLOYMENT.replace("[limits]", "deny = [\"10.0.0.0/8 udp\"]\n\n[limits]"));
     assert_eq!(e.key, "peers.deny[0]", "{e}");
 }
 
