@@ -376,6 +376,9 @@ impl Control {
                         "some shards did not confirm the reload in time; they apply it when their loop next runs"
                     );
                 }
+                if let Some(w) = crate::core::rest_policy_warning(&self.config()) {
+                    tracing::warn!("{w}");
+                }
                 if !r.restart_needed.is_empty() {
                     tracing::warn!(keys = %r.restart_needed.join(", "),
                         "these changed keys take effect only after a restart; their old values stay in force");

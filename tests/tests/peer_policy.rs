@@ -13,11 +13,11 @@
 //! Needs root and `target/debug/relay` (`cargo build -p relay-user`).
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use relay_proto::auth::rest;
+use relay_proto::{auth::rest, stun::AddressFamily};
 use relay_tests::{
     Netns, Topology, TopologyOptions,
     fixture::{Deployment, Listen, PASSWORD, RelayConfig, start_relay, turn_client},
@@ -33,6 +33,9 @@ const SSH_PORT: u16 = 22;
 const RECV: Duration = Duration::from_secs(3);
 /// How long the relay may take to see an address added to its host.
 const LOCAL_ROUTE_WAIT: Duration = Duration::from_secs(5);
+/// The relay's IPv6 address on the external NIC, and a second one added while it runs.
+const RELAY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 0x50);
+const SECONDARY6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x50, 0, 0, 0, 0, 0x77);
 
 /// A TURN REST username valid for an hour, and its password under [`SECRET`].
 fn rest_credentials() -> (String, String) {
@@ -238,12 +241,19 @@ fn wait_for_permission_answer(
 /// `[peers] allow` covers the internal network, which holds the relay host's internal NIC
 /// (not a listener here) and, later, a secondary address: both are the relay host, whose
 /// services (sshd, an admin API on a wildcard) no client may reach; the media server stays
-/// reachable.
+/// reachable. Likewise an IPv6 address added to the external NIC while the relay runs, and
+/// a non-relay port of the IPv6 relay address.
 #[test]
 fn every_address_of_the_relay_host_is_refused() {
     let env = Deployment::start(TopologyOptions::default(), |topo| {
+        add_address(
+            &topo.relay,
+            &format!("{RELAY6}/64"),
+            &topo.relay_external_if,
+        );
         let config = RelayConfig {
             listen: vec![Listen::new(topo.addrs.relay_external, 3478, &[])],
+            relay6: Some(RELAY6),
             sections: "[xdp]\nmode = \"off\"\n".into(),
             ..RelayConfig::deployment(&topo.addrs)
         };
@@ -275,6 +285,27 @@ fn every_address_of_the_relay_host_is_refused() {
         &env.topo.relay_internal_if,
     );
     wait_for_permission_answer(&env, &mut c, secondary, Some(403));
+
+    // The same for IPv6 (a secondary or SLAAC address of the external NIC's prefix).
+    let mut c6 = turn_client(&env.topo.client, env.server(), PASSWORD);
+    c6.allocate_with(Some(AddressFamily::V6), None)
+        .unwrap_or_else(|e| panic!("{}", env.with_log(format!("IPv6 allocation: {e}"))));
+    let secondary6 = SocketAddr::new(IpAddr::V6(SECONDARY6), 22);
+    let own6 = SocketAddr::new(IpAddr::V6(RELAY6), 22);
+    wait_for_permission_answer(&env, &mut c6, secondary6, None);
+    add_address(
+        &env.topo.relay,
+        &format!("{SECONDARY6}/64"),
+        &env.topo.relay_external_if,
+    );
+    wait_for_permission_answer(&env, &mut c6, secondary6, Some(403));
+    let r = c6.channel_bind(0x4000, own6);
+    assert_eq!(
+        r.as_ref().err().and_then(|e| e.code()),
+        Some(403),
+        "{}",
+        env.with_log(format!("sshd on the IPv6 relay address {own6}: {r:?}"))
+    );
     assert!(
         !env.relay.logs().contains("panicked"),
         "{}",
@@ -284,7 +315,12 @@ fn every_address_of_the_relay_host_is_refused() {
         .unwrap_or_else(|e| panic!("{}", env.with_log(format!("media server afterwards: {e}"))));
 }
 
+/// `ip addr add CIDR dev DEV` (IPv6 without duplicate address detection: usable at once).
 fn add_address(ns: &Netns, cidr: &str, dev: &str) {
-    ns.ip(&["addr", "add", cidr, "dev", dev])
+    let mut args = vec!["addr", "add", cidr, "dev", dev];
+    if cidr.contains(':') {
+        args.push("nodad");
+    }
+    ns.ip(&args)
         .unwrap_or_else(|e| panic!("ip addr add {cidr} dev {dev}: {e}"));
 }

@@ -225,3 +225,67 @@ fn locally_routed_prefixes_refuse_and_revoke() {
         Some(403)
     );
 }
+
+/// RFC 6062 Connect checks the exact port for the TCP protocol (no port scan through 447
+/// vs success); a reload that takes the port away closes the connection.
+#[test]
+fn connect_checks_the_port_and_reload_closes_connections_to_a_refused_port() {
+    use crate::stun::{Method, RequestedTransport, XorPeerAddress};
+    let mut h = H::new();
+    h.server.enable_tcp_relays(true);
+    h.server.set_policy(
+        PeerPolicy::new(vec![], vec![], own())
+            .with_allow(rules(&["192.0.2.10/32 tcp 443-444", "192.0.2.10/32 udp"])),
+    );
+    let r = h
+        .ask(tcp(1), Method::ALLOCATE, &Cred::alice(), |w| {
+            w.attr(&RequestedTransport::TCP).unwrap();
+        })
+        .1
+        .reply();
+    assert_eq!(code(&r), None, "{}", describe(&r));
+    h.commands();
+    h.events();
+    let mut connect = |h: &mut H, to: SocketAddr| {
+        h.ask(tcp(1), Method::CONNECT, &Cred::alice(), |w| {
+            w.attr(&XorPeerAddress(to)).unwrap();
+        })
+        .1
+    };
+    let refused = connect(&mut h, media(22)).reply();
+    assert_eq!(code(&refused), Some(403), "{}", describe(&refused));
+    assert!(h.commands().is_empty(), "nothing dialled");
+    assert!(
+        h.events()
+            .iter()
+            .any(|e| matches!(e, Event::PeerDenied { peer, .. } if *peer == media(22)))
+    );
+    let mut conns = Vec::new();
+    for port in [443, 444] {
+        assert_eq!(connect(&mut h, media(port)), Out::Nothing);
+        let conn = h
+            .commands()
+            .into_iter()
+            .find_map(|c| match c {
+                Command::ConnectPeer { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .expect("ConnectPeer");
+        assert!(h.server.peer_connected(h.now, conn, Ok(())));
+        conns.push(conn);
+    }
+    h.commands();
+    h.server.set_policy(
+        PeerPolicy::new(vec![], vec![], own()).with_allow(rules(&["192.0.2.10/32 tcp 444"])),
+    );
+    let closed: Vec<_> = h
+        .commands()
+        .into_iter()
+        .filter_map(|c| match c {
+            Command::CloseConnection { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [conns[0]]);
+    assert_eq!(h.server.tcp_connection_count(), 1);
+}
