@@ -245,8 +245,21 @@ pub fn watch(
             loop {
                 let redump = match recv(&fd, &mut buf, 0) {
                     Ok(n) => touches_local_table(&buf[..n]),
-                    // Timeout, or notifications lost (ENOBUFS): look again.
-                    Err(_) => true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => false,
+                    // Timeout (SO_RCVTIMEO), or notifications lost (ENOBUFS): look again.
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            || e.raw_os_error() == Some(libc::ENOBUFS) =>
+                    {
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e,
+                            "route notifications failed; re-reading the local routing table every {} s instead",
+                            REDUMP.as_secs());
+                        std::thread::sleep(REDUMP);
+                        true
+                    }
                 };
                 if !redump {
                     continue;

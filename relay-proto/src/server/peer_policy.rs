@@ -55,11 +55,6 @@ impl Server {
         self.reapply_policy();
     }
 
-    /// The policy in force.
-    pub fn policy(&self) -> &PeerPolicy {
-        &self.policy
-    }
-
     fn reapply_policy(&mut self) {
         let mut doomed = Doomed::default();
         for a in self.table.iter() {

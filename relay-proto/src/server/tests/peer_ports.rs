@@ -246,7 +246,7 @@ fn connect_checks_the_port_and_reload_closes_connections_to_a_refused_port() {
     assert_eq!(code(&r), None, "{}", describe(&r));
     h.commands();
     h.events();
-    let mut connect = |h: &mut H, to: SocketAddr| {
+    let connect = |h: &mut H, to: SocketAddr| {
         h.ask(tcp(1), Method::CONNECT, &Cred::alice(), |w| {
             w.attr(&XorPeerAddress(to)).unwrap();
         })
