@@ -43,7 +43,7 @@ pub fn render(path: &Path, c: &Config) -> String {
     line("relay ports", &format!("{}-{}", c.ports.low, c.ports.high));
     line("users", &c.users.len());
     line("shared secrets", &c.shared_secrets.len());
-    let nets = |v: &[ipnet::IpNet]| {
+    fn list<T: std::fmt::Display>(v: &[T]) -> String {
         if v.is_empty() {
             return "none".to_owned();
         }
@@ -51,9 +51,12 @@ pub fn render(path: &Path, c: &Config) -> String {
             .map(|n| n.to_string())
             .collect::<Vec<_>>()
             .join(", ")
-    };
-    line("peers allowed", &nets(&c.peers_allow));
-    line("peers denied", &nets(&c.peers_deny));
+    }
+    line("peers allowed", &list(&c.peers_allow));
+    if let Some(rest) = &c.peers_rest_allow {
+        line("peers for REST", &list(rest));
+    }
+    line("peers denied", &list(&c.peers_deny));
     line(
         "max allocations",
         &format!(
@@ -104,6 +107,9 @@ pub fn render(path: &Path, c: &Config) -> String {
     );
     line("drain timeout", &format!("{} s", c.drain_timeout.as_secs()));
     line("log level", &c.log_level);
+    if let Some(w) = crate::core::rest_policy_warning(c) {
+        let _ = writeln!(out, "warning: {w}");
+    }
     if c.max_allocations_per_user > c.max_allocations {
         let _ = writeln!(
             out,

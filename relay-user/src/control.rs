@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use ipnet::IpNet;
 use relay_proto::server::Server;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -263,6 +264,20 @@ impl Control {
         out
     }
 
+    /// The relay host's locally routed prefixes changed (an address was added or removed):
+    /// every shard refuses peers there from now on and drops what it held for them.
+    pub fn set_local_prefixes(&self, prefixes: &[IpNet]) {
+        let prefixes: Arc<[IpNet]> = prefixes.into();
+        let answers = self.gather(QUERY_TIMEOUT, move |server| {
+            server.set_local_prefixes(prefixes.iter().copied());
+        });
+        if answers.iter().any(Option::is_none) {
+            tracing::warn!(
+                "some shards did not confirm the new relay-host addresses in time; they apply them when their loop next runs"
+            );
+        }
+    }
+
     /// Allocations on every shard; `None` if some shard did not answer.
     pub fn allocation_count(&self) -> Option<usize> {
         self.gather(QUERY_TIMEOUT, |s| s.allocation_count())
@@ -283,6 +298,7 @@ impl Control {
         running.users = new.users.clone();
         running.shared_secrets = new.shared_secrets.clone();
         running.peers_allow = new.peers_allow.clone();
+        running.peers_rest_allow = new.peers_rest_allow.clone();
         running.peers_deny = new.peers_deny.clone();
         running.max_allocations = new.max_allocations;
         running.max_allocations_per_user = new.max_allocations_per_user;
@@ -361,6 +377,9 @@ impl Control {
                     tracing::warn!(
                         "some shards did not confirm the reload in time; they apply it when their loop next runs"
                     );
+                }
+                if let Some(w) = crate::core::rest_policy_warning(&self.config()) {
+                    tracing::warn!("{w}");
                 }
                 if !r.restart_needed.is_empty() {
                     tracing::warn!(keys = %r.restart_needed.join(", "),

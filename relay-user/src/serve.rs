@@ -85,7 +85,9 @@ async fn serve(
         .map(|l| l.address)
         .collect();
     // Every shard's core counts ports and quotas in `cores`, and checks nonces with its key.
-    let cores = crate::core::Cores::new(&config)?;
+    let local = local_prefixes();
+    let cores =
+        crate::core::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
     let mut shards: Vec<ShardHandle> = Vec::new();
     let mut threads = Vec::new();
     let workers = if udp.is_empty() {
@@ -140,6 +142,18 @@ async fn serve(
     ));
     if let Some(stats) = tcp_stats {
         control.set_tcp_stats(stats);
+    }
+    if let Some(local) = local {
+        let c = control.clone();
+        if let Err(e) =
+            crate::local_routes::watch(local, move |prefixes| c.set_local_prefixes(prefixes))
+        {
+            tracing::warn!(error = %e,
+                "cannot follow the routing table: addresses added to this host later are not refused as peers until a restart");
+        }
+    }
+    if let Some(w) = crate::core::rest_policy_warning(&config) {
+        tracing::warn!("{w}");
     }
     if let Some(acceptor) = tls_reload {
         control.on_reload("tls", Box::new(crate::tcp::reload_hook(acceptor)));
@@ -198,6 +212,24 @@ async fn serve(
         anyhow::bail!("data-path thread {name} stopped unexpectedly");
     }
     Ok(())
+}
+
+/// The host's locally routed prefixes (its own addresses), which the peer policy refuses
+/// besides the configured ones; `None` (logged) if netlink cannot tell: then only the
+/// configured listener, admin and relay addresses count as the relay host.
+fn local_prefixes() -> Option<Vec<ipnet::IpNet>> {
+    match crate::local_routes::dump() {
+        Ok(p) => {
+            tracing::info!(prefixes = p.len(), list = %crate::local_routes::list(&p),
+                "peers at the addresses of this host are refused (relay addresses stay hairpins)");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "cannot read the local routing table over netlink: only the configured listener, admin and relay addresses are refused as peers; other addresses of this host are not");
+            None
+        }
+    }
 }
 
 /// `[udp] workers`, with 0 resolved to the CPUs this process may run on.

@@ -147,13 +147,17 @@ pub enum DropReason {
     /// Data for the relay's own address on a port outside the relay range (a service on
     /// the relay host itself) whose address the operator did not allow-list.
     RelayHostPort,
+    /// A Send indication or ChannelData to a port of a permitted peer that the peer policy
+    /// does not allow this allocation (permissions are per IP, `allow` entries may name
+    /// ports).
+    PeerPortDenied,
     /// A peer's TCP connection to a relayed address refused: the allocation holds
     /// [`MAX_CONNECTIONS_PER_ALLOCATION`](super::MAX_CONNECTIONS_PER_ALLOCATION) already.
     ConnectionLimit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::NoAllocation,
         DropReason::NoPermission,
@@ -164,6 +168,7 @@ impl DropReason {
         DropReason::Unexpected,
         DropReason::BufferTooSmall,
         DropReason::RelayHostPort,
+        DropReason::PeerPortDenied,
         DropReason::ConnectionLimit,
     ];
 
@@ -183,6 +188,7 @@ impl DropReason {
             DropReason::Unexpected => "unexpected",
             DropReason::BufferTooSmall => "buffer_too_small",
             DropReason::RelayHostPort => "relay_host_port",
+            DropReason::PeerPortDenied => "peer_port_denied",
             DropReason::ConnectionLimit => "connection_limit",
         }
     }

@@ -181,6 +181,7 @@ impl Server {
             id,
             client: from,
             user: user.clone(),
+            credential: auth.credential,
             relayed,
             created: now,
             expires: now + lifetime,

@@ -13,7 +13,9 @@ use super::timers::TimerKey;
 use super::{Removal, Server};
 
 impl Server {
-    /// The allocation on `from` if `auth` may use it: `Err` holds the 437/441 reply.
+    /// The allocation on `from` if `auth` may use it: `Err` holds the 437/441 reply. The
+    /// same username verified by another kind of credential (a configured user whose name
+    /// looks like a REST one) is a different identity: the peer policy differs by kind.
     pub(crate) fn owned_allocation(
         &mut self,
         from: FiveTuple,
@@ -27,7 +29,7 @@ impl Server {
         let same_user = self
             .table
             .get(id)
-            .is_some_and(|a| *a.user == *auth.username);
+            .is_some_and(|a| *a.user == *auth.username && a.credential == auth.credential);
         if !same_user {
             return Err(self.reply_error(from, msg, Some(auth), 441, "", out));
         }

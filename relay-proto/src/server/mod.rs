@@ -23,6 +23,7 @@ mod handle_data;
 mod handle_permission;
 mod handle_refresh;
 mod handle_tcp_relay;
+mod peer_policy;
 mod ports;
 mod reply;
 mod shared;
@@ -40,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{CredentialStore, NonceKey, Nonces};
-use crate::policy::{PeerPolicy, PeerVerdict};
+use crate::policy::PeerPolicy;
 use crate::stun::{self, Class, Message, Method, PacketKind};
 
 pub use allocation::{
@@ -210,23 +211,6 @@ impl Server {
     /// against the new store.
     pub fn set_credentials(&mut self, credentials: CredentialStore) {
         self.credentials = credentials;
-    }
-
-    /// New peer policy (SIGHUP). Existing permissions (and channels) for peers the new policy
-    /// denies are removed at once.
-    pub fn set_policy(&mut self, policy: PeerPolicy) {
-        self.policy = policy;
-        let mut doomed: Vec<(AllocationId, IpAddr)> = Vec::new();
-        for a in self.table.iter() {
-            for p in &a.permissions {
-                if matches!(self.policy.check(p.ip), PeerVerdict::Deny(_)) {
-                    doomed.push((a.id, p.ip));
-                }
-            }
-        }
-        for (id, ip) in doomed {
-            self.revoke_peer(id, ip);
-        }
     }
 
     /// New quotas, for every shard sharing this server's [`Shared`] (SIGHUP). Allocations
@@ -754,7 +738,7 @@ impl Server {
 
     /// Removes the permission for `ip`, the channels and TCP connections to it (policy
     /// reload).
-    fn revoke_peer(&mut self, id: AllocationId, ip: IpAddr) {
+    pub(crate) fn revoke_peer(&mut self, id: AllocationId, ip: IpAddr) {
         let Some(a) = self.table.get_mut(id) else {
             return;
         };
@@ -789,7 +773,7 @@ impl Server {
             relay,
             peer: ip,
         });
-        self.close_connections_to(id, ip, ConnectionEnd::PeerDenied);
+        self.close_connections_to(id, |peer| peer.ip() == ip, ConnectionEnd::PeerDenied);
     }
 
     fn fire(&mut self, now: Instant, key: TimerKey) {

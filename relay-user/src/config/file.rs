@@ -84,12 +84,23 @@ pub struct AuthSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeersSection {
-    /// CIDRs that are peers despite the default deny (e.g. the internal media server).
+    /// Peers despite the default deny (e.g. the internal media server): `"CIDR [udp|tcp]
+    /// [N|N-M]"`; an address named here is reachable only on the protocols and ports named.
     #[serde(default)]
     pub allow: Vec<String>,
     /// CIDRs refused even when otherwise allowed.
     #[serde(default)]
     pub deny: Vec<String>,
+    /// `[peers.rest]`: what REST-credential (shared secret) allocations may reach.
+    pub rest: Option<RestPeersSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestPeersSection {
+    /// Replaces `[peers] allow` for REST users; same grammar.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -487,3 +487,105 @@ fn per_user_limit_above_the_total_is_accepted() {
     .unwrap();
     assert_eq!(c.max_allocations_per_user, 5000);
 }
+
+#[test]
+fn allow_entries_take_a_protocol_and_ports() {
+    let c = parse(&DEPLOYMENT.replace(
+        r#"allow = ["192.0.2.0/24", "10.1.2.3"]"#,
+        r#"allow = ["192.0.2.0/24", "192.0.2.10/32 udp", "192.0.2.11 5432", "10.1.0.0/16 tcp 10000-20000"]"#,
+    ))
+    .unwrap();
+    let shown: Vec<String> = c.peers_allow.iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "192.0.2.0/24",
+            "192.0.2.10/32 udp",
+            "192.0.2.11/32 5432",
+            "10.1.0.0/16 tcp 10000-20000"
+        ]
+    );
+    assert!(c.peers_rest_allow.is_none());
+    for (entry, says) in [
+        ("192.0.2.10/32 sctp", "sctp"),
+        ("192.0.2.10/32 udp 0", "ports need 1 <= low"),
+        ("192.0.2.10/32 20-10", "20-10"),
+        ("192.0.2.10/32 80 udp", "protocol before ports"),
+        ("192.0.2.10/24 udp", "host bits"),
+    ] {
+        let e = err(&DEPLOYMENT.replace(
+            r#"allow = ["192.0.2.0/24", "10.1.2.3"]"#,
+            &format!(r#"allow = ["192.0.2.0/24", "10.1.2.3", "{entry}"]"#),
+        ));
+        assert_eq!(e.key, "peers.allow[2]", "{entry}: {e}");
+        assert!(e.message.contains(says), "{entry}: {e}");
+    }
+    // deny stays plain CIDRs.
+    let e = err(&DEPLOYMENT.replace("[limits]", "deny = [\"10.0.0.0/8 udp\"]\n\n[limits]"));
+    assert_eq!(e.key, "peers.deny[0]", "{e}");
+}
+
+#[test]
+fn rest_users_get_their_own_allow_list() {
+    let text = DEPLOYMENT.replace(
+        "[limits]",
+        "[peers.rest]\nallow = [\"192.0.2.10/32 udp 10000-20000\"]\n\n[limits]",
+    );
+    let c = parse(&text).unwrap();
+    let rest: Vec<String> = c
+        .peers_rest_allow
+        .as_ref()
+        .expect("[peers.rest]")
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(rest, ["192.0.2.10/32 udp 10000-20000"]);
+    assert_eq!(c.peers_allow.len(), 2, "the main list is unchanged");
+    let e = err(&text.replace("10000-20000\"]", "10000-20000\", \"bad\"]"));
+    assert_eq!(e.key, "peers.rest.allow[1]", "{e}");
+    let e = err(&text.replace("[peers.rest]\nallow", "[peers.rest]\nalow"));
+    assert!(e.message.contains("alow"), "{e}");
+    // An empty REST list is allowed: REST users then get only the default policy.
+    let c =
+        parse(&text.replace("allow = [\"192.0.2.10/32 udp 10000-20000\"]", "allow = []")).unwrap();
+    assert_eq!(c.peers_rest_allow.as_deref(), Some(&[][..]));
+}
+
+/// REST users (browsers) that share the media server's `allow` list reach every port of
+/// it: `relay check` and the start log say so, and how to restrict them.
+#[test]
+fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
+    let c = parse(DEPLOYMENT).unwrap();
+    let w = crate::core::rest_policy_warning(&c).expect("a warning");
+    assert!(
+        w.contains("192.0.2.0/24") && w.contains("[peers.rest]"),
+        "{w}"
+    );
+    let report = crate::check::render(Path::new("relay.toml"), &c);
+    assert!(
+        report.contains("warning: REST-credential users"),
+        "{report}"
+    );
+    let restricted = DEPLOYMENT.replace(
+        "[limits]",
+        "[peers.rest]\nallow = [\"192.0.2.10/32 udp 10000-20000\"]\n\n[limits]",
+    );
+    let c = parse(&restricted).unwrap();
+    assert_eq!(crate::core::rest_policy_warning(&c), None);
+    let report = crate::check::render(Path::new("relay.toml"), &c);
+    assert!(report.contains("peers for REST"), "{report}");
+    assert!(!report.contains("warning:"), "{report}");
+    let no_secrets = DEPLOYMENT.replace("shared_secrets = [\"s3cret\"]\n", "");
+    assert_eq!(
+        crate::core::rest_policy_warning(&parse(&no_secrets).unwrap()),
+        None
+    );
+    let ported = DEPLOYMENT.replace(
+        r#"allow = ["192.0.2.0/24", "10.1.2.3"]"#,
+        r#"allow = ["192.0.2.0/24 udp 10000-20000"]"#,
+    );
+    assert_eq!(
+        crate::core::rest_policy_warning(&parse(&ported).unwrap()),
+        None
+    );
+}

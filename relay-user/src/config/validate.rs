@@ -9,6 +9,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use relay_proto::policy::{AllowRule, parse_net};
 
 use super::{ConfigFile, IoEngine, Transport, UserEntry, load_users_file};
 use crate::xdp::{AttachMode, Forwarding};
@@ -53,7 +54,10 @@ pub struct Config {
     pub ports: PortRange,
     pub users: BTreeMap<String, UserEntry>,
     pub shared_secrets: Vec<String>,
-    pub peers_allow: Vec<IpNet>,
+    /// `[peers] allow`: static users, and REST users without `[peers.rest]`.
+    pub peers_allow: Vec<AllowRule>,
+    /// `[peers.rest] allow`: REST-credential allocations use it instead of `peers_allow`.
+    pub peers_rest_allow: Option<Vec<AllowRule>>,
     pub peers_deny: Vec<IpNet>,
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
@@ -291,7 +295,11 @@ impl ConfigFile {
             ports,
             users,
             shared_secrets: self.auth.shared_secrets,
-            peers_allow: cidrs("peers.allow", &self.peers.allow)?,
+            peers_allow: allow_rules("peers.allow", &self.peers.allow)?,
+            peers_rest_allow: match &self.peers.rest {
+                Some(rest) => Some(allow_rules("peers.rest.allow", &rest.allow)?),
+                None => None,
+            },
             peers_deny: cidrs("peers.deny", &self.peers.deny)?,
             max_allocations,
             max_allocations_per_user: per_user,
@@ -433,28 +441,27 @@ fn ports_clear_of_listeners(
     }
 }
 
-fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+/// Each entry of list `key` parsed by `parse`; an error names the entry (`key[i]`).
+fn entries<T, E: fmt::Display>(
+    key: &str,
+    values: &[String],
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, ConfigError> {
     values
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let key = format!("{key}[{i}]");
-            let net = v
-                .parse::<IpNet>()
-                .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| ConfigError::new(&key, format!("`{v}` is not a CIDR or IP")))?;
-            // `192.0.2.10/24` is ambiguous: a typo for one host, or the whole network?
-            if net.trunc() != net {
-                return Err(ConfigError::new(
-                    &key,
-                    format!(
-                        "{net} has host bits set: write {}, or {} for one host",
-                        net.trunc(),
-                        IpNet::from(net.addr())
-                    ),
-                ));
-            }
-            Ok(net)
+            parse(v.trim()).map_err(|e| ConfigError::new(format!("{key}[{i}]"), e.to_string()))
         })
         .collect()
+}
+
+/// Plain CIDRs (or single addresses); host bits set are refused as ambiguous.
+fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    entries(key, values, parse_net)
+}
+
+/// `"CIDR [udp|tcp] [N|N-M]"` entries.
+fn allow_rules(key: &str, values: &[String]) -> Result<Vec<AllowRule>, ConfigError> {
+    entries(key, values, str::parse::<AllowRule>)
 }

@@ -20,8 +20,9 @@ use aya::{
 use relay_common::{
     ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, CHANNELS_MAP, CLIENTS_MAP, ChannelKey,
     ChannelValue, ClientKey, ClientTarget, FAMILY_V4, FAMILY_V6, Ip, PEER_CHANNELS_MAP,
-    PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP,
-    RELAY_ADDRS_MAP, RELAYS_PER_ALLOCATION, Reason, RelayKey, RelayValue, v4_mapped,
+    PERMISSION_SOME_PORTS, PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey,
+    REASON_COUNTERS_MAP, REDIRECT_MAP, RELAY_ADDRS_MAP, RELAYS_PER_ALLOCATION, Reason, RelayKey,
+    RelayValue, v4_mapped,
 };
 use relay_proto::server::{Command, Transport};
 
@@ -197,9 +198,10 @@ impl XdpMaps {
                 client,
                 relay,
                 peer,
+                any_port,
                 ..
             } if client.transport == Transport::Udp => {
-                self.add_permission(client.client, client.listener, *relay, *peer)?;
+                self.add_permission_for(client.client, client.listener, *relay, *peer, *any_port)?;
             }
             Command::PermissionRemoved {
                 client,
@@ -389,11 +391,13 @@ impl XdpMaps {
             client_port: port(client.port()),
             listener_port: port(listener.port()),
             channel: port(channel),
-            _pad: [0; 2],
+            flags: 0,
+            _pad: [0; 1],
             slot,
         }
     }
 
+    /// A permission for every port of `peer` (see [`Self::add_permission_for`]).
     pub fn add_permission(
         &mut self,
         client: SocketAddr,
@@ -401,8 +405,25 @@ impl XdpMaps {
         relay: SocketAddr,
         peer: IpAddr,
     ) -> Result<(), XdpMapsError> {
+        self.add_permission_for(client, listener, relay, peer, true)
+    }
+
+    /// A permission for `peer`: its data reaches the client, and the client's bound
+    /// channels reach it. `any_port`: the client may reach every port of `peer`, so the
+    /// kernel forwards its Send indications too; otherwise they go up to userspace.
+    pub fn add_permission_for(
+        &mut self,
+        client: SocketAddr,
+        listener: SocketAddr,
+        relay: SocketAddr,
+        peer: IpAddr,
+        any_port: bool,
+    ) -> Result<(), XdpMapsError> {
         let slot = self.slot(relay)?;
-        let value = self.target(client, listener, 0, slot);
+        let mut value = self.target(client, listener, 0, slot);
+        if !any_port {
+            value.flags = PERMISSION_SOME_PORTS;
+        }
         self.permissions
             .insert(permission_key(relay, peer), value, 0)
             .map_err(upd(PERMISSIONS_MAP, "insert"))

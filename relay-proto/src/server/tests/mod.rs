@@ -8,6 +8,7 @@ mod auth;
 mod data;
 mod expiry;
 mod lifecycle;
+mod peer_ports;
 mod permission;
 mod props;
 mod responses;
