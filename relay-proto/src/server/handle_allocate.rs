@@ -173,7 +173,7 @@ impl Server {
         };
 
         if let Some((token, expires)) = new_token {
-            self.timers.schedule(expires, TimerKey::Reservation(token));
+            self.schedule(expires, TimerKey::Reservation(token));
         }
         let id = self.table.next_id();
         let user = auth.username.clone();
@@ -191,8 +191,7 @@ impl Server {
             dont_fragment: req.dont_fragment,
             last_response: None,
         });
-        self.timers
-            .schedule(now + lifetime, TimerKey::Allocation(id));
+        self.schedule(now + lifetime, TimerKey::Allocation(id));
         for r in relayed.iter().flatten() {
             self.commands.push_back(Command::AllocationCreated {
                 id,

@@ -87,7 +87,7 @@ impl Server {
                 peer: ip,
             });
         }
-        self.timers.schedule(expires, TimerKey::Permission(id, ip));
+        self.schedule(expires, TimerKey::Permission(id, ip));
     }
 
     pub(crate) fn create_permission(

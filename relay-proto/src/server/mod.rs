@@ -355,9 +355,6 @@ impl Server {
         while let Some(conn) = self.tcp.pop_due(now) {
             self.connection_deadline(now, conn);
         }
-        if self.timers.needs_compaction() {
-            self.compact_timers();
-        }
         self.graveyard.prune(now);
         self.redirected.prune(now);
         self.bind_failures.prune(now);
@@ -702,8 +699,7 @@ impl Server {
         if self.shared.release(now, &a.user, &a.relayed, quarantine)
             && let Some((family, port)) = quarantine
         {
-            self.timers
-                .schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
+            self.schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
         }
         let (user, client, counters) = (a.user.clone(), a.client, a.counters);
         self.events.push(match why {
@@ -734,8 +730,7 @@ impl Server {
     fn quarantine(&mut self, now: Instant, family: Family, port: u16) {
         // Busy for another reason (reserved, another shard's allocation): left alone.
         if self.shared.quarantine(now, family, port) {
-            self.timers
-                .schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
+            self.schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
         }
     }
 
@@ -836,13 +831,25 @@ impl Server {
                 if until <= now {
                     a.channels.swap_remove(i);
                 } else {
-                    self.timers.schedule(until, TimerKey::Channel(id, number));
+                    self.schedule(until, TimerKey::Channel(id, number));
                 }
             }
             TimerKey::Reservation(token) => self.shared.expire_reservation(now, token),
             TimerKey::Quarantine(family, port) => {
                 self.shared.expire_quarantine(now, family, port);
             }
+        }
+    }
+
+    /// Every deadline change gets its own heap entry (the old one fires as a no-op). The
+    /// bound is kept here, on insert, not when a timer comes due: a quiet shard under a
+    /// refresh flood may have nothing due for an hour while every request pushes an entry.
+    /// A rebuild costs O(live objects) and happens only once the heap has doubled since the
+    /// last one, so it is amortised O(1) per insert.
+    fn schedule(&mut self, at: Instant, key: TimerKey) {
+        self.timers.schedule(at, key);
+        if self.timers.needs_compaction() {
+            self.compact_timers();
         }
     }
 
