@@ -4,6 +4,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use relay_common::AllocCounters;
@@ -13,7 +14,45 @@ use crate::xdp::XdpMaps;
 
 /// `None` inside when the fast path is off: commands are then ignored.
 #[derive(Clone, Default)]
-pub struct Kernel(Option<Arc<Mutex<XdpMaps>>>);
+pub struct Kernel(Option<Arc<Mutex<Inner>>>);
+
+struct Inner {
+    maps: XdpMaps,
+    failures: Failures,
+}
+
+/// Map write failures are logged one line per [`WINDOW`]: the first in full, the rest
+/// counted and summed up by the first write after the window (a full map fails every
+/// write for as long as it is full).
+const WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Failures {
+    since: Option<Instant>,
+    more: u64,
+}
+
+impl Failures {
+    /// Whether a failure at `now` is to be logged in full.
+    fn admit(&mut self, now: Instant) -> bool {
+        if self.since.is_some() {
+            self.more += 1;
+            return false;
+        }
+        self.since = Some(now);
+        true
+    }
+
+    /// Ends a window older than [`WINDOW`]; returns the failures it left unlogged.
+    fn expire(&mut self, now: Instant) -> Option<u64> {
+        let since = self.since?;
+        if now.saturating_duration_since(since) < WINDOW {
+            return None;
+        }
+        self.since = None;
+        Some(std::mem::take(&mut self.more)).filter(|&n| n > 0)
+    }
+}
 
 impl Kernel {
     pub fn off() -> Self {
@@ -21,7 +60,10 @@ impl Kernel {
     }
 
     pub fn new(maps: XdpMaps) -> Self {
-        Self(Some(Arc::new(Mutex::new(maps))))
+        Self(Some(Arc::new(Mutex::new(Inner {
+            maps,
+            failures: Failures::default(),
+        }))))
     }
 
     pub fn is_on(&self) -> bool {
@@ -32,9 +74,19 @@ impl Kernel {
     /// stays on the userspace path, which serves every packet the kernel passes up.
     pub fn apply(&self, cmd: &Command) {
         let Some(maps) = &self.0 else { return };
-        let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = maps.apply(cmd) {
-            tracing::warn!(error = %e, command = ?cmd, "XDP map update failed; this flow stays in userspace");
+        let mut inner = maps.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(more) = inner.failures.expire(now) {
+            let secs = WINDOW.as_secs();
+            tracing::warn!(
+                more,
+                "{more} more XDP map updates failed in the last {secs} s; those flows stay in userspace"
+            );
+        }
+        if let Err(e) = inner.maps.apply(cmd)
+            && inner.failures.admit(now)
+        {
+            tracing::warn!(error = %e, command = ?cmd, "XDP map update failed; this flow stays in userspace (further failures are counted for 10 s)");
         }
     }
 
@@ -48,7 +100,28 @@ impl Kernel {
     /// Direct access for counters (admin, metrics, deletion logs).
     pub fn with<T>(&self, f: impl FnOnce(&mut XdpMaps) -> T) -> Option<T> {
         let maps = self.0.as_ref()?;
-        let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
-        Some(f(&mut maps))
+        let mut inner = maps.lock().unwrap_or_else(|p| p.into_inner());
+        Some(f(&mut inner.maps))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_failures_are_one_line_per_window_then_a_count() {
+        let t0 = Instant::now();
+        let mut f = Failures::default();
+        assert!(f.admit(t0));
+        for i in 1..=500 {
+            assert!(!f.admit(t0 + Duration::from_millis(i)));
+        }
+        assert_eq!(f.expire(t0 + WINDOW - Duration::from_millis(1)), None);
+        assert_eq!(f.expire(t0 + WINDOW), Some(500));
+        // A new window logs in full again; one that ends quiet sums up nothing.
+        assert!(f.admit(t0 + WINDOW));
+        assert_eq!(f.expire(t0 + 2 * WINDOW), None);
+        assert!(f.admit(t0 + 2 * WINDOW));
     }
 }

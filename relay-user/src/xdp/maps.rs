@@ -25,6 +25,8 @@ use relay_common::{
 };
 use relay_proto::server::{Command, Transport};
 
+use super::offload::{Offload, Write};
+
 #[derive(Debug, thiserror::Error)]
 pub enum XdpMapsError {
     #[error("XDP map `{0}` is missing from the object (or was already taken)")]
@@ -77,6 +79,8 @@ pub struct XdpMaps {
     slot_capacity: u32,
     public_refs: StdHashMap<IpAddr, u32>,
     nr_cpus: usize,
+    /// Which permissions and channels are in the maps, per allocation.
+    offload: Offload,
 }
 
 /// What the maps hold for one relayed address, to take it out again.
@@ -146,6 +150,7 @@ impl XdpMaps {
             slot_capacity: max_allocations.saturating_mul(RELAYS_PER_ALLOCATION),
             public_refs: StdHashMap::new(),
             nr_cpus,
+            offload: Offload::default(),
         };
         for &ifindex in attached {
             maps.add_redirect_interface(ifindex)?;
@@ -161,8 +166,10 @@ impl XdpMaps {
     }
 
     /// Replays one command of the protocol core. Commands for TCP/TLS clients only touch
-    /// the relay-IP set (hairpin detection); their data stays in userspace.
+    /// the relay-IP set (hairpin detection); their data stays in userspace. Permissions and
+    /// channels go through [`Offload`]: each allocation holds at most its share of the maps.
     pub fn apply(&mut self, cmd: &Command) -> Result<(), XdpMapsError> {
+        let mut writes = Vec::new();
         match cmd {
             Command::AllocationCreated {
                 client,
@@ -199,7 +206,8 @@ impl XdpMaps {
                 peer,
                 ..
             } if client.transport == Transport::Udp => {
-                self.add_permission(client.client, client.listener, *relay, *peer)?;
+                self.offload
+                    .permission(*client, *relay, *peer, true, &mut writes);
             }
             Command::PermissionRemoved {
                 client,
@@ -207,7 +215,8 @@ impl XdpMaps {
                 peer,
                 ..
             } if client.transport == Transport::Udp => {
-                self.remove_permission(*relay, *peer)?;
+                self.offload
+                    .permission(*client, *relay, *peer, false, &mut writes);
             }
             Command::ChannelBound {
                 client,
@@ -216,7 +225,8 @@ impl XdpMaps {
                 channel,
                 ..
             } if client.transport == Transport::Udp => {
-                self.add_channel(client.client, client.listener, *relay, *peer, *channel)?;
+                self.offload
+                    .channel(*client, *relay, *peer, *channel, true, &mut writes);
             }
             Command::ChannelUnbound {
                 client,
@@ -225,11 +235,50 @@ impl XdpMaps {
                 channel,
                 ..
             } if client.transport == Transport::Udp => {
-                self.remove_channel(client.client, client.listener, *relay, *peer, *channel)?;
+                self.offload
+                    .channel(*client, *relay, *peer, *channel, false, &mut writes);
             }
             _ => {}
         }
-        Ok(())
+        // Every write is tried (a removal that fails must not keep a promotion out); the
+        // first failure is returned.
+        let mut result = Ok(());
+        for w in writes {
+            result = result.and(self.write(w));
+        }
+        result
+    }
+
+    /// One permission or channel write, as [`Offload`] decided it.
+    fn write(&mut self, w: Write) -> Result<(), XdpMapsError> {
+        match w {
+            Write::Permission {
+                client,
+                relay,
+                peer,
+                add: true,
+            } => self.add_permission(client.client, client.listener, relay, peer),
+            Write::Permission {
+                relay,
+                peer,
+                add: false,
+                ..
+            } => self.remove_permission(relay, peer),
+            Write::Channel {
+                client,
+                relay,
+                peer,
+                channel,
+                add: true,
+            } => self.add_channel(client.client, client.listener, relay, peer, channel),
+            Write::Channel {
+                client,
+                relay,
+                peer,
+                channel,
+                add: false,
+            } => self.remove_channel(client.client, client.listener, relay, peer, channel),
+        }
     }
 
     /// Registers a relayed address (`relay` = the socket's bind address, advertised as
@@ -504,6 +553,22 @@ impl XdpMaps {
             .get(&slot, 0)
             .map_err(upd(ALLOC_COUNTERS_MAP, "read"))?;
         Ok(AllocCounters::sum(v.iter()))
+    }
+
+    /// Entries in the PERMISSIONS and CHANNELS maps (a walk over both: for tests and
+    /// diagnostics, not for a hot path).
+    pub fn kernel_entries(&self) -> Result<(usize, usize), XdpMapsError> {
+        let permissions = self
+            .permissions
+            .keys()
+            .try_fold(0, |n, k| k.map(|_| n + 1))
+            .map_err(upd(PERMISSIONS_MAP, "walk"))?;
+        let channels = self
+            .channels
+            .keys()
+            .try_fold(0, |n, k| k.map(|_| n + 1))
+            .map_err(upd(CHANNELS_MAP, "walk"))?;
+        Ok((permissions, channels))
     }
 
     /// Packets per [`Reason`], summed over CPUs.
