@@ -110,6 +110,8 @@ fn server_config(c: &Config) -> anyhow::Result<ServerConfig> {
         ports: c.ports.low..=c.ports.high,
         max_allocations: c.max_allocations,
         max_allocations_per_user: c.max_allocations_per_user,
+        max_allocations_per_rest_user: c.max_allocations_per_rest_user,
+        max_allocations_per_source: c.max_allocations_per_source,
         alternate_servers: c.alternate_servers.clone(),
         port_seed: u64::from_ne_bytes(random()?[..8].try_into().expect("8 bytes")),
         ..ServerConfig::default()
@@ -160,6 +162,8 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         peers_deny: vec![],
         max_allocations: 1000,
         max_allocations_per_user: 1000,
+        max_allocations_per_rest_user: crate::config::DEFAULT_MAX_ALLOCATIONS_PER_REST_USER,
+        max_allocations_per_source: crate::config::DEFAULT_MAX_ALLOCATIONS_PER_SOURCE,
         xdp_interfaces: vec!["lo".into()],
         xdp_mode: crate::xdp::AttachMode::Auto,
         xdp_forwarding: crate::xdp::Forwarding::Auto,

@@ -19,11 +19,23 @@ const MAX_USERNAME: usize = 512;
 /// STUN REALM must be shorter than 128 characters (RFC 8489 §14.9).
 const MAX_REALM_CHARS: usize = 127;
 
+/// Which kind of credential a username matched: the quotas differ (a static user is the
+/// operator's own service, a TURN REST username one browser's short-lived credential).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum CredentialKind {
+    /// A configured user (`[[users]]`).
+    Static,
+    /// A TURN REST username signed with a shared secret.
+    Rest,
+}
+
 /// Candidate keys for one username, in the order to try them. Fixed capacity, no heap.
 #[derive(Clone)]
 pub struct Candidates {
     keys: [Key; MAX_CANDIDATES],
     len: usize,
+    /// Leading keys that are a configured user's (0 or 1); the rest are REST keys.
+    statics: usize,
 }
 
 impl Candidates {
@@ -31,6 +43,7 @@ impl Candidates {
         Self {
             keys: std::array::from_fn(|_| Key::from_md5([0; 16])),
             len: 0,
+            statics: 0,
         }
     }
 
@@ -55,6 +68,15 @@ impl Candidates {
     /// Number of keys.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// The kind of credential key `i` (of [`Candidates::as_slice`]) belongs to.
+    pub fn kind(&self, i: usize) -> CredentialKind {
+        if i < self.statics {
+            CredentialKind::Static
+        } else {
+            CredentialKind::Rest
+        }
     }
 
     /// Whether there are none (never true for an `Ok` from [`CredentialStore::keys`]).
@@ -222,6 +244,7 @@ impl CredentialStore {
                     None => refusal = AuthError::UnsupportedAlgorithm,
                 },
             }
+            out.statics = out.len;
         }
         if !self.secrets.is_empty() {
             match rest::parse_username(username) {

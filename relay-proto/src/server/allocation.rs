@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::five_tuple::FiveTuple;
+use crate::auth::CredentialKind;
 
 /// Opaque, never reused during the life of a [`Server`](super::Server): slot index in the low
 /// 32 bits, slot generation in the high 32.
@@ -120,6 +121,8 @@ pub(crate) struct Allocation {
     pub id: AllocationId,
     pub client: FiveTuple,
     pub user: Arc<str>,
+    /// What `user` authenticated with when the allocation was made (quotas differ).
+    pub credential: CredentialKind,
     /// Indexed by [`Family::idx`].
     pub relayed: [Option<Relayed>; 2],
     pub created: Instant,

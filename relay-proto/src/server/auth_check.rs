@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::auth::{AuthError, Key, NonceError, Nonces, PasswordAlgorithm as KeyAlgorithm};
+use crate::auth::{
+    AuthError, CredentialKind, Key, NonceError, Nonces, PasswordAlgorithm as KeyAlgorithm,
+};
 use crate::stun::{
     IntegrityKind, Message, MessageWriter, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm,
     UserHash, Username,
@@ -23,6 +25,8 @@ pub(crate) struct Auth {
     pub key: Key,
     /// What the request carried; the response uses the same.
     pub kind: IntegrityKind,
+    /// Whether the key that verified is a configured user's or a TURN REST one.
+    pub credential: CredentialKind,
 }
 
 /// What we offer in PASSWORD-ALGORITHMS, in preference order.
@@ -144,12 +148,13 @@ impl Server {
                 return Err(self.auth_failed(now, from, msg, user, reason, out));
             }
         };
-        for key in &keys {
+        for (i, key) in keys.iter().enumerate() {
             if msg.verify_integrity(key.as_bytes()).is_ok() {
                 return Ok(Auth {
                     username: username.clone(),
                     key: key.clone(),
                     kind: msg.integrity(),
+                    credential: keys.kind(i),
                 });
             }
         }

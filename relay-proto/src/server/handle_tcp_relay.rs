@@ -454,6 +454,8 @@ impl Server {
             username: d.username.clone(),
             key: d.key.clone(),
             kind: d.kind,
+            // Only signs the response: no quota is counted from it.
+            credential: crate::auth::CredentialKind::Static,
         };
         let mut buf = [0u8; DEFERRED_MAX];
         let (method, txid, a) = (Method::CONNECT, d.txid, Some(&auth));

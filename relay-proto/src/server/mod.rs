@@ -54,7 +54,7 @@ pub use config::{
 pub use event::{CapacityLimit, CloseReason, DropCounters, DropReason, Event, MAX_QUEUED_EVENTS};
 pub use five_tuple::{FiveTuple, Transport};
 pub use reply::{ERROR_CODES, ErrorResponses};
-pub use shared::{Limits, Shared};
+pub use shared::{Limits, Shared, source_of};
 pub use tcp_relay::{
     BIND_TIMEOUT, CONNECT_TIMEOUT, ConnectionEnd, ConnectionId, Direction,
     MAX_CONNECTIONS_PER_ALLOCATION, RelayProtocol,
@@ -227,9 +227,8 @@ impl Server {
 
     /// New quotas, for every shard sharing this server's [`Shared`] (SIGHUP). Allocations
     /// over a lowered limit stay until they end.
-    pub fn set_limits(&mut self, max_allocations: usize, max_allocations_per_user: usize) {
-        self.shared
-            .set_limits(max_allocations, max_allocations_per_user);
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.shared.set_limits(limits);
     }
 
     /// The quotas in force (the config's are only the initial ones).
@@ -696,7 +695,12 @@ impl Server {
             });
         }
         // A quarantined port stays busy in the pool: the quarantine timer frees it.
-        if self.shared.release(now, &a.user, &a.relayed, quarantine)
+        let owner = shared::Owner {
+            user: &a.user,
+            credential: a.credential,
+            client: a.client.client.ip(),
+        };
+        if self.shared.release(now, owner, &a.relayed, quarantine)
             && let Some((family, port)) = quarantine
         {
             self.schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));

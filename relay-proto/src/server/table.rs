@@ -185,6 +185,7 @@ mod tests {
                 Transport::Udp,
             ),
             user: user.into(),
+            credential: crate::auth::CredentialKind::Static,
             relayed: [
                 Some(Relayed {
                     bind: ([10, 1, 1, 1], relay_port).into(),

@@ -340,6 +340,13 @@ impl Collector for Scrape {
         )?;
         family(
             &mut enc,
+            "relay_allocations_refused",
+            "Allocate requests refused by a quota (508 or 300 for the relay's, 486 for the others), by limit.",
+            Counter,
+            ev.refused().map(|(l, n)| (label("limit", l), n)),
+        )?;
+        family(
+            &mut enc,
             "relay_auth_failures",
             "Requests whose credentials did not verify, by reason.",
             Counter,

@@ -481,3 +481,28 @@ fn per_user_limit_above_the_total_is_accepted() {
     .unwrap();
     assert_eq!(c.max_allocations_per_user, 5000);
 }
+
+#[test]
+fn rest_credentials_get_their_own_quotas() {
+    let c = parse(DEPLOYMENT).unwrap();
+    assert_eq!(c.max_allocations_per_rest_user, 16);
+    assert_eq!(c.max_allocations_per_source, 1000);
+    let c = parse(&DEPLOYMENT.replace(
+        "max_allocations = 1800",
+        "max_allocations = 1800\nmax_allocations_per_rest_user = 4\nmax_allocations_per_source = 300",
+    ))
+    .unwrap();
+    assert_eq!(c.max_allocations_per_rest_user, 4);
+    assert_eq!(c.max_allocations_per_source, 300);
+    for key in [
+        "max_allocations_per_rest_user",
+        "max_allocations_per_source",
+    ] {
+        let e = parse(&DEPLOYMENT.replace(
+            "max_allocations = 1800",
+            &format!("max_allocations = 1800\n{key} = 0"),
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, format!("limits.{key}"), "{e}");
+    }
+}

@@ -10,6 +10,7 @@ mod expiry;
 mod lifecycle;
 mod permission;
 mod props;
+mod quota;
 mod responses;
 mod shards;
 mod tcp_relay;
