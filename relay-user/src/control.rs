@@ -524,6 +524,14 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.udp_engine != new.udp_engine, "udp.engine");
     check(old.tcp != new.tcp, "tcp");
     check(old.admin.address != new.admin.address, "admin.address");
+    check(
+        old.admin.header_timeout != new.admin.header_timeout,
+        "admin.header_timeout",
+    );
+    check(
+        old.admin.max_connections != new.admin.max_connections,
+        "admin.max_connections",
+    );
     check(old.log_level != new.log_level, "log.level");
     keys
 }

@@ -144,4 +144,9 @@ pub struct AdminSection {
     pub address: Option<String>,
     /// Bearer token for the admin endpoint (required off loopback).
     pub token: Option<String>,
+    /// Seconds a connection may take to send a request head, from opening or since the
+    /// previous response (the keep-alive idle timeout).
+    pub header_timeout: Option<u64>,
+    /// Connections served at once; further ones are closed at once.
+    pub max_connections: Option<usize>,
 }

@@ -216,14 +216,19 @@ fn admin_and_capacity_keys() {
     assert_eq!(c.admin.address, DEFAULT_ADMIN_ADDRESS);
     assert_eq!(c.admin.token, None);
     assert!(!c.admin.explicit);
+    assert_eq!(c.admin.header_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(c.admin.max_connections, 64);
     assert!(c.alternate_servers.is_empty());
     assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
 
     let text = DEPLOYMENT.replace(
         "max_allocations = 1800",
         "max_allocations = 1800\nalternate_servers = [\"203.0.113.60:3478\", \"[2001:db8::60]:3478\"]\ndrain_timeout = 120",
-    ) + "\n[admin]\naddress = \"192.0.2.50:9641\"\ntoken = \"t0ken\"\n";
+    ) + "\n[admin]\naddress = \"192.0.2.50:9641\"\ntoken = \"t0ken\"\n\
+           header_timeout = 3\nmax_connections = 8\n";
     let c = parse(&text).unwrap();
+    assert_eq!(c.admin.header_timeout, std::time::Duration::from_secs(3));
+    assert_eq!(c.admin.max_connections, 8);
     assert_eq!(c.admin.address.to_string(), "192.0.2.50:9641");
     assert_eq!(c.admin.token.as_deref(), Some("t0ken"));
     assert!(c.admin.explicit);
@@ -261,6 +266,9 @@ fn admin_and_capacity_mistakes_name_their_key() {
         (admin("token = \"\""), "admin.token"),
         (admin("token = \"two words\""), "admin.token"),
         (admin("bogus = 1"), "file"),
+        (admin("header_timeout = 0"), "admin.header_timeout"),
+        (admin("header_timeout = 600"), "admin.header_timeout"),
+        (admin("max_connections = 0"), "admin.max_connections"),
         (
             limits("alternate_servers = [\"203.0.113.60\"]"),
             "limits.alternate_servers[0]",

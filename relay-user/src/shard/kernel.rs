@@ -4,13 +4,13 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use relay_common::AllocCounters;
 use relay_proto::server::Command;
 
-use crate::xdp::XdpMaps;
+use crate::{log_window::LogWindow, xdp::XdpMaps};
 
 /// `None` inside when the fast path is off: commands are then ignored.
 #[derive(Clone, Default)]
@@ -18,40 +18,8 @@ pub struct Kernel(Option<Arc<Mutex<Inner>>>);
 
 struct Inner {
     maps: XdpMaps,
-    failures: Failures,
-}
-
-/// Map write failures are logged one line per [`WINDOW`]: the first in full, the rest
-/// counted and summed up by the first write after the window (a full map fails every
-/// write for as long as it is full).
-const WINDOW: Duration = Duration::from_secs(10);
-
-#[derive(Default)]
-struct Failures {
-    since: Option<Instant>,
-    more: u64,
-}
-
-impl Failures {
-    /// Whether a failure at `now` is to be logged in full.
-    fn admit(&mut self, now: Instant) -> bool {
-        if self.since.is_some() {
-            self.more += 1;
-            return false;
-        }
-        self.since = Some(now);
-        true
-    }
-
-    /// Ends a window older than [`WINDOW`]; returns the failures it left unlogged.
-    fn expire(&mut self, now: Instant) -> Option<u64> {
-        let since = self.since?;
-        if now.saturating_duration_since(since) < WINDOW {
-            return None;
-        }
-        self.since = None;
-        Some(std::mem::take(&mut self.more)).filter(|&n| n > 0)
-    }
+    /// Map write failures: a full map fails every write for as long as it is full.
+    failures: LogWindow,
 }
 
 impl Kernel {
@@ -62,7 +30,7 @@ impl Kernel {
     pub fn new(maps: XdpMaps) -> Self {
         Self(Some(Arc::new(Mutex::new(Inner {
             maps,
-            failures: Failures::default(),
+            failures: LogWindow::default(),
         }))))
     }
 
@@ -77,7 +45,7 @@ impl Kernel {
         let mut inner = maps.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         if let Some(more) = inner.failures.expire(now) {
-            let secs = WINDOW.as_secs();
+            let secs = LogWindow::WINDOW.as_secs();
             tracing::warn!(
                 more,
                 "{more} more XDP map updates failed in the last {secs} s; those flows stay in userspace"
@@ -102,26 +70,5 @@ impl Kernel {
         let maps = self.0.as_ref()?;
         let mut inner = maps.lock().unwrap_or_else(|p| p.into_inner());
         Some(f(&mut inner.maps))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn map_failures_are_one_line_per_window_then_a_count() {
-        let t0 = Instant::now();
-        let mut f = Failures::default();
-        assert!(f.admit(t0));
-        for i in 1..=500 {
-            assert!(!f.admit(t0 + Duration::from_millis(i)));
-        }
-        assert_eq!(f.expire(t0 + WINDOW - Duration::from_millis(1)), None);
-        assert_eq!(f.expire(t0 + WINDOW), Some(500));
-        // A new window logs in full again; one that ends quiet sums up nothing.
-        assert!(f.admit(t0 + WINDOW));
-        assert_eq!(f.expire(t0 + 2 * WINDOW), None);
-        assert!(f.admit(t0 + 2 * WINDOW));
     }
 }
