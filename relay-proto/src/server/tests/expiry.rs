@@ -297,36 +297,22 @@ fn refresh_flood_without_due_timers_keeps_the_timer_heap_bounded() {
     for i in 0..30_000u32 {
         let from = clients[i as usize % clients.len()];
         let txid = h.txid();
-        let req = match i % 3 {
-            0 => h.build(
-                crate::stun::Class::Request,
-                Method::REFRESH,
-                txid,
-                Some((&Cred::alice(), &nonce)),
-                |w| {
-                    w.attr(&crate::stun::Lifetime(3600)).unwrap();
-                },
-            ),
-            1 => h.build(
-                crate::stun::Class::Request,
-                Method::CREATE_PERMISSION,
-                txid,
-                Some((&Cred::alice(), &nonce)),
-                |w| {
-                    w.attr(&crate::stun::XorPeerAddress(peer(1, 1))).unwrap();
-                },
-            ),
-            _ => h.build(
-                crate::stun::Class::Request,
-                Method::CHANNEL_BIND,
-                txid,
-                Some((&Cred::alice(), &nonce)),
-                |w| {
-                    w.attr(&crate::stun::ChannelNumber(0x4000)).unwrap();
-                    w.attr(&crate::stun::XorPeerAddress(peer(1, 1))).unwrap();
-                },
-            ),
-        };
+        let method = [
+            Method::REFRESH,
+            Method::CREATE_PERMISSION,
+            Method::CHANNEL_BIND,
+        ][i as usize % 3];
+        let cred = Some((&Cred::alice(), nonce.as_str()));
+        let req = h.build(crate::stun::Class::Request, method, txid, cred, |w| {
+            if method == Method::REFRESH {
+                w.attr(&crate::stun::Lifetime(3600)).unwrap();
+                return;
+            }
+            if method == Method::CHANNEL_BIND {
+                w.attr(&crate::stun::ChannelNumber(0x4000)).unwrap();
+            }
+            w.attr(&crate::stun::XorPeerAddress(peer(1, 1))).unwrap();
+        });
         let reply = h.client(from, &req).reply();
         assert_eq!(code(&reply), None, "{}", describe(&reply));
     }

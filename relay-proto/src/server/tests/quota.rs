@@ -6,29 +6,9 @@
 use std::net::IpAddr;
 
 use super::harness::*;
-use crate::server::{CapacityLimit, Event, FiveTuple, Limits, Server, ServerConfig, Shared};
+use super::shards::shards;
+use crate::server::{CapacityLimit, Event, FiveTuple, Limits};
 use crate::stun::Method;
-
-fn shards(n: usize, f: impl FnOnce(&mut ServerConfig)) -> Vec<H> {
-    let mut cfg = config();
-    f(&mut cfg);
-    let shared = Shared::new(&cfg);
-    let mut hs: Vec<H> = (0..n).map(|_| H::new()).collect();
-    let t0 = hs[0].t0;
-    for h in &mut hs {
-        (h.t0, h.now) = (t0, t0);
-        h.server = Server::with_shared(
-            cfg.clone(),
-            credentials(),
-            policy(&cfg),
-            crate::auth::NonceKey::new([7; 32]),
-            t0,
-            UNIX_T0,
-            shared.clone(),
-        );
-    }
-    hs
-}
 
 fn limits_hit(h: &mut H) -> Vec<CapacityLimit> {
     h.events()
@@ -46,7 +26,7 @@ fn allocate(h: &mut H, from: FiveTuple, cred: &Cred) -> Option<u16> {
 
 #[test]
 fn a_rest_credential_gets_its_own_small_quota_across_shards() {
-    let mut hs = shards(2, |c| {
+    let (mut hs, _) = shards(2, |c| {
         c.max_allocations_per_rest_user = 2;
         c.max_allocations_per_user = 5;
     });
@@ -84,7 +64,7 @@ fn a_rest_credential_gets_its_own_small_quota_across_shards() {
 
 #[test]
 fn a_source_caps_its_rest_allocations_across_shards_and_static_users_are_exempt() {
-    let mut hs = shards(2, |c| c.max_allocations_per_source = 3);
+    let (mut hs, shared) = shards(2, |c| c.max_allocations_per_source = 3);
     let nat = "203.0.113.7";
     for (i, name) in ["b1", "b2", "b3"].into_iter().enumerate() {
         let h = &mut hs[i % 2];
@@ -116,13 +96,7 @@ fn a_source_caps_its_rest_allocations_across_shards_and_static_users_are_exempt(
         allocate(&mut hs[0], udp_at("203.0.113.8", 5000), &Cred::rest("b4")),
         None
     );
-    assert_eq!(
-        hs[0]
-            .server
-            .shared()
-            .source_allocation_count(nat.parse().unwrap()),
-        3
-    );
+    assert_eq!(shared.source_allocation_count(nat.parse().unwrap()), 3);
 
     // IPv6: one /64 is one source, whatever the interface identifiers.
     let hs0 = &mut hs[0];

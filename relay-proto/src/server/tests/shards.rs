@@ -15,7 +15,7 @@ use crate::stun::{ChannelData, EvenPort, Message, ReservationToken};
 
 /// `n` harnesses on one clock whose servers share one [`Shared`] built from `config()`
 /// changed by `f`.
-fn shards(n: usize, f: impl FnOnce(&mut ServerConfig)) -> (Vec<H>, Arc<Shared>) {
+pub(super) fn shards(n: usize, f: impl FnOnce(&mut ServerConfig)) -> (Vec<H>, Arc<Shared>) {
     let mut cfg = config();
     f(&mut cfg);
     let shared = Shared::new(&cfg);
