@@ -555,6 +555,12 @@ impl XdpMaps {
         Ok(AllocCounters::sum(v.iter()))
     }
 
+    /// Permissions and channels written to the kernel (each allocation's share of its own:
+    /// the others are served in userspace).
+    pub fn permissions_and_channels(&self) -> (usize, usize) {
+        self.offload.in_kernel()
+    }
+
     /// Entries in the PERMISSIONS and CHANNELS maps (a walk over both: for tests and
     /// diagnostics, not for a hot path).
     pub fn kernel_entries(&self) -> Result<(usize, usize), XdpMapsError> {

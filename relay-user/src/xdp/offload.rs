@@ -16,7 +16,7 @@
 //!
 //! Pure bookkeeping: the core's permission and channel changes in, map writes out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use relay_common::{CHANNELS_PER_ALLOCATION, PERMISSIONS_PER_ALLOCATION};
@@ -48,6 +48,8 @@ pub enum Write {
 #[derive(Default)]
 pub struct Offload {
     allocations: HashMap<FiveTuple, Held>,
+    /// Permissions and channels written to the kernel, all allocations together.
+    in_kernel: (usize, usize),
 }
 
 /// One allocation's live permissions and channels, oldest first.
@@ -81,6 +83,7 @@ impl Offload {
         add: bool,
         out: &mut Vec<Write>,
     ) {
+        let start = out.len();
         let held = self.allocations.entry(client).or_default();
         let known = held.permissions.iter().position(|p| p.peer == peer);
         match (known, add) {
@@ -98,7 +101,7 @@ impl Offload {
             // A repeated command: nothing changes.
             _ => {}
         }
-        self.settle(client, out);
+        self.settle(client, start, out);
     }
 
     /// The core bound (`add`) or unbound a channel of `client`'s allocation.
@@ -111,6 +114,7 @@ impl Offload {
         add: bool,
         out: &mut Vec<Write>,
     ) {
+        let start = out.len();
         let held = self.allocations.entry(client).or_default();
         let known = held.channels.iter().position(|c| c.number == channel);
         match (known, add) {
@@ -128,17 +132,30 @@ impl Offload {
             }
             _ => {}
         }
-        self.settle(client, out);
+        self.settle(client, start, out);
     }
 
-    fn settle(&mut self, client: FiveTuple, out: &mut Vec<Write>) {
-        let Some(held) = self.allocations.get_mut(&client) else {
-            return;
-        };
-        held.reconcile(client, out);
-        if held.permissions.is_empty() && held.channels.is_empty() {
-            self.allocations.remove(&client);
+    /// Reconciles `client`'s allocation with its share; `out` holds this change's writes
+    /// from `start` on.
+    fn settle(&mut self, client: FiveTuple, start: usize, out: &mut Vec<Write>) {
+        if let Some(held) = self.allocations.get_mut(&client) {
+            held.reconcile(client, out);
+            if held.permissions.is_empty() && held.channels.is_empty() {
+                self.allocations.remove(&client);
+            }
         }
+        for w in &out[start..] {
+            let (n, add) = match w {
+                Write::Permission { add, .. } => (&mut self.in_kernel.0, *add),
+                Write::Channel { add, .. } => (&mut self.in_kernel.1, *add),
+            };
+            *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
+
+    /// Permissions and channels the kernel holds (as written), all allocations together.
+    pub fn in_kernel(&self) -> (usize, usize) {
+        self.in_kernel
     }
 
     /// Allocations with permissions or channels tracked (for tests).
@@ -176,7 +193,7 @@ impl Held {
     /// what replaces them.
     fn reconcile(&mut self, client: FiveTuple, out: &mut Vec<Write>) {
         let channel_wanted: Vec<bool> = (0..self.channels.len()).map(|i| i < CHANNELS).collect();
-        let kept_out: Vec<IpAddr> = self
+        let kept_out: HashSet<IpAddr> = self
             .channels
             .iter()
             .zip(&channel_wanted)
@@ -319,6 +336,7 @@ mod tests {
             vec![perm(2, 0, true), chan(2, 0x4000, 1, true)],
             "a second allocation gets its entries"
         );
+        assert_eq!(o.in_kernel(), (5, 5));
     }
 
     #[test]
@@ -348,6 +366,7 @@ mod tests {
         run(&mut o, &rest, &mut held);
         assert_eq!(held, (0, 0));
         assert_eq!(o.tracked(), 0);
+        assert_eq!(o.in_kernel(), (0, 0));
     }
 
     #[test]
