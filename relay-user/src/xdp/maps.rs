@@ -170,6 +170,9 @@ impl XdpMaps {
     /// channels go through [`Offload`]: each allocation holds at most its share of the maps.
     pub fn apply(&mut self, cmd: &Command) -> Result<(), XdpMapsError> {
         let mut writes = Vec::new();
+        // Every step is tried (a removal that fails must not keep a promotion out, nor
+        // leave entries behind); the first failure is returned.
+        let mut result = Ok(());
         match cmd {
             Command::AllocationCreated {
                 client,
@@ -190,15 +193,15 @@ impl XdpMaps {
                 public,
                 ..
             } => {
-                // Everything is taken out even if one step fails, so nothing leaks.
-                let mut result = Ok(());
                 if client.transport == Transport::Udp {
                     result = self.remove_allocation(*relay);
+                    // Its permissions and channels were removed just before; this only
+                    // guards the bookkeeping against a command stream that skipped some.
+                    self.offload.forget(*client, &mut writes);
                 }
                 for ip in own_ips(*relay, *public) {
                     result = result.and(self.remove_public_ip(ip));
                 }
-                result?;
             }
             Command::PermissionCreated {
                 client,
@@ -240,9 +243,6 @@ impl XdpMaps {
             }
             _ => {}
         }
-        // Every write is tried (a removal that fails must not keep a promotion out); the
-        // first failure is returned.
-        let mut result = Ok(());
         for w in writes {
             result = result.and(self.write(w));
         }

@@ -153,6 +153,19 @@ impl Offload {
         }
     }
 
+    /// `client`'s allocation ended: removals for whatever of it the kernel still holds
+    /// (nothing, when the core removed its permissions and channels first, as it does).
+    pub fn forget(&mut self, client: FiveTuple, out: &mut Vec<Write>) {
+        let start = out.len();
+        if let Some(held) = self.allocations.remove(&client) {
+            let permissions = held.permissions.iter().filter(|p| p.in_kernel);
+            out.extend(permissions.map(|p| p.write(client, false)));
+            let channels = held.channels.iter().filter(|c| c.in_kernel);
+            out.extend(channels.map(|c| c.write(client, false)));
+        }
+        self.settle(client, start, out);
+    }
+
     /// Permissions and channels the kernel holds (as written), all allocations together.
     pub fn in_kernel(&self) -> (usize, usize) {
         self.in_kernel
@@ -390,5 +403,20 @@ mod tests {
                 chan(1, 0x4004, 7, true)
             ]
         );
+    }
+
+    #[test]
+    fn an_allocation_that_ends_with_entries_left_takes_them_out() {
+        let mut o = Offload::default();
+        let mut held = (0, 0);
+        run(
+            &mut o,
+            &[Permit(1, 0), Bind(1, 0x4000, 0), Permit(2, 1)],
+            &mut held,
+        );
+        let mut out = Vec::new();
+        o.forget(client(1), &mut out);
+        assert_eq!(out, vec![perm(1, 0, false), chan(1, 0x4000, 0, false)]);
+        assert_eq!((o.in_kernel(), o.tracked()), ((1, 0), 1));
     }
 }
