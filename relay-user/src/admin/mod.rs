@@ -435,6 +435,16 @@ mod tests {
         // Room again: a normal request is served.
         let c = AdminClient::new(addr, None);
         assert_eq!(c.get("/healthz").unwrap(), (200, "ok\n".into()));
+        // A keep-alive connection left idle after its response is closed the same way.
+        let mut idle = std::net::TcpStream::connect(addr).unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let asked = Instant::now();
+        assert!(
+            closed_by(&mut idle, asked + Duration::from_secs(5)),
+            "idle keep-alive connection still open 5 s after its response"
+        );
+        assert!(asked.elapsed() >= Duration::from_millis(900));
         rt.block_on(admin.shutdown());
     }
 
