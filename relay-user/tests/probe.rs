@@ -782,7 +782,15 @@ fn own_relay_quota_and_full_hints() {
         let (sock, _) = loopback_socket();
         let r = probe::probe(&sock, relay.addr, &long_term(PASSWORD));
         let e = r.allocation.unwrap().step.error.unwrap();
-        assert_eq!((e.code, e.hint), (486, Some("user quota reached")));
+        assert_eq!(
+            (e.code, e.hint),
+            (
+                486,
+                Some(
+                    "allocation quota reached (this user's, or this source's for TURN REST credentials)"
+                )
+            )
+        );
         assert_eq!(r.exit_code, exit::SERVER_ERROR);
 
         // No room at all: 508.
