@@ -60,9 +60,11 @@ pub fn render(path: &Path, c: &Config) -> String {
     line(
         "max allocations",
         &format!(
-            "{} ({} per user)",
+            "{} ({} per user; TURN REST: {} per username, {} per source)",
             c.max_allocations,
-            c.max_allocations_per_user.min(c.max_allocations)
+            c.max_allocations_per_user.min(c.max_allocations),
+            c.max_allocations_per_rest_user,
+            c.max_allocations_per_source
         ),
     );
     let xdp = if c.xdp_mode == AttachMode::Off {
@@ -177,7 +179,10 @@ mode = "off"
         let r = report(&format!(
             "{BASE}[limits]\nmax_allocations = 1800\nmax_allocations_per_user = 5000\n"
         ));
-        assert_eq!(value(&r, "max allocations"), "1800 (1800 per user)");
+        assert_eq!(
+            value(&r, "max allocations"),
+            "1800 (1800 per user; TURN REST: 16 per username, 1000 per source)"
+        );
         assert!(
             r.lines().any(
                 |l| l.starts_with("note: limits.max_allocations_per_user (5000)")

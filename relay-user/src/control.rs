@@ -302,6 +302,8 @@ impl Control {
         running.peers_deny = new.peers_deny.clone();
         running.max_allocations = new.max_allocations;
         running.max_allocations_per_user = new.max_allocations_per_user;
+        running.max_allocations_per_rest_user = new.max_allocations_per_rest_user;
+        running.max_allocations_per_source = new.max_allocations_per_source;
         running.alternate_servers = new.alternate_servers.clone();
         running.drain_timeout = new.drain_timeout;
         running.admin.token = new.admin.token.clone();
@@ -327,7 +329,12 @@ impl Control {
                     "reload: new credentials not applied on this shard"),
             }
             server.set_policy(crate::core::policy(&apply));
-            server.set_limits(apply.max_allocations, apply.max_allocations_per_user);
+            server.set_limits(relay_proto::server::Limits {
+                max_allocations: apply.max_allocations,
+                max_allocations_per_user: apply.max_allocations_per_user,
+                max_allocations_per_rest_user: apply.max_allocations_per_rest_user,
+                max_allocations_per_source: apply.max_allocations_per_source,
+            });
             server.set_alternate_servers(apply.alternate_servers.clone());
             server.set_relay_tcp(apply.tcp.relay_tcp);
             server.allocation_count()
@@ -538,6 +545,14 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.udp_engine != new.udp_engine, "udp.engine");
     check(old.tcp.restart_only() != new.tcp.restart_only(), "tcp");
     check(old.admin.address != new.admin.address, "admin.address");
+    check(
+        old.admin.header_timeout != new.admin.header_timeout,
+        "admin.header_timeout",
+    );
+    check(
+        old.admin.max_connections != new.admin.max_connections,
+        "admin.max_connections",
+    );
     check(old.log_level != new.log_level, "log.level");
     keys
 }
@@ -662,7 +677,8 @@ mod tests {
             &path,
             &config_text(
                 "[limits]\nmax_allocations = 20\nalternate_servers = [\"203.0.113.60:3478\"]\n\
-                 drain_timeout = 7\n[admin]\ntoken = \"new\"\n",
+                 drain_timeout = 7\nmax_allocations_per_rest_user = 3\n\
+                 max_allocations_per_source = 40\n[admin]\ntoken = \"new\"\n",
             )
             .replace("127.0.0.1:3478", "127.0.0.1:3479"),
         );
@@ -675,6 +691,16 @@ mod tests {
         assert_eq!(c.admin.token.as_deref(), Some("new"));
         // The listener needs a restart: the one in force stays.
         assert_eq!(c.listeners[0].address.port(), 3478);
+        let rest_quotas = control.gather(QUERY_TIMEOUT, |s| {
+            let l = s.limits();
+            (
+                l.max_allocations_per_rest_user,
+                l.max_allocations_per_source,
+            )
+        });
+        for q in rest_quotas {
+            assert_eq!(q, Some((3, 40)), "REST quotas reloaded on every shard");
+        }
         let alternates = control.gather(QUERY_TIMEOUT, |s| {
             (
                 s.config().alternate_servers.clone(),

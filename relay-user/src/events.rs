@@ -195,11 +195,13 @@ pub fn flush_rate_limited() {
 }
 
 /// Allocations refused for capacity: the first refusal of a [`WINDOW`](capacity::WINDOW)
-/// per limit (the relay's, or one user's) is logged at WARN, the rest are counted and
-/// summed up when the window ends. A full relay under load refuses hundreds a second.
+/// per limit (the relay's, one user's, or one source's) is logged at WARN, the rest are
+/// counted and summed up when the window ends. A full relay under load refuses hundreds a
+/// second.
 mod capacity {
     use std::{
         collections::{HashMap, VecDeque},
+        net::IpAddr,
         sync::{
             Arc, LazyLock, Mutex,
             atomic::{AtomicUsize, Ordering},
@@ -210,12 +212,17 @@ mod capacity {
     use relay_proto::server::{CapacityLimit, FiveTuple};
 
     pub const WINDOW: Duration = Duration::from_secs(10);
-    /// Users counted one by one; beyond, their refusals go uncounted until a window ends
-    /// (the relay-wide limit is always counted).
+    /// Users and sources counted one by one; beyond, their refusals go uncounted until a
+    /// window ends (the relay-wide limit is always counted).
     const MAX_USERS: usize = 1024;
 
-    /// `None`: the relay-wide limit; `Some(user)`: that user's quota.
-    type Key = Option<Arc<str>>;
+    /// Whose limit: the relay's, one user's quota, or one source's.
+    #[derive(Clone, PartialEq, Eq, Hash)]
+    enum Key {
+        Relay,
+        User(Arc<str>),
+        Source(IpAddr),
+    }
 
     struct Window {
         more: u64,
@@ -239,8 +246,17 @@ mod capacity {
 
     fn key(user: &Arc<str>, limit: CapacityLimit) -> Key {
         match limit {
-            CapacityLimit::Relay { .. } => None,
-            CapacityLimit::User { .. } => Some(user.clone()),
+            CapacityLimit::Relay { .. } => Key::Relay,
+            CapacityLimit::User { .. } | CapacityLimit::RestUser { .. } => Key::User(user.clone()),
+            CapacityLimit::Source { source, .. } => Key::Source(source),
+        }
+    }
+
+    /// A source as the operator reads it: the IPv4 address, or the IPv6 /64.
+    fn source_label(source: IpAddr) -> String {
+        match source {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("{v6}/64"),
         }
     }
 
@@ -261,7 +277,7 @@ mod capacity {
                 w.last_user = user.clone();
                 return false;
             }
-            if k.is_some() && self.windows.len() > MAX_USERS {
+            if k != Key::Relay && self.windows.len() > MAX_USERS {
                 return false;
             }
             self.windows.insert(
@@ -335,6 +351,22 @@ mod capacity {
             } => tracing::warn!(%user, %client, max_allocations_per_user,
                 "user {user} reached max_allocations_per_user {max_allocations_per_user}; \
                  their new allocations get 486: leaked allocations on the client, or raise the quota"),
+            CapacityLimit::RestUser {
+                max_allocations_per_rest_user,
+            } => tracing::warn!(%user, %client, max_allocations_per_rest_user,
+                "TURN REST user {user} reached max_allocations_per_rest_user \
+                 {max_allocations_per_rest_user}; their new allocations get 486: a client \
+                 leaking allocations or sharing one credential, or raise the quota"),
+            CapacityLimit::Source {
+                source,
+                max_allocations_per_source,
+            } => {
+                let source = source_label(source);
+                tracing::warn!(%user, %client, %source, max_allocations_per_source,
+                "source {source} reached max_allocations_per_source {max_allocations_per_source} \
+                 (TURN REST allocations); new ones from it get 486: one host opening many \
+                 credentials, or a NAT of more browsers than the quota (raise it)")
+            }
         }
     }
 
@@ -357,6 +389,29 @@ mod capacity {
                 "user {last_user}: {more} more allocations refused (486) in the last {secs} s \
                  (max_allocations_per_user {max_allocations_per_user})"
             ),
+            CapacityLimit::RestUser {
+                max_allocations_per_rest_user,
+            } => tracing::warn!(
+                more,
+                user = last_user,
+                max_allocations_per_rest_user,
+                "TURN REST user {last_user}: {more} more allocations refused (486) in the last \
+                 {secs} s (max_allocations_per_rest_user {max_allocations_per_rest_user})"
+            ),
+            CapacityLimit::Source {
+                source,
+                max_allocations_per_source,
+            } => {
+                let source = source_label(source);
+                tracing::warn!(
+                    more,
+                    %source,
+                    last_user,
+                    max_allocations_per_source,
+                    "source {source}: {more} more allocations refused (486) in the last {secs} s \
+                     (max_allocations_per_source {max_allocations_per_source})"
+                )
+            }
         }
     }
 
@@ -405,6 +460,33 @@ mod capacity {
             );
             // A new window logs in full again.
             assert!(l.admit(t0 + WINDOW, &bob, full, &mut ended));
+        }
+
+        #[test]
+        fn each_source_and_each_rest_user_has_a_window_of_its_own() {
+            let mut l = Limiter::default();
+            let t0 = Instant::now();
+            let mut ended = Vec::new();
+            let (b1, b2): (Arc<str>, Arc<str>) = ("1:b1".into(), "1:b2".into());
+            let source = |ip: &str| CapacityLimit::Source {
+                source: ip.parse().unwrap(),
+                max_allocations_per_source: 1000,
+            };
+            let rest = CapacityLimit::RestUser {
+                max_allocations_per_rest_user: 16,
+            };
+            assert!(l.admit(t0, &b1, source("203.0.113.7"), &mut ended));
+            // Another browser behind the same NAT: the same source, counted.
+            assert!(!l.admit(t0, &b2, source("203.0.113.7"), &mut ended));
+            assert!(l.admit(t0, &b2, source("203.0.113.8"), &mut ended));
+            assert!(l.admit(t0, &b1, rest, &mut ended));
+            assert!(!l.admit(t0, &b1, rest, &mut ended));
+            l.expire(t0 + WINDOW, &mut ended);
+            assert_eq!(ended.len(), 2, "{ended:?}");
+            assert_eq!(
+                source_label("2001:db8:1::".parse().unwrap()),
+                "2001:db8:1::/64"
+            );
         }
     }
 }

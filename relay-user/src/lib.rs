@@ -10,6 +10,7 @@ pub mod core;
 pub mod events;
 pub mod load;
 pub mod local_routes;
+pub mod log_window;
 pub mod logging;
 pub mod metrics;
 pub mod probe;

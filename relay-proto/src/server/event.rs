@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,16 @@ pub enum CapacityLimit {
     Relay { max_allocations: usize },
     /// The user's `max_allocations_per_user` reached: 486.
     User { max_allocations_per_user: usize },
+    /// The TURN REST username's `max_allocations_per_rest_user` reached: 486.
+    RestUser {
+        max_allocations_per_rest_user: usize,
+    },
+    /// `max_allocations_per_source` TURN REST allocations from `source` (the client's IPv4
+    /// address, or the first address of its IPv6 /64): 486.
+    Source {
+        source: IpAddr,
+        max_allocations_per_source: usize,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]

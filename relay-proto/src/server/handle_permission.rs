@@ -103,7 +103,7 @@ impl Server {
                 any_port,
             });
         }
-        self.timers.schedule(expires, TimerKey::Permission(id, ip));
+        self.schedule(expires, TimerKey::Permission(id, ip));
     }
 
     pub(crate) fn create_permission(

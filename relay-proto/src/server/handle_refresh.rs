@@ -93,7 +93,7 @@ impl Server {
         al.lifetime = granted;
         let (user, client) = (al.user.clone(), al.client);
         // Every deadline change gets its own heap entry; the old one fires as a no-op.
-        self.timers.schedule(expires, TimerKey::Allocation(id));
+        self.schedule(expires, TimerKey::Allocation(id));
         self.events.push(Event::AllocationRefreshed {
             id,
             user,

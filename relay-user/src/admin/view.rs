@@ -137,6 +137,8 @@ pub struct XdpInterfaceView {
 pub struct LimitsView {
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
+    pub max_allocations_per_rest_user: usize,
+    pub max_allocations_per_source: usize,
     pub alternate_servers: Vec<SocketAddr>,
     pub drain_timeout_s: u64,
 }
@@ -330,6 +332,8 @@ pub fn status(control: &Control) -> StatusView {
         limits: LimitsView {
             max_allocations: c.max_allocations,
             max_allocations_per_user: c.max_allocations_per_user,
+            max_allocations_per_rest_user: c.max_allocations_per_rest_user,
+            max_allocations_per_source: c.max_allocations_per_source,
             alternate_servers: c.alternate_servers.clone(),
             drain_timeout_s: c.drain_timeout.as_secs(),
         },

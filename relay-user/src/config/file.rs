@@ -108,7 +108,12 @@ pub struct RestPeersSection {
 pub struct LimitsSection {
     /// Relays this node holds at once ("1800 TURN relays").
     pub max_allocations: Option<usize>,
+    /// Per configured user (the operator's media servers).
     pub max_allocations_per_user: Option<usize>,
+    /// Per TURN REST username (one browser).
+    pub max_allocations_per_rest_user: Option<usize>,
+    /// TURN REST allocations per client IPv4 address or IPv6 /64.
+    pub max_allocations_per_source: Option<usize>,
     /// `IP:PORT` of other relays: full or draining, new clients get 300 towards them.
     #[serde(default)]
     pub alternate_servers: Vec<String>,
@@ -150,4 +155,9 @@ pub struct AdminSection {
     pub address: Option<String>,
     /// Bearer token for the admin endpoint (required off loopback).
     pub token: Option<String>,
+    /// Seconds a connection may take to send a request head, from opening or since the
+    /// previous response (the keep-alive idle timeout).
+    pub header_timeout: Option<u64>,
+    /// Connections served at once; further ones are closed at once.
+    pub max_connections: Option<usize>,
 }

@@ -216,14 +216,19 @@ fn admin_and_capacity_keys() {
     assert_eq!(c.admin.address, DEFAULT_ADMIN_ADDRESS);
     assert_eq!(c.admin.token, None);
     assert!(!c.admin.explicit);
+    assert_eq!(c.admin.header_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(c.admin.max_connections, 64);
     assert!(c.alternate_servers.is_empty());
     assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
 
     let text = DEPLOYMENT.replace(
         "max_allocations = 1800",
         "max_allocations = 1800\nalternate_servers = [\"203.0.113.60:3478\", \"[2001:db8::60]:3478\"]\ndrain_timeout = 120",
-    ) + "\n[admin]\naddress = \"192.0.2.50:9641\"\ntoken = \"t0ken\"\n";
+    ) + "\n[admin]\naddress = \"192.0.2.50:9641\"\ntoken = \"t0ken\"\n\
+           header_timeout = 3\nmax_connections = 8\n";
     let c = parse(&text).unwrap();
+    assert_eq!(c.admin.header_timeout, std::time::Duration::from_secs(3));
+    assert_eq!(c.admin.max_connections, 8);
     assert_eq!(c.admin.address.to_string(), "192.0.2.50:9641");
     assert_eq!(c.admin.token.as_deref(), Some("t0ken"));
     assert!(c.admin.explicit);
@@ -261,6 +266,9 @@ fn admin_and_capacity_mistakes_name_their_key() {
         (admin("token = \"\""), "admin.token"),
         (admin("token = \"two words\""), "admin.token"),
         (admin("bogus = 1"), "file"),
+        (admin("header_timeout = 0"), "admin.header_timeout"),
+        (admin("header_timeout = 600"), "admin.header_timeout"),
+        (admin("max_connections = 0"), "admin.max_connections"),
         (
             limits("alternate_servers = [\"203.0.113.60\"]"),
             "limits.alternate_servers[0]",
@@ -588,4 +596,29 @@ fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
         crate::core::rest_policy_warning(&parse(&ported).unwrap()),
         None
     );
+}
+
+#[test]
+fn rest_credentials_get_their_own_quotas() {
+    let c = parse(DEPLOYMENT).unwrap();
+    assert_eq!(c.max_allocations_per_rest_user, 16);
+    assert_eq!(c.max_allocations_per_source, 1000);
+    let c = parse(&DEPLOYMENT.replace(
+        "max_allocations = 1800",
+        "max_allocations = 1800\nmax_allocations_per_rest_user = 4\nmax_allocations_per_source = 300",
+    ))
+    .unwrap();
+    assert_eq!(c.max_allocations_per_rest_user, 4);
+    assert_eq!(c.max_allocations_per_source, 300);
+    for key in [
+        "max_allocations_per_rest_user",
+        "max_allocations_per_source",
+    ] {
+        let e = parse(&DEPLOYMENT.replace(
+            "max_allocations = 1800",
+            &format!("max_allocations = 1800\n{key} = 0"),
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, format!("limits.{key}"), "{e}");
+    }
 }

@@ -60,7 +60,13 @@ pub struct Config {
     pub peers_rest_allow: Option<Vec<AllowRule>>,
     pub peers_deny: Vec<IpNet>,
     pub max_allocations: usize,
+    /// Per configured (static) user; default `max_allocations`.
     pub max_allocations_per_user: usize,
+    /// Per TURN REST username (`[limits] max_allocations_per_rest_user`).
+    pub max_allocations_per_rest_user: usize,
+    /// TURN REST allocations per client IPv4 address or IPv6 /64
+    /// (`[limits] max_allocations_per_source`); static users are not counted.
+    pub max_allocations_per_source: usize,
     pub xdp_interfaces: Vec<String>,
     pub xdp_mode: AttachMode,
     /// Who turns on the IP forwarding the kernel fast path needs (`[xdp] forwarding`).
@@ -123,6 +129,12 @@ pub const DEFAULT_PORTS: PortRange = PortRange {
     high: 65535,
 };
 pub const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
+/// One browser's TURN REST credential: its peer connections with UDP, TCP and TLS TURN URLs
+/// over a couple of interfaces.
+pub const DEFAULT_MAX_ALLOCATIONS_PER_REST_USER: usize = 16;
+/// TURN REST allocations from one IPv4 address or IPv6 /64: a corporate NAT of a few hundred
+/// browsers. Static users (media servers) are not counted.
+pub const DEFAULT_MAX_ALLOCATIONS_PER_SOURCE: usize = 1000;
 /// Far more threads than any edge host has cores; a typo guard.
 pub const MAX_UDP_WORKERS: usize = 1024;
 
@@ -240,16 +252,28 @@ impl ConfigFile {
                 "must be at least 1",
             ));
         }
-        let per_user = self
-            .limits
-            .max_allocations_per_user
-            .unwrap_or(max_allocations);
-        if per_user == 0 {
-            return Err(ConfigError::new(
-                "limits.max_allocations_per_user",
-                "must be at least 1",
-            ));
-        }
+        let at_least_one = |key: &'static str, v: usize| match v {
+            0 => Err(ConfigError::new(key, "must be at least 1")),
+            v => Ok(v),
+        };
+        let per_user = at_least_one(
+            "limits.max_allocations_per_user",
+            self.limits
+                .max_allocations_per_user
+                .unwrap_or(max_allocations),
+        )?;
+        let per_rest_user = at_least_one(
+            "limits.max_allocations_per_rest_user",
+            self.limits
+                .max_allocations_per_rest_user
+                .unwrap_or(DEFAULT_MAX_ALLOCATIONS_PER_REST_USER),
+        )?;
+        let per_source = at_least_one(
+            "limits.max_allocations_per_source",
+            self.limits
+                .max_allocations_per_source
+                .unwrap_or(DEFAULT_MAX_ALLOCATIONS_PER_SOURCE),
+        )?;
         let xdp_mode = match &self.xdp.mode {
             Some(m) => m
                 .parse()
@@ -303,6 +327,8 @@ impl ConfigFile {
             peers_deny: cidrs("peers.deny", &self.peers.deny)?,
             max_allocations,
             max_allocations_per_user: per_user,
+            max_allocations_per_rest_user: per_rest_user,
+            max_allocations_per_source: per_source,
             xdp_interfaces: self.xdp.interfaces,
             xdp_mode,
             xdp_forwarding,

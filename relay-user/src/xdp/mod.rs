@@ -6,6 +6,7 @@ mod attach;
 mod forwarding;
 mod logs;
 pub mod maps;
+mod offload;
 
 pub use attach::{AttachMode, Attached};
 pub use forwarding::{Forwarding, ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};

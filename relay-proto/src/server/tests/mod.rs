@@ -11,6 +11,7 @@ mod lifecycle;
 mod peer_ports;
 mod permission;
 mod props;
+mod quota;
 mod responses;
 mod shards;
 mod tcp_relay;
