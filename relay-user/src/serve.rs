@@ -129,7 +129,10 @@ async fn serve(
         tls_reload = tcp.tls;
         tcp_stats = Some(tcp.stats);
     }
-    let xdp_status = XdpStatus::of(&config, xdp.as_ref());
+    let mut xdp_status = XdpStatus::of(&config, xdp.as_ref());
+    xdp_status.forwarding_off = forwarding
+        .as_ref()
+        .and_then(|f| f.off_reason().map(str::to_owned));
     let control = std::sync::Arc::new(Control::new(
         config.clone(),
         path,
