@@ -9,6 +9,7 @@ pub mod control;
 pub mod core;
 pub mod events;
 pub mod load;
+pub mod log_limit;
 pub mod logging;
 pub mod metrics;
 pub mod probe;

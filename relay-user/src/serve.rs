@@ -196,6 +196,8 @@ async fn serve(
     // Detach first, then put the host's forwarding back (the guard goes last).
     drop(xdp);
     drop(forwarding);
+    // The last allocations' lines, and the summaries of throttled floods.
+    crate::events::flush(std::time::Duration::from_secs(2));
     tracing::info!(allocations, "stopped");
     if let Some(name) = died {
         anyhow::bail!("data-path thread {name} stopped unexpectedly");
