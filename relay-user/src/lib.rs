@@ -12,6 +12,7 @@ pub mod load;
 pub mod log_limit;
 pub mod logging;
 pub mod metrics;
+pub mod privileges;
 pub mod probe;
 pub mod serve;
 pub mod shard;

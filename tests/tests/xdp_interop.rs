@@ -618,3 +618,92 @@ fn forwarding_stays_off_when_the_guard_cannot_be_installed() {
     u.messages = 20;
     relay_all_on(&env, &env.topo.client, &u, Path::Userspace);
 }
+
+/// The uid the relay runs as in [`runs_as_a_user_with_only_the_capabilities_it_keeps`]:
+/// no account needed, nothing on the host owned by it.
+const RELAY_UID: u32 = 64_000;
+/// CAP_NET_ADMIN: all the relay keeps once its program runs (for teardown: restoring the
+/// forwarding sysctls and removing the guard table).
+const KEPT_CAPS: u64 = 1 << 12;
+
+/// One `Name:\tvalue` line of a /proc status file.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{status}"))
+        .trim()
+        .to_owned()
+}
+
+fn cap_mask(status: &str, name: &str) -> u64 {
+    u64::from_str_radix(&status_field(status, name), 16).expect("hex capability mask")
+}
+
+/// As systemd starts it (`User=`, `AmbientCapabilities=`, `CapabilityBoundingSet=` of
+/// deploy/relay.service): a non-root uid with the capabilities to start. Once its
+/// program is attached it keeps CAP_NET_ADMIN alone, in every thread, and still relays in
+/// the kernel, reloads on SIGHUP, and puts the host back at SIGTERM.
+#[test]
+fn runs_as_a_user_with_only_the_capabilities_it_keeps() {
+    let caps = "-all,+bpf,+perfmon,+net_admin,+net_bind_service,+setpcap";
+    let launch = Launch {
+        wrapper: [
+            "setpriv".to_owned(),
+            format!("--reuid={RELAY_UID}"),
+            format!("--regid={RELAY_UID}"),
+            "--clear-groups".to_owned(),
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+            format!("--bounding-set={caps}"),
+        ]
+        .into(),
+        ..Launch::default()
+    };
+    let env = Deployment::start_kernel_path(TopologyOptions::default(), |topo| {
+        RelayProcess::start_launched(&topo.relay, &config(topo), &launch)
+            .unwrap_or_else(|e| panic!("relay did not start: {e}"))
+    })
+    .with_media_peer();
+    assert_startup_log(&env);
+    let pid = env.relay.pid();
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the relay's threads")
+        .map(|t| t.expect("task").path())
+        .collect();
+    assert!(tasks.len() > 1, "{tasks:?}");
+    for task in &tasks {
+        let status = std::fs::read_to_string(task.join("status")).expect("status");
+        let who = format!("{} ({})", task.display(), status_field(&status, "Name"));
+        assert_eq!(
+            status_field(&status, "Uid"),
+            format!("{RELAY_UID}\t{RELAY_UID}\t{RELAY_UID}\t{RELAY_UID}"),
+            "{who}"
+        );
+        for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+            assert_eq!(
+                cap_mask(&status, set),
+                KEPT_CAPS,
+                "{who}: {set} is {:#x}, not CAP_NET_ADMIN alone\n{}",
+                cap_mask(&status, set),
+                env.relay.logs()
+            );
+        }
+    }
+    let kept = env
+        .relay
+        .wait_for_log("capabilities dropped", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(kept.contains("CAP_NET_ADMIN"), "{kept}");
+
+    let mut u = uclient(&env, env.addrs().public);
+    u.clients = 2;
+    u.messages = 20;
+    relay_all_on(&env, &env.topo.client, &u, Path::Kernel);
+
+    env.relay.signal(libc::SIGHUP);
+    env.relay
+        .wait_for_log("configuration reloaded", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_restored_after_stop(env);
+}

@@ -190,6 +190,12 @@ impl ForwardingGuard {
     pub fn off_reason(&self) -> Option<&str> {
         self.off_reason.as_deref()
     }
+
+    /// Whether dropping it changes the host (sysctls to restore, a table to remove),
+    /// which needs CAP_NET_ADMIN.
+    pub fn restores_at_exit(&self) -> bool {
+        self.table || !self.changes.is_empty()
+    }
 }
 
 impl Drop for ForwardingGuard {
