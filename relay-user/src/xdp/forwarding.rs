@@ -442,14 +442,16 @@ fn nft(script: &str) -> Result<(), NftError> {
             io::ErrorKind::NotFound => NftError::Missing,
             _ => NftError::Io(e),
         })?;
-    child
+    // An nft that fails early may exit before reading the script (EPIPE here): what it
+    // said on stderr is the error worth reporting then.
+    let written = child
         .stdin
         .take()
         .expect("piped")
-        .write_all(script.as_bytes())?;
+        .write_all(script.as_bytes());
     let out = child.wait_with_output()?;
     if out.status.success() {
-        Ok(())
+        Ok(written?)
     } else {
         Err(NftError::Refused(
             String::from_utf8_lossy(&out.stderr).trim().to_owned(),
