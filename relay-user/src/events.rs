@@ -5,8 +5,9 @@
 //! formats and writes the lines, so neither a slow stderr (a journal that cannot keep up)
 //! nor a flood of lines holds up packet handling. A full queue drops the event, counted in
 //! `relay_events_lost`. Floods are throttled there too ([`crate::log_limit`]): auth
-//! failures, refused peers and rejected requests per source, capacity refusals per limit
-//! get one line per window in full and one summary line for the repeats.
+//! failures and rejected requests per source, refused peers per source and rule, capacity
+//! refusals per limit get one line per window in full and one summary line for the
+//! repeats.
 
 use std::{
     net::SocketAddr,
@@ -137,8 +138,9 @@ struct Writer {
     /// times in 25 ms; a scanner far more). One table for all shards: a client's retries
     /// from new ports may land on any of them.
     auth: Limiter<Source, (Option<String>, AuthError)>,
-    /// Refused peers per client source (a client probing the internal network).
-    peers: Limiter<Source, (Arc<str>, SocketAddr, DenyReason)>,
+    /// Refused peers per client source and rule (a client probing the internal network
+    /// hits one rule over and over; each rule it hits is still seen).
+    peers: Limiter<(Source, DenyReason), (Arc<str>, SocketAddr)>,
     /// Other error responses per source: anyone can send malformed requests.
     rejected: Limiter<Source, (Method, u16)>,
     /// Allocations refused for capacity, per limit: `None` the relay's, `Some(user)` a
@@ -273,7 +275,7 @@ fn write(w: &mut Writer, event: Event, kernel: Option<AllocCounters>, now: Insta
             reason,
         } => {
             let source = Source::of(client.client.ip());
-            if w.peers.admit(source, now, (user.clone(), peer, reason)) {
+            if w.peers.admit((source, reason), now, (user.clone(), peer)) {
                 tracing::warn!(%user, %client, %peer, rule = %reason,
                 "peer refused (403): add it to [peers] allow if it is a legitimate internal peer");
             }
@@ -391,14 +393,16 @@ fn auth_summary(s: Summary<Source, (Option<String>, AuthError)>) {
     }
 }
 
-fn peers_summary(s: Summary<Source, (Arc<str>, SocketAddr, DenyReason)>) {
+fn peers_summary(s: Summary<(Source, DenyReason), (Arc<str>, SocketAddr)>) {
     let secs = WINDOW.as_secs();
-    let (more, (last_user, last_peer, rule)) = (s.more, s.last);
+    let (more, (last_user, last_peer)) = (s.more, s.last);
     let last_user = &*last_user;
     match s.key {
-        Some(source) => tracing::warn!(client_ip = %source, more, last_user, %last_peer, %rule,
-            "{more} more peers refused (403) for clients at {source} in the last {secs} s"),
-        None => tracing::warn!(more, last_user, %last_peer, %rule,
+        Some((source, rule)) => {
+            tracing::warn!(client_ip = %source, more, last_user, %last_peer, %rule,
+            "{more} more peers refused (403) for clients at {source} in the last {secs} s")
+        }
+        None => tracing::warn!(more, last_user, %last_peer,
             "{more} more peers refused (403) for clients at other sources in the last {secs} s \
              (too many sources to count one by one)"),
     }
