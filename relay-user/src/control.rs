@@ -56,6 +56,9 @@ pub struct XdpStatus {
     pub off_reason: Option<String>,
     /// The `max_allocations` the maps were sized for (a reload does not resize them).
     pub sized_for: u32,
+    /// Why IP forwarding is off on the XDP interfaces, when the fast path needs it and
+    /// does not have it (its FIB lookups fail and every relayed packet goes up to userspace).
+    pub forwarding_off: Option<String>,
 }
 
 impl XdpStatus {
@@ -84,6 +87,7 @@ impl XdpStatus {
             interfaces,
             off_reason,
             sized_for: u32::try_from(config.max_allocations).unwrap_or(u32::MAX),
+            forwarding_off: None,
         }
     }
 }
@@ -651,6 +655,7 @@ pub(crate) mod test_support {
                 interfaces: vec![],
                 off_reason: Some("test".into()),
                 sized_for: 10,
+                forwarding_off: None,
             },
         )
     }

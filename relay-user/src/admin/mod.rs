@@ -293,6 +293,7 @@ mod tests {
                 interfaces: vec![],
                 off_reason: Some("test".into()),
                 sized_for: 10,
+                forwarding_off: None,
             },
         ))
     }

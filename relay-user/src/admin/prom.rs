@@ -479,7 +479,8 @@ impl Collector for Scrape {
             "relay_events_lost",
             "Core events discarded because the log could not keep up.",
             Counter,
-            self.sum(|s| s.events_lost),
+            // The cores' queues, and the log thread's.
+            self.sum(|s| s.events_lost) + crate::events::lost(),
         )?;
         family(
             &mut enc,

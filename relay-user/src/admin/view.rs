@@ -123,6 +123,10 @@ pub struct XdpView {
     /// Empty when the fast path is off.
     pub interfaces: Vec<XdpInterfaceView>,
     pub off_reason: Option<String>,
+    /// Why IP forwarding is off while the program runs (the kernel cannot route relayed
+    /// packets, userspace relays them); absent when forwarding is as the fast path needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding_off: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -328,6 +332,7 @@ pub fn status(control: &Control) -> StatusView {
                 })
                 .collect(),
             off_reason: xdp.off_reason.clone(),
+            forwarding_off: xdp.forwarding_off.clone(),
         },
         limits: LimitsView {
             max_allocations: c.max_allocations,
