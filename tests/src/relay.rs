@@ -263,6 +263,40 @@ impl RelayProcess {
         }
     }
 
+    /// Log lines containing `pattern` and satisfying `pred`, once there are at least `n` of
+    /// them or `timeout` passed (then whatever there is). Event lines (allocations, refused
+    /// peers...) are written by the relay's logging thread a moment after the request that
+    /// caused them was answered: a test that counts them right after its request waits here.
+    pub fn wait_for_lines(
+        &self,
+        pattern: &str,
+        pred: impl Fn(&str) -> bool,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<String> {
+        let matching = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.contains(pattern) && pred(l))
+                .map(str::to_owned)
+                .collect()
+        };
+        let deadline = Instant::now() + timeout;
+        let mut text = self.log.text.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let lines = matching(&text);
+            let now = Instant::now();
+            if lines.len() >= n || now >= deadline {
+                return lines;
+            }
+            text = self
+                .log
+                .grew
+                .wait_timeout(text, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Log lines containing `pattern`.
     pub fn log_lines(&self, pattern: &str) -> Vec<String> {
         self.logs()

@@ -389,7 +389,15 @@ fn thousands_of_connections_and_allocations_keep_working() {
     let echoed = started.elapsed();
     assert!(env.relay.unexpected_stop().is_none());
     assert!(
-        env.relay.log_lines("allocation created").len() > N,
+        env.relay
+            .wait_for_lines(
+                "allocation created",
+                |_| true,
+                N + 1,
+                Duration::from_secs(10)
+            )
+            .len()
+            > N,
         "allocation lines"
     );
 
@@ -617,10 +625,13 @@ fn chromium_data_channel_with_only_turns_on_443() {
     }
     let over_tls = env
         .relay
-        .log_lines("allocation created")
-        .iter()
-        .filter(|l| l.contains("client=tls "))
-        .count();
+        .wait_for_lines(
+            "allocation created",
+            |l| l.contains("client=tls "),
+            2,
+            Duration::from_secs(5),
+        )
+        .len();
     assert!(
         over_tls >= 2,
         "{}",
@@ -885,7 +896,12 @@ fn tcp_allocation_connect_bind_and_attempt_epoll() {
 fn uclient_tcp_relay_client_to_client() {
     let env = start_on("io_uring");
     let run = run_over(&env, &uclient_tcp_relays(&env, 3478, false), "tcp");
-    let spliced = env.relay.log_lines("TCP peer connection spliced");
+    let spliced = env.relay.wait_for_lines(
+        "TCP peer connection spliced",
+        |_| true,
+        4,
+        Duration::from_secs(5),
+    );
     let outgoing = spliced.iter().filter(|l| l.contains("Outgoing")).count();
     let incoming = spliced.iter().filter(|l| l.contains("Incoming")).count();
     assert!(
@@ -901,7 +917,12 @@ fn uclient_tcp_relay_client_to_client() {
 fn uclient_tcp_relay_over_tls_on_epoll() {
     let env = start_on("epoll");
     let run = run_over(&env, &uclient_tcp_relays(&env, 443, true), "tls");
-    let spliced = env.relay.log_lines("TCP peer connection spliced");
+    let spliced = env.relay.wait_for_lines(
+        "TCP peer connection spliced",
+        |_| true,
+        4,
+        Duration::from_secs(5),
+    );
     assert!(spliced.len() >= 4, "{}", env.context(&run));
 }
 
@@ -1024,7 +1045,12 @@ fn connect_to_the_relay_address_reaches_only_tcp_allocations() {
             env.relay.logs()
         );
     }
-    let denied = env.relay.log_lines("no TCP allocation holds that port");
+    let denied = env.relay.wait_for_lines(
+        "no TCP allocation holds that port",
+        |_| true,
+        3,
+        Duration::from_secs(5),
+    );
     assert_eq!(
         denied.len(),
         3,
