@@ -1,6 +1,7 @@
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode};
 
 use clap::Parser;
+use relay_tools::status::AdminSection;
 use relay_user::cli::{Cli, Command};
 
 /// sysexits' EX_USAGE: kept apart from `relay stun`'s 1 (error answer) and 2 (no answer).
@@ -22,13 +23,14 @@ fn main() -> ExitCode {
         Command::Serve(args) => relay_user::serve::run(args),
         Command::Check { config } => relay_user::check::run(&config),
         Command::Stun(args) => {
-            return ExitCode::from(relay_user::probe::run(&args).clamp(0, 255) as u8);
+            return ExitCode::from(relay_tools::probe::run(&args).clamp(0, 255) as u8);
         }
         Command::Status(args) => {
-            return ExitCode::from(relay_user::status::run(&args).clamp(0, 255) as u8);
+            let code = relay_tools::status::run(&args, &admin_section);
+            return ExitCode::from(code.clamp(0, 255) as u8);
         }
         Command::Load(cmd) => {
-            return ExitCode::from(relay_user::load::run(*cmd).clamp(0, 255) as u8);
+            return ExitCode::from(relay_tools::load::run(*cmd).clamp(0, 255) as u8);
         }
     };
     match result {
@@ -39,6 +41,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `relay status --config FILE`: the admin address and token, from a file the daemon's
+/// own loader accepts (an invalid file is refused with the key at fault, as `relay check`).
+fn admin_section(path: &Path) -> Result<AdminSection, String> {
+    let c = relay_user::config::load(path).map_err(|e| e.to_string())?;
+    Ok(AdminSection {
+        address: c.admin.address,
+        token: c.admin.token,
+    })
 }
 
 /// Rust starts with SIGPIPE ignored, so a write to a closed pipe (`relay check | head -1`)

@@ -18,7 +18,7 @@ use relay_proto::stun::{
     AlternateServer, Class, ErrorCode, Message, MessageWriter, Method, Nonce, Realm, Software,
     XorMappedAddress,
 };
-use relay_user::probe::{
+use relay_tools::probe::{
     self, CredentialArgs, Credentials, ProbeArgs, ProbeOptions, Report, Retransmit, Status,
     TlsArgs, Transport, exit,
 };
