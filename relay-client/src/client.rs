@@ -329,7 +329,7 @@ impl Client {
         let Some(e) = ErrorResponse::read(msg) else {
             self.complete(
                 t,
-                Outcome::Invalid("error response without ERROR-CODE".into()),
+                Outcome::Invalid("error response without a valid ERROR-CODE".into()),
                 now,
             );
             return Input::Response;

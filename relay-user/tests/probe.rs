@@ -217,6 +217,7 @@ impl Turnserver {
                 rto: Duration::from_millis(100),
                 tries: 1,
                 timeout: Duration::from_millis(100),
+                ..Retransmit::default()
             },
             ..ProbeOptions::default()
         };
