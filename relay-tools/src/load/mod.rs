@@ -306,10 +306,7 @@ fn resolve(a: &LoadArgs, unix_now: u64) -> Result<Setup, UsageError> {
         Some(c) if c.rest => "rest",
         Some(_) => "long-term",
     };
-    let credentials = resolved.map(|c| Credentials {
-        username: c.username,
-        password: c.password,
-    });
+    let credentials = resolved;
     let rate = match a.rate.as_str() {
         "max" => None,
         r => match r.parse::<f64>() {
@@ -502,6 +499,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
             credentials: s.credentials.clone(),
             retransmit: Retransmit {
                 rto: Duration::from_millis(500),
+                rto_max: Duration::MAX,
                 // A stream delivers or fails: a request is sent once and awaited until
                 // the deadline (RFC 8489 §6.2.2).
                 tries: if s.transport == Transport::Udp { 7 } else { 1 },

@@ -1,44 +1,22 @@
-//! One allocation's TURN client, as a small state machine the worker drives: it builds
-//! each request into its own buffer, consumes the response, and says what to do next.
+//! One allocation's TURN session for the worker: a `relay-client` [`Client`] and the
+//! step it is on. The worker drives it with plain calls and sends what it says.
 //!
 //! Setup is what a browser does: Allocate, 401 challenge, authenticated Allocate, then
 //! ChannelBind (channel mode) or CreatePermission (Send mode) for the echo peer. While
 //! traffic runs the same requests refresh the permission and the allocation; at the end a
-//! Refresh with LIFETIME 0 deletes it. Responses are not integrity-checked: the generator
-//! measures the server, it does not defend against it.
+//! Refresh with LIFETIME 0 deletes it. The client checks responses' integrity, but the
+//! generator does not act on it: it measures the server, it does not defend against it.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use relay_proto::auth::{Key, PasswordAlgorithm as KeyAlgorithm, try_long_term_key};
-use relay_proto::stun::{
-    BufferTooSmall, ChannelNumber, Class, ErrorCode, Lifetime, Message, MessageWriter, Method,
-    Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm, RequestedTransport, Software,
-    TransactionId, Username, XorPeerAddress, XorRelayedAddress,
-};
+use relay_client::{Client, Completed, Config, Event, Input, Outcome, Request, RequestId};
+pub use relay_client::{Credentials, Retransmit};
 
 /// SOFTWARE of every request, so a server's log shows where the load came from.
 const SOFTWARE: &str = concat!("relay-load/", env!("CARGO_PKG_VERSION"));
-/// Room for the longest request we build (long usernames included).
-const REQUEST_MAX: usize = 768;
 /// A 438 (stale nonce) is answered with the new nonce this many times in a row.
 const STALE_RETRIES: u8 = 3;
-
-/// Long-term credentials (a configured user, or a TURN REST pair minted from a secret).
-#[derive(Clone)]
-pub struct Credentials {
-    pub username: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
-    }
-}
 
 /// How data travels: ChannelData, Send/Data indications, or straight to the peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,24 +27,12 @@ pub enum DataMode {
     Direct,
 }
 
-/// Retransmission of one request (RFC 8489 §6.2.1, bounded by a deadline).
-#[derive(Debug, Clone, Copy)]
-pub struct Retransmit {
-    pub rto: Duration,
-    pub tries: u32,
-    pub timeout: Duration,
-}
-
 /// What every session of a worker shares.
 pub struct Ctx {
     pub peer: SocketAddr,
     pub mode: DataMode,
     pub channel: u16,
-    pub credentials: Option<Credentials>,
-    pub retransmit: Retransmit,
-    /// Key derivation is an MD5/SHA-256 over username:realm:password: done once per
-    /// realm and algorithm, not once per allocation.
-    key_cache: Option<(String, KeyAlgorithm, Key)>,
+    config: Config,
     rng: u64,
 }
 
@@ -75,48 +41,52 @@ impl Ctx {
         peer: SocketAddr,
         mode: DataMode,
         channel: u16,
+        transport: relay_client::Transport,
         credentials: Option<Credentials>,
         retransmit: Retransmit,
     ) -> Self {
         let mut seed = [0u8; 8];
         // Transaction ids of a load generator need to be distinct, not secret.
         let _ = getrandom::fill(&mut seed);
+        let mut config = Config::new(transport, credentials);
+        config.retransmit = retransmit;
+        config.software = Some(SOFTWARE.into());
+        config.stale_retries = STALE_RETRIES;
         Self {
             peer,
             mode,
             channel,
-            credentials,
-            retransmit,
-            key_cache: None,
+            config,
             rng: u64::from_ne_bytes(seed) | 1,
         }
     }
 
-    fn txid(&mut self) -> TransactionId {
-        let mut id = [0u8; 12];
-        for chunk in id.chunks_mut(4) {
+    /// A client for one more allocation, with a seed of its own.
+    fn client(&mut self) -> Client {
+        let mut seed = [0u8; 16];
+        for chunk in seed.chunks_mut(8) {
             // xorshift64*
             self.rng ^= self.rng >> 12;
             self.rng ^= self.rng << 25;
             self.rng ^= self.rng >> 27;
-            let v = self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            chunk.copy_from_slice(&v.to_ne_bytes()[..4]);
+            chunk.copy_from_slice(&self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D).to_ne_bytes());
         }
-        TransactionId(id)
+        Client::new(self.config.clone(), seed)
     }
 
-    fn key(&mut self, realm: &str, alg: KeyAlgorithm) -> Result<Key, Failure> {
-        if let Some((r, a, k)) = &self.key_cache
-            && r == realm
-            && *a == alg
-        {
-            return Ok(k.clone());
+    fn request(&self, step: Step) -> Request {
+        match (step, self.mode) {
+            (Step::Allocate, _) => Request::ALLOCATE,
+            (Step::Bind, DataMode::Channel) => Request::ChannelBind {
+                channel: self.channel,
+                peer: self.peer,
+            },
+            (Step::Bind, _) => Request::CreatePermission {
+                peers: vec![self.peer],
+            },
+            (Step::Refresh, _) => Request::Refresh { lifetime: None },
+            (Step::Delete, _) => Request::DELETE,
         }
-        let c = self.credentials.as_ref().ok_or(Failure::Error(401))?;
-        let k = try_long_term_key(alg, &c.username, realm, &c.password)
-            .map_err(|_| Failure::BadResponse)?;
-        self.key_cache = Some((realm.to_owned(), alg, k.clone()));
-        Ok(k)
     }
 }
 
@@ -166,7 +136,7 @@ impl Failure {
 /// What the worker does after feeding the session an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
-    /// Send [`Session::request`] (a new request or a retransmission).
+    /// Send what [`Session::transmit`] gives (a new request or a retransmission).
     Send,
     /// Nothing to do yet.
     Wait,
@@ -175,275 +145,146 @@ pub enum Next {
     Failed(Failure),
 }
 
-struct Auth {
-    realm: String,
-    nonce: String,
-    algorithm: KeyAlgorithm,
-    offered: Option<PasswordAlgorithms>,
-    key: Key,
-}
-
-struct Pending {
-    step: Step,
-    txid: TransactionId,
-    first_sent: Instant,
-    next_retransmit: Instant,
-    rto: Duration,
-    sent: u32,
-    stale_retries: u8,
-}
-
-/// One allocation's control state. Its request buffer is allocated once, at creation.
+/// One allocation's control state; its client is made at the first request.
+#[derive(Default)]
 pub struct Session {
-    auth: Option<Auth>,
-    pending: Option<Pending>,
-    req: Box<[u8; REQUEST_MAX]>,
-    req_len: usize,
+    client: Option<Client>,
+    pending: Option<(RequestId, Step)>,
     pub relayed: Option<SocketAddr>,
-}
-
-impl Default for Session {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 impl Session {
     pub fn new() -> Self {
-        Self {
-            auth: None,
-            pending: None,
-            req: Box::new([0; REQUEST_MAX]),
-            req_len: 0,
-            relayed: None,
+        Self::default()
+    }
+
+    /// The next datagram or frame to send into `buf` (at least
+    /// [`relay_client::MAX_REQUEST`] bytes); its length.
+    pub fn transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
+        self.client.as_mut()?.poll_transmit(buf).map(|t| t.len)
+    }
+
+    /// Gives up the outstanding request (the server is unreachable, the stream died,
+    /// or another request replaces it).
+    pub fn abandon(&mut self, now: Instant) {
+        if let (Some(c), Some(_)) = (&mut self.client, self.pending.take()) {
+            c.abandon(now);
+            while c.poll_event().is_some() {}
         }
     }
 
-    /// The request to (re)send.
-    pub fn request(&self) -> &[u8] {
-        &self.req[..self.req_len]
-    }
-
-    /// Gives up the outstanding request (the server is unreachable).
-    pub fn abandon(&mut self) {
-        self.pending = None;
-    }
-
     pub fn pending_step(&self) -> Option<Step> {
-        self.pending.as_ref().map(|p| p.step)
+        self.pending.map(|(_, step)| step)
     }
 
-    /// Builds the first request of `step`; the caller sends it.
+    /// Starts `step` (replacing any request still outstanding); the caller sends it.
     pub fn start(&mut self, ctx: &mut Ctx, step: Step, now: Instant) -> Next {
-        self.pending = Some(Pending {
-            step,
-            txid: ctx.txid(),
-            first_sent: now,
-            next_retransmit: now + ctx.retransmit.rto,
-            rto: ctx.retransmit.rto,
-            sent: 1,
-            stale_retries: 0,
-        });
-        self.build(ctx)
+        self.abandon(now);
+        let client = self.client.get_or_insert_with(|| ctx.client());
+        match client.request(ctx.request(step), now) {
+            Ok(id) => {
+                self.pending = Some((id, step));
+                Next::Send
+            }
+            Err(_) => Next::Failed(Failure::BadResponse),
+        }
     }
 
     /// Retransmits when the timer is due; gives up after the tries or the deadline (the
     /// last transmission waits until the deadline).
-    pub fn on_timer(&mut self, ctx: &Ctx, now: Instant) -> Next {
-        let Some(p) = &mut self.pending else {
+    pub fn on_timer(&mut self, now: Instant) -> Next {
+        let Some(client) = &mut self.client else {
             return Next::Wait;
         };
-        if now < p.next_retransmit {
+        if self.pending.is_none() || client.poll_timeout().is_none_or(|at| now < at) {
             return Next::Wait;
         }
-        let deadline = p.first_sent + ctx.retransmit.timeout;
-        if now >= deadline {
-            let step = p.step;
-            self.pending = None;
-            return if step == Step::Delete {
-                Next::Done(Step::Delete)
-            } else {
-                Next::Failed(Failure::Timeout)
-            };
-        }
-        if p.sent >= ctx.retransmit.tries {
-            p.next_retransmit = deadline;
-            return Next::Wait;
-        }
-        p.sent += 1;
-        p.rto = p.rto.saturating_mul(2);
-        p.next_retransmit = (now + p.rto).min(deadline);
-        Next::Send
+        client.handle_timeout(now);
+        self.finished().unwrap_or(Next::Send)
     }
 
     /// A STUN response arrived on this allocation's socket.
-    pub fn on_response(&mut self, ctx: &mut Ctx, msg: &Message<'_>, now: Instant) -> Next {
-        let Some(p) = &self.pending else {
+    pub fn on_response(&mut self, bytes: &[u8], now: Instant) -> Next {
+        let Some(client) = &mut self.client else {
             return Next::Wait;
         };
-        let (step, stale_retries) = (p.step, p.stale_retries);
-        if msg.transaction_id() != p.txid || !matches!(msg.class(), Class::Success | Class::Error) {
-            return Next::Wait;
+        match client.handle_input(bytes, now) {
+            // Finished, or answered with a challenge: the retry is queued.
+            Input::Response => self.finished().unwrap_or(Next::Send),
+            Input::Data(_) | Input::Ignored => Next::Wait,
         }
-        if msg.class() == Class::Success {
-            if step == Step::Allocate {
-                match msg.attr::<XorRelayedAddress>() {
-                    Some(Ok(XorRelayedAddress(a))) => self.relayed = Some(a),
-                    _ => {
-                        self.pending = None;
-                        return Next::Failed(Failure::BadResponse);
-                    }
-                }
+    }
+
+    /// The outstanding request's end, if it came.
+    fn finished(&mut self) -> Option<Next> {
+        let client = self.client.as_mut()?;
+        while let Some(Event::Completed(c)) = client.poll_event() {
+            if let Some((id, step)) = self.pending
+                && id == c.id
+            {
+                self.pending = None;
+                return Some(self.next(step, c));
             }
-            self.pending = None;
-            return Next::Done(step);
         }
-        let code = match msg.attr::<ErrorCode>() {
-            Some(Ok(e)) => e.code,
-            _ => 0,
-        };
+        None
+    }
+
+    fn next(&mut self, step: Step, c: Completed) -> Next {
         if step == Step::Delete {
-            // Gone already (437) or refused: either way nothing is left to delete.
-            self.pending = None;
+            // Gone already (437), refused or unanswered: nothing is left to delete.
             return Next::Done(Step::Delete);
         }
-        let retry = match code {
-            401 if self.auth.is_none() && step == Step::Allocate => self.take_challenge(ctx, msg),
-            438 if stale_retries < STALE_RETRIES => self.take_challenge(ctx, msg),
-            _ => Err(Failure::Error(code)),
-        };
-        match retry {
-            Ok(()) => {
-                let stale = stale_retries + u8::from(code == 438);
-                self.start(ctx, step, now);
-                if let Some(p) = &mut self.pending {
-                    p.stale_retries = stale;
+        match c.outcome {
+            Outcome::Success(s) => {
+                if step == Step::Allocate {
+                    match s.relayed.first() {
+                        Some(a) => self.relayed = Some(*a),
+                        None => return Next::Failed(Failure::BadResponse),
+                    }
                 }
-                Next::Send
+                Next::Done(step)
             }
-            Err(f) => {
-                self.pending = None;
-                Next::Failed(f)
-            }
+            Outcome::Error(e) => Next::Failed(Failure::Error(e.code)),
+            Outcome::Timeout => Next::Failed(Failure::Timeout),
+            Outcome::Invalid(_) => Next::Failed(Failure::BadResponse),
+            Outcome::Abandoned => Next::Failed(Failure::Unreachable),
         }
-    }
-
-    /// 401 or 438: realm, nonce and password algorithm from the challenge.
-    fn take_challenge(&mut self, ctx: &mut Ctx, msg: &Message<'_>) -> Result<(), Failure> {
-        let (Some(Ok(Realm(realm))), Some(Ok(Nonce(nonce)))) =
-            (msg.attr::<Realm>(), msg.attr::<Nonce>())
-        else {
-            return Err(Failure::BadResponse);
-        };
-        let (offered, algorithm) = match msg.attr::<PasswordAlgorithms>() {
-            None => (None, KeyAlgorithm::Md5),
-            Some(Err(_)) => return Err(Failure::BadResponse),
-            Some(Ok(list)) if list.contains(&PasswordAlgorithm::Sha256) => {
-                (Some(list), KeyAlgorithm::Sha256)
-            }
-            Some(Ok(list)) if list.contains(&PasswordAlgorithm::Md5) => {
-                (Some(list), KeyAlgorithm::Md5)
-            }
-            Some(Ok(_)) => return Err(Failure::BadResponse),
-        };
-        let key = ctx.key(realm, algorithm)?;
-        self.auth = Some(Auth {
-            realm: realm.to_owned(),
-            nonce: nonce.to_owned(),
-            algorithm,
-            offered,
-            key,
-        });
-        Ok(())
-    }
-
-    fn build(&mut self, ctx: &mut Ctx) -> Next {
-        let Some(p) = &self.pending else {
-            return Next::Wait;
-        };
-        let (step, txid) = (p.step, p.txid);
-        match self.write(ctx, step, txid) {
-            Ok(n) => {
-                self.req_len = n;
-                Next::Send
-            }
-            Err(BufferTooSmall) => {
-                self.pending = None;
-                Next::Failed(Failure::BadResponse)
-            }
-        }
-    }
-
-    fn write(
-        &mut self,
-        ctx: &Ctx,
-        step: Step,
-        txid: TransactionId,
-    ) -> Result<usize, BufferTooSmall> {
-        let method = match (step, ctx.mode) {
-            (Step::Allocate, _) => Method::ALLOCATE,
-            (Step::Bind, DataMode::Channel) => Method::CHANNEL_BIND,
-            (Step::Bind, _) => Method::CREATE_PERMISSION,
-            (Step::Refresh | Step::Delete, _) => Method::REFRESH,
-        };
-        let mut w = MessageWriter::new(&mut self.req[..], Class::Request, method, txid)?;
-        match step {
-            Step::Allocate => {
-                w.attr(&RequestedTransport::UDP)?;
-            }
-            Step::Bind => {
-                if ctx.mode == DataMode::Channel {
-                    w.attr(&ChannelNumber(ctx.channel))?;
-                }
-                w.attr(&XorPeerAddress(ctx.peer))?;
-            }
-            Step::Refresh => {}
-            Step::Delete => {
-                w.attr(&Lifetime(0))?;
-            }
-        }
-        w.attr(&Software(SOFTWARE))?;
-        if let (Some(a), Some(c)) = (&self.auth, &ctx.credentials) {
-            w.attr(&Username(&c.username))?
-                .attr(&Realm(&a.realm))?
-                .attr(&Nonce(&a.nonce))?;
-            if let Some(offered) = &a.offered {
-                let chosen = match a.algorithm {
-                    KeyAlgorithm::Md5 => PasswordAlgorithm::Md5,
-                    KeyAlgorithm::Sha256 => PasswordAlgorithm::Sha256,
-                };
-                w.attr(offered)?.attr(&chosen)?;
-            }
-            match a.algorithm {
-                KeyAlgorithm::Md5 => w.integrity_sha1(a.key.as_bytes())?,
-                KeyAlgorithm::Sha256 => w.integrity_sha256(a.key.as_bytes())?,
-            };
-        }
-        w.fingerprint()?;
-        Ok(w.finish())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use relay_proto::stun::{
+        ChannelNumber, Class, ErrorCode, Message, MessageWriter, Method, Nonce, Realm,
+        TransactionId, Username, XorRelayedAddress,
+    };
+
     use super::*;
-    use relay_proto::stun::MessageWriter;
 
     fn ctx(creds: bool) -> Ctx {
         Ctx::new(
             "192.0.2.10:7000".parse().unwrap(),
             DataMode::Channel,
             0x4000,
-            creds.then(|| Credentials {
-                username: "alice".into(),
-                password: "pw".into(),
-            }),
+            relay_client::Transport::Udp,
+            creds.then(|| Credentials::new("alice", "pw")),
             Retransmit {
                 rto: Duration::from_millis(100),
+                rto_max: Duration::MAX,
                 tries: 3,
                 timeout: Duration::from_millis(1000),
             },
         )
+    }
+
+    /// What the session has to send now.
+    fn sent(s: &mut Session) -> Vec<u8> {
+        let mut buf = vec![0u8; relay_client::MAX_REQUEST];
+        let n = s.transmit(&mut buf).expect("a datagram to send");
+        buf.truncate(n);
+        buf
     }
 
     fn answer(req: &[u8], class: Class, attrs: impl FnOnce(&mut MessageWriter<'_>)) -> Vec<u8> {
@@ -456,45 +297,49 @@ mod tests {
         buf
     }
 
+    fn challenge(req: &[u8], code: u16, nonce: &str) -> Vec<u8> {
+        answer(req, Class::Error, |w| {
+            w.attr(&ErrorCode { code, reason: "" })
+                .unwrap()
+                .attr(&Realm("example.org"))
+                .unwrap()
+                .attr(&Nonce(nonce))
+                .unwrap();
+        })
+    }
+
     #[test]
     fn challenge_then_allocate_then_bind() {
         let (mut c, mut s, now) = (ctx(true), Session::new(), Instant::now());
         assert_eq!(s.start(&mut c, Step::Allocate, now), Next::Send);
-        let first = Message::parse(s.request()).unwrap();
-        assert_eq!(first.method(), Method::ALLOCATE);
-        assert!(first.attr::<Username>().is_none());
+        let first = sent(&mut s);
+        assert!(Message::parse(&first).unwrap().attr::<Username>().is_none());
 
-        let challenge = answer(s.request(), Class::Error, |w| {
-            w.attr(&ErrorCode {
-                code: 401,
-                reason: "Unauthorized",
-            })
-            .unwrap()
-            .attr(&Realm("example.org"))
-            .unwrap()
-            .attr(&Nonce("n1"))
-            .unwrap();
-        });
-        let m = Message::parse(&challenge).unwrap();
-        assert_eq!(s.on_response(&mut c, &m, now), Next::Send);
-        let second = Message::parse(s.request()).unwrap();
-        assert!(matches!(
-            second.attr::<Username>(),
-            Some(Ok(Username("alice")))
-        ));
-        let key = relay_proto::auth::long_term_key(KeyAlgorithm::Md5, "alice", "example.org", "pw");
-        second.verify_integrity(key.as_bytes()).unwrap();
+        assert_eq!(
+            s.on_response(&challenge(&first, 401, "n1"), now),
+            Next::Send
+        );
+        let second = sent(&mut s);
+        let m = Message::parse(&second).unwrap();
+        assert!(matches!(m.attr::<Username>(), Some(Ok(Username("alice")))));
+        let key = relay_proto::auth::long_term_key(
+            relay_proto::auth::PasswordAlgorithm::Md5,
+            "alice",
+            "example.org",
+            "pw",
+        );
+        m.verify_integrity(key.as_bytes()).unwrap();
 
         let relayed: SocketAddr = "203.0.113.50:24000".parse().unwrap();
-        let ok = answer(s.request(), Class::Success, |w| {
+        let ok = answer(&second, Class::Success, |w| {
             w.attr(&XorRelayedAddress(relayed)).unwrap();
         });
-        let m = Message::parse(&ok).unwrap();
-        assert_eq!(s.on_response(&mut c, &m, now), Next::Done(Step::Allocate));
+        assert_eq!(s.on_response(&ok, now), Next::Done(Step::Allocate));
         assert_eq!(s.relayed, Some(relayed));
 
         assert_eq!(s.start(&mut c, Step::Bind, now), Next::Send);
-        let bind = Message::parse(s.request()).unwrap();
+        let bind = sent(&mut s);
+        let bind = Message::parse(&bind).unwrap();
         assert_eq!(bind.method(), Method::CHANNEL_BIND);
         assert!(matches!(
             bind.attr::<ChannelNumber>(),
@@ -506,6 +351,7 @@ mod tests {
     fn errors_timeouts_and_stale_nonces() {
         let (mut c, mut s, now) = (ctx(true), Session::new(), Instant::now());
         s.start(&mut c, Step::Allocate, now);
+        let req = sent(&mut s);
         // A response to another transaction is ignored.
         let mut buf = [0u8; 64];
         let w = MessageWriter::new(
@@ -516,76 +362,54 @@ mod tests {
         )
         .unwrap();
         let n = w.finish();
-        assert_eq!(
-            s.on_response(&mut c, &Message::parse(&buf[..n]).unwrap(), now),
-            Next::Wait
-        );
-        let full = answer(s.request(), Class::Error, |w| {
+        assert_eq!(s.on_response(&buf[..n], now), Next::Wait);
+        let full = answer(&req, Class::Error, |w| {
             w.attr(&ErrorCode {
                 code: 508,
                 reason: "full",
             })
             .unwrap();
         });
-        assert_eq!(
-            s.on_response(&mut c, &Message::parse(&full).unwrap(), now),
-            Next::Failed(Failure::Error(508))
-        );
+        assert_eq!(s.on_response(&full, now), Next::Failed(Failure::Error(508)));
 
         // Retransmissions at 100, 300 ms; the third try waits for the deadline.
         s.start(&mut c, Step::Bind, now);
-        assert_eq!(s.on_timer(&c, now + Duration::from_millis(50)), Next::Wait);
-        assert_eq!(s.on_timer(&c, now + Duration::from_millis(100)), Next::Send);
-        assert_eq!(s.on_timer(&c, now + Duration::from_millis(300)), Next::Send);
-        assert_eq!(s.on_timer(&c, now + Duration::from_millis(700)), Next::Wait);
-        assert_eq!(
-            s.on_timer(&c, now + Duration::from_millis(1000)),
-            Next::Failed(Failure::Timeout)
-        );
+        sent(&mut s);
+        let ms = |m| now + Duration::from_millis(m);
+        assert_eq!(s.on_timer(ms(50)), Next::Wait);
+        assert_eq!(s.on_timer(ms(100)), Next::Send);
+        sent(&mut s);
+        assert_eq!(s.on_timer(ms(300)), Next::Send);
+        sent(&mut s);
+        assert_eq!(s.on_timer(ms(700)), Next::Wait);
+        assert_eq!(s.on_timer(ms(1000)), Next::Failed(Failure::Timeout));
 
         // 438 is retried with the new nonce, a bounded number of times.
-        s.start(&mut c, Step::Refresh, now);
+        s.start(&mut c, Step::Allocate, now);
+        let first = sent(&mut s);
+        assert_eq!(
+            s.on_response(&challenge(&first, 401, "n1"), now),
+            Next::Send
+        );
+        let mut req = sent(&mut s);
         for _ in 0..STALE_RETRIES {
-            let stale = answer(s.request(), Class::Error, |w| {
-                w.attr(&ErrorCode {
-                    code: 438,
-                    reason: "Stale Nonce",
-                })
-                .unwrap()
-                .attr(&Realm("example.org"))
-                .unwrap()
-                .attr(&Nonce("n2"))
-                .unwrap();
-            });
-            assert_eq!(
-                s.on_response(&mut c, &Message::parse(&stale).unwrap(), now),
-                Next::Send
-            );
+            assert_eq!(s.on_response(&challenge(&req, 438, "n2"), now), Next::Send);
+            req = sent(&mut s);
             assert!(matches!(
-                Message::parse(s.request()).unwrap().attr::<Nonce>(),
+                Message::parse(&req).unwrap().attr::<Nonce>(),
                 Some(Ok(Nonce("n2")))
             ));
         }
-        let stale = answer(s.request(), Class::Error, |w| {
-            w.attr(&ErrorCode {
-                code: 438,
-                reason: "Stale Nonce",
-            })
-            .unwrap()
-            .attr(&Realm("example.org"))
-            .unwrap()
-            .attr(&Nonce("n3"))
-            .unwrap();
-        });
         assert_eq!(
-            s.on_response(&mut c, &Message::parse(&stale).unwrap(), now),
+            s.on_response(&challenge(&req, 438, "n3"), now),
             Next::Failed(Failure::Error(438))
         );
 
         // A delete that times out still ends the session.
         s.start(&mut c, Step::Delete, now);
+        sent(&mut s);
         assert_eq!(
-            s.on_timer(&c, now + Duration::from_secs(2)),
+            s.on_timer(now + Duration::from_secs(2)),
             Next::Done(Step::Delete)
         );
     }

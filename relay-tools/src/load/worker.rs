@@ -20,8 +20,8 @@ use std::{
 };
 
 use relay_proto::stun::{
-    ChannelData, Class, Data, Message, MessageWriter, Method, PacketKind, TransactionId,
-    XorPeerAddress, classify, write_channel_data,
+    ChannelData, Class, Data, Message, Method, PacketKind, TransactionId, classify,
+    write_channel_data,
 };
 
 use rustls::{ClientConfig, pki_types::ServerName};
@@ -169,6 +169,8 @@ struct Control {
     refresh_failures: u64,
     deleted: u64,
     shared: Arc<Shared>,
+    /// Where a session's request is written before it is sent.
+    out: Box<[u8]>,
 }
 
 impl Control {
@@ -189,7 +191,9 @@ impl Control {
                 if let Some(c) = &mut a.conn {
                     // A lost request is retransmitted by its timer (on UDP; a stream that
                     // fails is noticed when it is read).
-                    let _ = c.send(a.session.request());
+                    while let Some(n) = a.session.transmit(&mut self.out) {
+                        let _ = c.send(&self.out[..n]);
+                    }
                 }
                 if !a.inflight {
                     a.inflight = true;
@@ -238,10 +242,7 @@ impl Control {
         let mut k = 0;
         while k < self.inflight.len() {
             let i = self.inflight[k];
-            let next = match self.ctx.as_ref() {
-                Some(ctx) => allocs[i].session.on_timer(ctx, now),
-                None => Next::Wait,
-            };
+            let next = allocs[i].session.on_timer(now);
             self.drive(&mut allocs[i], i, next, now);
             if allocs[i].session.pending_step().is_none() {
                 allocs[i].inflight = false;
@@ -351,6 +352,7 @@ impl Worker {
                 plan.peer,
                 plan.mode,
                 plan.channel,
+                plan.transport.into(),
                 plan.credentials.clone(),
                 plan.retransmit,
             )
@@ -365,6 +367,7 @@ impl Worker {
                 refresh_failures: 0,
                 deleted: 0,
                 shared,
+                out: vec![0; relay_client::MAX_REQUEST].into_boxed_slice(),
             },
             allocs,
             epoll,
@@ -681,7 +684,7 @@ impl Worker {
         let a = &mut self.allocs[i];
         // Closing the socket also takes it out of the epoll set.
         a.conn = None;
-        a.session.abandon();
+        a.session.abandon(now);
         match a.state {
             State::Setup => {
                 let why = match e {
@@ -726,8 +729,9 @@ impl Worker {
                 // Port unreachable while setting up: nothing listens there, stop asking.
                 let a = &mut self.allocs[i];
                 if e.kind() == io::ErrorKind::ConnectionRefused && a.state == State::Setup {
-                    a.session.abandon();
-                    self.control.fail(a, Failure::Unreachable, Instant::now());
+                    let now = Instant::now();
+                    a.session.abandon(now);
+                    self.control.fail(a, Failure::Unreachable, now);
                 }
                 return;
             }
@@ -877,8 +881,8 @@ fn on_packet(
                     _ => None,
                 }
             } else {
-                if let Some(ctx) = control.ctx.as_mut() {
-                    let next = a.session.on_response(ctx, &msg, at.now);
+                if control.ctx.is_some() {
+                    let next = a.session.on_response(d, at.now);
                     control.drive(a, i, next, at.now);
                 }
                 return;
@@ -946,12 +950,8 @@ fn prefill(tx: &mut Mmsg, plan: &Plan) -> Frame {
                 // A fixed transaction id: indications are not transactions, and a constant
                 // XOR-PEER-ADDRESS lets every packet reuse the frame.
                 let txid = TransactionId(*b"relay-load-1");
-                let mut w = MessageWriter::new(&mut buf[..], Class::Indication, Method::SEND, txid)
-                    .expect("header fits");
-                w.attr(&XorPeerAddress(plan.peer))
-                    .and_then(|w| w.attr(&Data(&payload)))
+                let len = relay_client::send_indication(&mut buf[..], txid, plan.peer, &payload)
                     .expect("payload fits a send buffer");
-                let len = w.finish();
                 // DATA is last: its value starts where its padded value ends, minus padding.
                 let padded = (plan.size + 3) & !3;
                 Frame {
@@ -968,6 +968,7 @@ fn prefill(tx: &mut Mmsg, plan: &Plan) -> Frame {
 mod tests {
     use super::*;
     use crate::load::payload::MAGIC;
+    use relay_proto::stun::XorPeerAddress;
 
     fn plan(mode: DataMode, size: usize) -> Plan {
         Plan {
@@ -983,6 +984,7 @@ mod tests {
             credentials: None,
             retransmit: Retransmit {
                 rto: Duration::from_millis(100),
+                rto_max: Duration::MAX,
                 tries: 2,
                 timeout: Duration::from_secs(1),
             },
