@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 
 use relay_proto::stun::{
-    AddressFamily, AttrType, BufferTooSmall, ChannelNumber, Class, Data, Lifetime, MessageWriter,
-    Method, RequestedAddressFamily, RequestedTransport, TransactionId, XorPeerAddress,
+    AddressFamily, Attr, AttrType, BufferTooSmall, ChannelNumber, Class, Data, Lifetime,
+    MessageWriter, Method, RequestedAddressFamily, RequestedTransport, TransactionId,
+    XorPeerAddress,
 };
 
 /// Longest request the client builds (long usernames and attribute lists included).
@@ -48,7 +49,9 @@ pub enum Request {
         peer: SocketAddr,
     },
     /// Any method with raw attributes, written in order (tests that send what a
-    /// well-behaved client would not).
+    /// well-behaved client would not). A XOR-PEER-ADDRESS value is taken as encoded for
+    /// [`Request::RAW_TXID`] and re-encoded for each transaction (IPv6 addresses are
+    /// XORed with the transaction id); one that does not decode goes out as given.
     Raw {
         method: Method,
         attrs: Vec<(AttrType, Vec<u8>)>,
@@ -63,6 +66,8 @@ impl Request {
     };
     /// Refresh LIFETIME 0.
     pub const DELETE: Request = Request::Refresh { lifetime: Some(0) };
+    /// The transaction id [`Request::Raw`] address values are encoded for.
+    pub const RAW_TXID: TransactionId = TransactionId([0; 12]);
 
     pub fn method(&self) -> Method {
         match self {
@@ -104,7 +109,10 @@ impl Request {
             }
             Request::Raw { attrs, .. } => {
                 for (typ, value) in attrs {
-                    w.raw_attr(*typ, value)?;
+                    match XorPeerAddress::decode(value, &Self::RAW_TXID) {
+                        Ok(peer) if *typ == AttrType::XOR_PEER_ADDRESS => w.attr(&peer)?,
+                        _ => w.raw_attr(*typ, value)?,
+                    };
                 }
             }
         }

@@ -212,3 +212,46 @@ fn responses_to_other_transactions_are_ignored() {
     assert_eq!(p.client.in_flight(), 1);
     let _ = id;
 }
+
+#[test]
+fn raw_peer_addresses_are_reencoded_for_each_transaction() {
+    let mut p = Pair::new(Some(user()));
+    assert!(p.run(Request::ALLOCATE).outcome.is_success());
+    // An IPv6 peer written for RAW_TXID: its XOR depends on the transaction id.
+    let v6: SocketAddr = "[2001:db8::7]:5000".parse().unwrap();
+    let mut buf = [0u8; 128];
+    let mut w = relay_proto::stun::MessageWriter::new(
+        &mut buf,
+        Class::Request,
+        Method::CREATE_PERMISSION,
+        Request::RAW_TXID,
+    )
+    .unwrap();
+    w.attr(&relay_proto::stun::XorPeerAddress(v6)).unwrap();
+    let n = w.finish();
+    let value = Message::parse(&buf[..n])
+        .unwrap()
+        .raw_attrs()
+        .next()
+        .unwrap()
+        .value
+        .to_vec();
+    let id = p
+        .client
+        .request(
+            Request::Raw {
+                method: Method::CREATE_PERMISSION,
+                attrs: vec![(AttrType::XOR_PEER_ADDRESS, value)],
+            },
+            p.now,
+        )
+        .unwrap();
+    p.drive();
+    let sent = Message::parse(&p.sent.last().unwrap().1).unwrap();
+    assert!(matches!(
+        sent.attr::<relay_proto::stun::XorPeerAddress>(),
+        Some(Ok(relay_proto::stun::XorPeerAddress(a))) if a == v6
+    ));
+    // The relay has no IPv6 side: refused for the family, not for a garbled address.
+    assert_eq!(p.until(id).outcome.code(), Some(443));
+}
