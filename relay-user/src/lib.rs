@@ -1,18 +1,19 @@
 //! The relay daemon: configuration, the userspace data paths and the XDP loader around
-//! the sans-IO core in `relay-proto`.
+//! the sans-IO core in `relay-proto`. The `relay` binary's tool subcommands (stun, load,
+//! status) live in `relay-tools`, the admin API's documents in `relay-admin-api`.
 
 pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
-pub mod control;
+mod control;
 pub mod core;
-pub mod events;
-pub mod logging;
-pub mod metrics;
+mod events;
+mod logging;
+mod metrics;
 pub mod serve;
 pub mod shard;
 pub mod tcp;
 pub mod udp;
-pub mod uring;
+mod uring;
 pub mod xdp;
