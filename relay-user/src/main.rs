@@ -1,6 +1,7 @@
-use std::{path::Path, process::ExitCode};
+use std::process::ExitCode;
 
 use clap::Parser;
+#[cfg(feature = "tools")]
 use relay_tools::status::AdminSection;
 use relay_user::cli::{Cli, Command};
 
@@ -16,19 +17,22 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if !matches!(cli.command, Command::Serve(_) | Command::Status(_)) {
+    if !keeps_sigpipe_ignored(&cli.command) {
         restore_sigpipe();
     }
     let result = match cli.command {
         Command::Serve(args) => relay_user::serve::run(args),
         Command::Check { config } => relay_user::check::run(&config),
+        #[cfg(feature = "tools")]
         Command::Stun(args) => {
             return ExitCode::from(relay_tools::probe::run(&args).clamp(0, 255) as u8);
         }
+        #[cfg(feature = "tools")]
         Command::Status(args) => {
             let code = relay_tools::status::run(&args, &admin_section);
             return ExitCode::from(code.clamp(0, 255) as u8);
         }
+        #[cfg(feature = "tools")]
         Command::Load(cmd) => {
             return ExitCode::from(relay_tools::load::run(*cmd).clamp(0, 255) as u8);
         }
@@ -43,9 +47,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// `serve` and `status` write to sockets a peer may reset (see [`restore_sigpipe`]).
+fn keeps_sigpipe_ignored(command: &Command) -> bool {
+    match command {
+        Command::Serve(_) => true,
+        #[cfg(feature = "tools")]
+        Command::Status(_) => true,
+        _ => false,
+    }
+}
+
 /// `relay status --config FILE`: the admin address and token, from a file the daemon's
 /// own loader accepts (an invalid file is refused with the key at fault, as `relay check`).
-fn admin_section(path: &Path) -> Result<AdminSection, String> {
+#[cfg(feature = "tools")]
+fn admin_section(path: &std::path::Path) -> Result<AdminSection, String> {
     let c = relay_user::config::load(path).map_err(|e| e.to_string())?;
     Ok(AdminSection {
         address: c.admin.address,
