@@ -1,15 +1,17 @@
 //! A blocking driver: runs a [`Client`] over any [`Link`] (a UDP socket, a TCP or TLS
 //! stream cut into frames) until one request completes. For one-shot tools and tests;
-//! no I/O of its own, the link does it.
+//! no I/O and no clock of its own: the link does the I/O and tells the time.
 
 use std::io;
 use std::time::Instant;
 
 use crate::{Client, Completed, Data, Event, Input, MAX_REQUEST, Request, RequestError, RequestId};
 
-/// Where the client's datagrams or frames go and come from.
+/// Where the client's datagrams or frames go and come from, and what time it is.
 pub trait Link {
     type Error;
+    /// The current time (`Instant::now()` for a real link, a virtual clock in tests).
+    fn now(&self) -> Instant;
     /// Sends one whole datagram or frame.
     fn send(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// One datagram or frame into `buf`, waiting until `until`; `Ok(None)` if none came.
@@ -35,7 +37,7 @@ pub fn transact<L: Link>(
     on_data: &mut dyn FnMut(Data<'_>),
 ) -> Result<Completed, DriveError<L::Error>> {
     let id = client
-        .request(request, Instant::now())
+        .request(request, link.now())
         .map_err(DriveError::Request)?;
     wait(client, link, id, on_data)
 }
@@ -52,7 +54,7 @@ pub fn wait<L: Link>(
     loop {
         while let Some(t) = client.poll_transmit(&mut out) {
             if let Err(e) = link.send(&out[..t.len]) {
-                client.abandon(Instant::now());
+                client.abandon(link.now());
                 return Err(DriveError::Send(e));
             }
         }
@@ -61,21 +63,20 @@ pub fn wait<L: Link>(
                 return Ok(c);
             }
         }
-        let until = client
-            .poll_timeout()
-            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(1));
+        // Nothing in flight means the request ended: its event is read above.
+        let until = client.poll_timeout().unwrap_or_else(|| link.now());
         match link.recv(&mut buf, until) {
             Ok(Some(n)) => {
-                if let Input::Data(d) = client.handle_input(&buf[..n], Instant::now()) {
+                if let Input::Data(d) = client.handle_input(&buf[..n], link.now()) {
                     on_data(d);
                 }
             }
             Ok(None) => {}
             Err(e) => {
-                client.abandon(Instant::now());
+                client.abandon(link.now());
                 return Err(DriveError::Recv(e));
             }
         }
-        client.handle_timeout(Instant::now());
+        client.handle_timeout(link.now());
     }
 }

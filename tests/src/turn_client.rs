@@ -346,6 +346,10 @@ struct UdpLink {
 impl Link for UdpLink {
     type Error = io::Error;
 
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.sock.send_to(bytes, self.server).map(drop)
     }

@@ -255,3 +255,31 @@ fn raw_peer_addresses_are_reencoded_for_each_transaction() {
     // The relay has no IPv6 side: refused for the family, not for a garbled address.
     assert_eq!(p.until(id).outcome.code(), Some(443));
 }
+
+#[test]
+fn a_primed_client_signs_its_first_request() {
+    let mut p = Pair::new(Some(user()));
+    // A nonce the server issued to this client's IP, as a second connection would reuse.
+    let first = p.run(Request::Binding);
+    assert!(first.outcome.is_success());
+    let mut probe = Pair::new(Some(user()));
+    assert!(probe.run(Request::ALLOCATE).outcome.is_success());
+    let challenge = Message::parse(&probe.sent[1].1).unwrap();
+    let Some(Ok(relay_proto::stun::Nonce(nonce))) = challenge.attr::<relay_proto::stun::Nonce>()
+    else {
+        panic!("the signed Allocate carries the nonce");
+    };
+    p.client.prime("example.org", nonce).unwrap();
+    assert!(p.run(Request::ALLOCATE).outcome.is_success());
+    // Binding, then one signed Allocate: no 401 round trip.
+    assert_eq!(p.sent.len(), 2);
+    let signed = Message::parse(&p.sent[1].1).unwrap();
+    let key = relay_proto::auth::long_term_key(
+        relay_proto::auth::PasswordAlgorithm::Md5,
+        "alice",
+        "example.org",
+        "wonderland",
+    );
+    signed.verify_integrity(key.as_bytes()).unwrap();
+    assert!(signed.has_fingerprint());
+}

@@ -127,6 +127,10 @@ struct ConnLink<'c>(&'c mut dyn Conn);
 impl Link for ConnLink<'_> {
     type Error = RecvError;
 
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
     fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.0.send(bytes)
     }
