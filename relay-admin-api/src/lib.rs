@@ -127,6 +127,10 @@ pub struct XdpView {
     /// Empty when the fast path is off.
     pub interfaces: Vec<XdpInterfaceView>,
     pub off_reason: Option<String>,
+    /// Why IP forwarding is off while the program runs (the kernel cannot route relayed
+    /// packets, userspace relays them); absent when forwarding is as the fast path needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding_off: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -141,6 +145,8 @@ pub struct XdpInterfaceView {
 pub struct LimitsView {
     pub max_allocations: usize,
     pub max_allocations_per_user: usize,
+    pub max_allocations_per_rest_user: usize,
+    pub max_allocations_per_source: usize,
     pub alternate_servers: Vec<SocketAddr>,
     pub drain_timeout_s: u64,
 }

@@ -209,6 +209,12 @@ pub struct PermissionKey {
     pub _pad: [u8; 2],
 }
 
+/// [`ClientTarget::flags`] of a permission: the peer policy allows this client only some
+/// ports of the peer, so its Send indications (which may name any port) go up to
+/// userspace, which checks the port. Bound channels (checked at bind) and the peer's data
+/// to the client stay in the kernel.
+pub const PERMISSION_SOME_PORTS: u8 = 1;
+
 /// Value of [`PEER_CHANNELS_MAP`] and [`PERMISSIONS_MAP`]: where the client is, which of
 /// our addresses it talks to, and the channel (`[0, 0]` for "send a Data indication").
 #[repr(C)]
@@ -219,7 +225,9 @@ pub struct ClientTarget {
     pub client_port: Be16,
     pub listener_port: Be16,
     pub channel: Be16,
-    pub _pad: [u8; 2],
+    /// Permissions only: [`PERMISSION_SOME_PORTS`] or 0.
+    pub flags: u8,
+    pub _pad: [u8; 1],
     /// Index into [`ALLOC_COUNTERS_MAP`].
     pub slot: u32,
 }
@@ -305,6 +313,9 @@ reasons! {
     NoAllocation = 26, "no_allocation";
     /// A peer of the other family than the relayed address (an IPv4-mapped IPv6 peer).
     FamilyMismatch = 27, "family_mismatch";
+    /// A Send indication to a peer whose permission the policy limits to some ports
+    /// ([`PERMISSION_SOME_PORTS`]): userspace checks the port.
+    SendPortCheck = 28, "send_port_check";
 }
 
 /// Capacity of [`REASON_COUNTERS_MAP`] (room to add reasons without a layout change).

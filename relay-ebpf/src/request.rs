@@ -5,7 +5,9 @@
 //! when the peer is one of our own relayed addresses, is hairpinned (`hairpin.rs`).
 
 use aya_ebpf::programs::XdpContext;
-use relay_common::{Be16, ChannelKey, Ip, PermissionKey, Reason, is_v4_mapped};
+use relay_common::{
+    Be16, ChannelKey, Ip, PERMISSION_SOME_PORTS, PermissionKey, Reason, is_v4_mapped,
+};
 
 use crate::{
     csum::{self, Csum},
@@ -74,8 +76,12 @@ fn read_inner(ctx: &XdpContext, udp: &Udp, req: &mut Request) -> Result<u32, Rea
         relay_port: req.relay_port,
         _pad: [0; 2],
     };
-    if PERMISSIONS.get_ptr(&key).is_none() {
-        return Err(Reason::NoPermission);
+    let t = PERMISSIONS.get_ptr(&key).ok_or(Reason::NoPermission)?;
+    // SAFETY: value pointer from a successful lookup.
+    let flags = unsafe { (*t).flags };
+    // A Send indication names any port; a bound channel's port was checked at bind.
+    if req.send && flags & PERMISSION_SOME_PORTS != 0 {
+        return Err(Reason::SendPortCheck);
     }
     if PUBLIC_IPS.get_ptr(&req.peer_ip).is_some() {
         Ok(HAIRPIN)

@@ -43,7 +43,7 @@ pub fn render(path: &Path, c: &Config) -> String {
     line("relay ports", &format!("{}-{}", c.ports.low, c.ports.high));
     line("users", &c.users.len());
     line("shared secrets", &c.shared_secrets.len());
-    let nets = |v: &[ipnet::IpNet]| {
+    fn list<T: std::fmt::Display>(v: &[T]) -> String {
         if v.is_empty() {
             return "none".to_owned();
         }
@@ -51,15 +51,20 @@ pub fn render(path: &Path, c: &Config) -> String {
             .map(|n| n.to_string())
             .collect::<Vec<_>>()
             .join(", ")
-    };
-    line("peers allowed", &nets(&c.peers_allow));
-    line("peers denied", &nets(&c.peers_deny));
+    }
+    line("peers allowed", &list(&c.peers_allow));
+    if let Some(rest) = &c.peers_rest_allow {
+        line("peers for REST", &list(rest));
+    }
+    line("peers denied", &list(&c.peers_deny));
     line(
         "max allocations",
         &format!(
-            "{} ({} per user)",
+            "{} ({} per user; TURN REST: {} per username, {} per source)",
             c.max_allocations,
-            c.max_allocations_per_user.min(c.max_allocations)
+            c.max_allocations_per_user.min(c.max_allocations),
+            c.max_allocations_per_rest_user,
+            c.max_allocations_per_source
         ),
     );
     let xdp = if c.xdp_mode == AttachMode::Off {
@@ -104,6 +109,9 @@ pub fn render(path: &Path, c: &Config) -> String {
     );
     line("drain timeout", &format!("{} s", c.drain_timeout.as_secs()));
     line("log level", &c.log_level);
+    if let Some(w) = crate::core::rest_policy_warning(c) {
+        let _ = writeln!(out, "warning: {w}");
+    }
     if c.max_allocations_per_user > c.max_allocations {
         let _ = writeln!(
             out,
@@ -171,7 +179,10 @@ mode = "off"
         let r = report(&format!(
             "{BASE}[limits]\nmax_allocations = 1800\nmax_allocations_per_user = 5000\n"
         ));
-        assert_eq!(value(&r, "max allocations"), "1800 (1800 per user)");
+        assert_eq!(
+            value(&r, "max allocations"),
+            "1800 (1800 per user; TURN REST: 16 per username, 1000 per source)"
+        );
         assert!(
             r.lines().any(
                 |l| l.starts_with("note: limits.max_allocations_per_user (5000)")

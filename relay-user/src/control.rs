@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use ipnet::IpNet;
 use relay_proto::server::Server;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -55,6 +56,9 @@ pub struct XdpStatus {
     pub off_reason: Option<String>,
     /// The `max_allocations` the maps were sized for (a reload does not resize them).
     pub sized_for: u32,
+    /// Why IP forwarding is off on the XDP interfaces, when the fast path needs it and
+    /// does not have it (its FIB lookups fail and every relayed packet goes up to userspace).
+    pub forwarding_off: Option<String>,
 }
 
 impl XdpStatus {
@@ -83,6 +87,7 @@ impl XdpStatus {
             interfaces,
             off_reason,
             sized_for: u32::try_from(config.max_allocations).unwrap_or(u32::MAX),
+            forwarding_off: None,
         }
     }
 }
@@ -263,6 +268,20 @@ impl Control {
         out
     }
 
+    /// The relay host's locally routed prefixes changed (an address was added or removed):
+    /// every shard refuses peers there from now on and drops what it held for them.
+    pub fn set_local_prefixes(&self, prefixes: &[IpNet]) {
+        let prefixes: Arc<[IpNet]> = prefixes.into();
+        let answers = self.gather(QUERY_TIMEOUT, move |server| {
+            server.set_local_prefixes(prefixes.iter().copied());
+        });
+        if answers.iter().any(Option::is_none) {
+            tracing::warn!(
+                "some shards did not confirm the new relay-host addresses in time; they apply them when their loop next runs"
+            );
+        }
+    }
+
     /// Allocations on every shard; `None` if some shard did not answer.
     pub fn allocation_count(&self) -> Option<usize> {
         self.gather(QUERY_TIMEOUT, |s| s.allocation_count())
@@ -283,9 +302,12 @@ impl Control {
         running.users = new.users.clone();
         running.shared_secrets = new.shared_secrets.clone();
         running.peers_allow = new.peers_allow.clone();
+        running.peers_rest_allow = new.peers_rest_allow.clone();
         running.peers_deny = new.peers_deny.clone();
         running.max_allocations = new.max_allocations;
         running.max_allocations_per_user = new.max_allocations_per_user;
+        running.max_allocations_per_rest_user = new.max_allocations_per_rest_user;
+        running.max_allocations_per_source = new.max_allocations_per_source;
         running.alternate_servers = new.alternate_servers.clone();
         running.drain_timeout = new.drain_timeout;
         running.admin.token = new.admin.token.clone();
@@ -311,7 +333,12 @@ impl Control {
                     "reload: new credentials not applied on this shard"),
             }
             server.set_policy(crate::core::policy(&apply));
-            server.set_limits(apply.max_allocations, apply.max_allocations_per_user);
+            server.set_limits(relay_proto::server::Limits {
+                max_allocations: apply.max_allocations,
+                max_allocations_per_user: apply.max_allocations_per_user,
+                max_allocations_per_rest_user: apply.max_allocations_per_rest_user,
+                max_allocations_per_source: apply.max_allocations_per_source,
+            });
             server.set_alternate_servers(apply.alternate_servers.clone());
             server.set_relay_tcp(apply.tcp.relay_tcp);
             server.allocation_count()
@@ -361,6 +388,9 @@ impl Control {
                     tracing::warn!(
                         "some shards did not confirm the reload in time; they apply it when their loop next runs"
                     );
+                }
+                if let Some(w) = crate::core::rest_policy_warning(&self.config()) {
+                    tracing::warn!("{w}");
                 }
                 if !r.restart_needed.is_empty() {
                     tracing::warn!(keys = %r.restart_needed.join(", "),
@@ -519,6 +549,14 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check(old.udp_engine != new.udp_engine, "udp.engine");
     check(old.tcp.restart_only() != new.tcp.restart_only(), "tcp");
     check(old.admin.address != new.admin.address, "admin.address");
+    check(
+        old.admin.header_timeout != new.admin.header_timeout,
+        "admin.header_timeout",
+    );
+    check(
+        old.admin.max_connections != new.admin.max_connections,
+        "admin.max_connections",
+    );
     check(old.log_level != new.log_level, "log.level");
     keys
 }
@@ -617,6 +655,7 @@ pub(crate) mod test_support {
                 interfaces: vec![],
                 off_reason: Some("test".into()),
                 sized_for: 10,
+                forwarding_off: None,
             },
         )
     }
@@ -643,7 +682,8 @@ mod tests {
             &path,
             &config_text(
                 "[limits]\nmax_allocations = 20\nalternate_servers = [\"203.0.113.60:3478\"]\n\
-                 drain_timeout = 7\n[admin]\ntoken = \"new\"\n",
+                 drain_timeout = 7\nmax_allocations_per_rest_user = 3\n\
+                 max_allocations_per_source = 40\n[admin]\ntoken = \"new\"\n",
             )
             .replace("127.0.0.1:3478", "127.0.0.1:3479"),
         );
@@ -656,6 +696,16 @@ mod tests {
         assert_eq!(c.admin.token.as_deref(), Some("new"));
         // The listener needs a restart: the one in force stays.
         assert_eq!(c.listeners[0].address.port(), 3478);
+        let rest_quotas = control.gather(QUERY_TIMEOUT, |s| {
+            let l = s.limits();
+            (
+                l.max_allocations_per_rest_user,
+                l.max_allocations_per_source,
+            )
+        });
+        for q in rest_quotas {
+            assert_eq!(q, Some((3, 40)), "REST quotas reloaded on every shard");
+        }
         let alternates = control.gather(QUERY_TIMEOUT, |s| {
             (
                 s.config().alternate_servers.clone(),

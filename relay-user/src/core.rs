@@ -8,6 +8,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use ipnet::IpNet;
 use relay_proto::{
     auth::{CredentialStore, NonceKey},
     policy::PeerPolicy,
@@ -44,8 +45,38 @@ pub fn policy(c: &Config) -> PeerPolicy {
         .flat_map(|r| [r.bind, r.public]);
     let listeners = c.listeners.iter().map(|l| l.address.ip());
     let host = listeners.chain(std::iter::once(c.admin.address.ip()));
-    PeerPolicy::new(c.peers_allow.clone(), c.peers_deny.clone(), relay.collect())
+    PeerPolicy::new(Vec::new(), c.peers_deny.clone(), relay.collect())
+        .with_allow(c.peers_allow.clone())
+        .with_rest_allow(c.peers_rest_allow.clone())
         .with_host_addresses(host)
+}
+
+/// The operator's warning when REST users (browsers) may reach every port of some allowed
+/// host: shared secrets set, no `[peers.rest]`, and a `[peers] allow` entry without ports.
+pub fn rest_policy_warning(c: &Config) -> Option<String> {
+    if c.shared_secrets.is_empty() || c.peers_rest_allow.is_some() {
+        return None;
+    }
+    let open: Vec<String> = c
+        .peers_allow
+        .iter()
+        .filter(|r| r.all_ports())
+        .map(|r| r.to_string())
+        .collect();
+    if open.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "REST-credential users (auth.shared_secrets) may reach every port of {} through \
+         [peers] allow; give them their own list with the ports they need, e.g. \
+         [peers.rest] allow = [\"{} udp 10000-20000\"]",
+        open.join(", "),
+        c.peers_allow
+            .iter()
+            .find(|r| r.all_ports())
+            .map(|r| r.net.to_string())
+            .unwrap_or_default()
+    ))
 }
 
 /// What the cores of all shards are built from: one nonce key (a nonce one shard issued
@@ -55,6 +86,9 @@ pub fn policy(c: &Config) -> PeerPolicy {
 pub struct Cores {
     nonce_key: [u8; 32],
     shared: Arc<Shared>,
+    /// The host's locally routed prefixes when the shards start (kept current later
+    /// through [`Control::set_local_prefixes`](crate::control::Control::set_local_prefixes)).
+    local: Vec<IpNet>,
 }
 
 impl Cores {
@@ -62,7 +96,15 @@ impl Cores {
         Ok(Self {
             nonce_key: random()?,
             shared: Shared::new(&server_config(c)?),
+            local: Vec::new(),
         })
+    }
+
+    /// Every core built from now on refuses peers in these prefixes (the relay host's own
+    /// addresses; see [`crate::local_routes`]).
+    pub fn with_local_prefixes(mut self, local: Vec<IpNet>) -> Self {
+        self.local = local;
+        self
     }
 
     /// The core of one more shard. Relay sockets of the allocations it makes belong to
@@ -72,7 +114,7 @@ impl Cores {
             .duration_since(UNIX_EPOCH)
             .context("system clock")?
             .as_secs();
-        Ok(Server::with_shared(
+        let mut server = Server::with_shared(
             server_config(c)?,
             credentials(c)?,
             policy(c),
@@ -80,7 +122,9 @@ impl Cores {
             now,
             unix_now,
             self.shared.clone(),
-        ))
+        );
+        server.set_local_prefixes(self.local.iter().copied());
+        Ok(server)
     }
 
     /// Totals over all shards (allocations, ports in use) and the quotas in force.
@@ -110,6 +154,8 @@ fn server_config(c: &Config) -> anyhow::Result<ServerConfig> {
         ports: c.ports.low..=c.ports.high,
         max_allocations: c.max_allocations,
         max_allocations_per_user: c.max_allocations_per_user,
+        max_allocations_per_rest_user: c.max_allocations_per_rest_user,
+        max_allocations_per_source: c.max_allocations_per_source,
         alternate_servers: c.alternate_servers.clone(),
         port_seed: u64::from_ne_bytes(random()?[..8].try_into().expect("8 bytes")),
         relay_tcp: c.tcp.relay_tcp,
@@ -158,9 +204,12 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
             "127.0.0.0/8".parse().expect("literal"),
             "127.0.0.1/32".parse().expect("literal"),
         ],
+        peers_rest_allow: None,
         peers_deny: vec![],
         max_allocations: 1000,
         max_allocations_per_user: 1000,
+        max_allocations_per_rest_user: crate::config::DEFAULT_MAX_ALLOCATIONS_PER_REST_USER,
+        max_allocations_per_source: crate::config::DEFAULT_MAX_ALLOCATIONS_PER_SOURCE,
         xdp_interfaces: vec!["lo".into()],
         xdp_mode: crate::xdp::AttachMode::Auto,
         xdp_forwarding: crate::xdp::Forwarding::Auto,

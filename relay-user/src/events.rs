@@ -1,11 +1,107 @@
 //! The core's events as operator log lines: who, from where, what happened, and for
 //! failures what to check.
+//!
+//! Data-path threads only count an event (metrics) and queue it; the `events-log` thread
+//! formats and writes the lines, so neither a slow stderr (a journal that cannot keep up)
+//! nor a flood of lines holds up packet handling. A full queue drops the event, counted in
+//! `relay_events_lost`. Floods are throttled there too ([`crate::log_limit`]): auth
+//! failures and rejected requests per source, refused peers per source and rule, capacity
+//! refusals per limit get one line per window in full and one summary line for the
+//! repeats.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, LazyLock,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    time::{Duration, Instant},
+};
 
 use relay_common::AllocCounters;
-use relay_proto::server::{CloseReason, Counters, Event};
+use relay_proto::{
+    auth::AuthError,
+    policy::DenyReason,
+    server::{CapacityLimit, CloseReason, Counters, Event},
+    stun::Method,
+};
+
+use crate::log_limit::{Limiter, Source, Summary, WINDOW};
+
+/// Events waiting for the log thread: a few seconds of a busy relay's events, a bounded
+/// few MB. Beyond, they are dropped and counted.
+const QUEUE: usize = 8192;
 
 pub fn log(event: Event) {
     log_with_kernel(event, None)
+}
+
+/// Events dropped because the log thread's queue was full (or the thread is gone).
+pub fn lost() -> u64 {
+    LOST.load(Ordering::Relaxed)
+}
+
+/// Waits (at most `timeout`) until the log thread has written every event queued so far,
+/// and writes the summaries of every throttled window at once: the last lines at exit.
+pub fn flush(timeout: Duration) {
+    let Some(tx) = &*QUEUE_TX else { return };
+    let (ack_tx, ack) = mpsc::sync_channel(1);
+    if tx.send(Msg::Flush(ack_tx)).is_ok() {
+        let _ = ack.recv_timeout(timeout);
+    }
+}
+
+// Events are the common case and travel unboxed: boxing would put an allocation per
+// event on the data path. Flush is once per run.
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Event(Event, Option<AllocCounters>),
+    Flush(SyncSender<()>),
+}
+
+static LOST: AtomicU64 = AtomicU64::new(0);
+
+/// The log thread's queue, started at the first event.
+static QUEUE_TX: LazyLock<Option<SyncSender<Msg>>> = LazyLock::new(|| {
+    let (tx, rx) = mpsc::sync_channel(QUEUE);
+    let spawned = std::thread::Builder::new()
+        .name("events-log".into())
+        .spawn(move || {
+            let mut w = Writer::default();
+            loop {
+                // Wakes at least once a second to write the summaries of ended windows.
+                match rx.recv_timeout(Duration::from_secs(1)) {
+                    Ok(Msg::Event(event, kernel)) => write(&mut w, event, kernel, Instant::now()),
+                    Ok(Msg::Flush(ack)) => {
+                        w.expire(Instant::now() + WINDOW);
+                        let _ = ack.send(());
+                    }
+                    Err(RecvTimeoutError::Timeout) => w.expire(Instant::now()),
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the events log thread: core events go unlogged (counted in relay_events_lost)");
+            None
+        }
+    }
+});
+
+fn queue(msg: Msg) {
+    let full = match &*QUEUE_TX {
+        Some(tx) => matches!(
+            tx.try_send(msg),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_))
+        ),
+        None => true,
+    };
+    if full {
+        LOST.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The last line of an allocation that expired or was deleted: both paths' traffic.
@@ -33,7 +129,55 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
     if let Some(k) = kernel {
         crate::metrics::kernel_allocation_retired(k);
     }
+    queue(Msg::Event(event, kernel));
+}
+
+/// The log thread's state: one limiter per kind of flood.
+struct Writer {
+    /// Auth failures per source (coturn's uclient retries a wrong password about 30
+    /// times in 25 ms; a scanner far more). One table for all shards: a client's retries
+    /// from new ports may land on any of them.
+    auth: Limiter<Source, (Option<String>, AuthError)>,
+    /// Refused peers per client source and rule (a client probing the internal network
+    /// hits one rule over and over; each rule it hits is still seen).
+    peers: Limiter<(Source, DenyReason), (Arc<str>, SocketAddr)>,
+    /// Other error responses per source: anyone can send malformed requests.
+    rejected: Limiter<Source, (Method, u16)>,
+    /// Allocations refused for capacity, per limit: the relay's, one user's quota or one
+    /// source's. A full relay under load refuses hundreds a second.
+    capacity: Limiter<CapacityKey, (CapacityLimit, Arc<str>)>,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        // Sources counted one by one; beyond, together (memory bound under a
+        // spoofed-source flood).
+        const MAX_SOURCES: usize = 4096;
+        const MAX_USERS: usize = 1024;
+        Self {
+            auth: Limiter::new(MAX_SOURCES),
+            peers: Limiter::new(MAX_SOURCES),
+            rejected: Limiter::new(MAX_SOURCES),
+            capacity: Limiter::new(MAX_USERS),
+        }
+    }
+}
+
+impl Writer {
+    /// Logs the summaries of the windows that have ended by `now`.
+    fn expire(&mut self, now: Instant) {
+        self.auth.expire(now, auth_summary);
+        self.peers.expire(now, peers_summary);
+        self.rejected.expire(now, rejected_summary);
+        self.capacity.expire(now, capacity_summary);
+    }
+}
+
+/// One event's line, unless its flood is throttled.
+fn write(w: &mut Writer, event: Event, kernel: Option<AllocCounters>, now: Instant) {
     let k = |f: fn(&AllocCounters) -> u64| kernel.as_ref().map(f);
+    // Ended windows first: a repeat after its window ended starts a new one.
+    w.expire(now);
     match event {
         Event::AllocationCreated {
             id,
@@ -100,12 +244,14 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
             // be bound needs the operator.
             match reason {
                 CloseReason::ClientClosed => tracing::info!(%id, %user, %client, reason = why,
-                    to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
-                    xdp_to_peer_packets = k(|k| k.to_peer_packets),
-                    xdp_to_client_packets = k(|k| k.to_client_packets), "allocation closed"),
-                CloseReason::RelayUnavailable => tracing::warn!(%id, %user, %client, reason = why,
-                    to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
-                    "allocation closed"),
+                to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
+                xdp_to_peer_packets = k(|k| k.to_peer_packets),
+                xdp_to_client_packets = k(|k| k.to_client_packets), "allocation closed"),
+                CloseReason::RelayUnavailable => {
+                    tracing::warn!(%id, %user, %client, reason = why,
+                to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
+                "allocation closed")
+                }
             }
         }
         Event::AuthFailed {
@@ -115,10 +261,11 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
             reason,
         } => {
             // Repeats from the same source within the window are counted, then summed up.
-            if auth_flood::first_in_window(client.client.ip(), &user, reason) {
+            let source = Source::of(client.client.ip());
+            if w.auth.admit(source, now, (user.clone(), reason)) {
                 let user = user.as_deref().unwrap_or("-");
                 tracing::warn!(user, %client, %method, %reason,
-                    "authentication failed (401/438): check the client's username, password or shared secret, and the realm");
+                "authentication failed (401/438): check the client's username, password or shared secret, and the realm");
             }
         }
         Event::PeerDenied {
@@ -127,15 +274,21 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
             peer,
             reason,
         } => {
-            tracing::warn!(%user, %client, %peer, rule = %reason,
+            let source = Source::of(client.client.ip());
+            if w.peers.admit((source, reason), now, (user.clone(), peer)) {
+                tracing::warn!(%user, %client, %peer, rule = %reason,
                 "peer refused (403): add it to [peers] allow if it is a legitimate internal peer");
+            }
         }
         Event::RequestRejected {
             client,
             method,
             code,
         } => {
-            tracing::info!(%client, %method, code, "request rejected");
+            let source = Source::of(client.client.ip());
+            if w.rejected.admit(source, now, (method, code)) {
+                tracing::info!(%client, %method, code, "request rejected");
+            }
         }
         Event::CapacityReached {
             user,
@@ -143,8 +296,15 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
             limit,
         } => {
             // A full relay refuses every new call: one line per window, then a count.
-            if capacity::first_in_window(&user, limit) {
-                capacity::log_first(&user, &client, limit);
+            let key = match limit {
+                CapacityLimit::Relay { .. } => CapacityKey::Relay,
+                CapacityLimit::User { .. } | CapacityLimit::RestUser { .. } => {
+                    CapacityKey::User(user.clone())
+                }
+                CapacityLimit::Source { source, .. } => CapacityKey::Source(source),
+            };
+            if w.capacity.admit(key, now, (limit, user.clone())) {
+                capacity_first(&user, &client, limit);
             }
         }
         Event::Redirected { client, alternate } => {
@@ -173,10 +333,10 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
             match reason {
                 End::ConnectFailed(_) | End::ConnectTimeout => {
                     tracing::info!(%id, %user, %client, %peer, %conn, %reason,
-                    "TCP connect to peer failed (447): is the peer listening and reachable from the relay address?")
+                "TCP connect to peer failed (447): is the peer listening and reachable from the relay address?")
                 }
                 End::BindTimeout => tracing::info!(%id, %user, %client, %peer, %conn, %reason,
-                    "TCP peer connection closed: the client sent no ConnectionBind within 30 s"),
+                "TCP peer connection closed: the client sent no ConnectionBind within 30 s"),
                 _ => {
                     tracing::debug!(%id, %user, %client, %peer, %conn, %reason, "TCP peer connection closed")
                 }
@@ -185,450 +345,231 @@ pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
     }
 }
 
-/// Logs the summaries of rate-limited warnings (auth failures, capacity refusals) whose
-/// windows have ended. Data-path loops call it once per wake-up; it costs two atomic loads
-/// while nothing is being counted.
-pub fn flush_rate_limited() {
-    let now = std::time::Instant::now();
-    auth_flood::flush(now);
-    capacity::flush(now);
+/// Whose capacity limit a refusal hit: the relay's, one user's quota, or one source's.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+enum CapacityKey {
+    Relay,
+    User(Arc<str>),
+    Source(std::net::IpAddr),
 }
 
-/// Allocations refused for capacity: the first refusal of a [`WINDOW`](capacity::WINDOW)
-/// per limit (the relay's, or one user's) is logged at WARN, the rest are counted and
-/// summed up when the window ends. A full relay under load refuses hundreds a second.
-mod capacity {
-    use std::{
-        collections::{HashMap, VecDeque},
-        sync::{
-            Arc, LazyLock, Mutex,
-            atomic::{AtomicUsize, Ordering},
-        },
-        time::{Duration, Instant},
-    };
-
-    use relay_proto::server::{CapacityLimit, FiveTuple};
-
-    pub const WINDOW: Duration = Duration::from_secs(10);
-    /// Users counted one by one; beyond, their refusals go uncounted until a window ends
-    /// (the relay-wide limit is always counted).
-    const MAX_USERS: usize = 1024;
-
-    /// `None`: the relay-wide limit; `Some(user)`: that user's quota.
-    type Key = Option<Arc<str>>;
-
-    struct Window {
-        more: u64,
-        limit: CapacityLimit,
-        last_user: Arc<str>,
+/// A source as the operator reads it: the IPv4 address, or the IPv6 /64.
+fn source_label(source: std::net::IpAddr) -> String {
+    match source {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("{v6}/64"),
     }
+}
 
-    /// A window that ended with refusals left unlogged.
-    #[derive(Debug, PartialEq)]
-    pub struct Summary {
-        pub more: u64,
-        pub limit: CapacityLimit,
-        pub last_user: Arc<str>,
-    }
-
-    #[derive(Default)]
-    pub struct Limiter {
-        windows: HashMap<Key, Window>,
-        order: VecDeque<(Instant, Key)>,
-    }
-
-    fn key(user: &Arc<str>, limit: CapacityLimit) -> Key {
-        match limit {
-            CapacityLimit::Relay { .. } => None,
-            CapacityLimit::User { .. } => Some(user.clone()),
+fn capacity_first(user: &str, client: &relay_proto::server::FiveTuple, limit: CapacityLimit) {
+    match limit {
+        CapacityLimit::Relay { max_allocations } => {
+            tracing::warn!(%user, %client, max_allocations,
+            "relay full: max_allocations {max_allocations} reached; new allocations get 508 \
+             (or 300 to an alternate): raise max_allocations or add relays")
+        }
+        CapacityLimit::User {
+            max_allocations_per_user,
+        } => tracing::warn!(%user, %client, max_allocations_per_user,
+            "user {user} reached max_allocations_per_user {max_allocations_per_user}; \
+             their new allocations get 486: leaked allocations on the client, or raise the quota"),
+        CapacityLimit::RestUser {
+            max_allocations_per_rest_user,
+        } => tracing::warn!(%user, %client, max_allocations_per_rest_user,
+            "TURN REST user {user} reached max_allocations_per_rest_user \
+             {max_allocations_per_rest_user}; their new allocations get 486: a client \
+             leaking allocations or sharing one credential, or raise the quota"),
+        CapacityLimit::Source {
+            source,
+            max_allocations_per_source,
+        } => {
+            let source = source_label(source);
+            tracing::warn!(%user, %client, %source, max_allocations_per_source,
+            "source {source} reached max_allocations_per_source {max_allocations_per_source} \
+             (TURN REST allocations); new ones from it get 486: one host opening many \
+             credentials, or a NAT of more browsers than the quota (raise it)")
         }
     }
+}
 
-    impl Limiter {
-        /// Whether this refusal is to be logged in full; ended windows go to `ended` first.
-        pub fn admit(
-            &mut self,
-            now: Instant,
-            user: &Arc<str>,
-            limit: CapacityLimit,
-            ended: &mut Vec<Summary>,
-        ) -> bool {
-            self.expire(now, ended);
-            let k = key(user, limit);
-            if let Some(w) = self.windows.get_mut(&k) {
-                w.more += 1;
-                w.limit = limit;
-                w.last_user = user.clone();
-                return false;
-            }
-            if k.is_some() && self.windows.len() > MAX_USERS {
-                return false;
-            }
-            self.windows.insert(
-                k.clone(),
-                Window {
-                    more: 0,
-                    limit,
-                    last_user: user.clone(),
-                },
-            );
-            self.order.push_back((now, k));
-            true
-        }
-
-        pub fn expire(&mut self, now: Instant, ended: &mut Vec<Summary>) {
-            while let Some((since, _)) = self.order.front() {
-                if now.saturating_duration_since(*since) < WINDOW {
-                    break;
-                }
-                if let Some((_, k)) = self.order.pop_front()
-                    && let Some(w) = self.windows.remove(&k)
-                    && w.more > 0
-                {
-                    ended.push(Summary {
-                        more: w.more,
-                        limit: w.limit,
-                        last_user: w.last_user,
-                    });
-                }
-            }
-        }
-    }
-
-    static LIMITER: LazyLock<Mutex<Limiter>> = LazyLock::new(Mutex::default);
-    static TRACKED: AtomicUsize = AtomicUsize::new(0);
-
-    pub fn first_in_window(user: &Arc<str>, limit: CapacityLimit) -> bool {
-        let mut ended = Vec::new();
-        let first = {
-            let mut l = LIMITER.lock().unwrap_or_else(|p| p.into_inner());
-            let first = l.admit(Instant::now(), user, limit, &mut ended);
-            TRACKED.store(l.windows.len(), Ordering::Relaxed);
-            first
-        };
-        ended.into_iter().for_each(log_summary);
-        first
-    }
-
-    pub fn flush(now: Instant) {
-        if TRACKED.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let mut ended = Vec::new();
-        {
-            let mut l = LIMITER.lock().unwrap_or_else(|p| p.into_inner());
-            l.expire(now, &mut ended);
-            TRACKED.store(l.windows.len(), Ordering::Relaxed);
-        }
-        ended.into_iter().for_each(log_summary);
-    }
-
-    pub fn log_first(user: &str, client: &FiveTuple, limit: CapacityLimit) {
-        match limit {
-            CapacityLimit::Relay { max_allocations } => {
-                tracing::warn!(%user, %client, max_allocations,
-                "relay full: max_allocations {max_allocations} reached; new allocations get 508 \
-                 (or 300 to an alternate): raise max_allocations or add relays")
-            }
-            CapacityLimit::User {
-                max_allocations_per_user,
-            } => tracing::warn!(%user, %client, max_allocations_per_user,
-                "user {user} reached max_allocations_per_user {max_allocations_per_user}; \
-                 their new allocations get 486: leaked allocations on the client, or raise the quota"),
-        }
-    }
-
-    fn log_summary(s: Summary) {
-        let secs = WINDOW.as_secs();
-        let (more, last_user) = (s.more, &*s.last_user);
-        match s.limit {
-            CapacityLimit::Relay { max_allocations } => tracing::warn!(
+fn capacity_summary(s: Summary<CapacityKey, (CapacityLimit, Arc<str>)>) {
+    let secs = WINDOW.as_secs();
+    let (more, (limit, last_user)) = (s.more, s.last);
+    let last_user = &*last_user;
+    match limit {
+        CapacityLimit::Relay { max_allocations } => tracing::warn!(
+            more,
+            last_user,
+            max_allocations,
+            "relay full: {more} more allocations refused in the last {secs} s (max_allocations {max_allocations})"
+        ),
+        CapacityLimit::User {
+            max_allocations_per_user,
+        } => tracing::warn!(
+            more,
+            user = last_user,
+            max_allocations_per_user,
+            "user {last_user}: {more} more allocations refused (486) in the last {secs} s \
+             (max_allocations_per_user {max_allocations_per_user})"
+        ),
+        CapacityLimit::RestUser {
+            max_allocations_per_rest_user,
+        } => tracing::warn!(
+            more,
+            user = last_user,
+            max_allocations_per_rest_user,
+            "TURN REST user {last_user}: {more} more allocations refused (486) in the last \
+             {secs} s (max_allocations_per_rest_user {max_allocations_per_rest_user})"
+        ),
+        CapacityLimit::Source {
+            source,
+            max_allocations_per_source,
+        } => {
+            let source = source_label(source);
+            tracing::warn!(
                 more,
+                %source,
                 last_user,
-                max_allocations,
-                "relay full: {more} more allocations refused in the last {secs} s (max_allocations {max_allocations})"
-            ),
-            CapacityLimit::User {
-                max_allocations_per_user,
-            } => tracing::warn!(
-                more,
-                user = last_user,
-                max_allocations_per_user,
-                "user {last_user}: {more} more allocations refused (486) in the last {secs} s \
-                 (max_allocations_per_user {max_allocations_per_user})"
-            ),
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn first_refusal_per_limit_is_logged_repeats_are_summed_up() {
-            let mut l = Limiter::default();
-            let t0 = Instant::now();
-            let mut ended = Vec::new();
-            let (alice, bob): (Arc<str>, Arc<str>) = ("alice".into(), "bob".into());
-            let full = CapacityLimit::Relay {
-                max_allocations: 1800,
-            };
-            let quota = CapacityLimit::User {
-                max_allocations_per_user: 3,
-            };
-            assert!(l.admit(t0, &alice, full, &mut ended));
-            // The relay-wide limit is one window whoever asks.
-            assert!(!l.admit(t0, &bob, full, &mut ended));
-            assert!(!l.admit(t0 + Duration::from_secs(1), &alice, full, &mut ended));
-            // A user's quota is a window of its own, per user.
-            assert!(l.admit(t0, &alice, quota, &mut ended));
-            assert!(l.admit(t0, &bob, quota, &mut ended));
-            assert!(!l.admit(t0, &bob, quota, &mut ended));
-            l.expire(t0 + WINDOW - Duration::from_millis(1), &mut ended);
-            assert!(ended.is_empty());
-            l.expire(t0 + WINDOW, &mut ended);
-            ended.sort_by_key(|s| s.more);
-            assert_eq!(
-                ended,
-                vec![
-                    Summary {
-                        more: 1,
-                        limit: quota,
-                        last_user: bob.clone(),
-                    },
-                    Summary {
-                        more: 2,
-                        limit: full,
-                        last_user: alice.clone(),
-                    },
-                ]
-            );
-            // A new window logs in full again.
-            assert!(l.admit(t0 + WINDOW, &bob, full, &mut ended));
+                max_allocations_per_source,
+                "source {source}: {more} more allocations refused (486) in the last {secs} s \
+                 (max_allocations_per_source {max_allocations_per_source})"
+            )
         }
     }
 }
 
-/// Repeated auth failures per source IP: the first of a [`WINDOW`](auth_flood::WINDOW)
-/// is logged in full, the rest are counted and summed up in one line when the window ends
-/// (coturn's uclient retries a wrong password about 30 times in 25 ms; a scanner far more).
-/// One table for all shards: a client's retries from new ports may land on any of them.
-mod auth_flood {
-    use std::{
-        collections::{HashMap, VecDeque},
-        net::IpAddr,
-        sync::{
-            LazyLock, Mutex,
-            atomic::{AtomicUsize, Ordering},
-        },
-        time::{Duration, Instant},
-    };
-
-    use relay_proto::auth::AuthError;
-
-    pub const WINDOW: Duration = Duration::from_secs(10);
-    /// Sources counted one by one; beyond, failures are counted together (memory bound
-    /// under a spoofed-source flood).
-    const MAX_SOURCES: usize = 4096;
-
-    struct Source {
-        since: Instant,
-        more: u64,
-        last_user: Option<String>,
-        last_reason: Option<AuthError>,
+fn auth_summary(s: Summary<Source, (Option<String>, AuthError)>) {
+    let secs = WINDOW.as_secs();
+    let (more, (last_user, last_reason)) = (s.more, s.last);
+    let last_user = last_user.as_deref().unwrap_or("-");
+    match s.key {
+        Some(source) => tracing::warn!(client_ip = %source, more, last_user, %last_reason,
+            "{more} more authentication failures from {source} in the last {secs} s"),
+        None => tracing::warn!(more, last_user, %last_reason,
+            "{more} more authentication failures from other sources in the last {secs} s \
+             (too many sources to count one by one: an attack or a misconfigured fleet?)"),
     }
+}
 
-    /// A window that ended with failures left unlogged; `ip` None: the overflow bucket.
-    #[derive(Debug, PartialEq)]
-    pub struct Summary {
-        pub ip: Option<IpAddr>,
-        pub more: u64,
-        pub last_user: Option<String>,
-        pub last_reason: Option<AuthError>,
-    }
-
-    #[derive(Default)]
-    pub struct Limiter {
-        sources: HashMap<IpAddr, Source>,
-        /// Window starts in order, so expiry only looks at the front.
-        order: VecDeque<(Instant, IpAddr)>,
-        overflow: Option<Source>,
-    }
-
-    impl Limiter {
-        /// Whether this failure is to be logged in full (the first from `ip` in its
-        /// window); otherwise it is counted. Ended windows go to `ended` first.
-        pub fn admit(
-            &mut self,
-            ip: IpAddr,
-            now: Instant,
-            user: &Option<String>,
-            reason: AuthError,
-            ended: &mut Vec<Summary>,
-        ) -> bool {
-            self.expire(now, ended);
-            let fresh = || Source {
-                since: now,
-                more: 0,
-                last_user: None,
-                last_reason: None,
-            };
-            if !self.sources.contains_key(&ip) && self.sources.len() < MAX_SOURCES {
-                self.sources.insert(ip, fresh());
-                self.order.push_back((now, ip));
-                return true;
-            }
-            let counted = match self.sources.get_mut(&ip) {
-                Some(s) => s,
-                None => self.overflow.get_or_insert_with(fresh),
-            };
-            counted.more += 1;
-            counted.last_user.clone_from(user);
-            counted.last_reason = Some(reason);
-            false
+fn peers_summary(s: Summary<(Source, DenyReason), (Arc<str>, SocketAddr)>) {
+    let secs = WINDOW.as_secs();
+    let (more, (last_user, last_peer)) = (s.more, s.last);
+    let last_user = &*last_user;
+    match s.key {
+        Some((source, rule)) => {
+            tracing::warn!(client_ip = %source, more, last_user, %last_peer, %rule,
+            "{more} more peers refused (403) for clients at {source} in the last {secs} s")
         }
+        None => tracing::warn!(more, last_user, %last_peer,
+            "{more} more peers refused (403) for clients at other sources in the last {secs} s \
+             (too many sources to count one by one)"),
+    }
+}
 
-        /// Ends the windows older than [`WINDOW`]; those with unlogged failures go to `ended`.
-        pub fn expire(&mut self, now: Instant, ended: &mut Vec<Summary>) {
-            let over = |since: Instant| now.saturating_duration_since(since) >= WINDOW;
-            while let Some(&(since, ip)) = self.order.front() {
-                if !over(since) {
-                    break;
-                }
-                self.order.pop_front();
-                if let Some(s) = self.sources.remove(&ip)
-                    && s.more > 0
-                {
-                    ended.push(summary(Some(ip), s));
-                }
-            }
-            if self.overflow.as_ref().is_some_and(|s| over(s.since))
-                && let Some(s) = self.overflow.take()
-            {
-                ended.push(summary(None, s));
-            }
+fn rejected_summary(s: Summary<Source, (Method, u16)>) {
+    let secs = WINDOW.as_secs();
+    let (more, (last_method, last_code)) = (s.more, s.last);
+    match s.key {
+        Some(source) => tracing::info!(client_ip = %source, more, %last_method, last_code,
+            "{more} more requests rejected from {source} in the last {secs} s"),
+        None => tracing::info!(more, %last_method, last_code,
+            "{more} more requests rejected from other sources in the last {secs} s \
+             (too many sources to count one by one)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use relay_proto::server::{FiveTuple, Transport};
+
+    use super::*;
+
+    /// A tracing writer into a shared buffer.
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
         }
-
-        fn tracked(&self) -> usize {
-            self.sources.len() + usize::from(self.overflow.is_some())
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
 
-    fn summary(ip: Option<IpAddr>, s: Source) -> Summary {
-        Summary {
-            ip,
-            more: s.more,
-            last_user: s.last_user,
-            last_reason: s.last_reason,
-        }
+    /// What a data-path thread pays for an event is counting it and queueing it: the
+    /// line is formatted and written by the log thread (here, by no subscriber at all).
+    #[test]
+    fn the_calling_thread_writes_no_line() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Captured(b.clone()))
+            .finish();
+        let client = FiveTuple::new(
+            "203.0.113.10:5000".parse().unwrap(),
+            "198.51.100.50:3478".parse().unwrap(),
+            Transport::Udp,
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            log(Event::RequestRejected {
+                client,
+                method: Method::BINDING,
+                code: 400,
+            });
+            flush(Duration::from_secs(5));
+        });
+        let written = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+        assert_eq!(written, "", "the data-path thread wrote the line itself");
     }
 
-    static LIMITER: LazyLock<Mutex<Limiter>> = LazyLock::new(Mutex::default);
-    /// Sources being counted, readable without the lock.
-    static TRACKED: AtomicUsize = AtomicUsize::new(0);
-
-    pub fn first_in_window(ip: IpAddr, user: &Option<String>, reason: AuthError) -> bool {
-        let mut ended = Vec::new();
-        let first = {
-            let mut l = LIMITER.lock().unwrap_or_else(|p| p.into_inner());
-            let first = l.admit(ip, Instant::now(), user, reason, &mut ended);
-            TRACKED.store(l.tracked(), Ordering::Relaxed);
-            first
+    /// Each REST user and each source over its quota has a window of its own: the first
+    /// refusal of each is logged in full, repeats only counted.
+    #[test]
+    fn each_rest_user_and_each_source_has_a_capacity_window_of_its_own() {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || Captured(b.clone()))
+            .finish();
+        let client = FiveTuple::new(
+            "203.0.113.10:5000".parse().unwrap(),
+            "198.51.100.50:3478".parse().unwrap(),
+            Transport::Udp,
+        );
+        let rest = CapacityLimit::RestUser {
+            max_allocations_per_rest_user: 16,
         };
-        ended.into_iter().for_each(log);
-        first
-    }
-
-    pub fn flush(now: Instant) {
-        if TRACKED.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let mut ended = Vec::new();
-        {
-            let mut l = LIMITER.lock().unwrap_or_else(|p| p.into_inner());
-            l.expire(now, &mut ended);
-            TRACKED.store(l.tracked(), Ordering::Relaxed);
-        }
-        ended.into_iter().for_each(log);
-    }
-
-    fn log(s: Summary) {
-        let secs = WINDOW.as_secs();
-        let last_user = s.last_user.as_deref().unwrap_or("-");
-        let last_reason = s.last_reason.map(|r| r.to_string()).unwrap_or_default();
-        match s.ip {
-            Some(ip) => tracing::warn!(client_ip = %ip, more = s.more, last_user, %last_reason,
-                "{} more authentication failures from {ip} in the last {secs} s", s.more),
-            None => tracing::warn!(more = s.more, last_user, %last_reason,
-                "{} more authentication failures from other sources in the last {secs} s \
-                 (too many sources to count one by one: an attack or a misconfigured fleet?)", s.more),
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn first_is_logged_repeats_are_summed_up_when_the_window_ends() {
-            let mut l = Limiter::default();
-            let (a, b): (IpAddr, IpAddr) = (
-                "203.0.113.10".parse().unwrap(),
-                "203.0.113.11".parse().unwrap(),
-            );
-            let t0 = Instant::now();
-            let mut ended = Vec::new();
-            let alice = Some("alice".to_owned());
-            assert!(l.admit(a, t0, &alice, AuthError::BadIntegrity, &mut ended));
-            for i in 1..=30 {
-                let t = t0 + Duration::from_millis(i);
-                assert!(!l.admit(a, t, &alice, AuthError::BadIntegrity, &mut ended));
+        let source = |ip: &str| CapacityLimit::Source {
+            source: ip.parse().unwrap(),
+            max_allocations_per_source: 1000,
+        };
+        let now = Instant::now();
+        let mut w = Writer::default();
+        tracing::subscriber::with_default(subscriber, || {
+            for (user, limit) in [
+                ("1:b1", rest),
+                ("1:b1", rest),
+                ("1:b2", rest),
+                ("1:b3", source("203.0.113.7")),
+                ("1:b4", source("203.0.113.7")),
+                ("1:b5", source("203.0.113.8")),
+            ] {
+                let event = Event::CapacityReached {
+                    user: user.into(),
+                    client,
+                    limit,
+                };
+                write(&mut w, event, None, now);
             }
-            // Another source has its own window.
-            assert!(l.admit(
-                b,
-                t0 + Duration::from_secs(1),
-                &None,
-                AuthError::UnknownUser,
-                &mut ended
-            ));
-            l.expire(t0 + WINDOW - Duration::from_millis(1), &mut ended);
-            assert!(ended.is_empty());
-            l.expire(t0 + WINDOW, &mut ended);
-            assert_eq!(
-                ended,
-                vec![Summary {
-                    ip: Some(a),
-                    more: 30,
-                    last_user: alice.clone(),
-                    last_reason: Some(AuthError::BadIntegrity),
-                }]
-            );
-            // A new window starts with a logged line again; b ends without a summary.
-            ended.clear();
-            assert!(l.admit(a, t0 + WINDOW, &alice, AuthError::StaleNonce, &mut ended));
-            l.expire(t0 + Duration::from_secs(11), &mut ended);
-            assert!(ended.is_empty(), "{ended:?}");
-            assert_eq!(l.tracked(), 1);
-        }
-
-        #[test]
-        fn sources_beyond_the_bound_share_one_counter() {
-            let mut l = Limiter::default();
-            let t0 = Instant::now();
-            let mut ended = Vec::new();
-            for i in 0..MAX_SOURCES as u32 {
-                let ip = IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
-                assert!(l.admit(ip, t0, &None, AuthError::UnknownUser, &mut ended));
-            }
-            let extra: IpAddr = "198.51.100.7".parse().unwrap();
-            assert!(!l.admit(extra, t0, &None, AuthError::UnknownUser, &mut ended));
-            assert!(!l.admit(extra, t0, &None, AuthError::UnknownUser, &mut ended));
-            l.expire(t0 + WINDOW, &mut ended);
-            assert_eq!(ended.len(), 1, "{ended:?}");
-            assert_eq!(ended[0].ip, None);
-            assert_eq!(ended[0].more, 2);
-            assert_eq!(l.tracked(), 0);
-        }
+        });
+        let written = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
+        let lines = |needle: &str| written.lines().filter(|l| l.contains(needle)).count();
+        assert_eq!(lines("TURN REST user 1:b1 reached"), 1, "{written}");
+        assert_eq!(lines("TURN REST user 1:b2 reached"), 1, "{written}");
+        assert_eq!(lines("source 203.0.113.7 reached"), 1, "{written}");
+        assert_eq!(lines("source 203.0.113.8 reached"), 1, "{written}");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use relay_common::AllocCounters;
 use relay_proto::{
     auth::AuthError,
-    server::{CloseReason, Counters, Event, FiveTuple, Transport},
+    server::{CapacityLimit, CloseReason, Counters, Event, FiveTuple, Transport},
 };
 
 /// Why allocations ended, as the `reason` label of `relay_allocations_ended_total`.
@@ -25,6 +25,19 @@ pub const AUTH_REASONS: [&str; 8] = [
     "unsupported_algorithm",
     "malformed_username",
 ];
+
+/// Which quota refused an allocation, as the `limit` label of
+/// `relay_allocations_refused_total` (`[limits]` key without `max_allocations_`).
+pub const REFUSAL_LIMITS: [&str; 4] = ["relay", "per_user", "per_rest_user", "per_source"];
+
+fn refusal_index(l: CapacityLimit) -> usize {
+    match l {
+        CapacityLimit::Relay { .. } => 0,
+        CapacityLimit::User { .. } => 1,
+        CapacityLimit::RestUser { .. } => 2,
+        CapacityLimit::Source { .. } => 3,
+    }
+}
 
 fn auth_reason_index(e: AuthError) -> usize {
     match e {
@@ -111,6 +124,8 @@ pub struct EventCounters {
     redirected: AtomicU64,
     auth_failures: [AtomicU64; AUTH_REASONS.len()],
     peers_denied: AtomicU64,
+    /// Allocations refused by a quota, per [`REFUSAL_LIMITS`].
+    refused: [AtomicU64; REFUSAL_LIMITS.len()],
     /// Traffic of allocations that have ended, per path: live ones are read from the
     /// cores and maps at scrape time, so the totals never go back.
     retired: [AtomicTraffic; Path::ALL.len()],
@@ -160,6 +175,9 @@ pub fn observe(event: &Event) {
         Event::Redirected { .. } => {
             c.redirected.fetch_add(1, Ordering::Relaxed);
         }
+        Event::CapacityReached { limit, .. } => {
+            c.refused[refusal_index(*limit)].fetch_add(1, Ordering::Relaxed);
+        }
         // Refreshes, other rejections (counted per code by the core) and events
         // without a counter of their own.
         _ => {}
@@ -195,6 +213,14 @@ impl EventCounters {
         AUTH_REASONS
             .iter()
             .zip(&self.auth_failures)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+    }
+
+    /// `(limit, count)` in [`REFUSAL_LIMITS`] order.
+    pub fn refused(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        REFUSAL_LIMITS
+            .iter()
+            .zip(&self.refused)
             .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
     }
 
@@ -239,6 +265,18 @@ mod tests {
         });
         assert!(c.redirected() > redirected);
         assert!(bad(c).unwrap().1 > bad0);
+
+        let refused = |c: &EventCounters| c.refused().find(|(l, _)| *l == "per_source").unwrap().1;
+        let before = refused(c);
+        observe(&Event::CapacityReached {
+            user: "1700000000:b1".into(),
+            client,
+            limit: CapacityLimit::Source {
+                source: client.client.ip(),
+                max_allocations_per_source: 1000,
+            },
+        });
+        assert!(refused(c) > before);
     }
 
     #[test]

@@ -37,11 +37,35 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let loader = path
         .clone()
         .map(|p| Box::new(move || config::load(&p).map(|c| apply_flags(c, &args))) as ConfigLoader);
+    // The privileged part, then the capabilities it needed go, while this is the only
+    // thread: every thread started later inherits only what is kept.
+    let fast_path = start_xdp(&config)?;
+    crate::privileges::drop_after_setup(still_needed(&config, &fast_path))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, path, loader))
+    runtime.block_on(serve(config, path, loader, fast_path))
+}
+
+/// The kernel program (if it runs), its maps as the shards use them, and the forwarding
+/// it needs (restored when dropped).
+type FastPath = (Option<XdpPath>, Kernel, Option<ForwardingGuard>);
+
+/// What the relay needs capabilities for once the fast path is set up.
+fn still_needed(config: &Config, (xdp, _, forwarding): &FastPath) -> crate::privileges::Needs {
+    use crate::privileges::is_privileged_port;
+    let low_ports = config
+        .listeners
+        .iter()
+        .map(|l| l.address.port())
+        .chain([config.admin.address.port(), config.ports.low])
+        .any(is_privileged_port);
+    crate::privileges::Needs {
+        teardown: forwarding.as_ref().is_some_and(|f| f.restores_at_exit()),
+        low_ports,
+        bpf_maps: xdp.is_some() && crate::privileges::bpf_calls_need_cap(),
+    }
 }
 
 /// Command-line flags win over the file.
@@ -75,9 +99,13 @@ async fn serve(
     config: Config,
     path: Option<std::path::PathBuf>,
     loader: Option<ConfigLoader>,
+    (mut xdp, kernel, forwarding): FastPath,
 ) -> anyhow::Result<()> {
     let signals = Signals::new().context("installing the SIGHUP/SIGTERM/SIGINT handlers")?;
-    let (xdp, kernel, forwarding) = start_xdp(&config)?;
+    if let Some(x) = &mut xdp {
+        // Detached task: it ends with the runtime.
+        drop(crate::xdp::spawn_log_pump(x.ebpf_mut()));
+    }
     let udp: Vec<_> = config
         .listeners
         .iter()
@@ -85,7 +113,9 @@ async fn serve(
         .map(|l| l.address)
         .collect();
     // Every shard's core counts ports and quotas in `cores`, and checks nonces with its key.
-    let cores = crate::core::Cores::new(&config)?;
+    let local = local_prefixes();
+    let cores =
+        crate::core::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
     let mut shards: Vec<ShardHandle> = Vec::new();
     let mut threads = Vec::new();
     let workers = if udp.is_empty() {
@@ -129,7 +159,10 @@ async fn serve(
         tls_reload = tcp.tls;
         tcp_stats = Some(tcp.stats);
     }
-    let xdp_status = XdpStatus::of(&config, xdp.as_ref());
+    let mut xdp_status = XdpStatus::of(&config, xdp.as_ref());
+    xdp_status.forwarding_off = forwarding
+        .as_ref()
+        .and_then(|f| f.off_reason().map(str::to_owned));
     let control = std::sync::Arc::new(Control::new(
         config.clone(),
         path,
@@ -140,6 +173,18 @@ async fn serve(
     ));
     if let Some(stats) = tcp_stats {
         control.set_tcp_stats(stats);
+    }
+    if let Some(local) = local {
+        let c = control.clone();
+        if let Err(e) =
+            crate::local_routes::watch(local, move |prefixes| c.set_local_prefixes(prefixes))
+        {
+            tracing::warn!(error = %e,
+                "cannot follow the routing table: addresses added to this host later are not refused as peers until a restart");
+        }
+    }
+    if let Some(w) = crate::core::rest_policy_warning(&config) {
+        tracing::warn!("{w}");
     }
     if let Some(acceptor) = tls_reload {
         control.on_reload("tls", Box::new(crate::tcp::reload_hook(acceptor)));
@@ -193,11 +238,31 @@ async fn serve(
     // Detach first, then put the host's forwarding back (the guard goes last).
     drop(xdp);
     drop(forwarding);
+    // The last allocations' lines, and the summaries of throttled floods.
+    crate::events::flush(std::time::Duration::from_secs(2));
     tracing::info!(allocations, "stopped");
     if let Some(name) = died {
         anyhow::bail!("data-path thread {name} stopped unexpectedly");
     }
     Ok(())
+}
+
+/// The host's locally routed prefixes (its own addresses), which the peer policy refuses
+/// besides the configured ones; `None` (logged) if netlink cannot tell: then only the
+/// configured listener, admin and relay addresses count as the relay host.
+fn local_prefixes() -> Option<Vec<ipnet::IpNet>> {
+    match crate::local_routes::dump() {
+        Ok(p) => {
+            tracing::info!(prefixes = p.len(), list = %crate::local_routes::list(&p),
+                "peers at the addresses of this host are refused (relay addresses stay hairpins)");
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e,
+                "cannot read the local routing table over netlink: only the configured listener, admin and relay addresses are refused as peers; other addresses of this host are not");
+            None
+        }
+    }
 }
 
 /// `[udp] workers`, with 0 resolved to the CPUs this process may run on.
@@ -223,9 +288,7 @@ async fn shard_exited<T>(threads: &[std::thread::JoinHandle<T>]) -> String {
 /// (`[xdp] forwarding`), and hands its maps to the shards. With `auto`, a failure to load
 /// leaves the relay running on its userspace path, with the reason logged; an explicit
 /// mode makes it fatal, because the operator asked for it.
-fn start_xdp(
-    config: &Config,
-) -> anyhow::Result<(Option<XdpPath>, Kernel, Option<ForwardingGuard>)> {
+fn start_xdp(config: &Config) -> anyhow::Result<FastPath> {
     let (mode, interfaces) = (config.xdp_mode, &config.xdp_interfaces);
     if mode == AttachMode::Off || interfaces.is_empty() {
         tracing::info!("XDP fast path off: relaying in userspace");
@@ -240,8 +303,6 @@ fn start_xdp(
         }
         Err(e) => return Err(e.into()),
     };
-    // Detached task: it ends with the runtime.
-    drop(crate::xdp::spawn_log_pump(xdp.ebpf_mut()));
     for ifname in interfaces {
         xdp.attach(ifname, mode)
             .with_context(|| format!("[xdp] interfaces: `{ifname}`"))?;

@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use relay_proto::server::Limits;
 use relay_proto::stun::{
     AlternateServer, Class, ErrorCode, Message, MessageWriter, Method, Nonce, Realm, Software,
     XorMappedAddress,
@@ -772,15 +773,35 @@ fn own_relay_rest_secret_and_wrong_password() {
 fn own_relay_quota_and_full_hints() {
     bounded(TEST_LIMIT, || {
         // Per-user quota 0: 486.
-        let relay = OwnRelay::start(|s| s.set_limits(100, 0));
+        let relay = OwnRelay::start(|s| {
+            s.set_limits(Limits {
+                max_allocations: 100,
+                max_allocations_per_user: 0,
+                ..s.limits()
+            })
+        });
         let (sock, _) = loopback_socket();
         let r = probe::probe(&sock, relay.addr, &long_term(PASSWORD));
         let e = r.allocation.unwrap().step.error.unwrap();
-        assert_eq!((e.code, e.hint), (486, Some("user quota reached")));
+        assert_eq!(
+            (e.code, e.hint),
+            (
+                486,
+                Some(
+                    "allocation quota reached (this user's, or this source's for TURN REST credentials)"
+                )
+            )
+        );
         assert_eq!(r.exit_code, exit::SERVER_ERROR);
 
         // No room at all: 508.
-        let relay = OwnRelay::start(|s| s.set_limits(0, 10));
+        let relay = OwnRelay::start(|s| {
+            s.set_limits(Limits {
+                max_allocations: 0,
+                max_allocations_per_user: 10,
+                ..s.limits()
+            })
+        });
         let (sock, _) = loopback_socket();
         let r = probe::probe(&sock, relay.addr, &long_term(PASSWORD));
         let e = r.allocation.unwrap().step.error.unwrap();

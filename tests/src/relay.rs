@@ -60,6 +60,16 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// How [`RelayProcess::start_launched`] starts the relay beyond its config.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Extra environment (e.g. a `PATH` with stand-ins for host tools).
+    pub env: Vec<(String, String)>,
+    /// A command the relay runs under, which execs it in place (e.g. `setpriv …`), so
+    /// the child's pid stays the relay's.
+    pub wrapper: Vec<String>,
+}
+
 /// A running `relay serve`. Dropping it stops the process and removes its temp dir.
 pub struct RelayProcess {
     child: Child,
@@ -102,7 +112,19 @@ impl RelayProcess {
             return Err(e);
         }
 
-        Self::launch(ns, dir, config_path, true)
+        Self::launch(ns, dir, config_path, true, &Launch::default())
+    }
+
+    /// Like [`start`](Self::start), started as `launch` says (environment, a wrapper).
+    pub fn start_launched(ns: &Netns, config: &str, launch: &Launch) -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("relay-test-{}", crate::netns::unique_id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let config_path = dir.join("relay.toml");
+        if let Err(e) = std::fs::write(&config_path, config) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(format!("write {}: {e}", config_path.display()));
+        }
+        Self::launch(ns, dir, config_path, true, launch)
     }
 
     /// `relay serve` with no config: the loopback demo, on 127.0.0.1:3478 of `ns`.
@@ -110,7 +132,7 @@ impl RelayProcess {
         let dir = std::env::temp_dir().join(format!("relay-test-{}", crate::netns::unique_id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let config_path = dir.join("no-config");
-        Self::launch(ns, dir, config_path, false)
+        Self::launch(ns, dir, config_path, false, &Launch::default())
     }
 
     fn launch(
@@ -118,9 +140,18 @@ impl RelayProcess {
         dir: PathBuf,
         config_path: PathBuf,
         with_config: bool,
+        launch: &Launch,
     ) -> Result<Self, String> {
         let bin = crate::relay_binary();
-        let mut cmd = ns.command(bin.to_str().expect("utf-8 path"));
+        let bin = bin.to_str().expect("utf-8 path");
+        let mut cmd = match launch.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = ns.command(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => ns.command(bin),
+        };
         cmd.arg("serve");
         if with_config {
             cmd.arg("--config").arg(&config_path);
@@ -131,11 +162,12 @@ impl RelayProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(format!("cannot spawn {}: {e}", bin.display()));
+                return Err(format!("cannot spawn {bin}: {e}"));
             }
         };
         let log = Arc::new(LogBuf::default());

@@ -753,9 +753,13 @@ fn echo_round_trip(s: &TcpStream, total: usize) -> Result<(), String> {
     let mut got = 0usize;
     let mut buf = [0u8; 32 * 1024];
     while got < total {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| format!("read after {got} of {total} bytes: {e}"))?;
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            // A socket read with a timeout returns EINTR when the process is stopped and
+            // continued (or takes any signal); std's read_exact retries it, so do we.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("read after {got} of {total} bytes: {e}")),
+        };
         if n == 0 {
             return Err(format!("EOF after {got} of {total} bytes"));
         }

@@ -25,8 +25,9 @@ use relay_tests::{
     cmd::CmdError,
     coturn::Uclient,
     fixture::{self, Deployment, PASSWORD, RelayConfig, send_udp, start_relay, turn_client},
-    relay::field,
+    relay::{Launch, RelayProcess, field},
 };
+use relay_tools::status::AdminClient;
 
 /// How long to wait for the deletion lines after uclient exits (it deletes its
 /// allocations on the way out).
@@ -517,4 +518,192 @@ fn manual_forwarding_off_warns_and_falls_back_to_userspace() {
     u.clients = 2;
     u.messages = 20;
     relay_all_on(&env, &env.topo.client, &u, Path::Userspace);
+}
+
+/// A PATH whose `nft` refuses every script as a host without nf_tables would, in a temp
+/// dir that the returned guard removes.
+struct FailingNft {
+    dir: std::path::PathBuf,
+}
+
+/// What the stand-in prints, as nft does on a kernel without nf_tables.
+const NFT_ERROR: &str = "Error: Could not process rule: Operation not supported";
+
+impl FailingNft {
+    fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!(
+            "relay-fake-nft-{}",
+            relay_tests::netns::unique_id()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let nft = dir.join("nft");
+        std::fs::write(&nft, format!("#!/bin/sh\necho '{NFT_ERROR}' >&2\nexit 1\n"))
+            .expect("write fake nft");
+        std::fs::set_permissions(&nft, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        Self { dir }
+    }
+
+    fn launch(&self) -> Launch {
+        let path = std::env::var("PATH").unwrap_or_default();
+        Launch {
+            env: vec![("PATH".into(), format!("{}:{path}", self.dir.display()))],
+            ..Launch::default()
+        }
+    }
+}
+
+impl Drop for FailingNft {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `[xdp] forwarding = "auto"` on a host where nft refuses the guard: forwarding stays
+/// off (fail closed: the host never routes unguarded), the program still runs on both
+/// NICs and passes what it cannot route to userspace, which relays it; the log and
+/// /api/status say why.
+#[test]
+fn forwarding_stays_off_when_the_guard_cannot_be_installed() {
+    let nft = FailingNft::new();
+    let launch = nft.launch();
+    let env = Deployment::start_kernel_path(TopologyOptions::default(), |topo| {
+        RelayProcess::start_launched(&topo.relay, &config(topo), &launch)
+            .unwrap_or_else(|e| panic!("relay did not start: {e}"))
+    })
+    .with_media_peer();
+    for ifname in [&env.topo.relay_external_if, &env.topo.relay_internal_if] {
+        let key = forwarding_key(ifname);
+        assert_eq!(
+            sysctl(&env.topo.relay, &key),
+            "0",
+            "{key} turned on without its nftables guard:\n{}",
+            env.relay.logs()
+        );
+        let link = env
+            .topo
+            .relay
+            .ip(&["-d", "link", "show", "dev", ifname])
+            .unwrap_or_else(|e| panic!("ip link show {ifname}: {e}"));
+        assert!(
+            link.contains("xdp") && link.contains("prog/xdp"),
+            "no XDP program on {ifname}:\n{link}"
+        );
+    }
+    let warned = env
+        .relay
+        .wait_for_log("forwarding stays OFF", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        warned.contains(" WARN ") && warned.contains(NFT_ERROR) && warned.contains("nftables"),
+        "the warning names neither nft's error nor what to do: {warned}"
+    );
+    let status = env
+        .topo
+        .relay
+        .run(|| AdminClient::new("127.0.0.1:9641".parse().unwrap(), None).status())
+        .expect("enter relay namespace")
+        .unwrap_or_else(|e| panic!("/api/status: {e}\n{}", env.relay.logs()));
+    let off = status.xdp.forwarding_off.clone().unwrap_or_default();
+    assert!(
+        off.contains(NFT_ERROR),
+        "/api/status does not say why forwarding is off: {:?}",
+        status.xdp
+    );
+    assert_eq!(status.xdp.interfaces.len(), 2, "{:?}", status.xdp);
+
+    // ChannelData still reaches the peer and comes back, through userspace.
+    let mut u = uclient(&env, env.addrs().public);
+    u.clients = 2;
+    u.messages = 20;
+    relay_all_on(&env, &env.topo.client, &u, Path::Userspace);
+}
+
+/// The uid the relay runs as in [`runs_as_a_user_with_only_the_capabilities_it_keeps`]:
+/// no account needed, nothing on the host owned by it.
+const RELAY_UID: u32 = 64_000;
+/// CAP_NET_ADMIN: all the relay keeps once its program runs (for teardown: restoring the
+/// forwarding sysctls and removing the guard table).
+const KEPT_CAPS: u64 = 1 << 12;
+
+/// One `Name:\tvalue` line of a /proc status file.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .unwrap_or_else(|| panic!("no {name} in:\n{status}"))
+        .trim()
+        .to_owned()
+}
+
+fn cap_mask(status: &str, name: &str) -> u64 {
+    u64::from_str_radix(&status_field(status, name), 16).expect("hex capability mask")
+}
+
+/// As systemd starts it (`User=`, `AmbientCapabilities=`, `CapabilityBoundingSet=` of
+/// deploy/relay.service): a non-root uid with the capabilities to start. Once its
+/// program is attached it keeps CAP_NET_ADMIN alone, in every thread, and still relays in
+/// the kernel, reloads on SIGHUP, and puts the host back at SIGTERM.
+#[test]
+fn runs_as_a_user_with_only_the_capabilities_it_keeps() {
+    let caps = "-all,+bpf,+perfmon,+net_admin,+net_bind_service,+setpcap";
+    let launch = Launch {
+        wrapper: [
+            "setpriv".to_owned(),
+            format!("--reuid={RELAY_UID}"),
+            format!("--regid={RELAY_UID}"),
+            "--clear-groups".to_owned(),
+            format!("--inh-caps={caps}"),
+            format!("--ambient-caps={caps}"),
+            format!("--bounding-set={caps}"),
+        ]
+        .into(),
+        ..Launch::default()
+    };
+    let env = Deployment::start_kernel_path(TopologyOptions::default(), |topo| {
+        RelayProcess::start_launched(&topo.relay, &config(topo), &launch)
+            .unwrap_or_else(|e| panic!("relay did not start: {e}"))
+    })
+    .with_media_peer();
+    assert_startup_log(&env);
+    let pid = env.relay.pid();
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the relay's threads")
+        .map(|t| t.expect("task").path())
+        .collect();
+    assert!(tasks.len() > 1, "{tasks:?}");
+    for task in &tasks {
+        let status = std::fs::read_to_string(task.join("status")).expect("status");
+        let who = format!("{} ({})", task.display(), status_field(&status, "Name"));
+        assert_eq!(
+            status_field(&status, "Uid"),
+            format!("{RELAY_UID}\t{RELAY_UID}\t{RELAY_UID}\t{RELAY_UID}"),
+            "{who}"
+        );
+        for set in ["CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd"] {
+            assert_eq!(
+                cap_mask(&status, set),
+                KEPT_CAPS,
+                "{who}: {set} is {:#x}, not CAP_NET_ADMIN alone\n{}",
+                cap_mask(&status, set),
+                env.relay.logs()
+            );
+        }
+    }
+    let kept = env
+        .relay
+        .wait_for_log("capabilities dropped", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(kept.contains("CAP_NET_ADMIN"), "{kept}");
+
+    let mut u = uclient(&env, env.addrs().public);
+    u.clients = 2;
+    u.messages = 20;
+    relay_all_on(&env, &env.topo.client, &u, Path::Kernel);
+
+    env.relay.signal(libc::SIGHUP);
+    env.relay
+        .wait_for_log("configuration reloaded", LOG_WAIT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_restored_after_stop(env);
 }

@@ -19,11 +19,24 @@ const MAX_USERNAME: usize = 512;
 /// STUN REALM must be shorter than 128 characters (RFC 8489 §14.9).
 const MAX_REALM_CHARS: usize = 127;
 
+/// Which kind of credential a key belongs to. The peer policy may differ between them:
+/// static users are typically the operator's own servers, REST users browsers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CredentialKind {
+    /// A configured user (`[auth] users` or a users file).
+    #[default]
+    Static,
+    /// A TURN REST username whose password derives from a shared secret.
+    Rest,
+}
+
 /// Candidate keys for one username, in the order to try them. Fixed capacity, no heap.
 #[derive(Clone)]
 pub struct Candidates {
     keys: [Key; MAX_CANDIDATES],
     len: usize,
+    /// How many keys at the front are a configured user's (0 or 1); the rest are REST keys.
+    statics: usize,
 }
 
 impl Candidates {
@@ -31,6 +44,16 @@ impl Candidates {
         Self {
             keys: std::array::from_fn(|_| Key::from_md5([0; 16])),
             len: 0,
+            statics: 0,
+        }
+    }
+
+    /// The kind of credential the key at `index` (of [`as_slice`](Self::as_slice)) is.
+    pub fn kind(&self, index: usize) -> CredentialKind {
+        if index < self.statics {
+            CredentialKind::Static
+        } else {
+            CredentialKind::Rest
         }
     }
 
@@ -222,6 +245,7 @@ impl CredentialStore {
                     None => refusal = AuthError::UnsupportedAlgorithm,
                 },
             }
+            out.statics = out.len;
         }
         if !self.secrets.is_empty() {
             match rest::parse_username(username) {

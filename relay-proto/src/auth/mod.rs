@@ -12,7 +12,9 @@ mod key;
 mod nonce;
 pub mod rest;
 
-pub use credentials::{Candidates, CredentialStore, MAX_CANDIDATES, MAX_SHARED_SECRETS};
+pub use credentials::{
+    Candidates, CredentialKind, CredentialStore, MAX_CANDIDATES, MAX_SHARED_SECRETS,
+};
 pub use error::{AuthError, CredentialError, NonceError};
 pub use key::{Key, PasswordAlgorithm, long_term_key, opaque_string, try_long_term_key, user_hash};
 pub use nonce::{NONCE_LEN, NonceKey, Nonces};

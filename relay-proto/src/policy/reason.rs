@@ -6,6 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::rule::AllowRule;
+use crate::server::RelayProtocol;
+
 /// A built-in default-deny range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DefaultDeny {
@@ -255,6 +258,35 @@ pub enum DenyReason {
     /// A Connect to a relay address and a port of the relay range that no RFC 6062 TCP
     /// allocation holds: whatever listens there belongs to the host.
     NoTcpRelay(SocketAddr),
+    /// An address `allow` entries name, but none for this protocol and port.
+    NotInAllowEntry {
+        ip: IpAddr,
+        /// `None`: a permission (no port), refused because no entry carries the protocol.
+        port: Option<u16>,
+        protocol: RelayProtocol,
+        /// The list that was in force.
+        list: AllowList,
+        /// The first entry naming the address, for the log line.
+        rule: AllowRule,
+    },
+}
+
+/// Which `allow` list judged a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AllowList {
+    /// `[peers] allow`: static users, and REST users when `[peers.rest]` is absent.
+    Main,
+    /// `[peers.rest] allow`: REST-credential allocations.
+    Rest,
+}
+
+impl fmt::Display for AllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Main => "[peers] allow",
+            Self::Rest => "[peers.rest] allow",
+        })
+    }
 }
 
 impl fmt::Display for DenyReason {
@@ -265,8 +297,8 @@ impl fmt::Display for DenyReason {
             Self::Embedded { form, inner } => write!(f, "{form} of {inner}"),
             Self::RelayHost(ip) => write!(
                 f,
-                "relay host address {ip} (a listener, not a relay address; allow it as a \
-                 single-host entry to reach its services)"
+                "relay host address {ip} (delivered locally on the relay host, not a relay \
+                 address; allow it as a single-host entry to reach its services)"
             ),
             Self::RelayHostPort(peer) => write!(
                 f,
@@ -278,6 +310,24 @@ impl fmt::Display for DenyReason {
                 "relay address {peer} (no TCP allocation holds that port: a Connect reaches \
                  only another TCP allocation of this relay)"
             ),
+            Self::NotInAllowEntry {
+                ip,
+                port,
+                protocol,
+                list,
+                rule,
+            } => match port {
+                Some(port) => write!(
+                    f,
+                    "{protocol} port {port} of {ip} is outside the {list} entries naming the \
+                     address (such as \"{rule}\")"
+                ),
+                None => write!(
+                    f,
+                    "{protocol} to {ip} is not in the {list} entries naming the address (such \
+                     as \"{rule}\")"
+                ),
+            },
         }
     }
 }

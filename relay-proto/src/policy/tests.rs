@@ -5,6 +5,7 @@ use proptest::prelude::*;
 
 use super::reason::{V4_RANGES, V6_RANGES};
 use super::*;
+use crate::server::RelayProtocol;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -423,7 +424,7 @@ fn relay_host_addresses_need_a_single_host_allow_entry() {
         })
     );
     assert_eq!(p.check(relay), PeerVerdict::Hairpin);
-    assert!(!p.is_host_allow_listed(listener));
+    assert!(!p.is_host_allow_listed((listener, 22).into(), Scope::STATIC_UDP));
     assert!(
         DenyReason::RelayHost(listener)
             .to_string()
@@ -432,8 +433,8 @@ fn relay_host_addresses_need_a_single_host_allow_entry() {
 
     let p = policy(&["192.0.2.0/24", "192.0.2.50/32"]);
     assert_eq!(p.check(listener), PeerVerdict::Allow);
-    assert!(p.is_host_allow_listed(listener));
-    assert!(!p.is_host_allow_listed(ip("192.0.2.10")));
+    assert!(p.is_host_allow_listed((listener, 22).into(), Scope::STATIC_UDP));
+    assert!(!p.is_host_allow_listed((ip("192.0.2.10"), 22).into(), Scope::STATIC_UDP));
     // The wildcard is never an own address.
     assert!(!p.is_host_address(ip("0.0.0.0")));
     assert!(p.is_host_address(relay) && p.is_host_address(listener));
@@ -444,7 +445,7 @@ fn relay_host_addresses_need_a_single_host_allow_entry() {
         vec![],
     )
     .with_host_addresses([listener]);
-    assert!(!p.is_host_allow_listed(listener));
+    assert!(!p.is_host_allow_listed((listener, 22).into(), Scope::STATIC_UDP));
     assert!(matches!(
         p.check(listener),
         PeerVerdict::Deny(DenyReason::Configured(_))
@@ -464,4 +465,226 @@ fn relay_host_address_in_a_default_range_names_the_range() {
         PeerVerdict::Deny(DenyReason::RelayHost(admin))
     );
     assert_eq!(p.check(ip("127.0.0.2")), PeerVerdict::Allow);
+}
+
+fn rules(v: &[&str]) -> Vec<AllowRule> {
+    v.iter().map(|s| s.parse().unwrap()).collect()
+}
+
+fn sa(s: &str) -> std::net::SocketAddr {
+    s.parse().unwrap()
+}
+
+const STATIC_TCP: Scope = Scope::new(CredentialKind::Static, RelayProtocol::Tcp);
+const REST_UDP: Scope = Scope::new(CredentialKind::Rest, RelayProtocol::Udp);
+const REST_TCP: Scope = Scope::new(CredentialKind::Rest, RelayProtocol::Tcp);
+
+fn port_denied(v: PeerVerdict) -> bool {
+    matches!(v, PeerVerdict::Deny(DenyReason::NotInAllowEntry { .. }))
+}
+
+/// An address an `allow` entry names is reachable only on that entry's protocol and
+/// ports; the entries for one address add up; addresses no entry names keep the default.
+#[test]
+fn allow_entries_confine_the_addresses_they_name() {
+    let p = PeerPolicy::new(vec![], vec![], vec![]).with_allow(rules(&[
+        "192.0.2.10/32 udp 10000-20000",
+        "192.0.2.10/32 tcp 443",
+        "10.1.0.0/16 udp",
+    ]));
+    let s = Scope::STATIC_UDP;
+    assert_eq!(p.check_ip(ip("192.0.2.10"), s), PeerVerdict::Allow);
+    assert_eq!(p.check_port(sa("192.0.2.10:10000"), s), PeerVerdict::Allow);
+    assert_eq!(p.check_port(sa("192.0.2.10:20000"), s), PeerVerdict::Allow);
+    for refused in [
+        "192.0.2.10:22",
+        "192.0.2.10:9999",
+        "192.0.2.10:20001",
+        "192.0.2.10:443",
+    ] {
+        assert!(port_denied(p.check_port(sa(refused), s)), "{refused}");
+    }
+    assert_eq!(
+        p.check_port(sa("192.0.2.10:443"), STATIC_TCP),
+        PeerVerdict::Allow
+    );
+    assert!(port_denied(
+        p.check_port(sa("192.0.2.10:15000"), STATIC_TCP)
+    ));
+    // Its neighbours are not named: the default (the documentation range is "internet").
+    assert_eq!(p.check_port(sa("192.0.2.11:22"), s), PeerVerdict::Allow);
+    // A UDP-only entry vouches for a private range for UDP, and refuses TCP to it.
+    assert_eq!(p.check_port(sa("10.1.2.3:5"), s), PeerVerdict::Allow);
+    assert!(port_denied(p.check_ip(ip("10.1.2.3"), STATIC_TCP)));
+    assert_eq!(
+        p.check_ip(ip("10.2.0.1"), s),
+        deny_default(DefaultDeny::Private10)
+    );
+    // Embedded spellings are confined like the address they carry.
+    assert!(port_denied(p.check_port(sa("[::ffff:192.0.2.10]:22"), s)));
+    assert!(port_denied(p.check_port(sa("[64:ff9b::192.0.2.10]:22"), s)));
+    assert_eq!(
+        p.check_port(sa("[::ffff:192.0.2.10]:15000"), s),
+        PeerVerdict::Allow
+    );
+    // The reason names the list, the entry and the port.
+    let PeerVerdict::Deny(why) = p.check_port(sa("192.0.2.10:22"), s) else {
+        panic!("refused above");
+    };
+    let why = why.to_string();
+    for part in [
+        "udp port 22 of 192.0.2.10",
+        "[peers] allow",
+        "192.0.2.10/32 udp 10000-20000",
+    ] {
+        assert!(why.contains(part), "{why}");
+    }
+    // Deny still wins.
+    let p = p.clone_with_deny(vec![net("192.0.2.10/32")]);
+    assert!(matches!(
+        p.check_port(sa("192.0.2.10:15000"), s),
+        PeerVerdict::Deny(DenyReason::Configured(_))
+    ));
+}
+
+impl PeerPolicy {
+    fn clone_with_deny(&self, deny: Vec<IpNet>) -> PeerPolicy {
+        let mut p = self.clone();
+        p.deny = deny;
+        p
+    }
+}
+
+/// REST users use `[peers.rest] allow` when it exists, the main list otherwise.
+#[test]
+fn rest_users_have_their_own_list() {
+    let main = rules(&["192.0.2.10/32", "10.9.0.0/16"]);
+    let p = PeerPolicy::new(vec![], vec![], vec![])
+        .with_allow(main.clone())
+        .with_rest_allow(Some(rules(&["192.0.2.10/32 udp 10000-20000"])));
+    assert_eq!(
+        p.check_port(sa("192.0.2.10:22"), Scope::STATIC_UDP),
+        PeerVerdict::Allow
+    );
+    assert_eq!(
+        p.check_port(sa("192.0.2.10:22"), STATIC_TCP),
+        PeerVerdict::Allow
+    );
+    let refused = p.check_port(sa("192.0.2.10:22"), REST_UDP);
+    assert!(port_denied(refused));
+    assert!(refused.to_string_reason().contains("[peers.rest] allow"));
+    assert_eq!(
+        p.check_port(sa("192.0.2.10:15000"), REST_UDP),
+        PeerVerdict::Allow
+    );
+    assert!(port_denied(p.check_ip(ip("192.0.2.10"), REST_TCP)));
+    // The main list's exceptions are not the REST users'.
+    assert_eq!(
+        p.check_ip(ip("10.9.0.1"), Scope::STATIC_UDP),
+        PeerVerdict::Allow
+    );
+    assert_eq!(
+        p.check_ip(ip("10.9.0.1"), REST_UDP),
+        deny_default(DefaultDeny::Private10)
+    );
+    // Without a REST list, REST users use the main one.
+    let p = PeerPolicy::new(vec![], vec![], vec![]).with_allow(main);
+    assert_eq!(
+        p.check_port(sa("192.0.2.10:22"), REST_UDP),
+        PeerVerdict::Allow
+    );
+    assert_eq!(p.check_ip(ip("10.9.0.1"), REST_TCP), PeerVerdict::Allow);
+}
+
+/// Whether the kernel may take Send indications for a permission: only when every port
+/// of the peer is allowed.
+#[test]
+fn every_port_or_some() {
+    let relay = ip("203.0.113.5");
+    let p = PeerPolicy::new(vec![], vec![], vec![relay])
+        .with_allow(rules(&[
+            "192.0.2.10/32",
+            "192.0.2.20/32 udp 10000-20000",
+            "192.0.2.30/32 tcp",
+        ]))
+        .with_rest_allow(Some(rules(&["192.0.2.10/32 udp 1-1024"])));
+    let s = Scope::STATIC_UDP;
+    assert!(p.allows_every_port(ip("192.0.2.10"), s));
+    assert!(!p.allows_every_port(ip("192.0.2.10"), REST_UDP));
+    assert!(!p.allows_every_port(ip("192.0.2.20"), s));
+    assert!(
+        !p.allows_every_port(ip("192.0.2.30"), s),
+        "a TCP-only entry refuses UDP"
+    );
+    assert!(p.allows_every_port(ip("192.0.2.30"), STATIC_TCP));
+    assert!(
+        p.allows_every_port(ip("198.51.100.1"), s),
+        "not named: every port"
+    );
+    assert!(p.allows_every_port(relay, REST_UDP), "hairpin");
+    assert!(!p.allows_every_port(ip("10.0.0.1"), s), "refused");
+}
+
+/// Every address the host's kernel delivers locally is the relay host: refused even
+/// inside a broad allow entry, also embedded, unless allow names it exactly; relay
+/// addresses inside a local prefix stay hairpins. New prefixes replace the old ones.
+#[test]
+fn locally_routed_prefixes_are_the_relay_host() {
+    let relay = ip("198.51.100.50");
+    let mut p = PeerPolicy::new(vec![net("192.0.2.0/24")], vec![], vec![relay]);
+    assert_eq!(p.check(ip("192.0.2.77")), PeerVerdict::Allow);
+    p.set_local_prefixes([
+        net("192.0.2.50/32"),
+        net("192.0.2.77/32"),
+        net("198.51.100.50/32"),
+        net("127.0.0.0/8"),
+        net("2001:db8:1::/64"),
+    ]);
+    for host in ["192.0.2.50", "192.0.2.77"] {
+        assert_eq!(
+            p.check(ip(host)),
+            PeerVerdict::Deny(DenyReason::RelayHost(ip(host))),
+            "{host}"
+        );
+        assert!(p.is_host_address(ip(host)));
+    }
+    assert_eq!(p.check(ip("192.0.2.10")), PeerVerdict::Allow);
+    assert_eq!(p.check(relay), PeerVerdict::Hairpin);
+    assert_eq!(
+        p.check(ip("127.0.0.2")),
+        deny_default(DefaultDeny::Loopback)
+    );
+    assert_eq!(
+        p.check(ip("2001:db8:1::abcd")),
+        PeerVerdict::Deny(DenyReason::RelayHost(ip("2001:db8:1::abcd")))
+    );
+    assert_eq!(
+        p.check(ip("::ffff:192.0.2.77")),
+        PeerVerdict::Deny(DenyReason::Embedded {
+            form: EmbeddingForm::Ipv4Mapped,
+            inner: EmbeddedDeny::RelayAddress(Ipv4Addr::new(192, 0, 2, 77)),
+        })
+    );
+    // Named exactly (and on that port), the operator means it.
+    let mut p = PeerPolicy::new(vec![], vec![], vec![relay])
+        .with_allow(rules(&["192.0.2.0/24", "192.0.2.77/32 udp 5000"]));
+    p.set_local_prefixes([net("192.0.2.77/32")]);
+    assert_eq!(
+        p.check_port(sa("192.0.2.77:5000"), Scope::STATIC_UDP),
+        PeerVerdict::Allow
+    );
+    assert_eq!(
+        p.check_port(sa("192.0.2.77:22"), Scope::STATIC_UDP),
+        PeerVerdict::Deny(DenyReason::RelayHost(ip("192.0.2.77")))
+    );
+    assert!(!p.allows_every_port(ip("192.0.2.77"), Scope::STATIC_UDP));
+    assert!(p.is_host_allow_listed(sa("192.0.2.77:5000"), Scope::STATIC_UDP));
+    assert!(!p.is_host_allow_listed(sa("192.0.2.77:5000"), STATIC_TCP));
+    // A new list replaces the old.
+    p.set_local_prefixes([]);
+    assert_eq!(
+        p.check_port(sa("192.0.2.77:22"), Scope::STATIC_UDP),
+        PeerVerdict::Allow
+    );
+    assert!(p.local_prefixes().is_empty());
 }

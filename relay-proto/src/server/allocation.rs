@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::five_tuple::FiveTuple;
+use crate::auth::CredentialKind;
 
 /// Opaque, never reused during the life of a [`Server`](super::Server): slot index in the low
 /// 32 bits, slot generation in the high 32.
@@ -88,6 +89,9 @@ impl Counters {
 pub(crate) struct Permission {
     pub ip: IpAddr,
     pub expires: Instant,
+    /// The policy allows every port of `ip` to this allocation: the kernel fast path may
+    /// take its Send indications (what `PermissionCreated` told the data paths).
+    pub any_port: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -120,6 +124,8 @@ pub(crate) struct Allocation {
     pub id: AllocationId,
     pub client: FiveTuple,
     pub user: Arc<str>,
+    /// The credential it was made with: which peer `allow` list applies.
+    pub credential: CredentialKind,
     /// Indexed by [`Family::idx`].
     pub relayed: [Option<Relayed>; 2],
     pub created: Instant,
@@ -152,14 +158,23 @@ impl Allocation {
     }
 
     /// Installs or refreshes; `true` if it was new (the data path must be told).
-    pub(crate) fn install_permission(&mut self, ip: IpAddr, expires: Instant) -> bool {
+    pub(crate) fn install_permission(
+        &mut self,
+        ip: IpAddr,
+        expires: Instant,
+        any_port: bool,
+    ) -> bool {
         match self.permissions.iter_mut().find(|p| p.ip == ip) {
             Some(p) => {
                 p.expires = p.expires.max(expires);
                 false
             }
             None => {
-                self.permissions.push(Permission { ip, expires });
+                self.permissions.push(Permission {
+                    ip,
+                    expires,
+                    any_port,
+                });
                 true
             }
         }

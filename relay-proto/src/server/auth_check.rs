@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::auth::{AuthError, Key, NonceError, Nonces, PasswordAlgorithm as KeyAlgorithm};
+use crate::auth::{
+    AuthError, CredentialKind, Key, NonceError, Nonces, PasswordAlgorithm as KeyAlgorithm,
+};
 use crate::stun::{
     IntegrityKind, Message, MessageWriter, Nonce, PasswordAlgorithm, PasswordAlgorithms, Realm,
     UserHash, Username,
@@ -21,6 +23,8 @@ use super::five_tuple::FiveTuple;
 pub(crate) struct Auth {
     pub username: Arc<str>,
     pub key: Key,
+    /// Which credential verified: a configured user's or a REST one.
+    pub credential: CredentialKind,
     /// What the request carried; the response uses the same.
     pub kind: IntegrityKind,
 }
@@ -146,11 +150,12 @@ impl Server {
                 return Err(self.auth_failed(now, from, msg, user, reason, out));
             }
         };
-        for key in &keys {
+        for (i, key) in keys.iter().enumerate() {
             if msg.verify_integrity(key.as_bytes()).is_ok() {
                 return Ok(Auth {
                     username: username.clone(),
                     key: key.clone(),
+                    credential: keys.kind(i),
                     kind: msg.integrity(),
                 });
             }

@@ -40,12 +40,17 @@ pub enum Command {
         public: SocketAddr,
         protocol: RelayProtocol,
     },
-    /// Packets from any port of `peer` to `relay` may now go to the client.
+    /// Packets from any port of `peer` to `relay` may now go to the client. `any_port`: the
+    /// peer policy lets the client reach every port of `peer` too, so the kernel may forward
+    /// its Send indications (which name any port); when `false` they must come up to the
+    /// core, which checks the port. Bound channels were checked at bind and may stay in the
+    /// kernel either way.
     PermissionCreated {
         id: AllocationId,
         client: FiveTuple,
         relay: SocketAddr,
         peer: IpAddr,
+        any_port: bool,
     },
     PermissionRemoved {
         id: AllocationId,

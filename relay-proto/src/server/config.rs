@@ -60,8 +60,15 @@ pub struct ServerConfig {
     /// Total allocations, all shards together; beyond it new ones get 508 (or 300 towards an
     /// alternate server). Initial value (see the struct's note).
     pub max_allocations: usize,
-    /// Allocations per username, all shards together; beyond it 486. Initial value.
+    /// Allocations per configured (static) username, all shards together; beyond it 486.
+    /// Initial value.
     pub max_allocations_per_user: usize,
+    /// Allocations per TURN REST username, all shards together; beyond it 486. Initial
+    /// value.
+    pub max_allocations_per_rest_user: usize,
+    /// Allocations made with TURN REST credentials per client source (IPv4 address, IPv6
+    /// /64), all shards together; beyond it 486. Static users are not counted. Initial value.
+    pub max_allocations_per_source: usize,
     /// Permissions per allocation; a CreatePermission/ChannelBind beyond it gets 508.
     pub max_permissions: usize,
     /// Channels per allocation; a ChannelBind beyond it gets 508.
@@ -94,6 +101,8 @@ impl Default for ServerConfig {
             nonce_lifetime: Duration::from_secs(600),
             max_allocations: 65536,
             max_allocations_per_user: usize::MAX,
+            max_allocations_per_rest_user: usize::MAX,
+            max_allocations_per_source: usize::MAX,
             max_permissions: 256,
             max_channels: 256,
             alternate_servers: Vec::new(),

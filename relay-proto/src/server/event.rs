@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,16 @@ pub enum CapacityLimit {
     Relay { max_allocations: usize },
     /// The user's `max_allocations_per_user` reached: 486.
     User { max_allocations_per_user: usize },
+    /// The TURN REST username's `max_allocations_per_rest_user` reached: 486.
+    RestUser {
+        max_allocations_per_rest_user: usize,
+    },
+    /// `max_allocations_per_source` TURN REST allocations from `source` (the client's IPv4
+    /// address, or the first address of its IPv6 /64): 486.
+    Source {
+        source: IpAddr,
+        max_allocations_per_source: usize,
+    },
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -147,13 +157,17 @@ pub enum DropReason {
     /// Data for the relay's own address on a port outside the relay range (a service on
     /// the relay host itself) whose address the operator did not allow-list.
     RelayHostPort,
+    /// A Send indication or ChannelData to a port of a permitted peer that the peer policy
+    /// does not allow this allocation (permissions are per IP, `allow` entries may name
+    /// ports).
+    PeerPortDenied,
     /// A peer's TCP connection to a relayed address refused: the allocation holds
     /// [`MAX_CONNECTIONS_PER_ALLOCATION`](super::MAX_CONNECTIONS_PER_ALLOCATION) already.
     ConnectionLimit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Malformed,
         DropReason::NoAllocation,
         DropReason::NoPermission,
@@ -164,6 +178,7 @@ impl DropReason {
         DropReason::Unexpected,
         DropReason::BufferTooSmall,
         DropReason::RelayHostPort,
+        DropReason::PeerPortDenied,
         DropReason::ConnectionLimit,
     ];
 
@@ -183,6 +198,7 @@ impl DropReason {
             DropReason::Unexpected => "unexpected",
             DropReason::BufferTooSmall => "buffer_too_small",
             DropReason::RelayHostPort => "relay_host_port",
+            DropReason::PeerPortDenied => "peer_port_denied",
             DropReason::ConnectionLimit => "connection_limit",
         }
     }

@@ -12,6 +12,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::auth::CredentialKind;
 use crate::stun::{
     AdditionalAddressFamily, AddressErrorCode, AddressFamily, AlternateServer, Attr, DontFragment,
     EvenPort, Lifetime, Message, RequestedAddressFamily, RequestedTransport, ReservationToken,
@@ -25,7 +26,7 @@ use super::command::Command;
 use super::event::{CapacityLimit, Event};
 use super::five_tuple::FiveTuple;
 use super::ports::Want;
-use super::shared::{PortAsk, Refusal};
+use super::shared::{Owner, PortAsk, Refusal};
 use super::tcp_relay::RelayProtocol;
 use super::timers::TimerKey;
 
@@ -104,20 +105,35 @@ impl Server {
                 },
             ),
         };
-        let grant = match self
-            .shared
-            .admit(now, &auth.username, ask, req.additional_v6)
-        {
+        let owner = Owner {
+            user: &auth.username,
+            credential: auth.credential,
+            client: from.client.ip(),
+        };
+        let grant = match self.shared.admit(now, owner, ask, req.additional_v6) {
             Ok(g) => g,
             Err(Refusal::Full) => {
                 let max_allocations = self.shared.limits().max_allocations;
                 self.capacity_reached(from, auth, CapacityLimit::Relay { max_allocations });
                 return self.refuse_capacity(now, from, msg, auth, out);
             }
-            Err(Refusal::UserQuota) => {
-                let max_allocations_per_user = self.shared.limits().max_allocations_per_user;
-                let limit = CapacityLimit::User {
-                    max_allocations_per_user,
+            Err(Refusal::UserQuota(credential)) => {
+                let limits = self.shared.limits();
+                let limit = match credential {
+                    CredentialKind::Static => CapacityLimit::User {
+                        max_allocations_per_user: limits.max_allocations_per_user,
+                    },
+                    CredentialKind::Rest => CapacityLimit::RestUser {
+                        max_allocations_per_rest_user: limits.max_allocations_per_rest_user,
+                    },
+                };
+                self.capacity_reached(from, auth, limit);
+                return self.reply_error(from, msg, a, 486, "", out);
+            }
+            Err(Refusal::SourceQuota(source)) => {
+                let limit = CapacityLimit::Source {
+                    source,
+                    max_allocations_per_source: self.shared.limits().max_allocations_per_source,
                 };
                 self.capacity_reached(from, auth, limit);
                 return self.reply_error(from, msg, a, 486, "", out);
@@ -168,12 +184,12 @@ impl Server {
             Ok(())
         });
         let Some(len) = built else {
-            self.shared.undo(&auth.username, grant);
+            self.shared.undo(owner, grant);
             return None;
         };
 
         if let Some((token, expires)) = new_token {
-            self.timers.schedule(expires, TimerKey::Reservation(token));
+            self.schedule(expires, TimerKey::Reservation(token));
         }
         let id = self.table.next_id();
         let user = auth.username.clone();
@@ -181,6 +197,7 @@ impl Server {
             id,
             client: from,
             user: user.clone(),
+            credential: auth.credential,
             relayed,
             created: now,
             expires: now + lifetime,
@@ -191,8 +208,7 @@ impl Server {
             dont_fragment: req.dont_fragment,
             last_response: None,
         });
-        self.timers
-            .schedule(now + lifetime, TimerKey::Allocation(id));
+        self.schedule(now + lifetime, TimerKey::Allocation(id));
         for r in relayed.iter().flatten() {
             self.commands.push_back(Command::AllocationCreated {
                 id,

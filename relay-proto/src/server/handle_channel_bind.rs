@@ -96,7 +96,7 @@ impl Server {
                 channel: number,
             });
         }
-        self.timers.schedule(expires, TimerKey::Channel(id, number));
+        self.schedule(expires, TimerKey::Channel(id, number));
         self.remember(now, id, msg, &out[..len]);
         Some(len)
     }

@@ -19,6 +19,7 @@ use super::allocation::{Allocation, AllocationId, Family, Relayed};
 use super::event::DropReason;
 use super::five_tuple::FiveTuple;
 use super::{ClientOutput, PeerOutput, Server};
+use crate::policy::PeerVerdict;
 
 /// Frames `payload` from `peer` for `to`'s client: ChannelData on a bound channel (padded on
 /// stream transports), otherwise a Data indication with XOR-PEER-ADDRESS and DATA.
@@ -107,18 +108,27 @@ impl Server {
         let Some(relayed) = a.relayed(family).copied() else {
             return self.drop_client(DropReason::WrongFamily);
         };
-        if !a.has_permission(peer.ip(), now) {
+        let Some(permission) = a.permission(peer.ip()).filter(|p| now < p.expires) else {
             return self.drop_client(DropReason::NoPermission);
-        }
+        };
         if self.is_own_relay_ip(peer.ip()) {
             if self.config.ports.contains(&peer.port()) {
                 return self.hairpin(now, id, relayed, peer, payload, out);
             }
             // Any other port of the relay host (its listeners, admin, ssh) is a local
             // service, not a relay: off limits unless the operator allow-listed the address.
-            if !self.policy.is_host_allow_listed(peer.ip()) {
+            if !self.policy.is_host_allow_listed(peer, self.scope(a)) {
                 return self.drop_client(DropReason::RelayHostPort);
             }
+        }
+        // Permissions are per IP; the policy may allow only some ports of it.
+        if !permission.any_port
+            && matches!(
+                self.policy.check_port(peer, self.scope(a)),
+                PeerVerdict::Deny(_)
+            )
+        {
+            return self.drop_client(DropReason::PeerPortDenied);
         }
         if let Some(a) = self.table.get_mut(id) {
             a.counters.count_to_peer(payload.len());

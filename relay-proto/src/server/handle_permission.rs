@@ -8,11 +8,12 @@ use crate::policy::{DenyReason, PeerVerdict};
 use crate::stun::{Message, XorPeerAddress};
 
 use super::Server;
-use super::allocation::{AllocationId, Family};
+use super::allocation::{Allocation, AllocationId, Family};
 use super::auth_check::Auth;
 use super::command::Command;
 use super::event::Event;
 use super::five_tuple::FiveTuple;
+use super::peer_policy::scope_of;
 use super::timers::TimerKey;
 
 /// Most XOR-PEER-ADDRESS attributes looked at in one CreatePermission.
@@ -28,7 +29,8 @@ impl Server {
         if a.relayed(Family::of(peer.ip())).is_none() {
             return Err(443);
         }
-        match self.policy.check(peer.ip()) {
+        let scope = self.scope(a);
+        match self.policy.check_ip(peer.ip(), scope) {
             PeerVerdict::Allow | PeerVerdict::Hairpin => Ok(()),
             PeerVerdict::Deny(reason) => {
                 self.events.push(Event::PeerDenied {
@@ -43,30 +45,42 @@ impl Server {
     }
 
     /// [`check_peer`](Self::check_peer) for a request that names the peer's port
-    /// (ChannelBind, Connect): a relay address with a port outside the relay range is a
-    /// service of the relay host, refused (403, [`Event::PeerDenied`]) unless the operator
-    /// allow-listed the address exactly. Answering 200 and then dropping the data would
-    /// leave the client with a channel that silently goes nowhere.
+    /// (ChannelBind, Connect): the port must be one the policy allows, and a relay address
+    /// with a port outside the relay range is a service of the relay host, refused (403,
+    /// [`Event::PeerDenied`]) unless the operator allow-listed the address exactly.
+    /// Answering 200 and then dropping the data would leave the client with a channel that
+    /// silently goes nowhere.
     pub(crate) fn check_peer_port(
         &mut self,
         id: AllocationId,
         peer: SocketAddr,
     ) -> Result<(), u16> {
         self.check_peer(id, peer)?;
-        if !self.is_own_relay_ip(peer.ip())
-            || self.config.ports.contains(&peer.port())
-            || self.policy.is_host_allow_listed(peer.ip())
-        {
-            return Ok(());
-        }
         let a = self.table.get(id).ok_or(437u16)?;
+        let reason = match self.peer_port_refusal(a, peer) {
+            Some(reason) => reason,
+            None => return Ok(()),
+        };
         self.events.push(Event::PeerDenied {
             user: a.user.clone(),
             client: a.client,
             peer,
-            reason: DenyReason::RelayHostPort(peer),
+            reason,
         });
         Err(403)
+    }
+
+    /// Why allocation `a` may not reach `peer` on its port, if it may not (its IP passed
+    /// [`check_peer`](Self::check_peer)).
+    pub(crate) fn peer_port_refusal(&self, a: &Allocation, peer: SocketAddr) -> Option<DenyReason> {
+        let scope = self.scope(a);
+        if let PeerVerdict::Deny(reason) = self.policy.check_port(peer, scope) {
+            return Some(reason);
+        }
+        let host_port = self.is_own_relay_ip(peer.ip())
+            && !self.config.ports.contains(&peer.port())
+            && !self.policy.is_host_allow_listed(peer, scope);
+        host_port.then_some(DenyReason::RelayHostPort(peer))
     }
 
     /// Installs or refreshes a permission (the caller checked peer and capacity); emits
@@ -79,15 +93,17 @@ impl Server {
         let Some(relay) = a.relayed(Family::of(ip)).map(|r| r.bind) else {
             return;
         };
-        if a.install_permission(ip, expires) {
+        let any_port = self.policy.allows_every_port(ip, scope_of(a, &self.tcp));
+        if a.install_permission(ip, expires, any_port) {
             self.commands.push_back(Command::PermissionCreated {
                 id,
                 client: a.client,
                 relay,
                 peer: ip,
+                any_port,
             });
         }
-        self.timers.schedule(expires, TimerKey::Permission(id, ip));
+        self.schedule(expires, TimerKey::Permission(id, ip));
     }
 
     pub(crate) fn create_permission(

@@ -13,7 +13,9 @@ use super::timers::TimerKey;
 use super::{Removal, Server};
 
 impl Server {
-    /// The allocation on `from` if `auth` may use it: `Err` holds the 437/441 reply.
+    /// The allocation on `from` if `auth` may use it: `Err` holds the 437/441 reply. The
+    /// same username verified by another kind of credential (a configured user whose name
+    /// looks like a REST one) is a different identity: the peer policy differs by kind.
     pub(crate) fn owned_allocation(
         &mut self,
         from: FiveTuple,
@@ -27,7 +29,7 @@ impl Server {
         let same_user = self
             .table
             .get(id)
-            .is_some_and(|a| *a.user == *auth.username);
+            .is_some_and(|a| *a.user == *auth.username && a.credential == auth.credential);
         if !same_user {
             return Err(self.reply_error(from, msg, Some(auth), 441, "", out));
         }
@@ -91,7 +93,7 @@ impl Server {
         al.lifetime = granted;
         let (user, client) = (al.user.clone(), al.client);
         // Every deadline change gets its own heap entry; the old one fires as a no-op.
-        self.timers.schedule(expires, TimerKey::Allocation(id));
+        self.schedule(expires, TimerKey::Allocation(id));
         self.events.push(Event::AllocationRefreshed {
             id,
             user,

@@ -262,7 +262,7 @@ impl Server {
         if let Err(code) = self.check_peer_port(id, peer) {
             return self.reject(from, msg, a, code, "", out);
         }
-        let Some(target) = self.tcp_connect_target(peer) else {
+        let Some(target) = self.tcp_connect_target(id, peer) else {
             // A port of the relay address that no TCP allocation holds: whatever listens
             // there (a UDP allocation's port has nothing of ours) is the host's, not a peer.
             if let Some(al) = self.table.get(id) {
@@ -398,11 +398,12 @@ impl Server {
         RelayProtocol::Tcp
     }
 
-    /// Closes allocation `id`'s connections to `ip` (its permission was revoked).
+    /// Closes allocation `id`'s connections to the peers `doomed` picks (a revoked
+    /// permission, or a port the policy refuses now).
     pub(crate) fn close_connections_to(
         &mut self,
         id: AllocationId,
-        ip: std::net::IpAddr,
+        doomed: impl Fn(SocketAddr) -> bool,
         reason: ConnectionEnd,
     ) {
         let doomed: Vec<ConnectionId> = self
@@ -410,7 +411,7 @@ impl Server {
             .connections_of(id)
             .iter()
             .copied()
-            .filter(|c| self.tcp.get(*c).is_some_and(|pc| pc.peer.ip() == ip))
+            .filter(|c| self.tcp.get(*c).is_some_and(|pc| doomed(pc.peer)))
             .collect();
         for conn in doomed {
             self.close_connection(conn, reason);
@@ -474,6 +475,7 @@ impl Server {
         let auth = Auth {
             username: d.username.clone(),
             key: d.key.clone(),
+            credential: self.table.get(id).map(|a| a.credential).unwrap_or_default(),
             kind: d.kind,
         };
         let mut buf = [0u8; DEFERRED_MAX];
@@ -513,7 +515,7 @@ impl Server {
     /// ports of the relay range are refused, as the UDP hairpin refuses ports no allocation
     /// holds; ports outside the range only when the operator allow-listed the address.
     /// `None`: refused.
-    fn tcp_connect_target(&self, peer: SocketAddr) -> Option<SocketAddr> {
+    fn tcp_connect_target(&self, id: AllocationId, peer: SocketAddr) -> Option<SocketAddr> {
         if !self.is_own_relay_ip(peer.ip()) {
             return Some(peer);
         }
@@ -525,6 +527,9 @@ impl Server {
             let bind = self.relay_addr(family)?.bind;
             return Some(SocketAddr::new(bind, peer.port()));
         }
-        self.policy.is_host_allow_listed(peer.ip()).then_some(peer)
+        let a = self.table.get(id)?;
+        self.policy
+            .is_host_allow_listed(peer, self.scope(a))
+            .then_some(peer)
     }
 }

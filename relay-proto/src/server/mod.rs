@@ -23,6 +23,7 @@ mod handle_data;
 mod handle_permission;
 mod handle_refresh;
 mod handle_tcp_relay;
+mod peer_policy;
 mod ports;
 mod reply;
 mod shared;
@@ -40,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{CredentialStore, NonceKey, Nonces};
-use crate::policy::{PeerPolicy, PeerVerdict};
+use crate::policy::PeerPolicy;
 use crate::stun::{self, Class, Message, Method, PacketKind};
 
 pub use allocation::{
@@ -54,7 +55,7 @@ pub use config::{
 pub use event::{CapacityLimit, CloseReason, DropCounters, DropReason, Event, MAX_QUEUED_EVENTS};
 pub use five_tuple::{FiveTuple, Transport};
 pub use reply::{ERROR_CODES, ErrorResponses};
-pub use shared::{Limits, Shared};
+pub use shared::{Limits, Shared, source_of};
 pub use tcp_relay::{
     BIND_TIMEOUT, CONNECT_TIMEOUT, ConnectionEnd, ConnectionId, Direction,
     MAX_CONNECTIONS_PER_ALLOCATION, RelayProtocol,
@@ -212,28 +213,10 @@ impl Server {
         self.credentials = credentials;
     }
 
-    /// New peer policy (SIGHUP). Existing permissions (and channels) for peers the new policy
-    /// denies are removed at once.
-    pub fn set_policy(&mut self, policy: PeerPolicy) {
-        self.policy = policy;
-        let mut doomed: Vec<(AllocationId, IpAddr)> = Vec::new();
-        for a in self.table.iter() {
-            for p in &a.permissions {
-                if matches!(self.policy.check(p.ip), PeerVerdict::Deny(_)) {
-                    doomed.push((a.id, p.ip));
-                }
-            }
-        }
-        for (id, ip) in doomed {
-            self.revoke_peer(id, ip);
-        }
-    }
-
     /// New quotas, for every shard sharing this server's [`Shared`] (SIGHUP). Allocations
     /// over a lowered limit stay until they end.
-    pub fn set_limits(&mut self, max_allocations: usize, max_allocations_per_user: usize) {
-        self.shared
-            .set_limits(max_allocations, max_allocations_per_user);
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.shared.set_limits(limits);
     }
 
     /// The quotas in force (the config's are only the initial ones).
@@ -367,9 +350,6 @@ impl Server {
         }
         while let Some(conn) = self.tcp.pop_due(now) {
             self.connection_deadline(now, conn);
-        }
-        if self.timers.needs_compaction() {
-            self.compact_timers();
         }
         self.graveyard.prune(now);
         self.redirected.prune(now);
@@ -712,11 +692,15 @@ impl Server {
             });
         }
         // A quarantined port stays busy in the pool: the quarantine timer frees it.
-        if self.shared.release(now, &a.user, &a.relayed, quarantine)
+        let owner = shared::Owner {
+            user: &a.user,
+            credential: a.credential,
+            client: a.client.client.ip(),
+        };
+        if self.shared.release(now, owner, &a.relayed, quarantine)
             && let Some((family, port)) = quarantine
         {
-            self.timers
-                .schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
+            self.schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
         }
         let (user, client, counters) = (a.user.clone(), a.client, a.counters);
         self.events.push(match why {
@@ -747,14 +731,13 @@ impl Server {
     fn quarantine(&mut self, now: Instant, family: Family, port: u16) {
         // Busy for another reason (reserved, another shard's allocation): left alone.
         if self.shared.quarantine(now, family, port) {
-            self.timers
-                .schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
+            self.schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
         }
     }
 
     /// Removes the permission for `ip`, the channels and TCP connections to it (policy
     /// reload).
-    fn revoke_peer(&mut self, id: AllocationId, ip: IpAddr) {
+    pub(crate) fn revoke_peer(&mut self, id: AllocationId, ip: IpAddr) {
         let Some(a) = self.table.get_mut(id) else {
             return;
         };
@@ -789,7 +772,7 @@ impl Server {
             relay,
             peer: ip,
         });
-        self.close_connections_to(id, ip, ConnectionEnd::PeerDenied);
+        self.close_connections_to(id, |peer| peer.ip() == ip, ConnectionEnd::PeerDenied);
     }
 
     fn fire(&mut self, now: Instant, key: TimerKey) {
@@ -849,13 +832,25 @@ impl Server {
                 if until <= now {
                     a.channels.swap_remove(i);
                 } else {
-                    self.timers.schedule(until, TimerKey::Channel(id, number));
+                    self.schedule(until, TimerKey::Channel(id, number));
                 }
             }
             TimerKey::Reservation(token) => self.shared.expire_reservation(now, token),
             TimerKey::Quarantine(family, port) => {
                 self.shared.expire_quarantine(now, family, port);
             }
+        }
+    }
+
+    /// Every deadline change gets its own heap entry (the old one fires as a no-op). The
+    /// bound is kept here, on insert, not when a timer comes due: a quiet shard under a
+    /// refresh flood may have nothing due for an hour while every request pushes an entry.
+    /// A rebuild costs O(live objects) and happens only once the heap has doubled since the
+    /// last one, so it is amortised O(1) per insert.
+    fn schedule(&mut self, at: Instant, key: TimerKey) {
+        self.timers.schedule(at, key);
+        if self.timers.needs_compaction() {
+            self.compact_timers();
         }
     }
 

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -22,14 +23,69 @@ use super::allocation::{Family, Relayed};
 use super::config::{PORT_QUARANTINE, RESERVATION_LIFETIME, ServerConfig};
 use super::ports::{LivePorts, PortPool, Rng, Want};
 use super::timers::TimerKey;
+use crate::auth::CredentialKind;
 
 /// Allocation quotas in force for the whole relay.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Limits {
     /// Allocations held at once, all shards together; beyond it 508 (or 300).
     pub max_allocations: usize,
-    /// Allocations per username, all shards together; beyond it 486.
+    /// Allocations per configured (static) username, all shards together; beyond it 486.
     pub max_allocations_per_user: usize,
+    /// Allocations per TURN REST username, all shards together; beyond it 486.
+    pub max_allocations_per_rest_user: usize,
+    /// TURN REST allocations per client source ([`source_of`]), all shards together;
+    /// beyond it 486. Static users' allocations are not counted.
+    pub max_allocations_per_source: usize,
+}
+
+impl Limits {
+    /// The initial quotas of `config`.
+    pub fn of(config: &ServerConfig) -> Self {
+        Self {
+            max_allocations: config.max_allocations,
+            max_allocations_per_user: config.max_allocations_per_user,
+            max_allocations_per_rest_user: config.max_allocations_per_rest_user,
+            max_allocations_per_source: config.max_allocations_per_source,
+        }
+    }
+
+    /// The per-username quota for `credential`.
+    pub fn per_user(&self, credential: CredentialKind) -> usize {
+        match credential {
+            CredentialKind::Static => self.max_allocations_per_user,
+            CredentialKind::Rest => self.max_allocations_per_rest_user,
+        }
+    }
+}
+
+/// The source a per-source quota counts: the client's IPv4 address, or its IPv6 /64 (one
+/// host or home network; privacy addresses change within it). As an address: the /64's
+/// first one.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !u128::from(u64::MAX);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+/// Whose allocation it is, as the quotas count it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Owner<'a> {
+    pub user: &'a Arc<str>,
+    pub credential: CredentialKind,
+    /// The client's IP address.
+    pub client: IpAddr,
+}
+
+impl Owner<'_> {
+    /// The source key, for allocations a per-source quota counts (REST ones).
+    fn source(&self) -> Option<IpAddr> {
+        (self.credential == CredentialKind::Rest).then(|| source_of(self.client))
+    }
 }
 
 /// An EVEN-PORT reservation (RFC 8656 §7.2, R bit): `port` is held for the token's owner.
@@ -54,8 +110,11 @@ pub(crate) enum PortAsk {
 pub(crate) enum Refusal {
     /// `max_allocations` reached.
     Full,
-    /// `max_allocations_per_user` reached.
-    UserQuota,
+    /// The username's quota (`max_allocations_per_user`, or `max_allocations_per_rest_user`
+    /// for a TURN REST username) reached.
+    UserQuota(CredentialKind),
+    /// `max_allocations_per_source` reached for this source ([`source_of`]).
+    SourceQuota(IpAddr),
     /// No free port of the wanted kind.
     NoPort,
     /// The RESERVATION-TOKEN is unknown, already used or expired; the reason phrase.
@@ -84,6 +143,8 @@ struct State {
     reservations: HashMap<[u8; 8], Reservation>,
     quarantined: HashMap<(Family, u16), Instant>,
     per_user: HashMap<Arc<str>, usize>,
+    /// TURN REST allocations per source ([`source_of`]).
+    per_source: HashMap<IpAddr, usize>,
     rng: Rng,
 }
 
@@ -94,12 +155,23 @@ impl State {
         }
     }
 
-    fn uncount_user(&mut self, user: &str) {
-        if let Some(n) = self.per_user.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_user.remove(user);
-            }
+    fn uncount(&mut self, owner: Owner<'_>) {
+        uncount(&mut self.per_user, &**owner.user);
+        if let Some(source) = owner.source() {
+            uncount(&mut self.per_source, &source);
+        }
+    }
+}
+
+fn uncount<K, Q>(counts: &mut HashMap<K, usize>, key: &Q)
+where
+    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
+    Q: std::hash::Hash + Eq + ?Sized,
+{
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
         }
     }
 }
@@ -118,6 +190,8 @@ pub struct Shared {
     allocations: AtomicUsize,
     max_allocations: AtomicUsize,
     max_allocations_per_user: AtomicUsize,
+    max_allocations_per_rest_user: AtomicUsize,
+    max_allocations_per_source: AtomicUsize,
     next_shard: AtomicU32,
 }
 
@@ -136,6 +210,7 @@ impl Shared {
                 reservations: HashMap::new(),
                 quarantined: HashMap::new(),
                 per_user: HashMap::new(),
+                per_source: HashMap::new(),
                 rng: Rng::new(config.port_seed),
             }),
             live,
@@ -144,6 +219,8 @@ impl Shared {
             allocations: AtomicUsize::new(0),
             max_allocations: AtomicUsize::new(config.max_allocations),
             max_allocations_per_user: AtomicUsize::new(config.max_allocations_per_user),
+            max_allocations_per_rest_user: AtomicUsize::new(config.max_allocations_per_rest_user),
+            max_allocations_per_source: AtomicUsize::new(config.max_allocations_per_source),
             next_shard: AtomicU32::new(0),
         })
     }
@@ -158,6 +235,12 @@ impl Shared {
     /// Allocations `user` holds on all shards.
     pub fn user_allocation_count(&self, user: &str) -> usize {
         self.lock().per_user.get(user).copied().unwrap_or(0)
+    }
+
+    /// TURN REST allocations from `source` ([`source_of`] of a client IP) on all shards.
+    pub fn source_allocation_count(&self, source: IpAddr) -> usize {
+        let source = source_of(source);
+        self.lock().per_source.get(&source).copied().unwrap_or(0)
     }
 
     /// Relay ports in use (allocated, reserved or quarantined) per family: (v4, v6).
@@ -182,16 +265,30 @@ impl Shared {
         Limits {
             max_allocations: self.max_allocations.load(Ordering::Relaxed),
             max_allocations_per_user: self.max_allocations_per_user.load(Ordering::Relaxed),
+            max_allocations_per_rest_user: self
+                .max_allocations_per_rest_user
+                .load(Ordering::Relaxed),
+            max_allocations_per_source: self.max_allocations_per_source.load(Ordering::Relaxed),
         }
     }
 
     /// New quotas for every shard (SIGHUP). Allocations over a lowered limit stay until they
     /// end; only new ones are refused.
-    pub fn set_limits(&self, max_allocations: usize, max_allocations_per_user: usize) {
-        self.max_allocations
-            .store(max_allocations, Ordering::Relaxed);
-        self.max_allocations_per_user
-            .store(max_allocations_per_user, Ordering::Relaxed);
+    pub fn set_limits(&self, limits: Limits) {
+        let Limits {
+            max_allocations,
+            max_allocations_per_user,
+            max_allocations_per_rest_user,
+            max_allocations_per_source,
+        } = limits;
+        let store = |a: &AtomicUsize, v| a.store(v, Ordering::Relaxed);
+        store(&self.max_allocations, max_allocations);
+        store(&self.max_allocations_per_user, max_allocations_per_user);
+        store(
+            &self.max_allocations_per_rest_user,
+            max_allocations_per_rest_user,
+        );
+        store(&self.max_allocations_per_source, max_allocations_per_source);
     }
 
     // ----- for the Servers ------------------------------------------------------------------
@@ -257,12 +354,12 @@ impl Shared {
         }
     }
 
-    /// Checks the quotas and takes the ports of a new allocation by `user`, counting it at
+    /// Checks the quotas and takes the ports of a new allocation by `owner`, counting it at
     /// once so that two shards cannot both admit the last one.
     pub(crate) fn admit(
         &self,
         now: Instant,
-        user: &Arc<str>,
+        owner: Owner<'_>,
         ask: PortAsk,
         additional_v6: bool,
     ) -> Result<Grant, Refusal> {
@@ -271,8 +368,15 @@ impl Shared {
         if self.allocations.load(Ordering::Relaxed) >= limits.max_allocations {
             return Err(Refusal::Full);
         }
-        if s.per_user.get(user).copied().unwrap_or(0) >= limits.max_allocations_per_user {
-            return Err(Refusal::UserQuota);
+        let held = s.per_user.get(owner.user).copied().unwrap_or(0);
+        if held >= limits.per_user(owner.credential) {
+            return Err(Refusal::UserQuota(owner.credential));
+        }
+        let source = owner.source();
+        if let Some(source) = source
+            && s.per_source.get(&source).copied().unwrap_or(0) >= limits.max_allocations_per_source
+        {
+            return Err(Refusal::SourceQuota(source));
         }
         let (family, port, redeemed, new_token) = match ask {
             PortAsk::Reserved(token) => match s.reservations.get(&token).copied() {
@@ -326,7 +430,10 @@ impl Shared {
         if let Some(Ok(p)) = second {
             self.mark_live(Family::V6, p, true);
         }
-        *s.per_user.entry(user.clone()).or_insert(0) += 1;
+        *s.per_user.entry(owner.user.clone()).or_insert(0) += 1;
+        if let Some(source) = source {
+            *s.per_source.entry(source).or_insert(0) += 1;
+        }
         self.allocations.fetch_add(1, Ordering::Relaxed);
         Ok(Grant {
             family,
@@ -338,7 +445,7 @@ impl Shared {
     }
 
     /// Gives back everything `grant` took: the allocation was not made after all.
-    pub(crate) fn undo(&self, user: &str, grant: Grant) {
+    pub(crate) fn undo(&self, owner: Owner<'_>, grant: Grant) {
         let mut s = self.lock();
         self.mark_live(grant.family, grant.port, false);
         match grant.redeemed {
@@ -355,17 +462,17 @@ impl Shared {
             self.mark_live(Family::V6, p, false);
             s.release_port(Family::V6, p);
         }
-        s.uncount_user(user);
+        s.uncount(owner);
         self.allocations.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// An allocation of `user` with these relayed addresses ended. `quarantine`: the port that
+    /// An allocation of `owner` with these relayed addresses ended. `quarantine`: the port that
     /// stays busy for [`PORT_QUARANTINE`]; returns `true` if it was put there (the caller
     /// schedules the timer that frees it).
     pub(crate) fn release(
         &self,
         now: Instant,
-        user: &str,
+        owner: Owner<'_>,
         relayed: &[Option<Relayed>; 2],
         quarantine: Option<(Family, u16)>,
     ) -> bool {
@@ -382,7 +489,7 @@ impl Shared {
                 s.release_port(family, port);
             }
         }
-        s.uncount_user(user);
+        s.uncount(owner);
         self.allocations.fetch_sub(1, Ordering::Relaxed);
         quarantined
     }

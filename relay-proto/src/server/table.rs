@@ -185,6 +185,7 @@ mod tests {
                 Transport::Udp,
             ),
             user: user.into(),
+            credential: Default::default(),
             relayed: [
                 Some(Relayed {
                     bind: ([10, 1, 1, 1], relay_port).into(),

@@ -4,9 +4,10 @@
 //! when an entry comes due the owner looks the object up and expires it only if the object's
 //! *current* deadline has passed, so entries of refreshed or removed objects fall out as
 //! no-ops. `handle_timeout` is O(due entries · log n) and `poll_timeout` is a peek. So that
-//! refresh/delete churn cannot grow the heap without bound, it is rebuilt from the live
-//! objects once it holds more than twice as many entries as it did after the last rebuild
-//! (amortised O(1) per push).
+//! refresh/delete churn cannot grow the heap without bound, the owner rebuilds it from the
+//! live objects as soon as an insert leaves it holding more than twice as many entries as it
+//! did after the last rebuild (amortised O(1) per push; checked on insert, since a refresh
+//! flood may meet no due timer for as long as a lifetime).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

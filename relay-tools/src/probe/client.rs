@@ -337,7 +337,7 @@ pub fn hint(code: u16) -> Option<&'static str> {
         440 => "address family not supported by the relay",
         441 => "wrong credentials for the existing allocation",
         442 => "the relay does not offer UDP relaying",
-        486 => "user quota reached",
+        486 => "allocation quota reached (this user's, or this source's for TURN REST credentials)",
         500 => "server error: check the relay's log",
         508 => "relay full (no relay ports or capacity left)",
         _ => return None,

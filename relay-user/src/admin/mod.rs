@@ -8,24 +8,49 @@
 //! With `[admin] token`, every path but `/healthz` wants `Authorization: Bearer TOKEN`.
 //! Handlers query the shards through [`Control`] on the blocking pool, so a slow shard
 //! never stalls the runtime the signal handling runs on.
+//!
+//! Off loopback the endpoint faces anyone who can reach it, token or not: a request head
+//! must arrive within `[admin] header_timeout` (from connecting, and between keep-alive
+//! requests), heads are capped at [`MAX_HEAD`], and at most `[admin] max_connections` are
+//! served at once; beyond that a new connection is closed at once (logged once per 10 s
+//! with a count), so slow or idle clients cannot pile up.
 
 pub mod prom;
 pub mod view;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{ConnectInfo, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
 use subtle::ConstantTimeEq;
-use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio::{
+    net::TcpListener,
+    sync::{Semaphore, oneshot},
+    task::JoinHandle,
+};
 
-use crate::control::Control;
+use crate::{config::AdminSettings, control::Control, log_window::LogWindow};
+
+/// Largest request head (request line and headers) read: ours are a few hundred bytes.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// How long a shutdown waits for requests in flight (a client that stopped reading its
+/// response would hold it forever).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -66,16 +91,8 @@ pub async fn start(control: Arc<Control>) -> Result<Option<Admin>, AdminError> {
         }
     };
     let local_addr = listener.local_addr().unwrap_or(settings.address);
-    let app = router(control).into_make_service_with_connect_info::<SocketAddr>();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-            let _ = stopped.await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "admin API stopped");
-        }
-    });
+    let task = tokio::spawn(serve(listener, router(control), settings.clone(), stopped));
     tracing::info!(address = %local_addr, token = settings.token.is_some(),
         "admin API listening: /metrics, /api/allocations, /api/status, /healthz");
     Ok(Some(Admin {
@@ -83,6 +100,70 @@ pub async fn start(control: Arc<Control>) -> Result<Option<Admin>, AdminError> {
         stop,
         task,
     }))
+}
+
+/// Accepts until `stopped`, each connection on a task of its own with a permit of
+/// `max_connections`; then waits (a bounded time) for requests in flight.
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    settings: AdminSettings,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut refused = LogWindow::default();
+    loop {
+        let (stream, from) = tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, typically: give the process a moment.
+                    tracing::warn!(error = %e, "admin API: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let now = Instant::now();
+        if let Some(more) = refused.expire(now) {
+            tracing::warn!(
+                more,
+                max_connections = settings.max_connections,
+                "admin API: {more} more connections refused in the last 10 s (at max_connections)"
+            );
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            if refused.admit(now) {
+                tracing::warn!(%from, max_connections = settings.max_connections,
+                    "admin API: connection refused, {} already open ([admin] max_connections); \
+                     slow or idle clients are closed after [admin] header_timeout", settings.max_connections);
+            }
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(from))));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.header_timeout)
+            .max_buf_size(MAX_HEAD)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%from, error = %e, "admin connection closed");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin API: requests still in flight after 5 s of shutdown were cut");
+    }
 }
 
 impl Admin {
@@ -215,6 +296,7 @@ mod tests {
                 interfaces: vec![],
                 off_reason: Some("test".into()),
                 sized_for: 10,
+                forwarding_off: None,
             },
         ))
     }
@@ -222,10 +304,18 @@ mod tests {
     /// A control plane over two fake shards, its admin endpoint on an ephemeral loopback
     /// port with `token`.
     fn serve(token: Option<&str>) -> (tokio::runtime::Runtime, Arc<Control>, Admin, FakeShards) {
+        serve_with(token, |_| {})
+    }
+
+    fn serve_with(
+        token: Option<&str>,
+        f: impl FnOnce(&mut crate::config::AdminSettings),
+    ) -> (tokio::runtime::Runtime, Arc<Control>, Admin, FakeShards) {
         let mut config = parse_config(&config_text(""));
         config.admin.address = "127.0.0.1:0".parse().unwrap();
         config.admin.explicit = true;
         config.admin.token = token.map(str::to_owned);
+        f(&mut config.admin);
         let shards = FakeShards::start(&config, 2);
         let control = control(config, &shards);
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -283,6 +373,85 @@ mod tests {
         let c = AdminClient::new(admin.local_addr, None);
         assert_eq!(c.get("/api/status").unwrap().0, 200);
         assert_eq!(c.get("/nope").unwrap().0, 404);
+        rt.block_on(admin.shutdown());
+    }
+
+    /// Whether the server closed `s` (EOF or reset) before `deadline`, and the bytes it
+    /// sent before that.
+    fn closed_by(s: &mut std::net::TcpStream, deadline: std::time::Instant) -> (bool, usize) {
+        use std::io::Read;
+        let (mut buf, mut got) = ([0u8; 512], 0);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return (false, got);
+            }
+            s.set_read_timeout(Some(left)).unwrap();
+            match s.read(&mut buf) {
+                Ok(0) => return (true, got),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (true, got),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn slow_clients_are_cut_after_the_header_timeout_and_connections_are_capped() {
+        use std::io::Write;
+        use std::time::{Duration, Instant};
+        let (rt, _control, admin, _shards) = serve_with(None, |a| {
+            a.header_timeout = Duration::from_secs(1);
+            a.max_connections = 3;
+        });
+        let addr = admin.local_addr;
+        let opened = Instant::now();
+        // Slowloris: connections that send nothing, or half a request head.
+        let mut slow: Vec<_> = (0..3)
+            .map(|i| {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                if i == 1 {
+                    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                        .unwrap();
+                }
+                s
+            })
+            .collect();
+        // Beyond the cap: closed at once, its request unanswered.
+        let mut extra = std::net::TcpStream::connect(addr).unwrap();
+        let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(
+            closed_by(&mut extra, opened + Duration::from_secs(5)),
+            (true, 0),
+            "a connection beyond max_connections must be closed unanswered"
+        );
+        // The slow ones are closed once the header timeout has passed, not before.
+        for (i, s) in slow.iter_mut().enumerate() {
+            assert!(
+                closed_by(s, Instant::now() + Duration::from_secs(5)).0,
+                "slow connection {i} still open 5 s after the 1 s header timeout"
+            );
+        }
+        assert!(opened.elapsed() >= Duration::from_millis(900));
+        // Room again: a normal request is served.
+        let c = AdminClient::new(addr, None);
+        assert_eq!(c.get("/healthz").unwrap(), (200, "ok\n".into()));
+        // A keep-alive connection left idle after its response is closed the same way.
+        let mut idle = std::net::TcpStream::connect(addr).unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let asked = Instant::now();
+        let (closed, answer) = closed_by(&mut idle, asked + Duration::from_secs(5));
+        assert!(
+            closed && answer > 0,
+            "idle keep-alive connection still open 5 s after its response"
+        );
+        assert!(asked.elapsed() >= Duration::from_millis(900));
         rt.block_on(admin.shutdown());
     }
 

@@ -35,10 +35,8 @@ struct ShardStats {
     permissions: usize,
     /// Bound channels (not cooling down).
     channels: usize,
-    /// What the XDP maps hold for this shard's UDP clients.
+    /// The relayed addresses of this shard's UDP clients, which the XDP maps hold.
     udp_relays: Vec<SocketAddr>,
-    udp_permissions: usize,
-    udp_channels: usize,
 }
 
 fn shard_stats(s: &mut Server) -> ShardStats {
@@ -54,8 +52,6 @@ fn shard_stats(s: &mut Server) -> ShardStats {
         permissions: 0,
         channels: 0,
         udp_relays: Vec::new(),
-        udp_permissions: 0,
-        udp_channels: 0,
     };
     for a in s.allocations() {
         let path = Path::of(a.client().transport);
@@ -66,8 +62,6 @@ fn shard_stats(s: &mut Server) -> ShardStats {
         st.channels += channels;
         if path == Path::Udp {
             st.udp_relays.extend(a.relayed().map(|r| r.bind));
-            st.udp_permissions += permissions;
-            st.udp_channels += channels;
         }
     }
     st
@@ -147,7 +141,9 @@ pub fn render(control: &Control) -> Result<String, fmt::Error> {
     }
     let (mut xdp_reasons, mut xdp_maps) = (Vec::new(), Vec::new());
     if kernel.is_on() {
+        let mut in_kernel = (0, 0);
         kernel.with(|maps| {
+            in_kernel = maps.permissions_and_channels();
             let mut t = retired[Path::Xdp as usize];
             for relay in shards.iter().flat_map(|s| &s.udp_relays) {
                 // A relay the maps do not hold (its insert failed) is served in userspace.
@@ -164,11 +160,8 @@ pub fn render(control: &Control) -> Result<String, fmt::Error> {
             }
         });
         let sum = |f: fn(&ShardStats) -> usize| shards.iter().map(f).sum::<usize>();
-        let entries = [
-            sum(|s| s.udp_relays.len()),
-            sum(|s| s.udp_permissions),
-            sum(|s| s.udp_channels),
-        ];
+        // Permissions and channels beyond an allocation's share stay in userspace.
+        let entries = [sum(|s| s.udp_relays.len()), in_kernel.0, in_kernel.1];
         let sizes = map_sizes(control.xdp().sized_for);
         let capacity = |name: &str| {
             sizes
@@ -340,6 +333,13 @@ impl Collector for Scrape {
         )?;
         family(
             &mut enc,
+            "relay_allocations_refused",
+            "Allocate requests refused by a quota (508 or 300 for the relay's, 486 for the others), by limit.",
+            Counter,
+            ev.refused().map(|(l, n)| (label("limit", l), n)),
+        )?;
+        family(
+            &mut enc,
             "relay_auth_failures",
             "Requests whose credentials did not verify, by reason.",
             Counter,
@@ -431,7 +431,7 @@ impl Collector for Scrape {
             family(
                 &mut enc,
                 "relay_xdp_map_entries",
-                "Entries the relay holds in the XDP maps.",
+                "Entries the relay holds in the XDP maps (permissions and channels beyond an allocation's share of 8 and 4 are served in userspace).",
                 Gauge,
                 self.xdp_maps
                     .iter()
@@ -479,7 +479,8 @@ impl Collector for Scrape {
             "relay_events_lost",
             "Core events discarded because the log could not keep up.",
             Counter,
-            self.sum(|s| s.events_lost),
+            // The cores' queues, and the log thread's.
+            self.sum(|s| s.events_lost) + crate::events::lost(),
         )?;
         family(
             &mut enc,

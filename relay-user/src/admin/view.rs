@@ -170,10 +170,13 @@ pub fn status(control: &Control) -> StatusView {
                 })
                 .collect(),
             off_reason: xdp.off_reason.clone(),
+            forwarding_off: xdp.forwarding_off.clone(),
         },
         limits: LimitsView {
             max_allocations: c.max_allocations,
             max_allocations_per_user: c.max_allocations_per_user,
+            max_allocations_per_rest_user: c.max_allocations_per_rest_user,
+            max_allocations_per_source: c.max_allocations_per_source,
             alternate_servers: c.alternate_servers.clone(),
             drain_timeout_s: c.drain_timeout.as_secs(),
         },

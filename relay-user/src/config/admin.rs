@@ -11,6 +11,11 @@ use super::{AdminSection, ConfigError, Listener, PortRange, RelayAddrs};
 /// Loopback only: the usage view names users and client addresses. `relay status`
 /// assumes the same address when given neither --admin nor --config.
 pub const DEFAULT_ADMIN_ADDRESS: SocketAddr = relay_admin_api::DEFAULT_ADDRESS;
+/// How long a client may take to send a request head, from connecting or since the previous
+/// response: a slowloris client holds a connection no longer than this.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections served at once: monitoring and an operator or two need a handful.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
 /// How long SIGTERM waits for allocations to end before closing the rest.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -23,6 +28,11 @@ pub struct AdminSettings {
     /// `false` when `[admin] address` was not written: a busy default port is then only
     /// a warning (two relays on one host), an explicit one a startup error.
     pub explicit: bool,
+    /// A request head must arrive within this, from connecting or since the previous
+    /// response (so it is also the keep-alive idle timeout).
+    pub header_timeout: Duration,
+    /// Connections served at once; beyond it new ones are closed at once.
+    pub max_connections: usize,
 }
 
 impl Default for AdminSettings {
@@ -31,6 +41,8 @@ impl Default for AdminSettings {
             address: DEFAULT_ADMIN_ADDRESS,
             token: None,
             explicit: false,
+            header_timeout: DEFAULT_ADMIN_HEADER_TIMEOUT,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
         }
     }
 }
@@ -42,6 +54,8 @@ impl std::fmt::Debug for AdminSettings {
             .field("address", &self.address)
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("explicit", &self.explicit)
+            .field("header_timeout", &self.header_timeout)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -116,10 +130,39 @@ pub(super) fn admin(
             ),
         ));
     }
+    let header_timeout = match section.header_timeout {
+        None => DEFAULT_ADMIN_HEADER_TIMEOUT,
+        Some(0) => {
+            return Err(ConfigError::new(
+                "admin.header_timeout",
+                "must be at least 1 (seconds)",
+            ));
+        }
+        // A request head is a few hundred bytes; minutes only help a slowloris client.
+        Some(s) if s > 300 => {
+            return Err(ConfigError::new(
+                "admin.header_timeout",
+                format!("{s} s is more than 5 minutes (the value is in seconds)"),
+            ));
+        }
+        Some(s) => Duration::from_secs(s),
+    };
+    let max_connections = match section.max_connections {
+        None => DEFAULT_ADMIN_MAX_CONNECTIONS,
+        Some(0) => {
+            return Err(ConfigError::new(
+                "admin.max_connections",
+                "must be at least 1",
+            ));
+        }
+        Some(n) => n,
+    };
     Ok(AdminSettings {
         address,
         token,
         explicit,
+        header_timeout,
+        max_connections,
     })
 }
 

@@ -84,12 +84,23 @@ pub struct AuthSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeersSection {
-    /// CIDRs that are peers despite the default deny (e.g. the internal media server).
+    /// Peers despite the default deny (e.g. the internal media server): `"CIDR [udp|tcp]
+    /// [N|N-M]"`; an address named here is reachable only on the protocols and ports named.
     #[serde(default)]
     pub allow: Vec<String>,
     /// CIDRs refused even when otherwise allowed.
     #[serde(default)]
     pub deny: Vec<String>,
+    /// `[peers.rest]`: what REST-credential (shared secret) allocations may reach.
+    pub rest: Option<RestPeersSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestPeersSection {
+    /// Replaces `[peers] allow` for REST users; same grammar.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,7 +108,12 @@ pub struct PeersSection {
 pub struct LimitsSection {
     /// Relays this node holds at once ("1800 TURN relays").
     pub max_allocations: Option<usize>,
+    /// Per configured user (the operator's media servers).
     pub max_allocations_per_user: Option<usize>,
+    /// Per TURN REST username (one browser).
+    pub max_allocations_per_rest_user: Option<usize>,
+    /// TURN REST allocations per client IPv4 address or IPv6 /64.
+    pub max_allocations_per_source: Option<usize>,
     /// `IP:PORT` of other relays: full or draining, new clients get 300 towards them.
     #[serde(default)]
     pub alternate_servers: Vec<String>,
@@ -139,4 +155,9 @@ pub struct AdminSection {
     pub address: Option<String>,
     /// Bearer token for the admin endpoint (required off loopback).
     pub token: Option<String>,
+    /// Seconds a connection may take to send a request head, from opening or since the
+    /// previous response (the keep-alive idle timeout).
+    pub header_timeout: Option<u64>,
+    /// Connections served at once; further ones are closed at once.
+    pub max_connections: Option<usize>,
 }

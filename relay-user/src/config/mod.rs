@@ -16,7 +16,10 @@ pub use file::{
 pub use log::{LEVELS as LOG_LEVELS, check_log_filter};
 pub use tcp::{IoEngine, TcpSection, TcpSettings, TlsFiles, TlsSection};
 pub use users::{UserEntry, load_users_file};
-pub use validate::{Config, ConfigError, Listener, MAX_UDP_WORKERS, PortRange, RelayAddrs};
+pub use validate::{
+    Config, ConfigError, DEFAULT_MAX_ALLOCATIONS_PER_REST_USER, DEFAULT_MAX_ALLOCATIONS_PER_SOURCE,
+    Listener, MAX_UDP_WORKERS, PortRange, RelayAddrs,
+};
 
 use std::path::Path;
 

@@ -216,14 +216,19 @@ fn admin_and_capacity_keys() {
     assert_eq!(c.admin.address, DEFAULT_ADMIN_ADDRESS);
     assert_eq!(c.admin.token, None);
     assert!(!c.admin.explicit);
+    assert_eq!(c.admin.header_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(c.admin.max_connections, 64);
     assert!(c.alternate_servers.is_empty());
     assert_eq!(c.drain_timeout, DEFAULT_DRAIN_TIMEOUT);
 
     let text = DEPLOYMENT.replace(
         "max_allocations = 1800",
         "max_allocations = 1800\nalternate_servers = [\"203.0.113.60:3478\", \"[2001:db8::60]:3478\"]\ndrain_timeout = 120",
-    ) + "\n[admin]\naddress = \"192.0.2.50:9641\"\ntoken = \"t0ken\"\n";
+    ) + "\n[admin]\naddress = \"192.0.2.50:9641\"\ntoken = \"t0ken\"\n\
+           header_timeout = 3\nmax_connections = 8\n";
     let c = parse(&text).unwrap();
+    assert_eq!(c.admin.header_timeout, std::time::Duration::from_secs(3));
+    assert_eq!(c.admin.max_connections, 8);
     assert_eq!(c.admin.address.to_string(), "192.0.2.50:9641");
     assert_eq!(c.admin.token.as_deref(), Some("t0ken"));
     assert!(c.admin.explicit);
@@ -261,6 +266,9 @@ fn admin_and_capacity_mistakes_name_their_key() {
         (admin("token = \"\""), "admin.token"),
         (admin("token = \"two words\""), "admin.token"),
         (admin("bogus = 1"), "file"),
+        (admin("header_timeout = 0"), "admin.header_timeout"),
+        (admin("header_timeout = 600"), "admin.header_timeout"),
+        (admin("max_connections = 0"), "admin.max_connections"),
         (
             limits("alternate_servers = [\"203.0.113.60\"]"),
             "limits.alternate_servers[0]",
@@ -486,4 +494,131 @@ fn per_user_limit_above_the_total_is_accepted() {
     ))
     .unwrap();
     assert_eq!(c.max_allocations_per_user, 5000);
+}
+
+#[test]
+fn allow_entries_take_a_protocol_and_ports() {
+    let c = parse(&DEPLOYMENT.replace(
+        r#"allow = ["192.0.2.0/24", "10.1.2.3"]"#,
+        r#"allow = ["192.0.2.0/24", "192.0.2.10/32 udp", "192.0.2.11 5432", "10.1.0.0/16 tcp 10000-20000"]"#,
+    ))
+    .unwrap();
+    let shown: Vec<String> = c.peers_allow.iter().map(|r| r.to_string()).collect();
+    assert_eq!(
+        shown,
+        [
+            "192.0.2.0/24",
+            "192.0.2.10/32 udp",
+            "192.0.2.11/32 5432",
+            "10.1.0.0/16 tcp 10000-20000"
+        ]
+    );
+    assert!(c.peers_rest_allow.is_none());
+    for (entry, says) in [
+        ("192.0.2.10/32 sctp", "sctp"),
+        ("192.0.2.10/32 udp 0", "ports need 1 <= low"),
+        ("192.0.2.10/32 20-10", "20-10"),
+        ("192.0.2.10/32 80 udp", "protocol before ports"),
+        ("192.0.2.10/24 udp", "host bits"),
+    ] {
+        let e = err(&DEPLOYMENT.replace(
+            r#"allow = ["192.0.2.0/24", "10.1.2.3"]"#,
+            &format!(r#"allow = ["192.0.2.0/24", "10.1.2.3", "{entry}"]"#),
+        ));
+        assert_eq!(e.key, "peers.allow[2]", "{entry}: {e}");
+        assert!(e.message.contains(says), "{entry}: {e}");
+    }
+    // deny stays plain CIDRs.
+    let e = err(&DEPLOYMENT.replace("[limits]", "deny = [\"10.0.0.0/8 udp\"]\n\n[limits]"));
+    assert_eq!(e.key, "peers.deny[0]", "{e}");
+}
+
+#[test]
+fn rest_users_get_their_own_allow_list() {
+    let text = DEPLOYMENT.replace(
+        "[limits]",
+        "[peers.rest]\nallow = [\"192.0.2.10/32 udp 10000-20000\"]\n\n[limits]",
+    );
+    let c = parse(&text).unwrap();
+    let rest: Vec<String> = c
+        .peers_rest_allow
+        .as_ref()
+        .expect("[peers.rest]")
+        .iter()
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(rest, ["192.0.2.10/32 udp 10000-20000"]);
+    assert_eq!(c.peers_allow.len(), 2, "the main list is unchanged");
+    let e = err(&text.replace("10000-20000\"]", "10000-20000\", \"bad\"]"));
+    assert_eq!(e.key, "peers.rest.allow[1]", "{e}");
+    let e = err(&text.replace("[peers.rest]\nallow", "[peers.rest]\nalow"));
+    assert!(e.message.contains("alow"), "{e}");
+    // An empty REST list is allowed: REST users then get only the default policy.
+    let c =
+        parse(&text.replace("allow = [\"192.0.2.10/32 udp 10000-20000\"]", "allow = []")).unwrap();
+    assert_eq!(c.peers_rest_allow.as_deref(), Some(&[][..]));
+}
+
+/// REST users (browsers) that share the media server's `allow` list reach every port of
+/// it: `relay check` and the start log say so, and how to restrict them.
+#[test]
+fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
+    let c = parse(DEPLOYMENT).unwrap();
+    let w = crate::core::rest_policy_warning(&c).expect("a warning");
+    assert!(
+        w.contains("192.0.2.0/24") && w.contains("[peers.rest]"),
+        "{w}"
+    );
+    let report = crate::check::render(Path::new("relay.toml"), &c);
+    assert!(
+        report.contains("warning: REST-credential users"),
+        "{report}"
+    );
+    let restricted = DEPLOYMENT.replace(
+        "[limits]",
+        "[peers.rest]\nallow = [\"192.0.2.10/32 udp 10000-20000\"]\n\n[limits]",
+    );
+    let c = parse(&restricted).unwrap();
+    assert_eq!(crate::core::rest_policy_warning(&c), None);
+    let report = crate::check::render(Path::new("relay.toml"), &c);
+    assert!(report.contains("peers for REST"), "{report}");
+    assert!(!report.contains("warning:"), "{report}");
+    let no_secrets = DEPLOYMENT.replace("shared_secrets = [\"s3cret\"]\n", "");
+    assert_eq!(
+        crate::core::rest_policy_warning(&parse(&no_secrets).unwrap()),
+        None
+    );
+    let ported = DEPLOYMENT.replace(
+        r#"allow = ["192.0.2.0/24", "10.1.2.3"]"#,
+        r#"allow = ["192.0.2.0/24 udp 10000-20000"]"#,
+    );
+    assert_eq!(
+        crate::core::rest_policy_warning(&parse(&ported).unwrap()),
+        None
+    );
+}
+
+#[test]
+fn rest_credentials_get_their_own_quotas() {
+    let c = parse(DEPLOYMENT).unwrap();
+    assert_eq!(c.max_allocations_per_rest_user, 16);
+    assert_eq!(c.max_allocations_per_source, 1000);
+    let c = parse(&DEPLOYMENT.replace(
+        "max_allocations = 1800",
+        "max_allocations = 1800\nmax_allocations_per_rest_user = 4\nmax_allocations_per_source = 300",
+    ))
+    .unwrap();
+    assert_eq!(c.max_allocations_per_rest_user, 4);
+    assert_eq!(c.max_allocations_per_source, 300);
+    for key in [
+        "max_allocations_per_rest_user",
+        "max_allocations_per_source",
+    ] {
+        let e = parse(&DEPLOYMENT.replace(
+            "max_allocations = 1800",
+            &format!("max_allocations = 1800\n{key} = 0"),
+        ))
+        .unwrap_err();
+        assert_eq!(e.key, format!("limits.{key}"), "{e}");
+    }
 }

@@ -9,6 +9,7 @@ use std::{
 };
 
 use ipnet::IpNet;
+use relay_proto::policy::{AllowRule, parse_net};
 
 use super::{ConfigFile, IoEngine, Transport, UserEntry, load_users_file};
 use crate::xdp::{AttachMode, Forwarding};
@@ -53,10 +54,19 @@ pub struct Config {
     pub ports: PortRange,
     pub users: BTreeMap<String, UserEntry>,
     pub shared_secrets: Vec<String>,
-    pub peers_allow: Vec<IpNet>,
+    /// `[peers] allow`: static users, and REST users without `[peers.rest]`.
+    pub peers_allow: Vec<AllowRule>,
+    /// `[peers.rest] allow`: REST-credential allocations use it instead of `peers_allow`.
+    pub peers_rest_allow: Option<Vec<AllowRule>>,
     pub peers_deny: Vec<IpNet>,
     pub max_allocations: usize,
+    /// Per configured (static) user; default `max_allocations`.
     pub max_allocations_per_user: usize,
+    /// Per TURN REST username (`[limits] max_allocations_per_rest_user`).
+    pub max_allocations_per_rest_user: usize,
+    /// TURN REST allocations per client IPv4 address or IPv6 /64
+    /// (`[limits] max_allocations_per_source`); static users are not counted.
+    pub max_allocations_per_source: usize,
     pub xdp_interfaces: Vec<String>,
     pub xdp_mode: AttachMode,
     /// Who turns on the IP forwarding the kernel fast path needs (`[xdp] forwarding`).
@@ -119,6 +129,12 @@ pub const DEFAULT_PORTS: PortRange = PortRange {
     high: 65535,
 };
 pub const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
+/// One browser's TURN REST credential: its peer connections with UDP, TCP and TLS TURN URLs
+/// over a couple of interfaces.
+pub const DEFAULT_MAX_ALLOCATIONS_PER_REST_USER: usize = 16;
+/// TURN REST allocations from one IPv4 address or IPv6 /64: a corporate NAT of a few hundred
+/// browsers. Static users (media servers) are not counted.
+pub const DEFAULT_MAX_ALLOCATIONS_PER_SOURCE: usize = 1000;
 /// Far more threads than any edge host has cores; a typo guard.
 pub const MAX_UDP_WORKERS: usize = 1024;
 
@@ -236,16 +252,28 @@ impl ConfigFile {
                 "must be at least 1",
             ));
         }
-        let per_user = self
-            .limits
-            .max_allocations_per_user
-            .unwrap_or(max_allocations);
-        if per_user == 0 {
-            return Err(ConfigError::new(
-                "limits.max_allocations_per_user",
-                "must be at least 1",
-            ));
-        }
+        let at_least_one = |key: &'static str, v: usize| match v {
+            0 => Err(ConfigError::new(key, "must be at least 1")),
+            v => Ok(v),
+        };
+        let per_user = at_least_one(
+            "limits.max_allocations_per_user",
+            self.limits
+                .max_allocations_per_user
+                .unwrap_or(max_allocations),
+        )?;
+        let per_rest_user = at_least_one(
+            "limits.max_allocations_per_rest_user",
+            self.limits
+                .max_allocations_per_rest_user
+                .unwrap_or(DEFAULT_MAX_ALLOCATIONS_PER_REST_USER),
+        )?;
+        let per_source = at_least_one(
+            "limits.max_allocations_per_source",
+            self.limits
+                .max_allocations_per_source
+                .unwrap_or(DEFAULT_MAX_ALLOCATIONS_PER_SOURCE),
+        )?;
         let xdp_mode = match &self.xdp.mode {
             Some(m) => m
                 .parse()
@@ -291,10 +319,16 @@ impl ConfigFile {
             ports,
             users,
             shared_secrets: self.auth.shared_secrets,
-            peers_allow: cidrs("peers.allow", &self.peers.allow)?,
+            peers_allow: allow_rules("peers.allow", &self.peers.allow)?,
+            peers_rest_allow: match &self.peers.rest {
+                Some(rest) => Some(allow_rules("peers.rest.allow", &rest.allow)?),
+                None => None,
+            },
             peers_deny: cidrs("peers.deny", &self.peers.deny)?,
             max_allocations,
             max_allocations_per_user: per_user,
+            max_allocations_per_rest_user: per_rest_user,
+            max_allocations_per_source: per_source,
             xdp_interfaces: self.xdp.interfaces,
             xdp_mode,
             xdp_forwarding,
@@ -433,28 +467,27 @@ fn ports_clear_of_listeners(
     }
 }
 
-fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+/// Each entry of list `key` parsed by `parse`; an error names the entry (`key[i]`).
+fn entries<T, E: fmt::Display>(
+    key: &str,
+    values: &[String],
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<Vec<T>, ConfigError> {
     values
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let key = format!("{key}[{i}]");
-            let net = v
-                .parse::<IpNet>()
-                .or_else(|_| v.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| ConfigError::new(&key, format!("`{v}` is not a CIDR or IP")))?;
-            // `192.0.2.10/24` is ambiguous: a typo for one host, or the whole network?
-            if net.trunc() != net {
-                return Err(ConfigError::new(
-                    &key,
-                    format!(
-                        "{net} has host bits set: write {}, or {} for one host",
-                        net.trunc(),
-                        IpNet::from(net.addr())
-                    ),
-                ));
-            }
-            Ok(net)
+            parse(v.trim()).map_err(|e| ConfigError::new(format!("{key}[{i}]"), e.to_string()))
         })
         .collect()
+}
+
+/// Plain CIDRs (or single addresses); host bits set are refused as ambiguous.
+fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    entries(key, values, parse_net)
+}
+
+/// `"CIDR [udp|tcp] [N|N-M]"` entries.
+fn allow_rules(key: &str, values: &[String]) -> Result<Vec<AllowRule>, ConfigError> {
+    entries(key, values, str::parse::<AllowRule>)
 }

@@ -4,16 +4,23 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use relay_common::AllocCounters;
 use relay_proto::server::Command;
 
-use crate::xdp::XdpMaps;
+use crate::{log_window::LogWindow, xdp::XdpMaps};
 
 /// `None` inside when the fast path is off: commands are then ignored.
 #[derive(Clone, Default)]
-pub struct Kernel(Option<Arc<Mutex<XdpMaps>>>);
+pub struct Kernel(Option<Arc<Mutex<Inner>>>);
+
+struct Inner {
+    maps: XdpMaps,
+    /// Map write failures: a full map fails every write for as long as it is full.
+    failures: LogWindow,
+}
 
 impl Kernel {
     pub fn off() -> Self {
@@ -21,7 +28,10 @@ impl Kernel {
     }
 
     pub fn new(maps: XdpMaps) -> Self {
-        Self(Some(Arc::new(Mutex::new(maps))))
+        Self(Some(Arc::new(Mutex::new(Inner {
+            maps,
+            failures: LogWindow::default(),
+        }))))
     }
 
     pub fn is_on(&self) -> bool {
@@ -32,9 +42,19 @@ impl Kernel {
     /// stays on the userspace path, which serves every packet the kernel passes up.
     pub fn apply(&self, cmd: &Command) {
         let Some(maps) = &self.0 else { return };
-        let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = maps.apply(cmd) {
-            tracing::warn!(error = %e, command = ?cmd, "XDP map update failed; this flow stays in userspace");
+        let mut inner = maps.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if let Some(more) = inner.failures.expire(now) {
+            let secs = LogWindow::WINDOW.as_secs();
+            tracing::warn!(
+                more,
+                "{more} more XDP map updates failed in the last {secs} s; those flows stay in userspace"
+            );
+        }
+        if let Err(e) = inner.maps.apply(cmd)
+            && inner.failures.admit(now)
+        {
+            tracing::warn!(error = %e, command = ?cmd, "XDP map update failed; this flow stays in userspace (further failures are counted for 10 s)");
         }
     }
 
@@ -48,7 +68,7 @@ impl Kernel {
     /// Direct access for counters (admin, metrics, deletion logs).
     pub fn with<T>(&self, f: impl FnOnce(&mut XdpMaps) -> T) -> Option<T> {
         let maps = self.0.as_ref()?;
-        let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
-        Some(f(&mut maps))
+        let mut inner = maps.lock().unwrap_or_else(|p| p.into_inner());
+        Some(f(&mut inner.maps))
     }
 }

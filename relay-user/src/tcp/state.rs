@@ -1191,7 +1191,6 @@ impl State {
             self.server.handle_timeout(now);
         }
         self.apply_commands(now);
-        crate::events::flush_rate_limited();
         if now < self.next_sweep {
             return;
         }

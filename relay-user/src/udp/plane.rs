@@ -336,7 +336,6 @@ impl Plane {
             self.server.handle_timeout(now);
         }
         self.apply_commands(now);
-        crate::events::flush_rate_limited();
     }
 
     /// How long the loop may sleep: until the core's next timer, at most a second,

@@ -180,6 +180,22 @@ impl Change {
 pub struct ForwardingGuard {
     changes: Vec<Change>,
     table: bool,
+    /// Why forwarding is off where the fast path needs it, for the status page.
+    off_reason: Option<String>,
+}
+
+impl ForwardingGuard {
+    /// Why IP forwarding is off on the XDP interfaces (so the kernel cannot route relayed
+    /// packets and passes them to userspace), if it is.
+    pub fn off_reason(&self) -> Option<&str> {
+        self.off_reason.as_deref()
+    }
+
+    /// Whether dropping it changes the host (sysctls to restore, a table to remove),
+    /// which needs CAP_NET_ADMIN.
+    pub fn restores_at_exit(&self) -> bool {
+        self.table || !self.changes.is_empty()
+    }
 }
 
 impl Drop for ForwardingGuard {
@@ -202,7 +218,8 @@ impl Drop for ForwardingGuard {
 
 /// Makes forwarding on `interfaces` what the fast path needs (`Auto`), or checks it and
 /// says what to do (`Manual`). `ipv6`: whether the relay has IPv6 addresses to relay on.
-/// Never fails: without forwarding the relay still works, in userspace.
+/// Never fails: without forwarding the relay still works, in userspace. Without the
+/// nftables guard, `Auto` changes nothing (see [`ForwardingGuard::off_reason`]).
 pub fn setup(mode: Forwarding, interfaces: &[String], ipv6: bool) -> ForwardingGuard {
     let knobs: &[Knob] = if ipv6 {
         &[Knob::V4Forwarding, Knob::V6Forwarding, Knob::V6AcceptRa]
@@ -297,27 +314,38 @@ fn enable(interfaces: &[&str], knobs: &[Knob]) -> ForwardingGuard {
         .filter(|c| c.knob == Knob::V4Forwarding)
         .map(|c| c.interface.as_str())
         .collect();
-    // The guard goes in before forwarding is switched on.
-    let table = match nft(&guard_script(&planned, &routed)) {
-        Ok(()) => {
-            if !routed.is_empty() {
-                tracing::info!(table = %format!("inet {GUARD_TABLE}"), interfaces = %routed.join(","),
-                    "nftables guard installed: the kernel stack routes nothing from these interfaces \
-                     (XDP-forwarded media is not affected)");
-            }
-            true
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, interfaces = %routed.join(","),
-                "cannot install the nftables guard: the host now ROUTES IPv4 between its interfaces \
-                 while the relay runs; install nftables, or set [xdp] forwarding = \"manual\" and \
-                 manage forwarding and filtering yourself (the fast path works either way)");
-            false
-        }
-    };
+    // The guard goes in before forwarding is switched on, and without it forwarding
+    // stays off (fail closed): per-interface forwarding would let the stack route
+    // whatever arrives there, and the table is also the record that puts the settings
+    // back after a crash. The fast path still runs; what it cannot route goes up to
+    // userspace, which relays it.
+    if let Err(e) = nft(&guard_script(&planned, &routed)) {
+        let mut off: Vec<&str> = planned.iter().map(|c| c.interface.as_str()).collect();
+        off.dedup();
+        let off = off.join(",");
+        tracing::warn!(error = %e, interfaces = %off,
+            "cannot install the nftables guard ({e}): IP forwarding stays OFF on {off}, so the XDP \
+             fast path passes relayed packets to userspace (slower, still relayed). Install nftables \
+             (Debian package nftables) or make `nft` work for the relay (CAP_NET_ADMIN, nf_tables \
+             module), then restart; or set [xdp] forwarding = \"manual\" and manage forwarding and \
+             filtering yourself");
+        return ForwardingGuard {
+            off_reason: Some(format!(
+                "the nftables guard could not be installed ({e}), so the relay left forwarding off on {off}"
+            )),
+            changes: Vec::new(),
+            table: false,
+        };
+    }
+    if !routed.is_empty() {
+        tracing::info!(table = %format!("inet {GUARD_TABLE}"), interfaces = %routed.join(","),
+            "nftables guard installed: the kernel stack routes nothing from these interfaces \
+             (XDP-forwarded media is not affected)");
+    }
     let mut guard = ForwardingGuard {
         changes: Vec::new(),
-        table,
+        table: true,
+        off_reason: None,
     };
     for c in planned {
         let name = c.knob.sysctl_name(&c.interface);
@@ -414,14 +442,16 @@ fn nft(script: &str) -> Result<(), NftError> {
             io::ErrorKind::NotFound => NftError::Missing,
             _ => NftError::Io(e),
         })?;
-    child
+    // An nft that fails early may exit before reading the script (EPIPE here): what it
+    // said on stderr is the error worth reporting then.
+    let written = child
         .stdin
         .take()
         .expect("piped")
-        .write_all(script.as_bytes())?;
+        .write_all(script.as_bytes());
     let out = child.wait_with_output()?;
     if out.status.success() {
-        Ok(())
+        Ok(written?)
     } else {
         Err(NftError::Refused(
             String::from_utf8_lossy(&out.stderr).trim().to_owned(),

@@ -20,10 +20,13 @@ use aya::{
 use relay_common::{
     ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, CHANNELS_MAP, CLIENTS_MAP, ChannelKey,
     ChannelValue, ClientKey, ClientTarget, FAMILY_V4, FAMILY_V6, Ip, PEER_CHANNELS_MAP,
-    PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP,
-    RELAY_ADDRS_MAP, RELAYS_PER_ALLOCATION, Reason, RelayKey, RelayValue, v4_mapped,
+    PERMISSION_SOME_PORTS, PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey,
+    REASON_COUNTERS_MAP, REDIRECT_MAP, RELAY_ADDRS_MAP, RELAYS_PER_ALLOCATION, Reason, RelayKey,
+    RelayValue, v4_mapped,
 };
 use relay_proto::server::{Command, Transport};
+
+use super::offload::{Offload, Write};
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpMapsError {
@@ -77,6 +80,8 @@ pub struct XdpMaps {
     slot_capacity: u32,
     public_refs: StdHashMap<IpAddr, u32>,
     nr_cpus: usize,
+    /// Which permissions and channels are in the maps, per allocation.
+    offload: Offload,
 }
 
 /// What the maps hold for one relayed address, to take it out again.
@@ -146,6 +151,7 @@ impl XdpMaps {
             slot_capacity: max_allocations.saturating_mul(RELAYS_PER_ALLOCATION),
             public_refs: StdHashMap::new(),
             nr_cpus,
+            offload: Offload::default(),
         };
         for &ifindex in attached {
             maps.add_redirect_interface(ifindex)?;
@@ -161,8 +167,13 @@ impl XdpMaps {
     }
 
     /// Replays one command of the protocol core. Commands for TCP/TLS clients only touch
-    /// the relay-IP set (hairpin detection); their data stays in userspace.
+    /// the relay-IP set (hairpin detection); their data stays in userspace. Permissions and
+    /// channels go through [`Offload`]: each allocation holds at most its share of the maps.
     pub fn apply(&mut self, cmd: &Command) -> Result<(), XdpMapsError> {
+        let mut writes = Vec::new();
+        // Every step is tried (a removal that fails must not keep a promotion out, nor
+        // leave entries behind); the first failure is returned.
+        let mut result = Ok(());
         match cmd {
             Command::AllocationCreated {
                 client,
@@ -183,23 +194,25 @@ impl XdpMaps {
                 public,
                 ..
             } => {
-                // Everything is taken out even if one step fails, so nothing leaks.
-                let mut result = Ok(());
                 if client.transport == Transport::Udp {
                     result = self.remove_allocation(*relay);
+                    // Its permissions and channels were removed just before; this only
+                    // guards the bookkeeping against a command stream that skipped some.
+                    self.offload.forget(*client, &mut writes);
                 }
                 for ip in own_ips(*relay, *public) {
                     result = result.and(self.remove_public_ip(ip));
                 }
-                result?;
             }
             Command::PermissionCreated {
                 client,
                 relay,
                 peer,
+                any_port,
                 ..
             } if client.transport == Transport::Udp => {
-                self.add_permission(client.client, client.listener, *relay, *peer)?;
+                self.offload
+                    .permission(*client, *relay, *peer, *any_port, true, &mut writes);
             }
             Command::PermissionRemoved {
                 client,
@@ -207,7 +220,8 @@ impl XdpMaps {
                 peer,
                 ..
             } if client.transport == Transport::Udp => {
-                self.remove_permission(*relay, *peer)?;
+                self.offload
+                    .permission(*client, *relay, *peer, true, false, &mut writes);
             }
             Command::ChannelBound {
                 client,
@@ -216,7 +230,8 @@ impl XdpMaps {
                 channel,
                 ..
             } if client.transport == Transport::Udp => {
-                self.add_channel(client.client, client.listener, *relay, *peer, *channel)?;
+                self.offload
+                    .channel(*client, *relay, *peer, *channel, true, &mut writes);
             }
             Command::ChannelUnbound {
                 client,
@@ -225,11 +240,48 @@ impl XdpMaps {
                 channel,
                 ..
             } if client.transport == Transport::Udp => {
-                self.remove_channel(client.client, client.listener, *relay, *peer, *channel)?;
+                self.offload
+                    .channel(*client, *relay, *peer, *channel, false, &mut writes);
             }
             _ => {}
         }
-        Ok(())
+        for w in writes {
+            result = result.and(self.write(w));
+        }
+        result
+    }
+
+    /// One permission or channel write, as [`Offload`] decided it.
+    fn write(&mut self, w: Write) -> Result<(), XdpMapsError> {
+        match w {
+            Write::Permission {
+                client,
+                relay,
+                peer,
+                any_port,
+                add: true,
+            } => self.add_permission_for(client.client, client.listener, relay, peer, any_port),
+            Write::Permission {
+                relay,
+                peer,
+                add: false,
+                ..
+            } => self.remove_permission(relay, peer),
+            Write::Channel {
+                client,
+                relay,
+                peer,
+                channel,
+                add: true,
+            } => self.add_channel(client.client, client.listener, relay, peer, channel),
+            Write::Channel {
+                client,
+                relay,
+                peer,
+                channel,
+                add: false,
+            } => self.remove_channel(client.client, client.listener, relay, peer, channel),
+        }
     }
 
     /// Registers a relayed address (`relay` = the socket's bind address, advertised as
@@ -389,11 +441,13 @@ impl XdpMaps {
             client_port: port(client.port()),
             listener_port: port(listener.port()),
             channel: port(channel),
-            _pad: [0; 2],
+            flags: 0,
+            _pad: [0; 1],
             slot,
         }
     }
 
+    /// A permission for every port of `peer` (see [`Self::add_permission_for`]).
     pub fn add_permission(
         &mut self,
         client: SocketAddr,
@@ -401,8 +455,25 @@ impl XdpMaps {
         relay: SocketAddr,
         peer: IpAddr,
     ) -> Result<(), XdpMapsError> {
+        self.add_permission_for(client, listener, relay, peer, true)
+    }
+
+    /// A permission for `peer`: its data reaches the client, and the client's bound
+    /// channels reach it. `any_port`: the client may reach every port of `peer`, so the
+    /// kernel forwards its Send indications too; otherwise they go up to userspace.
+    pub fn add_permission_for(
+        &mut self,
+        client: SocketAddr,
+        listener: SocketAddr,
+        relay: SocketAddr,
+        peer: IpAddr,
+        any_port: bool,
+    ) -> Result<(), XdpMapsError> {
         let slot = self.slot(relay)?;
-        let value = self.target(client, listener, 0, slot);
+        let mut value = self.target(client, listener, 0, slot);
+        if !any_port {
+            value.flags = PERMISSION_SOME_PORTS;
+        }
         self.permissions
             .insert(permission_key(relay, peer), value, 0)
             .map_err(upd(PERMISSIONS_MAP, "insert"))
@@ -504,6 +575,28 @@ impl XdpMaps {
             .get(&slot, 0)
             .map_err(upd(ALLOC_COUNTERS_MAP, "read"))?;
         Ok(AllocCounters::sum(v.iter()))
+    }
+
+    /// Permissions and channels written to the kernel (each allocation's share of its own:
+    /// the others are served in userspace).
+    pub fn permissions_and_channels(&self) -> (usize, usize) {
+        self.offload.in_kernel()
+    }
+
+    /// Entries in the PERMISSIONS and CHANNELS maps (a walk over both: for tests and
+    /// diagnostics, not for a hot path).
+    pub fn kernel_entries(&self) -> Result<(usize, usize), XdpMapsError> {
+        let permissions = self
+            .permissions
+            .keys()
+            .try_fold(0, |n, k| k.map(|_| n + 1))
+            .map_err(upd(PERMISSIONS_MAP, "walk"))?;
+        let channels = self
+            .channels
+            .keys()
+            .try_fold(0, |n, k| k.map(|_| n + 1))
+            .map_err(upd(CHANNELS_MAP, "walk"))?;
+        Ok((permissions, channels))
     }
 
     /// Packets per [`Reason`], summed over CPUs.

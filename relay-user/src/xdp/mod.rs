@@ -6,6 +6,7 @@ mod attach;
 mod forwarding;
 mod logs;
 pub mod maps;
+mod offload;
 
 pub use attach::{AttachMode, Attached};
 pub use forwarding::{Forwarding, ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};
@@ -27,12 +28,14 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RELAY_EBPF_OBJECT"));
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
     #[error(
-        "loading the XDP object failed: {0} (needs root or CAP_BPF + CAP_NET_ADMIN and a kernel with BPF/BTF)"
+        "loading the XDP object failed: {0} (needs root or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN and a kernel with BPF/BTF)"
     )]
     Load(#[source] aya::EbpfError),
     #[error("the XDP object has no program `{XDP_PROGRAM}`: rebuild with `cargo xtask build`")]
     MissingProgram,
-    #[error("the kernel refused the XDP program: {0}")]
+    #[error(
+        "the kernel refused the XDP program: {0} (on \"pointer -= pointer prohibited\" or EACCES, grant CAP_PERFMON: the verifier needs it for the program's packet-pointer arithmetic)"
+    )]
     Verify(#[source] aya::programs::ProgramError),
     #[error("XDP is switched off (`[xdp] mode = \"off\"`)")]
     Disabled,

@@ -9,7 +9,10 @@ use relay_proto::stun::{
     AttrType, Class, Data, MessageWriter, Method, TransactionId, XorPeerAddress,
 };
 
-use super::{CLIENT_MAC, Env, Family, PEER_MAC, XDP_TX, frame, in_netns, parse, sa, v4, v6};
+use super::{
+    CLIENT_MAC, Env, Family, PEER_MAC, XDP_PASS, XDP_TX, channel_data, frame, in_netns, parse, sa,
+    v4, v6,
+};
 
 /// One attribute of a crafted Send indication.
 #[derive(Clone, Copy)]
@@ -245,5 +248,51 @@ fn v4_mapped_peer_of_an_ipv6_relay_passes_up() {
         let msg = send_indication(&[A::Peer(mapped), A::Data(b"x")], 0);
         let input = frame(f.client, f.listener, &msg, CLIENT_MAC, env.mac);
         env.assert_pass(&input, Reason::FamilyMismatch);
+    });
+}
+
+/// A permission the policy limits to some ports of the peer: the kernel cannot check the
+/// port a Send indication names, so the indication goes up (userspace checks it), while
+/// a bound channel (its port checked at bind) and the peer's data still go in the kernel.
+#[test]
+fn send_indication_for_a_port_limited_permission_passes_up() {
+    in_netns(|env| {
+        let f = v4();
+        env.maps
+            .add_udp_allocation(f.client, f.listener, f.relay, f.relay)
+            .unwrap();
+        env.maps
+            .add_permission_for(f.client, f.listener, f.relay, f.peer.ip(), false)
+            .unwrap();
+        env.maps
+            .add_channel(f.client, f.listener, f.relay, f.peer, 0x4002)
+            .unwrap();
+        let to_port_22 = SocketAddr::new(f.peer.ip(), 22);
+        let msg = send_indication(&[A::Peer(to_port_22), A::Data(b"ssh?")], 0);
+        let input = frame(f.client, f.listener, &msg, CLIENT_MAC, env.mac);
+        let before = env.reason(Reason::SendPortCheck);
+        let (action, out) = env.run(&input);
+        assert_eq!(
+            action, XDP_PASS,
+            "a Send indication to any port went out in the kernel"
+        );
+        assert_eq!(out, input, "passed up unchanged");
+        assert_eq!(env.reason(Reason::SendPortCheck), before + 1);
+
+        let input = frame(
+            f.client,
+            f.listener,
+            &channel_data(0x4002, b"rtp", 1),
+            CLIENT_MAC,
+            env.mac,
+        );
+        let (action, out) = env.run(&input);
+        assert_eq!(action, XDP_TX, "the bound channel stays in the kernel");
+        assert_eq!(parse(&out).dst, f.peer);
+
+        let input = frame(f.peer, f.relay, b"back", PEER_MAC, env.mac);
+        let (action, out) = env.run(&input);
+        assert_eq!(action, XDP_TX, "peer data stays in the kernel");
+        assert_eq!(parse(&out).dst, f.client);
     });
 }

@@ -372,7 +372,11 @@ fn total_quota_is_508_and_per_user_quota_is_486() {
     assert_eq!(capacity(h.events()), [("bob".to_owned(), udp(4), full)]);
 
     // Raising the limits at runtime (SIGHUP) takes effect at once.
-    h.server.set_limits(10, 10);
+    h.server.set_limits(crate::server::Limits {
+        max_allocations: 10,
+        max_allocations_per_user: 10,
+        ..h.server.limits()
+    });
     let r = h.allocate_with(udp(4), &Cred::bob(), |_| {});
     assert_eq!(code(&r), None);
 }

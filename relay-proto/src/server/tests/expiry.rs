@@ -282,3 +282,48 @@ fn refresh_churn_does_not_grow_the_timer_heap_without_bound() {
         1
     );
 }
+
+/// A refresh flood on a quiet shard: no timer comes due (the clock stands still), so
+/// `handle_timeout` never runs, yet every Refresh, CreatePermission and ChannelBind refresh
+/// pushes a deadline. The heap must stay bounded without waiting for a due timer.
+#[test]
+fn refresh_flood_without_due_timers_keeps_the_timer_heap_bounded() {
+    let mut h = H::new();
+    let clients = [udp(1), udp(2), udp(3)];
+    for c in clients {
+        h.allocate(c);
+    }
+    let nonce = h.nonce(udp(1));
+    for i in 0..30_000u32 {
+        let from = clients[i as usize % clients.len()];
+        let txid = h.txid();
+        let method = [
+            Method::REFRESH,
+            Method::CREATE_PERMISSION,
+            Method::CHANNEL_BIND,
+        ][i as usize % 3];
+        let cred = Some((&Cred::alice(), nonce.as_str()));
+        let req = h.build(crate::stun::Class::Request, method, txid, cred, |w| {
+            if method == Method::REFRESH {
+                w.attr(&crate::stun::Lifetime(3600)).unwrap();
+                return;
+            }
+            if method == Method::CHANNEL_BIND {
+                w.attr(&crate::stun::ChannelNumber(0x4000)).unwrap();
+            }
+            w.attr(&crate::stun::XorPeerAddress(peer(1, 1))).unwrap();
+        });
+        let reply = h.client(from, &req).reply();
+        assert_eq!(code(&reply), None, "{}", describe(&reply));
+    }
+    // Live: 3 allocations, 3 permissions, 3 channels. The bound is the rebuild floor.
+    assert!(
+        h.server.timer_entries() <= 4097,
+        "timer heap holds {} entries after 30,000 refreshes of 9 objects",
+        h.server.timer_entries()
+    );
+    // Every object still expires when its time comes.
+    h.advance(secs(3600));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.timer_entries(), 0);
+}

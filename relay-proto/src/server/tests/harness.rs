@@ -48,6 +48,15 @@ pub fn udp(n: u16) -> FiveTuple {
     )
 }
 
+/// A UDP client at `ip`:`port` (a source of its own for the per-source quota).
+pub fn udp_at(ip: &str, port: u16) -> FiveTuple {
+    FiveTuple::new(
+        SocketAddr::new(ip.parse().unwrap(), port),
+        listener(),
+        Transport::Udp,
+    )
+}
+
 pub fn tcp(n: u16) -> FiveTuple {
     FiveTuple::new(
         ([192, 0, 2, 100], 40000 + n).into(),
@@ -114,6 +123,12 @@ impl Cred {
             userhash: false,
             realm: REALM.into(),
         }
+    }
+    /// A TURN REST credential for `name`, valid for an hour from the harness's t0.
+    pub fn rest(name: &str) -> Self {
+        let user = format!("{}:{name}", UNIX_T0 + 3600);
+        let pw = crate::auth::rest::password(SECRET, &user);
+        Self::new(&user, pw.as_str())
     }
     pub fn alice() -> Self {
         Self::new(ALICE.0, ALICE.1)

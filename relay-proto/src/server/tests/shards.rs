@@ -15,7 +15,7 @@ use crate::stun::{ChannelData, EvenPort, Message, ReservationToken};
 
 /// `n` harnesses on one clock whose servers share one [`Shared`] built from `config()`
 /// changed by `f`.
-fn shards(n: usize, f: impl FnOnce(&mut ServerConfig)) -> (Vec<H>, Arc<Shared>) {
+pub(super) fn shards(n: usize, f: impl FnOnce(&mut ServerConfig)) -> (Vec<H>, Arc<Shared>) {
     let mut cfg = config();
     f(&mut cfg);
     let shared = Shared::new(&cfg);
@@ -149,11 +149,12 @@ fn set_limits_on_one_shard_applies_to_all() {
     let r = hs[1].allocate_with(udp(2), &Cred::bob(), |_| {});
     assert_eq!(code(&r), Some(508));
 
-    hs[1].server.set_limits(3, 2);
     let raised = Limits {
         max_allocations: 3,
         max_allocations_per_user: 2,
+        ..shared.limits()
     };
+    hs[1].server.set_limits(raised);
     assert_eq!(hs[0].server.limits(), raised);
     assert_eq!(shared.limits(), raised);
     hs[0].allocate(udp(2));
@@ -161,7 +162,11 @@ fn set_limits_on_one_shard_applies_to_all() {
     assert_eq!(code(&r), Some(486), "per-user limit raised to 2, not more");
 
     // Lowered from the admin side: existing allocations stay, new ones are refused.
-    shared.set_limits(1, 1);
+    shared.set_limits(Limits {
+        max_allocations: 1,
+        max_allocations_per_user: 1,
+        ..shared.limits()
+    });
     assert_eq!(hs[1].server.limits().max_allocations, 1);
     let r = hs[1].allocate_with(udp(4), &Cred::bob(), |_| {});
     assert_eq!(code(&r), Some(508));
