@@ -217,13 +217,7 @@ impl Worker {
                 _ => 5,
             };
             self.poll(timeout, None);
-            let now = Instant::now();
-            if now - last_scan >= TIMER_SCAN {
-                last_scan = now;
-                self.control.scan(&mut self.allocs, now);
-            } else {
-                self.control.compact(&mut self.allocs);
-            }
+            self.run_timers(&mut last_scan);
         }
         // Interrupted: whatever is still being set up will not be used.
         for a in &mut self.allocs {
@@ -343,18 +337,24 @@ impl Worker {
                 break;
             }
             self.poll(5, None);
-            let now = Instant::now();
-            if now - last_scan >= TIMER_SCAN {
-                last_scan = now;
-                self.control.scan(&mut self.allocs, now);
-            } else {
-                self.control.compact(&mut self.allocs);
-            }
+            self.run_timers(&mut last_scan);
         }
     }
 
     /// Reads whatever is ready, waiting up to `timeout_ms`. `window_end` is the end of
     /// the traffic window when probes count, None during setup and teardown.
+    /// Retransmissions and refresh deadlines every [`TIMER_SCAN`]; in between, only
+    /// forgets finished transactions so the setup window refills.
+    fn run_timers(&mut self, last_scan: &mut Instant) {
+        let now = Instant::now();
+        if now - *last_scan >= TIMER_SCAN {
+            *last_scan = now;
+            self.control.scan(&mut self.allocs, now);
+        } else {
+            self.control.compact(&mut self.allocs);
+        }
+    }
+
     fn poll(&mut self, timeout_ms: i32, window_end: Option<Instant>) {
         let mut tokens = [0u64; 256];
         let n = match self.epoll.wait(timeout_ms) {
