@@ -6,7 +6,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, black_box, criterion_group, criterion_main};
-use relay_proto::auth::{CredentialStore, NonceKey, PasswordAlgorithm as KeyAlg, long_term_key};
+use relay_client::{
+    Client, Config, Credentials, Input, MAX_REQUEST, Request, Transport as ClientTransport,
+};
+use relay_proto::auth::{CredentialStore, NonceKey};
 use relay_proto::policy::PeerPolicy;
 use relay_proto::server::{
     ClientOutput, FiveTuple, PeerOutput, RelayAddr, Server, ServerConfig, Transport,
@@ -60,47 +63,34 @@ fn peer() -> SocketAddr {
     ([198, 51, 100, 7], 50000).into()
 }
 
-/// Signs a request the way a browser does after the 401 (MD5 key, MESSAGE-INTEGRITY).
-fn request(
-    method: Method,
-    txid: u64,
-    nonce: &str,
-    f: impl FnOnce(&mut MessageWriter<'_>),
-) -> Vec<u8> {
-    let key = long_term_key(KeyAlg::Md5, USER, REALM, PASSWORD);
-    let mut buf = vec![0u8; 512];
-    let mut t = [0u8; 12];
-    t[4..].copy_from_slice(&txid.to_be_bytes());
-    let mut w = MessageWriter::new(&mut buf, Class::Request, method, TransactionId(t)).unwrap();
-    f(&mut w);
-    w.attr(&Username(USER)).unwrap();
-    w.attr(&Realm(REALM)).unwrap();
-    w.attr(&Nonce(nonce)).unwrap();
-    w.integrity_sha1(key.as_bytes()).unwrap();
-    w.fingerprint().unwrap();
-    let n = w.finish();
-    buf.truncate(n);
-    buf
-}
-
-/// The NONCE of a 401 for `from` (nonces are bound to the client IP only).
-fn nonce(s: &mut Server, now: Instant, from: FiveTuple) -> String {
-    let mut buf = [0u8; 256];
-    let mut w = MessageWriter::new(
-        &mut buf,
-        Class::Request,
-        Method::ALLOCATE,
-        TransactionId([1; 12]),
-    )
-    .unwrap();
-    w.attr(&RequestedTransport::UDP).unwrap();
-    let n = w.finish();
+/// A browser-like client for `from` (relay-client) that `s` has challenged: returns it
+/// with its signed Allocate (MD5 key, MESSAGE-INTEGRITY). Nonces are bound to the client
+/// IP only, so the request is good on any server with the same nonce key.
+fn challenged(s: &mut Server, now: Instant, from: FiveTuple, n: u32) -> (Client, Vec<u8>) {
+    let mut seed = [0u8; 16];
+    seed[..4].copy_from_slice(&n.to_be_bytes());
+    let creds = Credentials::new(USER, PASSWORD);
+    let mut c = Client::new(Config::new(ClientTransport::Udp, Some(creds)), seed);
+    let unsigned = request(&mut c, Request::ALLOCATE, now);
     let mut out = [0u8; 512];
-    let ClientOutput::Reply { len } = s.handle_client(now, from, &buf[..n], &mut out) else {
+    let ClientOutput::Reply { len } = s.handle_client(now, from, &unsigned, &mut out) else {
         panic!("no challenge")
     };
-    let m = Message::parse(&out[..len]).unwrap();
-    m.attr::<Nonce>().unwrap().unwrap().0.to_owned()
+    assert_eq!(c.handle_input(&out[..len], now), Input::Response);
+    let signed = transmit(&mut c);
+    (c, signed)
+}
+
+/// `r` as the client sends it.
+fn request(c: &mut Client, r: Request, now: Instant) -> Vec<u8> {
+    c.request(r, now).unwrap();
+    transmit(c)
+}
+
+fn transmit(c: &mut Client) -> Vec<u8> {
+    let mut buf = [0u8; MAX_REQUEST];
+    let t = c.poll_transmit(&mut buf).expect("a request to send");
+    buf[..t.len].to_vec()
 }
 
 fn drain(s: &mut Server) {
@@ -112,13 +102,8 @@ fn bench_allocate(c: &mut Criterion) {
     const BATCH: u32 = 20_000;
     let now = Instant::now();
     let mut probe = server(now);
-    let nonce = nonce(&mut probe, now, client(0));
     let requests: Vec<Vec<u8>> = (0..BATCH)
-        .map(|i| {
-            request(Method::ALLOCATE, u64::from(i), &nonce, |w| {
-                w.attr(&RequestedTransport::UDP).unwrap();
-            })
-        })
+        .map(|i| challenged(&mut probe, now, client(i), i).1)
         .collect();
     let mut g = c.benchmark_group("server");
     g.throughput(Throughput::Elements(1));
@@ -150,23 +135,21 @@ fn bench_allocate(c: &mut Criterion) {
 /// A server with `n` allocations, each with channel 0x4000 bound to `peer()`.
 fn populated(now: Instant, n: u32) -> (Server, Vec<SocketAddr>) {
     let mut s = server(now);
-    let nonce = nonce(&mut s, now, client(0));
     let mut out = vec![0u8; 1500];
     let mut relays = Vec::new();
     for i in 0..n {
         let from = client(i);
-        let alloc = request(Method::ALLOCATE, u64::from(i) * 2, &nonce, |w| {
-            w.attr(&RequestedTransport::UDP).unwrap();
-        });
+        let (mut c, alloc) = challenged(&mut s, now, from, i);
         let ClientOutput::Reply { len } = s.handle_client(now, from, &alloc, &mut out) else {
             panic!()
         };
         let m = Message::parse(&out[..len]).unwrap();
         assert_eq!(m.class(), Class::Success);
-        let bind = request(Method::CHANNEL_BIND, u64::from(i) * 2 + 1, &nonce, |w| {
-            w.attr(&ChannelNumber(0x4000)).unwrap();
-            w.attr(&XorPeerAddress(peer())).unwrap();
-        });
+        let channel = Request::ChannelBind {
+            channel: 0x4000,
+            peer: peer(),
+        };
+        let bind = request(&mut c, channel, now);
         let ClientOutput::Reply { len } = s.handle_client(now, from, &bind, &mut out) else {
             panic!()
         };

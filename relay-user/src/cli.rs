@@ -23,14 +23,17 @@ pub enum Command {
     Serve(ServeArgs),
     /// Probe a STUN/TURN server: reachability, round trip, mapped address and, with
     /// credentials, a test allocation. Exit 0 ok, 1 error answer, 2 no answer, 64 usage.
-    Stun(crate::probe::ProbeArgs),
+    #[cfg(feature = "tools")]
+    Stun(relay_tools::probe::ProbeArgs),
     /// The "TURN relay usage" view of a running relay, from its admin endpoint: one row
     /// per allocation. Exit 0 shown, 1 refused (token), 2 unreachable, 64 usage.
-    Status(crate::status::StatusArgs),
+    #[cfg(feature = "tools")]
+    Status(relay_tools::status::StatusArgs),
     /// Load generator for any TURN server: thousands of allocations, packets through them
     /// to an echo peer, setup rate, loss, RTT and CPU figures. `relay load echo`: the peer.
     /// Exit 0 all set up, 1 some failed or nothing came back, 2 none set up, 64 usage.
-    Load(Box<crate::load::LoadCommand>),
+    #[cfg(feature = "tools")]
+    Load(Box<relay_tools::load::LoadCommand>),
     /// Validate a config file: prints the settings it resolves to, or the key at fault.
     Check {
         #[arg(long, short)]

@@ -1,25 +1,23 @@
 //! The relay daemon: configuration, the userspace data paths and the XDP loader around
-//! the sans-IO core in `relay-proto`.
+//! the sans-IO core in `relay-proto`. The `relay` binary's tool subcommands (stun, load,
+//! status) live in `relay-tools`, the admin API's documents in `relay-admin-api`.
 
 pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
-pub mod control;
+mod control;
 pub mod core;
-pub mod events;
-pub mod load;
-pub mod local_routes;
+mod events;
+mod local_routes;
 pub mod log_limit;
-pub mod log_window;
-pub mod logging;
-pub mod metrics;
-pub mod privileges;
-pub mod probe;
+mod log_window;
+mod logging;
+mod metrics;
+mod privileges;
 pub mod serve;
 pub mod shard;
-pub mod status;
 pub mod tcp;
 pub mod udp;
-pub mod uring;
+mod uring;
 pub mod xdp;

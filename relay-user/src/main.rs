@@ -1,6 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+#[cfg(feature = "tools")]
+use relay_tools::status::AdminSection;
 use relay_user::cli::{Cli, Command};
 
 /// sysexits' EX_USAGE: kept apart from `relay stun`'s 1 (error answer) and 2 (no answer).
@@ -15,20 +17,24 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if !matches!(cli.command, Command::Serve(_) | Command::Status(_)) {
+    if !keeps_sigpipe_ignored(&cli.command) {
         restore_sigpipe();
     }
     let result = match cli.command {
         Command::Serve(args) => relay_user::serve::run(args),
         Command::Check { config } => relay_user::check::run(&config),
+        #[cfg(feature = "tools")]
         Command::Stun(args) => {
-            return ExitCode::from(relay_user::probe::run(&args).clamp(0, 255) as u8);
+            return ExitCode::from(relay_tools::probe::run(&args).clamp(0, 255) as u8);
         }
+        #[cfg(feature = "tools")]
         Command::Status(args) => {
-            return ExitCode::from(relay_user::status::run(&args).clamp(0, 255) as u8);
+            let code = relay_tools::status::run(&args, &admin_section);
+            return ExitCode::from(code.clamp(0, 255) as u8);
         }
+        #[cfg(feature = "tools")]
         Command::Load(cmd) => {
-            return ExitCode::from(relay_user::load::run(*cmd).clamp(0, 255) as u8);
+            return ExitCode::from(relay_tools::load::run(*cmd).clamp(0, 255) as u8);
         }
     };
     match result {
@@ -39,6 +45,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `serve` and `status` write to sockets a peer may reset (see [`restore_sigpipe`]).
+fn keeps_sigpipe_ignored(command: &Command) -> bool {
+    match command {
+        Command::Serve(_) => true,
+        #[cfg(feature = "tools")]
+        Command::Status(_) => true,
+        _ => false,
+    }
+}
+
+/// `relay status --config FILE`: the admin address and token, from a file the daemon's
+/// own loader accepts (an invalid file is refused with the key at fault, as `relay check`).
+#[cfg(feature = "tools")]
+fn admin_section(path: &std::path::Path) -> Result<AdminSection, String> {
+    let c = relay_user::config::load(path).map_err(|e| e.to_string())?;
+    Ok(AdminSection {
+        address: c.admin.address,
+        token: c.admin.token,
+    })
 }
 
 /// Rust starts with SIGPIPE ignored, so a write to a closed pipe (`relay check | head -1`)

@@ -87,63 +87,7 @@ impl Path {
     }
 }
 
-/// Packets and payload bytes in both directions, a plain value for sums (and the traffic
-/// fields of the usage view).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct Traffic {
-    pub to_peer_packets: u64,
-    pub to_peer_bytes: u64,
-    pub to_client_packets: u64,
-    pub to_client_bytes: u64,
-}
-
-impl Traffic {
-    pub const ZERO: Traffic = Traffic {
-        to_peer_packets: 0,
-        to_peer_bytes: 0,
-        to_client_packets: 0,
-        to_client_bytes: 0,
-    };
-
-    /// Field by field.
-    pub fn max(self, o: Traffic) -> Traffic {
-        Traffic {
-            to_peer_packets: self.to_peer_packets.max(o.to_peer_packets),
-            to_peer_bytes: self.to_peer_bytes.max(o.to_peer_bytes),
-            to_client_packets: self.to_client_packets.max(o.to_client_packets),
-            to_client_bytes: self.to_client_bytes.max(o.to_client_bytes),
-        }
-    }
-
-    pub fn add(&mut self, o: Traffic) {
-        self.to_peer_packets += o.to_peer_packets;
-        self.to_peer_bytes += o.to_peer_bytes;
-        self.to_client_packets += o.to_client_packets;
-        self.to_client_bytes += o.to_client_bytes;
-    }
-}
-
-impl From<Counters> for Traffic {
-    fn from(c: Counters) -> Self {
-        Self {
-            to_peer_packets: c.to_peer_packets,
-            to_peer_bytes: c.to_peer_bytes,
-            to_client_packets: c.to_client_packets,
-            to_client_bytes: c.to_client_bytes,
-        }
-    }
-}
-
-impl From<AllocCounters> for Traffic {
-    fn from(c: AllocCounters) -> Self {
-        Self {
-            to_peer_packets: c.to_peer_packets,
-            to_peer_bytes: c.to_peer_bytes,
-            to_client_packets: c.to_client_packets,
-            to_client_bytes: c.to_client_bytes,
-        }
-    }
-}
+pub use relay_admin_api::Traffic;
 
 #[derive(Default)]
 struct AtomicTraffic([AtomicU64; 4]);

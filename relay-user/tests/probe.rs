@@ -19,7 +19,7 @@ use relay_proto::stun::{
     AlternateServer, Class, ErrorCode, Message, MessageWriter, Method, Nonce, Realm, Software,
     XorMappedAddress,
 };
-use relay_user::probe::{
+use relay_tools::probe::{
     self, CredentialArgs, Credentials, ProbeArgs, ProbeOptions, Report, Retransmit, Status,
     TlsArgs, Transport, exit,
 };
@@ -218,6 +218,7 @@ impl Turnserver {
                 rto: Duration::from_millis(100),
                 tries: 1,
                 timeout: Duration::from_millis(100),
+                ..Retransmit::default()
             },
             ..ProbeOptions::default()
         };

@@ -1,25 +1,28 @@
-//! A small blocking TURN-over-UDP client built on the project's own codec
-//! (`relay_proto::stun`), for tests that need to see exact error codes or drive two
-//! allocations on different servers. Long-term credentials (MD5 key, MESSAGE-INTEGRITY),
-//! 401/438 handled, RFC 8489-style retransmission with a short initial RTO.
+//! A small blocking TURN-over-UDP client for tests that need to see exact error codes or
+//! drive two allocations on different servers: `relay-client`'s state machine (401/438
+//! handled, retransmission with a short initial RTO) over a UDP socket.
 //!
 //! Create it on the thread that will use it, inside the namespace (`Netns::run`): the
 //! socket belongs to the namespace it was opened in.
 
 use std::{
     collections::VecDeque,
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
+use relay_client::{
+    Client, Completed, Config, Credentials, Data, Integrity, Outcome, Request, Retransmit,
+    Transport,
+    blocking::{self, DriveError, Link},
+};
 use relay_proto::stun::{
-    AddressFamily, BufferTooSmall, ChannelNumber, Class, Lifetime, Message, MessageWriter, Method,
-    RequestedAddressFamily, RequestedTransport, TransactionId, XorMappedAddress, XorPeerAddress,
-    XorRelayedAddress, write_channel_data,
+    AddressFamily, BufferTooSmall, Class, Message, MessageWriter, Method, TransactionId,
 };
 
-use crate::turn_codec::{self, Attrs, Credentials};
+use crate::turn_codec::Attrs;
 
 /// First retransmission timeout; doubles up to [`MAX_RTO`].
 pub const INITIAL_RTO: Duration = Duration::from_millis(250);
@@ -95,9 +98,8 @@ pub struct Received {
 
 /// One client 5-tuple (one UDP socket) talking to one TURN server.
 pub struct TurnClient {
-    sock: UdpSocket,
-    server: SocketAddr,
-    auth: Credentials,
+    link: UdpLink,
+    client: Client,
     /// XOR-RELAYED-ADDRESS values of the last successful Allocate.
     pub relayed: Vec<SocketAddr>,
     /// XOR-MAPPED-ADDRESS of the last successful Allocate.
@@ -130,6 +132,15 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// RFC 8489's schedule, shortened for tests: sends at 0, 250, 750, 1750, 3350 and
+/// 4950 ms, the last waiting until 6550 ms.
+const RETRANSMIT: Retransmit = Retransmit {
+    rto: INITIAL_RTO,
+    rto_max: MAX_RTO,
+    tries: MAX_SENDS,
+    timeout: Duration::from_millis(6550),
+};
+
 impl TurnClient {
     /// Binds an ephemeral port on the wildcard address of `server`'s family.
     pub fn new(server: SocketAddr, username: &str, password: &str) -> std::io::Result<Self> {
@@ -148,10 +159,13 @@ impl TurnClient {
         password: &str,
     ) -> std::io::Result<Self> {
         let sock = UdpSocket::bind(local)?;
+        let mut config = Config::new(Transport::Udp, Some(Credentials::new(username, password)));
+        config.retransmit = RETRANSMIT;
+        let mut seed = [0u8; 16];
+        seed[..12].copy_from_slice(&new_txid().0);
         Ok(TurnClient {
-            sock,
-            server,
-            auth: Credentials::new(username, password),
+            link: UdpLink { sock, server },
+            client: Client::new(config, seed),
             relayed: Vec::new(),
             mapped: None,
             pending: VecDeque::new(),
@@ -159,11 +173,11 @@ impl TurnClient {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.sock.local_addr().expect("bound socket")
+        self.link.sock.local_addr().expect("bound socket")
     }
 
     pub fn server(&self) -> SocketAddr {
-        self.server
+        self.link.server
     }
 
     /// The relayed address of `family`'s allocation, if any.
@@ -182,82 +196,48 @@ impl TurnClient {
         family: Option<AddressFamily>,
         lifetime: Option<u32>,
     ) -> Result<SocketAddr, TurnError> {
-        let attrs = |w: &mut MessageWriter<'_>| {
-            w.attr(&RequestedTransport::UDP)?;
-            if let Some(f) = family {
-                w.attr(&RequestedAddressFamily(f))?;
-            }
-            if let Some(l) = lifetime {
-                w.attr(&Lifetime(l))?;
-            }
-            Ok(())
-        };
-        let resp = self.transact(Method::ALLOCATE, &attrs)?;
-        let msg = Message::parse(&resp).map_err(|e| TurnError::Protocol(e.to_string()))?;
-        let relayed: Vec<SocketAddr> = msg
-            .attrs::<XorRelayedAddress>()
-            .filter_map(Result::ok)
-            .map(|a| a.0)
-            .collect();
-        self.mapped = msg
-            .attr::<XorMappedAddress>()
-            .and_then(Result::ok)
-            .map(|a| a.0);
-        let first = *relayed.first().ok_or_else(|| {
+        let resp = self.run(Request::Allocate { family, lifetime })?;
+        self.mapped = resp.mapped.filter(|_| !resp.mapped_plain);
+        let first = *resp.relayed.first().ok_or_else(|| {
             TurnError::Protocol("Allocate success without XOR-RELAYED-ADDRESS".into())
         })?;
-        self.relayed = relayed;
+        self.relayed = resp.relayed;
         Ok(first)
     }
 
     /// CreatePermission for every peer in one request.
     pub fn create_permission(&mut self, peers: &[SocketAddr]) -> Result<(), TurnError> {
-        let attrs = |w: &mut MessageWriter<'_>| {
-            for p in peers {
-                w.attr(&XorPeerAddress(*p))?;
-            }
-            Ok(())
-        };
-        self.transact(Method::CREATE_PERMISSION, &attrs).map(drop)
+        let peers = peers.to_vec();
+        self.run(Request::CreatePermission { peers }).map(drop)
     }
 
     /// ChannelBind `channel` (0x4000..=0x4FFF) to `peer`.
     pub fn channel_bind(&mut self, channel: u16, peer: SocketAddr) -> Result<(), TurnError> {
-        let attrs = |w: &mut MessageWriter<'_>| {
-            w.attr(&ChannelNumber(channel))?;
-            w.attr(&XorPeerAddress(peer))?;
-            Ok(())
-        };
-        self.transact(Method::CHANNEL_BIND, &attrs).map(drop)
+        self.run(Request::ChannelBind { channel, peer }).map(drop)
     }
 
     /// Refresh with LIFETIME `lifetime` (0 deletes the allocation); returns the granted one.
     pub fn refresh(&mut self, lifetime: u32) -> Result<u32, TurnError> {
-        let attrs = |w: &mut MessageWriter<'_>| {
-            w.attr(&Lifetime(lifetime))?;
-            Ok(())
-        };
-        let resp = self.transact(Method::REFRESH, &attrs)?;
-        let msg = Message::parse(&resp).map_err(|e| TurnError::Protocol(e.to_string()))?;
-        Ok(msg
-            .attr::<Lifetime>()
-            .and_then(Result::ok)
-            .map(|l| l.0)
+        let lifetime = Some(lifetime);
+        Ok(self
+            .run(Request::Refresh { lifetime })?
+            .lifetime
             .unwrap_or(0))
     }
 
     /// A Send indication carrying `data` to `peer` (no response; may be lost).
     pub fn send_indication(&self, peer: SocketAddr, data: &[u8]) -> Result<(), TurnError> {
-        let msg = turn_codec::send_indication(peer, data)?;
-        self.sock.send_to(&msg, self.server)?;
+        let mut buf = vec![0u8; data.len() + 128];
+        let n = relay_client::send_indication(&mut buf, new_txid(), peer, data)?;
+        self.link.sock.send_to(&buf[..n], self.link.server)?;
         Ok(())
     }
 
     /// A ChannelData message on a bound channel.
     pub fn send_channel_data(&self, channel: u16, data: &[u8]) -> Result<(), TurnError> {
         let mut buf = vec![0u8; data.len() + 8];
-        let n = write_channel_data(&mut buf, channel, data, false)?;
-        self.sock.send_to(&buf[..n], self.server)?;
+        let n = self.client.channel_data(channel, data, &mut buf)?;
+        self.link.sock.send_to(&buf[..n], self.link.server)?;
         Ok(())
     }
 
@@ -269,20 +249,15 @@ impl TurnClient {
         let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; 65_536];
         loop {
-            let now = Instant::now();
-            if now >= deadline {
+            let Some(n) = self.link.recv(&mut buf, deadline)? else {
                 return Err(TurnError::Timeout {
                     method: Method::DATA,
                 });
-            }
-            self.sock.set_read_timeout(Some(deadline - now))?;
-            let n = match self.sock.recv_from(&mut buf) {
-                Ok((n, _)) => n,
-                Err(e) if is_timeout(&e) => continue,
-                Err(e) => return Err(e.into()),
             };
-            if let Some(r) = turn_codec::received(&buf[..n]) {
-                return Ok(r);
+            if let relay_client::Input::Data(d) =
+                self.client.handle_input(&buf[..n], Instant::now())
+            {
+                return Ok(Received::from(d));
             }
         }
     }
@@ -307,75 +282,91 @@ impl TurnClient {
     /// (unauthenticated until a realm is known), then one retry after 401 (new realm and
     /// nonce) or 438 (stale nonce). Returns the success response's bytes.
     pub fn transact(&mut self, method: Method, attrs: Attrs<'_>) -> Result<Vec<u8>, TurnError> {
-        let mut stale = 0;
-        loop {
-            let authenticated = self.auth.has_key();
-            let resp = self.round_trip(method, attrs)?;
-            let err = match self.auth.check(method, &resp) {
-                Ok(()) => return Ok(resp),
-                Err(e) => e,
-            };
-            // A 401 to an unauthenticated attempt is the normal challenge; a 401 to an
-            // authenticated one means the credentials are wrong. 438: new nonce, retry.
-            let challenge = match err.code() {
-                Some(401) => !authenticated,
-                Some(438) => stale < 2,
-                _ => false,
-            };
-            if challenge && self.auth.absorb_challenge(&resp) {
-                if err.code() == Some(438) {
-                    stale += 1;
-                }
-                continue;
-            }
-            return Err(err);
-        }
+        // The attributes as the client's raw request carries them (see Request::Raw).
+        let mut buf = vec![0u8; 2048];
+        let mut w = MessageWriter::new(&mut buf, Class::Request, method, Request::RAW_TXID)?;
+        attrs(&mut w)?;
+        let n = w.finish();
+        let msg = Message::parse(&buf[..n]).map_err(|e| TurnError::Protocol(e.to_string()))?;
+        let attrs = msg.raw_attrs().map(|a| (a.typ, a.value.to_vec())).collect();
+        Ok(self.run(Request::Raw { method, attrs })?.bytes)
     }
 
-    /// Sends one request (authenticated when a key is known) with retransmissions and
-    /// returns the matching response; data arriving meanwhile is queued.
-    fn round_trip(&mut self, method: Method, attrs: Attrs<'_>) -> Result<Vec<u8>, TurnError> {
-        let txid = new_txid();
-        let mut req = vec![0u8; 2048];
-        let n = self.auth.write_request(&mut req, method, txid, attrs)?;
-        let req = &req[..n];
-        let mut buf = vec![0u8; 65_536];
-        let mut rto = INITIAL_RTO;
-        for _ in 0..MAX_SENDS {
-            self.sock.send_to(req, self.server)?;
-            let deadline = Instant::now() + rto;
-            loop {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
-                }
-                self.sock.set_read_timeout(Some(deadline - now))?;
-                let (len, from) = match self.sock.recv_from(&mut buf) {
-                    Ok(x) => x,
-                    Err(e) if is_timeout(&e) => break,
-                    Err(e) => return Err(e.into()),
-                };
-                let pkt = &buf[..len];
-                if let Some(r) = turn_codec::received(pkt) {
-                    self.pending.push_back(r);
-                    continue;
-                }
-                if from != self.server {
-                    continue;
-                }
-                let Ok(msg) = Message::parse(pkt) else {
-                    continue;
-                };
-                if msg.transaction_id() == txid
-                    && msg.method() == method
-                    && matches!(msg.class(), Class::Success | Class::Error)
-                {
-                    return Ok(pkt.to_vec());
-                }
-            }
-            rto = (rto * 2).min(MAX_RTO);
+    /// Runs one request to its end; data arriving meanwhile is queued.
+    fn run(&mut self, request: Request) -> Result<relay_client::Success, TurnError> {
+        let method = request.method();
+        let pending = &mut self.pending;
+        let mut keep = |d: Data<'_>| pending.push_back(Received::from(d));
+        let done = blocking::transact(&mut self.client, &mut self.link, request, &mut keep)
+            .map_err(|e| match e {
+                DriveError::Request(e) => TurnError::Protocol(e.to_string()),
+                DriveError::Send(e) | DriveError::Recv(e) => TurnError::Io(e),
+            })?;
+        success(method, done)
+    }
+}
+
+/// The success, or the error the request ended with.
+fn success(method: Method, done: Completed) -> Result<relay_client::Success, TurnError> {
+    match done.outcome {
+        Outcome::Success(s) => match s.integrity {
+            None | Some(Integrity::Verified) => Ok(s),
+            Some(bad) => Err(TurnError::Protocol(format!(
+                "{method:?} success response integrity: {bad:?}"
+            ))),
+        },
+        Outcome::Error(e) => Err(TurnError::Code {
+            method,
+            code: e.code,
+            reason: e.reason,
+        }),
+        Outcome::Timeout => Err(TurnError::Timeout { method }),
+        Outcome::Invalid(why) => Err(TurnError::Protocol(format!("{method:?}: {why}"))),
+        Outcome::Abandoned => Err(TurnError::Protocol(format!("{method:?}: abandoned"))),
+    }
+}
+
+impl From<Data<'_>> for Received {
+    fn from(d: Data<'_>) -> Self {
+        Received {
+            // A Data indication names its peer; ChannelData only its channel.
+            peer: d.peer.filter(|_| d.channel.is_none()),
+            channel: d.channel,
+            data: d.payload.to_vec(),
         }
-        Err(TurnError::Timeout { method })
+    }
+}
+
+/// The socket and the server it talks to, as the client's link.
+struct UdpLink {
+    sock: UdpSocket,
+    server: SocketAddr,
+}
+
+impl Link for UdpLink {
+    type Error = io::Error;
+
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.sock.send_to(bytes, self.server).map(drop)
+    }
+
+    fn recv(&mut self, buf: &mut [u8], until: Instant) -> io::Result<Option<usize>> {
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Ok(None);
+            }
+            self.sock.set_read_timeout(Some(until - now))?;
+            match self.sock.recv_from(buf) {
+                Ok((n, _)) => return Ok(Some(n)),
+                Err(e) if is_timeout(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 

@@ -1,6 +1,10 @@
-//! What the datagram client ([`turn_client`](crate::turn_client)) and the stream client
-//! ([`stream_client`](crate::stream_client)) share: long-term credentials and the requests
-//! they sign, Send indications, and the application data a client receives.
+//! The tests' oracle against the server: a client-side codec kept apart from
+//! `relay-client` on purpose. Long-term credentials and the requests they sign, the check
+//! of a response (integrity, error code), Send indications and the application data a
+//! client receives, written from RFC 8489/8656 without the shared client's state
+//! machine, so a mistake there cannot hide the same mistake in the server. The lockstep
+//! stream client ([`stream_client`](crate::stream_client)) is built on it. The wire codec
+//! is relay-proto's; coturn's `turnutils_uclient` and the browsers check the wire itself.
 
 use std::net::SocketAddr;
 

@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use relay_admin_api::{AllocationView, AllocationsView, StatusView};
 use relay_tests::{
     Netns, Topology, TopologyOptions,
     fixture::{
@@ -24,10 +25,7 @@ use relay_tests::{
     },
     turn_client::{TurnClient, TurnError},
 };
-use relay_user::{
-    admin::view::{AllocationView, AllocationsView, StatusView},
-    status::{AdminClient, StatusError},
-};
+use relay_tools::status::{AdminClient, StatusError};
 
 const ADMIN: &str = "127.0.0.1:9641";
 const TOKEN: &str = "admin-token-1";

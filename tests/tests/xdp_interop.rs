@@ -27,7 +27,7 @@ use relay_tests::{
     fixture::{self, Deployment, PASSWORD, RelayConfig, send_udp, start_relay, turn_client},
     relay::{Launch, RelayProcess, field},
 };
-use relay_user::status::AdminClient;
+use relay_tools::status::AdminClient;
 
 /// How long to wait for the deletion lines after uclient exits (it deletes its
 /// allocations on the way out).

@@ -277,8 +277,11 @@ async fn healthz(State(control): State<Arc<Control>>) -> Response {
 mod tests {
     use std::sync::Arc;
 
+    use relay_tools::status::AdminClient;
+
     use super::*;
-    use crate::{control::test_support::*, shard::Kernel, status::AdminClient, xdp::AttachMode};
+
+    use crate::{control::test_support::*, shard::Kernel, xdp::AttachMode};
 
     /// A control plane over `shards`, without a config file to reload or a fast path.
     fn control(config: crate::config::Config, shards: &FakeShards) -> Arc<Control> {

@@ -2,15 +2,15 @@
 //! control plane uses: alternate servers and the drain timeout.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
 use super::{AdminSection, ConfigError, Listener, PortRange, RelayAddrs};
 
-/// Loopback only: the usage view names users and client addresses.
-pub const DEFAULT_ADMIN_ADDRESS: SocketAddr =
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9641);
+/// Loopback only: the usage view names users and client addresses. `relay status`
+/// assumes the same address when given neither --admin nor --config.
+pub const DEFAULT_ADMIN_ADDRESS: SocketAddr = relay_admin_api::DEFAULT_ADDRESS;
 /// How long a client may take to send a request head, from connecting or since the previous
 /// response: a slowloris client holds a connection no longer than this.
 pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);

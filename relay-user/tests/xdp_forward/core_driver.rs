@@ -2,17 +2,18 @@
 //! what `XdpMaps::apply` mirrors into the kernel, and its data-path answers are the
 //! oracle for what the kernel writes.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use relay_proto::auth::{CredentialStore, NonceKey, PasswordAlgorithm, long_term_key};
+use relay_client::{
+    Client, Config, Credentials, Event, MAX_REQUEST, Outcome, Request, Success,
+    Transport as ClientTransport,
+};
+use relay_proto::auth::{CredentialStore, NonceKey};
 use relay_proto::policy::PeerPolicy;
 use relay_proto::server::{
     ClientOutput, Command, FiveTuple, RelayAddr, Server, ServerConfig, Transport,
-};
-use relay_proto::stun::{
-    ChannelNumber, Class, ErrorCode, Lifetime, Message, MessageWriter, Method, Nonce, Realm,
-    RequestedTransport, TransactionId, Username, XorPeerAddress, XorRelayedAddress,
 };
 
 const REALM: &str = "xdp.test";
@@ -22,7 +23,8 @@ const PASSWORD: &str = "secret";
 pub struct Core {
     pub server: Server,
     now: Instant,
-    txid: u32,
+    /// One client per client address, as each browser has its own.
+    clients: HashMap<SocketAddr, Client>,
 }
 
 impl Core {
@@ -51,56 +53,42 @@ impl Core {
         Core {
             server,
             now,
-            txid: 0,
+            clients: HashMap::new(),
         }
     }
 
-    fn next_txid(&mut self) -> TransactionId {
-        self.txid += 1;
-        let mut t = [0x5a; 12];
-        t[8..].copy_from_slice(&self.txid.to_be_bytes());
-        TransactionId(t)
-    }
-
-    /// One authenticated request (after the 401 challenge); panics unless it succeeds.
-    fn request(
-        &mut self,
-        from: FiveTuple,
-        method: Method,
-        attrs: &dyn Fn(&mut MessageWriter<'_>),
-    ) -> Vec<u8> {
-        let mut nonce: Option<String> = None;
+    /// One request from `from` through the shared client (the 401 challenge answered on
+    /// the first); panics unless it succeeds.
+    fn request(&mut self, from: FiveTuple, request: Request) -> Success {
+        let seed = self.clients.len() as u64;
+        let client = self.clients.entry(from.client).or_insert_with(|| {
+            let creds = Credentials::new(USER, PASSWORD);
+            let mut s = [0x5a; 16];
+            s[..8].copy_from_slice(&seed.to_be_bytes());
+            Client::new(Config::new(ClientTransport::Udp, Some(creds)), s)
+        });
+        let method = request.method();
+        let id = client.request(request, self.now).unwrap();
+        let mut req = vec![0u8; MAX_REQUEST];
+        let mut out = vec![0u8; 1024];
+        // At most two transactions: the challenged one and the signed one.
         for _ in 0..2 {
-            let mut req = vec![0u8; 1024];
-            let txid = self.next_txid();
-            let n = {
-                let mut w = MessageWriter::new(&mut req, Class::Request, method, txid).unwrap();
-                attrs(&mut w);
-                if let Some(nonce) = &nonce {
-                    let key = long_term_key(PasswordAlgorithm::Md5, USER, REALM, PASSWORD);
-                    w.attr(&Username(USER)).unwrap();
-                    w.attr(&Realm(REALM)).unwrap();
-                    w.attr(&Nonce(nonce)).unwrap();
-                    w.integrity_sha1(key.as_bytes()).unwrap();
-                }
-                w.finish()
-            };
-            let mut out = vec![0u8; 1024];
+            let t = client.poll_transmit(&mut req).expect("a request to send");
             let len = match self
                 .server
-                .handle_client(self.now, from, &req[..n], &mut out)
+                .handle_client(self.now, from, &req[..t.len], &mut out)
             {
                 ClientOutput::Reply { len } => len,
                 other => panic!("{method:?}: no reply ({other:?})"),
             };
-            out.truncate(len);
-            let msg = Message::parse(&out).unwrap();
-            if msg.class() == Class::Success {
-                return out;
+            client.handle_input(&out[..len], self.now);
+            if let Some(Event::Completed(done)) = client.poll_event() {
+                assert_eq!(done.id, id);
+                match done.outcome {
+                    Outcome::Success(s) => return s,
+                    other => panic!("{method:?}: {other:?}"),
+                }
             }
-            let code = msg.attr::<ErrorCode>().unwrap().unwrap().code;
-            assert!(code == 401 && nonce.is_none(), "{method:?}: error {code}");
-            nonce = Some(msg.attr::<Nonce>().unwrap().unwrap().0.to_owned());
         }
         panic!("{method:?}: still challenged after authenticating")
     }
@@ -108,18 +96,13 @@ impl Core {
     /// Allocates for the UDP client `client` on `listener`; returns the relayed address.
     pub fn allocate(&mut self, client: SocketAddr, listener: SocketAddr) -> SocketAddr {
         let from = FiveTuple::new(client, listener, Transport::Udp);
-        let resp = self.request(from, Method::ALLOCATE, &|w| {
-            w.attr(&RequestedTransport(17)).unwrap();
-        });
-        let msg = Message::parse(&resp).unwrap();
-        msg.attr::<XorRelayedAddress>().unwrap().unwrap().0
+        self.request(from, Request::ALLOCATE).relayed[0]
     }
 
     pub fn permit(&mut self, client: SocketAddr, listener: SocketAddr, peer: SocketAddr) {
         let from = FiveTuple::new(client, listener, Transport::Udp);
-        self.request(from, Method::CREATE_PERMISSION, &|w| {
-            w.attr(&XorPeerAddress(peer)).unwrap();
-        });
+        let peers = vec![peer];
+        self.request(from, Request::CreatePermission { peers });
     }
 
     pub fn bind(
@@ -130,18 +113,13 @@ impl Core {
         peer: SocketAddr,
     ) {
         let from = FiveTuple::new(client, listener, Transport::Udp);
-        self.request(from, Method::CHANNEL_BIND, &|w| {
-            w.attr(&ChannelNumber(channel)).unwrap();
-            w.attr(&XorPeerAddress(peer)).unwrap();
-        });
+        self.request(from, Request::ChannelBind { channel, peer });
     }
 
     /// Refresh with lifetime 0: the allocation ends.
     pub fn release(&mut self, client: SocketAddr, listener: SocketAddr) {
         let from = FiveTuple::new(client, listener, Transport::Udp);
-        self.request(from, Method::REFRESH, &|w| {
-            w.attr(&Lifetime(0)).unwrap();
-        });
+        self.request(from, Request::DELETE);
     }
 
     pub fn commands(&mut self) -> Vec<Command> {

@@ -54,6 +54,17 @@ impl Transport {
     }
 }
 
+/// The command line's transport is the client's (which adds no CLI or JSON traits).
+impl From<Transport> for relay_client::Transport {
+    fn from(t: Transport) -> Self {
+        match t {
+            Transport::Udp => relay_client::Transport::Udp,
+            Transport::Tcp => relay_client::Transport::Tcp,
+            Transport::Tls => relay_client::Transport::Tls,
+        }
+    }
+}
+
 impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -51,8 +51,9 @@ impl CredentialArgs {
                 };
                 Ok(Some(Credentials::rest(
                     secret.as_bytes(),
-                    Some(name),
+                    name,
                     unix_now,
+                    super::client::REST_TTL_SECS,
                 )))
             }
             (None, None, None) => Ok(None),

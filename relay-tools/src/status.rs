@@ -2,17 +2,19 @@
 //! endpoint and printed as a table (or JSON). Exit 0 shown, 1 the endpoint refused
 //! (401: token), 2 unreachable, 64 usage.
 
-use std::{fmt::Write as _, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    fmt::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use clap::Args;
 use http_body_util::{BodyExt, Empty};
 use hyper::{Request, body::Bytes, header};
 use hyper_util::rt::TokioIo;
 
-use crate::{
-    admin::view::{AllocationView, AllocationsView, StatusView},
-    metrics::Traffic,
-};
+use relay_admin_api::{AllocationView, AllocationsView, StatusView, Traffic};
 
 /// Environment variable read for the token when `--token` is not given.
 pub const TOKEN_ENV: &str = "RELAY_ADMIN_TOKEN";
@@ -40,8 +42,9 @@ pub struct StatusArgs {
 pub enum StatusError {
     #[error("`{0}` is not an admin address (expected http://IP:PORT or IP:PORT)")]
     BadUrl(String),
+    /// The --config file could not be read; the message names the key at fault.
     #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(String),
     #[error(
         "cannot reach the admin endpoint at {address}: {reason} (is the relay running? check [admin] address)"
     )]
@@ -185,17 +188,30 @@ impl AdminClient {
     }
 }
 
+/// What `relay status` takes from the relay's config file: the `[admin]` section.
+#[derive(Clone, Debug)]
+pub struct AdminSection {
+    pub address: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// Reads `[admin]` from a config file; the error is the message to print. The daemon
+/// supplies it (its config loader validates the whole file), so the tools need not
+/// know the config format.
+pub type ReadConfig<'a> = &'a dyn Fn(&Path) -> Result<AdminSection, String>;
+
 /// The client the flags describe: --admin and --token win over --config.
-pub fn client(args: &StatusArgs) -> Result<AdminClient, StatusError> {
+pub fn client(args: &StatusArgs, read_config: ReadConfig<'_>) -> Result<AdminClient, StatusError> {
     let config = args
         .config
         .as_deref()
-        .map(crate::config::load)
-        .transpose()?;
+        .map(read_config)
+        .transpose()
+        .map_err(StatusError::Config)?;
     let address = match (&args.admin, &config) {
         (Some(url), _) => AdminClient::parse_address(url)?,
-        (None, Some(c)) => c.admin.address,
-        (None, None) => crate::config::DEFAULT_ADMIN_ADDRESS,
+        (None, Some(c)) => c.address,
+        (None, None) => relay_admin_api::DEFAULT_ADDRESS,
     };
     let address = if address.ip().is_unspecified() {
         // Listening on every address: the loopback one is among them.
@@ -211,15 +227,15 @@ pub fn client(args: &StatusArgs) -> Result<AdminClient, StatusError> {
         .token
         .clone()
         .or_else(|| std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()))
-        .or_else(|| config.and_then(|c| c.admin.token.clone()));
+        .or_else(|| config.and_then(|c| c.token));
     let mut c = AdminClient::new(address, token);
     c.timeout = Duration::from_millis(args.timeout_ms.max(1));
     Ok(c)
 }
 
 /// `relay status`; returns the exit code.
-pub fn run(args: &StatusArgs) -> i32 {
-    match show(args) {
+pub fn run(args: &StatusArgs, read_config: ReadConfig<'_>) -> i32 {
+    match show(args, read_config) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("relay status: {e}");
@@ -228,8 +244,8 @@ pub fn run(args: &StatusArgs) -> i32 {
     }
 }
 
-fn show(args: &StatusArgs) -> Result<(), StatusError> {
-    let client = client(args)?;
+fn show(args: &StatusArgs, read_config: ReadConfig<'_>) -> Result<(), StatusError> {
+    let client = client(args, read_config)?;
     let view = client.allocations()?;
     if args.json {
         let text = serde_json::to_string_pretty(&view).map_err(|e| StatusError::Protocol {

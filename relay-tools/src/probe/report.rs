@@ -5,10 +5,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use relay_proto::stun::Message;
 use serde::{Serialize, Serializer};
 
-use super::client::error_info;
 use super::transport::Transport;
 
 /// Exit codes of `relay stun`.
@@ -103,18 +101,10 @@ impl StepReport {
         }
     }
 
-    /// Marks the step as answered with the error response `msg`.
-    pub(super) fn fail_with(&mut self, msg: &Message<'_>) {
-        match error_info(msg) {
-            Some(e) => {
-                self.status = Status::Error;
-                self.error = Some(e);
-            }
-            None => {
-                self.status = Status::BadResponse;
-                self.detail = Some("error response without a valid ERROR-CODE".into());
-            }
-        }
+    /// Marks the step as answered with the error response `e`.
+    pub(super) fn fail_with(&mut self, e: &relay_client::ErrorResponse) {
+        self.status = Status::Error;
+        self.error = Some(e.into());
     }
 
     /// The server sent something back (success, error or garbage).

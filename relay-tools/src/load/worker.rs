@@ -9,37 +9,24 @@
 
 use std::{
     io,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::SocketAddr,
     os::fd::AsRawFd,
-    sync::{
-        Arc, Barrier, OnceLock,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc::Sender,
-    },
+    sync::{Arc, atomic::Ordering, mpsc::Sender},
     time::{Duration, Instant},
 };
 
-use relay_proto::stun::{
-    ChannelData, Class, Data, Message, MessageWriter, Method, PacketKind, TransactionId,
-    XorPeerAddress, classify, write_channel_data,
-};
-
-use rustls::{ClientConfig, pki_types::ServerName};
-
 use super::{
+    control::{Alloc, Conn, Control, State},
+    frame::{Arrival, Frame, ms_until, on_packet, prefill},
     payload::{PROBE_LEN, Probe},
+    plan::{Plan, Shared},
     stats::{SecondSample, SetupStats, TrafficStats, new_hist},
     stream::{Fill, StreamConn, StreamError},
     sys::{self, DATAGRAM_MAX, Epoll, Mmsg},
-    turn::{Credentials, Ctx, DataMode, Failure, Next, Retransmit, Session, Step},
+    turn::{Ctx, DataMode, Failure, Session, Step},
 };
 use crate::probe::Transport;
 
-/// Permissions last 300 s and channels 600 s (RFC 8656): refreshing every 240 s keeps
-/// both, and the allocation, alive in runs of any length.
-pub const REFRESH_EVERY: Duration = Duration::from_secs(240);
-/// After a failed refresh, try again this soon.
-const REFRESH_RETRY: Duration = Duration::from_secs(10);
 /// How often retransmission timers and refresh deadlines are looked at.
 const TIMER_SCAN: Duration = Duration::from_millis(5);
 /// Datagrams read per recvmmsg.
@@ -50,239 +37,11 @@ const MAX_RATE_STEP: u64 = 256;
 /// of the target rate; the rest is counted as `behind`, not sent in a burst.
 const CATCH_UP_SECS: f64 = 0.005;
 
-/// What one worker does.
-#[derive(Debug, Clone)]
-pub struct Plan {
-    /// Index of this worker's first allocation across the run.
-    pub first_index: u32,
-    pub count: usize,
-    pub local: IpAddr,
-    /// The TURN server, or the echo peer itself in direct mode.
-    pub target: SocketAddr,
-    /// The peer as the relay sees it (XOR-PEER-ADDRESS).
-    pub peer: SocketAddr,
-    pub mode: DataMode,
-    /// How allocations reach the server; the echo peer is always UDP.
-    pub transport: Transport,
-    /// With `Transport::Tls`: the client configuration and the name the certificate
-    /// must carry.
-    pub tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
-    pub channel: u16,
-    pub credentials: Option<Credentials>,
-    pub retransmit: Retransmit,
-    /// Allocations this worker starts per second; None: as fast as the window allows.
-    pub ramp: Option<f64>,
-    /// Setup transactions in flight at once.
-    pub window: usize,
-    /// Packets per second this worker sends; None: as fast as it can.
-    pub rate: Option<f64>,
-    /// Payload bytes per packet.
-    pub size: usize,
-    /// Packets sent back to back on one allocation.
-    pub burst: usize,
-    /// How long echoes are awaited after the window.
-    pub drain: Duration,
-    pub delete: bool,
-}
-
-/// What the workers and the main thread share.
-pub struct Shared {
-    pub epoch: Instant,
-    pub stop: Arc<AtomicBool>,
-    pub ready: AtomicU64,
-    pub failed: AtomicU64,
-    /// Traffic start and end, set by the main thread before it releases `barrier`.
-    pub window: OnceLock<(Instant, Instant)>,
-    pub barrier: Barrier,
-}
-
-impl Shared {
-    pub fn new(workers: usize, stop: Arc<AtomicBool>) -> Self {
-        Self {
-            epoch: Instant::now(),
-            stop,
-            ready: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            window: OnceLock::new(),
-            barrier: Barrier::new(workers + 1),
-        }
-    }
-
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::Relaxed)
-    }
-
-    fn ns(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.epoch).as_nanos() as u64
-    }
-}
-
 /// What a worker hands back at the end.
 pub struct Outcome {
     pub traffic: TrafficStats,
     pub refresh_failures: u64,
     pub deleted: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Idle,
-    Setup,
-    Ready,
-    Failed,
-    Deleted,
-}
-
-/// An allocation's way to the server.
-enum Conn {
-    Udp(UdpSocket),
-    Stream(Box<StreamConn>),
-}
-
-impl Conn {
-    /// Sends one whole datagram or frame without blocking.
-    fn send(&mut self, buf: &[u8]) -> Result<(), StreamError> {
-        match self {
-            Conn::Udp(s) => Ok(sys::send(s.as_raw_fd(), buf)?),
-            Conn::Stream(s) => s.send(buf),
-        }
-    }
-}
-
-struct Alloc {
-    conn: Option<Conn>,
-    index: u32,
-    session: Session,
-    state: State,
-    started: Instant,
-    next_refresh: Instant,
-    inflight: bool,
-    seq: u64,
-}
-
-/// Control-plane bookkeeping, apart from the sockets and buffers so both can be
-/// borrowed at once.
-struct Control {
-    ctx: Option<Ctx>,
-    setup: SetupStats,
-    inflight: Vec<usize>,
-    refresh_failures: u64,
-    deleted: u64,
-    shared: Arc<Shared>,
-}
-
-impl Control {
-    /// Carries out what a session asked for, chaining the setup and refresh steps.
-    fn drive(&mut self, a: &mut Alloc, i: usize, next: Next, now: Instant) {
-        let Some(ctx) = self.ctx.as_mut() else {
-            return;
-        };
-        let next = match next {
-            Next::Done(Step::Allocate) => a.session.start(ctx, Step::Bind, now),
-            Next::Done(Step::Bind) if a.state == State::Ready => {
-                a.session.start(ctx, Step::Refresh, now)
-            }
-            other => other,
-        };
-        match next {
-            Next::Send => {
-                if let Some(c) = &mut a.conn {
-                    // A lost request is retransmitted by its timer (on UDP; a stream that
-                    // fails is noticed when it is read).
-                    let _ = c.send(a.session.request());
-                }
-                if !a.inflight {
-                    a.inflight = true;
-                    self.inflight.push(i);
-                }
-            }
-            Next::Wait => {}
-            Next::Done(Step::Bind) => {
-                a.state = State::Ready;
-                a.next_refresh = now + REFRESH_EVERY;
-                self.setup.ready += 1;
-                self.setup.last_done = Some(now);
-                let _ = self
-                    .setup
-                    .latency
-                    .record(now.saturating_duration_since(a.started).as_nanos() as u64);
-                self.shared.ready.fetch_add(1, Ordering::Relaxed);
-            }
-            Next::Done(Step::Refresh) => a.next_refresh = now + REFRESH_EVERY,
-            Next::Done(Step::Delete) => {
-                a.state = State::Deleted;
-                self.deleted += 1;
-            }
-            Next::Done(Step::Allocate) => unreachable!("chained to Bind above"),
-            Next::Failed(f) => self.fail(a, f, now),
-        }
-    }
-
-    fn fail(&mut self, a: &mut Alloc, f: Failure, now: Instant) {
-        match a.state {
-            State::Ready => {
-                // A refresh failed: the allocation may still carry traffic; retry soon.
-                self.refresh_failures += 1;
-                a.next_refresh = now + REFRESH_RETRY;
-            }
-            _ => {
-                a.state = State::Failed;
-                self.setup.fail(f.label());
-                self.shared.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Retransmissions and refresh deadlines; forgets finished transactions.
-    fn scan(&mut self, allocs: &mut [Alloc], now: Instant) {
-        let mut k = 0;
-        while k < self.inflight.len() {
-            let i = self.inflight[k];
-            let next = match self.ctx.as_ref() {
-                Some(ctx) => allocs[i].session.on_timer(ctx, now),
-                None => Next::Wait,
-            };
-            self.drive(&mut allocs[i], i, next, now);
-            if allocs[i].session.pending_step().is_none() {
-                allocs[i].inflight = false;
-                self.inflight.swap_remove(k);
-            } else {
-                k += 1;
-            }
-        }
-    }
-
-    /// Forgets finished transactions at once, so the setup window refills without
-    /// waiting for the next timer scan.
-    fn compact(&mut self, allocs: &mut [Alloc]) {
-        self.inflight.retain(|&i| {
-            let pending = allocs[i].session.pending_step().is_some();
-            allocs[i].inflight = pending;
-            pending
-        });
-    }
-
-    /// Starts the refresh of every ready allocation whose time has come.
-    fn refresh_due(&mut self, allocs: &mut [Alloc], now: Instant) {
-        let Some(ctx) = self.ctx.as_mut() else {
-            return;
-        };
-        let mut due = Vec::new();
-        for (i, a) in allocs.iter_mut().enumerate() {
-            if a.state == State::Ready && !a.inflight && now >= a.next_refresh {
-                due.push((i, a.session.start(ctx, Step::Bind, now)));
-            }
-        }
-        for (i, next) in due {
-            self.drive(&mut allocs[i], i, next, now);
-        }
-    }
-}
-
-/// The frame every send buffer holds; a packet rewrites only the probe in it.
-struct Frame {
-    len: usize,
-    probe_at: usize,
 }
 
 pub struct Worker {
@@ -351,6 +110,7 @@ impl Worker {
                 plan.peer,
                 plan.mode,
                 plan.channel,
+                plan.transport.into(),
                 plan.credentials.clone(),
                 plan.retransmit,
             )
@@ -365,6 +125,7 @@ impl Worker {
                 refresh_failures: 0,
                 deleted: 0,
                 shared,
+                out: vec![0; relay_client::MAX_REQUEST].into_boxed_slice(),
             },
             allocs,
             epoll,
@@ -456,13 +217,7 @@ impl Worker {
                 _ => 5,
             };
             self.poll(timeout, None);
-            let now = Instant::now();
-            if now - last_scan >= TIMER_SCAN {
-                last_scan = now;
-                self.control.scan(&mut self.allocs, now);
-            } else {
-                self.control.compact(&mut self.allocs);
-            }
+            self.run_timers(&mut last_scan);
         }
         // Interrupted: whatever is still being set up will not be used.
         for a in &mut self.allocs {
@@ -582,18 +337,24 @@ impl Worker {
                 break;
             }
             self.poll(5, None);
-            let now = Instant::now();
-            if now - last_scan >= TIMER_SCAN {
-                last_scan = now;
-                self.control.scan(&mut self.allocs, now);
-            } else {
-                self.control.compact(&mut self.allocs);
-            }
+            self.run_timers(&mut last_scan);
         }
     }
 
     /// Reads whatever is ready, waiting up to `timeout_ms`. `window_end` is the end of
     /// the traffic window when probes count, None during setup and teardown.
+    /// Retransmissions and refresh deadlines every [`TIMER_SCAN`]; in between, only
+    /// forgets finished transactions so the setup window refills.
+    fn run_timers(&mut self, last_scan: &mut Instant) {
+        let now = Instant::now();
+        if now - *last_scan >= TIMER_SCAN {
+            *last_scan = now;
+            self.control.scan(&mut self.allocs, now);
+        } else {
+            self.control.compact(&mut self.allocs);
+        }
+    }
+
     fn poll(&mut self, timeout_ms: i32, window_end: Option<Instant>) {
         let mut tokens = [0u64; 256];
         let n = match self.epoll.wait(timeout_ms) {
@@ -681,7 +442,7 @@ impl Worker {
         let a = &mut self.allocs[i];
         // Closing the socket also takes it out of the epoll set.
         a.conn = None;
-        a.session.abandon();
+        a.session.abandon(now);
         match a.state {
             State::Setup => {
                 let why = match e {
@@ -726,8 +487,9 @@ impl Worker {
                 // Port unreachable while setting up: nothing listens there, stop asking.
                 let a = &mut self.allocs[i];
                 if e.kind() == io::ErrorKind::ConnectionRefused && a.state == State::Setup {
-                    a.session.abandon();
-                    self.control.fail(a, Failure::Unreachable, Instant::now());
+                    let now = Instant::now();
+                    a.session.abandon(now);
+                    self.control.fail(a, Failure::Unreachable, now);
                 }
                 return;
             }
@@ -823,228 +585,5 @@ impl Worker {
             },
         );
         let _ = self.seconds.send(done);
-    }
-}
-
-/// When and how an arrival counts.
-#[derive(Clone, Copy)]
-struct Arrival {
-    now: Instant,
-    now_ns: u64,
-    mode: DataMode,
-    /// Probes count (traffic window or drain), not setup or teardown.
-    counting: bool,
-    in_window: bool,
-}
-
-impl Arrival {
-    fn new(shared: &Shared, mode: DataMode, window_end: Option<Instant>) -> Self {
-        let now = Instant::now();
-        Self {
-            now,
-            now_ns: shared.ns(now),
-            mode,
-            counting: window_end.is_some(),
-            in_window: window_end.is_some_and(|end| now < end),
-        }
-    }
-}
-
-/// One datagram or frame from the server (or the peer, in direct mode): a response
-/// for the session, or an echoed probe to account.
-fn on_packet(
-    control: &mut Control,
-    a: &mut Alloc,
-    i: usize,
-    traffic: &mut TrafficStats,
-    second: &mut SecondSample,
-    d: &[u8],
-    at: Arrival,
-) {
-    let payload = match (at.mode, classify(d)) {
-        (DataMode::Direct, _) => Some(d),
-        (DataMode::Channel, PacketKind::ChannelData) => {
-            ChannelData::parse(d).ok().map(|c| c.payload())
-        }
-        (_, PacketKind::Stun) => {
-            let Ok(msg) = Message::parse(d) else {
-                traffic.foreign += u64::from(at.counting);
-                return;
-            };
-            if msg.class() == Class::Indication && msg.method() == Method::DATA {
-                match msg.attr::<Data>() {
-                    Some(Ok(Data(p))) => Some(p),
-                    _ => None,
-                }
-            } else {
-                if let Some(ctx) = control.ctx.as_mut() {
-                    let next = a.session.on_response(ctx, &msg, at.now);
-                    control.drive(a, i, next, at.now);
-                }
-                return;
-            }
-        }
-        _ => None,
-    };
-    if !at.counting {
-        return;
-    }
-    match payload.and_then(Probe::read) {
-        Some(p) if p.alloc == a.index => {
-            let rtt = at.now_ns.saturating_sub(p.sent_ns);
-            traffic.received += 1;
-            let _ = traffic.rtt.record(rtt.max(1));
-            if at.in_window {
-                traffic.received_in_window += 1;
-                second.received += 1;
-                let _ = second.rtt.record(rtt.max(1));
-            }
-        }
-        _ => traffic.foreign += 1,
-    }
-}
-
-/// Whole milliseconds from `now` to `at`, rounded up (epoll's unit); 0 when past.
-fn ms_until(now: Instant, at: Instant) -> i32 {
-    let d = at.saturating_duration_since(now);
-    if d.is_zero() {
-        0
-    } else {
-        d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
-    }
-}
-
-/// Writes the constant part of every packet (framing and filler) into each send buffer.
-fn prefill(tx: &mut Mmsg, plan: &Plan) -> Frame {
-    // Filler a capture shows as ours; the probe overwrites the first bytes.
-    let mut payload = vec![0u8; plan.size];
-    for (k, b) in payload.iter_mut().enumerate() {
-        *b = b"relay-load "[k % 11];
-    }
-    let mut frame = Frame {
-        len: 0,
-        probe_at: 0,
-    };
-    for k in 0..tx.capacity() {
-        let buf = tx.buf_mut(k);
-        frame = match plan.mode {
-            DataMode::Direct => {
-                buf[..plan.size].copy_from_slice(&payload);
-                Frame {
-                    len: plan.size,
-                    probe_at: 0,
-                }
-            }
-            DataMode::Channel => {
-                // Streams carry ChannelData padded to 4 (RFC 8656 §12.5).
-                let pad = plan.transport != Transport::Udp;
-                let len = write_channel_data(&mut buf[..], plan.channel, &payload, pad)
-                    .expect("payload fits a send buffer");
-                Frame { len, probe_at: 4 }
-            }
-            DataMode::Send => {
-                // A fixed transaction id: indications are not transactions, and a constant
-                // XOR-PEER-ADDRESS lets every packet reuse the frame.
-                let txid = TransactionId(*b"relay-load-1");
-                let mut w = MessageWriter::new(&mut buf[..], Class::Indication, Method::SEND, txid)
-                    .expect("header fits");
-                w.attr(&XorPeerAddress(plan.peer))
-                    .and_then(|w| w.attr(&Data(&payload)))
-                    .expect("payload fits a send buffer");
-                let len = w.finish();
-                // DATA is last: its value starts where its padded value ends, minus padding.
-                let padded = (plan.size + 3) & !3;
-                Frame {
-                    len,
-                    probe_at: len - padded,
-                }
-            }
-        };
-    }
-    frame
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::load::payload::MAGIC;
-
-    fn plan(mode: DataMode, size: usize) -> Plan {
-        Plan {
-            first_index: 0,
-            count: 1,
-            local: "127.0.0.1".parse().unwrap(),
-            target: "127.0.0.1:3478".parse().unwrap(),
-            peer: "192.0.2.10:7000".parse().unwrap(),
-            mode,
-            transport: Transport::Udp,
-            tls: None,
-            channel: 0x4001,
-            credentials: None,
-            retransmit: Retransmit {
-                rto: Duration::from_millis(100),
-                tries: 2,
-                timeout: Duration::from_secs(1),
-            },
-            ramp: None,
-            window: 8,
-            rate: None,
-            size,
-            burst: 2,
-            drain: Duration::ZERO,
-            delete: false,
-        }
-    }
-
-    #[test]
-    fn frames_carry_the_probe_where_receivers_look() {
-        for (mode, size) in [
-            (DataMode::Direct, 24),
-            (DataMode::Channel, 101),
-            (DataMode::Send, 101),
-            (DataMode::Send, 160),
-        ] {
-            let p = plan(mode, size);
-            let mut tx = Mmsg::new(2);
-            let f = prefill(&mut tx, &p);
-            let probe = Probe {
-                alloc: 3,
-                seq: 9,
-                sent_ns: 77,
-            };
-            probe.write(&mut tx.buf_mut(1)[f.probe_at..f.probe_at + PROBE_LEN]);
-            let pkt = &tx.buf_mut(1)[..f.len];
-            let payload = match mode {
-                DataMode::Direct => pkt,
-                DataMode::Channel => {
-                    let c = ChannelData::parse(pkt).unwrap();
-                    assert_eq!(c.channel(), 0x4001);
-                    c.payload()
-                }
-                DataMode::Send => {
-                    let m = Message::parse(pkt).unwrap();
-                    assert_eq!((m.class(), m.method()), (Class::Indication, Method::SEND));
-                    assert!(
-                        matches!(m.attr::<XorPeerAddress>(), Some(Ok(XorPeerAddress(a))) if a == p.peer)
-                    );
-                    match m.attr::<Data>() {
-                        Some(Ok(Data(d))) => d,
-                        other => panic!("{other:?}"),
-                    }
-                }
-            };
-            assert_eq!(payload.len(), size, "{mode:?}");
-            assert_eq!(Probe::read(payload), Some(probe), "{mode:?}");
-            assert_eq!(&payload[..4], &MAGIC);
-        }
-    }
-
-    #[test]
-    fn ms_until_rounds_up() {
-        let now = Instant::now();
-        assert_eq!(ms_until(now, now), 0);
-        assert_eq!(ms_until(now + Duration::from_millis(1), now), 0);
-        assert_eq!(ms_until(now, now + Duration::from_micros(10)), 1);
-        assert_eq!(ms_until(now, now + Duration::from_micros(1500)), 2);
     }
 }

@@ -14,21 +14,26 @@
 //! peer stays UDP. Threads each own a slice of the allocations (one socket each; see
 //! `worker`); the main thread only coordinates, samples CPU and prints.
 
+mod args;
+mod control;
 mod echo;
+mod frame;
 mod payload;
+mod plan;
 mod progress;
 pub mod report;
+mod setup;
 mod stats;
 mod stream;
 mod sys;
 mod turn;
 mod worker;
 
+pub use args::{EchoArgs, LoadArgs, LoadCommand, LoadSubcommand, ModeArg};
 pub use echo::{Echo, EchoError, EchoStats};
 pub use report::{Report, exit};
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -37,145 +42,23 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use clap::{Args, Subcommand, ValueEnum};
 use rustls::{ClientConfig, pki_types::ServerName};
 
-use crate::probe::{CredentialArgs, TlsArgs, Transport, Trust};
+use crate::probe::Transport;
 
+use plan::{Plan, Shared};
 use progress::Progress;
 use report::{CpuPhase, CpuReport, SetupReport, TrafficReport, WatchedReport};
+use setup::resolve;
 use stats::{Percentiles, Seconds, SetupStats, TrafficStats};
 use sys::BoxCpu;
-use turn::{Credentials, DataMode, Retransmit};
-use worker::{Plan, Shared, Worker};
+use turn::{DataMode, Retransmit};
+use worker::Worker;
 
 /// The channel every allocation binds (channels are per allocation, so one number will do).
 const CHANNEL: u16 = 0x4000;
 /// The window opens this long after the workers are released, so all start together.
 const START_DELAY: Duration = Duration::from_millis(20);
-
-/// `relay load [OPTIONS] SERVER` or `relay load echo [OPTIONS]`.
-#[derive(Debug, Args)]
-#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct LoadCommand {
-    #[command(subcommand)]
-    pub echo: Option<LoadSubcommand>,
-    #[command(flatten)]
-    pub args: LoadArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum LoadSubcommand {
-    /// Run only the echo peer: every datagram goes back to its sender, from the same port.
-    Echo(EchoArgs),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ModeArg {
-    /// ChannelBind, then ChannelData (4 bytes of overhead; what browsers use).
-    Channel,
-    /// CreatePermission, then Send and Data indications.
-    Send,
-}
-
-/// Load generator options.
-#[derive(Debug, Clone, Args)]
-pub struct LoadArgs {
-    /// TURN server, IP:PORT or IP (port 3478). With --direct: the echo peer itself.
-    #[arg(value_name = "SERVER", required = true)]
-    pub server: Option<String>,
-    /// How allocations reach the server: one UDP socket, or one TCP or TLS connection,
-    /// each (SERVER without a port: 3478, or 5349 for TLS).
-    #[arg(long, value_enum, default_value_t = Transport::Udp)]
-    pub transport: Transport,
-    #[command(flatten)]
-    pub tls: TlsArgs,
-    #[command(flatten)]
-    pub credentials: CredentialArgs,
-    /// The echo peer as the relay reaches it (default: --echo's address).
-    #[arg(long, value_name = "IP:PORT")]
-    pub peer: Option<SocketAddr>,
-    /// Also run an echo peer in this process, listening here (one host is then enough).
-    #[arg(long, value_name = "IP:PORT")]
-    pub echo: Option<SocketAddr>,
-    /// The built-in echo peer drops every Nth datagram (a known loss).
-    #[arg(long = "echo-drop-every", value_name = "N", requires = "echo")]
-    pub echo_drop_every: Option<u64>,
-    /// Concurrent allocations (one UDP socket, or one TCP or TLS connection, each).
-    #[arg(long, short = 'n', value_name = "N", default_value_t = 100)]
-    pub allocations: usize,
-    /// Allocations started per second (default: as fast as --window allows).
-    #[arg(long, value_name = "PER_SEC")]
-    pub ramp: Option<f64>,
-    /// Setup transactions in flight at once, per thread.
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    pub window: usize,
-    #[arg(long, value_enum, default_value_t = ModeArg::Channel)]
-    pub mode: ModeArg,
-    /// No TURN: send straight to SERVER, the echo peer (the no-relay baseline).
-    #[arg(long, conflicts_with_all = ["user", "password", "secret", "peer"])]
-    pub direct: bool,
-    /// Packets per second sent in total (each comes back once), or "max".
-    #[arg(long, value_name = "PPS|max", default_value = "1000")]
-    pub rate: String,
-    /// Payload bytes per packet (24 to 1400).
-    #[arg(long, value_name = "BYTES", default_value_t = 100)]
-    pub size: usize,
-    /// Seconds of traffic after setup (0: set up, report, delete).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    pub duration: f64,
-    /// Worker threads (default: one per CPU).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Packets sent back to back on one allocation (one sendmmsg).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub burst: usize,
-    /// How long echoes still in flight are awaited after the traffic window.
-    #[arg(long = "drain-ms", value_name = "MS", default_value_t = 1000)]
-    pub drain_ms: u64,
-    /// Longest wait for one request's answer, retransmissions included.
-    #[arg(long = "timeout-ms", value_name = "MS", default_value_t = 5000)]
-    pub timeout_ms: u64,
-    /// Local address the allocations' sockets bind to.
-    #[arg(long, value_name = "IP")]
-    pub local: Option<IpAddr>,
-    /// Report this process's CPU time and memory too (the server under test).
-    #[arg(long = "watch-pid", value_name = "PID")]
-    pub watch_pid: Option<u32>,
-    /// Add this process's CPU time to the run's own (`group`) figure, e.g. the echo
-    /// peer (repeat for several).
-    #[arg(long = "count-pid", value_name = "PID")]
-    pub count_pid: Vec<u32>,
-    /// Leave the allocations in place at the end (they expire on the server).
-    #[arg(long = "no-delete")]
-    pub no_delete: bool,
-    /// No progress on stderr.
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Echo peer options.
-#[derive(Debug, Clone, Args)]
-pub struct EchoArgs {
-    /// Address to listen on.
-    #[arg(long, value_name = "IP:PORT")]
-    pub listen: SocketAddr,
-    /// Threads, each with its own SO_REUSEPORT socket (default: one per CPU).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Drop every Nth datagram instead of echoing it (a known loss for tests).
-    #[arg(long = "drop-every", value_name = "N")]
-    pub drop_every: Option<u64>,
-    /// Stop after this many seconds (default: on SIGINT or SIGTERM).
-    #[arg(long, value_name = "SECS")]
-    pub duration: Option<f64>,
-    /// Print the final counts as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
 
 /// A command line that cannot be run (the same type as `relay stun`'s).
 pub use crate::probe::UsageError;
@@ -239,140 +122,6 @@ fn run_echo(a: &EchoArgs, stop: &AtomicBool) -> Result<i32, RunError> {
         );
     }
     Ok(exit::OK)
-}
-
-/// The command line, checked and resolved.
-#[derive(Debug)]
-struct Setup {
-    target: SocketAddr,
-    transport: Transport,
-    /// What `tls_config` is built from (TLS only), and the name to verify.
-    trust: Option<(Trust, ServerName<'static>)>,
-    peer: SocketAddr,
-    mode: DataMode,
-    credentials: Option<Credentials>,
-    credential_kind: &'static str,
-    rate: Option<f64>,
-    threads: usize,
-    local: IpAddr,
-}
-
-fn resolve(a: &LoadArgs, unix_now: u64) -> Result<Setup, UsageError> {
-    let server = a.server.as_deref().unwrap_or_default();
-    let mut target = crate::probe::parse_server(server)?;
-    if a.transport == Transport::Tls && server.trim().parse::<SocketAddr>().is_err() {
-        target.set_port(Transport::Tls.default_port());
-    }
-    if a.direct && a.transport != Transport::Udp {
-        return Err(UsageError(
-            "--direct sends to the UDP echo peer: --transport does not apply".into(),
-        ));
-    }
-    let trust = if a.transport == Transport::Tls {
-        let name = match &a.tls.sni {
-            Some(n) => ServerName::try_from(n.clone())
-                .map_err(|e| UsageError(format!("--sni {n:?}: {e}")))?,
-            None => ServerName::IpAddress(target.ip().into()),
-        };
-        Some((a.tls.trust(), name))
-    } else {
-        a.tls.refused_on(a.transport)?;
-        None
-    };
-    let mode = match (a.direct, a.mode) {
-        (true, _) => DataMode::Direct,
-        (false, ModeArg::Channel) => DataMode::Channel,
-        (false, ModeArg::Send) => DataMode::Send,
-    };
-    let peer = match (a.direct, a.peer, a.echo) {
-        (true, _, _) => target,
-        (false, Some(p), _) => p,
-        (false, None, Some(e)) if !e.ip().is_unspecified() && e.port() != 0 => e,
-        (false, None, _) => {
-            return Err(UsageError(
-                "--peer IP:PORT is needed (the echo peer as the relay reaches it), or --echo with \
-                 a concrete address"
-                    .into(),
-            ));
-        }
-    };
-    let resolved = if a.direct {
-        None
-    } else {
-        a.credentials.resolve("load", unix_now)?
-    };
-    let credential_kind = match &resolved {
-        None => "none",
-        Some(c) if c.rest => "rest",
-        Some(_) => "long-term",
-    };
-    let credentials = resolved.map(|c| Credentials {
-        username: c.username,
-        password: c.password,
-    });
-    let rate = match a.rate.as_str() {
-        "max" => None,
-        r => match r.parse::<f64>() {
-            Ok(v) if v > 0.0 && v.is_finite() => Some(v),
-            _ => {
-                return Err(UsageError(format!(
-                    "--rate {r:?}: a positive number of packets per second, or \"max\""
-                )));
-            }
-        },
-    };
-    if a.allocations == 0 {
-        return Err(UsageError("--allocations must be at least 1".into()));
-    }
-    if !(payload::PROBE_LEN..=payload::MAX_PAYLOAD).contains(&a.size) {
-        return Err(UsageError(format!(
-            "--size {}: between {} and {} bytes",
-            a.size,
-            payload::PROBE_LEN,
-            payload::MAX_PAYLOAD
-        )));
-    }
-    if !(a.duration >= 0.0 && a.duration.is_finite()) {
-        return Err(UsageError("--duration must be 0 or more seconds".into()));
-    }
-    if a.ramp.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err(UsageError("--ramp must be a positive rate".into()));
-    }
-    for (flag, v) in [
-        ("--window", a.window),
-        ("--burst", a.burst),
-        ("--timeout-ms", a.timeout_ms as usize),
-    ] {
-        if v == 0 {
-            return Err(UsageError(format!("{flag} must be at least 1")));
-        }
-    }
-    if a.burst > 64 {
-        return Err(UsageError("--burst is at most 64".into()));
-    }
-    if a.threads == Some(0) {
-        return Err(UsageError("--threads must be at least 1".into()));
-    }
-    let threads = a
-        .threads
-        .unwrap_or_else(sys::cpu_count)
-        .clamp(1, a.allocations);
-    let local = a.local.unwrap_or(match target {
-        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-    });
-    Ok(Setup {
-        target,
-        transport: a.transport,
-        trust,
-        peer,
-        mode,
-        credentials,
-        credential_kind,
-        rate,
-        threads,
-        local,
-    })
 }
 
 /// Which processes' CPU time a run adds up.
@@ -502,6 +251,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
             credentials: s.credentials.clone(),
             retransmit: Retransmit {
                 rto: Duration::from_millis(500),
+                rto_max: Duration::MAX,
                 // A stream delivers or fails: a request is sent once and awaited until
                 // the deadline (RFC 8489 §6.2.2).
                 tries: if s.transport == Transport::Udp { 7 } else { 1 },
@@ -770,8 +520,10 @@ mod signals {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use clap::Parser;
+
+    use super::*;
+    use crate::probe::Trust;
 
     #[derive(Parser)]
     struct Cli {

@@ -249,9 +249,9 @@ pub fn options(args: &ProbeArgs, unix_now: u64) -> Result<ProbeOptions, UsageErr
     }
     Ok(ProbeOptions {
         retransmit: Retransmit {
-            rto: client::INITIAL_RTO,
             tries: args.tries,
             timeout: Duration::from_millis(args.timeout_ms),
+            ..client::RETRANSMIT
         },
         credentials,
         expected_realm: args.realm.clone(),
@@ -421,7 +421,7 @@ mod tests {
 
     #[test]
     fn debug_hides_password() {
-        let c = Credentials::rest(b"s", None, 0);
+        let c = Credentials::rest(b"s", "probe", 0, 60);
         assert!(!format!("{c:?}").contains(&c.password));
     }
 }
