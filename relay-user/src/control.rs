@@ -17,9 +17,8 @@ use relay_proto::server::Server;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
-    config::{Config, ConfigError},
+    config::{AttachMode, Config, ConfigError},
     shard::{Kernel, ShardHandle},
-    xdp::AttachMode,
 };
 
 /// How long a query waits for a shard's answer: a shard's loop runs jobs between batches,

@@ -278,7 +278,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{control::test_support::*, shard::Kernel, status::AdminClient, xdp::AttachMode};
+    use crate::{config::AttachMode, control::test_support::*, shard::Kernel, status::AdminClient};
 
     /// A control plane over `shards`, without a config file to reload or a fast path.
     fn control(config: crate::config::Config, shards: &FakeShards) -> Arc<Control> {

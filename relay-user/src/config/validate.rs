@@ -11,8 +11,7 @@ use std::{
 use ipnet::IpNet;
 use relay_proto::policy::{AllowRule, parse_net};
 
-use super::{ConfigFile, IoEngine, Transport, UserEntry, load_users_file};
-use crate::xdp::{AttachMode, Forwarding};
+use super::{AttachMode, ConfigFile, Forwarding, IoEngine, Transport, UserEntry, load_users_file};
 
 /// A config error: which key, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

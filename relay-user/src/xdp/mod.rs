@@ -8,11 +8,12 @@ mod logs;
 pub mod maps;
 mod offload;
 
-pub use attach::{AttachMode, Attached};
-pub use forwarding::{Forwarding, ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};
+pub use attach::Attached;
+pub use forwarding::{ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};
 pub use logs::spawn_log_pump;
 pub use maps::{XdpMaps, XdpMapsError};
 
+use crate::config::AttachMode;
 use aya::{
     Ebpf, EbpfLoader,
     maps::PerCpuHashMap,
