@@ -125,7 +125,7 @@ pub fn render(path: &Path, c: &Config) -> String {
     );
     line("drain timeout", &format!("{} s", c.drain_timeout.as_secs()));
     line("log level", &c.log_level);
-    if let Some(w) = crate::core::rest_policy_warning(c) {
+    if let Some(w) = crate::cores::rest_policy_warning(c) {
         let _ = writeln!(out, "warning: {w}");
     }
     if c.max_allocations_per_user > c.max_allocations {

@@ -6,7 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod core;
+pub mod cores;
 pub mod events;
 pub mod load;
 pub mod local_routes;

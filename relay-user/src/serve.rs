@@ -18,7 +18,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (config, demo_password) = match &args.config {
         Some(path) => (crate::check::load(path)?, None),
         None => {
-            let (c, p) = crate::core::demo_config()?;
+            let (c, p) = crate::cores::demo_config()?;
             (c, Some(p))
         }
     };
@@ -115,7 +115,7 @@ async fn serve(
     // Every shard's core counts ports and quotas in `cores`, and checks nonces with its key.
     let local = local_prefixes();
     let cores =
-        crate::core::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
+        crate::cores::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
     let mut shards: Vec<ShardHandle> = Vec::new();
     let mut threads = Vec::new();
     let workers = if udp.is_empty() {
@@ -183,7 +183,7 @@ async fn serve(
                 "cannot follow the routing table: addresses added to this host later are not refused as peers until a restart");
         }
     }
-    if let Some(w) = crate::core::rest_policy_warning(&config) {
+    if let Some(w) = crate::cores::rest_policy_warning(&config) {
         tracing::warn!("{w}");
     }
     if let Some(acceptor) = tls_reload {

@@ -525,7 +525,7 @@ fn rest_users_get_their_own_allow_list() {
 #[test]
 fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
     let c = parse(DEPLOYMENT).unwrap();
-    let w = crate::core::rest_policy_warning(&c).expect("a warning");
+    let w = crate::cores::rest_policy_warning(&c).expect("a warning");
     assert!(
         w.contains("192.0.2.0/24") && w.contains("[peers.rest]"),
         "{w}"
@@ -540,13 +540,13 @@ fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
         "[peers.rest]\nallow = [\"192.0.2.10/32 udp 10000-20000\"]\n\n[limits]",
     );
     let c = parse(&restricted).unwrap();
-    assert_eq!(crate::core::rest_policy_warning(&c), None);
+    assert_eq!(crate::cores::rest_policy_warning(&c), None);
     let report = crate::check::render(Path::new("relay.toml"), &c);
     assert!(report.contains("peers for REST"), "{report}");
     assert!(!report.contains("warning:"), "{report}");
     let no_secrets = DEPLOYMENT.replace("shared_secrets = [\"s3cret\"]\n", "");
     assert_eq!(
-        crate::core::rest_policy_warning(&parse(&no_secrets).unwrap()),
+        crate::cores::rest_policy_warning(&parse(&no_secrets).unwrap()),
         None
     );
     let ported = DEPLOYMENT.replace(
@@ -554,7 +554,7 @@ fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
         r#"allow = ["192.0.2.0/24 udp 10000-20000"]"#,
     );
     assert_eq!(
-        crate::core::rest_policy_warning(&parse(&ported).unwrap()),
+        crate::cores::rest_policy_warning(&parse(&ported).unwrap()),
         None
     );
 }

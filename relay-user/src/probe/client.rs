@@ -704,7 +704,7 @@ fn io_detail(e: &io::Error) -> String {
 }
 
 /// 96 random bits (RFC 8489 §6) from the kernel's CSPRNG, like every other secret the
-/// relay draws (see `crate::core::random`).
+/// relay draws (see `crate::cores::random`).
 pub fn new_transaction_id() -> TransactionId {
     let mut id = [0u8; 12];
     getrandom::fill(&mut id).expect("the kernel's random source (getrandom) is unavailable");

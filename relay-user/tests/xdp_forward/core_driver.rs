@@ -21,6 +21,8 @@ const PASSWORD: &str = "secret";
 
 pub struct Core {
     pub server: Server,
+    /// How the clients reach the relay (UDP unless a test says otherwise).
+    pub transport: Transport,
     now: Instant,
     txid: u32,
 }
@@ -50,6 +52,7 @@ impl Core {
         let server = Server::new(config, creds, policy, NonceKey::new([7; 32]), now, unix_now);
         Core {
             server,
+            transport: Transport::Udp,
             now,
             txid: 0,
         }
@@ -107,7 +110,7 @@ impl Core {
 
     /// Allocates for the UDP client `client` on `listener`; returns the relayed address.
     pub fn allocate(&mut self, client: SocketAddr, listener: SocketAddr) -> SocketAddr {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         let resp = self.request(from, Method::ALLOCATE, &|w| {
             w.attr(&RequestedTransport(17)).unwrap();
         });
@@ -116,7 +119,7 @@ impl Core {
     }
 
     pub fn permit(&mut self, client: SocketAddr, listener: SocketAddr, peer: SocketAddr) {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         self.request(from, Method::CREATE_PERMISSION, &|w| {
             w.attr(&XorPeerAddress(peer)).unwrap();
         });
@@ -129,7 +132,7 @@ impl Core {
         channel: u16,
         peer: SocketAddr,
     ) {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         self.request(from, Method::CHANNEL_BIND, &|w| {
             w.attr(&ChannelNumber(channel)).unwrap();
             w.attr(&XorPeerAddress(peer)).unwrap();
@@ -138,7 +141,7 @@ impl Core {
 
     /// Refresh with lifetime 0: the allocation ends.
     pub fn release(&mut self, client: SocketAddr, listener: SocketAddr) {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         self.request(from, Method::REFRESH, &|w| {
             w.attr(&Lifetime(0)).unwrap();
         });
@@ -156,7 +159,7 @@ impl Core {
         listener: SocketAddr,
         packet: &[u8],
     ) -> Option<(SocketAddr, Vec<u8>)> {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         let mut out = vec![0u8; 2048];
         match self.server.handle_client(self.now, from, packet, &mut out) {
             ClientOutput::ToClient { to, len } => Some((to.client, out[..len].to_vec())),

@@ -1,5 +1,6 @@
-//! Building the sans-IO [`Server`] from the validated config, and the demo settings used
-//! when `relay serve` runs without a config file.
+//! The shards' sans-IO cores ([`Server`]) built from the validated config: credentials,
+//! peer policy, the state all cores share ([`Cores`]), and the demo settings used when
+//! `relay serve` runs without a config file.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
