@@ -1,5 +1,8 @@
-//! The relay daemon: configuration, the userspace data paths and the XDP loader around
-//! the sans-IO core in `relay-proto`.
+//! The relay daemon (binary `relay`) around the sans-IO core in `relay-proto`: the
+//! configuration (`config`, a leaf) and the cores built from it (`cores`), the userspace
+//! data paths (`udp`, `tcp`, `shard`), the XDP fast path (`xdp`: loading, attaching, the
+//! map writer), the control plane and admin endpoint (`control`, `admin`, `metrics`,
+//! `events`), and the operator tools (`check`, `status`, `probe`, `load`).
 
 pub mod admin;
 pub mod check;

@@ -583,3 +583,15 @@ fn rest_credentials_get_their_own_quotas() {
         assert_eq!(e.key, format!("limits.{key}"), "{e}");
     }
 }
+
+#[test]
+fn the_default_allocation_limit_is_the_one_the_kernel_maps_are_sized_for() {
+    let c = parse(&DEPLOYMENT.replace("max_allocations = 1800\n", "")).unwrap();
+    // README: 10,000 when `[limits] max_allocations` is not set.
+    assert_eq!(c.max_allocations, 10_000);
+    assert_eq!(
+        c.max_allocations,
+        relay_common::DEFAULT_MAX_ALLOCATIONS as usize,
+        "the kernel object's default map sizes (relay_common) and the config's default differ"
+    );
+}

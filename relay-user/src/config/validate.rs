@@ -127,7 +127,8 @@ pub const DEFAULT_PORTS: PortRange = PortRange {
     low: 49152,
     high: 65535,
 };
-pub const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
+/// One constant with the kernel maps' default sizing.
+pub const DEFAULT_MAX_ALLOCATIONS: usize = relay_common::DEFAULT_MAX_ALLOCATIONS as usize;
 /// One browser's TURN REST credential: its peer connections with UDP, TCP and TLS TURN URLs
 /// over a couple of interfaces.
 pub const DEFAULT_MAX_ALLOCATIONS_PER_REST_USER: usize = 16;
