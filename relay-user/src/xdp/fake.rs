@@ -22,11 +22,6 @@ impl FakeMaps {
         self.entries.get(&key).copied()
     }
 
-    /// Every entry, in no particular order.
-    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values()
-    }
-
     /// Entries in the map named `map` (`relay_common::PERMISSIONS_MAP`, ...).
     pub fn count(&self, map: &str) -> usize {
         self.entries.keys().filter(|k| k.map() == map).count()
