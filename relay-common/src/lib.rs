@@ -1,4 +1,5 @@
-//! Types shared by the kernel program (`relay-ebpf`) and the daemon (`relay-user`).
+//! Types shared by the kernel program (`relay-ebpf`) and the daemon (`relay-user`): the
+//! fast-path maps' names, sizes, keys and values, and the counters the kernel keeps.
 //!
 //! Every map key and value is `#[repr(C)]` with explicit padding so both sides agree on
 //! the layout byte for byte. Addresses and ports stay in network byte order so the kernel
@@ -77,8 +78,10 @@ pub const RELAY_ADDRS_MAP: &str = "RELAY_ADDRS";
 /// only the peer, so this is how the kernel finds the sending allocation.
 pub const CLIENTS_MAP: &str = "CLIENTS";
 
-/// Default `max_allocations` when the daemon does not say.
-pub const DEFAULT_MAX_ALLOCATIONS: u32 = 16384;
+/// Default `max_allocations`: the daemon's `[limits] max_allocations` when the config does
+/// not set it, and the map sizes the kernel object declares (the daemon sizes the maps from
+/// the configured limit at load, so these only serve a load that names none).
+pub const DEFAULT_MAX_ALLOCATIONS: u32 = 10_000;
 /// Relayed addresses per allocation (one per family of a dual allocation).
 pub const RELAYS_PER_ALLOCATION: u32 = 2;
 /// Channel entries per allocation (both [`CHANNELS_MAP`] and [`PEER_CHANNELS_MAP`]).

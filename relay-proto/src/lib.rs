@@ -1,4 +1,6 @@
-//! Sans-IO TURN core.
+//! Sans-IO TURN core: the STUN/TURN wire codecs (`stun`), long-term and TURN REST
+//! credentials (`auth`), the peer policy (`policy`) and the TURN server state machine
+//! (`server`).
 //!
 //! No sockets, no clock, no randomness: every input carries `now`, secrets are injected,
 //! and the outputs are replies written into caller-owned buffers plus [`server`] commands

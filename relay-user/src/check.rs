@@ -2,18 +2,34 @@
 
 use std::{fmt::Write as _, io::Write as _, path::Path};
 
-use crate::{
-    config::{self, Config},
-    xdp::AttachMode,
-};
+use crate::config::{self, AttachMode, Config, ConfigError};
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
-    let c = config::load(path)?;
+    let c = load(path)?;
     let text = render(path, &c);
     // main() restores SIGPIPE's default for this command, so `relay check | head -1`
     // ends quietly; any other write error is the operator's to see.
     std::io::stdout().lock().write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// The config file as the relay runs it: parsed, validated, and its certificates loaded
+/// (startup, SIGHUP and `relay check` all go through here).
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let c = config::load(path)?;
+    certificates(&c)?;
+    Ok(c)
+}
+
+/// Loads `[tls]`'s certificate and key, as the TLS listeners will: a wrong path, or a key
+/// of another certificate, is an error naming `tls.certificate` or `tls.private_key`.
+pub fn certificates(c: &Config) -> Result<(), ConfigError> {
+    match &c.tls {
+        Some(files) => crate::tcp::tls::load(files)
+            .map(drop)
+            .map_err(|e| ConfigError::new(e.key(), e.to_string())),
+        None => Ok(()),
+    }
 }
 
 /// The report, as printed: settings first, then notes on values that take no effect
@@ -109,7 +125,7 @@ pub fn render(path: &Path, c: &Config) -> String {
     );
     line("drain timeout", &format!("{} s", c.drain_timeout.as_secs()));
     line("log level", &c.log_level);
-    if let Some(w) = crate::core::rest_policy_warning(c) {
+    if let Some(w) = crate::cores::rest_policy_warning(c) {
         let _ = writeln!(out, "warning: {w}");
     }
     if c.max_allocations_per_user > c.max_allocations {
@@ -127,7 +143,7 @@ pub fn render(path: &Path, c: &Config) -> String {
 mod tests {
     use std::path::Path;
 
-    use super::render;
+    use super::{certificates, render};
     use crate::config::{ConfigFile, TlsFiles};
 
     const BASE: &str = r#"
@@ -203,5 +219,62 @@ mode = "off"
         let r = render(Path::new("relay.toml"), &c);
         assert_eq!(value(&r, "tls certificate"), "/etc/relay/tls/fullchain.pem");
         assert_eq!(value(&r, "tls private key"), "/etc/relay/tls/privkey.pem");
+    }
+
+    #[test]
+    fn certificates_that_do_not_load_name_their_key() {
+        let dir = std::env::temp_dir().join(format!("relay-check-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        write_test_certificate(&dir);
+        let file: ConfigFile = toml::from_str(BASE).unwrap();
+        let mut c = file.validate(Path::new(".")).unwrap();
+        let with = |certificate: &str, private_key: &str| TlsFiles {
+            certificate: dir.join(certificate),
+            private_key: dir.join(private_key),
+        };
+        c.tls = Some(with("cert.pem", "key.pem"));
+        certificates(&c).expect("the fixture loads");
+        let cases = [
+            (with("missing.pem", "key.pem"), "tls.certificate"),
+            (with("cert.pem", "missing.pem"), "tls.private_key"),
+            // The certificate where the key should be.
+            (with("cert.pem", "cert.pem"), "tls.private_key"),
+            (with("key.pem", "key.pem"), "tls.certificate"),
+        ];
+        for (files, key) in cases {
+            c.tls = Some(files);
+            let e = certificates(&c).expect_err(key);
+            assert_eq!(e.key, key, "{e}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A self-signed P-256 certificate for 203.0.113.50 (`openssl req -x509 -newkey ec`), and
+    /// its key.
+    const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----\n\
+    MIIBkTCCATigAwIBAgIUDZmx8c/qkNaFUXNVvkV9E6Fs95IwCgYIKoZIzj0EAwIw\n\
+    FTETMBEGA1UEAwwKcmVsYXkudGVzdDAgFw0yNjExMjIxODAzMjJaGA8yMTI2MTAy\n\
+    OTE4MDMyMlowFTETMBEGA1UEAwwKcmVsYXkudGVzdDBZMBMGByqGSM49AgEGCCqG\n\
+    SM49AwEHA0IABPbAx+JJM4rZ0pV5OWQnYdR8ybFWmsXdZuta1VXMyFE4wQJjSMHs\n\
+    4X0LbdV/74KNcg76Pb9PlVZVqBb6UXOeYaSjZDBiMB0GA1UdDgQWBBTGGU43n12W\n\
+    FXsiNpIGxfk2EC9g4jAfBgNVHSMEGDAWgBTGGU43n12WFXsiNpIGxfk2EC9g4jAP\n\
+    BgNVHRMBAf8EBTADAQH/MA8GA1UdEQQIMAaHBMsAcTIwCgYIKoZIzj0EAwIDRwAw\n\
+    RAIgIuOBgd8U533H3xosonU2r13LyXZfKK+oMp4L7KxgcJYCIBASRkP2jfZiAq0/\n\
+    VviAGgDhcehnnJns7afpvA7HxtOY\n\
+    -----END CERTIFICATE-----\n\
+    ";
+    const TEST_KEY: &str = "-----BEGIN PRIVATE KEY-----\n\
+    MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQggEe5PQxfmHhq0MIo\n\
+    LV03ts6T+wbqIggaH6/OnIl0HtShRANCAAT2wMfiSTOK2dKVeTlkJ2HUfMmxVprF\n\
+    3WbrWtVVzMhROMECY0jB7OF9C23Vf++CjXIO+j2/T5VWVagW+lFznmGk\n\
+    -----END PRIVATE KEY-----\n\
+    ";
+
+    /// Writes the fixture as `dir`/cert.pem and `dir`/key.pem; returns the key's path.
+    fn write_test_certificate(dir: &Path) -> std::path::PathBuf {
+        std::fs::write(dir.join("cert.pem"), TEST_CERT).unwrap();
+        let key = dir.join("key.pem");
+        std::fs::write(&key, TEST_KEY).unwrap();
+        key
     }
 }

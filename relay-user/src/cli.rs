@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::xdp::AttachMode;
+use crate::config::AttachMode;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -17,9 +17,8 @@ use relay_proto::server::Server;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
-    config::{Config, ConfigError},
+    config::{AttachMode, Config, ConfigError},
     shard::{Kernel, ShardHandle},
-    xdp::AttachMode,
 };
 
 /// How long a query waits for a shard's answer: a shard's loop runs jobs between batches,
@@ -315,7 +314,7 @@ impl Control {
 
         // Built here to refuse the reload before any shard sees it; each shard builds its
         // own store from the same settings (a store is not shared between threads).
-        crate::core::credentials(&running).map_err(ReloadError::Credentials)?;
+        crate::cores::credentials(&running).map_err(ReloadError::Credentials)?;
         for (name, hook) in lock(&self.hooks).iter() {
             hook(&new).map_err(|error| ReloadError::Hook {
                 name: name.clone(),
@@ -326,13 +325,13 @@ impl Control {
         let running = Arc::new(running);
         let apply = running.clone();
         let answers = self.gather(QUERY_TIMEOUT, move |server| {
-            match crate::core::credentials(&apply) {
+            match crate::cores::credentials(&apply) {
                 Ok(c) => server.set_credentials(c),
                 // Not expected: the same settings built a store above.
                 Err(e) => tracing::error!(error = %format!("{e:#}"),
                     "reload: new credentials not applied on this shard"),
             }
-            server.set_policy(crate::core::policy(&apply));
+            server.set_policy(crate::cores::policy(&apply));
             server.set_limits(relay_proto::server::Limits {
                 max_allocations: apply.max_allocations,
                 max_allocations_per_user: apply.max_allocations_per_user,
@@ -389,7 +388,7 @@ impl Control {
                         "some shards did not confirm the reload in time; they apply it when their loop next runs"
                     );
                 }
-                if let Some(w) = crate::core::rest_policy_warning(&self.config()) {
+                if let Some(w) = crate::cores::rest_policy_warning(&self.config()) {
                     tracing::warn!("{w}");
                 }
                 if !r.restart_needed.is_empty() {
@@ -587,7 +586,7 @@ pub(crate) mod test_support {
 
     impl FakeShards {
         pub fn start(config: &Config, n: usize) -> Self {
-            let cores = crate::core::Cores::new(config).unwrap();
+            let cores = crate::cores::Cores::new(config).unwrap();
             let mut handles = Vec::new();
             let mut threads = Vec::new();
             for i in 0..n {
@@ -783,7 +782,7 @@ mod tests {
 
     #[test]
     fn the_demo_has_nothing_to_reload() {
-        let (config, _) = crate::core::demo_config().unwrap();
+        let (config, _) = crate::cores::demo_config().unwrap();
         let shards = FakeShards::start(&config, 1);
         let control = Control::new(
             config,
@@ -791,7 +790,7 @@ mod tests {
             None,
             shards.handles.clone(),
             Kernel::off(),
-            XdpStatus::of(&crate::core::demo_config().unwrap().0, None),
+            XdpStatus::of(&crate::cores::demo_config().unwrap().0, None),
         );
         assert!(matches!(control.reload(), Err(ReloadError::NoConfigFile)));
     }

@@ -1,13 +1,16 @@
-//! The relay daemon: configuration, the userspace data paths and the XDP loader around
-//! the sans-IO core in `relay-proto`. The `relay` binary's tool subcommands (stun, load,
-//! status) live in `relay-tools`, the admin API's documents in `relay-admin-api`.
+//! The relay daemon (binary `relay`) around the sans-IO core in `relay-proto`: the
+//! configuration (`config`, a leaf) and the cores built from it (`cores`), the userspace
+//! data paths (`udp`, `tcp`, `shard`), the XDP fast path (`xdp`: loading, attaching, the
+//! map writer), the control plane and admin endpoint (`control`, `admin`, `metrics`,
+//! `events`) and `check`. The `relay` binary's tool subcommands (stun, load, status) live
+//! in `relay-tools`, the admin API's documents in `relay-admin-api`.
 
 pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod config;
 mod control;
-pub mod core;
+pub mod cores;
 mod events;
 mod local_routes;
 pub mod log_limit;

@@ -1,3 +1,6 @@
+//! `relay`: parses the command line and hands each subcommand to the library (`serve`,
+//! `check`, `stun`, `status`, `load`), turning its outcome into the exit code.
+
 use std::process::ExitCode;
 
 use clap::Parser;

@@ -7,18 +7,18 @@ use anyhow::Context as _;
 
 use crate::{
     cli::ServeArgs,
-    config::{self, Config, Listener, Transport},
+    config::{AttachMode, Config, Listener, Transport},
     control::{ConfigLoader, Control, Signals, XdpStatus},
     shard::{self, Kernel, ShardHandle},
     udp::Dataplane,
-    xdp::{AttachMode, ForwardingGuard, XdpPath},
+    xdp::{ForwardingGuard, XdpPath},
 };
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (config, demo_password) = match &args.config {
-        Some(path) => (config::load(path)?, None),
+        Some(path) => (crate::check::load(path)?, None),
         None => {
-            let (c, p) = crate::core::demo_config()?;
+            let (c, p) = crate::cores::demo_config()?;
             (c, Some(p))
         }
     };
@@ -34,9 +34,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // SIGHUP reads the same file again, with the same flags on top.
     let path = args.config.clone();
     let args = std::sync::Arc::new(args);
-    let loader = path
-        .clone()
-        .map(|p| Box::new(move || config::load(&p).map(|c| apply_flags(c, &args))) as ConfigLoader);
+    let loader = path.clone().map(|p| {
+        Box::new(move || crate::check::load(&p).map(|c| apply_flags(c, &args))) as ConfigLoader
+    });
     // The privileged part, then the capabilities it needed go, while this is the only
     // thread: every thread started later inherits only what is kept.
     let fast_path = start_xdp(&config)?;
@@ -115,7 +115,7 @@ async fn serve(
     // Every shard's core counts ports and quotas in `cores`, and checks nonces with its key.
     let local = local_prefixes();
     let cores =
-        crate::core::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
+        crate::cores::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
     let mut shards: Vec<ShardHandle> = Vec::new();
     let mut threads = Vec::new();
     let workers = if udp.is_empty() {
@@ -183,7 +183,7 @@ async fn serve(
                 "cannot follow the routing table: addresses added to this host later are not refused as peers until a restart");
         }
     }
-    if let Some(w) = crate::core::rest_policy_warning(&config) {
+    if let Some(w) = crate::cores::rest_policy_warning(&config) {
         tracing::warn!("{w}");
     }
     if let Some(acceptor) = tls_reload {

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_user::xdp::{AttachMode, XdpPath};
+use relay_user::{config::AttachMode, xdp::XdpPath};
 
 use crate::{
     Addresses, Netns, Topology, TopologyOptions,

@@ -227,7 +227,6 @@ fn epoll_engine_by_config_serves_tcp_and_tls() {
     let env = start_on("epoll").with_media_peer();
     run_over(&env, &uclient(&env, 3478, false), "tcp");
     run_over(&env, &uclient(&env, 443, true), "tls");
-    pipelined_and_late_reader(&env);
 }
 
 #[test]
@@ -249,46 +248,109 @@ fn io_uring_forbidden_by_seccomp_falls_back_to_epoll() {
 // ---------------------------------------------------------------------------------------
 // This crate's stream client
 
+/// On epoll. The io_uring loop does not pass yet: its multishot receive keeps taking bytes
+/// until the cancel lands, and the relay closes the client past 256 KiB unprocessed
+/// (`tcp/uring.rs`, `check_rx_limit`).
+#[test]
+fn pipelined_requests_to_a_late_reader() {
+    let env = start_on("epoll");
+    pipelined_and_late_reader(&env);
+}
+
 /// Many requests written back to back in chunks that cut frames anywhere, by a client
-/// that reads nothing until it has written them all: the relay must stop reading while
+/// that reads nothing until the relay stops taking them: the relay must stop reading while
 /// its replies wait (backpressure), and every reply must still arrive, in order.
+///
+/// The client writes without blocking until its socket stays unwritable for
+/// [`STALL`] (the relay stopped reading: its queue, both sockets' buffers and the client's
+/// send buffer are full) or until it has written [`UNBOUNDED`] bytes, more than every
+/// buffer on the way can hold (the relay kept reading: it would queue replies without
+/// limit for a client that never reads them).
 fn pipelined_and_late_reader(env: &Deployment) {
-    const REQUESTS: usize = 40_000;
+    /// Requests written per batch (28 bytes each).
+    const BATCH: usize = 1000;
+    /// Above the kernel's largest autotuned buffers (tcp_rmem and tcp_wmem maxima, 32 and
+    /// 4 MiB here) plus the relay's own queues, on both sides.
+    const UNBOUNDED: usize = 96 << 20;
+    const STALL: Duration = Duration::from_secs(2);
+    const DEADLINE: Duration = Duration::from_secs(60);
     let mut c = env.tcp_client(3478);
-    let mut all = Vec::with_capacity(REQUESTS * 28);
-    let mut ids = Vec::with_capacity(REQUESTS);
+    let mut ids = Vec::new();
+    let mut pending = Vec::with_capacity(BATCH * 28);
+    let (mut at, mut written) = (0, 0);
     let mut buf = [0u8; 64];
-    for _ in 0..REQUESTS {
-        let txid = new_txid();
-        let mut w = MessageWriter::new(&mut buf, Class::Request, Method::BINDING, txid).unwrap();
-        w.fingerprint().unwrap();
-        let n = w.finish();
-        all.extend_from_slice(&buf[..n]);
-        ids.push(txid);
-    }
-    let mut writer = c.stream.try_clone().expect("clone socket");
-    let done = Arc::new(AtomicBool::new(false));
-    let flag = done.clone();
-    let t = std::thread::spawn(move || {
-        for chunk in all.chunks(997) {
-            writer.write_all(chunk).expect("write requests");
+    c.stream.set_nonblocking(true).expect("non-blocking");
+    let started = Instant::now();
+    let stalled = loop {
+        if at == pending.len() {
+            if written >= UNBOUNDED || started.elapsed() > DEADLINE {
+                break false;
+            }
+            pending.clear();
+            at = 0;
+            for _ in 0..BATCH {
+                let txid = new_txid();
+                let mut w =
+                    MessageWriter::new(&mut buf, Class::Request, Method::BINDING, txid).unwrap();
+                w.fingerprint().unwrap();
+                let n = w.finish();
+                pending.extend_from_slice(&buf[..n]);
+                ids.push(txid);
+            }
         }
-        flag.store(true, Ordering::SeqCst);
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    let blocked = !done.load(Ordering::SeqCst);
-    let mut got = 0;
+        let end = (at + 997).min(pending.len());
+        match c.stream.write(&pending[at..end]) {
+            Ok(n) => {
+                at += n;
+                written += n;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !writable_within(&c.stream, STALL) {
+                    break true;
+                }
+            }
+            Err(e) => panic!("write requests after {written} bytes: {e}"),
+        }
+    };
+    assert!(
+        stalled,
+        "the client wrote {written} bytes of requests in {:?} without reading a reply, and the \
+         relay kept reading them: it must stop reading a client that does not read",
+        started.elapsed()
+    );
+    c.stream.set_nonblocking(false).expect("blocking");
+    // The rest of the batch (a frame may be cut) goes out once the relay reads again.
+    let mut writer = c.stream.try_clone().expect("clone socket");
+    let rest = pending.split_off(at);
+    let t = std::thread::spawn(move || writer.write_all(&rest).expect("write the rest"));
     for (i, txid) in ids.iter().enumerate() {
         let f = c
             .read_frame()
-            .unwrap_or_else(|e| panic!("reply {i} of {REQUESTS}: {e}\n{}", env.relay.logs()));
+            .unwrap_or_else(|e| panic!("reply {i} of {}: {e}\n{}", ids.len(), env.relay.logs()));
         let m = Message::parse(&f).expect("reply parses");
         assert_eq!(m.transaction_id(), *txid, "reply {i} out of order");
         assert_eq!(m.class(), Class::Success);
-        got += 1;
     }
     t.join().expect("writer");
-    eprintln!("{got} pipelined Binding replies; writer blocked while nobody read: {blocked}");
+    eprintln!(
+        "relay stopped reading after {written} bytes ({} requests); all replies arrived in order",
+        ids.len()
+    );
+}
+
+/// Whether `stream` becomes writable within `wait` (poll(2) on POLLOUT).
+fn writable_within(stream: &TcpStream, wait: Duration) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(wait.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, for the duration of the call.
+    let n = unsafe { libc::poll(&mut fd, 1, ms) };
+    assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+    n == 1 && fd.revents & libc::POLLOUT != 0
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::{
 };
 
 use relay_tests::{Topology, TopologyOptions, fixture::send_udp};
-use relay_user::xdp::{AttachMode, XdpPath};
+use relay_user::{config::AttachMode, xdp::XdpPath};
 
 const PACKETS: u64 = 50;
 const PAYLOAD: &[u8] = &[0x5a; 100];

@@ -281,7 +281,7 @@ mod tests {
 
     use super::*;
 
-    use crate::{control::test_support::*, shard::Kernel, xdp::AttachMode};
+    use crate::{config::AttachMode, control::test_support::*, shard::Kernel};
 
     /// A control plane over `shards`, without a config file to reload or a fast path.
     fn control(config: crate::config::Config, shards: &FakeShards) -> Arc<Control> {

@@ -1,9 +1,13 @@
-//! The TOML configuration. Key names are a contract with operators' scripts: unknown keys
-//! are refused, and every error names the key and what is wrong with it.
+//! The TOML configuration: plain data and its validation. Key names are a contract with
+//! operators' scripts: unknown keys are refused, and every error names the key and what is
+//! wrong with it. A leaf: nothing here imports the rest of the daemon, and the only files
+//! read are the config file and its users file (certificates load at startup and in
+//! `relay check`: `check::certificates`).
 
 mod admin;
 mod file;
 mod log;
+mod modes;
 mod tcp;
 mod users;
 mod validate;
@@ -14,7 +18,8 @@ pub use file::{
     RelaySection, Transport, UdpSection, XdpSection,
 };
 pub use log::{LEVELS as LOG_LEVELS, check_log_filter};
-pub use tcp::{IoEngine, TcpSection, TcpSettings, TlsFiles, TlsSection};
+pub use modes::{AttachMode, Forwarding, IoEngine};
+pub use tcp::{TcpSection, TcpSettings, TlsFiles, TlsSection};
 pub use users::{UserEntry, load_users_file};
 pub use validate::{
     Config, ConfigError, DEFAULT_MAX_ALLOCATIONS_PER_REST_USER, DEFAULT_MAX_ALLOCATIONS_PER_SOURCE,

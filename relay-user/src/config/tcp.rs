@@ -1,11 +1,11 @@
 //! `[tcp]` and `[tls]`: TURN over TCP and TLS (RFC 8656 §3.1), for clients behind
 //! firewalls that only let TCP 443 (often TLS) out.
 
-use std::{fmt, path::Path, path::PathBuf, str::FromStr, time::Duration};
+use std::{path::Path, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-use super::{ConfigError, Listener, Transport};
+use super::{ConfigError, IoEngine, Listener, Transport};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,41 +32,6 @@ pub struct TlsSection {
     pub certificate: Option<String>,
     /// PEM private key of the leaf (PKCS#8, PKCS#1 or SEC1, unencrypted).
     pub private_key: Option<String>,
-}
-
-/// Which event loop serves a transport (`[tcp] engine`, `[udp] engine`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum IoEngine {
-    /// io_uring when the kernel allows it, else epoll (the reason is logged).
-    Auto,
-    /// io_uring or fail to start.
-    IoUring,
-    /// epoll even where io_uring works.
-    Epoll,
-}
-
-impl FromStr for IoEngine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "io_uring" => Ok(Self::IoUring),
-            "epoll" => Ok(Self::Epoll),
-            _ => Err(format!(
-                "`{s}` is not one of \"auto\", \"io_uring\", \"epoll\""
-            )),
-        }
-    }
-}
-
-impl fmt::Display for IoEngine {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::IoUring => "io_uring",
-            Self::Epoll => "epoll",
-        })
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,8 +85,9 @@ pub struct TlsFiles {
     pub private_key: PathBuf,
 }
 
-/// Checks `[tcp]` and `[tls]` against the listeners: a `tls` listener needs both files,
-/// and they must load (so `relay check` catches a wrong path or a key of another cert).
+/// Checks `[tcp]` and `[tls]` against the listeners: a `tls` listener needs both files.
+/// Whether they load is for startup and `relay check` to find out (`check::certificates`):
+/// the config only names them.
 pub(super) fn validate(
     tcp: TcpSection,
     tls: TlsSection,
@@ -190,8 +156,5 @@ pub(super) fn validate(
             ));
         }
     };
-    if let Some(f) = &files {
-        crate::tcp::tls::load(f).map_err(|e| ConfigError::new(e.key(), e.to_string()))?;
-    }
     Ok((settings, files))
 }

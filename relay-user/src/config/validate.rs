@@ -11,8 +11,7 @@ use std::{
 use ipnet::IpNet;
 use relay_proto::policy::{AllowRule, parse_net};
 
-use super::{ConfigFile, IoEngine, Transport, UserEntry, load_users_file};
-use crate::xdp::{AttachMode, Forwarding};
+use super::{AttachMode, ConfigFile, Forwarding, IoEngine, Transport, UserEntry, load_users_file};
 
 /// A config error: which key, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -128,7 +127,8 @@ pub const DEFAULT_PORTS: PortRange = PortRange {
     low: 49152,
     high: 65535,
 };
-pub const DEFAULT_MAX_ALLOCATIONS: usize = 10_000;
+/// One constant with the kernel maps' default sizing.
+pub const DEFAULT_MAX_ALLOCATIONS: usize = relay_common::DEFAULT_MAX_ALLOCATIONS as usize;
 /// One browser's TURN REST credential: its peer connections with UDP, TCP and TLS TURN URLs
 /// over a couple of interfaces.
 pub const DEFAULT_MAX_ALLOCATIONS_PER_REST_USER: usize = 16;

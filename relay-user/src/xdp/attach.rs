@@ -1,49 +1,9 @@
-//! Attach modes as operators configure them (`[xdp] mode`), and the native → generic
-//! fallback.
-
-use std::{fmt, str::FromStr};
+//! Attaching as operators configure it (`[xdp] mode`), and the native → generic fallback.
 
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
 
 use super::{XdpError, mode_name};
-
-/// `[xdp] mode` in the config.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AttachMode {
-    /// Native (driver) mode where the driver supports it, else generic.
-    #[default]
-    Auto,
-    Native,
-    Generic,
-    /// No kernel fast path: everything is relayed from userspace.
-    Off,
-}
-
-impl FromStr for AttachMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "native" => Ok(Self::Native),
-            "generic" => Ok(Self::Generic),
-            "off" => Ok(Self::Off),
-            other => Err(format!(
-                "unknown XDP mode `{other}` (expected auto, native, generic or off)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for AttachMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::Native => "native",
-            Self::Generic => "generic",
-            Self::Off => "off",
-        })
-    }
-}
+use crate::config::AttachMode;
 
 /// One interface the program runs on.
 #[derive(Debug)]

@@ -18,43 +18,11 @@
 //! killed before it could restore them puts them back at its next start.
 
 use std::{
-    fmt,
     io::{self, Write as _},
     process::{Command, Stdio},
-    str::FromStr,
 };
 
-/// `[xdp] forwarding`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Forwarding {
-    /// Enable forwarding on the XDP interfaces, guard it with nftables, restore at exit.
-    #[default]
-    Auto,
-    /// The operator manages it: only check, and warn when the fast path cannot route.
-    Manual,
-}
-
-impl FromStr for Forwarding {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "manual" => Ok(Self::Manual),
-            other => Err(format!(
-                "unknown forwarding setting `{other}` (expected auto or manual)"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Forwarding {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Auto => "auto",
-            Self::Manual => "manual",
-        })
-    }
-}
+use crate::config::Forwarding;
 
 /// The nftables table the relay owns (family inet).
 pub const GUARD_TABLE: &str = "relay_guard";
@@ -553,12 +521,5 @@ mod tests {
         assert!(s.contains("relay-restore ipv6/conf/int/accept_ra=1"), "{s}");
         let only_v6 = guard_script(&changes[1..], &[]);
         assert!(!only_v6.contains("hook forward"), "{only_v6}");
-    }
-
-    #[test]
-    fn modes_parse() {
-        assert_eq!("auto".parse(), Ok(Forwarding::Auto));
-        assert_eq!("manual".parse(), Ok(Forwarding::Manual));
-        assert!("on".parse::<Forwarding>().is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! The fast path's maps seen from the daemon: [`XdpMaps`] replays the protocol core's
-//! [`Command`]s into them (UDP clients only: TCP/TLS allocations stay in userspace) and
-//! reads the counters back.
+//! [`Command`]s into them through a [`MapWriter`] (UDP clients only: TCP/TLS allocations
+//! stay in userspace) and reads the counters back.
 //!
 //! One relayed address of a UDP allocation is several entries: ALLOCATIONS (bind address →
 //! public address, slot), RELAY_ADDRS (public and bind address → bind address, slot: the
@@ -9,77 +9,34 @@
 //! the kernel recognises hairpin traffic even to TCP allocations (and passes it up).
 
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
 };
 
-use aya::{
-    Ebpf,
-    maps::{DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, xdp::XdpMapError},
-};
 use relay_common::{
-    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, CHANNELS_MAP, CLIENTS_MAP, ChannelKey,
-    ChannelValue, ClientKey, ClientTarget, FAMILY_V4, FAMILY_V6, Ip, PEER_CHANNELS_MAP,
-    PERMISSION_SOME_PORTS, PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey,
-    REASON_COUNTERS_MAP, REDIRECT_MAP, RELAY_ADDRS_MAP, RELAYS_PER_ALLOCATION, Reason, RelayKey,
+    AllocCounters, ChannelKey, ChannelValue, ClientKey, ClientTarget, FAMILY_V4, FAMILY_V6, Ip,
+    PERMISSION_SOME_PORTS, PeerKey, PermissionKey, RELAYS_PER_ALLOCATION, Reason, RelayKey,
     RelayValue, v4_mapped,
 };
 use relay_proto::server::{Command, Transport};
 
-use super::offload::{Offload, Write};
+use super::{
+    kernel_maps::KernelMaps,
+    offload::{Offload, Write},
+    writer::{Entry, Key, MapWriter, XdpMapsError},
+};
 
-#[derive(Debug, thiserror::Error)]
-pub enum XdpMapsError {
-    #[error("XDP map `{0}` is missing from the object (or was already taken)")]
-    Missing(&'static str),
-    #[error("XDP map `{map}` has an unexpected type or layout: {source}")]
-    Open {
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
-    #[error(
-        "{op} in XDP map `{map}` failed: {source} (a full map means max_allocations is too low)"
-    )]
-    Update {
-        map: &'static str,
-        op: &'static str,
-        #[source]
-        source: MapError,
-    },
-    #[error("adding ifindex {ifindex} to XDP map `{REDIRECT_MAP}` failed: {source}")]
-    Redirect {
-        ifindex: u32,
-        #[source]
-        source: XdpMapError,
-    },
-    #[error("no allocation counter slot left (all {0} in use): raise max_allocations")]
-    SlotsExhausted(u32),
-    #[error("relay address {0} has no allocation in the XDP maps")]
-    UnknownRelay(SocketAddr),
-    #[error("cannot size per-CPU values: {0}")]
-    Cpus(String),
-}
-
-/// Map handles plus the daemon-side bookkeeping (counter slots, public IP refcounts).
-pub struct XdpMaps {
-    allocations: HashMap<MapData, RelayKey, RelayValue>,
-    relay_addrs: HashMap<MapData, RelayKey, RelayValue>,
-    clients: HashMap<MapData, ClientKey, RelayValue>,
-    channels: HashMap<MapData, ChannelKey, ChannelValue>,
-    peer_channels: HashMap<MapData, PeerKey, ClientTarget>,
-    permissions: HashMap<MapData, PermissionKey, ClientTarget>,
-    public_ips: HashMap<MapData, Ip, u32>,
-    alloc_counters: PerCpuArray<MapData, AllocCounters>,
-    reasons: PerCpuArray<MapData, u64>,
-    redirect: DevMapHash<MapData>,
+/// The map writer (the loaded program's maps, or [`FakeMaps`](super::FakeMaps) in tests)
+/// plus the daemon-side bookkeeping: counter slots, public IP refcounts, each allocation's
+/// share of the permission and channel maps.
+pub struct XdpMaps<W: MapWriter = KernelMaps> {
+    maps: W,
     /// By bind address.
-    relays: StdHashMap<SocketAddr, Relay>,
+    relays: HashMap<SocketAddr, Relay>,
     free_slots: Vec<u32>,
     next_slot: u32,
     slot_capacity: u32,
-    public_refs: StdHashMap<IpAddr, u32>,
-    nr_cpus: usize,
+    public_refs: HashMap<IpAddr, u32>,
     /// Which permissions and channels are in the maps, per allocation.
     offload: Offload,
 }
@@ -90,14 +47,6 @@ struct Relay {
     slot: u32,
     public: SocketAddr,
     client: Option<ClientKey>,
-}
-
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpMapsError>
-where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
-{
-    let map = ebpf.take_map(name).ok_or(XdpMapsError::Missing(name))?;
-    T::try_from(map).map_err(|source| XdpMapsError::Open { map: name, source })
 }
 
 /// The 16-byte map form of an address (IPv4, also when written v4-mapped, as `::ffff:a.b.c.d`).
@@ -120,50 +69,60 @@ fn relay_key(relay: SocketAddr) -> RelayKey {
     }
 }
 
-fn upd(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> XdpMapsError {
-    move |source| XdpMapsError::Update { map, op, source }
-}
-
-impl XdpMaps {
+impl XdpMaps<KernelMaps> {
     /// Takes the maps out of a loaded object; `max_allocations` must be what it was
     /// loaded with (it bounds the counter slots).
     pub(super) fn take(
-        ebpf: &mut Ebpf,
+        ebpf: &mut aya::Ebpf,
         max_allocations: u32,
         attached: &[u32],
     ) -> Result<Self, XdpMapsError> {
-        let nr_cpus =
-            aya::util::nr_cpus().map_err(|(what, e)| XdpMapsError::Cpus(format!("{what}: {e}")))?;
-        let mut maps = Self {
-            allocations: take(ebpf, ALLOCATIONS_MAP)?,
-            relay_addrs: take(ebpf, RELAY_ADDRS_MAP)?,
-            clients: take(ebpf, CLIENTS_MAP)?,
-            channels: take(ebpf, CHANNELS_MAP)?,
-            peer_channels: take(ebpf, PEER_CHANNELS_MAP)?,
-            permissions: take(ebpf, PERMISSIONS_MAP)?,
-            public_ips: take(ebpf, PUBLIC_IPS_MAP)?,
-            alloc_counters: take(ebpf, ALLOC_COUNTERS_MAP)?,
-            reasons: take(ebpf, REASON_COUNTERS_MAP)?,
-            redirect: take(ebpf, REDIRECT_MAP)?,
-            relays: StdHashMap::new(),
-            free_slots: Vec::new(),
-            next_slot: 0,
-            slot_capacity: max_allocations.saturating_mul(RELAYS_PER_ALLOCATION),
-            public_refs: StdHashMap::new(),
-            nr_cpus,
-            offload: Offload::default(),
-        };
+        let mut maps = KernelMaps::take(ebpf)?;
         for &ifindex in attached {
             maps.add_redirect_interface(ifindex)?;
         }
-        Ok(maps)
+        Ok(Self::with_writer(maps, max_allocations))
     }
 
     /// Lets the program redirect to `ifindex` (every interface it is attached to).
     pub fn add_redirect_interface(&mut self, ifindex: u32) -> Result<(), XdpMapsError> {
-        self.redirect
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|source| XdpMapsError::Redirect { ifindex, source })
+        self.maps.add_redirect_interface(ifindex)
+    }
+
+    /// What the kernel relayed for the relayed address `relay`, summed over CPUs.
+    pub fn allocation_counters(&self, relay: SocketAddr) -> Result<AllocCounters, XdpMapsError> {
+        self.maps.allocation_counters(self.slot(relay)?)
+    }
+
+    /// Entries in the PERMISSIONS and CHANNELS maps (a walk over both: for tests and
+    /// diagnostics, not for a hot path).
+    pub fn kernel_entries(&self) -> Result<(usize, usize), XdpMapsError> {
+        self.maps.kernel_entries()
+    }
+
+    /// Packets per [`Reason`], summed over CPUs.
+    pub fn reason_counters(&self) -> Result<Vec<(Reason, u64)>, XdpMapsError> {
+        self.maps.reason_counters()
+    }
+}
+
+impl<W: MapWriter> XdpMaps<W> {
+    /// Bookkeeping for maps sized for `max_allocations` (it bounds the counter slots).
+    pub fn with_writer(maps: W, max_allocations: u32) -> Self {
+        Self {
+            maps,
+            relays: HashMap::new(),
+            free_slots: Vec::new(),
+            next_slot: 0,
+            slot_capacity: max_allocations.saturating_mul(RELAYS_PER_ALLOCATION),
+            public_refs: HashMap::new(),
+            offload: Offload::default(),
+        }
+    }
+
+    /// The writer, to see what it holds (tests).
+    pub fn writer(&self) -> &W {
+        &self.maps
     }
 
     /// Replays one command of the protocol core. Commands for TCP/TLS clients only touch
@@ -349,29 +308,24 @@ impl XdpMaps {
             }
             None => return Err(XdpMapsError::SlotsExhausted(self.slot_capacity)),
         };
-        let zero = PerCpuValues::try_from(vec![AllocCounters::default(); self.nr_cpus])
-            .map_err(|e| XdpMapsError::Cpus(e.to_string()))?;
-        if let Err(e) = self.alloc_counters.set(s, zero, 0) {
+        if let Err(e) = self.maps.zero_counters(s) {
             self.free_slots.push(s);
-            return Err(upd(ALLOC_COUNTERS_MAP, "zeroing a slot")(e));
+            return Err(e);
         }
         Ok(s)
     }
 
     fn insert_entries(&mut self, relay: SocketAddr, r: &Relay) -> Result<(), XdpMapsError> {
         let bind = relay_value(relay, r.slot);
-        self.allocations
-            .insert(relay_key(relay), relay_value(r.public, r.slot), 0)
-            .map_err(upd(ALLOCATIONS_MAP, "insert"))?;
+        self.maps.insert(Entry::Allocation(
+            relay_key(relay),
+            relay_value(r.public, r.slot),
+        ))?;
         for named in names(relay, r.public) {
-            self.relay_addrs
-                .insert(relay_key(named), bind, 0)
-                .map_err(upd(RELAY_ADDRS_MAP, "insert"))?;
+            self.maps.insert(Entry::RelayAddr(relay_key(named), bind))?;
         }
         if let Some(key) = r.client {
-            self.clients
-                .insert(key, bind, 0)
-                .map_err(upd(CLIENTS_MAP, "insert"))?;
+            self.maps.insert(Entry::Client(key, bind))?;
         }
         Ok(())
     }
@@ -379,36 +333,14 @@ impl XdpMaps {
     /// Removes what [`Self::insert_entries`] put in; the first failure is returned, after
     /// trying every entry.
     fn remove_entries(&mut self, relay: SocketAddr, r: &Relay) -> Result<(), XdpMapsError> {
-        let mut result = self
-            .allocations
-            .remove(&relay_key(relay))
-            .map_err(upd(ALLOCATIONS_MAP, "remove"));
-        for named in names(relay, r.public) {
-            let key = relay_key(named);
-            // Only while it still leads here (another relay may have taken the address).
-            if self
-                .relay_addrs
-                .get(&key, 0)
-                .is_ok_and(|v| v == relay_value(relay, r.slot))
-            {
-                result = result.and(
-                    self.relay_addrs
-                        .remove(&key)
-                        .map_err(upd(RELAY_ADDRS_MAP, "remove")),
-                );
+        let mut result = self.maps.remove(Key::Allocation(relay_key(relay)));
+        let ours = Some(relay_value(relay, r.slot));
+        // Only while they still lead here (another relay may have taken the address).
+        let keys = names(relay, r.public).map(|named| Key::RelayAddr(relay_key(named)));
+        for key in keys.chain(r.client.map(Key::Client)) {
+            if self.maps.relay_value(key) == ours {
+                result = result.and(self.maps.remove(key));
             }
-        }
-        if let Some(key) = r.client
-            && self
-                .clients
-                .get(&key, 0)
-                .is_ok_and(|v| v == relay_value(relay, r.slot))
-        {
-            result = result.and(
-                self.clients
-                    .remove(&key)
-                    .map_err(upd(CLIENTS_MAP, "remove")),
-            );
         }
         result
     }
@@ -474,9 +406,8 @@ impl XdpMaps {
         if !any_port {
             value.flags = PERMISSION_SOME_PORTS;
         }
-        self.permissions
-            .insert(permission_key(relay, peer), value, 0)
-            .map_err(upd(PERMISSIONS_MAP, "insert"))
+        self.maps
+            .insert(Entry::Permission(permission_key(relay, peer), value))
     }
 
     pub fn remove_permission(
@@ -484,9 +415,8 @@ impl XdpMaps {
         relay: SocketAddr,
         peer: IpAddr,
     ) -> Result<(), XdpMapsError> {
-        self.permissions
-            .remove(&permission_key(relay, peer))
-            .map_err(upd(PERMISSIONS_MAP, "remove"))
+        self.maps
+            .remove(Key::Permission(permission_key(relay, peer)))
     }
 
     pub fn add_channel(
@@ -505,15 +435,15 @@ impl XdpMaps {
             peer_port: port(peer.port()),
             slot,
         };
-        self.channels
-            .insert(channel_key(client, listener, channel), value, 0)
-            .map_err(upd(CHANNELS_MAP, "insert"))?;
+        let key = channel_key(client, listener, channel);
+        self.maps.insert(Entry::Channel(key, value))?;
         let back = self.target(client, listener, channel, slot);
-        if let Err(e) = self.peer_channels.insert(peer_key(relay, peer), back, 0) {
-            let _ = self
-                .channels
-                .remove(&channel_key(client, listener, channel));
-            return Err(upd(PEER_CHANNELS_MAP, "insert")(e));
+        if let Err(e) = self
+            .maps
+            .insert(Entry::PeerChannel(peer_key(relay, peer), back))
+        {
+            let _ = self.maps.remove(Key::Channel(key));
+            return Err(e);
         }
         Ok(())
     }
@@ -527,13 +457,9 @@ impl XdpMaps {
         channel: u16,
     ) -> Result<(), XdpMapsError> {
         let a = self
-            .channels
-            .remove(&channel_key(client, listener, channel))
-            .map_err(upd(CHANNELS_MAP, "remove"));
-        let b = self
-            .peer_channels
-            .remove(&peer_key(relay, peer))
-            .map_err(upd(PEER_CHANNELS_MAP, "remove"));
+            .maps
+            .remove(Key::Channel(channel_key(client, listener, channel)));
+        let b = self.maps.remove(Key::PeerChannel(peer_key(relay, peer)));
         a.and(b)
     }
 
@@ -544,10 +470,10 @@ impl XdpMaps {
         *n += 1;
         let n = *n;
         if n == 1
-            && let Err(e) = self.public_ips.insert(map_ip(ip), 1, 0)
+            && let Err(e) = self.maps.insert(Entry::PublicIp(map_ip(ip)))
         {
             self.public_refs.remove(&ip);
-            return Err(upd(PUBLIC_IPS_MAP, "insert")(e));
+            return Err(e);
         }
         Ok(())
     }
@@ -558,58 +484,17 @@ impl XdpMaps {
             Some(n) if *n > 1 => *n -= 1,
             Some(_) => {
                 self.public_refs.remove(&ip);
-                self.public_ips
-                    .remove(&map_ip(ip))
-                    .map_err(upd(PUBLIC_IPS_MAP, "remove"))?;
+                self.maps.remove(Key::PublicIp(map_ip(ip)))?;
             }
             None => {}
         }
         Ok(())
     }
 
-    /// What the kernel relayed for the relayed address `relay`, summed over CPUs.
-    pub fn allocation_counters(&self, relay: SocketAddr) -> Result<AllocCounters, XdpMapsError> {
-        let slot = self.slot(relay)?;
-        let v = self
-            .alloc_counters
-            .get(&slot, 0)
-            .map_err(upd(ALLOC_COUNTERS_MAP, "read"))?;
-        Ok(AllocCounters::sum(v.iter()))
-    }
-
     /// Permissions and channels written to the kernel (each allocation's share of its own:
     /// the others are served in userspace).
     pub fn permissions_and_channels(&self) -> (usize, usize) {
         self.offload.in_kernel()
-    }
-
-    /// Entries in the PERMISSIONS and CHANNELS maps (a walk over both: for tests and
-    /// diagnostics, not for a hot path).
-    pub fn kernel_entries(&self) -> Result<(usize, usize), XdpMapsError> {
-        let permissions = self
-            .permissions
-            .keys()
-            .try_fold(0, |n, k| k.map(|_| n + 1))
-            .map_err(upd(PERMISSIONS_MAP, "walk"))?;
-        let channels = self
-            .channels
-            .keys()
-            .try_fold(0, |n, k| k.map(|_| n + 1))
-            .map_err(upd(CHANNELS_MAP, "walk"))?;
-        Ok((permissions, channels))
-    }
-
-    /// Packets per [`Reason`], summed over CPUs.
-    pub fn reason_counters(&self) -> Result<Vec<(Reason, u64)>, XdpMapsError> {
-        let mut out = Vec::with_capacity(Reason::ALL.len());
-        for &r in Reason::ALL {
-            let v = self
-                .reasons
-                .get(&(r as u32), 0)
-                .map_err(upd(REASON_COUNTERS_MAP, "read"))?;
-            out.push((r, v.iter().sum()));
-        }
-        Ok(out)
     }
 }
 

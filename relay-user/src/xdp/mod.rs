@@ -1,18 +1,26 @@
 //! The kernel fast path seen from userspace: loading the XDP object, attaching it to
 //! interfaces (native first, generic as the logged fallback), the IP forwarding its FIB
-//! lookups need (`forwarding`), and reading its maps.
+//! lookups need (`forwarding`), and its maps: [`XdpMaps`] turns the core's commands into
+//! entries, which a [`MapWriter`] writes (the loaded maps, or [`FakeMaps`] in tests).
 
 mod attach;
+mod fake;
 mod forwarding;
+mod kernel_maps;
 mod logs;
 pub mod maps;
 mod offload;
+mod writer;
 
-pub use attach::{AttachMode, Attached};
-pub use forwarding::{Forwarding, ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};
+pub use attach::Attached;
+pub use fake::FakeMaps;
+pub use forwarding::{ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};
+pub use kernel_maps::KernelMaps;
 pub use logs::spawn_log_pump;
-pub use maps::{XdpMaps, XdpMapsError};
+pub use maps::XdpMaps;
+pub use writer::{Entry, Key, MapWriter, XdpMapsError};
 
+use crate::config::AttachMode;
 use aya::{
     Ebpf, EbpfLoader,
     maps::PerCpuHashMap,

@@ -22,6 +22,8 @@ const PASSWORD: &str = "secret";
 
 pub struct Core {
     pub server: Server,
+    /// How the clients reach the relay (UDP unless a test says otherwise).
+    pub transport: Transport,
     now: Instant,
     /// One client per client address, as each browser has its own.
     clients: HashMap<SocketAddr, Client>,
@@ -52,6 +54,7 @@ impl Core {
         let server = Server::new(config, creds, policy, NonceKey::new([7; 32]), now, unix_now);
         Core {
             server,
+            transport: Transport::Udp,
             now,
             clients: HashMap::new(),
         }
@@ -95,12 +98,12 @@ impl Core {
 
     /// Allocates for the UDP client `client` on `listener`; returns the relayed address.
     pub fn allocate(&mut self, client: SocketAddr, listener: SocketAddr) -> SocketAddr {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         self.request(from, Request::ALLOCATE).relayed[0]
     }
 
     pub fn permit(&mut self, client: SocketAddr, listener: SocketAddr, peer: SocketAddr) {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         let peers = vec![peer];
         self.request(from, Request::CreatePermission { peers });
     }
@@ -112,13 +115,13 @@ impl Core {
         channel: u16,
         peer: SocketAddr,
     ) {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         self.request(from, Request::ChannelBind { channel, peer });
     }
 
     /// Refresh with lifetime 0: the allocation ends.
     pub fn release(&mut self, client: SocketAddr, listener: SocketAddr) {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         self.request(from, Request::DELETE);
     }
 
@@ -134,7 +137,7 @@ impl Core {
         listener: SocketAddr,
         packet: &[u8],
     ) -> Option<(SocketAddr, Vec<u8>)> {
-        let from = FiveTuple::new(client, listener, Transport::Udp);
+        let from = FiveTuple::new(client, listener, self.transport);
         let mut out = vec![0u8; 2048];
         match self.server.handle_client(self.now, from, packet, &mut out) {
             ClientOutput::ToClient { to, len } => Some((to.client, out[..len].to_vec())),

@@ -1,5 +1,6 @@
-//! Building the sans-IO [`Server`] from the validated config, and the demo settings used
-//! when `relay serve` runs without a config file.
+//! The shards' sans-IO cores ([`Server`]) built from the validated config: credentials,
+//! peer policy, the state all cores share ([`Cores`]), and the demo settings used when
+//! `relay serve` runs without a config file.
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -211,8 +212,8 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         max_allocations_per_rest_user: crate::config::DEFAULT_MAX_ALLOCATIONS_PER_REST_USER,
         max_allocations_per_source: crate::config::DEFAULT_MAX_ALLOCATIONS_PER_SOURCE,
         xdp_interfaces: vec!["lo".into()],
-        xdp_mode: crate::xdp::AttachMode::Auto,
-        xdp_forwarding: crate::xdp::Forwarding::Auto,
+        xdp_mode: crate::config::AttachMode::Auto,
+        xdp_forwarding: crate::config::Forwarding::Auto,
         udp_workers: 0,
         udp_engine: crate::config::IoEngine::Auto,
         log_level: "info".into(),
