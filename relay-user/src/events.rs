@@ -499,29 +499,37 @@ mod tests {
         }
     }
 
-    /// What a data-path thread pays for an event is counting it and queueing it: the
-    /// line is formatted and written by the log thread (here, by no subscriber at all).
-    #[test]
-    fn the_calling_thread_writes_no_line() {
+    /// What `f` logs on this thread, as text.
+    fn captured(f: impl FnOnce()) -> String {
         let buf = Arc::new(Mutex::new(Vec::new()));
         let b = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || Captured(b.clone()))
             .finish();
-        let client = FiveTuple::new(
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+    }
+
+    fn client() -> FiveTuple {
+        FiveTuple::new(
             "203.0.113.10:5000".parse().unwrap(),
             "198.51.100.50:3478".parse().unwrap(),
             Transport::Udp,
-        );
-        tracing::subscriber::with_default(subscriber, || {
+        )
+    }
+
+    /// What a data-path thread pays for an event is counting it and queueing it: the
+    /// line is formatted and written by the log thread (here, by no subscriber at all).
+    #[test]
+    fn the_calling_thread_writes_no_line() {
+        let written = captured(|| {
             log(Event::RequestRejected {
-                client,
+                client: client(),
                 method: Method::BINDING,
                 code: 400,
             });
             flush(Duration::from_secs(5));
         });
-        let written = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
         assert_eq!(written, "", "the data-path thread wrote the line itself");
     }
 
@@ -529,16 +537,6 @@ mod tests {
     /// refusal of each is logged in full, repeats only counted.
     #[test]
     fn each_rest_user_and_each_source_has_a_capacity_window_of_its_own() {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let b = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || Captured(b.clone()))
-            .finish();
-        let client = FiveTuple::new(
-            "203.0.113.10:5000".parse().unwrap(),
-            "198.51.100.50:3478".parse().unwrap(),
-            Transport::Udp,
-        );
         let rest = CapacityLimit::RestUser {
             max_allocations_per_rest_user: 16,
         };
@@ -548,7 +546,7 @@ mod tests {
         };
         let now = Instant::now();
         let mut w = Writer::default();
-        tracing::subscriber::with_default(subscriber, || {
+        let written = captured(|| {
             for (user, limit) in [
                 ("1:b1", rest),
                 ("1:b1", rest),
@@ -559,13 +557,12 @@ mod tests {
             ] {
                 let event = Event::CapacityReached {
                     user: user.into(),
-                    client,
+                    client: client(),
                     limit,
                 };
                 write(&mut w, event, None, now);
             }
         });
-        let written = String::from_utf8_lossy(&buf.lock().unwrap()).into_owned();
         let lines = |needle: &str| written.lines().filter(|l| l.contains(needle)).count();
         assert_eq!(lines("TURN REST user 1:b1 reached"), 1, "{written}");
         assert_eq!(lines("TURN REST user 1:b2 reached"), 1, "{written}");

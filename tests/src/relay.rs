@@ -244,23 +244,9 @@ impl RelayProcess {
         timeout: Duration,
         pred: impl Fn(&str) -> bool,
     ) -> Result<String, String> {
-        let deadline = Instant::now() + timeout;
-        let mut text = self.log.text.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(l) = text.lines().find(|l| pred(l)) {
-                return Ok(l.to_owned());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(text.clone());
-            }
-            text = self
-                .log
-                .grew
-                .wait_timeout(text, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.wait_until(timeout, |text| {
+            text.lines().find(|l| pred(l)).map(str::to_owned)
+        })
     }
 
     /// Log lines containing `pattern` and satisfying `pred`, once there are at least `n` of
@@ -280,13 +266,29 @@ impl RelayProcess {
                 .map(str::to_owned)
                 .collect()
         };
+        self.wait_until(timeout, |text| {
+            let lines = matching(text);
+            (lines.len() >= n).then_some(lines)
+        })
+        .unwrap_or_else(|text| matching(&text))
+    }
+
+    /// Waits until `found` answers for the log so far, woken as it grows; `Err` carries
+    /// the whole log when `timeout` passes first.
+    fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        found: impl Fn(&str) -> Option<T>,
+    ) -> Result<T, String> {
         let deadline = Instant::now() + timeout;
         let mut text = self.log.text.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            let lines = matching(&text);
+            if let Some(t) = found(&text) {
+                return Ok(t);
+            }
             let now = Instant::now();
-            if lines.len() >= n || now >= deadline {
-                return lines;
+            if now >= deadline {
+                return Err(text.clone());
             }
             text = self
                 .log
