@@ -241,6 +241,13 @@ impl Server {
         &self.shared
     }
 
+    /// New per-source limit for requests on 5-tuples without an allocation (SIGHUP); see
+    /// [`ServerConfig::unauthenticated_rate`]. Buckets keep their tokens.
+    pub fn set_unauthenticated_limit(&mut self, rate: u32, burst: u32) {
+        self.config.unauthenticated_rate = rate;
+        self.config.unauthenticated_burst = burst;
+    }
+
     /// New alternate servers for 300 redirects (SIGHUP).
     pub fn set_alternate_servers(&mut self, alternates: Vec<SocketAddr>) {
         self.config.alternate_servers = alternates;
