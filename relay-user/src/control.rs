@@ -340,10 +340,8 @@ impl Control {
                 max_allocations_per_rest_user: apply.max_allocations_per_rest_user,
                 max_allocations_per_source: apply.max_allocations_per_source,
             });
-            server.set_unauthenticated_limit(
-                apply.unauthenticated_rate,
-                apply.unauthenticated_burst,
-            );
+            server
+                .set_unauthenticated_limit(apply.unauthenticated_rate, apply.unauthenticated_burst);
             server.set_alternate_servers(apply.alternate_servers.clone());
             server.set_relay_tcp(apply.tcp.relay_tcp);
             server.allocation_count()
@@ -717,7 +715,11 @@ mod tests {
             (c.unauthenticated_rate, c.unauthenticated_burst)
         });
         for r in rates {
-            assert_eq!(r, Some((5, 6)), "unauthenticated limit reloaded on every shard");
+            assert_eq!(
+                r,
+                Some((5, 6)),
+                "unauthenticated limit reloaded on every shard"
+            );
         }
         let alternates = control.gather(QUERY_TIMEOUT, |s| {
             (

@@ -50,8 +50,8 @@ pub use allocation::{
 };
 pub use command::Command;
 pub use config::{
-    CHANNEL_COOLDOWN, DEFAULT_UNAUTHENTICATED_BURST, DEFAULT_UNAUTHENTICATED_RATE,
-    PORT_QUARANTINE, RESERVATION_LIFETIME, RelayAddr, ServerConfig, TRANSACTION_TTL,
+    CHANNEL_COOLDOWN, DEFAULT_UNAUTHENTICATED_BURST, DEFAULT_UNAUTHENTICATED_RATE, PORT_QUARANTINE,
+    RESERVATION_LIFETIME, RelayAddr, ServerConfig, TRANSACTION_TTL,
 };
 pub use event::{CapacityLimit, CloseReason, DropCounters, DropReason, Event, MAX_QUEUED_EVENTS};
 pub use five_tuple::{FiveTuple, Transport};

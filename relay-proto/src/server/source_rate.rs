@@ -67,7 +67,8 @@ impl SourceBuckets {
             .find(|&i| slots[i].is_some_and(|s| s.key == key));
         let i = found.unwrap_or_else(|| {
             // The unused candidate, else the one whose source has been quietest.
-            let fullness = |i: usize| slots[i].map_or(f64::INFINITY, |s| s.tokens_at(now, rate, burst));
+            let fullness =
+                |i: usize| slots[i].map_or(f64::INFINITY, |s| s.tokens_at(now, rate, burst));
             let [a, b] = candidates;
             let i = if fullness(a) >= fullness(b) { a } else { b };
             slots[i] = Some(Slot {

@@ -562,7 +562,10 @@ fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
 #[test]
 fn unauthenticated_rate_and_burst() {
     let c = parse(DEPLOYMENT).unwrap();
-    assert_eq!((c.unauthenticated_rate, c.unauthenticated_burst), (200, 400));
+    assert_eq!(
+        (c.unauthenticated_rate, c.unauthenticated_burst),
+        (200, 400)
+    );
     let with = |lines: &str| {
         parse(&DEPLOYMENT.replace(
             "max_allocations = 1800",
@@ -573,7 +576,10 @@ fn unauthenticated_rate_and_burst() {
     assert_eq!((c.unauthenticated_rate, c.unauthenticated_burst), (50, 60));
     // The burst follows a higher rate.
     let c = with("unauthenticated_rate = 1000").unwrap();
-    assert_eq!((c.unauthenticated_rate, c.unauthenticated_burst), (1000, 2000));
+    assert_eq!(
+        (c.unauthenticated_rate, c.unauthenticated_burst),
+        (1000, 2000)
+    );
     // Off.
     let c = with("unauthenticated_rate = 0\nunauthenticated_burst = 0").unwrap();
     assert_eq!(c.unauthenticated_rate, 0);

@@ -146,7 +146,9 @@ pub const DEFAULT_MAX_ALLOCATIONS_PER_SOURCE: usize = 1000;
 /// then ignored).
 fn unauthenticated_limit(l: &super::file::LimitsSection) -> Result<(u32, u32), ConfigError> {
     use relay_proto::server::{DEFAULT_UNAUTHENTICATED_BURST, DEFAULT_UNAUTHENTICATED_RATE};
-    let rate = l.unauthenticated_rate.unwrap_or(DEFAULT_UNAUTHENTICATED_RATE);
+    let rate = l
+        .unauthenticated_rate
+        .unwrap_or(DEFAULT_UNAUTHENTICATED_RATE);
     let burst = l
         .unauthenticated_burst
         .unwrap_or(DEFAULT_UNAUTHENTICATED_BURST.max(rate.saturating_mul(2)));
@@ -297,8 +299,7 @@ impl ConfigFile {
                 .max_allocations_per_source
                 .unwrap_or(DEFAULT_MAX_ALLOCATIONS_PER_SOURCE),
         )?;
-        let (unauthenticated_rate, unauthenticated_burst) =
-            unauthenticated_limit(&self.limits)?;
+        let (unauthenticated_rate, unauthenticated_burst) = unauthenticated_limit(&self.limits)?;
         let xdp_mode = match &self.xdp.mode {
             Some(m) => m
                 .parse()

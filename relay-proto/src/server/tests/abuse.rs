@@ -7,15 +7,20 @@ use super::harness::*;
 use crate::auth::CredentialStore;
 use crate::server::{DropReason, FiveTuple, Transport};
 use crate::stun::{
-    Class, ErrorCode, Message, MessageWriter, Method, Nonce, PasswordAlgorithms, Realm, RequestedTransport,
-    Software, TransactionId,
+    Class, ErrorCode, Message, MessageWriter, Method, Nonce, PasswordAlgorithms, Realm,
+    RequestedTransport, Software, TransactionId,
 };
 
 /// The smallest valid Allocate: header and REQUESTED-TRANSPORT, no FINGERPRINT (28 bytes).
 fn minimal_allocate(txid: [u8; 12]) -> Vec<u8> {
     let mut buf = vec![0u8; 64];
-    let mut w = MessageWriter::new(&mut buf, Class::Request, Method::ALLOCATE, TransactionId(txid))
-        .unwrap();
+    let mut w = MessageWriter::new(
+        &mut buf,
+        Class::Request,
+        Method::ALLOCATE,
+        TransactionId(txid),
+    )
+    .unwrap();
     w.attr(&RequestedTransport(17)).unwrap();
     let n = w.finish();
     buf.truncate(n);
@@ -107,8 +112,8 @@ fn unauthenticated_400s_and_438s_stay_within_four_times() {
     // Unknown method, 20 bytes: 400.
     let txid = h.txid();
     let mut req = vec![0u8; 20];
-    let w = MessageWriter::new(&mut req, Class::Request, Method(0x0ff), TransactionId(txid))
-        .unwrap();
+    let w =
+        MessageWriter::new(&mut req, Class::Request, Method(0x0ff), TransactionId(txid)).unwrap();
     let n = w.finish();
     req.truncate(n);
     let reply = h.client(udp(1), &req).reply();
@@ -118,8 +123,13 @@ fn unauthenticated_400s_and_438s_stay_within_four_times() {
     // Integrity but no USERNAME: 400.
     let txid = h.txid();
     let mut buf = vec![0u8; 128];
-    let mut w = MessageWriter::new(&mut buf, Class::Request, Method::ALLOCATE, TransactionId(txid))
-        .unwrap();
+    let mut w = MessageWriter::new(
+        &mut buf,
+        Class::Request,
+        Method::ALLOCATE,
+        TransactionId(txid),
+    )
+    .unwrap();
     w.attr(&RequestedTransport(17)).unwrap();
     w.attr(&Realm(REALM)).unwrap();
     w.attr(&Nonce("x")).unwrap();
@@ -154,8 +164,13 @@ fn a_bare_binding_is_answered_with_the_mapped_address_only() {
     let mut h = H::new();
     let txid = h.txid();
     let mut req = vec![0u8; 20];
-    let w = MessageWriter::new(&mut req, Class::Request, Method::BINDING, TransactionId(txid))
-        .unwrap();
+    let w = MessageWriter::new(
+        &mut req,
+        Class::Request,
+        Method::BINDING,
+        TransactionId(txid),
+    )
+    .unwrap();
     w.finish();
     let reply = h.client(udp(1), &req).reply();
     // Header and XOR-MAPPED-ADDRESS (IPv4).
