@@ -138,7 +138,7 @@ pub struct Server {
 }
 
 /// What the unauthenticated answer to a packet may be: [`reply::AMPLIFICATION`] times its
-/// size, FINGERPRINT only if it had one.
+/// size (`len`; unbounded over TCP/TLS), FINGERPRINT only if it had one.
 #[derive(Clone, Copy, Default, Debug)]
 struct RequestShape {
     len: usize,
@@ -279,7 +279,12 @@ impl Server {
     ) -> ClientOutput<'p> {
         self.authenticated = false;
         self.request = RequestShape {
-            len: packet.len(),
+            // Over TCP/TLS the handshake proved the source: nothing to amplify towards.
+            len: if from.transport.is_stream() {
+                usize::MAX
+            } else {
+                packet.len()
+            },
             fingerprint: false,
         };
         // Nothing can be sent to port 0 (EINVAL): whoever claims it is spoofing.

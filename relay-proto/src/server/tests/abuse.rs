@@ -107,6 +107,24 @@ fn a_long_realm_trims_the_reason_phrase_before_giving_up() {
 }
 
 #[test]
+fn over_tcp_nothing_is_trimmed_or_withheld() {
+    // A TCP client completed a handshake: its address is real, it cannot aim the answer at
+    // anyone else.
+    let realm = "r".repeat(100);
+    let mut h = H::new();
+    h.server.set_credentials(CredentialStore::new(&realm));
+    let txid = h.txid();
+    let req = minimal_allocate(txid);
+    let reply = h.client(tcp(1), &req).reply();
+    let m = Message::parse(&reply).unwrap();
+    assert_eq!(m.attr::<Realm>(), Some(Ok(Realm(&realm))));
+    assert_eq!(
+        m.attr::<ErrorCode>().unwrap().unwrap().reason,
+        "Unauthenticated"
+    );
+}
+
+#[test]
 fn unauthenticated_400s_and_438s_stay_within_four_times() {
     let mut h = H::new();
     // Unknown method, 20 bytes: 400.
