@@ -7,8 +7,8 @@
 //! source: no SOFTWARE (optional, RFC 8489 §14.14), FINGERPRINT only when the request had it
 //! (§7.3: the usage decides; a client that does not send it does not check it), and at most
 //! [`AMPLIFICATION`] times the request's size over UDP (a stream's source is proven by its
-//! handshake): an error whose standard reason phrase does
-//! not fit goes without it, and an answer that still does not fit is not sent
+//! handshake): an error whose reason phrase does not fit gets the standard one, then none,
+//! and an answer that still does not fit is not sent
 //! ([`DropReason::Amplification`](super::DropReason::Amplification)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
