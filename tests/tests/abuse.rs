@@ -13,6 +13,7 @@ use relay_tests::{
     TopologyOptions,
     fixture::{Deployment, RelayConfig, start_relay},
 };
+use relay_tools::status::AdminClient;
 
 const RATE: u32 = 20;
 const BURST: u32 = 40;
@@ -21,6 +22,9 @@ const FLOOD: u32 = 400;
 /// How long to wait for further answers once none came for a while, and at most overall.
 const QUIET: Duration = Duration::from_secs(1);
 const MAX_WAIT: Duration = Duration::from_secs(15);
+const ADMIN: &str = "127.0.0.1:9641";
+const TOKEN: &str = "abuse-token";
+const DROPS: &str = "relay_drops_total{reason=\"unauthenticated_rate\"}";
 
 /// The smallest valid Allocate (header and REQUESTED-TRANSPORT UDP): 28 bytes.
 fn minimal_allocate(n: u32) -> [u8; 28] {
@@ -39,8 +43,10 @@ fn minimal_allocate(n: u32) -> [u8; 28] {
 fn a_flood_of_minimal_allocates_gets_few_small_answers() {
     let env = Deployment::start(TopologyOptions::default(), |t| {
         let mut c = RelayConfig::deployment(&t.addrs);
-        c.sections =
-            format!("[limits]\nunauthenticated_rate = {RATE}\nunauthenticated_burst = {BURST}\n");
+        c.sections = format!(
+            "[limits]\nunauthenticated_rate = {RATE}\nunauthenticated_burst = {BURST}\n\n\
+             [admin]\naddress = \"{ADMIN}\"\ntoken = \"{TOKEN}\"\n"
+        );
         start_relay(&t.relay, &c.to_string())
     });
     let server = env.server();
@@ -84,5 +90,22 @@ fn a_flood_of_minimal_allocates_gets_few_small_answers() {
         n <= bound + 1,
         "{n} answers to {sent} requests sent in {took:?}; at most {bound} expected\n{}",
         env.with_log("")
+    );
+    // The operator sees the excess in the metrics.
+    let (code, text) = env
+        .topo
+        .relay
+        .run(|| AdminClient::new(ADMIN.parse().unwrap(), Some(TOKEN.into())).get("/metrics"))
+        .expect("enter relay namespace")
+        .unwrap_or_else(|e| panic!("/metrics: {e}"));
+    assert_eq!(code, 200, "{text}");
+    let dropped: u32 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(DROPS))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {DROPS} in:\n{text}")) as u32;
+    assert!(
+        dropped > 0 && n + dropped <= sent,
+        "{dropped} dropped, {n} answered, {sent} sent"
     );
 }
