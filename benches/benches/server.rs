@@ -32,6 +32,8 @@ fn config() -> ServerConfig {
         ports: 1024..=65535,
         max_allocations: usize::MAX,
         port_seed: 1,
+        // Every client is on one of a few addresses, at one instant.
+        unauthenticated_rate: 0,
         ..ServerConfig::default()
     }
 }

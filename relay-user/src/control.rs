@@ -307,6 +307,8 @@ impl Control {
         running.max_allocations_per_user = new.max_allocations_per_user;
         running.max_allocations_per_rest_user = new.max_allocations_per_rest_user;
         running.max_allocations_per_source = new.max_allocations_per_source;
+        running.unauthenticated_rate = new.unauthenticated_rate;
+        running.unauthenticated_burst = new.unauthenticated_burst;
         running.alternate_servers = new.alternate_servers.clone();
         running.drain_timeout = new.drain_timeout;
         running.admin.token = new.admin.token.clone();
@@ -338,6 +340,8 @@ impl Control {
                 max_allocations_per_rest_user: apply.max_allocations_per_rest_user,
                 max_allocations_per_source: apply.max_allocations_per_source,
             });
+            server
+                .set_unauthenticated_limit(apply.unauthenticated_rate, apply.unauthenticated_burst);
             server.set_alternate_servers(apply.alternate_servers.clone());
             server.set_relay_tcp(apply.tcp.relay_tcp);
             server.allocation_count()
@@ -682,7 +686,8 @@ mod tests {
             &config_text(
                 "[limits]\nmax_allocations = 20\nalternate_servers = [\"203.0.113.60:3478\"]\n\
                  drain_timeout = 7\nmax_allocations_per_rest_user = 3\n\
-                 max_allocations_per_source = 40\n[admin]\ntoken = \"new\"\n",
+                 max_allocations_per_source = 40\nunauthenticated_rate = 5\n\
+                 unauthenticated_burst = 6\n[admin]\ntoken = \"new\"\n",
             )
             .replace("127.0.0.1:3478", "127.0.0.1:3479"),
         );
@@ -704,6 +709,17 @@ mod tests {
         });
         for q in rest_quotas {
             assert_eq!(q, Some((3, 40)), "REST quotas reloaded on every shard");
+        }
+        let rates = control.gather(QUERY_TIMEOUT, |s| {
+            let c = s.config();
+            (c.unauthenticated_rate, c.unauthenticated_burst)
+        });
+        for r in rates {
+            assert_eq!(
+                r,
+                Some((5, 6)),
+                "unauthenticated limit reloaded on every shard"
+            );
         }
         let alternates = control.gather(QUERY_TIMEOUT, |s| {
             (

@@ -157,6 +157,8 @@ fn server_config(c: &Config) -> anyhow::Result<ServerConfig> {
         max_allocations_per_user: c.max_allocations_per_user,
         max_allocations_per_rest_user: c.max_allocations_per_rest_user,
         max_allocations_per_source: c.max_allocations_per_source,
+        unauthenticated_rate: c.unauthenticated_rate,
+        unauthenticated_burst: c.unauthenticated_burst,
         alternate_servers: c.alternate_servers.clone(),
         port_seed: u64::from_ne_bytes(random()?[..8].try_into().expect("8 bytes")),
         relay_tcp: c.tcp.relay_tcp,
@@ -211,6 +213,9 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         max_allocations_per_user: 1000,
         max_allocations_per_rest_user: crate::config::DEFAULT_MAX_ALLOCATIONS_PER_REST_USER,
         max_allocations_per_source: crate::config::DEFAULT_MAX_ALLOCATIONS_PER_SOURCE,
+        // Loopback only, and its load tool opens its allocations from one address.
+        unauthenticated_rate: 0,
+        unauthenticated_burst: 0,
         xdp_interfaces: vec!["lo".into()],
         xdp_mode: crate::config::AttachMode::Auto,
         xdp_forwarding: crate::config::Forwarding::Auto,

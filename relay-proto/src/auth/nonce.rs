@@ -1,15 +1,21 @@
 //! Stateless nonces (RFC 8489 §9.2): everything needed to verify a nonce is inside it, so the
 //! server keeps no per-client state and a nonce flood costs no memory.
 //!
-//! Layout (47 ASCII characters):
+//! Layout (36 ASCII characters):
 //!
 //! ```text
-//! "obMatJos2" "AAAD" base64url( version:1 | issued_at:u64 BE | tag:16 )
+//! "obMatJos2" "AAAD" base64url( version:1 | issued_at:u32 BE | tag:12 )
 //! ```
+//!
+//! Short because it goes into every 401 and 438, and those answer unauthenticated requests:
+//! the 401 to a minimal (28-byte) Allocate must stay within 4 times its size (112 bytes), or
+//! the relay amplifies spoofed traffic. `issued_at` is the unix time modulo 2^32 (the age is
+//! computed with wrapping arithmetic, so 2106 is no cliff); a 96-bit tag still takes 2^96
+//! guesses to forge, and a forged nonce only buys a chance to try a password.
 //!
 //! `"AAAD"` is the base64 of the 24-bit security feature set with bit 0 (password algorithms)
 //! and bit 1 (username anonymity) set; bits count from the least significant end (verified
-//! erratum 6290 to RFC 8489). `tag` is HMAC-SHA256 under the server key, truncated to 128
+//! erratum 6290 to RFC 8489). `tag` is HMAC-SHA256 under the server key, truncated to 96
 //! bits, over the whole visible prefix, the body and the client IP. The IP is only
 //! authenticated, not carried: the nonce does not reveal it and stays short. Every character
 //! is legal in a quoted-string (no `"` or `\`).
@@ -32,9 +38,11 @@ const FEATURES: &str = "AAAD";
 const FEATURE_PASSWORD_ALGORITHMS: u8 = 0x01;
 const PREFIX_LEN: usize = COOKIE.len() + FEATURES.len();
 
-const VERSION: u8 = 1;
-const TAG_LEN: usize = 16;
-const BODY_LEN: usize = 1 + 8 + TAG_LEN;
+const VERSION: u8 = 2;
+const TAG_LEN: usize = 12;
+/// version, issued_at.
+const STAMP_LEN: usize = 1 + 4;
+const BODY_LEN: usize = STAMP_LEN + TAG_LEN;
 /// base64 without padding of `BODY_LEN` bytes.
 const ENCODED_BODY_LEN: usize = (BODY_LEN * 4).div_ceil(3);
 /// Total length of a nonce we mint.
@@ -84,9 +92,10 @@ impl Nonces {
     pub fn mint(&self, client_ip: IpAddr, unix_now: u64) -> String {
         let mut body = [0u8; BODY_LEN];
         body[0] = VERSION;
-        body[1..9].copy_from_slice(&unix_now.to_be_bytes());
-        let tag = self.tag(&body[..9], client_ip);
-        body[9..].copy_from_slice(&tag);
+        // Truncation intended: the age is computed modulo 2^32.
+        body[1..STAMP_LEN].copy_from_slice(&(unix_now as u32).to_be_bytes());
+        let tag = self.tag(&body[..STAMP_LEN], client_ip);
+        body[STAMP_LEN..].copy_from_slice(&tag);
 
         let mut out = String::with_capacity(NONCE_LEN);
         out.push_str(COOKIE);
@@ -117,15 +126,17 @@ impl Nonces {
             Ok(BODY_LEN) => {}
             _ => return Err(NonceError::Invalid),
         }
-        let tag = self.tag(&body[..9], client_ip);
-        if !bool::from(tag.ct_eq(&body[9..BODY_LEN])) || body[0] != VERSION {
+        let tag = self.tag(&body[..STAMP_LEN], client_ip);
+        if !bool::from(tag.ct_eq(&body[STAMP_LEN..BODY_LEN])) || body[0] != VERSION {
             return Err(NonceError::Invalid);
         }
-        let mut issued = [0u8; 8];
-        issued.copy_from_slice(&body[1..9]);
-        let issued = u64::from_be_bytes(issued);
-        let expires = issued.saturating_add(self.lifetime_secs);
-        if unix_now >= expires || issued > unix_now.saturating_add(self.lifetime_secs) {
+        let mut issued = [0u8; 4];
+        issued.copy_from_slice(&body[1..STAMP_LEN]);
+        let issued = u32::from_be_bytes(issued);
+        // Signed age modulo 2^32: negative when issued in the future.
+        let age = i64::from((unix_now as u32).wrapping_sub(issued) as i32);
+        let lifetime = i64::try_from(self.lifetime_secs).unwrap_or(i64::MAX);
+        if age >= lifetime || -age > lifetime {
             return Err(NonceError::Stale);
         }
         Ok(())
@@ -231,7 +242,7 @@ mod tests {
             Err(NonceError::Stale)
         );
         assert_eq!(
-            n.verify(&nonce, ip("192.0.2.1"), u64::MAX),
+            n.verify(&nonce, ip("192.0.2.1"), NOW + 100_000),
             Err(NonceError::Stale)
         );
         // Clock stepped back by more than a lifetime.
@@ -309,9 +320,9 @@ mod tests {
             let client = IpAddr::from(octets);
             let nonce = n.mint(client, now);
             prop_assert_eq!(nonce.len(), NONCE_LEN);
-            // Only u64::MAX itself is past its (saturated) expiry.
-            let expect = if now < u64::MAX { Ok(()) } else { Err(NonceError::Stale) };
-            prop_assert_eq!(n.verify(&nonce, client, now), expect);
+            prop_assert_eq!(n.verify(&nonce, client, now), Ok(()));
+            prop_assert_eq!(n.verify(&nonce, client, now.wrapping_add(599)), Ok(()));
+            prop_assert_eq!(n.verify(&nonce, client, now.wrapping_add(600)), Err(NonceError::Stale));
         }
     }
 }

@@ -84,6 +84,13 @@ pub struct ServerConfig {
     /// an operator should choose. Off, such Allocates get 442 as from an RFC 8656-only
     /// relay. Changed at run time with [`Server::set_relay_tcp`](super::Server::set_relay_tcp).
     pub relay_tcp: bool,
+    /// Requests per second a source ([`source_of`](super::source_of)) may send on 5-tuples
+    /// that hold no allocation, all shards together; the excess gets no answer (drop reason
+    /// [`DropReason::UnauthenticatedRate`](super::DropReason::UnauthenticatedRate)).
+    /// 0: no limit.
+    pub unauthenticated_rate: u32,
+    /// How many such requests a source may send at once before the rate applies.
+    pub unauthenticated_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -108,9 +115,17 @@ impl Default for ServerConfig {
             alternate_servers: Vec::new(),
             port_seed: 0,
             relay_tcp: false,
+            unauthenticated_rate: DEFAULT_UNAUTHENTICATED_RATE,
+            unauthenticated_burst: DEFAULT_UNAUTHENTICATED_BURST,
         }
     }
 }
+
+/// Sized for a NAT of a few hundred browsers, each starting a few allocations (every
+/// allocation costs a 401 and an Allocate) within a couple of seconds.
+pub const DEFAULT_UNAUTHENTICATED_RATE: u32 = 200;
+/// See [`DEFAULT_UNAUTHENTICATED_RATE`].
+pub const DEFAULT_UNAUTHENTICATED_BURST: u32 = 400;
 
 /// RFC 8656 §7.1: EVEN-PORT reservations are kept for about 30 seconds.
 pub const RESERVATION_LIFETIME: Duration = Duration::from_secs(30);

@@ -164,10 +164,18 @@ pub enum DropReason {
     /// A peer's TCP connection to a relayed address refused: the allocation holds
     /// [`MAX_CONNECTIONS_PER_ALLOCATION`](super::MAX_CONNECTIONS_PER_ALLOCATION) already.
     ConnectionLimit,
+    /// A request on a 5-tuple without an allocation, beyond its source's
+    /// `unauthenticated_rate`.
+    UnauthenticatedRate,
+    /// An unauthenticated request whose answer would be more than 4 times its size (an
+    /// amplification vector); usually a request too small to be a real one.
+    Amplification,
+    /// A packet from source port 0, which no real client uses (and sending to it fails).
+    SourcePortZero,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::NoAllocation,
         DropReason::NoPermission,
@@ -180,6 +188,9 @@ impl DropReason {
         DropReason::RelayHostPort,
         DropReason::PeerPortDenied,
         DropReason::ConnectionLimit,
+        DropReason::UnauthenticatedRate,
+        DropReason::Amplification,
+        DropReason::SourcePortZero,
     ];
 
     const fn idx(self) -> usize {
@@ -200,6 +211,9 @@ impl DropReason {
             DropReason::RelayHostPort => "relay_host_port",
             DropReason::PeerPortDenied => "peer_port_denied",
             DropReason::ConnectionLimit => "connection_limit",
+            DropReason::UnauthenticatedRate => "unauthenticated_rate",
+            DropReason::Amplification => "amplification",
+            DropReason::SourcePortZero => "source_port_zero",
         }
     }
 }

@@ -27,6 +27,7 @@ mod peer_policy;
 mod ports;
 mod reply;
 mod shared;
+mod source_rate;
 mod table;
 mod tcp_relay;
 mod timers;
@@ -49,8 +50,8 @@ pub use allocation::{
 };
 pub use command::Command;
 pub use config::{
-    CHANNEL_COOLDOWN, PORT_QUARANTINE, RESERVATION_LIFETIME, RelayAddr, ServerConfig,
-    TRANSACTION_TTL,
+    CHANNEL_COOLDOWN, DEFAULT_UNAUTHENTICATED_BURST, DEFAULT_UNAUTHENTICATED_RATE, PORT_QUARANTINE,
+    RESERVATION_LIFETIME, RelayAddr, ServerConfig, TRANSACTION_TTL,
 };
 pub use event::{CapacityLimit, CloseReason, DropCounters, DropReason, Event, MAX_QUEUED_EVENTS};
 pub use five_tuple::{FiveTuple, Transport};
@@ -132,6 +133,16 @@ pub struct Server {
     error_responses: ErrorResponses,
     /// The request of the last `handle_client` verified its MESSAGE-INTEGRITY.
     authenticated: bool,
+    /// The packet `handle_client` is answering.
+    request: RequestShape,
+}
+
+/// What the unauthenticated answer to a packet may be: [`reply::AMPLIFICATION`] times its
+/// size (`len`; unbounded over TCP/TLS), FINGERPRINT only if it had one.
+#[derive(Clone, Copy, Default, Debug)]
+struct RequestShape {
+    len: usize,
+    fingerprint: bool,
 }
 
 impl Server {
@@ -201,6 +212,7 @@ impl Server {
             indication_counter: 0,
             error_responses: ErrorResponses::default(),
             authenticated: false,
+            request: RequestShape::default(),
             config,
         }
     }
@@ -227,6 +239,13 @@ impl Server {
     /// The state this server shares with the other shards.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// New per-source limit for requests on 5-tuples without an allocation (SIGHUP); see
+    /// [`ServerConfig::unauthenticated_rate`]. Buckets keep their tokens.
+    pub fn set_unauthenticated_limit(&mut self, rate: u32, burst: u32) {
+        self.config.unauthenticated_rate = rate;
+        self.config.unauthenticated_burst = burst;
     }
 
     /// New alternate servers for 300 redirects (SIGHUP).
@@ -259,6 +278,19 @@ impl Server {
         out: &mut [u8],
     ) -> ClientOutput<'p> {
         self.authenticated = false;
+        self.request = RequestShape {
+            // Over TCP/TLS the handshake proved the source: nothing to amplify towards.
+            len: if from.transport.is_stream() {
+                usize::MAX
+            } else {
+                packet.len()
+            },
+            fingerprint: false,
+        };
+        // Nothing can be sent to port 0 (EINVAL): whoever claims it is spoofing.
+        if from.client.port() == 0 {
+            return self.drop_client(DropReason::SourcePortZero);
+        }
         // RFC 6062: a spliced client data connection carries a peer's bytes, not STUN or
         // ChannelData; the data path must not frame it.
         if from.transport.is_stream() && self.tcp.is_data_connection(&from) {
@@ -420,9 +452,13 @@ impl Server {
         ClientOutput::Nothing
     }
 
-    /// A reply written to `out` goes back to the client; one that did not fit is a drop.
+    /// A reply written to `out` goes back to the client; one that did not fit is a drop, and
+    /// so is an unauthenticated one more than [`reply::AMPLIFICATION`] times the request.
     fn reply_or_drop<'p>(&mut self, reply: Option<usize>) -> ClientOutput<'p> {
         match reply {
+            Some(len) if !self.authenticated && len > self.answer_budget() => {
+                self.drop_client(DropReason::Amplification)
+            }
             Some(len) => ClientOutput::Reply { len },
             None => self.drop_client(DropReason::BufferTooSmall),
         }
@@ -470,10 +506,14 @@ impl Server {
         packet: &'p [u8],
         out: &mut [u8],
     ) -> ClientOutput<'p> {
+        if !self.admit_request(now, from, packet) {
+            return self.drop_client(DropReason::UnauthenticatedRate);
+        }
         let msg = match Message::parse(packet) {
             Ok(m) => m,
             Err(e) => return self.malformed_stun(from, packet, e, out),
         };
+        self.request.fingerprint = msg.has_fingerprint();
         match msg.class() {
             // RFC 6062: a Connect is answered later, a ConnectionBind turns the connection
             // into a data connection; both have their own dispatch.
@@ -487,6 +527,24 @@ impl Server {
             Class::Indication => self.indication(now, from, &msg, out),
             Class::Success | Class::Error => self.drop_client(DropReason::Unexpected),
         }
+    }
+
+    /// `false` if `packet` is a request (by its header) on a 5-tuple without an allocation
+    /// and its source has used up its `unauthenticated_rate`. An established 5-tuple is
+    /// never limited; every other request counts, whether it verifies or not.
+    fn admit_request(&self, now: Instant, from: FiveTuple, packet: &[u8]) -> bool {
+        let is_request = packet
+            .first_chunk::<2>()
+            .is_some_and(|t| stun::decode_type(u16::from_be_bytes(*t)).0 == Class::Request);
+        if !is_request || self.table.id_by_tuple(&from).is_some() {
+            return true;
+        }
+        let (rate, burst) = (
+            self.config.unauthenticated_rate,
+            self.config.unauthenticated_burst,
+        );
+        self.shared
+            .admit_unauthenticated(now, from.client.ip(), rate, burst)
     }
 
     /// A packet that starts like STUN but does not parse: a request whose header is intact

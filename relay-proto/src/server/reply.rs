@@ -1,6 +1,15 @@
-//! Response builders: every response carries SOFTWARE (if configured), MESSAGE-INTEGRITY or
-//! MESSAGE-INTEGRITY-SHA256 when the request was authenticated (same key, same kind as the
-//! request), and FINGERPRINT.
+//! Response builders. An authenticated response carries SOFTWARE (if configured),
+//! MESSAGE-INTEGRITY or MESSAGE-INTEGRITY-SHA256 (same key, same kind as the request) and
+//! FINGERPRINT.
+//!
+//! An unauthenticated one (Binding answers, 401/438 challenges, 400s and 420s before
+//! integrity) is as small as the RFCs allow, because anyone can elicit it with a spoofed
+//! source: no SOFTWARE (optional, RFC 8489 §14.14), FINGERPRINT only when the request had it
+//! (§7.3: the usage decides; a client that does not send it does not check it), and at most
+//! [`AMPLIFICATION`] times the request's size over UDP (a stream's source is proven by its
+//! handshake): an error whose reason phrase does not fit gets the standard one, then none,
+//! and an answer that still does not fit is not sent
+//! ([`DropReason::Amplification`](super::DropReason::Amplification)).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,6 +22,9 @@ use super::Server;
 use super::auth_check::Auth;
 use super::event::Event;
 use super::five_tuple::FiveTuple;
+
+/// How many times its own size an unauthenticated request's answer may be.
+pub const AMPLIFICATION: usize = 4;
 
 /// Standard reason phrases (RFC 8489 §14.8, RFC 8656 §18.10, RFC 6062 §6.3).
 pub(crate) const fn reason(code: u16) -> &'static str {
@@ -99,23 +111,35 @@ impl Server {
         MessageWriter::new(out, class, method, txid)
     }
 
-    /// SOFTWARE, integrity (if authenticated) and FINGERPRINT; returns the message length.
+    /// Authenticated: SOFTWARE, integrity and FINGERPRINT. Unauthenticated: FINGERPRINT if
+    /// the request had one. Returns the message length.
     pub(crate) fn seal(
         &self,
         mut w: MessageWriter<'_>,
         auth: Option<&Auth>,
     ) -> Result<usize, BufferTooSmall> {
-        if let Some(s) = &self.config.software {
-            w.attr(&Software(s))?;
+        match auth {
+            Some(auth) => {
+                if let Some(s) = &self.config.software {
+                    w.attr(&Software(s))?;
+                }
+                match auth.kind {
+                    IntegrityKind::Sha256 => w.integrity_sha256(auth.key.as_bytes())?,
+                    _ => w.integrity_sha1(auth.key.as_bytes())?,
+                };
+                w.fingerprint()?;
+            }
+            None if self.request.fingerprint => {
+                w.fingerprint()?;
+            }
+            None => {}
         }
-        if let Some(auth) = auth {
-            match auth.kind {
-                IntegrityKind::Sha256 => w.integrity_sha256(auth.key.as_bytes())?,
-                _ => w.integrity_sha1(auth.key.as_bytes())?,
-            };
-        }
-        w.fingerprint()?;
         Ok(w.finish())
+    }
+
+    /// The most an unauthenticated answer to the request at hand may take.
+    pub(crate) fn answer_budget(&self) -> usize {
+        AMPLIFICATION.saturating_mul(self.request.len)
     }
 
     /// A success response to `msg` with no attributes of its own.
@@ -181,7 +205,7 @@ impl Server {
         code: u16,
         why: &str,
         out: &mut [u8],
-        extra: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>,
+        extra: impl Fn(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>,
     ) -> Option<usize> {
         self.events.push(Event::RequestRejected {
             client: from,
@@ -199,7 +223,8 @@ impl Server {
         )
     }
 
-    /// Builds an error response without logging it.
+    /// Builds an error response without logging it. Unauthenticated, a reason phrase that
+    /// does not fit in [`Self::answer_budget`] gives way to the standard one, then to none.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn error_response(
         &self,
@@ -209,17 +234,27 @@ impl Server {
         code: u16,
         why: &str,
         out: &mut [u8],
-        extra: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>,
+        extra: impl Fn(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>,
     ) -> Option<usize> {
-        let build = || -> Result<usize, BufferTooSmall> {
+        let mut build = |reason: &str| -> Result<usize, BufferTooSmall> {
             let mut w = Self::writer(out, Class::Error, method, txid)?;
-            let reason = if why.is_empty() { reason(code) } else { why };
             w.attr(&ErrorCode { code, reason })?;
             extra(&mut w)?;
             self.seal(w, auth)
         };
-        let len = build().ok();
-        if len.is_some() {
+        let phrase = if why.is_empty() { reason(code) } else { why };
+        let mut len = build(phrase);
+        if auth.is_none() {
+            // Shorter and shorter until it fits; the caller drops it if nothing does.
+            for shorter in [reason(code), ""] {
+                if matches!(len, Ok(n) if n > self.answer_budget()) {
+                    len = build(shorter);
+                }
+            }
+        }
+        let len = len.ok();
+        // One over budget will not be sent (`reply_or_drop`).
+        if len.is_some_and(|n| auth.is_some() || n <= self.answer_budget()) {
             self.error_responses.bump(code);
         }
         len

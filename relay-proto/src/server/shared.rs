@@ -22,6 +22,7 @@ use std::time::Instant;
 use super::allocation::{Family, Relayed};
 use super::config::{PORT_QUARANTINE, RESERVATION_LIFETIME, ServerConfig};
 use super::ports::{LivePorts, PortPool, Rng, Want};
+use super::source_rate::SourceBuckets;
 use super::timers::TimerKey;
 use crate::auth::CredentialKind;
 
@@ -193,6 +194,8 @@ pub struct Shared {
     max_allocations_per_rest_user: AtomicUsize,
     max_allocations_per_source: AtomicUsize,
     next_shard: AtomicU32,
+    /// Requests per source on 5-tuples without an allocation (behind its own lock).
+    sources: SourceBuckets,
 }
 
 impl Shared {
@@ -222,7 +225,20 @@ impl Shared {
             max_allocations_per_rest_user: AtomicUsize::new(config.max_allocations_per_rest_user),
             max_allocations_per_source: AtomicUsize::new(config.max_allocations_per_source),
             next_shard: AtomicU32::new(0),
+            sources: SourceBuckets::new(config.port_seed),
         })
+    }
+
+    /// Takes a token from the bucket of `ip`'s source ([`source_of`]); `false`: the
+    /// request gets no answer. `rate` 0: unlimited.
+    pub(crate) fn admit_unauthenticated(
+        &self,
+        now: Instant,
+        ip: IpAddr,
+        rate: u32,
+        burst: u32,
+    ) -> bool {
+        self.sources.allow(now, ip, rate, burst)
     }
 
     // ----- admin view -----------------------------------------------------------------------

@@ -114,6 +114,11 @@ pub struct LimitsSection {
     pub max_allocations_per_rest_user: Option<usize>,
     /// TURN REST allocations per client IPv4 address or IPv6 /64.
     pub max_allocations_per_source: Option<usize>,
+    /// Requests per second from one IPv4 address or IPv6 /64 on 5-tuples without an
+    /// allocation; 0 turns the limit off.
+    pub unauthenticated_rate: Option<u32>,
+    /// How many such requests may come at once before the rate applies.
+    pub unauthenticated_burst: Option<u32>,
     /// `IP:PORT` of other relays: full or draining, new clients get 300 towards them.
     #[serde(default)]
     pub alternate_servers: Vec<String>,

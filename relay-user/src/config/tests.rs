@@ -560,6 +560,37 @@ fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
 }
 
 #[test]
+fn unauthenticated_rate_and_burst() {
+    let c = parse(DEPLOYMENT).unwrap();
+    assert_eq!(
+        (c.unauthenticated_rate, c.unauthenticated_burst),
+        (200, 400)
+    );
+    let with = |lines: &str| {
+        parse(&DEPLOYMENT.replace(
+            "max_allocations = 1800",
+            &format!("max_allocations = 1800\n{lines}"),
+        ))
+    };
+    let c = with("unauthenticated_rate = 50\nunauthenticated_burst = 60").unwrap();
+    assert_eq!((c.unauthenticated_rate, c.unauthenticated_burst), (50, 60));
+    // The burst follows a higher rate.
+    let c = with("unauthenticated_rate = 1000").unwrap();
+    assert_eq!(
+        (c.unauthenticated_rate, c.unauthenticated_burst),
+        (1000, 2000)
+    );
+    // Off.
+    let c = with("unauthenticated_rate = 0\nunauthenticated_burst = 0").unwrap();
+    assert_eq!(c.unauthenticated_rate, 0);
+    let e = with("unauthenticated_burst = 0").unwrap_err();
+    assert_eq!(e.key, "limits.unauthenticated_burst", "{e}");
+    // Refused by the file's types (`load` adds the line).
+    let e = with("unauthenticated_rate = -1").unwrap_err();
+    assert!(e.to_string().contains("u32"), "{e}");
+}
+
+#[test]
 fn rest_credentials_get_their_own_quotas() {
     let c = parse(DEPLOYMENT).unwrap();
     assert_eq!(c.max_allocations_per_rest_user, 16);

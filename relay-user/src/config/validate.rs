@@ -66,6 +66,11 @@ pub struct Config {
     /// TURN REST allocations per client IPv4 address or IPv6 /64
     /// (`[limits] max_allocations_per_source`); static users are not counted.
     pub max_allocations_per_source: usize,
+    /// Requests per second per source on 5-tuples without an allocation, all shards
+    /// together (`[limits] unauthenticated_rate`); 0: no limit.
+    pub unauthenticated_rate: u32,
+    /// Burst of the same (`[limits] unauthenticated_burst`).
+    pub unauthenticated_burst: u32,
     pub xdp_interfaces: Vec<String>,
     pub xdp_mode: AttachMode,
     /// Who turns on the IP forwarding the kernel fast path needs (`[xdp] forwarding`).
@@ -135,6 +140,26 @@ pub const DEFAULT_MAX_ALLOCATIONS_PER_REST_USER: usize = 16;
 /// TURN REST allocations from one IPv4 address or IPv6 /64: a corporate NAT of a few hundred
 /// browsers. Static users (media servers) are not counted.
 pub const DEFAULT_MAX_ALLOCATIONS_PER_SOURCE: usize = 1000;
+
+/// `[limits] unauthenticated_rate` and `unauthenticated_burst`: the burst defaults to the
+/// larger of its default and twice the rate; a rate of 0 turns the limit off (the burst is
+/// then ignored).
+fn unauthenticated_limit(l: &super::file::LimitsSection) -> Result<(u32, u32), ConfigError> {
+    use relay_proto::server::{DEFAULT_UNAUTHENTICATED_BURST, DEFAULT_UNAUTHENTICATED_RATE};
+    let rate = l
+        .unauthenticated_rate
+        .unwrap_or(DEFAULT_UNAUTHENTICATED_RATE);
+    let burst = l
+        .unauthenticated_burst
+        .unwrap_or(DEFAULT_UNAUTHENTICATED_BURST.max(rate.saturating_mul(2)));
+    if rate > 0 && burst == 0 {
+        return Err(ConfigError::new(
+            "limits.unauthenticated_burst",
+            "must be at least 1 (unauthenticated_rate = 0 turns the limit off)",
+        ));
+    }
+    Ok((rate, burst))
+}
 /// Far more threads than any edge host has cores; a typo guard.
 pub const MAX_UDP_WORKERS: usize = 1024;
 
@@ -274,6 +299,7 @@ impl ConfigFile {
                 .max_allocations_per_source
                 .unwrap_or(DEFAULT_MAX_ALLOCATIONS_PER_SOURCE),
         )?;
+        let (unauthenticated_rate, unauthenticated_burst) = unauthenticated_limit(&self.limits)?;
         let xdp_mode = match &self.xdp.mode {
             Some(m) => m
                 .parse()
@@ -329,6 +355,8 @@ impl ConfigFile {
             max_allocations_per_user: per_user,
             max_allocations_per_rest_user: per_rest_user,
             max_allocations_per_source: per_source,
+            unauthenticated_rate,
+            unauthenticated_burst,
             xdp_interfaces: self.xdp.interfaces,
             xdp_mode,
             xdp_forwarding,

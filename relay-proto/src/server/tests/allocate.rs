@@ -25,7 +25,8 @@ fn binding_is_answered_without_auth() {
         m.attr::<XorMappedAddress>(),
         Some(Ok(XorMappedAddress(udp(1).client)))
     );
-    assert_eq!(m.attr::<Software>(), Some(Ok(Software("relay-test"))));
+    // Unauthenticated: no SOFTWARE (see tests/abuse.rs); FINGERPRINT as the request had it.
+    assert_eq!(m.attr::<Software>(), None);
     assert!(m.has_fingerprint());
     assert_eq!(m.integrity(), IntegrityKind::None);
     assert_eq!(h.server.allocation_count(), 0);

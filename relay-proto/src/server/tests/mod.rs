@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod abuse;
 mod allocate;
 mod auth;
 mod data;
