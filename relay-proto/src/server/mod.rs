@@ -126,6 +126,12 @@ pub struct Server {
     graveyard: Graveyard,
     redirected: RedirectMemory,
     bind_failures: BindFailures,
+    /// The client and request of the last `handle_client` call if it created an
+    /// allocation: the data path binds its relay ports before the answer leaves, and
+    /// [`relay_bind_failed`](Server::relay_bind_failed) answers this request again with
+    /// other ports. The buffer is reused (no allocation per Allocate).
+    fresh_allocate: Option<FiveTuple>,
+    fresh_request: Vec<u8>,
     draining: bool,
     alternate_cursor: usize,
     indication_counter: u64,
@@ -196,6 +202,8 @@ impl Server {
             graveyard: Graveyard::default(),
             redirected: RedirectMemory::default(),
             bind_failures: BindFailures::default(),
+            fresh_allocate: None,
+            fresh_request: Vec::new(),
             draining: false,
             alternate_cursor: 0,
             indication_counter: 0,
@@ -259,6 +267,7 @@ impl Server {
         out: &mut [u8],
     ) -> ClientOutput<'p> {
         self.authenticated = false;
+        self.fresh_allocate = None;
         // RFC 6062: a spliced client data connection carries a peer's bytes, not STUN or
         // ChannelData; the data path must not frame it.
         if from.transport.is_stream() && self.tcp.is_data_connection(&from) {
@@ -295,32 +304,67 @@ impl Server {
     /// [`CloseReason::RelayUnavailable`]) and the port is not handed out for
     /// [`PORT_QUARANTINE`].
     ///
-    /// The success response to its Allocate is void: the data path should discard it and
-    /// hand the same request to [`handle_client`](Self::handle_client) again, which then
-    /// allocates another port (the dead allocation's response is not replayed). After
-    /// [`RELAY_BIND_ATTEMPTS`] failed ports for one transaction the answer is 508.
-    pub fn relay_unavailable(&mut self, now: Instant, relay: SocketAddr) {
+    /// If that allocation was made by the request of the last
+    /// [`handle_client`](Self::handle_client) call, the success response the data path
+    /// holds for it is void (discard it): the core answers that request again at once,
+    /// with other ports, and the answer comes as [`Command::SendToClient`] after the new
+    /// allocation's `AllocationCreated` (so the data path binds before it sends). After
+    /// [`RELAY_BIND_ATTEMPTS`] failed ports for one transaction that answer is 508.
+    pub fn relay_bind_failed(&mut self, now: Instant, relay: SocketAddr) {
         let family = Family::of(relay.ip());
         let port = relay.port();
-        if let Some(id) = self.table.id_by_relay(relay) {
-            if let Some(a) = self.table.get(id)
-                && let Some(r) = a
-                    .last_response
-                    .as_deref()
-                    .filter(|r| r.method == Method::ALLOCATE.0)
-            {
-                self.bind_failures.record(now, a.client, r.txid);
-            }
-            self.remove_allocation(
-                now,
-                id,
-                Removal::Closed(CloseReason::RelayUnavailable),
-                Some((family, port)),
-            );
+        let Some(id) = self.table.id_by_relay(relay) else {
+            // Not (or no longer) allocated: still keep it out of circulation.
+            self.quarantine(now, family, port);
             return;
+        };
+        let mut client = None;
+        if let Some(a) = self.table.get(id)
+            && let Some(r) = a
+                .last_response
+                .as_deref()
+                .filter(|r| r.method == Method::ALLOCATE.0)
+        {
+            self.bind_failures.record(now, a.client, r.txid);
+            client = Some(a.client);
         }
-        // Not (or no longer) allocated: still keep it out of circulation.
-        self.quarantine(now, family, port);
+        // A deferred answer announcing this allocation may still wait in the queue
+        // (the data path met this failure while carrying out an earlier one's
+        // commands): it names a dead port.
+        self.commands
+            .retain(|c| !matches!(c, Command::SendToClient { id: i, .. } if *i == id));
+        self.remove_allocation(
+            now,
+            id,
+            Removal::Closed(CloseReason::RelayUnavailable),
+            Some((family, port)),
+        );
+        if let Some(client) = client
+            && Some(client) == self.fresh_allocate
+        {
+            self.answer_again(now, id, client);
+        }
+    }
+
+    /// Hands the request that made a voided allocation to the handler again (another
+    /// port, or 508) and queues the answer for the data path.
+    fn answer_again(&mut self, now: Instant, id: AllocationId, client: FiveTuple) {
+        let request = std::mem::take(&mut self.fresh_request);
+        // An Allocate answer (success or error) is a few hundred bytes.
+        let mut out = [0u8; 1024];
+        if let ClientOutput::Reply { len } = self.handle_client(now, client, &request, &mut out) {
+            // Named after the new allocation, if there is one, so that its own failed
+            // bind can withdraw it.
+            let id = self.table.id_by_tuple(&client).unwrap_or(id);
+            self.commands.push_back(Command::SendToClient {
+                id,
+                client,
+                message: out[..len].into(),
+            });
+        }
+        if self.fresh_request.is_empty() {
+            self.fresh_request = request;
+        }
     }
 
     /// A TCP/TLS client connection closed: the allocation made on it ends (RFC 8656 §5: the

@@ -5,6 +5,7 @@
 //! shard only through its [`ShardHandle`]: closures run on the shard's thread between
 //! batches, so the core never needs a lock.
 
+pub mod apply;
 mod kernel;
 
 use std::{

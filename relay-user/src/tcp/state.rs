@@ -29,10 +29,7 @@ use std::{
 };
 
 use relay_proto::{
-    server::{
-        ClientOutput, Command, ConnectionId, FiveTuple, PeerOutput, RELAY_BIND_ATTEMPTS,
-        RelayProtocol, Server, Transport,
-    },
+    server::{ClientOutput, ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server, Transport},
     stun::frame_len,
 };
 use rustls::ServerConnection;
@@ -46,14 +43,19 @@ use super::{
     stream::{HIGH_WATER, LOW_WATER},
     tls::TlsAcceptor,
 };
-use crate::{config::TcpSettings, shard::Kernel, udp::bind_udp};
+use crate::{
+    config::TcpSettings,
+    shard::{
+        Kernel,
+        apply::{self, DATAGRAM_MAX, Edge, Mirror},
+    },
+    udp::bind_udp,
+};
 
 /// How often idle and handshake timeouts are checked.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Datagrams taken from one relay socket per readiness event (fairness).
 const PEER_BATCH: usize = 64;
-/// Largest datagram read from a peer; larger ones are truncated by the kernel and dropped.
-const DATAGRAM_MAX: usize = 65_536;
 /// Pending peer connections per TCP relayed address.
 const RELAY_BACKLOG: i32 = 128;
 /// How long the survivor of a splice may take to send what it still holds once the other
@@ -168,7 +170,7 @@ fn bump(c: &AtomicU64) -> u64 {
 
 pub struct State {
     pub server: Server,
-    kernel: Kernel,
+    mirror: Mirror,
     pub settings: TcpSettings,
     tls: Option<TlsAcceptor>,
     pub listeners: Vec<StreamListener>,
@@ -217,7 +219,7 @@ impl State {
         );
         Self {
             server,
-            kernel,
+            mirror: Mirror::new(kernel),
             settings,
             tls,
             listeners,
@@ -230,7 +232,7 @@ impl State {
             peer_by_conn: HashMap::new(),
             relay_listeners: Slab::default(),
             listener_by_addr: HashMap::new(),
-            out: vec![0; 65_536 + 128].into_boxed_slice(),
+            out: vec![0; apply::OUT_BYTES].into_boxed_slice(),
             scratch: vec![0; DATAGRAM_MAX].into_boxed_slice(),
             touched: Vec::new(),
             relay_changes: VecDeque::new(),
@@ -709,15 +711,9 @@ impl State {
         let mut output = self.server.handle_client(now, five, frame, &mut out);
         // A reply may announce an allocation: its relay socket must exist before the
         // response leaves. If the port cannot be bound the core voids that allocation and
-        // the same request, handed in again, gets another port (or 508 once the core has
-        // given up, so this loop ends).
-        for _ in 0..=RELAY_BIND_ATTEMPTS {
-            if !matches!(output, ClientOutput::Reply { .. })
-                || !self.apply_commands_for(now, Some(&five))
-            {
-                break;
-            }
-            output = self.server.handle_client(now, five, frame, &mut out);
+        // answers again itself (another port, or 508, queued already): this reply is void.
+        if matches!(output, ClientOutput::Reply { .. }) && apply::apply(self, now, Some(&five)) {
+            output = ClientOutput::Nothing;
         }
         // Only a request whose integrity verified keeps a connection without an
         // allocation open (see `limits::idle_verdict`).
@@ -921,62 +917,7 @@ impl State {
 
     /// Relay sockets follow the core's commands; events become log lines.
     pub fn apply_commands(&mut self, now: Instant) {
-        self.apply_commands_for(now, None);
-    }
-
-    /// As [`apply_commands`](Self::apply_commands); `true` if a relay port of an allocation
-    /// for `client` could not be bound (its Allocate must be handed to the core again).
-    fn apply_commands_for(&mut self, now: Instant, client_filter: Option<&FiveTuple>) -> bool {
-        let mut bind_failed = false;
-        while let Some(cmd) = self.server.poll_command() {
-            self.kernel.apply(&cmd);
-            match cmd {
-                Command::AllocationCreated {
-                    relay,
-                    client,
-                    protocol,
-                    ..
-                } => {
-                    let opened = match protocol {
-                        RelayProtocol::Udp => self.open_relay(relay),
-                        RelayProtocol::Tcp => self.open_listener(relay),
-                    };
-                    if let Err(e) = opened {
-                        tracing::warn!(%relay, %protocol, client = %client, error = %e,
-                            "cannot bind relay port (another program holds it? keep the relay port range out of net.ipv4.ip_local_port_range); the core voids the allocation and the request is retried on another port");
-                        self.server.relay_unavailable(now, relay);
-                        bind_failed |= Some(&client) == client_filter;
-                    }
-                }
-                Command::AllocationRemoved {
-                    relay, protocol, ..
-                } => match protocol {
-                    RelayProtocol::Udp => self.close_relay(relay),
-                    RelayProtocol::Tcp => self.close_listener(relay),
-                },
-                Command::ConnectPeer {
-                    conn, relay, peer, ..
-                } => self.connect_peer(conn, relay, peer, now),
-                Command::SendToClient {
-                    client, message, ..
-                } => self.send_to_client(&client, &message),
-                Command::SpliceConnection { conn, data, .. } => self.splice(conn, data, now),
-                Command::CloseConnection { conn, .. } => {
-                    if let Some(p) = self.peer_by_conn.remove(&conn) {
-                        let data = self.peers.get(p).and_then(|c| c.link);
-                        self.finish(Side::Peer, p, "closed by the relay core", now);
-                        if let Some(d) = data {
-                            self.finish(Side::Client, d, "peer connection closed", now);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        while let Some(event) = self.server.poll_event() {
-            crate::events::log(event);
-        }
-        bind_failed
+        apply::apply(self, now, None);
     }
 
     fn open_relay(&mut self, addr: SocketAddr) -> io::Result<()> {
@@ -1263,6 +1204,58 @@ impl State {
     /// Sockets still held (client and peer connections).
     pub fn open_streams(&self) -> usize {
         self.conns.len() + self.peers.len()
+    }
+}
+
+impl Edge for State {
+    fn server(&mut self) -> &mut Server {
+        &mut self.server
+    }
+
+    fn mirror(&mut self) -> &mut Mirror {
+        &mut self.mirror
+    }
+
+    fn open_relay(&mut self, relay: SocketAddr, protocol: RelayProtocol) -> io::Result<()> {
+        match protocol {
+            RelayProtocol::Udp => self.open_relay(relay),
+            RelayProtocol::Tcp => self.open_listener(relay),
+        }
+    }
+
+    fn close_relay(&mut self, relay: SocketAddr, protocol: RelayProtocol) {
+        match protocol {
+            RelayProtocol::Udp => self.close_relay(relay),
+            RelayProtocol::Tcp => self.close_listener(relay),
+        }
+    }
+
+    fn send_to_client(&mut self, client: &FiveTuple, message: &[u8]) {
+        self.send_to_client(client, message);
+    }
+
+    fn connect_peer(
+        &mut self,
+        now: Instant,
+        conn: ConnectionId,
+        relay: SocketAddr,
+        peer: SocketAddr,
+    ) {
+        self.connect_peer(conn, relay, peer, now);
+    }
+
+    fn splice(&mut self, now: Instant, conn: ConnectionId, data: FiveTuple) {
+        self.splice(conn, data, now);
+    }
+
+    fn close_connection(&mut self, now: Instant, conn: ConnectionId) {
+        if let Some(p) = self.peer_by_conn.remove(&conn) {
+            let data = self.peers.get(p).and_then(|c| c.link);
+            self.finish(Side::Peer, p, "closed by the relay core", now);
+            if let Some(d) = data {
+                self.finish(Side::Client, d, "peer connection closed", now);
+            }
+        }
     }
 }
 

@@ -10,14 +10,15 @@ use std::{
     time::Instant,
 };
 
-use relay_common::AllocCounters;
 use relay_proto::server::{
-    AllocationId, ClientOutput, Command, Event, FiveTuple, PeerOutput, RELAY_BIND_ATTEMPTS, Server,
-    Transport,
+    ClientOutput, ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server, Transport,
 };
 
 use super::socket::bind_udp;
-use crate::shard::{Inbox, Kernel};
+use crate::shard::{
+    Inbox, Kernel,
+    apply::{self, Edge, Mirror},
+};
 
 /// Where a loop puts a datagram to send: `bytes` to `to` through socket `fd`.
 pub(super) trait Outbox {
@@ -48,10 +49,9 @@ pub(super) enum Registry {
     },
 }
 
-/// The relay sockets and the kernel mirror.
+/// The relay sockets.
 pub(super) struct Relays {
     pub registry: Registry,
-    kernel: Kernel,
     sockets: HashMap<SocketAddr, Relay>,
     /// Slot (the loop's token for a relay socket) → its bind address; free slots are reused.
     slots: Vec<Option<SocketAddr>>,
@@ -60,9 +60,6 @@ pub(super) struct Relays {
     /// those are handed to the kernel ([`bury`](Self::bury)), so a send can never reach
     /// whatever socket reuses the fd number.
     retired: Vec<UdpSocket>,
-    /// Kernel counters of allocations being removed, read before their map entries go,
-    /// for the log line of the event that follows (same `apply_commands` call).
-    ended: Vec<(AllocationId, AllocCounters)>,
 }
 
 impl Relays {
@@ -96,60 +93,6 @@ impl Relays {
 
     pub fn is_open(&self, slot: usize) -> bool {
         self.slot_addr(slot).is_some()
-    }
-
-    /// Relay sockets follow the core's allocation commands; events become log lines.
-    /// `true` if a relay port of an allocation for `client` could not be bound: the core
-    /// voided it, and its Allocate must be handed to the core again.
-    fn apply_commands(
-        &mut self,
-        server: &mut Server,
-        now: Instant,
-        client: Option<&FiveTuple>,
-    ) -> bool {
-        let mut bind_failed = false;
-        while let Some(cmd) = server.poll_command() {
-            if let Command::AllocationRemoved { id, relay, .. } = &cmd
-                && let Some(c) = self.kernel.allocation_counters(*relay)
-            {
-                self.ended.push((*id, c));
-            }
-            self.kernel.apply(&cmd);
-            match cmd {
-                Command::AllocationCreated {
-                    relay, client: c, ..
-                } => {
-                    if let Err(e) = self.open_relay(relay) {
-                        tracing::warn!(%relay, client = %c, error = %e,
-                            "cannot bind relay port (another program holds it? keep the relay port range out of net.ipv4.ip_local_port_range); the core voids the allocation and the request is retried on another port");
-                        server.relay_unavailable(now, relay);
-                        bind_failed |= Some(&c) == client;
-                    }
-                }
-                Command::AllocationRemoved { relay, .. } => self.close_relay(relay),
-                // Permissions and channels only matter to the kernel fast path (above).
-                Command::PermissionCreated { .. }
-                | Command::PermissionRemoved { .. }
-                | Command::ChannelBound { .. }
-                | Command::ChannelUnbound { .. } => {}
-                // RFC 6062 TCP allocations exist only for TCP/TLS clients: not on this shard.
-                Command::ConnectPeer { .. }
-                | Command::SendToClient { .. }
-                | Command::SpliceConnection { .. }
-                | Command::CloseConnection { .. } => {}
-            }
-        }
-        while let Some(event) = server.poll_event() {
-            let kernel = match &event {
-                Event::AllocationExpired { id, .. }
-                | Event::AllocationDeleted { id, .. }
-                | Event::AllocationClosed { id, .. } => kernel_total(&self.ended, *id),
-                _ => None,
-            };
-            crate::events::log_with_kernel(event, kernel);
-        }
-        self.ended.clear();
-        bind_failed
     }
 
     fn open_relay(&mut self, relay: SocketAddr) -> std::io::Result<()> {
@@ -208,20 +151,6 @@ pub(super) fn epoll_add(epoll: RawFd, fd: RawFd, token: u64) -> std::io::Result<
     Ok(())
 }
 
-/// The kernel's counters for allocation `id`, over both relayed addresses of a dual one.
-fn kernel_total(
-    ended: &[(AllocationId, AllocCounters)],
-    id: AllocationId,
-) -> Option<AllocCounters> {
-    let mut found = ended
-        .iter()
-        .filter(|(i, _)| *i == id)
-        .map(|(_, c)| c)
-        .peekable();
-    found.peek()?;
-    Some(AllocCounters::sum(found))
-}
-
 /// One worker's core, listeners and relay sockets.
 pub(super) struct Plane {
     pub server: Server,
@@ -230,6 +159,10 @@ pub(super) struct Plane {
     /// Apart from the core so that commands can be carried out while a received packet
     /// is still borrowed.
     pub relays: Relays,
+    mirror: Mirror,
+    /// Answers of the core to UDP clients (`SendToClient`: a deferred Allocate answer),
+    /// sent by [`client_datagram`](Self::client_datagram), the only input that makes them.
+    deferred: Vec<(FiveTuple, Box<[u8]>)>,
     out: Box<[u8]>,
 }
 
@@ -242,14 +175,14 @@ impl Plane {
             relays: Relays {
                 // Set by the loop before anything can be allocated.
                 registry: Registry::Epoll(-1),
-                kernel,
                 sockets: HashMap::new(),
                 slots: Vec::new(),
                 free_slots: Vec::new(),
                 retired: Vec::new(),
-                ended: Vec::with_capacity(4),
             },
-            out: vec![0; 65536].into_boxed_slice(),
+            mirror: Mirror::new(kernel),
+            deferred: Vec::new(),
+            out: vec![0; apply::OUT_BYTES].into_boxed_slice(),
         }
     }
 
@@ -262,31 +195,25 @@ impl Plane {
         packet: &[u8],
         tx: &mut impl Outbox,
     ) {
-        let listener = &self.listeners[l];
         let five = FiveTuple {
             client: from,
-            listener: listener.addr,
+            listener: self.listeners[l].addr,
             transport: Transport::Udp,
         };
         let mut output = self.server.handle_client(now, five, packet, &mut self.out);
         // A reply may announce an allocation: its relay socket must exist before the
         // response leaves. If the port cannot be bound the core voids that allocation and
-        // the same request, handed in again, gets another port (or 508 once the core has
-        // given up: the loop ends).
-        for _ in 0..=RELAY_BIND_ATTEMPTS {
-            if !matches!(output, ClientOutput::Reply { .. })
-                || !self
-                    .relays
-                    .apply_commands(&mut self.server, now, Some(&five))
-            {
-                break;
-            }
-            output = self.server.handle_client(now, five, packet, &mut self.out);
+        // answers again itself (another port, or 508): this reply is void.
+        if matches!(output, ClientOutput::Reply { .. }) && apply::apply(self, now, Some(&five)) {
+            output = ClientOutput::Nothing;
+        }
+        for (to, message) in self.deferred.drain(..) {
+            to_client(tx, &self.listeners, &to, &message);
         }
         match output {
             ClientOutput::Nothing => {}
             ClientOutput::Reply { len } => {
-                tx.push(listener.sock.as_raw_fd(), &self.out[..len], &from)
+                tx.push(self.listeners[l].sock.as_raw_fd(), &self.out[..len], &from)
             }
             ClientOutput::ToPeer {
                 relay,
@@ -327,7 +254,7 @@ impl Plane {
     /// datagrams leave: a new allocation gets its socket, and a permission or channel its
     /// XDP map entry, before the response that lets the client use it.
     pub fn apply_commands(&mut self, now: Instant) {
-        self.relays.apply_commands(&mut self.server, now, None);
+        apply::apply(self, now, None);
     }
 
     /// The core's timers, then what they decided; between batches.
@@ -351,6 +278,41 @@ impl Plane {
             None => 1000,
         }
     }
+}
+
+/// UDP workers have TCP relays off: the core never makes a TCP allocation or a peer
+/// connection here, so the RFC 6062 methods have nothing to do.
+impl Edge for Plane {
+    fn server(&mut self) -> &mut Server {
+        &mut self.server
+    }
+
+    fn mirror(&mut self) -> &mut Mirror {
+        &mut self.mirror
+    }
+
+    fn open_relay(&mut self, relay: SocketAddr, protocol: RelayProtocol) -> std::io::Result<()> {
+        match protocol {
+            RelayProtocol::Udp => self.relays.open_relay(relay),
+            RelayProtocol::Tcp => Err(std::io::Error::other(
+                "TCP allocations are served by the TCP shard",
+            )),
+        }
+    }
+
+    fn close_relay(&mut self, relay: SocketAddr, _: RelayProtocol) {
+        self.relays.close_relay(relay);
+    }
+
+    fn send_to_client(&mut self, client: &FiveTuple, message: &[u8]) {
+        self.deferred.push((*client, message.into()));
+    }
+
+    fn connect_peer(&mut self, _: Instant, _: ConnectionId, _: SocketAddr, _: SocketAddr) {}
+
+    fn splice(&mut self, _: Instant, _: ConnectionId, _: FiveTuple) {}
+
+    fn close_connection(&mut self, _: Instant, _: ConnectionId) {}
 }
 
 fn to_client(tx: &mut impl Outbox, listeners: &[Listener], to: &FiveTuple, bytes: &[u8]) {
