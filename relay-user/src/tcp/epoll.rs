@@ -359,8 +359,8 @@ impl EpollLoop {
             if c.closing.is_some() || c.connecting {
                 return Ok(());
             }
-            let Conn { stream, tx, .. } = c;
-            let buf = tx.peek();
+            let Conn { stream, wire, .. } = c;
+            let buf = wire.tx.peek();
             if buf.is_empty() {
                 return Ok(());
             }
@@ -385,7 +385,7 @@ impl EpollLoop {
         let mask = if c.connecting {
             OUT
         } else {
-            (if c.wants_read() { IN } else { 0 }) | if c.tx.is_empty() { 0 } else { OUT }
+            (if c.wants_read() { IN } else { 0 }) | if c.wire.tx.is_empty() { 0 } else { OUT }
         };
         if mask != c.io.epoll_mask || !c.io.registered {
             let fd = c.stream.as_raw_fd();

@@ -16,6 +16,7 @@
 //! socket is a new tag and table, not a change to the client path.
 
 mod conn;
+mod connection;
 mod epoll;
 mod limits;
 mod records;

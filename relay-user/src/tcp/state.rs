@@ -9,17 +9,17 @@
 //! refused (socket buffer full), it is kept and its client connection stops reading until
 //! the socket drains, so a slow peer side slows the TCP client down instead of losing data.
 //! The other way, a client that does not read has data from its peers dropped once
-//! [`HIGH_WATER`] bytes wait for it, as a UDP path would.
+//! [`HIGH_WATER`](super::stream::HIGH_WATER) bytes wait for it, as a UDP path would.
 //!
 //! RFC 6062 TCP allocations: a listening TCP socket per relayed address (`relay_listeners`)
 //! and peer connections (`peers`, the same [`Conn`] as clients, in their own table). A
 //! peer connection is not read until the core splices it to a client data connection;
 //! from then on bytes go both ways unchanged, and each side stops reading while the
-//! other's send queue is above [`HIGH_WATER`] (no loss: TCP pushes back on the sender).
+//! other's send queue is above [`HIGH_WATER`](super::stream::HIGH_WATER) (no loss: TCP pushes back on the sender).
 
 use std::{
     collections::{HashMap, VecDeque},
-    io::{self, Read as _},
+    io,
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
@@ -36,11 +36,10 @@ use rustls::ServerConnection;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{
-    conn::{Conn, Mode, RX_LIMIT, Stall},
+    conn::{Conn, Stall},
+    connection::{Mode, Queued},
     limits::{Activity, Admission, Refusal, idle_verdict},
-    records::seal,
     slab::{Key, Slab},
-    stream::{HIGH_WATER, LOW_WATER},
     tls::TlsAcceptor,
 };
 use crate::{
@@ -319,7 +318,7 @@ impl State {
         let mode = match (plain, tls) {
             (true, true) => Mode::Detect,
             (true, false) => Mode::Plain,
-            (false, _) => match self.tls_session() {
+            (false, _) => match tls_session(self.tls.as_ref()) {
                 Some(s) => Mode::Tls(s),
                 None => {
                     self.admission.release(peer.ip());
@@ -343,17 +342,6 @@ impl State {
         bump(&self.stats.accepted);
         tracing::debug!(client = %five, "TCP connection accepted");
         Some(id)
-    }
-
-    fn tls_session(&self) -> Option<Box<ServerConnection>> {
-        let acceptor = self.tls.as_ref()?;
-        match ServerConnection::new(acceptor.config()) {
-            Ok(s) => Some(Box::new(s)),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot start a TLS session; check [tls]");
-                None
-            }
-        }
     }
 
     /// The loop shut connection `id` down: the client sees the close now, so its source
@@ -390,7 +378,7 @@ impl State {
         let Some(c) = self.table_mut(side).get_mut(id) else {
             return;
         };
-        if c.tx.is_empty() || c.closing.is_some() {
+        if c.wire.tx.is_empty() || c.closing.is_some() {
             return self.close_on(side, id, reason);
         }
         if c.finish_by.is_none() {
@@ -486,7 +474,7 @@ impl State {
             Side::Peer => {
                 self.queue(to, bytes, false);
                 match self.conns.get(to) {
-                    Some(c) => c.tx_full,
+                    Some(c) => c.wire.tx_full,
                     None => return,
                 }
             }
@@ -497,11 +485,9 @@ impl State {
                 if p.closing.is_some() {
                     return;
                 }
-                p.tx.push(bytes);
-                if p.tx.len() > HIGH_WATER {
-                    p.tx_full = true;
-                }
-                let full = p.tx_full;
+                // Spliced bytes are never dropped: reading pauses instead.
+                p.wire.queue(bytes, false);
+                let full = p.wire.tx_full;
                 self.touch_on(Side::Peer, to);
                 full
             }
@@ -521,41 +507,33 @@ impl State {
         if c.closing.is_some() || data.is_empty() {
             return;
         }
-        if matches!(c.mode, Mode::Detect) {
-            let l = self
-                .listeners
-                .iter()
-                .position(|l| l.addr == c.five.listener);
-            let tls_ok = l.is_some_and(|l| self.listeners[l].tls);
-            if data[0] == 0x16 && tls_ok {
-                match self.tls_session() {
-                    Some(s) => {
-                        let c = self.conns.get_mut(id).expect("checked above");
-                        c.mode = Mode::Tls(s);
-                        c.five.transport = Transport::Tls;
-                    }
-                    None => return self.close(id, "TLS unavailable"),
-                }
-            } else {
-                let c = self.conns.get_mut(id).expect("checked above");
-                c.mode = Mode::Plain;
+        if matches!(c.wire.mode, Mode::Detect) {
+            let listener = c.five.listener;
+            let tls_ok = self.listeners.iter().any(|l| l.addr == listener && l.tls);
+            let tls = &self.tls;
+            let c = self.conns.get_mut(id).expect("checked above");
+            if let Err(why) = c.wire.detect(data[0], tls_ok, || tls_session(tls.as_ref())) {
+                return self.close(id, why);
+            }
+            if c.wire.is_tls() {
+                c.five.transport = Transport::Tls;
             }
         }
         let c = self.conns.get_mut(id).expect("checked above");
-        match (&mut c.mode, c.link) {
+        match (&c.wire.mode, c.link) {
             (Mode::Tls(_), _) => self.tls_received(id, data, now),
             (_, Some(p)) => self.forward(Side::Client, id, p, data),
             _ => {
-                if c.rx.is_empty() && c.may_process() {
+                if c.wire.rx.is_empty() && c.may_process() {
                     // The common case: frames straight from the receive buffer.
                     let used = self.frames(id, data, now);
                     if let Some(c) = self.conns.get_mut(id)
                         && c.closing.is_none()
                     {
-                        c.rx.extend_from_slice(&data[used..]);
+                        c.wire.rx.extend_from_slice(&data[used..]);
                     }
                 } else {
-                    c.rx.extend_from_slice(data);
+                    c.wire.rx.extend_from_slice(data);
                     self.process_rx(id, now);
                 }
             }
@@ -564,7 +542,7 @@ impl State {
     }
 
     fn check_rx_limit(&mut self, id: Key) {
-        if self.conns.get(id).is_some_and(|c| c.rx.len() > RX_LIMIT) {
+        if self.conns.get(id).is_some_and(|c| c.wire.overrun()) {
             self.close(
                 id,
                 "client sent more than 256 KiB beyond what the relay could take (not reading its responses?)",
@@ -577,62 +555,23 @@ impl State {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        let Mode::Tls(tls) = &mut c.mode else { return };
-        let mut input = data;
-        let mut failure = None;
-        let mut peer_closed = false;
-        while !input.is_empty() {
-            if let Err(e) = tls.read_tls(&mut input) {
-                failure = Some(format!("TLS record layer: {e}"));
-                break;
-            }
-            match tls.process_new_packets() {
-                Ok(state) => {
-                    let n = state.plaintext_bytes_to_read();
-                    if n > 0 {
-                        let start = c.rx.len();
-                        c.rx.resize(start + n, 0);
-                        if let Err(e) = tls.reader().read_exact(&mut c.rx[start..]) {
-                            failure = Some(format!("TLS read: {e}"));
-                            break;
-                        }
-                    }
-                    if state.peer_has_closed() {
-                        peer_closed = true;
-                        break;
-                    }
-                }
-                Err(e) => {
-                    // Best effort: the alert goes out with whatever is queued.
-                    let _ = tls.write_tls(c.tx.pending_mut());
-                    failure = Some(tls_failure(&e));
-                    break;
-                }
-            }
-        }
-        while tls.wants_write() {
-            if tls.write_tls(c.tx.pending_mut()).is_err() {
-                break;
-            }
-        }
-        let handshaking = tls.is_handshaking();
-        let (has_tx, client) = (!c.tx.is_empty(), c.five);
-        if has_tx {
+        let done = c.wire.decrypt(data);
+        if !c.wire.tx.is_empty() {
             self.touch(id);
         }
-        if let Some(why) = failure {
+        if let Some(why) = done.failure {
             // The alert goes out before the close, so the client reports why (a closed
             // socket alone reads as "unexpected EOF").
             if let Some(c) = self.conns.get_mut(id) {
                 send_now(c);
-            }
-            if handshaking {
-                tracing::info!(%client, reason = %why, "TLS handshake failed");
+                if done.handshaking {
+                    tracing::info!(client = %c.five, reason = %why, "TLS handshake failed");
+                }
             }
             return self.close(id, why);
         }
         self.process_rx(id, now);
-        if peer_closed {
+        if done.peer_closed {
             self.close(id, "client sent TLS close_notify");
         }
     }
@@ -642,16 +581,16 @@ impl State {
         let Some(c) = self.conns.get_mut(id) else {
             return;
         };
-        if c.rx.is_empty() || !c.may_process() {
+        if c.wire.rx.is_empty() || !c.may_process() {
             return;
         }
-        let mut rx = std::mem::take(&mut c.rx);
+        let mut rx = std::mem::take(&mut c.wire.rx);
         if let Some(p) = c.link {
             // Spliced (TLS plaintext): no frames any more.
             self.forward(Side::Client, id, p, &rx);
             rx.clear();
             if let Some(c) = self.conns.get_mut(id) {
-                c.rx = rx;
+                c.wire.rx = rx;
             }
             return;
         }
@@ -661,7 +600,7 @@ impl State {
                 let mut rx = rx;
                 rx.drain(..used);
                 // Bytes may have been added meanwhile only if the connection closed.
-                c.rx = rx;
+                c.wire.rx = rx;
             }
             None => drop(rx),
         }
@@ -737,8 +676,7 @@ impl State {
         self.apply_commands(now);
     }
 
-    /// Appends a frame to `id`'s send queue. Peer data (`droppable`) is dropped while the
-    /// client is not taking what it has; responses are always queued (reading pauses).
+    /// Appends a frame to `id`'s send queue (see [`Wire::queue`]).
     fn queue(&mut self, id: Key, bytes: &[u8], droppable: bool) {
         let Some(c) = self.conns.get_mut(id) else {
             return;
@@ -746,23 +684,13 @@ impl State {
         if c.closing.is_some() {
             return;
         }
-        if droppable && c.tx_full {
-            bump(&self.stats.dropped_backpressure);
-            return;
-        }
-        match &mut c.mode {
-            // In pieces: one message may exceed rustls' own buffer (see `records`).
-            Mode::Tls(tls) => {
-                if let Err(e) = seal(tls, &mut c.tx, bytes) {
-                    return self.close(id, format!("TLS write: {e}"));
-                }
+        match c.wire.queue(bytes, droppable) {
+            Queued::Yes => self.touch(id),
+            Queued::Dropped => {
+                bump(&self.stats.dropped_backpressure);
             }
-            _ => c.tx.push(bytes),
+            Queued::Failed(why) => self.close(id, why),
         }
-        if c.tx.len() > HIGH_WATER {
-            c.tx_full = true;
-        }
-        self.touch(id);
     }
 
     /// Sends `message` (from the core) on the control connection `client`, if still here.
@@ -851,12 +779,11 @@ impl State {
         let Some(c) = self.table_mut(side).get_mut(id) else {
             return;
         };
-        c.tx.advance(n);
-        if c.finish_by.is_some() && c.tx.is_empty() {
+        let resumed = c.wire.sent(n);
+        if c.finish_by.is_some() && c.wire.tx.is_empty() {
             return self.close_on(side, id, "sent what was left after the other side closed");
         }
-        if c.tx_full && c.tx.len() <= LOW_WATER {
-            c.tx_full = false;
+        if resumed {
             let link = c.link;
             self.touch_on(side, id);
             match link {
@@ -1259,6 +1186,17 @@ impl Edge for State {
     }
 }
 
+/// A new TLS session, if this shard serves TLS.
+fn tls_session(acceptor: Option<&TlsAcceptor>) -> Option<Box<ServerConnection>> {
+    match ServerConnection::new(acceptor?.config()) {
+        Ok(s) => Some(Box::new(s)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a TLS session; check [tls]");
+            None
+        }
+    }
+}
+
 /// Sends what is queued with one non-blocking `send`, unless the loop has a send in
 /// flight; for the last words before a close.
 fn send_now(c: &mut Conn) {
@@ -1267,7 +1205,7 @@ fn send_now(c: &mut Conn) {
         return;
     }
     let fd = c.stream.as_raw_fd();
-    let buf = c.tx.peek();
+    let buf = c.wire.tx.peek();
     if buf.is_empty() {
         return;
     }
@@ -1281,7 +1219,7 @@ fn send_now(c: &mut Conn) {
         )
     };
     if n > 0 {
-        c.tx.advance(n as usize);
+        c.wire.tx.advance(n as usize);
     }
 }
 
@@ -1307,20 +1245,5 @@ fn canonical(a: SocketAddr) -> SocketAddr {
             None => a,
         },
         v4 => v4,
-    }
-}
-
-/// What an operator can act on, from a rustls error.
-fn tls_failure(e: &rustls::Error) -> String {
-    use rustls::{AlertDescription as A, Error as E};
-    match e {
-        E::AlertReceived(A::BadCertificate | A::UnknownCA | A::CertificateUnknown) => format!(
-            "client refused our certificate ({e}): check the chain is complete and names this host"
-        ),
-        E::PeerIncompatible(_) => {
-            format!("client offers no TLS version or cipher suite we accept ({e})")
-        }
-        E::InvalidMessage(_) => format!("not TLS, or a corrupted record ({e})"),
-        _ => format!("TLS: {e}"),
     }
 }

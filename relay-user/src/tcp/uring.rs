@@ -218,10 +218,10 @@ impl UringLoop {
             );
             std::mem::forget(self.bufs.take());
             for c in self.state.conns.values_mut() {
-                std::mem::forget(std::mem::take(&mut c.tx));
+                std::mem::forget(std::mem::take(&mut c.wire.tx));
             }
             for c in self.state.peers.values_mut() {
-                std::mem::forget(std::mem::take(&mut c.tx));
+                std::mem::forget(std::mem::take(&mut c.wire.tx));
             }
         }
     }
@@ -502,7 +502,7 @@ impl UringLoop {
             return;
         }
         if !c.io.send_inflight {
-            let buf = c.tx.peek();
+            let buf = c.wire.tx.peek();
             if !buf.is_empty() {
                 let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
                 c.io.send_inflight = true;
