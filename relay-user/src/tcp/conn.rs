@@ -7,11 +7,11 @@
 
 use std::{net::SocketAddr, net::TcpStream, time::Instant};
 
-use relay_proto::server::{ConnectionId, FiveTuple};
 use super::{
     connection::{Mode, Wire},
     slab::Key,
 };
+use relay_proto::server::{ConnectionId, FiveTuple};
 
 /// Event-loop bookkeeping (each engine uses the fields it needs).
 #[derive(Default, Debug)]

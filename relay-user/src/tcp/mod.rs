@@ -2,9 +2,13 @@
 //! thread that owns its core, the client connections and the UDP relay sockets of their
 //! allocations, on an io_uring event loop, or an epoll one where io_uring is unavailable.
 //!
-//! - `state`: everything both loops share: accept limits, STUN/ChannelData framing over
-//!   the stream (`frame_len`, ChannelData padding), TLS sessions, flow control, relay
-//!   sockets, timeouts. `stream` is a connection's send queue, `conn` a connection.
+//! - `state`: everything both loops share: STUN/ChannelData framing over the stream
+//!   (`frame_len`, ChannelData padding) for the core, with the connections' lifecycle,
+//!   the relay sockets and the core's commands, the RFC 6062 splice and the timeouts in
+//!   its submodules.
+//! - `connection`: a connection's bytes without the socket (sans-IO): TLS detection and
+//!   session, plaintext in, the send queue and its flow-control marks. `stream` is the
+//!   send queue itself, `conn` a socket with its loop bookkeeping.
 //! - `uring`: the io_uring loop and the probe that decides whether it can run.
 //! - `epoll`: the fallback loop.
 //! - `tls`: certificate loading and reload; `records`: plaintext into TLS records.
