@@ -1020,9 +1020,15 @@ fn connect_to_the_relay_address_reaches_only_tcp_allocations() {
             env.relay.logs()
         );
     }
-    let denied = env.relay.log_lines("no TCP allocation holds that port");
+    // Events are written by the log thread (events.rs), after the 403s went out.
+    let denied = || {
+        env.relay
+            .log_lines("no TCP allocation holds that port")
+            .len()
+    };
+    let _ = wait_until_ok(LOG_WAIT, || denied() >= 3);
     assert_eq!(
-        denied.len(),
+        denied(),
         3,
         "one refused-peer line each\n{}",
         env.relay.logs()
@@ -1208,4 +1214,16 @@ fn connections_from_one_ipv6_slash_64_count_as_one_source() {
         binding_answered(&mut other),
         "another /64 is another source"
     );
+}
+
+/// Polls `f` until it holds or `timeout` passes; whether it held.
+fn wait_until_ok(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
 }
