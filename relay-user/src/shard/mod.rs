@@ -7,6 +7,8 @@
 
 pub mod apply;
 mod kernel;
+pub mod relays;
+pub mod slab;
 
 use std::{
     io,

@@ -7,10 +7,8 @@
 
 use std::{net::SocketAddr, net::TcpStream, time::Instant};
 
-use super::{
-    connection::{Mode, Wire},
-    slab::Key,
-};
+use super::connection::{Mode, Wire};
+use crate::shard::slab::Key;
 use relay_proto::server::{ConnectionId, FiveTuple};
 
 /// Event-loop bookkeeping (each engine uses the fields it needs).
@@ -66,7 +64,7 @@ pub struct Conn {
     pub connecting: bool,
     /// Spliced with this socket of the other table (peer for a client data connection,
     /// client data connection for a peer).
-    pub link: Option<super::slab::Key>,
+    pub link: Option<Key>,
     /// The linked socket's queue is above the high-water mark: stop reading.
     pub partner_full: bool,
     /// Counts against `tcp.max_connections` and its source's limit. Cleared as soon as

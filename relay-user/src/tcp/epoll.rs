@@ -15,10 +15,9 @@ use relay_proto::server::Server;
 
 use super::{
     conn::Conn,
-    slab::Key,
     state::{RelayChange, Side, State, Work, connect_outcome, token},
 };
-use crate::shard::Inbox;
+use crate::shard::{Inbox, slab::Key};
 
 const WAKE: u8 = 1;
 const LISTENER: u8 = 2;
@@ -189,7 +188,7 @@ impl EpollLoop {
                 if ready & OUT != 0
                     && let Some(r) = self.state.relays.get_mut(key)
                 {
-                    r.watching_out = false;
+                    r.edge.watching_out = false;
                     if let Err(e) = ctl(
                         ep,
                         libc::EPOLL_CTL_MOD,
@@ -335,9 +334,9 @@ impl EpollLoop {
             RelayChange::WantWritable(k) => {
                 let ep = self.epoll.as_raw_fd();
                 if let Some(r) = self.state.relays.get_mut(k)
-                    && !r.watching_out
+                    && !r.edge.watching_out
                 {
-                    r.watching_out = true;
+                    r.edge.watching_out = true;
                     let _ = ctl(
                         ep,
                         libc::EPOLL_CTL_MOD,

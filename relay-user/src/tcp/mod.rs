@@ -24,7 +24,6 @@ mod connection;
 mod epoll;
 mod limits;
 mod records;
-mod slab;
 mod state;
 mod stream;
 pub mod tls;

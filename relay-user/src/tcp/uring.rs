@@ -23,12 +23,9 @@ use std::{
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use relay_proto::server::Server;
 
-use super::{
-    slab::Key,
-    state::{RelayChange, Side, State, Work, connect_outcome, token},
-};
+use super::state::{RelayChange, Side, State, Work, connect_outcome, token};
 use crate::{
-    shard::Inbox,
+    shard::{Inbox, slab::Key},
     uring::{BufRing, Unavailable, completions, probe_multishot, setup_error, submit_and_wait},
 };
 
@@ -344,7 +341,7 @@ impl UringLoop {
             }
             RELAY_OUT => {
                 if let Some(r) = self.state.relays.get_mut(key) {
-                    r.watching_out = false;
+                    r.edge.watching_out = false;
                     self.state.relay_writable(key, now);
                 }
             }
@@ -430,9 +427,9 @@ impl UringLoop {
             }
             RelayChange::WantWritable(k) => {
                 if let Some(r) = self.state.relays.get_mut(k)
-                    && !r.watching_out
+                    && !r.edge.watching_out
                 {
-                    r.watching_out = true;
+                    r.edge.watching_out = true;
                     let fd = r.sock.as_raw_fd();
                     let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
                         .build()

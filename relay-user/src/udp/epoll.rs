@@ -13,10 +13,10 @@ use anyhow::Context as _;
 
 use super::{
     batch::{BATCH, RecvBatch, SendBatch},
-    plane::{Plane, RELAY_TOKEN_BASE, Registry, epoll_add},
+    plane::{LISTENER, Plane, RELAY, Registry, WAKE, epoll_add, fixed_token},
 };
+use crate::shard::slab::Key;
 
-const WAKE: u64 = u64::MAX;
 /// Batches taken from one socket before looking at the others (fairness).
 const BATCHES_PER_WAKEUP: usize = 8;
 
@@ -52,10 +52,19 @@ impl EpollLoop {
         }
         // SAFETY: just created, owned by nobody else.
         let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        epoll_add(epoll.as_raw_fd(), plane.inbox.waker.fd(), WAKE).context("epoll_ctl")?;
+        epoll_add(
+            epoll.as_raw_fd(),
+            plane.inbox.waker.fd(),
+            fixed_token(WAKE, 0),
+        )
+        .context("epoll_ctl")?;
         for (i, l) in plane.listeners.iter().enumerate() {
-            epoll_add(epoll.as_raw_fd(), l.sock.as_raw_fd(), i as u64)
-                .with_context(|| format!("epoll_ctl (listener {})", l.addr))?;
+            epoll_add(
+                epoll.as_raw_fd(),
+                l.sock.as_raw_fd(),
+                fixed_token(LISTENER, i),
+            )
+            .with_context(|| format!("epoll_ctl (listener {})", l.addr))?;
         }
         Ok(epoll)
     }
@@ -77,12 +86,12 @@ impl EpollLoop {
                 break;
             }
             for ev in &events[..n as usize] {
-                let token = ev.u64;
-                if token == WAKE {
+                let (kind, key) = Key::from_token(ev.u64);
+                if kind == WAKE {
                     self.plane.inbox.waker.clear();
                     self.plane.inbox.run_jobs(&mut self.plane.server);
                 } else {
-                    self.drain(token);
+                    self.drain(kind, key);
                 }
             }
             // Nothing is queued here (every drain flushed): what the timers closed goes.
@@ -93,14 +102,17 @@ impl EpollLoop {
     }
 
     /// Reads a ready socket until it is empty or has had its share.
-    fn drain(&mut self, token: u64) {
-        let (relay, fd) = if token >= RELAY_TOKEN_BASE {
-            match self.plane.relays.slot((token - RELAY_TOKEN_BASE) as usize) {
+    fn drain(&mut self, kind: u8, key: Key) {
+        let (relay, fd) = match kind {
+            RELAY => match self.plane.relays.get(key) {
                 Some((addr, fd)) => (Some(addr), fd),
                 None => return, // closed since the event was queued
-            }
-        } else {
-            (None, self.plane.listeners[token as usize].sock.as_raw_fd())
+            },
+            LISTENER => match self.plane.listeners.get(key.idx as usize) {
+                Some(l) => (None, l.sock.as_raw_fd()),
+                None => return,
+            },
+            _ => return,
         };
         for _ in 0..BATCHES_PER_WAKEUP {
             let n = match self.rx.recv(fd) {
@@ -117,10 +129,13 @@ impl EpollLoop {
                     continue;
                 };
                 match relay {
-                    None => {
-                        self.plane
-                            .client_datagram(now, token as usize, from, packet, &mut self.tx)
-                    }
+                    None => self.plane.client_datagram(
+                        now,
+                        key.idx as usize,
+                        from,
+                        packet,
+                        &mut self.tx,
+                    ),
                     Some(addr) => self
                         .plane
                         .peer_datagram(now, addr, from, packet, &mut self.tx),

@@ -4,7 +4,6 @@
 //! send; this is the rest.
 
 use std::{
-    collections::HashMap,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, RawFd},
     time::Instant,
@@ -14,10 +13,11 @@ use relay_proto::server::{
     ClientOutput, ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server, Transport,
 };
 
-use super::socket::bind_udp;
 use crate::shard::{
     Inbox, Kernel,
     apply::{self, Edge, Mirror},
+    relays::RelaySockets,
+    slab::Key,
 };
 
 /// Where a loop puts a datagram to send: `bytes` to `to` through socket `fd`.
@@ -30,32 +30,23 @@ pub(super) struct Listener {
     pub sock: UdpSocket,
 }
 
-struct Relay {
-    sock: UdpSocket,
-    slot: usize,
-}
-
 /// How relay sockets join the loop's wait set.
 pub(super) enum Registry {
-    /// Added to this epoll set when opened (token: the slot); closing the fd leaves it.
+    /// Added to this epoll set when opened (token: [`relay_token`]); closing the fd leaves it.
     Epoll(RawFd),
-    /// The io_uring loop arms a multishot receive on each slot in `opened`, and cancels
-    /// the one of each socket in `closed`: an armed receive holds the socket (and its
-    /// port) open after close, so the slot stays taken until the loop calls
-    /// [`Relays::free_slot`].
+    /// The io_uring loop arms a multishot receive on each socket in `opened`, and cancels
+    /// the one of each socket in `closed`, which it keeps until the cancel completes: an
+    /// armed receive holds the socket (and its port) open after close.
     Uring {
-        opened: Vec<usize>,
-        closed: Vec<(usize, UdpSocket)>,
+        opened: Vec<Key>,
+        closed: Vec<(Key, UdpSocket)>,
     },
 }
 
 /// The relay sockets.
 pub(super) struct Relays {
     pub registry: Registry,
-    sockets: HashMap<SocketAddr, Relay>,
-    /// Slot (the loop's token for a relay socket) → its bind address; free slots are reused.
-    slots: Vec<Option<SocketAddr>>,
-    free_slots: Vec<usize>,
+    table: RelaySockets<()>,
     /// Closed relay sockets whose fd a batch's queued sends may still name: kept until
     /// those are handed to the kernel ([`bury`](Self::bury)), so a send can never reach
     /// whatever socket reuses the fd number.
@@ -63,15 +54,15 @@ pub(super) struct Relays {
 }
 
 impl Relays {
-    /// The bind address and socket of relay slot `slot`, if it is open.
-    pub fn slot(&self, slot: usize) -> Option<(SocketAddr, RawFd)> {
-        let addr = self.slot_addr(slot)?;
-        Some((addr, self.sockets.get(&addr)?.sock.as_raw_fd()))
+    /// The bind address and socket of relay socket `key`, if it is open.
+    pub fn get(&self, key: Key) -> Option<(SocketAddr, RawFd)> {
+        let r = self.table.get(key)?;
+        Some((r.addr, r.sock.as_raw_fd()))
     }
 
-    /// The bind address of relay slot `slot`, if it is open.
-    pub fn slot_addr(&self, slot: usize) -> Option<SocketAddr> {
-        self.slots.get(slot).copied().flatten()
+    /// The bind address of relay socket `key`, if it is open.
+    pub fn addr(&self, key: Key) -> Option<SocketAddr> {
+        self.table.get(key).map(|r| r.addr)
     }
 
     /// Keeps a closed socket until [`bury`](Self::bury).
@@ -85,58 +76,61 @@ impl Relays {
         self.retired.clear();
     }
 
-    /// Gives back a slot whose socket the io_uring loop has finished with.
-    pub fn free_slot(&mut self, slot: usize) {
-        debug_assert!(self.slots[slot].is_none());
-        self.free_slots.push(slot);
-    }
-
-    pub fn is_open(&self, slot: usize) -> bool {
-        self.slot_addr(slot).is_some()
+    pub fn is_open(&self, key: Key) -> bool {
+        self.table.get(key).is_some()
     }
 
     fn open_relay(&mut self, relay: SocketAddr) -> std::io::Result<()> {
-        let sock = bind_udp(relay)?;
-        let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.slots.push(None);
-            self.slots.len() - 1
-        });
+        let (key, old) = self.table.open(relay, ())?;
+        if let Some((old, r)) = old {
+            self.unregister(old, r.sock);
+        }
         match &mut self.registry {
             Registry::Epoll(epoll) => {
-                if let Err(e) = epoll_add(*epoll, sock.as_raw_fd(), slot_token(slot)) {
-                    self.free_slots.push(slot);
+                let fd = self.table.get(key).map(|r| r.sock.as_raw_fd());
+                if let Err(e) = epoll_add(*epoll, fd.unwrap_or(-1), relay_token(key)) {
+                    self.table.close(relay);
                     return Err(e);
                 }
             }
-            Registry::Uring { opened, .. } => opened.push(slot),
+            Registry::Uring { opened, .. } => opened.push(key),
         }
-        self.slots[slot] = Some(relay);
-        self.sockets.insert(relay, Relay { sock, slot });
         Ok(())
     }
 
     fn close_relay(&mut self, relay: SocketAddr) {
-        if let Some(r) = self.sockets.remove(&relay) {
-            self.slots[r.slot] = None;
-            match &mut self.registry {
-                // Closing the fd (at the next bury) removes it from the epoll set; a
-                // stale event for the slot finds it closed or reused, which drains
-                // nothing or the new socket.
-                Registry::Epoll(_) => {
-                    self.free_slots.push(r.slot);
-                    self.retired.push(r.sock);
-                }
-                Registry::Uring { closed, .. } => closed.push((r.slot, r.sock)),
-            }
+        if let Some((key, r)) = self.table.close(relay) {
+            self.unregister(key, r.sock);
+        }
+    }
+
+    fn unregister(&mut self, key: Key, sock: UdpSocket) {
+        match &mut self.registry {
+            // Closing the fd (at the next bury) removes it from the epoll set; a stale
+            // event for the key misses (its slot may be reused, with a new generation).
+            Registry::Epoll(_) => self.retired.push(sock),
+            Registry::Uring { closed, .. } => closed.push((key, sock)),
         }
     }
 }
 
-/// Epoll tokens: listeners are their index, relay sockets this base plus their slot.
-pub(super) const RELAY_TOKEN_BASE: u64 = 1 << 32;
+/// Kinds of the epoll loop's tokens ([`Key::token`], the encoding every loop uses).
+pub(super) const LISTENER: u8 = 1;
+pub(super) const RELAY: u8 = 2;
+pub(super) const WAKE: u8 = 3;
 
-pub(super) fn slot_token(slot: usize) -> u64 {
-    RELAY_TOKEN_BASE + slot as u64
+/// The epoll token of relay socket `key`.
+pub(super) fn relay_token(key: Key) -> u64 {
+    key.token(RELAY)
+}
+
+/// The epoll token of a listener or the wake-up (`idx`: the listener's index).
+pub(super) fn fixed_token(kind: u8, idx: usize) -> u64 {
+    Key {
+        idx: idx as u32,
+        generation: 0,
+    }
+    .token(kind)
 }
 
 pub(super) fn epoll_add(epoll: RawFd, fd: RawFd, token: u64) -> std::io::Result<()> {
@@ -175,9 +169,7 @@ impl Plane {
             relays: Relays {
                 // Set by the loop before anything can be allocated.
                 registry: Registry::Epoll(-1),
-                sockets: HashMap::new(),
-                slots: Vec::new(),
-                free_slots: Vec::new(),
+                table: RelaySockets::default(),
                 retired: Vec::new(),
             },
             mirror: Mirror::new(kernel),
@@ -220,7 +212,7 @@ impl Plane {
                 peer,
                 payload,
             } => {
-                if let Some(r) = self.relays.sockets.get(&relay) {
+                if let Some(r) = self.relays.table.by_addr(&relay) {
                     tx.push(r.sock.as_raw_fd(), payload, &peer);
                 }
             }

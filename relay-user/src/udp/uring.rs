@@ -7,11 +7,11 @@
 //!
 //! Lifetimes the kernel sees: a send points into its slot of the send pool until its
 //! completion; a receive buffer is handed back once its datagram was handled; a relay
-//! socket whose allocation ended is kept, and its slot reserved, until the cancelled
+//! socket whose allocation ended is kept (its key never reaches a newcomer) until the cancelled
 //! receive's last completion (an armed receive would keep the port bound after close).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, RawFd},
@@ -24,14 +24,17 @@ use super::{
     batch::DATAGRAM_MAX,
     plane::{Outbox, Plane, Registry, SendErrors},
 };
-use crate::uring::{BufRing, Unavailable, completions, setup_error, submit_and_wait};
+use crate::{
+    shard::slab::Key,
+    uring::{BufRing, Unavailable, completions, setup_error, submit_and_wait},
+};
 
-const WAKE: u64 = 1;
-const LISTENER: u64 = 2;
-const RELAY: u64 = 3;
-const SEND: u64 = 4;
+const WAKE: u8 = 1;
+const LISTENER: u8 = 2;
+const RELAY: u8 = 3;
+const SEND: u8 = 4;
 /// Completions of cancels: nothing to do.
-const IGNORE: u64 = 5;
+const IGNORE: u8 = 5;
 
 const RING_ENTRIES: u32 = 4096;
 const CQ_ENTRIES: u32 = 4 * RING_ENTRIES;
@@ -57,12 +60,14 @@ const COALESCE_WAIT_US: u32 = 100;
 /// How long a stopping loop waits for cancelled receives before leaving anyway.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-fn token(kind: u64, index: usize) -> u64 {
-    (kind << 56) | index as u64
-}
-
-fn untoken(ud: u64) -> (u64, usize) {
-    (ud >> 56, (ud & ((1 << 56) - 1)) as usize)
+/// `user_data` of what is not a relay socket (a listener or send slot by index), in the
+/// encoding relay sockets' keys use ([`Key::token`]).
+fn token(kind: u8, index: usize) -> u64 {
+    Key {
+        idx: index as u32,
+        generation: 0,
+    }
+    .token(kind)
 }
 
 /// Checks that this process may run the loop: the opcodes, provided-buffer rings (5.19)
@@ -214,16 +219,16 @@ pub(super) struct UringLoop {
     /// The recvmsg template every multishot receive uses: room for an IPv6 source, no
     /// control data.
     msg: Box<libc::msghdr>,
-    /// Per relay slot: a multishot receive is armed.
-    armed: Vec<bool>,
+    /// Relay sockets with a multishot receive armed.
+    armed: HashSet<Key>,
     /// Multishot receives armed (listeners and relays): the kernel may write into the
     /// buffers while any is.
     receiving: usize,
     /// Relay sockets whose allocation ended, kept until their receive is cancelled.
-    closing: HashMap<usize, UdpSocket>,
+    closing: HashMap<Key, UdpSocket>,
     /// Receives that ended (out of buffers, an error) and are armed again after the batch.
     rearm_listeners: Vec<usize>,
-    rearm_relays: Vec<usize>,
+    rearm_relays: Vec<Key>,
     cqes: Vec<(u64, i32, u32)>,
     errors: SendErrors,
     /// Datagrams dropped because they were larger than a receive buffer.
@@ -286,7 +291,7 @@ impl UringLoop {
             },
             plane,
             msg,
-            armed: Vec::new(),
+            armed: HashSet::new(),
             receiving: 0,
             closing: HashMap::new(),
             rearm_listeners: Vec::new(),
@@ -331,17 +336,14 @@ impl UringLoop {
         }
     }
 
-    fn arm_relay(&mut self, slot: usize) {
-        let Some((_, fd)) = self.plane.relays.slot(slot) else {
+    fn arm_relay(&mut self, key: Key) {
+        let Some((_, fd)) = self.plane.relays.get(key) else {
             return;
         };
-        if self.armed.len() <= slot {
-            self.armed.resize(slot + 1, false);
-        }
-        if self.arm_recv(fd, token(RELAY, slot)) {
-            self.armed[slot] = true;
+        if self.arm_recv(fd, key.token(RELAY)) {
+            self.armed.insert(key);
         } else {
-            self.rearm_relays.push(slot);
+            self.rearm_relays.push(key);
         }
     }
 
@@ -383,26 +385,25 @@ impl UringLoop {
         };
         let opened = std::mem::take(opened);
         let closed = std::mem::take(closed);
-        // New ones first: a slot opened and closed in the same batch is not armed (it is
-        // no longer open) and is then freed below.
-        for slot in opened {
-            self.arm_relay(slot);
+        // New ones first: a socket opened and closed in the same batch is not armed (it
+        // is no longer open) and is then retired below.
+        for key in opened {
+            self.arm_relay(key);
         }
-        for (slot, sock) in closed {
-            if self.armed.get(slot).copied().unwrap_or(false) {
-                let e = opcode::AsyncCancel::new(token(RELAY, slot))
+        for (key, sock) in closed {
+            if self.armed.contains(&key) {
+                let e = opcode::AsyncCancel::new(key.token(RELAY))
                     .build()
                     .user_data(token(IGNORE, 0));
                 if push(&mut self.ring, &e) {
-                    self.closing.insert(slot, sock);
+                    self.closing.insert(key, sock);
                 } else if let Registry::Uring { closed, .. } = &mut self.plane.relays.registry {
-                    closed.push((slot, sock));
+                    closed.push((key, sock));
                 }
             } else {
-                self.rearm_relays.retain(|s| *s != slot);
+                self.rearm_relays.retain(|k| *k != key);
                 // Sends of this batch may still name its fd: it goes after the submit.
                 self.plane.relays.retire(sock);
-                self.plane.relays.free_slot(slot);
             }
         }
         if self.rearm_wake {
@@ -415,9 +416,9 @@ impl UringLoop {
         listeners.append(&mut self.rearm_listeners);
         self.rearm_listeners = listeners;
         let mut relays = std::mem::take(&mut self.rearm_relays);
-        for slot in relays.drain(..) {
-            if self.plane.relays.is_open(slot) && !self.armed[slot] {
-                self.arm_relay(slot);
+        for key in relays.drain(..) {
+            if self.plane.relays.is_open(key) && !self.armed.contains(&key) {
+                self.arm_relay(key);
             }
         }
         relays.append(&mut self.rearm_relays);
@@ -449,11 +450,11 @@ impl UringLoop {
     }
 
     fn complete(&mut self, ud: u64, res: i32, flags: u32, now: Instant) {
-        let (kind, index) = untoken(ud);
+        let (kind, key) = Key::from_token(ud);
         match kind {
             SEND => {
                 if let Some(pool) = self.mem.sends.as_mut() {
-                    pool.free.push(index);
+                    pool.free.push(key.idx as usize);
                 }
                 if res < 0 {
                     self.errors.record(io::Error::from_raw_os_error(-res));
@@ -463,10 +464,10 @@ impl UringLoop {
                 if res >= 0
                     && let Some(bid) = cqueue::buffer_select(flags)
                 {
-                    self.datagram(kind, index, bid, res as usize, now);
+                    self.datagram(kind, key, bid, res as usize, now);
                 }
                 if !cqueue::more(flags) {
-                    self.ended(kind, index, res);
+                    self.ended(kind, key, res);
                 }
             }
             WAKE => {
@@ -481,7 +482,7 @@ impl UringLoop {
     }
 
     /// A received datagram in buffer `bid`: handed to the core, the buffer given back.
-    fn datagram(&mut self, kind: u64, index: usize, bid: u16, len: usize, now: Instant) {
+    fn datagram(&mut self, kind: u8, key: Key, bid: u16, len: usize, now: Instant) {
         let Self {
             ring,
             mem,
@@ -502,11 +503,15 @@ impl UringLoop {
             } else {
                 let mut tx = RingOutbox { ring, pool, errors };
                 match kind {
-                    LISTENER => {
-                        plane.client_datagram(now, index, from, out.payload_data(), &mut tx)
-                    }
+                    LISTENER => plane.client_datagram(
+                        now,
+                        key.idx as usize,
+                        from,
+                        out.payload_data(),
+                        &mut tx,
+                    ),
                     _ => {
-                        if let Some(relay) = plane.relays.slot_addr(index) {
+                        if let Some(relay) = plane.relays.addr(key) {
                             plane.peer_datagram(now, relay, from, out.payload_data(), &mut tx);
                         }
                     }
@@ -518,9 +523,10 @@ impl UringLoop {
 
     /// A multishot receive ended: a closing relay socket is released, anything else is
     /// armed again after the batch (ENOBUFS: the buffers handed back meanwhile serve it).
-    fn ended(&mut self, kind: u64, index: usize, res: i32) {
+    fn ended(&mut self, kind: u8, key: Key, res: i32) {
         self.receiving -= 1;
         if kind == LISTENER {
+            let index = key.idx as usize;
             if res < 0 && res != -libc::ENOBUFS {
                 let addr = self.plane.listeners[index].addr;
                 self.recv_failed(res, || format!("listener {addr}"));
@@ -528,18 +534,15 @@ impl UringLoop {
             self.rearm_listeners.push(index);
             return;
         }
-        if let Some(a) = self.armed.get_mut(index) {
-            *a = false;
-        }
-        if let Some(sock) = self.closing.remove(&index) {
+        self.armed.remove(&key);
+        if let Some(sock) = self.closing.remove(&key) {
             drop(sock);
-            self.plane.relays.free_slot(index);
-        } else if self.plane.relays.is_open(index) {
+        } else if self.plane.relays.is_open(key) {
             if res < 0 && res != -libc::ENOBUFS {
-                let relay = self.plane.relays.slot_addr(index);
+                let relay = self.plane.relays.addr(key);
                 self.recv_failed(res, || format!("relay socket {relay:?}"));
             }
-            self.rearm_relays.push(index);
+            self.rearm_relays.push(key);
         }
     }
 
@@ -571,17 +574,17 @@ impl UringLoop {
             }
             // Completions only: no new datagrams reach the core any more.
             for c in self.ring.completion() {
-                let (kind, index) = untoken(c.user_data());
+                let (kind, key) = Key::from_token(c.user_data());
                 match kind {
                     SEND => {
                         if let Some(pool) = self.mem.sends.as_mut() {
-                            pool.free.push(index);
+                            pool.free.push(key.idx as usize);
                         }
                     }
                     LISTENER | RELAY if !cqueue::more(c.flags()) => {
                         self.receiving -= 1;
                         if kind == RELAY {
-                            self.closing.remove(&index);
+                            self.closing.remove(&key);
                         }
                     }
                     _ => {}

@@ -8,7 +8,10 @@ use std::{io, net::TcpStream, sync::atomic::Ordering, time::Instant};
 use relay_proto::server::{FiveTuple, Transport};
 
 use super::{Side, State, bump, canonical, tls_session};
-use crate::tcp::{conn::Conn, connection::Mode, limits::Refusal, slab::Key};
+use crate::{
+    shard::slab::Key,
+    tcp::{conn::Conn, connection::Mode, limits::Refusal},
+};
 
 impl State {
     /// A connection accepted on listener `l`. `None` if it was refused (limits) and
@@ -153,7 +156,7 @@ impl State {
         if let Some(s) = &c.stall
             && let Some(r) = self.relays.get_mut(s.relay)
         {
-            r.stalled = None;
+            r.edge.stalled = None;
         }
         tracing::debug!(client = %c.five, reason = c.closing.as_deref().unwrap_or("closed"), "TCP connection closed");
         if let Some(p) = c.link {

@@ -39,7 +39,6 @@ use super::{
     conn::Conn,
     connection::{Mode, Queued},
     limits::Admission,
-    slab::{Key, Slab},
     tls::TlsAcceptor,
 };
 use crate::{
@@ -47,6 +46,8 @@ use crate::{
     shard::{
         Kernel,
         apply::{self, DATAGRAM_MAX, Mirror},
+        relays::RelaySockets,
+        slab::{Key, Slab},
     },
 };
 
@@ -113,9 +114,9 @@ pub struct StreamListener {
     pub sock: TcpListener,
 }
 
-pub struct Relay {
-    pub sock: UdpSocket,
-    pub addr: SocketAddr,
+/// What this shard keeps per relay socket (see [`RelaySockets`]).
+#[derive(Default)]
+pub struct RelayFlow {
     /// The connection stalled on this socket, if any.
     stalled: Option<Key>,
     /// Engine bookkeeping: a writability watch is armed.
@@ -173,8 +174,7 @@ pub struct State {
     /// Client connections counted against `tcp.max_connections` and per source (see
     /// [`Conn::counted`]).
     admission: Admission,
-    pub relays: Slab<Relay>,
-    relay_by_addr: HashMap<SocketAddr, Key>,
+    pub relays: RelaySockets<RelayFlow>,
     /// RFC 6062 peer connections.
     pub peers: Slab<Conn>,
     /// Peer connections the core still knows: an entry leaves on `CloseConnection` (or
@@ -220,8 +220,7 @@ impl State {
             conns: Slab::default(),
             by_tuple: HashMap::new(),
             admission,
-            relays: Slab::default(),
-            relay_by_addr: HashMap::new(),
+            relays: RelaySockets::default(),
             peers: Slab::default(),
             peer_by_conn: HashMap::new(),
             relay_listeners: Slab::default(),

@@ -8,11 +8,13 @@ use std::{io, net::SocketAddr, sync::atomic::Ordering, time::Instant};
 
 use relay_proto::server::{ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server};
 
-use super::{Relay, RelayChange, Side, State, bump};
+use super::{RelayChange, RelayFlow, Side, State, bump};
 use crate::{
-    shard::apply::{Edge, Mirror},
-    tcp::{conn::Stall, slab::Key},
-    udp::bind_udp,
+    shard::{
+        apply::{Edge, Mirror},
+        slab::Key,
+    },
+    tcp::conn::Stall,
 };
 
 /// Datagrams taken from one relay socket per readiness event (fairness).
@@ -26,7 +28,7 @@ impl State {
         peer: SocketAddr,
         payload: &[u8],
     ) {
-        let Some(&rk) = self.relay_by_addr.get(&relay) else {
+        let Some(rk) = self.relays.key(&relay) else {
             return;
         };
         let Some(r) = self.relays.get_mut(rk) else {
@@ -35,7 +37,7 @@ impl State {
         match r.sock.send_to(payload, peer) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                r.stalled = Some(id);
+                r.edge.stalled = Some(id);
                 bump(&self.stats.stalls);
                 if let Some(c) = self.conns.get_mut(id) {
                     c.stall_buf.clear();
@@ -62,13 +64,13 @@ impl State {
         let Some(r) = self.relays.get_mut(rk) else {
             return;
         };
-        let Some(id) = r.stalled else { return };
+        let Some(id) = r.edge.stalled else { return };
         let Some(c) = self.conns.get_mut(id) else {
-            r.stalled = None;
+            r.edge.stalled = None;
             return;
         };
         let Some(stall) = &c.stall else {
-            r.stalled = None;
+            r.edge.stalled = None;
             return;
         };
         match r.sock.send_to(&c.stall_buf, stall.peer) {
@@ -82,7 +84,7 @@ impl State {
                 bump(&self.stats.peer_send_errors);
             }
         }
-        r.stalled = None;
+        r.edge.stalled = None;
         c.stall = None;
         self.touch(id);
         self.process_rx(id, now);
@@ -126,32 +128,20 @@ impl State {
     }
 
     pub(super) fn open_relay(&mut self, addr: SocketAddr) -> io::Result<()> {
-        let sock = bind_udp(addr)?;
-        let key = self.relays.insert(Relay {
-            sock,
-            addr,
-            stalled: None,
-            watching_out: false,
-        });
-        if let Some(old) = self.relay_by_addr.insert(addr, key) {
-            // Cannot happen (the port was bound just now), but never leak a socket.
-            if let Some(r) = self.relays.remove(old) {
-                self.relay_changes
-                    .push_back(RelayChange::Closed(old, r.sock));
-            }
+        let (key, old) = self.relays.open(addr, RelayFlow::default())?;
+        if let Some((old, r)) = old {
+            self.relay_changes
+                .push_back(RelayChange::Closed(old, r.sock));
         }
         self.relay_changes.push_back(RelayChange::Opened(key));
         Ok(())
     }
 
     pub(super) fn close_relay(&mut self, addr: SocketAddr) {
-        let Some(key) = self.relay_by_addr.remove(&addr) else {
+        let Some((key, r)) = self.relays.close(addr) else {
             return;
         };
-        let Some(r) = self.relays.remove(key) else {
-            return;
-        };
-        if let Some(id) = r.stalled
+        if let Some(id) = r.edge.stalled
             && let Some(c) = self.conns.get_mut(id)
         {
             // The allocation is gone: its pending datagram has nowhere to go.

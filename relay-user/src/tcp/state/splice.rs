@@ -15,7 +15,7 @@ use relay_proto::server::{ConnectionId, FiveTuple, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{FINISH_GRACE, RelayChange, RelayListener, Side, State, bump, canonical};
-use crate::tcp::{conn::Conn, slab::Key};
+use crate::{shard::slab::Key, tcp::conn::Conn};
 
 /// Pending peer connections per TCP relayed address.
 const RELAY_BACKLOG: i32 = 128;

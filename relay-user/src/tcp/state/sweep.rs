@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use super::{SWEEP_EVERY, Side, State};
-use crate::tcp::{
-    limits::{Activity, idle_verdict},
-    slab::Key,
+use crate::{
+    shard::slab::Key,
+    tcp::limits::{Activity, idle_verdict},
 };
 
 impl State {

@@ -103,6 +103,10 @@ impl<T> Slab<T> {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Keys of every live entry (a snapshot: the slab may change while they are used).
     pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
         self.entries.iter().enumerate().filter_map(|(i, e)| {
