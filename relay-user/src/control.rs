@@ -18,6 +18,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     config::{Config, ConfigError},
+    metrics::EventCounters,
     shard::{Kernel, ShardHandle},
     xdp::AttachMode,
 };
@@ -128,6 +129,7 @@ pub struct ReloadRecord {
 pub struct Control {
     shards: Vec<ShardHandle>,
     kernel: Kernel,
+    counters: Arc<EventCounters>,
     /// The settings in force (keys that need a restart keep their startup values).
     config: RwLock<Arc<Config>>,
     config_path: Option<PathBuf>,
@@ -153,11 +155,13 @@ impl Control {
         loader: Option<ConfigLoader>,
         shards: Vec<ShardHandle>,
         kernel: Kernel,
+        counters: Arc<EventCounters>,
         xdp: XdpStatus,
     ) -> Self {
         Self {
             shards,
             kernel,
+            counters,
             config: RwLock::new(Arc::new(config)),
             config_path,
             loader,
@@ -205,6 +209,11 @@ impl Control {
 
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
+    }
+
+    /// The event counters the shards feed.
+    pub fn counters(&self) -> &Arc<EventCounters> {
+        &self.counters
     }
 
     pub fn xdp(&self) -> &XdpStatus {
@@ -650,6 +659,7 @@ pub(crate) mod test_support {
             Some(Box::new(move || crate::config::load(&p))),
             shards.handles.clone(),
             Kernel::off(),
+            Default::default(),
             XdpStatus {
                 configured: AttachMode::Off,
                 interfaces: vec![],
@@ -791,6 +801,7 @@ mod tests {
             None,
             shards.handles.clone(),
             Kernel::off(),
+            Default::default(),
             XdpStatus::of(&crate::core::demo_config().unwrap().0, None),
         );
         assert!(matches!(control.reload(), Err(ReloadError::NoConfigFile)));

@@ -125,10 +125,6 @@ fn ended(
 /// before its map entries went), added to its last line as `xdp_*` fields beside the
 /// userspace counters; the two together are the allocation's traffic.
 pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
-    crate::metrics::observe(&event);
-    if let Some(k) = kernel {
-        crate::metrics::kernel_allocation_retired(k);
-    }
     queue(Msg::Event(event, kernel));
 }
 

@@ -3,7 +3,7 @@
 //! with the kernel's counters of the allocations that ended. A data path supplies only
 //! the socket work, through [`Edge`].
 
-use std::{io, net::SocketAddr, time::Instant};
+use std::{io, net::SocketAddr, sync::Arc, time::Instant};
 
 use relay_common::AllocCounters;
 use relay_proto::server::{
@@ -11,6 +11,7 @@ use relay_proto::server::{
 };
 
 use super::Kernel;
+use crate::metrics::EventCounters;
 
 /// Largest datagram taken from a peer, on every path: 65,535 (the IPv4 total length)
 /// less 20 (the IPv4 header) and 8 (the UDP header), the largest payload one IPv4 UDP
@@ -49,13 +50,16 @@ pub trait Edge {
 pub struct Mirror {
     kernel: Kernel,
     ended: Vec<(AllocationId, AllocCounters)>,
+    /// The relay's event counters, fed here (not by the log thread).
+    counters: Arc<EventCounters>,
 }
 
 impl Mirror {
-    pub fn new(kernel: Kernel) -> Self {
+    pub fn new(kernel: Kernel, counters: Arc<EventCounters>) -> Self {
         Self {
             kernel,
             ended: Vec::with_capacity(4),
+            counters,
         }
     }
 
@@ -127,6 +131,11 @@ pub fn apply(edge: &mut impl Edge, now: Instant, client: Option<&FiveTuple>) -> 
             | Event::AllocationClosed { id, .. } => edge.mirror().total(*id),
             _ => None,
         };
+        let counters = &edge.mirror().counters;
+        counters.observe(&event);
+        if let Some(k) = kernel {
+            counters.kernel_allocation_retired(k);
+        }
         crate::events::log_with_kernel(event, kernel);
     }
     edge.mirror().ended.clear();

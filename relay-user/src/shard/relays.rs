@@ -41,11 +41,7 @@ impl<T> RelaySockets<T> {
     /// Binds `addr`. `Err` if another program holds the port (the core then picks
     /// another). A socket already open on `addr` (cannot happen: the port was bound just
     /// now) is returned for the caller to close, never leaked.
-    pub fn open(
-        &mut self,
-        addr: SocketAddr,
-        edge: T,
-    ) -> io::Result<(Key, Option<Taken<T>>)> {
+    pub fn open(&mut self, addr: SocketAddr, edge: T) -> io::Result<(Key, Option<Taken<T>>)> {
         let sock = bind_udp(addr)?;
         let key = self.slab.insert(RelaySocket { sock, addr, edge });
         let old = self

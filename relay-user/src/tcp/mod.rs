@@ -49,7 +49,7 @@ pub use uring::probe as probe_io_uring;
 
 use crate::{
     config::{Config, IoEngine, Transport},
-    shard::{Inbox, Kernel},
+    shard::{Inbox, apply::Mirror},
 };
 
 /// Environment override of `[tcp] engine` (auto | io_uring | epoll), for hosts where a
@@ -97,7 +97,7 @@ pub fn spawn(
     server: Server,
     config: &Config,
     inbox: Inbox,
-    kernel: Kernel,
+    mirror: Mirror,
 ) -> anyhow::Result<TcpShard> {
     let mut listeners = Vec::new();
     for l in &config.listeners {
@@ -140,7 +140,7 @@ pub fn spawn(
         None => None,
     };
     let acceptor = tls.clone();
-    let state = state::State::new(server, kernel, settings, tls, listeners, Instant::now());
+    let state = state::State::new(server, mirror, settings, tls, listeners, Instant::now());
     let stats = state.stats.clone();
     let thread = std::thread::Builder::new()
         .name("tcp".into())

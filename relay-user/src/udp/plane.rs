@@ -14,7 +14,7 @@ use relay_proto::server::{
 };
 
 use crate::shard::{
-    Inbox, Kernel,
+    Inbox,
     apply::{self, Edge, Mirror},
     relays::RelaySockets,
     slab::Key,
@@ -161,7 +161,7 @@ pub(super) struct Plane {
 }
 
 impl Plane {
-    pub fn new(server: Server, listeners: Vec<Listener>, inbox: Inbox, kernel: Kernel) -> Self {
+    pub fn new(server: Server, listeners: Vec<Listener>, inbox: Inbox, mirror: Mirror) -> Self {
         Self {
             server,
             inbox,
@@ -172,7 +172,7 @@ impl Plane {
                 table: RelaySockets::default(),
                 retired: Vec::new(),
             },
-            mirror: Mirror::new(kernel),
+            mirror,
             deferred: Vec::new(),
             out: vec![0; apply::OUT_BYTES].into_boxed_slice(),
         }

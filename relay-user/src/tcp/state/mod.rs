@@ -44,7 +44,6 @@ use super::{
 use crate::{
     config::TcpSettings,
     shard::{
-        Kernel,
         apply::{self, DATAGRAM_MAX, Mirror},
         relays::RelaySockets,
         slab::{Key, Slab},
@@ -198,7 +197,7 @@ pub struct State {
 impl State {
     pub fn new(
         mut server: Server,
-        kernel: Kernel,
+        mirror: Mirror,
         settings: TcpSettings,
         tls: Option<TlsAcceptor>,
         listeners: Vec<StreamListener>,
@@ -213,7 +212,7 @@ impl State {
         );
         Self {
             server,
-            mirror: Mirror::new(kernel),
+            mirror,
             settings,
             tls,
             listeners,
