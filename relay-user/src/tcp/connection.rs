@@ -195,32 +195,12 @@ fn tls_failure(e: &rustls::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::{io::Write as _, sync::Arc};
+    use std::io::Write as _;
 
-    use rustls::{ClientConfig, ClientConnection, RootCertStore, pki_types::ServerName};
+    use rustls::{ClientConnection, pki_types::ServerName};
 
     use super::*;
-
-    fn configs() -> (Arc<rustls::ServerConfig>, Arc<ClientConfig>) {
-        let ck = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).unwrap();
-        let cert = ck.cert.der().clone();
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.clone()], key)
-            .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (Arc::new(server), Arc::new(client))
-    }
+    use crate::tcp::test_tls::configs;
 
     /// What the client has to send, as the socket would deliver it.
     fn client_bytes(c: &mut ClientConnection) -> Vec<u8> {

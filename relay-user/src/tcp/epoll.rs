@@ -7,7 +7,7 @@
 
 use std::{
     io::{self, Read as _, Write as _},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, RawFd},
     time::Instant,
 };
 
@@ -17,7 +17,10 @@ use super::{
     conn::Conn,
     state::{RelayChange, Side, State, Work, connect_outcome, token},
 };
-use crate::shard::{Inbox, slab::Key};
+use crate::{
+    epoll::{Epoll, ctl},
+    shard::{Inbox, slab::Key},
+};
 
 const WAKE: u8 = 1;
 const LISTENER: u8 = 2;
@@ -37,7 +40,7 @@ const OUT: u32 = libc::EPOLLOUT as u32;
 pub struct EpollLoop {
     state: State,
     inbox: Inbox,
-    epoll: OwnedFd,
+    epoll: Epoll,
     read_buf: Box<[u8]>,
 }
 
@@ -45,13 +48,10 @@ impl EpollLoop {
     /// On failure the state comes back (the caller still owns the core).
     #[allow(clippy::result_large_err)]
     pub fn new(state: State, inbox: Inbox) -> Result<Self, (io::Error, State)> {
-        // SAFETY: plain syscall; result checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err((io::Error::last_os_error(), state));
-        }
-        // SAFETY: just created, owned by nobody else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let epoll = match Epoll::new() {
+            Ok(e) => e,
+            Err(e) => return Err((e, state)),
+        };
         let me = Self {
             state,
             inbox,
@@ -84,7 +84,7 @@ impl EpollLoop {
     }
 
     fn ctl(&self, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        ctl(self.epoll.as_raw_fd(), op, fd, events, token)
+        self.epoll.ctl(op, fd, events, token)
     }
 
     /// Runs until the shard is told to stop; returns the core.
@@ -100,25 +100,15 @@ impl EpollLoop {
                 .as_millis()
                 .min(1000) as i32
                 + 1;
-            // SAFETY: `events` has room for its length.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as i32,
-                    timeout,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "epoll_wait failed; the TCP/TLS data path stops");
+                    break;
                 }
-                tracing::error!(error = %e, "epoll_wait failed; the TCP/TLS data path stops");
-                break;
-            }
+            };
             let now = Instant::now();
-            for ev in &events[..n as usize] {
+            for ev in &events[..n] {
                 let (ready, tok) = (ev.events, ev.u64);
                 self.dispatch(ready, tok, now);
             }
@@ -184,7 +174,7 @@ impl EpollLoop {
                 }
             }
             RELAY => {
-                let ep = self.epoll.as_raw_fd();
+                let ep = self.epoll.fd();
                 if ready & OUT != 0
                     && let Some(r) = self.state.relays.get_mut(key)
                 {
@@ -332,7 +322,7 @@ impl EpollLoop {
             }
             RelayChange::ListenerClosed(_, sock) => drop(sock),
             RelayChange::WantWritable(k) => {
-                let ep = self.epoll.as_raw_fd();
+                let ep = self.epoll.fd();
                 if let Some(r) = self.state.relays.get_mut(k)
                     && !r.edge.watching_out
                 {
@@ -400,15 +390,6 @@ impl EpollLoop {
             }
         }
     }
-}
-
-fn ctl(epoll: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: token };
-    // SAFETY: valid fds and event struct.
-    if unsafe { libc::epoll_ctl(epoll, op, fd, &mut ev) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Logged once per kind of failure burst: running out of descriptors is the one an

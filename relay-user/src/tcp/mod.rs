@@ -26,6 +26,8 @@ mod limits;
 mod records;
 mod state;
 mod stream;
+#[cfg(test)]
+mod test_tls;
 pub mod tls;
 mod uring;
 

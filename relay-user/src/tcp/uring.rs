@@ -26,7 +26,7 @@ use relay_proto::server::Server;
 use super::state::{RelayChange, Side, State, Work, connect_outcome, token};
 use crate::{
     shard::{Inbox, slab::Key},
-    uring::{BufRing, Unavailable, completions, probe_multishot, setup_error, submit_and_wait},
+    uring::{BufRing, Completions, Unavailable, probe_multishot, setup_error, submit_and_wait},
 };
 
 const WAKE: u8 = 1;
@@ -103,15 +103,9 @@ impl UringLoop {
             Ok(r) => r,
             Err(e) => return Err((setup_error(e), state, inbox)),
         };
-        let bufs = match BufRing::new(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
+        let bufs = match BufRing::registered(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
             Ok(b) => b,
-            Err(source) => {
-                let e = Unavailable::Failed {
-                    what: "registering receive buffers",
-                    source,
-                };
-                return Err((e, state, inbox));
-            }
+            Err(e) => return Err((e, state, inbox)),
         };
         let mut me = Self {
             ring,
@@ -222,14 +216,11 @@ impl UringLoop {
             }
         }
     }
+}
 
-    fn reap(&mut self, now: Instant) {
-        let mut cqes = std::mem::take(&mut self.cqes);
-        completions(&mut self.ring, &mut cqes);
-        for &(ud, res, flags) in &cqes {
-            self.complete(ud, res, flags, now);
-        }
-        self.cqes = cqes;
+impl Completions for UringLoop {
+    fn ring_and_buffer(&mut self) -> (&mut IoUring, &mut Vec<(u64, i32, u32)>) {
+        (&mut self.ring, &mut self.cqes)
     }
 
     fn complete(&mut self, ud: u64, res: i32, flags: u32, now: Instant) {
@@ -348,7 +339,9 @@ impl UringLoop {
             _ => {}
         }
     }
+}
 
+impl UringLoop {
     fn received(&mut self, side: Side, id: Key, res: i32, flags: u32, now: Instant) {
         let more = cqueue::more(flags);
         if res > 0 {

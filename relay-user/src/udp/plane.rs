@@ -88,7 +88,14 @@ impl Relays {
         match &mut self.registry {
             Registry::Epoll(epoll) => {
                 let fd = self.table.get(key).map(|r| r.sock.as_raw_fd());
-                if let Err(e) = epoll_add(*epoll, fd.unwrap_or(-1), relay_token(key)) {
+                let add = crate::epoll::ctl(
+                    *epoll,
+                    libc::EPOLL_CTL_ADD,
+                    fd.unwrap_or(-1),
+                    libc::EPOLLIN as u32,
+                    relay_token(key),
+                );
+                if let Err(e) = add {
                     self.table.close(relay);
                     return Err(e);
                 }
@@ -131,18 +138,6 @@ pub(super) fn fixed_token(kind: u8, idx: usize) -> u64 {
         generation: 0,
     }
     .token(kind)
-}
-
-pub(super) fn epoll_add(epoll: RawFd, fd: RawFd, token: u64) -> std::io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: token,
-    };
-    // SAFETY: valid fds and event struct.
-    if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// One worker's core, listeners and relay sockets.

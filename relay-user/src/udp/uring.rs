@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     shard::slab::Key,
-    uring::{BufRing, Unavailable, completions, setup_error, submit_and_wait},
+    uring::{BufRing, Completions, Unavailable, setup_error, submit_and_wait},
 };
 
 const WAKE: u8 = 1;
@@ -265,15 +265,9 @@ impl UringLoop {
             Ok(r) => r,
             Err(e) => return Err((setup_error(e), plane)),
         };
-        let bufs = match BufRing::new(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
+        let bufs = match BufRing::registered(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
             Ok(b) => b,
-            Err(source) => {
-                let e = Unavailable::Failed {
-                    what: "registering receive buffers",
-                    source,
-                };
-                return Err((e, plane));
-            }
+            Err(e) => return Err((e, plane)),
         };
         // SAFETY: all-zero is a valid msghdr.
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
@@ -370,7 +364,7 @@ impl UringLoop {
             // The sends of the last batch are submitted: sockets closed meanwhile may go.
             self.plane.relays.bury();
             let now = Instant::now();
-            self.reap(now);
+            self.reap_and_apply(now);
             self.plane.tick(now);
         }
         self.stop();
@@ -438,15 +432,17 @@ impl UringLoop {
         }
     }
 
-    fn reap(&mut self, now: Instant) {
-        let mut cqes = std::mem::take(&mut self.cqes);
-        completions(&mut self.ring, &mut cqes);
-        for &(ud, res, flags) in &cqes {
-            self.complete(ud, res, flags, now);
-        }
-        self.cqes = cqes;
-        // What the batch decided happens before its datagrams leave (next submit).
+    /// The batch of completions, then what it decided: that happens before its
+    /// datagrams leave (next submit).
+    fn reap_and_apply(&mut self, now: Instant) {
+        self.reap(now);
         self.plane.apply_commands(now);
+    }
+}
+
+impl Completions for UringLoop {
+    fn ring_and_buffer(&mut self) -> (&mut IoUring, &mut Vec<(u64, i32, u32)>) {
+        (&mut self.ring, &mut self.cqes)
     }
 
     fn complete(&mut self, ud: u64, res: i32, flags: u32, now: Instant) {
@@ -480,7 +476,9 @@ impl UringLoop {
             _ => {}
         }
     }
+}
 
+impl UringLoop {
     /// A received datagram in buffer `bid`: handed to the core, the buffer given back.
     fn datagram(&mut self, kind: u8, key: Key, bid: u16, len: usize, now: Instant) {
         let Self {
