@@ -1,5 +1,5 @@
 //! The epoll calls of the daemon's fallback loops (UDP workers, the TCP/TLS shard): one
-//! owned epoll fd, registration by token ([`Key::token`](crate::shard::slab::Key::token)
+//! owned epoll fd, registration by token (the shard slab's `Key::token`
 //! everywhere), and a wait that treats a signal as a turn with no events.
 
 use std::{

@@ -1,5 +1,5 @@
 //! Counters fed by the core's events (one atomic add per event, by the shard whose core
-//! emitted it: [`crate::shard::apply`] holds them, handed over at startup, no global) and
+//! emitted it: the shard's command applier holds them, handed over at startup, no global) and
 //! by traffic of allocations that have ended. Everything else the metrics show is
 //! read from the shards' cores and the XDP maps when `/metrics` is scraped, so the packet
 //! paths pay nothing for it.
@@ -196,7 +196,7 @@ impl EventCounters {
     }
 
     /// What the kernel relayed for an allocation that ended (its counter slot's last
-    /// values, read before the map entries went; see [`crate::shard::apply`]), so the XDP
+    /// values, read before the map entries went by the shard's command applier), so the XDP
     /// totals keep the traffic of ended allocations.
     pub fn kernel_allocation_retired(&self, c: AllocCounters) {
         self.retired[Path::Xdp.idx()].add(c.into());

@@ -6,12 +6,10 @@
 
 use std::{
     collections::HashMap,
-    io,
     net::{SocketAddr, UdpSocket},
 };
 
 use super::slab::{Key, Slab};
-use crate::udp::bind_udp;
 
 /// A socket taken out of the table, with the key it had.
 pub type Taken<T> = (Key, RelaySocket<T>);
@@ -38,17 +36,21 @@ impl<T> Default for RelaySockets<T> {
 }
 
 impl<T> RelaySockets<T> {
-    /// Binds `addr`. `Err` if another program holds the port (the core then picks
-    /// another). A socket already open on `addr` (cannot happen: the port was bound just
-    /// now) is returned for the caller to close, never leaked.
-    pub fn open(&mut self, addr: SocketAddr, edge: T) -> io::Result<(Key, Option<Taken<T>>)> {
-        let sock = bind_udp(addr)?;
+    /// Adds `sock`, just bound to `addr`. A socket already in the table for `addr`
+    /// (cannot happen: the port was bound just now) is returned for the caller to
+    /// close, never leaked.
+    pub fn insert(
+        &mut self,
+        addr: SocketAddr,
+        sock: UdpSocket,
+        edge: T,
+    ) -> (Key, Option<Taken<T>>) {
         let key = self.slab.insert(RelaySocket { sock, addr, edge });
         let old = self
             .by_addr
             .insert(addr, key)
             .and_then(|old| Some((old, self.slab.remove(old)?)));
-        Ok((key, old))
+        (key, old)
     }
 
     /// Takes the socket bound to `addr` out of the table; the caller closes it once
@@ -95,12 +97,13 @@ mod tests {
     fn a_closed_sockets_key_misses_after_its_slot_is_reused() {
         let mut t = RelaySockets::default();
         let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-        // Port 0: each bind gets its own port; the table keys by the asked address.
-        let (a, old) = t.open(any, 'a').unwrap();
+        let sock = || UdpSocket::bind(any).unwrap();
+        // The table keys by the address asked for (port 0 here: any port).
+        let (a, old) = t.insert(any, sock(), 'a');
         assert!(old.is_none());
         let (_, closed) = t.close(any).unwrap();
         assert_eq!(closed.edge, 'a');
-        let (b, _) = t.open(any, 'b').unwrap();
+        let (b, _) = t.insert(any, sock(), 'b');
         assert_eq!(a.idx, b.idx, "slot reused");
         assert!(t.get(a).is_none(), "a stale key reached the new socket");
         assert_eq!(t.get(b).map(|r| r.edge), Some('b'));

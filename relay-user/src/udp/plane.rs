@@ -13,6 +13,7 @@ use relay_proto::server::{
     ClientOutput, ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server, Transport,
 };
 
+use super::socket::bind_udp;
 use crate::shard::{
     Inbox,
     apply::{self, Edge, Mirror},
@@ -81,7 +82,7 @@ impl Relays {
     }
 
     fn open_relay(&mut self, relay: SocketAddr) -> std::io::Result<()> {
-        let (key, old) = self.table.open(relay, ())?;
+        let (key, old) = self.table.insert(relay, bind_udp(relay)?, ());
         if let Some((old, r)) = old {
             self.unregister(old, r.sock);
         }

@@ -15,6 +15,7 @@ use crate::{
         slab::Key,
     },
     tcp::conn::Stall,
+    udp::bind_udp,
 };
 
 /// Datagrams taken from one relay socket per readiness event (fairness).
@@ -128,7 +129,9 @@ impl State {
     }
 
     pub(super) fn open_relay(&mut self, addr: SocketAddr) -> io::Result<()> {
-        let (key, old) = self.relays.open(addr, RelayFlow::default())?;
+        let (key, old) = self
+            .relays
+            .insert(addr, bind_udp(addr)?, RelayFlow::default());
         if let Some((old, r)) = old {
             self.relay_changes
                 .push_back(RelayChange::Closed(old, r.sock));
