@@ -10,6 +10,8 @@
 //! socket whose allocation ended is kept (its key never reaches a newcomer) until the cancelled
 //! receive's last completion (an armed receive would keep the port bound after close).
 
+mod send;
+
 use std::{
     collections::{HashMap, HashSet},
     io,
@@ -22,8 +24,10 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::{
     batch::DATAGRAM_MAX,
-    plane::{Outbox, Plane, Registry, SendErrors},
+    plane::{Plane, Registry, SendErrors},
 };
+use send::{RingOutbox, SendPool};
+
 use crate::{
     shard::slab::Key,
     uring::{BufRing, Completions, Unavailable, setup_error, submit_and_wait},
@@ -46,11 +50,6 @@ const BUFFER_SIZE: usize = RECVMSG_OUT + std::mem::size_of::<libc::sockaddr_in6>
 /// `struct io_uring_recvmsg_out`, which the kernel writes in front of each datagram.
 const RECVMSG_OUT: usize = 16;
 const BUFFER_GROUP: u16 = 0;
-/// Sends in flight at once; beyond, datagrams go out with a plain sendto.
-const SEND_SLOTS: usize = 1024;
-/// Bytes of one send slot: media datagrams fit; a larger one (up to
-/// [`DATAGRAM_MAX`]) goes out with a plain sendto instead of making every slot 64 KiB.
-const SEND_SLOT_BYTES: usize = 4096;
 /// Completions one wake-up waits for, and how long it waits for them once one is there.
 /// Measured at 1000 allocations and 50k echoes/s: 32 and 50 µs cut the process's CPU
 /// per packet by a tenth against no coalescing; 64 and 100 µs by a further fifth, for
@@ -86,93 +85,6 @@ pub fn probe() -> Result<(), Unavailable> {
         |fd| opcode::RecvMsgMulti::new(types::Fd(fd), &msg, 7).build(),
         "multishot recvmsg (6.0)",
     )
-}
-
-/// One send in flight: its bytes, destination and the msghdr pointing at them. Boxed in
-/// a slice that never moves, so the kernel may read it until the completion.
-#[derive(Clone, Copy)]
-struct SendSlot {
-    buf: [u8; SEND_SLOT_BYTES],
-    addr: libc::sockaddr_storage,
-    iov: libc::iovec,
-    hdr: libc::msghdr,
-}
-
-struct SendPool {
-    slots: Box<[SendSlot]>,
-    free: Vec<usize>,
-}
-
-// SAFETY: the raw pointers in the slots point into the pool's own boxed slice; the pool
-// moves to its loop's thread once and is used there only.
-unsafe impl Send for SendPool {}
-
-impl SendPool {
-    fn new() -> Self {
-        // SAFETY: all-zero is valid for these C structs; pointers are set per send.
-        let empty: SendSlot = unsafe { std::mem::zeroed() };
-        Self {
-            slots: vec![empty; SEND_SLOTS].into_boxed_slice(),
-            free: (0..SEND_SLOTS).rev().collect(),
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        SEND_SLOTS - self.free.len()
-    }
-}
-
-/// Sends queued on the ring while a batch of completions is handled.
-struct RingOutbox<'a> {
-    ring: &'a mut IoUring,
-    pool: &'a mut SendPool,
-    errors: &'a mut SendErrors,
-}
-
-impl Outbox for RingOutbox<'_> {
-    fn push(&mut self, fd: RawFd, bytes: &[u8], to: &SocketAddr) {
-        let slot = match self.pool.free.pop() {
-            Some(i) if bytes.len() <= SEND_SLOT_BYTES => i,
-            Some(i) => {
-                self.pool.free.push(i);
-                return send_now(fd, bytes, to, self.errors);
-            }
-            // Every slot is in flight (the peer side is slower than we are): no reason to
-            // hold this one back.
-            None => return send_now(fd, bytes, to, self.errors),
-        };
-        let s = &mut self.pool.slots[slot];
-        s.buf[..bytes.len()].copy_from_slice(bytes);
-        let (addr, len) = super::sockaddr::to_storage(to);
-        s.addr = addr;
-        s.iov = libc::iovec {
-            iov_base: s.buf.as_mut_ptr().cast(),
-            iov_len: bytes.len(),
-        };
-        s.hdr.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
-        s.hdr.msg_namelen = len;
-        s.hdr.msg_iov = &mut s.iov;
-        s.hdr.msg_iovlen = 1;
-        s.hdr.msg_control = std::ptr::null_mut();
-        s.hdr.msg_controllen = 0;
-        s.hdr.msg_flags = 0;
-        // MSG_DONTWAIT: a full socket buffer drops the datagram, as the epoll loop does,
-        // instead of parking the send (and its slot) until there is room.
-        let e = opcode::SendMsg::new(types::Fd(fd), &s.hdr)
-            .flags(libc::MSG_DONTWAIT as u32)
-            .build()
-            .user_data(token(SEND, slot));
-        if !push(self.ring, &e) {
-            self.pool.free.push(slot);
-            send_now(fd, bytes, to, self.errors);
-        }
-    }
-}
-
-fn send_now(fd: RawFd, bytes: &[u8], to: &SocketAddr, errors: &mut SendErrors) {
-    if let Err(e) = super::socket::send_raw(fd, bytes, to) {
-        errors.record(e);
-    }
 }
 
 /// Queues a submission, submitting first when the queue is full. `false` if it could
