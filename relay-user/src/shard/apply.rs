@@ -141,3 +141,157 @@ pub fn apply(edge: &mut impl Edge, now: Instant, client: Option<&FiveTuple>) -> 
     edge.mirror().ended.clear();
     bind_failed
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use relay_proto::{
+        auth::{PasswordAlgorithm, long_term_key},
+        server::{ClientOutput, Transport},
+        stun::{
+            Class, ErrorCode, Message, MessageWriter, Method, Nonce, Realm, RequestedTransport,
+            TransactionId, Username, XorRelayedAddress,
+        },
+    };
+
+    use super::*;
+
+    /// A data path without sockets: the first `fail` relay binds fail (port held by
+    /// another program), what reaches the clients is recorded.
+    struct FakeEdge {
+        server: Server,
+        mirror: Mirror,
+        fail: usize,
+        opened: Vec<SocketAddr>,
+        closed: Vec<SocketAddr>,
+        sent: Vec<(FiveTuple, Vec<u8>)>,
+    }
+
+    impl Edge for FakeEdge {
+        fn server(&mut self) -> &mut Server {
+            &mut self.server
+        }
+
+        fn mirror(&mut self) -> &mut Mirror {
+            &mut self.mirror
+        }
+
+        fn open_relay(&mut self, relay: SocketAddr, _: RelayProtocol) -> io::Result<()> {
+            if self.fail > 0 {
+                self.fail -= 1;
+                return Err(io::ErrorKind::AddrInUse.into());
+            }
+            self.opened.push(relay);
+            Ok(())
+        }
+
+        fn close_relay(&mut self, relay: SocketAddr, _: RelayProtocol) {
+            self.closed.push(relay);
+        }
+
+        fn send_to_client(&mut self, client: &FiveTuple, message: &[u8]) {
+            self.sent.push((*client, message.to_vec()));
+        }
+
+        fn connect_peer(&mut self, _: Instant, _: ConnectionId, _: SocketAddr, _: SocketAddr) {
+            unreachable!("no TCP allocation here")
+        }
+
+        fn splice(&mut self, _: Instant, _: ConnectionId, _: FiveTuple) {
+            unreachable!("no TCP allocation here")
+        }
+
+        fn close_connection(&mut self, _: Instant, _: ConnectionId) {
+            unreachable!("no TCP allocation here")
+        }
+    }
+
+    fn relayed_port(reply: &[u8]) -> Option<u16> {
+        let m = Message::parse(reply).unwrap();
+        assert!(m.attr::<ErrorCode>().is_none(), "an error response");
+        Some(m.attr::<XorRelayedAddress>()?.ok()?.0.port())
+    }
+
+    /// An authenticated Allocate from `client` (after the 401 that brings the nonce),
+    /// handed to the core; the core's reply.
+    fn allocate(server: &mut Server, password: &str, client: FiveTuple, now: Instant) -> Vec<u8> {
+        let mut out = vec![0; OUT_BYTES];
+        let mut req = [0u8; 512];
+        let mut w = MessageWriter::new(
+            &mut req,
+            Class::Request,
+            Method::ALLOCATE,
+            TransactionId([1; 12]),
+        )
+        .unwrap();
+        w.attr(&RequestedTransport(17)).unwrap();
+        let n = w.finish();
+        let ClientOutput::Reply { len } = server.handle_client(now, client, &req[..n], &mut out)
+        else {
+            panic!("no 401")
+        };
+        let challenge = Message::parse(&out[..len]).unwrap();
+        let nonce = challenge.attr::<Nonce>().unwrap().unwrap().0.to_owned();
+        let key = long_term_key(PasswordAlgorithm::Md5, "demo", "relay.local", password);
+        let mut w = MessageWriter::new(
+            &mut req,
+            Class::Request,
+            Method::ALLOCATE,
+            TransactionId([2; 12]),
+        )
+        .unwrap();
+        w.attr(&RequestedTransport(17)).unwrap();
+        w.attr(&Username("demo")).unwrap();
+        w.attr(&Realm("relay.local")).unwrap();
+        w.attr(&Nonce(&nonce)).unwrap();
+        w.integrity_sha1(key.as_bytes()).unwrap();
+        let n = w.finish();
+        match server.handle_client(now, client, &req[..n], &mut out) {
+            ClientOutput::Reply { len } => out[..len].to_vec(),
+            other => panic!("no answer to the Allocate: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_bind_voids_the_reply_in_hand_and_the_core_answers_with_the_bound_port() {
+        let (config, password) = crate::core::demo_config().unwrap();
+        let now = Instant::now();
+        let server = crate::core::server(&config, now).unwrap();
+        let counters = Arc::new(EventCounters::default());
+        let mut edge = FakeEdge {
+            server,
+            mirror: Mirror::new(Kernel::off(), counters.clone()),
+            fail: 2,
+            opened: Vec::new(),
+            closed: Vec::new(),
+            sent: Vec::new(),
+        };
+        let client = FiveTuple {
+            client: SocketAddr::from((Ipv4Addr::LOCALHOST, 40000)),
+            listener: SocketAddr::from((Ipv4Addr::LOCALHOST, 3478)),
+            transport: Transport::Udp,
+        };
+        let held = allocate(&mut edge.server, &password, client, now);
+        let other = FiveTuple {
+            client: SocketAddr::from((Ipv4Addr::LOCALHOST, 40001)),
+            ..client
+        };
+        assert!(
+            apply(&mut edge, now, Some(&client)),
+            "the reply in hand names a port that could not be bound"
+        );
+        assert!(!apply(&mut edge, now, Some(&other)), "nothing left to void");
+        assert_eq!(edge.opened.len(), 1, "{:?}", edge.opened);
+        assert_eq!(edge.sent.len(), 1, "one deferred answer: {:?}", edge.sent);
+        let (to, answer) = &edge.sent[0];
+        assert_eq!(*to, client);
+        assert_eq!(relayed_port(answer), Some(edge.opened[0].port()));
+        assert_ne!(relayed_port(&held), Some(edge.opened[0].port()));
+        assert_eq!(edge.server.allocation_count(), 1);
+        // Three allocations made, two of them ended (counted here, not by a global).
+        assert_eq!(counters.allocations_created(), 3);
+        let ended: u64 = counters.allocations_ended().map(|(_, n)| n).sum();
+        assert_eq!(ended, 2);
+    }
+}
