@@ -218,36 +218,30 @@ mod tests {
     fn allocate(server: &mut Server, password: &str, client: FiveTuple, now: Instant) -> Vec<u8> {
         let mut out = vec![0; OUT_BYTES];
         let mut req = [0u8; 512];
-        let mut w = MessageWriter::new(
-            &mut req,
-            Class::Request,
-            Method::ALLOCATE,
-            TransactionId([1; 12]),
-        )
-        .unwrap();
-        w.attr(&RequestedTransport(17)).unwrap();
-        let n = w.finish();
-        let ClientOutput::Reply { len } = server.handle_client(now, client, &req[..n], &mut out)
+        // An Allocate for UDP with transaction id `[txid; 12]`, then what `sign` adds.
+        let mut build = |txid: u8, sign: &dyn Fn(&mut MessageWriter<'_>)| {
+            let id = TransactionId([txid; 12]);
+            let mut w = MessageWriter::new(&mut req, Class::Request, Method::ALLOCATE, id).unwrap();
+            w.attr(&RequestedTransport(17)).unwrap();
+            sign(&mut w);
+            let n = w.finish();
+            req[..n].to_vec()
+        };
+        let first = build(1, &|_| {});
+        let ClientOutput::Reply { len } = server.handle_client(now, client, &first, &mut out)
         else {
             panic!("no 401")
         };
         let challenge = Message::parse(&out[..len]).unwrap();
         let nonce = challenge.attr::<Nonce>().unwrap().unwrap().0.to_owned();
         let key = long_term_key(PasswordAlgorithm::Md5, "demo", "relay.local", password);
-        let mut w = MessageWriter::new(
-            &mut req,
-            Class::Request,
-            Method::ALLOCATE,
-            TransactionId([2; 12]),
-        )
-        .unwrap();
-        w.attr(&RequestedTransport(17)).unwrap();
-        w.attr(&Username("demo")).unwrap();
-        w.attr(&Realm("relay.local")).unwrap();
-        w.attr(&Nonce(&nonce)).unwrap();
-        w.integrity_sha1(key.as_bytes()).unwrap();
-        let n = w.finish();
-        match server.handle_client(now, client, &req[..n], &mut out) {
+        let signed = build(2, &|w| {
+            w.attr(&Username("demo")).unwrap();
+            w.attr(&Realm("relay.local")).unwrap();
+            w.attr(&Nonce(&nonce)).unwrap();
+            w.integrity_sha1(key.as_bytes()).unwrap();
+        });
+        match server.handle_client(now, client, &signed, &mut out) {
             ClientOutput::Reply { len } => out[..len].to_vec(),
             other => panic!("no answer to the Allocate: {other:?}"),
         }
