@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use super::{
     batch::{BATCH, RecvBatch, SendBatch},
-    plane::{LISTENER, Plane, RELAY, Registry, WAKE, fixed_token},
+    plane::{LISTENER, Plane, RELAY, Registry, WAKE},
 };
 use crate::{epoll::Epoll, shard::slab::Key};
 
@@ -43,11 +43,11 @@ impl EpollLoop {
     fn epoll(plane: &Plane) -> anyhow::Result<Epoll> {
         let epoll = Epoll::new().context("epoll_create1")?;
         epoll
-            .add(plane.inbox.waker.fd(), fixed_token(WAKE, 0))
+            .add(plane.inbox.waker.fd(), Key::fixed_token(WAKE, 0))
             .context("epoll_ctl")?;
         for (i, l) in plane.listeners.iter().enumerate() {
             epoll
-                .add(l.sock.as_raw_fd(), fixed_token(LISTENER, i))
+                .add(l.sock.as_raw_fd(), Key::fixed_token(LISTENER, i))
                 .with_context(|| format!("epoll_ctl (listener {})", l.addr))?;
         }
         Ok(epoll)

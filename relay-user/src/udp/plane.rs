@@ -132,15 +132,6 @@ pub(super) fn relay_token(key: Key) -> u64 {
     key.token(RELAY)
 }
 
-/// The epoll token of a listener or the wake-up (`idx`: the listener's index).
-pub(super) fn fixed_token(kind: u8, idx: usize) -> u64 {
-    Key {
-        idx: idx as u32,
-        generation: 0,
-    }
-    .token(kind)
-}
-
 /// One worker's core, listeners and relay sockets.
 pub(super) struct Plane {
     pub server: Server,

@@ -89,7 +89,7 @@ impl Side {
 /// A token for what lives outside the slabs (the wake-up, a client listener by index):
 /// generation 0, never stale.
 pub fn token(kind: u8, idx: u32) -> u64 {
-    Key { idx, generation: 0 }.token(kind)
+    Key::fixed_token(kind, idx as usize)
 }
 
 /// What a non-blocking connect that has finished (its socket became writable) came to.

@@ -59,14 +59,9 @@ const COALESCE_WAIT_US: u32 = 100;
 /// How long a stopping loop waits for cancelled receives before leaving anyway.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// `user_data` of what is not a relay socket (a listener or send slot by index), in the
-/// encoding relay sockets' keys use ([`Key::token`]).
+/// `user_data` of what is not a relay socket (a listener or send slot by index).
 fn token(kind: u8, index: usize) -> u64 {
-    Key {
-        idx: index as u32,
-        generation: 0,
-    }
-    .token(kind)
+    Key::fixed_token(kind, index)
 }
 
 /// Checks that this process may run the loop: the opcodes, provided-buffer rings (5.19)
