@@ -52,10 +52,12 @@ fn server(now: Instant) -> Server {
     )
 }
 
+/// The `n`th client: a port of 1024-65535 per address (port 0 is never answered).
 fn client(n: u32) -> FiveTuple {
-    let ip = [192, 0, 2, (n >> 16) as u8 + 1];
+    const PORTS: u32 = 65536 - 1024;
+    let ip = [192, 0, 2, (n / PORTS) as u8 + 1];
     FiveTuple::new(
-        SocketAddr::new(ip.into(), (n & 0xFFFF) as u16),
+        SocketAddr::new(ip.into(), (1024 + n % PORTS) as u16),
         ([192, 0, 2, 254], 3478).into(),
         Transport::Udp,
     )
@@ -75,8 +77,9 @@ fn challenged(s: &mut Server, now: Instant, from: FiveTuple, n: u32) -> (Client,
     let mut c = Client::new(Config::new(ClientTransport::Udp, Some(creds)), seed);
     let unsigned = request(&mut c, Request::ALLOCATE, now);
     let mut out = [0u8; 512];
-    let ClientOutput::Reply { len } = s.handle_client(now, from, &unsigned, &mut out) else {
-        panic!("no challenge")
+    let len = match s.handle_client(now, from, &unsigned, &mut out) {
+        ClientOutput::Reply { len } => len,
+        other => panic!("no challenge to a {}-byte Allocate: {other:?}", unsigned.len()),
     };
     assert_eq!(c.handle_input(&out[..len], now), Input::Response);
     let signed = transmit(&mut c);

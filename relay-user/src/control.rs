@@ -18,6 +18,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
     config::{AttachMode, Config, ConfigError},
+    metrics::EventCounters,
     shard::{Kernel, ShardHandle},
 };
 
@@ -127,6 +128,7 @@ pub struct ReloadRecord {
 pub struct Control {
     shards: Vec<ShardHandle>,
     kernel: Kernel,
+    counters: Arc<EventCounters>,
     /// The settings in force (keys that need a restart keep their startup values).
     config: RwLock<Arc<Config>>,
     config_path: Option<PathBuf>,
@@ -152,11 +154,13 @@ impl Control {
         loader: Option<ConfigLoader>,
         shards: Vec<ShardHandle>,
         kernel: Kernel,
+        counters: Arc<EventCounters>,
         xdp: XdpStatus,
     ) -> Self {
         Self {
             shards,
             kernel,
+            counters,
             config: RwLock::new(Arc::new(config)),
             config_path,
             loader,
@@ -204,6 +208,11 @@ impl Control {
 
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
+    }
+
+    /// The event counters the shards feed.
+    pub fn counters(&self) -> &Arc<EventCounters> {
+        &self.counters
     }
 
     pub fn xdp(&self) -> &XdpStatus {
@@ -653,6 +662,7 @@ pub(crate) mod test_support {
             Some(Box::new(move || crate::config::load(&p))),
             shards.handles.clone(),
             Kernel::off(),
+            Default::default(),
             XdpStatus {
                 configured: AttachMode::Off,
                 interfaces: vec![],
@@ -806,6 +816,7 @@ mod tests {
             None,
             shards.handles.clone(),
             Kernel::off(),
+            Default::default(),
             XdpStatus::of(&crate::cores::demo_config().unwrap().0, None),
         );
         assert!(matches!(control.reload(), Err(ReloadError::NoConfigFile)));

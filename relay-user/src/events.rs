@@ -33,10 +33,6 @@ use crate::log_limit::{Limiter, Source, Summary, WINDOW};
 /// few MB. Beyond, they are dropped and counted.
 const QUEUE: usize = 8192;
 
-pub fn log(event: Event) {
-    log_with_kernel(event, None)
-}
-
 /// Events dropped because the log thread's queue was full (or the thread is gone).
 pub fn lost() -> u64 {
     LOST.load(Ordering::Relaxed)
@@ -125,10 +121,6 @@ fn ended(
 /// before its map entries went), added to its last line as `xdp_*` fields beside the
 /// userspace counters; the two together are the allocation's traffic.
 pub fn log_with_kernel(event: Event, kernel: Option<AllocCounters>) {
-    crate::metrics::observe(&event);
-    if let Some(k) = kernel {
-        crate::metrics::kernel_allocation_retired(k);
-    }
     queue(Msg::Event(event, kernel));
 }
 
@@ -523,11 +515,12 @@ mod tests {
     #[test]
     fn the_calling_thread_writes_no_line() {
         let written = captured(|| {
-            log(Event::RequestRejected {
+            let event = Event::RequestRejected {
                 client: client(),
                 method: Method::BINDING,
                 code: 400,
-            });
+            };
+            log_with_kernel(event, None);
             flush(Duration::from_secs(5));
         });
         assert_eq!(written, "", "the data-path thread wrote the line itself");

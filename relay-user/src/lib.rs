@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 mod control;
 pub mod cores;
+mod epoll;
 mod events;
 mod local_routes;
 pub mod log_limit;

@@ -1,5 +1,6 @@
-//! Counters fed by the core's events (one atomic add per event, on the shard that logs
-//! it) and by traffic of allocations that have ended. Everything else the metrics show is
+//! Counters fed by the core's events (one atomic add per event, by the shard whose core
+//! emitted it: the shard's command applier holds them, handed over at startup, no global) and
+//! by traffic of allocations that have ended. Everything else the metrics show is
 //! read from the shards' cores and the XDP maps when `/metrics` is scraped, so the packet
 //! paths pay nothing for it.
 
@@ -89,7 +90,7 @@ impl Path {
 
 pub use relay_admin_api::Traffic;
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct AtomicTraffic([AtomicU64; 4]);
 
 impl AtomicTraffic {
@@ -116,8 +117,9 @@ impl AtomicTraffic {
     }
 }
 
-/// Process-wide counters (one relay per process).
-#[derive(Default)]
+/// The relay's event counters: one set, shared (`Arc`) by every shard that feeds it and
+/// the admin endpoint that reads it; atomics, so neither waits for the other.
+#[derive(Default, Debug)]
 pub struct EventCounters {
     created: AtomicU64,
     ended: [AtomicU64; END_REASONS.len()],
@@ -131,15 +133,21 @@ pub struct EventCounters {
     retired: [AtomicTraffic; Path::ALL.len()],
 }
 
-static COUNTERS: std::sync::LazyLock<EventCounters> = std::sync::LazyLock::new(Default::default);
+impl EventCounters {
+    /// Feeds one core event into the counters.
+    pub fn observe(&self, event: &Event) {
+        observe(self, event)
+    }
 
-pub fn counters() -> &'static EventCounters {
-    &COUNTERS
+    /// What the kernel relayed for an allocation that ended (its counter slot's last
+    /// values, read before the map entries went by the shard's command applier), so the XDP
+    /// totals keep the traffic of ended allocations.
+    pub fn kernel_allocation_retired(&self, c: AllocCounters) {
+        self.retired[Path::Xdp.idx()].add(c.into());
+    }
 }
 
-/// Feeds one core event into the counters (called by [`crate::events::log`]).
-pub fn observe(event: &Event) {
-    let c = counters();
+fn observe(c: &EventCounters, event: &Event) {
     let end = |i: usize, client: &FiveTuple, counters: &Counters| {
         c.ended[i].fetch_add(1, Ordering::Relaxed);
         c.retired[Path::of(client.transport).idx()].add((*counters).into());
@@ -182,13 +190,6 @@ pub fn observe(event: &Event) {
         // without a counter of their own.
         _ => {}
     }
-}
-
-/// What the kernel relayed for an allocation that ended (its counter slot's last values,
-/// read before the map entries went; see [`crate::events::log_with_kernel`]), so the XDP
-/// totals keep the traffic of ended allocations.
-pub fn kernel_allocation_retired(c: AllocCounters) {
-    counters().retired[Path::Xdp.idx()].add(c.into());
 }
 
 impl EventCounters {
@@ -244,8 +245,7 @@ mod tests {
 
     #[test]
     fn events_move_their_counters() {
-        let c = counters();
-        // Other tests in this binary may log events too: compare before and after.
+        let c = &EventCounters::default();
         let bad = |c: &EventCounters| c.auth_failures().find(|(r, _)| *r == "bad_integrity");
         let (redirected, bad0) = (c.redirected(), bad(c).unwrap().1);
         let client = FiveTuple {
@@ -253,22 +253,24 @@ mod tests {
             listener: SocketAddr::from(([192, 0, 2, 50], 3478)),
             transport: Transport::Tls,
         };
-        observe(&Event::Redirected {
+        c.observe(&Event::Redirected {
             client,
             alternate: SocketAddr::from(([203, 0, 113, 60], 3478)),
         });
-        observe(&Event::AuthFailed {
+        c.observe(&Event::AuthFailed {
             user: Some("alice".into()),
             client,
             method: Method::ALLOCATE,
             reason: AuthError::BadIntegrity,
         });
-        assert!(c.redirected() > redirected);
-        assert!(bad(c).unwrap().1 > bad0);
+        assert_eq!(
+            (c.redirected(), bad(c).unwrap().1),
+            (redirected + 1, bad0 + 1)
+        );
 
         let refused = |c: &EventCounters| c.refused().find(|(l, _)| *l == "per_source").unwrap().1;
         let before = refused(c);
-        observe(&Event::CapacityReached {
+        c.observe(&Event::CapacityReached {
             user: "1700000000:b1".into(),
             client,
             limit: CapacityLimit::Source {
@@ -276,21 +278,21 @@ mod tests {
                 max_allocations_per_source: 1000,
             },
         });
-        assert!(refused(c) > before);
+        assert_eq!(refused(c), before + 1);
     }
 
     #[test]
     fn kernel_traffic_of_ended_allocations_is_kept() {
-        let before = counters().retired(Path::Xdp);
-        kernel_allocation_retired(AllocCounters {
+        let c = EventCounters::default();
+        c.kernel_allocation_retired(AllocCounters {
             to_peer_packets: 3,
             to_peer_bytes: 300,
             to_client_packets: 2,
             to_client_bytes: 200,
         });
-        let after = counters().retired(Path::Xdp);
-        assert!(after.to_peer_packets >= before.to_peer_packets + 3);
-        assert!(after.to_client_bytes >= before.to_client_bytes + 200);
+        let after = c.retired(Path::Xdp);
+        assert_eq!((after.to_peer_packets, after.to_client_bytes), (3, 200));
+        assert_eq!(c.retired(Path::Udp), Traffic::ZERO);
     }
 
     #[test]

@@ -116,6 +116,9 @@ async fn serve(
     let local = local_prefixes();
     let cores =
         crate::cores::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
+    // The event counters: fed by every shard, read by the admin endpoint.
+    let counters = std::sync::Arc::new(crate::metrics::EventCounters::default());
+    let mirror = || shard::apply::Mirror::new(kernel.clone(), counters.clone());
     let mut shards: Vec<ShardHandle> = Vec::new();
     let mut threads = Vec::new();
     let workers = if udp.is_empty() {
@@ -138,10 +141,7 @@ async fn serve(
         let name = format!("udp-{i}");
         let (handle, inbox) = shard::channel(&name).context("creating a shard wake-up eventfd")?;
         let server = cores.server(&config, Instant::now())?;
-        planes.push((
-            name,
-            Dataplane::new(server, &udp, inbox, kernel.clone(), engine)?,
-        ));
+        planes.push((name, Dataplane::new(server, &udp, inbox, mirror(), engine)?));
         shards.push(handle);
     }
     for (name, plane) in planes {
@@ -153,7 +153,7 @@ async fn serve(
     if crate::tcp::wanted(&config) {
         let (handle, inbox) = shard::channel("tcp").context("creating a shard wake-up eventfd")?;
         let server = cores.server(&config, Instant::now())?;
-        let tcp = crate::tcp::spawn(server, &config, inbox, kernel.clone())?;
+        let tcp = crate::tcp::spawn(server, &config, inbox, mirror())?;
         threads.push(tcp.thread);
         shards.push(handle);
         tls_reload = tcp.tls;
@@ -169,6 +169,7 @@ async fn serve(
         loader,
         shards.clone(),
         kernel.clone(),
+        counters.clone(),
         xdp_status,
     ));
     if let Some(stats) = tcp_stats {

@@ -98,6 +98,19 @@ pub struct BufRing {
 }
 
 impl BufRing {
+    /// [`new`](Self::new), its error as a reason the loop cannot run.
+    pub fn registered(
+        uring: &IoUring,
+        entries: u16,
+        size: usize,
+        group: u16,
+    ) -> Result<Self, Unavailable> {
+        Self::new(uring, entries, size, group).map_err(|source| Unavailable::Failed {
+            what: "registering receive buffers",
+            source,
+        })
+    }
+
     pub fn new(uring: &IoUring, entries: u16, size: usize, group: u16) -> io::Result<Self> {
         assert!(entries.is_power_of_two());
         let layout = Layout::from_size_align(
@@ -276,6 +289,26 @@ pub fn completions(ring: &mut IoUring, into: &mut Vec<(u64, i32, u32)>) {
         ring.completion()
             .map(|c| (c.user_data(), c.result(), c.flags())),
     );
+}
+
+/// What a loop on a ring does with completions; [`reap`](Self::reap) is the same for
+/// every loop: take the whole queue, then act on each entry while pushing submissions.
+pub trait Completions {
+    /// The loop's ring and its reusable completion buffer.
+    fn ring_and_buffer(&mut self) -> (&mut IoUring, &mut Vec<(u64, i32, u32)>);
+
+    /// One completion: user data, result, flags.
+    fn complete(&mut self, ud: u64, res: i32, flags: u32, now: std::time::Instant);
+
+    fn reap(&mut self, now: std::time::Instant) {
+        let (ring, buffer) = self.ring_and_buffer();
+        let mut cqes = std::mem::take(buffer);
+        completions(ring, &mut cqes);
+        for &(ud, res, flags) in &cqes {
+            self.complete(ud, res, flags, now);
+        }
+        *self.ring_and_buffer().1 = cqes;
+    }
 }
 
 /// Checks that a loop's needs are met here: the opcodes in `ops` (see [`probe_ring`]),

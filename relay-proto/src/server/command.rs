@@ -84,9 +84,12 @@ pub enum Command {
         relay: SocketAddr,
         peer: SocketAddr,
     },
-    /// Send `message` (a whole STUN message: a deferred Connect response or a
-    /// ConnectionAttempt indication) on the control connection `client`, in order with the
-    /// responses returned by `handle_client`. Dropped if that connection is gone.
+    /// Send `message` (a whole STUN message: a deferred Connect response, a
+    /// ConnectionAttempt indication, or the Allocate answer that follows a
+    /// [`relay_bind_failed`](super::Server::relay_bind_failed)) to `client` (any
+    /// transport: on its control connection, or as a datagram from its listener), in
+    /// order with the responses returned by `handle_client`. Dropped if a stream client's
+    /// connection is gone.
     SendToClient {
         id: AllocationId,
         client: FiveTuple,

@@ -234,6 +234,9 @@ impl Server {
             lifetime,
         });
         self.remember(now, id, msg, &out[..len]);
+        self.fresh_allocate = Some(from);
+        self.fresh_request.clear();
+        self.fresh_request.extend_from_slice(msg.as_bytes());
         Some(len)
     }
 

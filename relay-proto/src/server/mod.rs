@@ -12,8 +12,10 @@
 
 mod allocation;
 mod auth_check;
+mod bind_retry;
 mod command;
 mod config;
+mod dispatch;
 mod event;
 mod five_tuple;
 mod handle_allocate;
@@ -23,6 +25,7 @@ mod handle_data;
 mod handle_permission;
 mod handle_refresh;
 mod handle_tcp_relay;
+mod lifecycle;
 mod peer_policy;
 mod ports;
 mod reply;
@@ -127,6 +130,12 @@ pub struct Server {
     graveyard: Graveyard,
     redirected: RedirectMemory,
     bind_failures: BindFailures,
+    /// The client and request of the last `handle_client` call if it created an
+    /// allocation: the data path binds its relay ports before the answer leaves, and
+    /// [`relay_bind_failed`](Server::relay_bind_failed) answers this request again with
+    /// other ports. The buffer is reused (no allocation per Allocate).
+    fresh_allocate: Option<FiveTuple>,
+    fresh_request: Vec<u8>,
     draining: bool,
     alternate_cursor: usize,
     indication_counter: u64,
@@ -207,6 +216,8 @@ impl Server {
             graveyard: Graveyard::default(),
             redirected: RedirectMemory::default(),
             bind_failures: BindFailures::default(),
+            fresh_allocate: None,
+            fresh_request: Vec::new(),
             draining: false,
             alternate_cursor: 0,
             indication_counter: 0,
@@ -291,6 +302,7 @@ impl Server {
         if from.client.port() == 0 {
             return self.drop_client(DropReason::SourcePortZero);
         }
+        self.fresh_allocate = None;
         // RFC 6062: a spliced client data connection carries a peer's bytes, not STUN or
         // ChannelData; the data path must not frame it.
         if from.transport.is_stream() && self.tcp.is_data_connection(&from) {
@@ -321,38 +333,6 @@ impl Server {
         out: &mut [u8],
     ) -> PeerOutput {
         self.peer_data(now, relay, peer, payload, out)
-    }
-
-    /// The data path could not bind `relay`: the allocation holding it ends (event
-    /// [`CloseReason::RelayUnavailable`]) and the port is not handed out for
-    /// [`PORT_QUARANTINE`].
-    ///
-    /// The success response to its Allocate is void: the data path should discard it and
-    /// hand the same request to [`handle_client`](Self::handle_client) again, which then
-    /// allocates another port (the dead allocation's response is not replayed). After
-    /// [`RELAY_BIND_ATTEMPTS`] failed ports for one transaction the answer is 508.
-    pub fn relay_unavailable(&mut self, now: Instant, relay: SocketAddr) {
-        let family = Family::of(relay.ip());
-        let port = relay.port();
-        if let Some(id) = self.table.id_by_relay(relay) {
-            if let Some(a) = self.table.get(id)
-                && let Some(r) = a
-                    .last_response
-                    .as_deref()
-                    .filter(|r| r.method == Method::ALLOCATE.0)
-            {
-                self.bind_failures.record(now, a.client, r.txid);
-            }
-            self.remove_allocation(
-                now,
-                id,
-                Removal::Closed(CloseReason::RelayUnavailable),
-                Some((family, port)),
-            );
-            return;
-        }
-        // Not (or no longer) allocated: still keep it out of circulation.
-        self.quarantine(now, family, port);
     }
 
     /// A TCP/TLS client connection closed: the allocation made on it ends (RFC 8656 §5: the
@@ -497,440 +477,6 @@ impl Server {
             None => default,
             Some(secs) => Duration::from_secs(u64::from(secs)).clamp(default, max),
         }
-    }
-
-    fn client_stun<'p>(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        packet: &'p [u8],
-        out: &mut [u8],
-    ) -> ClientOutput<'p> {
-        if !self.admit_request(now, from, packet) {
-            return self.drop_client(DropReason::UnauthenticatedRate);
-        }
-        let msg = match Message::parse(packet) {
-            Ok(m) => m,
-            Err(e) => return self.malformed_stun(from, packet, e, out),
-        };
-        self.request.fingerprint = msg.has_fingerprint();
-        match msg.class() {
-            // RFC 6062: a Connect is answered later, a ConnectionBind turns the connection
-            // into a data connection; both have their own dispatch.
-            Class::Request if matches!(msg.method(), Method::CONNECT | Method::CONNECTION_BIND) => {
-                self.tcp_relay_request(now, from, &msg, out)
-            }
-            Class::Request => {
-                let reply = self.request(now, from, &msg, out);
-                self.reply_or_drop(reply)
-            }
-            Class::Indication => self.indication(now, from, &msg, out),
-            Class::Success | Class::Error => self.drop_client(DropReason::Unexpected),
-        }
-    }
-
-    /// `false` if `packet` is a request (by its header) on a 5-tuple without an allocation
-    /// and its source has used up its `unauthenticated_rate`. An established 5-tuple is
-    /// never limited; every other request counts, whether it verifies or not.
-    fn admit_request(&self, now: Instant, from: FiveTuple, packet: &[u8]) -> bool {
-        let is_request = packet
-            .first_chunk::<2>()
-            .is_some_and(|t| stun::decode_type(u16::from_be_bytes(*t)).0 == Class::Request);
-        if !is_request || self.table.id_by_tuple(&from).is_some() {
-            return true;
-        }
-        let (rate, burst) = (
-            self.config.unauthenticated_rate,
-            self.config.unauthenticated_burst,
-        );
-        self.shared
-            .admit_unauthenticated(now, from.client.ip(), rate, burst)
-    }
-
-    /// A packet that starts like STUN but does not parse: a request whose header is intact
-    /// gets 400 (RFC 8489 §6.3.1); anything else is dropped.
-    fn malformed_stun<'p>(
-        &mut self,
-        from: FiveTuple,
-        packet: &[u8],
-        err: stun::ParseError,
-        out: &mut [u8],
-    ) -> ClientOutput<'p> {
-        use stun::ParseError as E;
-        let answerable = !matches!(
-            err,
-            E::TooShort(_) | E::NotStun | E::BadMagicCookie(_) | E::BadFingerprint
-        );
-        let header = packet
-            .first_chunk::<{ stun::HEADER_LEN }>()
-            .map(|h| stun::decode_type(u16::from_be_bytes([h[0], h[1]])));
-        match header {
-            Some((Class::Request, method)) if answerable => {
-                let mut txid = [0u8; 12];
-                txid.copy_from_slice(&packet[8..20]);
-                self.events.push(Event::RequestRejected {
-                    client: from,
-                    method,
-                    code: 400,
-                });
-                let reply = self.error_response(
-                    method,
-                    stun::TransactionId(txid),
-                    None,
-                    400,
-                    "Malformed message",
-                    out,
-                    |_| Ok(()),
-                );
-                self.reply_or_drop(reply)
-            }
-            _ => self.drop_client(DropReason::Malformed),
-        }
-    }
-
-    fn indication<'p>(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        msg: &Message<'p>,
-        out: &mut [u8],
-    ) -> ClientOutput<'p> {
-        match msg.method() {
-            // A TCP allocation has no UDP socket to send from (RFC 6062 §5: data goes over
-            // the data connections).
-            Method::SEND if self.relays_tcp(&from) => self.drop_client(DropReason::Unexpected),
-            Method::SEND => self.send_indication(now, from, msg, out),
-            // Binding indications are keepalives (RFC 8489 §6.3.2): nothing to do.
-            Method::BINDING => ClientOutput::Nothing,
-            _ => self.drop_client(DropReason::Unexpected),
-        }
-    }
-
-    /// Dispatches a request; returns the length of the response in `out` (`None`: it did not
-    /// fit).
-    fn request(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        msg: &Message<'_>,
-        out: &mut [u8],
-    ) -> Option<usize> {
-        let method = msg.method();
-        let txid = msg.transaction_id();
-        if let Some(len) = self.replay(now, &from, method, txid.0, out) {
-            return len;
-        }
-        match method {
-            Method::BINDING => self.binding(from, msg, out),
-            Method::ALLOCATE
-            | Method::REFRESH
-            | Method::CREATE_PERMISSION
-            | Method::CHANNEL_BIND => {
-                let auth = match self.authenticate_request(now, from, msg, out) {
-                    Ok(a) => a,
-                    Err(reply) => return reply,
-                };
-                match method {
-                    Method::ALLOCATE => self.allocate(now, from, msg, &auth, out),
-                    Method::REFRESH => self.refresh(now, from, msg, &auth, out),
-                    Method::CREATE_PERMISSION => self.create_permission(now, from, msg, &auth, out),
-                    // Channels relay datagrams; a TCP allocation has none.
-                    _ if self.relays_tcp(&from) => {
-                        let why = "ChannelBind on a TCP allocation";
-                        self.reply_error(from, msg, Some(&auth), 400, why, out)
-                    }
-                    _ => self.channel_bind(now, from, msg, &auth, out),
-                }
-            }
-            _ => self.reply_error(from, msg, None, 400, "Unsupported method", out),
-        }
-    }
-
-    /// What every TURN request (Binding aside) passes before its handler: the long-term
-    /// credentials, then 420 for comprehension-required attributes we do not know.
-    /// `Err` holds the reply already written to `out` (`Err(None)`: it did not fit).
-    fn authenticate_request(
-        &mut self,
-        now: Instant,
-        from: FiveTuple,
-        msg: &Message<'_>,
-        out: &mut [u8],
-    ) -> Result<auth_check::Auth, Option<usize>> {
-        let auth = self.authenticate(now, from, msg, out)?;
-        let unknown = msg.unknown_comprehension_required();
-        if !unknown.is_empty() {
-            return Err(self.reply_unknown(from, msg, Some(&auth), &unknown, out));
-        }
-        Ok(auth)
-    }
-
-    /// A cached response to a retransmitted request: `Some(reply)` if this (5-tuple, method,
-    /// transaction) was answered in the last [`TRANSACTION_TTL`].
-    fn replay(
-        &mut self,
-        now: Instant,
-        from: &FiveTuple,
-        method: Method,
-        txid: [u8; 12],
-        out: &mut [u8],
-    ) -> Option<Option<usize>> {
-        let cached = match self
-            .table
-            .id_by_tuple(from)
-            .and_then(|id| self.table.get(id))
-        {
-            Some(a) => a
-                .last_response
-                .as_deref()
-                .filter(|c| c.txid == txid && c.method == method.0)
-                .filter(|c| now.saturating_duration_since(c.at) < TRANSACTION_TTL)
-                .map(|c| &c.bytes[..]),
-            None => self.graveyard.get(now, from, method.0, txid),
-        }?;
-        Some(out.get_mut(..cached.len()).map(|o| {
-            o.copy_from_slice(cached);
-            cached.len()
-        }))
-    }
-
-    /// Remembers `out[..len]` as the response to this request on allocation `id`.
-    fn remember(&mut self, now: Instant, id: AllocationId, msg: &Message<'_>, bytes: &[u8]) {
-        if let Some(a) = self.table.get_mut(id) {
-            a.last_response = Some(Box::new(allocation::CachedResponse {
-                method: msg.method().0,
-                txid: msg.transaction_id().0,
-                at: now,
-                bytes: bytes.into(),
-            }));
-        }
-    }
-
-    // ----- allocation lifecycle -------------------------------------------------------------
-
-    /// Removes an allocation with all its commands and its event. `quarantine`: the relayed
-    /// port that must not be reused for a while (the data path could not bind it).
-    fn remove_allocation(
-        &mut self,
-        now: Instant,
-        id: AllocationId,
-        why: Removal,
-        quarantine: Option<(Family, u16)>,
-    ) -> Option<Allocation> {
-        let a = self.table.remove(id)?;
-        // Peer connections close before their relayed address.
-        let protocol = self.end_tcp_allocation(&a);
-        for c in a.channels.iter().filter(|c| !c.cooling) {
-            if let Some(r) = a.relayed(Family::of(c.peer.ip())) {
-                self.commands.push_back(Command::ChannelUnbound {
-                    id,
-                    client: a.client,
-                    relay: r.bind,
-                    peer: c.peer,
-                    channel: c.number,
-                });
-            }
-        }
-        for p in &a.permissions {
-            if let Some(r) = a.relayed(Family::of(p.ip)) {
-                self.commands.push_back(Command::PermissionRemoved {
-                    id,
-                    client: a.client,
-                    relay: r.bind,
-                    peer: p.ip,
-                });
-            }
-        }
-        for r in a.relayed.iter().flatten() {
-            self.commands.push_back(Command::AllocationRemoved {
-                id,
-                client: a.client,
-                relay: r.bind,
-                public: r.public,
-                protocol,
-            });
-        }
-        // A quarantined port stays busy in the pool: the quarantine timer frees it.
-        let owner = shared::Owner {
-            user: &a.user,
-            credential: a.credential,
-            client: a.client.client.ip(),
-        };
-        if self.shared.release(now, owner, &a.relayed, quarantine)
-            && let Some((family, port)) = quarantine
-        {
-            self.schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
-        }
-        let (user, client, counters) = (a.user.clone(), a.client, a.counters);
-        self.events.push(match why {
-            Removal::Expired => Event::AllocationExpired {
-                id,
-                user,
-                client,
-                counters,
-            },
-            Removal::Deleted => Event::AllocationDeleted {
-                id,
-                user,
-                client,
-                counters,
-            },
-            Removal::Closed(reason) => Event::AllocationClosed {
-                id,
-                user,
-                client,
-                reason,
-                counters,
-            },
-        });
-        Some(a)
-    }
-
-    /// Takes a free port out of circulation for [`PORT_QUARANTINE`].
-    fn quarantine(&mut self, now: Instant, family: Family, port: u16) {
-        // Busy for another reason (reserved, another shard's allocation): left alone.
-        if self.shared.quarantine(now, family, port) {
-            self.schedule(now + PORT_QUARANTINE, TimerKey::Quarantine(family, port));
-        }
-    }
-
-    /// Removes the permission for `ip`, the channels and TCP connections to it (policy
-    /// reload).
-    pub(crate) fn revoke_peer(&mut self, id: AllocationId, ip: IpAddr) {
-        let Some(a) = self.table.get_mut(id) else {
-            return;
-        };
-        let Some(relay) = a.relayed(Family::of(ip)).map(|r| r.bind) else {
-            return;
-        };
-        let client = a.client;
-        let mut unbound = Vec::new();
-        a.channels.retain(|c| {
-            if c.peer.ip() == ip {
-                if !c.cooling {
-                    unbound.push((c.peer, c.number));
-                }
-                false
-            } else {
-                true
-            }
-        });
-        a.permissions.retain(|p| p.ip != ip);
-        for (peer, channel) in unbound {
-            self.commands.push_back(Command::ChannelUnbound {
-                id,
-                client,
-                relay,
-                peer,
-                channel,
-            });
-        }
-        self.commands.push_back(Command::PermissionRemoved {
-            id,
-            client,
-            relay,
-            peer: ip,
-        });
-        self.close_connections_to(id, |peer| peer.ip() == ip, ConnectionEnd::PeerDenied);
-    }
-
-    fn fire(&mut self, now: Instant, key: TimerKey) {
-        match key {
-            TimerKey::Allocation(id) => {
-                if self.table.get(id).is_some_and(|a| a.expires <= now) {
-                    self.remove_allocation(now, id, Removal::Expired, None);
-                }
-            }
-            TimerKey::Permission(id, ip) => {
-                let Some(a) = self.table.get_mut(id) else {
-                    return;
-                };
-                let Some(i) = a.permissions.iter().position(|p| p.ip == ip) else {
-                    return;
-                };
-                if a.permissions[i].expires > now {
-                    return;
-                }
-                a.permissions.swap_remove(i);
-                if let Some(r) = a.relayed(Family::of(ip)) {
-                    self.commands.push_back(Command::PermissionRemoved {
-                        id,
-                        client: a.client,
-                        relay: r.bind,
-                        peer: ip,
-                    });
-                }
-            }
-            TimerKey::Channel(id, number) => {
-                let Some(a) = self.table.get_mut(id) else {
-                    return;
-                };
-                let Some(i) = a.channels.iter().position(|c| c.number == number) else {
-                    return;
-                };
-                let c = a.channels[i];
-                if c.expires > now {
-                    return;
-                }
-                if c.cooling {
-                    a.channels.swap_remove(i);
-                    return;
-                }
-                let until = c.expires + CHANNEL_COOLDOWN;
-                a.channels[i].cooling = true;
-                a.channels[i].expires = until;
-                if let Some(r) = a.relayed(Family::of(c.peer.ip())) {
-                    self.commands.push_back(Command::ChannelUnbound {
-                        id,
-                        client: a.client,
-                        relay: r.bind,
-                        peer: c.peer,
-                        channel: number,
-                    });
-                }
-                if until <= now {
-                    a.channels.swap_remove(i);
-                } else {
-                    self.schedule(until, TimerKey::Channel(id, number));
-                }
-            }
-            TimerKey::Reservation(token) => self.shared.expire_reservation(now, token),
-            TimerKey::Quarantine(family, port) => {
-                self.shared.expire_quarantine(now, family, port);
-            }
-        }
-    }
-
-    /// Every deadline change gets its own heap entry (the old one fires as a no-op). The
-    /// bound is kept here, on insert, not when a timer comes due: a quiet shard under a
-    /// refresh flood may have nothing due for an hour while every request pushes an entry.
-    /// A rebuild costs O(live objects) and happens only once the heap has doubled since the
-    /// last one, so it is amortised O(1) per insert.
-    fn schedule(&mut self, at: Instant, key: TimerKey) {
-        self.timers.schedule(at, key);
-        if self.timers.needs_compaction() {
-            self.compact_timers();
-        }
-    }
-
-    fn compact_timers(&mut self) {
-        let mut live = Vec::with_capacity(self.timers.len() / 2);
-        for a in self.table.iter() {
-            live.push((a.expires, TimerKey::Allocation(a.id)));
-            for p in &a.permissions {
-                live.push((p.expires, TimerKey::Permission(a.id, p.ip)));
-            }
-            for c in &a.channels {
-                live.push((c.expires, TimerKey::Channel(a.id, c.number)));
-            }
-        }
-        self.shared.deadlines(&mut live);
-        self.timers.rebuild(live);
-    }
-
-    /// Number of timer entries (live and stale), for tests of the compaction bound.
-    #[cfg(test)]
-    fn timer_entries(&self) -> usize {
-        self.timers.len()
     }
 }
 

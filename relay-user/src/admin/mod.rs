@@ -291,6 +291,7 @@ mod tests {
             None,
             shards.handles.clone(),
             Kernel::off(),
+            Default::default(),
             crate::control::XdpStatus {
                 configured: AttachMode::Off,
                 interfaces: vec![],

@@ -1,7 +1,7 @@
 //! `/metrics`: one snapshot of the shards' cores, the XDP maps and the event counters per
 //! scrape, encoded with prometheus-client (OpenMetrics text, which Prometheus reads).
 
-use std::{fmt, net::SocketAddr};
+use std::{fmt, net::SocketAddr, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -14,7 +14,7 @@ use relay_proto::server::{DropCounters, Server};
 
 use crate::{
     control::{Control, QUERY_TIMEOUT},
-    metrics::{Path, Traffic, counters},
+    metrics::{EventCounters, Path, Traffic},
 };
 
 /// The media type prometheus-client's text encoder produces.
@@ -82,6 +82,8 @@ struct Scrape {
     xdp_maps: Vec<(&'static str, usize, u32)>,
     reloads: (u64, u64),
     tcp: Option<TcpFigures>,
+    /// The event counters the shards feed.
+    events: Arc<EventCounters>,
 }
 
 /// The TCP/TLS shard's connection counters at scrape time.
@@ -117,7 +119,7 @@ impl TcpFigures {
 pub fn render(control: &Control) -> Result<String, fmt::Error> {
     // Ended allocations first, live ones after: one that ends in between is then missed
     // by this scrape (the floor below hides that), never counted twice.
-    let retired = Path::ALL.map(|p| counters().retired(p));
+    let retired = Path::ALL.map(|p| control.counters().retired(p));
     let answers = control.gather(QUERY_TIMEOUT, shard_stats);
     let mut shards = Vec::new();
     let mut shards_missing = Vec::new();
@@ -194,6 +196,7 @@ pub fn render(control: &Control) -> Result<String, fmt::Error> {
         xdp_maps,
         reloads: (ok, refused),
         tcp: control.tcp_stats().map(TcpFigures::of),
+        events: control.counters().clone(),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -272,7 +275,7 @@ impl Scrape {
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         use MetricType::{Counter, Gauge};
-        let ev = counters();
+        let ev = &*self.events;
         family(
             &mut enc,
             "relay_build_info",

@@ -5,7 +5,10 @@
 //! shard only through its [`ShardHandle`]: closures run on the shard's thread between
 //! batches, so the core never needs a lock.
 
+pub mod apply;
 mod kernel;
+pub mod relays;
+pub mod slab;
 
 use std::{
     io,

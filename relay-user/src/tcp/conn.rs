@@ -7,22 +7,9 @@
 
 use std::{net::SocketAddr, net::TcpStream, time::Instant};
 
+use super::connection::{Mode, Wire};
+use crate::shard::slab::Key;
 use relay_proto::server::{ConnectionId, FiveTuple};
-use rustls::ServerConnection;
-
-use super::{slab::Key, stream::TxBuf};
-
-/// Frames are at most 64 KiB + headers; more than this waiting unprocessed means the
-/// client keeps sending while we are not reading (a paused connection overrun).
-pub const RX_LIMIT: usize = 256 * 1024;
-
-pub enum Mode {
-    /// A listener with both `tcp` and `tls`: the first byte decides (0x16 starts a TLS
-    /// handshake record; STUN starts 0x00/0x01, ChannelData 0x40-0x7F).
-    Detect,
-    Plain,
-    Tls(Box<ServerConnection>),
-}
 
 /// Event-loop bookkeeping (each engine uses the fields it needs).
 #[derive(Default, Debug)]
@@ -55,10 +42,8 @@ pub struct Stall {
 pub struct Conn {
     pub stream: TcpStream,
     pub five: FiveTuple,
-    pub mode: Mode,
-    /// Bytes of frames not yet complete, or not yet processed while paused.
-    pub rx: Vec<u8>,
-    pub tx: TxBuf,
+    /// Its bytes: TLS, frames not yet whole, the send queue and its marks.
+    pub wire: Wire,
     pub accepted: Instant,
     /// When the last complete frame arrived; `None` before the first one.
     pub last_frame: Option<Instant>,
@@ -68,8 +53,6 @@ pub struct Conn {
     pub stall: Option<Stall>,
     /// Payload of the stalled datagram; keeps its capacity.
     pub stall_buf: Vec<u8>,
-    /// Above the high-water mark, until drained to the low one.
-    pub tx_full: bool,
     /// Why it is being closed; set once.
     pub closing: Option<String>,
     /// Closes once its queue is sent, or at this time at the latest (the other end of a
@@ -81,7 +64,7 @@ pub struct Conn {
     pub connecting: bool,
     /// Spliced with this socket of the other table (peer for a client data connection,
     /// client data connection for a peer).
-    pub link: Option<super::slab::Key>,
+    pub link: Option<Key>,
     /// The linked socket's queue is above the high-water mark: stop reading.
     pub partner_full: bool,
     /// Counts against `tcp.max_connections` and its source's limit. Cleared as soon as
@@ -96,15 +79,12 @@ impl Conn {
         Self {
             stream,
             five,
-            mode,
-            rx: Vec::new(),
-            tx: TxBuf::default(),
+            wire: Wire::new(mode),
             accepted: now,
             last_frame: None,
             last_authenticated: None,
             stall: None,
             stall_buf: Vec::new(),
-            tx_full: false,
             closing: None,
             finish_by: None,
             relay_conn: None,
@@ -134,7 +114,7 @@ impl Conn {
             Some(_) => !self.partner_full,
             // A peer connection waits unread for its ConnectionBind.
             None if self.relay_conn.is_some() => false,
-            None => !self.tx_full && self.stall.is_none(),
+            None => !self.wire.tx_full && self.stall.is_none(),
         }
     }
 

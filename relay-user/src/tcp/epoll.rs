@@ -7,7 +7,7 @@
 
 use std::{
     io::{self, Read as _, Write as _},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, RawFd},
     time::Instant,
 };
 
@@ -15,10 +15,12 @@ use relay_proto::server::Server;
 
 use super::{
     conn::Conn,
-    slab::Key,
     state::{RelayChange, Side, State, Work, connect_outcome, token},
 };
-use crate::shard::Inbox;
+use crate::{
+    epoll::{Epoll, ctl},
+    shard::{Inbox, slab::Key},
+};
 
 const WAKE: u8 = 1;
 const LISTENER: u8 = 2;
@@ -38,7 +40,7 @@ const OUT: u32 = libc::EPOLLOUT as u32;
 pub struct EpollLoop {
     state: State,
     inbox: Inbox,
-    epoll: OwnedFd,
+    epoll: Epoll,
     read_buf: Box<[u8]>,
 }
 
@@ -46,13 +48,10 @@ impl EpollLoop {
     /// On failure the state comes back (the caller still owns the core).
     #[allow(clippy::result_large_err)]
     pub fn new(state: State, inbox: Inbox) -> Result<Self, (io::Error, State)> {
-        // SAFETY: plain syscall; result checked.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err((io::Error::last_os_error(), state));
-        }
-        // SAFETY: just created, owned by nobody else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(fd) };
+        let epoll = match Epoll::new() {
+            Ok(e) => e,
+            Err(e) => return Err((e, state)),
+        };
         let me = Self {
             state,
             inbox,
@@ -85,7 +84,7 @@ impl EpollLoop {
     }
 
     fn ctl(&self, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-        ctl(self.epoll.as_raw_fd(), op, fd, events, token)
+        self.epoll.ctl(op, fd, events, token)
     }
 
     /// Runs until the shard is told to stop; returns the core.
@@ -101,25 +100,15 @@ impl EpollLoop {
                 .as_millis()
                 .min(1000) as i32
                 + 1;
-            // SAFETY: `events` has room for its length.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as i32,
-                    timeout,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "epoll_wait failed; the TCP/TLS data path stops");
+                    break;
                 }
-                tracing::error!(error = %e, "epoll_wait failed; the TCP/TLS data path stops");
-                break;
-            }
+            };
             let now = Instant::now();
-            for ev in &events[..n as usize] {
+            for ev in &events[..n] {
                 let (ready, tok) = (ev.events, ev.u64);
                 self.dispatch(ready, tok, now);
             }
@@ -185,11 +174,11 @@ impl EpollLoop {
                 }
             }
             RELAY => {
-                let ep = self.epoll.as_raw_fd();
+                let ep = self.epoll.fd();
                 if ready & OUT != 0
                     && let Some(r) = self.state.relays.get_mut(key)
                 {
-                    r.watching_out = false;
+                    r.edge.watching_out = false;
                     if let Err(e) = ctl(
                         ep,
                         libc::EPOLL_CTL_MOD,
@@ -333,11 +322,11 @@ impl EpollLoop {
             }
             RelayChange::ListenerClosed(_, sock) => drop(sock),
             RelayChange::WantWritable(k) => {
-                let ep = self.epoll.as_raw_fd();
+                let ep = self.epoll.fd();
                 if let Some(r) = self.state.relays.get_mut(k)
-                    && !r.watching_out
+                    && !r.edge.watching_out
                 {
-                    r.watching_out = true;
+                    r.edge.watching_out = true;
                     let _ = ctl(
                         ep,
                         libc::EPOLL_CTL_MOD,
@@ -359,8 +348,8 @@ impl EpollLoop {
             if c.closing.is_some() || c.connecting {
                 return Ok(());
             }
-            let Conn { stream, tx, .. } = c;
-            let buf = tx.peek();
+            let Conn { stream, wire, .. } = c;
+            let buf = wire.tx.peek();
             if buf.is_empty() {
                 return Ok(());
             }
@@ -385,7 +374,7 @@ impl EpollLoop {
         let mask = if c.connecting {
             OUT
         } else {
-            (if c.wants_read() { IN } else { 0 }) | if c.tx.is_empty() { 0 } else { OUT }
+            (if c.wants_read() { IN } else { 0 }) | if c.wire.tx.is_empty() { 0 } else { OUT }
         };
         if mask != c.io.epoll_mask || !c.io.registered {
             let fd = c.stream.as_raw_fd();
@@ -401,15 +390,6 @@ impl EpollLoop {
             }
         }
     }
-}
-
-fn ctl(epoll: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
-    let mut ev = libc::epoll_event { events, u64: token };
-    // SAFETY: valid fds and event struct.
-    if unsafe { libc::epoll_ctl(epoll, op, fd, &mut ev) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Logged once per kind of failure burst: running out of descriptors is the one an

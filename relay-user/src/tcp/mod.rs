@@ -2,9 +2,13 @@
 //! thread that owns its core, the client connections and the UDP relay sockets of their
 //! allocations, on an io_uring event loop, or an epoll one where io_uring is unavailable.
 //!
-//! - `state`: everything both loops share: accept limits, STUN/ChannelData framing over
-//!   the stream (`frame_len`, ChannelData padding), TLS sessions, flow control, relay
-//!   sockets, timeouts. `stream` is a connection's send queue, `conn` a connection.
+//! - `state`: everything both loops share: STUN/ChannelData framing over the stream
+//!   (`frame_len`, ChannelData padding) for the core, with the connections' lifecycle,
+//!   the relay sockets and the core's commands, the RFC 6062 splice and the timeouts in
+//!   its submodules.
+//! - `connection`: a connection's bytes without the socket (sans-IO): TLS detection and
+//!   session, plaintext in, the send queue and its flow-control marks. `stream` is the
+//!   send queue itself, `conn` a socket with its loop bookkeeping.
 //! - `uring`: the io_uring loop and the probe that decides whether it can run.
 //! - `epoll`: the fallback loop.
 //! - `tls`: certificate loading and reload; `records`: plaintext into TLS records.
@@ -16,12 +20,14 @@
 //! socket is a new tag and table, not a change to the client path.
 
 mod conn;
+mod connection;
 mod epoll;
 mod limits;
 mod records;
-mod slab;
 mod state;
 mod stream;
+#[cfg(test)]
+mod test_tls;
 pub mod tls;
 mod uring;
 
@@ -45,7 +51,7 @@ pub use uring::probe as probe_io_uring;
 
 use crate::{
     config::{Config, IoEngine, Transport},
-    shard::{Inbox, Kernel},
+    shard::{Inbox, apply::Mirror},
 };
 
 /// Environment override of `[tcp] engine` (auto | io_uring | epoll), for hosts where a
@@ -93,7 +99,7 @@ pub fn spawn(
     server: Server,
     config: &Config,
     inbox: Inbox,
-    kernel: Kernel,
+    mirror: Mirror,
 ) -> anyhow::Result<TcpShard> {
     let mut listeners = Vec::new();
     for l in &config.listeners {
@@ -136,7 +142,7 @@ pub fn spawn(
         None => None,
     };
     let acceptor = tls.clone();
-    let state = state::State::new(server, kernel, settings, tls, listeners, Instant::now());
+    let state = state::State::new(server, mirror, settings, tls, listeners, Instant::now());
     let stats = state.stats.clone();
     let thread = std::thread::Builder::new()
         .name("tcp".into())

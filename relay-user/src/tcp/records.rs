@@ -40,34 +40,17 @@ pub fn seal(tls: &mut ServerConnection, tx: &mut TxBuf, mut plaintext: &[u8]) ->
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use rustls::{ClientConfig, ClientConnection, RootCertStore, pki_types::ServerName};
+    use rustls::{ClientConnection, pki_types::ServerName};
 
     use super::*;
+    use crate::tcp::test_tls::configs;
 
     /// A server and a client session with the handshake done.
     fn pair() -> (ServerConnection, ClientConnection) {
-        let ck = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).unwrap();
-        let cert = ck.cert.der().clone();
-        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.clone()], key)
-            .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut s = ServerConnection::new(Arc::new(server)).unwrap();
+        let (server, client) = configs();
+        let mut s = ServerConnection::new(server).unwrap();
         let name = ServerName::try_from("relay.test").unwrap();
-        let mut c = ClientConnection::new(Arc::new(client), name).unwrap();
+        let mut c = ClientConnection::new(client, name).unwrap();
         while s.is_handshaking() || c.is_handshaking() {
             let mut wire = Vec::new();
             while c.wants_write() {

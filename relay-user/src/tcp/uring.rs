@@ -23,13 +23,10 @@ use std::{
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use relay_proto::server::Server;
 
-use super::{
-    slab::Key,
-    state::{RelayChange, Side, State, Work, connect_outcome, token},
-};
+use super::state::{RelayChange, Side, State, Work, connect_outcome, token};
 use crate::{
-    shard::Inbox,
-    uring::{BufRing, Unavailable, completions, probe_multishot, setup_error, submit_and_wait},
+    shard::{Inbox, slab::Key},
+    uring::{BufRing, Completions, Unavailable, probe_multishot, setup_error, submit_and_wait},
 };
 
 const WAKE: u8 = 1;
@@ -106,15 +103,9 @@ impl UringLoop {
             Ok(r) => r,
             Err(e) => return Err((setup_error(e), state, inbox)),
         };
-        let bufs = match BufRing::new(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
+        let bufs = match BufRing::registered(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
             Ok(b) => b,
-            Err(source) => {
-                let e = Unavailable::Failed {
-                    what: "registering receive buffers",
-                    source,
-                };
-                return Err((e, state, inbox));
-            }
+            Err(e) => return Err((e, state, inbox)),
         };
         let mut me = Self {
             ring,
@@ -218,21 +209,18 @@ impl UringLoop {
             );
             std::mem::forget(self.bufs.take());
             for c in self.state.conns.values_mut() {
-                std::mem::forget(std::mem::take(&mut c.tx));
+                std::mem::forget(std::mem::take(&mut c.wire.tx));
             }
             for c in self.state.peers.values_mut() {
-                std::mem::forget(std::mem::take(&mut c.tx));
+                std::mem::forget(std::mem::take(&mut c.wire.tx));
             }
         }
     }
+}
 
-    fn reap(&mut self, now: Instant) {
-        let mut cqes = std::mem::take(&mut self.cqes);
-        completions(&mut self.ring, &mut cqes);
-        for &(ud, res, flags) in &cqes {
-            self.complete(ud, res, flags, now);
-        }
-        self.cqes = cqes;
+impl Completions for UringLoop {
+    fn ring_and_buffer(&mut self) -> (&mut IoUring, &mut Vec<(u64, i32, u32)>) {
+        (&mut self.ring, &mut self.cqes)
     }
 
     fn complete(&mut self, ud: u64, res: i32, flags: u32, now: Instant) {
@@ -344,14 +332,16 @@ impl UringLoop {
             }
             RELAY_OUT => {
                 if let Some(r) = self.state.relays.get_mut(key) {
-                    r.watching_out = false;
+                    r.edge.watching_out = false;
                     self.state.relay_writable(key, now);
                 }
             }
             _ => {}
         }
     }
+}
 
+impl UringLoop {
     fn received(&mut self, side: Side, id: Key, res: i32, flags: u32, now: Instant) {
         let more = cqueue::more(flags);
         if res > 0 {
@@ -430,9 +420,9 @@ impl UringLoop {
             }
             RelayChange::WantWritable(k) => {
                 if let Some(r) = self.state.relays.get_mut(k)
-                    && !r.watching_out
+                    && !r.edge.watching_out
                 {
-                    r.watching_out = true;
+                    r.edge.watching_out = true;
                     let fd = r.sock.as_raw_fd();
                     let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
                         .build()
@@ -502,7 +492,7 @@ impl UringLoop {
             return;
         }
         if !c.io.send_inflight {
-            let buf = c.tx.peek();
+            let buf = c.wire.tx.peek();
             if !buf.is_empty() {
                 let (ptr, len) = (buf.as_ptr(), buf.len() as u32);
                 c.io.send_inflight = true;

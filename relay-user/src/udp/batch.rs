@@ -2,8 +2,9 @@
 
 use std::{io, net::SocketAddr, os::fd::RawFd};
 
-/// Largest datagram we relay; bigger ones are counted and dropped (MSG_TRUNC).
-pub const DATAGRAM_MAX: usize = 4096;
+/// Largest datagram received (the shard's limit, the same on every path); bigger ones
+/// are truncated by the kernel and dropped (MSG_TRUNC).
+pub use crate::shard::apply::DATAGRAM_MAX;
 pub const BATCH: usize = 32;
 
 /// The mmsghdr array and the buffers, addresses and iovecs it points into, allocated

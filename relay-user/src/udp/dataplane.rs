@@ -23,7 +23,7 @@ use super::{
 };
 use crate::{
     config::IoEngine,
-    shard::{Inbox, Kernel},
+    shard::{Inbox, apply::Mirror},
 };
 
 /// Overrides `[udp] engine` (tests run both loops on one config).
@@ -38,14 +38,15 @@ impl Dataplane {
     /// Binds this worker's member of every listener's SO_REUSEPORT group now, so that a
     /// failure is a startup error naming the address (check with
     /// [`claim_listener`](super::claim_listener) first that nobody else holds it).
-    /// `inbox` brings control-plane jobs (reload, drain, admin queries); `kernel` mirrors
-    /// the core's commands into the XDP maps when the fast path is on; `engine` comes
+    /// `inbox` brings control-plane jobs (reload, drain, admin queries); `mirror` carries
+    /// the core's commands into the XDP maps when the fast path is on, and its events
+    /// into the counters; `engine` comes
     /// from [`choose_engine`].
     pub fn new(
         server: Server,
         listen: &[SocketAddr],
         inbox: Inbox,
-        kernel: Kernel,
+        mirror: Mirror,
         engine: IoEngine,
     ) -> anyhow::Result<Self> {
         let mut listeners = Vec::new();
@@ -54,7 +55,7 @@ impl Dataplane {
             listeners.push(Listener { addr: *addr, sock });
         }
         Ok(Self {
-            plane: Plane::new(server, listeners, inbox, kernel),
+            plane: Plane::new(server, listeners, inbox, mirror),
             engine,
         })
     }

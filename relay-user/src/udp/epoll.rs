@@ -3,26 +3,22 @@
 //! leaving through the same socket. It runs where io_uring cannot (see
 //! [`super::uring`]).
 
-use std::{
-    io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    time::Instant,
-};
+use std::{io, os::fd::AsRawFd, time::Instant};
 
 use anyhow::Context as _;
 
 use super::{
     batch::{BATCH, RecvBatch, SendBatch},
-    plane::{Plane, RELAY_TOKEN_BASE, Registry, epoll_add},
+    plane::{LISTENER, Plane, RELAY, Registry, WAKE},
 };
+use crate::{epoll::Epoll, shard::slab::Key};
 
-const WAKE: u64 = u64::MAX;
 /// Batches taken from one socket before looking at the others (fairness).
 const BATCHES_PER_WAKEUP: usize = 8;
 
 pub(super) struct EpollLoop {
     plane: Plane,
-    epoll: OwnedFd,
+    epoll: Epoll,
     rx: RecvBatch,
     tx: SendBatch,
 }
@@ -32,7 +28,7 @@ impl EpollLoop {
     pub fn new(mut plane: Plane) -> Result<Self, (anyhow::Error, Plane)> {
         match Self::epoll(&plane) {
             Ok(epoll) => {
-                plane.relays.registry = Registry::Epoll(epoll.as_raw_fd());
+                plane.relays.registry = Registry::Epoll(epoll.fd());
                 Ok(Self {
                     plane,
                     epoll,
@@ -44,17 +40,14 @@ impl EpollLoop {
         }
     }
 
-    fn epoll(plane: &Plane) -> anyhow::Result<OwnedFd> {
-        // SAFETY: plain syscall; result checked.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(io::Error::last_os_error()).context("epoll_create1");
-        }
-        // SAFETY: just created, owned by nobody else.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        epoll_add(epoll.as_raw_fd(), plane.inbox.waker.fd(), WAKE).context("epoll_ctl")?;
+    fn epoll(plane: &Plane) -> anyhow::Result<Epoll> {
+        let epoll = Epoll::new().context("epoll_create1")?;
+        epoll
+            .add(plane.inbox.waker.fd(), Key::fixed_token(WAKE, 0))
+            .context("epoll_ctl")?;
         for (i, l) in plane.listeners.iter().enumerate() {
-            epoll_add(epoll.as_raw_fd(), l.sock.as_raw_fd(), i as u64)
+            epoll
+                .add(l.sock.as_raw_fd(), Key::fixed_token(LISTENER, i))
                 .with_context(|| format!("epoll_ctl (listener {})", l.addr))?;
         }
         Ok(epoll)
@@ -64,25 +57,20 @@ impl EpollLoop {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 64];
         while !self.plane.inbox.stopping() {
             let timeout = self.plane.wait_ms() as i32;
-            // SAFETY: events has room for 64 entries.
-            let n = unsafe {
-                libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 64, timeout)
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::error!(error = %e, "epoll_wait failed; the UDP data path stops");
+                    break;
                 }
-                tracing::error!(error = %e, "epoll_wait failed; the UDP data path stops");
-                break;
-            }
-            for ev in &events[..n as usize] {
-                let token = ev.u64;
-                if token == WAKE {
+            };
+            for ev in &events[..n] {
+                let (kind, key) = Key::from_token(ev.u64);
+                if kind == WAKE {
                     self.plane.inbox.waker.clear();
                     self.plane.inbox.run_jobs(&mut self.plane.server);
                 } else {
-                    self.drain(token);
+                    self.drain(kind, key);
                 }
             }
             // Nothing is queued here (every drain flushed): what the timers closed goes.
@@ -93,14 +81,17 @@ impl EpollLoop {
     }
 
     /// Reads a ready socket until it is empty or has had its share.
-    fn drain(&mut self, token: u64) {
-        let (relay, fd) = if token >= RELAY_TOKEN_BASE {
-            match self.plane.relays.slot((token - RELAY_TOKEN_BASE) as usize) {
+    fn drain(&mut self, kind: u8, key: Key) {
+        let (relay, fd) = match kind {
+            RELAY => match self.plane.relays.get(key) {
                 Some((addr, fd)) => (Some(addr), fd),
                 None => return, // closed since the event was queued
-            }
-        } else {
-            (None, self.plane.listeners[token as usize].sock.as_raw_fd())
+            },
+            LISTENER => match self.plane.listeners.get(key.idx as usize) {
+                Some(l) => (None, l.sock.as_raw_fd()),
+                None => return,
+            },
+            _ => return,
         };
         for _ in 0..BATCHES_PER_WAKEUP {
             let n = match self.rx.recv(fd) {
@@ -117,10 +108,13 @@ impl EpollLoop {
                     continue;
                 };
                 match relay {
-                    None => {
-                        self.plane
-                            .client_datagram(now, token as usize, from, packet, &mut self.tx)
-                    }
+                    None => self.plane.client_datagram(
+                        now,
+                        key.idx as usize,
+                        from,
+                        packet,
+                        &mut self.tx,
+                    ),
                     Some(addr) => self
                         .plane
                         .peer_datagram(now, addr, from, packet, &mut self.tx),

@@ -4,20 +4,22 @@
 //! send; this is the rest.
 
 use std::{
-    collections::HashMap,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, RawFd},
     time::Instant,
 };
 
-use relay_common::AllocCounters;
 use relay_proto::server::{
-    AllocationId, ClientOutput, Command, Event, FiveTuple, PeerOutput, RELAY_BIND_ATTEMPTS, Server,
-    Transport,
+    ClientOutput, ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server, Transport,
 };
 
 use super::socket::bind_udp;
-use crate::shard::{Inbox, Kernel};
+use crate::shard::{
+    Inbox,
+    apply::{self, Edge, Mirror},
+    relays::RelaySockets,
+    slab::Key,
+};
 
 /// Where a loop puts a datagram to send: `bytes` to `to` through socket `fd`.
 pub(super) trait Outbox {
@@ -29,52 +31,39 @@ pub(super) struct Listener {
     pub sock: UdpSocket,
 }
 
-struct Relay {
-    sock: UdpSocket,
-    slot: usize,
-}
-
 /// How relay sockets join the loop's wait set.
 pub(super) enum Registry {
-    /// Added to this epoll set when opened (token: the slot); closing the fd leaves it.
+    /// Added to this epoll set when opened (token: [`relay_token`]); closing the fd leaves it.
     Epoll(RawFd),
-    /// The io_uring loop arms a multishot receive on each slot in `opened`, and cancels
-    /// the one of each socket in `closed`: an armed receive holds the socket (and its
-    /// port) open after close, so the slot stays taken until the loop calls
-    /// [`Relays::free_slot`].
+    /// The io_uring loop arms a multishot receive on each socket in `opened`, and cancels
+    /// the one of each socket in `closed`, which it keeps until the cancel completes: an
+    /// armed receive holds the socket (and its port) open after close.
     Uring {
-        opened: Vec<usize>,
-        closed: Vec<(usize, UdpSocket)>,
+        opened: Vec<Key>,
+        closed: Vec<(Key, UdpSocket)>,
     },
 }
 
-/// The relay sockets and the kernel mirror.
+/// The relay sockets.
 pub(super) struct Relays {
     pub registry: Registry,
-    kernel: Kernel,
-    sockets: HashMap<SocketAddr, Relay>,
-    /// Slot (the loop's token for a relay socket) → its bind address; free slots are reused.
-    slots: Vec<Option<SocketAddr>>,
-    free_slots: Vec<usize>,
+    table: RelaySockets<()>,
     /// Closed relay sockets whose fd a batch's queued sends may still name: kept until
     /// those are handed to the kernel ([`bury`](Self::bury)), so a send can never reach
     /// whatever socket reuses the fd number.
     retired: Vec<UdpSocket>,
-    /// Kernel counters of allocations being removed, read before their map entries go,
-    /// for the log line of the event that follows (same `apply_commands` call).
-    ended: Vec<(AllocationId, AllocCounters)>,
 }
 
 impl Relays {
-    /// The bind address and socket of relay slot `slot`, if it is open.
-    pub fn slot(&self, slot: usize) -> Option<(SocketAddr, RawFd)> {
-        let addr = self.slot_addr(slot)?;
-        Some((addr, self.sockets.get(&addr)?.sock.as_raw_fd()))
+    /// The bind address and socket of relay socket `key`, if it is open.
+    pub fn get(&self, key: Key) -> Option<(SocketAddr, RawFd)> {
+        let r = self.table.get(key)?;
+        Some((r.addr, r.sock.as_raw_fd()))
     }
 
-    /// The bind address of relay slot `slot`, if it is open.
-    pub fn slot_addr(&self, slot: usize) -> Option<SocketAddr> {
-        self.slots.get(slot).copied().flatten()
+    /// The bind address of relay socket `key`, if it is open.
+    pub fn addr(&self, key: Key) -> Option<SocketAddr> {
+        self.table.get(key).map(|r| r.addr)
     }
 
     /// Keeps a closed socket until [`bury`](Self::bury).
@@ -88,138 +77,59 @@ impl Relays {
         self.retired.clear();
     }
 
-    /// Gives back a slot whose socket the io_uring loop has finished with.
-    pub fn free_slot(&mut self, slot: usize) {
-        debug_assert!(self.slots[slot].is_none());
-        self.free_slots.push(slot);
-    }
-
-    pub fn is_open(&self, slot: usize) -> bool {
-        self.slot_addr(slot).is_some()
-    }
-
-    /// Relay sockets follow the core's allocation commands; events become log lines.
-    /// `true` if a relay port of an allocation for `client` could not be bound: the core
-    /// voided it, and its Allocate must be handed to the core again.
-    fn apply_commands(
-        &mut self,
-        server: &mut Server,
-        now: Instant,
-        client: Option<&FiveTuple>,
-    ) -> bool {
-        let mut bind_failed = false;
-        while let Some(cmd) = server.poll_command() {
-            if let Command::AllocationRemoved { id, relay, .. } = &cmd
-                && let Some(c) = self.kernel.allocation_counters(*relay)
-            {
-                self.ended.push((*id, c));
-            }
-            self.kernel.apply(&cmd);
-            match cmd {
-                Command::AllocationCreated {
-                    relay, client: c, ..
-                } => {
-                    if let Err(e) = self.open_relay(relay) {
-                        tracing::warn!(%relay, client = %c, error = %e,
-                            "cannot bind relay port (another program holds it? keep the relay port range out of net.ipv4.ip_local_port_range); the core voids the allocation and the request is retried on another port");
-                        server.relay_unavailable(now, relay);
-                        bind_failed |= Some(&c) == client;
-                    }
-                }
-                Command::AllocationRemoved { relay, .. } => self.close_relay(relay),
-                // Permissions and channels only matter to the kernel fast path (above).
-                Command::PermissionCreated { .. }
-                | Command::PermissionRemoved { .. }
-                | Command::ChannelBound { .. }
-                | Command::ChannelUnbound { .. } => {}
-                // RFC 6062 TCP allocations exist only for TCP/TLS clients: not on this shard.
-                Command::ConnectPeer { .. }
-                | Command::SendToClient { .. }
-                | Command::SpliceConnection { .. }
-                | Command::CloseConnection { .. } => {}
-            }
-        }
-        while let Some(event) = server.poll_event() {
-            let kernel = match &event {
-                Event::AllocationExpired { id, .. }
-                | Event::AllocationDeleted { id, .. }
-                | Event::AllocationClosed { id, .. } => kernel_total(&self.ended, *id),
-                _ => None,
-            };
-            crate::events::log_with_kernel(event, kernel);
-        }
-        self.ended.clear();
-        bind_failed
+    pub fn is_open(&self, key: Key) -> bool {
+        self.table.get(key).is_some()
     }
 
     fn open_relay(&mut self, relay: SocketAddr) -> std::io::Result<()> {
-        let sock = bind_udp(relay)?;
-        let slot = self.free_slots.pop().unwrap_or_else(|| {
-            self.slots.push(None);
-            self.slots.len() - 1
-        });
+        let (key, old) = self.table.insert(relay, bind_udp(relay)?, ());
+        if let Some((old, r)) = old {
+            self.unregister(old, r.sock);
+        }
         match &mut self.registry {
             Registry::Epoll(epoll) => {
-                if let Err(e) = epoll_add(*epoll, sock.as_raw_fd(), slot_token(slot)) {
-                    self.free_slots.push(slot);
+                let fd = self.table.get(key).map(|r| r.sock.as_raw_fd());
+                let add = crate::epoll::ctl(
+                    *epoll,
+                    libc::EPOLL_CTL_ADD,
+                    fd.unwrap_or(-1),
+                    libc::EPOLLIN as u32,
+                    relay_token(key),
+                );
+                if let Err(e) = add {
+                    self.table.close(relay);
                     return Err(e);
                 }
             }
-            Registry::Uring { opened, .. } => opened.push(slot),
+            Registry::Uring { opened, .. } => opened.push(key),
         }
-        self.slots[slot] = Some(relay);
-        self.sockets.insert(relay, Relay { sock, slot });
         Ok(())
     }
 
     fn close_relay(&mut self, relay: SocketAddr) {
-        if let Some(r) = self.sockets.remove(&relay) {
-            self.slots[r.slot] = None;
-            match &mut self.registry {
-                // Closing the fd (at the next bury) removes it from the epoll set; a
-                // stale event for the slot finds it closed or reused, which drains
-                // nothing or the new socket.
-                Registry::Epoll(_) => {
-                    self.free_slots.push(r.slot);
-                    self.retired.push(r.sock);
-                }
-                Registry::Uring { closed, .. } => closed.push((r.slot, r.sock)),
-            }
+        if let Some((key, r)) = self.table.close(relay) {
+            self.unregister(key, r.sock);
+        }
+    }
+
+    fn unregister(&mut self, key: Key, sock: UdpSocket) {
+        match &mut self.registry {
+            // Closing the fd (at the next bury) removes it from the epoll set; a stale
+            // event for the key misses (its slot may be reused, with a new generation).
+            Registry::Epoll(_) => self.retired.push(sock),
+            Registry::Uring { closed, .. } => closed.push((key, sock)),
         }
     }
 }
 
-/// Epoll tokens: listeners are their index, relay sockets this base plus their slot.
-pub(super) const RELAY_TOKEN_BASE: u64 = 1 << 32;
+/// Kinds of the epoll loop's tokens ([`Key::token`], the encoding every loop uses).
+pub(super) const LISTENER: u8 = 1;
+pub(super) const RELAY: u8 = 2;
+pub(super) const WAKE: u8 = 3;
 
-pub(super) fn slot_token(slot: usize) -> u64 {
-    RELAY_TOKEN_BASE + slot as u64
-}
-
-pub(super) fn epoll_add(epoll: RawFd, fd: RawFd, token: u64) -> std::io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: token,
-    };
-    // SAFETY: valid fds and event struct.
-    if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// The kernel's counters for allocation `id`, over both relayed addresses of a dual one.
-fn kernel_total(
-    ended: &[(AllocationId, AllocCounters)],
-    id: AllocationId,
-) -> Option<AllocCounters> {
-    let mut found = ended
-        .iter()
-        .filter(|(i, _)| *i == id)
-        .map(|(_, c)| c)
-        .peekable();
-    found.peek()?;
-    Some(AllocCounters::sum(found))
+/// The epoll token of relay socket `key`.
+pub(super) fn relay_token(key: Key) -> u64 {
+    key.token(RELAY)
 }
 
 /// One worker's core, listeners and relay sockets.
@@ -230,11 +140,15 @@ pub(super) struct Plane {
     /// Apart from the core so that commands can be carried out while a received packet
     /// is still borrowed.
     pub relays: Relays,
+    mirror: Mirror,
+    /// Answers of the core to UDP clients (`SendToClient`: a deferred Allocate answer),
+    /// sent by [`client_datagram`](Self::client_datagram), the only input that makes them.
+    deferred: Vec<(FiveTuple, Box<[u8]>)>,
     out: Box<[u8]>,
 }
 
 impl Plane {
-    pub fn new(server: Server, listeners: Vec<Listener>, inbox: Inbox, kernel: Kernel) -> Self {
+    pub fn new(server: Server, listeners: Vec<Listener>, inbox: Inbox, mirror: Mirror) -> Self {
         Self {
             server,
             inbox,
@@ -242,14 +156,12 @@ impl Plane {
             relays: Relays {
                 // Set by the loop before anything can be allocated.
                 registry: Registry::Epoll(-1),
-                kernel,
-                sockets: HashMap::new(),
-                slots: Vec::new(),
-                free_slots: Vec::new(),
+                table: RelaySockets::default(),
                 retired: Vec::new(),
-                ended: Vec::with_capacity(4),
             },
-            out: vec![0; 65536].into_boxed_slice(),
+            mirror,
+            deferred: Vec::new(),
+            out: vec![0; apply::OUT_BYTES].into_boxed_slice(),
         }
     }
 
@@ -262,38 +174,32 @@ impl Plane {
         packet: &[u8],
         tx: &mut impl Outbox,
     ) {
-        let listener = &self.listeners[l];
         let five = FiveTuple {
             client: from,
-            listener: listener.addr,
+            listener: self.listeners[l].addr,
             transport: Transport::Udp,
         };
         let mut output = self.server.handle_client(now, five, packet, &mut self.out);
         // A reply may announce an allocation: its relay socket must exist before the
         // response leaves. If the port cannot be bound the core voids that allocation and
-        // the same request, handed in again, gets another port (or 508 once the core has
-        // given up: the loop ends).
-        for _ in 0..=RELAY_BIND_ATTEMPTS {
-            if !matches!(output, ClientOutput::Reply { .. })
-                || !self
-                    .relays
-                    .apply_commands(&mut self.server, now, Some(&five))
-            {
-                break;
-            }
-            output = self.server.handle_client(now, five, packet, &mut self.out);
+        // answers again itself (another port, or 508): this reply is void.
+        if matches!(output, ClientOutput::Reply { .. }) && apply::apply(self, now, Some(&five)) {
+            output = ClientOutput::Nothing;
+        }
+        for (to, message) in self.deferred.drain(..) {
+            to_client(tx, &self.listeners, &to, &message);
         }
         match output {
             ClientOutput::Nothing => {}
             ClientOutput::Reply { len } => {
-                tx.push(listener.sock.as_raw_fd(), &self.out[..len], &from)
+                tx.push(self.listeners[l].sock.as_raw_fd(), &self.out[..len], &from)
             }
             ClientOutput::ToPeer {
                 relay,
                 peer,
                 payload,
             } => {
-                if let Some(r) = self.relays.sockets.get(&relay) {
+                if let Some(r) = self.relays.table.by_addr(&relay) {
                     tx.push(r.sock.as_raw_fd(), payload, &peer);
                 }
             }
@@ -327,7 +233,7 @@ impl Plane {
     /// datagrams leave: a new allocation gets its socket, and a permission or channel its
     /// XDP map entry, before the response that lets the client use it.
     pub fn apply_commands(&mut self, now: Instant) {
-        self.relays.apply_commands(&mut self.server, now, None);
+        apply::apply(self, now, None);
     }
 
     /// The core's timers, then what they decided; between batches.
@@ -351,6 +257,41 @@ impl Plane {
             None => 1000,
         }
     }
+}
+
+/// UDP workers have TCP relays off: the core never makes a TCP allocation or a peer
+/// connection here, so the RFC 6062 methods have nothing to do.
+impl Edge for Plane {
+    fn server(&mut self) -> &mut Server {
+        &mut self.server
+    }
+
+    fn mirror(&mut self) -> &mut Mirror {
+        &mut self.mirror
+    }
+
+    fn open_relay(&mut self, relay: SocketAddr, protocol: RelayProtocol) -> std::io::Result<()> {
+        match protocol {
+            RelayProtocol::Udp => self.relays.open_relay(relay),
+            RelayProtocol::Tcp => Err(std::io::Error::other(
+                "TCP allocations are served by the TCP shard",
+            )),
+        }
+    }
+
+    fn close_relay(&mut self, relay: SocketAddr, _: RelayProtocol) {
+        self.relays.close_relay(relay);
+    }
+
+    fn send_to_client(&mut self, client: &FiveTuple, message: &[u8]) {
+        self.deferred.push((*client, message.into()));
+    }
+
+    fn connect_peer(&mut self, _: Instant, _: ConnectionId, _: SocketAddr, _: SocketAddr) {}
+
+    fn splice(&mut self, _: Instant, _: ConnectionId, _: FiveTuple) {}
+
+    fn close_connection(&mut self, _: Instant, _: ConnectionId) {}
 }
 
 fn to_client(tx: &mut impl Outbox, listeners: &[Listener], to: &FiveTuple, bytes: &[u8]) {

@@ -72,15 +72,19 @@ fn refresh_retransmission_is_answered_from_the_cache() {
 }
 
 #[test]
-fn relay_unavailable_removes_the_allocation_and_quarantines_the_port() {
+fn relay_bind_failed_removes_the_allocation_and_quarantines_the_port() {
     let mut h = H::with(|c| c.ports = 24000..=24000);
     let rel = h.allocate(udp(1));
     let bind = SocketAddr::new(RELAY4_BIND.into(), rel.port());
     h.commands();
-    h.server.relay_unavailable(h.now, bind);
+    h.server.relay_bind_failed(h.now, bind);
     assert_eq!(h.server.allocation_count(), 0);
+    // The request is answered again: no other port, so 508.
+    let cmds = h.commands();
     assert!(
-        matches!(&h.commands()[..], [Command::AllocationRemoved { relay, .. }] if *relay == bind)
+        matches!(&cmds[..], [Command::AllocationRemoved { relay, .. }, Command::SendToClient { message, .. }]
+            if *relay == bind && code(message) == Some(508)),
+        "{cmds:?}"
     );
     assert!(h.events().iter().any(|e| matches!(
         e,
@@ -96,18 +100,20 @@ fn relay_unavailable_removes_the_allocation_and_quarantines_the_port() {
     assert_eq!(h.allocate(udp(2)).port(), 24000);
     // A report for a port nobody holds quarantines it as well.
     let mut h = H::with(|c| c.ports = 24000..=24000);
-    h.server.relay_unavailable(h.now, bind);
+    h.server.relay_bind_failed(h.now, bind);
     assert_eq!(
         code(&h.allocate_with(udp(2), &Cred::alice(), |_| {})),
         Some(508)
     );
 }
 
-/// The data path answers a failed relay bind by handing the same Allocate back: the
-/// dead allocation's success must not be replayed from the transaction cache, another
-/// port is tried, and after `RELAY_BIND_ATTEMPTS` failed ports the answer is 508.
+/// A failed relay bind is answered by the core, not by the data path handing the same
+/// Allocate back: the voided allocation goes, another port is allocated at once and its
+/// success response comes as a `SendToClient` after its `AllocationCreated` (the socket
+/// exists before the response leaves); after `RELAY_BIND_ATTEMPTS` failed ports that
+/// deferred answer is 508. The dead allocation's response is never replayed.
 #[test]
-fn allocate_resubmitted_after_relay_unavailable_gets_another_port_then_508() {
+fn relay_bind_failed_answers_the_allocate_later_with_another_port_then_508() {
     let mut h = H::with(|c| c.ports = 24000..=24009);
     let (req, out) = h.ask(udp(1), Method::ALLOCATE, &Cred::alice(), |w| {
         w.attr(&RequestedTransport(17)).unwrap();
@@ -115,32 +121,113 @@ fn allocate_resubmitted_after_relay_unavailable_gets_another_port_then_508() {
     let first = out.reply();
     assert_eq!(code(&first), None, "{}", describe(&first));
     let mut tried = vec![relayed(&first)[0].port()];
+    h.commands();
     for attempt in 1..=RELAY_BIND_ATTEMPTS {
-        h.commands();
         let bind = SocketAddr::new(RELAY4_BIND.into(), *tried.last().unwrap());
-        h.server.relay_unavailable(h.now, bind);
-        assert_eq!(h.server.allocation_count(), 0);
-        h.commands();
-        let r = h.client(udp(1), &req).reply();
+        h.server.relay_bind_failed(h.now, bind);
+        let cmds = h.commands();
+        assert!(
+            matches!(cmds.first(), Some(Command::AllocationRemoved { relay, .. }) if *relay == bind),
+            "{cmds:?}"
+        );
+        let answers: Vec<&[u8]> = cmds
+            .iter()
+            .filter_map(|c| match c {
+                Command::SendToClient {
+                    client, message, ..
+                } if *client == udp(1) => Some(&message[..]),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            answers.len(),
+            1,
+            "one deferred answer per failed bind: {cmds:?}"
+        );
+        let r = answers[0].to_vec();
         if attempt == RELAY_BIND_ATTEMPTS {
             assert_eq!(code(&r), Some(508), "{}", describe(&r));
-            assert!(h.commands().is_empty(), "508 creates nothing");
+            assert_eq!(h.server.allocation_count(), 0);
+            assert_eq!(cmds.len(), 2, "508 creates nothing: {cmds:?}");
             // A retransmission of the request gets the same answer.
             assert_eq!(code(&h.client(udp(1), &req).reply()), Some(508));
             break;
         }
         assert_eq!(code(&r), None, "attempt {attempt}: {}", describe(&r));
         assert_ne!(r, first, "the dead allocation's response was replayed");
+        assert_eq!(h.server.allocation_count(), 1);
         let port = relayed(&r)[0].port();
         assert!(!tried.contains(&port), "port {port} tried twice: {tried:?}");
         tried.push(port);
-        assert!(h.commands().iter().any(|c| matches!(
-            c,
-            Command::AllocationCreated { relay, .. } if relay.port() == port
-        )));
+        let created = cmds.iter().position(|c| {
+            matches!(
+                c,
+                Command::AllocationCreated { relay, .. } if relay.port() == port
+            )
+        });
+        let sent = cmds
+            .iter()
+            .position(|c| matches!(c, Command::SendToClient { .. }));
+        assert!(
+            created < sent,
+            "the socket is bound before the answer leaves: {cmds:?}"
+        );
     }
-    // A new transaction from the same client starts over.
-    h.allocate(udp(1));
+}
+
+/// The data path carries out commands in order and reports a failed bind as it meets
+/// it, so a second failure comes while the first deferred answer is still queued: that
+/// answer names the dead port and must go, leaving one answer (the last port's).
+#[test]
+fn relay_bind_failed_twice_in_one_drain_leaves_only_the_last_answer() {
+    let mut h = H::with(|c| c.ports = 24000..=24009);
+    let (_, out) = h.ask(udp(1), Method::ALLOCATE, &Cred::alice(), |w| {
+        w.attr(&RequestedTransport(17)).unwrap();
+    });
+    let first = out.reply();
+    let mut failures = 0;
+    let mut bound = Vec::new();
+    let mut answers = Vec::new();
+    while let Some(cmd) = h.server.poll_command() {
+        match cmd {
+            Command::AllocationCreated { relay, .. } if failures < 3 => {
+                failures += 1;
+                h.server.relay_bind_failed(h.now, relay);
+            }
+            Command::AllocationCreated { relay, .. } => bound.push(relay.port()),
+            Command::SendToClient { message, .. } => answers.push(message.to_vec()),
+            _ => {}
+        }
+    }
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    assert_eq!(
+        answers.len(),
+        1,
+        "answers naming dead ports were sent: {answers:?}"
+    );
+    assert_eq!(code(&answers[0]), None, "{}", describe(&answers[0]));
+    assert_eq!(relayed(&answers[0])[0].port(), bound[0]);
+    assert_ne!(answers[0], first);
+}
+
+/// A failed bind of an allocation made by an earlier input (not the request just
+/// handled) voids it and quarantines the port, but there is nothing to answer.
+#[test]
+fn relay_bind_failed_for_an_older_allocation_answers_nothing() {
+    let mut h = H::with(|c| c.ports = 24000..=24009);
+    let rel = h.allocate(udp(1));
+    h.allocate(udp(2));
+    h.commands();
+    let bind = SocketAddr::new(RELAY4_BIND.into(), rel.port());
+    h.server.relay_bind_failed(h.now, bind);
+    let cmds = h.commands();
+    assert!(
+        !cmds
+            .iter()
+            .any(|c| matches!(c, Command::SendToClient { .. })),
+        "{cmds:?}"
+    );
+    assert_eq!(h.server.allocation_count(), 1);
 }
 
 #[test]

@@ -238,21 +238,27 @@ fn a_relay_failure_on_one_shard_leaves_other_shards_ports_alone() {
     let b = hs[1].allocate(udp(2));
     // Shard 1 reports shard 0's port: not its allocation, not free, so nothing changes.
     let now = hs[1].now;
-    hs[1].server.relay_unavailable(now, bind_of(a));
+    hs[1].server.relay_bind_failed(now, bind_of(a));
     assert_eq!(shared.quarantined_count(), 0);
     assert!(hs[0].server.allocation(&udp(1)).is_some());
-    // Shard 1's own: its allocation ends, the port is quarantined for everyone.
-    hs[1].server.relay_unavailable(now, bind_of(b));
-    assert!(hs[1].server.allocation(&udp(2)).is_none());
+    // Shard 1's own: its allocation ends, the port is quarantined for everyone, and
+    // the Allocate it just answered is answered again on another port.
+    hs[1].server.relay_bind_failed(now, bind_of(b));
+    let moved = hs[1]
+        .server
+        .allocation(&udp(2))
+        .and_then(|a| a.relayed().next())
+        .map(|r| r.bind);
+    assert!(moved.is_some_and(|r| r != bind_of(b)), "{moved:?}");
     assert_eq!(
         (shared.quarantined_count(), shared.ports_in_use()),
-        (1, (2, 0))
+        (1, (3, 0))
     );
-    assert_eq!(shared.allocation_count(), 1);
+    assert_eq!(shared.allocation_count(), 2);
     advance(&mut hs, secs(60));
     assert_eq!(
         (shared.quarantined_count(), shared.ports_in_use()),
-        (0, (1, 0))
+        (0, (2, 0))
     );
 }
 

@@ -7,11 +7,13 @@
 //!
 //! Lifetimes the kernel sees: a send points into its slot of the send pool until its
 //! completion; a receive buffer is handed back once its datagram was handled; a relay
-//! socket whose allocation ended is kept, and its slot reserved, until the cancelled
+//! socket whose allocation ended is kept (its key never reaches a newcomer) until the cancelled
 //! receive's last completion (an armed receive would keep the port bound after close).
 
+mod send;
+
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     io,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, RawFd},
@@ -22,16 +24,21 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::{
     batch::DATAGRAM_MAX,
-    plane::{Outbox, Plane, Registry, SendErrors},
+    plane::{Plane, Registry, SendErrors},
 };
-use crate::uring::{BufRing, Unavailable, completions, setup_error, submit_and_wait};
+use send::{RingOutbox, SendPool};
 
-const WAKE: u64 = 1;
-const LISTENER: u64 = 2;
-const RELAY: u64 = 3;
-const SEND: u64 = 4;
+use crate::{
+    shard::slab::Key,
+    uring::{BufRing, Completions, Unavailable, setup_error, submit_and_wait},
+};
+
+const WAKE: u8 = 1;
+const LISTENER: u8 = 2;
+const RELAY: u8 = 3;
+const SEND: u8 = 4;
 /// Completions of cancels: nothing to do.
-const IGNORE: u64 = 5;
+const IGNORE: u8 = 5;
 
 const RING_ENTRIES: u32 = 4096;
 const CQ_ENTRIES: u32 = 4 * RING_ENTRIES;
@@ -43,8 +50,6 @@ const BUFFER_SIZE: usize = RECVMSG_OUT + std::mem::size_of::<libc::sockaddr_in6>
 /// `struct io_uring_recvmsg_out`, which the kernel writes in front of each datagram.
 const RECVMSG_OUT: usize = 16;
 const BUFFER_GROUP: u16 = 0;
-/// Sends in flight at once; beyond, datagrams go out with a plain sendto.
-const SEND_SLOTS: usize = 1024;
 /// Completions one wake-up waits for, and how long it waits for them once one is there.
 /// Measured at 1000 allocations and 50k echoes/s: 32 and 50 µs cut the process's CPU
 /// per packet by a tenth against no coalescing; 64 and 100 µs by a further fifth, for
@@ -54,12 +59,9 @@ const COALESCE_WAIT_US: u32 = 100;
 /// How long a stopping loop waits for cancelled receives before leaving anyway.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
-fn token(kind: u64, index: usize) -> u64 {
-    (kind << 56) | index as u64
-}
-
-fn untoken(ud: u64) -> (u64, usize) {
-    (ud >> 56, (ud & ((1 << 56) - 1)) as usize)
+/// `user_data` of what is not a relay socket (a listener or send slot by index).
+fn token(kind: u8, index: usize) -> u64 {
+    Key::fixed_token(kind, index)
 }
 
 /// Checks that this process may run the loop: the opcodes, provided-buffer rings (5.19)
@@ -78,93 +80,6 @@ pub fn probe() -> Result<(), Unavailable> {
         |fd| opcode::RecvMsgMulti::new(types::Fd(fd), &msg, 7).build(),
         "multishot recvmsg (6.0)",
     )
-}
-
-/// One send in flight: its bytes, destination and the msghdr pointing at them. Boxed in
-/// a slice that never moves, so the kernel may read it until the completion.
-#[derive(Clone, Copy)]
-struct SendSlot {
-    buf: [u8; DATAGRAM_MAX],
-    addr: libc::sockaddr_storage,
-    iov: libc::iovec,
-    hdr: libc::msghdr,
-}
-
-struct SendPool {
-    slots: Box<[SendSlot]>,
-    free: Vec<usize>,
-}
-
-// SAFETY: the raw pointers in the slots point into the pool's own boxed slice; the pool
-// moves to its loop's thread once and is used there only.
-unsafe impl Send for SendPool {}
-
-impl SendPool {
-    fn new() -> Self {
-        // SAFETY: all-zero is valid for these C structs; pointers are set per send.
-        let empty: SendSlot = unsafe { std::mem::zeroed() };
-        Self {
-            slots: vec![empty; SEND_SLOTS].into_boxed_slice(),
-            free: (0..SEND_SLOTS).rev().collect(),
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        SEND_SLOTS - self.free.len()
-    }
-}
-
-/// Sends queued on the ring while a batch of completions is handled.
-struct RingOutbox<'a> {
-    ring: &'a mut IoUring,
-    pool: &'a mut SendPool,
-    errors: &'a mut SendErrors,
-}
-
-impl Outbox for RingOutbox<'_> {
-    fn push(&mut self, fd: RawFd, bytes: &[u8], to: &SocketAddr) {
-        let slot = match self.pool.free.pop() {
-            Some(i) if bytes.len() <= DATAGRAM_MAX => i,
-            Some(i) => {
-                self.pool.free.push(i);
-                return send_now(fd, bytes, to, self.errors);
-            }
-            // Every slot is in flight (the peer side is slower than we are): no reason to
-            // hold this one back.
-            None => return send_now(fd, bytes, to, self.errors),
-        };
-        let s = &mut self.pool.slots[slot];
-        s.buf[..bytes.len()].copy_from_slice(bytes);
-        let (addr, len) = super::sockaddr::to_storage(to);
-        s.addr = addr;
-        s.iov = libc::iovec {
-            iov_base: s.buf.as_mut_ptr().cast(),
-            iov_len: bytes.len(),
-        };
-        s.hdr.msg_name = (&mut s.addr as *mut libc::sockaddr_storage).cast();
-        s.hdr.msg_namelen = len;
-        s.hdr.msg_iov = &mut s.iov;
-        s.hdr.msg_iovlen = 1;
-        s.hdr.msg_control = std::ptr::null_mut();
-        s.hdr.msg_controllen = 0;
-        s.hdr.msg_flags = 0;
-        // MSG_DONTWAIT: a full socket buffer drops the datagram, as the epoll loop does,
-        // instead of parking the send (and its slot) until there is room.
-        let e = opcode::SendMsg::new(types::Fd(fd), &s.hdr)
-            .flags(libc::MSG_DONTWAIT as u32)
-            .build()
-            .user_data(token(SEND, slot));
-        if !push(self.ring, &e) {
-            self.pool.free.push(slot);
-            send_now(fd, bytes, to, self.errors);
-        }
-    }
-}
-
-fn send_now(fd: RawFd, bytes: &[u8], to: &SocketAddr, errors: &mut SendErrors) {
-    if let Err(e) = super::socket::send_raw(fd, bytes, to) {
-        errors.record(e);
-    }
 }
 
 /// Queues a submission, submitting first when the queue is full. `false` if it could
@@ -211,16 +126,16 @@ pub(super) struct UringLoop {
     /// The recvmsg template every multishot receive uses: room for an IPv6 source, no
     /// control data.
     msg: Box<libc::msghdr>,
-    /// Per relay slot: a multishot receive is armed.
-    armed: Vec<bool>,
+    /// Relay sockets with a multishot receive armed.
+    armed: HashSet<Key>,
     /// Multishot receives armed (listeners and relays): the kernel may write into the
     /// buffers while any is.
     receiving: usize,
     /// Relay sockets whose allocation ended, kept until their receive is cancelled.
-    closing: HashMap<usize, UdpSocket>,
+    closing: HashMap<Key, UdpSocket>,
     /// Receives that ended (out of buffers, an error) and are armed again after the batch.
     rearm_listeners: Vec<usize>,
-    rearm_relays: Vec<usize>,
+    rearm_relays: Vec<Key>,
     cqes: Vec<(u64, i32, u32)>,
     errors: SendErrors,
     /// Datagrams dropped because they were larger than a receive buffer.
@@ -257,15 +172,9 @@ impl UringLoop {
             Ok(r) => r,
             Err(e) => return Err((setup_error(e), plane)),
         };
-        let bufs = match BufRing::new(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
+        let bufs = match BufRing::registered(&ring, BUFFERS, BUFFER_SIZE, BUFFER_GROUP) {
             Ok(b) => b,
-            Err(source) => {
-                let e = Unavailable::Failed {
-                    what: "registering receive buffers",
-                    source,
-                };
-                return Err((e, plane));
-            }
+            Err(e) => return Err((e, plane)),
         };
         // SAFETY: all-zero is a valid msghdr.
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
@@ -283,7 +192,7 @@ impl UringLoop {
             },
             plane,
             msg,
-            armed: Vec::new(),
+            armed: HashSet::new(),
             receiving: 0,
             closing: HashMap::new(),
             rearm_listeners: Vec::new(),
@@ -328,17 +237,14 @@ impl UringLoop {
         }
     }
 
-    fn arm_relay(&mut self, slot: usize) {
-        let Some((_, fd)) = self.plane.relays.slot(slot) else {
+    fn arm_relay(&mut self, key: Key) {
+        let Some((_, fd)) = self.plane.relays.get(key) else {
             return;
         };
-        if self.armed.len() <= slot {
-            self.armed.resize(slot + 1, false);
-        }
-        if self.arm_recv(fd, token(RELAY, slot)) {
-            self.armed[slot] = true;
+        if self.arm_recv(fd, key.token(RELAY)) {
+            self.armed.insert(key);
         } else {
-            self.rearm_relays.push(slot);
+            self.rearm_relays.push(key);
         }
     }
 
@@ -365,7 +271,7 @@ impl UringLoop {
             // The sends of the last batch are submitted: sockets closed meanwhile may go.
             self.plane.relays.bury();
             let now = Instant::now();
-            self.reap(now);
+            self.reap_and_apply(now);
             self.plane.tick(now);
         }
         self.stop();
@@ -380,26 +286,25 @@ impl UringLoop {
         };
         let opened = std::mem::take(opened);
         let closed = std::mem::take(closed);
-        // New ones first: a slot opened and closed in the same batch is not armed (it is
-        // no longer open) and is then freed below.
-        for slot in opened {
-            self.arm_relay(slot);
+        // New ones first: a socket opened and closed in the same batch is not armed (it
+        // is no longer open) and is then retired below.
+        for key in opened {
+            self.arm_relay(key);
         }
-        for (slot, sock) in closed {
-            if self.armed.get(slot).copied().unwrap_or(false) {
-                let e = opcode::AsyncCancel::new(token(RELAY, slot))
+        for (key, sock) in closed {
+            if self.armed.contains(&key) {
+                let e = opcode::AsyncCancel::new(key.token(RELAY))
                     .build()
                     .user_data(token(IGNORE, 0));
                 if push(&mut self.ring, &e) {
-                    self.closing.insert(slot, sock);
+                    self.closing.insert(key, sock);
                 } else if let Registry::Uring { closed, .. } = &mut self.plane.relays.registry {
-                    closed.push((slot, sock));
+                    closed.push((key, sock));
                 }
             } else {
-                self.rearm_relays.retain(|s| *s != slot);
+                self.rearm_relays.retain(|k| *k != key);
                 // Sends of this batch may still name its fd: it goes after the submit.
                 self.plane.relays.retire(sock);
-                self.plane.relays.free_slot(slot);
             }
         }
         if self.rearm_wake {
@@ -412,9 +317,9 @@ impl UringLoop {
         listeners.append(&mut self.rearm_listeners);
         self.rearm_listeners = listeners;
         let mut relays = std::mem::take(&mut self.rearm_relays);
-        for slot in relays.drain(..) {
-            if self.plane.relays.is_open(slot) && !self.armed[slot] {
-                self.arm_relay(slot);
+        for key in relays.drain(..) {
+            if self.plane.relays.is_open(key) && !self.armed.contains(&key) {
+                self.arm_relay(key);
             }
         }
         relays.append(&mut self.rearm_relays);
@@ -434,23 +339,25 @@ impl UringLoop {
         }
     }
 
-    fn reap(&mut self, now: Instant) {
-        let mut cqes = std::mem::take(&mut self.cqes);
-        completions(&mut self.ring, &mut cqes);
-        for &(ud, res, flags) in &cqes {
-            self.complete(ud, res, flags, now);
-        }
-        self.cqes = cqes;
-        // What the batch decided happens before its datagrams leave (next submit).
+    /// The batch of completions, then what it decided: that happens before its
+    /// datagrams leave (next submit).
+    fn reap_and_apply(&mut self, now: Instant) {
+        self.reap(now);
         self.plane.apply_commands(now);
+    }
+}
+
+impl Completions for UringLoop {
+    fn ring_and_buffer(&mut self) -> (&mut IoUring, &mut Vec<(u64, i32, u32)>) {
+        (&mut self.ring, &mut self.cqes)
     }
 
     fn complete(&mut self, ud: u64, res: i32, flags: u32, now: Instant) {
-        let (kind, index) = untoken(ud);
+        let (kind, key) = Key::from_token(ud);
         match kind {
             SEND => {
                 if let Some(pool) = self.mem.sends.as_mut() {
-                    pool.free.push(index);
+                    pool.free.push(key.idx as usize);
                 }
                 if res < 0 {
                     self.errors.record(io::Error::from_raw_os_error(-res));
@@ -460,10 +367,10 @@ impl UringLoop {
                 if res >= 0
                     && let Some(bid) = cqueue::buffer_select(flags)
                 {
-                    self.datagram(kind, index, bid, res as usize, now);
+                    self.datagram(kind, key, bid, res as usize, now);
                 }
                 if !cqueue::more(flags) {
-                    self.ended(kind, index, res);
+                    self.ended(kind, key, res);
                 }
             }
             WAKE => {
@@ -476,9 +383,11 @@ impl UringLoop {
             _ => {}
         }
     }
+}
 
+impl UringLoop {
     /// A received datagram in buffer `bid`: handed to the core, the buffer given back.
-    fn datagram(&mut self, kind: u64, index: usize, bid: u16, len: usize, now: Instant) {
+    fn datagram(&mut self, kind: u8, key: Key, bid: u16, len: usize, now: Instant) {
         let Self {
             ring,
             mem,
@@ -499,11 +408,15 @@ impl UringLoop {
             } else {
                 let mut tx = RingOutbox { ring, pool, errors };
                 match kind {
-                    LISTENER => {
-                        plane.client_datagram(now, index, from, out.payload_data(), &mut tx)
-                    }
+                    LISTENER => plane.client_datagram(
+                        now,
+                        key.idx as usize,
+                        from,
+                        out.payload_data(),
+                        &mut tx,
+                    ),
                     _ => {
-                        if let Some(relay) = plane.relays.slot_addr(index) {
+                        if let Some(relay) = plane.relays.addr(key) {
                             plane.peer_datagram(now, relay, from, out.payload_data(), &mut tx);
                         }
                     }
@@ -515,9 +428,10 @@ impl UringLoop {
 
     /// A multishot receive ended: a closing relay socket is released, anything else is
     /// armed again after the batch (ENOBUFS: the buffers handed back meanwhile serve it).
-    fn ended(&mut self, kind: u64, index: usize, res: i32) {
+    fn ended(&mut self, kind: u8, key: Key, res: i32) {
         self.receiving -= 1;
         if kind == LISTENER {
+            let index = key.idx as usize;
             if res < 0 && res != -libc::ENOBUFS {
                 let addr = self.plane.listeners[index].addr;
                 self.recv_failed(res, || format!("listener {addr}"));
@@ -525,18 +439,15 @@ impl UringLoop {
             self.rearm_listeners.push(index);
             return;
         }
-        if let Some(a) = self.armed.get_mut(index) {
-            *a = false;
-        }
-        if let Some(sock) = self.closing.remove(&index) {
+        self.armed.remove(&key);
+        if let Some(sock) = self.closing.remove(&key) {
             drop(sock);
-            self.plane.relays.free_slot(index);
-        } else if self.plane.relays.is_open(index) {
+        } else if self.plane.relays.is_open(key) {
             if res < 0 && res != -libc::ENOBUFS {
-                let relay = self.plane.relays.slot_addr(index);
+                let relay = self.plane.relays.addr(key);
                 self.recv_failed(res, || format!("relay socket {relay:?}"));
             }
-            self.rearm_relays.push(index);
+            self.rearm_relays.push(key);
         }
     }
 
@@ -568,17 +479,17 @@ impl UringLoop {
             }
             // Completions only: no new datagrams reach the core any more.
             for c in self.ring.completion() {
-                let (kind, index) = untoken(c.user_data());
+                let (kind, key) = Key::from_token(c.user_data());
                 match kind {
                     SEND => {
                         if let Some(pool) = self.mem.sends.as_mut() {
-                            pool.free.push(index);
+                            pool.free.push(key.idx as usize);
                         }
                     }
                     LISTENER | RELAY if !cqueue::more(c.flags()) => {
                         self.receiving -= 1;
                         if kind == RELAY {
-                            self.closing.remove(&index);
+                            self.closing.remove(&key);
                         }
                     }
                     _ => {}

@@ -19,6 +19,16 @@ impl Key {
             | u64::from(self.idx)
     }
 
+    /// The token of what lives outside any slab (a listener by index, a wake-up, a send
+    /// slot): generation 0, never stale.
+    pub fn fixed_token(kind: u8, idx: usize) -> u64 {
+        Key {
+            idx: idx as u32,
+            generation: 0,
+        }
+        .token(kind)
+    }
+
     /// The kind and key of a token made by [`token`](Self::token).
     pub fn from_token(token: u64) -> (u8, Key) {
         let kind = (token >> 60) as u8;
@@ -101,6 +111,10 @@ impl<T> Slab<T> {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Keys of every live entry (a snapshot: the slab may change while they are used).

@@ -1,0 +1,588 @@
+//! What both event loops share: the core, the client connections and the relay sockets.
+//! The loops only move bytes (io_uring completions or epoll readiness) and tell this state
+//! about it; it tells them back which connections have something to send, should stop or
+//! resume reading, or must close, and which relay sockets to watch.
+//!
+//! Here: accepting (with the limits of [`super::limits`]), cutting each connection's
+//! plaintext ([`super::connection::Wire`]) into STUN/ChannelData frames for the core, and
+//! queueing what comes back. A client that does not read has data from its peers dropped
+//! once [`HIGH_WATER`](super::stream::HIGH_WATER) bytes wait for it, as a UDP path would.
+//! - `lifecycle`: accepting, closing and releasing connections;
+//! - `relays`: the UDP relay sockets and the core's commands (through
+//!   [`crate::shard::apply`]);
+//! - `splice`: RFC 6062 TCP allocations, peer connections and the splice;
+//! - `sweep`: timers and idle/handshake timeouts.
+
+mod lifecycle;
+mod relays;
+mod splice;
+mod sweep;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use relay_proto::{
+    server::{ClientOutput, ConnectionId, FiveTuple, Server, Transport},
+    stun::frame_len,
+};
+use rustls::ServerConnection;
+
+use super::{
+    conn::Conn,
+    connection::{Mode, Queued},
+    limits::Admission,
+    tls::TlsAcceptor,
+};
+use crate::{
+    config::TcpSettings,
+    shard::{
+        apply::{self, DATAGRAM_MAX, Mirror},
+        relays::RelaySockets,
+        slab::{Key, Slab},
+    },
+};
+
+/// How often idle and handshake timeouts are checked.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// How long the survivor of a splice may take to send what it still holds once the other
+/// side ended.
+const FINISH_GRACE: Duration = Duration::from_secs(10);
+
+/// Which table a stream socket lives in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Side {
+    Client,
+    /// An RFC 6062 peer connection.
+    Peer,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Peer,
+            Side::Peer => Side::Client,
+        }
+    }
+
+    /// `client` or `peer`, whichever this side is (the loops' per-side token kinds).
+    pub fn pick<T>(self, client: T, peer: T) -> T {
+        match self {
+            Side::Client => client,
+            Side::Peer => peer,
+        }
+    }
+
+    /// Why a connection on this side closes when the other end closed it.
+    pub fn closed_remotely(self) -> &'static str {
+        self.pick("client closed the connection", "peer closed the connection")
+    }
+}
+
+/// A token for what lives outside the slabs (the wake-up, a client listener by index):
+/// generation 0, never stale.
+pub fn token(kind: u8, idx: u32) -> u64 {
+    Key::fixed_token(kind, idx as usize)
+}
+
+/// What a non-blocking connect that has finished (its socket became writable) came to.
+pub fn connect_outcome(stream: &TcpStream) -> io::Result<()> {
+    match stream.take_error() {
+        Ok(None) => Ok(()),
+        Ok(Some(e)) | Err(e) => Err(e),
+    }
+}
+
+/// The listening socket of a TCP allocation's relayed address.
+pub struct RelayListener {
+    pub sock: TcpListener,
+    pub addr: SocketAddr,
+}
+
+pub struct StreamListener {
+    pub addr: SocketAddr,
+    pub plain: bool,
+    pub tls: bool,
+    pub sock: TcpListener,
+}
+
+/// What this shard keeps per relay socket (see [`RelaySockets`]).
+#[derive(Default)]
+pub struct RelayFlow {
+    /// The connection stalled on this socket, if any.
+    stalled: Option<Key>,
+    /// Engine bookkeeping: a writability watch is armed.
+    pub watching_out: bool,
+}
+
+/// What an event loop carries out next (see [`State::next_work`]).
+pub enum Work {
+    Relay(RelayChange),
+    /// A connection whose sending, reading or closing state changed.
+    Conn(Side, Key),
+}
+
+/// Relay socket changes for the loop to register or unregister.
+pub enum RelayChange {
+    Opened(Key),
+    /// Gone from the table; the loop unregisters it, then drops the socket.
+    Closed(Key, UdpSocket),
+    /// A datagram waits for room in this socket: tell [`State::relay_writable`].
+    WantWritable(Key),
+    /// A TCP allocation's listener: accept peers with [`State::peer_accepted`].
+    ListenerOpened(Key),
+    /// Gone from the table: the loop stops accepting on it, then drops it.
+    ListenerClosed(Key, TcpListener),
+}
+
+/// The shard's own counters, shared with the admin endpoint (atomics: the loop bumps,
+/// a scrape reads, neither waits).
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub refused_total: AtomicU64,
+    pub refused_per_source: AtomicU64,
+    pub dropped_backpressure: AtomicU64,
+    pub peer_send_errors: AtomicU64,
+    pub stalls: AtomicU64,
+    pub peer_connect_errors: AtomicU64,
+    /// Client connections open now (gauge).
+    pub held: AtomicU64,
+}
+
+/// Adds one and returns the new total.
+fn bump(c: &AtomicU64) -> u64 {
+    c.fetch_add(1, Ordering::Relaxed) + 1
+}
+
+pub struct State {
+    pub server: Server,
+    mirror: Mirror,
+    pub settings: TcpSettings,
+    tls: Option<TlsAcceptor>,
+    pub listeners: Vec<StreamListener>,
+    pub conns: Slab<Conn>,
+    by_tuple: HashMap<(SocketAddr, SocketAddr), Key>,
+    /// Client connections counted against `tcp.max_connections` and per source (see
+    /// [`Conn::counted`]).
+    admission: Admission,
+    pub relays: RelaySockets<RelayFlow>,
+    /// RFC 6062 peer connections.
+    pub peers: Slab<Conn>,
+    /// Peer connections the core still knows: an entry leaves on `CloseConnection` (or
+    /// when we report the connection closed), so each id is reported at most once.
+    peer_by_conn: HashMap<ConnectionId, Key>,
+    pub relay_listeners: Slab<RelayListener>,
+    listener_by_addr: HashMap<SocketAddr, Key>,
+    out: Box<[u8]>,
+    scratch: Box<[u8]>,
+    /// Connections whose sending, reading or closing state changed since the loop last
+    /// looked (each once: see `IoState::touched`).
+    touched: Vec<(Side, Key)>,
+    relay_changes: VecDeque<RelayChange>,
+    next_sweep: Instant,
+    sweep_keys: Vec<Key>,
+    pub stats: Arc<Stats>,
+    /// `stats` values when the last warnings were logged.
+    warned: (u64, u64, u64),
+}
+
+impl State {
+    pub fn new(
+        mut server: Server,
+        mirror: Mirror,
+        settings: TcpSettings,
+        tls: Option<TlsAcceptor>,
+        listeners: Vec<StreamListener>,
+        now: Instant,
+    ) -> Self {
+        // Both loops carry out the RFC 6062 commands (see `apply_commands`); whether TCP
+        // allocations are offered is `[tcp] relay_tcp`, in the core's config.
+        server.enable_tcp_relays(true);
+        let admission = Admission::new(
+            settings.max_connections,
+            settings.max_connections_per_source,
+        );
+        Self {
+            server,
+            mirror,
+            settings,
+            tls,
+            listeners,
+            conns: Slab::default(),
+            by_tuple: HashMap::new(),
+            admission,
+            relays: RelaySockets::default(),
+            peers: Slab::default(),
+            peer_by_conn: HashMap::new(),
+            relay_listeners: Slab::default(),
+            listener_by_addr: HashMap::new(),
+            out: vec![0; apply::OUT_BYTES].into_boxed_slice(),
+            scratch: vec![0; DATAGRAM_MAX].into_boxed_slice(),
+            touched: Vec::new(),
+            relay_changes: VecDeque::new(),
+            next_sweep: now + SWEEP_EVERY,
+            sweep_keys: Vec::new(),
+            stats: Arc::default(),
+            warned: (0, 0, 0),
+        }
+    }
+
+    pub fn table(&self, side: Side) -> &Slab<Conn> {
+        match side {
+            Side::Client => &self.conns,
+            Side::Peer => &self.peers,
+        }
+    }
+
+    pub fn table_mut(&mut self, side: Side) -> &mut Slab<Conn> {
+        match side {
+            Side::Client => &mut self.conns,
+            Side::Peer => &mut self.peers,
+        }
+    }
+
+    /// The loops' to-do list after a round: relay socket changes first, in the order they
+    /// were made, then the touched connections one at a time (looking at one may add
+    /// relay changes, which again come first). `None`: nothing left.
+    pub fn next_work(&mut self) -> Option<Work> {
+        if let Some(change) = self.relay_changes.pop_front() {
+            return Some(Work::Relay(change));
+        }
+        let (side, id) = self.touched.pop()?;
+        Some(Work::Conn(side, id))
+    }
+
+    /// Puts client connection `id` on the list the loop looks at after this round.
+    pub fn touch(&mut self, id: Key) {
+        self.touch_on(Side::Client, id);
+    }
+
+    pub fn touch_on(&mut self, side: Side, id: Key) {
+        if let Some(c) = self.table_mut(side).get_mut(id)
+            && !c.io.touched
+        {
+            c.io.touched = true;
+            self.touched.push((side, id));
+        }
+    }
+
+    /// Bytes read from socket `id` of `side`.
+    pub fn received_on(&mut self, side: Side, id: Key, data: &[u8], now: Instant) {
+        match side {
+            Side::Client => self.received(id, data, now),
+            Side::Peer => {
+                let Some(c) = self.peers.get(id) else { return };
+                if c.closing.is_some() || data.is_empty() {
+                    return;
+                }
+                match c.link {
+                    Some(d) => self.forward(Side::Peer, id, d, data),
+                    None => self.close_on(Side::Peer, id, "read before being spliced"),
+                }
+            }
+        }
+    }
+
+    /// Bytes read from connection `id` (`data` may be a shared receive buffer: what is
+    /// not consumed now is copied).
+    pub fn received(&mut self, id: Key, data: &[u8], now: Instant) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.closing.is_some() || data.is_empty() {
+            return;
+        }
+        if matches!(c.wire.mode, Mode::Detect) {
+            let listener = c.five.listener;
+            let tls_ok = self.listeners.iter().any(|l| l.addr == listener && l.tls);
+            let tls = &self.tls;
+            let c = self.conns.get_mut(id).expect("checked above");
+            if let Err(why) = c.wire.detect(data[0], tls_ok, || tls_session(tls.as_ref())) {
+                return self.close(id, why);
+            }
+            if c.wire.is_tls() {
+                c.five.transport = Transport::Tls;
+            }
+        }
+        let c = self.conns.get_mut(id).expect("checked above");
+        match (&c.wire.mode, c.link) {
+            (Mode::Tls(_), _) => self.tls_received(id, data, now),
+            (_, Some(p)) => self.forward(Side::Client, id, p, data),
+            _ => {
+                if c.wire.rx.is_empty() && c.may_process() {
+                    // The common case: frames straight from the receive buffer.
+                    let used = self.frames(id, data, now);
+                    if let Some(c) = self.conns.get_mut(id)
+                        && c.closing.is_none()
+                    {
+                        c.wire.rx.extend_from_slice(&data[used..]);
+                    }
+                } else {
+                    c.wire.rx.extend_from_slice(data);
+                    self.process_rx(id, now);
+                }
+            }
+        }
+        self.check_rx_limit(id);
+    }
+
+    fn check_rx_limit(&mut self, id: Key) {
+        if self.conns.get(id).is_some_and(|c| c.wire.overrun()) {
+            self.close(
+                id,
+                "client sent more than 256 KiB beyond what the relay could take (not reading its responses?)",
+            );
+        }
+    }
+
+    /// Ciphertext in, plaintext into `rx`, handshake records out.
+    fn tls_received(&mut self, id: Key, data: &[u8], now: Instant) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        let done = c.wire.decrypt(data);
+        if !c.wire.tx.is_empty() {
+            self.touch(id);
+        }
+        if let Some(why) = done.failure {
+            // The alert goes out before the close, so the client reports why (a closed
+            // socket alone reads as "unexpected EOF").
+            if let Some(c) = self.conns.get_mut(id) {
+                send_now(c);
+                if done.handshaking {
+                    tracing::info!(client = %c.five, reason = %why, "TLS handshake failed");
+                }
+            }
+            return self.close(id, why);
+        }
+        self.process_rx(id, now);
+        if done.peer_closed {
+            self.close(id, "client sent TLS close_notify");
+        }
+    }
+
+    /// Processes whole frames waiting in `rx` (after a pause, or TLS plaintext).
+    fn process_rx(&mut self, id: Key, now: Instant) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.wire.rx.is_empty() || !c.may_process() {
+            return;
+        }
+        let mut rx = std::mem::take(&mut c.wire.rx);
+        if let Some(p) = c.link {
+            // Spliced (TLS plaintext): no frames any more.
+            self.forward(Side::Client, id, p, &rx);
+            rx.clear();
+            if let Some(c) = self.conns.get_mut(id) {
+                c.wire.rx = rx;
+            }
+            return;
+        }
+        let used = self.frames(id, &rx, now);
+        match self.conns.get_mut(id) {
+            Some(c) => {
+                let mut rx = rx;
+                rx.drain(..used);
+                // Bytes may have been added meanwhile only if the connection closed.
+                c.wire.rx = rx;
+            }
+            None => drop(rx),
+        }
+    }
+
+    /// Handles the whole frames at the start of `buf` until it runs out, the connection
+    /// pauses or closes; returns the bytes consumed.
+    fn frames(&mut self, id: Key, buf: &[u8], now: Instant) -> usize {
+        let mut at = 0;
+        loop {
+            match self.conns.get(id) {
+                Some(c) if c.may_process() => {}
+                _ => return at,
+            }
+            match frame_len(&buf[at..]) {
+                Ok(Some(n)) => {
+                    self.frame(id, &buf[at..at + n], now);
+                    at += n;
+                    // A ConnectionBind spliced it: the rest is the peer's (RFC 6062 §5.4).
+                    if let Some(p) = self.conns.get(id).and_then(|c| c.link) {
+                        if at < buf.len() {
+                            self.forward(Side::Client, id, p, &buf[at..]);
+                        }
+                        return buf.len();
+                    }
+                }
+                Ok(None) => return at,
+                Err(e) => {
+                    let client = self.conns.get(id).map(|c| c.five);
+                    if let Some(client) = client {
+                        tracing::info!(%client, error = %e, "closing TCP connection: not STUN or ChannelData framing");
+                    }
+                    self.close(id, format!("stream framing: {e}"));
+                    return at;
+                }
+            }
+        }
+    }
+
+    fn frame(&mut self, id: Key, frame: &[u8], now: Instant) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        c.last_frame = Some(now);
+        let five = c.five;
+        let mut out = std::mem::take(&mut self.out);
+        let mut output = self.server.handle_client(now, five, frame, &mut out);
+        // A reply may announce an allocation: its relay socket must exist before the
+        // response leaves. If the port cannot be bound the core voids that allocation and
+        // answers again itself (another port, or 508, queued already): this reply is void.
+        if matches!(output, ClientOutput::Reply { .. }) && apply::apply(self, now, Some(&five)) {
+            output = ClientOutput::Nothing;
+        }
+        // Only a request whose integrity verified keeps a connection without an
+        // allocation open (see `limits::idle_verdict`).
+        if self.server.last_request_authenticated()
+            && let Some(c) = self.conns.get_mut(id)
+        {
+            c.last_authenticated = Some(now);
+        }
+        match output {
+            ClientOutput::Nothing => {}
+            ClientOutput::Reply { len } => self.queue(id, &out[..len], false),
+            ClientOutput::ToPeer {
+                relay,
+                peer,
+                payload,
+            } => self.send_to_peer(id, relay, peer, payload),
+            ClientOutput::ToClient { to, len } => self.deliver(&to, &out[..len]),
+        }
+        self.out = out;
+        // An Allocate's relay socket must exist before the next frame uses it.
+        self.apply_commands(now);
+    }
+
+    /// Appends a frame to `id`'s send queue (see [`Wire::queue`]).
+    fn queue(&mut self, id: Key, bytes: &[u8], droppable: bool) {
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
+        if c.closing.is_some() {
+            return;
+        }
+        match c.wire.queue(bytes, droppable) {
+            Queued::Yes => self.touch(id),
+            Queued::Dropped => {
+                bump(&self.stats.dropped_backpressure);
+            }
+            Queued::Failed(why) => self.close(id, why),
+        }
+    }
+
+    /// Sends `message` (from the core) on the control connection `client`, if still here.
+    fn send_to_client(&mut self, client: &FiveTuple, message: &[u8]) {
+        if let Some(&id) = self.by_tuple.get(&(client.client, client.listener)) {
+            self.queue(id, message, false);
+        }
+    }
+
+    /// Hairpin or peer data for a stream client of this shard.
+    fn deliver(&mut self, to: &FiveTuple, bytes: &[u8]) {
+        if !to.transport.is_stream() {
+            return; // UDP clients belong to the UDP shards
+        }
+        if let Some(&id) = self.by_tuple.get(&(to.client, to.listener)) {
+            self.queue(id, bytes, true);
+        }
+    }
+
+    /// `n` bytes of `id`'s queue went out: below the low-water mark, whoever waited for
+    /// room (itself, or its splice partner) reads again.
+    pub fn sent_on(&mut self, side: Side, id: Key, n: usize, now: Instant) {
+        let Some(c) = self.table_mut(side).get_mut(id) else {
+            return;
+        };
+        let resumed = c.wire.sent(n);
+        if c.finish_by.is_some() && c.wire.tx.is_empty() {
+            return self.close_on(side, id, "sent what was left after the other side closed");
+        }
+        if resumed {
+            let link = c.link;
+            self.touch_on(side, id);
+            match link {
+                Some(other) => {
+                    let other_side = side.other();
+                    if let Some(o) = self.table_mut(other_side).get_mut(other) {
+                        o.partner_full = false;
+                        self.touch_on(other_side, other);
+                    }
+                    if other_side == Side::Client {
+                        self.process_rx(other, now);
+                    }
+                }
+                None if side == Side::Client => self.process_rx(id, now),
+                None => {}
+            }
+        }
+    }
+
+    /// Relay sockets follow the core's commands; events become log lines.
+    pub fn apply_commands(&mut self, now: Instant) {
+        apply::apply(self, now, None);
+    }
+}
+
+/// A new TLS session, if this shard serves TLS.
+fn tls_session(acceptor: Option<&TlsAcceptor>) -> Option<Box<ServerConnection>> {
+    match ServerConnection::new(acceptor?.config()) {
+        Ok(s) => Some(Box::new(s)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a TLS session; check [tls]");
+            None
+        }
+    }
+}
+
+/// Sends what is queued with one non-blocking `send`, unless the loop has a send in
+/// flight; for the last words before a close.
+fn send_now(c: &mut Conn) {
+    use std::os::fd::AsRawFd;
+    if c.io.send_inflight {
+        return;
+    }
+    let fd = c.stream.as_raw_fd();
+    let buf = c.wire.tx.peek();
+    if buf.is_empty() {
+        return;
+    }
+    // SAFETY: send(2) from a live buffer on our socket; it does not block.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n > 0 {
+        c.wire.tx.advance(n as usize);
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4, so limits and logs see one client once.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}

@@ -1,0 +1,209 @@
+//! The UDP relay sockets of the TCP/TLS clients' allocations, and how this shard
+//! carries out its core's commands (see [`crate::shard::apply`]). Datagrams to peers
+//! leave with a non-blocking `sendto` right away; when one is refused (socket buffer
+//! full) it is kept and its client connection stops reading until the socket drains, so
+//! a slow peer side slows the TCP client down instead of losing data.
+
+use std::{io, net::SocketAddr, sync::atomic::Ordering, time::Instant};
+
+use relay_proto::server::{ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server};
+
+use super::{RelayChange, RelayFlow, Side, State, bump};
+use crate::{
+    shard::{
+        apply::{Edge, Mirror},
+        slab::Key,
+    },
+    tcp::conn::Stall,
+    udp::bind_udp,
+};
+
+/// Datagrams taken from one relay socket per readiness event (fairness).
+const PEER_BATCH: usize = 64;
+
+impl State {
+    pub(super) fn send_to_peer(
+        &mut self,
+        id: Key,
+        relay: SocketAddr,
+        peer: SocketAddr,
+        payload: &[u8],
+    ) {
+        let Some(rk) = self.relays.key(&relay) else {
+            return;
+        };
+        let Some(r) = self.relays.get_mut(rk) else {
+            return;
+        };
+        match r.sock.send_to(payload, peer) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                r.edge.stalled = Some(id);
+                bump(&self.stats.stalls);
+                if let Some(c) = self.conns.get_mut(id) {
+                    c.stall_buf.clear();
+                    c.stall_buf.extend_from_slice(payload);
+                    c.stall = Some(Stall { relay: rk, peer });
+                }
+                self.relay_changes.push_back(RelayChange::WantWritable(rk));
+                self.touch(id);
+            }
+            Err(e) => {
+                let total = bump(&self.stats.peer_send_errors);
+                if total > self.warned.0 && total.is_power_of_two() {
+                    self.warned.0 = total;
+                    tracing::warn!(%relay, %peer, error = %e, total,
+                        "sending to a peer failed (no route, or refused by the host's firewall)");
+                }
+            }
+        }
+    }
+
+    /// The relay socket `rk` has room again: the stalled datagram goes, and its client
+    /// connection resumes.
+    pub fn relay_writable(&mut self, rk: Key, now: Instant) {
+        let Some(r) = self.relays.get_mut(rk) else {
+            return;
+        };
+        let Some(id) = r.edge.stalled else { return };
+        let Some(c) = self.conns.get_mut(id) else {
+            r.edge.stalled = None;
+            return;
+        };
+        let Some(stall) = &c.stall else {
+            r.edge.stalled = None;
+            return;
+        };
+        match r.sock.send_to(&c.stall_buf, stall.peer) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.relay_changes.push_back(RelayChange::WantWritable(rk));
+                return;
+            }
+            // Sent, or failed for good (counted like any other send error).
+            Ok(_) => {}
+            Err(_) => {
+                bump(&self.stats.peer_send_errors);
+            }
+        }
+        r.edge.stalled = None;
+        c.stall = None;
+        self.touch(id);
+        self.process_rx(id, now);
+    }
+
+    /// Datagrams from peers waiting on relay socket `rk`.
+    pub fn peer_readable(&mut self, rk: Key, now: Instant) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut out = std::mem::take(&mut self.out);
+        for _ in 0..PEER_BATCH {
+            let Some(r) = self.relays.get(rk) else { break };
+            let relay = r.addr;
+            let (n, from) = match r.sock.recv_from(&mut scratch) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // ICMP errors surface here (ECONNREFUSED): nothing to do, try the next.
+                Err(_) => continue,
+            };
+            if let PeerOutput::ToClient { to, len } =
+                self.server
+                    .handle_peer(now, relay, from, &scratch[..n], &mut out)
+            {
+                self.deliver(&to, &out[..len]);
+            }
+        }
+        self.scratch = scratch;
+        self.out = out;
+        self.warn_drops();
+    }
+
+    pub(super) fn warn_drops(&mut self) {
+        let d = self.stats.dropped_backpressure.load(Ordering::Relaxed);
+        if d > self.warned.1 && d.is_power_of_two() && d >= 64 {
+            self.warned.1 = d;
+            tracing::warn!(
+                dropped = d,
+                "peer data dropped for TCP clients that do not read fast enough (their queue is full)"
+            );
+        }
+    }
+
+    pub(super) fn open_relay(&mut self, addr: SocketAddr) -> io::Result<()> {
+        let (key, old) = self
+            .relays
+            .insert(addr, bind_udp(addr)?, RelayFlow::default());
+        if let Some((old, r)) = old {
+            self.relay_changes
+                .push_back(RelayChange::Closed(old, r.sock));
+        }
+        self.relay_changes.push_back(RelayChange::Opened(key));
+        Ok(())
+    }
+
+    pub(super) fn close_relay(&mut self, addr: SocketAddr) {
+        let Some((key, r)) = self.relays.close(addr) else {
+            return;
+        };
+        if let Some(id) = r.edge.stalled
+            && let Some(c) = self.conns.get_mut(id)
+        {
+            // The allocation is gone: its pending datagram has nowhere to go.
+            c.stall = None;
+            self.touch(id);
+        }
+        self.relay_changes
+            .push_back(RelayChange::Closed(key, r.sock));
+    }
+}
+
+impl Edge for State {
+    fn server(&mut self) -> &mut Server {
+        &mut self.server
+    }
+
+    fn mirror(&mut self) -> &mut Mirror {
+        &mut self.mirror
+    }
+
+    fn open_relay(&mut self, relay: SocketAddr, protocol: RelayProtocol) -> io::Result<()> {
+        match protocol {
+            RelayProtocol::Udp => self.open_relay(relay),
+            RelayProtocol::Tcp => self.open_listener(relay),
+        }
+    }
+
+    fn close_relay(&mut self, relay: SocketAddr, protocol: RelayProtocol) {
+        match protocol {
+            RelayProtocol::Udp => self.close_relay(relay),
+            RelayProtocol::Tcp => self.close_listener(relay),
+        }
+    }
+
+    fn send_to_client(&mut self, client: &FiveTuple, message: &[u8]) {
+        self.send_to_client(client, message);
+    }
+
+    fn connect_peer(
+        &mut self,
+        now: Instant,
+        conn: ConnectionId,
+        relay: SocketAddr,
+        peer: SocketAddr,
+    ) {
+        self.connect_peer(conn, relay, peer, now);
+    }
+
+    fn splice(&mut self, now: Instant, conn: ConnectionId, data: FiveTuple) {
+        self.splice(conn, data, now);
+    }
+
+    fn close_connection(&mut self, now: Instant, conn: ConnectionId) {
+        if let Some(p) = self.peer_by_conn.remove(&conn) {
+            let data = self.peers.get(p).and_then(|c| c.link);
+            self.finish(Side::Peer, p, "closed by the relay core", now);
+            if let Some(d) = data {
+                self.finish(Side::Client, d, "peer connection closed", now);
+            }
+        }
+    }
+}
