@@ -79,7 +79,10 @@ fn challenged(s: &mut Server, now: Instant, from: FiveTuple, n: u32) -> (Client,
     let mut out = [0u8; 512];
     let len = match s.handle_client(now, from, &unsigned, &mut out) {
         ClientOutput::Reply { len } => len,
-        other => panic!("no challenge to a {}-byte Allocate: {other:?}", unsigned.len()),
+        other => panic!(
+            "no challenge to a {}-byte Allocate: {other:?}",
+            unsigned.len()
+        ),
     };
     assert_eq!(c.handle_input(&out[..len], now), Input::Response);
     let signed = transmit(&mut c);
