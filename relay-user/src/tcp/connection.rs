@@ -172,9 +172,13 @@ impl Wire {
         false
     }
 
-    /// More unprocessed plaintext than a paused connection may hold.
-    pub fn overrun(&self) -> bool {
-        self.rx.len() > RX_LIMIT
+    /// More unprocessed plaintext than a paused connection may hold: [`RX_LIMIT`] plus
+    /// `in_flight`, what the loop's socket side may still deliver after it decided to
+    /// stop reading (io_uring's multishot receive until its cancel lands). Those bytes
+    /// were on their way before the pause: closing for them would punish a client that
+    /// TCP flow control is about to slow down.
+    pub fn overrun(&self, in_flight: usize) -> bool {
+        self.rx.len() > RX_LIMIT + in_flight
     }
 }
 
@@ -335,8 +339,25 @@ mod tests {
     fn overrun_is_past_the_rx_limit() {
         let mut w = Wire::new(Mode::Plain);
         w.rx.resize(RX_LIMIT, 0);
-        assert!(!w.overrun());
+        assert!(!w.overrun(0));
         w.rx.push(0);
-        assert!(w.overrun());
+        assert!(w.overrun(0));
+    }
+
+    #[test]
+    fn bytes_in_flight_at_the_pause_are_not_an_overrun_but_still_bounded() {
+        const IN_FLIGHT: usize = 1024 * 1024;
+        let mut w = Wire::new(Mode::Plain);
+        w.rx.resize(RX_LIMIT + IN_FLIGHT, 0);
+        assert!(
+            w.overrun(0),
+            "without a receive in flight this is an overrun"
+        );
+        assert!(!w.overrun(IN_FLIGHT));
+        w.rx.push(0);
+        assert!(
+            w.overrun(IN_FLIGHT),
+            "past the limit and what was in flight"
+        );
     }
 }

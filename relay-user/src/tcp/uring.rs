@@ -107,6 +107,11 @@ impl UringLoop {
             Ok(b) => b,
             Err(e) => return Err((e, state, inbox)),
         };
+        let mut state = state;
+        // The multishot receive of a connection whose reading paused keeps filling
+        // provided buffers until its cancel lands: at most the ring's worth of bytes that
+        // were already on their way, kept rather than counted as an overrun.
+        state.rx_in_flight = usize::from(BUFFERS) * BUFFER_SIZE;
         let mut me = Self {
             ring,
             bufs: Some(bufs),

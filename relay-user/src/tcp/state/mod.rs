@@ -192,6 +192,12 @@ pub struct State {
     pub stats: Arc<Stats>,
     /// `stats` values when the last warnings were logged.
     warned: (u64, u64, u64),
+    /// Bytes a connection's socket side may still deliver after reading it paused, on
+    /// top of `RX_LIMIT` before it counts as overrun (see [`Wire::overrun`]): 0 on epoll
+    /// (it reads only when told to), the provided-buffer ring on io_uring.
+    ///
+    /// [`Wire::overrun`]: super::connection::Wire::overrun
+    pub rx_in_flight: usize,
 }
 
 impl State {
@@ -232,6 +238,7 @@ impl State {
             sweep_keys: Vec::new(),
             stats: Arc::default(),
             warned: (0, 0, 0),
+            rx_in_flight: 0,
         }
     }
 
@@ -335,10 +342,15 @@ impl State {
     }
 
     fn check_rx_limit(&mut self, id: Key) {
-        if self.conns.get(id).is_some_and(|c| c.wire.overrun()) {
+        let in_flight = self.rx_in_flight;
+        if self
+            .conns
+            .get(id)
+            .is_some_and(|c| c.wire.overrun(in_flight))
+        {
             self.close(
                 id,
-                "client sent more than 256 KiB beyond what the relay could take (not reading its responses?)",
+                "client sent more than the relay holds for a connection it stopped reading (not reading its responses?)",
             );
         }
     }
