@@ -93,7 +93,21 @@ impl XdpPath {
             .ok_or(XdpError::MissingProgram)?
             .try_into()
             .map_err(XdpError::Verify)?;
-        program.load().map_err(XdpError::Verify)?;
+        // The verifier gives up with EAGAIN when a signal reaches the loading thread
+        // while it works (a child exiting, a stop/continue); the kernel means "try again",
+        // and libbpf retries the same way.
+        let mut attempts = 0;
+        loop {
+            match program.load() {
+                Ok(()) => break,
+                Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                    if io_error.kind() == std::io::ErrorKind::WouldBlock && attempts < 5 =>
+                {
+                    attempts += 1;
+                }
+                Err(e) => return Err(XdpError::Verify(e)),
+            }
+        }
         Ok(Self {
             ebpf,
             attached: Vec::new(),
