@@ -210,7 +210,7 @@ fuzz_target!(|data: &[u8]| {
             5 => server.client_closed(now, tuple(input.u8().unwrap_or(0))),
             6 => {
                 let port = 30000 + u16::from(input.u8().unwrap_or(0) % 16);
-                server.relay_unavailable(now, SocketAddr::new(relay4.bind, port));
+                server.relay_bind_failed(now, SocketAddr::new(relay4.bind, port));
             }
             _ => server.set_draining(input.u8().unwrap_or(0) & 1 == 1),
         }
