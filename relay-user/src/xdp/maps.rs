@@ -164,9 +164,8 @@ impl<W: MapWriter> XdpMaps<W> {
                     self.add_public_ip(ip)?;
                 }
                 if client.transport == Transport::Udp {
-                    let slot =
-                        self.add_udp_allocation(client.client, client.listener, *relay, *public)?;
-                    self.attach_bandwidth(*relay, slot, id.as_u64(), user)?;
+                    self.add_udp_allocation(client.client, client.listener, *relay, *public)?;
+                    self.limit_bandwidth(*relay, id.as_u64(), user)?;
                 }
             }
             Command::AllocationRemoved {
@@ -325,22 +324,23 @@ impl<W: MapWriter> XdpMaps<W> {
         Ok(slot)
     }
 
-    /// Charges slot `slot` (of `relay`) to allocation `id`'s and `user`'s buckets (once:
-    /// a retried command finds it done).
-    fn attach_bandwidth(
+    /// Charges the relayed address `relay` to allocation `id`'s (raw id) and `user`'s
+    /// bandwidth buckets, under the limits of [`Self::set_bandwidth_limits`] (once: a
+    /// retried command finds it done).
+    pub fn limit_bandwidth(
         &mut self,
         relay: SocketAddr,
-        slot: u32,
         id: u64,
         user: &std::sync::Arc<str>,
     ) -> Result<(), XdpMapsError> {
         let Some(r) = self.relays.get_mut(&relay) else {
-            return Ok(());
+            return Err(XdpMapsError::UnknownRelay(relay));
         };
         if r.bandwidth.is_some() {
             return Ok(());
         }
         r.bandwidth = Some(id);
+        let slot = r.slot;
         let (value, fresh) = self.bandwidth.attach(id, user);
         self.maps.set_bandwidth(slot, value, &fresh)
     }
