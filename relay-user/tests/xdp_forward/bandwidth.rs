@@ -3,11 +3,13 @@
 //! reason `bandwidth_limit` and counted for their allocation; other allocations and users
 //! keep their own buckets.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use relay_common::Reason;
 use relay_user::xdp::BandwidthLimits;
 
+use super::hairpin::{pair_v4, permit_b, setup};
 use super::send::{A, send_indication};
 use super::{CLIENT_MAC, Env, Family, PEER_MAC, XDP_TX, channel_data, frame, in_netns, sa, v4};
 
@@ -41,16 +43,16 @@ fn other() -> Family {
     }
 }
 
+/// A frame of 1000 bytes of ChannelData on [`CHANNEL`] from `client` to `listener`.
+fn channel_data_from(env: &Env, client: SocketAddr, listener: SocketAddr) -> Vec<u8> {
+    let msg = channel_data(CHANNEL, &[0x5a; 1000], 0);
+    frame(client, listener, &msg, CLIENT_MAC, env.mac)
+}
+
 /// Sends `n` ChannelData datagrams of 1000 bytes from `f`'s client; returns how many the
 /// kernel forwarded (the rest it must have dropped).
 fn send(env: &mut Env, f: &Family, n: usize) -> usize {
-    let input = frame(
-        f.client,
-        f.listener,
-        &channel_data(CHANNEL, &[0x5a; 1000], 0),
-        CLIENT_MAC,
-        env.mac,
-    );
+    let input = channel_data_from(env, f.client, f.listener);
     (0..n)
         .filter(|_| match env.run(&input).0 {
             XDP_TX => true,
@@ -135,5 +137,29 @@ fn without_limits_nothing_is_dropped() {
         allocation(env, &a, 1, "alice");
         assert_eq!(send(env, &a, 100), 100);
         assert_eq!(env.reason(Reason::BandwidthLimit), 0);
+    });
+}
+
+#[test]
+fn a_hairpin_is_charged_to_the_receiver_too() {
+    in_netns(|env| {
+        env.maps.set_bandwidth_limits(limits(800_000, 0));
+        let p = pair_v4();
+        setup(env, &p);
+        permit_b(env, &p);
+        // Only B is limited: what A's client sends stops at B's bucket.
+        env.maps
+            .limit_bandwidth(p.b_relay, 2, &Arc::<str>::from("bob"))
+            .unwrap();
+        let input = channel_data_from(env, p.a_client, p.listener);
+        let passed = (0..60).filter(|_| env.run(&input).0 == XDP_TX).count();
+        assert!(
+            (BURST_DATAGRAMS..=BURST_DATAGRAMS + 2).contains(&passed),
+            "{passed} of 60 passed"
+        );
+        let dropped = (60 - passed) as u64;
+        assert_eq!(env.maps.bandwidth_drops(p.b_relay).unwrap(), dropped);
+        assert_eq!(env.maps.bandwidth_drops(p.a_relay).unwrap(), 0);
+        assert_eq!(env.reason(Reason::BandwidthLimit), dropped);
     });
 }
