@@ -5,8 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use relay_common::{Reason, is_v4_mapped};
 
 use crate::{
-    bandwidth,
-    csum,
+    bandwidth, csum,
     emit::{self, Out},
     fib,
     maps::count_to_peer,
