@@ -48,6 +48,10 @@ pub struct AllocationView {
     pub kernel: Option<Traffic>,
     /// Both paths together.
     pub total: Traffic,
+    /// Datagrams dropped over `max_bps_per_allocation` or `max_bps_per_user`, both
+    /// directions, both paths together.
+    #[serde(default)]
+    pub bandwidth_dropped: u64,
     pub age_s: u64,
     /// Lifetime granted by the last Allocate or Refresh.
     pub lifetime_s: u64,
@@ -147,6 +151,12 @@ pub struct LimitsView {
     pub max_allocations_per_user: usize,
     pub max_allocations_per_rest_user: usize,
     pub max_allocations_per_source: usize,
+    /// Payload bit/s per allocation, both directions; 0: unlimited.
+    #[serde(default)]
+    pub max_bps_per_allocation: u64,
+    /// Payload bit/s of all of one username's allocations; 0: unlimited.
+    #[serde(default)]
+    pub max_bps_per_user: u64,
     pub alternate_servers: Vec<SocketAddr>,
     pub drain_timeout_s: u64,
 }

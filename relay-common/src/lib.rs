@@ -6,6 +6,9 @@
 //! can build keys straight from packet bytes.
 #![no_std]
 
+pub mod bandwidth;
+pub use bandwidth::{Bucket, SlotBandwidth, bandwidth_map_sizes};
+
 /// Name of the per-interface counter map (`PerCpuHashMap<u32, IfaceCounters>`), keyed by
 /// the ingress ifindex.
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
@@ -319,6 +322,8 @@ reasons! {
     /// A Send indication to a peer whose permission the policy limits to some ports
     /// ([`PERMISSION_SOME_PORTS`]): userspace checks the port.
     SendPortCheck = 28, "send_port_check";
+    /// Over `max_bps_per_allocation` or `max_bps_per_user` (see `bandwidth`): dropped.
+    BandwidthLimit = 29, "bandwidth_limit";
 }
 
 /// Capacity of [`REASON_COUNTERS_MAP`] (room to add reasons without a layout change).
@@ -338,6 +343,8 @@ mod pod {
     unsafe impl aya::Pod for super::PermissionKey {}
     unsafe impl aya::Pod for super::ClientTarget {}
     unsafe impl aya::Pod for super::AllocCounters {}
+    unsafe impl aya::Pod for super::SlotBandwidth {}
+    unsafe impl aya::Pod for super::Bucket {}
 }
 
 // Layouts the kernel program and the daemon must agree on.

@@ -5,7 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use relay_common::{Reason, is_v4_mapped};
 
 use crate::{
-    csum,
+    bandwidth, csum,
     emit::{self, Out},
     fib,
     maps::count_to_peer,
@@ -60,6 +60,8 @@ fn handle_inner(ctx: &XdpContext, udp: &Udp, req: &Request) -> Result<u32, Reaso
         req.peer_port,
         ip_len + out_udp_len as usize,
     )?;
+    // Charged once it is sure to leave from here (what passes up, userspace charges).
+    bandwidth::admit(req.slot, req.payload_len)?;
 
     // From here on the frame changes: failures drop (counted), they cannot pass up.
     let out_hdrs = ETH_LEN + ip_len + UDP_LEN;

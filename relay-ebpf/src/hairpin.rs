@@ -11,6 +11,7 @@ use aya_ebpf::programs::XdpContext;
 use relay_common::{PeerKey, PermissionKey, Reason, RelayKey};
 
 use crate::{
+    bandwidth,
     maps::{ALLOCATIONS, PEER_CHANNELS, PERMISSIONS, RELAY_ADDRS, count_to_client, count_to_peer},
     parse::Udp,
     request::Request,
@@ -75,6 +76,9 @@ fn handle_inner(ctx: &XdpContext, udp: &Udp, req: &Request) -> Result<u32, Reaso
         len: req.payload_len,
         sum: req.payload_sum,
     };
+    // Both allocations' limits: A's for sending, B's for receiving.
+    bandwidth::admit(req.slot, req.payload_len)?;
+    bandwidth::admit(t.slot, req.payload_len)?;
     let action = to_client::deliver(ctx, udp, t, channel, &a.ip, a.port, &payload)?;
     count_to_peer(req.slot, req.payload_len as u64);
     count_to_client(t.slot, req.payload_len as u64);

@@ -8,7 +8,11 @@
 //! with the reason counted.
 #![no_std]
 #![no_main]
+// Compare-and-swap on map values (bandwidth.rs): the BPF target has no `AtomicU64` CAS.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod bandwidth;
 mod client_to_peer;
 mod counters;
 mod csum;
@@ -34,9 +38,10 @@ pub fn relay_xdp(ctx: XdpContext) -> u32 {
             maps::count_reason(reason);
             action
         }
-        // The frame was already being rewritten: it cannot go up half-changed.
-        Err(Reason::AdjustFailed) => {
-            maps::count_reason(Reason::AdjustFailed);
+        // The frame was already being rewritten: it cannot go up half-changed. Over a
+        // bandwidth limit: userspace would drop it too.
+        Err(reason @ (Reason::AdjustFailed | Reason::BandwidthLimit)) => {
+            maps::count_reason(reason);
             xdp_action::XDP_DROP
         }
         Err(reason) => {

@@ -5,6 +5,7 @@ use aya_ebpf::programs::XdpContext;
 use relay_common::{PeerKey, PermissionKey, Reason};
 
 use crate::{
+    bandwidth,
     maps::{PEER_CHANNELS, PERMISSIONS, count_to_client},
     parse::{UDP_LEN, Udp},
     request::data_sum,
@@ -46,6 +47,7 @@ fn handle_inner(ctx: &XdpContext, udp: &Udp) -> Result<(u32, Reason), Reason> {
         len: udp.udp_len as usize - UDP_LEN,
         sum: data_sum(udp),
     };
+    bandwidth::admit(t.slot, payload.len)?;
     let action = to_client::deliver(ctx, udp, t, channel, &udp.src_ip, udp.src_port, &payload)?;
     count_to_client(t.slot, payload.len as u64);
     let reason = if channel == NO_CHANNEL {

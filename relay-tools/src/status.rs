@@ -318,11 +318,12 @@ pub fn render(status: &StatusView, view: &AllocationsView) -> String {
         "CH",
         "TO PEER",
         "TO CLIENT",
+        "DROPPED",
         "IN KERNEL",
         "AGE",
         "EXPIRES",
     ];
-    let rows: Vec<[String; 11]> = view.allocations.iter().map(row).collect();
+    let rows: Vec<[String; 12]> = view.allocations.iter().map(row).collect();
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -349,7 +350,7 @@ pub fn render(status: &StatusView, view: &AllocationsView) -> String {
     out
 }
 
-fn row(a: &AllocationView) -> [String; 11] {
+fn row(a: &AllocationView) -> [String; 12] {
     let relayed: Vec<String> = a.relayed.iter().map(|r| r.public.to_string()).collect();
     let peers: Vec<String> = a.permissions.iter().map(|p| p.peer.to_string()).collect();
     let channels = a.channels.iter().filter(|c| !c.cooling).count();
@@ -377,6 +378,8 @@ fn row(a: &AllocationView) -> [String; 11] {
         channels.to_string(),
         traffic(a.total, true),
         traffic(a.total, false),
+        // Over a bandwidth limit (`[limits] max_bps_*`).
+        a.bandwidth_dropped.to_string(),
         kernel,
         duration(a.age_s),
         duration(a.remaining_s),

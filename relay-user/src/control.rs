@@ -570,6 +570,15 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         "admin.max_connections",
     );
     check(old.log_level != new.log_level, "log.level");
+    // The buckets are set up with the allocations (and the kernel's with its maps).
+    check(
+        old.max_bps_per_allocation != new.max_bps_per_allocation,
+        "limits.max_bps_per_allocation",
+    );
+    check(
+        old.max_bps_per_user != new.max_bps_per_user,
+        "limits.max_bps_per_user",
+    );
     keys
 }
 
@@ -771,6 +780,24 @@ mod tests {
             control.config().tcp.max_connections,
             crate::config::TcpSettings::default().max_connections
         );
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn bandwidth_limits_need_a_restart() {
+        let path = temp_config(
+            "bandwidth",
+            &config_text("[limits]\nmax_allocations = 10\n"),
+        );
+        let shards = FakeShards::start(&crate::config::load(&path).unwrap(), 1);
+        let control = control_for(&path, &shards);
+        write(
+            &path,
+            &config_text("[limits]\nmax_allocations = 10\nmax_bps_per_user = 800000\n"),
+        );
+        let report = control.reload().unwrap();
+        assert_eq!(report.restart_needed, vec!["limits.max_bps_per_user"]);
+        assert_eq!(control.config().max_bps_per_user, 0);
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 

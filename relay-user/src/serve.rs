@@ -308,7 +308,11 @@ fn start_xdp(config: &Config) -> anyhow::Result<FastPath> {
         xdp.attach(ifname, mode)
             .with_context(|| format!("[xdp] interfaces: `{ifname}`"))?;
     }
-    let maps = xdp.take_maps().context("taking the XDP maps")?;
+    let mut maps = xdp.take_maps().context("taking the XDP maps")?;
+    maps.set_bandwidth_limits(crate::xdp::BandwidthLimits {
+        per_allocation: config.max_bps_per_allocation,
+        per_user: config.max_bps_per_user,
+    });
     let attached: Vec<String> = xdp.attached().iter().map(|a| a.interface.clone()).collect();
     let ipv6 = config.relay_v6.is_some() || config.listeners.iter().any(|l| l.address.is_ipv6());
     let forwarding = crate::xdp::setup_forwarding(config.xdp_forwarding, &attached, ipv6);

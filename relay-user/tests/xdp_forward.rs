@@ -10,6 +10,8 @@
 //! Send indications are in `xdp_forward/send.rs`, hairpin in `xdp_forward/hairpin.rs`
 //! (which also drives the protocol core, `xdp_forward/core_driver.rs`, into the maps).
 
+#[path = "xdp_forward/bandwidth.rs"]
+mod bandwidth;
 #[path = "xdp_forward/core_driver.rs"]
 mod core_driver;
 #[path = "xdp_forward/hairpin.rs"]

@@ -72,6 +72,9 @@ pub struct Counters {
     /// Peer → client (Data indications and ChannelData), payload bytes.
     pub to_client_packets: u64,
     pub to_client_bytes: u64,
+    /// Datagrams dropped over a bandwidth limit (`max_bps_per_allocation`,
+    /// `max_bps_per_user`), both directions.
+    pub bandwidth_dropped: u64,
 }
 
 impl Counters {
@@ -134,6 +137,8 @@ pub(crate) struct Allocation {
     pub permissions: Vec<Permission>,
     pub channels: Vec<Channel>,
     pub counters: Counters,
+    /// The bandwidth buckets its data is charged to.
+    pub limit: super::bandwidth::AllocationLimit,
     pub dont_fragment: bool,
     pub last_response: Option<Box<CachedResponse>>,
 }

@@ -91,6 +91,13 @@ pub struct ServerConfig {
     pub unauthenticated_rate: u32,
     /// How many such requests a source may send at once before the rate applies.
     pub unauthenticated_burst: u32,
+    /// Payload bit/s of one allocation, both directions together; the excess is dropped
+    /// ([`DropReason::BandwidthLimit`](super::DropReason::BandwidthLimit)). 0: no limit.
+    /// Fixed at construction.
+    pub max_bps_per_allocation: u64,
+    /// Payload bit/s of all of one username's allocations together, on all shards. 0: no
+    /// limit. Fixed at construction.
+    pub max_bps_per_user: u64,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +124,8 @@ impl Default for ServerConfig {
             relay_tcp: false,
             unauthenticated_rate: DEFAULT_UNAUTHENTICATED_RATE,
             unauthenticated_burst: DEFAULT_UNAUTHENTICATED_BURST,
+            max_bps_per_allocation: 0,
+            max_bps_per_user: 0,
         }
     }
 }

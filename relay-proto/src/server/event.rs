@@ -172,10 +172,13 @@ pub enum DropReason {
     Amplification,
     /// A packet from source port 0, which no real client uses (and sending to it fails).
     SourcePortZero,
+    /// Data over the allocation's `max_bps_per_allocation` or its user's
+    /// `max_bps_per_user`.
+    BandwidthLimit,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::NoAllocation,
         DropReason::NoPermission,
@@ -191,6 +194,7 @@ impl DropReason {
         DropReason::UnauthenticatedRate,
         DropReason::Amplification,
         DropReason::SourcePortZero,
+        DropReason::BandwidthLimit,
     ];
 
     const fn idx(self) -> usize {
@@ -214,6 +218,7 @@ impl DropReason {
             DropReason::UnauthenticatedRate => "unauthenticated_rate",
             DropReason::Amplification => "amplification",
             DropReason::SourcePortZero => "source_port_zero",
+            DropReason::BandwidthLimit => "bandwidth_limit",
         }
     }
 }

@@ -205,6 +205,7 @@ impl Server {
             permissions: Vec::new(),
             channels: Vec::new(),
             counters: Counters::default(),
+            limit: self.shared.bandwidth().for_allocation(&user),
             dont_fragment: req.dont_fragment,
             last_response: None,
         });

@@ -113,6 +113,9 @@ impl Server {
         };
         if self.is_own_relay_ip(peer.ip()) {
             if self.config.ports.contains(&peer.port()) {
+                if !self.within_limit(now, id, payload.len()) {
+                    return ClientOutput::Nothing;
+                }
                 return self.hairpin(now, id, relayed, peer, payload, out);
             }
             // Any other port of the relay host (its listeners, admin, ssh) is a local
@@ -129,6 +132,9 @@ impl Server {
             )
         {
             return self.drop_client(DropReason::PeerPortDenied);
+        }
+        if !self.within_limit(now, id, payload.len()) {
+            return ClientOutput::Nothing;
         }
         if let Some(a) = self.table.get_mut(id) {
             a.counters.count_to_peer(payload.len());
@@ -162,6 +168,7 @@ impl Server {
             None => return self.hairpin_to_shard(src, src_relayed, dst, payload),
         };
         let txid = self.next_indication_txid();
+        let ns = self.shared.bandwidth().ns(now);
         let Some((a, b)) = self.table.pair_mut(src, target) else {
             return self.drop_client(DropReason::NoAllocation);
         };
@@ -171,6 +178,12 @@ impl Server {
         }
         if !b.has_permission(src_public.ip(), now) {
             self.drops.bump(DropReason::NoPermission);
+            return ClientOutput::Nothing;
+        }
+        // The sender's limit was checked by the caller; this is the receiver's.
+        if !b.limit.take(payload.len(), ns) {
+            b.counters.bandwidth_dropped += 1;
+            self.drops.bump(DropReason::BandwidthLimit);
             return ClientOutput::Nothing;
         }
         match frame_for_client(b, now, src_public, payload, txid, out) {
@@ -210,6 +223,21 @@ impl Server {
         }
     }
 
+    /// Whether allocation `id`'s bandwidth limits let `bytes` of payload through at `now`
+    /// (charged if so); a refusal is counted for the allocation and by reason.
+    fn within_limit(&mut self, now: Instant, id: AllocationId, bytes: usize) -> bool {
+        let ns = self.shared.bandwidth().ns(now);
+        let Some(a) = self.table.get_mut(id) else {
+            return true;
+        };
+        if a.limit.take(bytes, ns) {
+            return true;
+        }
+        a.counters.bandwidth_dropped += 1;
+        self.drops.bump(DropReason::BandwidthLimit);
+        false
+    }
+
     pub(crate) fn peer_data(
         &mut self,
         now: Instant,
@@ -221,6 +249,7 @@ impl Server {
         // Another shard's allocation hairpinning arrives from the bind address.
         let peer = self.peer_as_clients_see_it(peer);
         let txid = self.next_indication_txid();
+        let ns = self.shared.bandwidth().ns(now);
         let a = self
             .table
             .id_by_relay(relay)
@@ -233,6 +262,11 @@ impl Server {
         if !a.has_permission(peer.ip(), now) {
             self.drops.bump(DropReason::NoPermission);
             return PeerOutput::Drop(DropReason::NoPermission);
+        }
+        if !a.limit.take(payload.len(), ns) {
+            a.counters.bandwidth_dropped += 1;
+            self.drops.bump(DropReason::BandwidthLimit);
+            return PeerOutput::Drop(DropReason::BandwidthLimit);
         }
         match frame_for_client(a, now, peer, payload, txid, out) {
             Ok(len) => {

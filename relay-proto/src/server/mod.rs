@@ -12,6 +12,7 @@
 
 mod allocation;
 mod auth_check;
+mod bandwidth;
 mod bind_retry;
 mod command;
 mod config;

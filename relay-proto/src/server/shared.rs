@@ -196,6 +196,8 @@ pub struct Shared {
     next_shard: AtomicU32,
     /// Requests per source on 5-tuples without an allocation (behind its own lock).
     sources: SourceBuckets,
+    /// Bandwidth limits and the users' buckets.
+    bandwidth: super::bandwidth::Limits,
 }
 
 impl Shared {
@@ -226,6 +228,10 @@ impl Shared {
             max_allocations_per_source: AtomicUsize::new(config.max_allocations_per_source),
             next_shard: AtomicU32::new(0),
             sources: SourceBuckets::new(config.port_seed),
+            bandwidth: super::bandwidth::Limits::new(
+                config.max_bps_per_allocation,
+                config.max_bps_per_user,
+            ),
         })
     }
 
@@ -239,6 +245,15 @@ impl Shared {
         burst: u32,
     ) -> bool {
         self.sources.allow(now, ip, rate, burst)
+    }
+
+    pub(crate) fn bandwidth(&self) -> &super::bandwidth::Limits {
+        &self.bandwidth
+    }
+
+    /// `(max_bps_per_allocation, max_bps_per_user)` in bit/s, 0 for none.
+    pub fn bandwidth_limits(&self) -> (u64, u64) {
+        self.bandwidth.bps()
     }
 
     // ----- admin view -----------------------------------------------------------------------

@@ -198,6 +198,7 @@ mod tests {
             lifetime: Duration::from_secs(600),
             permissions: vec![],
             channels: vec![],
+            limit: Default::default(),
             counters: Counters::default(),
             dont_fragment: false,
             last_response: None,

@@ -53,6 +53,7 @@ fn allocation(a: &AllocationInfo<'_>, now: Instant) -> AllocationView {
         userspace,
         kernel: None,
         total: userspace,
+        bandwidth_dropped: a.counters().bandwidth_dropped,
         age_s: now.saturating_duration_since(a.created()).as_secs(),
         lifetime_s: a.lifetime().as_secs(),
         remaining_s: secs_until(a.expires(), now),
@@ -91,6 +92,7 @@ pub fn allocations(control: &Control) -> AllocationsView {
                     if let Ok(c) = maps.allocation_counters(r.bind) {
                         sum.get_or_insert_with(Traffic::default).add(c.into());
                     }
+                    a.bandwidth_dropped += maps.bandwidth_drops(r.bind).unwrap_or(0);
                 }
                 if let Some(k) = sum {
                     a.total.add(k);
@@ -177,6 +179,8 @@ pub fn status(control: &Control) -> StatusView {
             max_allocations_per_user: c.max_allocations_per_user,
             max_allocations_per_rest_user: c.max_allocations_per_rest_user,
             max_allocations_per_source: c.max_allocations_per_source,
+            max_bps_per_allocation: c.max_bps_per_allocation,
+            max_bps_per_user: c.max_bps_per_user,
             alternate_servers: c.alternate_servers.clone(),
             drain_timeout_s: c.drain_timeout.as_secs(),
         },

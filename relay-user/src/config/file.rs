@@ -124,6 +124,10 @@ pub struct LimitsSection {
     pub alternate_servers: Vec<String>,
     /// Seconds SIGTERM waits for allocations to end before stopping.
     pub drain_timeout: Option<u64>,
+    /// Payload bit/s per allocation, both directions together; 0: unlimited.
+    pub max_bps_per_allocation: Option<u64>,
+    /// Payload bit/s of all of one username's allocations together; 0: unlimited.
+    pub max_bps_per_user: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

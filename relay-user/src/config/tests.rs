@@ -626,3 +626,29 @@ fn the_default_allocation_limit_is_the_one_the_kernel_maps_are_sized_for() {
         "the kernel object's default map sizes (relay_common) and the config's default differ"
     );
 }
+
+#[test]
+fn bandwidth_limits_default_off_and_take_bit_per_second_in_range() {
+    let c = parse(DEPLOYMENT).unwrap();
+    assert_eq!((c.max_bps_per_allocation, c.max_bps_per_user), (0, 0));
+    let limits = |extra: &str| {
+        DEPLOYMENT.replace(
+            "max_allocations = 1800",
+            &format!("max_allocations = 1800\n{extra}"),
+        )
+    };
+    let c = parse(&limits(
+        "max_bps_per_allocation = 800000\nmax_bps_per_user = 0",
+    ))
+    .unwrap();
+    assert_eq!((c.max_bps_per_allocation, c.max_bps_per_user), (800_000, 0));
+    for (text, key) in [
+        (
+            "max_bps_per_allocation = 100",
+            "limits.max_bps_per_allocation",
+        ),
+        ("max_bps_per_user = 200000000000", "limits.max_bps_per_user"),
+    ] {
+        assert_eq!(err(&limits(text)).key, key);
+    }
+}

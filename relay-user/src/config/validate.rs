@@ -71,6 +71,10 @@ pub struct Config {
     pub unauthenticated_rate: u32,
     /// Burst of the same (`[limits] unauthenticated_burst`).
     pub unauthenticated_burst: u32,
+    /// `[limits] max_bps_per_allocation`: payload bit/s, both directions; 0: none.
+    pub max_bps_per_allocation: u64,
+    /// `[limits] max_bps_per_user`: payload bit/s of a username's allocations; 0: none.
+    pub max_bps_per_user: u64,
     pub xdp_interfaces: Vec<String>,
     pub xdp_mode: AttachMode,
     /// Who turns on the IP forwarding the kernel fast path needs (`[xdp] forwarding`).
@@ -300,6 +304,11 @@ impl ConfigFile {
                 .unwrap_or(DEFAULT_MAX_ALLOCATIONS_PER_SOURCE),
         )?;
         let (unauthenticated_rate, unauthenticated_burst) = unauthenticated_limit(&self.limits)?;
+        let max_bps_per_allocation = bps(
+            "limits.max_bps_per_allocation",
+            self.limits.max_bps_per_allocation,
+        )?;
+        let max_bps_per_user = bps("limits.max_bps_per_user", self.limits.max_bps_per_user)?;
         let xdp_mode = match &self.xdp.mode {
             Some(m) => m
                 .parse()
@@ -357,6 +366,8 @@ impl ConfigFile {
             max_allocations_per_source: per_source,
             unauthenticated_rate,
             unauthenticated_burst,
+            max_bps_per_allocation,
+            max_bps_per_user,
             xdp_interfaces: self.xdp.interfaces,
             xdp_mode,
             xdp_forwarding,
@@ -369,6 +380,22 @@ impl ConfigFile {
             tcp,
             tls,
         })
+    }
+}
+
+/// A bandwidth limit in bit/s: 0 (none, the default) or within
+/// [`MIN_BPS`](relay_common::bandwidth::MIN_BPS)..=[`MAX_BPS`](relay_common::bandwidth::MAX_BPS).
+fn bps(key: &'static str, value: Option<u64>) -> Result<u64, ConfigError> {
+    use relay_common::bandwidth::{MAX_BPS, MIN_BPS, valid_bps};
+    match value.unwrap_or(0) {
+        v if valid_bps(v) => Ok(v),
+        v => Err(ConfigError::new(
+            key,
+            format!(
+                "{v} bit/s is outside {MIN_BPS}..={MAX_BPS} (bits per second of payload; \
+                 0 means unlimited)"
+            ),
+        )),
     }
 }
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use aya::maps::MapError;
-use relay_common::RelayValue;
+use relay_common::{Bucket, RelayValue, SlotBandwidth};
 
 use super::writer::{Entry, Key, MapWriter, XdpMapsError, update_error};
 
@@ -14,6 +14,9 @@ pub struct FakeMaps {
     entries: HashMap<Key, Entry>,
     /// Counter slots zeroed so far.
     zeroed: BTreeSet<u32>,
+    /// SLOT_BANDWIDTH and BANDWIDTH as written.
+    slot_bandwidth: HashMap<u32, SlotBandwidth>,
+    buckets: HashMap<u32, Bucket>,
 }
 
 impl FakeMaps {
@@ -25,6 +28,16 @@ impl FakeMaps {
     /// Entries in the map named `map` (`relay_common::PERMISSIONS_MAP`, ...).
     pub fn count(&self, map: &str) -> usize {
         self.entries.keys().filter(|k| k.map() == map).count()
+    }
+
+    /// What SLOT_BANDWIDTH holds for `slot`, and the buckets it names.
+    pub fn bandwidth(&self, slot: u32) -> Option<(SlotBandwidth, Option<Bucket>, Option<Bucket>)> {
+        let v = *self.slot_bandwidth.get(&slot)?;
+        Some((
+            v,
+            self.buckets.get(&v.allocation).copied(),
+            self.buckets.get(&v.user).copied(),
+        ))
     }
 
     /// Whether counter slot `slot` has been zeroed.
@@ -55,6 +68,17 @@ impl MapWriter for FakeMaps {
 
     fn zero_counters(&mut self, slot: u32) -> Result<(), XdpMapsError> {
         self.zeroed.insert(slot);
+        Ok(())
+    }
+
+    fn set_bandwidth(
+        &mut self,
+        slot: u32,
+        value: SlotBandwidth,
+        fresh: &[(u32, Bucket)],
+    ) -> Result<(), XdpMapsError> {
+        self.buckets.extend(fresh.iter().copied());
+        self.slot_bandwidth.insert(slot, value);
         Ok(())
     }
 }

@@ -3,13 +3,14 @@
 
 use aya::{
     Ebpf,
-    maps::{DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use relay_common::{
-    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, CHANNELS_MAP, CLIENTS_MAP, ChannelKey,
-    ChannelValue, ClientKey, ClientTarget, Ip, PEER_CHANNELS_MAP, PERMISSIONS_MAP, PUBLIC_IPS_MAP,
-    PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP, RELAY_ADDRS_MAP, Reason, RelayKey,
-    RelayValue,
+    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, Bucket, CHANNELS_MAP, CLIENTS_MAP,
+    ChannelKey, ChannelValue, ClientKey, ClientTarget, Ip, PEER_CHANNELS_MAP, PERMISSIONS_MAP,
+    PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP, RELAY_ADDRS_MAP,
+    Reason, RelayKey, RelayValue, SlotBandwidth,
+    bandwidth::{ALLOC_DROPS_MAP, BANDWIDTH_MAP, SLOT_BANDWIDTH_MAP},
 };
 
 use super::writer::{Entry, Key, MapWriter, XdpMapsError, update_error as upd};
@@ -26,6 +27,9 @@ pub struct KernelMaps {
     alloc_counters: PerCpuArray<MapData, AllocCounters>,
     reasons: PerCpuArray<MapData, u64>,
     redirect: DevMapHash<MapData>,
+    slot_bandwidth: Array<MapData, SlotBandwidth>,
+    buckets: Array<MapData, Bucket>,
+    alloc_drops: PerCpuArray<MapData, u64>,
     nr_cpus: usize,
 }
 
@@ -53,6 +57,9 @@ impl KernelMaps {
             alloc_counters: take(ebpf, ALLOC_COUNTERS_MAP)?,
             reasons: take(ebpf, REASON_COUNTERS_MAP)?,
             redirect: take(ebpf, REDIRECT_MAP)?,
+            slot_bandwidth: take(ebpf, SLOT_BANDWIDTH_MAP)?,
+            buckets: take(ebpf, BANDWIDTH_MAP)?,
+            alloc_drops: take(ebpf, ALLOC_DROPS_MAP)?,
             nr_cpus,
         })
     }
@@ -71,6 +78,15 @@ impl KernelMaps {
             .get(&slot, 0)
             .map_err(upd(ALLOC_COUNTERS_MAP, "read"))?;
         Ok(AllocCounters::sum(v.iter()))
+    }
+
+    /// Datagrams counter slot `slot` dropped over a bandwidth limit, summed over CPUs.
+    pub fn bandwidth_drops(&self, slot: u32) -> Result<u64, XdpMapsError> {
+        let v = self
+            .alloc_drops
+            .get(&slot, 0)
+            .map_err(upd(ALLOC_DROPS_MAP, "read"))?;
+        Ok(v.iter().sum())
     }
 
     /// Entries in the PERMISSIONS and CHANNELS maps (a walk over both: for tests and
@@ -143,6 +159,27 @@ impl MapWriter for KernelMaps {
             .map_err(|e| XdpMapsError::Cpus(e.to_string()))?;
         self.alloc_counters
             .set(slot, zero, 0)
-            .map_err(upd(ALLOC_COUNTERS_MAP, "zeroing a slot"))
+            .map_err(upd(ALLOC_COUNTERS_MAP, "zeroing a slot"))?;
+        let zero = PerCpuValues::try_from(vec![0u64; self.nr_cpus])
+            .map_err(|e| XdpMapsError::Cpus(e.to_string()))?;
+        self.alloc_drops
+            .set(slot, zero, 0)
+            .map_err(upd(ALLOC_DROPS_MAP, "zeroing a slot"))
+    }
+
+    fn set_bandwidth(
+        &mut self,
+        slot: u32,
+        value: SlotBandwidth,
+        fresh: &[(u32, Bucket)],
+    ) -> Result<(), XdpMapsError> {
+        for &(index, bucket) in fresh {
+            self.buckets
+                .set(index, bucket, 0)
+                .map_err(upd(BANDWIDTH_MAP, "resetting a bucket"))?;
+        }
+        self.slot_bandwidth
+            .set(slot, value, 0)
+            .map_err(upd(SLOT_BANDWIDTH_MAP, "update"))
     }
 }

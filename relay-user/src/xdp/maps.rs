@@ -21,6 +21,7 @@ use relay_common::{
 use relay_proto::server::{Command, Transport};
 
 use super::{
+    bandwidth::{BandwidthBook, BandwidthLimits},
     kernel_maps::KernelMaps,
     offload::{Offload, Write},
     writer::{Entry, Key, MapWriter, XdpMapsError},
@@ -39,6 +40,8 @@ pub struct XdpMaps<W: MapWriter = KernelMaps> {
     public_refs: HashMap<IpAddr, u32>,
     /// Which permissions and channels are in the maps, per allocation.
     offload: Offload,
+    /// Which bandwidth buckets each allocation and user holds.
+    bandwidth: BandwidthBook,
 }
 
 /// What the maps hold for one relayed address, to take it out again.
@@ -47,6 +50,8 @@ struct Relay {
     slot: u32,
     public: SocketAddr,
     client: Option<ClientKey>,
+    /// The allocation (raw id) whose bandwidth buckets the slot is charged to.
+    bandwidth: Option<u64>,
 }
 
 /// The 16-byte map form of an address (IPv4, also when written v4-mapped, as `::ffff:a.b.c.d`).
@@ -94,6 +99,11 @@ impl XdpMaps<KernelMaps> {
         self.maps.allocation_counters(self.slot(relay)?)
     }
 
+    /// Datagrams of the relayed address `relay` the kernel dropped over a bandwidth limit.
+    pub fn bandwidth_drops(&self, relay: SocketAddr) -> Result<u64, XdpMapsError> {
+        self.maps.bandwidth_drops(self.slot(relay)?)
+    }
+
     /// Entries in the PERMISSIONS and CHANNELS maps (a walk over both: for tests and
     /// diagnostics, not for a hot path).
     pub fn kernel_entries(&self) -> Result<(usize, usize), XdpMapsError> {
@@ -117,7 +127,15 @@ impl<W: MapWriter> XdpMaps<W> {
             slot_capacity: max_allocations.saturating_mul(RELAYS_PER_ALLOCATION),
             public_refs: HashMap::new(),
             offload: Offload::default(),
+            bandwidth: BandwidthBook::new(BandwidthLimits::default(), max_allocations),
         }
+    }
+
+    /// Sets `[limits] max_bps_per_allocation` and `max_bps_per_user` for the allocations
+    /// registered from now on (the daemon calls it once, before any).
+    pub fn set_bandwidth_limits(&mut self, limits: BandwidthLimits) {
+        let max_allocations = self.slot_capacity / RELAYS_PER_ALLOCATION;
+        self.bandwidth = BandwidthBook::new(limits, max_allocations);
     }
 
     /// The writer, to see what it holds (tests).
@@ -135,9 +153,11 @@ impl<W: MapWriter> XdpMaps<W> {
         let mut result = Ok(());
         match cmd {
             Command::AllocationCreated {
+                id,
                 client,
                 relay,
                 public,
+                user,
                 ..
             } => {
                 for ip in own_ips(*relay, *public) {
@@ -145,6 +165,7 @@ impl<W: MapWriter> XdpMaps<W> {
                 }
                 if client.transport == Transport::Udp {
                     self.add_udp_allocation(client.client, client.listener, *relay, *public)?;
+                    self.limit_bandwidth(*relay, id.as_u64(), user)?;
                 }
             }
             Command::AllocationRemoved {
@@ -154,6 +175,9 @@ impl<W: MapWriter> XdpMaps<W> {
                 ..
             } => {
                 if client.transport == Transport::Udp {
+                    if let Some(id) = self.relays.get(relay).and_then(|r| r.bandwidth) {
+                        self.bandwidth.detach(id);
+                    }
                     result = self.remove_allocation(*relay);
                     // Its permissions and channels were removed just before; this only
                     // guards the bookkeeping against a command stream that skipped some.
@@ -287,6 +311,7 @@ impl<W: MapWriter> XdpMaps<W> {
             slot,
             public,
             client,
+            bandwidth: known.and_then(|k| k.bandwidth),
         };
         if let Err(e) = self.insert_entries(relay, &entry) {
             // Best effort: the entries that made it in come out again.
@@ -299,6 +324,27 @@ impl<W: MapWriter> XdpMaps<W> {
         Ok(slot)
     }
 
+    /// Charges the relayed address `relay` to allocation `id`'s (raw id) and `user`'s
+    /// bandwidth buckets, under the limits of [`Self::set_bandwidth_limits`] (once: a
+    /// retried command finds it done).
+    pub fn limit_bandwidth(
+        &mut self,
+        relay: SocketAddr,
+        id: u64,
+        user: &std::sync::Arc<str>,
+    ) -> Result<(), XdpMapsError> {
+        let Some(r) = self.relays.get_mut(&relay) else {
+            return Err(XdpMapsError::UnknownRelay(relay));
+        };
+        if r.bandwidth.is_some() {
+            return Ok(());
+        }
+        r.bandwidth = Some(id);
+        let slot = r.slot;
+        let (value, fresh) = self.bandwidth.attach(id, user);
+        self.maps.set_bandwidth(slot, value, &fresh)
+    }
+
     fn new_slot(&mut self) -> Result<u32, XdpMapsError> {
         let s = match self.free_slots.pop() {
             Some(s) => s,
@@ -308,7 +354,12 @@ impl<W: MapWriter> XdpMaps<W> {
             }
             None => return Err(XdpMapsError::SlotsExhausted(self.slot_capacity)),
         };
-        if let Err(e) = self.maps.zero_counters(s) {
+        // A reused slot starts unlimited until its allocation's buckets are set.
+        let cleared = self.maps.zero_counters(s).and_then(|()| {
+            self.maps
+                .set_bandwidth(s, relay_common::SlotBandwidth::default(), &[])
+        });
+        if let Err(e) = cleared {
             self.free_slots.push(s);
             return Err(e);
         }

@@ -4,6 +4,7 @@
 //! entries, which a [`MapWriter`] writes (the loaded maps, or [`FakeMaps`] in tests).
 
 mod attach;
+pub mod bandwidth;
 mod fake;
 mod forwarding;
 mod kernel_maps;
@@ -13,6 +14,7 @@ mod offload;
 mod writer;
 
 pub use attach::Attached;
+pub use bandwidth::BandwidthLimits;
 pub use fake::FakeMaps;
 pub use forwarding::{ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};
 pub use kernel_maps::KernelMaps;
@@ -84,7 +86,9 @@ impl XdpPath {
         raise_memlock_limit();
         let max_allocations = max_allocations.max(1);
         let mut loader = EbpfLoader::new();
-        for (name, size) in map_sizes(max_allocations) {
+        let sizes = map_sizes(max_allocations);
+        let bandwidth = relay_common::bandwidth_map_sizes(max_allocations);
+        for (name, size) in sizes.into_iter().chain(bandwidth) {
             loader.map_max_entries(name, size);
         }
         let mut ebpf = loader.load(OBJECT).map_err(XdpError::Load)?;

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 
 use aya::maps::{MapError, xdp::XdpMapError};
 use relay_common::{
-    ALLOCATIONS_MAP, CHANNELS_MAP, CLIENTS_MAP, ChannelKey, ChannelValue, ClientKey, ClientTarget,
-    Ip, PEER_CHANNELS_MAP, PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, REDIRECT_MAP,
-    RELAY_ADDRS_MAP, RelayKey, RelayValue,
+    ALLOCATIONS_MAP, Bucket, CHANNELS_MAP, CLIENTS_MAP, ChannelKey, ChannelValue, ClientKey,
+    ClientTarget, Ip, PEER_CHANNELS_MAP, PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey,
+    REDIRECT_MAP, RELAY_ADDRS_MAP, RelayKey, RelayValue, SlotBandwidth,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +120,15 @@ pub trait MapWriter {
     /// The value under a [`Key::RelayAddr`] or [`Key::Client`] (the maps read back: an
     /// entry is removed only while it still leads to the relayed address going away).
     fn relay_value(&self, key: Key) -> Option<RelayValue>;
-    /// Zeroes counter slot `slot` (`ALLOC_COUNTERS`) for a new relayed address.
+    /// Zeroes counter slot `slot` (`ALLOC_COUNTERS`, `ALLOC_DROPS`) for a new relayed
+    /// address.
     fn zero_counters(&mut self, slot: u32) -> Result<(), XdpMapsError>;
+    /// Sets the bandwidth buckets of slot `slot` (`SLOT_BANDWIDTH`), after resetting the
+    /// buckets in `fresh` (`BANDWIDTH`).
+    fn set_bandwidth(
+        &mut self,
+        slot: u32,
+        value: SlotBandwidth,
+        fresh: &[(u32, Bucket)],
+    ) -> Result<(), XdpMapsError>;
 }

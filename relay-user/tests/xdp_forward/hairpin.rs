@@ -12,19 +12,19 @@ use super::{CLIENT_MAC, Env, PEER_MAC, XDP_TX, channel_data, frame, in_netns, pa
 
 /// Two UDP clients of one listener, each with an allocation whose relayed address is
 /// advertised on a public (static NAT) IP, as CONTEXT.md's deployment has it.
-struct Pair {
-    listener: SocketAddr,
-    a_client: SocketAddr,
-    a_relay: SocketAddr,
-    a_public: SocketAddr,
-    b_client: SocketAddr,
-    b_relay: SocketAddr,
-    b_public: SocketAddr,
+pub struct Pair {
+    pub listener: SocketAddr,
+    pub a_client: SocketAddr,
+    pub a_relay: SocketAddr,
+    pub a_public: SocketAddr,
+    pub b_client: SocketAddr,
+    pub b_relay: SocketAddr,
+    pub b_public: SocketAddr,
     /// B's client's MAC (the FIB's neighbour entry for its IP).
     b_mac: [u8; 6],
 }
 
-fn pair_v4() -> Pair {
+pub fn pair_v4() -> Pair {
     Pair {
         listener: sa("10.0.0.1:3478"),
         a_client: sa("10.0.0.3:50000"),
@@ -52,7 +52,7 @@ fn pair_v6() -> Pair {
 
 /// Both allocations in the maps; A may send to B's public address (permission and
 /// channel 0x4001); B has no permission yet.
-fn setup(env: &mut Env, p: &Pair) {
+pub fn setup(env: &mut Env, p: &Pair) {
     for (client, relay, public) in [
         (p.a_client, p.a_relay, p.a_public),
         (p.b_client, p.b_relay, p.b_public),
@@ -71,7 +71,7 @@ fn setup(env: &mut Env, p: &Pair) {
         .unwrap();
 }
 
-fn permit_b(env: &mut Env, p: &Pair) {
+pub fn permit_b(env: &mut Env, p: &Pair) {
     env.maps
         .add_permission(p.b_client, p.listener, p.b_relay, p.a_public.ip())
         .unwrap();

@@ -6,6 +6,7 @@ mod harness;
 mod abuse;
 mod allocate;
 mod auth;
+mod bandwidth;
 mod data;
 mod expiry;
 mod lifecycle;
