@@ -21,7 +21,7 @@ mod sweep;
 use std::{
     collections::{HashMap, VecDeque},
     io,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -45,7 +45,7 @@ use crate::{
     config::TcpSettings,
     shard::{
         apply::{self, DATAGRAM_MAX, Mirror},
-        relays::RelaySockets,
+        relays::{Change, RelaySockets},
         slab::{Key, Slab},
     },
 };
@@ -124,16 +124,15 @@ pub struct RelayFlow {
 
 /// What an event loop carries out next (see [`State::next_work`]).
 pub enum Work {
+    /// A relay socket to watch or forget (io_uring: an epoll registry queues nothing).
+    Socket(Change),
     Relay(RelayChange),
     /// A connection whose sending, reading or closing state changed.
     Conn(Side, Key),
 }
 
-/// Relay socket changes for the loop to register or unregister.
+/// Watches for the loop to arm or end, besides the relay sockets' own.
 pub enum RelayChange {
-    Opened(Key),
-    /// Gone from the table; the loop unregisters it, then drops the socket.
-    Closed(Key, UdpSocket),
     /// A datagram waits for room in this socket: tell [`State::relay_writable`].
     WantWritable(Key),
     /// A TCP allocation's listener: accept peers with [`State::peer_accepted`].
@@ -256,10 +255,14 @@ impl State {
         }
     }
 
-    /// The loops' to-do list after a round: relay socket changes first, in the order they
-    /// were made, then the touched connections one at a time (looking at one may add
-    /// relay changes, which again come first). `None`: nothing left.
+    /// The loops' to-do list after a round: relay sockets opened and closed, then the
+    /// other relay changes, each in the order they were made, then the touched
+    /// connections one at a time (looking at one may add relay changes, which again come
+    /// first). `None`: nothing left.
     pub fn next_work(&mut self) -> Option<Work> {
+        if let Some(change) = self.relays.next_change() {
+            return Some(Work::Socket(change));
+        }
         if let Some(change) = self.relay_changes.pop_front() {
             return Some(Work::Relay(change));
         }
