@@ -520,21 +520,11 @@ mod signals {
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
     use crate::probe::Trust;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: LoadArgs,
-    }
-
     fn args(v: &[&str]) -> LoadArgs {
-        Cli::try_parse_from(std::iter::once("load").chain(v.iter().copied()))
-            .unwrap()
-            .args
+        crate::test_cli::parse("load", v).unwrap()
     }
 
     #[test]
