@@ -7,3 +7,20 @@
 pub mod load;
 pub mod probe;
 pub mod status;
+
+/// Command lines parsed as the `relay` binary parses a tool's, for the tools' tests.
+#[cfg(test)]
+mod test_cli {
+    use clap::{Args, Parser};
+
+    #[derive(Parser)]
+    struct Cli<A: Args> {
+        #[command(flatten)]
+        args: A,
+    }
+
+    /// `v` as the arguments of subcommand `name`.
+    pub fn parse<A: Args>(name: &str, v: &[&str]) -> Result<A, clap::Error> {
+        Cli::<A>::try_parse_from(std::iter::once(name).chain(v.iter().copied())).map(|c| c.args)
+    }
+}

@@ -316,5 +316,6 @@ fn start_xdp(config: &Config) -> anyhow::Result<FastPath> {
     let attached: Vec<String> = xdp.attached().iter().map(|a| a.interface.clone()).collect();
     let ipv6 = config.relay_v6.is_some() || config.listeners.iter().any(|l| l.address.is_ipv6());
     let forwarding = crate::xdp::setup_forwarding(config.xdp_forwarding, &attached, ipv6);
-    Ok((Some(xdp), Kernel::new(maps), Some(forwarding)))
+    let kernel = Kernel::new(maps, xdp.reader());
+    Ok((Some(xdp), kernel, Some(forwarding)))
 }

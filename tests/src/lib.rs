@@ -21,6 +21,18 @@ pub mod turn_codec;
 pub use netns::Netns;
 pub use topology::{Addresses, Topology, TopologyOptions};
 
+/// `r.read(buf)`, again while it answers EINTR: a socket read with a timeout returns it
+/// when the test process is stopped and continued (or takes any signal), and std's
+/// `read_exact` retries it the same way.
+pub fn read_uninterrupted(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 /// The `relay` binary of this workspace (debug build), as `cargo test --workspace` and
 /// `cargo xtask test` build it before running any test.
 pub fn relay_binary() -> std::path::PathBuf {

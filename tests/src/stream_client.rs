@@ -124,7 +124,7 @@ impl<S: Read + Write> StreamClient<S> {
                 Ok(None) => {}
                 Err(e) => return Err(TurnError::Protocol(format!("stream framing: {e}"))),
             }
-            let n = self.stream.read(&mut chunk)?;
+            let n = crate::read_uninterrupted(&mut self.stream, &mut chunk)?;
             if n == 0 {
                 return Err(TurnError::Io(io::ErrorKind::UnexpectedEof.into()));
             }

@@ -26,6 +26,7 @@ use relay_tests::{
         start_tls_relay,
     },
     page::PageRun,
+    read_uninterrupted,
     relay::field,
     seccomp,
     stream_client::{StreamClient, connect_tcp},
@@ -531,7 +532,7 @@ fn per_source_limit_and_handshake_timeout_against_slowloris() {
         .expect("enter namespace");
     let mut fourth = socks.pop().expect("four");
     let mut b = [0u8; 16];
-    let r = fourth.read(&mut b);
+    let r = read_uninterrupted(&mut fourth, &mut b);
     assert!(
         matches!(r, Ok(0) | Err(_))
             && !matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
@@ -544,7 +545,7 @@ fn per_source_limit_and_handshake_timeout_against_slowloris() {
     let t0 = Instant::now();
     for (i, s) in socks.iter_mut().enumerate() {
         s.set_read_timeout(Some(Duration::from_secs(6))).unwrap();
-        let r = s.read(&mut b);
+        let r = read_uninterrupted(s, &mut b);
         assert!(
             matches!(r, Ok(0))
                 || matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
@@ -777,7 +778,7 @@ fn echo(mut s: TcpStream) {
     let _ = s.set_read_timeout(Some(UCLIENT_TIMEOUT));
     let mut buf = [0u8; 16 * 1024];
     loop {
-        match s.read(&mut buf) {
+        match read_uninterrupted(&mut s, &mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 if s.write_all(&buf[..n]).is_err() {
@@ -850,13 +851,8 @@ fn echo_round_trip(s: &TcpStream, total: usize) -> Result<(), String> {
     let mut got = 0usize;
     let mut buf = [0u8; 32 * 1024];
     while got < total {
-        let n = match reader.read(&mut buf) {
-            Ok(n) => n,
-            // A socket read with a timeout returns EINTR when the process is stopped and
-            // continued (or takes any signal); std's read_exact retries it, so do we.
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("read after {got} of {total} bytes: {e}")),
-        };
+        let n = read_uninterrupted(&mut reader, &mut buf)
+            .map_err(|e| format!("read after {got} of {total} bytes: {e}"))?;
         if n == 0 {
             return Err(format!("EOF after {got} of {total} bytes"));
         }

@@ -16,6 +16,7 @@
 
 mod args;
 mod control;
+mod cpu;
 mod echo;
 mod frame;
 mod payload;
@@ -23,6 +24,7 @@ mod plan;
 mod progress;
 pub mod report;
 mod setup;
+mod signals;
 mod stats;
 mod stream;
 mod sys;
@@ -46,12 +48,13 @@ use rustls::{ClientConfig, pki_types::ServerName};
 
 use crate::probe::Transport;
 
+use cpu::{Counted, CpuMark};
 use plan::{Plan, Shared};
 use progress::Progress;
-use report::{CpuPhase, CpuReport, SetupReport, TrafficReport, WatchedReport};
+use report::{CpuReport, SetupReport, TrafficReport, WatchedReport};
 use setup::resolve;
+use signals::forward_signal;
 use stats::{Percentiles, Seconds, SetupStats, TrafficStats};
-use sys::BoxCpu;
 use turn::{DataMode, Retransmit};
 use worker::Worker;
 
@@ -122,86 +125,6 @@ fn run_echo(a: &EchoArgs, stop: &AtomicBool) -> Result<i32, RunError> {
         );
     }
     Ok(exit::OK)
-}
-
-/// Which processes' CPU time a run adds up.
-struct Counted {
-    watch: Option<u32>,
-    /// This process, the watched one, `--count-pid` ones and the kernel's softirq
-    /// threads: the run's own cost, apart from whatever else the box is doing.
-    group: Vec<u32>,
-}
-
-impl Counted {
-    fn new(watch: Option<u32>, extra: &[u32]) -> Self {
-        let mut group = vec![std::process::id()];
-        group.extend(watch);
-        group.extend_from_slice(extra);
-        group.extend(sys::softirq_threads());
-        group.sort_unstable();
-        group.dedup();
-        Self { watch, group }
-    }
-}
-
-/// Whole-box, watched-process and group CPU at one instant.
-#[derive(Clone, Copy)]
-struct CpuMark {
-    at: Instant,
-    cpu: Option<BoxCpu>,
-    watched: Option<f64>,
-    group: f64,
-}
-
-impl CpuMark {
-    fn now(c: &Counted) -> Self {
-        Self {
-            at: Instant::now(),
-            cpu: BoxCpu::read().ok(),
-            watched: c.watch.and_then(|p| sys::process_cpu_secs(p).ok()),
-            // A process that is gone counts 0 at both ends.
-            group: c
-                .group
-                .iter()
-                .filter_map(|&p| sys::process_cpu_secs(p).ok())
-                .sum(),
-        }
-    }
-
-    fn since(&self, start: &CpuMark, cpus: usize, packets: Option<u64>) -> CpuPhase {
-        let wall = (self.at - start.at).as_secs_f64();
-        let (busy, total) = match (start.cpu, self.cpu) {
-            (Some(a), Some(b)) => (
-                (b.busy_secs - a.busy_secs).max(0.0),
-                (b.total_secs - a.total_secs).max(0.0),
-            ),
-            _ => (0.0, 0.0),
-        };
-        let watched = match (start.watched, self.watched) {
-            (Some(a), Some(b)) => Some((b - a).max(0.0)),
-            _ => None,
-        };
-        let group = (self.group - start.group).max(0.0);
-        let per = |secs: f64| packets.filter(|&p| p > 0).map(|p| secs * 1e6 / p as f64);
-        CpuPhase {
-            wall_secs: wall,
-            box_busy_secs: busy,
-            // Over the ticks /proc/stat counted, not wall x CPUs: the two edges of a
-            // short phase are a tick apart at most, but ticks are what busy is made of.
-            box_busy_ratio: if total > 0.0 {
-                busy / total
-            } else if wall > 0.0 {
-                busy / (wall * cpus as f64)
-            } else {
-                0.0
-            },
-            group_secs: group,
-            group_us_per_packet: per(group),
-            watched_secs: watched,
-            box_us_per_packet: per(busy),
-            watched_us_per_packet: watched.and_then(per),
-        }
-    }
 }
 
 fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
@@ -475,66 +398,13 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
     Ok(exit_code)
 }
 
-/// Copies a SIGINT/SIGTERM seen by the handler into the run's stop flag.
-fn forward_signal(stop: &AtomicBool) {
-    if signals::received() {
-        stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// SIGINT/SIGTERM end a run early but cleanly: the report is still printed and the
-/// allocations deleted.
-mod signals {
-    use std::sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    };
-
-    static RECEIVED: AtomicBool = AtomicBool::new(false);
-
-    extern "C" fn on_signal(_: libc::c_int) {
-        // Only an atomic store: async-signal-safe.
-        RECEIVED.store(true, Ordering::Relaxed);
-    }
-
-    pub fn received() -> bool {
-        RECEIVED.load(Ordering::Relaxed)
-    }
-
-    /// Installs the handlers; the returned flag is what workers watch (the main thread
-    /// copies the handler's flag into it).
-    pub fn install() -> Arc<AtomicBool> {
-        for sig in [libc::SIGINT, libc::SIGTERM] {
-            // SAFETY: a handler that only stores to an atomic; sigaction struct zeroed
-            // then filled.
-            unsafe {
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = on_signal as *const () as usize;
-                libc::sigemptyset(&mut sa.sa_mask);
-                libc::sigaction(sig, &sa, std::ptr::null_mut());
-            }
-        }
-        Arc::new(AtomicBool::new(received()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
-
     use super::*;
     use crate::probe::Trust;
 
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: LoadArgs,
-    }
-
     fn args(v: &[&str]) -> LoadArgs {
-        Cli::try_parse_from(std::iter::once("load").chain(v.iter().copied()))
-            .unwrap()
-            .args
+        crate::test_cli::parse("load", v).unwrap()
     }
 
     #[test]

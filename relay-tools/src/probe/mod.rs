@@ -268,18 +268,9 @@ fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: ProbeArgs,
-    }
 
     fn args(v: &[&str]) -> ProbeArgs {
-        Cli::try_parse_from(std::iter::once("stun").chain(v.iter().copied()))
-            .unwrap()
-            .args
+        crate::test_cli::parse("stun", v).unwrap()
     }
 
     #[test]
@@ -360,7 +351,8 @@ mod tests {
             assert!(p(bad).is_err(), "{bad:?}");
         }
         // --ca and --insecure exclude each other at parse time.
-        assert!(Cli::try_parse_from(["stun", "turns:h", "--ca", "a", "--insecure"]).is_err());
+        let both = ["turns:h", "--ca", "a", "--insecure"];
+        assert!(crate::test_cli::parse::<ProbeArgs>("stun", &both).is_err());
     }
 
     #[test]

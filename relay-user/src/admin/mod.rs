@@ -274,6 +274,8 @@ async fn healthz(State(control): State<Arc<Control>>) -> Response {
 }
 
 #[cfg(test)]
+mod scrape_tests;
+#[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
@@ -285,12 +287,21 @@ mod tests {
 
     /// A control plane over `shards`, without a config file to reload or a fast path.
     fn control(config: crate::config::Config, shards: &FakeShards) -> Arc<Control> {
+        control_with(config, shards, Kernel::off())
+    }
+
+    /// A control plane over `shards` and the XDP maps `kernel`, without a config file.
+    pub(super) fn control_with(
+        config: crate::config::Config,
+        shards: &FakeShards,
+        kernel: Kernel,
+    ) -> Arc<Control> {
         Arc::new(Control::new(
             config,
             None,
             None,
             shards.handles.clone(),
-            Kernel::off(),
+            kernel,
             Default::default(),
             crate::control::XdpStatus {
                 configured: AttachMode::Off,

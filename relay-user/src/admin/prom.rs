@@ -142,25 +142,23 @@ pub fn render(control: &Control) -> Result<String, fmt::Error> {
         traffic[path as usize] = Some(t);
     }
     let (mut xdp_reasons, mut xdp_maps) = (Vec::new(), Vec::new());
-    if kernel.is_on() {
-        let mut in_kernel = (0, 0);
-        kernel.with(|maps| {
-            in_kernel = maps.permissions_and_channels();
-            let mut t = retired[Path::Xdp as usize];
-            for relay in shards.iter().flat_map(|s| &s.udp_relays) {
-                // A relay the maps do not hold (its insert failed) is served in userspace.
-                if let Ok(c) = maps.allocation_counters(*relay) {
-                    t.add(c.into());
-                }
+    if let Some(reader) = kernel.reader() {
+        // Read through the counters' own handles: the shards' map writer is not waited for.
+        let mut t = retired[Path::Xdp as usize];
+        for relay in shards.iter().flat_map(|s| &s.udp_relays) {
+            // A relay the maps do not hold (its insert failed) is served in userspace.
+            if let Ok(c) = reader.allocation_counters(*relay) {
+                t.add(c.into());
             }
-            traffic[Path::Xdp as usize] = Some(t);
-            match maps.reason_counters() {
-                Ok(r) => xdp_reasons = r.into_iter().map(|(r, n)| (r.name(), n)).collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: cannot read the XDP reason counters")
-                }
+        }
+        traffic[Path::Xdp as usize] = Some(t);
+        match reader.reason_counters() {
+            Ok(r) => xdp_reasons = r.into_iter().map(|(r, n)| (r.name(), n)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: cannot read the XDP reason counters")
             }
-        });
+        }
+        let in_kernel = kernel.permissions_and_channels();
         let sum = |f: fn(&ShardStats) -> usize| shards.iter().map(f).sum::<usize>();
         // Permissions and channels beyond an allocation's share stay in userspace.
         let entries = [sum(|s| s.udp_relays.len()), in_kernel.0, in_kernel.1];

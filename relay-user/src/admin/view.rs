@@ -84,22 +84,21 @@ pub fn allocations(control: &Control) -> AllocationsView {
         }
     }
     let kernel = control.kernel();
-    if kernel.is_on() {
-        kernel.with(|maps| {
-            for a in list.iter_mut().filter(|a| a.transport == "udp") {
-                let mut sum: Option<Traffic> = None;
-                for r in &a.relayed {
-                    if let Ok(c) = maps.allocation_counters(r.bind) {
-                        sum.get_or_insert_with(Traffic::default).add(c.into());
-                    }
-                    a.bandwidth_dropped += maps.bandwidth_drops(r.bind).unwrap_or(0);
+    // Read through the counters' own handles: the shards' map writer is not waited for.
+    if let Some(reader) = kernel.reader() {
+        for a in list.iter_mut().filter(|a| a.transport == "udp") {
+            let mut sum: Option<Traffic> = None;
+            for r in &a.relayed {
+                if let Ok(c) = reader.allocation_counters(r.bind) {
+                    sum.get_or_insert_with(Traffic::default).add(c.into());
                 }
-                if let Some(k) = sum {
-                    a.total.add(k);
-                }
-                a.kernel = sum;
+                a.bandwidth_dropped += reader.bandwidth_drops(r.bind).unwrap_or(0);
             }
-        });
+            if let Some(k) = sum {
+                a.total.add(k);
+            }
+            a.kernel = sum;
+        }
     }
     list.sort_by(|a, b| b.age_s.cmp(&a.age_s).then_with(|| a.id.cmp(&b.id)));
     AllocationsView {

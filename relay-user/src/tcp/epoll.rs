@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     epoll::{Epoll, ctl},
-    shard::{Inbox, slab::Key},
+    shard::{Inbox, relays::Registry, slab::Key},
 };
 
 const WAKE: u8 = 1;
@@ -52,14 +52,21 @@ impl EpollLoop {
             Ok(e) => e,
             Err(e) => return Err((e, state)),
         };
-        let me = Self {
+        let mut me = Self {
             state,
             inbox,
             epoll,
             read_buf: vec![0; READ_BUF].into_boxed_slice(),
         };
         match me.register() {
-            Ok(()) => Ok(me),
+            Ok(()) => {
+                me.state.relays.set_registry(Registry::Epoll {
+                    epoll: me.epoll.fd(),
+                    kind: RELAY,
+                    events: IN,
+                });
+                Ok(me)
+            }
             Err(e) => Err((e, me.state)),
         }
     }
@@ -274,10 +281,14 @@ impl EpollLoop {
     fn sync(&mut self, now: Instant) {
         while let Some(work) = self.state.next_work() {
             match work {
+                // An epoll registry queues none: sockets join the set as they open.
+                Work::Socket(_) => {}
                 Work::Relay(change) => self.relay_change(change),
                 Work::Conn(side, id) => self.conn(side, id, now),
             }
         }
+        // Closing a relay socket's fd takes it out of the set.
+        self.state.relays.bury();
     }
 
     /// One touched connection: sends what it can, updates its interest, or releases it.
@@ -298,16 +309,6 @@ impl EpollLoop {
 
     fn relay_change(&mut self, change: RelayChange) {
         match change {
-            RelayChange::Opened(k) => {
-                if let Some(r) = self.state.relays.get(k)
-                    && let Err(e) =
-                        self.ctl(libc::EPOLL_CTL_ADD, r.sock.as_raw_fd(), IN, k.token(RELAY))
-                {
-                    tracing::warn!(relay = %r.addr, error = %e, "cannot watch a relay socket; peers' data for it is lost");
-                }
-            }
-            // Dropping the socket closes it, which removes it from the set.
-            RelayChange::Closed(_, sock) => drop(sock),
             RelayChange::ListenerOpened(k) => {
                 if let Some(l) = self.state.relay_listeners.get(k)
                     && let Err(e) = self.ctl(

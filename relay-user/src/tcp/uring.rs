@@ -25,7 +25,7 @@ use relay_proto::server::Server;
 
 use super::state::{RelayChange, Side, State, Work, connect_outcome, token};
 use crate::{
-    shard::{Inbox, slab::Key},
+    shard::{Inbox, relays::Change, slab::Key},
     uring::{BufRing, Completions, Unavailable, probe_multishot, setup_error, submit_and_wait},
 };
 
@@ -399,21 +399,21 @@ impl UringLoop {
     fn sync(&mut self, now: Instant) {
         while let Some(work) = self.state.next_work() {
             match work {
+                Work::Socket(change) => self.relay_socket(change),
                 Work::Relay(change) => self.relay_change(change),
                 Work::Conn(side, id) => self.conn(side, id, now),
             }
         }
     }
 
-    fn relay_change(&mut self, change: RelayChange) {
+    fn relay_socket(&mut self, change: Change) {
         match change {
-            RelayChange::Opened(k) => {
-                if let Some(r) = self.state.relays.get(k) {
-                    let fd = r.sock.as_raw_fd();
+            Change::Opened(k) => {
+                if let Some((_, fd)) = self.state.relays.addr_fd(k) {
                     self.arm_relay(k, fd);
                 }
             }
-            RelayChange::Closed(k, sock) => {
+            Change::Closed(k, sock) => {
                 // The poll holds its own reference to the socket until removed.
                 for kind in [RELAY_IN, RELAY_OUT] {
                     let e = opcode::PollRemove::new(k.token(kind))
@@ -423,6 +423,11 @@ impl UringLoop {
                 }
                 drop(sock);
             }
+        }
+    }
+
+    fn relay_change(&mut self, change: RelayChange) {
+        match change {
             RelayChange::WantWritable(k) => {
                 if let Some(r) = self.state.relays.get_mut(k)
                     && !r.edge.watching_out

@@ -9,9 +9,12 @@ use anyhow::Context as _;
 
 use super::{
     batch::{BATCH, RecvBatch, SendBatch},
-    plane::{LISTENER, Plane, RELAY, Registry, WAKE},
+    plane::{LISTENER, Plane, RELAY, WAKE},
 };
-use crate::{epoll::Epoll, shard::slab::Key};
+use crate::{
+    epoll::Epoll,
+    shard::{relays::Registry, slab::Key},
+};
 
 /// Batches taken from one socket before looking at the others (fairness).
 const BATCHES_PER_WAKEUP: usize = 8;
@@ -28,7 +31,11 @@ impl EpollLoop {
     pub fn new(mut plane: Plane) -> Result<Self, (anyhow::Error, Plane)> {
         match Self::epoll(&plane) {
             Ok(epoll) => {
-                plane.relays.registry = Registry::Epoll(epoll.fd());
+                plane.relays.set_registry(Registry::Epoll {
+                    epoll: epoll.fd(),
+                    kind: RELAY,
+                    events: libc::EPOLLIN as u32,
+                });
                 Ok(Self {
                     plane,
                     epoll,
@@ -83,7 +90,7 @@ impl EpollLoop {
     /// Reads a ready socket until it is empty or has had its share.
     fn drain(&mut self, kind: u8, key: Key) {
         let (relay, fd) = match kind {
-            RELAY => match self.plane.relays.get(key) {
+            RELAY => match self.plane.relays.addr_fd(key) {
                 Some((addr, fd)) => (Some(addr), fd),
                 None => return, // closed since the event was queued
             },

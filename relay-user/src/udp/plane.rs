@@ -18,7 +18,6 @@ use crate::shard::{
     Inbox,
     apply::{self, Edge, Mirror},
     relays::RelaySockets,
-    slab::Key,
 };
 
 /// Where a loop puts a datagram to send: `bytes` to `to` through socket `fd`.
@@ -31,106 +30,11 @@ pub(super) struct Listener {
     pub sock: UdpSocket,
 }
 
-/// How relay sockets join the loop's wait set.
-pub(super) enum Registry {
-    /// Added to this epoll set when opened (token: [`relay_token`]); closing the fd leaves it.
-    Epoll(RawFd),
-    /// The io_uring loop arms a multishot receive on each socket in `opened`, and cancels
-    /// the one of each socket in `closed`, which it keeps until the cancel completes: an
-    /// armed receive holds the socket (and its port) open after close.
-    Uring {
-        opened: Vec<Key>,
-        closed: Vec<(Key, UdpSocket)>,
-    },
-}
-
-/// The relay sockets.
-pub(super) struct Relays {
-    pub registry: Registry,
-    table: RelaySockets<()>,
-    /// Closed relay sockets whose fd a batch's queued sends may still name: kept until
-    /// those are handed to the kernel ([`bury`](Self::bury)), so a send can never reach
-    /// whatever socket reuses the fd number.
-    retired: Vec<UdpSocket>,
-}
-
-impl Relays {
-    /// The bind address and socket of relay socket `key`, if it is open.
-    pub fn get(&self, key: Key) -> Option<(SocketAddr, RawFd)> {
-        let r = self.table.get(key)?;
-        Some((r.addr, r.sock.as_raw_fd()))
-    }
-
-    /// The bind address of relay socket `key`, if it is open.
-    pub fn addr(&self, key: Key) -> Option<SocketAddr> {
-        self.table.get(key).map(|r| r.addr)
-    }
-
-    /// Keeps a closed socket until [`bury`](Self::bury).
-    pub fn retire(&mut self, sock: UdpSocket) {
-        self.retired.push(sock);
-    }
-
-    /// Closes the retired sockets: call once the sends queued so far were handed to the
-    /// kernel (which then holds its own reference to their sockets).
-    pub fn bury(&mut self) {
-        self.retired.clear();
-    }
-
-    pub fn is_open(&self, key: Key) -> bool {
-        self.table.get(key).is_some()
-    }
-
-    fn open_relay(&mut self, relay: SocketAddr) -> std::io::Result<()> {
-        let (key, old) = self.table.insert(relay, bind_udp(relay)?, ());
-        if let Some((old, r)) = old {
-            self.unregister(old, r.sock);
-        }
-        match &mut self.registry {
-            Registry::Epoll(epoll) => {
-                let fd = self.table.get(key).map(|r| r.sock.as_raw_fd());
-                let add = crate::epoll::ctl(
-                    *epoll,
-                    libc::EPOLL_CTL_ADD,
-                    fd.unwrap_or(-1),
-                    libc::EPOLLIN as u32,
-                    relay_token(key),
-                );
-                if let Err(e) = add {
-                    self.table.close(relay);
-                    return Err(e);
-                }
-            }
-            Registry::Uring { opened, .. } => opened.push(key),
-        }
-        Ok(())
-    }
-
-    fn close_relay(&mut self, relay: SocketAddr) {
-        if let Some((key, r)) = self.table.close(relay) {
-            self.unregister(key, r.sock);
-        }
-    }
-
-    fn unregister(&mut self, key: Key, sock: UdpSocket) {
-        match &mut self.registry {
-            // Closing the fd (at the next bury) removes it from the epoll set; a stale
-            // event for the key misses (its slot may be reused, with a new generation).
-            Registry::Epoll(_) => self.retired.push(sock),
-            Registry::Uring { closed, .. } => closed.push((key, sock)),
-        }
-    }
-}
-
-/// Kinds of the epoll loop's tokens ([`Key::token`], the encoding every loop uses).
+/// Kinds of the epoll loop's tokens ([`Key::token`](crate::shard::slab::Key::token), the
+/// encoding every loop uses).
 pub(super) const LISTENER: u8 = 1;
 pub(super) const RELAY: u8 = 2;
 pub(super) const WAKE: u8 = 3;
-
-/// The epoll token of relay socket `key`.
-pub(super) fn relay_token(key: Key) -> u64 {
-    key.token(RELAY)
-}
 
 /// One worker's core, listeners and relay sockets.
 pub(super) struct Plane {
@@ -139,7 +43,7 @@ pub(super) struct Plane {
     pub listeners: Vec<Listener>,
     /// Apart from the core so that commands can be carried out while a received packet
     /// is still borrowed.
-    pub relays: Relays,
+    pub relays: RelaySockets<()>,
     mirror: Mirror,
     /// Answers of the core to UDP clients (`SendToClient`: a deferred Allocate answer),
     /// sent by [`client_datagram`](Self::client_datagram), the only input that makes them.
@@ -153,12 +57,8 @@ impl Plane {
             server,
             inbox,
             listeners,
-            relays: Relays {
-                // Set by the loop before anything can be allocated.
-                registry: Registry::Epoll(-1),
-                table: RelaySockets::default(),
-                retired: Vec::new(),
-            },
+            // Its registry is set by the loop before anything can be allocated.
+            relays: RelaySockets::default(),
             mirror,
             deferred: Vec::new(),
             out: vec![0; apply::OUT_BYTES].into_boxed_slice(),
@@ -199,7 +99,7 @@ impl Plane {
                 peer,
                 payload,
             } => {
-                if let Some(r) = self.relays.table.by_addr(&relay) {
+                if let Some(r) = self.relays.by_addr(&relay) {
                     tx.push(r.sock.as_raw_fd(), payload, &peer);
                 }
             }
@@ -272,7 +172,7 @@ impl Edge for Plane {
 
     fn open_relay(&mut self, relay: SocketAddr, protocol: RelayProtocol) -> std::io::Result<()> {
         match protocol {
-            RelayProtocol::Udp => self.relays.open_relay(relay),
+            RelayProtocol::Udp => self.relays.open(relay, bind_udp(relay)?, ()).map(drop),
             RelayProtocol::Tcp => Err(std::io::Error::other(
                 "TCP allocations are served by the TCP shard",
             )),
@@ -280,7 +180,7 @@ impl Edge for Plane {
     }
 
     fn close_relay(&mut self, relay: SocketAddr, _: RelayProtocol) {
-        self.relays.close_relay(relay);
+        self.relays.close(relay);
     }
 
     fn send_to_client(&mut self, client: &FiveTuple, message: &[u8]) {

@@ -73,20 +73,12 @@ impl KernelMaps {
 
     /// Counter slot `slot`, summed over CPUs.
     pub fn allocation_counters(&self, slot: u32) -> Result<AllocCounters, XdpMapsError> {
-        let v = self
-            .alloc_counters
-            .get(&slot, 0)
-            .map_err(upd(ALLOC_COUNTERS_MAP, "read"))?;
-        Ok(AllocCounters::sum(v.iter()))
+        super::reader::slot_counters(&self.alloc_counters, slot)
     }
 
     /// Datagrams counter slot `slot` dropped over a bandwidth limit, summed over CPUs.
     pub fn bandwidth_drops(&self, slot: u32) -> Result<u64, XdpMapsError> {
-        let v = self
-            .alloc_drops
-            .get(&slot, 0)
-            .map_err(upd(ALLOC_DROPS_MAP, "read"))?;
-        Ok(v.iter().sum())
+        super::reader::slot_drops(&self.alloc_drops, slot)
     }
 
     /// Entries in the PERMISSIONS and CHANNELS maps (a walk over both: for tests and
@@ -107,15 +99,7 @@ impl KernelMaps {
 
     /// Packets per [`Reason`], summed over CPUs.
     pub fn reason_counters(&self) -> Result<Vec<(Reason, u64)>, XdpMapsError> {
-        let mut out = Vec::with_capacity(Reason::ALL.len());
-        for &r in Reason::ALL {
-            let v = self
-                .reasons
-                .get(&(r as u32), 0)
-                .map_err(upd(REASON_COUNTERS_MAP, "read"))?;
-            out.push((r, v.iter().sum()));
-        }
-        Ok(out)
+        super::reader::reason_counters(&self.reasons)
     }
 }
 

@@ -66,7 +66,7 @@ fn port(p: u16) -> [u8; 2] {
     p.to_be_bytes()
 }
 
-fn relay_key(relay: SocketAddr) -> RelayKey {
+pub(super) fn relay_key(relay: SocketAddr) -> RelayKey {
     RelayKey {
         ip: map_ip(relay.ip()),
         port: port(relay.port()),

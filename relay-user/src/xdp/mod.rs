@@ -1,7 +1,8 @@
 //! The kernel fast path seen from userspace: loading the XDP object, attaching it to
 //! interfaces (native first, generic as the logged fallback), the IP forwarding its FIB
 //! lookups need (`forwarding`), and its maps: [`XdpMaps`] turns the core's commands into
-//! entries, which a [`MapWriter`] writes (the loaded maps, or [`FakeMaps`] in tests).
+//! entries, which a [`MapWriter`] writes (the loaded maps, or [`FakeMaps`] in tests);
+//! [`XdpReader`] reads the counters back without the writer's lock.
 
 mod attach;
 pub mod bandwidth;
@@ -11,6 +12,7 @@ mod kernel_maps;
 mod logs;
 pub mod maps;
 mod offload;
+mod reader;
 mod writer;
 
 pub use attach::Attached;
@@ -20,17 +22,17 @@ pub use forwarding::{ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};
 pub use kernel_maps::KernelMaps;
 pub use logs::spawn_log_pump;
 pub use maps::XdpMaps;
+pub use reader::XdpReader;
 pub use writer::{Entry, Key, MapWriter, XdpMapsError};
+
+use std::sync::Arc;
 
 use crate::config::AttachMode;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::PerCpuHashMap,
     programs::{Xdp, XdpMode},
 };
-use relay_common::{
-    DEFAULT_MAX_ALLOCATIONS, IFACE_COUNTERS_MAP, IfaceCounters, XDP_PROGRAM, map_sizes,
-};
+use relay_common::{DEFAULT_MAX_ALLOCATIONS, IfaceCounters, XDP_PROGRAM, map_sizes};
 
 /// The object built from `relay-ebpf` by the build script.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("RELAY_EBPF_OBJECT"));
@@ -58,12 +60,8 @@ pub enum XdpError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("reading XDP map `{map}`: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error("opening the XDP counter maps for reading: {0}")]
+    Counters(#[source] XdpMapsError),
 }
 
 /// A loaded XDP program and the interfaces it is attached to. Dropping it detaches.
@@ -71,6 +69,8 @@ pub struct XdpPath {
     ebpf: Ebpf,
     attached: Vec<Attached>,
     max_allocations: u32,
+    /// Opened at load, while the object still holds every map.
+    reader: Arc<XdpReader>,
 }
 
 impl XdpPath {
@@ -112,10 +112,12 @@ impl XdpPath {
                 Err(e) => return Err(XdpError::Verify(e)),
             }
         }
+        let reader = Arc::new(XdpReader::open(&ebpf).map_err(XdpError::Counters)?);
         Ok(Self {
             ebpf,
             attached: Vec::new(),
             max_allocations,
+            reader,
         })
     }
 
@@ -157,27 +159,14 @@ impl XdpPath {
         &self.attached
     }
 
+    /// The counters' own read handles (no lock shared with the map writer).
+    pub fn reader(&self) -> Arc<XdpReader> {
+        self.reader.clone()
+    }
+
     /// Packets and bytes seen per ingress ifindex, summed over CPUs.
-    pub fn iface_counters(&self) -> Result<Vec<(u32, IfaceCounters)>, XdpError> {
-        let err = |source| XdpError::Map {
-            map: IFACE_COUNTERS_MAP,
-            source,
-        };
-        let map = self
-            .ebpf
-            .map(IFACE_COUNTERS_MAP)
-            .ok_or(aya::maps::MapError::InvalidName {
-                name: IFACE_COUNTERS_MAP.into(),
-            })
-            .map_err(err)?;
-        let map = PerCpuHashMap::<_, u32, IfaceCounters>::try_from(map).map_err(err)?;
-        let mut out = Vec::new();
-        for entry in map.iter() {
-            let (ifindex, per_cpu) = entry.map_err(err)?;
-            out.push((ifindex, IfaceCounters::sum(per_cpu.iter())));
-        }
-        out.sort_by_key(|(i, _)| *i);
-        Ok(out)
+    pub fn iface_counters(&self) -> Result<Vec<(u32, IfaceCounters)>, XdpMapsError> {
+        self.reader.iface_counters()
     }
 }
 

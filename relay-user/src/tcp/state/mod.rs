@@ -8,12 +8,14 @@
 //! queueing what comes back. A client that does not read has data from its peers dropped
 //! once [`HIGH_WATER`](super::stream::HIGH_WATER) bytes wait for it, as a UDP path would.
 //! - `lifecycle`: accepting, closing and releasing connections;
+//! - `receive`: bytes read, through TLS and framing, to the core;
 //! - `relays`: the UDP relay sockets and the core's commands (through
 //!   [`crate::shard::apply`]);
 //! - `splice`: RFC 6062 TCP allocations, peer connections and the splice;
 //! - `sweep`: timers and idle/handshake timeouts.
 
 mod lifecycle;
+mod receive;
 mod relays;
 mod splice;
 mod sweep;
@@ -21,7 +23,7 @@ mod sweep;
 use std::{
     collections::{HashMap, VecDeque},
     io,
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -29,23 +31,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_proto::{
-    server::{ClientOutput, ConnectionId, FiveTuple, Server, Transport},
-    stun::frame_len,
-};
+use relay_proto::server::{ConnectionId, FiveTuple, Server};
 use rustls::ServerConnection;
 
-use super::{
-    conn::Conn,
-    connection::{Mode, Queued},
-    limits::Admission,
-    tls::TlsAcceptor,
-};
+use super::{conn::Conn, connection::Queued, limits::Admission, tls::TlsAcceptor};
 use crate::{
     config::TcpSettings,
     shard::{
         apply::{self, DATAGRAM_MAX, Mirror},
-        relays::RelaySockets,
+        relays::{Change, RelaySockets},
         slab::{Key, Slab},
     },
 };
@@ -124,16 +118,15 @@ pub struct RelayFlow {
 
 /// What an event loop carries out next (see [`State::next_work`]).
 pub enum Work {
+    /// A relay socket to watch or forget (io_uring: an epoll registry queues nothing).
+    Socket(Change),
     Relay(RelayChange),
     /// A connection whose sending, reading or closing state changed.
     Conn(Side, Key),
 }
 
-/// Relay socket changes for the loop to register or unregister.
+/// Watches for the loop to arm or end, besides the relay sockets' own.
 pub enum RelayChange {
-    Opened(Key),
-    /// Gone from the table; the loop unregisters it, then drops the socket.
-    Closed(Key, UdpSocket),
     /// A datagram waits for room in this socket: tell [`State::relay_writable`].
     WantWritable(Key),
     /// A TCP allocation's listener: accept peers with [`State::peer_accepted`].
@@ -256,10 +249,14 @@ impl State {
         }
     }
 
-    /// The loops' to-do list after a round: relay socket changes first, in the order they
-    /// were made, then the touched connections one at a time (looking at one may add
-    /// relay changes, which again come first). `None`: nothing left.
+    /// The loops' to-do list after a round: relay sockets opened and closed, then the
+    /// other relay changes, each in the order they were made, then the touched
+    /// connections one at a time (looking at one may add relay changes, which again come
+    /// first). `None`: nothing left.
     pub fn next_work(&mut self) -> Option<Work> {
+        if let Some(change) = self.relays.next_change() {
+            return Some(Work::Socket(change));
+        }
         if let Some(change) = self.relay_changes.pop_front() {
             return Some(Work::Relay(change));
         }
@@ -279,206 +276,6 @@ impl State {
             c.io.touched = true;
             self.touched.push((side, id));
         }
-    }
-
-    /// Bytes read from socket `id` of `side`.
-    pub fn received_on(&mut self, side: Side, id: Key, data: &[u8], now: Instant) {
-        match side {
-            Side::Client => self.received(id, data, now),
-            Side::Peer => {
-                let Some(c) = self.peers.get(id) else { return };
-                if c.closing.is_some() || data.is_empty() {
-                    return;
-                }
-                match c.link {
-                    Some(d) => self.forward(Side::Peer, id, d, data),
-                    None => self.close_on(Side::Peer, id, "read before being spliced"),
-                }
-            }
-        }
-    }
-
-    /// Bytes read from connection `id` (`data` may be a shared receive buffer: what is
-    /// not consumed now is copied).
-    pub fn received(&mut self, id: Key, data: &[u8], now: Instant) {
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        if c.closing.is_some() || data.is_empty() {
-            return;
-        }
-        if matches!(c.wire.mode, Mode::Detect) {
-            let listener = c.five.listener;
-            let tls_ok = self.listeners.iter().any(|l| l.addr == listener && l.tls);
-            let tls = &self.tls;
-            let c = self.conns.get_mut(id).expect("checked above");
-            if let Err(why) = c.wire.detect(data[0], tls_ok, || tls_session(tls.as_ref())) {
-                return self.close(id, why);
-            }
-            if c.wire.is_tls() {
-                c.five.transport = Transport::Tls;
-            }
-        }
-        let c = self.conns.get_mut(id).expect("checked above");
-        match (&c.wire.mode, c.link) {
-            (Mode::Tls(_), _) => self.tls_received(id, data, now),
-            (_, Some(p)) => self.forward(Side::Client, id, p, data),
-            _ => {
-                if c.wire.rx.is_empty() && c.may_process() {
-                    // The common case: frames straight from the receive buffer.
-                    let used = self.frames(id, data, now);
-                    if let Some(c) = self.conns.get_mut(id)
-                        && c.closing.is_none()
-                    {
-                        c.wire.rx.extend_from_slice(&data[used..]);
-                    }
-                } else {
-                    c.wire.rx.extend_from_slice(data);
-                    self.process_rx(id, now);
-                }
-            }
-        }
-        self.check_rx_limit(id);
-    }
-
-    fn check_rx_limit(&mut self, id: Key) {
-        let in_flight = self.rx_in_flight;
-        if self
-            .conns
-            .get(id)
-            .is_some_and(|c| c.wire.overrun(in_flight))
-        {
-            self.close(
-                id,
-                "client sent more than the relay holds for a connection it stopped reading (not reading its responses?)",
-            );
-        }
-    }
-
-    /// Ciphertext in, plaintext into `rx`, handshake records out.
-    fn tls_received(&mut self, id: Key, data: &[u8], now: Instant) {
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        let done = c.wire.decrypt(data);
-        if !c.wire.tx.is_empty() {
-            self.touch(id);
-        }
-        if let Some(why) = done.failure {
-            // The alert goes out before the close, so the client reports why (a closed
-            // socket alone reads as "unexpected EOF").
-            if let Some(c) = self.conns.get_mut(id) {
-                send_now(c);
-                if done.handshaking {
-                    tracing::info!(client = %c.five, reason = %why, "TLS handshake failed");
-                }
-            }
-            return self.close(id, why);
-        }
-        self.process_rx(id, now);
-        if done.peer_closed {
-            self.close(id, "client sent TLS close_notify");
-        }
-    }
-
-    /// Processes whole frames waiting in `rx` (after a pause, or TLS plaintext).
-    fn process_rx(&mut self, id: Key, now: Instant) {
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        if c.wire.rx.is_empty() || !c.may_process() {
-            return;
-        }
-        let mut rx = std::mem::take(&mut c.wire.rx);
-        if let Some(p) = c.link {
-            // Spliced (TLS plaintext): no frames any more.
-            self.forward(Side::Client, id, p, &rx);
-            rx.clear();
-            if let Some(c) = self.conns.get_mut(id) {
-                c.wire.rx = rx;
-            }
-            return;
-        }
-        let used = self.frames(id, &rx, now);
-        match self.conns.get_mut(id) {
-            Some(c) => {
-                let mut rx = rx;
-                rx.drain(..used);
-                // Bytes may have been added meanwhile only if the connection closed.
-                c.wire.rx = rx;
-            }
-            None => drop(rx),
-        }
-    }
-
-    /// Handles the whole frames at the start of `buf` until it runs out, the connection
-    /// pauses or closes; returns the bytes consumed.
-    fn frames(&mut self, id: Key, buf: &[u8], now: Instant) -> usize {
-        let mut at = 0;
-        loop {
-            match self.conns.get(id) {
-                Some(c) if c.may_process() => {}
-                _ => return at,
-            }
-            match frame_len(&buf[at..]) {
-                Ok(Some(n)) => {
-                    self.frame(id, &buf[at..at + n], now);
-                    at += n;
-                    // A ConnectionBind spliced it: the rest is the peer's (RFC 6062 §5.4).
-                    if let Some(p) = self.conns.get(id).and_then(|c| c.link) {
-                        if at < buf.len() {
-                            self.forward(Side::Client, id, p, &buf[at..]);
-                        }
-                        return buf.len();
-                    }
-                }
-                Ok(None) => return at,
-                Err(e) => {
-                    let client = self.conns.get(id).map(|c| c.five);
-                    if let Some(client) = client {
-                        tracing::info!(%client, error = %e, "closing TCP connection: not STUN or ChannelData framing");
-                    }
-                    self.close(id, format!("stream framing: {e}"));
-                    return at;
-                }
-            }
-        }
-    }
-
-    fn frame(&mut self, id: Key, frame: &[u8], now: Instant) {
-        let Some(c) = self.conns.get_mut(id) else {
-            return;
-        };
-        c.last_frame = Some(now);
-        let five = c.five;
-        let mut out = std::mem::take(&mut self.out);
-        let mut output = self.server.handle_client(now, five, frame, &mut out);
-        // A reply may announce an allocation: its relay socket must exist before the
-        // response leaves. If the port cannot be bound the core voids that allocation and
-        // answers again itself (another port, or 508, queued already): this reply is void.
-        if matches!(output, ClientOutput::Reply { .. }) && apply::apply(self, now, Some(&five)) {
-            output = ClientOutput::Nothing;
-        }
-        // Only a request whose integrity verified keeps a connection without an
-        // allocation open (see `limits::idle_verdict`).
-        if self.server.last_request_authenticated()
-            && let Some(c) = self.conns.get_mut(id)
-        {
-            c.last_authenticated = Some(now);
-        }
-        match output {
-            ClientOutput::Nothing => {}
-            ClientOutput::Reply { len } => self.queue(id, &out[..len], false),
-            ClientOutput::ToPeer {
-                relay,
-                peer,
-                payload,
-            } => self.send_to_peer(id, relay, peer, payload),
-            ClientOutput::ToClient { to, len } => self.deliver(&to, &out[..len]),
-        }
-        self.out = out;
-        // An Allocate's relay socket must exist before the next frame uses it.
-        self.apply_commands(now);
     }
 
     /// Appends a frame to `id`'s send queue (see [`Wire::queue`]).

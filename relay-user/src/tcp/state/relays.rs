@@ -129,30 +129,19 @@ impl State {
     }
 
     pub(super) fn open_relay(&mut self, addr: SocketAddr) -> io::Result<()> {
-        let (key, old) = self
-            .relays
-            .insert(addr, bind_udp(addr)?, RelayFlow::default());
-        if let Some((old, r)) = old {
-            self.relay_changes
-                .push_back(RelayChange::Closed(old, r.sock));
-        }
-        self.relay_changes.push_back(RelayChange::Opened(key));
-        Ok(())
+        let sock = bind_udp(addr)?;
+        self.relays.open(addr, sock, RelayFlow::default()).map(drop)
     }
 
     pub(super) fn close_relay(&mut self, addr: SocketAddr) {
-        let Some((key, r)) = self.relays.close(addr) else {
-            return;
-        };
-        if let Some(id) = r.edge.stalled
+        if let Some(flow) = self.relays.close(addr)
+            && let Some(id) = flow.stalled
             && let Some(c) = self.conns.get_mut(id)
         {
             // The allocation is gone: its pending datagram has nowhere to go.
             c.stall = None;
             self.touch(id);
         }
-        self.relay_changes
-            .push_back(RelayChange::Closed(key, r.sock));
     }
 }
 

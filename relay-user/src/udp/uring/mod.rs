@@ -24,12 +24,15 @@ use io_uring::{IoUring, cqueue, opcode, squeue, types};
 
 use super::{
     batch::DATAGRAM_MAX,
-    plane::{Plane, Registry, SendErrors},
+    plane::{Plane, SendErrors},
 };
 use send::{RingOutbox, SendPool};
 
 use crate::{
-    shard::slab::Key,
+    shard::{
+        relays::{Change, Registry},
+        slab::Key,
+    },
     uring::{BufRing, Completions, Unavailable, setup_error, submit_and_wait},
 };
 
@@ -179,10 +182,7 @@ impl UringLoop {
         // SAFETY: all-zero is a valid msghdr.
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
         msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-        plane.relays.registry = Registry::Uring {
-            opened: Vec::new(),
-            closed: Vec::new(),
-        };
+        plane.relays.set_registry(Registry::Queued);
         let mut me = Self {
             ring,
             mem: Lent {
@@ -238,7 +238,7 @@ impl UringLoop {
     }
 
     fn arm_relay(&mut self, key: Key) {
-        let Some((_, fd)) = self.plane.relays.get(key) else {
+        let Some((_, fd)) = self.plane.relays.addr_fd(key) else {
             return;
         };
         if self.arm_recv(fd, key.token(RELAY)) {
@@ -281,30 +281,27 @@ impl UringLoop {
     /// Arms receives on new relay sockets, cancels those of closed ones, and re-arms
     /// receives that ended: after every batch, before the next submit.
     fn sync(&mut self) {
-        let Registry::Uring { opened, closed } = &mut self.plane.relays.registry else {
-            unreachable!("the io_uring loop set its registry");
-        };
-        let opened = std::mem::take(opened);
-        let closed = std::mem::take(closed);
-        // New ones first: a socket opened and closed in the same batch is not armed (it
-        // is no longer open) and is then retired below.
-        for key in opened {
-            self.arm_relay(key);
-        }
-        for (key, sock) in closed {
-            if self.armed.contains(&key) {
-                let e = opcode::AsyncCancel::new(key.token(RELAY))
-                    .build()
-                    .user_data(token(IGNORE, 0));
-                if push(&mut self.ring, &e) {
-                    self.closing.insert(key, sock);
-                } else if let Registry::Uring { closed, .. } = &mut self.plane.relays.registry {
-                    closed.push((key, sock));
+        // In the order they opened and closed: a socket opened and closed in the same
+        // batch is not armed (it is no longer open) and is then retired.
+        let changes: Vec<Change> = std::iter::from_fn(|| self.plane.relays.next_change()).collect();
+        for change in changes {
+            match change {
+                Change::Opened(key) => self.arm_relay(key),
+                Change::Closed(key, sock) if self.armed.contains(&key) => {
+                    let e = opcode::AsyncCancel::new(key.token(RELAY))
+                        .build()
+                        .user_data(token(IGNORE, 0));
+                    if push(&mut self.ring, &e) {
+                        self.closing.insert(key, sock);
+                    } else {
+                        self.plane.relays.defer(Change::Closed(key, sock));
+                    }
                 }
-            } else {
-                self.rearm_relays.retain(|k| *k != key);
-                // Sends of this batch may still name its fd: it goes after the submit.
-                self.plane.relays.retire(sock);
+                Change::Closed(key, sock) => {
+                    self.rearm_relays.retain(|k| *k != key);
+                    // Sends of this batch may still name its fd: it goes after the submit.
+                    self.plane.relays.retire(sock);
+                }
             }
         }
         if self.rearm_wake {
@@ -416,7 +413,7 @@ impl UringLoop {
                         &mut tx,
                     ),
                     _ => {
-                        if let Some(relay) = plane.relays.addr(key) {
+                        if let Some(relay) = plane.relays.get(key).map(|r| r.addr) {
                             plane.peer_datagram(now, relay, from, out.payload_data(), &mut tx);
                         }
                     }
@@ -444,7 +441,7 @@ impl UringLoop {
             drop(sock);
         } else if self.plane.relays.is_open(key) {
             if res < 0 && res != -libc::ENOBUFS {
-                let relay = self.plane.relays.addr(key);
+                let relay = self.plane.relays.get(key).map(|r| r.addr);
                 self.recv_failed(res, || format!("relay socket {relay:?}"));
             }
             self.rearm_relays.push(key);
