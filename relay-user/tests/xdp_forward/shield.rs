@@ -1,0 +1,288 @@
+//! The shield (`relay_common::shield`): every drop reason, each beside the traffic of a
+//! correct client or peer that must still be forwarded or passed up.
+
+use std::net::{SocketAddr, UdpSocket};
+
+use relay_common::{Reason, SHIELD_ALL_CLIENTS_KNOWN, SHIELD_ON, ShieldConfig, bucket_params};
+
+use super::send::{A, send_indication};
+use super::{
+    CLIENT_MAC, Env, Family, PEER_MAC, XDP_PASS, XDP_TX, channel_data, frame, in_netns, parse, sa,
+    v4, v6,
+};
+
+const XDP_DROP: u32 = 1;
+const PORTS: (u16, u16) = (24000, 24999);
+
+/// Turns the shield on: listener port 3478, relay IPs 10.0.0.1 and fd00::1, relay ports
+/// [`PORTS`], per-source bucket `source` (rate, burst), global bucket `global`.
+fn shield(env: &mut Env, flags: u32, source: (u32, u32), global: (u32, u32)) {
+    env.maps
+        .set_shield_addresses(&[3478], &[sa("10.0.0.1:0").ip(), sa("[fd00::1]:0").ip()])
+        .unwrap();
+    let (source_interval_ns, source_burst_ns) = bucket_params(source.0, source.1);
+    let (global_interval_ns, global_burst_ns) = bucket_params(global.0, global.1);
+    env.maps
+        .set_shield(ShieldConfig {
+            flags: SHIELD_ON | flags,
+            relay_port_min: PORTS.0,
+            relay_port_max: PORTS.1,
+            source_interval_ns,
+            source_burst_ns,
+            global_interval_ns,
+            global_burst_ns,
+        })
+        .unwrap();
+}
+
+impl Env {
+    /// Asserts the frame is dropped, counted under `why`.
+    fn assert_drop(&mut self, frame: &[u8], why: Reason) {
+        let before = self.reason(why);
+        let (action, _) = self.run(frame);
+        assert_eq!(action, XDP_DROP, "expected drop ({why:?})");
+        assert_eq!(self.reason(why), before + 1, "reason {why:?} not counted");
+    }
+}
+
+/// A UDP client's allocation, flagged complete (everything it has is in the maps), with a
+/// permission for the peer and channel 0x4001 to it.
+fn complete_allocation(env: &mut Env, f: &Family) {
+    super::send::setup(env, f);
+    env.maps
+        .add_channel(f.client, f.listener, f.relay, f.peer, 0x4001)
+        .unwrap();
+}
+
+/// A STUN message of type `type_` (0x0001 Binding request, 0x0011 Binding indication)
+/// with `cookie` and `extra` zero bytes of body.
+fn stun(type_: u16, cookie: [u8; 4], extra: usize) -> Vec<u8> {
+    let mut m = type_.to_be_bytes().to_vec();
+    m.extend_from_slice(&(extra as u16).to_be_bytes());
+    m.extend_from_slice(&cookie);
+    m.extend_from_slice(&[0x5a; 12]);
+    m.extend(std::iter::repeat_n(0, extra));
+    m
+}
+
+const COOKIE: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+const BINDING_REQUEST: u16 = 0x0001;
+
+fn relay_port_unused(f: Family, other_relay_port: SocketAddr) {
+    in_netns(move |env| {
+        shield(env, 0, (0, 0), (0, 0));
+        let mac = env.mac;
+        let unused = SocketAddr::new(f.relay.ip(), 24500);
+        env.assert_drop(
+            &frame(f.peer, unused, b"junk", PEER_MAC, mac),
+            Reason::RelayPortUnused,
+        );
+        // A socket holds the port (userspace bound a relay the maps do not know yet, or a
+        // TCP allocation's): up it goes.
+        let _sock = UdpSocket::bind(other_relay_port).unwrap();
+        env.assert_pass(
+            &frame(f.peer, other_relay_port, b"\x01ata", PEER_MAC, mac),
+            Reason::NotChannelData,
+        );
+        // Outside the relay port range: not the shield's business.
+        let outside = SocketAddr::new(f.relay.ip(), 30000);
+        env.assert_pass(
+            &frame(f.peer, outside, b"\x01ata", PEER_MAC, mac),
+            Reason::NotChannelData,
+        );
+        // A known allocation's peer data is forwarded as before.
+        complete_allocation(env, &f);
+        let (action, out) = env.run(&frame(f.peer, f.relay, b"media", PEER_MAC, mac));
+        assert_eq!(action, XDP_TX);
+        assert_eq!(parse(&out).payload, channel_data(0x4001, b"media", 0));
+    });
+}
+
+#[test]
+fn datagrams_to_unused_relay_ports_are_dropped_ipv4() {
+    relay_port_unused(v4(), sa("10.0.0.1:24501"));
+}
+
+#[test]
+fn datagrams_to_unused_relay_ports_are_dropped_ipv6() {
+    relay_port_unused(v6(), sa("[fd00::1]:24501"));
+}
+
+#[test]
+fn peers_without_a_permission_are_dropped_only_for_complete_allocations() {
+    in_netns(|env| {
+        let f = v4();
+        shield(env, 0, (0, 0), (0, 0));
+        let mac = env.mac;
+        complete_allocation(env, &f);
+        let stranger = sa("10.0.0.7:1000");
+        env.assert_drop(
+            &frame(stranger, f.relay, b"data", PEER_MAC, mac),
+            Reason::PeerNotPermitted,
+        );
+        // Any port of a permitted peer still reaches the client.
+        let other_port = SocketAddr::new(f.peer.ip(), 41000);
+        let (action, out) = env.run(&frame(other_port, f.relay, b"data", PEER_MAC, mac));
+        assert_eq!(action, XDP_TX);
+        assert_eq!(parse(&out).dst, f.client);
+        // An allocation the daemon did not flag complete (some permissions in userspace
+        // only): passed up for userspace to decide.
+        let partial = sa("10.0.0.1:24002");
+        env.maps.add_allocation(partial).unwrap();
+        env.assert_pass(
+            &frame(stranger, partial, b"data", PEER_MAC, mac),
+            Reason::NoPermission,
+        );
+    });
+}
+
+#[test]
+fn unbound_channel_data_is_dropped_when_the_kernel_knows_every_channel() {
+    in_netns(|env| {
+        let f = v4();
+        shield(env, 0, (0, 0), (0, 0));
+        let mac = env.mac;
+        complete_allocation(env, &f);
+        // The bound channel goes out.
+        let (action, out) = env.run(&frame(
+            f.client,
+            f.listener,
+            &channel_data(0x4001, b"media", 0),
+            CLIENT_MAC,
+            mac,
+        ));
+        assert_eq!(action, XDP_TX);
+        assert_eq!(parse(&out).dst, f.peer);
+        // Another channel of the same client: it has none.
+        env.assert_drop(
+            &frame(
+                f.client,
+                f.listener,
+                &channel_data(0x4002, b"x", 0),
+                CLIENT_MAC,
+                mac,
+            ),
+            Reason::ChannelUnbound,
+        );
+        // A 5-tuple without an allocation: up, unless every client is known to the kernel.
+        let stranger = sa("10.0.0.3:50001");
+        let cd = frame(
+            stranger,
+            f.listener,
+            &channel_data(0x4001, b"x", 0),
+            CLIENT_MAC,
+            mac,
+        );
+        env.assert_pass(&cd, Reason::UnknownChannel);
+        shield(env, SHIELD_ALL_CLIENTS_KNOWN, (0, 0), (0, 0));
+        env.assert_drop(&cd, Reason::ChannelUnbound);
+        // Send indications of the allocation still leave for the peer.
+        let msg = send_indication(&[A::Peer(f.peer), A::Data(b"hi")], 0);
+        let (action, out) = env.run(&frame(f.client, f.listener, &msg, CLIENT_MAC, mac));
+        assert_eq!(action, XDP_TX);
+        assert_eq!(parse(&out).payload, b"hi");
+    });
+}
+
+#[test]
+fn what_cannot_be_stun_or_channel_data_is_dropped_at_the_listener() {
+    in_netns(|env| {
+        let f = v4();
+        shield(env, 0, (0, 0), (0, 0));
+        let mac = env.mac;
+        let to_listener =
+            |payload: &[u8]| frame(sa("10.0.0.7:1000"), f.listener, payload, CLIENT_MAC, mac);
+        for junk in [
+            &b""[..],
+            b"\x00\x01\x00",
+            b"\x80\x01\x00\x00 random bytes",
+            b"\xc0\x00\x00\x00",
+        ] {
+            env.assert_drop(&to_listener(junk), Reason::Unparsable);
+        }
+        // Too short for a STUN header; the wrong magic cookie (RFC 3489 STUN).
+        env.assert_drop(
+            &to_listener(&stun(BINDING_REQUEST, COOKIE, 0)[..19]),
+            Reason::Unparsable,
+        );
+        env.assert_drop(
+            &to_listener(&stun(BINDING_REQUEST, [1, 2, 3, 4], 0)),
+            Reason::Unparsable,
+        );
+        // A well-formed request goes up.
+        env.assert_pass(
+            &to_listener(&stun(BINDING_REQUEST, COOKIE, 8)),
+            Reason::NotChannelData,
+        );
+    });
+}
+
+#[test]
+fn unauthenticated_requests_meet_the_source_and_global_buckets() {
+    in_netns(|env| {
+        let f = v4();
+        shield(env, 0, (1, 3), (0, 0));
+        let mac = env.mac;
+        complete_allocation(env, &f);
+        let request = stun(BINDING_REQUEST, COOKIE, 0);
+        let from = |s: &str| frame(sa(s), f.listener, &request, CLIENT_MAC, mac);
+        // The burst, then nothing; other ports of the address share its bucket.
+        for _ in 0..3 {
+            env.assert_pass(&from("10.0.0.7:1000"), Reason::NotChannelData);
+        }
+        env.assert_drop(&from("10.0.0.7:1001"), Reason::UnauthenticatedRate);
+        // Another source has its own.
+        env.assert_pass(&from("10.0.0.8:1000"), Reason::NotChannelData);
+        // Indications are not requests.
+        let indication = stun(0x0011, COOKIE, 0);
+        env.assert_pass(
+            &frame(
+                sa("10.0.0.7:1000"),
+                f.listener,
+                &indication,
+                CLIENT_MAC,
+                mac,
+            ),
+            Reason::NotChannelData,
+        );
+        // A 5-tuple holding an allocation is never limited.
+        for _ in 0..20 {
+            env.assert_pass(
+                &frame(f.client, f.listener, &request, CLIENT_MAC, mac),
+                Reason::NotChannelData,
+            );
+        }
+
+        // Global: many sources, each under its own rate, share 5.
+        shield(env, 0, (0, 0), (1, 5));
+        for n in 0..5 {
+            env.assert_pass(&from(&format!("10.0.1.{n}:1000")), Reason::NotChannelData);
+        }
+        env.assert_drop(&from("10.0.1.99:1000"), Reason::UnauthenticatedRate);
+        env.assert_pass(
+            &frame(f.client, f.listener, &request, CLIENT_MAC, mac),
+            Reason::NotChannelData,
+        );
+    });
+}
+
+#[test]
+fn with_the_shield_off_nothing_is_dropped() {
+    in_netns(|env| {
+        let f = v4();
+        let mac = env.mac;
+        complete_allocation(env, &f);
+        env.assert_pass(
+            &frame(sa("10.0.0.7:1000"), f.relay, b"data", PEER_MAC, mac),
+            Reason::NoPermission,
+        );
+        let (action, _) = env.run(&frame(
+            sa("10.0.0.7:1000"),
+            f.listener,
+            b"\x80junk",
+            CLIENT_MAC,
+            mac,
+        ));
+        assert_eq!(action, XDP_PASS);
+    });
+}
