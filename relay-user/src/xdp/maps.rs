@@ -117,15 +117,15 @@ impl XdpMaps<KernelMaps> {
         self.maps.reason_counters()
     }
 
-    /// Tells the shield where the relay listens (UDP listener ports) and which IPs its
-    /// relay sockets are bound to (wildcard binds name none).
+    /// Tells the shield where the relay listens (UDP listeners) and which IPs its relay
+    /// sockets are bound to (wildcard binds name none).
     pub fn set_shield_addresses(
         &mut self,
-        listener_ports: &[u16],
+        listeners: &[SocketAddr],
         relay_ips: &[IpAddr],
     ) -> Result<(), XdpMapsError> {
-        for &p in listener_ports {
-            self.maps.add_listener(port(p))?;
+        for &l in listeners {
+            self.maps.add_listener(relay_key(l))?;
         }
         for ip in relay_ips.iter().filter(|ip| !ip.is_unspecified()) {
             self.maps.add_relay_ip(map_ip(*ip))?;

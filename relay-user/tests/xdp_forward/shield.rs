@@ -14,11 +14,14 @@ use super::{
 const XDP_DROP: u32 = 1;
 const PORTS: (u16, u16) = (24000, 24999);
 
-/// Turns the shield on: listener port 3478, relay IPs 10.0.0.1 and fd00::1, relay ports
+/// Turns the shield on: listeners 10.0.0.1:3478 and [fd00::1]:3478, relay IPs 10.0.0.1 and fd00::1, relay ports
 /// [`PORTS`], per-source bucket `source` (rate, burst), global bucket `global`.
 fn shield(env: &mut Env, flags: u32, source: (u32, u32), global: (u32, u32)) {
     env.maps
-        .set_shield_addresses(&[3478], &[sa("10.0.0.1:0").ip(), sa("[fd00::1]:0").ip()])
+        .set_shield_addresses(
+            &[sa("10.0.0.1:3478"), sa("[fd00::1]:3478")],
+            &[sa("10.0.0.1:0").ip(), sa("[fd00::1]:0").ip()],
+        )
         .unwrap();
     let (source_interval_ns, source_burst_ns) = bucket_params(source.0, source.1);
     let (global_interval_ns, global_burst_ns) = bucket_params(global.0, global.1);
@@ -214,6 +217,15 @@ fn what_cannot_be_stun_or_channel_data_is_dropped_at_the_listener() {
             &to_listener(&stun(BINDING_REQUEST, COOKIE, 8)),
             Reason::NotChannelData,
         );
+        // The same port on another address is not ours to judge.
+        let elsewhere = frame(
+            sa("10.0.0.7:1000"),
+            sa("10.0.0.2:3478"),
+            b"\x80junk",
+            CLIENT_MAC,
+            mac,
+        );
+        env.assert_pass(&elsewhere, Reason::NotChannelData);
     });
 }
 
