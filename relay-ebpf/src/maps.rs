@@ -75,7 +75,7 @@ pub fn allocation_flags(udp: &Udp) -> u32 {
         port: udp.dst_port,
         _pad: [0; 2],
     };
-    match ALLOCATIONS.get_ptr(&relay) {
+    match ALLOCATIONS.get_ptr(relay) {
         // SAFETY: value pointer from a successful lookup.
         Some(v) => u32::from(unsafe { (*v)._pad[0] }),
         None => NO_ALLOCATION,

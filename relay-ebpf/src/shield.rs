@@ -81,7 +81,7 @@ pub fn screen(ctx: &XdpContext, udp: &Udp) -> u32 {
         port: udp.dst_port,
         _pad: [0; 2],
     };
-    if LISTENERS.get_ptr(&listener).is_some() {
+    if LISTENERS.get_ptr(listener).is_some() {
         screen_listener(ctx, udp)
     } else {
         screen_relay_port(ctx, udp)
