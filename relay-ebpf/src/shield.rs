@@ -76,12 +76,7 @@ pub fn screen(ctx: &XdpContext, udp: &Udp) -> u32 {
     if !on() {
         return NONE;
     }
-    let listener = RelayKey {
-        ip: udp.dst_ip,
-        port: udp.dst_port,
-        _pad: [0; 2],
-    };
-    if LISTENERS.get_ptr(listener).is_some() {
+    if is_listener(udp) {
         screen_listener(ctx, udp)
     } else {
         screen_relay_port(ctx, udp)
@@ -105,15 +100,29 @@ fn screen_relay_port(ctx: &XdpContext, udp: &Udp) -> u32 {
 }
 
 /// ChannelData with a channel number the CHANNELS map lacks: dropped if the sender's
-/// allocation has all its channels in the kernel, or if it has no allocation and the
-/// daemon vouches that every client is in CLIENTS.
-#[inline(always)]
+/// allocation has all its channels in the kernel, or if it was sent to one of our
+/// listeners from a 5-tuple without an allocation and the daemon vouches that every
+/// client is in CLIENTS. (Anything else that merely starts like ChannelData, to other
+/// ports of this host or through it, is not ours to judge.) Out of line: the keys stay
+/// off the main stack frame.
+#[inline(never)]
 pub fn channel_unbound(udp: &Udp) -> bool {
     let Some(c) = config() else { return false };
     match client_flags(udp) {
         Some(flags) => flags & ALLOCATION_COMPLETE != 0,
-        None => c.flags & SHIELD_ALL_CLIENTS_KNOWN != 0,
+        None => c.flags & SHIELD_ALL_CLIENTS_KNOWN != 0 && is_listener(udp),
     }
+}
+
+/// Whether `udp` is addressed to one of our UDP listeners.
+#[inline(always)]
+fn is_listener(udp: &Udp) -> bool {
+    let listener = RelayKey {
+        ip: udp.dst_ip,
+        port: udp.dst_port,
+        _pad: [0; 2],
+    };
+    LISTENERS.get_ptr(listener).is_some()
 }
 
 /// The flags of the sender's CLIENTS entry (either peer family), if it has one. A dual

@@ -179,6 +179,15 @@ fn unbound_channel_data_is_dropped_when_the_kernel_knows_every_channel() {
         env.assert_pass(&cd, Reason::UnknownChannel);
         shield(env, SHIELD_ALL_CLIENTS_KNOWN, (0, 0), (0, 0));
         env.assert_drop(&cd, Reason::ChannelUnbound);
+        // What only looks like ChannelData, to another port of this host, is not ours.
+        let elsewhere = frame(
+            stranger,
+            sa("10.0.0.1:53"),
+            &channel_data(0x4001, b"x", 0),
+            CLIENT_MAC,
+            mac,
+        );
+        env.assert_pass(&elsewhere, Reason::UnknownChannel);
         // Send indications of the allocation still leave for the peer.
         let msg = send_indication(&[A::Peer(f.peer), A::Data(b"hi")], 0);
         let (action, out) = env.run(&frame(f.client, f.listener, &msg, CLIENT_MAC, mac));
