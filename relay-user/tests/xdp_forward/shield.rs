@@ -1,10 +1,17 @@
 //! The shield (`relay_common::shield`): every drop reason, each beside the traffic of a
 //! correct client or peer that must still be forwarded or passed up.
 
+use std::cell::RefCell;
 use std::net::{SocketAddr, UdpSocket};
+use std::time::Instant;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use relay_proto::server::{ClientOutput, FiveTuple, Transport};
 
 use relay_common::{Reason, SHIELD_ALL_CLIENTS_KNOWN, SHIELD_ON, ShieldConfig, bucket_params};
 
+use super::core_driver::Core;
 use super::send::{A, send_indication};
 use super::{
     CLIENT_MAC, Env, Family, PEER_MAC, XDP_PASS, XDP_TX, channel_data, frame, in_netns, parse, sa,
@@ -305,5 +312,68 @@ fn with_the_shield_off_nothing_is_dropped() {
             mac,
         ));
         assert_eq!(action, XDP_PASS);
+    });
+}
+
+/// Packets to a listener from a 5-tuple without an allocation: random bytes, and STUN
+/// headers with random damage. Whatever the kernel drops as `unparsable`, the core
+/// would not have answered either.
+#[test]
+fn what_the_kernel_calls_unparsable_the_core_never_answers() {
+    in_netns(|env| {
+        let f = v4();
+        shield(env, 0, (0, 0), (0, 0));
+        let mac = env.mac;
+        let mut core = Core::new(f.relay.ip(), f.relay.ip());
+        core.server.set_unauthenticated_limit(0, 0);
+        core.server.set_unauthenticated_global_limit(0, 0);
+        let stranger = sa("10.0.0.7:1000");
+        let from = FiveTuple::new(stranger, f.listener, Transport::Udp);
+        let header = (any::<u16>(), any::<[u8; 4]>(), 0usize..48).prop_map(|(t, c, extra)| {
+            let cookie = if c[0] % 2 == 0 { COOKIE } else { c };
+            stun(t & 0x3fff, cookie, extra)
+        });
+        let damaged =
+            (header, any::<usize>(), any::<u8>(), 0usize..32).prop_map(|(mut m, at, byte, cut)| {
+                let i = at % m.len();
+                m[i] = byte;
+                m.truncate(m.len().saturating_sub(cut % 4 * (cut / 4)));
+                m
+            });
+        let payloads = prop_oneof![proptest::collection::vec(any::<u8>(), 0..64), damaged];
+        let (env, core) = (RefCell::new(env), RefCell::new(&mut core));
+        let mut dropped = 0u32;
+        let dropped_ref = RefCell::new(&mut dropped);
+        let config = Config {
+            cases: 2_000,
+            // Failures print their packet; there is no source file to persist them beside.
+            failure_persistence: None,
+            ..Config::default()
+        };
+        TestRunner::new(config)
+            .run(&payloads, |payload| {
+                let input = frame(stranger, f.listener, &payload, CLIENT_MAC, mac);
+                let (action, _) = env.borrow_mut().run(&input);
+                if action == XDP_DROP {
+                    **dropped_ref.borrow_mut() += 1;
+                    let mut out = vec![0u8; 2048];
+                    let mut core = core.borrow_mut();
+                    let answer =
+                        core.server
+                            .handle_client(Instant::now(), from, &payload, &mut out);
+                    prop_assert!(
+                        matches!(answer, ClientOutput::Nothing),
+                        "the kernel dropped {payload:02x?}, the core answers it"
+                    );
+                } else {
+                    prop_assert_eq!(action, XDP_PASS);
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            dropped > 100,
+            "only {dropped} of the generated packets dropped"
+        );
     });
 }
