@@ -329,4 +329,11 @@ fn an_allocation_is_flagged_complete_only_while_the_kernel_holds_all_it_has() {
     let other_bind = SocketAddr::new(IpAddr::from(BIND), other_public.port());
     assert!(flagged_complete(&maps, other, other_bind));
     assert!(!flagged_complete(&maps, client, relay_bind));
+    // The client's next allocation starts over, complete.
+    core.release(client, listener());
+    apply(&mut core, &mut maps);
+    let again = core.allocate(client, listener());
+    apply(&mut core, &mut maps);
+    let again_bind = SocketAddr::new(IpAddr::from(BIND), again.port());
+    assert!(flagged_complete(&maps, client, again_bind));
 }
