@@ -8,7 +8,8 @@
 //! with the reason counted.
 #![no_std]
 #![no_main]
-// Compare-and-swap on map values (bandwidth.rs): the BPF target has no `AtomicU64` CAS.
+// Compare-and-swap on map values (bandwidth.rs, shield.rs): the BPF target has no `AtomicU64`
+// CAS.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
@@ -24,11 +25,12 @@ mod parse;
 mod peer_to_client;
 mod request;
 mod send_indication;
+mod shield;
 mod to_client;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use relay_common::{Reason, RelayKey};
+use relay_common::Reason;
 
 #[xdp]
 pub fn relay_xdp(ctx: XdpContext) -> u32 {
@@ -58,20 +60,31 @@ fn relay(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
     let udp = unsafe { &mut *udp };
     parse::parse(ctx, udp)?;
     let udp = &*udp;
-    let relay = RelayKey {
-        ip: udp.dst_ip,
-        port: udp.dst_port,
-        _pad: [0; 2],
-    };
-    if maps::ALLOCATIONS.get_ptr(&relay).is_some() {
-        return verdict::unpack(peer_to_client::handle(ctx, udp));
+    let flags = maps::allocation_flags(udp);
+    if flags != maps::NO_ALLOCATION {
+        let flags = flags as u8;
+        return match verdict::unpack(peer_to_client::handle(ctx, udp)) {
+            Err(Reason::NoPermission) if shield::peer_not_permitted(flags) => {
+                Ok((xdp_action::XDP_DROP, Reason::PeerNotPermitted))
+            }
+            r => r,
+        };
+    }
+    let screened = shield::screen(ctx, udp);
+    if screened != shield::NONE {
+        return Ok((xdp_action::XDP_DROP, verdict::reason_from(screened)));
     }
     let req = maps::SCRATCH_REQUEST
         .get_ptr_mut(0)
         .ok_or(Reason::Malformed)?;
     // SAFETY: per-CPU scratch slot, used by this run only (see maps.rs).
     let req = unsafe { &mut *req };
-    let (route, _) = verdict::unpack(request::read(ctx, udp, req))?;
+    let (route, _) = match verdict::unpack(request::read(ctx, udp, req)) {
+        Err(Reason::UnknownChannel) if shield::channel_unbound(udp) => {
+            return Ok((xdp_action::XDP_DROP, Reason::ChannelUnbound));
+        }
+        r => r?,
+    };
     let req = &*req;
     if route == request::HAIRPIN {
         verdict::unpack(hairpin::handle(ctx, udp, req))

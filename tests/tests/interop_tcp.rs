@@ -46,7 +46,8 @@ struct Cfg {
     idle_timeout: u64,
     /// `[tcp] relay_tcp`: RFC 6062 TCP allocations offered.
     relay_tcp: bool,
-    /// `[limits] unauthenticated_rate`; `None`: the relay's default.
+    /// `[limits] unauthenticated_rate` and `unauthenticated_global_rate`, both set to it;
+    /// `None`: the relay's defaults.
     unauthenticated_rate: Option<u32>,
 }
 
@@ -99,7 +100,7 @@ mode = "off"
             relay_tcp = cfg.relay_tcp,
             rate = cfg
                 .unauthenticated_rate
-                .map(|r| format!("unauthenticated_rate = {r}"))
+                .map(|r| format!("unauthenticated_rate = {r}\nunauthenticated_global_rate = {r}"))
                 .unwrap_or_default(),
         ),
         ..RelayConfig::deployment(a)
@@ -269,8 +270,8 @@ fn pipelined_requests_to_a_late_reader_io_uring() {
 
 /// `engine`: "io_uring" (what `auto` picks on this kernel) or "epoll".
 fn pipelined_requests_to_a_late_reader(engine: &'static str) {
-    // Every request must be answered for the replies to back up: no per-source limit on
-    // unauthenticated requests (it would drop the excess unanswered).
+    // Every request must be answered for the replies to back up: no per-source or global
+    // limit on unauthenticated requests (they would drop the excess unanswered).
     let env = start(Cfg {
         engine: if engine == "epoll" { "epoll" } else { "auto" },
         unauthenticated_rate: Some(0),

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use aya::maps::MapError;
-use relay_common::{Bucket, RelayValue, SlotBandwidth};
+use relay_common::{Bucket, RelayValue, ShieldConfig, SlotBandwidth};
 
 use super::writer::{Entry, Key, MapWriter, XdpMapsError, update_error};
 
@@ -17,6 +17,8 @@ pub struct FakeMaps {
     /// SLOT_BANDWIDTH and BANDWIDTH as written.
     slot_bandwidth: HashMap<u32, SlotBandwidth>,
     buckets: HashMap<u32, Bucket>,
+    /// The shield settings last written.
+    pub shield: Option<ShieldConfig>,
 }
 
 impl FakeMaps {
@@ -79,6 +81,11 @@ impl MapWriter for FakeMaps {
     ) -> Result<(), XdpMapsError> {
         self.buckets.extend(fresh.iter().copied());
         self.slot_bandwidth.insert(slot, value);
+        Ok(())
+    }
+
+    fn shield_config(&mut self, config: ShieldConfig) -> Result<(), XdpMapsError> {
+        self.shield = Some(config);
         Ok(())
     }
 }

@@ -7,9 +7,10 @@ use aya::{
 };
 use relay_common::{
     ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, Bucket, CHANNELS_MAP, CLIENTS_MAP,
-    ChannelKey, ChannelValue, ClientKey, ClientTarget, Ip, PEER_CHANNELS_MAP, PERMISSIONS_MAP,
-    PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP, RELAY_ADDRS_MAP,
-    Reason, RelayKey, RelayValue, SlotBandwidth,
+    ChannelKey, ChannelValue, ClientKey, ClientTarget, Ip, LISTENERS_MAP, PEER_CHANNELS_MAP,
+    PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP,
+    RELAY_ADDRS_MAP, RELAY_IPS_MAP, Reason, RelayKey, RelayValue, SHIELD_CONFIG_MAP, ShieldConfig,
+    SlotBandwidth,
     bandwidth::{ALLOC_DROPS_MAP, BANDWIDTH_MAP, SLOT_BANDWIDTH_MAP},
 };
 
@@ -30,6 +31,9 @@ pub struct KernelMaps {
     slot_bandwidth: Array<MapData, SlotBandwidth>,
     buckets: Array<MapData, Bucket>,
     alloc_drops: PerCpuArray<MapData, u64>,
+    shield: Array<MapData, ShieldConfig>,
+    listeners: HashMap<MapData, RelayKey, u32>,
+    relay_ips: HashMap<MapData, Ip, u32>,
     nr_cpus: usize,
 }
 
@@ -60,6 +64,9 @@ impl KernelMaps {
             slot_bandwidth: take(ebpf, SLOT_BANDWIDTH_MAP)?,
             buckets: take(ebpf, BANDWIDTH_MAP)?,
             alloc_drops: take(ebpf, ALLOC_DROPS_MAP)?,
+            shield: take(ebpf, SHIELD_CONFIG_MAP)?,
+            listeners: take(ebpf, LISTENERS_MAP)?,
+            relay_ips: take(ebpf, RELAY_IPS_MAP)?,
             nr_cpus,
         })
     }
@@ -69,6 +76,20 @@ impl KernelMaps {
         self.redirect
             .insert(ifindex, ifindex, None, 0)
             .map_err(|source| XdpMapsError::Redirect { ifindex, source })
+    }
+
+    /// A UDP listener's address for the shield.
+    pub fn add_listener(&mut self, address: RelayKey) -> Result<(), XdpMapsError> {
+        self.listeners
+            .insert(address, 1, 0)
+            .map_err(upd(LISTENERS_MAP, "insert"))
+    }
+
+    /// An IP relay sockets are bound to, for the shield.
+    pub fn add_relay_ip(&mut self, ip: Ip) -> Result<(), XdpMapsError> {
+        self.relay_ips
+            .insert(ip, 1, 0)
+            .map_err(upd(RELAY_IPS_MAP, "insert"))
     }
 
     /// Counter slot `slot`, summed over CPUs.
@@ -136,6 +157,12 @@ impl MapWriter for KernelMaps {
             Key::Client(k) => self.clients.get(k, 0).ok(),
             _ => None,
         }
+    }
+
+    fn shield_config(&mut self, config: ShieldConfig) -> Result<(), XdpMapsError> {
+        self.shield
+            .set(0, config, 0)
+            .map_err(upd(SHIELD_CONFIG_MAP, "write"))
     }
 
     fn zero_counters(&mut self, slot: u32) -> Result<(), XdpMapsError> {

@@ -13,6 +13,7 @@ mod logs;
 pub mod maps;
 mod offload;
 mod reader;
+pub mod shield;
 mod writer;
 
 pub use attach::Attached;

@@ -10,7 +10,7 @@ use aya::maps::{MapError, xdp::XdpMapError};
 use relay_common::{
     ALLOCATIONS_MAP, Bucket, CHANNELS_MAP, CLIENTS_MAP, ChannelKey, ChannelValue, ClientKey,
     ClientTarget, Ip, PEER_CHANNELS_MAP, PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey,
-    REDIRECT_MAP, RELAY_ADDRS_MAP, RelayKey, RelayValue, SlotBandwidth,
+    REDIRECT_MAP, RELAY_ADDRS_MAP, RelayKey, RelayValue, ShieldConfig, SlotBandwidth,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -131,4 +131,6 @@ pub trait MapWriter {
         value: SlotBandwidth,
         fresh: &[(u32, Bucket)],
     ) -> Result<(), XdpMapsError>;
+    /// Writes the shield's settings (`SHIELD_CONFIG`).
+    fn shield_config(&mut self, config: ShieldConfig) -> Result<(), XdpMapsError>;
 }

@@ -179,8 +179,9 @@ allow = ["192.0.2.0/24"]
 [limits]
 max_allocations = 20000
 # The load generator opens thousands of allocations from one address, as coturn (which
-# has no such limit) gets them: the per-source limit for unauthenticated requests is off.
+# has no such limit) gets them: the limits for unauthenticated requests are off.
 unauthenticated_rate = 0
+unauthenticated_global_rate = 0
 
 [xdp]
 interfaces = ["{ext}", "{int}"]
