@@ -9,6 +9,8 @@ pub mod certs;
 pub mod cmd;
 pub mod coturn;
 pub mod fixture;
+pub mod flood;
+pub mod flood_config;
 pub mod netns;
 pub mod page;
 pub mod relay;
