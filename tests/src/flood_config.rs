@@ -129,9 +129,10 @@ fn payload(kind: Junk) -> String {
     match kind {
         Junk::RandomBytes => format!("0xff, drnd({})", JUNK_LEN - 1),
         Junk::RelayPortDatagram => format!("drnd({JUNK_LEN})"),
-        // Channel numbers 0x4000-0x4fff (RFC 8656 section 12), the length field exact.
+        // Channel numbers 0x4000-0x4fff (RFC 8656 section 12; the high byte cycles, as
+        // payload bytes take no random range), the length field exact.
         Junk::UnboundChannelData => {
-            format!("drnd(0x40, 0x4f), drnd(), c16({CHANNEL_DATA_LEN}), drnd({CHANNEL_DATA_LEN})")
+            format!("dinc(0x40, 0x4f), drnd(), c16({CHANNEL_DATA_LEN}), drnd({CHANNEL_DATA_LEN})")
         }
         // Allocate, length 8, magic cookie, transaction ID; REQUESTED-TRANSPORT = 17.
         Junk::MinimalAllocate => "c16(0x0003), c16(8), c32(0x2112a442), drnd(12), \
@@ -184,7 +185,7 @@ mod tests {
         }
         assert!(b[0].contains("dp=3478") && b[0].contains("0xff, drnd(63)"));
         assert!(b[1].contains("dp=drnd(24000, 29999)"), "{}", b[1]);
-        assert!(b[2].contains("dp=3478") && b[2].contains("drnd(0x40, 0x4f)"));
+        assert!(b[2].contains("dp=3478") && b[2].contains("dinc(0x40, 0x4f)"));
         assert!(b[3].contains("c32(0x2112a442)"), "{}", b[3]);
     }
 
@@ -260,7 +261,7 @@ mod tests {
         let p = payload(Junk::UnboundChannelData);
         assert_eq!(
             p,
-            format!("drnd(0x40, 0x4f), drnd(), c16({CHANNEL_DATA_LEN}), drnd({CHANNEL_DATA_LEN})")
+            format!("dinc(0x40, 0x4f), drnd(), c16({CHANNEL_DATA_LEN}), drnd({CHANNEL_DATA_LEN})")
         );
     }
 

@@ -11,6 +11,7 @@ pub mod coturn;
 pub mod fixture;
 pub mod flood;
 pub mod flood_config;
+pub mod load_gen;
 pub mod netns;
 pub mod page;
 pub mod relay;
