@@ -6,6 +6,9 @@
 //! can build keys straight from packet bytes.
 #![no_std]
 
+mod shield;
+pub use shield::*;
+
 /// Name of the per-interface counter map (`PerCpuHashMap<u32, IfaceCounters>`), keyed by
 /// the ingress ifindex.
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
@@ -319,10 +322,26 @@ reasons! {
     /// A Send indication to a peer whose permission the policy limits to some ports
     /// ([`PERMISSION_SOME_PORTS`]): userspace checks the port.
     SendPortCheck = 28, "send_port_check";
+    // 29 is `bandwidth_limit` (per-allocation and per-user limits).
+    /// Dropped: to a relay IP inside the relay port range where no socket is bound (no
+    /// allocation has the port).
+    RelayPortUnused = 30, "relay_port_unused";
+    /// Dropped: a peer without a permission, to an allocation whose permissions are all in
+    /// the kernel ([`ALLOCATION_COMPLETE`]).
+    PeerNotPermitted = 31, "peer_not_permitted";
+    /// Dropped: ChannelData on a channel the client's allocation does not have (all of its
+    /// channels are in the kernel), or from a 5-tuple without an allocation.
+    ChannelUnbound = 32, "channel_unbound";
+    /// Dropped: to a listener port, but neither STUN nor ChannelData (too short, wrong
+    /// first bits, wrong magic cookie).
+    Unparsable = 33, "unparsable";
+    /// Dropped: a STUN request from a 5-tuple without an allocation, over its source's or
+    /// the global `unauthenticated_*` rate.
+    UnauthenticatedRate = 34, "unauthenticated_rate";
 }
 
 /// Capacity of [`REASON_COUNTERS_MAP`] (room to add reasons without a layout change).
-pub const REASON_COUNT: u32 = 32;
+pub const REASON_COUNT: u32 = 64;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -338,6 +357,7 @@ mod pod {
     unsafe impl aya::Pod for super::PermissionKey {}
     unsafe impl aya::Pod for super::ClientTarget {}
     unsafe impl aya::Pod for super::AllocCounters {}
+    unsafe impl aya::Pod for super::ShieldConfig {}
 }
 
 // Layouts the kernel program and the daemon must agree on.
@@ -351,4 +371,5 @@ const _: () = {
     assert!(core::mem::size_of::<PermissionKey>() == 36);
     assert!(core::mem::size_of::<ClientTarget>() == 44);
     assert!(core::mem::size_of::<AllocCounters>() == 32);
+    assert!(core::mem::size_of::<ShieldConfig>() == 40);
 };

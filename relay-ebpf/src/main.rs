@@ -8,6 +8,9 @@
 //! with the reason counted.
 #![no_std]
 #![no_main]
+// The compare-and-swap of the shield's token buckets (see shield.rs).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod client_to_peer;
 mod counters;
@@ -20,6 +23,7 @@ mod parse;
 mod peer_to_client;
 mod request;
 mod send_indication;
+mod shield;
 mod to_client;
 mod verdict;
 
@@ -58,15 +62,31 @@ fn relay(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
         port: udp.dst_port,
         _pad: [0; 2],
     };
-    if maps::ALLOCATIONS.get_ptr(&relay).is_some() {
-        return verdict::unpack(peer_to_client::handle(ctx, udp));
+    if let Some(v) = maps::ALLOCATIONS.get_ptr(&relay) {
+        // SAFETY: value pointer from a successful lookup.
+        let flags = unsafe { (*v)._pad[0] };
+        return match verdict::unpack(peer_to_client::handle(ctx, udp)) {
+            Err(Reason::NoPermission) if shield::peer_not_permitted(flags) => {
+                Ok((xdp_action::XDP_DROP, Reason::PeerNotPermitted))
+            }
+            r => r,
+        };
+    }
+    let screened = shield::screen(ctx, udp);
+    if screened != shield::NONE {
+        return Ok((xdp_action::XDP_DROP, verdict::reason_from(screened)));
     }
     let req = maps::SCRATCH_REQUEST
         .get_ptr_mut(0)
         .ok_or(Reason::Malformed)?;
     // SAFETY: per-CPU scratch slot, used by this run only (see maps.rs).
     let req = unsafe { &mut *req };
-    let (route, _) = verdict::unpack(request::read(ctx, udp, req))?;
+    let (route, _) = match verdict::unpack(request::read(ctx, udp, req)) {
+        Err(Reason::UnknownChannel) if shield::channel_unbound(udp) => {
+            return Ok((xdp_action::XDP_DROP, Reason::ChannelUnbound));
+        }
+        r => r?,
+    };
     let req = &*req;
     if route == request::HAIRPIN {
         verdict::unpack(hairpin::handle(ctx, udp, req))

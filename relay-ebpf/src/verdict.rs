@@ -24,7 +24,7 @@ pub fn unpack(v: u64) -> Result<(u32, Reason), Reason> {
 }
 
 #[inline(always)]
-fn reason_from(n: u32) -> Reason {
+pub fn reason_from(n: u32) -> Reason {
     let mut i = 0;
     while i < Reason::ALL.len() {
         if Reason::ALL[i] as u32 == n {

@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use aya::maps::MapError;
-use relay_common::RelayValue;
+use relay_common::{RelayValue, ShieldConfig};
 
 use super::writer::{Entry, Key, MapWriter, XdpMapsError, update_error};
 
@@ -14,6 +14,8 @@ pub struct FakeMaps {
     entries: HashMap<Key, Entry>,
     /// Counter slots zeroed so far.
     zeroed: BTreeSet<u32>,
+    /// The shield settings last written.
+    pub shield: Option<ShieldConfig>,
 }
 
 impl FakeMaps {
@@ -55,6 +57,11 @@ impl MapWriter for FakeMaps {
 
     fn zero_counters(&mut self, slot: u32) -> Result<(), XdpMapsError> {
         self.zeroed.insert(slot);
+        Ok(())
+    }
+
+    fn shield_config(&mut self, config: ShieldConfig) -> Result<(), XdpMapsError> {
+        self.shield = Some(config);
         Ok(())
     }
 }

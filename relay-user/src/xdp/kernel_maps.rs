@@ -3,13 +3,13 @@
 
 use aya::{
     Ebpf,
-    maps::{DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use relay_common::{
-    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, CHANNELS_MAP, CLIENTS_MAP, ChannelKey,
-    ChannelValue, ClientKey, ClientTarget, Ip, PEER_CHANNELS_MAP, PERMISSIONS_MAP, PUBLIC_IPS_MAP,
-    PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP, RELAY_ADDRS_MAP, Reason, RelayKey,
-    RelayValue,
+    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, Be16, CHANNELS_MAP, CLIENTS_MAP,
+    ChannelKey, ChannelValue, ClientKey, ClientTarget, Ip, LISTENERS_MAP, PEER_CHANNELS_MAP,
+    PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP,
+    RELAY_ADDRS_MAP, RELAY_IPS_MAP, Reason, RelayKey, RelayValue, SHIELD_CONFIG_MAP, ShieldConfig,
 };
 
 use super::writer::{Entry, Key, MapWriter, XdpMapsError, update_error as upd};
@@ -26,6 +26,9 @@ pub struct KernelMaps {
     alloc_counters: PerCpuArray<MapData, AllocCounters>,
     reasons: PerCpuArray<MapData, u64>,
     redirect: DevMapHash<MapData>,
+    shield: Array<MapData, ShieldConfig>,
+    listeners: HashMap<MapData, Be16, u32>,
+    relay_ips: HashMap<MapData, Ip, u32>,
     nr_cpus: usize,
 }
 
@@ -53,6 +56,9 @@ impl KernelMaps {
             alloc_counters: take(ebpf, ALLOC_COUNTERS_MAP)?,
             reasons: take(ebpf, REASON_COUNTERS_MAP)?,
             redirect: take(ebpf, REDIRECT_MAP)?,
+            shield: take(ebpf, SHIELD_CONFIG_MAP)?,
+            listeners: take(ebpf, LISTENERS_MAP)?,
+            relay_ips: take(ebpf, RELAY_IPS_MAP)?,
             nr_cpus,
         })
     }
@@ -62,6 +68,20 @@ impl KernelMaps {
         self.redirect
             .insert(ifindex, ifindex, None, 0)
             .map_err(|source| XdpMapsError::Redirect { ifindex, source })
+    }
+
+    /// A UDP listener port (network byte order) for the shield.
+    pub fn add_listener(&mut self, port: Be16) -> Result<(), XdpMapsError> {
+        self.listeners
+            .insert(port, 1, 0)
+            .map_err(upd(LISTENERS_MAP, "insert"))
+    }
+
+    /// An IP relay sockets are bound to, for the shield.
+    pub fn add_relay_ip(&mut self, ip: Ip) -> Result<(), XdpMapsError> {
+        self.relay_ips
+            .insert(ip, 1, 0)
+            .map_err(upd(RELAY_IPS_MAP, "insert"))
     }
 
     /// Counter slot `slot`, summed over CPUs.
@@ -136,6 +156,12 @@ impl MapWriter for KernelMaps {
             Key::Client(k) => self.clients.get(k, 0).ok(),
             _ => None,
         }
+    }
+
+    fn shield_config(&mut self, config: ShieldConfig) -> Result<(), XdpMapsError> {
+        self.shield
+            .set(0, config, 0)
+            .map_err(upd(SHIELD_CONFIG_MAP, "write"))
     }
 
     fn zero_counters(&mut self, slot: u32) -> Result<(), XdpMapsError> {

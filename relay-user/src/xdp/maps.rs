@@ -9,16 +9,16 @@
 //! the kernel recognises hairpin traffic even to TCP allocations (and passes it up).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
 use relay_common::{
-    AllocCounters, ChannelKey, ChannelValue, ClientKey, ClientTarget, FAMILY_V4, FAMILY_V6, Ip,
-    PERMISSION_SOME_PORTS, PeerKey, PermissionKey, RELAYS_PER_ALLOCATION, Reason, RelayKey,
-    RelayValue, v4_mapped,
+    ALLOCATION_COMPLETE, AllocCounters, ChannelKey, ChannelValue, ClientKey, ClientTarget,
+    FAMILY_V4, FAMILY_V6, Ip, PERMISSION_SOME_PORTS, PeerKey, PermissionKey, RELAYS_PER_ALLOCATION,
+    Reason, RelayKey, RelayValue, SHIELD_ALL_CLIENTS_KNOWN, ShieldConfig, v4_mapped,
 };
-use relay_proto::server::{Command, Transport};
+use relay_proto::server::{Command, FiveTuple, Transport};
 
 use super::{
     kernel_maps::KernelMaps,
@@ -39,6 +39,14 @@ pub struct XdpMaps<W: MapWriter = KernelMaps> {
     public_refs: HashMap<IpAddr, u32>,
     /// Which permissions and channels are in the maps, per allocation.
     offload: Offload,
+    /// UDP clients (client, listener) with a failed permission or channel write: the maps
+    /// may lack an entry the bookkeeping counts as written, so their allocations are never
+    /// flagged [`ALLOCATION_COMPLETE`].
+    tainted: HashSet<(SocketAddr, SocketAddr)>,
+    /// The shield settings in force (see [`XdpMaps::set_shield`]).
+    shield: ShieldConfig,
+    /// A UDP allocation failed to reach CLIENTS: [`SHIELD_ALL_CLIENTS_KNOWN`] is off for good.
+    clients_lost: bool,
 }
 
 /// What the maps hold for one relayed address, to take it out again.
@@ -47,6 +55,10 @@ struct Relay {
     slot: u32,
     public: SocketAddr,
     client: Option<ClientKey>,
+    /// A UDP client's (client, listener) addresses.
+    owner: Option<(SocketAddr, SocketAddr)>,
+    /// Flagged [`ALLOCATION_COMPLETE`] in the maps.
+    complete: bool,
 }
 
 /// The 16-byte map form of an address (IPv4, also when written v4-mapped, as `::ffff:a.b.c.d`).
@@ -104,6 +116,22 @@ impl XdpMaps<KernelMaps> {
     pub fn reason_counters(&self) -> Result<Vec<(Reason, u64)>, XdpMapsError> {
         self.maps.reason_counters()
     }
+
+    /// Tells the shield where the relay listens (UDP listener ports) and which IPs its
+    /// relay sockets are bound to (wildcard binds name none).
+    pub fn set_shield_addresses(
+        &mut self,
+        listener_ports: &[u16],
+        relay_ips: &[IpAddr],
+    ) -> Result<(), XdpMapsError> {
+        for &p in listener_ports {
+            self.maps.add_listener(port(p))?;
+        }
+        for ip in relay_ips.iter().filter(|ip| !ip.is_unspecified()) {
+            self.maps.add_relay_ip(map_ip(*ip))?;
+        }
+        Ok(())
+    }
 }
 
 impl<W: MapWriter> XdpMaps<W> {
@@ -117,7 +145,63 @@ impl<W: MapWriter> XdpMaps<W> {
             slot_capacity: max_allocations.saturating_mul(RELAYS_PER_ALLOCATION),
             public_refs: HashMap::new(),
             offload: Offload::default(),
+            tainted: HashSet::new(),
+            shield: ShieldConfig::default(),
+            clients_lost: false,
         }
+    }
+
+    /// Turns the kernel shield on or off with `config` (see `relay_common::shield`).
+    /// [`SHIELD_ALL_CLIENTS_KNOWN`] is only kept while every UDP allocation made it into
+    /// the maps: the first failure clears it for good.
+    pub fn set_shield(&mut self, mut config: ShieldConfig) -> Result<(), XdpMapsError> {
+        if self.clients_lost {
+            config.flags &= !SHIELD_ALL_CLIENTS_KNOWN;
+        }
+        self.shield = config;
+        self.maps.shield_config(config)
+    }
+
+    /// A UDP allocation is missing from CLIENTS: the kernel can no longer tell ChannelData
+    /// from strangers by their absence there.
+    fn clients_unknown(&mut self) {
+        self.clients_lost = true;
+        if self.shield.flags & SHIELD_ALL_CLIENTS_KNOWN != 0 {
+            self.shield.flags &= !SHIELD_ALL_CLIENTS_KNOWN;
+            if let Err(e) = self.maps.shield_config(self.shield) {
+                tracing::warn!(error = %e, "cannot update the XDP shield settings after a failed map write: ChannelData from unknown 5-tuples may be dropped until restart");
+            }
+        }
+    }
+
+    /// Whether the kernel holds every permission and channel of `client`'s allocation.
+    fn is_complete(&self, client: FiveTuple) -> bool {
+        self.offload.complete(client) && !self.tainted.contains(&(client.client, client.listener))
+    }
+
+    /// Flags `client`'s relayed addresses [`ALLOCATION_COMPLETE`] (`complete`) or not, in
+    /// ALLOCATIONS and CLIENTS.
+    fn mark(&mut self, client: FiveTuple, complete: bool) -> Result<(), XdpMapsError> {
+        let owner = Some((client.client, client.listener));
+        let mut changed: Vec<(SocketAddr, Relay)> = Vec::new();
+        for (bind, r) in self.relays.iter_mut() {
+            if r.owner == owner && r.complete != complete {
+                r.complete = complete;
+                changed.push((*bind, *r));
+            }
+        }
+        let mut result = Ok(());
+        for (bind, r) in changed {
+            result = result.and(self.maps.insert(Entry::Allocation(
+                relay_key(bind),
+                flagged(relay_value(r.public, r.slot), complete),
+            )));
+            if let Some(key) = r.client {
+                let v = flagged(relay_value(bind, r.slot), complete);
+                result = result.and(self.maps.insert(Entry::Client(key, v)));
+            }
+        }
+        result
     }
 
     /// The writer, to see what it holds (tests).
@@ -130,6 +214,17 @@ impl<W: MapWriter> XdpMaps<W> {
     /// channels go through [`Offload`]: each allocation holds at most its share of the maps.
     pub fn apply(&mut self, cmd: &Command) -> Result<(), XdpMapsError> {
         let mut writes = Vec::new();
+        let udp_client = match cmd {
+            Command::PermissionCreated { client, .. }
+            | Command::PermissionRemoved { client, .. }
+            | Command::ChannelBound { client, .. }
+            | Command::ChannelUnbound { client, .. }
+                if client.transport == Transport::Udp =>
+            {
+                Some(*client)
+            }
+            _ => None,
+        };
         // Every step is tried (a removal that fails must not keep a promotion out, nor
         // leave entries behind); the first failure is returned.
         let mut result = Ok(());
@@ -140,12 +235,19 @@ impl<W: MapWriter> XdpMaps<W> {
                 public,
                 ..
             } => {
-                for ip in own_ips(*relay, *public) {
-                    self.add_public_ip(ip)?;
+                let udp = client.transport == Transport::Udp;
+                let added = own_ips(*relay, *public)
+                    .try_for_each(|ip| self.add_public_ip(ip))
+                    .and_then(|()| match udp {
+                        true => self
+                            .add_udp_allocation(client.client, client.listener, *relay, *public)
+                            .map(drop),
+                        false => Ok(()),
+                    });
+                if added.is_err() && udp {
+                    self.clients_unknown();
                 }
-                if client.transport == Transport::Udp {
-                    self.add_udp_allocation(client.client, client.listener, *relay, *public)?;
-                }
+                added?;
             }
             Command::AllocationRemoved {
                 client,
@@ -158,6 +260,7 @@ impl<W: MapWriter> XdpMaps<W> {
                     // Its permissions and channels were removed just before; this only
                     // guards the bookkeeping against a command stream that skipped some.
                     self.offload.forget(*client, &mut writes);
+                    self.tainted.remove(&(client.client, client.listener));
                 }
                 for ip in own_ips(*relay, *public) {
                     result = result.and(self.remove_public_ip(ip));
@@ -204,8 +307,25 @@ impl<W: MapWriter> XdpMaps<W> {
             }
             _ => {}
         }
+        // A partial allocation loses its flag before the writes, a complete one gets it
+        // after them: the kernel never drops on the strength of entries not yet written.
+        if let Some(c) = udp_client
+            && !self.is_complete(c)
+        {
+            result = result.and(self.mark(c, false));
+        }
         for w in writes {
-            result = result.and(self.write(w));
+            let written = self.write(w);
+            if let (Err(_), Some(c)) = (&written, udp_client) {
+                self.tainted.insert((c.client, c.listener));
+                result = result.and(self.mark(c, false));
+            }
+            result = result.and(written);
+        }
+        if let Some(c) = udp_client
+            && self.is_complete(c)
+        {
+            result = result.and(self.mark(c, true));
         }
         result
     }
@@ -247,7 +367,7 @@ impl<W: MapWriter> XdpMaps<W> {
     /// itself) and gives it a zeroed counter slot. Returns the slot. Send indications from
     /// its client stay in userspace: [`XdpMaps::add_udp_allocation`] registers those too.
     pub fn add_allocation(&mut self, relay: SocketAddr) -> Result<u32, XdpMapsError> {
-        self.add_relay(relay, relay, None)
+        self.add_relay(relay, relay, None, None)
     }
 
     /// Registers the relayed address `relay` (bind address) of a UDP client's allocation,
@@ -265,6 +385,7 @@ impl<W: MapWriter> XdpMaps<W> {
             relay,
             public,
             Some(client_key(client, listener, relay.ip())),
+            Some((client, listener)),
         )
     }
 
@@ -273,6 +394,7 @@ impl<W: MapWriter> XdpMaps<W> {
         relay: SocketAddr,
         public: SocketAddr,
         client: Option<ClientKey>,
+        owner: Option<(SocketAddr, SocketAddr)>,
     ) -> Result<u32, XdpMapsError> {
         // Registered again (a retried command): start from a clean slate, same slot.
         let known = self.relays.get(&relay).copied();
@@ -283,10 +405,19 @@ impl<W: MapWriter> XdpMaps<W> {
             Some(old) => old.slot,
             None => self.new_slot()?,
         };
+        let complete = owner.is_some_and(|(client, listener)| {
+            self.is_complete(FiveTuple {
+                client,
+                listener,
+                transport: Transport::Udp,
+            })
+        });
         let entry = Relay {
             slot,
             public,
             client,
+            owner,
+            complete,
         };
         if let Err(e) = self.insert_entries(relay, &entry) {
             // Best effort: the entries that made it in come out again.
@@ -319,13 +450,14 @@ impl<W: MapWriter> XdpMaps<W> {
         let bind = relay_value(relay, r.slot);
         self.maps.insert(Entry::Allocation(
             relay_key(relay),
-            relay_value(r.public, r.slot),
+            flagged(relay_value(r.public, r.slot), r.complete),
         ))?;
         for named in names(relay, r.public) {
             self.maps.insert(Entry::RelayAddr(relay_key(named), bind))?;
         }
         if let Some(key) = r.client {
-            self.maps.insert(Entry::Client(key, bind))?;
+            self.maps
+                .insert(Entry::Client(key, flagged(bind, r.complete)))?;
         }
         Ok(())
     }
@@ -338,7 +470,7 @@ impl<W: MapWriter> XdpMaps<W> {
         // Only while they still lead here (another relay may have taken the address).
         let keys = names(relay, r.public).map(|named| Key::RelayAddr(relay_key(named)));
         for key in keys.chain(r.client.map(Key::Client)) {
-            if self.maps.relay_value(key) == ours {
+            if self.maps.relay_value(key).map(|v| flagged(v, false)) == ours {
                 result = result.and(self.maps.remove(key));
             }
         }
@@ -521,6 +653,12 @@ fn relay_value(addr: SocketAddr, slot: u32) -> RelayValue {
         _pad: [0; 2],
         slot,
     }
+}
+
+/// `v` with the [`ALLOCATION_COMPLETE`] flag set or cleared.
+fn flagged(mut v: RelayValue, complete: bool) -> RelayValue {
+    v._pad[0] = if complete { ALLOCATION_COMPLETE } else { 0 };
+    v
 }
 
 fn client_key(client: SocketAddr, listener: SocketAddr, relay: IpAddr) -> ClientKey {

@@ -173,6 +173,14 @@ impl Offload {
         self.settle(client, start, out);
     }
 
+    /// Whether every live permission and channel of `client`'s allocation is in the kernel
+    /// (the kernel may then drop what none of them allows).
+    pub fn complete(&self, client: FiveTuple) -> bool {
+        self.allocations.get(&client).is_none_or(|h| {
+            h.permissions.iter().all(|p| p.in_kernel) && h.channels.iter().all(|c| c.in_kernel)
+        })
+    }
+
     /// Permissions and channels the kernel holds (as written), all allocations together.
     pub fn in_kernel(&self) -> (usize, usize) {
         self.in_kernel

@@ -10,7 +10,7 @@ use aya::maps::{MapError, xdp::XdpMapError};
 use relay_common::{
     ALLOCATIONS_MAP, CHANNELS_MAP, CLIENTS_MAP, ChannelKey, ChannelValue, ClientKey, ClientTarget,
     Ip, PEER_CHANNELS_MAP, PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, REDIRECT_MAP,
-    RELAY_ADDRS_MAP, RelayKey, RelayValue,
+    RELAY_ADDRS_MAP, RelayKey, RelayValue, ShieldConfig,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -122,4 +122,6 @@ pub trait MapWriter {
     fn relay_value(&self, key: Key) -> Option<RelayValue>;
     /// Zeroes counter slot `slot` (`ALLOC_COUNTERS`) for a new relayed address.
     fn zero_counters(&mut self, slot: u32) -> Result<(), XdpMapsError>;
+    /// Writes the shield's settings (`SHIELD_CONFIG`).
+    fn shield_config(&mut self, config: ShieldConfig) -> Result<(), XdpMapsError>;
 }
