@@ -34,6 +34,7 @@ fn config() -> ServerConfig {
         port_seed: 1,
         // Every client is on one of a few addresses, at one instant.
         unauthenticated_rate: 0,
+        unauthenticated_global_rate: 0,
         ..ServerConfig::default()
     }
 }

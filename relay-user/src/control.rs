@@ -318,6 +318,8 @@ impl Control {
         running.max_allocations_per_source = new.max_allocations_per_source;
         running.unauthenticated_rate = new.unauthenticated_rate;
         running.unauthenticated_burst = new.unauthenticated_burst;
+        running.unauthenticated_global_rate = new.unauthenticated_global_rate;
+        running.unauthenticated_global_burst = new.unauthenticated_global_burst;
         running.alternate_servers = new.alternate_servers.clone();
         running.drain_timeout = new.drain_timeout;
         running.admin.token = new.admin.token.clone();
@@ -351,6 +353,10 @@ impl Control {
             });
             server
                 .set_unauthenticated_limit(apply.unauthenticated_rate, apply.unauthenticated_burst);
+            server.set_unauthenticated_global_limit(
+                apply.unauthenticated_global_rate,
+                apply.unauthenticated_global_burst,
+            );
             server.set_alternate_servers(apply.alternate_servers.clone());
             server.set_relay_tcp(apply.tcp.relay_tcp);
             server.allocation_count()

@@ -159,6 +159,8 @@ fn server_config(c: &Config) -> anyhow::Result<ServerConfig> {
         max_allocations_per_source: c.max_allocations_per_source,
         unauthenticated_rate: c.unauthenticated_rate,
         unauthenticated_burst: c.unauthenticated_burst,
+        unauthenticated_global_rate: c.unauthenticated_global_rate,
+        unauthenticated_global_burst: c.unauthenticated_global_burst,
         alternate_servers: c.alternate_servers.clone(),
         port_seed: u64::from_ne_bytes(random()?[..8].try_into().expect("8 bytes")),
         relay_tcp: c.tcp.relay_tcp,
@@ -216,6 +218,8 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         // Loopback only, and its load tool opens its allocations from one address.
         unauthenticated_rate: 0,
         unauthenticated_burst: 0,
+        unauthenticated_global_rate: 0,
+        unauthenticated_global_burst: 0,
         xdp_interfaces: vec!["lo".into()],
         xdp_mode: crate::config::AttachMode::Auto,
         xdp_forwarding: crate::config::Forwarding::Auto,

@@ -187,6 +187,18 @@ async fn serve(
     if let Some(w) = crate::cores::rest_policy_warning(&config) {
         tracing::warn!("{w}");
     }
+    if kernel.is_on() {
+        let k = kernel.clone();
+        control.on_reload(
+            "xdp shield",
+            Box::new(move |c| {
+                k.with(|m| crate::xdp::shield::reload(m, c))
+                    .transpose()
+                    .map(drop)
+                    .context("updating the XDP shield's limits")
+            }),
+        );
+    }
     if let Some(acceptor) = tls_reload {
         control.on_reload("tls", Box::new(crate::tcp::reload_hook(acceptor)));
     }
@@ -308,7 +320,12 @@ fn start_xdp(config: &Config) -> anyhow::Result<FastPath> {
         xdp.attach(ifname, mode)
             .with_context(|| format!("[xdp] interfaces: `{ifname}`"))?;
     }
-    let maps = xdp.take_maps().context("taking the XDP maps")?;
+    let mut maps = xdp.take_maps().context("taking the XDP maps")?;
+    // Without its settings the shield stays off: the program passes up what it does not
+    // forward, as userspace's own checks expect.
+    if let Err(e) = crate::xdp::shield::install(&mut maps, config) {
+        tracing::warn!(error = %e, "XDP shield not configured: junk and unauthenticated floods go up to userspace, which drops them at a higher cost");
+    }
     let attached: Vec<String> = xdp.attached().iter().map(|a| a.interface.clone()).collect();
     let ipv6 = config.relay_v6.is_some() || config.listeners.iter().any(|l| l.address.is_ipv6());
     let forwarding = crate::xdp::setup_forwarding(config.xdp_forwarding, &attached, ipv6);

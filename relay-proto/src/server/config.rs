@@ -91,6 +91,12 @@ pub struct ServerConfig {
     pub unauthenticated_rate: u32,
     /// How many such requests a source may send at once before the rate applies.
     pub unauthenticated_burst: u32,
+    /// Requests per second on 5-tuples without an allocation from all sources together,
+    /// counted after each source's own bucket let them through; the excess gets no answer
+    /// (same drop reason). 0: no limit.
+    pub unauthenticated_global_rate: u32,
+    /// How many such requests may come at once before the global rate applies.
+    pub unauthenticated_global_burst: u32,
 }
 
 impl Default for ServerConfig {
@@ -117,6 +123,8 @@ impl Default for ServerConfig {
             relay_tcp: false,
             unauthenticated_rate: DEFAULT_UNAUTHENTICATED_RATE,
             unauthenticated_burst: DEFAULT_UNAUTHENTICATED_BURST,
+            unauthenticated_global_rate: DEFAULT_UNAUTHENTICATED_GLOBAL_RATE,
+            unauthenticated_global_burst: DEFAULT_UNAUTHENTICATED_GLOBAL_BURST,
         }
     }
 }
@@ -124,6 +132,12 @@ impl Default for ServerConfig {
 /// Sized for a NAT of a few hundred browsers, each starting a few allocations (every
 /// allocation costs a 401 and an Allocate) within a couple of seconds.
 pub const DEFAULT_UNAUTHENTICATED_RATE: u32 = 200;
+/// A flash crowd of about a thousand browsers joining within a few seconds (each a 401 and
+/// an Allocate per candidate family) fits; a flood of spoofed sources, each under its own
+/// rate, costs at most this many answers a second.
+pub const DEFAULT_UNAUTHENTICATED_GLOBAL_RATE: u32 = 5000;
+/// Burst of the global bucket.
+pub const DEFAULT_UNAUTHENTICATED_GLOBAL_BURST: u32 = 10_000;
 /// See [`DEFAULT_UNAUTHENTICATED_RATE`].
 pub const DEFAULT_UNAUTHENTICATED_BURST: u32 = 400;
 

@@ -3,6 +3,7 @@
 //! malformed.
 
 // The core's own types, as `mod.rs` names them.
+use super::source_rate::Bucket;
 use super::*;
 
 impl Server {
@@ -37,7 +38,8 @@ impl Server {
     }
 
     /// `false` if `packet` is a request (by its header) on a 5-tuple without an allocation
-    /// and its source has used up its `unauthenticated_rate`. An established 5-tuple is
+    /// and its source has used up its `unauthenticated_rate` (or all sources together the
+    /// `unauthenticated_global_rate`). An established 5-tuple is
     /// never limited; every other request counts, whether it verifies or not.
     fn admit_request(&self, now: Instant, from: FiveTuple, packet: &[u8]) -> bool {
         let is_request = packet
@@ -46,12 +48,17 @@ impl Server {
         if !is_request || self.table.id_by_tuple(&from).is_some() {
             return true;
         }
-        let (rate, burst) = (
-            self.config.unauthenticated_rate,
-            self.config.unauthenticated_burst,
-        );
+        let c = &self.config;
+        let source = Bucket {
+            rate: c.unauthenticated_rate,
+            burst: c.unauthenticated_burst,
+        };
+        let global = Bucket {
+            rate: c.unauthenticated_global_rate,
+            burst: c.unauthenticated_global_burst,
+        };
         self.shared
-            .admit_unauthenticated(now, from.client.ip(), rate, burst)
+            .admit_unauthenticated(now, from.client.ip(), source, global)
     }
 
     /// A packet that starts like STUN but does not parse: a request whose header is intact

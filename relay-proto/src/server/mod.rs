@@ -53,7 +53,8 @@ pub use allocation::{
 };
 pub use command::Command;
 pub use config::{
-    CHANNEL_COOLDOWN, DEFAULT_UNAUTHENTICATED_BURST, DEFAULT_UNAUTHENTICATED_RATE, PORT_QUARANTINE,
+    CHANNEL_COOLDOWN, DEFAULT_UNAUTHENTICATED_BURST, DEFAULT_UNAUTHENTICATED_GLOBAL_BURST,
+    DEFAULT_UNAUTHENTICATED_GLOBAL_RATE, DEFAULT_UNAUTHENTICATED_RATE, PORT_QUARANTINE,
     RESERVATION_LIFETIME, RelayAddr, ServerConfig, TRANSACTION_TTL,
 };
 pub use event::{CapacityLimit, CloseReason, DropCounters, DropReason, Event, MAX_QUEUED_EVENTS};
@@ -257,6 +258,13 @@ impl Server {
     pub fn set_unauthenticated_limit(&mut self, rate: u32, burst: u32) {
         self.config.unauthenticated_rate = rate;
         self.config.unauthenticated_burst = burst;
+    }
+
+    /// New global limit for the same requests, all sources together (SIGHUP); see
+    /// [`ServerConfig::unauthenticated_global_rate`].
+    pub fn set_unauthenticated_global_limit(&mut self, rate: u32, burst: u32) {
+        self.config.unauthenticated_global_rate = rate;
+        self.config.unauthenticated_global_burst = burst;
     }
 
     /// New alternate servers for 300 redirects (SIGHUP).

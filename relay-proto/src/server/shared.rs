@@ -22,7 +22,7 @@ use std::time::Instant;
 use super::allocation::{Family, Relayed};
 use super::config::{PORT_QUARANTINE, RESERVATION_LIFETIME, ServerConfig};
 use super::ports::{LivePorts, PortPool, Rng, Want};
-use super::source_rate::SourceBuckets;
+use super::source_rate::{Bucket, SourceBuckets};
 use super::timers::TimerKey;
 use crate::auth::CredentialKind;
 
@@ -229,16 +229,16 @@ impl Shared {
         })
     }
 
-    /// Takes a token from the bucket of `ip`'s source ([`source_of`]); `false`: the
-    /// request gets no answer. `rate` 0: unlimited.
+    /// Takes a token from the bucket of `ip`'s source ([`source_of`]), then from the
+    /// global one; `false`: the request gets no answer. A rate of 0: that bucket is off.
     pub(crate) fn admit_unauthenticated(
         &self,
         now: Instant,
         ip: IpAddr,
-        rate: u32,
-        burst: u32,
+        source: Bucket,
+        global: Bucket,
     ) -> bool {
-        self.sources.allow(now, ip, rate, burst)
+        self.sources.allow(now, ip, source, global)
     }
 
     // ----- admin view -----------------------------------------------------------------------

@@ -119,6 +119,10 @@ pub struct LimitsSection {
     pub unauthenticated_rate: Option<u32>,
     /// How many such requests may come at once before the rate applies.
     pub unauthenticated_burst: Option<u32>,
+    /// The same requests from all sources together, per second; 0 turns it off.
+    pub unauthenticated_global_rate: Option<u32>,
+    /// How many of those may come at once before the global rate applies.
+    pub unauthenticated_global_burst: Option<u32>,
     /// `IP:PORT` of other relays: full or draining, new clients get 300 towards them.
     #[serde(default)]
     pub alternate_servers: Vec<String>,

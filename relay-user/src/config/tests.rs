@@ -591,6 +591,49 @@ fn unauthenticated_rate_and_burst() {
 }
 
 #[test]
+fn unauthenticated_global_rate_and_burst() {
+    let c = parse(DEPLOYMENT).unwrap();
+    assert_eq!(
+        (
+            c.unauthenticated_global_rate,
+            c.unauthenticated_global_burst
+        ),
+        (5000, 10_000)
+    );
+    let with = |lines: &str| {
+        parse(&DEPLOYMENT.replace(
+            "max_allocations = 1800",
+            &format!("max_allocations = 1800\n{lines}"),
+        ))
+    };
+    let c = with("unauthenticated_global_rate = 800\nunauthenticated_global_burst = 900").unwrap();
+    assert_eq!(
+        (
+            c.unauthenticated_global_rate,
+            c.unauthenticated_global_burst
+        ),
+        (800, 900)
+    );
+    // The burst follows a higher rate.
+    let c = with("unauthenticated_global_rate = 20000").unwrap();
+    assert_eq!(c.unauthenticated_global_burst, 40_000);
+    // Off, independently of the per-source limit.
+    let c = with("unauthenticated_global_rate = 0").unwrap();
+    assert_eq!(
+        (c.unauthenticated_global_rate, c.unauthenticated_rate),
+        (0, 200)
+    );
+    let e = with("unauthenticated_global_burst = 0").unwrap_err();
+    assert_eq!(e.key, "limits.unauthenticated_global_burst", "{e}");
+    assert!(
+        e.to_string().contains("unauthenticated_global_rate = 0"),
+        "{e}"
+    );
+    let e = with("unauthenticated_global_rate = -1").unwrap_err();
+    assert!(e.to_string().contains("u32"), "{e}");
+}
+
+#[test]
 fn rest_credentials_get_their_own_quotas() {
     let c = parse(DEPLOYMENT).unwrap();
     assert_eq!(c.max_allocations_per_rest_user, 16);

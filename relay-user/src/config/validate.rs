@@ -71,6 +71,11 @@ pub struct Config {
     pub unauthenticated_rate: u32,
     /// Burst of the same (`[limits] unauthenticated_burst`).
     pub unauthenticated_burst: u32,
+    /// The same requests from all sources together, per second, after each source's own
+    /// limit (`[limits] unauthenticated_global_rate`); 0: no limit.
+    pub unauthenticated_global_rate: u32,
+    /// Burst of the same (`[limits] unauthenticated_global_burst`).
+    pub unauthenticated_global_burst: u32,
     pub xdp_interfaces: Vec<String>,
     pub xdp_mode: AttachMode,
     /// Who turns on the IP forwarding the kernel fast path needs (`[xdp] forwarding`).
@@ -146,20 +151,59 @@ pub const DEFAULT_MAX_ALLOCATIONS_PER_SOURCE: usize = 1000;
 /// then ignored).
 fn unauthenticated_limit(l: &super::file::LimitsSection) -> Result<(u32, u32), ConfigError> {
     use relay_proto::server::{DEFAULT_UNAUTHENTICATED_BURST, DEFAULT_UNAUTHENTICATED_RATE};
-    let rate = l
-        .unauthenticated_rate
-        .unwrap_or(DEFAULT_UNAUTHENTICATED_RATE);
-    let burst = l
-        .unauthenticated_burst
-        .unwrap_or(DEFAULT_UNAUTHENTICATED_BURST.max(rate.saturating_mul(2)));
+    bucket(
+        (
+            "limits.unauthenticated_rate",
+            "limits.unauthenticated_burst",
+        ),
+        (l.unauthenticated_rate, l.unauthenticated_burst),
+        (DEFAULT_UNAUTHENTICATED_RATE, DEFAULT_UNAUTHENTICATED_BURST),
+    )
+}
+
+/// `[limits] unauthenticated_global_rate` and `unauthenticated_global_burst`, with the
+/// same rules.
+fn unauthenticated_global_limit(l: &super::file::LimitsSection) -> Result<(u32, u32), ConfigError> {
+    use relay_proto::server::{
+        DEFAULT_UNAUTHENTICATED_GLOBAL_BURST, DEFAULT_UNAUTHENTICATED_GLOBAL_RATE,
+    };
+    bucket(
+        (
+            "limits.unauthenticated_global_rate",
+            "limits.unauthenticated_global_burst",
+        ),
+        (
+            l.unauthenticated_global_rate,
+            l.unauthenticated_global_burst,
+        ),
+        (
+            DEFAULT_UNAUTHENTICATED_GLOBAL_RATE,
+            DEFAULT_UNAUTHENTICATED_GLOBAL_BURST,
+        ),
+    )
+}
+
+/// A token bucket's rate and burst: the burst defaults to the larger of its default and
+/// twice the rate; a burst of 0 is refused unless the rate (0) turns the bucket off.
+fn bucket(
+    (rate_key, burst_key): (&'static str, &'static str),
+    (rate, burst): (Option<u32>, Option<u32>),
+    (default_rate, default_burst): (u32, u32),
+) -> Result<(u32, u32), ConfigError> {
+    let rate = rate.unwrap_or(default_rate);
+    let burst = burst.unwrap_or(default_burst.max(rate.saturating_mul(2)));
     if rate > 0 && burst == 0 {
         return Err(ConfigError::new(
-            "limits.unauthenticated_burst",
-            "must be at least 1 (unauthenticated_rate = 0 turns the limit off)",
+            burst_key,
+            format!(
+                "must be at least 1 ({} = 0 turns the limit off)",
+                rate_key.trim_start_matches("limits.")
+            ),
         ));
     }
     Ok((rate, burst))
 }
+
 /// Far more threads than any edge host has cores; a typo guard.
 pub const MAX_UDP_WORKERS: usize = 1024;
 
@@ -300,6 +344,8 @@ impl ConfigFile {
                 .unwrap_or(DEFAULT_MAX_ALLOCATIONS_PER_SOURCE),
         )?;
         let (unauthenticated_rate, unauthenticated_burst) = unauthenticated_limit(&self.limits)?;
+        let (unauthenticated_global_rate, unauthenticated_global_burst) =
+            unauthenticated_global_limit(&self.limits)?;
         let xdp_mode = match &self.xdp.mode {
             Some(m) => m
                 .parse()
@@ -357,6 +403,8 @@ impl ConfigFile {
             max_allocations_per_source: per_source,
             unauthenticated_rate,
             unauthenticated_burst,
+            unauthenticated_global_rate,
+            unauthenticated_global_burst,
             xdp_interfaces: self.xdp.interfaces,
             xdp_mode,
             xdp_forwarding,

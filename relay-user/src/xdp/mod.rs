@@ -10,6 +10,7 @@ mod kernel_maps;
 mod logs;
 pub mod maps;
 mod offload;
+pub mod shield;
 mod writer;
 
 pub use attach::Attached;

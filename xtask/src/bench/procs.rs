@@ -211,8 +211,8 @@ fn start_relay(
     let unauthenticated = match limits {
         Limits::LoadGenerator => {
             "# The load generator opens thousands of allocations from one address, as coturn \
-             (which\n# has no such limit) gets them: the per-source limit for unauthenticated \
-             requests is off.\nunauthenticated_rate = 0\n"
+             (which\n# has no such limit) gets them: the limits for unauthenticated requests \
+             are off.\nunauthenticated_rate = 0\nunauthenticated_global_rate = 0\n"
         }
         Limits::Defaults => "",
     };

@@ -282,3 +282,31 @@ fn the_limit_holds_across_shards() {
     let b = answered(&mut hs[1], udp(2), 6);
     assert_eq!(a + b, 10);
 }
+
+/// Spoofed sources, each well under its own rate, still add up: the global bucket bounds
+/// what they all get together, and frees up at its rate.
+#[test]
+fn unauthenticated_requests_are_limited_globally() {
+    let mut h = H::with(|c| {
+        c.unauthenticated_rate = 10;
+        c.unauthenticated_burst = 20;
+        c.unauthenticated_global_rate = 50;
+        c.unauthenticated_global_burst = 100;
+    });
+    let total: usize = (0..40u8)
+        .map(|n| answered(&mut h, udp_at(&format!("198.51.100.{n}"), 5000), 5))
+        .sum();
+    assert_eq!(total, 100);
+    assert_eq!(h.server.drops().get(DropReason::UnauthenticatedRate), 100);
+    h.skip(Duration::from_secs(1));
+    let total: usize = (40..80u8)
+        .map(|n| answered(&mut h, udp_at(&format!("198.51.100.{n}"), 5000), 5))
+        .sum();
+    assert_eq!(total, 50);
+    // Off: only each source's own bucket.
+    let mut h = H::with(|c| c.unauthenticated_global_rate = 0);
+    let total: usize = (0..100u8)
+        .map(|n| answered(&mut h, udp_at(&format!("198.51.100.{n}"), 5000), 5))
+        .sum();
+    assert_eq!(total, 500);
+}
