@@ -85,6 +85,18 @@ pub fn pin(pid: u32, cpu: usize) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Runs `pid` (the NAPI thread) under SCHED_FIFO: a real NIC's receive work runs in
+/// softirq context, ahead of any process; a threaded NAPI thread is an ordinary task that
+/// the load generator, the browser and the relay would otherwise preempt.
+pub fn realtime(pid: u32) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 50 };
+    // SAFETY: a valid sched_param for SCHED_FIFO.
+    if unsafe { libc::sched_setscheduler(pid as libc::pid_t, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// CPU time (user + system) `pid` has used so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -120,6 +132,8 @@ pub struct FloodRun {
     /// The core trafgen runs on.
     pub cpu: usize,
     pub duration: Duration,
+    /// Packets per second; `None`: as fast as trafgen goes on its core.
+    pub rate: Option<u64>,
 }
 
 /// A running trafgen. Dropping it stops it.
@@ -143,7 +157,8 @@ impl Sent {
 }
 
 impl Trafgen {
-    /// Starts trafgen as fast as it goes (`-t 0ns`, one process), pinned to `run.cpu`, under
+    /// Starts trafgen at `run.rate` or as fast as it goes (`-t 0ns`), one process, pinned to
+    /// `run.cpu` under SCHED_FIFO, under
     /// `timeout` so it ends after `run.duration` even if this process dies first.
     pub fn start(run: &FloodRun) -> std::io::Result<Self> {
         let secs = format!("{:.3}", run.duration.as_secs_f64());
@@ -156,7 +171,16 @@ impl Trafgen {
         let child = Command::new("ip")
             .args(["netns", "exec", &run.ns, "timeout", "-s", "INT", "-k"])
             .args([kill_after.as_str(), secs.as_str(), "taskset", "-c", &cpu])
-            .args(["trafgen", "-o", &run.ifname, "-i", config, "-t", "0ns"])
+            // Its core to itself: whatever else runs moves to the other one, as on a
+            // sender that is another machine.
+            .args(["chrt", "-f", "40"])
+            .args(["trafgen", "-o", &run.ifname, "-i", config])
+            // A rate paces every packet (trafgen busy-waits between them); otherwise no gap
+            // at all, through its mmap'd transmit ring.
+            .args(match run.rate {
+                Some(pps) => ["-b".to_owned(), format!("{pps}pps")],
+                None => ["-t".to_owned(), "0ns".to_owned()],
+            })
             // One sender process (trafgen forks one per CPU by default), no per-packet
             // output.
             .args(["-P", "1", "-q"])

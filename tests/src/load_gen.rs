@@ -19,8 +19,17 @@ impl Echo {
     /// `relay load echo` in `ns` on `listen`, dropping every `drop_every`th datagram when
     /// given; returns once its socket is bound.
     pub fn start(ns: &Netns, listen: &str, drop_every: Option<u64>) -> Self {
-        let bin = crate::relay_binary();
-        let mut cmd = ns.command(bin.to_str().unwrap());
+        Self::start_under(ns, &[], listen, drop_every)
+    }
+
+    /// Like [`start`](Self::start), run under `wrapper` (e.g. `nice -n -10`).
+    pub fn start_under(
+        ns: &Netns,
+        wrapper: &[&str],
+        listen: &str,
+        drop_every: Option<u64>,
+    ) -> Self {
+        let mut cmd = command(ns, wrapper);
         cmd.args([
             "load",
             "echo",
@@ -96,9 +105,17 @@ pub struct LoadOutput {
 
 /// Runs `relay load ARGS --json -q` in `ns`, killed (and the test failed) after `timeout`.
 pub fn run_load(ns: &Netns, args: &[&str], timeout: Duration) -> LoadOutput {
-    let bin = crate::relay_binary();
-    let mut child = ns
-        .command(bin.to_str().unwrap())
+    run_load_under(ns, &[], args, timeout)
+}
+
+/// Like [`run_load`], run under `wrapper` (e.g. `nice -n -10`).
+pub fn run_load_under(
+    ns: &Netns,
+    wrapper: &[&str],
+    args: &[&str],
+    timeout: Duration,
+) -> LoadOutput {
+    let mut child = command(ns, wrapper)
         .arg("load")
         .args(args)
         .args(["--json", "-q"])
@@ -136,5 +153,19 @@ pub fn run_load(ns: &Netns, args: &[&str], timeout: Duration) -> LoadOutput {
         code: status.code().unwrap_or(-1),
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// `relay` in `ns`, under `wrapper` when one is given.
+fn command(ns: &Netns, wrapper: &[&str]) -> std::process::Command {
+    let bin = crate::relay_binary();
+    let bin = bin.to_str().expect("UTF-8 path");
+    match wrapper.split_first() {
+        None => ns.command(bin),
+        Some((program, rest)) => {
+            let mut c = ns.command(program);
+            c.args(rest).arg(bin);
+            c
+        }
     }
 }

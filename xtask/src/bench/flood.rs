@@ -126,6 +126,8 @@ fn measure(
         config_path,
         cpu: FLOOD_CPU,
         duration: flood,
+        // As fast as one core sends, as in the measurement.
+        rate: None,
     };
     let sc = Scenario {
         name: "flood".into(),
