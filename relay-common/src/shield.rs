@@ -9,8 +9,9 @@
 
 /// `Array<ShieldConfig>` of one entry: the daemon's settings for the shield.
 pub const SHIELD_CONFIG_MAP: &str = "SHIELD_CONFIG";
-/// `HashMap<Be16, u32>`: the UDP listener ports (network byte order), value 1. Packets to
-/// them that cannot be STUN or ChannelData are dropped; their requests are rate-limited.
+/// `HashMap<RelayKey, u32>`: the UDP listeners' addresses (IP and port), value 1. Packets
+/// to them that cannot be STUN or ChannelData are dropped; their requests are rate-limited.
+/// Keyed by address, not port: another service may use the same port on another IP.
 pub const LISTENERS_MAP: &str = "LISTENERS";
 /// Capacity of [`LISTENERS_MAP`].
 pub const LISTENERS_MAX: u32 = 64;

@@ -28,7 +28,7 @@ mod to_client;
 mod verdict;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use relay_common::{Reason, RelayKey};
+use relay_common::Reason;
 
 #[xdp]
 pub fn relay_xdp(ctx: XdpContext) -> u32 {
@@ -57,14 +57,9 @@ fn relay(ctx: &XdpContext) -> Result<(u32, Reason), Reason> {
     let udp = unsafe { &mut *udp };
     parse::parse(ctx, udp)?;
     let udp = &*udp;
-    let relay = RelayKey {
-        ip: udp.dst_ip,
-        port: udp.dst_port,
-        _pad: [0; 2],
-    };
-    if let Some(v) = maps::ALLOCATIONS.get_ptr(&relay) {
-        // SAFETY: value pointer from a successful lookup.
-        let flags = unsafe { (*v)._pad[0] };
+    let flags = maps::allocation_flags(udp);
+    if flags != maps::NO_ALLOCATION {
+        let flags = flags as u8;
         return match verdict::unpack(peer_to_client::handle(ctx, udp)) {
             Err(Reason::NoPermission) if shield::peer_not_permitted(flags) => {
                 Ok((xdp_action::XDP_DROP, Reason::PeerNotPermitted))

@@ -62,6 +62,26 @@ pub static SCRATCH_REQUEST: PerCpuArray<Request> = PerCpuArray::with_max_entries
 #[map(name = "SCRATCH_FIB")]
 pub static SCRATCH_FIB: PerCpuArray<FibParams> = PerCpuArray::with_max_entries(1, 0);
 
+/// [`allocation_flags`] of a datagram to no relayed address.
+pub const NO_ALLOCATION: u32 = u32::MAX;
+
+/// The flags (`RelayValue::_pad[0]`) of the allocation whose relayed address `udp` is
+/// sent to, or [`NO_ALLOCATION`]. Out of line: the key stays off the program's main stack
+/// frame, which shares the 512-byte budget with the deepest handler's.
+#[inline(never)]
+pub fn allocation_flags(udp: &Udp) -> u32 {
+    let relay = RelayKey {
+        ip: udp.dst_ip,
+        port: udp.dst_port,
+        _pad: [0; 2],
+    };
+    match ALLOCATIONS.get_ptr(relay) {
+        // SAFETY: value pointer from a successful lookup.
+        Some(v) => u32::from(unsafe { (*v)._pad[0] }),
+        None => NO_ALLOCATION,
+    }
+}
+
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
     if let Some(c) = REASON_COUNTERS.get_ptr_mut(reason as u32) {

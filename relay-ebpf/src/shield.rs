@@ -13,9 +13,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use relay_common::{
-    ALLOCATION_COMPLETE, Be16, ClientKey, FAMILY_V4, FAMILY_V6, Ip, LISTENERS_MAX, RELAY_IPS_MAX,
-    Reason, SHIELD_ALL_CLIENTS_KNOWN, SHIELD_ON, SOURCE_BUCKETS_MAX, ShieldConfig, SourceKey, gcra,
-    source_key,
+    ALLOCATION_COMPLETE, ClientKey, FAMILY_V4, FAMILY_V6, Ip, LISTENERS_MAX, RELAY_IPS_MAX, Reason,
+    RelayKey, SHIELD_ALL_CLIENTS_KNOWN, SHIELD_ON, SOURCE_BUCKETS_MAX, ShieldConfig, SourceKey,
+    gcra, source_key,
 };
 
 use crate::{
@@ -27,7 +27,7 @@ use crate::{
 static SHIELD_CONFIG: Array<ShieldConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "LISTENERS")]
-static LISTENERS: HashMap<Be16, u32> = HashMap::with_max_entries(LISTENERS_MAX, 0);
+static LISTENERS: HashMap<RelayKey, u32> = HashMap::with_max_entries(LISTENERS_MAX, 0);
 
 #[map(name = "RELAY_IPS")]
 static RELAY_IPS: HashMap<Ip, u32> = HashMap::with_max_entries(RELAY_IPS_MAX, 0);
@@ -68,20 +68,21 @@ pub fn peer_not_permitted(flags: u8) -> bool {
 }
 
 /// Screens a datagram that no allocation's relayed address receives: [`NONE`], or the
-/// reason it is dropped.
-#[inline(always)]
+/// reason it is dropped. Out of line, like the two screens it picks from, so the keys
+/// stay off the caller's stack frame (which shares the 512-byte budget with the
+/// forwarding paths').
+#[inline(never)]
 pub fn screen(ctx: &XdpContext, udp: &Udp) -> u32 {
     if !on() {
         return NONE;
     }
-    if LISTENERS.get_ptr(&udp.dst_port).is_some() {
+    if is_listener(udp) {
         screen_listener(ctx, udp)
     } else {
         screen_relay_port(ctx, udp)
     }
 }
 
-/// Out of line, each with its own stack frame (keys, the socket tuple).
 #[inline(never)]
 fn screen_listener(ctx: &XdpContext, udp: &Udp) -> u32 {
     match config().and_then(|c| listener(ctx, udp, c)) {
@@ -99,15 +100,29 @@ fn screen_relay_port(ctx: &XdpContext, udp: &Udp) -> u32 {
 }
 
 /// ChannelData with a channel number the CHANNELS map lacks: dropped if the sender's
-/// allocation has all its channels in the kernel, or if it has no allocation and the
-/// daemon vouches that every client is in CLIENTS.
-#[inline(always)]
+/// allocation has all its channels in the kernel, or if it was sent to one of our
+/// listeners from a 5-tuple without an allocation and the daemon vouches that every
+/// client is in CLIENTS. (Anything else that merely starts like ChannelData, to other
+/// ports of this host or through it, is not ours to judge.) Out of line: the keys stay
+/// off the main stack frame.
+#[inline(never)]
 pub fn channel_unbound(udp: &Udp) -> bool {
     let Some(c) = config() else { return false };
     match client_flags(udp) {
         Some(flags) => flags & ALLOCATION_COMPLETE != 0,
-        None => c.flags & SHIELD_ALL_CLIENTS_KNOWN != 0,
+        None => c.flags & SHIELD_ALL_CLIENTS_KNOWN != 0 && is_listener(udp),
     }
+}
+
+/// Whether `udp` is addressed to one of our UDP listeners.
+#[inline(always)]
+fn is_listener(udp: &Udp) -> bool {
+    let listener = RelayKey {
+        ip: udp.dst_ip,
+        port: udp.dst_port,
+        _pad: [0; 2],
+    };
+    LISTENERS.get_ptr(listener).is_some()
 }
 
 /// The flags of the sender's CLIENTS entry (either peer family), if it has one. A dual

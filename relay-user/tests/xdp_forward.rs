@@ -8,7 +8,8 @@
 //! Addresses without a neighbour entry exercise the FIB-failure → XDP_PASS path.
 //!
 //! Send indications are in `xdp_forward/send.rs`, hairpin in `xdp_forward/hairpin.rs`
-//! (which also drives the protocol core, `xdp_forward/core_driver.rs`, into the maps).
+//! (which also drives the protocol core, `xdp_forward/core_driver.rs`, into the maps),
+//! the shield's drops in `xdp_forward/shield.rs`.
 
 #[path = "xdp_forward/core_driver.rs"]
 mod core_driver;
@@ -16,6 +17,8 @@ mod core_driver;
 mod hairpin;
 #[path = "xdp_forward/send.rs"]
 mod send;
+#[path = "xdp_forward/shield.rs"]
+mod shield;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},

@@ -1,6 +1,6 @@
 //! The core's commands as map entries, written to the in-memory maps (no root, no loaded
 //! program): what `XdpMaps::apply` asks the kernel to hold for each command, and the
-//! port flag the peer policy puts on a permission. `xdp_forward` runs the same entries
+//! port flag the peer policy puts on a permission, the complete flag the shield reads. `xdp_forward` runs the same entries
 //! through the kernel program.
 
 #[path = "xdp_forward/core_driver.rs"]
@@ -11,9 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use core_driver::Core;
 use relay_common::{
-    ALLOCATIONS_MAP, CHANNELS_MAP, CLIENTS_MAP, ChannelKey, PEER_CHANNELS_MAP,
-    PERMISSION_SOME_PORTS, PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey,
-    RELAY_ADDRS_MAP, RelayKey,
+    ALLOCATION_COMPLETE, ALLOCATIONS_MAP, CHANNELS_MAP, CLIENTS_MAP, ChannelKey, ClientKey,
+    FAMILY_V4, PEER_CHANNELS_MAP, PERMISSION_SOME_PORTS, PERMISSIONS_MAP,
+    PERMISSIONS_PER_ALLOCATION, PUBLIC_IPS_MAP, PeerKey, PermissionKey, RELAY_ADDRS_MAP, RelayKey,
 };
 use relay_proto::{
     policy::{AllowRule, PeerPolicy},
@@ -276,4 +276,64 @@ fn a_public_ip_stays_while_any_allocation_is_advertised_on_it() {
     core.release(b, listener());
     apply(&mut core, &mut maps);
     assert_eq!(counts(&maps), [0; 7]);
+}
+
+/// Whether the allocation of `client` at `relay_bind` is flagged complete, in ALLOCATIONS
+/// and CLIENTS alike.
+fn flagged_complete(maps: &XdpMaps<FakeMaps>, client: SocketAddr, relay_bind: SocketAddr) -> bool {
+    let fake = maps.writer();
+    let Some(Entry::Allocation(_, a)) = fake.get(Key::Allocation(relay_key(relay_bind))) else {
+        panic!("no ALLOCATIONS entry for {relay_bind}");
+    };
+    let key = Key::Client(ClientKey {
+        client_ip: map_ip(client.ip()),
+        listener_ip: map_ip(listener().ip()),
+        client_port: client.port().to_be_bytes(),
+        listener_port: listener().port().to_be_bytes(),
+        family: FAMILY_V4,
+        _pad: [0; 3],
+    });
+    let c = fake.relay_value(key).expect("CLIENTS entry");
+    assert_eq!(a._pad, c._pad, "ALLOCATIONS and CLIENTS agree");
+    assert_eq!(c.slot, a.slot);
+    a._pad[0] & ALLOCATION_COMPLETE != 0
+}
+
+#[test]
+fn an_allocation_is_flagged_complete_only_while_the_kernel_holds_all_it_has() {
+    let (mut core, mut maps) = setup();
+    let client = sa("10.0.0.200:40000");
+    let relay_public = core.allocate(client, listener());
+    let relay_bind = SocketAddr::new(IpAddr::from(BIND), relay_public.port());
+    apply(&mut core, &mut maps);
+    assert!(
+        flagged_complete(&maps, client, relay_bind),
+        "a new allocation has nothing elsewhere"
+    );
+    // Its share of permissions fits the kernel.
+    let share = PERMISSIONS_PER_ALLOCATION as u8;
+    for n in 0..share {
+        core.permit(client, listener(), sa(&format!("10.0.0.{}:5000", 10 + n)));
+    }
+    apply(&mut core, &mut maps);
+    assert!(flagged_complete(&maps, client, relay_bind));
+    // One more is served in userspace only: the kernel must pass up strangers again.
+    core.permit(client, listener(), sa("10.0.0.99:5000"));
+    apply(&mut core, &mut maps);
+    assert!(!flagged_complete(&maps, client, relay_bind));
+    assert_eq!(counts(&maps)[3], usize::from(share));
+    // A second allocation of another client is unaffected.
+    let other = sa("10.0.0.201:40000");
+    let other_public = core.allocate(other, listener());
+    apply(&mut core, &mut maps);
+    let other_bind = SocketAddr::new(IpAddr::from(BIND), other_public.port());
+    assert!(flagged_complete(&maps, other, other_bind));
+    assert!(!flagged_complete(&maps, client, relay_bind));
+    // The client's next allocation starts over, complete.
+    core.release(client, listener());
+    apply(&mut core, &mut maps);
+    let again = core.allocate(client, listener());
+    apply(&mut core, &mut maps);
+    let again_bind = SocketAddr::new(IpAddr::from(BIND), again.port());
+    assert!(flagged_complete(&maps, client, again_bind));
 }

@@ -65,6 +65,13 @@ impl<'a> Message<'a> {
         if be16(buf, field::TYPE.start) & 0xC000 != 0 {
             return Err(ParseError::NotStun);
         }
+        // The cookie first: without it this is not STUN (RFC 8489 section 6.3), whatever
+        // else is wrong, and the relay does not answer it (the XDP program drops such
+        // packets for the same reason).
+        let cookie = be32(buf, field::COOKIE.start);
+        if cookie != MAGIC_COOKIE {
+            return Err(ParseError::BadMagicCookie(cookie));
+        }
         let len = be16(buf, field::LENGTH.start);
         if !len.is_multiple_of(4) {
             return Err(ParseError::UnalignedLength(len));
@@ -74,10 +81,6 @@ impl<'a> Message<'a> {
                 header: usize::from(len),
                 actual: buf.len() - HEADER_LEN,
             });
-        }
-        let cookie = be32(buf, field::COOKIE.start);
-        if cookie != MAGIC_COOKIE {
-            return Err(ParseError::BadMagicCookie(cookie));
         }
 
         let mut msg = Message {

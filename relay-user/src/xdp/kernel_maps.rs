@@ -6,10 +6,10 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use relay_common::{
-    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, Be16, CHANNELS_MAP, CLIENTS_MAP,
-    ChannelKey, ChannelValue, ClientKey, ClientTarget, Ip, LISTENERS_MAP, PEER_CHANNELS_MAP,
-    PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP,
-    RELAY_ADDRS_MAP, RELAY_IPS_MAP, Reason, RelayKey, RelayValue, SHIELD_CONFIG_MAP, ShieldConfig,
+    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, CHANNELS_MAP, CLIENTS_MAP, ChannelKey,
+    ChannelValue, ClientKey, ClientTarget, Ip, LISTENERS_MAP, PEER_CHANNELS_MAP, PERMISSIONS_MAP,
+    PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP, RELAY_ADDRS_MAP,
+    RELAY_IPS_MAP, Reason, RelayKey, RelayValue, SHIELD_CONFIG_MAP, ShieldConfig,
 };
 
 use super::writer::{Entry, Key, MapWriter, XdpMapsError, update_error as upd};
@@ -27,7 +27,7 @@ pub struct KernelMaps {
     reasons: PerCpuArray<MapData, u64>,
     redirect: DevMapHash<MapData>,
     shield: Array<MapData, ShieldConfig>,
-    listeners: HashMap<MapData, Be16, u32>,
+    listeners: HashMap<MapData, RelayKey, u32>,
     relay_ips: HashMap<MapData, Ip, u32>,
     nr_cpus: usize,
 }
@@ -70,10 +70,10 @@ impl KernelMaps {
             .map_err(|source| XdpMapsError::Redirect { ifindex, source })
     }
 
-    /// A UDP listener port (network byte order) for the shield.
-    pub fn add_listener(&mut self, port: Be16) -> Result<(), XdpMapsError> {
+    /// A UDP listener's address for the shield.
+    pub fn add_listener(&mut self, address: RelayKey) -> Result<(), XdpMapsError> {
         self.listeners
-            .insert(port, 1, 0)
+            .insert(address, 1, 0)
             .map_err(upd(LISTENERS_MAP, "insert"))
     }
 

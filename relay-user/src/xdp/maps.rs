@@ -33,6 +33,9 @@ pub struct XdpMaps<W: MapWriter = KernelMaps> {
     maps: W,
     /// By bind address.
     relays: HashMap<SocketAddr, Relay>,
+    /// The bind addresses of each UDP client's (client, listener) relayed addresses (one
+    /// per family), so flagging an allocation does not walk every relay.
+    owned: HashMap<(SocketAddr, SocketAddr), Vec<SocketAddr>>,
     free_slots: Vec<u32>,
     next_slot: u32,
     slot_capacity: u32,
@@ -117,15 +120,15 @@ impl XdpMaps<KernelMaps> {
         self.maps.reason_counters()
     }
 
-    /// Tells the shield where the relay listens (UDP listener ports) and which IPs its
-    /// relay sockets are bound to (wildcard binds name none).
+    /// Tells the shield where the relay listens (UDP listeners) and which IPs its relay
+    /// sockets are bound to (wildcard binds name none).
     pub fn set_shield_addresses(
         &mut self,
-        listener_ports: &[u16],
+        listeners: &[SocketAddr],
         relay_ips: &[IpAddr],
     ) -> Result<(), XdpMapsError> {
-        for &p in listener_ports {
-            self.maps.add_listener(port(p))?;
+        for &l in listeners {
+            self.maps.add_listener(relay_key(l))?;
         }
         for ip in relay_ips.iter().filter(|ip| !ip.is_unspecified()) {
             self.maps.add_relay_ip(map_ip(*ip))?;
@@ -140,6 +143,7 @@ impl<W: MapWriter> XdpMaps<W> {
         Self {
             maps,
             relays: HashMap::new(),
+            owned: HashMap::new(),
             free_slots: Vec::new(),
             next_slot: 0,
             slot_capacity: max_allocations.saturating_mul(RELAYS_PER_ALLOCATION),
@@ -182,10 +186,12 @@ impl<W: MapWriter> XdpMaps<W> {
     /// Flags `client`'s relayed addresses [`ALLOCATION_COMPLETE`] (`complete`) or not, in
     /// ALLOCATIONS and CLIENTS.
     fn mark(&mut self, client: FiveTuple, complete: bool) -> Result<(), XdpMapsError> {
-        let owner = Some((client.client, client.listener));
+        let binds = self.owned.get(&(client.client, client.listener));
         let mut changed: Vec<(SocketAddr, Relay)> = Vec::new();
-        for (bind, r) in self.relays.iter_mut() {
-            if r.owner == owner && r.complete != complete {
+        for bind in binds.into_iter().flatten() {
+            if let Some(r) = self.relays.get_mut(bind)
+                && r.complete != complete
+            {
                 r.complete = complete;
                 changed.push((*bind, *r));
             }
@@ -422,12 +428,30 @@ impl<W: MapWriter> XdpMaps<W> {
         if let Err(e) = self.insert_entries(relay, &entry) {
             // Best effort: the entries that made it in come out again.
             let _ = self.remove_entries(relay, &entry);
-            self.relays.remove(&relay);
+            if let Some(old) = self.relays.remove(&relay) {
+                self.disown(relay, old.owner);
+            }
             self.free_slots.push(slot);
             return Err(e);
         }
-        self.relays.insert(relay, entry);
+        if let Some(old) = self.relays.insert(relay, entry) {
+            self.disown(relay, old.owner);
+        }
+        if let Some(o) = owner {
+            self.owned.entry(o).or_default().push(relay);
+        }
         Ok(slot)
+    }
+
+    /// `relay` no longer belongs to `owner`'s allocation.
+    fn disown(&mut self, relay: SocketAddr, owner: Option<(SocketAddr, SocketAddr)>) {
+        let Some(o) = owner else { return };
+        if let Some(binds) = self.owned.get_mut(&o) {
+            binds.retain(|b| *b != relay);
+            if binds.is_empty() {
+                self.owned.remove(&o);
+            }
+        }
     }
 
     fn new_slot(&mut self) -> Result<u32, XdpMapsError> {
@@ -481,6 +505,7 @@ impl<W: MapWriter> XdpMaps<W> {
         let Some(r) = self.relays.remove(&relay) else {
             return Err(XdpMapsError::UnknownRelay(relay));
         };
+        self.disown(relay, r.owner);
         self.free_slots.push(r.slot);
         self.remove_entries(relay, &r)
     }

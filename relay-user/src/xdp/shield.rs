@@ -2,7 +2,7 @@
 //! relay listens and relays, and the unauthenticated-request buckets of `[limits]`, the
 //! same keys and semantics as the userspace limiter's.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use relay_common::{SHIELD_ALL_CLIENTS_KNOWN, SHIELD_ON, ShieldConfig, bucket_params};
 
@@ -31,18 +31,18 @@ pub fn settings(config: &Config) -> ShieldConfig {
 
 /// Writes the listener ports, relay IPs and settings of `config` into the loaded maps.
 pub fn install(maps: &mut XdpMaps, config: &Config) -> Result<(), XdpMapsError> {
-    let ports: Vec<u16> = config
+    let listeners: Vec<SocketAddr> = config
         .listeners
         .iter()
         .filter(|l| l.transports.contains(&Transport::Udp))
-        .map(|l| l.address.port())
+        .map(|l| l.address)
         .collect();
     let relay_ips: Vec<IpAddr> = [config.relay_v4, config.relay_v6]
         .into_iter()
         .flatten()
         .map(|r| r.bind)
         .collect();
-    maps.set_shield_addresses(&ports, &relay_ips)?;
+    maps.set_shield_addresses(&listeners, &relay_ips)?;
     maps.set_shield(settings(config))
 }
 

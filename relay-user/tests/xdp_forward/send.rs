@@ -54,7 +54,8 @@ pub fn send_indication(attrs: &[A<'_>], pad: u8) -> Vec<u8> {
     buf
 }
 
-fn setup(env: &mut Env, f: &Family) {
+/// A UDP client's allocation with a permission for the peer (shared with `shield.rs`).
+pub fn setup(env: &mut Env, f: &Family) {
     env.maps
         .add_udp_allocation(f.client, f.listener, f.relay, f.relay)
         .unwrap();
