@@ -36,20 +36,39 @@ impl PageRun {
         messages: usize,
         flags: &[&str],
     ) -> Self {
+        Self::data_channel_paced(ns, relay, ice_url, messages, Duration::ZERO, flags)
+    }
+
+    /// Like [`data_channel`](Self::data_channel), one message each way every `interval`:
+    /// a call that lasts `messages * interval` once the channels are open.
+    pub fn data_channel_paced(
+        ns: &Netns,
+        relay: &RelayProcess,
+        ice_url: &str,
+        messages: usize,
+        interval: Duration,
+        flags: &[&str],
+    ) -> Self {
+        let call = interval * messages as u32;
         let chromium = find_chromium().expect(
             "Chromium is not installed (`apt-get install chromium`, or `cargo xtask setup`); \
              set CHROMIUM=/path/to/chrome to use another build",
         );
         let server = PageServer::start(ns, PAGE).expect("start page server");
         let url = format!(
-            "{}?url={}&username={USER}&credential={PASSWORD}&messages={messages}&timeout_ms={}",
+            "{}?url={}&username={USER}&credential={PASSWORD}&messages={messages}&timeout_ms={}\
+             &interval_ms={}",
             server.url(),
             query_escape(ice_url),
-            PAGE_TIMEOUT.as_millis()
+            (PAGE_TIMEOUT + call).as_millis(),
+            interval.as_millis()
         );
         let browser = Chromium::launch_with(ns, &chromium, &url, flags).expect("launch Chromium");
-        let Some(text) = server.wait_result(RESULT_TIMEOUT) else {
-            let what = format!("the page reported nothing within {RESULT_TIMEOUT:?}");
+        let Some(text) = server.wait_result(RESULT_TIMEOUT + call) else {
+            let what = format!(
+                "the page reported nothing within {:?}",
+                RESULT_TIMEOUT + call
+            );
             panic!(
                 "{}\n----- Chromium output (all) -----\n{}",
                 failure(&what, None, &browser, relay),

@@ -6,14 +6,14 @@
 //!
 //! Needs root and `target/debug/relay` (`cargo build -p relay-user`).
 
-use std::{
-    io::Read,
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
 use relay_tests::{
-    Netns, Topology, TopologyOptions, certs::TestCa, fixture::start_tls_relay, netns,
+    Netns, Topology, TopologyOptions,
+    certs::TestCa,
+    fixture::start_tls_relay,
+    load_gen::{Echo, run_load},
+    netns,
     relay::RelayProcess,
 };
 use serde_json::Value;
@@ -57,119 +57,20 @@ mode = "off"
     )
 }
 
-/// A process killed on drop (the echo peer when a test fails half-way).
-struct Guard(Option<Child>);
-
-impl Guard {
-    /// SIGTERM, then the process's stdout once it has exited.
-    fn finish(mut self) -> String {
-        let mut child = self.0.take().expect("running");
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let mut out = String::new();
-        if let Some(mut s) = child.stdout.take() {
-            let _ = s.read_to_string(&mut out);
-        }
-        let _ = child.wait();
-        out
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// `relay load echo` in `ns`, waiting until its socket is bound.
-fn start_echo(ns: &Netns, listen: &str, drop_every: u64) -> Guard {
-    let bin = relay_tests::relay_binary();
-    let child = ns
-        .command(bin.to_str().unwrap())
-        .args([
-            "load",
-            "echo",
-            "--listen",
-            listen,
-            "--threads",
-            "2",
-            "--json",
-        ])
-        .args(["--drop-every", &drop_every.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn relay load echo");
-    let guard = Guard(Some(child));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let bound = ns
-            .exec("ss", &["-Hlun"])
-            .map(|o| o.contains(listen))
-            .unwrap_or(false);
-        if bound {
-            return guard;
-        }
-        assert!(Instant::now() < deadline, "echo peer did not bind {listen}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn start_echo(ns: &Netns, listen: &str, drop_every: u64) -> Echo {
+    Echo::start(ns, listen, Some(drop_every))
 }
 
 /// Runs `relay load ARGS --json -q` in `ns`; returns the exit code and the parsed report.
 fn load(ns: &Netns, args: &[&str]) -> (i32, Value) {
-    let bin = relay_tests::relay_binary();
-    let mut child = ns
-        .command(bin.to_str().unwrap())
-        .arg("load")
-        .args(args)
-        .args(["--json", "-q"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn relay load");
-    let deadline = Instant::now() + LOAD_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("relay load {args:?} did not finish within {LOAD_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let report: Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("relay load output is not JSON ({e}): {out}\nstderr: {err}"));
-    (status.code().unwrap_or(-1), report)
+    let out = run_load(ns, args, LOAD_TIMEOUT);
+    let report: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "relay load output is not JSON ({e}): {}\nstderr: {}",
+            out.stdout, out.stderr
+        )
+    });
+    (out.code, report)
 }
 
 fn num(v: &Value, path: &str) -> f64 {

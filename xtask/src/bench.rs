@@ -9,6 +9,7 @@
 //! Results go to `bench-results/` (not committed): `results.md`, `results.json` and the
 //! PNG plots.
 
+mod flood;
 mod plot;
 mod procs;
 mod table;
@@ -37,7 +38,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_criterion: bool,
     /// Only the scenarios whose name contains one of these (comma-separated), e.g.
-    /// `--only "1000 alloc @ 50k"`.
+    /// `--only "1000 alloc @ 50k"`; `--only flood` runs the junk-flood scenario alone.
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub only: Vec<String>,
     /// Use the relay binary already in target/release instead of building it.
@@ -239,9 +240,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .context("copying target/release/relay (build it: cargo xtask build)")?;
 
     let mut scenarios = scenarios(args.scale);
+    let with_flood = args.only.is_empty() || args.only.iter().any(|o| "flood".contains(o.as_str()));
     if !args.only.is_empty() {
         scenarios.retain(|sc| args.only.iter().any(|o| sc.name.contains(o.as_str())));
-        if scenarios.is_empty() {
+        if scenarios.is_empty() && !with_flood {
             bail!(
                 "--only {:?} matches no scenario at scale {:?}",
                 args.only,
@@ -293,6 +295,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             runs.push(run);
         }
     }
+    let flooded = if with_flood {
+        flood::run_all(&topo, &relay, &work, &servers, args.scale)
+    } else {
+        Vec::new()
+    };
     drop(topo);
 
     let machine = table::Machine::read();
@@ -300,12 +307,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "machine": machine,
         "scenarios": scenarios,
         "runs": runs,
+        "flood": flooded,
     });
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    let md = table::markdown(&machine, &scenarios, &runs);
+    let md = table::markdown(&machine, &scenarios, &runs) + &flood::markdown(&flooded);
     std::fs::write(out.join("results.md"), &md)?;
     let plotted = plot::all(&out, &scenarios, &runs);
     println!("{md}");

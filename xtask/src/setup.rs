@@ -9,7 +9,8 @@ use crate::util::{Cargo, is_root, output, tools_dir};
 
 /// Debian packages the tests and benchmarks use: coturn for turnutils_uclient,
 /// turnutils_peer and turnserver; ethtool, nftables and iproute2 for the namespace
-/// topology; chromium for the real-browser WebRTC test; DejaVu for the bench plots.
+/// topology; chromium for the real-browser WebRTC test; DejaVu for the bench plots;
+/// netsniff-ng for trafgen, the junk flood's packet generator (test and bench "flood").
 const APT_PACKAGES: &[&str] = &[
     "coturn",
     "ethtool",
@@ -17,6 +18,7 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "chromium",
     "fonts-dejavu-core",
+    "netsniff-ng",
 ];
 
 pub fn all() -> Result<()> {

@@ -20,12 +20,12 @@ const REALM: &str = "bench";
 const USER: &str = "bench";
 const PASSWORD: &str = "bench-password";
 const ECHO_PORT: u16 = 7000;
-const PORTS: (u16, u16) = (20000, 59999);
+pub const PORTS: (u16, u16) = (20000, 59999);
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A child process stopped with SIGTERM (then SIGKILL) on drop.
-struct Proc {
+pub struct Proc {
     child: Child,
     what: String,
     log: PathBuf,
@@ -47,7 +47,7 @@ impl Proc {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -80,7 +80,7 @@ impl Proc {
         }
     }
 
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
@@ -126,39 +126,95 @@ pub fn measure(
     server: Server,
     sc: &Scenario,
 ) -> Result<Load> {
-    let bin = relay_bin
-        .to_str()
-        .context("the relay binary's path is not UTF-8")?;
     let tag = format!("{:?}-{}-{}", server, sc.allocations, sc.rate).to_lowercase();
-
-    let mut echo_cmd = topo.media.command(bin);
-    echo_cmd.args(["load", "echo", "--listen", &format!("{MEDIA}:{ECHO_PORT}")]);
-    let mut echo = Proc::spawn(
-        echo_cmd,
-        "the echo peer",
-        work.join(format!("echo-{tag}.log")),
-    )?;
-    echo.wait_ready(|p| p.log_text().contains("echo peer listening"))?;
-
-    let mut srv = match server {
-        Server::Direct => None,
-        Server::Coturn => Some(start_coturn(topo, work, &tag)?),
-        Server::Userspace | Server::Xdp => Some(start_relay(topo, bin, work, &tag, server)?),
-    };
-    let pids = (srv.as_ref().map(Proc::pid), echo.pid());
-    let load = run_load(topo, bin, work, &tag, server, sc, pids);
-    if let Some(s) = &mut srv {
-        s.stop();
-    }
-    echo.stop();
+    let mut hosts = Hosts::start(topo, relay_bin, work, server, &tag, Limits::LoadGenerator)?;
+    let load = run_load(topo, &hosts.bin, work, &tag, server, sc, hosts.pids());
+    hosts.stop();
     load
 }
 
-fn start_relay(topo: &Topo, bin: &str, work: &Path, tag: &str, server: Server) -> Result<Proc> {
+/// The `[limits]` of the relay under test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Limits {
+    /// The per-source limit for unauthenticated requests off: the load generator opens
+    /// thousands of allocations from one address, as coturn (which has no such limit)
+    /// gets them.
+    LoadGenerator,
+    /// The relay's defaults, as deployed.
+    Defaults,
+}
+
+/// The echo peer and the server under test (none for the no-relay baseline), running.
+pub struct Hosts {
+    pub bin: String,
+    pub server: Option<Proc>,
+    pub echo: Proc,
+}
+
+impl Hosts {
+    pub fn start(
+        topo: &Topo,
+        relay_bin: &Path,
+        work: &Path,
+        server: Server,
+        tag: &str,
+        limits: Limits,
+    ) -> Result<Self> {
+        let bin = relay_bin
+            .to_str()
+            .context("the relay binary's path is not UTF-8")?
+            .to_owned();
+        let mut echo_cmd = topo.media.command(&bin);
+        echo_cmd.args(["load", "echo", "--listen", &format!("{MEDIA}:{ECHO_PORT}")]);
+        let mut echo = Proc::spawn(
+            echo_cmd,
+            "the echo peer",
+            work.join(format!("echo-{tag}.log")),
+        )?;
+        echo.wait_ready(|p| p.log_text().contains("echo peer listening"))?;
+        let server = match server {
+            Server::Direct => None,
+            Server::Coturn => Some(start_coturn(topo, work, tag)?),
+            Server::Userspace | Server::Xdp => {
+                Some(start_relay(topo, &bin, work, tag, server, limits)?)
+            }
+        };
+        Ok(Self { bin, server, echo })
+    }
+
+    /// The server's and the echo peer's pids.
+    pub fn pids(&self) -> (Option<u32>, u32) {
+        (self.server.as_ref().map(Proc::pid), self.echo.pid())
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(s) = &mut self.server {
+            s.stop();
+        }
+        self.echo.stop();
+    }
+}
+
+fn start_relay(
+    topo: &Topo,
+    bin: &str,
+    work: &Path,
+    tag: &str,
+    server: Server,
+    limits: Limits,
+) -> Result<Proc> {
     let mode = if server == Server::Xdp {
         "native"
     } else {
         "off"
+    };
+    let unauthenticated = match limits {
+        Limits::LoadGenerator => {
+            "# The load generator opens thousands of allocations from one address, as coturn \
+             (which\n# has no such limit) gets them: the limits for unauthenticated requests \
+             are off.\nunauthenticated_rate = 0\nunauthenticated_global_rate = 0\n"
+        }
+        Limits::Defaults => "",
     };
     let config = format!(
         r#"realm = "{REALM}"
@@ -178,11 +234,7 @@ allow = ["192.0.2.0/24"]
 
 [limits]
 max_allocations = 20000
-# The load generator opens thousands of allocations from one address, as coturn (which
-# has no such limit) gets them: the limits for unauthenticated requests are off.
-unauthenticated_rate = 0
-unauthenticated_global_rate = 0
-
+{unauthenticated}
 [xdp]
 interfaces = ["{ext}", "{int}"]
 mode = "{mode}"
@@ -245,7 +297,7 @@ fn start_coturn(topo: &Topo, work: &Path, tag: &str) -> Result<Proc> {
     Ok(p)
 }
 
-fn run_load(
+pub fn run_load(
     topo: &Topo,
     bin: &str,
     work: &Path,

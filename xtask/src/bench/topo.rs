@@ -102,6 +102,8 @@ impl Drop for Ns {
 /// The three hosts. Dropping it detaches the pass programs and deletes the namespaces
 /// (and with them every veth).
 pub struct Topo {
+    /// The client's end of the link to the relay's external NIC (where the flood starts).
+    pub client_if: String,
     pub ext_if: String,
     pub int_if: String,
     // Links before namespaces: closing them detaches the programs first.
@@ -146,6 +148,7 @@ impl Topo {
             attach_pass(&media, &media_if)?,
         ];
         Ok(Self {
+            client_if,
             ext_if,
             int_if,
             _pass: pass,

@@ -1,0 +1,348 @@
+//! Issue 14's junk flood against the kernel path: at least 500k packets/s of spoofed junk
+//! (random bytes to 3478, datagrams to relay ports, unbound ChannelData, 28-byte Allocates
+//! from 10,000 sources) straight onto the relay host's external NIC for 10 s, no NAT in
+//! front, while `relay load` (200 allocations at 10k echoes/s) and a Chromium call go on
+//! through the static NAT. The kernel program drops the junk and counts it by reason; the
+//! calls lose at most 0.1%, the relay process uses under 10% of a core, its RSS stays flat.
+//!
+//! trafgen runs in the firewall's namespace and writes frames straight onto its link to
+//! the relay (so no firewall or NAT work in front), pinned to one core under SCHED_FIFO
+//! (the sender is another machine in real life: nothing else gets its core); the relay
+//! NIC's receive work runs in a threaded NAPI kernel thread pinned to the other core, also
+//! under SCHED_FIFO, as a real NIC's softirq runs ahead of processes. Everything else (the
+//! relay, the load generator, the browser) shares that second core.
+//!
+//! Needs root, `target/debug/relay`, trafgen (netsniff-ng) and Chromium (`cargo xtask
+//! setup` installs both).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use relay_tests::{
+    Topology, TopologyOptions,
+    fixture::{Deployment, RELAY_PORTS, RelayConfig, start_relay, wait_until},
+    flood::{self, FloodRun, Trafgen},
+    flood_config::{FloodTarget, Junk, parse_mac, trafgen_config},
+    load_gen::{Echo, run_load_under},
+    page::PageRun,
+};
+use relay_tools::status::AdminClient;
+use serde_json::Value;
+
+const FLOOD: Duration = Duration::from_secs(10);
+/// The issue's floor for what must reach the relay's NIC.
+const MIN_PPS: f64 = 500_000.0;
+/// What trafgen sends: the floor and a margin. Faster (trafgen alone reaches about 1.1M/s
+/// here) the relay NIC's receive thread, XDP drops and all, fills the second of the box's
+/// two cores, and the calls' own processes, which share it, starve: their loss would be
+/// the box's, not the relay's.
+const FLOOD_PPS: u64 = 550_000;
+const ALLOCATIONS: usize = 200;
+const ECHO_RATE: u64 = 10_000;
+/// Longer than the flood: setup and the wait for the flood to start come first.
+const LOAD_SECS: u64 = 11;
+const LOAD_TIMEOUT: Duration = Duration::from_secs(40);
+const MAX_LOSS: f64 = 0.001;
+/// Share of one core the relay process may use during the flood.
+const MAX_CPU: f64 = 0.10;
+const MAX_RSS_GROWTH_KIB: u64 = 8 * 1024;
+/// The Chromium call: one data-channel message each way every 100 ms, for longer than
+/// the flood.
+const CALL_MESSAGES: usize = 150;
+const CALL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long the calls may take to be up before the flood starts.
+const CALLS_UP: Duration = Duration::from_secs(20);
+/// trafgen on one core, the relay NIC's NAPI thread on the other.
+const FLOOD_CPU: usize = 0;
+const NAPI_CPU: usize = 1;
+const ECHO_PORT: u16 = 7000;
+/// The calls' generator and echo peer ahead of unrelated work on the box (other test
+/// binaries, builds): they stand for clients and a media server on machines of their own.
+const CALLS_FIRST: &[&str] = &["nice", "-n", "-10"];
+const ADMIN: &str = "127.0.0.1:9651";
+const TOKEN: &str = "flood-token";
+
+/// The Allocates the relay answers while the flood lasts, from every source together. The
+/// default (5000/s after a burst of 10,000) costs the release build a few percent of a core
+/// (BENCHMARKS.md, "Under a junk flood"); the debug build these tests run answers several
+/// times slower, so the test sets a fifth of it to hold the same 10% bound.
+const GLOBAL_LIMIT: &str =
+    "unauthenticated_global_rate = 1000\nunauthenticated_global_burst = 2000\n";
+
+/// The kernel program's drop reason for each kind of junk.
+const REASONS: [(Junk, &str); 4] = [
+    (Junk::RandomBytes, "unparsable"),
+    (Junk::RelayPortDatagram, "relay_port_unused"),
+    (Junk::UnboundChannelData, "channel_unbound"),
+    (Junk::MinimalAllocate, "unauthenticated_rate"),
+];
+
+fn config(t: &Topology) -> String {
+    RelayConfig {
+        sections: format!(
+            "[limits]\ndrain_timeout = 0\n{GLOBAL_LIMIT}\n\
+             [admin]\naddress = \"{ADMIN}\"\ntoken = \"{TOKEN}\"\n\n\
+             [xdp]\ninterfaces = [\"{}\", \"{}\"]\nmode = \"native\"\n",
+            t.relay_external_if, t.relay_internal_if
+        ),
+        ..RelayConfig::deployment(&t.addrs)
+    }
+    .to_string()
+}
+
+/// `/metrics` as `name{labels}` → value.
+fn metrics(env: &Deployment) -> BTreeMap<String, f64> {
+    let (code, text) = env
+        .topo
+        .relay
+        .run(|| AdminClient::new(ADMIN.parse().unwrap(), Some(TOKEN.into())).get("/metrics"))
+        .expect("enter relay namespace")
+        .unwrap_or_else(|e| panic!("/metrics: {e}"));
+    assert_eq!(code, 200, "{text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Allocations held, all data-path threads together.
+fn allocations(env: &Deployment) -> f64 {
+    metrics(env)
+        .iter()
+        .filter(|(k, _)| k.starts_with("relay_allocations_active{"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+fn xdp_reason(m: &BTreeMap<String, f64>, reason: &str) -> u64 {
+    m.get(&format!("relay_xdp_packets_total{{reason=\"{reason}\"}}"))
+        .copied()
+        .unwrap_or(0.0) as u64
+}
+
+/// The flood's target: the relay's external NIC, from the firewall's end of the link.
+fn target(env: &Deployment) -> FloodTarget {
+    let t = &env.topo;
+    let mac_of = |ns: &str, ifname: &str| {
+        let s = flood::sysfs_net(ns, ifname, "address").expect("read MAC");
+        parse_mac(&s).unwrap_or_else(|| panic!("MAC of {ifname}: {s:?}"))
+    };
+    FloodTarget {
+        src_mac: mac_of(t.firewall.name(), &t.firewall_inside_if()),
+        dst_mac: mac_of(t.relay.name(), &t.relay_external_if),
+        dst_ip: t.addrs.relay_external,
+        listener_port: 3478,
+        relay_ports: RELAY_PORTS,
+    }
+}
+
+#[test]
+fn junk_flood_is_dropped_in_the_kernel_while_calls_go_on() {
+    let started = Instant::now();
+    let opts = TopologyOptions {
+        nat_reflection: false,
+    };
+    let env = Deployment::start_kernel_path(opts, |t| start_relay(&t.relay, &config(t)));
+    let t = &env.topo;
+    let echo_addr = SocketAddr::from((t.addrs.media, ECHO_PORT)).to_string();
+    let _echo = Echo::start_under(&t.media, CALLS_FIRST, &echo_addr, None);
+
+    // The relay NIC's receive work on its own core, apart from the sender's.
+    flood::set_threaded_napi(t.relay.name(), &t.relay_external_if).expect("threaded NAPI");
+    let napi = flood::napi_threads(&t.relay_external_if);
+    assert!(
+        !napi.is_empty(),
+        "no NAPI thread for {}",
+        t.relay_external_if
+    );
+    for pid in &napi {
+        flood::pin(*pid, NAPI_CPU).expect("pin the NAPI thread");
+        flood::realtime(*pid).expect("NAPI thread under SCHED_FIFO");
+    }
+    let config_path = env.relay.config_path().with_file_name("flood.trafgen");
+    std::fs::write(&config_path, trafgen_config(&target(&env), &Junk::ALL))
+        .expect("write trafgen config");
+    let run = FloodRun {
+        ns: t.firewall.name().to_owned(),
+        ifname: t.firewall_inside_if(),
+        config_path,
+        cpu: FLOOD_CPU,
+        duration: FLOOD,
+        rate: Some(FLOOD_PPS),
+    };
+
+    let relay_pid = env.relay.pid();
+    let server = format!("{}:3478", t.addrs.public);
+    let ice = format!("turn:{}:3478?transport=udp", t.addrs.public);
+    std::thread::scope(|s| {
+        // The Chromium call, up before the flood and going on through it.
+        let call = s.spawn(|| {
+            PageRun::data_channel_paced(
+                &t.client,
+                &env.relay,
+                &ice,
+                CALL_MESSAGES,
+                CALL_INTERVAL,
+                &[],
+            )
+        });
+        wait_until("Chromium's allocations", CALLS_UP, || {
+            allocations(&env) >= 2.0
+        });
+        let load = s.spawn(|| {
+            run_load_under(
+                &t.client,
+                CALLS_FIRST,
+                &[
+                    &server,
+                    "-u",
+                    "alice",
+                    "-p",
+                    "pw",
+                    "--peer",
+                    &echo_addr,
+                    "-n",
+                    &ALLOCATIONS.to_string(),
+                    "--rate",
+                    &ECHO_RATE.to_string(),
+                    "--duration",
+                    &LOAD_SECS.to_string(),
+                ],
+                LOAD_TIMEOUT,
+            )
+        });
+        wait_until("relay load's allocations", CALLS_UP, || {
+            allocations(&env) >= (ALLOCATIONS + 2) as f64
+        });
+
+        // The flood, and what the relay host and process did meanwhile.
+        let before = metrics(&env);
+        let nic = |counter| {
+            flood::if_stat(t.relay.name(), &t.relay_external_if, counter).expect("NIC counter")
+        };
+        let ring_drops = || {
+            flood::if_stat(t.firewall.name(), &t.firewall_inside_if(), "tx_dropped")
+                .expect("sender counter")
+        };
+        let (rx0, drops0) = (nic("rx_packets"), ring_drops());
+        let cpu0 = flood::cpu_time(relay_pid).expect("relay CPU time");
+        let napi_cpu = || {
+            napi.iter()
+                .filter_map(|p| flood::cpu_time(*p))
+                .sum::<Duration>()
+        };
+        let napi0 = napi_cpu();
+        let rss0 = flood::rss_kib(relay_pid).expect("relay RSS");
+        let window = Instant::now();
+        let sent = Trafgen::start(&run)
+            .expect("start trafgen (netsniff-ng)")
+            .wait()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let window = window.elapsed();
+        let cpu = (flood::cpu_time(relay_pid).expect("relay CPU time") - cpu0).as_secs_f64()
+            / window.as_secs_f64();
+        let rss1 = flood::rss_kib(relay_pid).expect("relay RSS");
+        let napi_share = (napi_cpu() - napi0).as_secs_f64() / window.as_secs_f64();
+        let reached = nic("rx_packets") - rx0;
+        let ring_dropped = ring_drops() - drops0;
+        let after = metrics(&env);
+        let reached_pps = reached as f64 / sent.elapsed.as_secs_f64();
+        eprintln!(
+            "flood: trafgen sent {} packets ({:.0}/s), {reached} reached the relay NIC \
+             ({reached_pps:.0}/s), {ring_dropped} dropped at the veth ring; relay CPU {:.1}% \
+             of a core, RSS {rss0} -> {rss1} KiB; the NIC's NAPI thread {:.0}% of its core",
+            sent.packets,
+            sent.per_sec(),
+            cpu * 100.0,
+            napi_share * 100.0,
+        );
+        let mut by_reason = Vec::new();
+        for (k, v) in &after {
+            if let Some(reason) = k.strip_prefix("relay_xdp_packets_total{reason=\"") {
+                let d = *v as u64 - before.get(k).copied().unwrap_or(0.0) as u64;
+                if d > 0 {
+                    by_reason.push(format!("{}: {d}", reason.trim_end_matches("\"}")));
+                }
+            }
+        }
+        eprintln!("flood: kernel counters {}", by_reason.join(", "));
+
+        let load = load.join().expect("relay load thread");
+        let report: Value = serde_json::from_str(&load.stdout).unwrap_or_else(|e| {
+            panic!(
+                "relay load output is not JSON ({e}): {}\nstderr: {}",
+                load.stdout, load.stderr
+            )
+        });
+        let call = call.join().expect("Chromium call thread");
+        eprintln!(
+            "flood: relay load setup {} traffic {}",
+            report["setup"], report["traffic"]
+        );
+
+        assert!(
+            reached_pps >= MIN_PPS,
+            "only {reached_pps:.0} packets/s reached the relay's NIC ({} sent by trafgen at \
+             {:.0}/s, {ring_dropped} dropped at the veth ring): the flood is too weak to \
+             test anything; is another process busy on CPU {FLOOD_CPU} or {NAPI_CPU}?",
+            sent.packets,
+            sent.per_sec()
+        );
+        assert_eq!(
+            report["setup"]["ready"].as_u64(),
+            Some(ALLOCATIONS as u64),
+            "{report:#}"
+        );
+        // The calls must really have been there: a generator starved of CPU sends less
+        // and so loses less.
+        let rate = report["traffic"]["sent_per_sec"]
+            .as_f64()
+            .expect("send rate");
+        assert!(
+            rate >= 0.9 * ECHO_RATE as f64,
+            "relay load sent {rate:.0} echoes/s of {ECHO_RATE}: the box is too busy for the \
+             flood's figures to mean anything: {report:#}"
+        );
+        let loss = report["traffic"]["loss_ratio"]
+            .as_f64()
+            .expect("loss ratio");
+        assert!(
+            loss <= MAX_LOSS,
+            "relay load lost {:.3}% under the flood (at most {:.1}%): {report:#}",
+            loss * 100.0,
+            MAX_LOSS * 100.0
+        );
+        assert_eq!(call.report.get("ok"), Some("true"));
+        assert!(
+            cpu < MAX_CPU,
+            "the relay process used {:.1}% of a core during the flood (under {:.0}% \
+             expected): junk reaches userspace\n{}",
+            cpu * 100.0,
+            MAX_CPU * 100.0,
+            by_reason.join(", ")
+        );
+        assert!(
+            rss1 <= rss0 + MAX_RSS_GROWTH_KIB,
+            "relay RSS grew from {rss0} to {rss1} KiB during the flood"
+        );
+        // Each kind is a quarter of what reached the NIC; its drop reason counts nearly
+        // all of it.
+        for (kind, reason) in REASONS {
+            let d = xdp_reason(&after, reason) - xdp_reason(&before, reason);
+            assert!(
+                d as f64 >= 0.9 * reached as f64 / Junk::ALL.len() as f64,
+                "{reason}: {d} dropped, about {} {} reached the NIC\n{}",
+                reached / Junk::ALL.len() as u64,
+                kind.name(),
+                by_reason.join(", ")
+            );
+        }
+    });
+    eprintln!("flood test took {:?}", started.elapsed());
+}
