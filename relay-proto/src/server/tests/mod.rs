@@ -15,4 +15,5 @@ mod props;
 mod quota;
 mod responses;
 mod shards;
+mod snapshot;
 mod tcp_relay;
