@@ -9,6 +9,7 @@ pub mod certs;
 pub mod cmd;
 pub mod coturn;
 pub mod fixture;
+pub mod load_run;
 pub mod netns;
 pub mod page;
 pub mod relay;

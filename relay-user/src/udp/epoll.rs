@@ -29,6 +29,9 @@ impl EpollLoop {
         match Self::epoll(&plane) {
             Ok(epoll) => {
                 plane.relays.registry = Registry::Epoll(epoll.fd());
+                // Allocations a handover restored get their relay sockets before the
+                // first datagram is read (else its answer would find none).
+                plane.apply_commands(std::time::Instant::now());
                 Ok(Self {
                     plane,
                     epoll,

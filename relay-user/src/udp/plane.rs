@@ -48,6 +48,9 @@ pub(super) enum Registry {
 pub(super) struct Relays {
     pub registry: Registry,
     table: RelaySockets<()>,
+    /// Sockets a previous process bound (handover), by address: the restored core's
+    /// `AllocationCreated` takes its socket from here instead of binding the port anew.
+    adopted: std::collections::HashMap<SocketAddr, UdpSocket>,
     /// Closed relay sockets whose fd a batch's queued sends may still name: kept until
     /// those are handed to the kernel ([`bury`](Self::bury)), so a send can never reach
     /// whatever socket reuses the fd number.
@@ -81,8 +84,17 @@ impl Relays {
         self.table.get(key).is_some()
     }
 
+    /// Every open relay socket with its bind address.
+    pub fn sockets(&self) -> impl Iterator<Item = (SocketAddr, RawFd)> + '_ {
+        self.table.iter().map(|r| (r.addr, r.sock.as_raw_fd()))
+    }
+
     fn open_relay(&mut self, relay: SocketAddr) -> std::io::Result<()> {
-        let (key, old) = self.table.insert(relay, bind_udp(relay)?, ());
+        let sock = match self.adopted.remove(&relay) {
+            Some(sock) => sock,
+            None => bind_udp(relay)?,
+        };
+        let (key, old) = self.table.insert(relay, sock, ());
         if let Some((old, r)) = old {
             self.unregister(old, r.sock);
         }
@@ -148,7 +160,15 @@ pub(super) struct Plane {
 }
 
 impl Plane {
-    pub fn new(server: Server, listeners: Vec<Listener>, inbox: Inbox, mirror: Mirror) -> Self {
+    /// `adopted`: relay sockets a previous process handed over, for the allocations its
+    /// restored core announces (empty on a fresh start).
+    pub fn new(
+        server: Server,
+        listeners: Vec<Listener>,
+        adopted: Vec<(SocketAddr, UdpSocket)>,
+        inbox: Inbox,
+        mirror: Mirror,
+    ) -> Self {
         Self {
             server,
             inbox,
@@ -157,6 +177,7 @@ impl Plane {
                 // Set by the loop before anything can be allocated.
                 registry: Registry::Epoll(-1),
                 table: RelaySockets::default(),
+                adopted: adopted.into_iter().collect(),
                 retired: Vec::new(),
             },
             mirror,

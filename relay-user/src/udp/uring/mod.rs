@@ -204,6 +204,9 @@ impl UringLoop {
             rearm_wake: false,
             enter_errors: 0,
         };
+        // Allocations a handover restored get their relay sockets (armed by the first
+        // `sync`) before the first datagram is read.
+        me.plane.apply_commands(Instant::now());
         me.arm_wake();
         for l in 0..me.plane.listeners.len() {
             me.arm_listener(l);
