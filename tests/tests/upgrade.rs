@@ -62,7 +62,6 @@ drain_timeout = 0
 
 [udp]
 workers = 2
-engine = "epoll"
 
 [xdp]
 mode = "off"
