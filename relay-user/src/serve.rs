@@ -9,7 +9,7 @@ use crate::{
     cli::ServeArgs,
     config::{AttachMode, Config, Listener, Transport},
     control::{ConfigLoader, Control, Signals, XdpStatus},
-    handover::{Incoming, Running, control_socket},
+    handover::{Pending, Running, control_socket},
     shard::{self, Kernel, ShardHandle},
     udp::Dataplane,
     xdp::{ForwardingGuard, XdpPath},
@@ -18,7 +18,7 @@ use crate::{
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Started by a running relay to take over: it waits for our verdict, so every
     // failure before we confirm goes back to it (it keeps serving).
-    let incoming = match crate::handover::Incoming::from_env() {
+    let incoming = match crate::handover::Pending::from_env() {
         None => None,
         Some(Ok(i)) => Some(i),
         Some(Err(e)) => return Err(e.into()),
@@ -31,7 +31,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-fn run_with(args: ServeArgs, incoming: Option<Incoming>) -> anyhow::Result<()> {
+fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
     if incoming.is_some() && args.config.is_none() {
         anyhow::bail!("a handover needs a config file (the demo relay cannot be upgraded)");
     }
@@ -120,7 +120,7 @@ async fn serve(
     path: Option<std::path::PathBuf>,
     loader: Option<ConfigLoader>,
     (mut xdp, kernel, forwarding): FastPath,
-    incoming: Option<Incoming>,
+    incoming: Option<Pending>,
 ) -> anyhow::Result<()> {
     let signals = Signals::new().context("installing the SIGHUP/SIGTERM/SIGINT handlers")?;
     let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
@@ -137,6 +137,11 @@ async fn serve(
         .collect();
     // Every shard's core counts ports and quotas in `cores`, and checks nonces with its key.
     let local = local_prefixes();
+    // Prepared: the old process pauses and sends its sockets and allocations now.
+    let incoming = match incoming {
+        Some(p) => Some(p.receive().context("receiving the handover")?),
+        None => None,
+    };
     let mut cores =
         crate::cores::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
     if let Some(i) = &incoming {
@@ -341,7 +346,11 @@ async fn serve(
         }
         let done = verdict.is_ok();
         if let Some(reply) = reply {
-            let _ = reply.send(verdict);
+            let (written, answered) = tokio::sync::oneshot::channel();
+            if reply.send((verdict, written)).is_ok() {
+                // `relay upgrade` gets its answer before this process goes away.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), answered).await;
+            }
         }
         if done {
             break End::HandedOver;

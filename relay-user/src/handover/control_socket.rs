@@ -21,10 +21,12 @@ const DEFAULT_DIR: &str = "/run/relay";
 /// How long `relay upgrade` waits for the verdict (the new process has 30 s to start).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// An upgrade asked for: start `exe`; the verdict goes to `reply`.
+/// An upgrade asked for: start `exe`; the verdict goes to `reply`, with a sender that
+/// fires once the answer is written (a process that handed over waits for it before
+/// exiting, or `relay upgrade` would see the socket close without an answer).
 pub struct UpgradeRequest {
     pub exe: PathBuf,
-    pub reply: oneshot::Sender<Result<String, String>>,
+    pub reply: oneshot::Sender<(Result<String, String>, oneshot::Sender<()>)>,
 }
 
 /// The control socket of the relay started with `config`.
@@ -73,7 +75,8 @@ pub fn serve(path: &Path, requests: mpsc::Sender<UpgradeRequest>) -> io::Result<
                 if read.read_line(&mut line).await.is_err() {
                     return;
                 }
-                let answer = match line.trim_end().strip_prefix("upgrade ") {
+                let stopping = || (Err("the relay is stopping".to_owned()), None);
+                let (answer, written) = match line.trim_end().strip_prefix("upgrade ") {
                     Some(exe) => {
                         let (reply, verdict) = oneshot::channel();
                         let asked = UpgradeRequest {
@@ -81,20 +84,24 @@ pub fn serve(path: &Path, requests: mpsc::Sender<UpgradeRequest>) -> io::Result<
                             reply,
                         };
                         if requests.send(asked).await.is_err() {
-                            Err("the relay is stopping".to_owned())
+                            stopping()
                         } else {
                             verdict
                                 .await
-                                .unwrap_or_else(|_| Err("the relay is stopping".to_owned()))
+                                .map_or_else(|_| stopping(), |(a, w)| (a, Some(w)))
                         }
                     }
-                    None => Err(format!("unknown request {:?}", line.trim_end())),
+                    None => (Err(format!("unknown request {:?}", line.trim_end())), None),
                 };
                 let text = match answer {
                     Ok(t) => format!("ok {t}\n"),
                     Err(e) => format!("error {}\n", e.replace('\n', " ")),
                 };
                 let _ = write.write_all(text.as_bytes()).await;
+                let _ = write.shutdown().await;
+                if let Some(w) = written {
+                    let _ = w.send(());
+                }
             });
         }
     });

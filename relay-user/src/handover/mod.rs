@@ -44,6 +44,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the new process waits for the old one to commit once it said ready.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+const PREPARED: u8 = b'P';
 const FDS: u8 = b'F';
 const JSON: u8 = b'J';
 const END: u8 = b'E';
@@ -87,100 +88,140 @@ pub enum HandoverError {
     Manifest(String),
 }
 
-/// The old process's side: starts `exe` with this process's arguments, sends `fds` (in
-/// the manifest's order) and the manifest, and waits for the verdict. `Ok`: the new
-/// process's pid; it serves from now on and this process must stop reading.
-pub fn hand_over(exe: &Path, manifest: &Manifest, fds: &[RawFd]) -> Result<u32, HandoverError> {
-    let (ours, theirs) = wire::pair().map_err(HandoverError::Channel)?;
-    let theirs_raw = theirs.as_raw_fd();
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(&args).env(FD_ENV, CHILD_FD.to_string());
-    // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl).
-    unsafe {
-        cmd.pre_exec(move || {
-            if theirs_raw == CHILD_FD {
-                // dup2 onto itself would keep close-on-exec.
-                if libc::fcntl(CHILD_FD, libc::F_SETFD, 0) < 0 {
+/// A new process started by the old one, prepared (config loaded, fast path decided)
+/// and waiting for the sockets: the old process pauses only from here on.
+pub struct Spawned {
+    child: std::process::Child,
+    sock: OwnedFd,
+}
+
+impl Spawned {
+    /// Starts `exe` with this process's arguments and waits until it is prepared. An
+    /// `Err` (it refused its config, exited, took too long) costs nothing: nothing was
+    /// paused yet.
+    pub fn start(exe: &Path) -> Result<Self, HandoverError> {
+        let (ours, theirs) = wire::pair().map_err(HandoverError::Channel)?;
+        let theirs_raw = theirs.as_raw_fd();
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args(&args).env(FD_ENV, CHILD_FD.to_string());
+        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl).
+        unsafe {
+            cmd.pre_exec(move || {
+                if theirs_raw == CHILD_FD {
+                    // dup2 onto itself would keep close-on-exec.
+                    if libc::fcntl(CHILD_FD, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                } else if libc::dup2(theirs_raw, CHILD_FD) < 0 {
                     return Err(io::Error::last_os_error());
                 }
-            } else if libc::dup2(theirs_raw, CHILD_FD) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|error| HandoverError::Spawn {
-        exe: exe.display().to_string(),
-        error,
-    })?;
-    drop(theirs);
-    let json = serde_json::to_vec(manifest).map_err(|e| HandoverError::Manifest(e.to_string()))?;
-    let sent =
-        wire::send_fds(&ours, FDS, fds).and_then(|()| wire::send_chunked(&ours, JSON, END, &json));
-    let verdict = match sent {
-        Ok(()) => wire::recv(&ours, READY_TIMEOUT),
-        Err(e) => Err(e),
-    };
-    let failed = match verdict {
-        Ok((READY, _, _)) => match wire::send(&ours, COMMITTED, &[], &[]) {
-            Ok(()) => return Ok(child.id()),
-            Err(e) => HandoverError::Channel(e),
-        },
-        Ok((REFUSED, why, _)) => HandoverError::Refused(String::from_utf8_lossy(&why).into_owned()),
-        Ok((kind, _, _)) => HandoverError::Channel(io::Error::other(format!(
-            "unexpected message {:?}",
-            kind as char
-        ))),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => HandoverError::Timeout(READY_TIMEOUT),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            // It exited (or closed the channel, then exits): give it a moment.
-            let status = (0..50)
-                .find_map(|_| match child.try_wait() {
-                    Ok(Some(s)) => Some(s.to_string()),
-                    _ => {
-                        std::thread::sleep(Duration::from_millis(20));
-                        None
-                    }
-                })
-                .unwrap_or_else(|| "closed the channel".to_owned());
-            HandoverError::Exited(status)
+                Ok(())
+            });
         }
-        Err(e) => HandoverError::Channel(e),
-    };
-    // It must not linger half-started: it would read from sockets this process keeps.
-    let _ = child.kill();
-    let _ = child.wait();
-    Err(failed)
+        let child = cmd.spawn().map_err(|error| HandoverError::Spawn {
+            exe: exe.display().to_string(),
+            error,
+        })?;
+        drop(theirs);
+        let mut me = Self { child, sock: ours };
+        match wire::recv(&me.sock, READY_TIMEOUT) {
+            Ok((PREPARED, _, _)) => Ok(me),
+            other => Err(me.fail(other)),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `fds` (in the manifest's order) and the manifest, and waits for the
+    /// verdict. `Ok`: the new process's pid; it serves from now on and this process must
+    /// not read again.
+    pub fn hand_over(mut self, manifest: &Manifest, fds: &[RawFd]) -> Result<u32, HandoverError> {
+        let json =
+            serde_json::to_vec(manifest).map_err(|e| HandoverError::Manifest(e.to_string()))?;
+        let sent = wire::send_fds(&self.sock, FDS, fds)
+            .and_then(|()| wire::send_chunked(&self.sock, JSON, END, &json));
+        let verdict = match sent {
+            Ok(()) => wire::recv(&self.sock, READY_TIMEOUT),
+            Err(e) => Err(e),
+        };
+        if let Ok((READY, _, _)) = verdict {
+            match wire::send(&self.sock, COMMITTED, &[], &[]) {
+                Ok(()) => return Ok(self.child.id()),
+                Err(e) => return Err(self.fail(Err(e))),
+            }
+        }
+        Err(self.fail(verdict))
+    }
+
+    /// The error for an answer other than the expected one; the new process is stopped
+    /// (it must not linger half-started, reading from sockets this process keeps).
+    fn fail(&mut self, got: io::Result<(u8, Vec<u8>, Vec<OwnedFd>)>) -> HandoverError {
+        let error = match got {
+            Ok((REFUSED, why, _)) => {
+                HandoverError::Refused(String::from_utf8_lossy(&why).into_owned())
+            }
+            Ok((kind, _, _)) => HandoverError::Channel(io::Error::other(format!(
+                "unexpected message {:?}",
+                kind as char
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => HandoverError::Timeout(READY_TIMEOUT),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                // It exited (or closed the channel, then exits): give it a moment.
+                let status = (0..50)
+                    .find_map(|_| match self.child.try_wait() {
+                        Ok(Some(s)) => Some(s.to_string()),
+                        _ => {
+                            std::thread::sleep(Duration::from_millis(20));
+                            None
+                        }
+                    })
+                    .unwrap_or_else(|| "closed the channel".to_owned());
+                HandoverError::Exited(status)
+            }
+            Err(e) => HandoverError::Channel(e),
+        };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        error
+    }
 }
 
-/// The new process's side, when the old one started it ([`FD_ENV`] set).
-pub struct Incoming {
+/// The new process's side, when the old one started it ([`FD_ENV`] set), before it
+/// received anything: it prepares (config, logging, fast path) first.
+pub struct Pending {
     sock: OwnedFd,
-    pub manifest: Manifest,
-    /// Per UDP worker, in the manifest's order.
-    pub workers: Vec<Sockets>,
 }
 
-impl Incoming {
-    /// `None` on an ordinary start. Reads the manifest and the descriptors.
+impl Pending {
+    /// `None` on an ordinary start.
     pub fn from_env() -> Option<Result<Self, HandoverError>> {
         let raw = std::env::var(FD_ENV).ok()?;
         // SAFETY: removing our own variable before any other thread exists.
         unsafe { std::env::remove_var(FD_ENV) };
-        Some(Self::receive(&raw))
-    }
-
-    fn receive(raw: &str) -> Result<Self, HandoverError> {
-        let fd: RawFd = raw
-            .parse()
-            .map_err(|_| HandoverError::Manifest(format!("{FD_ENV}={raw} is not a descriptor")))?;
-        // SAFETY: the old process put the channel at this descriptor for us alone; make
-        // it close-on-exec like every other.
+        let fd: RawFd = match raw.parse() {
+            Ok(fd) => fd,
+            Err(_) => {
+                return Some(Err(HandoverError::Manifest(format!(
+                    "{FD_ENV}={raw} is not a descriptor"
+                ))));
+            }
+        };
+        // SAFETY: the old process put the channel at this descriptor for us alone; it
+        // becomes close-on-exec like every other.
         let sock = unsafe {
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
             <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
         };
+        Some(Ok(Self { sock }))
+    }
+
+    /// Prepared: asks for the sockets and the manifest (the old process pauses now).
+    pub fn receive(self) -> Result<Incoming, HandoverError> {
+        let sock = self.sock;
+        wire::send(&sock, PREPARED, &[], &[]).map_err(HandoverError::Channel)?;
         let mut fds = Vec::new();
         let mut json = Vec::new();
         loop {
@@ -212,26 +253,40 @@ impl Incoming {
             )));
         }
         let mut fds = fds.into_iter().map(UdpSocket::from);
+        let mut take = |addrs: &[SocketAddr]| -> Vec<(SocketAddr, UdpSocket)> {
+            addrs
+                .iter()
+                .zip(fds.by_ref())
+                .map(|(a, s)| (*a, s))
+                .collect()
+        };
         let workers = manifest
             .workers
             .iter()
-            .map(|w| {
-                let listeners = w
-                    .listeners
-                    .iter()
-                    .map(|a| (*a, fds.next().unwrap()))
-                    .collect();
-                let relays = w.relays.iter().map(|a| (*a, fds.next().unwrap())).collect();
-                (listeners, relays)
-            })
+            .map(|w| (take(&w.listeners), take(&w.relays)))
             .collect();
-        Ok(Self {
+        Ok(Incoming {
             sock,
             manifest,
             workers,
         })
     }
 
+    /// See [`Incoming::refuser`].
+    pub fn refuser(&self) -> Refuser {
+        Refuser(self.sock.try_clone().ok())
+    }
+}
+
+/// What the new process received.
+pub struct Incoming {
+    sock: OwnedFd,
+    pub manifest: Manifest,
+    /// Per UDP worker, in the manifest's order.
+    pub workers: Vec<Sockets>,
+}
+
+impl Incoming {
     /// What tells the old process why this one will not take over, whenever startup
     /// fails (it keeps serving then).
     pub fn refuser(&self) -> Refuser {

@@ -31,6 +31,13 @@ impl Running {
     /// are stopped). `Err`: why not; everything runs as before.
     pub async fn upgrade(&mut self, exe: &Path) -> Result<String, String> {
         self.refusal(exe)?;
+        // The new process loads its config and decides its fast path while this one
+        // still serves; a refusal here costs nothing.
+        let exe_owned = exe.to_owned();
+        let spawned = tokio::task::spawn_blocking(move || super::Spawned::start(&exe_owned))
+            .await
+            .map_err(|e| format!("handover task: {e}"))?
+            .map_err(|e| e.to_string())?;
         let started = Instant::now();
         // The admin address is bound anew by the new process.
         if let Some(admin) = self.admin.take() {
@@ -78,12 +85,11 @@ impl Running {
             snapshot,
         };
         let relay_sockets = fds.len();
-        tracing::info!(exe = %exe.display(), allocations, sockets = relay_sockets,
-            "upgrade: UDP workers paused, handing over");
-        let exe_owned = exe.to_owned();
+        tracing::info!(exe = %exe.display(), pid = spawned.pid(), allocations, sockets = relay_sockets,
+            "upgrade: the new process is prepared; UDP workers paused, handing over");
         // The planes (and their sockets) stay alive until the new process has its copies.
         let (verdict, planes) = tokio::task::spawn_blocking(move || {
-            let v = super::hand_over(&exe_owned, &manifest, &fds);
+            let v = spawned.hand_over(&manifest, &fds);
             (v, planes)
         })
         .await
