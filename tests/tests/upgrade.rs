@@ -366,3 +366,38 @@ fn an_upgrade_to_a_config_the_new_process_refuses_leaves_the_old_one_serving() {
     successors.add(new_pid(&summary));
     client.must_pass(Method::REFRESH, &|w| w.attr(&Lifetime(600)).map(drop));
 }
+
+#[test]
+fn sigusr2_upgrades_and_a_killed_relay_starts_again_cleanly() {
+    let env = Env::start();
+    let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
+    let mut client = Client::new(t);
+    client.allocate();
+
+    // SIGUSR2: the binary at the relay's own path takes over.
+    relay.signal(libc::SIGUSR2);
+    let line = relay
+        .wait_for_log("handed over:", UPGRADE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid = new_pid(&line);
+    successors.add(pid);
+    relay
+        .wait_for_log("generation=2", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    client.must_pass(Method::REFRESH, &|w| w.attr(&Lifetime(600)).map(drop));
+
+    // A crash is not a handover: after kill -9 a fresh start in the same runtime
+    // directory finds the control socket file left behind, replaces it, and upgrades.
+    // SAFETY: kill(2) of the relay this test made take over.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "pid {pid} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = start(t, runtime);
+    let after_crash = Successors::default();
+    let (ok, summary) = upgrade(&again, runtime);
+    assert!(ok, "{summary}");
+    after_crash.add(new_pid(&summary));
+}
