@@ -5,11 +5,13 @@
 //! arrive meanwhile wait in the very sockets the new process reads next), and a snapshot
 //! of the allocation table with the nonce key ([`relay_proto::server::Snapshot`]).
 //!
-//! Sequence: the old process stops its UDP workers' loops (the sockets stay open), sends
-//! the sockets and the manifest, and waits. The new process restores, binds what it needs
-//! (admin endpoint), answers `O` (ready) or `X` and a reason; on `O` the old one answers
-//! `A` (committed) and exits, and only then does the new one start reading. On anything
-//! else the old one starts its workers again and keeps serving: nothing was lost.
+//! Sequence: the old process starts the new one, which loads its config and answers `P`
+//! (prepared) or `X` and a reason. Then the old process stops its UDP workers' loops (the
+//! sockets stay open), sends the sockets and the manifest, and waits. The new process
+//! restores, binds what it needs (admin endpoint), answers `O` (ready) or `X`; on `O` the
+//! old one answers `A` (committed) and exits, and only then does the new one start
+//! reading. On anything else the old one starts its workers again and keeps serving:
+//! nothing was lost.
 //!
 //! Started by `relay upgrade --config FILE` through the control socket
 //! ([`control_socket`]) or by SIGUSR2.
@@ -272,7 +274,8 @@ impl Pending {
         })
     }
 
-    /// See [`Incoming::refuser`].
+    /// What tells the old process why this one will not take over, whenever startup
+    /// fails (it keeps serving then); it works before and after [`receive`](Self::receive).
     pub fn refuser(&self) -> Refuser {
         Refuser(self.sock.try_clone().ok())
     }
@@ -287,12 +290,6 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// What tells the old process why this one will not take over, whenever startup
-    /// fails (it keeps serving then).
-    pub fn refuser(&self) -> Refuser {
-        Refuser(self.sock.try_clone().ok())
-    }
-
     /// Ready: waits for the old process to commit (it stops reading and exits). After an
     /// `Err` this process must exit without reading: the old one may still serve.
     pub fn confirm(self) -> Result<(), HandoverError> {
@@ -308,7 +305,7 @@ impl Incoming {
     }
 }
 
-/// See [`Incoming::refuser`].
+/// See [`Pending::refuser`].
 pub struct Refuser(Option<OwnedFd>);
 
 impl Refuser {
