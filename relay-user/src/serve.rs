@@ -292,8 +292,20 @@ async fn serve(
     if let Some(p) = &control_socket
         && let Err(e) = control_socket::serve(p, upgrades)
     {
-        tracing::warn!(path = %p.display(), error = %e,
-            "no control socket: `relay upgrade` cannot reach this relay (SIGUSR2 still upgrades it; set RUNTIME_DIRECTORY to a writable directory)");
+        // Not running under a unit with RuntimeDirectory= and not allowed into /run:
+        // upgrades were not set up, which is no fault; anything else is.
+        let unset = std::env::var_os("RUNTIME_DIRECTORY").is_none()
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES | libc::EPERM | libc::EROFS)
+            );
+        if unset {
+            tracing::info!(path = %p.display(), error = %e,
+                "no control socket: `relay upgrade` cannot reach this relay (set RUNTIME_DIRECTORY, as RuntimeDirectory= does, to a writable directory); SIGUSR2 still upgrades it");
+        } else {
+            tracing::warn!(path = %p.display(), error = %e,
+                "no control socket: `relay upgrade` cannot reach this relay; SIGUSR2 still upgrades it");
+        }
     }
     for addr in &udp {
         tracing::info!(listen = %addr, workers, %engine, "answering TURN over UDP");
