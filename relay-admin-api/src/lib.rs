@@ -87,6 +87,13 @@ pub struct ChannelView {
 pub struct StatusView {
     pub version: String,
     pub started_unix: u64,
+    /// 1 for a process started afresh, one more for each upgrade it took over by
+    /// (`relay upgrade`, SIGUSR2); 0 from a relay too old to say.
+    #[serde(default)]
+    pub generation: u64,
+    /// When this process took over from the previous one; `None` after a fresh start.
+    #[serde(default)]
+    pub took_over_unix: Option<u64>,
     pub uptime_s: u64,
     pub draining: bool,
     pub config_file: Option<String>,

@@ -288,9 +288,22 @@ pub fn render(status: &StatusView, view: &AllocationsView) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // After a handover: which generation serves, and when it took over.
+    let generation = match status.took_over_unix {
+        Some(at) => format!(
+            "  generation {} (took over {} ago)",
+            status.generation,
+            duration(
+                status
+                    .uptime_s
+                    .saturating_sub(at.saturating_sub(status.started_unix))
+            )
+        ),
+        None => String::new(),
+    };
     let _ = writeln!(
         out,
-        "relay {} up {}{}  allocations {}/{}  xdp: {}",
+        "relay {} up {}{generation}{}  allocations {}/{}  xdp: {}",
         status.version,
         duration(status.uptime_s),
         if view.draining { "  DRAINING" } else { "" },

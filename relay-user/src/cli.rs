@@ -34,6 +34,14 @@ pub enum Command {
     /// Exit 0 all set up, 1 some failed or nothing came back, 2 none set up, 64 usage.
     #[cfg(feature = "tools")]
     Load(Box<relay_tools::load::LoadCommand>),
+    /// Hand the running relay of this config over to this binary without dropping a
+    /// call: it starts a new `relay serve` from this binary's path and passes it its
+    /// sockets and allocations. Exit 0 once the new process serves, 1 with the reason if
+    /// not (the old one then keeps serving).
+    Upgrade {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a config file: prints the settings it resolves to, or the key at fault.
     Check {
         #[arg(long, short)]

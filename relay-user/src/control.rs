@@ -143,6 +143,8 @@ pub struct Control {
     last_reload: Mutex<Option<ReloadRecord>>,
     /// The TCP/TLS shard's connection counters, when it runs.
     tcp_stats: std::sync::OnceLock<Arc<crate::tcp::Stats>>,
+    /// The process generation and when it took over (a handover), for the status page.
+    generation: std::sync::OnceLock<(u64, Option<u64>)>,
 }
 
 impl Control {
@@ -173,7 +175,19 @@ impl Control {
             reloads_failed: AtomicU64::new(0),
             last_reload: Mutex::new(None),
             tcp_stats: std::sync::OnceLock::new(),
+            generation: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Set once at startup: `took_over` after a handover (unix time), `None` after a
+    /// fresh start (generation 1).
+    pub fn set_generation(&self, generation: u64, took_over_unix: Option<u64>) {
+        let _ = self.generation.set((generation, took_over_unix));
+    }
+
+    /// (generation, when it took over).
+    pub fn generation(&self) -> (u64, Option<u64>) {
+        self.generation.get().copied().unwrap_or((1, None))
     }
 
     /// Registers the TCP/TLS shard's counters for the metrics (once, at startup).

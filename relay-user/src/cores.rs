@@ -101,6 +101,18 @@ impl Cores {
         })
     }
 
+    /// The nonce key of the process this one takes over from: the nonces it issued stay
+    /// valid (a handover).
+    pub fn with_nonce_key(mut self, key: [u8; 32]) -> Self {
+        self.nonce_key = key;
+        self
+    }
+
+    /// The key every core checks nonces with (a handover passes it on).
+    pub fn nonce_key(&self) -> NonceKey {
+        NonceKey::new(self.nonce_key)
+    }
+
     /// Every core built from now on refuses peers in these prefixes (the relay host's own
     /// addresses; see [`crate::local_routes`]).
     pub fn with_local_prefixes(mut self, local: Vec<IpNet>) -> Self {

@@ -13,6 +13,7 @@ mod control;
 pub mod cores;
 mod epoll;
 mod events;
+pub mod handover;
 mod local_routes;
 pub mod log_limit;
 mod log_window;

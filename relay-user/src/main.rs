@@ -1,5 +1,5 @@
 //! `relay`: parses the command line and hands each subcommand to the library (`serve`,
-//! `check`, `stun`, `status`, `load`), turning its outcome into the exit code.
+//! `check`, `upgrade`, `stun`, `status`, `load`), turning its outcome into the exit code.
 
 use std::process::ExitCode;
 
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => relay_user::serve::run(args),
         Command::Check { config } => relay_user::check::run(&config),
+        Command::Upgrade { config } => upgrade(&config),
         #[cfg(feature = "tools")]
         Command::Stun(args) => {
             return ExitCode::from(relay_tools::probe::run(&args).clamp(0, 255) as u8);
@@ -48,6 +49,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `relay upgrade`: the summary on stdout, or the reason (as every error) on stderr.
+fn upgrade(config: &std::path::Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let summary = relay_user::handover::control_socket::request_upgrade(config, &exe)?;
+    println!("upgraded: {summary}");
+    Ok(())
 }
 
 /// `serve` and `status` write to sockets a peer may reset (see [`restore_sigpipe`]).

@@ -1,7 +1,7 @@
 //! `relay serve`: logging, the core, the UDP data path and the XDP fast path, until
 //! SIGINT/SIGTERM.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 
@@ -9,12 +9,32 @@ use crate::{
     cli::ServeArgs,
     config::{AttachMode, Config, Listener, Transport},
     control::{ConfigLoader, Control, Signals, XdpStatus},
+    handover::{Pending, Running, control_socket},
     shard::{self, Kernel, ShardHandle},
     udp::Dataplane,
     xdp::{ForwardingGuard, XdpPath},
 };
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Started by a running relay to take over: it waits for our verdict, so every
+    // failure before we confirm goes back to it (it keeps serving).
+    let incoming = match crate::handover::Pending::from_env() {
+        None => None,
+        Some(Ok(i)) => Some(i),
+        Some(Err(e)) => return Err(e.into()),
+    };
+    let refuser = incoming.as_ref().map(|i| i.refuser());
+    let result = run_with(args, incoming);
+    if let (Err(e), Some(refuser)) = (&result, refuser) {
+        refuser.refuse(&format!("{e:#}"));
+    }
+    result
+}
+
+fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
+    if incoming.is_some() && args.config.is_none() {
+        anyhow::bail!("a handover needs a config file (the demo relay cannot be upgraded)");
+    }
     let (config, demo_password) = match &args.config {
         Some(path) => (crate::check::load(path)?, None),
         None => {
@@ -45,7 +65,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(config, path, loader, fast_path))
+    runtime.block_on(serve(config, path, loader, fast_path, incoming))
 }
 
 /// The kernel program (if it runs), its maps as the shards use them, and the forwarding
@@ -100,8 +120,11 @@ async fn serve(
     path: Option<std::path::PathBuf>,
     loader: Option<ConfigLoader>,
     (mut xdp, kernel, forwarding): FastPath,
+    incoming: Option<Pending>,
 ) -> anyhow::Result<()> {
     let signals = Signals::new().context("installing the SIGHUP/SIGTERM/SIGINT handlers")?;
+    let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+        .context("installing the SIGUSR2 handler")?;
     if let Some(x) = &mut xdp {
         // Detached task: it ends with the runtime.
         drop(crate::xdp::spawn_log_pump(x.ebpf_mut()));
@@ -114,20 +137,37 @@ async fn serve(
         .collect();
     // Every shard's core counts ports and quotas in `cores`, and checks nonces with its key.
     let local = local_prefixes();
-    let cores =
+    // Prepared: the old process pauses and sends its sockets and allocations now.
+    let incoming = match incoming {
+        Some(p) => Some(p.receive().context("receiving the handover")?),
+        None => None,
+    };
+    let mut cores =
         crate::cores::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
+    if let Some(i) = &incoming {
+        let snap = &i.manifest.snapshot;
+        let key = snap.nonce_key().context("the handed-over snapshot")?;
+        cores = cores.with_nonce_key(*key.bytes());
+        cores
+            .shared()
+            .restore(Instant::now(), &snap.shared)
+            .context("restoring the handed-over reservations and quarantines")?;
+    }
     // The event counters: fed by every shard, read by the admin endpoint.
     let counters = std::sync::Arc::new(crate::metrics::EventCounters::default());
     let mirror = || shard::apply::Mirror::new(kernel.clone(), counters.clone());
     let mut shards: Vec<ShardHandle> = Vec::new();
-    let mut threads = Vec::new();
-    let workers = if udp.is_empty() {
-        0
-    } else {
-        udp_workers(&config)
+    let workers = match &incoming {
+        // The sockets' SO_REUSEPORT groups decide which worker a client reaches: the
+        // handed-over count stays.
+        Some(i) => check_handed_listeners(&config, &udp, &i.manifest)?,
+        None if udp.is_empty() => 0,
+        None => udp_workers(&config),
     };
-    for addr in &udp {
-        crate::udp::claim_listener(*addr).with_context(|| format!("listen {addr} (udp)"))?;
+    if incoming.is_none() {
+        for addr in &udp {
+            crate::udp::claim_listener(*addr).with_context(|| format!("listen {addr} (udp)"))?;
+        }
     }
     let engine = if workers > 0 {
         crate::udp::choose_engine(config.udp_engine)?
@@ -137,24 +177,43 @@ async fn serve(
     // All workers bind before any runs: the SO_REUSEPORT groups are complete, so the
     // worker a client hashes to cannot change after its first datagram.
     let mut planes = Vec::with_capacity(workers);
+    let mut incoming = incoming;
+    let mut handed = incoming.as_mut().map(|i| std::mem::take(&mut i.workers));
+    let mut restored = 0;
     for i in 0..workers {
         let name = format!("udp-{i}");
         let (handle, inbox) = shard::channel(&name).context("creating a shard wake-up eventfd")?;
-        let server = cores.server(&config, Instant::now())?;
-        planes.push((name, Dataplane::new(server, &udp, inbox, mirror(), engine)?));
+        let now = Instant::now();
+        let mut server = cores.server(&config, now)?;
+        let plane = match (&incoming, handed.as_mut()) {
+            (Some(inc), Some(sockets)) => {
+                let shard = inc
+                    .manifest
+                    .snapshot
+                    .shards
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_default();
+                restored += server
+                    .restore(now, &shard)
+                    .with_context(|| format!("restoring the allocations of {name}"))?;
+                let (listeners, relays) = std::mem::take(&mut sockets[i]);
+                Dataplane::adopt(server, listeners, relays, inbox, mirror(), engine)
+            }
+            _ => Dataplane::new(server, &udp, inbox, mirror(), engine)?,
+        };
+        planes.push((name, plane));
         shards.push(handle);
-    }
-    for (name, plane) in planes {
-        threads.push(plane.spawn(&name)?);
     }
     // TURN over TCP/TLS: one more shard, with its own core on the shared ports and quotas.
     let mut tls_reload = None;
     let mut tcp_stats = None;
+    let mut tcp_thread = None;
     if crate::tcp::wanted(&config) {
         let (handle, inbox) = shard::channel("tcp").context("creating a shard wake-up eventfd")?;
         let server = cores.server(&config, Instant::now())?;
         let tcp = crate::tcp::spawn(server, &config, inbox, mirror())?;
-        threads.push(tcp.thread);
+        tcp_thread = Some(tcp.thread);
         shards.push(handle);
         tls_reload = tcp.tls;
         tcp_stats = Some(tcp.stats);
@@ -165,7 +224,7 @@ async fn serve(
         .and_then(|f| f.off_reason().map(str::to_owned));
     let control = std::sync::Arc::new(Control::new(
         config.clone(),
-        path,
+        path.clone(),
         loader,
         shards.clone(),
         kernel.clone(),
@@ -202,15 +261,64 @@ async fn serve(
     if let Some(acceptor) = tls_reload {
         control.on_reload("tls", Box::new(crate::tcp::reload_hook(acceptor)));
     }
+    let stop_all = |shards: &[ShardHandle]| shards.iter().for_each(ShardHandle::stop);
     let admin = match crate::admin::start(control.clone()).await {
         Ok(a) => a,
         Err(e) => {
-            for s in &shards {
-                s.stop();
-            }
+            stop_all(&shards);
             return Err(e.into());
         }
     };
+    // Taking over: the old process stops reading once we are ready; only then do our
+    // workers start.
+    let generation = match incoming {
+        Some(i) => {
+            let generation = i.manifest.generation + 1;
+            if let Err(e) = i.confirm() {
+                stop_all(&shards);
+                return Err(e).context("the old process did not commit the handover");
+            }
+            let took_over = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            control.set_generation(generation, Some(took_over));
+            tracing::info!(
+                generation,
+                allocations = restored,
+                workers,
+                "took over from the previous process: its sockets and allocations are served here now"
+            );
+            generation
+        }
+        None => {
+            control.set_generation(1, None);
+            1
+        }
+    };
+    let mut worker_threads = Vec::with_capacity(planes.len());
+    for (name, plane) in planes {
+        worker_threads.push(plane.spawn(&name)?);
+    }
+    let (upgrades, mut upgrade_requests) = tokio::sync::mpsc::channel(4);
+    let control_socket = path.as_deref().map(control_socket::path_for);
+    if let Some(p) = &control_socket
+        && let Err(e) = control_socket::serve(p, upgrades)
+    {
+        // Not running under a unit with RuntimeDirectory= and not allowed into /run:
+        // upgrades were not set up, which is no fault; anything else is.
+        let unset = std::env::var_os("RUNTIME_DIRECTORY").is_none()
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES | libc::EPERM | libc::EROFS)
+            );
+        if unset {
+            tracing::info!(path = %p.display(), error = %e,
+                "no control socket: `relay upgrade` cannot reach this relay (set RUNTIME_DIRECTORY, as RuntimeDirectory= does, to a writable directory); SIGUSR2 still upgrades it");
+        } else {
+            tracing::warn!(path = %p.display(), error = %e,
+                "no control socket: `relay upgrade` cannot reach this relay; SIGUSR2 still upgrades it");
+        }
+    }
     for addr in &udp {
         tracing::info!(listen = %addr, workers, %engine, "answering TURN over UDP");
     }
@@ -221,43 +329,153 @@ async fn serve(
         );
     }
     tracing::info!(realm = %config.realm, users = config.users.len(), shared_secrets = config.shared_secrets.len(),
-        max_allocations = config.max_allocations, udp_workers = workers, "relay running; SIGTERM or Ctrl-C stops it");
-    // SIGHUP reloads; SIGTERM/SIGINT drain, a second one stops at once.
-    let died = tokio::select! {
-        _ = control.run_until_stopped(signals) => None,
-        name = shard_exited(&threads) => Some(name),
+        max_allocations = config.max_allocations, udp_workers = workers, generation,
+        "relay running; SIGTERM or Ctrl-C stops it, SIGUSR2 or `relay upgrade` hands over to a new binary");
+    let mut running = Running {
+        control: control.clone(),
+        cores,
+        workers: worker_threads,
+        worker_shards: shards[..workers].to_vec(),
+        admin,
+        tcp: tcp_thread.is_some(),
+        xdp: xdp.is_some(),
+        config_file: path.is_some(),
+        generation,
     };
-    if let Some(admin) = admin {
+    // SIGHUP reloads; SIGTERM/SIGINT drain, a second one stops at once; SIGUSR2 and
+    // `relay upgrade` hand over.
+    let stopped = control.run_until_stopped(signals);
+    tokio::pin!(stopped);
+    let end = loop {
+        let asked = tokio::select! {
+            _ = &mut stopped => break End::Stopped,
+            name = shard_exited(&running.workers, tcp_thread.as_ref()) => break End::Died(name),
+            _ = usr2.recv() => match crate::handover::installed_exe() {
+                Ok(exe) => (exe, None),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGUSR2: cannot tell which binary to start (/proc/self/exe); no upgrade");
+                    continue;
+                }
+            },
+            Some(r) = upgrade_requests.recv() => (r.exe, Some(r.reply)),
+        };
+        let (exe, reply) = asked;
+        let verdict = running.upgrade(&exe).await;
+        match &verdict {
+            Ok(summary) => {
+                tracing::info!(exe = %exe.display(), "handed over: {summary}; this process exits")
+            }
+            Err(e) => tracing::error!(exe = %exe.display(), error = %e,
+                "upgrade failed; this process keeps serving, nothing was lost"),
+        }
+        let done = verdict.is_ok();
+        if let Some(reply) = reply {
+            let (written, answered) = tokio::sync::oneshot::channel();
+            if reply.send((verdict, written)).is_ok() {
+                // `relay upgrade` gets its answer before this process goes away.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), answered).await;
+            }
+        }
+        if done {
+            break End::HandedOver;
+        }
+    };
+    if let Some(admin) = running.admin.take() {
         admin.shutdown().await;
     }
-    match &died {
-        None => tracing::info!("shutting down"),
+    match &end {
+        End::Stopped => tracing::info!("shutting down"),
+        End::HandedOver => {}
         // Its sockets left the SO_REUSEPORT groups, so clients now hash to other workers
         // that do not know their allocations: a restart is the only clean state.
-        Some(name) => tracing::error!(shard = %name,
+        End::Died(name) => tracing::error!(shard = %name,
             "a data-path thread stopped on its own (see the error before); shutting down so that a supervisor restarts the relay"),
     }
-    for s in &shards {
-        s.stop();
-    }
+    stop_all(&shards);
+    let workers = std::mem::take(&mut running.workers);
     let servers = tokio::task::spawn_blocking(move || {
-        threads
-            .into_iter()
-            .filter_map(|t| t.join().ok())
-            .collect::<Vec<_>>()
+        let mut n = 0;
+        for t in workers {
+            n += t.join().map_or(0, |p| p.server().allocation_count());
+        }
+        if let Some(t) = tcp_thread {
+            n += t.join().map_or(0, |s| s.allocation_count());
+        }
+        n
     })
     .await?;
-    let allocations: usize = servers.iter().map(|s| s.allocation_count()).sum();
+    let allocations = if matches!(end, End::HandedOver) {
+        0
+    } else {
+        servers
+    };
+    if !matches!(end, End::HandedOver)
+        && let Some(p) = &control_socket
+    {
+        let _ = std::fs::remove_file(p);
+    }
     // Detach first, then put the host's forwarding back (the guard goes last).
     drop(xdp);
     drop(forwarding);
     // The last allocations' lines, and the summaries of throttled floods.
     crate::events::flush(std::time::Duration::from_secs(2));
     tracing::info!(allocations, "stopped");
-    if let Some(name) = died {
+    if let End::Died(name) = end {
         anyhow::bail!("data-path thread {name} stopped unexpectedly");
     }
     Ok(())
+}
+
+/// Why the serve loop ended.
+enum End {
+    /// SIGTERM/SIGINT (after the drain).
+    Stopped,
+    /// A data-path thread ended on its own.
+    Died(String),
+    /// A new process took over.
+    HandedOver,
+}
+
+/// The UDP listeners a handover brings must be the ones the config asks for: the
+/// sockets are kept, not bound anew. The number of workers is the handed-over one.
+fn check_handed_listeners(
+    config: &Config,
+    udp: &[std::net::SocketAddr],
+    manifest: &crate::handover::Manifest,
+) -> anyhow::Result<usize> {
+    let workers = manifest.workers.len();
+    if manifest.snapshot.shards.len() != workers {
+        anyhow::bail!(
+            "the handover names {workers} UDP workers but its snapshot has {} shards",
+            manifest.snapshot.shards.len()
+        );
+    }
+    for w in &manifest.workers {
+        if w.listeners != udp {
+            anyhow::bail!(
+                "the config's UDP listeners ({}) differ from the running relay's ({}): an upgrade keeps the listeners; restart to change them",
+                list(udp),
+                list(&w.listeners)
+            );
+        }
+    }
+    let configured = udp_workers(config);
+    if configured != workers {
+        tracing::warn!(
+            configured,
+            kept = workers,
+            "[udp] workers differs from the running relay's: the handed-over count stays (the sockets' SO_REUSEPORT groups); restart to change it"
+        );
+    }
+    Ok(workers)
+}
+
+fn list(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The host's locally routed prefixes (its own addresses), which the peer policy refuses
@@ -286,12 +504,20 @@ fn udp_workers(config: &Config) -> usize {
     }
 }
 
-/// Resolves when one of `threads` has ended (they only end on their own after a fatal
-/// error or a panic); its name.
-async fn shard_exited<T>(threads: &[std::thread::JoinHandle<T>]) -> String {
+/// Resolves when one of the UDP workers or the TCP shard has ended (they only end on
+/// their own after a fatal error or a panic); its name.
+async fn shard_exited(
+    workers: &[std::thread::JoinHandle<Dataplane>],
+    tcp: Option<&std::thread::JoinHandle<relay_proto::server::Server>>,
+) -> String {
     loop {
-        if let Some(t) = threads.iter().find(|t| t.is_finished()) {
-            return t.thread().name().unwrap_or("unnamed").to_owned();
+        let finished = workers
+            .iter()
+            .find(|t| t.is_finished())
+            .map(|t| t.thread())
+            .or(tcp.filter(|t| t.is_finished()).map(|t| t.thread()));
+        if let Some(t) = finished {
+            return t.name().unwrap_or("unnamed").to_owned();
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }

@@ -115,6 +115,16 @@ pub fn run_load_under(
     args: &[&str],
     timeout: Duration,
 ) -> LoadOutput {
+    spawn_load_under(ns, wrapper, args).finish(timeout)
+}
+
+/// Starts `relay load ARGS --json -q` in `ns` in the background (a test does something
+/// to the relay meanwhile); [`RunningLoad::finish`] collects it.
+pub fn spawn_load(ns: &Netns, args: &[&str]) -> RunningLoad {
+    spawn_load_under(ns, &[], args)
+}
+
+fn spawn_load_under(ns: &Netns, wrapper: &[&str], args: &[&str]) -> RunningLoad {
     let mut child = command(ns, wrapper)
         .arg("load")
         .args(args)
@@ -137,23 +147,82 @@ pub fn run_load_under(
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("relay load {args:?} did not finish within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    LoadOutput {
-        code: status.code().unwrap_or(-1),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+    RunningLoad {
+        child: Some(child),
+        out: Some(out),
+        err: Some(err),
+        args: args.iter().map(|a| a.to_string()).collect(),
     }
+}
+
+/// A `relay load` started by [`spawn_load`], killed on drop (a test failing half-way).
+pub struct RunningLoad {
+    child: Option<Child>,
+    out: Option<std::thread::JoinHandle<String>>,
+    err: Option<std::thread::JoinHandle<String>>,
+    args: Vec<String>,
+}
+
+impl RunningLoad {
+    /// Waits for it to end, killing it (and failing the test) after `timeout`.
+    pub fn finish(mut self, timeout: Duration) -> LoadOutput {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "relay load {:?} did not finish within {timeout:?}",
+                    self.args
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let join = |h: Option<std::thread::JoinHandle<String>>| {
+            h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
+        };
+        LoadOutput {
+            code: status.code().unwrap_or(-1),
+            stdout: join(self.out.take()),
+            stderr: join(self.err.take()),
+        }
+    }
+}
+
+impl Drop for RunningLoad {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl LoadOutput {
+    /// The exit code and the JSON report (the test fails if it is not JSON).
+    pub fn report(&self) -> (i32, serde_json::Value) {
+        let report = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "relay load output is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        });
+        (self.code, report)
+    }
+}
+
+/// The number at `path` (dot-separated keys) of a report.
+pub fn num(v: &serde_json::Value, path: &str) -> f64 {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = &cur[key];
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("`{path}` missing or not a number in {v:#}"))
 }
 
 /// `relay` in `ns`, under `wrapper` when one is given.

@@ -12,7 +12,7 @@ use relay_tests::{
     Netns, Topology, TopologyOptions,
     certs::TestCa,
     fixture::start_tls_relay,
-    load_gen::{Echo, run_load},
+    load_gen::{Echo, num, run_load},
     netns,
     relay::RelayProcess,
 };
@@ -63,23 +63,7 @@ fn start_echo(ns: &Netns, listen: &str, drop_every: u64) -> Echo {
 
 /// Runs `relay load ARGS --json -q` in `ns`; returns the exit code and the parsed report.
 fn load(ns: &Netns, args: &[&str]) -> (i32, Value) {
-    let out = run_load(ns, args, LOAD_TIMEOUT);
-    let report: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "relay load output is not JSON ({e}): {}\nstderr: {}",
-            out.stdout, out.stderr
-        )
-    });
-    (out.code, report)
-}
-
-fn num(v: &Value, path: &str) -> f64 {
-    let mut cur = v;
-    for key in path.split('.') {
-        cur = &cur[key];
-    }
-    cur.as_f64()
-        .unwrap_or_else(|| panic!("`{path}` missing or not a number in {v:#}"))
+    run_load(ns, args, LOAD_TIMEOUT).report()
 }
 
 /// Loss must be 1/N give or take a sliver: the drops are exact per echo thread, and a

@@ -62,6 +62,12 @@ impl NonceKey {
     pub fn new(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
+
+    /// The key bytes, for the handover snapshot (the next process must accept the nonces
+    /// this one issued).
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl fmt::Debug for NonceKey {

@@ -31,6 +31,7 @@ mod peer_policy;
 mod ports;
 mod reply;
 mod shared;
+mod snapshot;
 mod source_rate;
 mod table;
 mod tcp_relay;
@@ -62,6 +63,11 @@ pub use event::{CapacityLimit, CloseReason, DropCounters, DropReason, Event, MAX
 pub use five_tuple::{FiveTuple, Transport};
 pub use reply::{ERROR_CODES, ErrorResponses};
 pub use shared::{Limits, Shared, source_of};
+pub use snapshot::{
+    AllocationSnapshot, ChannelSnapshot, CredentialName, FamilyName, PermissionSnapshot,
+    QuarantineSnapshot, RelayedSnapshot, ReservationSnapshot, RestoreError, SNAPSHOT_VERSION,
+    ShardSnapshot, SharedSnapshot, Snapshot, TransportName,
+};
 pub use tcp_relay::{
     BIND_TIMEOUT, CONNECT_TIMEOUT, ConnectionEnd, ConnectionId, Direction,
     MAX_CONNECTIONS_PER_ALLOCATION, RelayProtocol,

@@ -136,6 +136,8 @@ pub fn status(control: &Control) -> StatusView {
     StatusView {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started_unix: control.started_unix(),
+        generation: control.generation().0,
+        took_over_unix: control.generation().1,
         uptime_s: control.uptime().as_secs(),
         draining: control.is_draining(),
         config_file: control.config_path().map(|p| p.display().to_string()),

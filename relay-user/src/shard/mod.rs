@@ -80,6 +80,12 @@ impl Inbox {
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
+
+    /// Clears a stop, for a loop started again on the same shard (a handover that failed
+    /// gives the old process its shards back).
+    pub fn resume(&self) {
+        self.stop.store(false, Ordering::SeqCst);
+    }
 }
 
 /// The control plane's side of one shard.

@@ -184,6 +184,11 @@ impl<T> RelaySockets<T> {
         self.slab.len()
     }
 
+    /// Every open socket with its bind address (a handover passes them on).
+    pub fn iter(&self) -> impl Iterator<Item = &RelaySocket<T>> + '_ {
+        self.slab.keys().filter_map(|k| self.slab.get(k))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

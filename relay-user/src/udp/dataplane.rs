@@ -10,7 +10,11 @@
 //! path; the kernel fast path carries the bulk of the media, and these loops what it
 //! passes up.
 
-use std::{net::SocketAddr, thread::JoinHandle};
+use std::{
+    net::{SocketAddr, UdpSocket},
+    os::fd::{AsRawFd, RawFd},
+    thread::JoinHandle,
+};
 
 use anyhow::Context as _;
 use relay_proto::server::Server;
@@ -28,6 +32,9 @@ use crate::{
 
 /// Overrides `[udp] engine` (tests run both loops on one config).
 pub const ENGINE_ENV: &str = "RELAY_UDP_ENGINE";
+
+/// A socket's address and descriptor.
+pub type Bound = (SocketAddr, RawFd);
 
 pub struct Dataplane {
     plane: Plane,
@@ -55,19 +62,62 @@ impl Dataplane {
             listeners.push(Listener { addr: *addr, sock });
         }
         Ok(Self {
-            plane: Plane::new(server, listeners, inbox, mirror),
+            plane: Plane::new(server, listeners, Vec::new(), inbox, mirror),
             engine,
         })
     }
 
+    /// A worker on the sockets a previous process handed over: its member of every
+    /// listener's SO_REUSEPORT group (in the listeners' order) and the relay sockets of
+    /// the allocations `server` restored. Nothing is bound: no port is free for a moment.
+    pub fn adopt(
+        server: Server,
+        listeners: Vec<(SocketAddr, UdpSocket)>,
+        relays: Vec<(SocketAddr, UdpSocket)>,
+        inbox: Inbox,
+        mirror: Mirror,
+        engine: IoEngine,
+    ) -> Self {
+        let listeners = listeners
+            .into_iter()
+            .map(|(addr, sock)| Listener { addr, sock })
+            .collect();
+        Self {
+            plane: Plane::new(server, listeners, relays, inbox, mirror),
+            engine,
+        }
+    }
+
     /// Runs the loop on its own thread until the shard is told to stop; joining gives
-    /// the core back (for the final report).
-    pub fn spawn(self, name: &str) -> anyhow::Result<JoinHandle<Server>> {
+    /// the worker back, with its core and sockets (for the final report, or a handover).
+    pub fn spawn(self, name: &str) -> anyhow::Result<JoinHandle<Dataplane>> {
         let name_owned = name.to_owned();
+        let engine = self.engine;
+        // A stop left over from a handover that failed is cleared: the loop runs again.
+        self.plane.inbox.resume();
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(self.plane, self.engine, &name_owned).server)
+            .spawn(move || Dataplane {
+                plane: run(self.plane, engine, &name_owned),
+                engine,
+            })
             .context("starting a dataplane thread")
+    }
+
+    pub fn server(&self) -> &Server {
+        &self.plane.server
+    }
+
+    /// This worker's listener sockets (in the listeners' order) and relay sockets, each
+    /// with its address; valid while `self` lives.
+    pub fn sockets(&self) -> (Vec<Bound>, Vec<Bound>) {
+        let listeners = self
+            .plane
+            .listeners
+            .iter()
+            .map(|l| (l.addr, l.sock.as_raw_fd()))
+            .collect();
+        (listeners, self.plane.relay_sockets().collect())
     }
 }
 

@@ -36,6 +36,9 @@ impl EpollLoop {
                     kind: RELAY,
                     events: libc::EPOLLIN as u32,
                 });
+                // Allocations a handover restored get their relay sockets before the
+                // first datagram is read (else its answer would find none).
+                plane.apply_commands(std::time::Instant::now());
                 Ok(Self {
                     plane,
                     epoll,

@@ -45,6 +45,9 @@ pub(super) struct Plane {
     /// is still borrowed.
     pub relays: RelaySockets<()>,
     mirror: Mirror,
+    /// Sockets a previous process bound (handover), by address: the restored core's
+    /// `AllocationCreated` takes its socket from here instead of binding the port anew.
+    adopted: std::collections::HashMap<SocketAddr, UdpSocket>,
     /// Answers of the core to UDP clients (`SendToClient`: a deferred Allocate answer),
     /// sent by [`client_datagram`](Self::client_datagram), the only input that makes them.
     deferred: Vec<(FiveTuple, Box<[u8]>)>,
@@ -52,7 +55,15 @@ pub(super) struct Plane {
 }
 
 impl Plane {
-    pub fn new(server: Server, listeners: Vec<Listener>, inbox: Inbox, mirror: Mirror) -> Self {
+    /// `adopted`: relay sockets a previous process handed over, for the allocations its
+    /// restored core announces (empty on a fresh start).
+    pub fn new(
+        server: Server,
+        listeners: Vec<Listener>,
+        adopted: Vec<(SocketAddr, UdpSocket)>,
+        inbox: Inbox,
+        mirror: Mirror,
+    ) -> Self {
         Self {
             server,
             inbox,
@@ -60,9 +71,15 @@ impl Plane {
             // Its registry is set by the loop before anything can be allocated.
             relays: RelaySockets::default(),
             mirror,
+            adopted: adopted.into_iter().collect(),
             deferred: Vec::new(),
             out: vec![0; apply::OUT_BYTES].into_boxed_slice(),
         }
+    }
+
+    /// Every open relay socket with its bind address (a handover passes them on).
+    pub fn relay_sockets(&self) -> impl Iterator<Item = (SocketAddr, RawFd)> + '_ {
+        self.relays.iter().map(|r| (r.addr, r.sock.as_raw_fd()))
     }
 
     /// A datagram from a client on listener `l`.
@@ -172,7 +189,13 @@ impl Edge for Plane {
 
     fn open_relay(&mut self, relay: SocketAddr, protocol: RelayProtocol) -> std::io::Result<()> {
         match protocol {
-            RelayProtocol::Udp => self.relays.open(relay, bind_udp(relay)?, ()).map(drop),
+            RelayProtocol::Udp => {
+                let sock = match self.adopted.remove(&relay) {
+                    Some(sock) => sock,
+                    None => bind_udp(relay)?,
+                };
+                self.relays.open(relay, sock, ()).map(drop)
+            }
             RelayProtocol::Tcp => Err(std::io::Error::other(
                 "TCP allocations are served by the TCP shard",
             )),

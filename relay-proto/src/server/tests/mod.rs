@@ -16,4 +16,5 @@ mod props;
 mod quota;
 mod responses;
 mod shards;
+mod snapshot;
 mod tcp_relay;

@@ -204,6 +204,9 @@ impl UringLoop {
             rearm_wake: false,
             enter_errors: 0,
         };
+        // Allocations a handover restored get their relay sockets (armed by the first
+        // `sync`) before the first datagram is read.
+        me.plane.apply_commands(Instant::now());
         me.arm_wake();
         for l in 0..me.plane.listeners.len() {
             me.arm_listener(l);
@@ -474,29 +477,44 @@ impl UringLoop {
             if self.wait(Duration::from_millis(50)).is_err() {
                 break;
             }
-            // Completions only: no new datagrams reach the core any more.
-            for c in self.ring.completion() {
-                let (kind, key) = Key::from_token(c.user_data());
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            let now = Instant::now();
+            for &(ud, res, flags) in &cqes {
+                let (kind, key) = Key::from_token(ud);
+                let buffer = cqueue::buffer_select(flags);
                 match kind {
                     SEND => {
                         if let Some(pool) = self.mem.sends.as_mut() {
                             pool.free.push(key.idx as usize);
                         }
                     }
-                    LISTENER | RELAY if !cqueue::more(c.flags()) => {
-                        self.receiving -= 1;
-                        if kind == RELAY {
-                            self.closing.remove(&key);
+                    // Datagrams the kernel delivered before the cancel are still served:
+                    // on a handover the sockets go on to the next process, and what this
+                    // one read and dropped would be lost.
+                    LISTENER | RELAY if res >= 0 && buffer.is_some() => {
+                        self.datagram(kind, key, buffer.unwrap_or(0), res as usize, now);
+                    }
+                    _ => {
+                        if let (Some(bid), Some(bufs)) = (buffer, self.mem.bufs.as_mut()) {
+                            bufs.recycle(bid);
                         }
                     }
-                    _ => {}
                 }
-                if let (Some(bid), Some(bufs)) =
-                    (cqueue::buffer_select(c.flags()), self.mem.bufs.as_mut())
-                {
-                    bufs.recycle(bid);
+                if matches!(kind, LISTENER | RELAY) && !cqueue::more(flags) {
+                    self.receiving -= 1;
+                    if kind == RELAY {
+                        self.closing.remove(&key);
+                    }
                 }
             }
+            self.cqes = cqes;
+            self.plane.apply_commands(now);
         }
         if self.receiving > 0 || self.mem.sends.as_ref().is_some_and(|p| p.in_flight() > 0) {
             // `Lent` keeps (leaks) the memory the kernel may still use.

@@ -1,0 +1,406 @@
+//! `relay upgrade`: a running relay hands its sockets and allocations to a new process
+//! while `relay load` keeps many allocations echoing through it, in the deployment of
+//! CONTEXT.md with the kernel fast path off. Every allocation survives two upgrades with
+//! next to no loss, and a client's Refresh, CreatePermission and ChannelBind after the
+//! upgrades pass with the nonce it got before them. An upgrade to a config the new
+//! process refuses leaves the old one serving.
+//!
+//! Needs root and `target/debug/relay` (`cargo build -p relay-user`).
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use relay_proto::stun::{ChannelNumber, Lifetime, Method, RequestedTransport, XorPeerAddress};
+use relay_tests::{
+    Topology, TopologyOptions,
+    load_gen::{Echo, num, spawn_load},
+    relay::{Launch, RelayProcess},
+    turn_client::new_txid,
+    turn_codec::{Attrs, Credentials},
+};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "pw";
+const ECHO_PORT: u16 = 7000;
+/// Allocations and echoes per second of the load during the upgrades. A debug build on a
+/// shared two-core box relays this in userspace with room to spare.
+const ALLOCATIONS: usize = 1000;
+const RATE: u32 = 5000;
+/// `[xdp] mode = "off"`: the issue's bound for the userspace path.
+const MAX_LOSS: f64 = 0.001;
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn relay_config(t: &Topology, realm: &str) -> String {
+    let a = t.addrs;
+    format!(
+        r#"realm = "{realm}"
+
+[[listen]]
+address = "{ext}:3478"
+transports = ["udp"]
+
+[relay]
+address = "{ext}"
+public_address = "{public}"
+ports = "24000-29999"
+
+[auth]
+users = {{ {USER} = "{PASSWORD}" }}
+
+[peers]
+allow = ["192.0.2.0/24", "{client}/32"]
+
+[limits]
+max_allocations_per_user = 5000
+unauthenticated_rate = 0
+drain_timeout = 0
+
+[udp]
+workers = 2
+
+[xdp]
+mode = "off"
+"#,
+        ext = a.relay_external,
+        public = a.public,
+        client = a.client,
+    )
+}
+
+/// The relays the upgrades started: the harness's [`RelayProcess`] only knows the first
+/// pid, so the later ones are killed here (declared after it, dropped before it: its log
+/// readers end only once every process writing to the pipe is gone).
+#[derive(Default)]
+struct Successors(Mutex<Vec<u32>>);
+
+impl Successors {
+    fn add(&self, pid: u32) {
+        self.0.lock().unwrap().push(pid);
+    }
+}
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        for &pid in self.0.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            // SAFETY: kill(2) of a relay this test started through `relay upgrade`.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The deployment with the relay started in a runtime directory of its own (where the
+/// control socket goes). Dropped in field order: the upgraded relays, then the first one,
+/// then the namespaces.
+struct Env {
+    successors: Successors,
+    relay: RelayProcess,
+    t: Topology,
+    runtime: PathBuf,
+}
+
+impl Env {
+    fn start() -> Self {
+        let t = Topology::new(TopologyOptions::default()).expect("topology");
+        let runtime =
+            std::env::temp_dir().join(format!("relay-upgrade-{}", relay_tests::netns::unique_id()));
+        std::fs::create_dir_all(&runtime).unwrap();
+        let relay = start(&t, &runtime);
+        Self {
+            successors: Successors::default(),
+            relay,
+            t,
+            runtime,
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.runtime);
+    }
+}
+
+fn start(t: &Topology, runtime: &Path) -> RelayProcess {
+    let launch = Launch {
+        env: vec![(
+            "RUNTIME_DIRECTORY".to_owned(),
+            runtime.display().to_string(),
+        )],
+        wrapper: Vec::new(),
+    };
+    RelayProcess::start_launched(&t.relay, &relay_config(t, "example.org"), &launch).expect("relay")
+}
+
+/// `relay upgrade --config FILE`: exit status and output.
+fn upgrade(relay: &RelayProcess, runtime: &Path) -> (bool, String) {
+    let mut child = Command::new(relay_tests::relay_binary())
+        .args(["upgrade", "--config"])
+        .arg(relay.config_path())
+        .env("RUNTIME_DIRECTORY", runtime)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn relay upgrade");
+    let deadline = Instant::now() + UPGRADE_TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("relay upgrade did not finish within {UPGRADE_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The new pid from `relay upgrade`'s summary ("... pid N (generation G) ...").
+fn new_pid(summary: &str) -> u32 {
+    summary
+        .split("pid ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {summary:?}"))
+}
+
+/// Relay sockets open in the relay host (one per allocation), counted with `ss`.
+fn relay_sockets(t: &Topology) -> usize {
+    let out = t
+        .relay
+        .exec("ss", &["-Huan", "sport", ">=", ":24000"])
+        .unwrap_or_default();
+    out.lines().count()
+}
+
+/// A TURN client that keeps its nonce: one UDP socket in the client host.
+struct Client {
+    sock: UdpSocket,
+    server: SocketAddr,
+    creds: Credentials,
+}
+
+impl Client {
+    fn new(t: &Topology) -> Self {
+        let server: SocketAddr = (t.addrs.public, 3478).into();
+        let sock = t
+            .client
+            .run(|| UdpSocket::bind("0.0.0.0:0"))
+            .unwrap()
+            .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        Self {
+            sock,
+            server,
+            creds: Credentials::new(USER, PASSWORD),
+        }
+    }
+
+    /// One request, retransmitted until an answer comes (at most 5 tries); the answer.
+    fn ask(&self, method: Method, attrs: Attrs<'_>) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let n = self
+            .creds
+            .write_request(&mut buf, method, new_txid(), attrs)
+            .unwrap();
+        let mut answer = vec![0u8; 1500];
+        for _ in 0..5 {
+            self.sock.send_to(&buf[..n], self.server).unwrap();
+            if let Ok((len, _)) = self.sock.recv_from(&mut answer) {
+                return answer[..len].to_vec();
+            }
+        }
+        panic!("no answer to {method:?}");
+    }
+
+    /// Allocate: the 401 gives realm and nonce, the signed retry succeeds.
+    fn allocate(&mut self) {
+        let attrs: Attrs<'_> = &|w| w.attr(&RequestedTransport(17)).map(drop);
+        let challenge = self.ask(Method::ALLOCATE, attrs);
+        assert!(self.creds.absorb_challenge(&challenge), "no 401 challenge");
+        let answer = self.ask(Method::ALLOCATE, attrs);
+        self.creds
+            .check(Method::ALLOCATE, &answer)
+            .expect("Allocate");
+    }
+
+    /// `method` signed with the nonce held: it must succeed (no new nonce is taken).
+    fn must_pass(&self, method: Method, attrs: Attrs<'_>) {
+        let answer = self.ask(method, attrs);
+        self.creds
+            .check(method, &answer)
+            .unwrap_or_else(|e| panic!("{method:?} with the nonce from before: {e}"));
+    }
+}
+
+/// Hard limit for the load run (10 s of traffic, setup, two upgrades).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn allocations_and_nonces_survive_two_upgrades_under_load() {
+    let env = Env::start();
+    let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
+    let echo_addr = format!("{}:{ECHO_PORT}", t.addrs.media);
+    // The echo drops nothing (one in a billion).
+    let _echo = Echo::start(&t.media, &echo_addr, Some(1_000_000_000));
+    let peer: SocketAddr = echo_addr.parse().unwrap();
+
+    // A client of our own whose nonce must stay good across the upgrades.
+    let mut client = Client::new(t);
+    client.allocate();
+
+    let server = format!("{}:3478", t.addrs.public);
+    let (n, rate) = (ALLOCATIONS.to_string(), RATE.to_string());
+    let args = [
+        server.as_str(),
+        "-u",
+        USER,
+        "-p",
+        PASSWORD,
+        "--peer",
+        &echo_addr,
+        "-n",
+        &n,
+        "--rate",
+        &rate,
+        "--duration",
+        "10",
+    ];
+    let load = spawn_load(&t.client, &args);
+    // Traffic flows once every allocation has its relay socket.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relay_sockets(t) < ALLOCATIONS + 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the load's allocations were not all made: {} relay sockets",
+            relay_sockets(t)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for generation in [2, 3] {
+        let (ok, summary) = upgrade(relay, runtime);
+        assert!(ok, "relay upgrade failed: {summary}");
+        successors.add(new_pid(&summary));
+        assert!(
+            summary.contains(&format!("(generation {generation})")),
+            "{summary}"
+        );
+        relay
+            .wait_for_log(&format!("generation={generation}"), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let (code, report) = load.finish(LOAD_TIMEOUT).report();
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(num(&report, "setup.ready") as usize, ALLOCATIONS);
+    let loss = num(&report, "traffic.loss_ratio");
+    let sent = num(&report, "traffic.sent");
+    eprintln!(
+        "upgrade under load: {ALLOCATIONS} allocations, {RATE}/s, sent {sent}, loss {loss:.6}"
+    );
+    for (name, ns) in [
+        ("relay", &t.relay),
+        ("client", &t.client),
+        ("media", &t.media),
+    ] {
+        let snmp = ns.exec(
+            "nstat",
+            &["-az", "UdpRcvbufErrors", "UdpSndbufErrors", "UdpInErrors"],
+        );
+        eprintln!("{name}: {}", snmp.unwrap_or_default().replace('\n', " | "));
+    }
+    assert!(loss <= MAX_LOSS, "loss {loss} over {MAX_LOSS}: {report:#}");
+    // Deleting them at the end went to the newest process: it knew them all.
+    assert_eq!(num(&report, "deleted") as usize, ALLOCATIONS, "{report:#}");
+
+    // The nonce issued by the first process is good in the third.
+    client.must_pass(Method::REFRESH, &|w| w.attr(&Lifetime(600)).map(drop));
+    client.must_pass(Method::CREATE_PERMISSION, &|w| {
+        w.attr(&XorPeerAddress(peer)).map(drop)
+    });
+    client.must_pass(Method::CHANNEL_BIND, &|w| {
+        w.attr(&ChannelNumber(0x4001))?;
+        w.attr(&XorPeerAddress(peer)).map(drop)
+    });
+    let pauses = relay.log_lines("handed over:");
+    assert_eq!(pauses.len(), 2, "{pauses:?}");
+    for line in &pauses {
+        eprintln!("{line}");
+    }
+}
+
+#[test]
+fn an_upgrade_to_a_config_the_new_process_refuses_leaves_the_old_one_serving() {
+    let env = Env::start();
+    let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
+    let mut client = Client::new(t);
+    client.allocate();
+
+    relay.rewrite_config(&format!(
+        "{}\nno_such_key = 1\n",
+        relay_config(t, "example.org")
+    ));
+    let (ok, text) = upgrade(relay, runtime);
+    assert!(!ok, "the upgrade passed: {text}");
+    assert!(text.contains("no_such_key"), "reason not given: {text}");
+    relay
+        .wait_for_log("upgrade failed", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(relay.unexpected_stop().is_none());
+    // The allocation is still there, in the old process, with its nonce.
+    client.must_pass(Method::REFRESH, &|w| w.attr(&Lifetime(600)).map(drop));
+
+    // With the config fixed, the same relay upgrades.
+    relay.rewrite_config(&relay_config(t, "example.org"));
+    let (ok, summary) = upgrade(relay, runtime);
+    assert!(ok, "{summary}");
+    successors.add(new_pid(&summary));
+    client.must_pass(Method::REFRESH, &|w| w.attr(&Lifetime(600)).map(drop));
+}
+
+#[test]
+fn sigusr2_upgrades_and_a_killed_relay_starts_again_cleanly() {
+    let env = Env::start();
+    let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
+    let mut client = Client::new(t);
+    client.allocate();
+
+    // SIGUSR2: the binary at the relay's own path takes over.
+    relay.signal(libc::SIGUSR2);
+    let line = relay
+        .wait_for_log("handed over:", UPGRADE_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pid = new_pid(&line);
+    successors.add(pid);
+    relay
+        .wait_for_log("generation=2", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    client.must_pass(Method::REFRESH, &|w| w.attr(&Lifetime(600)).map(drop));
+
+    // A crash is not a handover: after kill -9 a fresh start in the same runtime
+    // directory finds the control socket file left behind, replaces it, and upgrades.
+    // SAFETY: kill(2) of the relay this test made take over.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "pid {pid} survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = start(t, runtime);
+    let after_crash = Successors::default();
+    let (ok, summary) = upgrade(&again, runtime);
+    assert!(ok, "{summary}");
+    after_crash.add(new_pid(&summary));
+}
