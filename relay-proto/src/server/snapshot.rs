@@ -445,7 +445,10 @@ impl Server {
                 bandwidth_dropped: s.bandwidth_dropped,
             },
             // The buckets start full: a handover pauses the data for tens of milliseconds.
-            limit: self.shared.bandwidth().for_allocation(&Arc::from(s.user.as_str())),
+            limit: self
+                .shared
+                .bandwidth()
+                .for_allocation(&Arc::from(s.user.as_str())),
             dont_fragment: s.dont_fragment,
             last_response: None,
         })
