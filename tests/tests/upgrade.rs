@@ -27,6 +27,8 @@ use relay_tests::{
 const USER: &str = "alice";
 const PASSWORD: &str = "pw";
 const ECHO_PORT: u16 = 7000;
+/// The channel the test's own client binds before the upgrades and refreshes after them.
+const CHANNEL: u16 = 0x4001;
 /// Allocations and echoes per second of the load during the upgrades. A debug build on a
 /// shared two-core box relays this in userspace with room to spare.
 const ALLOCATIONS: usize = 1000;
@@ -235,6 +237,27 @@ impl Client {
             .expect("Allocate");
     }
 
+    /// ChannelData `data` on `channel`: the echo peer's answer must come back on it.
+    fn channel_round_trip(&self, channel: u16, data: &[u8]) {
+        let mut msg = Vec::with_capacity(4 + data.len() + 3);
+        msg.extend_from_slice(&channel.to_be_bytes());
+        msg.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        msg.extend_from_slice(data);
+        msg.resize(msg.len().next_multiple_of(4), 0);
+        let mut answer = vec![0u8; 1500];
+        for _ in 0..5 {
+            self.sock.send_to(&msg, self.server).unwrap();
+            while let Ok((len, _)) = self.sock.recv_from(&mut answer) {
+                if let Some(r) = relay_tests::turn_codec::received(&answer[..len]) {
+                    assert_eq!(r.channel, Some(channel), "echo on another channel");
+                    assert_eq!(r.data, data, "the echo changed the data");
+                    return;
+                }
+            }
+        }
+        panic!("no echo on channel {channel:#06x}");
+    }
+
     /// `method` signed with the nonce held: it must succeed (no new nonce is taken).
     fn must_pass(&self, method: Method, attrs: Attrs<'_>) {
         let answer = self.ask(method, attrs);
@@ -259,6 +282,13 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
     // A client of our own whose nonce must stay good across the upgrades.
     let mut client = Client::new(t);
     client.allocate();
+    // A channel bound before the upgrades: the new processes must know it, and refreshing
+    // it (same number, same peer) must pass with the old nonce.
+    client.must_pass(Method::CHANNEL_BIND, &|w| {
+        w.attr(&ChannelNumber(CHANNEL))?;
+        w.attr(&XorPeerAddress(peer)).map(drop)
+    });
+    client.channel_round_trip(CHANNEL, b"before the upgrades");
 
     let server = format!("{}:3478", t.addrs.public);
     let (n, rate) = (ALLOCATIONS.to_string(), RATE.to_string());
@@ -330,10 +360,12 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
     client.must_pass(Method::CREATE_PERMISSION, &|w| {
         w.attr(&XorPeerAddress(peer)).map(drop)
     });
+    client.channel_round_trip(CHANNEL, b"after the upgrades");
     client.must_pass(Method::CHANNEL_BIND, &|w| {
-        w.attr(&ChannelNumber(0x4001))?;
+        w.attr(&ChannelNumber(CHANNEL))?;
         w.attr(&XorPeerAddress(peer)).map(drop)
     });
+    client.channel_round_trip(CHANNEL, b"after the refresh");
     let pauses = relay.log_lines("handed over:");
     assert_eq!(pauses.len(), 2, "{pauses:?}");
     for line in &pauses {

@@ -161,11 +161,13 @@ fn a_nonce_issued_before_the_handover_is_accepted_after_it() {
     let mut h = H::new();
     let from = udp(1);
     h.allocate(from);
+    let alice = Cred::alice();
+    // A channel bound before the handover, refreshed after it.
+    assert_eq!(code(&h.bind(from, &alice, 0x4000, peer(1, 5000))), None);
     let nonce = h.nonce(from);
     h.advance(secs(60));
     hand_over(&mut h);
     h.advance(secs(60));
-    let alice = Cred::alice();
     let signed = |h: &mut H, method, f: &dyn Fn(&mut crate::stun::MessageWriter<'_>)| {
         let txid = h.txid();
         let req = h.build(Class::Request, method, txid, Some((&alice, &nonce)), f);
@@ -179,6 +181,14 @@ fn a_nonce_issued_before_the_handover_is_accepted_after_it() {
         w.attr(&XorPeerAddress(peer(1, 5000))).unwrap();
     });
     assert_eq!(code(&reply), None, "CreatePermission: {}", describe(&reply));
+    // The binding came across (a new one would take any peer): the number cannot go to
+    // another peer.
+    let reply = signed(&mut h, Method::CHANNEL_BIND, &|w| {
+        w.attr(&ChannelNumber(0x4000)).unwrap();
+        w.attr(&XorPeerAddress(peer(2, 5000))).unwrap();
+    });
+    assert_eq!(code(&reply), Some(400), "{}", describe(&reply));
+
     let reply = signed(&mut h, Method::CHANNEL_BIND, &|w| {
         w.attr(&ChannelNumber(0x4000)).unwrap();
         w.attr(&XorPeerAddress(peer(1, 5000))).unwrap();
