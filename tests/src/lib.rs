@@ -14,6 +14,7 @@ pub mod flood_config;
 pub mod load_gen;
 pub mod netns;
 pub mod page;
+pub mod promql;
 pub mod relay;
 pub mod seccomp;
 pub mod stream_client;
