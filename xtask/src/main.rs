@@ -1,9 +1,10 @@
-//! Project automation: `cargo xtask setup | build | run | test | bench | fuzz`.
+//! Project automation: `cargo xtask setup | build | run | test | bench | fuzz | package`.
 //!
 //! Everything a fresh machine lacks is installed here, idempotently, so the README's
 //! two commands work on a clean clone.
 
 mod bench;
+mod package;
 mod setup;
 mod util;
 
@@ -46,6 +47,8 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Build the Debian package (target/package/relay_VERSION_ARCH.deb) from the release build.
+    Package(package::PackageArgs),
 }
 
 fn main() -> ExitCode {
@@ -85,6 +88,10 @@ fn run(cmd: Cmd) -> Result<()> {
             setup::fuzzer()?;
             fuzz(seconds)
         }
+        Cmd::Package(args) => {
+            setup::toolchain()?;
+            package::run(args)
+        }
     }
 }
 
@@ -114,6 +121,10 @@ fn test(fuzz_seconds: u64) -> Result<()> {
         .context("tests failed")?;
     // Doc tests are not covered by --all-targets.
     Cargo::new(["test", "--workspace", "--doc"]).run("doc tests")?;
+    // The Debian package of the release build installs, checks and purges cleanly.
+    build()?;
+    let deb = package::build(&root().join("target/release/relay"))?;
+    package::install_check(&deb)?;
     fuzz(fuzz_seconds)
 }
 

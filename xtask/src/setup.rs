@@ -10,7 +10,8 @@ use crate::util::{Cargo, is_root, output, tools_dir};
 /// Debian packages the tests and benchmarks use: coturn for turnutils_uclient,
 /// turnutils_peer and turnserver; ethtool, nftables and iproute2 for the namespace
 /// topology; chromium for the real-browser WebRTC test; DejaVu for the bench plots;
-/// netsniff-ng for trafgen, the junk flood's packet generator (test and bench "flood").
+/// netsniff-ng for trafgen, the junk flood's packet generator (test and bench "flood");
+/// dpkg-dev for dpkg-shlibdeps (the Debian package's Depends, `cargo xtask package`).
 const APT_PACKAGES: &[&str] = &[
     "coturn",
     "ethtool",
@@ -19,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     "fonts-dejavu-core",
     "netsniff-ng",
+    "dpkg-dev",
 ];
 
 pub fn all() -> Result<()> {
