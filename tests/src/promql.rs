@@ -415,4 +415,31 @@ mod tests {
         assert!(m[0].contains("the label `reason`"), "{m:?}");
         assert_eq!(s.missing("vector(1)", &added), ["no metric in `vector(1)`"]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_parsed_or_refused_without_panicking(text in "\\PC{0,80}") {
+            let _ = parse(&text);
+            let _ = Scrape::parse(&text);
+        }
+
+        #[test]
+        fn a_selector_in_an_aggregation_is_found_with_its_matcher(
+            metric in "[a-z_][a-z0-9_]{0,20}",
+            label in "[a-z_][a-z0-9_]{0,10}",
+            value in "[a-z0-9_ |.]{0,12}",
+            op in proptest::sample::select(vec!["=", "!=", "=~", "!~"]),
+        ) {
+            proptest::prop_assume!(
+                !KEYWORDS.contains(&metric.as_str()) && !LABEL_LISTS.contains(&metric.as_str())
+            );
+            let expr = format!("sum by ({label}) (rate({metric}{{{label}{op}\"{value}\"}}[$__rate_interval])) * 8");
+            let q = parse(&expr).unwrap();
+            proptest::prop_assert_eq!(q.grouping, vec![label.clone()]);
+            proptest::prop_assert_eq!(
+                q.selectors,
+                vec![Selector { metric, matchers: vec![Matcher { label, op: op.to_owned(), value }] }]
+            );
+        }
+    }
 }
