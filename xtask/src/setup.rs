@@ -10,7 +10,9 @@ use crate::util::{Cargo, is_root, output, tools_dir};
 /// Debian packages the tests and benchmarks use: coturn for turnutils_uclient,
 /// turnutils_peer and turnserver; ethtool, nftables and iproute2 for the namespace
 /// topology; chromium for the real-browser WebRTC test; DejaVu for the bench plots;
-/// netsniff-ng for trafgen, the junk flood's packet generator (test and bench "flood").
+/// netsniff-ng for trafgen, the junk flood's packet generator (test and bench "flood");
+/// buildah for `cargo xtask image`, podman and runc to run it in the container test (runc:
+/// crun refuses hosts with hybrid cgroups); binutils' strip for the image's binary.
 const APT_PACKAGES: &[&str] = &[
     "coturn",
     "ethtool",
@@ -19,6 +21,10 @@ const APT_PACKAGES: &[&str] = &[
     "chromium",
     "fonts-dejavu-core",
     "netsniff-ng",
+    "buildah",
+    "podman",
+    "runc",
+    "binutils",
 ];
 
 pub fn all() -> Result<()> {
