@@ -110,6 +110,15 @@ impl Container {
             // Unconfined too).
             "--security-opt",
             "seccomp=unconfined",
+            // allowPrivilegeEscalation: false, readOnlyRootFilesystem, the emptyDir for
+            // the control socket.
+            "--security-opt",
+            "no-new-privileges",
+            "--read-only",
+            "--tmpfs",
+            "/run/relay",
+            "--env",
+            "RUNTIME_DIRECTORY=/run/relay",
             "--ulimit",
             &format!("nofile={nofile}:{nofile}"),
             "--ulimit",
