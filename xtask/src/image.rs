@@ -137,11 +137,16 @@ fn linked_libraries(program: &Path) -> Result<Vec<PathBuf>> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_ldd(&String::from_utf8_lossy(&out.stdout))
+        .with_context(|| format!("{} cannot run as built", program.display()))
+}
+
+/// The files in `ldd`'s output; a library it did not find is an error naming it.
+fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
     let mut libs = Vec::new();
     for line in text.lines() {
         if line.contains("not found") {
-            bail!("{}: {}", program.display(), line.trim());
+            bail!("ldd: {}", line.trim());
         }
         // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)`, or the loader as
         // `/lib64/ld-linux-x86-64.so.2 (0x…)`; the vDSO has no file.
@@ -262,5 +267,35 @@ impl Buildah {
 impl Drop for Buildah {
     fn drop(&mut self) {
         let _ = Command::new("buildah").args(["rm", &self.0]).output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_gives_the_libraries_and_the_loader() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd1c3f2000)
+\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f7d61b02000)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f7d60c1e000)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f7d61b36000)
+";
+        assert_eq!(
+            parse_ldd(text).unwrap(),
+            [
+                "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                "/lib64/ld-linux-x86-64.so.2"
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn a_missing_library_is_an_error_naming_it() {
+        let text = "\tlibnftables.so.1 => not found\n\tlibc.so.6 => /lib/libc.so.6 (0x1)\n";
+        let e = parse_ldd(text).unwrap_err().to_string();
+        assert!(e.contains("libnftables.so.1"), "{e}");
     }
 }
