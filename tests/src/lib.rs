@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod certs;
 pub mod cmd;
+pub mod container;
 pub mod coturn;
 pub mod fixture;
 pub mod flood;
@@ -42,7 +43,7 @@ pub fn read_uninterrupted(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io
 pub fn relay_binary() -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .unwrap_or_else(|| workspace_root().join("target"));
     let bin = target.join("debug/relay");
     assert!(
         bin.exists(),
@@ -50,4 +51,9 @@ pub fn relay_binary() -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// The workspace's top directory (this crate is one level below it).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -68,6 +68,11 @@ pub struct Launch {
     /// A command the relay runs under, which execs it in place (e.g. `setpriv …`), so
     /// the child's pid stays the relay's.
     pub wrapper: Vec<String>,
+    /// A command that stands in for the relay binary and takes its arguments (e.g.
+    /// `podman run --network ns:/run/netns/NAME … IMAGE`, whose entrypoint is the relay).
+    /// It starts outside the namespace and joins it itself; signals sent to the child
+    /// must reach the relay (podman forwards them).
+    pub program: Vec<String>,
 }
 
 /// A running `relay serve`. Dropping it stops the process and removes its temp dir.
@@ -144,13 +149,18 @@ impl RelayProcess {
     ) -> Result<Self, String> {
         let bin = crate::relay_binary();
         let bin = bin.to_str().expect("utf-8 path");
-        let mut cmd = match launch.wrapper.split_first() {
-            Some((program, args)) => {
+        let mut cmd = match (launch.program.split_first(), launch.wrapper.split_first()) {
+            (Some((program, args)), _) => {
+                let mut c = std::process::Command::new(program);
+                c.args(args);
+                c
+            }
+            (None, Some((program, args))) => {
                 let mut c = ns.command(program);
                 c.args(args).arg(bin);
                 c
             }
-            None => ns.command(bin),
+            (None, None) => ns.command(bin),
         };
         cmd.arg("serve");
         if with_config {

@@ -133,7 +133,7 @@ fn start(t: &Topology, runtime: &Path) -> RelayProcess {
             "RUNTIME_DIRECTORY".to_owned(),
             runtime.display().to_string(),
         )],
-        wrapper: Vec::new(),
+        ..Launch::default()
     };
     RelayProcess::start_launched(&t.relay, &relay_config(t, "example.org"), &launch).expect("relay")
 }

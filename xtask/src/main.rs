@@ -1,9 +1,10 @@
-//! Project automation: `cargo xtask setup | build | run | test | bench | fuzz | package`.
+//! Project automation: `cargo xtask setup | build | run | test | bench | fuzz | package | image`.
 //!
 //! Everything a fresh machine lacks is installed here, idempotently, so the README's
 //! two commands work on a clean clone.
 
 mod bench;
+mod image;
 mod package;
 mod setup;
 mod util;
@@ -42,6 +43,9 @@ enum Cmd {
     /// coturn vs this relay (XDP, userspace) under `relay load` in network namespaces,
     /// results in bench-results/; then the criterion micro-benchmarks of the protocol core.
     Bench(bench::BenchArgs),
+    /// The container image (buildah from scratch, nothing pulled): the release `relay`,
+    /// the libraries it links and the example config, tagged localhost/relay:VERSION.
+    Image(image::ImageArgs),
     /// Run every fuzz target for a bounded time.
     Fuzz {
         #[arg(long, default_value_t = 60)]
@@ -84,6 +88,7 @@ fn run(cmd: Cmd) -> Result<()> {
             setup::toolchain()?;
             bench::run(args)
         }
+        Cmd::Image(args) => image::run(args),
         Cmd::Fuzz { seconds } => {
             setup::fuzzer()?;
             fuzz(seconds)

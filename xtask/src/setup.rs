@@ -12,6 +12,8 @@ use crate::util::{Cargo, is_root, output, tools_dir};
 /// topology; chromium for the real-browser WebRTC test; DejaVu for the bench plots;
 /// netsniff-ng for trafgen, the junk flood's packet generator (test and bench "flood");
 /// dpkg-dev for dpkg-shlibdeps (the Debian package's Depends, `cargo xtask package`).
+/// buildah for `cargo xtask image`, podman and runc to run it in the container test (runc:
+/// crun refuses hosts with hybrid cgroups); binutils' strip for the image's binary.
 const APT_PACKAGES: &[&str] = &[
     "coturn",
     "ethtool",
@@ -21,6 +23,10 @@ const APT_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     "netsniff-ng",
     "dpkg-dev",
+    "buildah",
+    "podman",
+    "runc",
+    "binutils",
 ];
 
 pub fn all() -> Result<()> {

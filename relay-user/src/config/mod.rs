@@ -20,7 +20,7 @@ pub use file::{
 pub use log::{LEVELS as LOG_LEVELS, check_log_filter};
 pub use modes::{AttachMode, Forwarding, IoEngine};
 pub use tcp::{TcpSection, TcpSettings, TlsFiles, TlsSection};
-pub use users::{UserEntry, load_users_file};
+pub use users::{UserEntry, UsersFile, load_users_file};
 pub use validate::{
     Config, ConfigError, DEFAULT_MAX_ALLOCATIONS_PER_REST_USER, DEFAULT_MAX_ALLOCATIONS_PER_SOURCE,
     Listener, MAX_UDP_WORKERS, PortRange, RelayAddrs,

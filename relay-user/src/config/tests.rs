@@ -177,6 +177,36 @@ fn single_listener_supplies_the_relay_address() {
 }
 
 #[test]
+fn users_file_adds_shared_secrets() {
+    let dir = std::env::temp_dir().join(format!("relay-config-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("secrets.toml"),
+        "shared_secrets = [\"from-file\"]\n",
+    )
+    .unwrap();
+    let cfg = dir.join("relay.toml");
+    // The file's secrets alone are enough credentials to start.
+    std::fs::write(
+        &cfg,
+        "[[listen]]\naddress = \"127.0.0.1:3478\"\n[auth]\nusers_file = \"secrets.toml\"\n",
+    )
+    .unwrap();
+    assert_eq!(load(&cfg).unwrap().shared_secrets, ["from-file"]);
+    // Inline ones come first, the file's after them.
+    std::fs::write(
+        &cfg,
+        "[[listen]]\naddress = \"127.0.0.1:3478\"\n[auth]\nusers_file = \"secrets.toml\"\n\
+         shared_secrets = [\"inline\"]\n",
+    )
+    .unwrap();
+    assert_eq!(load(&cfg).unwrap().shared_secrets, ["inline", "from-file"]);
+    std::fs::write(dir.join("secrets.toml"), "shared_secrets = [\"\"]\n").unwrap();
+    assert_eq!(load(&cfg).unwrap_err().key, "auth.users_file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn users_file_is_read_relative_to_the_config() {
     let dir = std::env::temp_dir().join(format!("relay-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

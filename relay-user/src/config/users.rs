@@ -14,21 +14,26 @@ pub enum UserEntry {
     Key { md5_key: String },
 }
 
-#[derive(Deserialize)]
+/// The credentials file `[auth] users_file` names: a `[users]` table and TURN REST
+/// secrets, kept apart from the config so that they can live in a file of their own
+/// permissions (a Kubernetes Secret beside the ConfigMap's relay.toml).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UsersFile {
+pub struct UsersFile {
     #[serde(default)]
-    users: BTreeMap<String, UserEntry>,
+    pub users: BTreeMap<String, UserEntry>,
+    /// Added to `[auth] shared_secrets`.
+    #[serde(default)]
+    pub shared_secrets: Vec<String>,
 }
 
-/// Reads a users file (`[users]` table).
-pub fn load_users_file(path: &Path) -> Result<BTreeMap<String, UserEntry>, ConfigError> {
+/// Reads a users file (`[users]` table, `shared_secrets`).
+pub fn load_users_file(path: &Path) -> Result<UsersFile, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigError::new(
             "auth.users_file",
             format!("cannot read {}: {e}", path.display()),
         )
     })?;
-    let file: UsersFile = toml::from_str(&text).map_err(|e| ConfigError::toml(path, &text, e))?;
-    Ok(file.users)
+    toml::from_str(&text).map_err(|e| ConfigError::toml(path, &text, e))
 }

@@ -292,8 +292,17 @@ impl ConfigFile {
         ports_clear_of_listeners(ports, &[relay_v4, relay_v6], &listeners)?;
 
         let mut users = self.auth.users;
+        let mut shared_secrets = self.auth.shared_secrets;
         if let Some(file) = &self.auth.users_file {
-            for (name, entry) in load_users_file(&base.join(file))? {
+            let file = load_users_file(&base.join(file))?;
+            if file.shared_secrets.iter().any(String::is_empty) {
+                return Err(ConfigError::new(
+                    "auth.users_file",
+                    "shared_secrets has an empty secret (anyone could mint credentials)",
+                ));
+            }
+            shared_secrets.extend(file.shared_secrets);
+            for (name, entry) in file.users {
                 if users.insert(name.clone(), entry).is_some() {
                     return Err(ConfigError::new(
                         "auth.users_file",
@@ -302,13 +311,13 @@ impl ConfigFile {
                 }
             }
         }
-        if let Some(i) = self.auth.shared_secrets.iter().position(String::is_empty) {
+        if let Some(i) = shared_secrets.iter().position(String::is_empty) {
             return Err(ConfigError::new(
                 format!("auth.shared_secrets[{i}]"),
                 "is empty (anyone could mint credentials)",
             ));
         }
-        if users.is_empty() && self.auth.shared_secrets.is_empty() {
+        if users.is_empty() && shared_secrets.is_empty() {
             return Err(ConfigError::new(
                 "auth",
                 "no users and no shared_secrets: nobody could allocate a relay",
@@ -399,7 +408,7 @@ impl ConfigFile {
             relay_v6,
             ports,
             users,
-            shared_secrets: self.auth.shared_secrets,
+            shared_secrets,
             peers_allow: allow_rules("peers.allow", &self.peers.allow)?,
             peers_rest_allow: match &self.peers.rest {
                 Some(rest) => Some(allow_rules("peers.rest.allow", &rest.allow)?),
