@@ -39,8 +39,9 @@ fn client(last: u8, port: u16) -> SocketAddr {
     SocketAddr::from(([100, 64, 0, last], port))
 }
 
-/// `engine`: `[tcp] engine`; the header phase lives in the state both loops share.
-fn start(engine: &'static str) -> Deployment {
+/// `engine`: `[tcp] engine` (the header phase lives in the state both loops share);
+/// `extra`: further TOML tables.
+fn start(engine: &'static str, extra: &'static str) -> Deployment {
     Deployment::start_tls(TopologyOptions::default(), |topo, leaf| {
         let a = topo.addrs;
         let behind_lb = |port: u16, transports: &str| {
@@ -52,7 +53,7 @@ fn start(engine: &'static str) -> Deployment {
         };
         let sections = format!(
             "{}{}[tcp]\nengine = \"{engine}\"\nmax_connections_per_source = {PER_SOURCE}\nhandshake_timeout = {HANDSHAKE_TIMEOUT}\n\n\
-             [xdp]\nmode = \"off\"\n",
+             [xdp]\nmode = \"off\"\n\n{extra}",
             behind_lb(TLS_PORT, "\"tls\""),
             behind_lb(TCP_PORT, "\"tcp\""),
         );
@@ -154,7 +155,7 @@ fn tls_behind_a_v2_balancer_uses_the_client_address_everywhere_epoll() {
 }
 
 fn tls_behind_a_v2_balancer(engine: &'static str) {
-    let env = start(engine);
+    let env = start(engine, "");
     let a = env.addrs();
     let balancer = IpAddr::from(a.client);
     let alice = client(7, 40001);
@@ -243,7 +244,7 @@ fn tls_behind_a_v2_balancer(engine: &'static str) {
 
 #[test]
 fn plain_tcp_behind_a_v1_balancer_and_a_silent_one_times_out() {
-    let env = start("epoll");
+    let env = start("epoll", "");
     let balancer = IpAddr::from(env.addrs().client);
     let carol = client(10, 50000);
     let destination = SocketAddr::from((env.addrs().public, TCP_PORT));
@@ -271,4 +272,37 @@ fn plain_tcp_behind_a_v1_balancer_and_a_silent_one_times_out() {
     env.relay
         .wait_for_log("no complete PROXY header", LOG_WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn the_unauthenticated_rate_limit_counts_header_clients() {
+    let env = start(
+        "auto",
+        "[limits]\nunauthenticated_rate = 1\nunauthenticated_burst = 4\nunauthenticated_global_rate = 0\n",
+    );
+    let balancer = IpAddr::from(env.addrs().client);
+    let alice = client(7, 40001);
+    let mut c = tls_via(&env, balancer, v2(alice, &env)).expect("alice");
+    // Dropped requests get no answer: wait briefly for each.
+    c.stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let answered = (0..10).filter(|_| mapped(&mut c).is_some()).count();
+    assert!(
+        (4..=6).contains(&answered),
+        "{answered} of 10 Bindings in ~3 s answered at 1/s with a burst of 4\n{}",
+        env.relay.logs()
+    );
+    // Bob, through the same balancer, has his own budget.
+    let bob = client(8, 40001);
+    let mut b = tls_via(&env, balancer, v2(bob, &env)).expect("bob");
+    assert_eq!(mapped(&mut b), Some(bob), "{}", env.relay.logs());
+    let m = metrics(&env);
+    assert!(
+        m.lines().any(|l| l.contains("unauthenticated_rate")
+            && !l.starts_with('#')
+            && !l.ends_with(" 0")),
+        "no unauthenticated_rate drops counted\n{m}"
+    );
 }
