@@ -103,11 +103,6 @@ impl Admission {
         }
     }
 
-    /// `tcp.max_connections` reached: nothing more is admitted from any source.
-    pub fn is_full(&self) -> bool {
-        self.total >= self.max_total
-    }
-
     /// Connections counted now.
     #[cfg(test)]
     pub fn held(&self) -> usize {

@@ -31,20 +31,16 @@ impl State {
             (l.addr, l.plain, l.tls)
         };
         // Behind a load balancer the client is known only from the PROXY header: the
-        // per-source count waits for it (see `proxy_phase`), the total applies now.
+        // per-source count waits for it (see `proxy_phase`). The total applies now, to
+        // every socket held (those still waiting for their header included).
         let header_first = self.listeners[l].proxy_from.is_some();
         if header_first {
             if !self.proxy_source_allowed(l, peer, now) {
                 return None;
             }
-            if self.admission.is_full() {
-                self.refused(
-                    Refusal::Total {
-                        held: self.conns.len(),
-                    },
-                    peer,
-                    listener,
-                );
+            let held = self.conns.len();
+            if held >= self.settings.max_connections {
+                self.refused(Refusal::Total { held }, peer, listener);
                 return None;
             }
         } else if !self.admit(peer, listener) {
