@@ -1,15 +1,20 @@
-//! PROXY protocol in front of the relay's TLS and TCP listeners (issue 17): the client
-//! host plays the TCP load balancer (203.0.113.10, the only address in `proxy_from`),
-//! opening one connection per client it stands in for and writing the PROXY header
-//! before that client's bytes, as HAProxy's `send-proxy-v2` does; the TLS session
-//! begins after the header. The clients named in the headers are addresses the relay
-//! never sees on the wire, so whatever it reports of them came from the header.
+//! PROXY protocol in front of the relay's TLS and TCP listeners (issue 17). The client
+//! host is the TCP load balancer (203.0.113.10, the only address in `proxy_from`):
+//! [`Balancer`] forwards clients on addresses of their own (100.64.0.x, which the relay
+//! never sees on the wire) as HAProxy's `send-proxy-v2` does, one relay connection per
+//! client starting with a v2 header that names it; the TLS session begins after the
+//! header. Headers the tests need exactly (v1, LOCAL, from the wrong sender, none at
+//! all) are written straight onto a connection from the client host.
 //!
 //! Needs root and `target/debug/relay`.
 
 use std::{
-    io::Write,
-    net::{IpAddr, SocketAddr, TcpStream},
+    io::{self, Write},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -32,6 +37,8 @@ const TLS_PORT: u16 = 443;
 /// TURN over plain TCP behind the balancer (v1 headers).
 const TCP_PORT: u16 = 3479;
 const PER_SOURCE: u32 = 2;
+/// Where [`Balancer`] listens on the client host.
+const BALANCER_PORT: u16 = 8443;
 const HANDSHAKE_TIMEOUT: u64 = 2;
 
 /// Clients behind the balancer (carrier-grade NAT space: not on any link of the test).
@@ -66,6 +73,17 @@ fn start(engine: &'static str, extra: &'static str) -> Deployment {
     })
 }
 
+/// A TCP connection from `source` to `to`, with a read timeout (call it inside the
+/// namespace that owns `source`).
+fn dial(source: IpAddr, to: SocketAddr) -> io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    s.bind(&SocketAddr::new(source, 0).into())?;
+    s.connect_timeout(&to.into(), STREAM_TIMEOUT)?;
+    s.set_read_timeout(Some(STREAM_TIMEOUT))?;
+    s.set_tcp_nodelay(true)?;
+    Ok(s.into())
+}
+
 /// A TCP connection to `port` of the NAT address from `source` (an address of the client
 /// host), with `header` written first.
 fn connect_with(env: &Deployment, source: IpAddr, port: u16, header: Vec<u8>) -> TcpStream {
@@ -73,14 +91,9 @@ fn connect_with(env: &Deployment, source: IpAddr, port: u16, header: Vec<u8>) ->
     env.topo
         .client
         .run(move || {
-            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-            s.bind(&SocketAddr::new(source, 0).into())?;
-            s.connect_timeout(&server.into(), STREAM_TIMEOUT)?;
-            s.set_read_timeout(Some(STREAM_TIMEOUT))?;
-            s.set_tcp_nodelay(true)?;
-            let mut s: TcpStream = s.into();
+            let mut s = dial(source, server)?;
             s.write_all(&header)?;
-            Ok::<TcpStream, std::io::Error>(s)
+            Ok::<TcpStream, io::Error>(s)
         })
         .expect("enter namespace")
         .unwrap_or_else(|e| panic!("connect {server} from {source}: {e}"))
@@ -96,6 +109,105 @@ fn tls_via(
     let roots = env.ca.as_ref().expect("TLS deployment").roots();
     let tls = start_tls(sock, roots, env.addrs().public.into())?;
     Ok(StreamClient::new(tls, USER, PASSWORD))
+}
+
+/// A TCP load balancer on the client host: accepts clients on 203.0.113.10:8443 and, for
+/// each, connects to the relay's TLS port, writes a v2 header naming the client, then
+/// copies bytes both ways until either side closes.
+struct Balancer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Balancer {
+    fn start(env: &Deployment) -> Self {
+        let a = env.addrs();
+        let addr = SocketAddr::from((a.client, BALANCER_PORT));
+        let backend = SocketAddr::from((a.public, TLS_PORT));
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        env.topo
+            .client
+            .run(move || -> io::Result<()> {
+                let listener = TcpListener::bind(addr)?;
+                listener.set_nonblocking(true)?;
+                // Threads started here stay in the client namespace.
+                std::thread::spawn(move || {
+                    while !flag.load(Ordering::Relaxed) {
+                        match listener.accept() {
+                            Ok((front, from)) => {
+                                std::thread::spawn(move || forward(front, from, addr, backend));
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                });
+                Ok(())
+            })
+            .expect("enter namespace")
+            .expect("bind the balancer");
+        Self { addr, stop }
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One client through the balancer: the header, then both directions.
+fn forward(mut front: TcpStream, from: SocketAddr, to: SocketAddr, backend: SocketAddr) {
+    let connect = || -> io::Result<TcpStream> {
+        let mut s = dial(to.ip(), backend)?;
+        s.set_read_timeout(None)?;
+        let header = encode_v2(
+            Command::Proxy,
+            Some(Addresses {
+                source: from,
+                destination: to,
+            }),
+            &[(0xea, b"\x01vpce-0123456789abcdef0")],
+        );
+        s.write_all(&header)?;
+        Ok(s)
+    };
+    let Ok(mut back) = connect() else {
+        return;
+    };
+    let (Ok(mut front2), Ok(mut back2)) = (front.try_clone(), back.try_clone()) else {
+        return;
+    };
+    let up = std::thread::spawn(move || {
+        let _ = io::copy(&mut front, &mut back);
+        let _ = back.shutdown(Shutdown::Write);
+    });
+    let _ = io::copy(&mut back2, &mut front2);
+    let _ = front2.shutdown(Shutdown::Both);
+    let _ = up.join();
+}
+
+/// TURN over TLS from `from` (an address of the client host) through `balancer`: the
+/// client's own address and port, and the client; `Err` if the relay refused it.
+fn tls_through(
+    env: &Deployment,
+    balancer: &Balancer,
+    from: IpAddr,
+) -> (SocketAddr, io::Result<StreamClient<TlsStream>>) {
+    let to = balancer.addr;
+    let sock = env
+        .topo
+        .client
+        .run(move || dial(from, to))
+        .expect("enter namespace")
+        .unwrap_or_else(|e| panic!("connect {to} from {from}: {e}"));
+    let me = sock.local_addr().expect("local address");
+    let roots = env.ca.as_ref().expect("TLS deployment").roots();
+    let tls = start_tls(sock, roots, env.addrs().public.into());
+    (me, tls.map(|t| StreamClient::new(t, USER, PASSWORD)))
 }
 
 fn v2(client: SocketAddr, env: &Deployment) -> Vec<u8> {
@@ -158,11 +270,20 @@ fn tls_behind_a_v2_balancer(engine: &'static str) {
     let env = start(engine, "");
     let a = env.addrs();
     let balancer = IpAddr::from(a.client);
-    let alice = client(7, 40001);
+    // Alice and bob: addresses of the client host that only the balancer talks to.
+    let (alice_ip, bob_ip) = (client(7, 0).ip(), client(8, 0).ip());
+    for ip in [alice_ip, bob_ip] {
+        env.topo
+            .client
+            .ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+            .unwrap_or_else(|e| panic!("add {ip}: {e}"));
+    }
+    let lb = Balancer::start(&env);
 
     // XOR-MAPPED-ADDRESS, the allocation, its log line and the admin API: the client of
     // the header.
-    let mut c = tls_via(&env, balancer, v2(alice, &env)).expect("TLS through the balancer");
+    let (alice, c) = tls_through(&env, &lb, alice_ip);
+    let mut c = c.expect("TLS through the balancer");
     assert_eq!(mapped(&mut c), Some(alice), "{}", env.relay.logs());
     c.allocate()
         .unwrap_or_else(|e| panic!("allocate through the balancer: {e}\n{}", env.relay.logs()));
@@ -194,10 +315,10 @@ fn tls_behind_a_v2_balancer(engine: &'static str) {
 
     // The per-source limit counts header clients: alice's third connection is refused,
     // bob (another client through the same balancer) is served.
-    let second = tls_via(&env, balancer, v2(client(7, 40002), &env));
+    let (alice2, second) = tls_through(&env, &lb, alice_ip);
     let mut second = second.expect("alice's second connection");
-    assert_eq!(mapped(&mut second), Some(client(7, 40002)));
-    let third = tls_via(&env, balancer, v2(client(7, 40003), &env));
+    assert_eq!(mapped(&mut second), Some(alice2));
+    let (_, third) = tls_through(&env, &lb, alice_ip);
     assert!(
         third.map_or(true, |mut t| mapped(&mut t).is_none()),
         "a third connection of alice was served (max_connections_per_source = {PER_SOURCE})\n{}",
@@ -207,9 +328,9 @@ fn tls_behind_a_v2_balancer(engine: &'static str) {
         .relay
         .wait_for_log("tcp.max_connections_per_source", LOG_WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(line.contains("100.64.0.7"), "{line}");
-    let bob = client(8, 40001);
-    let mut b = tls_via(&env, balancer, v2(bob, &env)).expect("bob through the balancer");
+    assert!(line.contains(&format!("source={alice_ip}")), "{line}");
+    let (bob, b) = tls_through(&env, &lb, bob_ip);
+    let mut b = b.expect("bob through the balancer");
     assert_eq!(mapped(&mut b), Some(bob), "{}", env.relay.logs());
 
     // A health check (LOCAL) is the balancer's own connection.
