@@ -204,6 +204,7 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         listeners: vec![Listener {
             address: SocketAddr::new(lo, 3478),
             transports: vec![Transport::Udp],
+            proxy_from: None,
         }],
         relay_v4: Some(RelayAddrs {
             bind: lo,

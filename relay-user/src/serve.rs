@@ -97,6 +97,7 @@ fn apply_flags(mut c: Config, args: &ServeArgs) -> Config {
             .map(|a| Listener {
                 address: *a,
                 transports: vec![Transport::Udp],
+                proxy_from: None,
             })
             .collect();
     }

@@ -46,6 +46,12 @@ pub fn connect_tls(
     name: IpAddr,
     timeout: Duration,
 ) -> io::Result<TlsStream> {
+    start_tls(connect_tcp(server, timeout)?, roots, name)
+}
+
+/// TLS on a connected socket (which may have carried other bytes first, such as a PROXY
+/// protocol header), as [`connect_tls`] does.
+pub fn start_tls(sock: TcpStream, roots: RootCertStore, name: IpAddr) -> io::Result<TlsStream> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -54,7 +60,7 @@ pub fn connect_tls(
         .with_no_client_auth();
     let conn = ClientConnection::new(Arc::new(config), ServerName::IpAddress(name.into()))
         .map_err(io::Error::other)?;
-    let mut tls = StreamOwned::new(conn, connect_tcp(server, timeout)?);
+    let mut tls = StreamOwned::new(conn, sock);
     while tls.conn.is_handshaking() {
         tls.conn.complete_io(&mut tls.sock)?;
     }

@@ -148,4 +148,4 @@ fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] = &["stun_parse", "channel_data", "server"];
+const FUZZ_TARGETS: &[&str] = &["stun_parse", "channel_data", "server", "proxy_header"];

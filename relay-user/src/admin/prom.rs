@@ -93,6 +93,8 @@ struct TcpFigures {
     accepted: u64,
     refused_total: u64,
     refused_per_source: u64,
+    refused_proxy_source: u64,
+    refused_proxy_header: u64,
     dropped_backpressure: u64,
     stalls: u64,
     peer_send_errors: u64,
@@ -107,6 +109,8 @@ impl TcpFigures {
             accepted: get(&s.accepted),
             refused_total: get(&s.refused_total),
             refused_per_source: get(&s.refused_per_source),
+            refused_proxy_source: get(&s.refused_proxy_source),
+            refused_proxy_header: get(&s.refused_proxy_header),
             dropped_backpressure: get(&s.dropped_backpressure),
             stalls: get(&s.stalls),
             peer_send_errors: get(&s.peer_send_errors),
@@ -504,12 +508,14 @@ impl Collector for Scrape {
             family(
                 &mut enc,
                 "relay_tcp_connections",
-                "TURN client connections over TCP/TLS, by outcome: accepted, or refused at tcp.max_connections (limit) or at the per-source limit (per_source).",
+                "TURN client connections over TCP/TLS, by outcome: accepted, or refused at tcp.max_connections (limit), at the per-source limit (per_source), from outside a PROXY protocol listener's proxy_from (proxy_source), or for a missing or bad PROXY header (proxy_header).",
                 Counter,
                 [
                     (label("outcome", "accepted"), t.accepted),
                     (label("outcome", "limit"), t.refused_total),
                     (label("outcome", "per_source"), t.refused_per_source),
+                    (label("outcome", "proxy_source"), t.refused_proxy_source),
+                    (label("outcome", "proxy_header"), t.refused_proxy_header),
                 ],
             )?;
             family(

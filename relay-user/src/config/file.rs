@@ -40,6 +40,13 @@ pub struct ListenSection {
     pub address: String,
     #[serde(default = "default_transports")]
     pub transports: Vec<Transport>,
+    /// A PROXY protocol header (v1 or v2) precedes each connection's bytes: the relay sits
+    /// behind a TCP load balancer (TCP and TLS listeners only).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// CIDRs allowed to send that header (the load balancers); required with it.
+    #[serde(default)]
+    pub proxy_from: Vec<String>,
 }
 
 fn default_transports() -> Vec<Transport> {

@@ -6,6 +6,7 @@
 
 mod admin;
 mod file;
+mod listen_proxy;
 mod log;
 mod modes;
 mod tcp;

@@ -103,6 +103,9 @@ pub struct Config {
 pub struct Listener {
     pub address: SocketAddr,
     pub transports: Vec<Transport>,
+    /// `proxy_protocol = true`: every connection starts with a PROXY header, accepted
+    /// only from these networks (`proxy_from`). `None`: no header.
+    pub proxy_from: Option<Vec<IpNet>>,
 }
 
 /// Where relay ports bind, and what clients are told (static NAT).
@@ -257,9 +260,11 @@ impl ConfigFile {
                         format!("{t:?} is listed twice"),
                     ));
                 }
+                let proxy_from = super::listen_proxy::proxy_from(i, &l)?;
                 Ok(Listener {
                     address,
                     transports: l.transports,
+                    proxy_from,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -595,7 +600,7 @@ fn entries<T, E: fmt::Display>(
 }
 
 /// Plain CIDRs (or single addresses); host bits set are refused as ambiguous.
-fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+pub(super) fn cidrs(key: &str, values: &[String]) -> Result<Vec<IpNet>, ConfigError> {
     entries(key, values, parse_net)
 }
 

@@ -71,6 +71,9 @@ pub struct Conn {
     /// the socket is shut (the client has seen the close and may reconnect), which can
     /// be before the loop forgets it.
     pub counted: bool,
+    /// On a `proxy_protocol` listener until the PROXY header is complete: the bytes of it
+    /// received so far. The 5-tuple holds the balancer's address meanwhile.
+    pub proxy_pending: Option<Vec<u8>>,
     pub io: IoState,
 }
 
@@ -92,6 +95,7 @@ impl Conn {
             link: None,
             partner_full: false,
             counted: false,
+            proxy_pending: None,
             io: IoState::default(),
         }
     }

@@ -122,6 +122,7 @@ pub fn spawn(
             plain,
             tls,
             sock,
+            proxy_from: l.proxy_from.clone(),
         });
     }
     let tls = match &config.tls {

@@ -3,7 +3,12 @@
 //! reason, and forgotten once the loop has nothing in flight for them, which ends the
 //! allocation made on a client connection.
 
-use std::{io, net::TcpStream, sync::atomic::Ordering, time::Instant};
+use std::{
+    io,
+    net::{SocketAddr, TcpStream},
+    sync::atomic::Ordering,
+    time::Instant,
+};
 
 use relay_proto::server::{FiveTuple, Transport};
 
@@ -25,25 +30,21 @@ impl State {
             let l = &self.listeners[l];
             (l.addr, l.plain, l.tls)
         };
-        match self.admission.admit(peer.ip()) {
-            Ok(()) => {}
-            Err(Refusal::Total { held }) => {
-                let refused = bump(&self.stats.refused_total);
-                if refused.is_power_of_two() {
-                    tracing::warn!(client = %peer, %listener, held, refused,
-                        "TCP connection refused: the relay holds tcp.max_connections already (raise it, and the open-files limit)");
-                }
+        // Behind a load balancer the client is known only from the PROXY header: the
+        // per-source count waits for it (see `proxy_phase`). The total applies now, to
+        // every socket held (those still waiting for their header included).
+        let header_first = self.listeners[l].proxy_from.is_some();
+        if header_first {
+            if !self.proxy_source_allowed(l, peer, now) {
                 return None;
             }
-            Err(Refusal::PerSource { source, held }) => {
-                let refused = bump(&self.stats.refused_per_source);
-                if refused.is_power_of_two() {
-                    tracing::warn!(client = %peer, %source, %listener, held, refused,
-                        "TCP connection refused: this source (an IPv4 address or an IPv6 /64) holds tcp.max_connections_per_source already \
-                         (abuse, or many clients behind one NAT: then raise the limit)");
-                }
+            let held = self.conns.len();
+            if held >= self.settings.max_connections {
+                self.refused(Refusal::Total { held }, peer, listener);
                 return None;
             }
+        } else if !self.admit(peer, listener) {
+            return None;
         }
         let _ = stream.set_nodelay(true);
         let mode = match (plain, tls) {
@@ -52,7 +53,9 @@ impl State {
             (false, _) => match tls_session(self.tls.as_ref()) {
                 Some(s) => Mode::Tls(s),
                 None => {
-                    self.admission.release(peer.ip());
+                    if !header_first {
+                        self.admission.release(peer.ip());
+                    }
                     return None;
                 }
             },
@@ -64,15 +67,50 @@ impl State {
         };
         let five = FiveTuple::new(peer, listener, transport);
         let mut conn = Conn::new(stream, five, mode, now);
-        conn.counted = true;
+        conn.counted = !header_first;
+        conn.proxy_pending = header_first.then(Vec::new);
         let id = self.conns.insert(conn);
         self.stats
             .held
             .store(self.conns.len() as u64, Ordering::Relaxed);
-        self.by_tuple.insert((peer, listener), id);
+        if !header_first {
+            self.by_tuple.insert((peer, listener), id);
+        }
         bump(&self.stats.accepted);
         tracing::debug!(client = %five, "TCP connection accepted");
         Some(id)
+    }
+
+    /// Counts a connection from `client` against the limits; a refusal is counted and
+    /// logged.
+    pub(super) fn admit(&mut self, client: SocketAddr, listener: SocketAddr) -> bool {
+        match self.admission.admit(client.ip()) {
+            Ok(()) => true,
+            Err(r) => {
+                self.refused(r, client, listener);
+                false
+            }
+        }
+    }
+
+    fn refused(&mut self, r: Refusal, client: SocketAddr, listener: SocketAddr) {
+        match r {
+            Refusal::Total { held } => {
+                let refused = bump(&self.stats.refused_total);
+                if refused.is_power_of_two() {
+                    tracing::warn!(%client, %listener, held, refused,
+                        "TCP connection refused: the relay holds tcp.max_connections already (raise it, and the open-files limit)");
+                }
+            }
+            Refusal::PerSource { source, held } => {
+                let refused = bump(&self.stats.refused_per_source);
+                if refused.is_power_of_two() {
+                    tracing::warn!(%client, %source, %listener, held, refused,
+                        "TCP connection refused: this source (an IPv4 address or an IPv6 /64) holds tcp.max_connections_per_source already \
+                         (abuse, or many clients behind one NAT: then raise the limit)");
+                }
+            }
+        }
     }
 
     /// The loop shut connection `id` down: the client sees the close now, so its source

@@ -8,6 +8,7 @@
 //! queueing what comes back. A client that does not read has data from its peers dropped
 //! once [`HIGH_WATER`](super::stream::HIGH_WATER) bytes wait for it, as a UDP path would.
 //! - `lifecycle`: accepting, closing and releasing connections;
+//! - `proxy`: the PROXY protocol header on listeners behind a load balancer;
 //! - `receive`: bytes read, through TLS and framing, to the core;
 //! - `relays`: the UDP relay sockets and the core's commands (through
 //!   [`crate::shard::apply`]);
@@ -15,6 +16,7 @@
 //! - `sweep`: timers and idle/handshake timeouts.
 
 mod lifecycle;
+mod proxy;
 mod receive;
 mod relays;
 mod splice;
@@ -105,6 +107,8 @@ pub struct StreamListener {
     pub plain: bool,
     pub tls: bool,
     pub sock: TcpListener,
+    /// `proxy_protocol`: connections start with a PROXY header, from these networks only.
+    pub proxy_from: Option<Vec<ipnet::IpNet>>,
 }
 
 /// What this shard keeps per relay socket (see [`RelaySockets`]).
@@ -142,6 +146,10 @@ pub struct Stats {
     pub accepted: AtomicU64,
     pub refused_total: AtomicU64,
     pub refused_per_source: AtomicU64,
+    /// Connections to a `proxy_protocol` listener from outside its `proxy_from`.
+    pub refused_proxy_source: AtomicU64,
+    /// Connections whose PROXY header was bad, or claimed a client already connected.
+    pub refused_proxy_header: AtomicU64,
     pub dropped_backpressure: AtomicU64,
     pub peer_send_errors: AtomicU64,
     pub stalls: AtomicU64,
@@ -166,6 +174,8 @@ pub struct State {
     /// Client connections counted against `tcp.max_connections` and per source (see
     /// [`Conn::counted`]).
     admission: Admission,
+    /// Refusals of senders outside `proxy_from`, for the log.
+    proxy_refused: proxy::RefusedSources,
     pub relays: RelaySockets<RelayFlow>,
     /// RFC 6062 peer connections.
     pub peers: Slab<Conn>,
@@ -218,6 +228,7 @@ impl State {
             conns: Slab::default(),
             by_tuple: HashMap::new(),
             admission,
+            proxy_refused: proxy::refused_sources(),
             relays: RelaySockets::default(),
             peers: Slab::default(),
             peer_by_conn: HashMap::new(),

@@ -43,6 +43,18 @@ impl State {
         if c.closing.is_some() || data.is_empty() {
             return;
         }
+        // Behind a load balancer the PROXY header comes first, before TLS.
+        let data = if c.proxy_pending.is_some() {
+            match self.proxy_phase(id, data) {
+                Some(used) if used < data.len() => &data[used..],
+                _ => return,
+            }
+        } else {
+            data
+        };
+        let Some(c) = self.conns.get_mut(id) else {
+            return;
+        };
         if matches!(c.wire.mode, Mode::Detect) {
             let listener = c.five.listener;
             let tls_ok = self.listeners.iter().any(|l| l.addr == listener && l.tls);

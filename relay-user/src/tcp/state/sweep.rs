@@ -28,6 +28,7 @@ impl State {
             return;
         }
         self.next_sweep = now + SWEEP_EVERY;
+        self.expire_proxy_log(now);
         let mut keys = std::mem::take(&mut self.sweep_keys);
         keys.clear();
         keys.extend(self.conns.keys());
@@ -58,9 +59,20 @@ impl State {
                 self.settings.idle_timeout,
                 now,
             );
-            if let Some(why) = why {
-                tracing::debug!(client = %c.five, reason = why, "closing TCP connection");
-                self.close(id, why);
+            match why {
+                Some(_) if c.proxy_pending.is_some() => {
+                    let (source, listener) = (c.five.client, c.five.listener);
+                    super::bump(&self.stats.refused_proxy_header);
+                    tracing::info!(%source, %listener,
+                        "TCP connection refused: no complete PROXY header within tcp.handshake_timeout \
+                         (is the load balancer sending the PROXY protocol?)");
+                    self.close(id, "no PROXY header within tcp.handshake_timeout");
+                }
+                Some(why) => {
+                    tracing::debug!(client = %c.five, reason = why, "closing TCP connection");
+                    self.close(id, why);
+                }
+                None => {}
             }
         }
         keys.clear();
