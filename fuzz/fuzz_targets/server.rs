@@ -243,7 +243,8 @@ fuzz_target!(|data: &[u8]| {
                 Command::ConnectPeer { .. }
                 | Command::SendToClient { .. }
                 | Command::SpliceConnection { .. }
-                | Command::CloseConnection { .. } => {}
+                | Command::CloseConnection { .. }
+                | Command::CloseClient { .. } => {}
             }
         }
         while server.poll_event().is_some() {}
