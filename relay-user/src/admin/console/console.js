@@ -2,7 +2,8 @@
 // The operator's console: polls the admin API (with the session cookie the page was
 // opened with) and redraws in place. No library, nothing from elsewhere.
 (function () {
-  document.documentElement.classList.add("js");
+  // Not "js": that class hides what only the script fills, and would hide <html> itself.
+  document.documentElement.classList.add("scripted");
   const POLL_MS = 1000;
   const SPARK_POINTS = 60;
   const $ = (s) => document.querySelector(s);
@@ -245,8 +246,11 @@
     g.clearRect(0, 0, w, h);
     const left = 56, bottom = 16, top = 6, right = 6;
     const pw = w - left - right, ph = h - top - bottom;
-    const span = 600 * 1000;
     const now = samples.length ? samples[samples.length - 1].at_unix_ms : Date.now();
+    // The last 10 minutes; less while the relay (or its history) is younger than that,
+    // so a fresh start does not squeeze everything against the right edge.
+    const held = samples.length ? now - samples[0].at_unix_ms : 0;
+    const span = Math.min(600e3, Math.max(60e3, Math.ceil(held / 60e3) * 60e3));
     let max = 0;
     const peaks = {};
     for (const s of series) {
@@ -269,7 +273,7 @@
       g.fillText(si((max * i) / 2, unit), left - 4, y);
     }
     g.textAlign = "left"; g.textBaseline = "alphabetic";
-    g.fillText("-10 min", left, h - 3);
+    g.fillText("-" + span / 60e3 + " min", left, h - 3);
     g.textAlign = "right";
     g.fillText("now", left + pw, h - 3);
     for (const s of series) {
