@@ -7,6 +7,9 @@
 //! token the page is a 401 login form. A screenshot is kept under
 //! `target/test-artifacts/console.png`.
 //!
+//! A second test ends a TCP client's allocation with `relay status --disconnect`: its
+//! connection closes at once.
+//!
 //! Chromium runs in the relay namespace (the admin endpoint is on its loopback).
 //! Needs root, `chromium`, `coturn`, `nftables` and `target/debug/relay`.
 
@@ -19,7 +22,7 @@ use relay_tests::{
     Topology, TopologyOptions,
     browser::find_chromium,
     cdp::Browser,
-    fixture::{Deployment, RelayConfig, UCLIENT_TIMEOUT, USER, start_relay, turn_client},
+    fixture::{Deployment, Listen, RelayConfig, UCLIENT_TIMEOUT, USER, start_relay, turn_client},
 };
 use relay_tools::status::AdminClient;
 
@@ -31,6 +34,7 @@ const PAGE_WAIT: Duration = Duration::from_secs(15);
 
 fn config(topo: &Topology) -> String {
     RelayConfig {
+        listen: Listen::both_nics(&topo.addrs, 3478, &["udp", "tcp"]),
         sections: format!(
             "[admin]\naddress = \"{ADMIN}\"\ntoken = \"{TOKEN}\"\n\n[xdp]\n\
              interfaces = [\"{}\", \"{}\"]\nmode = \"native\"\nforwarding = \"auto\"\n",
@@ -235,4 +239,62 @@ fn console_shows_a_live_session_filters_and_disconnects() {
     drop(b);
     let took = started.elapsed();
     eprintln!("console test took {took:?}");
+}
+
+#[test]
+fn relay_status_disconnect_closes_a_tcp_clients_connection() {
+    let env = Deployment::start(TopologyOptions::default(), |t| {
+        start_relay(&t.relay, &config(t))
+    });
+    env.relay
+        .wait_for_log("admin API listening", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut c = env.tcp_client(3478);
+    let relayed = c.allocate().expect("allocate over TCP");
+    let admin = AdminClient::new(ADMIN.parse().unwrap(), Some(TOKEN.into()));
+    let view = env
+        .topo
+        .relay
+        .run(move || admin.allocations())
+        .unwrap()
+        .expect("/api/allocations");
+    let a = view
+        .allocations
+        .iter()
+        .find(|a| a.relayed.iter().any(|r| r.public == relayed))
+        .unwrap_or_else(|| panic!("no allocation for {relayed} in {view:?}"));
+    assert_eq!(a.transport, "tcp");
+
+    let out = env
+        .topo
+        .relay
+        .exec(
+            relay_tests::relay_binary().to_str().unwrap(),
+            &[
+                "status",
+                "--admin",
+                ADMIN,
+                "--token",
+                TOKEN,
+                "--disconnect",
+                &a.id,
+            ],
+        )
+        .unwrap_or_else(|e| panic!("relay status --disconnect: {e}"));
+    assert!(
+        out.contains(&format!("disconnected allocation {}", a.id)) && out.contains("tcp"),
+        "{out}"
+    );
+    // The connection is closed by the relay (EOF), not left to time out.
+    let asked = Instant::now();
+    let r = c.read_frame();
+    assert!(
+        r.is_err() && asked.elapsed() < Duration::from_secs(3),
+        "the TCP connection is still open {:?} after the disconnect: {r:?}\n{}",
+        asked.elapsed(),
+        env.relay.logs()
+    );
+    env.relay
+        .wait_for_log("disconnected by an operator", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
