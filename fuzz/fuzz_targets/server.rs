@@ -1,5 +1,6 @@
 //! Drives the TURN server with a sequence of client packets, peer datagrams, signed requests
-//! (so the authenticated paths are reached), clock jumps and data-path notifications; checks
+//! (so the authenticated paths are reached), clock jumps, data-path notifications and
+//! operators' disconnects; checks
 //! that nothing panics and that the command stream stays consistent with the table.
 
 #![no_main]
@@ -111,7 +112,7 @@ fuzz_target!(|data: &[u8]| {
     let mut grants: HashSet<(u64, IpAddr)> = HashSet::new();
 
     while let Some(op) = input.u8() {
-        match op % 8 {
+        match op % 9 {
             0 => {
                 let from = tuple(input.u8().unwrap_or(0));
                 let len = usize::from(input.u16() % 600);
@@ -212,7 +213,17 @@ fuzz_target!(|data: &[u8]| {
                 let port = 30000 + u16::from(input.u8().unwrap_or(0) % 16);
                 server.relay_bind_failed(now, SocketAddr::new(relay4.bind, port));
             }
-            _ => server.set_draining(input.u8().unwrap_or(0) & 1 == 1),
+            7 => server.set_draining(input.u8().unwrap_or(0) & 1 == 1),
+            _ => {
+                // An operator ends one of the live allocations (or none: a stale id).
+                let sel = usize::from(input.u8().unwrap_or(0));
+                let n = server.allocation_count();
+                let id = server.allocations().nth(sel % (n + 1)).map(|a| a.id());
+                if let Some(id) = id {
+                    assert!(server.disconnect(now, id).is_some());
+                    assert!(server.disconnect(now, id).is_none(), "ended twice");
+                }
+            }
         }
         server.handle_timeout(now);
         if let Some(t) = server.poll_timeout() {
@@ -244,6 +255,13 @@ fuzz_target!(|data: &[u8]| {
                 | Command::SendToClient { .. }
                 | Command::SpliceConnection { .. }
                 | Command::CloseConnection { .. } => {}
+                Command::CloseClient { id, client } => {
+                    assert!(client.transport.is_stream(), "CloseClient for {client:?}");
+                    assert!(
+                        !live.values().any(|v| *v == id.as_u64()),
+                        "connection closed before its relay"
+                    );
+                }
             }
         }
         while server.poll_event().is_some() {}

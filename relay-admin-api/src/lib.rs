@@ -4,6 +4,8 @@
 //! Plain serde types, no HTTP: the daemon does not link the tools' client, nor the tools
 //! the daemon.
 
+pub mod table;
+
 use std::net::{IpAddr, SocketAddr};
 
 use relay_common::AllocCounters;
@@ -193,6 +195,50 @@ pub struct LastReloadView {
 pub struct AdminView {
     pub address: SocketAddr,
     pub token_required: bool,
+}
+
+/// `/api/history`: what the relay relayed, held and refused, one sample a second over
+/// the last ten minutes (the console's charts).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HistoryView {
+    /// Seconds between samples.
+    pub interval_s: u64,
+    /// Oldest first; at most ten minutes' worth.
+    pub samples: Vec<HistorySample>,
+}
+
+/// One second of the relay: rates over the interval before `at_unix_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistorySample {
+    pub at_unix_ms: u64,
+    /// Relayed by the kernel fast path (UDP clients).
+    pub kernel: RateView,
+    /// Relayed by the userspace UDP data path (UDP clients, what the kernel passed up).
+    pub userspace_udp: RateView,
+    /// Relayed by the userspace TCP/TLS data path.
+    pub userspace_tcp: RateView,
+    /// Allocations held at the sample.
+    pub allocations: usize,
+    /// Requests whose credentials did not verify, per second.
+    pub auth_failures_per_s: f64,
+    /// 403 answers (peer refused by the policy), per second.
+    pub forbidden_per_s: f64,
+}
+
+/// Packets and payload bits per second, both directions together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RateView {
+    pub packets_per_s: f64,
+    pub bits_per_s: f64,
+}
+
+/// `DELETE /api/allocations/{id}`: what was ended.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DisconnectedView {
+    pub id: String,
+    pub user: String,
+    pub client: SocketAddr,
+    pub transport: String,
 }
 
 /// Packets and payload bytes in both directions, a plain value for sums (and the traffic

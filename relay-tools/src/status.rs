@@ -14,7 +14,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper::{Request, body::Bytes, header};
 use hyper_util::rt::TokioIo;
 
-use relay_admin_api::{AllocationView, AllocationsView, StatusView, Traffic};
+use relay_admin_api::{
+    AllocationsView, DisconnectedView, StatusView,
+    table::{self, duration},
+};
 
 /// Environment variable read for the token when `--token` is not given.
 pub const TOKEN_ENV: &str = "RELAY_ADMIN_TOKEN";
@@ -36,6 +39,10 @@ pub struct StatusArgs {
     pub json: bool,
     #[arg(long = "timeout-ms", value_name = "MS", default_value_t = 5000)]
     pub timeout_ms: u64,
+    /// End allocation ID (the `id` of `--json`, or the console's) instead of showing the
+    /// table: its kernel entries and relay port go, a TCP/TLS client's connection closes.
+    #[arg(long, value_name = "ID")]
+    pub disconnect: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,13 +70,15 @@ pub enum StatusError {
     },
     #[error("{path}: unexpected answer: {reason}")]
     Protocol { path: String, reason: String },
+    #[error("`{0}` is not an allocation id (the hexadecimal `id` of `relay status --json`)")]
+    BadId(String),
 }
 
 impl StatusError {
     /// 1 the endpoint answered with an error, 2 no answer, 64 usage.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StatusError::BadUrl(_) | StatusError::Config(_) => 64,
+            StatusError::BadUrl(_) | StatusError::Config(_) | StatusError::BadId(_) => 64,
             StatusError::Unreachable { .. } | StatusError::Timeout { .. } => 2,
             StatusError::Http { .. } | StatusError::Protocol { .. } => 1,
         }
@@ -103,6 +112,11 @@ impl AdminClient {
 
     /// GET `path`; returns the status code and the body.
     pub fn get(&self, path: &str) -> Result<(u16, String), StatusError> {
+        self.send(hyper::Method::GET, path)
+    }
+
+    /// `method` on `path`; returns the status code and the body.
+    pub fn send(&self, method: hyper::Method, path: &str) -> Result<(u16, String), StatusError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -111,7 +125,7 @@ impl AdminClient {
                 reason: format!("no async runtime: {e}"),
             })?;
         rt.block_on(async {
-            tokio::time::timeout(self.timeout, self.get_async(path))
+            tokio::time::timeout(self.timeout, self.send_async(method, path))
                 .await
                 .map_err(|_| StatusError::Timeout {
                     address: self.address,
@@ -120,7 +134,11 @@ impl AdminClient {
         })
     }
 
-    async fn get_async(&self, path: &str) -> Result<(u16, String), StatusError> {
+    async fn send_async(
+        &self,
+        method: hyper::Method,
+        path: &str,
+    ) -> Result<(u16, String), StatusError> {
         let unreachable = |reason: String| StatusError::Unreachable {
             address: self.address,
             reason,
@@ -136,7 +154,10 @@ impl AdminClient {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         let conn = tokio::spawn(conn);
-        let mut req = Request::get(path).header(header::HOST, self.address.to_string());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.address.to_string());
         if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -160,7 +181,16 @@ impl AdminClient {
 
     /// GET `path` expecting 200 and a JSON document.
     pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, StatusError> {
-        let (code, body) = self.get(path)?;
+        self.json(hyper::Method::GET, path)
+    }
+
+    /// `method` on `path` expecting 200 and a JSON document.
+    fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+    ) -> Result<T, StatusError> {
+        let (code, body) = self.send(method, path)?;
         if code != 200 {
             let hint = match code {
                 401 => " (pass the [admin] token with --token or $RELAY_ADMIN_TOKEN)",
@@ -185,6 +215,15 @@ impl AdminClient {
 
     pub fn status(&self) -> Result<StatusView, StatusError> {
         self.get_json("/api/status")
+    }
+
+    /// Ends allocation `id` (`DELETE /api/allocations/{id}`).
+    pub fn disconnect(&self, id: &str) -> Result<DisconnectedView, StatusError> {
+        // Ids are hex; anything else is refused by the relay, never sent as a path.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StatusError::BadId(id.to_owned()));
+        }
+        self.json(hyper::Method::DELETE, &format!("/api/allocations/{id}"))
     }
 }
 
@@ -246,6 +285,14 @@ pub fn run(args: &StatusArgs, read_config: ReadConfig<'_>) -> i32 {
 
 fn show(args: &StatusArgs, read_config: ReadConfig<'_>) -> Result<(), StatusError> {
     let client = client(args, read_config)?;
+    if let Some(id) = &args.disconnect {
+        let d = client.disconnect(id)?;
+        print_out(&format!(
+            "disconnected allocation {} of {} ({} {})\n",
+            d.id, d.user, d.transport, d.client
+        ));
+        return Ok(());
+    }
     let view = client.allocations()?;
     if args.json {
         let text = serde_json::to_string_pretty(&view).map_err(|e| StatusError::Protocol {
@@ -269,25 +316,7 @@ fn print_out(text: &str) {
 /// The header and the table, as printed.
 pub fn render(status: &StatusView, view: &AllocationsView) -> String {
     let mut out = String::new();
-    let xdp = if status.xdp.interfaces.is_empty() {
-        format!(
-            "off{}",
-            status
-                .xdp
-                .off_reason
-                .as_ref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
-        )
-    } else {
-        status
-            .xdp
-            .interfaces
-            .iter()
-            .map(|i| format!("{} {}", i.name, i.mode))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    let xdp = table::xdp(&status.xdp);
     // After a handover: which generation serves, and when it took over.
     let generation = match status.took_over_unix {
         Some(at) => format!(
@@ -322,21 +351,8 @@ pub fn render(status: &StatusView, view: &AllocationsView) -> String {
         out.push_str("no allocations\n");
         return out;
     }
-    let header = [
-        "CLIENT",
-        "USER",
-        "LISTENER",
-        "RELAYED",
-        "PEERS",
-        "CH",
-        "TO PEER",
-        "TO CLIENT",
-        "DROPPED",
-        "IN KERNEL",
-        "AGE",
-        "EXPIRES",
-    ];
-    let rows: Vec<[String; 12]> = view.allocations.iter().map(row).collect();
+    let header = table::COLUMNS;
+    let rows: Vec<[String; 12]> = view.allocations.iter().map(table::row).collect();
     let mut widths = header.map(str::len);
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
@@ -363,77 +379,6 @@ pub fn render(status: &StatusView, view: &AllocationsView) -> String {
     out
 }
 
-fn row(a: &AllocationView) -> [String; 12] {
-    let relayed: Vec<String> = a.relayed.iter().map(|r| r.public.to_string()).collect();
-    let peers: Vec<String> = a.permissions.iter().map(|p| p.peer.to_string()).collect();
-    let channels = a.channels.iter().filter(|c| !c.cooling).count();
-    let kernel = match a.kernel {
-        None => "-".to_owned(),
-        Some(k) => {
-            let all = a.total.to_peer_packets + a.total.to_client_packets;
-            let fast = k.to_peer_packets + k.to_client_packets;
-            // No traffic yet: no share to show.
-            (fast * 100)
-                .checked_div(all)
-                .map_or_else(|| "-".to_owned(), |p| format!("{p}%"))
-        }
-    };
-    [
-        format!("{} {}", a.transport, a.client),
-        a.user.clone(),
-        a.listener.to_string(),
-        relayed.join(","),
-        if peers.is_empty() {
-            "-".to_owned()
-        } else {
-            peers.join(",")
-        },
-        channels.to_string(),
-        traffic(a.total, true),
-        traffic(a.total, false),
-        // Over a bandwidth limit (`[limits] max_bps_*`).
-        a.bandwidth_dropped.to_string(),
-        kernel,
-        duration(a.age_s),
-        duration(a.remaining_s),
-    ]
-}
-
-fn traffic(t: Traffic, to_peer: bool) -> String {
-    let (p, b) = if to_peer {
-        (t.to_peer_packets, t.to_peer_bytes)
-    } else {
-        (t.to_client_packets, t.to_client_bytes)
-    };
-    format!("{p} pkt/{}", bytes(b))
-}
-
-fn bytes(b: u64) -> String {
-    const UNITS: [&str; 4] = ["kB", "MB", "GB", "TB"];
-    if b < 1000 {
-        return format!("{b} B");
-    }
-    let mut v = b as f64 / 1000.0;
-    let mut unit = UNITS[0];
-    for u in &UNITS[1..] {
-        if v < 1000.0 {
-            break;
-        }
-        v /= 1000.0;
-        unit = u;
-    }
-    format!("{v:.1} {unit}")
-}
-
-fn duration(s: u64) -> String {
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,17 +397,6 @@ mod tests {
         assert_eq!(AdminClient::parse_address("127.0.0.1:9641").unwrap(), a);
         assert!(AdminClient::parse_address("https://127.0.0.1:9641").is_err());
         assert!(AdminClient::parse_address("localhost").is_err());
-    }
-
-    #[test]
-    fn human_units() {
-        assert_eq!(bytes(999), "999 B");
-        assert_eq!(bytes(12_345), "12.3 kB");
-        assert_eq!(bytes(5_000_000_000), "5.0 GB");
-        assert_eq!(duration(59), "59s");
-        assert_eq!(duration(61), "1m01s");
-        assert_eq!(duration(7260), "2h01m");
-        assert_eq!(duration(90_000), "1d01h");
     }
 
     #[test]

@@ -231,14 +231,17 @@ fn write(w: &mut Writer, event: Event, kernel: Option<AllocCounters>, now: Insta
                 CloseReason::RelayUnavailable => {
                     "relay port could not be bound (check the port range is free)"
                 }
+                CloseReason::Disconnected => "disconnected by an operator (admin API)",
             };
             // A TCP/TLS client hanging up is how calls normally end; a port that could not
             // be bound needs the operator.
             match reason {
-                CloseReason::ClientClosed => tracing::info!(%id, %user, %client, reason = why,
+                CloseReason::ClientClosed | CloseReason::Disconnected => {
+                    tracing::info!(%id, %user, %client, reason = why,
                 to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,
                 xdp_to_peer_packets = k(|k| k.to_peer_packets),
-                xdp_to_client_packets = k(|k| k.to_client_packets), "allocation closed"),
+                xdp_to_client_packets = k(|k| k.to_client_packets), "allocation closed")
+                }
                 CloseReason::RelayUnavailable => {
                     tracing::warn!(%id, %user, %client, reason = why,
                 to_peer_packets = c.to_peer_packets, to_client_packets = c.to_client_packets,

@@ -13,7 +13,13 @@ use relay_proto::{
 };
 
 /// Why allocations ended, as the `reason` label of `relay_allocations_ended_total`.
-pub const END_REASONS: [&str; 4] = ["expired", "deleted", "client_closed", "relay_unavailable"];
+pub const END_REASONS: [&str; 5] = [
+    "expired",
+    "deleted",
+    "client_closed",
+    "relay_unavailable",
+    "disconnected",
+];
 
 /// Why authentication failed, as the `reason` label of `relay_auth_failures_total`.
 pub const AUTH_REASONS: [&str; 8] = [
@@ -171,6 +177,7 @@ fn observe(c: &EventCounters, event: &Event) {
             let i = match reason {
                 CloseReason::ClientClosed => 2,
                 CloseReason::RelayUnavailable => 3,
+                CloseReason::Disconnected => 4,
             };
             end(i, client, counters);
         }

@@ -290,6 +290,18 @@ impl Chromium {
         url: &str,
         extra: &[&str],
     ) -> std::io::Result<Self> {
+        Self::launch_configured(ns, binary, url, extra, |_| {})
+    }
+
+    /// Like [`launch_with`](Self::launch_with), `configure` adjusting the command last
+    /// (the DevTools pipe of [`crate::cdp`]).
+    pub fn launch_configured(
+        ns: &Netns,
+        binary: &Path,
+        url: &str,
+        extra: &[&str],
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> std::io::Result<Self> {
         let dir = std::env::temp_dir().join(format!("chromium-test-{}", crate::netns::unique_id()));
         std::fs::create_dir_all(&dir)?;
         let profile = dir.join("profile");
@@ -307,6 +319,7 @@ impl Chromium {
             // New process group led by the child: Chromium's helpers (zygote, renderer,
             // network service) inherit it, so one kill(-pgid) ends them all.
             .process_group(0);
+        configure(&mut cmd);
         let child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {

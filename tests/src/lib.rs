@@ -5,6 +5,7 @@
 //! tests are in `tests/`.
 
 pub mod browser;
+pub mod cdp;
 pub mod certs;
 pub mod cmd;
 pub mod container;

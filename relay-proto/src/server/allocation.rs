@@ -33,6 +33,15 @@ impl fmt::Display for AllocationId {
     }
 }
 
+/// The hexadecimal form [`Display`](fmt::Display) writes (the admin endpoint's ids).
+impl std::str::FromStr for AllocationId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u64::from_str_radix(s, 16).map(Self)
+    }
+}
+
 /// IP family of a relayed address.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum Family {

@@ -110,6 +110,10 @@ pub enum Command {
         id: AllocationId,
         conn: ConnectionId,
     },
+    /// Close the TCP/TLS connection of stream client `client` (an operator ended its
+    /// allocation: the client must see it gone, not wait for a Refresh to fail). Comes
+    /// after the allocation's `AllocationRemoved`; never for a UDP client.
+    CloseClient { id: AllocationId, client: FiveTuple },
 }
 
 impl Command {
@@ -124,7 +128,8 @@ impl Command {
             | Command::ConnectPeer { id, .. }
             | Command::SendToClient { id, .. }
             | Command::SpliceConnection { id, .. }
-            | Command::CloseConnection { id, .. } => *id,
+            | Command::CloseConnection { id, .. }
+            | Command::CloseClient { id, .. } => *id,
         }
     }
 }

@@ -21,6 +21,8 @@ pub enum CloseReason {
     ClientClosed,
     /// The data path could not bind its relay address.
     RelayUnavailable,
+    /// An operator ended it (the admin endpoint's `DELETE /api/allocations/{id}`).
+    Disconnected,
 }
 
 /// The capacity limit that refused a new allocation.

@@ -83,6 +83,22 @@ impl Server {
         Some(a)
     }
 
+    /// Ends allocation `id` at an operator's request, as expiry would (kernel entries,
+    /// relay sockets and port go the same way), and closes a stream client's connection
+    /// so it sees the end at once; a UDP client's next Refresh gets 437. Returns the user
+    /// and client it belonged to; `None` if this server holds no such allocation.
+    pub fn disconnect(&mut self, now: Instant, id: AllocationId) -> Option<(Arc<str>, FiveTuple)> {
+        let a =
+            self.remove_allocation(now, id, Removal::Closed(CloseReason::Disconnected), None)?;
+        if a.client.transport.is_stream() {
+            self.commands.push_back(Command::CloseClient {
+                id,
+                client: a.client,
+            });
+        }
+        Some((a.user, a.client))
+    }
+
     /// Takes a free port out of circulation for [`PORT_QUARANTINE`].
     pub(super) fn quarantine(&mut self, now: Instant, family: Family, port: u16) {
         // Busy for another reason (reserved, another shard's allocation): left alone.

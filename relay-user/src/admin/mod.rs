@@ -3,9 +3,13 @@
 //! - `GET /metrics`: Prometheus metrics (OpenMetrics text);
 //! - `GET /api/allocations`: the "TURN relay usage" view as JSON;
 //! - `GET /api/status`: listeners, XDP mode per interface, limits, version, as JSON;
+//! - `GET /api/history`: the last ten minutes, one sample a second, as JSON;
+//! - `DELETE /api/allocations/{id}`: ends one allocation;
+//! - `GET /`: the operator's console (a live page);
 //! - `GET /healthz`: `200 ok`, or `503 draining` once SIGTERM arrived.
 //!
-//! With `[admin] token`, every path but `/healthz` wants `Authorization: Bearer TOKEN`.
+//! With `[admin] token`, every path but `/healthz` wants `Authorization: Bearer TOKEN` or
+//! the console's session cookie ([`session`]).
 //! Handlers query the shards through [`Control`] on the blocking pool, so a slow shard
 //! never stalls the runtime the signal handling runs on.
 //!
@@ -15,7 +19,11 @@
 //! served at once; beyond that a new connection is closed at once (logged once per 10 s
 //! with a count), so slow or idle clients cannot pile up.
 
+pub mod console;
+pub mod disconnect;
+pub mod history;
 pub mod prom;
+pub mod session;
 pub mod view;
 
 use std::{
@@ -30,20 +38,20 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{delete, get},
 };
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use subtle::ConstantTimeEq;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, oneshot},
     task::JoinHandle,
 };
 
+use self::history::History;
 use crate::{config::AdminSettings, control::Control, log_window::LogWindow};
 
 /// Largest request head (request line and headers) read: ours are a few hundred bytes.
@@ -69,6 +77,7 @@ pub struct Admin {
     pub local_addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    sampler: JoinHandle<()>,
 }
 
 /// Binds `[admin] address` and serves it on the current runtime. A busy *default* address
@@ -92,13 +101,17 @@ pub async fn start(control: Arc<Control>) -> Result<Option<Admin>, AdminError> {
     };
     let local_addr = listener.local_addr().unwrap_or(settings.address);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, router(control), settings.clone(), stopped));
+    let history = Arc::new(History::default());
+    let sampler = history::spawn_sampler(control.clone(), history.clone());
+    let app = router(control, history);
+    let task = tokio::spawn(serve(listener, app, settings.clone(), stopped));
     tracing::info!(address = %local_addr, token = settings.token.is_some(),
-        "admin API listening: /metrics, /api/allocations, /api/status, /healthz");
+        "admin API listening: / (console), /metrics, /api/allocations, /api/status, /api/history, /healthz");
     Ok(Some(Admin {
         local_addr,
         stop,
         task,
+        sampler,
     }))
 }
 
@@ -169,21 +182,28 @@ async fn serve(
 impl Admin {
     /// Stops accepting and waits for requests in flight.
     pub async fn shutdown(self) {
+        self.sampler.abort();
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
 }
 
-pub fn router(control: Arc<Control>) -> Router<()> {
+/// `history`: what `/api/history` serves (its sampler runs apart).
+pub fn router(control: Arc<Control>, history: Arc<History>) -> Router<()> {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/api/allocations", get(allocations))
+        .route("/api/allocations/{id}", delete(disconnect::end))
         .route("/api/status", get(status))
+        .route("/api/history", get(history::serve))
         .route_layer(middleware::from_fn_with_state(
             control.clone(),
             require_token,
         ))
+        // The console checks the token itself: without it, a login form, not a bare 401.
+        .route("/", get(console::page))
         .route("/healthz", get(healthz))
+        .layer(Extension(history))
         .with_state(control)
 }
 
@@ -196,28 +216,13 @@ async fn require_token(
     let Some(expected) = control.config().admin.token.clone() else {
         return next.run(request).await;
     };
-    let given = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(expected.as_bytes())));
-    if ok {
+    let Err(refusal) = session::check(&expected, request.headers()) else {
         return next.run(request).await;
-    }
-    let from = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_else(|| "-".into());
-    let why = if given.is_some() {
-        "wrong bearer token"
-    } else {
-        "no bearer token"
     };
+    let from = peer(&request);
+    let why = refusal.as_str();
     tracing::warn!(%from, path = %request.uri().path(), reason = why,
-        "admin request refused (401): send `Authorization: Bearer <[admin] token>`");
+        "admin request refused (401): send `Authorization: Bearer <[admin] token>`, or open /?token=<[admin] token> in a browser");
     let mut r = (
         StatusCode::UNAUTHORIZED,
         format!("401 Unauthorized: {why}\n"),
@@ -230,8 +235,17 @@ async fn require_token(
     r
 }
 
+/// Who sent `request` (the admin client's address), for log lines; `-` if unknown.
+pub fn peer(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
 /// Runs a blocking query on the blocking pool; a panic there becomes a 500.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     control: Arc<Control>,
     f: fn(&Control) -> T,
 ) -> Result<T, Response> {
@@ -319,7 +333,7 @@ mod tests {
         serve_with(token, |_| {})
     }
 
-    fn serve_with(
+    pub(super) fn serve_with(
         token: Option<&str>,
         f: impl FnOnce(&mut crate::config::AdminSettings),
     ) -> (tokio::runtime::Runtime, Arc<Control>, Admin, FakeShards) {

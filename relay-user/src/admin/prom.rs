@@ -119,10 +119,20 @@ impl TcpFigures {
     }
 }
 
-/// Collects and encodes. Blocks (shard round trips, map reads).
-pub fn render(control: &Control) -> Result<String, fmt::Error> {
+/// What one look at the shards and the kernel's counters gives: each shard's figures and
+/// the traffic relayed so far per [`Path`] (live and ended allocations). `/metrics` and the
+/// console's history both read it.
+struct Look {
+    shards: Vec<ShardStats>,
+    shards_missing: Vec<String>,
+    /// `None` for XDP when it is off.
+    traffic: [Option<Traffic>; 3],
+}
+
+/// Blocks (shard round trips, map reads).
+fn look(control: &Control) -> Look {
     // Ended allocations first, live ones after: one that ends in between is then missed
-    // by this scrape (the floor below hides that), never counted twice.
+    // by this look (the floor of `/metrics` hides that), never counted twice.
     let retired = Path::ALL.map(|p| control.counters().retired(p));
     let answers = control.gather(QUERY_TIMEOUT, shard_stats);
     let mut shards = Vec::new();
@@ -136,7 +146,6 @@ pub fn render(control: &Control) -> Result<String, fmt::Error> {
             None => shards_missing.push(handle.name.clone()),
         }
     }
-    let kernel = control.kernel();
     let mut traffic = [None; 3];
     for path in [Path::Udp, Path::Tcp] {
         let mut t = retired[path as usize];
@@ -145,8 +154,7 @@ pub fn render(control: &Control) -> Result<String, fmt::Error> {
         }
         traffic[path as usize] = Some(t);
     }
-    let (mut xdp_reasons, mut xdp_maps) = (Vec::new(), Vec::new());
-    if let Some(reader) = kernel.reader() {
+    if let Some(reader) = control.kernel().reader() {
         // Read through the counters' own handles: the shards' map writer is not waited for.
         let mut t = retired[Path::Xdp as usize];
         for relay in shards.iter().flat_map(|s| &s.udp_relays) {
@@ -156,6 +164,50 @@ pub fn render(control: &Control) -> Result<String, fmt::Error> {
             }
         }
         traffic[Path::Xdp as usize] = Some(t);
+    }
+    Look {
+        shards,
+        shards_missing,
+        traffic,
+    }
+}
+
+/// The figures the console's history samples, as running totals.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Totals {
+    /// Per [`Path`]; zero for XDP when it is off.
+    pub traffic: [Traffic; 3],
+    pub allocations: usize,
+    /// 403 answers sent (peer refused by the policy, and the like).
+    pub forbidden: u64,
+}
+
+/// Blocks, as [`render`].
+pub fn totals(control: &Control) -> Totals {
+    let l = look(control);
+    Totals {
+        traffic: l.traffic.map(Option::unwrap_or_default),
+        allocations: l.shards.iter().map(|s| s.allocations).sum(),
+        forbidden: l
+            .shards
+            .iter()
+            .flat_map(|s| &s.errors)
+            .filter(|(code, _)| *code == 403)
+            .map(|(_, n)| n)
+            .sum(),
+    }
+}
+
+/// Collects and encodes. Blocks (shard round trips, map reads).
+pub fn render(control: &Control) -> Result<String, fmt::Error> {
+    let Look {
+        shards,
+        shards_missing,
+        traffic,
+    } = look(control);
+    let kernel = control.kernel();
+    let (mut xdp_reasons, mut xdp_maps) = (Vec::new(), Vec::new());
+    if let Some(reader) = kernel.reader() {
         match reader.reason_counters() {
             Ok(r) => xdp_reasons = r.into_iter().map(|(r, n)| (r.name(), n)).collect(),
             Err(e) => {

@@ -1,5 +1,6 @@
-//! A scrape reads the kernel's counters without the shards' map writer. Needs root: it
-//! loads the XDP program (its maps are what the reader and the writer share).
+//! A scrape (and a console page load, and a history sample) reads the kernel's counters
+//! without the shards' map writer. Needs root: it loads the XDP program (its maps are
+//! what the reader and the writer share).
 
 use std::{
     net::SocketAddr,
@@ -10,7 +11,7 @@ use std::{
 
 use relay_common::AllocCounters;
 
-use super::{prom, tests::control_with, view};
+use super::{console, history, prom, tests::control_with, view};
 use crate::{control::test_support::*, shard::Kernel, xdp::XdpPath};
 
 #[test]
@@ -50,6 +51,10 @@ fn a_scrape_completes_while_a_shard_holds_the_map_writer() {
         thread::spawn(move || {
             let metrics = prom::render(&control).expect("render /metrics");
             let allocations = view::allocations(&control).count;
+            // What `GET /` and the history sampler read.
+            let page = console::render(&view::status(&control), &view::allocations(&control));
+            assert!(page.contains("id=\"allocs\""));
+            history::look(&control);
             // What the end-of-allocation log line reads.
             let ended = kernel.allocation_counters(relay);
             let _ = done_tx.send((metrics, allocations, ended));
@@ -63,7 +68,7 @@ fn a_scrape_completes_while_a_shard_holds_the_map_writer() {
     scraper.join().unwrap();
 
     let (metrics, allocations, ended) = answer.unwrap_or_else(|_| {
-        panic!("/metrics, /api/allocations and the kernel counters still waiting for the shards' map writer after {waited:?}")
+        panic!("/metrics, /api/allocations, the console page, a history sample and the kernel counters still waiting for the shards' map writer after {waited:?}")
     });
     assert_eq!(allocations, 0);
     assert!(

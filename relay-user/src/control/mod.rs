@@ -2,6 +2,7 @@
 //! the admin endpoint makes. It reaches each shard's core only through [`ShardHandle::run`]:
 //! jobs run on the shard's thread between batches. Reload and drain live in submodules.
 
+mod disconnect;
 mod drain;
 mod reload;
 #[cfg(test)]
@@ -22,7 +23,7 @@ use std::{
 use ipnet::IpNet;
 use relay_proto::server::Server;
 
-pub use self::{drain::Signals, reload::ReloadRecord};
+pub use self::{disconnect::DisconnectError, drain::Signals, reload::ReloadRecord};
 use crate::{
     config::{AttachMode, Config, ConfigError},
     metrics::EventCounters,

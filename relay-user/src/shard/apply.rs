@@ -42,6 +42,9 @@ pub trait Edge {
     );
     fn splice(&mut self, now: Instant, conn: ConnectionId, data: FiveTuple);
     fn close_connection(&mut self, now: Instant, conn: ConnectionId);
+    /// Closes stream client `client`'s connection (an operator ended its allocation).
+    /// UDP data paths have no connection to close: the default does nothing.
+    fn close_client(&mut self, _client: &FiveTuple) {}
 }
 
 /// The kernel maps as this shard writes them, and the counters of allocations ended in
@@ -122,6 +125,7 @@ pub fn apply(edge: &mut impl Edge, now: Instant, client: Option<&FiveTuple>) -> 
             } => edge.connect_peer(now, conn, relay, peer),
             Command::SpliceConnection { conn, data, .. } => edge.splice(now, conn, data),
             Command::CloseConnection { conn, .. } => edge.close_connection(now, conn),
+            Command::CloseClient { client, .. } => edge.close_client(&client),
         }
     }
     while let Some(event) = edge.server().poll_event() {
@@ -143,7 +147,7 @@ pub fn apply(edge: &mut impl Edge, now: Instant, client: Option<&FiveTuple>) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::Ipv4Addr;
 
     use relay_proto::{
@@ -214,8 +218,18 @@ mod tests {
     }
 
     /// An authenticated Allocate from `client` (after the 401 that brings the nonce),
-    /// handed to the core; the core's reply.
+    /// handed to the core as the demo's user; the core's reply.
     fn allocate(server: &mut Server, password: &str, client: FiveTuple, now: Instant) -> Vec<u8> {
+        allocate_as(server, ("demo", "relay.local", password), client, now)
+    }
+
+    /// The same for `(user, realm, password)`.
+    pub(crate) fn allocate_as(
+        server: &mut Server,
+        (user, realm, password): (&str, &str, &str),
+        client: FiveTuple,
+        now: Instant,
+    ) -> Vec<u8> {
         let mut out = vec![0; OUT_BYTES];
         let mut req = [0u8; 512];
         // An Allocate for UDP with transaction id `[txid; 12]`, then what `sign` adds.
@@ -234,10 +248,10 @@ mod tests {
         };
         let challenge = Message::parse(&out[..len]).unwrap();
         let nonce = challenge.attr::<Nonce>().unwrap().unwrap().0.to_owned();
-        let key = long_term_key(PasswordAlgorithm::Md5, "demo", "relay.local", password);
+        let key = long_term_key(PasswordAlgorithm::Md5, user, realm, password);
         let signed = build(2, &|w| {
-            w.attr(&Username("demo")).unwrap();
-            w.attr(&Realm("relay.local")).unwrap();
+            w.attr(&Username(user)).unwrap();
+            w.attr(&Realm(realm)).unwrap();
             w.attr(&Nonce(&nonce)).unwrap();
             w.integrity_sha1(key.as_bytes()).unwrap();
         });

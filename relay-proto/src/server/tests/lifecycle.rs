@@ -305,3 +305,56 @@ fn status_page_lists_allocations() {
     assert_eq!(b.created(), h.t0);
     assert!(format!("{b:?}").contains("alice"));
 }
+
+#[test]
+fn an_operator_disconnect_ends_the_allocation_like_expiry_and_refresh_gets_437() {
+    let mut h = H::new();
+    let rel = h.allocate(udp(1));
+    h.permit(udp(1), &Cred::alice(), &[peer(1, 1)]);
+    h.bind(udp(1), &Cred::alice(), 0x4000, peer(1, 1));
+    h.commands();
+    h.events();
+    let id = h.server.allocations().next().unwrap().id();
+    // The admin endpoint names it by its printed form.
+    assert_eq!(id.to_string().parse(), Ok(id));
+
+    let (user, client) = h.server.disconnect(h.now, id).expect("found");
+    assert_eq!((&*user, client), ("alice", udp(1)));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.ports_in_use(), (0, 0));
+    let cmds = h.commands();
+    assert!(
+        matches!(&cmds[..], [
+            Command::ChannelUnbound { .. },
+            Command::PermissionRemoved { .. },
+            Command::AllocationRemoved { public, .. },
+        ] if *public == rel),
+        "a UDP client has no connection to close: {cmds:?}"
+    );
+    assert!(h.events().iter().any(|e| matches!(
+        e,
+        Event::AllocationClosed { reason: CloseReason::Disconnected, user, .. } if &**user == "alice"
+    )));
+    assert_eq!(code(&h.refresh(udp(1), &Cred::alice(), None)), Some(437));
+    // Gone is gone: a second disconnect finds nothing.
+    assert_eq!(h.server.disconnect(h.now, id), None);
+}
+
+#[test]
+fn an_operator_disconnect_closes_a_stream_clients_connection_last() {
+    let mut h = H::new();
+    h.allocate(tcp(1));
+    h.commands();
+    let id = h.server.allocations().next().unwrap().id();
+    assert!(h.server.disconnect(h.now, id).is_some());
+    let cmds = h.commands();
+    assert!(
+        matches!(&cmds[..], [
+            Command::AllocationRemoved { .. },
+            Command::CloseClient { client, .. },
+        ] if *client == tcp(1)),
+        "{cmds:?}"
+    );
+    // Ids of another server (or junk) are not found.
+    assert_eq!("zz".parse::<crate::server::AllocationId>().ok(), None);
+}

@@ -186,6 +186,12 @@ impl Edge for State {
         self.splice(conn, data, now);
     }
 
+    fn close_client(&mut self, client: &FiveTuple) {
+        if let Some(&id) = self.by_tuple.get(&(client.client, client.listener)) {
+            self.close(id, "disconnected by an operator (admin API)");
+        }
+    }
+
     fn close_connection(&mut self, now: Instant, conn: ConnectionId) {
         if let Some(p) = self.peer_by_conn.remove(&conn) {
             let data = self.peers.get(p).and_then(|c| c.link);
