@@ -74,7 +74,7 @@ pub struct Wire {
 
 /// The trafgen configuration: one `{ … }` per frame, which trafgen sends round-robin, so
 /// every allocation gets the same share. Checksums are trafgen's (static frames: computed
-/// once).
+/// once); the TTL is set because trafgen's default is 0, which a routing host drops.
 pub fn trafgen_config(wire: &Wire, frames: &[Frame]) -> String {
     let mac = |m: &[u8; 6]| {
         m.iter()
@@ -90,7 +90,7 @@ pub fn trafgen_config(wire: &Wire, frames: &[Frame]) -> String {
         };
         let _ = writeln!(
             s,
-            "{{\n  eth(da={}, sa={}),\n  ipv4(sa={}, da={}),\n  udp(sp={}, dp={}),\n  \
+            "{{\n  eth(da={}, sa={}),\n  ipv4(ttl=64, sa={}, da={}),\n  udp(sp={}, dp={}),\n  \
              {header}{MARK:#04x}, fill(0x00, {})\n}}",
             mac(&wire.dst_mac),
             mac(&wire.src_mac),
