@@ -29,7 +29,8 @@ use crate::util::{self, Cargo, root};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// quick: 3 s runs, a few points (about 3 minutes); full: the scale (about 15).
+    /// quick: 3 s runs and 2 s blasts, a few points (meant to finish, criterion included,
+    /// in under 10 minutes); full: the issues' scale (about 20 minutes).
     #[arg(long, value_enum, default_value_t = Scale::Full)]
     pub scale: Scale,
     /// Servers to measure (comma-separated); the no-relay baseline always runs.

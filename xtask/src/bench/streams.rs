@@ -60,8 +60,8 @@ impl StreamRun {
 
 fn rates(scale: Scale) -> (&'static [u64], f64) {
     match scale {
-        Scale::Quick => (&[10_000, 40_000], 2.0),
-        Scale::Full => (&[10_000, 25_000, 50_000, 100_000], 10.0),
+        Scale::Quick => (&[20_000, 80_000], 2.0),
+        Scale::Full => (&[10_000, 25_000, 50_000, 100_000, 150_000], 10.0),
     }
 }
 
@@ -211,15 +211,15 @@ pub fn markdown(runs: &[StreamRun]) -> String {
     );
     let _ = writeln!(
         s,
-        "| transport | server | echoes/s offered | ready | setup/s | back/s | loss % | RTT p50 / p99 (µs) | process µs/pkt |"
+        "| transport | server | echoes/s offered | ready | setup/s | sent/s | back/s | loss % | RTT p50 / p99 (µs) | process µs/pkt |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         let Some(l) = &r.load else {
             let why = super::table::why(&r.error);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | failed: {why} ||||||",
+                "| {} | {} | {} | failed: {why} |||||||",
                 r.stream.name(),
                 r.server.label(),
                 r.rate
@@ -229,12 +229,13 @@ pub fn markdown(runs: &[StreamRun]) -> String {
         let t = l.traffic.as_ref();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |",
             r.stream.name(),
             r.server.label(),
             r.rate,
             l.setup.ready,
             l.setup.rate_per_sec,
+            t.map_or("–".into(), |t| format!("{:.0}", t.sent_per_sec)),
             t.map_or("–".into(), |t| format!("{:.0}", t.received_per_sec)),
             t.map_or("–".into(), |t| format!("{:.3}", t.loss_ratio * 100.0)),
             t.map_or("–".into(), |t| format!(
