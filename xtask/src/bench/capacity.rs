@@ -44,6 +44,8 @@ const PEER_PORT: u16 = 7000;
 pub const SMALL: usize = 100;
 /// Payload of the heavy allocation (a video packet).
 pub const LARGE: usize = 1200;
+/// The paced rerun of the XDP path, as a share of what it delivered at full speed.
+const BELOW_SATURATION: f64 = 0.9;
 /// The longest setup of 1000 allocations waited for.
 const SETUP_LIMIT: Duration = Duration::from_secs(60);
 
@@ -99,6 +101,8 @@ pub struct Blast {
     pub allocations: usize,
     pub way: Way,
     pub payload: usize,
+    /// trafgen paced at this many frames/s; None: full speed.
+    pub paced_pps: Option<u64>,
     pub error: Option<String>,
     pub figures: Option<Figures>,
 }
@@ -147,8 +151,23 @@ pub fn run_capacity(
                     allocations,
                     way,
                     payload: SMALL,
+                    paced_pps: None,
                 };
-                out.push(one(topo, relay_bin, work, shape, scale));
+                let blast = one(topo, relay_bin, work, shape, scale);
+                // Loss below saturation: the XDP path again at 90% of what it delivered.
+                let below = blast
+                    .figures
+                    .as_ref()
+                    .filter(|_| carrier == Carrier::Relay(Server::Xdp) && allocations == 1000)
+                    .map(|f| (f.delivered_pps * BELOW_SATURATION) as u64);
+                out.push(blast);
+                if let Some(pps) = below {
+                    let paced = Shape {
+                        paced_pps: Some(pps),
+                        ..shape
+                    };
+                    out.push(one(topo, relay_bin, work, paced, scale));
+                }
             }
         }
     }
@@ -171,6 +190,7 @@ pub fn run_heavy(
                 allocations: 1,
                 way: Way::ClientToPeer,
                 payload: LARGE,
+                paced_pps: None,
             };
             one(topo, relay_bin, work, shape, scale)
         })
@@ -195,6 +215,7 @@ struct Shape {
     allocations: usize,
     way: Way,
     payload: usize,
+    paced_pps: Option<u64>,
 }
 
 fn one(topo: &Topo, relay_bin: &Path, work: &Path, shape: Shape, scale: Scale) -> Blast {
@@ -203,11 +224,13 @@ fn one(topo: &Topo, relay_bin: &Path, work: &Path, shape: Shape, scale: Scale) -
         allocations,
         way,
         payload,
+        paced_pps,
     } = shape;
     eprintln!(
-        "bench: blast {} ({allocations} alloc, {payload} B, {})",
+        "bench: blast {} ({allocations} alloc, {payload} B, {}{})",
         carrier.label(),
-        way.label()
+        way.label(),
+        paced_pps.map_or(String::new(), |p| format!(", paced at {p}/s"))
     );
     let secs = Duration::from_secs_f64(blast_secs(scale));
     let r = measure(topo, relay_bin, work, shape, secs);
@@ -227,6 +250,7 @@ fn one(topo: &Topo, relay_bin: &Path, work: &Path, shape: Shape, scale: Scale) -
         allocations,
         way,
         payload,
+        paced_pps,
         error: r.as_ref().err().map(|e| format!("{e:#}")),
         figures: r.ok(),
     }
@@ -244,15 +268,17 @@ fn measure(
         allocations,
         way,
         payload,
+        paced_pps,
     } = shape;
     let bin = relay_bin.to_str().context("relay path not UTF-8")?;
     let tag = format!(
-        "blast-{}-{allocations}-{}-{payload}",
+        "blast-{}-{allocations}-{}-{payload}{}",
         carrier.tag(),
         match way {
             Way::ClientToPeer => "c2p",
             Way::PeerToClient => "p2c",
-        }
+        },
+        if paced_pps.is_some() { "-paced" } else { "" }
     );
     // Who sends, who sinks, and the relay host's NICs in the order frames cross them.
     let (send, sink, ingress, egress) = match way {
@@ -379,7 +405,7 @@ fn measure(
             config_path: config_path.clone(),
             cpu: TRAFGEN_CPU,
             duration: secs,
-            rate: None,
+            rate: paced_pps,
         };
         let before = counter.packets()?;
         let ticks = cpu_ticks();
@@ -481,6 +507,16 @@ fn prepare_ingress(topo: &Topo, ifname: &str) -> Result<()> {
     Ok(())
 }
 
+impl Blast {
+    /// The carrier, and the pace when trafgen was paced.
+    pub fn label(&self) -> String {
+        match self.paced_pps {
+            Some(p) => format!("{} (paced at {p}/s)", self.carrier.label()),
+            None => self.carrier.label().to_owned(),
+        }
+    }
+}
+
 /// The "Capacity" and "One heavy allocation" tables.
 pub fn markdown(capacity: &[Blast], heavy: &[Blast]) -> String {
     let mut s = String::new();
@@ -520,7 +556,7 @@ fn table(s: &mut String, blasts: &[Blast], mbps: bool) {
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | failed: {why} ||||{}",
-                b.carrier.label(),
+                b.label(),
                 b.allocations,
                 b.way.label(),
                 if mbps { "|" } else { "" }
@@ -535,7 +571,7 @@ fn table(s: &mut String, blasts: &[Blast], mbps: bool) {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {mbit}{:.0}% |",
-            b.carrier.label(),
+            b.label(),
             f.ready,
             b.way.label(),
             f.offered_pps,
