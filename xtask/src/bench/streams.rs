@@ -85,6 +85,9 @@ pub fn run_all(
     servers: &[Server],
     scale: Scale,
 ) -> Vec<StreamRun> {
+    if streams.is_empty() || servers.is_empty() {
+        return Vec::new();
+    }
     let tls = match TlsFiles::make(work) {
         Ok(t) => Some(t),
         Err(e) => {
