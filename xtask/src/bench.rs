@@ -11,6 +11,7 @@
 
 mod blast;
 mod capacity;
+mod capacity_table;
 mod flood;
 mod goals;
 mod plot;
@@ -356,7 +357,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     )?;
     let md = table::markdown(&machine, &scenarios, &runs)
         + &flood::markdown(&flooded)
-        + &capacity::markdown(&capacity, &heavy)
+        + &capacity_table::markdown(&capacity, &heavy)
         + &streams::markdown(&streamed);
     std::fs::write(out.join("results.md"), &md)?;
     let plotted = plot::all(&out, &scenarios, &runs);

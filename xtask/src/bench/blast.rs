@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::topo::Ns;
+use super::{
+    capacity::{Carrier, Way},
+    topo::{MEDIA, Ns, RELAY_EXT},
+};
 
 /// First byte of a blasted payload: not STUN (the sink lets those through to the load
 /// generator) and not ChannelData, so a frame that reaches the peer unwrapped is told
@@ -21,6 +24,8 @@ use super::topo::Ns;
 const MARK: u8 = 0xb5;
 /// The channel `relay load` binds on every allocation.
 pub const CHANNEL: u16 = 0x4000;
+/// The echo peer's port, the peer every allocation binds its channel to.
+const PEER_PORT: u16 = 7000;
 
 /// One allocation as `relay load --allocations-file` lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,12 +81,6 @@ pub struct Wire {
 /// every allocation gets the same share. Checksums are trafgen's (static frames: computed
 /// once); the TTL is set because trafgen's default is 0, which a routing host drops.
 pub fn trafgen_config(wire: &Wire, frames: &[Frame]) -> String {
-    let mac = |m: &[u8; 6]| {
-        m.iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":")
-    };
     let mut s = String::from("/* capacity blast (xtask bench/blast.rs) */\n");
     for f in frames {
         let header = match f.channel {
@@ -92,8 +91,8 @@ pub fn trafgen_config(wire: &Wire, frames: &[Frame]) -> String {
             s,
             "{{\n  eth(da={}, sa={}),\n  ipv4(ttl=64, sa={}, da={}),\n  udp(sp={}, dp={}),\n  \
              {header}{MARK:#04x}, fill(0x00, {})\n}}",
-            mac(&wire.dst_mac),
-            mac(&wire.src_mac),
+            format_mac(&wire.dst_mac),
+            format_mac(&wire.src_mac),
             f.src.ip(),
             f.dst.ip(),
             f.src.port(),
@@ -110,6 +109,46 @@ pub fn synthetic_clients(ip: Ipv4Addr, n: usize) -> Vec<SocketAddrV4> {
     (0..n)
         .map(|i| SocketAddrV4::new(ip, 40_000 + (i % 20_000) as u16))
         .collect()
+}
+
+/// The frames each carrier gets: the relay's as a client or peer sends them; the routing
+/// ceiling's addressed to the far host itself (the same length: the ChannelData header's
+/// 4 bytes become payload); the redirect's as the relay's (it never looks inside).
+pub fn frames(carrier: Carrier, way: Way, clients: &[(SocketAddrV4, SocketAddrV4)]) -> Vec<Frame> {
+    let listener = SocketAddrV4::new(RELAY_EXT, 3478);
+    let peer = SocketAddrV4::new(MEDIA, PEER_PORT);
+    clients
+        .iter()
+        .map(|&(client, relayed)| match (way, carrier) {
+            (Way::ClientToPeer, Carrier::Routing) => Frame {
+                src: client,
+                dst: peer,
+                channel: None,
+            },
+            (Way::ClientToPeer, _) => Frame {
+                src: client,
+                dst: listener,
+                channel: Some(CHANNEL),
+            },
+            (Way::PeerToClient, Carrier::Routing) => Frame {
+                src: peer,
+                dst: client,
+                channel: None,
+            },
+            (Way::PeerToClient, _) => Frame {
+                src: peer,
+                dst: relayed,
+                channel: None,
+            },
+        })
+        .collect()
+}
+
+pub fn format_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// `relay bench-xdp …` running in a namespace; stops (stdin closed) on drop.

@@ -18,7 +18,6 @@
 //! payloads (a screen share or 1080p call), reported in Mbit/s.
 
 use std::{
-    fmt::Write as _,
     net::SocketAddrV4,
     path::Path,
     time::{Duration, Instant},
@@ -29,7 +28,7 @@ use serde::Serialize;
 
 use super::{
     Scale, Scenario, Server,
-    blast::{self, Frame, Wire, XdpTool},
+    blast::{self, Wire, XdpTool},
     busy_between, cpu_ticks,
     flood::{config::parse_mac, runner},
     procs::{self, Hosts, Limits, LoadExtra},
@@ -38,8 +37,6 @@ use super::{
 
 const TRAFGEN_CPU: usize = 0;
 const NAPI_CPU: usize = 1;
-/// The echo peer's port, the peer every allocation binds its channel to.
-const PEER_PORT: u16 = 7000;
 /// Payload of the capacity frames (as `relay load`'s default probes).
 pub const SMALL: usize = 100;
 /// Payload of the heavy allocation (a video packet).
@@ -316,7 +313,7 @@ fn measure(
                 "--to",
                 egress,
                 "--dst-mac",
-                &format_mac(&sink_mac),
+                &blast::format_mac(&sink_mac),
             ],
             &work.join(format!("{tag}-redirect.log")),
         )?),
@@ -397,7 +394,7 @@ fn measure(
                 })
                 .collect(),
         };
-        let frames = frames(carrier, way, &clients);
+        let frames = blast::frames(carrier, way, &clients);
         std::fs::write(&config_path, blast::trafgen_config(&wire, &frames))?;
         let run = runner::FloodRun {
             ns: send_ns.name().to_owned(),
@@ -446,46 +443,6 @@ fn measure(
     result
 }
 
-/// The frames each carrier gets: the relay's as a client or peer sends them; the routing
-/// ceiling's addressed to the far host itself (the same length: the ChannelData header's
-/// 4 bytes become payload); the redirect's as the relay's (it never looks inside).
-fn frames(carrier: Carrier, way: Way, clients: &[(SocketAddrV4, SocketAddrV4)]) -> Vec<Frame> {
-    let listener = SocketAddrV4::new(RELAY_EXT, 3478);
-    let peer = SocketAddrV4::new(MEDIA, PEER_PORT);
-    clients
-        .iter()
-        .map(|&(client, relayed)| match (way, carrier) {
-            (Way::ClientToPeer, Carrier::Routing) => Frame {
-                src: client,
-                dst: peer,
-                channel: None,
-            },
-            (Way::ClientToPeer, _) => Frame {
-                src: client,
-                dst: listener,
-                channel: Some(blast::CHANNEL),
-            },
-            (Way::PeerToClient, Carrier::Routing) => Frame {
-                src: peer,
-                dst: client,
-                channel: None,
-            },
-            (Way::PeerToClient, _) => Frame {
-                src: peer,
-                dst: relayed,
-                channel: None,
-            },
-        })
-        .collect()
-}
-
-fn format_mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// GRO on (veth NAPI also without an XDP program), threaded NAPI, its thread on
 /// [`NAPI_CPU`] under the ordinary scheduler (the flood scenario leaves it SCHED_FIFO).
 fn prepare_ingress(topo: &Topo, ifname: &str) -> Result<()> {
@@ -505,80 +462,4 @@ fn prepare_ingress(topo: &Topo, ifname: &str) -> Result<()> {
         }
     }
     Ok(())
-}
-
-impl Blast {
-    /// The carrier, and the pace when trafgen was paced.
-    pub fn label(&self) -> String {
-        match self.paced_pps {
-            Some(p) => format!("{} (paced at {p}/s)", self.carrier.label()),
-            None => self.carrier.label().to_owned(),
-        }
-    }
-}
-
-/// The "Capacity" and "One heavy allocation" tables.
-pub fn markdown(capacity: &[Blast], heavy: &[Blast]) -> String {
-    let mut s = String::new();
-    if !capacity.is_empty() {
-        let _ = writeln!(s, "## Capacity (trafgen at full speed)\n");
-        let _ = writeln!(
-            s,
-            "`relay load` holds the allocations; trafgen blasts {SMALL}-byte ChannelData \
-             payloads through them from one core; an XDP sink on the far host counts and \
-             drops. *Offered* is what trafgen sent, *delivered* what the sink counted, both \
-             per second of the blast; *box* is whole-box CPU (trafgen holds one core). The \
-             ceilings carry the same frames with no relay.\n"
-        );
-        table(&mut s, capacity, false);
-    }
-    if !heavy.is_empty() {
-        let _ = writeln!(s, "## One heavy allocation ({LARGE}-byte payloads)\n");
-        table(&mut s, heavy, true);
-    }
-    s
-}
-
-fn table(s: &mut String, blasts: &[Blast], mbps: bool) {
-    let _ = writeln!(
-        s,
-        "| carrier | allocations | way | offered/s | delivered/s | delivered % | {}box CPU |",
-        if mbps { "Mbit/s | " } else { "" }
-    );
-    let _ = writeln!(
-        s,
-        "|---|---|---|---|---|---|---|{}",
-        if mbps { "---|" } else { "" }
-    );
-    for b in blasts {
-        let Some(f) = &b.figures else {
-            let why = super::table::why(&b.error);
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | failed: {why} ||||{}",
-                b.label(),
-                b.allocations,
-                b.way.label(),
-                if mbps { "|" } else { "" }
-            );
-            continue;
-        };
-        let mbit = if mbps {
-            format!("{:.0} | ", f.delivered_mbps)
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {mbit}{:.0}% |",
-            b.label(),
-            f.ready,
-            b.way.label(),
-            f.offered_pps,
-            f.delivered_pps,
-            f.ratio * 100.0,
-            f.box_busy * 100.0,
-        );
-    }
-    let _ = writeln!(s);
 }
