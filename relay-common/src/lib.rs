@@ -7,6 +7,7 @@
 #![no_std]
 
 pub mod bandwidth;
+pub mod bench;
 pub use bandwidth::{Bucket, SlotBandwidth, bandwidth_map_sizes};
 mod shield;
 pub use shield::*;
@@ -363,6 +364,8 @@ mod pod {
     unsafe impl aya::Pod for super::SlotBandwidth {}
     unsafe impl aya::Pod for super::Bucket {}
     unsafe impl aya::Pod for super::ShieldConfig {}
+    unsafe impl aya::Pod for super::bench::BenchCounters {}
+    unsafe impl aya::Pod for super::bench::BenchRedirect {}
 }
 
 // Layouts the kernel program and the daemon must agree on.
@@ -377,4 +380,6 @@ const _: () = {
     assert!(core::mem::size_of::<ClientTarget>() == 44);
     assert!(core::mem::size_of::<AllocCounters>() == 32);
     assert!(core::mem::size_of::<ShieldConfig>() == 40);
+    assert!(core::mem::size_of::<bench::BenchCounters>() == 16);
+    assert!(core::mem::size_of::<bench::BenchRedirect>() == 16);
 };

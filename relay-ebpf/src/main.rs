@@ -14,6 +14,7 @@
 #![allow(internal_features)]
 
 mod bandwidth;
+mod bench;
 mod client_to_peer;
 mod counters;
 mod csum;

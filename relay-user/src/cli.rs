@@ -47,6 +47,9 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Benchmark XDP programs for `cargo xtask bench` (a counting sink, a bare redirect).
+    #[command(name = "bench-xdp", hide = true)]
+    BenchXdp(crate::xdp::bench::BenchXdpArgs),
 }
 
 /// Flags override the config file for the settings operators change most.

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => relay_user::serve::run(args),
         Command::Check { config } => relay_user::check::run(&config),
+        Command::BenchXdp(args) => relay_user::xdp::bench::run(&args).map_err(Into::into),
         Command::Upgrade { config } => upgrade(&config),
         #[cfg(feature = "tools")]
         Command::Stun(args) => {

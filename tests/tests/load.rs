@@ -115,6 +115,8 @@ fn channel_mode_through_the_relay_reports_the_echo_drops() {
     let echo = start_echo(&t.media, &listen, 10);
     let pid = relay.pid().to_string();
     let server = format!("{}:3478", t.addrs.public);
+    let listing =
+        std::env::temp_dir().join(format!("relay-load-{}.allocations", std::process::id()));
     let (code, r) = load(
         &t.client,
         &[
@@ -133,9 +135,29 @@ fn channel_mode_through_the_relay_reports_the_echo_drops() {
             "3",
             "--watch-pid",
             &pid,
+            "--allocations-file",
+            listing.to_str().unwrap(),
         ],
     );
     assert_eq!(code, 0, "{r:#}");
+    // The allocations as a frame sender needs them: one line each, from the client's
+    // address to the server, the channel, the relayed address (advertised) and the peer.
+    let text = std::fs::read_to_string(&listing).expect("the allocations file");
+    let _ = std::fs::remove_file(&listing);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines.len(), 20, "{text}");
+    for line in lines {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 6, "{line}");
+        assert_eq!(f[0], "udp");
+        assert!(f[1].starts_with(&format!("{}:", t.addrs.client)), "{line}");
+        assert_eq!(f[2], server);
+        assert_eq!(f[3], "0x4000");
+        let relayed: std::net::SocketAddr = f[4].parse().expect("relayed address");
+        assert_eq!(relayed.ip(), t.addrs.public);
+        assert!((24000..=29999).contains(&relayed.port()), "{line}");
+        assert_eq!(f[5], listen);
+    }
     assert_eq!(r["mode"], "channel");
     assert_eq!(r["credentials"], "long-term");
     assert_figures(&r, 20);

@@ -9,9 +9,14 @@
 //! Results go to `bench-results/` (not committed): `results.md`, `results.json` and the
 //! PNG plots.
 
+mod blast;
+mod capacity;
+mod capacity_table;
 mod flood;
+mod goals;
 mod plot;
 mod procs;
+mod streams;
 mod table;
 mod topo;
 
@@ -25,7 +30,8 @@ use crate::util::{self, Cargo, root};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// quick: 3 s runs, a few points (about 3 minutes); full: the scale (about 15).
+    /// quick: 3 s runs and 2 s blasts, a few points (meant to finish, criterion included,
+    /// in under 10 minutes); full: the issues' scale (about 20 minutes).
     #[arg(long, value_enum, default_value_t = Scale::Full)]
     pub scale: Scale,
     /// Servers to measure (comma-separated); the no-relay baseline always runs.
@@ -38,7 +44,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_criterion: bool,
     /// Only the scenarios whose name contains one of these (comma-separated), e.g.
-    /// `--only "1000 alloc @ 50k"`; `--only flood` runs the junk-flood scenario alone.
+    /// `--only "1000 alloc @ 50k"`; `--only flood`, `capacity`, `heavy`, `tcp` or `tls`
+    /// runs that scenario alone.
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     pub only: Vec<String>,
     /// Use the relay binary already in target/release instead of building it.
@@ -206,6 +213,8 @@ impl Run {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    // The whole run, build included: what "quick finishes in under 10 minutes" means.
+    let started = std::time::Instant::now();
     if args.criterion_only {
         return criterion(&args.criterion_args);
     }
@@ -240,10 +249,22 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .context("copying target/release/relay (build it: cargo xtask build)")?;
 
     let mut scenarios = scenarios(args.scale);
-    let with_flood = args.only.is_empty() || args.only.iter().any(|o| "flood".contains(o.as_str()));
+    let named =
+        |name: &str| args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()));
+    let with_flood = named("flood");
+    let (with_capacity, with_heavy) = (named("capacity"), named("heavy"));
+    let with_streams: Vec<streams::Stream> = [streams::Stream::Tcp, streams::Stream::Tls]
+        .into_iter()
+        .filter(|s| named(s.name()))
+        .collect();
     if !args.only.is_empty() {
         scenarios.retain(|sc| args.only.iter().any(|o| sc.name.contains(o.as_str())));
-        if scenarios.is_empty() && !with_flood {
+        if scenarios.is_empty()
+            && !with_flood
+            && !with_capacity
+            && !with_heavy
+            && with_streams.is_empty()
+        {
             bail!(
                 "--only {:?} matches no scenario at scale {:?}",
                 args.only,
@@ -300,6 +321,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         Vec::new()
     };
+    let capacity = if with_capacity {
+        capacity::run_capacity(&topo, &relay, &work, &servers, args.scale)
+    } else {
+        Vec::new()
+    };
+    let heavy = if with_heavy {
+        capacity::run_heavy(&topo, &relay, &work, &servers, args.scale)
+    } else {
+        Vec::new()
+    };
+    let streamed = streams::run_all(
+        &topo,
+        &relay,
+        &work,
+        &with_streams,
+        &streams::servers(&servers),
+        args.scale,
+    );
     drop(topo);
 
     let machine = table::Machine::read();
@@ -308,12 +347,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
         "scenarios": scenarios,
         "runs": runs,
         "flood": flooded,
+        "capacity": capacity,
+        "heavy": heavy,
+        "streams": streamed,
     });
     std::fs::write(
         out.join("results.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
-    let md = table::markdown(&machine, &scenarios, &runs) + &flood::markdown(&flooded);
+    let md = table::markdown(&machine, &scenarios, &runs)
+        + &flood::markdown(&flooded)
+        + &capacity_table::markdown(&capacity, &heavy)
+        + &streams::markdown(&streamed);
     std::fs::write(out.join("results.md"), &md)?;
     let plotted = plot::all(&out, &scenarios, &runs);
     println!("{md}");
@@ -325,31 +370,49 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         Err(e) => eprintln!("bench: plots not written: {e:#}"),
     }
-    println!("wrote {}", out.join("results.md").display());
     if !args.no_criterion {
         criterion(&args.criterion_args)?;
     }
+    let goals = goals::markdown(&goals::Measured {
+        scenarios: &scenarios,
+        runs: &runs,
+        capacity: &capacity,
+        heavy: &heavy,
+        streams: &streamed,
+        scale: args.scale,
+        elapsed: started.elapsed(),
+    });
+    std::fs::write(out.join("results.md"), md + "\n" + &goals)?;
+    println!("{goals}");
+    println!("wrote {}", out.join("results.md").display());
     Ok(())
 }
 
 /// Busy share of the whole box over `window`, from /proc/stat.
 fn busy_ratio(window: std::time::Duration) -> f64 {
-    fn read() -> Option<(u64, u64)> {
-        let text = std::fs::read_to_string("/proc/stat").ok()?;
-        let v: Vec<u64> = text
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .filter_map(|f| f.parse().ok())
-            .collect();
-        let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
-        Some((busy, busy + v.get(3)? + v.get(4)?))
-    }
-    let a = read();
+    let a = cpu_ticks();
     std::thread::sleep(window);
-    match (a, read()) {
+    busy_between(a, cpu_ticks())
+}
+
+/// Busy and total ticks of the whole box so far, from /proc/stat.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
+    Some((busy, busy + v.get(3)? + v.get(4)?))
+}
+
+/// Busy share of the box between two [`cpu_ticks`] readings (0 to 1).
+fn busy_between(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> f64 {
+    match (a, b) {
         (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
         _ => 0.0,
     }

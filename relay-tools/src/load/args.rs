@@ -98,6 +98,10 @@ pub struct LoadArgs {
     /// peer (repeat for several).
     #[arg(long = "count-pid", value_name = "PID")]
     pub count_pid: Vec<u32>,
+    /// Once setup is done, write the ready UDP allocations here, one line each: client
+    /// address, server, channel, relayed address, peer (for a raw-frame sender).
+    #[arg(long = "allocations-file", value_name = "PATH")]
+    pub allocations_file: Option<std::path::PathBuf>,
     /// Leave the allocations in place at the end (they expire on the server).
     #[arg(long = "no-delete")]
     pub no_delete: bool,

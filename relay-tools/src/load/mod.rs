@@ -19,6 +19,7 @@ mod control;
 mod cpu;
 mod echo;
 mod frame;
+mod listing;
 mod payload;
 mod plan;
 mod progress;
@@ -187,6 +188,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
             burst: a.burst,
             drain: Duration::from_millis(a.drain_ms),
             delete: !a.no_delete,
+            list: a.allocations_file.is_some(),
         };
         first += count;
         let (worker, socket_error) = Worker::new(plan, shared.clone(), second_tx.clone())
@@ -241,6 +243,15 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
         }
     }
     let setup_end = CpuMark::now(&counted);
+    if let Some(path) = &a.allocations_file {
+        let mut listed = std::mem::take(&mut *shared.listed.lock().expect("not poisoned"));
+        if let Err(e) = listing::write(path, &mut listed) {
+            eprintln!(
+                "relay load: cannot write the allocations to {}: {e}",
+                path.display()
+            );
+        }
+    }
     let rss_after_setup = watch.and_then(|p| sys::rss_kib(p).ok());
 
     // Traffic.

@@ -3,7 +3,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     sync::{
-        Arc, Barrier, OnceLock,
+        Arc, Barrier, Mutex, OnceLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -11,7 +11,10 @@ use std::{
 
 use rustls::{ClientConfig, pki_types::ServerName};
 
-use super::turn::{Credentials, DataMode, Retransmit};
+use super::{
+    listing::Listed,
+    turn::{Credentials, DataMode, Retransmit},
+};
 use crate::probe::Transport;
 
 /// What one worker does.
@@ -47,6 +50,8 @@ pub struct Plan {
     /// How long echoes are awaited after the window.
     pub drain: Duration,
     pub delete: bool,
+    /// Add the ready allocations to [`Shared::listed`] (`--allocations-file`).
+    pub list: bool,
 }
 
 /// What the workers and the main thread share.
@@ -58,6 +63,8 @@ pub struct Shared {
     /// Traffic start and end, set by the main thread before it releases `barrier`.
     pub window: OnceLock<(Instant, Instant)>,
     pub barrier: Barrier,
+    /// The allocations ready after setup, when `--allocations-file` asks for them.
+    pub listed: Mutex<Vec<Listed>>,
 }
 
 impl Shared {
@@ -69,6 +76,7 @@ impl Shared {
             failed: AtomicU64::new(0),
             window: OnceLock::new(),
             barrier: Barrier::new(workers + 1),
+            listed: Mutex::new(Vec::new()),
         }
     }
 

@@ -18,6 +18,7 @@ use std::{
 use super::{
     control::{Alloc, Conn, Control, State},
     frame::{Arrival, Frame, ms_until, on_packet, prefill},
+    listing::Listed,
     payload::{PROBE_LEN, Probe},
     plan::{Plan, Shared},
     stats::{SecondSample, SetupStats, TrafficStats, new_hist},
@@ -154,6 +155,9 @@ impl Worker {
     /// Setup, then (after the main thread opens the window) traffic, drain, teardown.
     pub fn run(mut self, setup_done: Sender<SetupStats>) -> Outcome {
         self.setup();
+        if self.plan.list {
+            self.list();
+        }
         let stats = std::mem::take(&mut self.control.setup);
         let _ = setup_done.send(stats);
         let shared = self.control.shared.clone();
@@ -225,6 +229,27 @@ impl Worker {
                 a.state = State::Failed;
             }
         }
+    }
+
+    /// The ready UDP allocations, for `--allocations-file`.
+    fn list(&self) {
+        let listed = self.allocs.iter().filter_map(|a| {
+            let (Some(Conn::Udp(s)), State::Ready) = (&a.conn, a.state) else {
+                return None;
+            };
+            Some(Listed {
+                client: s.local_addr().ok()?,
+                server: self.plan.target,
+                channel: self.plan.channel,
+                relayed: a.session.relayed?,
+                peer: self.plan.peer,
+            })
+        });
+        self.shared()
+            .listed
+            .lock()
+            .expect("not poisoned")
+            .extend(listed);
     }
 
     fn traffic(&mut self, start: Instant, end: Instant) {

@@ -6,6 +6,7 @@
 
 mod attach;
 pub mod bandwidth;
+pub mod bench;
 mod fake;
 mod forwarding;
 mod kernel_maps;

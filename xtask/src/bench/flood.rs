@@ -12,10 +12,10 @@
 
 #[path = "../../../tests/src/flood_config.rs"]
 #[allow(dead_code)]
-mod config;
+pub(super) mod config;
 #[path = "../../../tests/src/flood.rs"]
 #[allow(dead_code)] // shared with the tests, which use all of it
-mod runner;
+pub(super) mod runner;
 
 use std::{
     fmt::Write as _,
@@ -122,7 +122,7 @@ fn measure(
     flood: Duration,
 ) -> Result<Figures> {
     let tag = format!("flood-{server:?}").to_lowercase();
-    let mut hosts = Hosts::start(topo, relay_bin, work, server, &tag, Limits::Defaults)?;
+    let mut hosts = Hosts::start(topo, relay_bin, work, server, &tag, Limits::Defaults, None)?;
     let server_pid = hosts.pids().0.context("no server process")?;
     prepare_nic(topo)?;
     let config_path = work.join(format!("{tag}.trafgen"));
@@ -235,13 +235,7 @@ pub fn markdown(results: &[FloodResult]) -> String {
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
     for r in results {
         let Some(f) = &r.figures else {
-            let why = r
-                .error
-                .as_deref()
-                .unwrap_or("")
-                .lines()
-                .next()
-                .unwrap_or("");
+            let why = super::table::why(&r.error);
             let _ = writeln!(s, "| {} | failed: {why} ||||||||", r.server.label());
             continue;
         };

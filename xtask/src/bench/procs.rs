@@ -21,6 +21,8 @@ const USER: &str = "bench";
 const PASSWORD: &str = "bench-password";
 const ECHO_PORT: u16 = 7000;
 pub const PORTS: (u16, u16) = (20000, 59999);
+/// TURN over TLS (RFC 8656's port), when a scenario asks for streams.
+pub const TLS_PORT: u16 = 5349;
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -88,16 +90,21 @@ impl Proc {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        reap(&mut self.child);
     }
+}
+
+/// Waits [`STOP_GRACE`] for a child told to stop, then kills it.
+pub fn reap(child: &mut Child) {
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Proc {
@@ -127,10 +134,54 @@ pub fn measure(
     sc: &Scenario,
 ) -> Result<Load> {
     let tag = format!("{:?}-{}-{}", server, sc.allocations, sc.rate).to_lowercase();
-    let mut hosts = Hosts::start(topo, relay_bin, work, server, &tag, Limits::LoadGenerator)?;
+    let mut hosts = Hosts::start(
+        topo,
+        relay_bin,
+        work,
+        server,
+        &tag,
+        Limits::LoadGenerator,
+        None,
+    )?;
     let load = run_load(topo, &hosts.bin, work, &tag, server, sc, hosts.pids());
     hosts.stop();
     load
+}
+
+/// A self-signed certificate and its key (PEM) for the TLS scenarios.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Made with openssl in `work` (the load generator runs with `--insecure`: the cost
+    /// of a handshake does not depend on who vouches for the key).
+    pub fn make(work: &Path) -> Result<Self> {
+        let (cert, key) = (work.join("bench-cert.pem"), work.join("bench-key.pem"));
+        let status = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=relay.bench"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl")?;
+        if !status.success() {
+            bail!("openssl could not make a certificate ({status})");
+        }
+        Ok(Self { cert, key })
+    }
 }
 
 /// The `[limits]` of the relay under test.
@@ -152,6 +203,8 @@ pub struct Hosts {
 }
 
 impl Hosts {
+    /// The echo peer, then the server; with `streams`, the server also takes TURN over
+    /// TCP (3478) and TLS (5349) with this certificate.
     pub fn start(
         topo: &Topo,
         relay_bin: &Path,
@@ -159,6 +212,7 @@ impl Hosts {
         server: Server,
         tag: &str,
         limits: Limits,
+        streams: Option<&TlsFiles>,
     ) -> Result<Self> {
         let bin = relay_bin
             .to_str()
@@ -174,9 +228,9 @@ impl Hosts {
         echo.wait_ready(|p| p.log_text().contains("echo peer listening"))?;
         let server = match server {
             Server::Direct => None,
-            Server::Coturn => Some(start_coturn(topo, work, tag)?),
+            Server::Coturn => Some(start_coturn(topo, work, tag, streams)?),
             Server::Userspace | Server::Xdp => {
-                Some(start_relay(topo, &bin, work, tag, server, limits)?)
+                Some(start_relay(topo, &bin, work, tag, server, limits, streams)?)
             }
         };
         Ok(Self { bin, server, echo })
@@ -202,6 +256,7 @@ fn start_relay(
     tag: &str,
     server: Server,
     limits: Limits,
+    streams: Option<&TlsFiles>,
 ) -> Result<Proc> {
     let mode = if server == Server::Xdp {
         "native"
@@ -216,12 +271,23 @@ fn start_relay(
         }
         Limits::Defaults => "",
     };
+    let listen = match streams {
+        None => format!("[[listen]]\naddress = \"{RELAY_EXT}:3478\"\n"),
+        // One TCP or TLS connection per allocation, all from the load generator's one
+        // address: the per-source connection limit is off.
+        Some(t) => format!(
+            "[[listen]]\naddress = \"{RELAY_EXT}:3478\"\ntransports = [\"udp\", \"tcp\"]\n\n\
+             [[listen]]\naddress = \"{RELAY_EXT}:{TLS_PORT}\"\ntransports = [\"tls\"]\n\n\
+             [tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n\
+             [tcp]\nmax_connections = 20000\nmax_connections_per_source = 20000\n",
+            t.cert.display(),
+            t.key.display()
+        ),
+    };
     let config = format!(
         r#"realm = "{REALM}"
 
-[[listen]]
-address = "{RELAY_EXT}:3478"
-
+{listen}
 [relay]
 address = "{RELAY_EXT}"
 ports = "{lo}-{hi}"
@@ -258,15 +324,23 @@ level = "info"
     Ok(p)
 }
 
-fn start_coturn(topo: &Topo, work: &Path, tag: &str) -> Result<Proc> {
+fn start_coturn(topo: &Topo, work: &Path, tag: &str, streams: Option<&TlsFiles>) -> Result<Proc> {
     let log = work.join(format!("coturn-{tag}.log"));
     let mut cmd = topo.relay.command("turnserver");
+    cmd.args(["-n", "--no-cli", "--no-dtls", "--no-tcp-relay"]);
+    match streams {
+        None => {
+            cmd.arg("--no-tls");
+        }
+        Some(t) => {
+            cmd.args(["--tls-listening-port", &TLS_PORT.to_string()])
+                .arg("--cert")
+                .arg(&t.cert)
+                .arg("--pkey")
+                .arg(&t.key);
+        }
+    }
     cmd.args([
-        "-n",
-        "--no-cli",
-        "--no-tls",
-        "--no-dtls",
-        "--no-tcp-relay",
         "--listening-ip",
         &RELAY_EXT.to_string(),
         "--listening-port",
@@ -304,7 +378,40 @@ pub fn run_load(
     tag: &str,
     server: Server,
     sc: &Scenario,
+    pids: (Option<u32>, u32),
+) -> Result<Load> {
+    run_load_with(
+        topo,
+        bin,
+        work,
+        tag,
+        server,
+        sc,
+        pids,
+        &LoadExtra::default(),
+    )
+}
+
+/// What a scenario changes in `relay load`'s command line.
+#[derive(Debug, Clone, Default)]
+pub struct LoadExtra {
+    /// The server's port (default 3478).
+    pub port: Option<u16>,
+    /// Appended to the command line: flags the standard ones (`-n`, `--rate`,
+    /// `--duration`, `--burst`...) leave out, which clap would refuse twice.
+    pub args: Vec<String>,
+}
+
+#[allow(clippy::too_many_arguments)] // one call per scenario kind; a struct would only rename them
+pub fn run_load_with(
+    topo: &Topo,
+    bin: &str,
+    work: &Path,
+    tag: &str,
+    server: Server,
+    sc: &Scenario,
     (server_pid, echo_pid): (Option<u32>, u32),
+    extra: &LoadExtra,
 ) -> Result<Load> {
     let mut cmd = topo.client.command(bin);
     cmd.arg("load");
@@ -313,7 +420,7 @@ pub fn run_load(
         cmd.args([&peer, "--direct"]);
     } else {
         cmd.args([
-            &format!("{RELAY_EXT}:3478"),
+            &format!("{RELAY_EXT}:{}", extra.port.unwrap_or(3478)),
             "-u",
             USER,
             "-p",
@@ -340,6 +447,7 @@ pub fn run_load(
         cmd.args(["--watch-pid", &pid.to_string()]);
     }
     cmd.args(["--count-pid", &echo_pid.to_string()]);
+    cmd.args(&extra.args);
     let stderr = File::create(work.join(format!("load-{tag}.log")))?;
     let mut child = cmd
         .stdin(Stdio::null())

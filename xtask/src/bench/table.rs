@@ -61,6 +61,11 @@ pub fn added_us(runs: &[Run], scenario: usize, server: Server) -> Option<f64> {
     Some(run_us(find(runs, scenario, server)?)? - base)
 }
 
+/// The first line of a run's error, for a table cell.
+pub fn why(error: &Option<String>) -> &str {
+    error.as_deref().unwrap_or("").lines().next().unwrap_or("")
+}
+
 fn scenario_where(sc: &[Scenario], f: impl Fn(&Scenario) -> bool) -> Option<usize> {
     sc.iter().position(f)
 }

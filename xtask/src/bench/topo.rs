@@ -20,6 +20,7 @@ use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::Command,
+    sync::Mutex,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -106,8 +107,11 @@ pub struct Topo {
     pub client_if: String,
     pub ext_if: String,
     pub int_if: String,
-    // Links before namespaces: closing them detaches the programs first.
-    _pass: Vec<OwnedFd>,
+    /// The media host's end of the link to the relay's internal NIC.
+    pub media_if: String,
+    // Links before namespaces: closing them detaches the programs first. Client's, then
+    // media's; a scenario may swap one for its own program ([`Topo::without_pass`]).
+    pass: Mutex<[Option<OwnedFd>; 2]>,
     pub client: Ns,
     pub relay: Ns,
     pub media: Ns,
@@ -143,19 +147,59 @@ impl Topo {
         for ifname in [&ext_if, &int_if] {
             relay.sysctl(&format!("net.ipv4.conf.{ifname}.forwarding"), "1")?;
         }
-        let pass = vec![
-            attach_pass(&client, &client_if)?,
-            attach_pass(&media, &media_if)?,
+        let pass = [
+            Some(attach_pass(&client, &client_if)?),
+            Some(attach_pass(&media, &media_if)?),
         ];
         Ok(Self {
             client_if,
             ext_if,
             int_if,
-            _pass: pass,
+            media_if,
+            pass: Mutex::new(pass),
             client,
             relay,
             media,
         })
+    }
+}
+
+/// An outer host of the topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Media,
+}
+
+impl Topo {
+    pub fn side(&self, side: Side) -> (&Ns, &str) {
+        match side {
+            Side::Client => (&self.client, &self.client_if),
+            Side::Media => (&self.media, &self.media_if),
+        }
+    }
+
+    /// Detaches the pass program of `side`'s link, so another XDP program (the capacity
+    /// scenario's counting sink) can take its place; the guard puts it back.
+    pub fn without_pass(&self, side: Side) -> PassGuard<'_> {
+        drop(self.pass.lock().expect("not poisoned")[side as usize].take());
+        PassGuard { topo: self, side }
+    }
+}
+
+/// Re-attaches a pass program on drop (see [`Topo::without_pass`]).
+pub struct PassGuard<'a> {
+    topo: &'a Topo,
+    side: Side,
+}
+
+impl Drop for PassGuard<'_> {
+    fn drop(&mut self) {
+        let (ns, ifname) = self.topo.side(self.side);
+        match attach_pass(ns, ifname) {
+            Ok(fd) => self.topo.pass.lock().expect("not poisoned")[self.side as usize] = Some(fd),
+            Err(e) => eprintln!("bench: re-attaching the pass program to {ifname}: {e:#}"),
+        }
     }
 }
 
