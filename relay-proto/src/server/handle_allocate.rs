@@ -343,25 +343,16 @@ impl Server {
         }
     }
 
-    /// Round-robin over the configured alternates of the client's family, never the listener
-    /// the client reached, never for a client we redirected a moment ago (it came back).
+    /// The least-loaded cluster node, else round-robin over the static alternates (see
+    /// [`super::redirect`]); never for a client we redirected a moment ago (it came back).
     fn pick_alternate(&mut self, now: Instant, from: FiveTuple, user: &str) -> Option<SocketAddr> {
         if self.redirected.contains(now, from.client.ip(), user) {
             return None;
         }
-        let v4 = from.client.is_ipv4();
-        let candidates: Vec<SocketAddr> = self
-            .config
-            .alternate_servers
-            .iter()
-            .copied()
-            .filter(|a| a.is_ipv4() == v4 && *a != from.listener)
-            .collect();
-        if candidates.is_empty() {
-            return None;
-        }
-        let pick = candidates[self.alternate_cursor % candidates.len()];
-        self.alternate_cursor = self.alternate_cursor.wrapping_add(1);
-        Some(pick)
+        self.redirects.pick(
+            from.client.is_ipv4(),
+            from.listener,
+            &self.config.alternate_servers,
+        )
     }
 }

@@ -6,6 +6,7 @@
 //! - `GET /healthz`: `200 ok`, or `503 draining` once SIGTERM arrived.
 //!
 //! With `[admin] token`, every path but `/healthz` wants `Authorization: Bearer TOKEN`.
+//! With `[admin] tls`, it is served over TLS with the `[tls]` certificate ([`tls`]).
 //! Handlers query the shards through [`Control`] on the blocking pool, so a slow shard
 //! never stalls the runtime the signal handling runs on.
 //!
@@ -16,6 +17,7 @@
 //! with a count), so slow or idle clients cannot pile up.
 
 pub mod prom;
+mod tls;
 pub mod view;
 
 use std::{
@@ -25,18 +27,14 @@ use std::{
 };
 
 use axum::{
-    Extension, Json, Router,
+    Json, Router,
     extract::{ConnectInfo, Request, State},
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
+use hyper_util::server::graceful::GracefulShutdown;
 use subtle::ConstantTimeEq;
 use tokio::{
     net::TcpListener,
@@ -62,6 +60,8 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::AdminTlsError),
 }
 
 /// The running endpoint; [`shutdown`](Self::shutdown) stops it.
@@ -76,6 +76,7 @@ pub struct Admin {
 /// that cannot be bound is an error.
 pub async fn start(control: Arc<Control>) -> Result<Option<Admin>, AdminError> {
     let settings = control.config().admin.clone();
+    let tls = tls::setup(&control)?;
     let listener = match TcpListener::bind(settings.address).await {
         Ok(l) => l,
         Err(source) if !settings.explicit => {
@@ -92,8 +93,14 @@ pub async fn start(control: Arc<Control>) -> Result<Option<Admin>, AdminError> {
     };
     let local_addr = listener.local_addr().unwrap_or(settings.address);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(listener, router(control), settings.clone(), stopped));
-    tracing::info!(address = %local_addr, token = settings.token.is_some(),
+    let task = tokio::spawn(serve(
+        listener,
+        router(control),
+        settings.clone(),
+        stopped,
+        tls,
+    ));
+    tracing::info!(address = %local_addr, token = settings.token.is_some(), tls = settings.tls,
         "admin API listening: /metrics, /api/allocations, /api/status, /healthz");
     Ok(Some(Admin {
         local_addr,
@@ -109,6 +116,7 @@ async fn serve(
     app: Router,
     settings: AdminSettings,
     mut stopped: oneshot::Receiver<()>,
+    tls: Option<tls::AdminTls>,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
@@ -143,19 +151,15 @@ async fn serve(
             }
             continue;
         };
-        let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(from))));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_timeout)
-            .max_buf_size(MAX_HEAD)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%from, error = %e, "admin connection closed");
-            }
-            drop(permit);
-        });
+        tls::spawn_connection(
+            stream,
+            from,
+            &app,
+            &settings,
+            graceful.watcher(),
+            permit,
+            tls.as_ref().map(|t| &t.acceptor),
+        );
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
