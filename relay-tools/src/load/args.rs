@@ -98,6 +98,11 @@ pub struct LoadArgs {
     /// peer (repeat for several).
     #[arg(long = "count-pid", value_name = "PID")]
     pub count_pid: Vec<u32>,
+    /// Follow 300 ALTERNATE-SERVER (a full or draining relay of a cluster) as a browser
+    /// does: allocate again at the named server, from the same socket (UDP only; at most
+    /// 2 hops). Off: a 300 is a failed allocation.
+    #[arg(long = "follow-redirects")]
+    pub follow_redirects: bool,
     /// Leave the allocations in place at the end (they expire on the server).
     #[arg(long = "no-delete")]
     pub no_delete: bool,

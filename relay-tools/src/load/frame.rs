@@ -192,6 +192,7 @@ mod tests {
             burst: 2,
             drain: Duration::ZERO,
             delete: false,
+            follow_redirects: false,
         }
     }
 

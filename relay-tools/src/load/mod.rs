@@ -187,6 +187,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
             burst: a.burst,
             drain: Duration::from_millis(a.drain_ms),
             delete: !a.no_delete,
+            follow_redirects: a.follow_redirects,
         };
         first += count;
         let (worker, socket_error) = Worker::new(plan, shared.clone(), second_tx.clone())
@@ -379,6 +380,8 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
                 0.0
             },
             latency_us: Percentiles::of(&setup.latency),
+            redirects: setup.redirects,
+            redirected_again: setup.redirected_again,
         },
         traffic: traffic_report,
         seconds: seconds.all(),

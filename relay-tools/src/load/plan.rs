@@ -47,6 +47,8 @@ pub struct Plan {
     /// How long echoes are awaited after the window.
     pub drain: Duration,
     pub delete: bool,
+    /// Allocate again where a 300 ALTERNATE-SERVER points (UDP).
+    pub follow_redirects: bool,
 }
 
 /// What the workers and the main thread share.
