@@ -344,15 +344,17 @@ impl Server {
     }
 
     /// The least-loaded cluster node, else round-robin over the static alternates (see
-    /// [`super::redirect`]); never for a client we redirected a moment ago (it came back).
+    /// [`super::redirect`]). A client we redirected a moment ago (it came back) gets no
+    /// static alternate again: that could be a ping-pong between two full relays. Cluster
+    /// nodes are only offered while they have room, so they stay open to it (and to the
+    /// many clients of one address and TURN REST name, as a load generator is).
     fn pick_alternate(&mut self, now: Instant, from: FiveTuple, user: &str) -> Option<SocketAddr> {
-        if self.redirected.contains(now, from.client.ip(), user) {
-            return None;
-        }
-        self.redirects.pick(
-            from.client.is_ipv4(),
-            from.listener,
-            &self.config.alternate_servers,
-        )
+        let statics: &[SocketAddr] = if self.redirected.contains(now, from.client.ip(), user) {
+            &[]
+        } else {
+            &self.config.alternate_servers
+        };
+        self.redirects
+            .pick(from.client.is_ipv4(), from.listener, statics)
     }
 }

@@ -575,6 +575,13 @@ fn cluster_targets_come_before_static_alternates() {
         m.attr::<AlternateServer>(),
         Some(Ok(AlternateServer(node(3479, 0, 0).turn)))
     );
+    // The same client again: cluster nodes with room are still offered to it.
+    let r = h.allocate_with(udp(2), &Cred::alice(), |_| {});
+    let m = Message::parse(&r).unwrap();
+    assert_eq!(
+        m.attr::<AlternateServer>(),
+        Some(Ok(AlternateServer(node(3479, 0, 0).turn)))
+    );
     // No cluster node with room: the static alternate.
     h.server.set_redirect_targets(vec![node(3478, 10, 10)]);
     let r = h.allocate_with(udp_at("192.0.2.150", 5000), &Cred::alice(), |_| {});
