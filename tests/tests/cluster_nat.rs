@@ -154,23 +154,25 @@ fn three_nodes_share_3000_allocations_and_one_drains() {
 
     // 3,000 Allocates at node 1, kept relaying for a while.
     let server = format!("{}:3478", n1.public);
-    let load = spawn_load(
-        &t.client,
-        &[
+    // `relay load` at node 1 as browsers would reach it: REST credentials, 300s followed.
+    let args = |n: &'static str, more: &[&'static str]| -> Vec<String> {
+        let mut a = [
             &server,
             "--secret",
             SECRET,
             "--peer",
             ECHO,
-            "-n",
-            "3000",
-            "--rate",
-            "300",
-            "--duration",
-            "25",
             "--follow-redirects",
-        ],
-    );
+            "-n",
+            n,
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        a.extend(more.iter().map(|s| s.to_string()));
+        a
+    };
+    let first = args("3000", &["--rate", "300", "--duration", "25"]);
+    let load = spawn_load(&t.client, &strs(&first));
     let counts = || [&n1, &n2, &n3].map(|n| status(n).allocations.unwrap_or(0));
     wait_until(
         "3000 allocations across the cluster",
@@ -221,23 +223,8 @@ fn three_nodes_share_3000_allocations_and_one_drains() {
     );
 
     // New allocations while node 2 drains: node 1 is full, so all go to node 3.
-    let more = run_load(
-        &t.client,
-        &[
-            &server,
-            "--secret",
-            SECRET,
-            "--peer",
-            ECHO,
-            "-n",
-            "200",
-            "--duration",
-            "0",
-            "--no-delete",
-            "--follow-redirects",
-        ],
-        Duration::from_secs(30),
-    );
+    let second = args("200", &["--duration", "0", "--no-delete"]);
+    let more = run_load(&t.client, &strs(&second), Duration::from_secs(30));
     let (code, r) = more.report();
     assert_eq!(code, 0, "{r:#}\n{}", logs());
     assert_eq!(num(&r, "setup.ready"), 200.0, "{r:#}");
@@ -261,4 +248,8 @@ fn three_nodes_share_3000_allocations_and_one_drains() {
         Duration::from_secs(10),
         || relay2.exited(),
     );
+}
+
+fn strs(a: &[String]) -> Vec<&str> {
+    a.iter().map(String::as_str).collect()
 }
