@@ -40,15 +40,10 @@ pub struct AdminUrl {
 }
 
 impl AdminUrl {
-    /// `http://IP:PORT`, `https://IP:PORT` (a trailing `/` allowed) or `IP:PORT` (plain).
+    /// `http://IP:PORT`, `https://IP:PORT` (a trailing `/` allowed) or `IP:PORT` (plain),
+    /// as `relay status --admin` takes it.
     pub fn parse(s: &str) -> Option<Self> {
-        let (tls, rest) = match s.split_once("://") {
-            Some(("http", r)) => (false, r),
-            Some(("https", r)) => (true, r),
-            Some(_) => return None,
-            None => (false, s),
-        };
-        let address = rest.strip_suffix('/').unwrap_or(rest).parse().ok()?;
+        let (address, tls) = relay_admin_api::client::AdminClient::parse_url(s).ok()?;
         Some(Self { tls, address })
     }
 }
