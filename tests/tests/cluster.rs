@@ -223,6 +223,29 @@ fn a_full_node_redirects_to_the_other_and_not_to_a_draining_one() {
     );
     assert_eq!(view.nodes[0].allocations, Some(2));
 
+    // Node 2's admin certificate is reloaded on SIGHUP: one from another CA makes node 1
+    // count it unreachable (its poller verifies), the right one brings it back.
+    let dir2 = relay2.config_path().parent().unwrap().to_owned();
+    let install = |leaf: &relay_tests::certs::Leaf| {
+        std::fs::write(dir2.join("cert.pem"), &leaf.chain_pem).unwrap();
+        std::fs::write(dir2.join("key.pem"), &leaf.key_pem).unwrap();
+        relay2.signal(libc::SIGHUP);
+    };
+    install(&TestCa::new("some other CA").leaf("relay", &["127.0.0.1"]));
+    wait_until(
+        "node 1 refuses node 2's new certificate",
+        Duration::from_secs(10),
+        || {
+            let s = status(&ns, &c1);
+            let n = &s.cluster[0];
+            !n.up && n.error.as_deref().is_some_and(|e| e.contains("TLS"))
+        },
+    );
+    install(&ca.leaf("relay", &["127.0.0.1"]));
+    wait_until("node 1 hears node 2 again", Duration::from_secs(10), || {
+        status(&ns, &c1).cluster[0].up
+    });
+
     // Node 2 drains (SIGTERM; its allocation holds it open): node 1 stops sending
     // clients there and refuses them itself (no static alternate).
     relay2.signal(libc::SIGTERM);
