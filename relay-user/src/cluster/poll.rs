@@ -18,12 +18,18 @@ pub async fn run(control: Arc<Control>, cluster: Arc<Cluster>) {
     // The CA file's config, rebuilt when `[cluster] ca` changes (a reload).
     let mut tls: Option<(PathBuf, Arc<ClientConfig>)> = None;
     let mut ca_warned = false;
+    // Whether the shards hold targets: a reload that removes every node clears them once.
+    let mut published = false;
     loop {
         tick.tick().await;
         let config = control.config();
         let nodes = config.cluster.nodes.clone();
         cluster.set_nodes(&nodes);
         if nodes.is_empty() {
+            if published {
+                publish(&control, &cluster);
+                published = false;
+            }
             continue;
         }
         let ca = config.cluster.ca.clone();
@@ -60,6 +66,7 @@ pub async fn run(control: Arc<Control>, cluster: Arc<Cluster>) {
             }
         }
         publish(&control, &cluster);
+        published = true;
     }
 }
 
