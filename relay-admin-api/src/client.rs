@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use http_body_util::{BodyExt, Empty};
-use hyper::{Request, body::Bytes, header};
+use hyper::{Method, Request, body::Bytes, header};
 use hyper_util::rt::TokioIo;
 use rustls::{
     ClientConfig, RootCertStore,
@@ -95,6 +95,12 @@ impl AdminClient {
     /// GET `path`; returns the status code and the body. Blocks on a runtime of its own:
     /// not from async code (use [`get_async`](Self::get_async) there).
     pub fn get(&self, path: &str) -> Result<(u16, String), StatusError> {
+        self.send(Method::GET, path)
+    }
+
+    /// `method` on `path`; returns the status code and the body. Blocks, as
+    /// [`get`](Self::get) does.
+    pub fn send(&self, method: Method, path: &str) -> Result<(u16, String), StatusError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -102,12 +108,21 @@ impl AdminClient {
                 address: self.address,
                 reason: format!("no async runtime: {e}"),
             })?;
-        rt.block_on(self.get_async(path))
+        rt.block_on(self.send_async(method, path))
     }
 
     /// GET `path` within the client's timeout.
     pub async fn get_async(&self, path: &str) -> Result<(u16, String), StatusError> {
-        tokio::time::timeout(self.timeout, self.get_unbounded(path))
+        self.send_async(Method::GET, path).await
+    }
+
+    /// `method` on `path` within the client's timeout.
+    pub async fn send_async(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<(u16, String), StatusError> {
+        tokio::time::timeout(self.timeout, self.unbounded(method, path))
             .await
             .map_err(|_| StatusError::Timeout {
                 address: self.address,
@@ -115,7 +130,7 @@ impl AdminClient {
             })?
     }
 
-    async fn get_unbounded(&self, path: &str) -> Result<(u16, String), StatusError> {
+    async fn unbounded(&self, method: Method, path: &str) -> Result<(u16, String), StatusError> {
         let unreachable = |reason: String| StatusError::Unreachable {
             address: self.address,
             reason,
@@ -124,7 +139,7 @@ impl AdminClient {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         match &self.tls {
-            None => self.exchange(path, stream).await,
+            None => self.exchange(method, path, stream).await,
             Some(config) => {
                 let name = ServerName::IpAddress(self.address.ip().into());
                 let stream = tokio_rustls::TlsConnector::from(config.clone())
@@ -134,12 +149,17 @@ impl AdminClient {
                         address: self.address,
                         reason: e.to_string(),
                     })?;
-                self.exchange(path, stream).await
+                self.exchange(method, path, stream).await
             }
         }
     }
 
-    async fn exchange<S>(&self, path: &str, stream: S) -> Result<(u16, String), StatusError>
+    async fn exchange<S>(
+        &self,
+        method: Method,
+        path: &str,
+        stream: S,
+    ) -> Result<(u16, String), StatusError>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -154,7 +174,10 @@ impl AdminClient {
                 reason: e.to_string(),
             })?;
         let conn = tokio::spawn(conn);
-        let mut req = Request::get(path).header(header::HOST, self.address.to_string());
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.address.to_string());
         if let Some(t) = &self.token {
             req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -201,7 +224,16 @@ impl AdminClient {
 
     /// GET `path` expecting 200 and a JSON document.
     pub fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, StatusError> {
-        Self::parse_json(path, self.get(path)?)
+        self.json(Method::GET, path)
+    }
+
+    /// `method` on `path` expecting 200 and a JSON document.
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+    ) -> Result<T, StatusError> {
+        Self::parse_json(path, self.send(method, path)?)
     }
 
     pub fn allocations(&self) -> Result<AllocationsView, StatusError> {
