@@ -1,12 +1,16 @@
 //! The JSON documents of the relay's admin endpoint, `/api/allocations` and
 //! `/api/status`: the daemon (relay-user's `admin` module) builds them, `relay status`
 //! (relay-tools) reads them. Field names are a contract with operators' scripts.
-//! Plain serde types, no HTTP: the daemon does not link the tools' client, nor the tools
-//! the daemon.
+//! Plain serde types; with the `client` feature also the endpoint's HTTP(S) client, which
+//! the tools and the daemon's cluster poller share (the daemon does not link the tools,
+//! nor the tools the daemon).
 
 pub mod table;
 
 use std::net::{IpAddr, SocketAddr};
+
+#[cfg(feature = "client")]
+pub mod client;
 
 use relay_common::AllocCounters;
 use relay_proto::server::Counters;
@@ -109,6 +113,29 @@ pub struct StatusView {
     pub shards: Vec<ShardView>,
     pub reloads: ReloadsView,
     pub admin: AdminView,
+    /// The other nodes of `[cluster] nodes`, as this one last heard from them; empty
+    /// without a cluster.
+    #[serde(default)]
+    pub cluster: Vec<ClusterNodeView>,
+}
+
+/// One other node of the cluster as this node knows it (`/api/status` `cluster`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterNodeView {
+    /// Its admin endpoint, as configured (`[cluster] nodes` `admin`).
+    pub node: String,
+    /// Its public TURN address, where redirected clients go.
+    pub turn: SocketAddr,
+    /// Its last poll answered.
+    pub up: bool,
+    /// As of the last answer; `None` before any.
+    pub allocations: Option<usize>,
+    pub capacity: Option<usize>,
+    pub draining: bool,
+    /// Seconds since its last answer; `None` if it never answered.
+    pub last_heard_seconds: Option<f64>,
+    /// Why the last poll failed, when it did.
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -24,6 +24,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Loads `[tls]`'s certificate and key, as the TLS listeners will: a wrong path, or a key
 /// of another certificate, is an error naming `tls.certificate` or `tls.private_key`.
 pub fn certificates(c: &Config) -> Result<(), ConfigError> {
+    if let Some(ca) = &c.cluster.ca {
+        relay_admin_api::client::tls_config_from_ca(ca)
+            .map_err(|e| ConfigError::new("cluster.ca", format!("{}: {e}", ca.display())))?;
+    }
     match &c.tls {
         Some(files) => crate::tcp::tls::load(files)
             .map(drop)
@@ -105,7 +109,8 @@ pub fn render(path: &Path, c: &Config) -> String {
     line(
         "admin",
         &format!(
-            "{} (token {})",
+            "{}://{} (token {})",
+            if c.admin.tls { "https" } else { "http" },
             c.admin.address,
             if c.admin.token.is_some() {
                 "required"
@@ -114,10 +119,19 @@ pub fn render(path: &Path, c: &Config) -> String {
             }
         ),
     );
+    for n in &c.cluster.nodes {
+        line(
+            "cluster node",
+            &format!("turn {} admin {}", n.turn, n.admin),
+        );
+    }
     let alternates: Vec<String> = c.alternate_servers.iter().map(|a| a.to_string()).collect();
     line(
         "when full",
-        &if alternates.is_empty() {
+        &if !c.cluster.nodes.is_empty() {
+            "300 to the least-loaded cluster node with room, else the alternates, else 508"
+                .to_owned()
+        } else if alternates.is_empty() {
             "508 Insufficient Capacity".to_owned()
         } else {
             format!("300 to {}", alternates.join(", "))
@@ -246,6 +260,12 @@ mode = "off"
             let e = certificates(&c).expect_err(key);
             assert_eq!(e.key, key, "{e}");
         }
+        // `[cluster] ca`: the certificate serves as a CA file; the key does not.
+        c.tls = None;
+        c.cluster.ca = Some(dir.join("cert.pem"));
+        certificates(&c).expect("a PEM certificate is a usable CA file");
+        c.cluster.ca = Some(dir.join("key.pem"));
+        assert_eq!(certificates(&c).unwrap_err().key, "cluster.ca");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

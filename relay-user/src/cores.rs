@@ -248,6 +248,7 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         drain_timeout: crate::config::DEFAULT_DRAIN_TIMEOUT,
         tcp: crate::config::TcpSettings::default(),
         tls: None,
+        cluster: Default::default(),
     };
     Ok((config, password))
 }

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 mod control;
 pub mod cores;

@@ -78,6 +78,14 @@ fn admin_section(path: &std::path::Path) -> Result<AdminSection, String> {
     Ok(AdminSection {
         address: c.admin.address,
         token: c.admin.token,
+        tls: c.admin.tls,
+        cluster: c
+            .cluster
+            .nodes
+            .iter()
+            .map(|n| n.admin.to_string())
+            .collect(),
+        ca: c.cluster.ca,
     })
 }
 

@@ -263,6 +263,12 @@ async fn serve(
         control.on_reload("tls", Box::new(crate::tcp::reload_hook(acceptor)));
     }
     let stop_all = |shards: &[ShardHandle]| shards.iter().for_each(ShardHandle::stop);
+    // `[cluster] nodes`: polled for the shards' redirect targets (idle without nodes; a
+    // reload may add some). Ends with the runtime.
+    let cluster_poller = tokio::spawn(crate::cluster::poll::run(
+        control.clone(),
+        control.cluster().clone(),
+    ));
     let admin = match crate::admin::start(control.clone()).await {
         Ok(a) => a,
         Err(e) => {
@@ -381,6 +387,7 @@ async fn serve(
             break End::HandedOver;
         }
     };
+    cluster_poller.abort();
     if let Some(admin) = running.admin.take() {
         admin.shutdown().await;
     }

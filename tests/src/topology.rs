@@ -166,6 +166,28 @@ impl Topology {
     pub fn firewall_inside_if(&self) -> String {
         format!("{}fi", self.id)
     }
+
+    /// One more relay node behind the firewall, for cluster tests: node `n` (1-9; node 0
+    /// is the plan's) gets external address 198.51.100.(50+n) on the relay host's external
+    /// NIC and public address 203.0.113.(50+n), statically NATed like the first. Several
+    /// relay processes then share the relay namespace, each on its own addresses.
+    /// Returns (public, external).
+    pub fn add_relay_node(&self, n: u8) -> Result<(Ipv4Addr, Ipv4Addr), CmdError> {
+        assert!((1..=9).contains(&n), "relay node {n}: 1 to 9");
+        let public = Ipv4Addr::new(203, 0, 113, 50 + n);
+        let external = Ipv4Addr::new(198, 51, 100, 50 + n);
+        addr(&self.relay, &self.relay_external_if, external, 24)?;
+        addr(&self.firewall, &format!("{}fo", self.id), public, 32)?;
+        self.firewall.exec_input(
+            "nft",
+            &["-f", "-"],
+            &format!(
+                "add rule ip nat pre ip daddr {public} dnat to {external}\n\
+                 add rule ip nat post ip saddr {external} snat to {public}\n"
+            ),
+        )?;
+        Ok((public, external))
+    }
 }
 
 /// A veth pair with one end in each namespace, up, with tx checksum offload off: packets

@@ -42,6 +42,8 @@ pub enum TurnError {
         method: Method,
         code: u16,
         reason: String,
+        /// ALTERNATE-SERVER of a 300.
+        alternate: Option<SocketAddr>,
     },
     /// Something the client cannot use (missing attribute, bad integrity, …).
     Protocol(String),
@@ -52,6 +54,14 @@ impl TurnError {
     pub fn code(&self) -> Option<u16> {
         match self {
             TurnError::Code { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// ALTERNATE-SERVER of a 300 response.
+    pub fn alternate(&self) -> Option<SocketAddr> {
+        match self {
+            TurnError::Code { alternate, .. } => *alternate,
             _ => None,
         }
     }
@@ -66,6 +76,7 @@ impl std::fmt::Display for TurnError {
                 method,
                 code,
                 reason,
+                ..
             } => write!(f, "{method:?} error {code} {reason:?}"),
             TurnError::Protocol(s) => write!(f, "protocol: {s}"),
         }
@@ -319,6 +330,7 @@ fn success(method: Method, done: Completed) -> Result<relay_client::Success, Tur
             method,
             code: e.code,
             reason: e.reason,
+            alternate: e.alternate_server,
         }),
         Outcome::Timeout => Err(TurnError::Timeout { method }),
         Outcome::Invalid(why) => Err(TurnError::Protocol(format!("{method:?}: {why}"))),

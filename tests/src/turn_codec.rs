@@ -102,6 +102,10 @@ impl Credentials {
                 method,
                 code: e.code,
                 reason: e.reason.to_owned(),
+                alternate: msg
+                    .attr::<relay_proto::stun::AlternateServer>()
+                    .and_then(Result::ok)
+                    .map(|a| a.0),
             }),
             _ => Err(TurnError::Protocol(format!(
                 "{method:?} error response without a valid ERROR-CODE"

@@ -343,25 +343,18 @@ impl Server {
         }
     }
 
-    /// Round-robin over the configured alternates of the client's family, never the listener
-    /// the client reached, never for a client we redirected a moment ago (it came back).
+    /// The least-loaded cluster node, else round-robin over the static alternates (see
+    /// [`super::redirect`]). A client we redirected a moment ago (it came back) gets no
+    /// static alternate again: that could be a ping-pong between two full relays. Cluster
+    /// nodes are only offered while they have room, so they stay open to it (and to the
+    /// many clients of one address and TURN REST name, as a load generator is).
     fn pick_alternate(&mut self, now: Instant, from: FiveTuple, user: &str) -> Option<SocketAddr> {
-        if self.redirected.contains(now, from.client.ip(), user) {
-            return None;
-        }
-        let v4 = from.client.is_ipv4();
-        let candidates: Vec<SocketAddr> = self
-            .config
-            .alternate_servers
-            .iter()
-            .copied()
-            .filter(|a| a.is_ipv4() == v4 && *a != from.listener)
-            .collect();
-        if candidates.is_empty() {
-            return None;
-        }
-        let pick = candidates[self.alternate_cursor % candidates.len()];
-        self.alternate_cursor = self.alternate_cursor.wrapping_add(1);
-        Some(pick)
+        let statics: &[SocketAddr] = if self.redirected.contains(now, from.client.ip(), user) {
+            &[]
+        } else {
+            &self.config.alternate_servers
+        };
+        self.redirects
+            .pick(from.client.is_ipv4(), from.listener, statics)
     }
 }

@@ -29,6 +29,7 @@ mod handle_tcp_relay;
 mod lifecycle;
 mod peer_policy;
 mod ports;
+mod redirect;
 mod reply;
 mod shared;
 mod snapshot;
@@ -61,6 +62,7 @@ pub use config::{
 };
 pub use event::{CapacityLimit, CloseReason, DropCounters, DropReason, Event, MAX_QUEUED_EVENTS};
 pub use five_tuple::{FiveTuple, Transport};
+pub use redirect::RedirectTarget;
 pub use reply::{ERROR_CODES, ErrorResponses};
 pub use shared::{Limits, Shared, source_of};
 pub use snapshot::{
@@ -145,7 +147,7 @@ pub struct Server {
     fresh_allocate: Option<FiveTuple>,
     fresh_request: Vec<u8>,
     draining: bool,
-    alternate_cursor: usize,
+    redirects: redirect::Redirects,
     indication_counter: u64,
     error_responses: ErrorResponses,
     /// The request of the last `handle_client` verified its MESSAGE-INTEGRITY.
@@ -227,7 +229,7 @@ impl Server {
             fresh_allocate: None,
             fresh_request: Vec::new(),
             draining: false,
-            alternate_cursor: 0,
+            redirects: redirect::Redirects::default(),
             indication_counter: 0,
             error_responses: ErrorResponses::default(),
             authenticated: false,
@@ -277,6 +279,19 @@ impl Server {
     /// New alternate servers for 300 redirects (SIGHUP).
     pub fn set_alternate_servers(&mut self, alternates: Vec<SocketAddr>) {
         self.config.alternate_servers = alternates;
+    }
+
+    /// The other cluster nodes a full or draining shard may send clients to, as the control
+    /// plane last heard from them (only healthy ones: up, not draining, heard from
+    /// recently). Preferred over `alternate_servers`, which remain the fallback when none
+    /// of them fits.
+    pub fn set_redirect_targets(&mut self, targets: Vec<RedirectTarget>) {
+        self.redirects.set_targets(targets);
+    }
+
+    /// The cluster snapshot in force.
+    pub fn redirect_targets(&self) -> Vec<RedirectTarget> {
+        self.redirects.targets().collect()
     }
 
     /// Drain (SIGTERM): new allocations are refused (300 towards an alternate server if one

@@ -102,6 +102,11 @@ pub struct LoadArgs {
     /// address, server, channel, relayed address, peer (for a raw-frame sender).
     #[arg(long = "allocations-file", value_name = "PATH")]
     pub allocations_file: Option<std::path::PathBuf>,
+    /// Follow 300 ALTERNATE-SERVER (a full or draining relay of a cluster) as a browser
+    /// does: allocate again at the named server, from the same socket (UDP only; at most
+    /// 2 hops). Off: a 300 is a failed allocation.
+    #[arg(long = "follow-redirects")]
+    pub follow_redirects: bool,
     /// Leave the allocations in place at the end (they expire on the server).
     #[arg(long = "no-delete")]
     pub no_delete: bool,

@@ -2,7 +2,7 @@
 //! session, and the bookkeeping that chains setup steps, refreshes and failures.
 
 use std::{
-    net::UdpSocket,
+    net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -21,6 +21,9 @@ use super::{
 pub const REFRESH_EVERY: Duration = Duration::from_secs(240);
 /// After a failed refresh, try again this soon.
 const REFRESH_RETRY: Duration = Duration::from_secs(10);
+/// 300s followed for one allocation: a second hop is a node that was full or draining
+/// when the first named it (worth counting); a third would be a loop.
+const MAX_HOPS: u8 = 2;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
     Idle,
@@ -116,7 +119,35 @@ impl Control {
             }
             Next::Done(Step::Allocate) => unreachable!("chained to Bind above"),
             Next::Failed(f) => self.fail(a, f, now),
+            Next::Redirect(to) => self.redirect(a, i, to, now),
         }
+    }
+
+    /// A 300 ALTERNATE-SERVER: with `--follow-redirects`, the allocation starts over at
+    /// `to` from the same UDP socket (connected there now), with a new client (the new
+    /// server has its own nonces); else, or over a stream, or after `MAX_HOPS`, it failed.
+    fn redirect(&mut self, a: &mut Alloc, i: usize, to: SocketAddr, now: Instant) {
+        let Some(ctx) = self.ctx.as_mut() else {
+            return;
+        };
+        let hops = a.session.hops + 1;
+        let moved = match &a.conn {
+            Some(Conn::Udp(s)) if ctx.follow_redirects && hops <= MAX_HOPS => s.connect(to).is_ok(),
+            _ => false,
+        };
+        if !moved {
+            self.fail(a, Failure::Error(300), now);
+            return;
+        }
+        self.setup.redirects += 1;
+        if hops > 1 {
+            self.setup.redirected_again += 1;
+        }
+        a.session.abandon(now);
+        a.session = Session::new();
+        a.session.hops = hops;
+        let next = a.session.start(ctx, Step::Allocate, now);
+        self.drive(a, i, next, now);
     }
 
     pub(super) fn fail(&mut self, a: &mut Alloc, f: Failure, now: Instant) {

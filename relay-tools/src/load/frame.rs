@@ -193,6 +193,7 @@ mod tests {
             drain: Duration::ZERO,
             delete: false,
             list: false,
+            follow_redirects: false,
         }
     }
 

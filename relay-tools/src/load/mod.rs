@@ -189,6 +189,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
             drain: Duration::from_millis(a.drain_ms),
             delete: !a.no_delete,
             list: a.allocations_file.is_some(),
+            follow_redirects: a.follow_redirects,
         };
         first += count;
         let (worker, socket_error) = Worker::new(plan, shared.clone(), second_tx.clone())
@@ -390,6 +391,8 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
                 0.0
             },
             latency_us: Percentiles::of(&setup.latency),
+            redirects: setup.redirects,
+            redirected_again: setup.redirected_again,
         },
         traffic: traffic_report,
         seconds: seconds.all(),

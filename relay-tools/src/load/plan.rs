@@ -52,6 +52,8 @@ pub struct Plan {
     pub delete: bool,
     /// Add the ready allocations to [`Shared::listed`] (`--allocations-file`).
     pub list: bool,
+    /// Allocate again where a 300 ALTERNATE-SERVER points (UDP).
+    pub follow_redirects: bool,
 }
 
 /// What the workers and the main thread share.

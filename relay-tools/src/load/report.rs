@@ -61,6 +61,10 @@ pub struct SetupReport {
     pub rate_per_sec: f64,
     /// From an allocation's first request to its channel/permission being in place.
     pub latency_us: Percentiles,
+    /// 300 ALTERNATE-SERVER answers followed (`--follow-redirects`).
+    pub redirects: u64,
+    /// Allocations that the server a 300 named redirected again.
+    pub redirected_again: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -162,6 +166,13 @@ impl fmt::Display for Report {
                 format!("{})", failures.trim_start())
             }
         )?;
+        if s.redirects > 0 {
+            writeln!(
+                f,
+                "  redirects    {} followed (300), {} redirected again",
+                s.redirects, s.redirected_again
+            )?;
+        }
         if self.mode != "direct" {
             writeln!(
                 f,

@@ -46,6 +46,10 @@ pub struct SetupStats {
     pub last_done: Option<Instant>,
     /// Time from the first request to the allocation being usable.
     pub latency: Hist,
+    /// 300 ALTERNATE-SERVER answers followed (`--follow-redirects`).
+    pub redirects: u64,
+    /// Allocations redirected again by the server a 300 sent them to.
+    pub redirected_again: u64,
 }
 
 impl SetupStats {
@@ -56,6 +60,8 @@ impl SetupStats {
             first_start: None,
             last_done: None,
             latency: new_hist(),
+            redirects: 0,
+            redirected_again: 0,
         }
     }
 
@@ -65,6 +71,8 @@ impl SetupStats {
 
     pub fn merge(&mut self, o: &SetupStats) {
         self.ready += o.ready;
+        self.redirects += o.redirects;
+        self.redirected_again += o.redirected_again;
         for (k, v) in &o.failures {
             *self.failures.entry(k.clone()).or_default() += v;
         }

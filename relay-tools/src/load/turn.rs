@@ -30,6 +30,8 @@ pub enum DataMode {
 /// What every session of a worker shares.
 pub struct Ctx {
     pub peer: SocketAddr,
+    /// Allocate again where a 300 ALTERNATE-SERVER points.
+    pub follow_redirects: bool,
     pub mode: DataMode,
     pub channel: u16,
     config: Config,
@@ -54,6 +56,7 @@ impl Ctx {
         config.stale_retries = STALE_RETRIES;
         Self {
             peer,
+            follow_redirects: false,
             mode,
             channel,
             config,
@@ -142,6 +145,8 @@ pub enum Next {
     Wait,
     /// The step finished; the session is idle (ready, or deleted after `Delete`).
     Done(Step),
+    /// The Allocate was answered 300 ALTERNATE-SERVER naming this server.
+    Redirect(SocketAddr),
     Failed(Failure),
 }
 
@@ -151,6 +156,8 @@ pub struct Session {
     client: Option<Client>,
     pending: Option<(RequestId, Step)>,
     pub relayed: Option<SocketAddr>,
+    /// 300s followed to get here.
+    pub hops: u8,
 }
 
 impl Session {
@@ -244,7 +251,10 @@ impl Session {
                 }
                 Next::Done(step)
             }
-            Outcome::Error(e) => Next::Failed(Failure::Error(e.code)),
+            Outcome::Error(e) => match (step, e.code, e.alternate_server) {
+                (Step::Allocate, 300, Some(to)) => Next::Redirect(to),
+                _ => Next::Failed(Failure::Error(e.code)),
+            },
             Outcome::Timeout => Next::Failed(Failure::Timeout),
             Outcome::Invalid(_) => Next::Failed(Failure::BadResponse),
             Outcome::Abandoned => Next::Failed(Failure::Unreachable),
@@ -412,5 +422,28 @@ mod tests {
             s.on_timer(now + Duration::from_secs(2)),
             Next::Done(Step::Delete)
         );
+    }
+
+    #[test]
+    fn a_300_on_allocate_names_the_alternate() {
+        let (mut c, mut s, now) = (ctx(true), Session::new(), Instant::now());
+        assert_eq!(s.start(&mut c, Step::Allocate, now), Next::Send);
+        let first = sent(&mut s);
+        assert_eq!(
+            s.on_response(&challenge(&first, 401, "n1"), now),
+            Next::Send
+        );
+        let second = sent(&mut s);
+        let alt: SocketAddr = "203.0.113.52:3478".parse().unwrap();
+        let redirect = answer(&second, Class::Error, |w| {
+            w.attr(&ErrorCode {
+                code: 300,
+                reason: "",
+            })
+            .unwrap()
+            .attr(&relay_proto::stun::AlternateServer(alt))
+            .unwrap();
+        });
+        assert_eq!(s.on_response(&redirect, now), Next::Redirect(alt));
     }
 }

@@ -107,14 +107,16 @@ impl Worker {
             });
         }
         let ctx = (plan.mode != DataMode::Direct).then(|| {
-            Ctx::new(
+            let mut ctx = Ctx::new(
                 plan.peer,
                 plan.mode,
                 plan.channel,
                 plan.transport.into(),
                 plan.credentials.clone(),
                 plan.retransmit,
-            )
+            );
+            ctx.follow_redirects = plan.follow_redirects;
+            ctx
         });
         let mut tx = Mmsg::new(plan.burst);
         let frame = prefill(&mut tx, &plan);

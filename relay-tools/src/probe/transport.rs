@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use relay_proto::stun::frame_len;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, StreamOwned};
 
@@ -210,19 +209,8 @@ pub fn tls_config(trust: &Trust) -> Result<Arc<ClientConfig>, UsageError> {
 }
 
 fn ca_file(path: &Path) -> Result<RootCertStore, UsageError> {
-    let bad = |why: String| UsageError(format!("--ca {}: {why}", path.display()));
-    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| bad(format!("unusable CA certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(bad("no CERTIFICATE block in the file".into()));
-    }
-    Ok(roots)
+    relay_admin_api::client::roots_from_pem_file(path)
+        .map_err(|why| UsageError(format!("--ca {}: {why}", path.display())))
 }
 
 /// `--insecure`: any certificate, any name. Handshake signatures are still checked, so

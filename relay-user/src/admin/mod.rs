@@ -10,6 +10,7 @@
 //!
 //! With `[admin] token`, every path but `/healthz` wants `Authorization: Bearer TOKEN` or
 //! the console's session cookie ([`session`]).
+//! With `[admin] tls`, it is served over TLS with the `[tls]` certificate ([`tls`]).
 //! Handlers query the shards through [`Control`] on the blocking pool, so a slow shard
 //! never stalls the runtime the signal handling runs on.
 //!
@@ -24,6 +25,7 @@ pub mod disconnect;
 pub mod history;
 pub mod prom;
 pub mod session;
+mod tls;
 pub mod view;
 
 use std::{
@@ -40,11 +42,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{delete, get},
 };
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::{
     net::TcpListener,
     sync::{Semaphore, oneshot},
@@ -70,6 +68,8 @@ pub enum AdminError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::AdminTlsError),
 }
 
 /// The running endpoint; [`shutdown`](Self::shutdown) stops it.
@@ -85,6 +85,7 @@ pub struct Admin {
 /// that cannot be bound is an error.
 pub async fn start(control: Arc<Control>) -> Result<Option<Admin>, AdminError> {
     let settings = control.config().admin.clone();
+    let tls = tls::setup(&control)?;
     let listener = match TcpListener::bind(settings.address).await {
         Ok(l) => l,
         Err(source) if !settings.explicit => {
@@ -104,8 +105,8 @@ pub async fn start(control: Arc<Control>) -> Result<Option<Admin>, AdminError> {
     let history = Arc::new(History::default());
     let sampler = history::spawn_sampler(control.clone(), history.clone());
     let app = router(control, history);
-    let task = tokio::spawn(serve(listener, app, settings.clone(), stopped));
-    tracing::info!(address = %local_addr, token = settings.token.is_some(),
+    let task = tokio::spawn(serve(listener, app, settings.clone(), stopped, tls));
+    tracing::info!(address = %local_addr, token = settings.token.is_some(), tls = settings.tls,
         "admin API listening: / (console), /metrics, /api/allocations, /api/status, /api/history, /healthz");
     Ok(Some(Admin {
         local_addr,
@@ -122,6 +123,7 @@ async fn serve(
     app: Router,
     settings: AdminSettings,
     mut stopped: oneshot::Receiver<()>,
+    tls: Option<tls::AdminTls>,
 ) {
     let permits = Arc::new(Semaphore::new(settings.max_connections));
     let graceful = GracefulShutdown::new();
@@ -156,19 +158,15 @@ async fn serve(
             }
             continue;
         };
-        let service = TowerToHyperService::new(app.clone().layer(Extension(ConnectInfo(from))));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.header_timeout)
-            .max_buf_size(MAX_HEAD)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%from, error = %e, "admin connection closed");
-            }
-            drop(permit);
-        });
+        tls::spawn_connection(
+            stream,
+            from,
+            &app,
+            &settings,
+            graceful.watcher(),
+            permit,
+            tls.as_ref().map(|t| &t.acceptor),
+        );
     }
     drop(listener);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())

@@ -84,6 +84,8 @@ struct Scrape {
     tcp: Option<TcpFigures>,
     /// The event counters the shards feed.
     events: Arc<EventCounters>,
+    /// The other nodes of `[cluster] nodes` as last heard.
+    cluster: Vec<relay_admin_api::ClusterNodeView>,
 }
 
 /// The TCP/TLS shard's connection counters at scrape time.
@@ -251,6 +253,7 @@ pub fn render(control: &Control) -> Result<String, fmt::Error> {
         reloads: (ok, refused),
         tcp: control.tcp_stats().map(TcpFigures::of),
         events: control.counters().clone(),
+        cluster: control.cluster().view(std::time::Instant::now()),
     };
     let mut registry = Registry::default();
     registry.register_collector(Box::new(scrape));
@@ -275,6 +278,57 @@ fn monotonic(now: [Option<Traffic>; 3]) -> [Option<Traffic>; 3] {
 }
 
 type Labels = Vec<(&'static str, String)>;
+
+impl Scrape {
+    /// `relay_cluster_*{node}`: what this node knows of the others (`node` is the admin
+    /// endpoint as configured).
+    fn encode_cluster(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let node = |n: &relay_admin_api::ClusterNodeView| label("node", &n.node);
+        family(
+            enc,
+            "relay_cluster_node_up",
+            "1 while the cluster node's /api/status answers (polled every second).",
+            MetricType::Gauge,
+            self.cluster.iter().map(|n| (node(n), u64::from(n.up))),
+        )?;
+        family(
+            enc,
+            "relay_cluster_node_draining",
+            "1 while the cluster node said it was draining.",
+            MetricType::Gauge,
+            self.cluster
+                .iter()
+                .map(|n| (node(n), u64::from(n.draining))),
+        )?;
+        family(
+            enc,
+            "relay_cluster_node_allocations",
+            "Allocations the cluster node held when last heard from.",
+            MetricType::Gauge,
+            self.cluster
+                .iter()
+                .filter_map(|n| Some((node(n), n.allocations? as u64))),
+        )?;
+        family(
+            enc,
+            "relay_cluster_node_capacity",
+            "The cluster node's max_allocations when last heard from.",
+            MetricType::Gauge,
+            self.cluster
+                .iter()
+                .filter_map(|n| Some((node(n), n.capacity? as u64))),
+        )?;
+        family(
+            enc,
+            "relay_cluster_node_last_heard_seconds",
+            "Seconds since the cluster node last answered (absent if it never did); beyond 3 no client is redirected to it.",
+            MetricType::Gauge,
+            self.cluster
+                .iter()
+                .filter_map(|n| Some((node(n), n.last_heard_seconds?))),
+        )
+    }
+}
 
 fn family<V>(
     enc: &mut DescriptorEncoder,
@@ -344,6 +398,9 @@ impl Collector for Scrape {
             Gauge,
             u64::from(self.draining),
         )?;
+        if !self.cluster.is_empty() {
+            self.encode_cluster(&mut enc)?;
+        }
         single(
             &mut enc,
             "relay_shards_unresponsive",

@@ -200,5 +200,6 @@ pub fn status(control: &Control) -> StatusView {
             address: c.admin.address,
             token_required: c.admin.token.is_some(),
         },
+        cluster: control.cluster().view(std::time::Instant::now()),
     }
 }

@@ -33,6 +33,8 @@ pub struct AdminSettings {
     pub header_timeout: Duration,
     /// Connections served at once; beyond it new ones are closed at once.
     pub max_connections: usize,
+    /// Served over TLS with the `[tls]` certificate (`[admin] tls`).
+    pub tls: bool,
 }
 
 impl Default for AdminSettings {
@@ -43,6 +45,7 @@ impl Default for AdminSettings {
             explicit: false,
             header_timeout: DEFAULT_ADMIN_HEADER_TIMEOUT,
             max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            tls: false,
         }
     }
 }
@@ -56,6 +59,7 @@ impl std::fmt::Debug for AdminSettings {
             .field("explicit", &self.explicit)
             .field("header_timeout", &self.header_timeout)
             .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -163,6 +167,7 @@ pub(super) fn admin(
         explicit,
         header_timeout,
         max_connections,
+        tls: section.tls.unwrap_or(false),
     })
 }
 

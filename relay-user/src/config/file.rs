@@ -31,6 +31,8 @@ pub struct ConfigFile {
     pub tcp: super::TcpSection,
     #[serde(default)]
     pub tls: super::TlsSection,
+    #[serde(default)]
+    pub cluster: super::ClusterSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,4 +182,6 @@ pub struct AdminSection {
     pub header_timeout: Option<u64>,
     /// Connections served at once; further ones are closed at once.
     pub max_connections: Option<usize>,
+    /// Serve the endpoint over TLS with the `[tls]` certificate.
+    pub tls: Option<bool>,
 }

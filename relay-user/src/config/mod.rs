@@ -5,6 +5,7 @@
 //! `relay check`: `check::certificates`).
 
 mod admin;
+mod cluster;
 mod file;
 mod listen_proxy;
 mod log;
@@ -14,6 +15,7 @@ mod users;
 mod validate;
 
 pub use admin::{AdminSettings, DEFAULT_ADMIN_ADDRESS, DEFAULT_DRAIN_TIMEOUT};
+pub use cluster::{AdminUrl, ClusterNode, ClusterNodeEntry, ClusterSection, ClusterSettings};
 pub use file::{
     AdminSection, AuthSection, ConfigFile, LimitsSection, ListenSection, LogSection, PeersSection,
     RelaySection, Transport, UdpSection, XdpSection,

@@ -725,3 +725,62 @@ fn bandwidth_limits_default_off_and_take_bit_per_second_in_range() {
         assert_eq!(err(&limits(text)).key, key);
     }
 }
+
+#[test]
+fn cluster_nodes_and_admin_tls() {
+    let base = format!("{DEPLOYMENT}\n[admin]\ntoken = \"t0ken\"\n");
+    let c = parse(&format!(
+        "{base}\n[cluster]\nnodes = [{{ turn = \"203.0.113.51:3478\", admin = \"http://192.0.2.51:9641\" }},\n  {{ turn = \"203.0.113.52:3478\", admin = \"https://192.0.2.52:9641/\" }}]\nca = \"ca.pem\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cluster.nodes.len(), 2);
+    assert_eq!(c.cluster.nodes[0].turn.to_string(), "203.0.113.51:3478");
+    assert_eq!(
+        c.cluster.nodes[1].admin.to_string(),
+        "https://192.0.2.52:9641"
+    );
+    assert!(c.cluster.nodes[1].admin.tls);
+    assert_eq!(c.cluster.ca.as_deref(), Some(Path::new("./ca.pem")));
+    assert!(!c.admin.tls);
+
+    let key = |text: &str| err(text).key;
+    let node = |turn: &str, admin: &str| format!("{{ turn = \"{turn}\", admin = \"{admin}\" }}");
+    let cluster = |nodes: &[String]| format!("{base}\n[cluster]\nnodes = [{}]\n", nodes.join(", "));
+    let ok = node("203.0.113.51:3478", "http://192.0.2.51:9641");
+    assert_eq!(
+        key(&cluster(&[node("nope", "http://192.0.2.51:9641")])),
+        "cluster.nodes[0].turn"
+    );
+    assert_eq!(
+        key(&cluster(&[
+            ok.clone(),
+            node("203.0.113.52:3478", "ftp://x")
+        ])),
+        "cluster.nodes[1].admin"
+    );
+    // Our own listener, twice the same node, https without a CA, no token to send.
+    assert_eq!(
+        key(&cluster(&[node(
+            "192.0.2.50:3478",
+            "http://192.0.2.51:9641"
+        )])),
+        "cluster.nodes[0].turn"
+    );
+    assert_eq!(key(&cluster(&[ok.clone(), ok.clone()])), "cluster.nodes[1]");
+    assert_eq!(
+        key(&cluster(&[node(
+            "203.0.113.52:3478",
+            "https://192.0.2.52:9641"
+        )])),
+        "cluster.ca"
+    );
+    let no_token = format!("{DEPLOYMENT}\n[cluster]\nnodes = [{ok}]\n");
+    assert_eq!(key(&no_token), "admin.token");
+    // The admin endpoint over TLS needs the [tls] certificate.
+    assert_eq!(key(&format!("{base}tls = true\n")), "admin.tls");
+    let c = parse(&format!(
+        "{base}tls = true\n[tls]\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n"
+    ))
+    .unwrap();
+    assert!(c.admin.tls);
+}

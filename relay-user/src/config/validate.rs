@@ -95,8 +95,11 @@ pub struct Config {
     pub drain_timeout: std::time::Duration,
     /// `[tcp]`: the TCP/TLS event loop.
     pub tcp: super::TcpSettings,
-    /// `[tls]`: certificate and key for `tls` listeners.
+    /// `[tls]`: certificate and key for `tls` listeners (and the admin endpoint with
+    /// `[admin] tls`).
     pub tls: Option<super::TlsFiles>,
+    /// `[cluster]`: the other nodes redirected to when full or draining.
+    pub cluster: super::ClusterSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -396,6 +399,19 @@ impl ConfigFile {
         };
         let relays: Vec<RelayAddrs> = [relay_v4, relay_v6].into_iter().flatten().collect();
         let admin = super::admin::admin(self.admin, &listeners, &relays, ports)?;
+        if admin.tls && tls.is_none() {
+            return Err(ConfigError::new(
+                "admin.tls",
+                "needs [tls] certificate and private_key: the admin endpoint serves that certificate",
+            ));
+        }
+        let cluster = super::cluster::validate(
+            self.cluster,
+            &listeners,
+            admin.address,
+            admin.token.is_some(),
+            base,
+        )?;
         let alternate_servers =
             super::admin::alternate_servers(&self.limits.alternate_servers, &listeners)?;
         let drain_timeout = super::admin::drain_timeout(self.limits.drain_timeout)?;
@@ -441,6 +457,7 @@ impl ConfigFile {
             drain_timeout,
             tcp,
             tls,
+            cluster,
         })
     }
 }

@@ -65,7 +65,10 @@ impl Control {
                 "limits.drain_timeout = 0: stopping at once");
             return;
         }
-        let refusal = if config.alternate_servers.is_empty() {
+        let refusal = if !config.cluster.nodes.is_empty() {
+            "300 to the least-loaded healthy [cluster] node, else the alternate servers, else 508"
+                .to_owned()
+        } else if config.alternate_servers.is_empty() {
             "508 Insufficient Capacity".to_owned()
         } else {
             let alts: Vec<String> = config

@@ -116,6 +116,8 @@ pub struct Control {
     tcp_stats: std::sync::OnceLock<Arc<crate::tcp::Stats>>,
     /// The process generation and when it took over (a handover), for the status page.
     generation: std::sync::OnceLock<(u64, Option<u64>)>,
+    /// The other nodes of `[cluster] nodes` as last heard (the poller writes it).
+    cluster: Arc<crate::cluster::Cluster>,
 }
 
 impl Control {
@@ -147,6 +149,7 @@ impl Control {
             last_reload: Mutex::new(None),
             tcp_stats: std::sync::OnceLock::new(),
             generation: std::sync::OnceLock::new(),
+            cluster: Arc::default(),
         }
     }
 
@@ -164,6 +167,11 @@ impl Control {
     /// Registers the TCP/TLS shard's counters for the metrics (once, at startup).
     pub fn set_tcp_stats(&self, stats: Arc<crate::tcp::Stats>) {
         let _ = self.tcp_stats.set(stats);
+    }
+
+    /// The other cluster nodes as last heard.
+    pub fn cluster(&self) -> &Arc<crate::cluster::Cluster> {
+        &self.cluster
     }
 
     pub fn tcp_stats(&self) -> Option<&crate::tcp::Stats> {

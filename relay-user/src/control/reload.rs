@@ -41,8 +41,8 @@ pub struct ReloadRecord {
 
 impl Control {
     /// Reads the config again and applies what can change at runtime: users, shared
-    /// secrets, realm, peer policy, limits, alternate servers, drain timeout, admin token
-    /// (and whatever the hooks reload). Allocations are kept. Nothing changes unless the
+    /// secrets, realm, peer policy, limits, alternate servers, cluster nodes, drain timeout,
+    /// admin token (and whatever the hooks reload). Allocations are kept. Nothing changes unless the
     /// whole new config is valid. Blocks (file I/O, shard round trips).
     pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let loader = self.loader.as_ref().ok_or(ReloadError::NoConfigFile)?;
@@ -66,6 +66,8 @@ impl Control {
         running.alternate_servers = new.alternate_servers.clone();
         running.drain_timeout = new.drain_timeout;
         running.admin.token = new.admin.token.clone();
+        // The poller reads the nodes afresh at each round.
+        running.cluster = new.cluster.clone();
         running.tcp.relay_tcp = new.tcp.relay_tcp;
 
         // Built here to refuse the reload before any shard sees it; each shard builds its
@@ -199,6 +201,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         old.admin.max_connections != new.admin.max_connections,
         "admin.max_connections",
     );
+    check(old.admin.tls != new.admin.tls, "admin.tls");
     check(old.log_level != new.log_level, "log.level");
     // The buckets are set up with the allocations (and the kernel's with its maps).
     check(

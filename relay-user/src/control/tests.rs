@@ -21,7 +21,8 @@ fn reload_applies_runtime_keys_and_keeps_startup_ones() {
             "[limits]\nmax_allocations = 20\nalternate_servers = [\"203.0.113.60:3478\"]\n\
              drain_timeout = 7\nmax_allocations_per_rest_user = 3\n\
              max_allocations_per_source = 40\nunauthenticated_rate = 5\n\
-             unauthenticated_burst = 6\n[admin]\ntoken = \"new\"\n",
+             unauthenticated_burst = 6\n[admin]\ntoken = \"new\"\n\
+             [cluster]\nnodes = [{ turn = \"203.0.113.61:3478\", admin = \"http://192.0.2.61:9641\" }]\n",
         )
         .replace("127.0.0.1:3478", "127.0.0.1:3479"),
     );
@@ -32,6 +33,8 @@ fn reload_applies_runtime_keys_and_keeps_startup_ones() {
     assert_eq!(c.max_allocations, 20);
     assert_eq!(c.drain_timeout, Duration::from_secs(7));
     assert_eq!(c.admin.token.as_deref(), Some("new"));
+    // The poller reads the nodes from the config in force at each round.
+    assert_eq!(c.cluster.nodes[0].turn.to_string(), "203.0.113.61:3478");
     // The listener needs a restart: the one in force stays.
     assert_eq!(c.listeners[0].address.port(), 3478);
     let rest_quotas = control.gather(QUERY_TIMEOUT, |s| {

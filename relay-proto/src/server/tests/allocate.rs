@@ -550,3 +550,41 @@ fn static_nat_public_differs_from_bind() {
     }
     let _ = Family::V4;
 }
+
+#[test]
+fn cluster_targets_come_before_static_alternates() {
+    use crate::server::RedirectTarget;
+    let alt: SocketAddr = ([192, 0, 2, 200], 3478).into();
+    let node = |port: u16, allocations: usize, capacity: usize| RedirectTarget {
+        turn: ([192, 0, 2, 50], port).into(),
+        allocations,
+        capacity,
+    };
+    let mut h = H::with(|c| {
+        c.max_allocations = 1;
+        c.alternate_servers = vec![alt];
+    });
+    h.allocate(udp(1));
+    h.server
+        .set_redirect_targets(vec![node(3478, 10, 10), node(3479, 3, 10)]);
+    let r = h.allocate_with(udp(2), &Cred::alice(), |_| {});
+    assert_eq!(code(&r), Some(300));
+    let m = Message::parse(&r).unwrap();
+    // Not the full node: the one with room.
+    assert_eq!(
+        m.attr::<AlternateServer>(),
+        Some(Ok(AlternateServer(node(3479, 0, 0).turn)))
+    );
+    // The same client again: cluster nodes with room are still offered to it.
+    let r = h.allocate_with(udp(2), &Cred::alice(), |_| {});
+    let m = Message::parse(&r).unwrap();
+    assert_eq!(
+        m.attr::<AlternateServer>(),
+        Some(Ok(AlternateServer(node(3479, 0, 0).turn)))
+    );
+    // No cluster node with room: the static alternate.
+    h.server.set_redirect_targets(vec![node(3478, 10, 10)]);
+    let r = h.allocate_with(udp_at("192.0.2.150", 5000), &Cred::alice(), |_| {});
+    let m = Message::parse(&r).unwrap();
+    assert_eq!(m.attr::<AlternateServer>(), Some(Ok(AlternateServer(alt))));
+}
