@@ -72,7 +72,10 @@ pub async fn page(State(control): State<Arc<Control>>, request: Request) -> Resp
                 StatusCode::SEE_OTHER,
                 [
                     (header::LOCATION, HeaderValue::from_static("/")),
-                    (header::SET_COOKIE, session::set_cookie(&expected)),
+                    (
+                        header::SET_COOKIE,
+                        session::set_cookie(&expected, control.config().admin.tls),
+                    ),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
                 ],
             )

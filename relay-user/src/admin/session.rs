@@ -93,10 +93,12 @@ pub fn cookie_value(token: &str) -> String {
         .collect()
 }
 
-/// The `Set-Cookie` header that logs a browser in with `token`.
-pub fn set_cookie(token: &str) -> HeaderValue {
+/// The `Set-Cookie` header that logs a browser in with `token`; `Secure` when the
+/// endpoint is HTTPS (`[admin] tls`), so the browser never sends it over plain HTTP.
+pub fn set_cookie(token: &str, https: bool) -> HeaderValue {
+    let secure = if https { "; Secure" } else { "" };
     let v = format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict",
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{secure}",
         cookie_value(token)
     );
     HeaderValue::from_str(&v).expect("hex and ASCII")
@@ -171,7 +173,14 @@ mod tests {
             check("s3cret", &HeaderMap::new()),
             Err(Refusal::NoCredentials)
         );
-        let set = set_cookie("s3cret");
+        let set = set_cookie("s3cret", false);
+        assert!(!set.to_str().unwrap().contains("Secure"));
+        assert!(
+            set_cookie("s3cret", true)
+                .to_str()
+                .unwrap()
+                .ends_with("; Secure")
+        );
         let set = set.to_str().unwrap();
         assert!(
             set.contains("HttpOnly") && set.contains("SameSite=Strict"),
