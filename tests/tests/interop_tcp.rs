@@ -603,7 +603,16 @@ fn tls_certificate_reloads_without_restart() {
     // The connection made before keeps working, with its allocation.
     old.refresh(600)
         .unwrap_or_else(|e| panic!("refresh on the old connection: {e}"));
-    assert_eq!(env.relay.log_lines("TCP/TLS event loop running").len(), 1);
+    // No worker restarted: one loop started per `[tcp] workers` (one per CPU here).
+    let line = env
+        .relay
+        .wait_for_log("answering TURN over TCP", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let workers: usize = field(&line, "workers").expect("workers").parse().unwrap();
+    assert_eq!(
+        env.relay.log_lines("TCP/TLS event loop running").len(),
+        workers
+    );
 }
 
 #[test]
