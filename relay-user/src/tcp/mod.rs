@@ -171,11 +171,11 @@ pub fn spawn(workers: Vec<Worker>, config: &Config) -> anyhow::Result<TcpShards>
         );
         shards.stats.push((w.name.clone(), state.stats.clone()));
         let watch = watch.clone();
-        let inbox = w.inbox;
+        let (inbox, name) = (w.inbox, w.name.clone());
         let thread = std::thread::Builder::new()
             .name(w.name.clone())
             .spawn(move || {
-                let server = run(engine, state, inbox);
+                let server = run(&name, engine, state, inbox);
                 drop(watch);
                 server
             })
@@ -217,30 +217,30 @@ impl Drop for Watch {
     }
 }
 
-fn run(engine: IoEngine, state: state::State, inbox: Inbox) -> Server {
+fn run(worker: &str, engine: IoEngine, state: state::State, inbox: Inbox) -> Server {
     if engine != IoEngine::Epoll {
         match uring::UringLoop::new(state, inbox) {
             Ok(l) => {
-                tracing::info!(engine = "io_uring", "TCP/TLS event loop running");
+                tracing::info!(worker, engine = "io_uring", "TCP/TLS event loop running");
                 return l.run();
             }
             Err((e, state, inbox)) => {
-                tracing::warn!(reason = %e, "io_uring loop cannot start; serving TCP/TLS with epoll");
-                return run_epoll(state, inbox);
+                tracing::warn!(worker, reason = %e, "io_uring loop cannot start; serving TCP/TLS with epoll");
+                return run_epoll(worker, state, inbox);
             }
         }
     }
-    run_epoll(state, inbox)
+    run_epoll(worker, state, inbox)
 }
 
-fn run_epoll(state: state::State, inbox: Inbox) -> Server {
+fn run_epoll(worker: &str, state: state::State, inbox: Inbox) -> Server {
     match epoll::EpollLoop::new(state, inbox) {
         Ok(l) => {
-            tracing::info!(engine = "epoll", "TCP/TLS event loop running");
+            tracing::info!(worker, engine = "epoll", "TCP/TLS event loop running");
             l.run()
         }
         Err((e, state)) => {
-            tracing::error!(error = %e, "cannot create the epoll instance; TCP/TLS clients are not served");
+            tracing::error!(worker, error = %e, "cannot create the epoll instance; this worker's TCP/TLS clients are not served");
             state.server
         }
     }
