@@ -206,18 +206,30 @@ async fn serve(
         planes.push((name, plane));
         shards.push(handle);
     }
-    // TURN over TCP/TLS: one more shard, with its own core on the shared ports and quotas.
+    // TURN over TCP/TLS: `[tcp] workers` more shards, each with its own core on the shared
+    // ports and quotas.
     let mut tls_reload = None;
-    let mut tcp_stats = None;
-    let mut tcp_thread = None;
+    let mut tcp_stats = Vec::new();
+    let mut tcp_threads = Vec::new();
     if crate::tcp::wanted(&config) {
-        let (handle, inbox) = shard::channel("tcp").context("creating a shard wake-up eventfd")?;
-        let server = cores.server(&config, Instant::now())?;
-        let tcp = crate::tcp::spawn(server, &config, inbox, mirror())?;
-        tcp_thread = Some(tcp.thread);
-        shards.push(handle);
+        let mut tcp_workers = Vec::new();
+        for i in 0..per_cpu(config.tcp.workers) {
+            let name = format!("tcp-{i}");
+            let (handle, inbox) =
+                shard::channel(&name).context("creating a shard wake-up eventfd")?;
+            let server = cores.server(&config, Instant::now())?;
+            tcp_workers.push(crate::tcp::Worker {
+                name,
+                server,
+                inbox,
+                mirror: mirror(),
+            });
+            shards.push(handle);
+        }
+        let tcp = crate::tcp::spawn(tcp_workers, &config)?;
+        tcp_threads = tcp.threads;
         tls_reload = tcp.tls;
-        tcp_stats = Some(tcp.stats);
+        tcp_stats = tcp.stats;
     }
     let mut xdp_status = XdpStatus::of(&config, xdp.as_ref());
     xdp_status.forwarding_off = forwarding
@@ -232,8 +244,8 @@ async fn serve(
         counters.clone(),
         xdp_status,
     ));
-    if let Some(stats) = tcp_stats {
-        control.set_tcp_stats(stats);
+    if !tcp_stats.is_empty() {
+        control.set_tcp_stats(tcp_stats);
     }
     if let Some(local) = local {
         let c = control.clone();
@@ -344,7 +356,7 @@ async fn serve(
         workers: worker_threads,
         worker_shards: shards[..workers].to_vec(),
         admin,
-        tcp: tcp_thread.is_some(),
+        tcp: !tcp_threads.is_empty(),
         xdp: xdp.is_some(),
         config_file: path.is_some(),
         generation,
@@ -356,7 +368,7 @@ async fn serve(
     let end = loop {
         let asked = tokio::select! {
             _ = &mut stopped => break End::Stopped,
-            name = shard_exited(&running.workers, tcp_thread.as_ref()) => break End::Died(name),
+            name = shard_exited(&running.workers, &tcp_threads) => break End::Died(name),
             _ = usr2.recv() => match crate::handover::installed_exe() {
                 Ok(exe) => (exe, None),
                 Err(e) => {
@@ -406,7 +418,7 @@ async fn serve(
         for t in workers {
             n += t.join().map_or(0, |p| p.server().allocation_count());
         }
-        if let Some(t) = tcp_thread {
+        for t in tcp_threads {
             n += t.join().map_or(0, |s| s.allocation_count());
         }
         n
@@ -506,24 +518,30 @@ fn local_prefixes() -> Option<Vec<ipnet::IpNet>> {
 
 /// `[udp] workers`, with 0 resolved to the CPUs this process may run on.
 fn udp_workers(config: &Config) -> usize {
-    match config.udp_workers {
+    per_cpu(config.udp_workers)
+}
+
+/// A `workers` setting (`[udp]`, `[tcp]`) with 0 resolved to the CPUs this process may
+/// run on (its affinity mask and cgroup quota).
+fn per_cpu(configured: usize) -> usize {
+    match configured {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     }
 }
 
-/// Resolves when one of the UDP workers or the TCP shard has ended (they only end on
-/// their own after a fatal error or a panic); its name.
+/// Resolves when one of the UDP or TCP/TLS workers has ended (they only end on their
+/// own after a fatal error or a panic); its name.
 async fn shard_exited(
     workers: &[std::thread::JoinHandle<Dataplane>],
-    tcp: Option<&std::thread::JoinHandle<relay_proto::server::Server>>,
+    tcp: &[std::thread::JoinHandle<relay_proto::server::Server>],
 ) -> String {
     loop {
         let finished = workers
             .iter()
             .find(|t| t.is_finished())
             .map(|t| t.thread())
-            .or(tcp.filter(|t| t.is_finished()).map(|t| t.thread()));
+            .or(tcp.iter().find(|t| t.is_finished()).map(|t| t.thread()));
         if let Some(t) = finished {
             return t.name().unwrap_or("unnamed").to_owned();
         }

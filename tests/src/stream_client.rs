@@ -16,8 +16,9 @@ use std::{
 };
 
 use relay_proto::stun::{
-    ChannelNumber, Class, Lifetime, Message, Method, RequestedTransport, TransactionId,
-    XorMappedAddress, XorPeerAddress, XorRelayedAddress, frame_len, write_channel_data,
+    ChannelNumber, Class, Lifetime, Message, MessageWriter, Method, RequestedTransport,
+    TransactionId, XorMappedAddress, XorPeerAddress, XorRelayedAddress, frame_len,
+    write_channel_data,
 };
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned, pki_types::ServerName};
 
@@ -36,6 +37,20 @@ pub fn connect_tcp(server: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
     s.set_read_timeout(Some(timeout))?;
     s.set_nodelay(true)?;
     Ok(s)
+}
+
+/// As [`connect_tcp`], from the local address `src` (a source of the per-source limits).
+pub fn connect_tcp_from(
+    src: SocketAddr,
+    server: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let domain = socket2::Domain::for_address(src);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    s.bind(&src.into())?;
+    s.connect_timeout(&server.into(), timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    Ok(s.into())
 }
 
 /// TLS to `server`, verifying its chain against `roots` for the IP address `name`; the
@@ -95,6 +110,21 @@ impl<S: Read + Write> StreamClient<S> {
     /// nonces are bound to the client IP), saving the 401 round trip.
     pub fn prime(&mut self, realm: &str, nonce: &str) {
         self.auth.prime(realm, nonce);
+    }
+
+    /// Sends an unsigned Binding request; `false` once the connection is closed (or the
+    /// answer does not come).
+    pub fn binding_answered(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        let txid = new_txid();
+        let Ok(mut w) = MessageWriter::new(&mut buf, Class::Request, Method::BINDING, txid) else {
+            return false;
+        };
+        if w.fingerprint().is_err() {
+            return false;
+        }
+        let n = w.finish();
+        self.stream.write_all(&buf[..n]).is_ok() && self.read_response(txid).is_ok()
     }
 
     /// The realm and nonce in use, once known.

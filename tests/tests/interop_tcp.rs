@@ -29,7 +29,7 @@ use relay_tests::{
     read_uninterrupted,
     relay::field,
     seccomp,
-    stream_client::{StreamClient, connect_tcp},
+    stream_client::{StreamClient, connect_tcp, connect_tcp_from},
     turn_client::new_txid,
 };
 
@@ -603,7 +603,16 @@ fn tls_certificate_reloads_without_restart() {
     // The connection made before keeps working, with its allocation.
     old.refresh(600)
         .unwrap_or_else(|e| panic!("refresh on the old connection: {e}"));
-    assert_eq!(env.relay.log_lines("TCP/TLS event loop running").len(), 1);
+    // No worker restarted: one loop started per `[tcp] workers` (one per CPU here).
+    let line = env
+        .relay
+        .wait_for_log("answering TURN over TCP", Duration::ZERO)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let workers: usize = field(&line, "workers").expect("workers").parse().unwrap();
+    assert_eq!(
+        env.relay.log_lines("TCP/TLS event loop running").len(),
+        workers
+    );
 }
 
 #[test]
@@ -1197,16 +1206,6 @@ fn a_tls_client_keeps_its_allocation_through_datagrams_over_64_kib() {
     );
 }
 
-/// An unsigned Binding request on `c`; `false` once the connection is closed.
-fn binding_answered(c: &mut StreamClient<TcpStream>) -> bool {
-    let mut buf = [0u8; 64];
-    let txid = new_txid();
-    let mut w = MessageWriter::new(&mut buf, Class::Request, Method::BINDING, txid).unwrap();
-    w.fingerprint().unwrap();
-    let n = w.finish();
-    c.write_all(&buf[..n]).is_ok() && c.read_response(txid).is_ok()
-}
-
 #[test]
 fn only_authenticated_requests_keep_a_connection_without_allocation_open() {
     const IDLE: u64 = 2;
@@ -1222,7 +1221,7 @@ fn only_authenticated_requests_keep_a_connection_without_allocation_open() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(IDLE + 5);
     let closed_after = loop {
-        if !binding_answered(&mut unsigned) {
+        if !unsigned.binding_answered() {
             break started.elapsed();
         }
         assert_eq!(
@@ -1290,24 +1289,18 @@ fn connections_from_one_ipv6_slash_64_count_as_one_source() {
         let s = env
             .topo
             .relay
-            .run(move || {
-                let s = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)?;
-                s.bind(&src.into())?;
-                s.connect_timeout(&server.into(), STREAM_TIMEOUT)?;
-                s.set_read_timeout(Some(STREAM_TIMEOUT))?;
-                Ok::<TcpStream, std::io::Error>(s.into())
-            })
+            .run(move || connect_tcp_from(src, server, STREAM_TIMEOUT))
             .expect("enter namespace")
             .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
         StreamClient::new(s, USER, PASSWORD)
     };
     let mut first = connect_from(srcs[0]);
     let mut second = connect_from(srcs[1]);
-    assert!(binding_answered(&mut first) && binding_answered(&mut second));
+    assert!(first.binding_answered() && second.binding_answered());
     // A third address of the same /64 is over the limit of 2; another /64 is not.
     let mut third = connect_from(srcs[2]);
     assert!(
-        !binding_answered(&mut third),
+        !third.binding_answered(),
         "a third connection from the same /64 was served\n{}",
         env.relay.logs()
     );
@@ -1317,8 +1310,5 @@ fn connections_from_one_ipv6_slash_64_count_as_one_source() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(line.contains("2001:db8:5::/64"), "{line}");
     let mut other = connect_from(srcs[3]);
-    assert!(
-        binding_answered(&mut other),
-        "another /64 is another source"
-    );
+    assert!(other.binding_answered(), "another /64 is another source");
 }

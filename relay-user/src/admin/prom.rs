@@ -88,8 +88,9 @@ struct Scrape {
     cluster: Vec<relay_admin_api::ClusterNodeView>,
 }
 
-/// The TCP/TLS shard's connection counters at scrape time.
-#[derive(Clone, Copy, Debug)]
+/// The TCP/TLS workers' connection counters at scrape time, summed, with the open
+/// connections of each worker.
+#[derive(Clone, Debug)]
 struct TcpFigures {
     held: u64,
     accepted: u64,
@@ -101,22 +102,31 @@ struct TcpFigures {
     stalls: u64,
     peer_send_errors: u64,
     peer_connect_errors: u64,
+    /// (worker, connections open, accepted).
+    workers: Vec<(String, u64, u64)>,
 }
 
 impl TcpFigures {
-    fn of(s: &crate::tcp::Stats) -> Self {
+    fn of(workers: &[(String, Arc<crate::tcp::Stats>)]) -> Self {
         let get = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let sum = |f: fn(&crate::tcp::Stats) -> &std::sync::atomic::AtomicU64| {
+            workers.iter().map(|(_, s)| get(f(s))).sum()
+        };
         Self {
-            held: get(&s.held),
-            accepted: get(&s.accepted),
-            refused_total: get(&s.refused_total),
-            refused_per_source: get(&s.refused_per_source),
-            refused_proxy_source: get(&s.refused_proxy_source),
-            refused_proxy_header: get(&s.refused_proxy_header),
-            dropped_backpressure: get(&s.dropped_backpressure),
-            stalls: get(&s.stalls),
-            peer_send_errors: get(&s.peer_send_errors),
-            peer_connect_errors: get(&s.peer_connect_errors),
+            held: sum(|s| &s.held),
+            accepted: sum(|s| &s.accepted),
+            refused_total: sum(|s| &s.refused_total),
+            refused_per_source: sum(|s| &s.refused_per_source),
+            refused_proxy_source: sum(|s| &s.refused_proxy_source),
+            refused_proxy_header: sum(|s| &s.refused_proxy_header),
+            dropped_backpressure: sum(|s| &s.dropped_backpressure),
+            stalls: sum(|s| &s.stalls),
+            peer_send_errors: sum(|s| &s.peer_send_errors),
+            peer_connect_errors: sum(|s| &s.peer_connect_errors),
+            workers: workers
+                .iter()
+                .map(|(name, s)| (name.clone(), get(&s.held), get(&s.accepted)))
+                .collect(),
         }
     }
 }
@@ -606,7 +616,7 @@ impl Collector for Scrape {
                 (label("result", "refused"), self.reloads.1),
             ],
         )?;
-        if let Some(t) = self.tcp {
+        if let Some(t) = &self.tcp {
             single(
                 &mut enc,
                 "relay_tcp_connections_open",
@@ -638,6 +648,24 @@ impl Collector for Scrape {
                     (label("kind", "peer_send_error"), t.peer_send_errors),
                     (label("kind", "peer_connect_error"), t.peer_connect_errors),
                 ],
+            )?;
+            family(
+                &mut enc,
+                "relay_tcp_worker_connections_open",
+                "TURN client connections over TCP/TLS held now, by worker (shard name): how [tcp] workers share them.",
+                Gauge,
+                t.workers
+                    .iter()
+                    .map(|(w, held, _)| (label("worker", w), *held)),
+            )?;
+            family(
+                &mut enc,
+                "relay_tcp_worker_connections_accepted",
+                "TURN client connections over TCP/TLS accepted, by worker (shard name).",
+                Counter,
+                t.workers
+                    .iter()
+                    .map(|(w, _, accepted)| (label("worker", w), *accepted)),
             )?;
         }
         Ok(())

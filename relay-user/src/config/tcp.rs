@@ -23,6 +23,8 @@ pub struct TcpSection {
     pub handshake_timeout: Option<u64>,
     /// RFC 6062 TCP allocations (REQUESTED-TRANSPORT TCP) for TCP/TLS clients.
     pub relay_tcp: Option<bool>,
+    /// TCP/TLS event-loop threads sharing the listeners; 0 = one per CPU.
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +45,8 @@ pub struct TcpSettings {
     pub handshake_timeout: Duration,
     /// RFC 6062 offered (reloadable: the only `[tcp]` key a SIGHUP applies).
     pub relay_tcp: bool,
+    /// Event-loop threads; 0 = one per CPU (see [`crate::tcp::worker_count`]).
+    pub workers: usize,
 }
 
 impl TcpSettings {
@@ -65,6 +69,7 @@ impl TcpSettings {
 /// - `idle_timeout`: counts only authenticated requests, for connections without an
 ///   allocation; a real client allocates within a round trip or two of its 401.
 /// - `handshake_timeout`: a TLS handshake and a first request take 3 round trips.
+/// - `workers`: one per CPU, like `[udp] workers`.
 impl Default for TcpSettings {
     fn default() -> Self {
         Self {
@@ -74,6 +79,7 @@ impl Default for TcpSettings {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             relay_tcp: false,
+            workers: 0,
         }
     }
 }
@@ -133,6 +139,19 @@ pub(super) fn validate(
             d.handshake_timeout,
         )?,
         relay_tcp: tcp.relay_tcp.unwrap_or(d.relay_tcp),
+        workers: match tcp.workers {
+            Some(n) if n > super::MAX_UDP_WORKERS => {
+                return Err(ConfigError::new(
+                    "tcp.workers",
+                    format!(
+                        "{n} is more than {}; 0 means one per CPU",
+                        super::MAX_UDP_WORKERS
+                    ),
+                ));
+            }
+            Some(n) => n,
+            None => d.workers,
+        },
     };
     let wants_tls = listeners
         .iter()

@@ -330,7 +330,7 @@ fn tcp_and_tls_listeners_with_their_tables() {
          [[listen]]\naddress = \"198.51.100.50:443\"\ntransports = [\"tcp\", \"tls\"]\n",
     ) + "\n[tls]\ncertificate = \"cert.pem\"\nprivate_key = \"key.pem\"\n\
          [tcp]\nengine = \"epoll\"\nmax_connections_per_source = 20\nidle_timeout = 45\n\
-         relay_tcp = true\n";
+         relay_tcp = true\nworkers = 3\n";
     let file: ConfigFile = toml::from_str(&text).unwrap();
     let c = file.validate(dir).unwrap();
     assert_eq!(
@@ -341,6 +341,8 @@ fn tcp_and_tls_listeners_with_their_tables() {
     assert_eq!(c.tcp.max_connections_per_source, 20);
     assert_eq!(c.tcp.idle_timeout, std::time::Duration::from_secs(45));
     assert!(c.tcp.relay_tcp);
+    assert_eq!(c.tcp.workers, 3);
+    assert_eq!(TcpSettings::default().workers, 0, "one per CPU");
     assert!(
         !TcpSettings::default().relay_tcp,
         "RFC 6062 is off unless asked for"
@@ -369,6 +371,10 @@ fn tcp_and_tls_listeners_with_their_tables() {
                 "max_connections_per_source = 0",
             ),
             "tcp.max_connections_per_source",
+        ),
+        (
+            text.replace("workers = 3", "workers = 100000"),
+            "tcp.workers",
         ),
         (
             text.replace("certificate = \"cert.pem\"\n", ""),

@@ -112,8 +112,8 @@ pub struct Control {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     last_reload: Mutex<Option<ReloadRecord>>,
-    /// The TCP/TLS shard's connection counters, when it runs.
-    tcp_stats: std::sync::OnceLock<Arc<crate::tcp::Stats>>,
+    /// The TCP/TLS workers' connection counters by shard name, when they run.
+    tcp_stats: std::sync::OnceLock<Vec<(String, Arc<crate::tcp::Stats>)>>,
     /// The process generation and when it took over (a handover), for the status page.
     generation: std::sync::OnceLock<(u64, Option<u64>)>,
     /// The other nodes of `[cluster] nodes` as last heard (the poller writes it).
@@ -164,8 +164,8 @@ impl Control {
         self.generation.get().copied().unwrap_or((1, None))
     }
 
-    /// Registers the TCP/TLS shard's counters for the metrics (once, at startup).
-    pub fn set_tcp_stats(&self, stats: Arc<crate::tcp::Stats>) {
+    /// Registers the TCP/TLS workers' counters for the metrics (once, at startup).
+    pub fn set_tcp_stats(&self, stats: Vec<(String, Arc<crate::tcp::Stats>)>) {
         let _ = self.tcp_stats.set(stats);
     }
 
@@ -174,8 +174,9 @@ impl Control {
         &self.cluster
     }
 
-    pub fn tcp_stats(&self) -> Option<&crate::tcp::Stats> {
-        self.tcp_stats.get().map(|s| &**s)
+    /// Each TCP/TLS worker's counters by shard name; `None` without TCP/TLS listeners.
+    pub fn tcp_stats(&self) -> Option<&[(String, Arc<crate::tcp::Stats>)]> {
+        self.tcp_stats.get().map(Vec::as_slice)
     }
 
     /// Runs `hook` on every reload, after the new config validated and before the shards

@@ -9,10 +9,14 @@
 //! Only authenticated requests (MESSAGE-INTEGRITY verified by the core) keep a connection
 //! without an allocation open: Bindings and 401 challenges are free for anyone, so they
 //! must not hold a slot beyond `tcp.idle_timeout`.
+//!
+//! With several `[tcp] workers` the limits are the relay's, not a worker's: every worker
+//! counts in one [`SharedAdmission`].
 
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv6Addr},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -110,6 +114,43 @@ impl Admission {
     }
 }
 
+/// One [`Admission`] for all the TCP/TLS workers: each holds a clone. A lock rather than
+/// atomics: the total and the source's count must be checked and bumped together (two
+/// workers admitting the last slot at once must not both get it), and it is taken once
+/// per accept and once per close, never per byte, so it is not contended.
+#[derive(Clone, Debug)]
+pub struct SharedAdmission(Arc<Mutex<Admission>>);
+
+impl SharedAdmission {
+    pub fn new(max_total: usize, max_per_source: u32) -> Self {
+        Self(Arc::new(Mutex::new(Admission::new(
+            max_total,
+            max_per_source,
+        ))))
+    }
+
+    /// See [`Admission::admit`].
+    pub fn admit(&self, ip: IpAddr) -> Result<(), Refusal> {
+        self.lock().admit(ip)
+    }
+
+    /// See [`Admission::release`].
+    pub fn release(&self, ip: IpAddr) {
+        self.lock().release(ip);
+    }
+
+    /// A worker that panicked while holding the lock left the counts consistent (each
+    /// method changes them in one step), so the others go on with them.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[cfg(test)]
+    pub fn held(&self) -> usize {
+        self.lock().held()
+    }
+}
+
 /// What the sweep knows of one client connection that is neither closing nor spliced.
 #[derive(Clone, Copy, Debug)]
 pub struct Activity {
@@ -192,6 +233,62 @@ mod tests {
         assert_eq!(a.held(), 1);
         a.admit(ip("192.0.2.3")).unwrap();
         assert_eq!(a.held(), 2);
+    }
+
+    #[test]
+    fn workers_share_the_limits() {
+        // Two workers, one admission: the per-source limit and the total hold across
+        // them, and a slot one worker frees is free for the other.
+        let w0 = SharedAdmission::new(3, 2);
+        let w1 = w0.clone();
+        w0.admit(ip("192.0.2.1")).unwrap();
+        w1.admit(ip("192.0.2.1")).unwrap();
+        assert_eq!(
+            w0.admit(ip("192.0.2.1")),
+            Err(Refusal::PerSource {
+                source: Source::of(ip("192.0.2.1")),
+                held: 2
+            })
+        );
+        assert!(w1.admit(ip("192.0.2.1")).is_err());
+        w1.admit(ip("2001:db8::1")).unwrap();
+        assert_eq!(w0.admit(ip("192.0.2.9")), Err(Refusal::Total { held: 3 }));
+        w0.release(ip("192.0.2.1"));
+        w1.admit(ip("192.0.2.1")).unwrap();
+        assert_eq!(w0.held(), 3);
+    }
+
+    #[test]
+    fn workers_admitting_at_once_never_exceed_the_limits() {
+        // Eight workers race for the relay's 60 slots, 120 attempts from one source (50
+        // allowed) and 40 from another: whatever the interleaving, exactly 60 are granted
+        // and the busy source never holds more than its 50.
+        let shared = SharedAdmission::new(60, 50);
+        let granted: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|w| {
+                    let a = shared.clone();
+                    s.spawn(move || {
+                        let mut n = 0;
+                        for i in 0..20 {
+                            let from = if i % 2 == 0 {
+                                "198.51.100.7"
+                            } else {
+                                "203.0.113.1"
+                            };
+                            let from = if w % 2 == 0 { "198.51.100.7" } else { from };
+                            n += usize::from(a.admit(ip(from)).is_ok());
+                        }
+                        n
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(granted, 60);
+        assert_eq!(shared.held(), 60);
+        let lock = shared.lock();
+        assert!(lock.per_source[&Source::of(ip("198.51.100.7"))] <= 50);
     }
 
     #[test]

@@ -1,7 +1,10 @@
-//! TURN over TCP and TLS (RFC 8656 §3.1, `turn:…?transport=tcp` and `turns:`): one shard
-//! thread that owns its core, the client connections and the UDP relay sockets of their
-//! allocations, on an io_uring event loop, or an epoll one where io_uring is unavailable.
+//! TURN over TCP and TLS (RFC 8656 §3.1, `turn:…?transport=tcp` and `turns:`): `[tcp]
+//! workers` shard threads, each owning its core, the client connections it accepted and
+//! the relay sockets of their allocations, on an io_uring event loop, or an epoll one
+//! where io_uring is unavailable.
 //!
+//! - `workers`: the listeners' SO_REUSEPORT groups, one member per worker, steered by
+//!   client address.
 //! - `state`: everything both loops share: STUN/ChannelData framing over the stream
 //!   (`frame_len`, ChannelData padding) for the core, with the connections' lifecycle,
 //!   the relay sockets and the core's commands, the RFC 6062 splice and the timeouts in
@@ -12,8 +15,8 @@
 //! - `uring`: the io_uring loop and the probe that decides whether it can run.
 //! - `epoll`: the fallback loop.
 //! - `tls`: certificate loading and reload; `records`: plaintext into TLS records.
-//! - `limits`: connections per source (IPv4 address or IPv6 /64) and in all, and when an
-//!   unauthenticated connection has been idle too long.
+//! - `limits`: connections per source (IPv4 address or IPv6 /64) and in all, counted
+//!   across the workers, and when an unauthenticated connection has been idle too long.
 //!
 //! RFC 6062 (TCP relay allocations) will add TCP sockets that are not client connections:
 //! the state's slabs are keyed per kind (`Key::token` carries a kind tag), so a new kind of
@@ -30,12 +33,11 @@ mod stream;
 mod test_tls;
 pub mod tls;
 mod uring;
+mod workers;
 
 use std::{
-    net::{SocketAddr, TcpListener},
-    os::fd::AsRawFd,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -59,17 +61,27 @@ use crate::{
 pub const ENGINE_ENV: &str = "RELAY_TCP_ENGINE";
 /// How often the certificate files are checked for a renewal.
 pub const TLS_WATCH_EVERY: Duration = Duration::from_secs(2);
-/// Pending connections per listener (a burst of browsers reconnecting).
+/// Pending connections per listener and worker (a burst of browsers reconnecting).
 const BACKLOG: i32 = 4096;
 
-/// The running TCP/TLS shard.
-pub struct TcpShard {
-    /// Joining gives the core back (for the final report).
-    pub thread: JoinHandle<Server>,
-    /// Present when a listener serves TLS: `reload()` re-reads the certificate (SIGHUP).
+/// One TCP/TLS worker before it runs: its shard name (`tcp-0`, …), core and inbox.
+pub struct Worker {
+    pub name: String,
+    pub server: Server,
+    pub inbox: Inbox,
+    pub mirror: Mirror,
+}
+
+/// The running TCP/TLS workers.
+pub struct TcpShards {
+    /// One per worker, named as its shard; joining gives its core back (for the final
+    /// report).
+    pub threads: Vec<JoinHandle<Server>>,
+    /// Present when a listener serves TLS: `reload()` re-reads the certificate (SIGHUP);
+    /// every worker reads the one it holds at its next handshake.
     pub tls: Option<TlsAcceptor>,
-    /// Connection counters for the metrics.
-    pub stats: Arc<Stats>,
+    /// Each worker's connection counters, by shard name, for the metrics.
+    pub stats: Vec<(String, Arc<Stats>)>,
 }
 
 /// For the control plane's SIGHUP reload: loads the reloaded config's `[tls]` files (new
@@ -85,7 +97,7 @@ pub fn reload_hook(
     }
 }
 
-/// Whether the config has anything for this shard.
+/// Whether the config has anything for these shards.
 pub fn wanted(config: &Config) -> bool {
     config
         .listeners
@@ -93,15 +105,12 @@ pub fn wanted(config: &Config) -> bool {
         .any(|l| l.transports.iter().any(|t| *t != Transport::Udp))
 }
 
-/// Binds every TCP/TLS listener (a busy port is a startup error naming it), loads the
-/// certificate, picks the engine and starts the shard thread.
-pub fn spawn(
-    server: Server,
-    config: &Config,
-    inbox: Inbox,
-    mirror: Mirror,
-) -> anyhow::Result<TcpShard> {
-    let mut listeners = Vec::new();
+/// Binds every TCP/TLS listener (one SO_REUSEPORT member per worker; a busy port is a
+/// startup error naming it), loads the certificate, picks the engine and starts the
+/// workers.
+pub fn spawn(workers: Vec<Worker>, config: &Config) -> anyhow::Result<TcpShards> {
+    let n = workers.len();
+    let mut listeners: Vec<Vec<state::StreamListener>> = (0..n).map(|_| Vec::new()).collect();
     for l in &config.listeners {
         let plain = l.transports.contains(&Transport::Tcp);
         let tls = l.transports.contains(&Transport::Tls);
@@ -113,80 +122,126 @@ pub fn spawn(
             (true, false) => "tcp",
             _ => "tls",
         };
-        let sock = bind(l.address)
+        let group = workers::bind_group(l.address, n, l.proxy_from.is_none())
             .map_err(crate::udp::with_bind_hint)
             .with_context(|| format!("listen {} ({what})", l.address))?;
-        tracing::info!(listen = %l.address, transports = what, "answering TURN over TCP");
-        listeners.push(state::StreamListener {
-            addr: l.address,
-            plain,
-            tls,
-            sock,
-            proxy_from: l.proxy_from.clone(),
-        });
+        tracing::info!(listen = %l.address, transports = what, workers = n, "answering TURN over TCP");
+        for (mine, sock) in listeners.iter_mut().zip(group) {
+            mine.push(state::StreamListener {
+                addr: l.address,
+                plain,
+                tls,
+                sock,
+                proxy_from: l.proxy_from.clone(),
+            });
+        }
     }
     let tls = match &config.tls {
-        Some(files) if listeners.iter().any(|l| l.tls) => {
+        Some(files)
+            if config
+                .listeners
+                .iter()
+                .any(|l| l.transports.contains(&Transport::Tls)) =>
+        {
             Some(TlsAcceptor::new(files.clone()).map_err(|e| anyhow::anyhow!("{}: {e}", e.key()))?)
         }
         _ => None,
     };
     raise_open_files(config.tcp.max_connections);
     let engine = choose_engine(config.tcp.engine)?;
-    let settings = config.tcp.clone();
-    let watch_stop = Arc::new(AtomicBool::new(false));
-    let watcher = match &tls {
-        Some(t) => Some(
-            t.spawn_watcher(TLS_WATCH_EVERY, watch_stop.clone())
-                .context("starting the TLS certificate watcher")?,
-        ),
-        None => None,
+    let watch = Arc::new(Watch::start(tls.as_ref())?);
+    // The limits are the relay's: every worker counts in the same admission.
+    let admission = limits::SharedAdmission::new(
+        config.tcp.max_connections,
+        config.tcp.max_connections_per_source,
+    );
+    let mut shards = TcpShards {
+        threads: Vec::with_capacity(n),
+        tls: tls.clone(),
+        stats: Vec::with_capacity(n),
     };
-    let acceptor = tls.clone();
-    let state = state::State::new(server, mirror, settings, tls, listeners, Instant::now());
-    let stats = state.stats.clone();
-    let thread = std::thread::Builder::new()
-        .name("tcp".into())
-        .spawn(move || {
-            let server = run(engine, state, inbox);
-            watch_stop.store(true, Ordering::Relaxed);
-            if let Some(w) = watcher {
-                let _ = w.join();
-            }
-            server
-        })
-        .context("starting the TCP/TLS thread")?;
-    Ok(TcpShard {
-        thread,
-        tls: acceptor,
-        stats,
-    })
+    for (w, listeners) in workers.into_iter().zip(listeners) {
+        let state = state::State::new(
+            w.server,
+            w.mirror,
+            config.tcp.clone(),
+            tls.clone(),
+            listeners,
+            admission.clone(),
+            Instant::now(),
+        );
+        shards.stats.push((w.name.clone(), state.stats.clone()));
+        let watch = watch.clone();
+        let (inbox, name) = (w.inbox, w.name.clone());
+        let thread = std::thread::Builder::new()
+            .name(w.name.clone())
+            .spawn(move || {
+                let server = run(&name, engine, state, inbox);
+                drop(watch);
+                server
+            })
+            .with_context(|| format!("starting the TCP/TLS thread {}", w.name))?;
+        shards.threads.push(thread);
+    }
+    Ok(shards)
 }
 
-fn run(engine: IoEngine, state: state::State, inbox: Inbox) -> Server {
+/// The certificate watcher: one for all workers, stopped when the last of them ends.
+struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Watch {
+    fn start(tls: Option<&TlsAcceptor>) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = match tls {
+            Some(t) => Some(
+                t.spawn_watcher(TLS_WATCH_EVERY, stop.clone())
+                    .context("starting the TLS certificate watcher")?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            stop,
+            thread: Mutex::new(thread),
+        })
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.get_mut().ok().and_then(Option::take) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(worker: &str, engine: IoEngine, state: state::State, inbox: Inbox) -> Server {
     if engine != IoEngine::Epoll {
         match uring::UringLoop::new(state, inbox) {
             Ok(l) => {
-                tracing::info!(engine = "io_uring", "TCP/TLS event loop running");
+                tracing::info!(worker, engine = "io_uring", "TCP/TLS event loop running");
                 return l.run();
             }
             Err((e, state, inbox)) => {
-                tracing::warn!(reason = %e, "io_uring loop cannot start; serving TCP/TLS with epoll");
-                return run_epoll(state, inbox);
+                tracing::warn!(worker, reason = %e, "io_uring loop cannot start; serving TCP/TLS with epoll");
+                return run_epoll(worker, state, inbox);
             }
         }
     }
-    run_epoll(state, inbox)
+    run_epoll(worker, state, inbox)
 }
 
-fn run_epoll(state: state::State, inbox: Inbox) -> Server {
+fn run_epoll(worker: &str, state: state::State, inbox: Inbox) -> Server {
     match epoll::EpollLoop::new(state, inbox) {
         Ok(l) => {
-            tracing::info!(engine = "epoll", "TCP/TLS event loop running");
+            tracing::info!(worker, engine = "epoll", "TCP/TLS event loop running");
             l.run()
         }
         Err((e, state)) => {
-            tracing::error!(error = %e, "cannot create the epoll instance; TCP/TLS clients are not served");
+            tracing::error!(worker, error = %e, "cannot create the epoll instance; this worker's TCP/TLS clients are not served");
             state.server
         }
     }
@@ -202,14 +257,6 @@ fn choose_engine(configured: IoEngine) -> anyhow::Result<IoEngine> {
         "TCP/TLS",
         uring::probe,
     )
-}
-
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = TcpListener::bind(addr)?;
-    // std's backlog is small; a longer queue absorbs reconnect storms.
-    // SAFETY: listen(2) on our listening socket only changes its backlog.
-    unsafe { libc::listen(sock.as_raw_fd(), BACKLOG) };
-    Ok(sock)
 }
 
 /// Each connection is a descriptor: lift the soft limit to the hard one, and say so when

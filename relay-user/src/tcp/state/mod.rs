@@ -36,7 +36,7 @@ use std::{
 use relay_proto::server::{ConnectionId, FiveTuple, Server};
 use rustls::ServerConnection;
 
-use super::{conn::Conn, connection::Queued, limits::Admission, tls::TlsAcceptor};
+use super::{conn::Conn, connection::Queued, limits::SharedAdmission, tls::TlsAcceptor};
 use crate::{
     config::TcpSettings,
     shard::{
@@ -172,8 +172,8 @@ pub struct State {
     pub conns: Slab<Conn>,
     by_tuple: HashMap<(SocketAddr, SocketAddr), Key>,
     /// Client connections counted against `tcp.max_connections` and per source (see
-    /// [`Conn::counted`]).
-    admission: Admission,
+    /// [`Conn::counted`]), together with the other workers.
+    admission: SharedAdmission,
     /// Refusals of senders outside `proxy_from`, for the log.
     proxy_refused: proxy::RefusedSources,
     pub relays: RelaySockets<RelayFlow>,
@@ -210,15 +210,12 @@ impl State {
         settings: TcpSettings,
         tls: Option<TlsAcceptor>,
         listeners: Vec<StreamListener>,
+        admission: SharedAdmission,
         now: Instant,
     ) -> Self {
         // Both loops carry out the RFC 6062 commands (see `apply_commands`); whether TCP
         // allocations are offered is `[tcp] relay_tcp`, in the core's config.
         server.enable_tcp_relays(true);
-        let admission = Admission::new(
-            settings.max_connections,
-            settings.max_connections_per_source,
-        );
         Self {
             server,
             mirror,
