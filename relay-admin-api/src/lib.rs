@@ -5,6 +5,7 @@
 //! the tools and the daemon's cluster poller share (the daemon does not link the tools,
 //! nor the tools the daemon).
 
+pub mod query;
 pub mod table;
 
 use std::net::{IpAddr, SocketAddr};

@@ -148,4 +148,10 @@ fn fuzz(seconds: u64) -> Result<()> {
     Ok(())
 }
 
-const FUZZ_TARGETS: &[&str] = &["stun_parse", "channel_data", "server", "proxy_header"];
+const FUZZ_TARGETS: &[&str] = &[
+    "stun_parse",
+    "channel_data",
+    "server",
+    "proxy_header",
+    "admin_query",
+];

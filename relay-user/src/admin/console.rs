@@ -60,7 +60,7 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
 pub async fn page(State(control): State<Arc<Control>>, request: Request) -> Response {
     if let Some(expected) = control.config().admin.token.clone() {
         let from = super::peer(&request);
-        if let Some(given) = session::token_param(request.uri().query()) {
+        if let Some(given) = relay_admin_api::query::token_param(request.uri().query()) {
             if !session::equal(&given, &expected) {
                 tracing::warn!(%from, reason = "wrong token in /?token=",
                     "admin console login refused (401): give the [admin] token");

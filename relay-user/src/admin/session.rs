@@ -104,26 +104,8 @@ pub fn set_cookie(token: &str, https: bool) -> HeaderValue {
     HeaderValue::from_str(&v).expect("hex and ASCII")
 }
 
-/// The `token` parameter of a query string (`/?token=…`, what the console's form sends),
-/// percent-decoded; `None` without one.
-pub fn token_param(query: Option<&str>) -> Option<String> {
-    query?
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(name, _)| *name == "token")
-        .map(|(_, v)| {
-            // A form sends spaces as '+'.
-            let v = v.replace('+', " ");
-            percent_encoding::percent_decode_str(&v)
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-}
-
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
     use super::*;
 
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
@@ -189,39 +171,5 @@ mod tests {
         assert!(!set.contains("s3cret"), "{set}");
         assert_ne!(cookie_value("a"), cookie_value("b"));
         assert_eq!(cookie_value("a").len(), 64);
-    }
-
-    #[test]
-    fn token_parameter_vectors() {
-        assert_eq!(token_param(None), None);
-        assert_eq!(token_param(Some("")), None);
-        assert_eq!(token_param(Some("x=1")), None);
-        assert_eq!(token_param(Some("token=abc")).as_deref(), Some("abc"));
-        assert_eq!(
-            token_param(Some("x=1&token=a%2Bb+c%26")).as_deref(),
-            Some("a+b c&")
-        );
-        assert_eq!(token_param(Some("token=")).as_deref(), Some(""));
-        assert_eq!(token_param(Some("token=%ZZ")).as_deref(), Some("%ZZ"));
-    }
-
-    proptest! {
-        /// What a browser's form encoding makes of any token comes back as it was.
-        #[test]
-        fn token_parameter_round_trips(token in "\\PC{0,40}") {
-            let encoded: String = percent_encoding::utf8_percent_encode(
-                &token,
-                percent_encoding::NON_ALPHANUMERIC,
-            )
-            .to_string();
-            let query = format!("a=b&token={encoded}&c=d");
-            prop_assert_eq!(token_param(Some(&query)), Some(token));
-        }
-
-        /// No query string makes the parser panic.
-        #[test]
-        fn token_parameter_never_panics(query in "\\PC{0,80}") {
-            let _ = token_param(Some(&query));
-        }
     }
 }
