@@ -83,15 +83,7 @@ impl AdminClient {
     /// `http://IP:PORT`, `https://IP:PORT` (a trailing `/` allowed) or `IP:PORT`: the
     /// address and whether it is over TLS.
     pub fn parse_url(url: &str) -> Result<(SocketAddr, bool), StatusError> {
-        let bad = || StatusError::BadUrl(url.to_owned());
-        let (tls, rest) = match url.split_once("://") {
-            Some(("http", r)) => (false, r),
-            Some(("https", r)) => (true, r),
-            Some(_) => return Err(bad()),
-            None => (false, url),
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        Ok((rest.parse().map_err(|_| bad())?, tls))
+        crate::endpoint::parse_url(url).ok_or_else(|| StatusError::BadUrl(url.to_owned()))
     }
 
     /// GET `path`; returns the status code and the body. Blocks on a runtime of its own:
@@ -290,15 +282,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_parse_with_or_without_scheme() {
-        let a: SocketAddr = "127.0.0.1:9641".parse().unwrap();
-        let p = AdminClient::parse_url;
-        assert_eq!(p("http://127.0.0.1:9641").unwrap(), (a, false));
-        assert_eq!(p("http://127.0.0.1:9641/").unwrap(), (a, false));
-        assert_eq!(p("127.0.0.1:9641").unwrap(), (a, false));
-        assert_eq!(p("https://127.0.0.1:9641").unwrap(), (a, true));
-        assert!(p("ftp://127.0.0.1:9641").is_err());
-        assert!(p("localhost").is_err());
+    fn a_bad_url_is_a_usage_error() {
+        let e = AdminClient::parse_url("localhost").unwrap_err();
+        assert!(matches!(e, StatusError::BadUrl(_)), "{e}");
+        assert_eq!(e.exit_code(), 64);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! the tools and the daemon's cluster poller share (the daemon does not link the tools,
 //! nor the tools the daemon).
 
+pub mod endpoint;
+pub mod metrics;
 pub mod query;
 pub mod table;
 

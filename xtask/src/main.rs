@@ -154,4 +154,5 @@ const FUZZ_TARGETS: &[&str] = &[
     "server",
     "proxy_header",
     "admin_query",
+    "admin_status",
 ];

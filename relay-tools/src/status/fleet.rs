@@ -8,6 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use relay_admin_api::metrics::packets;
 use serde::{Deserialize, Serialize};
 
 use super::{AdminClient, StatusArgs, print_out};
@@ -140,31 +141,6 @@ fn node(url: &str, c: &AdminClient, interval: Duration) -> FleetNode {
     }
 }
 
-/// `(kernel, userspace)` packets relayed so far, from the `relay_packets` counter family
-/// of a `/metrics` page (`path="xdp"` is the kernel's, the others userspace's).
-pub fn packets(metrics: &str) -> Option<(u64, u64)> {
-    let mut found = false;
-    let (mut kernel, mut user) = (0u64, 0u64);
-    for line in metrics.lines() {
-        let Some(rest) = line.strip_prefix("relay_packets_total{") else {
-            continue;
-        };
-        let Some((labels, value)) = rest.split_once("} ") else {
-            continue;
-        };
-        let Ok(n) = value.trim().parse::<u64>() else {
-            continue;
-        };
-        found = true;
-        if labels.contains("path=\"xdp\"") {
-            kernel += n;
-        } else {
-            user += n;
-        }
-    }
-    found.then_some((kernel, user))
-}
-
 /// The table, as printed.
 pub fn render(view: &FleetView) -> String {
     let header = [
@@ -226,18 +202,6 @@ pub fn render(view: &FleetView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn packets_split_kernel_from_userspace() {
-        let page = "# TYPE relay_packets counter\n\
-            relay_packets_total{path=\"xdp\",direction=\"to_peer\"} 10\n\
-            relay_packets_total{path=\"xdp\",direction=\"to_client\"} 5\n\
-            relay_packets_total{path=\"udp\",direction=\"to_peer\"} 7\n\
-            relay_packets_total{path=\"tcp\",direction=\"to_client\"} 1\n\
-            relay_bytes_total{path=\"udp\",direction=\"to_peer\"} 999\n";
-        assert_eq!(packets(page), Some((15, 8)));
-        assert_eq!(packets("# EOF\n"), None);
-    }
 
     #[test]
     fn table_has_a_line_per_node_and_totals() {
