@@ -4,7 +4,7 @@
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, RawFd},
 };
 
 /// Largest datagram the generator sends or expects back (payload cap plus TURN framing).
@@ -17,26 +17,7 @@ const SOCKET_BUFFER: libc::c_int = 1 << 20;
 /// Raises the soft open-file limit to the hard one: every allocation is one socket.
 /// Returns the limit now in force.
 pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer for getrlimit; setrlimit reads the same struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
-    }
-    lim.rlim_cur
+    relay_sys::limits::raise_nofile().unwrap_or(1024)
 }
 
 /// A non-blocking UDP socket bound to `local` and connected to `remote`: the kernel then
@@ -51,18 +32,7 @@ pub fn connected_udp(local: SocketAddr, remote: SocketAddr) -> io::Result<UdpSoc
 
 /// Best effort: a smaller buffer only means loss shows up earlier.
 pub fn set_buffers(fd: RawFd) {
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: valid fd and a c_int option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&SOCKET_BUFFER as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    relay_sys::sockopt::set_buffers(fd, SOCKET_BUFFER);
 }
 
 /// `send` on a connected socket without blocking.
@@ -76,28 +46,23 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Level-triggered epoll set whose events carry a caller-chosen `u64` token.
+/// Level-triggered epoll set (the daemon's, see [`relay_sys::epoll`]) with its own
+/// event buffer; events carry a caller-chosen `u64` token.
 pub struct Epoll {
-    fd: OwnedFd,
+    set: relay_sys::epoll::Epoll,
     events: Vec<libc::epoll_event>,
 }
 
 impl Epoll {
     pub fn new(capacity: usize) -> io::Result<Self> {
-        // SAFETY: plain syscall.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Self {
-            // SAFETY: a fresh fd we own.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            set: relay_sys::epoll::Epoll::new()?,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)],
         })
     }
 
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.add_events(fd, token, libc::EPOLLIN as u32)
+        self.set.add(fd, token)
     }
 
     /// A TCP or TLS stream: edge-triggered, readable or writable (a connect that
@@ -105,40 +70,12 @@ impl Epoll {
     /// EAGAIN on every wake-up.
     pub fn add_stream(&self, fd: RawFd, token: u64) -> io::Result<()> {
         let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
-        self.add_events(fd, token, events as u32)
-    }
-
-    fn add_events(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: valid epoll fd, valid event struct.
-        let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        self.set.ctl(libc::EPOLL_CTL_ADD, fd, events as u32, token)
     }
 
     /// Waits up to `timeout_ms` (0: poll); returns the ready tokens.
     pub fn wait(&mut self, timeout_ms: i32) -> io::Result<impl Iterator<Item = u64> + '_> {
-        // SAFETY: the events buffer is valid for `len` entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as libc::c_int,
-                timeout_ms,
-            )
-        };
-        let n = if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            0
-        } else {
-            n as usize
-        };
+        let n = self.set.wait(&mut self.events, timeout_ms)?;
         Ok(self.events[..n].iter().map(|e| e.u64))
     }
 }
