@@ -82,41 +82,26 @@ impl Epoll {
 
 /// Buffers for recvmmsg/sendmmsg on connected sockets (no addresses), allocated once.
 pub struct Mmsg {
-    bufs: Vec<[u8; DATAGRAM_MAX]>,
+    slots: relay_sys::mmsg::Slots<DATAGRAM_MAX>,
     lens: Vec<usize>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
 }
-
-// SAFETY: the raw pointers only point into this struct's own heap buffers and are
-// rewritten before every syscall.
-unsafe impl Send for Mmsg {}
 
 impl Mmsg {
     pub fn new(batch: usize) -> Self {
-        let batch = batch.max(1);
+        let slots = relay_sys::mmsg::Slots::new(batch, false);
         Self {
-            bufs: vec![[0; DATAGRAM_MAX]; batch],
-            lens: vec![0; batch],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                };
-                batch
-            ],
-            // SAFETY: all-zero is a valid mmsghdr; `link` sets the pointers.
-            hdrs: vec![unsafe { std::mem::zeroed() }; batch],
+            lens: vec![0; slots.capacity()],
+            slots,
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.bufs.len()
+        self.slots.capacity()
     }
 
     /// Buffer `i` to fill before [`send`](Self::send).
     pub fn buf_mut(&mut self, i: usize) -> &mut [u8; DATAGRAM_MAX] {
-        &mut self.bufs[i]
+        &mut self.slots.bufs[i]
     }
 
     pub fn set_len(&mut self, i: usize, len: usize) {
@@ -124,18 +109,9 @@ impl Mmsg {
     }
 
     fn link(&mut self, n: usize, recv: bool) {
+        self.slots.link(n);
         for i in 0..n {
-            self.iovs[i].iov_base = self.bufs[i].as_mut_ptr().cast();
-            self.iovs[i].iov_len = if recv { DATAGRAM_MAX } else { self.lens[i] };
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = std::ptr::null_mut();
-            h.msg_hdr.msg_namelen = 0;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
+            self.slots.iovs[i].iov_len = if recv { DATAGRAM_MAX } else { self.lens[i] };
         }
     }
 
@@ -143,32 +119,24 @@ impl Mmsg {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let n = self.capacity();
         self.link(n, true);
-        // SAFETY: every header points at live buffers owned by self.
-        let got = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+        let got = match self.slots.recv(fd, n) {
+            Ok(got) => got,
+            Err(e) => {
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                    _ => Err(e),
+                };
+            }
         };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(e),
-            };
+        for i in 0..got {
+            self.lens[i] = self.slots.hdrs[i].msg_len as usize;
         }
-        for i in 0..got as usize {
-            self.lens[i] = self.hdrs[i].msg_len as usize;
-        }
-        Ok(got as usize)
+        Ok(got)
     }
 
     /// Datagram `i` of the last receive.
     pub fn get(&self, i: usize) -> &[u8] {
-        &self.bufs[i][..self.lens[i]]
+        &self.slots.bufs[i][..self.lens[i]]
     }
 
     /// Sends buffers `0..n` on `fd`; returns how many the kernel took (the rest hit a full
@@ -176,20 +144,7 @@ impl Mmsg {
     pub fn send(&mut self, fd: RawFd, n: usize) -> io::Result<usize> {
         let n = n.min(self.capacity());
         self.link(n, false);
-        // SAFETY: every header points at live buffers owned by self.
-        let sent = unsafe {
-            libc::sendmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if sent < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(sent as usize)
-        }
+        self.slots.send(fd, 0, n)
     }
 }
 
