@@ -12,7 +12,6 @@ pub mod cluster;
 pub mod config;
 mod control;
 pub mod cores;
-mod epoll;
 mod events;
 pub mod handover;
 mod local_routes;
@@ -27,3 +26,6 @@ pub mod tcp;
 pub mod udp;
 mod uring;
 pub mod xdp;
+
+// The fallback loops' epoll calls, shared with the tools.
+use relay_sys::epoll;

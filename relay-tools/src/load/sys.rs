@@ -4,7 +4,7 @@
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, RawFd},
 };
 
 /// Largest datagram the generator sends or expects back (payload cap plus TURN framing).
@@ -17,26 +17,7 @@ const SOCKET_BUFFER: libc::c_int = 1 << 20;
 /// Raises the soft open-file limit to the hard one: every allocation is one socket.
 /// Returns the limit now in force.
 pub fn raise_nofile_limit() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: valid out-pointer for getrlimit; setrlimit reads the same struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return 1024;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
-    }
-    lim.rlim_cur
+    relay_sys::limits::raise_nofile().unwrap_or(1024)
 }
 
 /// A non-blocking UDP socket bound to `local` and connected to `remote`: the kernel then
@@ -51,18 +32,7 @@ pub fn connected_udp(local: SocketAddr, remote: SocketAddr) -> io::Result<UdpSoc
 
 /// Best effort: a smaller buffer only means loss shows up earlier.
 pub fn set_buffers(fd: RawFd) {
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // SAFETY: valid fd and a c_int option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                (&SOCKET_BUFFER as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    }
+    relay_sys::sockopt::set_buffers(fd, SOCKET_BUFFER);
 }
 
 /// `send` on a connected socket without blocking.
@@ -76,28 +46,23 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Level-triggered epoll set whose events carry a caller-chosen `u64` token.
+/// Level-triggered epoll set (the daemon's, see [`relay_sys::epoll`]) with its own
+/// event buffer; events carry a caller-chosen `u64` token.
 pub struct Epoll {
-    fd: OwnedFd,
+    set: relay_sys::epoll::Epoll,
     events: Vec<libc::epoll_event>,
 }
 
 impl Epoll {
     pub fn new(capacity: usize) -> io::Result<Self> {
-        // SAFETY: plain syscall.
-        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Self {
-            // SAFETY: a fresh fd we own.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            set: relay_sys::epoll::Epoll::new()?,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; capacity.max(1)],
         })
     }
 
     pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        self.add_events(fd, token, libc::EPOLLIN as u32)
+        self.set.add(fd, token)
     }
 
     /// A TCP or TLS stream: edge-triggered, readable or writable (a connect that
@@ -105,81 +70,38 @@ impl Epoll {
     /// EAGAIN on every wake-up.
     pub fn add_stream(&self, fd: RawFd, token: u64) -> io::Result<()> {
         let events = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
-        self.add_events(fd, token, events as u32)
-    }
-
-    fn add_events(&self, fd: RawFd, token: u64, events: u32) -> io::Result<()> {
-        let mut ev = libc::epoll_event { events, u64: token };
-        // SAFETY: valid epoll fd, valid event struct.
-        let rc = unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        self.set.ctl(libc::EPOLL_CTL_ADD, fd, events as u32, token)
     }
 
     /// Waits up to `timeout_ms` (0: poll); returns the ready tokens.
     pub fn wait(&mut self, timeout_ms: i32) -> io::Result<impl Iterator<Item = u64> + '_> {
-        // SAFETY: the events buffer is valid for `len` entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.fd.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as libc::c_int,
-                timeout_ms,
-            )
-        };
-        let n = if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-            0
-        } else {
-            n as usize
-        };
+        let n = self.set.wait(&mut self.events, timeout_ms)?;
         Ok(self.events[..n].iter().map(|e| e.u64))
     }
 }
 
 /// Buffers for recvmmsg/sendmmsg on connected sockets (no addresses), allocated once.
 pub struct Mmsg {
-    bufs: Vec<[u8; DATAGRAM_MAX]>,
+    slots: relay_sys::mmsg::Slots<DATAGRAM_MAX>,
     lens: Vec<usize>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
 }
-
-// SAFETY: the raw pointers only point into this struct's own heap buffers and are
-// rewritten before every syscall.
-unsafe impl Send for Mmsg {}
 
 impl Mmsg {
     pub fn new(batch: usize) -> Self {
-        let batch = batch.max(1);
+        let slots = relay_sys::mmsg::Slots::new(batch, false);
         Self {
-            bufs: vec![[0; DATAGRAM_MAX]; batch],
-            lens: vec![0; batch],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                };
-                batch
-            ],
-            // SAFETY: all-zero is a valid mmsghdr; `link` sets the pointers.
-            hdrs: vec![unsafe { std::mem::zeroed() }; batch],
+            lens: vec![0; slots.capacity()],
+            slots,
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.bufs.len()
+        self.slots.capacity()
     }
 
     /// Buffer `i` to fill before [`send`](Self::send).
     pub fn buf_mut(&mut self, i: usize) -> &mut [u8; DATAGRAM_MAX] {
-        &mut self.bufs[i]
+        &mut self.slots.bufs[i]
     }
 
     pub fn set_len(&mut self, i: usize, len: usize) {
@@ -187,18 +109,9 @@ impl Mmsg {
     }
 
     fn link(&mut self, n: usize, recv: bool) {
+        self.slots.link(n);
         for i in 0..n {
-            self.iovs[i].iov_base = self.bufs[i].as_mut_ptr().cast();
-            self.iovs[i].iov_len = if recv { DATAGRAM_MAX } else { self.lens[i] };
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = std::ptr::null_mut();
-            h.msg_hdr.msg_namelen = 0;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
+            self.slots.iovs[i].iov_len = if recv { DATAGRAM_MAX } else { self.lens[i] };
         }
     }
 
@@ -206,32 +119,24 @@ impl Mmsg {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let n = self.capacity();
         self.link(n, true);
-        // SAFETY: every header points at live buffers owned by self.
-        let got = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
+        let got = match self.slots.recv(fd, n) {
+            Ok(got) => got,
+            Err(e) => {
+                return match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                    _ => Err(e),
+                };
+            }
         };
-        if got < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(e),
-            };
+        for i in 0..got {
+            self.lens[i] = self.slots.hdrs[i].msg_len as usize;
         }
-        for i in 0..got as usize {
-            self.lens[i] = self.hdrs[i].msg_len as usize;
-        }
-        Ok(got as usize)
+        Ok(got)
     }
 
     /// Datagram `i` of the last receive.
     pub fn get(&self, i: usize) -> &[u8] {
-        &self.bufs[i][..self.lens[i]]
+        &self.slots.bufs[i][..self.lens[i]]
     }
 
     /// Sends buffers `0..n` on `fd`; returns how many the kernel took (the rest hit a full
@@ -239,20 +144,7 @@ impl Mmsg {
     pub fn send(&mut self, fd: RawFd, n: usize) -> io::Result<usize> {
         let n = n.min(self.capacity());
         self.link(n, false);
-        // SAFETY: every header points at live buffers owned by self.
-        let sent = unsafe {
-            libc::sendmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if sent < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(sent as usize)
-        }
+        self.slots.send(fd, 0, n)
     }
 }
 

@@ -7,7 +7,10 @@
 
 use std::{net::SocketAddr, net::TcpStream, time::Instant};
 
-use super::connection::{Mode, Wire};
+use super::{
+    connection::{Mode, Wire},
+    state::splice_rules::{ReadGate, wants_read},
+};
 use crate::shard::slab::Key;
 use relay_proto::server::{ConnectionId, FiveTuple};
 
@@ -109,17 +112,14 @@ impl Conn {
 
     /// Whether the loop should take more bytes from the socket now.
     pub fn wants_read(&self) -> bool {
-        if self.closing.is_some() || self.finish_by.is_some() {
-            return false;
-        }
-        match self.link {
-            // Spliced: only the other side's queue matters (its own queue filling up is
-            // the other direction).
-            Some(_) => !self.partner_full,
-            // A peer connection waits unread for its ConnectionBind.
-            None if self.relay_conn.is_some() => false,
-            None => !self.wire.tx_full && self.stall.is_none(),
-        }
+        wants_read(ReadGate {
+            closing: self.closing.is_some(),
+            finishing: self.finish_by.is_some(),
+            linked: self.link.is_some(),
+            partner_full: self.partner_full,
+            peer: self.relay_conn.is_some(),
+            backed_up: self.wire.tx_full || self.stall.is_some(),
+        })
     }
 
     /// Whether queued frames may be processed (same as reading, minus the socket).

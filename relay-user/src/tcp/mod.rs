@@ -262,25 +262,14 @@ fn choose_engine(configured: IoEngine) -> anyhow::Result<IoEngine> {
 /// Each connection is a descriptor: lift the soft limit to the hard one, and say so when
 /// even that is below what `[tcp] max_connections` needs.
 fn raise_open_files(max_connections: usize) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Some(open_files) = relay_sys::limits::raise_nofile() else {
+        return;
     };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
     // Every connection can carry two relay sockets (dual-stack allocation).
     let need = (max_connections as u64).saturating_mul(2) + 1024;
-    if lim.rlim_cur < need {
+    if open_files < need {
         tracing::warn!(
-            open_files = lim.rlim_cur,
+            open_files,
             needed = need,
             "open-files limit below what tcp.max_connections needs: raise LimitNOFILE (or ulimit -n)"
         );

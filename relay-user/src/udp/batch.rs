@@ -8,50 +8,8 @@ pub use crate::shard::apply::DATAGRAM_MAX;
 pub const BATCH: usize = 32;
 
 /// The mmsghdr array and the buffers, addresses and iovecs it points into, allocated
-/// once and shared by both directions.
-struct Slots {
-    bufs: Vec<[u8; DATAGRAM_MAX]>,
-    addrs: Vec<libc::sockaddr_storage>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-}
-
-// SAFETY: the raw pointers inside only ever point into this struct's own heap buffers
-// and are rewritten by `link` before every syscall; moving it to another thread is fine.
-unsafe impl Send for Slots {}
-
-impl Slots {
-    fn new() -> Self {
-        // SAFETY: all-zero is valid for these C structs; `link` sets the pointers.
-        Self {
-            bufs: vec![[0; DATAGRAM_MAX]; BATCH],
-            addrs: vec![unsafe { std::mem::zeroed() }; BATCH],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0
-                };
-                BATCH
-            ],
-            hdrs: vec![unsafe { std::mem::zeroed() }; BATCH],
-        }
-    }
-
-    /// Points headers `0..n` at their buffer, iovec and address; lengths are the
-    /// caller's (recv: whole buffers, send: what was queued).
-    fn link(&mut self, n: usize) {
-        for i in 0..n {
-            self.iovs[i].iov_base = self.bufs[i].as_mut_ptr().cast();
-            let h = &mut self.hdrs[i].msg_hdr;
-            h.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_iov = &mut self.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
-            h.msg_flags = 0;
-        }
-    }
-}
+/// once per direction.
+type Slots = relay_sys::mmsg::Slots<DATAGRAM_MAX>;
 
 pub struct RecvBatch {
     slots: Slots,
@@ -61,7 +19,7 @@ pub struct RecvBatch {
 impl RecvBatch {
     pub fn new() -> Self {
         Self {
-            slots: Slots::new(),
+            slots: Slots::new(BATCH, true),
             count: 0,
         }
     }
@@ -75,24 +33,10 @@ impl RecvBatch {
             s.iovs[i].iov_len = DATAGRAM_MAX;
             s.hdrs[i].msg_hdr.msg_namelen =
                 std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            s.hdrs[i].msg_len = 0;
         }
-        // SAFETY: every header points at live buffers owned by self.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                s.hdrs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            self.count = 0;
-            return Err(io::Error::last_os_error());
-        }
-        self.count = n as usize;
-        Ok(self.count)
+        let n = s.recv(fd, BATCH);
+        self.count = *n.as_ref().unwrap_or(&0);
+        n
     }
 
     /// Datagram `i` of the last batch: its source and bytes, or None if it was truncated
@@ -123,7 +67,7 @@ pub struct SendBatch {
 impl SendBatch {
     pub fn new() -> Self {
         Self {
-            slots: Slots::new(),
+            slots: Slots::new(BATCH, true),
             fd: -1,
             count: 0,
             errors: Default::default(),
@@ -158,26 +102,14 @@ impl SendBatch {
         let mut done = 0;
         self.slots.link(self.count);
         while done < self.count {
-            let left = (self.count - done) as u32;
-            // SAFETY: headers point at live buffers owned by self.
-            let n = unsafe {
-                libc::sendmmsg(
-                    self.fd,
-                    self.slots.hdrs[done..].as_mut_ptr(),
-                    left,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+            match self.slots.send(self.fd, done, self.count) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // The first datagram failed: count it and go on with the rest.
+                    self.fail(e);
+                    done += 1;
                 }
-                // The first datagram failed: count it and go on with the rest.
-                self.fail(e);
-                done += 1;
-            } else {
-                done += n as usize;
+                Ok(n) => done += n,
             }
         }
         self.count = 0;

@@ -3,8 +3,10 @@
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
+
+use relay_sys::sockopt::{set_buffers, set_int};
 
 /// Big receive buffers absorb bursts while the loop is busy (media is bursty).
 const SOCKET_BUFFER: libc::c_int = 4 << 20;
@@ -15,7 +17,7 @@ const SOCKET_BUFFER: libc::c_int = 4 << 20;
 pub fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     let sock = UdpSocket::bind(addr)?;
     sock.set_nonblocking(true)?;
-    set_buffers(sock.as_raw_fd());
+    set_buffers(sock.as_raw_fd(), SOCKET_BUFFER);
     Ok(sock)
 }
 
@@ -45,7 +47,7 @@ pub fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
         // A specific IPv6 address never takes IPv4 anyway; say so explicitly.
         set_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }
-    set_buffers(fd.as_raw_fd());
+    set_buffers(fd.as_raw_fd(), SOCKET_BUFFER);
     let (storage, len) = super::sockaddr::to_storage(&addr);
     // SAFETY: storage holds a sockaddr of `len` bytes.
     if unsafe {
@@ -85,31 +87,6 @@ pub fn with_bind_hint(e: io::Error) -> io::Error {
     match bind_hint(&e) {
         Some(hint) => io::Error::new(e.kind(), format!("{e}: {hint}")),
         None => e,
-    }
-}
-
-fn set_buffers(fd: RawFd) {
-    for opt in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
-        // Failure only means smaller buffers.
-        let _ = set_int(fd, libc::SOL_SOCKET, opt, SOCKET_BUFFER);
-    }
-}
-
-fn set_int(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
-    // SAFETY: valid fd and a c_int option value of the size passed.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 

@@ -12,7 +12,8 @@
 //! - `receive`: bytes read, through TLS and framing, to the core;
 //! - `relays`: the UDP relay sockets and the core's commands (through
 //!   [`crate::shard::apply`]);
-//! - `splice`: RFC 6062 TCP allocations, peer connections and the splice;
+//! - `splice`: RFC 6062 TCP allocations, peer connections and the splice, deciding
+//!   through `splice_rules` (the same decisions without sockets, unit-tested);
 //! - `sweep`: timers and idle/handshake timeouts.
 
 mod lifecycle;
@@ -20,6 +21,7 @@ mod proxy;
 mod receive;
 mod relays;
 mod splice;
+pub(super) mod splice_rules;
 mod sweep;
 
 use std::{
@@ -327,7 +329,7 @@ impl State {
             return;
         };
         let resumed = c.wire.sent(n);
-        if c.finish_by.is_some() && c.wire.tx.is_empty() {
+        if splice_rules::drained(c.finish_by, c.wire.tx.is_empty()) {
             return self.close_on(side, id, "sent what was left after the other side closed");
         }
         if resumed {

@@ -10,7 +10,11 @@ use relay_proto::{
     stun::frame_len,
 };
 
-use super::{Side, State, send_now, tls_session};
+use super::{
+    Side, State, send_now,
+    splice_rules::{self, PeerBytes},
+    tls_session,
+};
 use crate::{
     shard::{apply, slab::Key},
     tcp::connection::Mode,
@@ -23,12 +27,10 @@ impl State {
             Side::Client => self.received(id, data, now),
             Side::Peer => {
                 let Some(c) = self.peers.get(id) else { return };
-                if c.closing.is_some() || data.is_empty() {
-                    return;
-                }
-                match c.link {
-                    Some(d) => self.forward(Side::Peer, id, d, data),
-                    None => self.close_on(Side::Peer, id, "read before being spliced"),
+                match splice_rules::peer_bytes(c.closing.is_some(), data.len(), c.link) {
+                    PeerBytes::Ignore => {}
+                    PeerBytes::Forward(d) => self.forward(Side::Peer, id, d, data),
+                    PeerBytes::Close => self.close_on(Side::Peer, id, "read before being spliced"),
                 }
             }
         }

@@ -14,24 +14,28 @@ use std::{
 use relay_proto::server::{ConnectionId, FiveTuple, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{FINISH_GRACE, RelayChange, RelayListener, Side, State, bump, canonical};
+use super::{
+    RelayChange, RelayListener, Side, State, bump, canonical,
+    splice_rules::{self as rules, Connected, Finish, Pairing},
+};
 use crate::{shard::slab::Key, tcp::conn::Conn};
 
 /// Pending peer connections per TCP relayed address.
 const RELAY_BACKLOG: i32 = 128;
 
 impl State {
-    /// Closes `id` once what it has queued is sent (bounded by [`FINISH_GRACE`]).
+    /// Closes `id` once what it has queued is sent (bounded by [`FINISH_GRACE`](super::FINISH_GRACE)).
     pub(super) fn finish(&mut self, side: Side, id: Key, reason: &str, now: Instant) {
         let Some(c) = self.table_mut(side).get_mut(id) else {
             return;
         };
-        if c.wire.tx.is_empty() || c.closing.is_some() {
-            return self.close_on(side, id, reason);
-        }
-        if c.finish_by.is_none() {
-            c.finish_by = Some(now + FINISH_GRACE);
-            self.touch_on(side, id);
+        match rules::finish(c.wire.tx.is_empty(), c.closing.is_some(), c.finish_by, now) {
+            Finish::Close => self.close_on(side, id, reason),
+            Finish::DrainUntil(t) => {
+                c.finish_by = Some(t);
+                self.touch_on(side, id);
+            }
+            Finish::Draining => {}
         }
     }
 
@@ -55,8 +59,7 @@ impl State {
                     return;
                 }
                 // Spliced bytes are never dropped: reading pauses instead.
-                p.wire.queue(bytes, false);
-                let full = p.wire.tx_full;
+                let full = rules::queue_spliced(&mut p.wire, bytes);
                 self.touch_on(Side::Peer, to);
                 full
             }
@@ -174,7 +177,8 @@ impl State {
         let Some(c) = self.peers.get_mut(pk) else {
             return;
         };
-        if !c.connecting && outcome.is_err() {
+        let verdict = rules::connected(c.connecting, outcome.is_err());
+        if verdict == Connected::Ignore {
             return;
         }
         c.connecting = false;
@@ -188,7 +192,7 @@ impl State {
                 Err(e.kind())
             }
         };
-        if kind.is_err() {
+        if verdict == Connected::Failed {
             // The core answers 447 and sends CloseConnection (which finds nothing to do).
             self.peer_by_conn.remove(&conn);
             self.close_on(Side::Peer, pk, "connect failed");
@@ -205,8 +209,12 @@ impl State {
     pub(super) fn splice(&mut self, conn: ConnectionId, data: FiveTuple, now: Instant) {
         let d = self.by_tuple.get(&(data.client, data.listener)).copied();
         let p = self.peer_by_conn.get(&conn).copied();
-        match (d, p) {
-            (Some(d), Some(p)) if self.conns.get(d).is_some() && self.peers.get(p).is_some() => {
+        let found = (
+            d.map(|d| (d, self.conns.get(d).is_some())),
+            p.map(|p| (p, self.peers.get(p).is_some())),
+        );
+        match rules::pair(found.0, found.1) {
+            Pairing::Link { data: d, peer: p } => {
                 let c = self.conns.get_mut(d).expect("checked");
                 c.link = Some(p);
                 let peer = self.peers.get_mut(p).expect("checked");
@@ -215,8 +223,8 @@ impl State {
                 self.touch_on(Side::Peer, p);
             }
             // One side vanished in between: end the other, the core cleans up.
-            (d, _) => {
-                if let Some(d) = d {
+            Pairing::Abort { close_data } => {
+                if let Some(d) = close_data {
                     self.close(d, "its peer connection is gone");
                 }
                 self.server.connection_closed(now, conn);

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{SWEEP_EVERY, Side, State};
+use super::{SWEEP_EVERY, Side, State, splice_rules};
 use crate::{
     shard::slab::Key,
     tcp::limits::{Activity, idle_verdict},
@@ -36,7 +36,7 @@ impl State {
             let Some(c) = self.conns.get(id) else {
                 continue;
             };
-            if c.finish_by.is_some_and(|t| now >= t) {
+            if splice_rules::overdue(c.finish_by, now) {
                 self.close(
                     id,
                     "client did not take the rest of its peer's data in time",
@@ -81,7 +81,7 @@ impl State {
             if self
                 .peers
                 .get(id)
-                .is_some_and(|c| c.finish_by.is_some_and(|t| now >= t))
+                .is_some_and(|c| splice_rules::overdue(c.finish_by, now))
             {
                 self.close_on(
                     Side::Peer,

@@ -1,6 +1,6 @@
-//! The epoll calls of the daemon's fallback loops (UDP workers, the TCP/TLS shard): one
-//! owned epoll fd, registration by token (the shard slab's `Key::token`
-//! everywhere), and a wait that treats a signal as a turn with no events.
+//! An owned epoll fd, registration by token (the daemon's shard slab uses `Key::token`),
+//! and a wait that treats a signal as a turn with no events. Used by the daemon's
+//! fallback loops (UDP workers, the TCP/TLS shard) and the load generator.
 
 use std::{
     io,
