@@ -118,12 +118,16 @@ fn client_to_client_across_workers(engine: &str) {
 fn user_quota_counts_over_all_workers() {
     let env = start(true, QUOTA);
     // Each client has its own source port, so SO_REUSEPORT spreads them over the workers
-    // (all twelve allocations on one worker: 1 in 4^11). The allocations outlive the
-    // clients' sockets.
+    // (all twelve allocations on one worker: 1 in 4^11). The clients stay open until the
+    // end: a closed client's ephemeral port can be handed to a later client, whose Allocate
+    // then rightly gets 437 (its 5-tuple still holds an allocation).
+    let mut clients = Vec::new();
     let outcomes: Vec<Option<u16>> = (0..QUOTA + 4)
         .map(|_| {
             let mut c = turn_client(&env.topo.client, env.server(), PASSWORD);
-            c.allocate().err().map(|e| e.code().unwrap_or(0))
+            let outcome = c.allocate().err().map(|e| e.code().unwrap_or(0));
+            clients.push(c);
+            outcome
         })
         .collect();
     let ok = outcomes.iter().filter(|o| o.is_none()).count();
