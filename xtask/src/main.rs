@@ -155,4 +155,5 @@ const FUZZ_TARGETS: &[&str] = &[
     "proxy_header",
     "admin_query",
     "admin_status",
+    "snapshot",
 ];
