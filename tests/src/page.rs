@@ -81,10 +81,10 @@ impl PageRun {
         Self::finish(browser, server, relay, RESULT_TIMEOUT + call)
     }
 
-    /// A call that stays up while `during` runs (e.g. relay upgrades, a flood): started
-    /// and flowing (one message each way every [`CALL_INTERVAL`]) before `during`, ended
-    /// after it; `during` may take up to `max`. Checks what [`data_channel`](Self::data_channel)
-    /// does; [`assert_steady`](Self::assert_steady) checks that it never reconnected.
+    /// A call that stays up while `during` runs (e.g. relay upgrades, a flood): see
+    /// [`PageCall`]; `during` may take up to `max`. Checks what
+    /// [`data_channel`](Self::data_channel) does; [`assert_steady`](Self::assert_steady)
+    /// checks that it never reconnected.
     pub fn call_during<R>(
         ns: &Netns,
         relay: &RelayProcess,
@@ -92,26 +92,9 @@ impl PageRun {
         max: Duration,
         during: impl FnOnce() -> R,
     ) -> (Self, R) {
-        let (browser, server) = launch(
-            ns,
-            ice_url,
-            "until=stopped",
-            CALL_INTERVAL,
-            PAGE_TIMEOUT + max,
-            &[],
-        );
-        if server.wait_progress(RESULT_TIMEOUT).is_none() {
-            let what = format!("the call was not flowing within {RESULT_TIMEOUT:?}");
-            panic!(
-                "{}\n----- Chromium output (all) -----\n{}",
-                failure(&what, None, &browser, relay),
-                browser.output()
-            );
-        }
-        eprintln!("page: the call is flowing");
+        let call = PageCall::start(ns, relay, ice_url, max);
         let result = during();
-        server.stop_page();
-        (Self::finish(browser, server, relay, RESULT_TIMEOUT), result)
+        (call.finish(relay), result)
     }
 
     /// Waits for the page's report and checks it: the page succeeded, and every message
@@ -245,6 +228,47 @@ impl PageRun {
     /// relay log.
     pub fn failure(&self, what: &str, relay: &RelayProcess) -> String {
         failure(what, Some(&self.report), &self.browser, relay)
+    }
+}
+
+/// A call on the page that goes on until the test ends it: one data-channel message each
+/// way every [`CALL_INTERVAL`] between two relay-only peer connections. Dropped without
+/// [`finish`](Self::finish) (a test that panicked), the browser is killed.
+pub struct PageCall {
+    browser: Chromium,
+    server: PageServer,
+}
+
+impl PageCall {
+    /// Starts Chromium on the page with `ice_url` as its only ICE server and returns once
+    /// the call is flowing (both channels open, the handshake done, the selected pairs
+    /// recorded). The page gives up on its own after `max` plus its usual timeout.
+    pub fn start(ns: &Netns, relay: &RelayProcess, ice_url: &str, max: Duration) -> Self {
+        let (browser, server) = launch(
+            ns,
+            ice_url,
+            "until=stopped",
+            CALL_INTERVAL,
+            PAGE_TIMEOUT + max,
+            &[],
+        );
+        if server.wait_progress(RESULT_TIMEOUT).is_none() {
+            let what = format!("the call was not flowing within {RESULT_TIMEOUT:?}");
+            panic!(
+                "{}\n----- Chromium output (all) -----\n{}",
+                failure(&what, None, &browser, relay),
+                browser.output()
+            );
+        }
+        eprintln!("page: the call is flowing");
+        Self { browser, server }
+    }
+
+    /// Ends the call: the page stops sending, waits for what is in flight, reports; the
+    /// report checked as [`PageRun::data_channel`] checks it.
+    pub fn finish(self, relay: &RelayProcess) -> PageRun {
+        self.server.stop_page();
+        PageRun::finish(self.browser, self.server, relay, RESULT_TIMEOUT)
     }
 }
 

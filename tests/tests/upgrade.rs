@@ -23,7 +23,7 @@ use relay_proto::stun::{ChannelNumber, Lifetime, Method, RequestedTransport, Xor
 use relay_tests::{
     Topology, TopologyOptions,
     load_gen::{Echo, num, spawn_load},
-    page::PageRun,
+    page::PageCall,
     relay::{Launch, RelayProcess},
     turn_client::new_txid,
     turn_codec::{Attrs, Credentials},
@@ -316,34 +316,35 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
     ];
     // The Chromium call, flowing before the load starts and ended after the upgrades.
     let ice = format!("turn:{}:3478?transport=udp", t.addrs.public);
-    let (call, (code, report)) = PageRun::call_during(&t.client, relay, &ice, CALL_MAX, || {
-        let load = spawn_load(&t.client, &args);
-        // Traffic flows once every allocation has its relay socket.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while relay_sockets(t) < ALLOCATIONS + 3 {
-            assert!(
-                Instant::now() < deadline,
-                "the load's allocations were not all made: {} relay sockets",
-                relay_sockets(t)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    let call = PageCall::start(&t.client, relay, &ice, CALL_MAX);
+    let load = spawn_load(&t.client, &args);
+    // Traffic flows once every allocation has its relay socket.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The load's, the test client's and Chromium's (one per peer connection).
+    while relay_sockets(t) < ALLOCATIONS + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the load's allocations were not all made: {} relay sockets",
+            relay_sockets(t)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    for generation in [2, 3] {
+        let (ok, summary) = upgrade(relay, runtime);
+        assert!(ok, "relay upgrade failed: {summary}");
+        successors.add(new_pid(&summary));
+        assert!(
+            summary.contains(&format!("(generation {generation})")),
+            "{summary}"
+        );
+        relay
+            .wait_for_log(&format!("generation={generation}"), Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{e}"));
         std::thread::sleep(Duration::from_secs(2));
-        for generation in [2, 3] {
-            let (ok, summary) = upgrade(relay, runtime);
-            assert!(ok, "relay upgrade failed: {summary}");
-            successors.add(new_pid(&summary));
-            assert!(
-                summary.contains(&format!("(generation {generation})")),
-                "{summary}"
-            );
-            relay
-                .wait_for_log(&format!("generation={generation}"), Duration::from_secs(10))
-                .unwrap_or_else(|e| panic!("{e}"));
-            std::thread::sleep(Duration::from_secs(2));
-        }
-        load.finish(LOAD_TIMEOUT).report()
-    });
+    }
+    let (code, report) = load.finish(LOAD_TIMEOUT).report();
+    let call = call.finish(relay);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(num(&report, "setup.ready") as usize, ALLOCATIONS);
     let loss = num(&report, "traffic.loss_ratio");
