@@ -16,8 +16,10 @@ const PAGE: &str = include_str!("../assets/webrtc_relay.html");
 const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long to wait for any report (browser start-up on top of the page's own).
 const RESULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A call that lasts ([`PageRun::call_during`]): one message each way this often.
-pub const CALL_INTERVAL: Duration = Duration::from_millis(100);
+/// A call that lasts ([`PageCall`]): one message each way this often. 50 a second each
+/// way with their acknowledgements make a few thousand packets over a test's 15-20 s,
+/// enough to say something of a loss bound of 0.1% (see [`PageRun::assert_steady`]).
+pub const CALL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// A finished page: its report, and the browser (still running) for its logs.
 pub struct PageRun {
@@ -140,7 +142,11 @@ impl PageRun {
     /// switched pairs (no ICE restart), and ICE, once connected, never went
     /// "disconnected", "failed" or back to "checking". Also that the relay lost at most
     /// `max_loss` of the call's packets (counted on the selected pairs: what one side
-    /// sent and the other never received). The figures, for the test's log.
+    /// sent and the other never received), as far as a count of a few thousand can tell:
+    /// the lost count may reach what losing exactly `max_loss` gives three standard
+    /// deviations above its mean (at 0.1% of 3,500 packets: 10 instead of 3.5; one lost
+    /// packet of a few hundred would otherwise fail a bound it meets). The figures, for
+    /// the test's log.
     pub fn assert_steady(&self, relay: &RelayProcess, max_loss: f64) -> CallFigures {
         let r = &self.report;
         for pc in ["pc1", "pc2"] {
@@ -201,12 +207,17 @@ impl PageRun {
             figures.lost,
             figures.loss() * 100.0
         );
+        let expected = figures.packets as f64 * max_loss;
+        let allowed = (expected + 3.0 * expected.sqrt()).ceil() as u64;
         assert!(
-            figures.loss() <= max_loss,
+            figures.lost <= allowed,
             "{}",
             self.failure(
                 &format!(
-                    "the call lost {:.3}% of its packets (at most {:.3}%): {figures:?}",
+                    "the call lost {} of {} packets ({:.3}%; at most {:.3}%, {allowed} \
+                     packets with the count's allowance): {figures:?}",
+                    figures.lost,
+                    figures.packets,
                     figures.loss() * 100.0,
                     max_loss * 100.0
                 ),

@@ -228,7 +228,7 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
 }
 
 /// The call the upgrade and flood tests hold up across what they do
-/// ([`PageRun::call_during`]): one message each way every 100 ms for a few seconds after
+/// ([`PageRun::call_during`]): one message each way every 20 ms for a few seconds after
 /// a hello handshake, every message in order, the same candidate pair and ICE connected
 /// throughout, no packet lost on a quiet relay.
 #[test]

@@ -3,7 +3,7 @@
 //! from 10,000 sources) straight onto the relay host's external NIC for 10 s, no NAT in
 //! front, while `relay load` (200 allocations offered 10k echoes/s) and a Chromium call
 //! (a data channel between two relay-only peer connections, one message each way every
-//! 100 ms, flowing before the load starts and ended after it) go on through the static
+//! 20 ms, flowing before the load starts and ended after it) go on through the static
 //! NAT. The kernel program drops the junk and counts it by reason; the calls lose at most
 //! 0.1% (beyond what the veth's 256-frame ring drops before anything sees it), the Chromium
 //! call keeps its candidate pair and gets every message in order, the relay process uses
