@@ -40,16 +40,22 @@ pub fn find_chromium() -> Option<PathBuf> {
     None
 }
 
-/// What the page posted.
+/// What the page posted, and what the test tells it.
 #[derive(Default)]
 struct Inbox {
     results: Mutex<Vec<String>>,
+    /// `POST /progress` bodies: where a long page has got to (e.g. its call is flowing).
+    progress: Mutex<Vec<String>>,
     arrived: Condvar,
+    progressed: Condvar,
+    /// What `GET /control` answers: "stop" once set, else "go".
+    stop: AtomicBool,
 }
 
 /// An HTTP/1.0-style server on `127.0.0.1` of a namespace: `GET /` (any path but the
-/// ones below) serves the page, `POST /result` (or `GET /result?…`) records a result.
-/// Stops on drop.
+/// ones below) serves the page, `POST /result` (or `GET /result?…`) records a result,
+/// `POST /progress` a progress report, `GET /control` answers "go" until
+/// [`stop_page`](Self::stop_page), then "stop". Stops on drop.
 pub struct PageServer {
     addr: SocketAddr,
     inbox: Arc<Inbox>,
@@ -97,23 +103,37 @@ impl PageServer {
 
     /// Waits for the first result the page reports.
     pub fn wait_result(&self, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut results = self.inbox.results.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(r) = results.first() {
-                return Some(r.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            results = self
-                .inbox
-                .arrived
-                .wait_timeout(results, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        wait_first(&self.inbox.results, &self.inbox.arrived, timeout)
+    }
+
+    /// Waits for the first progress report the page posts.
+    pub fn wait_progress(&self, timeout: Duration) -> Option<String> {
+        wait_first(&self.inbox.progress, &self.inbox.progressed, timeout)
+    }
+
+    /// From now on `GET /control` answers "stop".
+    pub fn stop_page(&self) {
+        self.inbox.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The first entry of `list`, waiting up to `timeout` for one (`arrived` is notified
+/// with each).
+fn wait_first(list: &Mutex<Vec<String>>, arrived: &Condvar, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    let mut results = list.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if let Some(r) = results.first() {
+            return Some(r.clone());
         }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        results = arrived
+            .wait_timeout(results, deadline - now)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 
@@ -165,12 +185,32 @@ fn serve(mut conn: TcpStream, page: &str, inbox: &Inbox) -> std::io::Result<()> 
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let (status, content_type, content): (&str, &str, String) = match (method, path) {
         ("POST", "/result") => {
-            record(inbox, String::from_utf8_lossy(&body).into_owned());
+            record(
+                &inbox.results,
+                &inbox.arrived,
+                String::from_utf8_lossy(&body).into_owned(),
+            );
             ("200 OK", "text/plain", "ok\n".into())
         }
         ("GET", "/result") => {
-            record(inbox, percent_decode(query));
+            record(&inbox.results, &inbox.arrived, percent_decode(query));
             ("200 OK", "text/plain", "ok\n".into())
+        }
+        ("POST", "/progress") => {
+            record(
+                &inbox.progress,
+                &inbox.progressed,
+                String::from_utf8_lossy(&body).into_owned(),
+            );
+            ("200 OK", "text/plain", "ok\n".into())
+        }
+        ("GET", "/control") => {
+            let word = if inbox.stop.load(Ordering::Relaxed) {
+                "stop\n"
+            } else {
+                "go\n"
+            };
+            ("200 OK", "text/plain", word.into())
         }
         ("GET", "/favicon.ico") => ("404 Not Found", "text/plain", String::new()),
         ("GET", _) => ("200 OK", "text/html; charset=utf-8", page.to_owned()),
@@ -185,13 +225,9 @@ fn serve(mut conn: TcpStream, page: &str, inbox: &Inbox) -> std::io::Result<()> 
     conn.flush()
 }
 
-fn record(inbox: &Inbox, result: String) {
-    inbox
-        .results
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(result);
-    inbox.arrived.notify_all();
+fn record(list: &Mutex<Vec<String>>, arrived: &Condvar, result: String) {
+    list.lock().unwrap_or_else(|e| e.into_inner()).push(result);
+    arrived.notify_all();
 }
 
 /// `application/x-www-form-urlencoded`-style decoding (`+` is a space).

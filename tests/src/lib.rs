@@ -14,6 +14,7 @@ pub mod fixture;
 pub mod flood;
 pub mod flood_config;
 pub mod load_gen;
+pub mod metrics;
 pub mod netns;
 pub mod page;
 pub mod promql;
@@ -52,6 +53,14 @@ pub fn relay_binary() -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// `relay` (see [`relay_binary`]) run inside `ns`, arguments to add: the operator's
+/// command-line tools (`relay stun`, `relay status`, …) as a host in the topology runs them.
+pub fn relay_cli(ns: &Netns) -> std::process::Command {
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", ns.name()]).arg(relay_binary());
+    c
 }
 
 /// The workspace's top directory (this crate is one level below it).

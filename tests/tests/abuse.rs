@@ -12,8 +12,8 @@ use std::{
 use relay_tests::{
     TopologyOptions,
     fixture::{Deployment, RelayConfig, start_relay},
+    metrics::Metrics,
 };
-use relay_tools::status::AdminClient;
 
 const RATE: u32 = 20;
 const BURST: u32 = 40;
@@ -92,18 +92,7 @@ fn a_flood_of_minimal_allocates_gets_few_small_answers() {
         env.with_log("")
     );
     // The operator sees the excess in the metrics.
-    let (code, text) = env
-        .topo
-        .relay
-        .run(|| AdminClient::new(ADMIN.parse().unwrap(), Some(TOKEN.into())).get("/metrics"))
-        .expect("enter relay namespace")
-        .unwrap_or_else(|e| panic!("/metrics: {e}"));
-    assert_eq!(code, 200, "{text}");
-    let dropped: u32 = text
-        .lines()
-        .find_map(|l| l.strip_prefix(DROPS))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {DROPS} in:\n{text}")) as u32;
+    let dropped = Metrics::scrape(&env.topo.relay, ADMIN, Some(TOKEN)).get(DROPS) as u32;
     assert!(
         dropped > 0 && n + dropped <= sent,
         "{dropped} dropped, {n} answered, {sent} sent"

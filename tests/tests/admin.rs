@@ -10,7 +10,6 @@
 //! Needs root, `coturn`, `nftables` and `target/debug/relay` (`cargo build -p relay-user`).
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     process::Command,
     time::{Duration, Instant},
@@ -18,11 +17,13 @@ use std::{
 
 use relay_admin_api::{AllocationView, AllocationsView, StatusView};
 use relay_tests::{
-    Netns, Topology, TopologyOptions,
+    Topology, TopologyOptions,
     fixture::{
         Deployment, RELAY_PORTS, RelayConfig, UCLIENT_TIMEOUT, USER, start_relay, toml_list,
         turn_client, wait_until,
     },
+    metrics::Metrics,
+    relay_cli,
     turn_client::{TurnClient, TurnError},
 };
 use relay_tools::status::{AdminClient, StatusError};
@@ -155,14 +156,6 @@ impl AdminApi for Deployment {
     }
 }
 
-/// `relay` (the CLI) run inside `ns`.
-fn relay_cli(ns: &Netns) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns.name()])
-        .arg(relay_tests::relay_binary());
-    c
-}
-
 /// A client with a channel to the media server's echo peer, proven to relay.
 fn connected_client(env: &Deployment, password: &str) -> TurnClient {
     let mut c = turn_client(&env.topo.client, env.server(), password);
@@ -183,39 +176,6 @@ fn assert_echo(env: &Deployment, c: &mut TurnClient, payload: &[u8]) {
         .unwrap_or_else(|e| panic!("{}", env.with_log(format!("no echo of {payload:?}: {e}"))));
     assert_eq!(got.channel, Some(CHANNEL));
     assert_eq!(got.data, payload);
-}
-
-/// The samples of an OpenMetrics text, by series (`name{labels}` as printed).
-struct Metrics(HashMap<String, f64>);
-
-impl Metrics {
-    fn parse(text: &str) -> Metrics {
-        let samples = text
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .filter_map(|l| {
-                let (series, value) = l.rsplit_once(' ')?;
-                Some((series.to_owned(), value.parse().ok()?))
-            })
-            .collect();
-        Metrics(samples)
-    }
-
-    fn get(&self, series: &str) -> f64 {
-        *self
-            .0
-            .get(series)
-            .unwrap_or_else(|| panic!("no series {series} in {:?}", self.0.keys()))
-    }
-
-    /// Sum over every series of metric `name`.
-    fn sum(&self, name: &str) -> f64 {
-        self.0
-            .iter()
-            .filter(|(s, _)| *s == name || s.starts_with(&format!("{name}{{")))
-            .map(|(_, v)| v)
-            .sum()
-    }
 }
 
 #[test]

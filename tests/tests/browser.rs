@@ -226,3 +226,23 @@ fn chromium_data_channel_through_relay_hairpin_without_nat_reflection() {
     );
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+/// The call the upgrade and flood tests hold up across what they do
+/// ([`PageRun::call_during`]): one message each way every 20 ms for a few seconds after
+/// a hello handshake, every message in order, the same candidate pair and ICE connected
+/// throughout, no packet lost on a quiet relay.
+#[test]
+fn a_lasting_chromium_call_keeps_its_candidate_pair() {
+    let env = start();
+    let (a, relay) = (env.addrs(), &env.relay);
+    let ice = format!("turn:{}:3478?transport=udp", a.public);
+    let (page, ()) = PageRun::call_during(
+        &env.topo.client,
+        relay,
+        &ice,
+        Duration::from_secs(10),
+        || std::thread::sleep(Duration::from_secs(3)),
+    );
+    let figures = page.assert_steady(relay, 0.0);
+    assert!(figures.messages >= 40, "{figures:?}");
+}

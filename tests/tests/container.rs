@@ -18,7 +18,7 @@ use relay_tests::{
     container::{Container, Image},
     fixture::{Deployment, PASSWORD, RelayConfig, USER},
     relay::{Launch, RelayProcess, field},
-    relay_binary,
+    relay_binary, relay_cli,
 };
 
 /// How long an ended allocation's log line may take.
@@ -95,10 +95,7 @@ fn the_image_answers_stun_and_relays_uclient_in_the_kernel() {
 
     // The media server's probe from the internet: Binding and an allocation on the NAT
     // address, answered by the relay in the container.
-    let out = env
-        .topo
-        .client
-        .command(relay_binary().to_str().expect("utf-8 path"))
+    let out = relay_cli(&env.topo.client)
         .args([
             "stun",
             &env.server().to_string(),

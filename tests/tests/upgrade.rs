@@ -2,10 +2,14 @@
 //! while `relay load` keeps many allocations echoing through it, in the deployment of
 //! CONTEXT.md with the kernel fast path off. Every allocation survives two upgrades with
 //! next to no loss, and a client's Refresh, CreatePermission and ChannelBind after the
-//! upgrades pass with the nonce it got before them. An upgrade to a config the new
-//! process refuses leaves the old one serving.
+//! upgrades pass with the nonce it got before them. A Chromium call through the relay
+//! (a data channel between two relay-only peer connections) stays up across the upgrades
+//! without reconnecting: the same selected candidate pair before and after, ICE never
+//! "disconnected", "failed" or restarted, every message in order. An upgrade to a config
+//! the new process refuses leaves the old one serving.
 //!
-//! Needs root and `target/debug/relay` (`cargo build -p relay-user`).
+//! Needs root, `target/debug/relay` (`cargo build -p relay-user`) and Chromium (`cargo
+//! xtask setup` installs it).
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -19,6 +23,7 @@ use relay_proto::stun::{ChannelNumber, Lifetime, Method, RequestedTransport, Xor
 use relay_tests::{
     Topology, TopologyOptions,
     load_gen::{Echo, num, spawn_load},
+    page::PageCall,
     relay::{Launch, RelayProcess},
     turn_client::new_txid,
     turn_codec::{Attrs, Credentials},
@@ -269,6 +274,8 @@ impl Client {
 
 /// Hard limit for the load run (10 s of traffic, setup, two upgrades).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the Chromium call may last: the load's setup and run, the upgrades.
+const CALL_MAX: Duration = Duration::from_secs(120);
 
 #[test]
 fn allocations_and_nonces_survive_two_upgrades_under_load() {
@@ -307,10 +314,14 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
         "--duration",
         "10",
     ];
+    // The Chromium call, flowing before the load starts and ended after the upgrades.
+    let ice = format!("turn:{}:3478?transport=udp", t.addrs.public);
+    let call = PageCall::start(&t.client, relay, &ice, CALL_MAX);
     let load = spawn_load(&t.client, &args);
     // Traffic flows once every allocation has its relay socket.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while relay_sockets(t) < ALLOCATIONS + 1 {
+    // The load's, the test client's and Chromium's (one per peer connection).
+    while relay_sockets(t) < ALLOCATIONS + 3 {
         assert!(
             Instant::now() < deadline,
             "the load's allocations were not all made: {} relay sockets",
@@ -333,6 +344,7 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
         std::thread::sleep(Duration::from_secs(2));
     }
     let (code, report) = load.finish(LOAD_TIMEOUT).report();
+    let call = call.finish(relay);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(num(&report, "setup.ready") as usize, ALLOCATIONS);
     let loss = num(&report, "traffic.loss_ratio");
@@ -352,6 +364,7 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
         eprintln!("{name}: {}", snmp.unwrap_or_default().replace('\n', " | "));
     }
     assert!(loss <= MAX_LOSS, "loss {loss} over {MAX_LOSS}: {report:#}");
+    call.assert_steady(relay, MAX_LOSS);
     // Deleting them at the end went to the newest process: it knew them all.
     assert_eq!(num(&report, "deleted") as usize, ALLOCATIONS, "{report:#}");
 
