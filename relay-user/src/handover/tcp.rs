@@ -195,3 +195,40 @@ pub fn groups(manifest: &[TcpGroup], fds: impl Iterator<Item = OwnedFd>) -> Vec<
         .map(|g| (g.listen, fds.by_ref().take(g.members).collect()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The descriptors after the UDP ones are split by the manifest's member counts, in
+    /// order: each listener gets its own sockets back.
+    #[test]
+    fn received_descriptors_are_split_into_the_manifests_groups() {
+        let sockets: Vec<TcpListener> = (0..3)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<SocketAddr> = sockets.iter().map(|s| s.local_addr().unwrap()).collect();
+        let manifest = [
+            TcpGroup {
+                listen: addrs[0],
+                members: 2,
+            },
+            TcpGroup {
+                listen: addrs[2],
+                members: 1,
+            },
+        ];
+        let got = groups(&manifest, sockets.into_iter().map(OwnedFd::from));
+        let seen: Vec<(SocketAddr, Vec<SocketAddr>)> = got
+            .iter()
+            .map(|(a, g)| (*a, g.iter().map(|s| s.local_addr().unwrap()).collect()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (addrs[0], vec![addrs[0], addrs[1]]),
+                (addrs[2], vec![addrs[2]]),
+            ]
+        );
+    }
+}
