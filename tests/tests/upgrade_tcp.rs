@@ -1,16 +1,19 @@
 //! An upgrade with TURN over TCP and TLS (issue 15): the new process takes the TCP/TLS
 //! listeners (plain, TLS and PROXY protocol ones, two workers' worth), the connections
-//! open at the time stay with the old process, which keeps relaying them until they end
+//! open at the time (RFC 6062 ones included) stay with the old process, which keeps
+//! relaying them until they end
 //! (or `limits.drain_timeout` passes) and then exits; new connections reach the new
 //! process; UDP allocations move to the new process as without TCP.
 //!
 //! Needs root and `target/debug/relay` (`cargo build -p relay-user`).
 
 use std::{
-    net::TcpStream,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
+use relay_proto::stun::{ConnectionId, Message, Method, RequestedTransport, XorPeerAddress};
 use relay_tests::{
     TopologyOptions,
     fixture::{Deployment, Listen, PASSWORD, RelayConfig, start_tls_relay, turn_client},
@@ -41,7 +44,7 @@ fn start(engine: &str, drain_timeout: u64) -> Deployment {
                 "[[listen]]\naddress = \"{}:8443\"\ntransports = [\"tls\"]\n\
                  proxy_protocol = true\nproxy_from = [\"{}/32\"]\n\n\
                  [limits]\ndrain_timeout = {drain_timeout}\n\n\
-                 [tcp]\nworkers = 2\nengine = \"{engine}\"\n\n\
+                 [tcp]\nworkers = 2\nengine = \"{engine}\"\nrelay_tcp = true\n\n\
                  [xdp]\nmode = \"off\"\n\n[admin]\naddress = \"{ADMIN}\"\n",
                 a.relay_external, a.client
             ),
@@ -124,6 +127,68 @@ fn echoes<S: std::io::Read + std::io::Write>(c: &mut StreamClient<S>, what: &str
     }
 }
 
+/// An RFC 6062 TCP allocation on a control connection, connected (Connect, then
+/// ConnectionBind on a data connection) to a one-connection TCP echo on the media host:
+/// (control, data); the data connection carries raw bytes to the echo.
+fn tcp_allocation_to_echo(env: &Deployment) -> (StreamClient<TcpStream>, TcpStream) {
+    let echo_at: SocketAddr = (env.addrs().media, 3481).into();
+    let listener = env
+        .topo
+        .media
+        .run(move || TcpListener::bind(echo_at))
+        .expect("enter namespace")
+        .expect("bind the TCP echo");
+    std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            if s.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+    let mut control = env.tcp_client(3478);
+    let resp = control
+        .transact(Method::ALLOCATE, &|w| {
+            w.attr(&RequestedTransport::TCP).map(drop)
+        })
+        .expect("TCP Allocate");
+    control.take_allocation(&resp).expect("relayed address");
+    let resp = control
+        .transact(Method::CONNECT, &|w| {
+            w.attr(&XorPeerAddress(echo_at)).map(drop)
+        })
+        .expect("Connect");
+    let conn = Message::parse(&resp)
+        .ok()
+        .and_then(|m| m.attr::<ConnectionId>().and_then(Result::ok))
+        .expect("CONNECTION-ID")
+        .0;
+    let mut data = env.tcp_client(3478);
+    let (realm, nonce) = control.credentials().expect("credentials");
+    data.prime(&realm, &nonce);
+    // The echo says nothing first: the response is all the relay sends before the bytes.
+    let txid = data
+        .write_request(Method::CONNECTION_BIND, &|w| {
+            w.attr(&ConnectionId(conn)).map(drop)
+        })
+        .expect("ConnectionBind");
+    let resp = data.read_response(txid).expect("ConnectionBind response");
+    data.check(Method::CONNECTION_BIND, &resp)
+        .expect("ConnectionBind");
+    (control, data.stream)
+}
+
+/// `bytes` through the data connection to the echo and back.
+fn raw_echo(data: &mut TcpStream, bytes: &[u8]) {
+    data.write_all(bytes).expect("write to the peer");
+    let mut got = vec![0u8; bytes.len()];
+    data.read_exact(&mut got).expect("the peer's echo");
+    assert_eq!(got, bytes);
+}
+
 fn wait_exit(pid: u32, timeout: Duration) -> Duration {
     let start = Instant::now();
     while alive(pid) {
@@ -155,6 +220,9 @@ fn tcp_and_tls_sessions_stay_with_the_old_process_new_ones_reach_the_new_one() {
     let tcp_relayed = tcp.allocate().expect("allocate over TCP");
     tcp.channel_bind(CHANNEL, peer).expect("TCP channel bind");
     echoes(&mut tcp, "tcp before", 5);
+    // An RFC 6062 TCP allocation with a peer connection spliced to its data connection.
+    let (mut control, mut data) = tcp_allocation_to_echo(&env);
+    raw_echo(&mut data, b"spliced before");
 
     let _new = upgrade(&env);
     let took_over = env
@@ -172,6 +240,10 @@ fn tcp_and_tls_sessions_stay_with_the_old_process_new_ones_reach_the_new_one() {
         .expect("Refresh over the old TLS connection");
     tcp.refresh(600)
         .expect("Refresh over the old TCP connection");
+    raw_echo(&mut data, b"spliced after the upgrade");
+    control
+        .refresh(600)
+        .expect("Refresh of the TCP allocation after the upgrade");
 
     // The admin endpoint is the new process's: generation 2, none of the old
     // connections. A new TLS connection is served there.
@@ -179,11 +251,12 @@ fn tcp_and_tls_sessions_stay_with_the_old_process_new_ones_reach_the_new_one() {
     assert!(status.contains("\"generation\":2"), "{status}");
     let metrics = admin(&env, "/metrics");
     assert_eq!(metric(&metrics, "relay_tcp_connections_open"), 0);
-    // Its port pool counts the UDP allocation's port and, quarantined, the two the old
-    // process's TCP and TLS allocations hold: it does not hand them out meanwhile.
+    // Its port pool counts the UDP allocation's port and, quarantined, the three the old
+    // process's TLS, TCP and RFC 6062 allocations hold: it does not hand them out
+    // meanwhile.
     assert_eq!(
         metric(&metrics, "relay_ports_in_use{family=\"ipv4\"}"),
-        3,
+        4,
         "{metrics}"
     );
     let mut fresh = env.tls_client();
@@ -216,6 +289,14 @@ fn tcp_and_tls_sessions_stay_with_the_old_process_new_ones_reach_the_new_one() {
     );
     echoes(&mut tcp, "tcp alone", 5);
     drop(tcp);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        alive(old_pid),
+        "the old process left with a TCP allocation open"
+    );
+    raw_echo(&mut data, b"spliced alone");
+    drop(data);
+    drop(control);
     let took = wait_exit(old_pid, EXIT_WAIT);
     env.relay
         .wait_for_log(
