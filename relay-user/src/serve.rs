@@ -223,7 +223,16 @@ async fn serve(
             let name = format!("tcp-{i}");
             let (handle, inbox) =
                 shard::channel(&name).context("creating a shard wake-up eventfd")?;
-            let server = cores.server(&config, Instant::now())?;
+            let mut server = cores.server(&config, Instant::now())?;
+            if incoming.is_some() {
+                // No allocation comes to these (they stayed with the old process), but
+                // the timers of the handed-over quarantines (the ports the old process's
+                // TCP/TLS allocations hold) must run here too: a relay without UDP
+                // workers has no other core to free those ports.
+                server
+                    .restore(Instant::now(), &Default::default())
+                    .with_context(|| format!("starting {name} after the handover"))?;
+            }
             tcp_workers.push(crate::tcp::Worker {
                 name,
                 server,

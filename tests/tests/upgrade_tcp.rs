@@ -29,6 +29,8 @@ const LOG_WAIT: Duration = Duration::from_secs(10);
 /// How long the old process may take to exit once its last connection ended (it looks
 /// every 250 ms, then stops its workers).
 const EXIT_WAIT: Duration = Duration::from_secs(10);
+/// How much longer than the drain timeout the new process keeps the old one's ports.
+const QUARANTINE_MARGIN: Duration = Duration::from_secs(10);
 
 /// UDP and TCP on 3478 of both NICs, TCP and TLS on 443, a TLS listener behind a load
 /// balancer (PROXY protocol) on 8443; two TCP/TLS workers.
@@ -338,4 +340,21 @@ fn the_old_process_closes_what_is_left_after_the_drain_timeout() {
     again.allocate().expect("allocate after reconnecting");
     again.channel_bind(CHANNEL, peer).expect("channel bind");
     echoes(&mut again, "reconnected", 5);
+    // The old allocation's port, quarantined in the new process for the drain timeout
+    // and a margin, goes back to its pool: only the new allocation's is in use then.
+    let deadline = handed + Duration::from_secs(DRAIN) + QUARANTINE_MARGIN + LOG_WAIT;
+    let in_use = || {
+        metric(
+            &admin(&env, "/metrics"),
+            "relay_ports_in_use{family=\"ipv4\"}",
+        )
+    };
+    while in_use() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "relay ports in use stay {} after the quarantine",
+            in_use()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
