@@ -211,13 +211,28 @@ async fn serve(
     let mut tls_reload = None;
     let mut tcp_stats = Vec::new();
     let mut tcp_threads = Vec::new();
-    if crate::tcp::wanted(&config) {
+    let mut tcp_hand_off = None;
+    let handed_tcp = incoming
+        .as_mut()
+        .map(|i| std::mem::take(&mut i.tcp))
+        .unwrap_or_default();
+    if crate::tcp::wanted(&config) || !handed_tcp.is_empty() {
+        let count = tcp_workers_for(&config, &handed_tcp)?;
         let mut tcp_workers = Vec::new();
-        for i in 0..per_cpu(config.tcp.workers) {
+        for i in 0..count {
             let name = format!("tcp-{i}");
             let (handle, inbox) =
                 shard::channel(&name).context("creating a shard wake-up eventfd")?;
-            let server = cores.server(&config, Instant::now())?;
+            let mut server = cores.server(&config, Instant::now())?;
+            if incoming.is_some() {
+                // No allocation comes to these (they stayed with the old process), but
+                // the timers of the handed-over quarantines (the ports the old process's
+                // TCP/TLS allocations hold) must run here too: a relay without UDP
+                // workers has no other core to free those ports.
+                server
+                    .restore(Instant::now(), &Default::default())
+                    .with_context(|| format!("starting {name} after the handover"))?;
+            }
             tcp_workers.push(crate::tcp::Worker {
                 name,
                 server,
@@ -226,10 +241,11 @@ async fn serve(
             });
             shards.push(handle);
         }
-        let tcp = crate::tcp::spawn(tcp_workers, &config)?;
+        let tcp = crate::tcp::spawn(tcp_workers, &config, handed_tcp)?;
         tcp_threads = tcp.threads;
         tls_reload = tcp.tls;
         tcp_stats = tcp.stats;
+        tcp_hand_off = Some(tcp.hand_off);
     }
     let mut xdp_status = XdpStatus::of(&config, xdp.as_ref());
     xdp_status.forwarding_off = forwarding
@@ -244,6 +260,11 @@ async fn serve(
         counters.clone(),
         xdp_status,
     ));
+    let tcp_side = tcp_hand_off.map(|hand_off| crate::handover::tcp::TcpSide {
+        hand_off,
+        shards: shards[workers..].to_vec(),
+        stats: tcp_stats.iter().map(|(_, s)| s.clone()).collect(),
+    });
     if !tcp_stats.is_empty() {
         control.set_tcp_stats(tcp_stats);
     }
@@ -356,7 +377,7 @@ async fn serve(
         workers: worker_threads,
         worker_shards: shards[..workers].to_vec(),
         admin,
-        tcp: !tcp_threads.is_empty(),
+        tcp: tcp_side,
         xdp: xdp.is_some(),
         config_file: path.is_some(),
         generation,
@@ -382,7 +403,7 @@ async fn serve(
         let verdict = running.upgrade(&exe).await;
         match &verdict {
             Ok(summary) => {
-                tracing::info!(exe = %exe.display(), "handed over: {summary}; this process exits")
+                tracing::info!(exe = %exe.display(), "handed over: {summary}; this process exits (once the TCP/TLS connections that stay have ended, if any)")
             }
             Err(e) => tracing::error!(exe = %exe.display(), error = %e,
                 "upgrade failed; this process keeps serving, nothing was lost"),
@@ -405,7 +426,12 @@ async fn serve(
     }
     match &end {
         End::Stopped => tracing::info!("shutting down"),
-        End::HandedOver => {}
+        // The open TCP/TLS connections stay here until they end.
+        End::HandedOver => {
+            if let Some(t) = &running.tcp {
+                t.linger(control.config().drain_timeout).await;
+            }
+        }
         // Its sockets left the SO_REUSEPORT groups, so clients now hash to other workers
         // that do not know their allocations: a restart is the only clean state.
         End::Died(name) => tracing::error!(shard = %name,
@@ -488,6 +514,45 @@ fn check_handed_listeners(
         );
     }
     Ok(workers)
+}
+
+/// How many TCP/TLS workers run: `[tcp] workers`, or after an upgrade the handed-over
+/// count (each worker has its member of every listener's SO_REUSEPORT group, and the
+/// group's steering program picks among that many). The config's TCP/TLS listeners must
+/// be the handed-over ones.
+fn tcp_workers_for(
+    config: &Config,
+    handed: &[crate::handover::tcp::Group],
+) -> anyhow::Result<usize> {
+    let configured = per_cpu(config.tcp.workers);
+    let Some((_, first)) = handed.first() else {
+        return Ok(configured);
+    };
+    let mut wanted: Vec<_> = config
+        .listeners
+        .iter()
+        .filter(|l| l.transports.iter().any(|t| *t != Transport::Udp))
+        .map(|l| l.address)
+        .collect();
+    let mut got: Vec<_> = handed.iter().map(|(a, _)| *a).collect();
+    wanted.sort();
+    got.sort();
+    if wanted != got {
+        anyhow::bail!(
+            "the config's TCP/TLS listeners ({}) differ from the running relay's ({}): an upgrade keeps the listeners; restart to change them",
+            list(&wanted),
+            list(&got)
+        );
+    }
+    let kept = first.len();
+    if configured != kept {
+        tracing::warn!(
+            configured,
+            kept,
+            "[tcp] workers differs from the running relay's: the handed-over count stays (the listeners' SO_REUSEPORT groups and their steering program); restart to change it"
+        );
+    }
+    Ok(kept)
 }
 
 fn list(addrs: &[std::net::SocketAddr]) -> String {

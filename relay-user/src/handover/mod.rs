@@ -18,6 +18,7 @@
 
 pub mod control_socket;
 mod outgoing;
+pub mod tcp;
 pub mod wire;
 
 pub use outgoing::Running;
@@ -62,6 +63,10 @@ pub struct Manifest {
     /// One entry per UDP worker, in order; `snapshot.shards` has the same order.
     pub workers: Vec<WorkerSockets>,
     pub snapshot: Snapshot,
+    /// The TCP/TLS client listeners, sent after every UDP descriptor (none from a build
+    /// that did not hand them over).
+    #[serde(default)]
+    pub tcp: Vec<tcp::TcpGroup>,
 }
 
 /// The descriptors of one UDP worker, in the order they are sent: listeners, then relays.
@@ -247,6 +252,7 @@ impl Pending {
             .workers
             .iter()
             .map(|w| w.listeners.len() + w.relays.len())
+            .chain(manifest.tcp.iter().map(|g| g.members))
             .sum();
         if wanted != fds.len() {
             return Err(HandoverError::Manifest(format!(
@@ -267,10 +273,12 @@ impl Pending {
             .iter()
             .map(|w| (take(&w.listeners), take(&w.relays)))
             .collect();
+        let tcp = tcp::groups(&manifest.tcp, fds.map(OwnedFd::from));
         Ok(Incoming {
             sock,
             manifest,
             workers,
+            tcp,
         })
     }
 
@@ -287,6 +295,8 @@ pub struct Incoming {
     pub manifest: Manifest,
     /// Per UDP worker, in the manifest's order.
     pub workers: Vec<Sockets>,
+    /// The TCP/TLS client listeners' groups.
+    pub tcp: Vec<tcp::Group>,
 }
 
 impl Incoming {

@@ -1,6 +1,6 @@
 //! The old process's side of an upgrade: stop the UDP workers (their sockets stay open
 //! and keep queueing datagrams), hand sockets and snapshot to the new process, and either
-//! exit or start the workers again.
+//! exit (after its TCP/TLS connections, see [`super::tcp`]) or start the workers again.
 
 use std::{os::fd::RawFd, path::Path, sync::Arc, thread::JoinHandle, time::Instant};
 
@@ -17,8 +17,8 @@ pub struct Running {
     pub workers: Vec<JoinHandle<Dataplane>>,
     pub worker_shards: Vec<ShardHandle>,
     pub admin: Option<Admin>,
-    /// A TCP/TLS shard runs.
-    pub tcp: bool,
+    /// The TCP/TLS workers, if any: their listeners go, their connections stay.
+    pub tcp: Option<super::tcp::TcpSide>,
     /// The XDP fast path runs.
     pub xdp: bool,
     /// Started with --config (the demo is not upgraded).
@@ -67,7 +67,22 @@ impl Running {
             self.cores.shared().snapshot(now),
             planes.iter().map(|p| p.server().snapshot(now)).collect(),
         );
+        let mut snapshot = snapshot;
         let allocations = snapshot.allocation_count();
+        let drain = self.control.config().drain_timeout;
+        let (tcp_groups, tcp_fds) = match &self.tcp {
+            Some(t) => match t.held_ports(drain).await {
+                Ok(held) => {
+                    snapshot.shared.quarantined.extend(held);
+                    t.listeners()
+                }
+                Err(e) => {
+                    self.resume(planes).await;
+                    return Err(e);
+                }
+            },
+            None => Default::default(),
+        };
         let mut fds: Vec<RawFd> = Vec::new();
         let mut workers = Vec::with_capacity(planes.len());
         for p in &planes {
@@ -79,10 +94,12 @@ impl Running {
                 relays: relays.into_iter().map(|(a, _)| a).collect(),
             });
         }
+        fds.extend(tcp_fds);
         let manifest = Manifest {
             generation: self.generation,
             workers,
             snapshot,
+            tcp: tcp_groups,
         };
         let relay_sockets = fds.len();
         tracing::info!(exe = %exe.display(), pid = spawned.pid(), allocations, sockets = relay_sockets,
@@ -99,8 +116,19 @@ impl Running {
                 let paused_ms = started.elapsed().as_millis();
                 notify_main_pid(pid);
                 drop(planes);
+                let staying = match &self.tcp {
+                    Some(t) => {
+                        t.let_go(&self.control);
+                        format!(
+                            "; {} TCP/TLS connections stay with pid {} until they end",
+                            t.connections(),
+                            std::process::id()
+                        )
+                    }
+                    None => String::new(),
+                };
                 Ok(format!(
-                    "pid {pid} (generation {}) took over {allocations} allocations and {relay_sockets} sockets; UDP paused {paused_ms} ms",
+                    "pid {pid} (generation {}) took over {allocations} allocations and {relay_sockets} sockets; UDP paused {paused_ms} ms{staying}",
                     self.generation + 1
                 ))
             }
@@ -115,9 +143,6 @@ impl Running {
     fn refusal(&self, exe: &Path) -> Result<(), String> {
         if !self.config_file {
             return Err("the demo relay (no --config) cannot be upgraded".into());
-        }
-        if self.tcp {
-            return Err("TURN over TCP/TLS is configured: handing over its connections is not implemented yet; restart to upgrade".into());
         }
         if self.xdp {
             return Err("the XDP fast path runs: handing over its program and maps is not implemented yet; restart to upgrade, or run with [xdp] mode = \"off\"".into());

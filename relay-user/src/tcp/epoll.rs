@@ -8,6 +8,7 @@
 use std::{
     io::{self, Read as _, Write as _},
     os::fd::{AsRawFd, RawFd},
+    sync::atomic::Ordering,
     time::Instant,
 };
 
@@ -42,6 +43,8 @@ pub struct EpollLoop {
     inbox: Inbox,
     epoll: Epoll,
     read_buf: Box<[u8]>,
+    /// The client listeners left the epoll set (a new process took them over).
+    listeners_off: bool,
 }
 
 impl EpollLoop {
@@ -57,6 +60,7 @@ impl EpollLoop {
             inbox,
             epoll,
             read_buf: vec![0; READ_BUF].into_boxed_slice(),
+            listeners_off: false,
         };
         match me.register() {
             Ok(()) => {
@@ -136,7 +140,9 @@ impl EpollLoop {
                 self.inbox.waker.clear();
                 self.inbox.run_jobs(&mut self.state.server);
                 self.state.apply_commands(now);
+                self.stop_listening_if_asked();
             }
+            LISTENER if self.listeners_off => {}
             LISTENER => self.accept(key.idx as usize, now),
             RELAY_LISTENER => self.accept_peers(key, now),
             CONN | PEER => {
@@ -202,6 +208,21 @@ impl EpollLoop {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// After an upgrade the new process accepts on the same listening sockets: this loop
+    /// stops watching them (the sockets stay open; closing them here would not unbind
+    /// them, the new process holds them too) and keeps its connections.
+    fn stop_listening_if_asked(&mut self) {
+        if self.listeners_off || self.state.listening.load(Ordering::SeqCst) {
+            return;
+        }
+        self.listeners_off = true;
+        for l in &self.state.listeners {
+            if let Err(e) = self.ctl(libc::EPOLL_CTL_DEL, l.sock.as_raw_fd(), 0, 0) {
+                tracing::warn!(listen = %l.addr, error = %e, "cannot stop watching a handed-over listener");
+            }
         }
     }
 

@@ -82,6 +82,25 @@ pub struct TcpShards {
     pub tls: Option<TlsAcceptor>,
     /// Each worker's connection counters, by shard name, for the metrics.
     pub stats: Vec<(String, Arc<Stats>)>,
+    /// What an upgrade hands over.
+    pub hand_off: HandOff,
+}
+
+/// The client listeners as an upgrade sends them to the new process: each listener's
+/// SO_REUSEPORT group, member `i` worker `i`'s (duplicates of the workers' descriptors:
+/// the same sockets, so the group and its steering program stay as they are), and the
+/// switch that makes every worker stop accepting once the new process has them.
+pub struct HandOff {
+    pub groups: Vec<(std::net::SocketAddr, Vec<std::net::TcpListener>)>,
+    listening: Arc<AtomicBool>,
+}
+
+impl HandOff {
+    /// The workers stop accepting on the client listeners (each at its next wake-up:
+    /// wake them); the connections they have stay theirs.
+    pub fn stop_accepting(&self) {
+        self.listening.store(false, Ordering::SeqCst);
+    }
 }
 
 /// For the control plane's SIGHUP reload: loads the reloaded config's `[tls]` files (new
@@ -106,10 +125,15 @@ pub fn wanted(config: &Config) -> bool {
 }
 
 /// Binds every TCP/TLS listener (one SO_REUSEPORT member per worker; a busy port is a
-/// startup error naming it), loads the certificate, picks the engine and starts the
-/// workers.
-pub fn spawn(workers: Vec<Worker>, config: &Config) -> anyhow::Result<TcpShards> {
+/// startup error naming it), or takes its group from `handed` (an upgrade: one member per
+/// worker), loads the certificate, picks the engine and starts the workers.
+pub fn spawn(
+    workers: Vec<Worker>,
+    config: &Config,
+    mut handed: Vec<(std::net::SocketAddr, Vec<std::net::TcpListener>)>,
+) -> anyhow::Result<TcpShards> {
     let n = workers.len();
+    let mut groups = Vec::new();
     let mut listeners: Vec<Vec<state::StreamListener>> = (0..n).map(|_| Vec::new()).collect();
     for l in &config.listeners {
         let plain = l.transports.contains(&Transport::Tcp);
@@ -122,9 +146,33 @@ pub fn spawn(workers: Vec<Worker>, config: &Config) -> anyhow::Result<TcpShards>
             (true, false) => "tcp",
             _ => "tls",
         };
-        let group = workers::bind_group(l.address, n, l.proxy_from.is_none())
-            .map_err(crate::udp::with_bind_hint)
-            .with_context(|| format!("listen {} ({what})", l.address))?;
+        let group = match handed.iter().position(|(a, _)| *a == l.address) {
+            Some(i) => {
+                let (_, group) = handed.swap_remove(i);
+                if group.len() != n {
+                    anyhow::bail!(
+                        "listen {} ({what}): {} handed-over listeners for {n} workers",
+                        l.address,
+                        group.len()
+                    );
+                }
+                group
+            }
+            None => workers::bind_group(l.address, n, l.proxy_from.is_none())
+                .map_err(crate::udp::with_bind_hint)
+                .with_context(|| format!("listen {} ({what})", l.address))?,
+        };
+        let copies = group
+            .iter()
+            .map(std::net::TcpListener::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()
+            .with_context(|| {
+                format!(
+                    "listen {} ({what}): keeping its descriptors for an upgrade",
+                    l.address
+                )
+            })?;
+        groups.push((l.address, copies));
         tracing::info!(listen = %l.address, transports = what, workers = n, "answering TURN over TCP");
         for (mine, sock) in listeners.iter_mut().zip(group) {
             mine.push(state::StreamListener {
@@ -155,13 +203,18 @@ pub fn spawn(workers: Vec<Worker>, config: &Config) -> anyhow::Result<TcpShards>
         config.tcp.max_connections,
         config.tcp.max_connections_per_source,
     );
+    let listening = Arc::new(AtomicBool::new(true));
     let mut shards = TcpShards {
         threads: Vec::with_capacity(n),
         tls: tls.clone(),
         stats: Vec::with_capacity(n),
+        hand_off: HandOff {
+            groups,
+            listening: listening.clone(),
+        },
     };
     for (w, listeners) in workers.into_iter().zip(listeners) {
-        let state = state::State::new(
+        let mut state = state::State::new(
             w.server,
             w.mirror,
             config.tcp.clone(),
@@ -170,6 +223,7 @@ pub fn spawn(workers: Vec<Worker>, config: &Config) -> anyhow::Result<TcpShards>
             admission.clone(),
             Instant::now(),
         );
+        state.listening = listening.clone();
         shards.stats.push((w.name.clone(), state.stats.clone()));
         let watch = watch.clone();
         let (inbox, name) = (w.inbox, w.name.clone());

@@ -85,6 +85,8 @@ pub struct UringLoop {
     relay_accept_rearm: Vec<Key>,
     stopping: bool,
     accept_errors: u64,
+    /// The client listeners' accepts were cancelled (a new process took them over).
+    listeners_off: bool,
 }
 
 impl UringLoop {
@@ -122,6 +124,7 @@ impl UringLoop {
             relay_accept_rearm: Vec::new(),
             stopping: false,
             accept_errors: 0,
+            listeners_off: false,
         };
         let wake = opcode::PollAdd::new(types::Fd(me.inbox.waker.fd()), libc::POLLIN as u32)
             .multi(true)
@@ -244,6 +247,7 @@ impl Completions for UringLoop {
                 self.inbox.waker.clear();
                 self.inbox.run_jobs(&mut self.state.server);
                 self.state.apply_commands(now);
+                self.stop_listening_if_asked();
             }
             ACCEPT => {
                 let l = key.idx as usize;
@@ -255,14 +259,14 @@ impl Completions for UringLoop {
                     {
                         self.state.touch(id); // arms its receive
                     }
-                } else {
+                } else if !self.listeners_off {
                     let e = io::Error::from_raw_os_error(-res);
                     self.accept_errors += 1;
                     if self.accept_errors.is_power_of_two() {
                         super::epoll::accept_error(&e, self.state.listeners[l].addr);
                     }
                 }
-                if !more {
+                if !more && !self.listeners_off {
                     // Ended (out of descriptors, typically): try again at the next tick
                     // rather than spin.
                     self.accept_rearm.push(l);
@@ -373,6 +377,29 @@ impl UringLoop {
             c.io.recv_armed = false;
             c.io.recv_cancelling = false;
             self.state.touch_on(side, id);
+        }
+    }
+
+    /// After an upgrade the new process accepts on the same listening sockets: the
+    /// multishot accepts are cancelled (not shut down: that would stop the new process's
+    /// accepts too) and the connections this loop has stay. A connection accepted before
+    /// the cancel landed is served here like the others.
+    fn stop_listening_if_asked(&mut self) {
+        if self.listeners_off
+            || self
+                .state
+                .listening
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        self.listeners_off = true;
+        self.accept_rearm.clear();
+        for l in 0..self.state.listeners.len() {
+            let e = opcode::AsyncCancel::new(token(ACCEPT, l as u32))
+                .build()
+                .user_data(token(IGNORE, 0));
+            self.push(e);
         }
     }
 

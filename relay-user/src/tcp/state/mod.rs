@@ -30,7 +30,7 @@ use std::{
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -203,6 +203,9 @@ pub struct State {
     ///
     /// [`Wire::overrun`]: super::connection::Wire::overrun
     pub rx_in_flight: usize,
+    /// Cleared when a new process took the client listeners over (upgrade): the loop
+    /// stops accepting on them and serves the connections it has until they end.
+    pub listening: Arc<AtomicBool>,
 }
 
 impl State {
@@ -242,6 +245,7 @@ impl State {
             stats: Arc::default(),
             warned: (0, 0, 0),
             rx_in_flight: 0,
+            listening: Arc::new(AtomicBool::new(true)),
         }
     }
 
