@@ -117,7 +117,17 @@ pub struct Figures {
     pub delivered_mbps: f64,
     /// Whole box busy during the blast (0 to 1; trafgen holds one of its cores).
     pub box_busy: f64,
+    /// Share of the blast the relay host's ingress NAPI thread ran (0 to 1): the core the
+    /// carrier works on. Near 1, the carrier is at its capacity (see [`SATURATED`]).
+    pub napi_busy: f64,
 }
+
+/// [`Figures::napi_busy`] from which a blast counts as the carrier's capacity. On a veth
+/// the sender's frames stay charged to its socket (trafgen's transmit ring) until the
+/// receiving side's NAPI frees them, so trafgen is held to the receiver's pace and
+/// delivered = offered at any load: loss cannot tell a saturated carrier from a slow
+/// sender, the receive core's busy time can.
+pub const SATURATED: f64 = 0.95;
 
 fn blast_secs(scale: Scale) -> f64 {
     match scale {
@@ -233,12 +243,14 @@ fn one(topo: &Topo, relay_bin: &Path, work: &Path, shape: Shape, scale: Scale) -
     let r = measure(topo, relay_bin, work, shape, secs);
     match &r {
         Ok(f) => eprintln!(
-            "bench:   offered {:.0}/s, delivered {:.0}/s ({:.1}%, {:.0} Mbit/s), box {:.0}% busy",
+            "bench:   offered {:.0}/s, delivered {:.0}/s ({:.1}%, {:.0} Mbit/s), box {:.0}% busy, \
+             ingress NAPI {:.0}%",
             f.offered_pps,
             f.delivered_pps,
             f.ratio * 100.0,
             f.delivered_mbps,
-            f.box_busy * 100.0
+            f.box_busy * 100.0,
+            f.napi_busy * 100.0
         ),
         Err(e) => eprintln!("bench:   failed: {e:#}"),
     }
@@ -404,13 +416,17 @@ fn measure(
             duration: secs,
             rate: paced_pps,
         };
+        let napi = runner::napi_threads(ingress);
+        let napi_cpu = || -> Duration { napi.iter().filter_map(|&p| runner::cpu_time(p)).sum() };
         let before = counter.packets()?;
+        let napi_before = napi_cpu();
         let ticks = cpu_ticks();
         let sent = runner::Trafgen::start(&run)
             .context("starting trafgen (netsniff-ng; `cargo xtask setup` installs it)")?
             .wait()
             .map_err(|e| anyhow!(e))?;
         let box_busy = busy_between(ticks, cpu_ticks());
+        let napi_secs = napi_cpu().saturating_sub(napi_before).as_secs_f64();
         // Frames still in the rings when trafgen stops are delivered, or dropped, within
         // a few milliseconds.
         std::thread::sleep(Duration::from_millis(50));
@@ -435,6 +451,7 @@ fn measure(
             },
             delivered_mbps: delivered_pps * payload as f64 * 8.0 / 1e6,
             box_busy,
+            napi_busy: (napi_secs / secs.max(1e-9)).min(1.0),
         })
     });
     if let Some(h) = &mut hosts {
