@@ -342,6 +342,10 @@ reasons! {
     /// Dropped: a STUN request from a 5-tuple without an allocation, over its source's or
     /// the global `unauthenticated_*` rate.
     UnauthenticatedRate = 34, "unauthenticated_rate";
+    /// Dropped: a Send indication to a listener from a 5-tuple without an allocation
+    /// (userspace drops it unread, `no_allocation`), once the daemon vouches that every
+    /// client is in the kernel's maps.
+    SendNoAllocation = 35, "send_no_allocation";
 }
 
 /// Capacity of [`REASON_COUNTERS_MAP`] (room to add reasons without a layout change).

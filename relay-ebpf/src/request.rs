@@ -24,6 +24,31 @@ pub const TO_PEER: u32 = 0;
 /// Route of a request: to another allocation of this relay.
 pub const HAIRPIN: u32 = 1;
 
+/// [`kind`]: neither ChannelData nor a Send indication.
+pub const OTHER: u32 = 0;
+/// [`kind`]: starts like ChannelData (first byte 0x40..=0x7f).
+pub const CHANNEL_DATA: u32 = 1;
+/// [`kind`]: starts like a Send indication (message type 0x0016).
+pub const SEND: u32 = 2;
+
+/// What the UDP data of `udp` starts like, from its first bytes alone: whether [`read`]
+/// could take it. Fewer than 4 bytes of data are [`OTHER`], as `read` finds them.
+#[inline(always)]
+pub fn kind(ctx: &XdpContext, udp: &Udp) -> u32 {
+    let Some(first) = ptr_at::<[u8; CD_HDR]>(ctx, udp.l4_off + UDP_LEN) else {
+        return OTHER;
+    };
+    // SAFETY: bounds checked.
+    let first = unsafe { *first };
+    if (0x40..=0x7f).contains(&first[0]) {
+        CHANNEL_DATA
+    } else if first[0] == 0x00 && first[1] == send_indication::TYPE_LOW {
+        SEND
+    } else {
+        OTHER
+    }
+}
+
 /// A client's request, in per-CPU scratch memory (`maps::SCRATCH_REQUEST`).
 pub struct Request {
     /// The sender's relayed address (bind address) of the peer's family.
@@ -175,7 +200,11 @@ pub fn sub_window_tail(
         if j + count >= 4 {
             // Offset within the UDP data; the UDP header is 8 bytes, so parity carries.
             let b = w[j] as u16;
-            s.sub(if (start + j) % 2 == 0 { b << 8 } else { b });
+            s.sub(if (start + j).is_multiple_of(2) {
+                b << 8
+            } else {
+                b
+            });
         }
         j += 1;
     }

@@ -42,7 +42,7 @@ pub fn read(ctx: &XdpContext, udp: &Udp, req: &mut Request) -> Result<(), Reason
         return Err(Reason::NotChannelData);
     }
     let msg_len = u16::from_be_bytes([h[2], h[3]]) as usize;
-    if msg_len % 4 != 0 || HDR + msg_len != n {
+    if !msg_len.is_multiple_of(4) || HDR + msg_len != n {
         return Err(Reason::Malformed);
     }
     let mut s = data_sum(udp);

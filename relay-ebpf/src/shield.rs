@@ -114,6 +114,17 @@ pub fn channel_unbound(udp: &Udp) -> bool {
     }
 }
 
+/// A Send indication (whatever the kernel made of it) to one of our listeners from a
+/// 5-tuple without an allocation of either family: dropped once the daemon vouches that
+/// every client is in CLIENTS. Userspace drops such an indication unread (it looks up the
+/// sender's allocation first), and indications are never answered. Out of line: the keys
+/// stay off the main stack frame.
+#[inline(never)]
+pub fn send_unknown_client(udp: &Udp) -> bool {
+    let Some(c) = config() else { return false };
+    c.flags & SHIELD_ALL_CLIENTS_KNOWN != 0 && client_flags(udp).is_none() && is_listener(udp)
+}
+
 /// Whether `udp` is addressed to one of our UDP listeners.
 #[inline(always)]
 fn is_listener(udp: &Udp) -> bool {

@@ -544,7 +544,7 @@ impl Collector for Scrape {
             family(
                 &mut enc,
                 "relay_xdp_packets",
-                "Packets the XDP program handled, by outcome: forwarded_*, data_indication, send_indication and hairpinned stayed in the kernel; relay_port_unused, peer_not_permitted, channel_unbound, unparsable, unauthenticated_rate and adjust_failed were dropped there; the others went up to userspace.",
+                "Packets the XDP program handled, by outcome: forwarded_*, data_indication, send_indication and hairpinned stayed in the kernel; relay_port_unused, peer_not_permitted, channel_unbound, send_no_allocation, unparsable, unauthenticated_rate and adjust_failed were dropped there; the others went up to userspace.",
                 Counter,
                 self.xdp_reasons
                     .iter()

@@ -204,6 +204,43 @@ fn unbound_channel_data_is_dropped_when_the_kernel_knows_every_channel() {
 }
 
 #[test]
+fn send_indications_from_unknown_clients_are_dropped_when_every_client_is_known() {
+    in_netns(|env| {
+        let f = v4();
+        shield(env, 0, (0, 0), (0, 0));
+        let mac = env.mac;
+        complete_allocation(env, &f);
+        let msg = send_indication(&[A::Peer(f.peer), A::Data(b"hi")], 0);
+        // A 5-tuple without an allocation: up, unless every client is known to the kernel.
+        let stranger = sa("10.0.0.3:50001");
+        let unknown = frame(stranger, f.listener, &msg, CLIENT_MAC, mac);
+        env.assert_pass(&unknown, Reason::NoAllocation);
+        shield(env, SHIELD_ALL_CLIENTS_KNOWN, (0, 0), (0, 0));
+        env.assert_drop(&unknown, Reason::SendNoAllocation);
+        // Also one the kernel does not read to the end (an attribute it leaves to
+        // userspace): userspace drops it before reading, for want of an allocation.
+        let odd = send_indication(&[A::Peer(f.peer), A::Raw(0x8022, b"sw"), A::Data(b"x")], 0);
+        env.assert_drop(
+            &frame(stranger, f.listener, &odd, CLIENT_MAC, mac),
+            Reason::SendNoAllocation,
+        );
+        // The allocation's own: to the peer as before, and an odd one still goes up.
+        let (action, out) = env.run(&frame(f.client, f.listener, &msg, CLIENT_MAC, mac));
+        assert_eq!(action, XDP_TX);
+        assert_eq!(parse(&out).payload, b"hi");
+        env.assert_pass(
+            &frame(f.client, f.listener, &odd, CLIENT_MAC, mac),
+            Reason::UnhandledAttribute,
+        );
+        // The same bytes to another port of this host are not ours to judge.
+        env.assert_pass(
+            &frame(stranger, sa("10.0.0.1:53"), &msg, CLIENT_MAC, mac),
+            Reason::NoAllocation,
+        );
+    });
+}
+
+#[test]
 fn what_cannot_be_stun_or_channel_data_is_dropped_at_the_listener() {
     in_netns(|env| {
         let f = v4();

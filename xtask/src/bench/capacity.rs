@@ -117,7 +117,19 @@ pub struct Figures {
     pub delivered_mbps: f64,
     /// Whole box busy during the blast (0 to 1; trafgen holds one of its cores).
     pub box_busy: f64,
+    /// Share of the blast the relay host's ingress NAPI thread ran (0 to 1): the core the
+    /// carrier works on. Near 1, the carrier is at its capacity (see [`SATURATED`]).
+    pub napi_busy: f64,
 }
+
+/// [`Figures::napi_busy`] from which a blast counts as the carrier's capacity. On a veth
+/// the sender's frames stay charged to its socket (trafgen's transmit ring) until the
+/// receiving side's NAPI frees them, so trafgen is held to the receiver's pace and
+/// delivered = offered at almost any load: loss cannot tell a saturated carrier from a
+/// slow sender, the receive core's busy time can. Below 1: a SCHED_FIFO thread gets at
+/// most 95% of its core (the kernel's default real-time throttling), and /proc counts in
+/// 10 ms ticks.
+pub const SATURATED: f64 = 0.9;
 
 fn blast_secs(scale: Scale) -> f64 {
     match scale {
@@ -233,12 +245,14 @@ fn one(topo: &Topo, relay_bin: &Path, work: &Path, shape: Shape, scale: Scale) -
     let r = measure(topo, relay_bin, work, shape, secs);
     match &r {
         Ok(f) => eprintln!(
-            "bench:   offered {:.0}/s, delivered {:.0}/s ({:.1}%, {:.0} Mbit/s), box {:.0}% busy",
+            "bench:   offered {:.0}/s, delivered {:.0}/s ({:.1}%, {:.0} Mbit/s), box {:.0}% busy, \
+             ingress NAPI {:.0}%",
             f.offered_pps,
             f.delivered_pps,
             f.ratio * 100.0,
             f.delivered_mbps,
-            f.box_busy * 100.0
+            f.box_busy * 100.0,
+            f.napi_busy * 100.0
         ),
         Err(e) => eprintln!("bench:   failed: {e:#}"),
     }
@@ -331,7 +345,11 @@ fn measure(
         )?),
         _ => None,
     };
-    prepare_ingress(topo, ingress)?;
+    let kernel_only = matches!(
+        carrier,
+        Carrier::Routing | Carrier::Redirect | Carrier::Relay(Server::Xdp)
+    );
+    prepare_ingress(topo, ingress, kernel_only)?;
     // Neighbour entries before the blast: the first frames must not wait for ARP.
     for ip in [CLIENT, MEDIA] {
         let _ = topo
@@ -404,13 +422,17 @@ fn measure(
             duration: secs,
             rate: paced_pps,
         };
+        let napi = runner::napi_threads(ingress);
+        let napi_cpu = || -> Duration { napi.iter().filter_map(|&p| runner::cpu_time(p)).sum() };
         let before = counter.packets()?;
+        let napi_before = napi_cpu();
         let ticks = cpu_ticks();
         let sent = runner::Trafgen::start(&run)
             .context("starting trafgen (netsniff-ng; `cargo xtask setup` installs it)")?
             .wait()
             .map_err(|e| anyhow!(e))?;
         let box_busy = busy_between(ticks, cpu_ticks());
+        let napi_secs = napi_cpu().saturating_sub(napi_before).as_secs_f64();
         // Frames still in the rings when trafgen stops are delivered, or dropped, within
         // a few milliseconds.
         std::thread::sleep(Duration::from_millis(50));
@@ -435,6 +457,7 @@ fn measure(
             },
             delivered_mbps: delivered_pps * payload as f64 * 8.0 / 1e6,
             box_busy,
+            napi_busy: (napi_secs / secs.max(1e-9)).min(1.0),
         })
     });
     if let Some(h) = &mut hosts {
@@ -444,8 +467,12 @@ fn measure(
 }
 
 /// GRO on (veth NAPI also without an XDP program), threaded NAPI, its thread on
-/// [`NAPI_CPU`] under the ordinary scheduler (the flood scenario leaves it SCHED_FIFO).
-fn prepare_ingress(topo: &Topo, ifname: &str) -> Result<()> {
+/// [`NAPI_CPU`]. Where the carrier does all its work in that thread (the ceilings, the XDP
+/// path) it runs under SCHED_FIFO, as a real NIC's receive softirq runs ahead of any
+/// process: the carrier gets the whole core whatever else the box is doing, so its NAPI
+/// core saturates and the figure is its capacity. A userspace relay needs the same core
+/// for its own threads, so there the thread stays under the ordinary scheduler.
+fn prepare_ingress(topo: &Topo, ifname: &str, realtime: bool) -> Result<()> {
     topo.relay.exec("ethtool", &["-K", ifname, "gro", "on"])?;
     runner::set_threaded_napi(topo.relay.name(), ifname)?;
     let threads = runner::napi_threads(ifname);
@@ -454,6 +481,10 @@ fn prepare_ingress(topo: &Topo, ifname: &str) -> Result<()> {
     }
     for pid in threads {
         runner::pin(pid, NAPI_CPU).with_context(|| format!("pinning NAPI thread {pid}"))?;
+        if realtime {
+            runner::realtime(pid).with_context(|| format!("NAPI thread {pid} to SCHED_FIFO"))?;
+            continue;
+        }
         let param = libc::sched_param { sched_priority: 0 };
         // SAFETY: a valid sched_param for SCHED_OTHER.
         if unsafe { libc::sched_setscheduler(pid as libc::pid_t, libc::SCHED_OTHER, &param) } != 0 {

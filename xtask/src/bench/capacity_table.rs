@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    capacity::{Blast, LARGE, SMALL},
+    capacity::{Blast, LARGE, SATURATED, SMALL},
     table,
 };
 
@@ -28,8 +28,14 @@ pub fn markdown(capacity: &[Blast], heavy: &[Blast]) -> String {
             "`relay load` holds the allocations; trafgen blasts {SMALL}-byte ChannelData \
              payloads through them from one core; an XDP sink on the far host counts and \
              drops. *Offered* is what trafgen sent, *delivered* what the sink counted, both \
-             per second of the blast; *box* is whole-box CPU (trafgen holds one core). The \
-             ceilings carry the same frames with no relay.\n"
+             per second of the blast; *box* is whole-box CPU (trafgen holds one core); \
+             *NAPI* is how much of the blast the relay host's ingress NAPI thread ran, the \
+             core the carrier works on. A veth holds trafgen to the receiver's pace (its \
+             frames stay charged to trafgen's socket until the receiving NAPI frees them), \
+             so delivered = offered at any load: a carrier is at its capacity when its NAPI \
+             core is saturated (≥ {:.0}%), not when it loses frames. The ceilings carry the \
+             same frames with no relay.\n",
+            SATURATED * 100.0
         );
         table(&mut s, capacity, false);
     }
@@ -43,12 +49,12 @@ pub fn markdown(capacity: &[Blast], heavy: &[Blast]) -> String {
 fn table(s: &mut String, blasts: &[Blast], mbps: bool) {
     let _ = writeln!(
         s,
-        "| carrier | allocations | way | offered/s | delivered/s | delivered % | {}box CPU |",
+        "| carrier | allocations | way | offered/s | delivered/s | delivered % | {}box CPU | NAPI |",
         if mbps { "Mbit/s | " } else { "" }
     );
     let _ = writeln!(
         s,
-        "|---|---|---|---|---|---|---|{}",
+        "|---|---|---|---|---|---|---|---|{}",
         if mbps { "---|" } else { "" }
     );
     for b in blasts {
@@ -56,7 +62,7 @@ fn table(s: &mut String, blasts: &[Blast], mbps: bool) {
             let why = table::why(&b.error);
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | failed: {why} ||||{}",
+                "| {} | {} | {} | failed: {why} |||||{}",
                 b.label(),
                 b.allocations,
                 b.way.label(),
@@ -71,7 +77,7 @@ fn table(s: &mut String, blasts: &[Blast], mbps: bool) {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {mbit}{:.0}% |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.1} | {mbit}{:.0}% | {:.0}% |",
             b.label(),
             f.ready,
             b.way.label(),
@@ -79,6 +85,7 @@ fn table(s: &mut String, blasts: &[Blast], mbps: bool) {
             f.delivered_pps,
             f.ratio * 100.0,
             f.box_busy * 100.0,
+            f.napi_busy * 100.0,
         );
     }
     let _ = writeln!(s);
