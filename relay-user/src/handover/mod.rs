@@ -17,6 +17,7 @@
 //! ([`control_socket`]) or by SIGUSR2.
 
 pub mod control_socket;
+pub mod kernel;
 mod outgoing;
 pub mod wire;
 
@@ -62,6 +63,9 @@ pub struct Manifest {
     /// One entry per UDP worker, in order; `snapshot.shards` has the same order.
     pub workers: Vec<WorkerSockets>,
     pub snapshot: Snapshot,
+    /// The XDP program and maps, when they run; their descriptors follow the sockets'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<kernel::KernelManifest>,
 }
 
 /// The descriptors of one UDP worker, in the order they are sent: listeners, then relays.
@@ -101,12 +105,16 @@ impl Spawned {
     /// Starts `exe` with this process's arguments and waits until it is prepared. An
     /// `Err` (it refused its config, exited, took too long) costs nothing: nothing was
     /// paused yet.
-    pub fn start(exe: &Path) -> Result<Self, HandoverError> {
+    /// `program`: the running XDP program's tag ([`kernel::PROGRAM_ENV`]).
+    pub fn start(exe: &Path, program: Option<String>) -> Result<Self, HandoverError> {
         let (ours, theirs) = wire::pair().map_err(HandoverError::Channel)?;
         let theirs_raw = theirs.as_raw_fd();
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let mut cmd = std::process::Command::new(exe);
         cmd.args(&args).env(FD_ENV, CHILD_FD.to_string());
+        if let Some(tag) = program {
+            cmd.env(kernel::PROGRAM_ENV, tag);
+        }
         // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl).
         unsafe {
             cmd.pre_exec(move || {
@@ -243,17 +251,19 @@ impl Pending {
         }
         let manifest: Manifest = serde_json::from_slice(&json)
             .map_err(|e| HandoverError::Manifest(format!("the manifest: {e}")))?;
-        let wanted: usize = manifest
+        let sockets: usize = manifest
             .workers
             .iter()
             .map(|w| w.listeners.len() + w.relays.len())
             .sum();
+        let wanted = sockets + manifest.kernel.as_ref().map_or(0, |k| k.fd_count());
         if wanted != fds.len() {
             return Err(HandoverError::Manifest(format!(
                 "{} descriptors arrived, the manifest names {wanted}",
                 fds.len()
             )));
         }
+        let kernel_fds = fds.split_off(sockets);
         let mut fds = fds.into_iter().map(UdpSocket::from);
         let mut take = |addrs: &[SocketAddr]| -> Vec<(SocketAddr, UdpSocket)> {
             addrs
@@ -271,6 +281,7 @@ impl Pending {
             sock,
             manifest,
             workers,
+            kernel_fds,
         })
     }
 
@@ -287,6 +298,8 @@ pub struct Incoming {
     pub manifest: Manifest,
     /// Per UDP worker, in the manifest's order.
     pub workers: Vec<Sockets>,
+    /// The XDP maps' and links' descriptors ([`Manifest::kernel`]).
+    pub kernel_fds: Vec<OwnedFd>,
 }
 
 impl Incoming {
