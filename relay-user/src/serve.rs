@@ -9,7 +9,7 @@ use crate::{
     cli::ServeArgs,
     config::{AttachMode, Config, Listener, Transport},
     control::{ConfigLoader, Control, Signals, XdpStatus},
-    handover::{Pending, Running, control_socket},
+    handover::{Incoming, Pending, Running, control_socket},
     shard::{self, Kernel, ShardHandle},
     udp::Dataplane,
     xdp::{ForwardingGuard, XdpPath},
@@ -57,9 +57,29 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
     let loader = path.clone().map(|p| {
         Box::new(move || crate::check::load(&p).map(|c| apply_flags(c, &args))) as ConfigLoader
     });
+    // A new build whose kernel program differs refuses before the old process pauses.
+    if incoming.is_some()
+        && let Some(why) = crate::handover::kernel::changed_program()
+    {
+        anyhow::bail!(why);
+    }
+    // Prepared: the old process pauses and sends its sockets, allocations and kernel
+    // state now.
+    let mut incoming = match incoming {
+        Some(p) => Some(p.receive().context("receiving the handover")?),
+        None => None,
+    };
     // The privileged part, then the capabilities it needed go, while this is the only
-    // thread: every thread started later inherits only what is kept.
-    let fast_path = start_xdp(&config)?;
+    // thread: every thread started later inherits only what is kept. A handover takes
+    // the running program and maps over instead: nothing privileged to do.
+    let handed_kernel = incoming.as_mut().and_then(|i| {
+        let k = i.manifest.kernel.clone()?;
+        Some((k, std::mem::take(&mut i.kernel_fds)))
+    });
+    let fast_path = match handed_kernel {
+        Some((k, fds)) => adopt_xdp(&config, &k, fds)?,
+        None => start_xdp(&config)?,
+    };
     crate::privileges::drop_after_setup(still_needed(&config, &fast_path))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -121,14 +141,14 @@ async fn serve(
     path: Option<std::path::PathBuf>,
     loader: Option<ConfigLoader>,
     (mut xdp, kernel, forwarding): FastPath,
-    incoming: Option<Pending>,
+    incoming: Option<Incoming>,
 ) -> anyhow::Result<()> {
     let signals = Signals::new().context("installing the SIGHUP/SIGTERM/SIGINT handlers")?;
     let mut usr2 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
         .context("installing the SIGUSR2 handler")?;
-    if let Some(x) = &mut xdp {
+    if let Some(ebpf) = xdp.as_mut().and_then(XdpPath::loaded_mut) {
         // Detached task: it ends with the runtime.
-        drop(crate::xdp::spawn_log_pump(x.ebpf_mut()));
+        drop(crate::xdp::spawn_log_pump(ebpf));
     }
     let udp: Vec<_> = config
         .listeners
@@ -138,11 +158,6 @@ async fn serve(
         .collect();
     // Every shard's core counts ports and quotas in `cores`, and checks nonces with its key.
     let local = local_prefixes();
-    // Prepared: the old process pauses and sends its sockets and allocations now.
-    let incoming = match incoming {
-        Some(p) => Some(p.receive().context("receiving the handover")?),
-        None => None,
-    };
     let mut cores =
         crate::cores::Cores::new(&config)?.with_local_prefixes(local.clone().unwrap_or_default());
     if let Some(i) = &incoming {
@@ -378,7 +393,8 @@ async fn serve(
         worker_shards: shards[..workers].to_vec(),
         admin,
         tcp: tcp_side,
-        xdp: xdp.is_some(),
+        xdp,
+        forwarding,
         config_file: path.is_some(),
         generation,
     };
@@ -461,8 +477,8 @@ async fn serve(
         let _ = std::fs::remove_file(p);
     }
     // Detach first, then put the host's forwarding back (the guard goes last).
-    drop(xdp);
-    drop(forwarding);
+    drop(running.xdp.take());
+    drop(running.forwarding.take());
     // The last allocations' lines, and the summaries of throttled floods.
     crate::events::flush(std::time::Duration::from_secs(2));
     tracing::info!(allocations, "stopped");
@@ -638,18 +654,52 @@ fn start_xdp(config: &Config) -> anyhow::Result<FastPath> {
             .with_context(|| format!("[xdp] interfaces: `{ifname}`"))?;
     }
     let mut maps = xdp.take_maps().context("taking the XDP maps")?;
+    configure_maps(&mut maps, config);
+    let attached: Vec<String> = xdp.attached().iter().map(|a| a.interface.clone()).collect();
+    let ipv6 = config.relay_v6.is_some() || config.listeners.iter().any(|l| l.address.is_ipv6());
+    let forwarding = crate::xdp::setup_forwarding(config.xdp_forwarding, &attached, ipv6);
+    let kernel = Kernel::new(maps, xdp.reader());
+    Ok((Some(xdp), kernel, Some(forwarding)))
+}
+
+/// Takes over the previous process's program, maps and forwarding guard
+/// ([`crate::handover::kernel`]). With `[xdp] mode = "off"` in the new config the
+/// program is not taken: it detaches when the previous process exits.
+fn adopt_xdp(
+    config: &Config,
+    handed: &crate::handover::kernel::KernelManifest,
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> anyhow::Result<FastPath> {
+    let (xdp, mut maps, forwarding) =
+        crate::handover::kernel::adopt(handed, fds).context("taking over the XDP fast path")?;
+    if config.xdp_mode == AttachMode::Off || config.xdp_interfaces.is_empty() {
+        tracing::info!(
+            "XDP fast path off in the new config: the previous process's program detaches when it exits"
+        );
+        return Ok((None, Kernel::off(), Some(forwarding)));
+    }
+    let max = u32::try_from(config.max_allocations).unwrap_or(u32::MAX);
+    if max != xdp.max_allocations() {
+        tracing::warn!(
+            maps_sized_for = xdp.max_allocations(),
+            max_allocations = max,
+            "max_allocations changed: the taken-over XDP maps keep their size until a restart"
+        );
+    }
+    configure_maps(&mut maps, config);
+    let kernel = Kernel::new(maps, xdp.reader());
+    Ok((Some(xdp), kernel, Some(forwarding)))
+}
+
+/// The map writer's settings from the config (bandwidth limits, shield).
+fn configure_maps(maps: &mut crate::xdp::XdpMaps, config: &Config) {
     maps.set_bandwidth_limits(crate::xdp::BandwidthLimits {
         per_allocation: config.max_bps_per_allocation,
         per_user: config.max_bps_per_user,
     });
     // Without its settings the shield stays off: the program passes up what it does not
     // forward, as userspace's own checks expect.
-    if let Err(e) = crate::xdp::shield::install(&mut maps, config) {
+    if let Err(e) = crate::xdp::shield::install(maps, config) {
         tracing::warn!(error = %e, "XDP shield not configured: junk and unauthenticated floods go up to userspace, which drops them at a higher cost");
     }
-    let attached: Vec<String> = xdp.attached().iter().map(|a| a.interface.clone()).collect();
-    let ipv6 = config.relay_v6.is_some() || config.listeners.iter().any(|l| l.address.is_ipv6());
-    let forwarding = crate::xdp::setup_forwarding(config.xdp_forwarding, &attached, ipv6);
-    let kernel = Kernel::new(maps, xdp.reader());
-    Ok((Some(xdp), kernel, Some(forwarding)))
 }

@@ -1,12 +1,14 @@
 //! `relay upgrade`: a running relay hands its sockets and allocations to a new process
 //! while `relay load` keeps many allocations echoing through it, in the deployment of
-//! CONTEXT.md with the kernel fast path off. Every allocation survives two upgrades with
-//! next to no loss, and a client's Refresh, CreatePermission and ChannelBind after the
-//! upgrades pass with the nonce it got before them. A Chromium call through the relay
-//! (a data channel between two relay-only peer connections) stays up across the upgrades
-//! without reconnecting: the same selected candidate pair before and after, ICE never
-//! "disconnected", "failed" or restarted, every message in order. An upgrade to a config
-//! the new process refuses leaves the old one serving.
+//! CONTEXT.md, with the kernel fast path off and with XDP native on the topology's veths
+//! (the program stays attached and its maps stay the same objects across the upgrades).
+//! Every allocation survives two upgrades with next to no loss, and a client's Refresh,
+//! CreatePermission and ChannelBind after the upgrades pass with the nonce it got before
+//! them. A Chromium call through the relay (a data channel between two relay-only peer
+//! connections) stays up across the upgrades without reconnecting: the same selected
+//! candidate pair before and after, ICE never "disconnected", "failed" or restarted, every
+//! message in order. An upgrade to a config the new process refuses leaves the old one
+//! serving; a killed relay leaves nothing behind that stops a fresh start.
 //!
 //! Needs root, `target/debug/relay` (`cargo build -p relay-user`) and Chromium (`cargo
 //! xtask setup` installs it).
@@ -22,12 +24,14 @@ use std::{
 use relay_proto::stun::{ChannelNumber, Lifetime, Method, RequestedTransport, XorPeerAddress};
 use relay_tests::{
     Topology, TopologyOptions,
+    fixture::{attach_pass, warm_neighbours},
     load_gen::{Echo, num, spawn_load},
     page::PageCall,
     relay::{Launch, RelayProcess},
     turn_client::new_txid,
     turn_codec::{Attrs, Credentials},
 };
+use relay_user::xdp::XdpPath;
 
 const USER: &str = "alice";
 const PASSWORD: &str = "pw";
@@ -40,10 +44,26 @@ const ALLOCATIONS: usize = 1000;
 const RATE: u32 = 5000;
 /// `[xdp] mode = "off"`: the issue's bound for the userspace path.
 const MAX_LOSS: f64 = 0.001;
+/// With XDP the kernel relays the echoes; the bound is the issue's for the kernel path.
+/// The shared two-core box does not carry more within it reliably: at 20,000/s the same
+/// topology loses ~0.2% with no upgrade at all (load generator, echo and other builds
+/// share the two cores), and as much with the two upgrades; at 10,000/s two runs
+/// without upgrades lost nothing, and of three with them two lost nothing and one 27
+/// datagrams (0.029%), not yet traced.
+const RATE_XDP: u32 = 5000;
+const MAX_LOSS_XDP: f64 = 0.0001;
 const UPGRADE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn relay_config(t: &Topology, realm: &str) -> String {
+fn relay_config(t: &Topology, realm: &str, xdp: bool) -> String {
     let a = t.addrs;
+    let xdp = if xdp {
+        format!(
+            "interfaces = [\"{}\", \"{}\"]\nmode = \"native\"\nforwarding = \"auto\"",
+            t.relay_external_if, t.relay_internal_if
+        )
+    } else {
+        "mode = \"off\"".to_owned()
+    };
     format!(
         r#"realm = "{realm}"
 
@@ -71,7 +91,7 @@ drain_timeout = 0
 workers = 2
 
 [xdp]
-mode = "off"
+{xdp}
 "#,
         ext = a.relay_external,
         public = a.public,
@@ -106,22 +126,35 @@ impl Drop for Successors {
 struct Env {
     successors: Successors,
     relay: RelayProcess,
+    /// With XDP: pass programs on the peers' veth ends (redirects into a veth need one).
+    _pass: Vec<XdpPath>,
     t: Topology,
     runtime: PathBuf,
+    xdp: bool,
 }
 
 impl Env {
-    fn start() -> Self {
+    fn start(xdp: bool) -> Self {
         let t = Topology::new(TopologyOptions::default()).expect("topology");
         let runtime =
             std::env::temp_dir().join(format!("relay-upgrade-{}", relay_tests::netns::unique_id()));
         std::fs::create_dir_all(&runtime).unwrap();
-        let relay = start(&t, &runtime);
+        let mut pass = Vec::new();
+        if xdp {
+            pass.push(attach_pass(&t.firewall, t.firewall_inside_if()));
+            pass.push(attach_pass(&t.media, t.media_if()));
+        }
+        let relay = start(&t, &runtime, xdp);
+        if xdp {
+            warm_neighbours(&t);
+        }
         Self {
             successors: Successors::default(),
             relay,
+            _pass: pass,
             t,
             runtime,
+            xdp,
         }
     }
 }
@@ -132,7 +165,7 @@ impl Drop for Env {
     }
 }
 
-fn start(t: &Topology, runtime: &Path) -> RelayProcess {
+fn start(t: &Topology, runtime: &Path, xdp: bool) -> RelayProcess {
     let launch = Launch {
         env: vec![(
             "RUNTIME_DIRECTORY".to_owned(),
@@ -140,7 +173,8 @@ fn start(t: &Topology, runtime: &Path) -> RelayProcess {
         )],
         ..Launch::default()
     };
-    RelayProcess::start_launched(&t.relay, &relay_config(t, "example.org"), &launch).expect("relay")
+    RelayProcess::start_launched(&t.relay, &relay_config(t, "example.org", xdp), &launch)
+        .expect("relay")
 }
 
 /// `relay upgrade --config FILE`: exit status and output.
@@ -277,9 +311,30 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the Chromium call may last: the load's setup and run, the upgrades.
 const CALL_MAX: Duration = Duration::from_secs(120);
 
+/// The id of the XDP program attached to the relay's external interface, if any.
+fn xdp_prog_id(t: &Topology) -> Option<u64> {
+    let out = t
+        .relay
+        .exec("ip", &["-d", "link", "show", "dev", &t.relay_external_if])
+        .unwrap_or_default();
+    let rest = out.split("prog/xdp id ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
 #[test]
 fn allocations_and_nonces_survive_two_upgrades_under_load() {
-    let env = Env::start();
+    two_upgrades_under_load(false, RATE, MAX_LOSS);
+}
+
+#[test]
+fn xdp_keeps_forwarding_through_two_upgrades_under_load() {
+    two_upgrades_under_load(true, RATE_XDP, MAX_LOSS_XDP);
+}
+
+fn two_upgrades_under_load(xdp: bool, rate: u32, max_loss: f64) {
+    let env = Env::start(xdp);
+    let prog = xdp_prog_id(&env.t);
+    assert_eq!(prog.is_some(), xdp, "XDP attached: {prog:?}");
     let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
     let echo_addr = format!("{}:{ECHO_PORT}", t.addrs.media);
     // The echo drops nothing (one in a billion).
@@ -298,7 +353,7 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
     client.channel_round_trip(CHANNEL, b"before the upgrades");
 
     let server = format!("{}:3478", t.addrs.public);
-    let (n, rate) = (ALLOCATIONS.to_string(), RATE.to_string());
+    let (n, rate_arg) = (ALLOCATIONS.to_string(), rate.to_string());
     let args = [
         server.as_str(),
         "-u",
@@ -310,7 +365,7 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
         "-n",
         &n,
         "--rate",
-        &rate,
+        &rate_arg,
         "--duration",
         "10",
     ];
@@ -341,6 +396,8 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
         relay
             .wait_for_log(&format!("generation={generation}"), Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e}"));
+        // The same program, never detached: the kernel kept forwarding.
+        assert_eq!(xdp_prog_id(t), prog, "the XDP program changed");
         std::thread::sleep(Duration::from_secs(2));
     }
     let (code, report) = load.finish(LOAD_TIMEOUT).report();
@@ -350,7 +407,7 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
     let loss = num(&report, "traffic.loss_ratio");
     let sent = num(&report, "traffic.sent");
     eprintln!(
-        "upgrade under load: {ALLOCATIONS} allocations, {RATE}/s, sent {sent}, loss {loss:.6}"
+        "upgrade under load (xdp {xdp}): {ALLOCATIONS} allocations, {rate}/s, sent {sent}, loss {loss:.6}"
     );
     for (name, ns) in [
         ("relay", &t.relay),
@@ -363,8 +420,8 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
         );
         eprintln!("{name}: {}", snmp.unwrap_or_default().replace('\n', " | "));
     }
-    assert!(loss <= MAX_LOSS, "loss {loss} over {MAX_LOSS}: {report:#}");
-    call.assert_steady(relay, MAX_LOSS);
+    assert!(loss <= max_loss, "loss {loss} over {max_loss}: {report:#}");
+    call.assert_steady(relay, max_loss);
     // Deleting them at the end went to the newest process: it knew them all.
     assert_eq!(num(&report, "deleted") as usize, ALLOCATIONS, "{report:#}");
 
@@ -388,14 +445,14 @@ fn allocations_and_nonces_survive_two_upgrades_under_load() {
 
 #[test]
 fn an_upgrade_to_a_config_the_new_process_refuses_leaves_the_old_one_serving() {
-    let env = Env::start();
+    let env = Env::start(false);
     let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
     let mut client = Client::new(t);
     client.allocate();
 
     relay.rewrite_config(&format!(
         "{}\nno_such_key = 1\n",
-        relay_config(t, "example.org")
+        relay_config(t, "example.org", false)
     ));
     let (ok, text) = upgrade(relay, runtime);
     assert!(!ok, "the upgrade passed: {text}");
@@ -408,7 +465,7 @@ fn an_upgrade_to_a_config_the_new_process_refuses_leaves_the_old_one_serving() {
     client.must_pass(Method::REFRESH, &|w| w.attr(&Lifetime(600)).map(drop));
 
     // With the config fixed, the same relay upgrades.
-    relay.rewrite_config(&relay_config(t, "example.org"));
+    relay.rewrite_config(&relay_config(t, "example.org", false));
     let (ok, summary) = upgrade(relay, runtime);
     assert!(ok, "{summary}");
     successors.add(new_pid(&summary));
@@ -417,7 +474,17 @@ fn an_upgrade_to_a_config_the_new_process_refuses_leaves_the_old_one_serving() {
 
 #[test]
 fn sigusr2_upgrades_and_a_killed_relay_starts_again_cleanly() {
-    let env = Env::start();
+    sigusr2_then_kill(false);
+}
+
+#[test]
+fn xdp_sigusr2_upgrades_and_a_killed_relay_starts_again_cleanly() {
+    sigusr2_then_kill(true);
+}
+
+fn sigusr2_then_kill(xdp: bool) {
+    let env = Env::start(xdp);
+    let prog = xdp_prog_id(&env.t);
     let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
     let mut client = Client::new(t);
     client.allocate();
@@ -433,6 +500,7 @@ fn sigusr2_upgrades_and_a_killed_relay_starts_again_cleanly() {
         .wait_for_log("generation=2", Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
     client.must_pass(Method::REFRESH, &|w| w.attr(&Lifetime(600)).map(drop));
+    assert_eq!(xdp_prog_id(t), prog, "the XDP program changed");
 
     // A crash is not a handover: after kill -9 a fresh start in the same runtime
     // directory finds the control socket file left behind, replaces it, and upgrades.
@@ -443,7 +511,27 @@ fn sigusr2_upgrades_and_a_killed_relay_starts_again_cleanly() {
         assert!(Instant::now() < deadline, "pid {pid} survived SIGKILL");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let again = start(t, runtime);
+    // The program detached with the last descriptor of its link (nothing is pinned).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while xdp_prog_id(t).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "XDP still attached after the crash"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let again = start(t, runtime, env.xdp);
+    if xdp {
+        // The guard table the killed process took over is found and undone, then made
+        // anew; the program attaches again.
+        again
+            .wait_for_log("did not stop cleanly", Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            xdp_prog_id(t).is_some(),
+            "XDP not attached after a fresh start"
+        );
+    }
     let after_crash = Successors::default();
     let (ok, summary) = upgrade(&again, runtime);
     assert!(ok, "{summary}");

@@ -17,6 +17,7 @@
 //! ([`control_socket`]) or by SIGUSR2.
 
 pub mod control_socket;
+pub mod kernel;
 mod outgoing;
 pub mod tcp;
 pub mod wire;
@@ -67,6 +68,10 @@ pub struct Manifest {
     /// that did not hand them over).
     #[serde(default)]
     pub tcp: Vec<tcp::TcpGroup>,
+    /// The XDP program and maps, when they run; their descriptors follow the sockets'
+    /// (UDP, then TCP/TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<kernel::KernelManifest>,
 }
 
 /// The descriptors of one UDP worker, in the order they are sent: listeners, then relays.
@@ -106,12 +111,16 @@ impl Spawned {
     /// Starts `exe` with this process's arguments and waits until it is prepared. An
     /// `Err` (it refused its config, exited, took too long) costs nothing: nothing was
     /// paused yet.
-    pub fn start(exe: &Path) -> Result<Self, HandoverError> {
+    /// `program`: the running XDP program's tag ([`kernel::PROGRAM_ENV`]).
+    pub fn start(exe: &Path, program: Option<String>) -> Result<Self, HandoverError> {
         let (ours, theirs) = wire::pair().map_err(HandoverError::Channel)?;
         let theirs_raw = theirs.as_raw_fd();
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let mut cmd = std::process::Command::new(exe);
         cmd.args(&args).env(FD_ENV, CHILD_FD.to_string());
+        if let Some(tag) = program {
+            cmd.env(kernel::PROGRAM_ENV, tag);
+        }
         // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl).
         unsafe {
             cmd.pre_exec(move || {
@@ -248,18 +257,20 @@ impl Pending {
         }
         let manifest: Manifest = serde_json::from_slice(&json)
             .map_err(|e| HandoverError::Manifest(format!("the manifest: {e}")))?;
-        let wanted: usize = manifest
+        let sockets: usize = manifest
             .workers
             .iter()
             .map(|w| w.listeners.len() + w.relays.len())
             .chain(manifest.tcp.iter().map(|g| g.members))
             .sum();
+        let wanted = sockets + manifest.kernel.as_ref().map_or(0, |k| k.fd_count());
         if wanted != fds.len() {
             return Err(HandoverError::Manifest(format!(
                 "{} descriptors arrived, the manifest names {wanted}",
                 fds.len()
             )));
         }
+        let kernel_fds = fds.split_off(sockets);
         let mut fds = fds.into_iter().map(UdpSocket::from);
         let mut take = |addrs: &[SocketAddr]| -> Vec<(SocketAddr, UdpSocket)> {
             addrs
@@ -279,6 +290,7 @@ impl Pending {
             manifest,
             workers,
             tcp,
+            kernel_fds,
         })
     }
 
@@ -297,6 +309,8 @@ pub struct Incoming {
     pub workers: Vec<Sockets>,
     /// The TCP/TLS client listeners' groups.
     pub tcp: Vec<tcp::Group>,
+    /// The XDP maps' and links' descriptors ([`Manifest::kernel`]).
+    pub kernel_fds: Vec<OwnedFd>,
 }
 
 impl Incoming {

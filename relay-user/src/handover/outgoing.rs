@@ -2,12 +2,25 @@
 //! and keep queueing datagrams), hand sockets and snapshot to the new process, and either
 //! exit (after its TCP/TLS connections, see [`super::tcp`]) or start the workers again.
 
-use std::{os::fd::RawFd, path::Path, sync::Arc, thread::JoinHandle, time::Instant};
+use std::{
+    os::fd::{AsRawFd as _, RawFd},
+    path::Path,
+    sync::Arc,
+    thread::JoinHandle,
+    time::Instant,
+};
 
 use relay_proto::server::Snapshot;
 
 use super::{Manifest, WorkerSockets};
-use crate::{admin::Admin, control::Control, cores::Cores, shard::ShardHandle, udp::Dataplane};
+use crate::{
+    admin::Admin,
+    control::Control,
+    cores::Cores,
+    shard::ShardHandle,
+    udp::Dataplane,
+    xdp::{ForwardingGuard, XdpPath},
+};
 
 /// What a running relay needs to hand over.
 pub struct Running {
@@ -19,8 +32,10 @@ pub struct Running {
     pub admin: Option<Admin>,
     /// The TCP/TLS workers, if any: their listeners go, their connections stay.
     pub tcp: Option<super::tcp::TcpSide>,
-    /// The XDP fast path runs.
-    pub xdp: bool,
+    /// The XDP fast path, when it runs (its links and maps go to the new process).
+    pub xdp: Option<XdpPath>,
+    /// The forwarding the fast path needs (the new process restores it at its exit).
+    pub forwarding: Option<ForwardingGuard>,
     /// Started with --config (the demo is not upgraded).
     pub config_file: bool,
     pub generation: u64,
@@ -34,10 +49,12 @@ impl Running {
         // The new process loads its config and decides its fast path while this one
         // still serves; a refusal here costs nothing.
         let exe_owned = exe.to_owned();
-        let spawned = tokio::task::spawn_blocking(move || super::Spawned::start(&exe_owned))
-            .await
-            .map_err(|e| format!("handover task: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let program = self.xdp.as_ref().map(|_| crate::xdp::adopt::program_tag());
+        let spawned =
+            tokio::task::spawn_blocking(move || super::Spawned::start(&exe_owned, program))
+                .await
+                .map_err(|e| format!("handover task: {e}"))?
+                .map_err(|e| e.to_string())?;
         let started = Instant::now();
         // The admin address is bound anew by the new process.
         if let Some(admin) = self.admin.take() {
@@ -95,13 +112,29 @@ impl Running {
             });
         }
         fds.extend(tcp_fds);
+        let relay_sockets = fds.len();
+        let described = self.xdp.as_ref().map(|x| {
+            super::kernel::describe(x, x.max_allocations(), self.forwarding.as_ref())
+                .map(|(k, kfds)| (k, kfds.iter().map(|fd| fd.as_raw_fd()).collect::<Vec<_>>()))
+        });
+        let kernel = match described {
+            Some(Ok((k, kfds))) => {
+                fds.extend(kfds);
+                Some(k)
+            }
+            Some(Err(e)) => {
+                self.resume(planes).await;
+                return Err(e.to_string());
+            }
+            None => None,
+        };
         let manifest = Manifest {
             generation: self.generation,
             workers,
             snapshot,
             tcp: tcp_groups,
+            kernel,
         };
-        let relay_sockets = fds.len();
         tracing::info!(exe = %exe.display(), pid = spawned.pid(), allocations, sockets = relay_sockets,
             "upgrade: the new process is prepared; UDP workers paused, handing over");
         // The planes (and their sockets) stay alive until the new process has its copies.
@@ -116,6 +149,14 @@ impl Running {
                 let paused_ms = started.elapsed().as_millis();
                 notify_main_pid(pid);
                 drop(planes);
+                // The new process holds the links and maps, and restores forwarding at
+                // its exit: this one lets go of both without undoing anything.
+                if let Some(x) = self.xdp.as_mut() {
+                    x.mark_handed_over();
+                }
+                if let Some(f) = self.forwarding.take() {
+                    f.disarm();
+                }
                 let staying = match &self.tcp {
                     Some(t) => {
                         t.let_go(&self.control);
@@ -144,8 +185,8 @@ impl Running {
         if !self.config_file {
             return Err("the demo relay (no --config) cannot be upgraded".into());
         }
-        if self.xdp {
-            return Err("the XDP fast path runs: handing over its program and maps is not implemented yet; restart to upgrade, or run with [xdp] mode = \"off\"".into());
+        if let Some(x) = &self.xdp {
+            x.handover_fds().map_err(|e| e.to_string())?;
         }
         if !exe.is_file() {
             return Err(format!("{} is not a file", exe.display()));

@@ -184,6 +184,54 @@ impl Drop for ForwardingGuard {
     }
 }
 
+/// What a [`ForwardingGuard`] holds, as an upgrade hands it to the new process (the
+/// records in the table's own form), which restores it at its exit instead.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct GuardState {
+    pub records: Vec<String>,
+    pub table: bool,
+    pub off_reason: Option<String>,
+}
+
+impl ForwardingGuard {
+    /// A copy of what this guard restores, for the new process.
+    pub fn state(&self) -> GuardState {
+        GuardState {
+            records: self.changes.iter().map(Change::record).collect(),
+            table: self.table,
+            off_reason: self.off_reason.clone(),
+        }
+    }
+
+    /// The guard the previous process handed over: the host keeps its settings and table,
+    /// and this process restores them at its exit.
+    pub fn adopt(state: GuardState) -> Self {
+        let changes: Vec<Change> = state
+            .records
+            .iter()
+            .filter_map(|r| Change::parse_record(r))
+            .collect();
+        if state.table || !changes.is_empty() {
+            tracing::info!(
+                table = state.table,
+                sysctls = changes.len(),
+                "forwarding guard taken over from the previous process: restored when this one stops"
+            );
+        }
+        Self {
+            changes,
+            table: state.table,
+            off_reason: state.off_reason,
+        }
+    }
+
+    /// A new process took this guard over: this one exits without restoring anything.
+    pub fn disarm(mut self) {
+        self.changes.clear();
+        self.table = false;
+    }
+}
+
 /// Makes forwarding on `interfaces` what the fast path needs (`Auto`), or checks it and
 /// says what to do (`Manual`). `ipv6`: whether the relay has IPv6 addresses to relay on.
 /// Never fails: without forwarding the relay still works, in userspace. Without the

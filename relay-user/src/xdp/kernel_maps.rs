@@ -3,7 +3,7 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use relay_common::{
     ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, Bucket, CHANNELS_MAP, CLIENTS_MAP,
@@ -27,7 +27,7 @@ pub struct KernelMaps {
     public_ips: HashMap<MapData, Ip, u32>,
     alloc_counters: PerCpuArray<MapData, AllocCounters>,
     reasons: PerCpuArray<MapData, u64>,
-    redirect: DevMapHash<MapData>,
+    redirect: Redirect,
     slot_bandwidth: Array<MapData, SlotBandwidth>,
     buckets: Array<MapData, Bucket>,
     alloc_drops: PerCpuArray<MapData, u64>,
@@ -37,17 +37,60 @@ pub struct KernelMaps {
     nr_cpus: usize,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, XdpMapsError>
+/// Where the maps come from: a loaded object, or descriptors handed over by the previous
+/// process ([`super::adopt`]).
+pub(super) type MapSource<'a> = dyn FnMut(&'static str) -> Result<Map, XdpMapsError> + 'a;
+
+fn take<T>(get: &mut MapSource<'_>, name: &'static str) -> Result<T, XdpMapsError>
 where
-    T: TryFrom<aya::maps::Map, Error = MapError>,
+    T: TryFrom<Map, Error = MapError>,
 {
-    let map = ebpf.take_map(name).ok_or(XdpMapsError::Missing(name))?;
-    T::try_from(map).map_err(|source| XdpMapsError::Open { map: name, source })
+    T::try_from(get(name)?).map_err(|source| XdpMapsError::Open { map: name, source })
+}
+
+/// REDIRECT_IFACES, a DEVMAP_HASH. aya types it by a kernel feature probe (whether its
+/// values may carry a program fd: 8 bytes, else 4), and that probe needs CAP_BPF: a
+/// process that took the maps over without it guesses differently from the one that
+/// created the map. So the map's own value size decides, and the entry is written as
+/// the kernel reads it: the ifindex, then (8 bytes) a program fd of 0, which is none
+/// (kernel/bpf/devmap.c only considers fd > 0).
+enum Redirect {
+    Plain(HashMap<MapData, u32, u32>),
+    WithProgram(HashMap<MapData, u32, [u32; 2]>),
+}
+
+fn redirect(get: &mut MapSource<'_>) -> Result<Redirect, XdpMapsError> {
+    let open = |source| XdpMapsError::Open {
+        map: REDIRECT_MAP,
+        source,
+    };
+    let data = match get(REDIRECT_MAP)? {
+        Map::DevMapHash(d) => d,
+        _ => {
+            return Err(open(MapError::InvalidName {
+                name: format!("{REDIRECT_MAP} (not a DEVMAP_HASH)"),
+            }));
+        }
+    };
+    if data.info().map_err(open)?.value_size() == 4 {
+        HashMap::try_from(Map::HashMap(data))
+            .map(Redirect::Plain)
+            .map_err(open)
+    } else {
+        HashMap::try_from(Map::HashMap(data))
+            .map(Redirect::WithProgram)
+            .map_err(open)
+    }
 }
 
 impl KernelMaps {
     /// Takes the maps out of a loaded object (once).
     pub fn take(ebpf: &mut Ebpf) -> Result<Self, XdpMapsError> {
+        Self::open_with(&mut |name| ebpf.take_map(name).ok_or(XdpMapsError::Missing(name)))
+    }
+
+    /// Opens every map through `ebpf`.
+    pub(super) fn open_with(ebpf: &mut MapSource<'_>) -> Result<Self, XdpMapsError> {
         let nr_cpus =
             aya::util::nr_cpus().map_err(|(what, e)| XdpMapsError::Cpus(format!("{what}: {e}")))?;
         Ok(Self {
@@ -60,7 +103,7 @@ impl KernelMaps {
             public_ips: take(ebpf, PUBLIC_IPS_MAP)?,
             alloc_counters: take(ebpf, ALLOC_COUNTERS_MAP)?,
             reasons: take(ebpf, REASON_COUNTERS_MAP)?,
-            redirect: take(ebpf, REDIRECT_MAP)?,
+            redirect: redirect(ebpf)?,
             slot_bandwidth: take(ebpf, SLOT_BANDWIDTH_MAP)?,
             buckets: take(ebpf, BANDWIDTH_MAP)?,
             alloc_drops: take(ebpf, ALLOC_DROPS_MAP)?,
@@ -73,9 +116,12 @@ impl KernelMaps {
 
     /// Lets the program redirect to `ifindex` (every interface it is attached to).
     pub fn add_redirect_interface(&mut self, ifindex: u32) -> Result<(), XdpMapsError> {
-        self.redirect
-            .insert(ifindex, ifindex, None, 0)
-            .map_err(|source| XdpMapsError::Redirect { ifindex, source })
+        match &mut self.redirect {
+            Redirect::Plain(m) => m.insert(ifindex, ifindex, 0),
+            Redirect::WithProgram(m) => m.insert(ifindex, [ifindex, 0], 0),
+        }
+        .map_err(Into::into)
+        .map_err(|source| XdpMapsError::Redirect { ifindex, source })
     }
 
     /// A UDP listener's address for the shield.

@@ -4,6 +4,7 @@
 //! entries, which a [`MapWriter`] writes (the loaded maps, or [`FakeMaps`] in tests);
 //! [`XdpReader`] reads the counters back without the writer's lock.
 
+pub mod adopt;
 mod attach;
 pub mod bandwidth;
 pub mod bench;
@@ -17,10 +18,10 @@ mod reader;
 pub mod shield;
 mod writer;
 
-pub use attach::Attached;
+pub use attach::{Attached, Link};
 pub use bandwidth::BandwidthLimits;
 pub use fake::FakeMaps;
-pub use forwarding::{ForwardingGuard, GUARD_TABLE, setup as setup_forwarding};
+pub use forwarding::{ForwardingGuard, GUARD_TABLE, GuardState, setup as setup_forwarding};
 pub use kernel_maps::KernelMaps;
 pub use logs::spawn_log_pump;
 pub use maps::XdpMaps;
@@ -66,13 +67,19 @@ pub enum XdpError {
     Counters(#[source] XdpMapsError),
 }
 
-/// A loaded XDP program and the interfaces it is attached to. Dropping it detaches.
+/// A loaded XDP program and the interfaces it is attached to. Dropping it detaches
+/// (unless a new process took over duplicates of its links: see [`adopt`]).
 pub struct XdpPath {
-    ebpf: Ebpf,
+    /// `None` when taken over from the previous process (nothing loaded here).
+    ebpf: Option<Ebpf>,
     attached: Vec<Attached>,
     max_allocations: u32,
     /// Opened at load, while the object still holds every map.
     reader: Arc<XdpReader>,
+    /// Descriptors of [`adopt::HANDED_MAPS`], for an upgrade.
+    handed: Vec<(&'static str, std::os::fd::OwnedFd)>,
+    /// A new process holds the links now: dropping this closes only our descriptors.
+    handed_over: bool,
 }
 
 impl XdpPath {
@@ -115,11 +122,14 @@ impl XdpPath {
             }
         }
         let reader = Arc::new(XdpReader::open(&ebpf).map_err(XdpError::Counters)?);
+        let handed = adopt::dup_handed(&ebpf).map_err(XdpError::Counters)?;
         Ok(Self {
-            ebpf,
+            ebpf: Some(ebpf),
             attached: Vec::new(),
             max_allocations,
             reader,
+            handed,
+            handed_over: false,
         })
     }
 
@@ -128,17 +138,26 @@ impl XdpPath {
     /// [`XdpMaps::add_redirect_interface`].
     pub fn take_maps(&mut self) -> Result<XdpMaps, XdpMapsError> {
         let attached: Vec<u32> = self.attached.iter().map(|a| a.ifindex).collect();
-        XdpMaps::take(&mut self.ebpf, self.max_allocations, &attached)
+        let max = self.max_allocations;
+        XdpMaps::take(self.ebpf_mut(), max, &attached)
     }
 
-    /// The aya `Ebpf` handle, for the log pump and for tests.
+    /// The aya `Ebpf` handle, for the log pump and for tests; `None` when the path was
+    /// taken over from the previous process.
+    pub fn loaded_mut(&mut self) -> Option<&mut Ebpf> {
+        self.ebpf.as_mut()
+    }
+
+    /// As [`XdpPath::loaded_mut`], on a path this process loaded (tests, setup).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+        self.ebpf
+            .as_mut()
+            .expect("a loaded XDP path (not one taken over)")
     }
 
     /// The loaded program, e.g. for `TestRun` in tests.
     pub fn program_mut(&mut self) -> &mut Xdp {
-        self.ebpf
+        self.ebpf_mut()
             .program_mut(XDP_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .expect("checked in load()")
@@ -172,10 +191,21 @@ impl XdpPath {
     }
 }
 
+impl XdpPath {
+    /// A new process took over the links and maps: this one lets go without detaching.
+    pub fn mark_handed_over(&mut self) {
+        self.handed_over = true;
+    }
+}
+
 impl Drop for XdpPath {
     fn drop(&mut self) {
         for a in &self.attached {
-            tracing::info!(interface = %a.interface, "XDP program detached");
+            if self.handed_over {
+                tracing::info!(interface = %a.interface, "XDP program stays attached for the new process");
+            } else {
+                tracing::info!(interface = %a.interface, "XDP program detached");
+            }
         }
     }
 }

@@ -16,7 +16,10 @@ use relay_common::{
     REASON_COUNTERS_MAP, Reason, RelayKey, RelayValue, bandwidth::ALLOC_DROPS_MAP,
 };
 
-use super::writer::{XdpMapsError, update_error as upd};
+use super::{
+    kernel_maps::MapSource,
+    writer::{XdpMapsError, update_error as upd},
+};
 
 /// Read-only handles to the counter maps of a loaded program. Reads take `&self` and no
 /// lock: each is one lookup syscall per key, atomic per CPU slot.
@@ -34,12 +37,23 @@ impl XdpReader {
     /// Duplicates the descriptors of the counter maps of `ebpf`. Call it before the map
     /// writer takes the maps out of the object ([`XdpPath`](super::XdpPath) does at load).
     pub(super) fn open(ebpf: &Ebpf) -> Result<Self, XdpMapsError> {
+        Self::open_with(&mut |name| dup(ebpf, name))
+    }
+
+    /// Opens the handles through `get` (a loaded object's maps, or descriptors handed over).
+    pub(super) fn open_with(get: &mut MapSource<'_>) -> Result<Self, XdpMapsError> {
+        fn typed<T: TryFrom<Map, Error = MapError>>(
+            get: &mut MapSource<'_>,
+            name: &'static str,
+        ) -> Result<T, XdpMapsError> {
+            T::try_from(get(name)?).map_err(|source| XdpMapsError::Open { map: name, source })
+        }
         Ok(Self {
-            allocations: dup(ebpf, ALLOCATIONS_MAP)?,
-            alloc_counters: dup(ebpf, ALLOC_COUNTERS_MAP)?,
-            alloc_drops: dup(ebpf, ALLOC_DROPS_MAP)?,
-            reasons: dup(ebpf, REASON_COUNTERS_MAP)?,
-            ifaces: dup(ebpf, IFACE_COUNTERS_MAP)?,
+            allocations: typed(get, ALLOCATIONS_MAP)?,
+            alloc_counters: typed(get, ALLOC_COUNTERS_MAP)?,
+            alloc_drops: typed(get, ALLOC_DROPS_MAP)?,
+            reasons: typed(get, REASON_COUNTERS_MAP)?,
+            ifaces: typed(get, IFACE_COUNTERS_MAP)?,
         })
     }
 
@@ -112,16 +126,17 @@ pub(super) fn reason_counters(
 
 /// A second handle to map `name` of `ebpf`, on a duplicated descriptor: it stays valid
 /// after the map writer takes the map out of the object.
-fn dup<T>(ebpf: &Ebpf, name: &'static str) -> Result<T, XdpMapsError>
-where
-    T: TryFrom<Map, Error = MapError>,
-{
+pub(super) fn dup(ebpf: &Ebpf, name: &'static str) -> Result<Map, XdpMapsError> {
     let open = |source| XdpMapsError::Open { map: name, source };
     let data = match ebpf.map(name).ok_or(XdpMapsError::Missing(name))? {
-        Map::HashMap(d) | Map::PerCpuArray(d) | Map::PerCpuHashMap(d) => d,
+        Map::HashMap(d)
+        | Map::PerCpuArray(d)
+        | Map::PerCpuHashMap(d)
+        | Map::Array(d)
+        | Map::DevMapHash(d) => d,
         _ => {
             return Err(open(MapError::InvalidName {
-                name: format!("{name} (not a hash or per-CPU array map)"),
+                name: format!("{name} (not a map type the relay uses)"),
             }));
         }
     };
@@ -131,6 +146,12 @@ where
             io_error,
         }))
     })?;
+    from_fd(fd, name)
+}
+
+/// A map handle on `fd` (a duplicate, or one the previous process handed over).
+pub(super) fn from_fd(fd: std::os::fd::OwnedFd, name: &'static str) -> Result<Map, XdpMapsError> {
+    let open = |source| XdpMapsError::Open { map: name, source };
     let data = MapData::from_fd(fd).map_err(open)?;
-    T::try_from(Map::from_map_data(data).map_err(open)?).map_err(open)
+    Map::from_map_data(data).map_err(open)
 }
