@@ -1,8 +1,10 @@
 //! The io_uring event loop: multishot accept on every listener, multishot receive into a
 //! ring of provided buffers (no buffer per connection while it is idle), one send in flight
 //! per connection straight from its queue, multishot poll on relay sockets and on the
-//! shard's wake-up eventfd. One thread, no syscall per connection per round: the ring is
-//! submitted and reaped once per loop turn.
+//! shard's wake-up eventfd, multishot `recvmsg` on relay sockets (the datagrams from peers
+//! land in the same provided buffers: no `recvfrom` per datagram, nor the one that used to
+//! find the socket empty after each readiness). One thread, no syscall per connection per
+//! round: the ring is submitted and reaped once per loop turn.
 //!
 //! Lifetimes the kernel sees: a send points into the connection's `tx.inflight`, so a
 //! connection is freed only when no send and no receive is in flight (the socket is shut
@@ -60,6 +62,7 @@ pub fn probe() -> Result<(), Unavailable> {
         &[
             (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT"),
             (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
+            (opcode::RecvMsgMulti::CODE, "IORING_OP_RECVMSG"),
             (opcode::Send::CODE, "IORING_OP_SEND"),
             (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
             (opcode::PollRemove::CODE, "IORING_OP_POLL_REMOVE"),
@@ -76,6 +79,9 @@ pub struct UringLoop {
     // goes before the buffers.
     ring: IoUring,
     bufs: Option<BufRing>,
+    /// The template of relay sockets' multishot `recvmsg`: room for the peer's address,
+    /// no control data. Boxed: the kernel reads it when a receive is armed.
+    msg: Box<libc::msghdr>,
     state: State,
     inbox: Inbox,
     cqes: Vec<(u64, i32, u32)>,
@@ -107,6 +113,10 @@ impl UringLoop {
             Ok(b) => b,
             Err(e) => return Err((e, state, inbox)),
         };
+        // SAFETY: all-zero is a valid msghdr (no name buffer, no iovec: the kernel puts
+        // both into the provided buffer).
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
         let mut state = state;
         // The multishot receive of a connection whose reading paused keeps filling
         // provided buffers until its cancel lands: at most the ring's worth of bytes that
@@ -115,6 +125,7 @@ impl UringLoop {
         let mut me = Self {
             ring,
             bufs: Some(bufs),
+            msg,
             state,
             inbox,
             cqes: Vec::with_capacity(RING_ENTRIES as usize * 2),
@@ -323,18 +334,7 @@ impl Completions for UringLoop {
                     self.relay_accept_rearm.push(key);
                 }
             }
-            RELAY_IN => {
-                if self.state.relays.get(key).is_none() {
-                    return;
-                }
-                if res >= 0 {
-                    self.state.peer_readable(key, now);
-                }
-                if !more && let Some(r) = self.state.relays.get(key) {
-                    let fd = r.sock.as_raw_fd();
-                    self.arm_relay(key, fd);
-                }
-            }
+            RELAY_IN => self.datagram(key, res, flags, now),
             RELAY_OUT => {
                 if let Some(r) = self.state.relays.get_mut(key) {
                     r.edge.watching_out = false;
@@ -376,6 +376,34 @@ impl UringLoop {
         }
     }
 
+    /// A relay socket's multishot receive completed: one datagram from a peer, or the
+    /// end of the receive (out of buffers, an ICMP error, a cancel), re-armed at once
+    /// while the socket lives.
+    fn datagram(&mut self, key: Key, res: i32, flags: u32, now: Instant) {
+        let bufs = self
+            .bufs
+            .as_mut()
+            .expect("buffers live while the loop runs");
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            if res >= 0
+                && let Ok(out) = types::RecvMsgOut::parse(bufs.get(bid, res as usize), &self.msg)
+                && !out.is_payload_truncated()
+                && let Some(from) = source(out.name_data())
+            {
+                self.state.peer_datagram(key, from, out.payload_data(), now);
+            }
+            // A datagram larger than a buffer is dropped, as a short `recvfrom` would.
+            bufs.recycle(bid);
+        }
+        if !cqueue::more(flags)
+            && !self.stopping
+            && let Some(r) = self.state.relays.get(key)
+        {
+            let fd = r.sock.as_raw_fd();
+            self.arm_relay(key, fd);
+        }
+    }
+
     fn arm_relay_accept(&mut self, k: Key) {
         let Some(l) = self.state.relay_listeners.get(k) else {
             return;
@@ -388,8 +416,7 @@ impl UringLoop {
     }
 
     fn arm_relay(&mut self, k: Key, fd: RawFd) {
-        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-            .multi(true)
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, BUFFER_GROUP)
             .build()
             .user_data(k.token(RELAY_IN));
         self.push(e);
@@ -414,13 +441,17 @@ impl UringLoop {
                 }
             }
             Change::Closed(k, sock) => {
-                // The poll holds its own reference to the socket until removed.
-                for kind in [RELAY_IN, RELAY_OUT] {
-                    let e = opcode::PollRemove::new(k.token(kind))
-                        .build()
-                        .user_data(token(IGNORE, 0));
-                    self.push(e);
-                }
+                // The receive and the poll hold their own references to the socket until
+                // cancelled; a datagram completing meanwhile finds no relay (its buffer
+                // goes back).
+                let e = opcode::AsyncCancel::new(k.token(RELAY_IN))
+                    .build()
+                    .user_data(token(IGNORE, 0));
+                self.push(e);
+                let e = opcode::PollRemove::new(k.token(RELAY_OUT))
+                    .build()
+                    .user_data(token(IGNORE, 0));
+                self.push(e);
                 drop(sock);
             }
         }
@@ -529,4 +560,22 @@ impl UringLoop {
             self.push(e);
         }
     }
+}
+
+/// The peer's address from a multishot `recvmsg`'s name field.
+fn source(name: &[u8]) -> Option<std::net::SocketAddr> {
+    // SAFETY: at most the storage's size of plain bytes is copied into it, and the
+    // length set is what was copied.
+    let (_, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let n = name
+                .len()
+                .min(std::mem::size_of::<socket2::SockAddrStorage>());
+            std::ptr::copy_nonoverlapping(name.as_ptr(), storage.cast::<u8>(), n);
+            *len = n as libc::socklen_t;
+            Ok(())
+        })
+    }
+    .ok()?;
+    addr.as_socket()
 }

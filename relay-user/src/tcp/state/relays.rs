@@ -105,16 +105,39 @@ impl State {
                 // ICMP errors surface here (ECONNREFUSED): nothing to do, try the next.
                 Err(_) => continue,
             };
-            if let PeerOutput::ToClient { to, len } =
-                self.server
-                    .handle_peer(now, relay, from, &scratch[..n], &mut out)
-            {
-                self.deliver(&to, &out[..len]);
-            }
+            self.peer_datagram_to(relay, from, &scratch[..n], &mut out, now);
         }
         self.scratch = scratch;
         self.out = out;
         self.warn_drops();
+    }
+
+    /// One datagram the io_uring loop received on relay socket `rk` (a multishot receive
+    /// reads it inside the ring: no `recvfrom` per datagram, nor the one that finds the
+    /// socket empty).
+    pub fn peer_datagram(&mut self, rk: Key, from: SocketAddr, data: &[u8], now: Instant) {
+        let Some(relay) = self.relays.get(rk).map(|r| r.addr) else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.out);
+        self.peer_datagram_to(relay, from, data, &mut out, now);
+        self.out = out;
+        self.warn_drops();
+    }
+
+    fn peer_datagram_to(
+        &mut self,
+        relay: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+        now: Instant,
+    ) {
+        if let PeerOutput::ToClient { to, len } =
+            self.server.handle_peer(now, relay, from, data, out)
+        {
+            self.deliver(&to, &out[..len]);
+        }
     }
 
     pub(super) fn warn_drops(&mut self) {
