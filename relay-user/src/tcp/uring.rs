@@ -25,7 +25,10 @@ use std::{
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use relay_proto::server::Server;
 
-use super::state::{RelayChange, Side, State, Work, connect_outcome, token};
+use super::{
+    peer_sends::PeerSends,
+    state::{RelayChange, Side, State, Work, connect_outcome, token},
+};
 use crate::{
     shard::{Inbox, relays::Change, slab::Key},
     uring::{BufRing, Completions, Unavailable, probe_multishot, setup_error, submit_and_wait},
@@ -45,6 +48,8 @@ const PEER_SEND: u8 = 9;
 const PEER_CONNECT: u8 = 10;
 /// A TCP allocation's listener accepted a peer.
 const RELAY_ACCEPT: u8 = 11;
+/// A datagram to a peer left from a slot of the state's `PeerSends`.
+const RELAY_SEND: u8 = 12;
 
 const RING_ENTRIES: u32 = 4096;
 /// Provided receive buffers: count (a power of two) and size.
@@ -64,6 +69,7 @@ pub fn probe() -> Result<(), Unavailable> {
             (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
             (opcode::RecvMsgMulti::CODE, "IORING_OP_RECVMSG"),
             (opcode::Send::CODE, "IORING_OP_SEND"),
+            (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
             (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
             (opcode::PollRemove::CODE, "IORING_OP_POLL_REMOVE"),
             (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
@@ -85,6 +91,8 @@ pub struct UringLoop {
     state: State,
     inbox: Inbox,
     cqes: Vec<(u64, i32, u32)>,
+    /// Peer sends taken from the state, being submitted.
+    fresh: Vec<(usize, RawFd)>,
     /// Listeners whose multishot accept ended on an error; re-armed at the next tick.
     accept_rearm: Vec<usize>,
     /// The same for TCP allocations' listeners.
@@ -122,6 +130,7 @@ impl UringLoop {
         // provided buffers until its cancel lands: at most the ring's worth of bytes that
         // were already on their way, kept rather than counted as an overrun.
         state.rx_in_flight = usize::from(BUFFERS) * BUFFER_SIZE;
+        state.peer_sends = Some(PeerSends::default());
         let mut me = Self {
             ring,
             bufs: Some(bufs),
@@ -129,6 +138,7 @@ impl UringLoop {
             state,
             inbox,
             cqes: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            fresh: Vec::new(),
             accept_rearm: Vec::new(),
             relay_accept_rearm: Vec::new(),
             stopping: false,
@@ -209,14 +219,17 @@ impl UringLoop {
         self.stopping = true;
         self.state.close_all();
         let deadline = Instant::now() + STOP_GRACE;
-        while self.state.open_streams() > 0 && Instant::now() < deadline {
+        let busy = |s: &State| {
+            s.open_streams() > 0 || s.peer_sends.as_ref().is_some_and(|p| p.in_flight() > 0)
+        };
+        while busy(&self.state) && Instant::now() < deadline {
             self.sync(Instant::now());
             if self.wait(Duration::from_millis(50)).is_err() {
                 break;
             }
             self.reap(Instant::now());
         }
-        if self.state.open_streams() > 0 {
+        if busy(&self.state) {
             // The kernel may still write into receive buffers or read send queues: keep
             // that memory alive for the rest of the process rather than free it under it.
             tracing::warn!(
@@ -224,6 +237,7 @@ impl UringLoop {
                 "TCP connections still in flight at stop"
             );
             std::mem::forget(self.bufs.take());
+            std::mem::forget(self.state.peer_sends.take());
             for c in self.state.conns.values_mut() {
                 std::mem::forget(std::mem::take(&mut c.wire.tx));
             }
@@ -335,6 +349,7 @@ impl Completions for UringLoop {
                 }
             }
             RELAY_IN => self.datagram(key, res, flags, now),
+            RELAY_SEND => self.state.peer_send_done(key.idx as usize, res),
             RELAY_OUT => {
                 if let Some(r) = self.state.relays.get_mut(key) {
                     r.edge.watching_out = false;
@@ -431,6 +446,25 @@ impl UringLoop {
                 Work::Conn(side, id) => self.conn(side, id, now),
             }
         }
+        let mut fresh = std::mem::take(&mut self.fresh);
+        if let Some(sends) = self.state.peer_sends.as_mut() {
+            let relays = &self.state.relays;
+            sends.take_fresh(&mut fresh, |k| relays.get(k).is_some());
+        }
+        for &(slot, fd) in &fresh {
+            let Some(sends) = self.state.peer_sends.as_ref() else {
+                break;
+            };
+            // MSG_DONTWAIT: a full socket buffer completes with EAGAIN at once (the state
+            // stalls the client) instead of parking the send and its slot.
+            let e = opcode::SendMsg::new(types::Fd(fd), sends.header(slot))
+                .flags(libc::MSG_DONTWAIT as u32)
+                .build()
+                .user_data(token(RELAY_SEND, slot as u32));
+            self.push(e);
+        }
+        fresh.clear();
+        self.fresh = fresh;
     }
 
     fn relay_socket(&mut self, change: Change) {

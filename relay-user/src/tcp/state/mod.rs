@@ -38,7 +38,10 @@ use std::{
 use relay_proto::server::{ConnectionId, FiveTuple, Server};
 use rustls::ServerConnection;
 
-use super::{conn::Conn, connection::Queued, limits::SharedAdmission, tls::TlsAcceptor};
+use super::{
+    conn::Conn, connection::Queued, limits::SharedAdmission, peer_sends::PeerSends,
+    tls::TlsAcceptor,
+};
 use crate::{
     config::TcpSettings,
     shard::{
@@ -203,6 +206,9 @@ pub struct State {
     ///
     /// [`Wire::overrun`]: super::connection::Wire::overrun
     pub rx_in_flight: usize,
+    /// io_uring: datagrams to peers wait here for the loop's next submission (see
+    /// [`PeerSends`]); epoll sends each at once.
+    pub peer_sends: Option<PeerSends>,
 }
 
 impl State {
@@ -242,6 +248,7 @@ impl State {
             stats: Arc::default(),
             warned: (0, 0, 0),
             rx_in_flight: 0,
+            peer_sends: None,
         }
     }
 
