@@ -2,7 +2,7 @@
 //! ring of provided buffers (no buffer per connection while it is idle), one send in flight
 //! per connection straight from its queue, multishot poll on relay sockets and on the
 //! shard's wake-up eventfd, multishot `recvmsg` on relay sockets (the datagrams from peers
-//! land in the same provided buffers: no `recvfrom` per datagram, nor the one that used to
+//! land in provided buffers of their own: no `recvfrom` per datagram, nor the one that used to
 //! find the socket empty after each readiness). One thread, no syscall per connection per
 //! round: the ring is submitted and reaped once per loop turn.
 //!
@@ -30,7 +30,7 @@ use super::{
     state::{RelayChange, Side, State, Work, connect_outcome, token},
 };
 use crate::{
-    shard::{Inbox, relays::Change, slab::Key},
+    shard::{Inbox, apply::DATAGRAM_MAX, relays::Change, slab::Key},
     uring::{BufRing, Completions, Unavailable, probe_multishot, setup_error, submit_and_wait},
 };
 
@@ -56,6 +56,13 @@ const RING_ENTRIES: u32 = 4096;
 const BUFFERS: u16 = 1024;
 const BUFFER_SIZE: usize = 16 * 1024;
 const BUFFER_GROUP: u16 = 0;
+/// Provided buffers of the relay sockets' receives: each holds the recvmsg header, the
+/// peer's address and a datagram of up to DATAGRAM_MAX (as the epoll loop's `recvfrom`
+/// takes). Running out ends a receive without losing data (it stays in the socket until
+/// the receive is re-armed).
+const RELAY_BUFFERS: u16 = 256;
+const RELAY_BUFFER_SIZE: usize = 16 + std::mem::size_of::<libc::sockaddr_in6>() + DATAGRAM_MAX;
+const RELAY_BUFFER_GROUP: u16 = 1;
 /// How long a stopping loop waits for in-flight operations before leaving anyway.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -85,6 +92,7 @@ pub struct UringLoop {
     // goes before the buffers.
     ring: IoUring,
     bufs: Option<BufRing>,
+    relay_bufs: Option<BufRing>,
     /// The template of relay sockets' multishot `recvmsg`: room for the peer's address,
     /// no control data. Boxed: the kernel reads it when a receive is armed.
     msg: Box<libc::msghdr>,
@@ -121,6 +129,15 @@ impl UringLoop {
             Ok(b) => b,
             Err(e) => return Err((e, state, inbox)),
         };
+        let relay_bufs = match BufRing::registered(
+            &ring,
+            RELAY_BUFFERS,
+            RELAY_BUFFER_SIZE,
+            RELAY_BUFFER_GROUP,
+        ) {
+            Ok(b) => b,
+            Err(e) => return Err((e, state, inbox)),
+        };
         // SAFETY: all-zero is a valid msghdr (no name buffer, no iovec: the kernel puts
         // both into the provided buffer).
         let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
@@ -134,6 +151,7 @@ impl UringLoop {
         let mut me = Self {
             ring,
             bufs: Some(bufs),
+            relay_bufs: Some(relay_bufs),
             msg,
             state,
             inbox,
@@ -237,6 +255,7 @@ impl UringLoop {
                 "TCP connections still in flight at stop"
             );
             std::mem::forget(self.bufs.take());
+            std::mem::forget(self.relay_bufs.take());
             std::mem::forget(self.state.peer_sends.take());
             for c in self.state.conns.values_mut() {
                 std::mem::forget(std::mem::take(&mut c.wire.tx));
@@ -396,7 +415,7 @@ impl UringLoop {
     /// while the socket lives.
     fn datagram(&mut self, key: Key, res: i32, flags: u32, now: Instant) {
         let bufs = self
-            .bufs
+            .relay_bufs
             .as_mut()
             .expect("buffers live while the loop runs");
         if let Some(bid) = cqueue::buffer_select(flags) {
@@ -407,7 +426,7 @@ impl UringLoop {
             {
                 self.state.peer_datagram(key, from, out.payload_data(), now);
             }
-            // A datagram larger than a buffer is dropped, as a short `recvfrom` would.
+            // Only a datagram over DATAGRAM_MAX is truncated: dropped, as by `recvfrom`.
             bufs.recycle(bid);
         }
         if !cqueue::more(flags)
@@ -431,7 +450,7 @@ impl UringLoop {
     }
 
     fn arm_relay(&mut self, k: Key, fd: RawFd) {
-        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, BUFFER_GROUP)
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, RELAY_BUFFER_GROUP)
             .build()
             .user_data(k.token(RELAY_IN));
         self.push(e);
