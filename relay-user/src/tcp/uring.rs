@@ -1,8 +1,10 @@
 //! The io_uring event loop: multishot accept on every listener, multishot receive into a
 //! ring of provided buffers (no buffer per connection while it is idle), one send in flight
 //! per connection straight from its queue, multishot poll on relay sockets and on the
-//! shard's wake-up eventfd. One thread, no syscall per connection per round: the ring is
-//! submitted and reaped once per loop turn.
+//! shard's wake-up eventfd, multishot `recvmsg` on relay sockets (the datagrams from peers
+//! land in provided buffers of their own: no `recvfrom` per datagram, nor the one that used to
+//! find the socket empty after each readiness). One thread, no syscall per connection per
+//! round: the ring is submitted and reaped once per loop turn.
 //!
 //! Lifetimes the kernel sees: a send points into the connection's `tx.inflight`, so a
 //! connection is freed only when no send and no receive is in flight (the socket is shut
@@ -23,9 +25,12 @@ use std::{
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use relay_proto::server::Server;
 
-use super::state::{RelayChange, Side, State, Work, connect_outcome, token};
+use super::{
+    peer_sends::PeerSends,
+    state::{RelayChange, Side, State, Work, connect_outcome, token},
+};
 use crate::{
-    shard::{Inbox, relays::Change, slab::Key},
+    shard::{Inbox, apply::DATAGRAM_MAX, relays::Change, slab::Key},
     uring::{BufRing, Completions, Unavailable, probe_multishot, setup_error, submit_and_wait},
 };
 
@@ -43,12 +48,21 @@ const PEER_SEND: u8 = 9;
 const PEER_CONNECT: u8 = 10;
 /// A TCP allocation's listener accepted a peer.
 const RELAY_ACCEPT: u8 = 11;
+/// A datagram to a peer left from a slot of the state's `PeerSends`.
+const RELAY_SEND: u8 = 12;
 
 const RING_ENTRIES: u32 = 4096;
 /// Provided receive buffers: count (a power of two) and size.
 const BUFFERS: u16 = 1024;
 const BUFFER_SIZE: usize = 16 * 1024;
 const BUFFER_GROUP: u16 = 0;
+/// Provided buffers of the relay sockets' receives: each holds the recvmsg header, the
+/// peer's address and a datagram of up to DATAGRAM_MAX (as the epoll loop's `recvfrom`
+/// takes). Running out ends a receive without losing data (it stays in the socket until
+/// the receive is re-armed).
+const RELAY_BUFFERS: u16 = 256;
+const RELAY_BUFFER_SIZE: usize = 16 + std::mem::size_of::<libc::sockaddr_in6>() + DATAGRAM_MAX;
+const RELAY_BUFFER_GROUP: u16 = 1;
 /// How long a stopping loop waits for in-flight operations before leaving anyway.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -60,7 +74,9 @@ pub fn probe() -> Result<(), Unavailable> {
         &[
             (opcode::AcceptMulti::CODE, "IORING_OP_ACCEPT"),
             (opcode::RecvMulti::CODE, "IORING_OP_RECV"),
+            (opcode::RecvMsgMulti::CODE, "IORING_OP_RECVMSG"),
             (opcode::Send::CODE, "IORING_OP_SEND"),
+            (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
             (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
             (opcode::PollRemove::CODE, "IORING_OP_POLL_REMOVE"),
             (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
@@ -76,9 +92,15 @@ pub struct UringLoop {
     // goes before the buffers.
     ring: IoUring,
     bufs: Option<BufRing>,
+    relay_bufs: Option<BufRing>,
+    /// The template of relay sockets' multishot `recvmsg`: room for the peer's address,
+    /// no control data. Boxed: the kernel reads it when a receive is armed.
+    msg: Box<libc::msghdr>,
     state: State,
     inbox: Inbox,
     cqes: Vec<(u64, i32, u32)>,
+    /// Peer sends taken from the state, being submitted.
+    fresh: Vec<(usize, RawFd)>,
     /// Listeners whose multishot accept ended on an error; re-armed at the next tick.
     accept_rearm: Vec<usize>,
     /// The same for TCP allocations' listeners.
@@ -109,17 +131,34 @@ impl UringLoop {
             Ok(b) => b,
             Err(e) => return Err((e, state, inbox)),
         };
+        let relay_bufs = match BufRing::registered(
+            &ring,
+            RELAY_BUFFERS,
+            RELAY_BUFFER_SIZE,
+            RELAY_BUFFER_GROUP,
+        ) {
+            Ok(b) => b,
+            Err(e) => return Err((e, state, inbox)),
+        };
+        // SAFETY: all-zero is a valid msghdr (no name buffer, no iovec: the kernel puts
+        // both into the provided buffer).
+        let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
         let mut state = state;
         // The multishot receive of a connection whose reading paused keeps filling
         // provided buffers until its cancel lands: at most the ring's worth of bytes that
         // were already on their way, kept rather than counted as an overrun.
         state.rx_in_flight = usize::from(BUFFERS) * BUFFER_SIZE;
+        state.peer_sends = Some(PeerSends::default());
         let mut me = Self {
             ring,
             bufs: Some(bufs),
+            relay_bufs: Some(relay_bufs),
+            msg,
             state,
             inbox,
             cqes: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            fresh: Vec::new(),
             accept_rearm: Vec::new(),
             relay_accept_rearm: Vec::new(),
             stopping: false,
@@ -201,14 +240,17 @@ impl UringLoop {
         self.stopping = true;
         self.state.close_all();
         let deadline = Instant::now() + STOP_GRACE;
-        while self.state.open_streams() > 0 && Instant::now() < deadline {
+        let busy = |s: &State| {
+            s.open_streams() > 0 || s.peer_sends.as_ref().is_some_and(|p| p.in_flight() > 0)
+        };
+        while busy(&self.state) && Instant::now() < deadline {
             self.sync(Instant::now());
             if self.wait(Duration::from_millis(50)).is_err() {
                 break;
             }
             self.reap(Instant::now());
         }
-        if self.state.open_streams() > 0 {
+        if busy(&self.state) {
             // The kernel may still write into receive buffers or read send queues: keep
             // that memory alive for the rest of the process rather than free it under it.
             tracing::warn!(
@@ -216,6 +258,8 @@ impl UringLoop {
                 "TCP connections still in flight at stop"
             );
             std::mem::forget(self.bufs.take());
+            std::mem::forget(self.relay_bufs.take());
+            std::mem::forget(self.state.peer_sends.take());
             for c in self.state.conns.values_mut() {
                 std::mem::forget(std::mem::take(&mut c.wire.tx));
             }
@@ -327,18 +371,8 @@ impl Completions for UringLoop {
                     self.relay_accept_rearm.push(key);
                 }
             }
-            RELAY_IN => {
-                if self.state.relays.get(key).is_none() {
-                    return;
-                }
-                if res >= 0 {
-                    self.state.peer_readable(key, now);
-                }
-                if !more && let Some(r) = self.state.relays.get(key) {
-                    let fd = r.sock.as_raw_fd();
-                    self.arm_relay(key, fd);
-                }
-            }
+            RELAY_IN => self.datagram(key, res, flags, now),
+            RELAY_SEND => self.state.peer_send_done(key.idx as usize, res),
             RELAY_OUT => {
                 if let Some(r) = self.state.relays.get_mut(key) {
                     r.edge.watching_out = false;
@@ -403,6 +437,34 @@ impl UringLoop {
         }
     }
 
+    /// A relay socket's multishot receive completed: one datagram from a peer, or the
+    /// end of the receive (out of buffers, an ICMP error, a cancel), re-armed at once
+    /// while the socket lives.
+    fn datagram(&mut self, key: Key, res: i32, flags: u32, now: Instant) {
+        let bufs = self
+            .relay_bufs
+            .as_mut()
+            .expect("buffers live while the loop runs");
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            if res >= 0
+                && let Ok(out) = types::RecvMsgOut::parse(bufs.get(bid, res as usize), &self.msg)
+                && !out.is_payload_truncated()
+                && let Some(from) = source(out.name_data())
+            {
+                self.state.peer_datagram(key, from, out.payload_data(), now);
+            }
+            // Only a datagram over DATAGRAM_MAX is truncated: dropped, as by `recvfrom`.
+            bufs.recycle(bid);
+        }
+        if !cqueue::more(flags)
+            && !self.stopping
+            && let Some(r) = self.state.relays.get(key)
+        {
+            let fd = r.sock.as_raw_fd();
+            self.arm_relay(key, fd);
+        }
+    }
+
     fn arm_relay_accept(&mut self, k: Key) {
         let Some(l) = self.state.relay_listeners.get(k) else {
             return;
@@ -415,8 +477,7 @@ impl UringLoop {
     }
 
     fn arm_relay(&mut self, k: Key, fd: RawFd) {
-        let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-            .multi(true)
+        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, RELAY_BUFFER_GROUP)
             .build()
             .user_data(k.token(RELAY_IN));
         self.push(e);
@@ -431,6 +492,25 @@ impl UringLoop {
                 Work::Conn(side, id) => self.conn(side, id, now),
             }
         }
+        let mut fresh = std::mem::take(&mut self.fresh);
+        if let Some(sends) = self.state.peer_sends.as_mut() {
+            let relays = &self.state.relays;
+            sends.take_fresh(&mut fresh, |k| relays.get(k).is_some());
+        }
+        for &(slot, fd) in &fresh {
+            let Some(sends) = self.state.peer_sends.as_ref() else {
+                break;
+            };
+            // MSG_DONTWAIT: a full socket buffer completes with EAGAIN at once (the state
+            // stalls the client) instead of parking the send and its slot.
+            let e = opcode::SendMsg::new(types::Fd(fd), sends.header(slot))
+                .flags(libc::MSG_DONTWAIT as u32)
+                .build()
+                .user_data(token(RELAY_SEND, slot as u32));
+            self.push(e);
+        }
+        fresh.clear();
+        self.fresh = fresh;
     }
 
     fn relay_socket(&mut self, change: Change) {
@@ -441,13 +521,17 @@ impl UringLoop {
                 }
             }
             Change::Closed(k, sock) => {
-                // The poll holds its own reference to the socket until removed.
-                for kind in [RELAY_IN, RELAY_OUT] {
-                    let e = opcode::PollRemove::new(k.token(kind))
-                        .build()
-                        .user_data(token(IGNORE, 0));
-                    self.push(e);
-                }
+                // The receive and the poll hold their own references to the socket until
+                // cancelled; a datagram completing meanwhile finds no relay (its buffer
+                // goes back).
+                let e = opcode::AsyncCancel::new(k.token(RELAY_IN))
+                    .build()
+                    .user_data(token(IGNORE, 0));
+                self.push(e);
+                let e = opcode::PollRemove::new(k.token(RELAY_OUT))
+                    .build()
+                    .user_data(token(IGNORE, 0));
+                self.push(e);
                 drop(sock);
             }
         }
@@ -556,4 +640,22 @@ impl UringLoop {
             self.push(e);
         }
     }
+}
+
+/// The peer's address from a multishot `recvmsg`'s name field.
+fn source(name: &[u8]) -> Option<std::net::SocketAddr> {
+    // SAFETY: at most the storage's size of plain bytes is copied into it, and the
+    // length set is what was copied.
+    let (_, addr) = unsafe {
+        socket2::SockAddr::try_init(|storage, len| {
+            let n = name
+                .len()
+                .min(std::mem::size_of::<socket2::SockAddrStorage>());
+            std::ptr::copy_nonoverlapping(name.as_ptr(), storage.cast::<u8>(), n);
+            *len = n as libc::socklen_t;
+            Ok(())
+        })
+    }
+    .ok()?;
+    addr.as_socket()
 }

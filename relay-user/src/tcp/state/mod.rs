@@ -38,7 +38,10 @@ use std::{
 use relay_proto::server::{ConnectionId, FiveTuple, Server};
 use rustls::ServerConnection;
 
-use super::{conn::Conn, connection::Queued, limits::SharedAdmission, tls::TlsAcceptor};
+use super::{
+    conn::Conn, connection::Queued, limits::SharedAdmission, peer_sends::PeerSends,
+    tls::TlsAcceptor,
+};
 use crate::{
     config::TcpSettings,
     shard::{
@@ -206,6 +209,9 @@ pub struct State {
     /// Cleared when a new process took the client listeners over (upgrade): the loop
     /// stops accepting on them and serves the connections it has until they end.
     pub listening: Arc<AtomicBool>,
+    /// io_uring: datagrams to peers wait here for the loop's next submission (see
+    /// [`PeerSends`]); epoll sends each at once.
+    pub peer_sends: Option<PeerSends>,
 }
 
 impl State {
@@ -246,6 +252,7 @@ impl State {
             warned: (0, 0, 0),
             rx_in_flight: 0,
             listening: Arc::new(AtomicBool::new(true)),
+            peer_sends: None,
         }
     }
 

@@ -4,7 +4,7 @@
 //! full) it is kept and its client connection stops reading until the socket drains, so
 //! a slow peer side slows the TCP client down instead of losing data.
 
-use std::{io, net::SocketAddr, sync::atomic::Ordering, time::Instant};
+use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::atomic::Ordering, time::Instant};
 
 use relay_proto::server::{ConnectionId, FiveTuple, PeerOutput, RelayProtocol, Server};
 
@@ -14,7 +14,7 @@ use crate::{
         apply::{Edge, Mirror},
         slab::Key,
     },
-    tcp::conn::Stall,
+    tcp::{conn::Stall, peer_sends::Origin},
     udp::bind_udp,
 };
 
@@ -35,28 +35,87 @@ impl State {
         let Some(r) = self.relays.get_mut(rk) else {
             return;
         };
+        // io_uring: the loop sends it with its next submission. Not while a datagram
+        // waits for room in this socket: that one goes first.
+        if r.edge.stalled.is_none()
+            && let Some(sends) = self.peer_sends.as_mut()
+        {
+            let origin = Origin {
+                conn: id,
+                relay: rk,
+                peer,
+            };
+            if sends.queue(r.sock.as_raw_fd(), payload, origin) {
+                return;
+            }
+        }
         match r.sock.send_to(payload, peer) {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                r.edge.stalled = Some(id);
-                bump(&self.stats.stalls);
-                if let Some(c) = self.conns.get_mut(id) {
-                    c.stall_buf.clear();
-                    c.stall_buf.extend_from_slice(payload);
-                    c.stall = Some(Stall { relay: rk, peer });
-                }
-                self.relay_changes.push_back(RelayChange::WantWritable(rk));
-                self.touch(id);
+                self.stall(id, rk, peer, payload);
             }
-            Err(e) => {
-                let total = bump(&self.stats.peer_send_errors);
-                if total > self.warned.0 && total.is_power_of_two() {
-                    self.warned.0 = total;
-                    tracing::warn!(%relay, %peer, error = %e, total,
-                        "sending to a peer failed (no route, or refused by the host's firewall)");
-                }
-            }
+            Err(e) => self.peer_send_failed(relay, peer, &e),
         }
+    }
+
+    /// Relay socket `rk` has no room for `payload`: it is kept, and client `id` stops
+    /// reading until the socket drains.
+    fn stall(&mut self, id: Key, rk: Key, peer: SocketAddr, payload: &[u8]) {
+        let Some(r) = self.relays.get_mut(rk) else {
+            return;
+        };
+        r.edge.stalled = Some(id);
+        bump(&self.stats.stalls);
+        if let Some(c) = self.conns.get_mut(id) {
+            c.stall_buf.clear();
+            c.stall_buf.extend_from_slice(payload);
+            c.stall = Some(Stall { relay: rk, peer });
+        }
+        self.relay_changes.push_back(RelayChange::WantWritable(rk));
+        self.touch(id);
+    }
+
+    fn peer_send_failed(&mut self, relay: SocketAddr, peer: SocketAddr, e: &io::Error) {
+        let total = bump(&self.stats.peer_send_errors);
+        if total > self.warned.0 && total.is_power_of_two() {
+            self.warned.0 = total;
+            tracing::warn!(%relay, %peer, error = %e, total,
+                "sending to a peer failed (no route, or refused by the host's firewall)");
+        }
+    }
+
+    /// The io_uring loop's send from slot `slot` completed with `res`. A socket without
+    /// room (EAGAIN: the send does not wait) stalls its client as a refused `sendto`
+    /// does, unless one datagram already waits on that socket: then this one is lost,
+    /// as UDP may.
+    pub fn peer_send_done(&mut self, slot: usize, res: i32) {
+        let Some(sends) = self.peer_sends.as_mut() else {
+            return;
+        };
+        let Some((o, bytes)) = sends.done(slot) else {
+            return;
+        };
+        if res >= 0 {
+            return;
+        }
+        // Copied out of the pool (rare: a full socket buffer) for the stall to keep.
+        let payload = bytes.to_vec();
+        let Some(relay) = self.relays.get(o.relay).map(|r| r.addr) else {
+            return; // the allocation went meanwhile
+        };
+        let e = io::Error::from_raw_os_error(-res);
+        if e.kind() != io::ErrorKind::WouldBlock {
+            return self.peer_send_failed(relay, o.peer, &e);
+        }
+        let waiting = self
+            .relays
+            .get(o.relay)
+            .is_some_and(|r| r.edge.stalled.is_some());
+        if waiting || self.conns.get(o.conn).is_none_or(|c| c.stall.is_some()) {
+            bump(&self.stats.peer_send_errors);
+            return;
+        }
+        self.stall(o.conn, o.relay, o.peer, &payload);
     }
 
     /// The relay socket `rk` has room again: the stalled datagram goes, and its client
@@ -105,16 +164,39 @@ impl State {
                 // ICMP errors surface here (ECONNREFUSED): nothing to do, try the next.
                 Err(_) => continue,
             };
-            if let PeerOutput::ToClient { to, len } =
-                self.server
-                    .handle_peer(now, relay, from, &scratch[..n], &mut out)
-            {
-                self.deliver(&to, &out[..len]);
-            }
+            self.peer_datagram_to(relay, from, &scratch[..n], &mut out, now);
         }
         self.scratch = scratch;
         self.out = out;
         self.warn_drops();
+    }
+
+    /// One datagram the io_uring loop received on relay socket `rk` (a multishot receive
+    /// reads it inside the ring: no `recvfrom` per datagram, nor the one that finds the
+    /// socket empty).
+    pub fn peer_datagram(&mut self, rk: Key, from: SocketAddr, data: &[u8], now: Instant) {
+        let Some(relay) = self.relays.get(rk).map(|r| r.addr) else {
+            return;
+        };
+        let mut out = std::mem::take(&mut self.out);
+        self.peer_datagram_to(relay, from, data, &mut out, now);
+        self.out = out;
+        self.warn_drops();
+    }
+
+    fn peer_datagram_to(
+        &mut self,
+        relay: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+        out: &mut [u8],
+        now: Instant,
+    ) {
+        if let PeerOutput::ToClient { to, len } =
+            self.server.handle_peer(now, relay, from, data, out)
+        {
+            self.deliver(&to, &out[..len]);
+        }
     }
 
     pub(super) fn warn_drops(&mut self) {
