@@ -1,6 +1,7 @@
 //! The io_uring loop of a UDP worker. Every listener and relay socket has a multishot
 //! receive armed into one ring of provided buffers, and every outgoing datagram is a
-//! send queued on the ring: one `io_uring_enter` per loop turn submits all sends and
+//! send queued on the ring (runs of equal datagrams to one destination gathered into one
+//! GSO send, see [`send`]): one `io_uring_enter` per loop turn submits all sends and
 //! waits for the next completions, where the epoll loop makes an epoll_wait, a recvmmsg
 //! per ready socket and a sendmmsg per socket written to. With one relay socket per
 //! allocation, that is most of a relay's syscalls.
@@ -47,8 +48,14 @@ const RING_ENTRIES: u32 = 4096;
 const CQ_ENTRIES: u32 = 4 * RING_ENTRIES;
 /// Provided receive buffers: count (a power of two) and size (the recvmsg header, the
 /// source address, then up to DATAGRAM_MAX of payload; larger datagrams are dropped as
-/// truncated, as in the epoll loop).
-const BUFFERS: u16 = 512;
+/// truncated, as in the epoll loop). When they run out, every multishot receive that finds
+/// none ends (ENOBUFS) and is armed again after the batch: at saturation with 1000 relay
+/// sockets, 512 buffers made re-arming about a tenth of the loop's CPU (io_recvmsg_prep,
+/// io_msg_copy_hdr in a profile of peer → client). The memory is only reserved: the kernel
+/// touches the pages a datagram fills, one for a media packet, so 2048 cost about 8 MiB
+/// resident with small datagrams (128 MiB reserved, resident only under a flood of large
+/// ones).
+const BUFFERS: u16 = 2048;
 const BUFFER_SIZE: usize = RECVMSG_OUT + std::mem::size_of::<libc::sockaddr_in6>() + DATAGRAM_MAX;
 /// `struct io_uring_recvmsg_out`, which the kernel writes in front of each datagram.
 const RECVMSG_OUT: usize = 16;
@@ -80,6 +87,7 @@ pub fn probe() -> Result<(), Unavailable> {
     crate::uring::probe_multishot(
         &[
             (opcode::RecvMsgMulti::CODE, "IORING_OP_RECVMSG"),
+            (opcode::Send::CODE, "IORING_OP_SEND"),
             (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
             (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
             (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
@@ -348,7 +356,20 @@ impl UringLoop {
     /// datagrams leave (next submit).
     fn reap_and_apply(&mut self, now: Instant) {
         self.reap(now);
+        self.flush_sends();
         self.plane.apply_commands(now);
+    }
+
+    /// Queues the GSO run the batch's last sends were gathered into.
+    fn flush_sends(&mut self) {
+        if let Some(pool) = self.mem.sends.as_mut() {
+            RingOutbox {
+                ring: &mut self.ring,
+                pool,
+                errors: &mut self.errors,
+            }
+            .flush();
+        }
     }
 }
 
@@ -362,10 +383,7 @@ impl Completions for UringLoop {
         match kind {
             SEND => {
                 if let Some(pool) = self.mem.sends.as_mut() {
-                    pool.free.push(key.idx as usize);
-                }
-                if res < 0 {
-                    self.errors.record(io::Error::from_raw_os_error(-res));
+                    pool.completed(key.idx as usize, res, &mut self.errors);
                 }
             }
             LISTENER | RELAY => {
@@ -496,7 +514,7 @@ impl UringLoop {
                 match kind {
                     SEND => {
                         if let Some(pool) = self.mem.sends.as_mut() {
-                            pool.free.push(key.idx as usize);
+                            pool.completed(key.idx as usize, res, &mut self.errors);
                         }
                     }
                     // Datagrams the kernel delivered before the cancel are still served:
@@ -519,6 +537,7 @@ impl UringLoop {
                 }
             }
             self.cqes = cqes;
+            self.flush_sends();
             self.plane.apply_commands(now);
         }
         if self.receiving > 0 || self.mem.sends.as_ref().is_some_and(|p| p.in_flight() > 0) {
