@@ -56,7 +56,10 @@ const ECHO_RATE: u64 = 10_000;
 /// nice -20 instead of SCHED_FIFO leaves it 9.6-9.8k/s, but the calls then lose up to
 /// 0.26% (up to 0.09% beyond the ring's share), too near the bound for a test. A box with a
 /// third core carries them all; the relay's own work for them is in the kernel either way.
-const MIN_ECHO_RATE: f64 = 4_000.0;
+/// With the Chromium call beside it (stop 23) the browser shares that remainder too: a
+/// fresh-clone CI run sent 4,091/s, so the floor is 3,000/s (33,000 echoes in the window:
+/// the 0.1% bound still means 33 packets).
+const MIN_ECHO_RATE: f64 = 3_000.0;
 /// Longer than the flood: setup and the wait for the flood to start come first.
 const LOAD_SECS: u64 = 11;
 const LOAD_TIMEOUT: Duration = Duration::from_secs(40);

@@ -51,11 +51,12 @@ const CQ_ENTRIES: u32 = 4 * RING_ENTRIES;
 /// truncated, as in the epoll loop). When they run out, every multishot receive that finds
 /// none ends (ENOBUFS) and is armed again after the batch: at saturation with 1000 relay
 /// sockets, 512 buffers made re-arming about a tenth of the loop's CPU (io_recvmsg_prep,
-/// io_msg_copy_hdr in a profile of peer → client). The memory is only reserved: the kernel
-/// touches the pages a datagram fills, one for a media packet, so 2048 cost about 8 MiB
-/// resident with small datagrams (128 MiB reserved, resident only under a flood of large
-/// ones).
-const BUFFERS: u16 = 2048;
+/// io_msg_copy_hdr in a profile of peer → client). 2048 was tried (stop 23) and taken back:
+/// the ring hands buffers out in turn, so every one gets its first page touched within
+/// seconds of traffic, 8 MiB resident per busy worker instead of 2, and the flood test's
+/// "RSS flat within 8 MiB" failed (29.9 -> 44.9 MiB with two busy workers); the 50k echoes/s
+/// figures did not differ between 512 and 2048 (BENCHMARKS.md, stop 23).
+const BUFFERS: u16 = 512;
 const BUFFER_SIZE: usize = RECVMSG_OUT + std::mem::size_of::<libc::sockaddr_in6>() + DATAGRAM_MAX;
 /// `struct io_uring_recvmsg_out`, which the kernel writes in front of each datagram.
 const RECVMSG_OUT: usize = 16;
