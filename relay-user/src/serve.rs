@@ -140,7 +140,7 @@ async fn serve(
     config: Config,
     path: Option<std::path::PathBuf>,
     loader: Option<ConfigLoader>,
-    (mut xdp, kernel, forwarding): FastPath,
+    (mut xdp, kernel, mut forwarding): FastPath,
     incoming: Option<Incoming>,
 ) -> anyhow::Result<()> {
     let signals = Signals::new().context("installing the SIGHUP/SIGTERM/SIGINT handlers")?;
@@ -227,6 +227,7 @@ async fn serve(
     let mut tcp_stats = Vec::new();
     let mut tcp_threads = Vec::new();
     let mut tcp_hand_off = None;
+    let mut tcp_gate = None;
     let handed_tcp = incoming
         .as_mut()
         .map(|i| std::mem::take(&mut i.tcp))
@@ -261,6 +262,7 @@ async fn serve(
         tls_reload = tcp.tls;
         tcp_stats = tcp.stats;
         tcp_hand_off = Some(tcp.hand_off);
+        tcp_gate = Some(tcp.gate);
     }
     let mut xdp_status = XdpStatus::of(&config, xdp.as_ref());
     xdp_status.forwarding_off = forwarding
@@ -333,6 +335,12 @@ async fn serve(
                 stop_all(&shards);
                 return Err(e).context("the old process did not commit the handover");
             }
+            // Committed: the host's forwarding and the kernel's settings are this
+            // process's now (before, the old one could still resume with its own).
+            if let Some(f) = forwarding.as_mut() {
+                f.arm();
+            }
+            kernel.with(|m| install_shield(m, &config));
             let took_over = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -350,6 +358,10 @@ async fn serve(
             1
         }
     };
+    // Serving for good (a handover committed): the TCP/TLS workers accept from now on.
+    if let Some(gate) = tcp_gate {
+        gate.open();
+    }
     let mut worker_threads = Vec::with_capacity(planes.len());
     for (name, plane) in planes {
         worker_threads.push(plane.spawn(&name)?);
@@ -686,17 +698,32 @@ fn adopt_xdp(
             "max_allocations changed: the taken-over XDP maps keep their size until a restart"
         );
     }
-    configure_maps(&mut maps, config);
+    // What the old process knew about the maps' completeness stays true; the shield's
+    // settings are written at commit ([`serve`]), so that a refused upgrade leaves the
+    // old process's in the kernel.
+    if handed.clients_lost {
+        maps.set_clients_lost();
+    }
+    maps.set_bandwidth_limits(bandwidth_limits(config));
     let kernel = Kernel::new(maps, xdp.reader());
     Ok((Some(xdp), kernel, Some(forwarding)))
 }
 
 /// The map writer's settings from the config (bandwidth limits, shield).
 fn configure_maps(maps: &mut crate::xdp::XdpMaps, config: &Config) {
-    maps.set_bandwidth_limits(crate::xdp::BandwidthLimits {
+    maps.set_bandwidth_limits(bandwidth_limits(config));
+    install_shield(maps, config);
+}
+
+fn bandwidth_limits(config: &Config) -> crate::xdp::BandwidthLimits {
+    crate::xdp::BandwidthLimits {
         per_allocation: config.max_bps_per_allocation,
         per_user: config.max_bps_per_user,
-    });
+    }
+}
+
+/// Writes the shield's listeners, relay addresses and settings from `config`.
+fn install_shield(maps: &mut crate::xdp::XdpMaps, config: &Config) {
     // Without its settings the shield stays off: the program passes up what it does not
     // forward, as userspace's own checks expect.
     if let Err(e) = crate::xdp::shield::install(maps, config) {

@@ -26,6 +26,7 @@ use relay_tests::{
     Topology, TopologyOptions,
     fixture::{attach_pass, warm_neighbours},
     load_gen::{Echo, num, spawn_load},
+    metrics::Metrics,
     page::PageCall,
     relay::{Launch, RelayProcess},
     turn_client::new_txid,
@@ -331,26 +332,31 @@ fn xdp_keeps_forwarding_through_two_upgrades_under_load() {
     two_upgrades_under_load(true, RATE_XDP, MAX_LOSS_XDP);
 }
 
-fn two_upgrades_under_load(xdp: bool, rate: u32, max_loss: f64) {
-    let env = Env::start(xdp);
-    let prog = xdp_prog_id(&env.t);
-    assert_eq!(prog.is_some(), xdp, "XDP attached: {prog:?}");
-    let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
+/// The echo peer in the media host (it drops nothing: one in a billion), and a client
+/// with an allocation and [`CHANNEL`] bound to the echo, which answered once.
+fn echo_and_channel(t: &Topology) -> (Echo, String, SocketAddr, Client) {
     let echo_addr = format!("{}:{ECHO_PORT}", t.addrs.media);
-    // The echo drops nothing (one in a billion).
-    let _echo = Echo::start(&t.media, &echo_addr, Some(1_000_000_000));
+    let echo = Echo::start(&t.media, &echo_addr, Some(1_000_000_000));
     let peer: SocketAddr = echo_addr.parse().unwrap();
-
-    // A client of our own whose nonce must stay good across the upgrades.
     let mut client = Client::new(t);
     client.allocate();
-    // A channel bound before the upgrades: the new processes must know it, and refreshing
-    // it (same number, same peer) must pass with the old nonce.
     client.must_pass(Method::CHANNEL_BIND, &|w| {
         w.attr(&ChannelNumber(CHANNEL))?;
         w.attr(&XorPeerAddress(peer)).map(drop)
     });
     client.channel_round_trip(CHANNEL, b"before the upgrades");
+    (echo, echo_addr, peer, client)
+}
+
+fn two_upgrades_under_load(xdp: bool, rate: u32, max_loss: f64) {
+    let env = Env::start(xdp);
+    let prog = xdp_prog_id(&env.t);
+    assert_eq!(prog.is_some(), xdp, "XDP attached: {prog:?}");
+    let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
+    // A client of our own whose nonce must stay good across the upgrades, with a channel
+    // bound before them: the new processes must know it, and refreshing it (same number,
+    // same peer) must pass with the old nonce.
+    let (_echo, echo_addr, peer, client) = echo_and_channel(t);
 
     let server = format!("{}:3478", t.addrs.public);
     let (n, rate_arg) = (ALLOCATIONS.to_string(), rate.to_string());
@@ -470,6 +476,76 @@ fn an_upgrade_to_a_config_the_new_process_refuses_leaves_the_old_one_serving() {
     assert!(ok, "{summary}");
     successors.add(new_pid(&summary));
     client.must_pass(Method::REFRESH, &|w| w.attr(&Lifetime(600)).map(drop));
+}
+
+/// What the XDP path needs on the relay host: each XDP interface's IPv4 forwarding
+/// sysctl, and whether the `inet relay_guard` table is there.
+fn forwarding_state(t: &Topology) -> (Vec<String>, bool) {
+    let sysctls = [&t.relay_external_if, &t.relay_internal_if]
+        .iter()
+        .map(|i| {
+            t.relay
+                .exec("sysctl", &["-n", &format!("net.ipv4.conf.{i}.forwarding")])
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    let table = t
+        .relay
+        .exec("nft", &["list", "table", "inet", "relay_guard"])
+        .is_ok();
+    (sysctls, table)
+}
+
+/// Packets the kernel relayed (both directions), from the relay's `/metrics`.
+fn kernel_forwarded(t: &Topology) -> f64 {
+    let m = Metrics::scrape(&t.relay, "127.0.0.1:9641", None);
+    m.value("relay_xdp_packets_total{reason=\"forwarded_to_peer\"}")
+        + m.value("relay_xdp_packets_total{reason=\"forwarded_to_client\"}")
+}
+
+#[test]
+fn xdp_an_upgrade_the_new_process_refuses_after_taking_the_kernel_path_leaves_forwarding_on() {
+    let env = Env::start(true);
+    let (t, relay, runtime) = (&env.t, &env.relay, &env.runtime);
+    let prog = xdp_prog_id(t);
+    assert!(prog.is_some(), "XDP not attached");
+    let (_echo, _, _, client) = echo_and_channel(t);
+    let before = forwarding_state(t);
+    assert_eq!(before, (vec!["1".to_owned(), "1".to_owned()], true));
+
+    // Another UDP listener: the new process loads the config, takes the program, maps
+    // and forwarding guard over, and only then finds the listeners differ and refuses.
+    relay.rewrite_config(&relay_config(t, "example.org", true).replace(":3478\"", ":3479\""));
+    let (ok, text) = upgrade(relay, runtime);
+    assert!(!ok, "the upgrade passed: {text}");
+    assert!(text.contains("UDP listeners"), "reason not given: {text}");
+    relay
+        .wait_for_log("upgrade failed", Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(relay.unexpected_stop().is_none());
+    // The refused process left the host as the old one set it up.
+    assert_eq!(
+        forwarding_state(t),
+        before,
+        "forwarding undone by the refused process"
+    );
+    assert_eq!(xdp_prog_id(t), prog, "the XDP program changed");
+    // And the kernel still relays the old process's channel.
+    let forwarded = kernel_forwarded(t);
+    for i in 0..5u8 {
+        client.channel_round_trip(CHANNEL, &[i; 64]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kernel_forwarded(t) < forwarded + 10.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel relayed {} of the 10 datagrams after the refused upgrade",
+            kernel_forwarded(t) - forwarded
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -34,6 +34,10 @@ pub struct KernelManifest {
     pub max_allocations: u32,
     pub attached: Vec<AttachedInfo>,
     pub forwarding: GuardState,
+    /// A UDP allocation of the old process failed to reach CLIENTS: the kernel does not
+    /// know every client, and the new process must not claim it does.
+    #[serde(default)]
+    pub clients_lost: bool,
 }
 
 impl KernelManifest {
@@ -48,6 +52,7 @@ pub fn describe<'a>(
     xdp: &'a XdpPath,
     max_allocations: u32,
     forwarding: Option<&ForwardingGuard>,
+    clients_lost: bool,
 ) -> Result<(KernelManifest, Vec<BorrowedFd<'a>>), AdoptError> {
     let (maps, links) = xdp.handover_fds()?;
     let mut fds = maps;
@@ -61,6 +66,7 @@ pub fn describe<'a>(
         max_allocations,
         attached,
         forwarding: forwarding.map(ForwardingGuard::state).unwrap_or_default(),
+        clients_lost,
     };
     Ok((manifest, fds))
 }
@@ -81,7 +87,8 @@ pub fn changed_program() -> Option<String> {
     })
 }
 
-/// The new process's side: the path (holding the links), its map writer, and the guard.
+/// The new process's side: the path (holding the links), its map writer, and the guard
+/// (not armed: see [`ForwardingGuard::adopt`]).
 pub fn adopt(
     manifest: &KernelManifest,
     fds: Vec<OwnedFd>,

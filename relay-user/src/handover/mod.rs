@@ -172,6 +172,13 @@ impl Spawned {
         Err(self.fail(verdict))
     }
 
+    /// The old process gave up before handing over (it resumes): the new process is
+    /// stopped and reaped, not left waiting or a zombie until this one exits.
+    pub fn abandon(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The error for an answer other than the expected one; the new process is stopped
     /// (it must not linger half-started, reading from sockets this process keeps).
     fn fail(&mut self, got: io::Result<(u8, Vec<u8>, Vec<OwnedFd>)>) -> HandoverError {

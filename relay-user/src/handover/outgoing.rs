@@ -94,6 +94,7 @@ impl Running {
                     t.listeners()
                 }
                 Err(e) => {
+                    spawned.abandon();
                     self.resume(planes).await;
                     return Err(e);
                 }
@@ -113,9 +114,19 @@ impl Running {
         }
         fds.extend(tcp_fds);
         let relay_sockets = fds.len();
+        let clients_lost = self
+            .control
+            .kernel()
+            .with(|m| m.clients_lost())
+            .unwrap_or(false);
         let described = self.xdp.as_ref().map(|x| {
-            super::kernel::describe(x, x.max_allocations(), self.forwarding.as_ref())
-                .map(|(k, kfds)| (k, kfds.iter().map(|fd| fd.as_raw_fd()).collect::<Vec<_>>()))
+            super::kernel::describe(
+                x,
+                x.max_allocations(),
+                self.forwarding.as_ref(),
+                clients_lost,
+            )
+            .map(|(k, kfds)| (k, kfds.iter().map(|fd| fd.as_raw_fd()).collect::<Vec<_>>()))
         });
         let kernel = match described {
             Some(Ok((k, kfds))) => {
@@ -123,6 +134,7 @@ impl Running {
                 Some(k)
             }
             Some(Err(e)) => {
+                spawned.abandon();
                 self.resume(planes).await;
                 return Err(e.to_string());
             }

@@ -138,6 +138,11 @@ impl<T> RelaySockets<T> {
         self.retired.push(sock);
     }
 
+    /// The descriptors [`bury`](Self::bury) closes next.
+    pub fn retired_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.retired.iter().map(|s| s.as_raw_fd())
+    }
+
     /// Closes the retired sockets: call once the sends queued so far were handed to the
     /// kernel (which then holds its own reference to their sockets).
     pub fn bury(&mut self) {

@@ -38,7 +38,7 @@ mod workers;
 
 use std::{
     sync::{
-        Arc, Mutex,
+        Arc, Condvar, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
@@ -85,6 +85,50 @@ pub struct TcpShards {
     pub stats: Vec<(String, Arc<Stats>)>,
     /// What an upgrade hands over.
     pub hand_off: HandOff,
+    /// The workers wait at it before they accept anything.
+    pub gate: StartGate,
+}
+
+/// Holds the TCP/TLS workers back until the relay is committed to serving: an upgrade's
+/// new process must not accept connections (nor allocate ports beside the old process)
+/// before the old one committed the handover. Dropped unopened, the workers end without
+/// having served.
+pub struct StartGate(Arc<(Mutex<Option<bool>>, Condvar)>);
+
+impl StartGate {
+    fn new() -> Self {
+        Self(Arc::new((Mutex::new(None), Condvar::new())))
+    }
+
+    /// The workers start serving.
+    pub fn open(self) {
+        self.set(true);
+    }
+
+    fn set(&self, go: bool) {
+        let (state, cv) = &*self.0;
+        let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+        if s.is_none() {
+            *s = Some(go);
+        }
+        cv.notify_all();
+    }
+
+    /// Waits until the gate opens (`true`) or is dropped (`false`).
+    fn wait(gate: &(Mutex<Option<bool>>, Condvar)) -> bool {
+        let (state, cv) = gate;
+        let s = state.lock().unwrap_or_else(|p| p.into_inner());
+        let s = cv
+            .wait_while(s, |s| s.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        s.unwrap_or(false)
+    }
+}
+
+impl Drop for StartGate {
+    fn drop(&mut self) {
+        self.set(false);
+    }
 }
 
 /// The client listeners as an upgrade sends them to the new process: each listener's
@@ -205,6 +249,8 @@ pub fn spawn(
         config.tcp.max_connections_per_source,
     );
     let listening = Arc::new(AtomicBool::new(true));
+    let gate = StartGate::new();
+    let held = gate.0.clone();
     let mut shards = TcpShards {
         threads: Vec::with_capacity(n),
         tls: tls.clone(),
@@ -213,6 +259,7 @@ pub fn spawn(
             groups,
             listening: listening.clone(),
         },
+        gate,
     };
     for (w, listeners) in workers.into_iter().zip(listeners) {
         let mut state = state::State::new(
@@ -228,9 +275,14 @@ pub fn spawn(
         shards.stats.push((w.name.clone(), state.stats.clone()));
         let watch = watch.clone();
         let (inbox, name) = (w.inbox, w.name.clone());
+        let held = held.clone();
         let thread = std::thread::Builder::new()
             .name(w.name.clone())
             .spawn(move || {
+                if !StartGate::wait(&held) {
+                    drop(watch);
+                    return state.server;
+                }
                 let server = run(&name, engine, state, inbox);
                 drop(watch);
                 server

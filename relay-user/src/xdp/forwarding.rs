@@ -150,6 +150,9 @@ pub struct ForwardingGuard {
     table: bool,
     /// Why forwarding is off where the fast path needs it, for the status page.
     off_reason: Option<String>,
+    /// Taken over in an upgrade not yet committed: the previous process may still resume
+    /// with it, so dropping it leaves the host alone ([`ForwardingGuard::arm`]).
+    pending: bool,
 }
 
 impl ForwardingGuard {
@@ -168,6 +171,9 @@ impl ForwardingGuard {
 
 impl Drop for ForwardingGuard {
     fn drop(&mut self) {
+        if self.pending {
+            return;
+        }
         // Forwarding off first, then the guard: never forwarding without it.
         for c in self.changes.iter().rev() {
             c.restore();
@@ -204,7 +210,9 @@ impl ForwardingGuard {
     }
 
     /// The guard the previous process handed over: the host keeps its settings and table,
-    /// and this process restores them at its exit.
+    /// and this process restores them at its exit, once [armed](ForwardingGuard::arm).
+    /// Until then dropping it changes nothing: a new process that fails before the
+    /// handover commits must not undo the forwarding the old one resumes with.
     pub fn adopt(state: GuardState) -> Self {
         let changes: Vec<Change> = state
             .records
@@ -222,7 +230,14 @@ impl ForwardingGuard {
             changes,
             table: state.table,
             off_reason: state.off_reason,
+            pending: true,
         }
+    }
+
+    /// The handover committed: this process owns the host's forwarding now and restores
+    /// it at its exit.
+    pub fn arm(&mut self) {
+        self.pending = false;
     }
 
     /// A new process took this guard over: this one exits without restoring anything.
@@ -351,6 +366,7 @@ fn enable(interfaces: &[&str], knobs: &[Knob]) -> ForwardingGuard {
             )),
             changes: Vec::new(),
             table: false,
+            pending: false,
         };
     }
     if !routed.is_empty() {
@@ -362,6 +378,7 @@ fn enable(interfaces: &[&str], knobs: &[Knob]) -> ForwardingGuard {
         changes: Vec::new(),
         table: true,
         off_reason: None,
+        pending: false,
     };
     for c in planned {
         let name = c.knob.sysctl_name(&c.interface);

@@ -184,6 +184,18 @@ impl<W: MapWriter> XdpMaps<W> {
         self.maps.shield_config(config)
     }
 
+    /// Whether some UDP allocation failed to reach CLIENTS (so the kernel cannot know
+    /// every client); an upgrade carries it to the new process.
+    pub fn clients_lost(&self) -> bool {
+        self.clients_lost
+    }
+
+    /// The previous process had lost a client (see [`XdpMaps::clients_lost`]): the
+    /// shield settings written from now on keep [`SHIELD_ALL_CLIENTS_KNOWN`] off.
+    pub fn set_clients_lost(&mut self) {
+        self.clients_lost = true;
+    }
+
     /// A UDP allocation is missing from CLIENTS: the kernel can no longer tell ChannelData
     /// from strangers by their absence there.
     fn clients_unknown(&mut self) {

@@ -285,7 +285,11 @@ impl UringLoop {
                     break;
                 }
             }
-            // The sends of the last batch are submitted: sockets closed meanwhile may go.
+            // The sends of the last batch are submitted: sockets closed meanwhile may go
+            // (a refused GSO run of theirs is then not sent again on a reused number).
+            if let Some(pool) = self.mem.sends.as_mut() {
+                pool.closing(self.plane.relays.retired_fds());
+            }
             self.plane.relays.bury();
             let now = Instant::now();
             self.reap_and_apply(now);

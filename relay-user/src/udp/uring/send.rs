@@ -82,6 +82,16 @@ impl SendPool {
         SEND_SLOTS - self.free.len() - usize::from(self.open.is_some())
     }
 
+    /// `fds` are about to close (their sends are submitted; the kernel holds its own
+    /// references): the sends in flight on them must not be retried on those numbers.
+    pub(super) fn closing(&mut self, fds: impl Iterator<Item = RawFd>) {
+        for fd in fds {
+            for s in self.slots.iter_mut().filter(|s| s.fd == fd) {
+                s.fd = -1;
+            }
+        }
+    }
+
     /// The completion of the send in `slot`. A GSO run the kernel refused as a whole (a
     /// segment over the route's MTU, a device without segmentation) goes again datagram
     /// by datagram, as it would have without GSO; then the slot is free.
@@ -96,6 +106,13 @@ impl SendPool {
                     libc::EINVAL | libc::EMSGSIZE | libc::EIO | libc::ENOTSUP
                 );
             match s.to {
+                // Its socket closed after the submit: the descriptor number may name
+                // another socket by now, so the run is dropped, not sent there.
+                Some(_) if gso_refused && s.fd < 0 => {
+                    for _ in 0..s.count {
+                        errors.record(std::io::Error::from_raw_os_error(-res));
+                    }
+                }
                 Some(to) if gso_refused => {
                     for d in s.buf[..s.len].chunks(s.segment) {
                         send_now(s.fd, d, &to, errors);
@@ -315,19 +332,45 @@ mod tests {
         assert_eq!(pool.free.len(), SEND_SLOTS);
     }
 
-    #[test]
-    fn a_run_the_kernel_refuses_goes_again_datagram_by_datagram() {
+    /// A run of three datagrams queued and refused by the kernel as a whole (a segment
+    /// over the route's MTU); `closed`: its socket closed after the submit. What reached
+    /// the destination, and the errors counted.
+    fn refused_run(closed: bool) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, u64) {
         let mut ring = IoUring::new(8).unwrap();
         let (tx, rx) = pair();
         let to = rx.local_addr().unwrap();
         let (mut pool, mut errors) = (SendPool::new(), SendErrors::default());
         let sent = vec![vec![1u8; 300], vec![2; 300], vec![3; 300]];
         push_all(&mut ring, &mut pool, &mut errors, (&tx, to), &sent, false);
-        // As if queued and refused (a segment over the route's MTU).
         let slot = pool.open.take().unwrap();
+        if closed {
+            // Its number may belong to another socket by the completion (here: the same
+            // one, still open, which would receive a resend).
+            pool.closing([tx.as_raw_fd()].into_iter());
+        }
         pool.completed(slot, -libc::EMSGSIZE, &mut errors);
-        assert_eq!(received(&rx, 3), sent);
-        assert_eq!(errors.total, 0);
         assert_eq!(pool.free.len(), SEND_SLOTS);
+        rx.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut got = Vec::new();
+        let mut b = [0u8; 2048];
+        while let Ok(k) = rx.recv(&mut b) {
+            got.push(b[..k].to_vec());
+        }
+        (sent, got, errors.total)
+    }
+
+    #[test]
+    fn a_run_the_kernel_refuses_goes_again_datagram_by_datagram() {
+        let (sent, got, errors) = refused_run(false);
+        assert_eq!(got, sent);
+        assert_eq!(errors, 0);
+    }
+
+    #[test]
+    fn a_refused_run_of_a_closed_socket_is_dropped_not_resent_on_its_number() {
+        let (_, got, errors) = refused_run(true);
+        assert!(got.is_empty(), "sent on a closed socket's number: {got:?}");
+        assert_eq!(errors, 3);
     }
 }
