@@ -340,6 +340,9 @@ async fn serve(
             if let Some(f) = forwarding.as_mut() {
                 f.arm();
             }
+            if let Some(x) = xdp.as_mut() {
+                x.mark_committed();
+            }
             kernel.with(|m| install_shield(m, &config));
             let took_over = SystemTime::now()
                 .duration_since(UNIX_EPOCH)

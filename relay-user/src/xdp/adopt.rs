@@ -199,6 +199,7 @@ impl XdpPath {
             reader,
             handed,
             handed_over: false,
+            adopted_uncommitted: true,
         };
         Ok((path, maps))
     }

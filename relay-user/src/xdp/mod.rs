@@ -80,6 +80,9 @@ pub struct XdpPath {
     handed: Vec<(&'static str, std::os::fd::OwnedFd)>,
     /// A new process holds the links now: dropping this closes only our descriptors.
     handed_over: bool,
+    /// Taken over from a running relay that has not committed the handover yet: it still
+    /// holds the links, so dropping this (a refused upgrade) detaches nothing.
+    adopted_uncommitted: bool,
 }
 
 impl XdpPath {
@@ -130,6 +133,7 @@ impl XdpPath {
             reader,
             handed,
             handed_over: false,
+            adopted_uncommitted: false,
         })
     }
 
@@ -196,6 +200,12 @@ impl XdpPath {
     pub fn mark_handed_over(&mut self) {
         self.handed_over = true;
     }
+
+    /// The old process committed the handover: the links are this process's alone now,
+    /// and dropping this path detaches the program.
+    pub fn mark_committed(&mut self) {
+        self.adopted_uncommitted = false;
+    }
 }
 
 impl Drop for XdpPath {
@@ -203,6 +213,8 @@ impl Drop for XdpPath {
         for a in &self.attached {
             if self.handed_over {
                 tracing::info!(interface = %a.interface, "XDP program stays attached for the new process");
+            } else if self.adopted_uncommitted {
+                tracing::info!(interface = %a.interface, "XDP program stays attached: the running relay that offered the handover keeps it");
             } else {
                 tracing::info!(interface = %a.interface, "XDP program detached");
             }
