@@ -34,6 +34,48 @@ pub fn set_buffers(fd: RawFd, bytes: libc::c_int) {
     }
 }
 
+/// Like [`set_buffers`], but past `net.core.[rw]mem_max` where the process may
+/// (`SO_RCVBUFFORCE` needs CAP_NET_ADMIN): for load tools whose own socket must not be
+/// the place a burst is lost. Falls back to the capped request.
+pub fn set_buffers_force(fd: RawFd, bytes: libc::c_int) {
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if set_int(fd, libc::SOL_SOCKET, force, bytes).is_err() {
+            let _ = set_int(fd, libc::SOL_SOCKET, plain, bytes);
+        }
+    }
+}
+
+/// Datagrams the kernel dropped on this socket so far (a full receive buffer, mostly):
+/// `SO_MEMINFO`'s `SK_MEMINFO_DROPS`. Lets a load tool tell its own losses from the
+/// network's.
+pub fn receive_drops(fd: RawFd) -> io::Result<u32> {
+    // SK_MEMINFO_VARS is 9 in every kernel that has SO_MEMINFO (4.6+); DROPS is the last.
+    const SK_MEMINFO_VARS: usize = 9;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut v = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&v) as libc::socklen_t;
+    // SAFETY: valid out-pointers of the sizes given.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            v.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < std::mem::size_of_val(&v) {
+        return Err(io::Error::other("SO_MEMINFO answered without a drop count"));
+    }
+    Ok(v[SK_MEMINFO_DROPS])
+}
+
 #[cfg(test)]
 mod tests {
     use std::{net::UdpSocket, os::fd::AsRawFd};
@@ -58,5 +100,21 @@ mod tests {
         // The kernel doubles what it grants (bookkeeping); the default is far smaller.
         assert!(v >= 1 << 18, "{v}");
         assert!(super::set_int(-1, libc::SOL_SOCKET, libc::SO_RCVBUF, 1).is_err());
+    }
+
+    #[test]
+    fn receive_drops_counts_a_full_buffer() {
+        use std::net::UdpSocket;
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        super::set_int(rx.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 4096).unwrap();
+        assert_eq!(super::receive_drops(rx.as_raw_fd()).unwrap(), 0);
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            tx.send_to(&[0u8; 1000], rx.local_addr().unwrap()).unwrap();
+        }
+        // A 4 KiB buffer (the kernel doubles it, then counts skb overhead) holds a few of
+        // the 200; loopback delivers synchronously, so the rest are dropped by now.
+        assert!(super::receive_drops(rx.as_raw_fd()).unwrap() > 100);
+        assert!(super::receive_drops(-1).is_err());
     }
 }

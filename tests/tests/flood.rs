@@ -149,7 +149,7 @@ fn junk_flood_is_dropped_in_the_kernel_while_calls_go_on() {
     let env = Deployment::start_kernel_path(opts, |t| start_relay(&t.relay, &config(t)));
     let t = &env.topo;
     let echo_addr = SocketAddr::from((t.addrs.media, ECHO_PORT)).to_string();
-    let _echo = Echo::start_under(&t.media, CALLS_FIRST, &echo_addr, None);
+    let echo = Echo::start_under(&t.media, CALLS_FIRST, &echo_addr, None);
 
     // The relay NIC's receive work on its own core, apart from the sender's.
     flood::set_threaded_napi(t.relay.name(), &t.relay_external_if).expect("threaded NAPI");
@@ -305,13 +305,34 @@ fn junk_flood_is_dropped_in_the_kernel_while_calls_go_on() {
         // rig's, not the relay's; the issue's 0.1% is on top of it. (Measured: ring drops of
         // 0.2-1.1% of the flood went with call losses of 0.01-0.21%.)
         let ring_share = ring_dropped as f64 / (reached + ring_dropped).max(1) as f64;
+        // The same goes for the echoes the calls' own processes dropped because their
+        // socket buffers were full: on this box they share a core with the NIC's NAPI
+        // thread, and a CI run once saw them kept off it for 0.9 s (RTT max 893 ms, 8.5%
+        // "lost"). Both count those drops in the kernel (SO_MEMINFO); the relay's loss is
+        // what is left.
+        let echo_report = echo.finish();
+        let echo_stats: Value = serde_json::from_str(&echo_report)
+            .unwrap_or_else(|e| panic!("relay load echo output is not JSON ({e}): {echo_report}"));
+        let echo_drops = echo_stats["socket_drops"]
+            .as_u64()
+            .expect("echo socket drops");
+        let gen_drops = report["traffic"]["socket_drops"]
+            .as_u64()
+            .expect("generator socket drops");
+        let sent_total = report["traffic"]["sent"].as_u64().expect("sent").max(1);
+        let rig_share = (echo_drops + gen_drops) as f64 / sent_total as f64;
+        eprintln!(
+            "flood: the calls' own sockets dropped {echo_drops} (echo) + {gen_drops} \
+             (generator) of {sent_total} echoes"
+        );
         assert!(
-            loss <= MAX_LOSS + ring_share,
+            loss <= MAX_LOSS + ring_share + rig_share,
             "relay load lost {:.3}% under the flood (at most {:.1}% plus the {:.2}% the veth \
-             ring dropped): {report:#}",
+             ring dropped plus the {:.2}% the calls' own sockets dropped): {report:#}",
             loss * 100.0,
             MAX_LOSS * 100.0,
-            ring_share * 100.0
+            ring_share * 100.0,
+            rig_share * 100.0
         );
         assert!(
             cpu < MAX_CPU,

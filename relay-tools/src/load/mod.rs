@@ -334,6 +334,7 @@ fn run_load(a: &LoadArgs, stop: &Arc<AtomicBool>) -> Result<i32, RunError> {
             last_send_error: traffic.last_send_error.clone(),
             behind: traffic.behind,
             foreign: traffic.foreign,
+            socket_drops: traffic.socket_drops,
             rtt_us: Percentiles::of(&traffic.rtt),
         }
     });

@@ -86,6 +86,9 @@ pub struct TrafficReport {
     pub behind: u64,
     /// Datagrams that were not a probe of the allocation they arrived on.
     pub foreign: u64,
+    /// Echoes dropped at this generator's own sockets (it was too busy to read them):
+    /// part of `lost`, but this host's, not the server's.
+    pub socket_drops: u64,
     pub rtt_us: Percentiles,
 }
 
@@ -199,17 +202,19 @@ impl fmt::Display for Report {
                 "  rtt          p50 {:.0} us, p90 {:.0} us, p99 {:.0} us, max {:.0} us",
                 t.rtt_us.p50, t.rtt_us.p90, t.rtt_us.p99, t.rtt_us.max
             )?;
-            if t.send_errors > 0 || t.behind > 0 || t.foreign > 0 {
+            if t.send_errors > 0 || t.behind > 0 || t.foreign > 0 || t.socket_drops > 0 {
                 writeln!(
                     f,
-                    "  problems     {} send errors{}, {} behind schedule, {} foreign",
+                    "  problems     {} send errors{}, {} behind schedule, {} foreign, \
+                     {} dropped at this host's sockets",
                     t.send_errors,
                     t.last_send_error
                         .as_deref()
                         .map(|e| format!(" (last: {e})"))
                         .unwrap_or_default(),
                     t.behind,
-                    t.foreign
+                    t.foreign,
+                    t.socket_drops
                 )?;
             }
             let c = &self.cpu.traffic;

@@ -122,6 +122,9 @@ pub struct TrafficStats {
     pub behind: u64,
     /// Datagrams that were no probe of the allocation they arrived on.
     pub foreign: u64,
+    /// Echoes the kernel dropped at the generator's own UDP sockets (full buffers: this
+    /// host was too busy to read them), counted in the loss but not the relay's.
+    pub socket_drops: u64,
     pub rtt: Hist,
 }
 
@@ -135,6 +138,7 @@ impl TrafficStats {
             last_send_error: None,
             behind: 0,
             foreign: 0,
+            socket_drops: 0,
             rtt: new_hist(),
         }
     }
@@ -149,6 +153,7 @@ impl TrafficStats {
         }
         self.behind += o.behind;
         self.foreign += o.foreign;
+        self.socket_drops += o.socket_drops;
         let _ = self.rtt.add(&o.rtt);
     }
 }

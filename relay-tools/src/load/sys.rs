@@ -30,9 +30,16 @@ pub fn connected_udp(local: SocketAddr, remote: SocketAddr) -> io::Result<UdpSoc
     Ok(sock)
 }
 
-/// Best effort: a smaller buffer only means loss shows up earlier.
+/// Best effort: a smaller buffer only means loss shows up earlier. Past
+/// `net.core.rmem_max` when run as root: a generator's own socket is not where a relay's
+/// loss should be measured.
 pub fn set_buffers(fd: RawFd) {
-    relay_sys::sockopt::set_buffers(fd, SOCKET_BUFFER);
+    relay_sys::sockopt::set_buffers_force(fd, SOCKET_BUFFER);
+}
+
+/// Datagrams this socket's receive buffer dropped (the tool was too slow), 0 if unknown.
+pub fn receive_drops(fd: RawFd) -> u64 {
+    relay_sys::sockopt::receive_drops(fd).map_or(0, u64::from)
 }
 
 /// `send` on a connected socket without blocking.

@@ -167,6 +167,14 @@ impl Worker {
         if let Some(&(start, end)) = shared.window.get() {
             self.traffic(start, end);
             self.drain(end);
+            self.traffic.socket_drops = self
+                .allocs
+                .iter()
+                .map(|a| match &a.conn {
+                    Some(Conn::Udp(s)) => sys::receive_drops(s.as_raw_fd()),
+                    _ => 0,
+                })
+                .sum();
         }
         if self.plan.delete {
             self.teardown();
