@@ -1,18 +1,29 @@
 //! `relay serve`: logging, the core, the UDP data path and the XDP fast path, until
 //! SIGINT/SIGTERM.
+//!
+//! This file is the sequence (load the config, take the kernel path, start the shards,
+//! confirm a handover, serve until a signal, stop); what the steps ask of the kernel
+//! program is in [`fast_path`], and how many workers run and whether a handover's
+//! listeners fit the config in [`workers`]. The split follows what changes together: the
+//! XDP setup moves with the kernel program, the worker counts with the listeners.
+
+mod fast_path;
+mod workers;
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use fast_path::{FastPath, adopt_xdp, start_xdp, still_needed};
+use workers::{check_handed_listeners, shard_exited, tcp_workers_for, udp_workers};
 
 use crate::{
     cli::ServeArgs,
-    config::{AttachMode, Config, Listener, Transport},
+    config::{Config, Listener, Transport},
     control::{ConfigLoader, Control, Signals, XdpStatus},
     handover::{Incoming, Pending, Running, control_socket},
-    shard::{self, Kernel, ShardHandle},
+    shard::{self, ShardHandle},
     udp::Dataplane,
-    xdp::{ForwardingGuard, XdpPath},
+    xdp::XdpPath,
 };
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -86,26 +97,6 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(serve(config, path, loader, fast_path, incoming))
-}
-
-/// The kernel program (if it runs), its maps as the shards use them, and the forwarding
-/// it needs (restored when dropped).
-type FastPath = (Option<XdpPath>, Kernel, Option<ForwardingGuard>);
-
-/// What the relay needs capabilities for once the fast path is set up.
-fn still_needed(config: &Config, (xdp, _, forwarding): &FastPath) -> crate::privileges::Needs {
-    use crate::privileges::is_privileged_port;
-    let low_ports = config
-        .listeners
-        .iter()
-        .map(|l| l.address.port())
-        .chain([config.admin.address.port(), config.ports.low])
-        .any(is_privileged_port);
-    crate::privileges::Needs {
-        teardown: forwarding.as_ref().is_some_and(|f| f.restores_at_exit()),
-        low_ports,
-        bpf_maps: xdp.is_some() && crate::privileges::bpf_calls_need_cap(),
-    }
 }
 
 /// Command-line flags win over the file.
@@ -337,13 +328,7 @@ async fn serve(
             }
             // Committed: the host's forwarding and the kernel's settings are this
             // process's now (before, the old one could still resume with its own).
-            if let Some(f) = forwarding.as_mut() {
-                f.arm();
-            }
-            if let Some(x) = xdp.as_mut() {
-                x.mark_committed();
-            }
-            kernel.with(|m| install_shield(m, &config));
+            fast_path::commit(xdp.as_mut(), &kernel, forwarding.as_mut(), &config);
             let took_over = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -513,87 +498,6 @@ enum End {
     HandedOver,
 }
 
-/// The UDP listeners a handover brings must be the ones the config asks for: the
-/// sockets are kept, not bound anew. The number of workers is the handed-over one.
-fn check_handed_listeners(
-    config: &Config,
-    udp: &[std::net::SocketAddr],
-    manifest: &crate::handover::Manifest,
-) -> anyhow::Result<usize> {
-    let workers = manifest.workers.len();
-    if manifest.snapshot.shards.len() != workers {
-        anyhow::bail!(
-            "the handover names {workers} UDP workers but its snapshot has {} shards",
-            manifest.snapshot.shards.len()
-        );
-    }
-    for w in &manifest.workers {
-        if w.listeners != udp {
-            anyhow::bail!(
-                "the config's UDP listeners ({}) differ from the running relay's ({}): an upgrade keeps the listeners; restart to change them",
-                list(udp),
-                list(&w.listeners)
-            );
-        }
-    }
-    let configured = udp_workers(config);
-    if configured != workers {
-        tracing::warn!(
-            configured,
-            kept = workers,
-            "[udp] workers differs from the running relay's: the handed-over count stays (the sockets' SO_REUSEPORT groups); restart to change it"
-        );
-    }
-    Ok(workers)
-}
-
-/// How many TCP/TLS workers run: `[tcp] workers`, or after an upgrade the handed-over
-/// count (each worker has its member of every listener's SO_REUSEPORT group, and the
-/// group's steering program picks among that many). The config's TCP/TLS listeners must
-/// be the handed-over ones.
-fn tcp_workers_for(
-    config: &Config,
-    handed: &[crate::handover::tcp::Group],
-) -> anyhow::Result<usize> {
-    let configured = per_cpu(config.tcp.workers);
-    let Some((_, first)) = handed.first() else {
-        return Ok(configured);
-    };
-    let mut wanted: Vec<_> = config
-        .listeners
-        .iter()
-        .filter(|l| l.transports.iter().any(|t| *t != Transport::Udp))
-        .map(|l| l.address)
-        .collect();
-    let mut got: Vec<_> = handed.iter().map(|(a, _)| *a).collect();
-    wanted.sort();
-    got.sort();
-    if wanted != got {
-        anyhow::bail!(
-            "the config's TCP/TLS listeners ({}) differ from the running relay's ({}): an upgrade keeps the listeners; restart to change them",
-            list(&wanted),
-            list(&got)
-        );
-    }
-    let kept = first.len();
-    if configured != kept {
-        tracing::warn!(
-            configured,
-            kept,
-            "[tcp] workers differs from the running relay's: the handed-over count stays (the listeners' SO_REUSEPORT groups and their steering program); restart to change it"
-        );
-    }
-    Ok(kept)
-}
-
-fn list(addrs: &[std::net::SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// The host's locally routed prefixes (its own addresses), which the peer policy refuses
 /// besides the configured ones; `None` (logged) if netlink cannot tell: then only the
 /// configured listener, admin and relay addresses count as the relay host.
@@ -609,127 +513,5 @@ fn local_prefixes() -> Option<Vec<ipnet::IpNet>> {
                 "cannot read the local routing table over netlink: only the configured listener, admin and relay addresses are refused as peers; other addresses of this host are not");
             None
         }
-    }
-}
-
-/// `[udp] workers`, with 0 resolved to the CPUs this process may run on.
-fn udp_workers(config: &Config) -> usize {
-    per_cpu(config.udp_workers)
-}
-
-/// A `workers` setting (`[udp]`, `[tcp]`) with 0 resolved to the CPUs this process may
-/// run on (its affinity mask and cgroup quota).
-fn per_cpu(configured: usize) -> usize {
-    match configured {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
-}
-
-/// Resolves when one of the UDP or TCP/TLS workers has ended (they only end on their
-/// own after a fatal error or a panic); its name.
-async fn shard_exited(
-    workers: &[std::thread::JoinHandle<Dataplane>],
-    tcp: &[std::thread::JoinHandle<relay_proto::server::Server>],
-) -> String {
-    loop {
-        let finished = workers
-            .iter()
-            .find(|t| t.is_finished())
-            .map(|t| t.thread())
-            .or(tcp.iter().find(|t| t.is_finished()).map(|t| t.thread()));
-        if let Some(t) = finished {
-            return t.name().unwrap_or("unnamed").to_owned();
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    }
-}
-
-/// Loads and attaches the kernel program, makes forwarding what its FIB lookups need
-/// (`[xdp] forwarding`), and hands its maps to the shards. With `auto`, a failure to load
-/// leaves the relay running on its userspace path, with the reason logged; an explicit
-/// mode makes it fatal, because the operator asked for it.
-fn start_xdp(config: &Config) -> anyhow::Result<FastPath> {
-    let (mode, interfaces) = (config.xdp_mode, &config.xdp_interfaces);
-    if mode == AttachMode::Off || interfaces.is_empty() {
-        tracing::info!("XDP fast path off: relaying in userspace");
-        return Ok((None, Kernel::off(), None));
-    }
-    let max = u32::try_from(config.max_allocations).unwrap_or(u32::MAX);
-    let mut xdp = match XdpPath::load_with(max) {
-        Ok(x) => x,
-        Err(e) if mode == AttachMode::Auto => {
-            tracing::warn!(error = %e, "XDP fast path unavailable: relaying in userspace");
-            return Ok((None, Kernel::off(), None));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    for ifname in interfaces {
-        xdp.attach(ifname, mode)
-            .with_context(|| format!("[xdp] interfaces: `{ifname}`"))?;
-    }
-    let mut maps = xdp.take_maps().context("taking the XDP maps")?;
-    configure_maps(&mut maps, config);
-    let attached: Vec<String> = xdp.attached().iter().map(|a| a.interface.clone()).collect();
-    let ipv6 = config.relay_v6.is_some() || config.listeners.iter().any(|l| l.address.is_ipv6());
-    let forwarding = crate::xdp::setup_forwarding(config.xdp_forwarding, &attached, ipv6);
-    let kernel = Kernel::new(maps, xdp.reader());
-    Ok((Some(xdp), kernel, Some(forwarding)))
-}
-
-/// Takes over the previous process's program, maps and forwarding guard
-/// ([`crate::handover::kernel`]). With `[xdp] mode = "off"` in the new config the
-/// program is not taken: it detaches when the previous process exits.
-fn adopt_xdp(
-    config: &Config,
-    handed: &crate::handover::kernel::KernelManifest,
-    fds: Vec<std::os::fd::OwnedFd>,
-) -> anyhow::Result<FastPath> {
-    let (xdp, mut maps, forwarding) =
-        crate::handover::kernel::adopt(handed, fds).context("taking over the XDP fast path")?;
-    if config.xdp_mode == AttachMode::Off || config.xdp_interfaces.is_empty() {
-        tracing::info!(
-            "XDP fast path off in the new config: the previous process's program detaches when it exits"
-        );
-        return Ok((None, Kernel::off(), Some(forwarding)));
-    }
-    let max = u32::try_from(config.max_allocations).unwrap_or(u32::MAX);
-    if max != xdp.max_allocations() {
-        tracing::warn!(
-            maps_sized_for = xdp.max_allocations(),
-            max_allocations = max,
-            "max_allocations changed: the taken-over XDP maps keep their size until a restart"
-        );
-    }
-    // What the old process knew about the maps' completeness stays true; the shield's
-    // settings are written at commit ([`serve`]), so that a refused upgrade leaves the
-    // old process's in the kernel.
-    if handed.clients_lost {
-        maps.set_clients_lost();
-    }
-    maps.set_bandwidth_limits(bandwidth_limits(config));
-    let kernel = Kernel::new(maps, xdp.reader());
-    Ok((Some(xdp), kernel, Some(forwarding)))
-}
-
-/// The map writer's settings from the config (bandwidth limits, shield).
-fn configure_maps(maps: &mut crate::xdp::XdpMaps, config: &Config) {
-    maps.set_bandwidth_limits(bandwidth_limits(config));
-    install_shield(maps, config);
-}
-
-fn bandwidth_limits(config: &Config) -> crate::xdp::BandwidthLimits {
-    crate::xdp::BandwidthLimits {
-        per_allocation: config.max_bps_per_allocation,
-        per_user: config.max_bps_per_user,
-    }
-}
-
-/// Writes the shield's listeners, relay addresses and settings from `config`.
-fn install_shield(maps: &mut crate::xdp::XdpMaps, config: &Config) {
-    // Without its settings the shield stays off: the program passes up what it does not
-    // forward, as userspace's own checks expect.
-    if let Err(e) = crate::xdp::shield::install(maps, config) {
-        tracing::warn!(error = %e, "XDP shield not configured: junk and unauthenticated floods go up to userspace, which drops them at a higher cost");
     }
 }

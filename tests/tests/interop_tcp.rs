@@ -114,7 +114,8 @@ fn start(cfg: Cfg) -> Deployment {
 
 /// `no_io_uring`: the relay runs under a seccomp filter that fails io_uring with EPERM.
 fn start_with(cfg: Cfg, no_io_uring: bool) -> Deployment {
-    raise_open_files();
+    // Thousands of sockets in one test process: lift the soft open-files limit.
+    relay_sys::limits::raise_nofile();
     Deployment::start_tls(TopologyOptions::default(), |topo, leaf| {
         let conf = config(&topo.addrs, cfg);
         let start = || start_tls_relay(&topo.relay, &conf, leaf);
@@ -167,21 +168,6 @@ fn engine_in_use(env: &Deployment) -> String {
         .ok()
         .and_then(|l| field(&l, "engine").map(str::to_owned))
         .unwrap_or_default()
-}
-
-/// Thousands of sockets in one test process: lift the soft open-files limit.
-fn raise_open_files() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: plain syscalls on a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 /// Runs `u` from the client host without loss; its allocations were made over

@@ -396,24 +396,17 @@ fn busy_ratio(window: std::time::Duration) -> f64 {
 }
 
 /// Busy and total ticks of the whole box so far, from /proc/stat.
-fn cpu_ticks() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/stat").ok()?;
-    let v: Vec<u64> = text
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)? + v.get(7)?;
-    Some((busy, busy + v.get(3)? + v.get(4)?))
+fn cpu_ticks() -> Option<relay_sys::procfs::BoxTicks> {
+    relay_sys::procfs::BoxTicks::read().ok()
 }
 
 /// Busy share of the box between two [`cpu_ticks`] readings (0 to 1).
-fn busy_between(a: Option<(u64, u64)>, b: Option<(u64, u64)>) -> f64 {
+fn busy_between(
+    a: Option<relay_sys::procfs::BoxTicks>,
+    b: Option<relay_sys::procfs::BoxTicks>,
+) -> f64 {
     match (a, b) {
-        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+        (Some(a), Some(b)) => a.busy_share_until(b),
         _ => 0.0,
     }
 }

@@ -10,10 +10,14 @@
 //!
 //! Still sans-IO: callers pass `now`, and ports and tokens come from one generator seeded with
 //! [`ServerConfig::port_seed`], so Servers driven from one thread behave deterministically.
+//!
+//! Split in three: this file holds the lock, the pools and what a request or timer does to
+//! them; [`quota`] the limits and owners the counts are kept by (plain data); `handover`
+//! the snapshot's side (taken and restored only at an upgrade).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,68 +30,12 @@ use super::source_rate::{Bucket, SourceBuckets};
 use super::timers::TimerKey;
 use crate::auth::CredentialKind;
 
-/// Allocation quotas in force for the whole relay.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub struct Limits {
-    /// Allocations held at once, all shards together; beyond it 508 (or 300).
-    pub max_allocations: usize,
-    /// Allocations per configured (static) username, all shards together; beyond it 486.
-    pub max_allocations_per_user: usize,
-    /// Allocations per TURN REST username, all shards together; beyond it 486.
-    pub max_allocations_per_rest_user: usize,
-    /// TURN REST allocations per client source ([`source_of`]), all shards together;
-    /// beyond it 486. Static users' allocations are not counted.
-    pub max_allocations_per_source: usize,
-}
+mod handover;
+mod quota;
 
-impl Limits {
-    /// The initial quotas of `config`.
-    pub fn of(config: &ServerConfig) -> Self {
-        Self {
-            max_allocations: config.max_allocations,
-            max_allocations_per_user: config.max_allocations_per_user,
-            max_allocations_per_rest_user: config.max_allocations_per_rest_user,
-            max_allocations_per_source: config.max_allocations_per_source,
-        }
-    }
-
-    /// The per-username quota for `credential`.
-    pub fn per_user(&self, credential: CredentialKind) -> usize {
-        match credential {
-            CredentialKind::Static => self.max_allocations_per_user,
-            CredentialKind::Rest => self.max_allocations_per_rest_user,
-        }
-    }
-}
-
-/// The source a per-source quota counts: the client's IPv4 address, or its IPv6 /64 (one
-/// host or home network; privacy addresses change within it). As an address: the /64's
-/// first one.
-pub fn source_of(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !u128::from(u64::MAX);
-            IpAddr::V6(Ipv6Addr::from(prefix))
-        }
-        v4 => v4,
-    }
-}
-
-/// Whose allocation it is, as the quotas count it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Owner<'a> {
-    pub user: &'a Arc<str>,
-    pub credential: CredentialKind,
-    /// The client's IP address.
-    pub client: IpAddr,
-}
-
-impl Owner<'_> {
-    /// The source key, for allocations a per-source quota counts (REST ones).
-    fn source(&self) -> Option<IpAddr> {
-        (self.credential == CredentialKind::Rest).then(|| source_of(self.client))
-    }
-}
+pub(crate) use quota::Owner;
+use quota::uncount;
+pub use quota::{Limits, source_of};
 
 /// An EVEN-PORT reservation (RFC 8656 §7.2, R bit): `port` is held for the token's owner.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -160,19 +108,6 @@ impl State {
         uncount(&mut self.per_user, &**owner.user);
         if let Some(source) = owner.source() {
             uncount(&mut self.per_source, &source);
-        }
-    }
-}
-
-fn uncount<K, Q>(counts: &mut HashMap<K, usize>, key: &Q)
-where
-    K: std::borrow::Borrow<Q> + std::hash::Hash + Eq,
-    Q: std::hash::Hash + Eq + ?Sized,
-{
-    if let Some(n) = counts.get_mut(key) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(key);
         }
     }
 }
@@ -572,82 +507,6 @@ impl Shared {
         for (&(family, port), &until) in &s.quarantined {
             out.push((until, TimerKey::Quarantine(family, port)));
         }
-    }
-
-    // ----- handover (snapshot.rs) -----------------------------------------------------------
-
-    /// Every reservation and quarantine with its deadline, for a snapshot.
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn held_ports(&self) -> (Vec<([u8; 8], Reservation)>, Vec<(Family, u16, Instant)>) {
-        let s = self.lock();
-        let mut reservations: Vec<_> = s.reservations.iter().map(|(t, r)| (*t, *r)).collect();
-        reservations.sort_by_key(|(t, _)| *t);
-        let mut quarantined: Vec<_> = s
-            .quarantined
-            .iter()
-            .map(|(&(f, p), &until)| (f, p, until))
-            .collect();
-        quarantined.sort_by_key(|&(f, p, _)| (f, p));
-        (reservations, quarantined)
-    }
-
-    /// A reservation of the previous process: its port leaves the pool again. `false` if
-    /// the family has no pool here or the port is taken.
-    pub(crate) fn restore_reservation(&self, token: [u8; 8], r: Reservation) -> bool {
-        let mut s = self.lock();
-        let taken = s.pools[r.family.idx()]
-            .as_mut()
-            .is_some_and(|pool| pool.take(r.port));
-        if taken {
-            s.reservations.insert(token, r);
-        }
-        taken
-    }
-
-    /// A quarantined port of the previous process; `false` as for a reservation.
-    pub(crate) fn restore_quarantine(&self, family: Family, port: u16, until: Instant) -> bool {
-        let mut s = self.lock();
-        let taken = s.pools[family.idx()]
-            .as_mut()
-            .is_some_and(|pool| pool.take(port));
-        if taken {
-            s.quarantined.insert((family, port), until);
-        }
-        taken
-    }
-
-    /// Counts an allocation of the previous process as if admitted here: its relayed ports
-    /// leave the pools, its owner's quotas count it. `Err` names the port that is not free
-    /// (or has no pool); nothing is taken then.
-    pub(crate) fn adopt(
-        &self,
-        owner: Owner<'_>,
-        relayed: &[Option<Relayed>; 2],
-    ) -> Result<(), (Family, u16)> {
-        let mut s = self.lock();
-        let mut taken: Vec<(Family, u16)> = Vec::with_capacity(2);
-        for r in relayed.iter().flatten() {
-            let (family, port) = (Family::of(r.bind.ip()), r.bind.port());
-            let ok = s.pools[family.idx()]
-                .as_mut()
-                .is_some_and(|pool| pool.take(port));
-            if !ok {
-                for (f, p) in taken {
-                    s.release_port(f, p);
-                }
-                return Err((family, port));
-            }
-            taken.push((family, port));
-        }
-        for (family, port) in taken {
-            self.mark_live(family, port, true);
-        }
-        *s.per_user.entry(owner.user.clone()).or_insert(0) += 1;
-        if let Some(source) = owner.source() {
-            *s.per_source.entry(source).or_insert(0) += 1;
-        }
-        self.allocations.fetch_add(1, Ordering::Relaxed);
-        Ok(())
     }
 
     fn mark_live(&self, family: Family, port: u16, on: bool) {

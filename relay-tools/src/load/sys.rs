@@ -1,11 +1,17 @@
 //! The few Linux calls the load generator needs beyond std: epoll, batched UDP I/O on
-//! connected sockets, the open-file limit, and CPU/memory readings from /proc.
+//! connected sockets, the open-file limit, and CPU/memory readings from /proc. The calls
+//! themselves are relay-sys's (shared with the daemon, the benches and the tests); what
+//! stays here is the generator's use of them (its buffer sizes, its event buffer, seconds
+//! rather than ticks).
 
 use std::{
     io,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, RawFd},
 };
+
+use relay_sys::procfs;
+pub use relay_sys::procfs::{rss_kib, softirq_threads};
 
 /// Largest datagram the generator sends or expects back (payload cap plus TURN framing).
 pub const DATAGRAM_MAX: usize = 2048;
@@ -155,14 +161,7 @@ impl Mmsg {
     }
 }
 
-/// Clock ticks per second of /proc's CPU times.
-fn clk_tck() -> f64 {
-    // SAFETY: plain sysconf query.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
-/// Whole-box CPU time from the first line of /proc/stat, in seconds summed over CPUs.
+/// Whole-box CPU time (the `cpu` line of /proc/stat), in seconds summed over CPUs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BoxCpu {
     pub busy_secs: f64,
@@ -171,103 +170,20 @@ pub struct BoxCpu {
 
 impl BoxCpu {
     pub fn read() -> io::Result<Self> {
-        let text = std::fs::read_to_string("/proc/stat")?;
-        Self::parse(&text).ok_or_else(|| io::Error::other("/proc/stat has no `cpu` line"))
-    }
-
-    /// user nice system idle iowait irq softirq steal (guest time is inside user).
-    fn parse(text: &str) -> Option<Self> {
-        let line = text.lines().find(|l| l.starts_with("cpu "))?;
-        let v: Vec<u64> = line
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .map(|f| f.parse().unwrap_or(0))
-            .collect();
-        if v.len() < 8 {
-            return None;
-        }
-        let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-        let total = busy + v[3] + v[4];
-        let tck = clk_tck();
-        Some(Self {
-            busy_secs: busy as f64 / tck,
-            total_secs: total as f64 / tck,
+        let t = procfs::BoxTicks::read()?;
+        let tck = procfs::ticks_per_second() as f64;
+        Ok(Self {
+            busy_secs: t.busy as f64 / tck,
+            total_secs: t.total as f64 / tck,
         })
     }
 }
 
 /// utime + stime of a process (all its threads), seconds.
 pub fn process_cpu_secs(pid: u32) -> io::Result<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_process_cpu(&text)
-        .map(|ticks| ticks as f64 / clk_tck())
-        .ok_or_else(|| io::Error::other(format!("cannot parse /proc/{pid}/stat")))
-}
-
-/// Fields after the command name (which may hold spaces and parentheses): state is the
-/// first, utime and stime the 12th and 13th.
-fn parse_process_cpu(text: &str) -> Option<u64> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// Resident set size of a process, KiB (VmRSS of /proc/PID/status).
-pub fn rss_kib(pid: u32) -> io::Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("/proc/{pid}/status has no VmRSS")))
-}
-
-/// The kernel's per-CPU softirq threads: network work deferred under load runs there.
-pub fn softirq_threads() -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| {
-        let e = e.ok()?;
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
-        comm.starts_with("ksoftirqd/").then_some(pid)
-    })
-    .collect()
+    procfs::process_cpu(pid).map(|d| d.as_secs_f64())
 }
 
 pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proc_stat_busy_excludes_idle_and_iowait() {
-        let t = "cpu  100 10 50 1000 30 5 7 3 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n";
-        let c = BoxCpu::parse(t).unwrap();
-        let tck = clk_tck();
-        assert!((c.busy_secs - 175.0 / tck).abs() < 1e-9);
-        assert!((c.total_secs - 1205.0 / tck).abs() < 1e-9);
-        assert!(BoxCpu::parse("intr 1 2 3\n").is_none());
-    }
-
-    #[test]
-    fn process_stat_with_awkward_name() {
-        // comm may contain spaces and ')'.
-        let t = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 17 4 0 0 20 0 1 0 5 0 0";
-        assert_eq!(parse_process_cpu(t), Some(21));
-    }
-
-    #[test]
-    fn own_process_readings() {
-        let pid = std::process::id();
-        assert!(process_cpu_secs(pid).unwrap() >= 0.0);
-        assert!(rss_kib(pid).unwrap() > 0);
-        assert!(BoxCpu::read().unwrap().total_secs > 0.0);
-    }
 }

@@ -7,6 +7,8 @@
 
 pub mod apply;
 mod kernel;
+#[cfg(test)]
+mod mirror_tests;
 pub mod relays;
 pub mod slab;
 
