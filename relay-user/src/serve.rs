@@ -57,12 +57,16 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
     let loader = path.clone().map(|p| {
         Box::new(move || crate::check::load(&p).map(|c| apply_flags(c, &args))) as ConfigLoader
     });
-    // A new build whose kernel program differs refuses before the old process pauses.
-    if incoming.is_some()
-        && let Some(why) = crate::handover::kernel::changed_program()
-    {
-        anyhow::bail!(why);
-    }
+    // A new build whose kernel program differs loads it now (or refuses, saying why)
+    // before the old process pauses; it is bound to the running maps once they arrive.
+    let xdp_on = config.xdp_mode != AttachMode::Off && !config.xdp_interfaces.is_empty();
+    let swap = match incoming {
+        Some(_) if xdp_on => {
+            crate::xdp::swap::use_test_object().map_err(anyhow::Error::msg)?;
+            crate::handover::kernel::changed_program().map_err(anyhow::Error::msg)?
+        }
+        _ => None,
+    };
     // Prepared: the old process pauses and sends its sockets, allocations and kernel
     // state now.
     let mut incoming = match incoming {
@@ -77,10 +81,16 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
         Some((k, std::mem::take(&mut i.kernel_fds)))
     });
     let fast_path = match handed_kernel {
-        Some((k, fds)) => adopt_xdp(&config, &k, fds)?,
+        Some((k, fds)) => {
+            let (fast_path, retired) = adopt_xdp(&config, &k, fds, swap)?;
+            if let Some(i) = incoming.as_mut() {
+                i.retired_xdp = retired;
+            }
+            fast_path
+        }
         None => start_xdp(&config)?,
     };
-    crate::privileges::drop_after_setup(still_needed(&config, &fast_path))?;
+    crate::privileges::drop_after_setup(still_needed(&config, &fast_path, path.is_some()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,7 +103,11 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
 type FastPath = (Option<XdpPath>, Kernel, Option<ForwardingGuard>);
 
 /// What the relay needs capabilities for once the fast path is set up.
-fn still_needed(config: &Config, (xdp, _, forwarding): &FastPath) -> crate::privileges::Needs {
+fn still_needed(
+    config: &Config,
+    (xdp, _, forwarding): &FastPath,
+    config_file: bool,
+) -> crate::privileges::Needs {
     use crate::privileges::is_privileged_port;
     let low_ports = config
         .listeners
@@ -105,6 +119,7 @@ fn still_needed(config: &Config, (xdp, _, forwarding): &FastPath) -> crate::priv
         teardown: forwarding.as_ref().is_some_and(|f| f.restores_at_exit()),
         low_ports,
         bpf_maps: xdp.is_some() && crate::privileges::bpf_calls_need_cap(),
+        program_upgrade: xdp.is_some() && config_file,
     }
 }
 
@@ -329,8 +344,9 @@ async fn serve(
     // Taking over: the old process stops reading once we are ready; only then do our
     // workers start.
     let generation = match incoming {
-        Some(i) => {
+        Some(mut i) => {
             let generation = i.manifest.generation + 1;
+            let retired = i.retired_xdp.take();
             if let Err(e) = i.confirm() {
                 stop_all(&shards);
                 return Err(e).context("the old process did not commit the handover");
@@ -342,6 +358,12 @@ async fn serve(
             }
             if let Some(x) = xdp.as_mut() {
                 x.mark_committed();
+            }
+            // The new config turns XDP off: the kernel must stop forwarding on maps
+            // nobody updates from now on, though the old process may live on for its
+            // TCP/TLS connections (its descriptors would keep the program attached).
+            if let Some(mut x) = retired {
+                x.detach_now();
             }
             kernel.with(|m| install_shield(m, &config));
             let took_over = SystemTime::now()
@@ -678,20 +700,23 @@ fn start_xdp(config: &Config) -> anyhow::Result<FastPath> {
 }
 
 /// Takes over the previous process's program, maps and forwarding guard
-/// ([`crate::handover::kernel`]). With `[xdp] mode = "off"` in the new config the
-/// program is not taken: it detaches when the previous process exits.
+/// ([`crate::handover::kernel`]); with `swap`, this build's program is loaded onto the
+/// maps, to replace the running one at commit. With `[xdp] mode = "off"` in the new
+/// config the program is not run here: it comes back as the second value, to be
+/// detached at commit ([`XdpPath::detach_now`]).
 fn adopt_xdp(
     config: &Config,
     handed: &crate::handover::kernel::KernelManifest,
     fds: Vec<std::os::fd::OwnedFd>,
-) -> anyhow::Result<FastPath> {
-    let (xdp, mut maps, forwarding) =
-        crate::handover::kernel::adopt(handed, fds).context("taking over the XDP fast path")?;
+    swap: Option<crate::xdp::swap::Prepared>,
+) -> anyhow::Result<(FastPath, Option<XdpPath>)> {
+    let (xdp, mut maps, forwarding) = crate::handover::kernel::adopt(handed, fds, swap)
+        .context("taking over the XDP fast path")?;
     if config.xdp_mode == AttachMode::Off || config.xdp_interfaces.is_empty() {
         tracing::info!(
-            "XDP fast path off in the new config: the previous process's program detaches when it exits"
+            "XDP fast path off in the new config: the running program is detached once the previous process commits"
         );
-        return Ok((None, Kernel::off(), Some(forwarding)));
+        return Ok(((None, Kernel::off(), Some(forwarding)), Some(xdp)));
     }
     let max = u32::try_from(config.max_allocations).unwrap_or(u32::MAX);
     if max != xdp.max_allocations() {
@@ -709,7 +734,7 @@ fn adopt_xdp(
     }
     maps.set_bandwidth_limits(bandwidth_limits(config));
     let kernel = Kernel::new(maps, xdp.reader());
-    Ok((Some(xdp), kernel, Some(forwarding)))
+    Ok(((Some(xdp), kernel, Some(forwarding)), None))
 }
 
 /// The map writer's settings from the config (bandwidth limits, shield).

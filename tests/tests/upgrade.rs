@@ -136,6 +136,12 @@ struct Env {
 
 impl Env {
     fn start(xdp: bool) -> Self {
+        Self::start_with(xdp, None)
+    }
+
+    /// `successor_object`: the XDP object the relay's successors load instead of their
+    /// embedded one (`RELAY_TEST_XDP_OBJECT`, honoured by a `test-hooks` build).
+    fn start_with(xdp: bool, successor_object: Option<PathBuf>) -> Self {
         let t = Topology::new(TopologyOptions::default()).expect("topology");
         let runtime =
             std::env::temp_dir().join(format!("relay-upgrade-{}", relay_tests::netns::unique_id()));
@@ -145,7 +151,7 @@ impl Env {
             pass.push(attach_pass(&t.firewall, t.firewall_inside_if()));
             pass.push(attach_pass(&t.media, t.media_if()));
         }
-        let relay = start(&t, &runtime, xdp);
+        let relay = start(&t, &runtime, xdp, successor_object);
         if xdp {
             warm_neighbours(&t);
         }
@@ -166,12 +172,24 @@ impl Drop for Env {
     }
 }
 
-fn start(t: &Topology, runtime: &Path, xdp: bool) -> RelayProcess {
+fn start(
+    t: &Topology,
+    runtime: &Path,
+    xdp: bool,
+    successor_object: Option<PathBuf>,
+) -> RelayProcess {
+    let mut env = vec![(
+        "RUNTIME_DIRECTORY".to_owned(),
+        runtime.display().to_string(),
+    )];
+    if let Some(object) = successor_object {
+        env.push((
+            relay_user::xdp::swap::TEST_OBJECT_ENV.to_owned(),
+            object.display().to_string(),
+        ));
+    }
     let launch = Launch {
-        env: vec![(
-            "RUNTIME_DIRECTORY".to_owned(),
-            runtime.display().to_string(),
-        )],
+        env,
         ..Launch::default()
     };
     RelayProcess::start_launched(&t.relay, &relay_config(t, "example.org", xdp), &launch)
@@ -322,6 +340,35 @@ fn xdp_prog_id(t: &Topology) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// The XDP bpf_links process `pid` holds, as (link id, program id), read from its
+/// descriptors' fdinfo (the kernel's own account: bpf_link_show_fdinfo).
+fn xdp_links(pid: u32) -> Vec<(u64, u64)> {
+    let mut links = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return links;
+    };
+    for entry in dir.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if !text
+            .lines()
+            .any(|l| l.starts_with("link_type:") && l.ends_with("xdp"))
+        {
+            continue;
+        }
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(link), Some(prog)) = (field("link_id:"), field("prog_id:")) {
+            links.push((link, prog));
+        }
+    }
+    links.sort_unstable();
+    links.dedup();
+    links
+}
+
 #[test]
 fn allocations_and_nonces_survive_two_upgrades_under_load() {
     two_upgrades_under_load(false, RATE, MAX_LOSS);
@@ -348,10 +395,17 @@ fn echo_and_channel(t: &Topology) -> (Echo, String, SocketAddr, Client) {
     (echo, echo_addr, peer, client)
 }
 
+/// With XDP, the first upgrade goes to a changed kernel program (relay-ebpf built with
+/// `version-bump`, [`relay_tests::bumped_ebpf`]): the new process loads it onto the
+/// running maps and swaps it into the same bpf_links; the second goes to the same
+/// program as the first's.
 fn two_upgrades_under_load(xdp: bool, rate: u32, max_loss: f64) {
-    let env = Env::start(xdp);
+    let env = Env::start_with(xdp, xdp.then(relay_tests::bumped_ebpf::object));
     let prog = xdp_prog_id(&env.t);
     assert_eq!(prog.is_some(), xdp, "XDP attached: {prog:?}");
+    let links = xdp_links(env.relay.pid());
+    assert_eq!(!links.is_empty(), xdp, "XDP links of the relay: {links:?}");
+    let mut expected_prog = prog;
     let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
     // A client of our own whose nonce must stay good across the upgrades, with a channel
     // bound before them: the new processes must know it, and refreshing it (same number,
@@ -402,8 +456,34 @@ fn two_upgrades_under_load(xdp: bool, rate: u32, max_loss: f64) {
         relay
             .wait_for_log(&format!("generation={generation}"), Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e}"));
-        // The same program, never detached: the kernel kept forwarding.
-        assert_eq!(xdp_prog_id(t), prog, "the XDP program changed");
+        if xdp {
+            // The same links throughout (never detached: the kernel kept forwarding);
+            // the first upgrade swapped the changed program into them, the second kept it.
+            let now = xdp_links(new_pid(&summary));
+            let ids = |l: &[(u64, u64)]| l.iter().map(|(link, _)| *link).collect::<Vec<_>>();
+            assert_eq!(
+                ids(&now),
+                ids(&links),
+                "the XDP links changed: {now:?}, before {links:?}"
+            );
+            let attached = xdp_prog_id(t);
+            assert!(
+                now.iter().all(|(_, p)| Some(*p) == attached),
+                "{now:?}, attached {attached:?}"
+            );
+            if generation == 2 {
+                assert_ne!(
+                    attached, prog,
+                    "the changed kernel program was not swapped in (is target/debug/relay built with relay-user's test-hooks feature?)"
+                );
+                relay
+                    .wait_for_log("replaced by this build's", Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                expected_prog = attached;
+            } else {
+                assert_eq!(attached, expected_prog, "the XDP program changed");
+            }
+        }
         std::thread::sleep(Duration::from_secs(2));
     }
     let (code, report) = load.finish(LOAD_TIMEOUT).report();
@@ -596,7 +676,7 @@ fn sigusr2_then_kill(xdp: bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let again = start(t, runtime, env.xdp);
+    let again = start(t, runtime, env.xdp, None);
     if xdp {
         // The guard table the killed process took over is found and undone, then made
         // anew; the program attaches again.
