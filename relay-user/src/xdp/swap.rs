@@ -202,19 +202,7 @@ pub fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> std::io::Re
         new_prog_fd: program.as_raw_fd() as u32,
         ..LinkUpdate::default()
     };
-    // SAFETY: bpf(BPF_LINK_UPDATE) with an attr struct of the size passed.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            &attr as *const LinkUpdate,
-            std::mem::size_of::<LinkUpdate>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    super::attach::bpf(BPF_LINK_UPDATE, &attr).map(drop)
 }
 
 /// `bpf(2)` BPF_LINK_DETACH: takes the link's program off its interface for every
@@ -226,12 +214,7 @@ pub fn link_detach(link: BorrowedFd<'_>) -> std::io::Result<()> {
         a[0] = link.as_raw_fd() as u32;
         a
     };
-    // SAFETY: bpf(BPF_LINK_DETACH) reads link_fd, the first member; the rest is zero.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, attr.as_ptr(), 64u32) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    super::attach::bpf(BPF_LINK_DETACH, &attr).map(drop)
 }
 
 /// The XDP program's descriptor in `ebpf`.
