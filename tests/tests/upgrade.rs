@@ -628,6 +628,27 @@ fn xdp_an_upgrade_the_new_process_refuses_after_taking_the_kernel_path_leaves_fo
     }
 }
 
+/// An upgrade to a config with `[xdp] mode = "off"`: the new process relays in userspace
+/// and takes the program off the interfaces at commit, rather than leaving it forwarding
+/// on maps nobody updates for as long as the old process lives (it may, for its TCP/TLS
+/// connections); the allocation made before goes on relaying.
+#[test]
+fn xdp_an_upgrade_to_a_config_with_xdp_off_detaches_the_program() {
+    let env = Env::start(true);
+    let (t, relay, runtime) = (&env.t, &env.relay, &env.runtime);
+    assert!(xdp_prog_id(t).is_some(), "XDP not attached");
+    let (_echo, _, _, client) = echo_and_channel(t);
+    relay.rewrite_config(&relay_config(t, "example.org", false));
+    let (ok, summary) = upgrade(relay, runtime);
+    assert!(ok, "relay upgrade failed: {summary}");
+    env.successors.add(new_pid(&summary));
+    relay
+        .wait_for_log("the new config turns XDP off", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(xdp_prog_id(t), None, "the XDP program is still attached");
+    client.channel_round_trip(CHANNEL, b"after XDP went off");
+}
+
 #[test]
 fn sigusr2_upgrades_and_a_killed_relay_starts_again_cleanly() {
     sigusr2_then_kill(false);
