@@ -10,8 +10,13 @@
 //! message in order. An upgrade to a config the new process refuses leaves the old one
 //! serving; a killed relay leaves nothing behind that stops a fresh start.
 //!
-//! Needs root, `target/debug/relay` (`cargo build -p relay-user`) and Chromium (`cargo
-//! xtask setup` installs it).
+//! With XDP, the first of the two upgrades goes to a changed kernel program, swapped
+//! into the same bpf_links; an upgrade to a config with XDP off detaches the program.
+//!
+//! Needs root, `target/debug/relay` built with relay-user's `test-hooks` feature (`cargo
+//! build -p relay-user --features test-hooks`; `cargo xtask test` builds it so), the
+//! nightly toolchain that builds the kernel program (for its second build, with
+//! relay-ebpf's `version-bump`), and Chromium (`cargo xtask setup` installs both).
 
 use std::{
     net::{SocketAddr, UdpSocket},
