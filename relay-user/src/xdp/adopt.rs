@@ -6,8 +6,10 @@
 //! bpf_link; this one opens the maps on them (map lookups and updates through a
 //! descriptor need no capability on Linux 6.5+, so a new process that inherited none
 //! works) and holds the links, which keep the program attached for as long as any
-//! descriptor of them is open. Nothing is loaded or attached anew, so none of the
-//! capabilities loading needs (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) is needed either.
+//! descriptor of them is open. With the same program nothing is loaded or attached
+//! anew, so none of the capabilities loading needs (CAP_BPF, CAP_PERFMON,
+//! CAP_NET_ADMIN) is needed either; a changed program is loaded onto the same maps
+//! ([`super::swap`]).
 
 use std::{
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
