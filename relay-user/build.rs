@@ -7,7 +7,6 @@
 use std::{
     env,
     path::{Path, PathBuf},
-    process::Command,
 };
 
 fn main() {
@@ -21,6 +20,7 @@ fn main() {
     let root = manifest
         .parent()
         .expect("relay-user sits in the workspace root");
+    println!("cargo:rerun-if-changed=ebpf_command.rs");
     for dir in [
         "relay-ebpf/src",
         "relay-ebpf/Cargo.toml",
@@ -40,38 +40,13 @@ fn main() {
     }
 }
 
+include!("ebpf_command.rs");
+
 fn build_ebpf(root: &Path) -> Result<PathBuf, String> {
     // aya-ebpf picks its register layout from this cfg: the host's architecture.
     let arch = env::var("CARGO_CFG_TARGET_ARCH").map_err(|e| e.to_string())?;
     let target_dir = root.join("target/bpf");
-    let tools = root.join("target/tools/bin");
-    let path = env::var_os("PATH").unwrap_or_default();
-    let mut paths = vec![tools];
-    paths.extend(env::split_paths(&path));
-    let path = env::join_paths(paths).map_err(|e| e.to_string())?;
-
-    let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--bins"])
-        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .current_dir(root.join("relay-ebpf"))
-        .env("PATH", path);
-    // The outer cargo's settings describe the host build; none of them apply here.
-    for (key, _) in env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key.starts_with("RUSTC") {
-            cmd.env_remove(&*key);
-        }
-    }
-    cmd.env_remove("RUSTFLAGS").env_remove("RUSTUP_TOOLCHAIN");
-    let flags = [
-        format!("--cfg=bpf_target_arch=\"{arch}\""),
-        "-Cdebuginfo=2".into(),
-        "-Clink-arg=--btf".into(),
-    ];
-    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"));
-
+    let mut cmd = ebpf_command(root, &target_dir, &arch, &[])?;
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run rustup: {e}"))?;

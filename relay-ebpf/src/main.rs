@@ -39,6 +39,12 @@ use relay_common::Reason;
 
 #[xdp]
 pub fn relay_xdp(ctx: XdpContext) -> u32 {
+    // Only in the build with the `version-bump` feature, for the test of an upgrade to a
+    // changed kernel program (tests/tests/upgrade.rs): a helper call whose result goes
+    // unused, so the program differs and forwards exactly as this one.
+    #[cfg(feature = "version-bump")]
+    // SAFETY: bpf_ktime_get_ns takes no argument and has no side effect.
+    let _ = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
     counters::count(&ctx);
     match relay(&ctx) {
         Ok((action, reason)) => {

@@ -19,6 +19,7 @@ pub enum Cap {
     SetPcap = 8,
     NetBindService = 10,
     NetAdmin = 12,
+    Perfmon = 38,
     Bpf = 39,
 }
 
@@ -45,6 +46,9 @@ pub struct Needs {
     /// It updates XDP maps on a kernel before 6.5, where every bpf() call needs CAP_BPF
     /// while unprivileged BPF is disabled.
     pub bpf_maps: bool,
+    /// It runs XDP from a config file, so an upgrade may bring a changed kernel program:
+    /// the successor inherits what loading it takes (see [`missing_for_loading`]).
+    pub program_upgrade: bool,
 }
 
 impl Needs {
@@ -65,6 +69,16 @@ impl Needs {
         }
         if self.bpf_maps {
             kept.push((Cap::Bpf, "XDP map updates (kernel before 6.5)"));
+        }
+        if self.program_upgrade {
+            for cap in LOADING {
+                if !kept.iter().any(|(c, _)| *c == cap) {
+                    kept.push((
+                        cap,
+                        "passed on to a successor that loads a changed XDP program",
+                    ));
+                }
+            }
         }
         kept
     }
@@ -300,6 +314,26 @@ pub fn drop_after_setup(needs: Needs) -> Result<(), PrivilegeError> {
     Ok(())
 }
 
+/// What loading the XDP program takes: map and program creation (CAP_BPF), the
+/// verifier's packet-pointer arithmetic (CAP_PERFMON), an XDP program type
+/// (CAP_NET_ADMIN).
+const LOADING: [Cap; 3] = [Cap::Bpf, Cap::Perfmon, Cap::NetAdmin];
+
+/// The capabilities loading the XDP program takes that this process lacks (effective
+/// set), comma-separated; empty when it has them all.
+pub fn missing_for_loading() -> String {
+    let effective = get().map_or(0, |(e, _, _)| e);
+    let missing = LOADING
+        .iter()
+        .filter(|c| effective & c.bit() == 0)
+        .fold(0u64, |m, c| m | c.bit());
+    if missing == 0 {
+        String::new()
+    } else {
+        names(missing)
+    }
+}
+
 /// Whether `port` needs CAP_NET_BIND_SERVICE to be bound.
 pub fn is_privileged_port(port: u16) -> bool {
     let start: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
@@ -342,8 +376,25 @@ mod tests {
             teardown: true,
             low_ports: true,
             bpf_maps: true,
+            program_upgrade: false,
         };
         assert_eq!(all.mask(), (1 << 12) | (1 << 10) | (1 << 39));
+        let upgrade = Needs {
+            program_upgrade: true,
+            ..Needs::default()
+        };
+        assert_eq!(names(upgrade.mask()), "CAP_NET_ADMIN,CAP_PERFMON,CAP_BPF");
+        assert_eq!(upgrade.kept().len(), 3);
+        assert_eq!(
+            Needs {
+                teardown: true,
+                ..upgrade
+            }
+            .kept()
+            .len(),
+            3,
+            "CAP_NET_ADMIN listed once"
+        );
         assert_eq!(
             names(all.mask()),
             "CAP_NET_BIND_SERVICE,CAP_NET_ADMIN,CAP_BPF"

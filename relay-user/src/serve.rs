@@ -68,12 +68,16 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
     let loader = path.clone().map(|p| {
         Box::new(move || crate::check::load(&p).map(|c| apply_flags(c, &args))) as ConfigLoader
     });
-    // A new build whose kernel program differs refuses before the old process pauses.
-    if incoming.is_some()
-        && let Some(why) = crate::handover::kernel::changed_program()
-    {
-        anyhow::bail!(why);
-    }
+    // A new build whose kernel program differs loads it now (or refuses, saying why)
+    // before the old process pauses; it is bound to the running maps once they arrive.
+    let xdp_on = config.xdp_mode != crate::config::AttachMode::Off && !config.xdp_interfaces.is_empty();
+    let swap = match incoming {
+        Some(_) if xdp_on => {
+            crate::xdp::swap::use_test_object().map_err(anyhow::Error::msg)?;
+            crate::handover::kernel::changed_program().map_err(anyhow::Error::msg)?
+        }
+        _ => None,
+    };
     // Prepared: the old process pauses and sends its sockets, allocations and kernel
     // state now.
     let mut incoming = match incoming {
@@ -88,10 +92,16 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
         Some((k, std::mem::take(&mut i.kernel_fds)))
     });
     let fast_path = match handed_kernel {
-        Some((k, fds)) => adopt_xdp(&config, &k, fds)?,
+        Some((k, fds)) => {
+            let (fast_path, retired) = adopt_xdp(&config, &k, fds, swap)?;
+            if let Some(i) = incoming.as_mut() {
+                i.retired_xdp = retired;
+            }
+            fast_path
+        }
         None => start_xdp(&config)?,
     };
-    crate::privileges::drop_after_setup(still_needed(&config, &fast_path))?;
+    crate::privileges::drop_after_setup(still_needed(&config, &fast_path, path.is_some()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -320,15 +330,16 @@ async fn serve(
     // Taking over: the old process stops reading once we are ready; only then do our
     // workers start.
     let generation = match incoming {
-        Some(i) => {
+        Some(mut i) => {
             let generation = i.manifest.generation + 1;
+            let retired = i.retired_xdp.take();
             if let Err(e) = i.confirm() {
                 stop_all(&shards);
                 return Err(e).context("the old process did not commit the handover");
             }
             // Committed: the host's forwarding and the kernel's settings are this
             // process's now (before, the old one could still resume with its own).
-            fast_path::commit(xdp.as_mut(), &kernel, forwarding.as_mut(), &config);
+            fast_path::commit(xdp.as_mut(), &kernel, forwarding.as_mut(), retired, &config);
             let took_over = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());

@@ -278,6 +278,44 @@ fn a_public_ip_stays_while_any_allocation_is_advertised_on_it() {
     assert_eq!(counts(&maps), [0; 7]);
 }
 
+/// An upgrade: the kernel's maps stay (the old process's entries are in them), the new
+/// process's bookkeeping starts empty, and the restored core announces every allocation
+/// again, whose entries overwrite the same keys. PUBLIC_IPS' reference counts are rebuilt
+/// from those announcements, neither reset (the IP would vanish with the first release)
+/// nor doubled (it would outlive the last).
+#[test]
+fn public_ip_references_are_rebuilt_not_doubled_across_a_handover() {
+    let (mut core, mut old) = setup();
+    let (a, b) = (sa("10.0.0.200:40000"), sa("10.0.0.201:40000"));
+    core.allocate(a, listener());
+    core.allocate(b, listener());
+    let announced = apply(&mut core, &mut old);
+    let before = counts(&old);
+    let mut new = XdpMaps::with_writer(old.into_writer(), 16);
+    for c in &announced {
+        new.apply(c).unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    }
+    assert_eq!(
+        counts(&new),
+        before,
+        "the replay wrote the same entries over them"
+    );
+    let public = Key::PublicIp(map_ip(IpAddr::from(PUBLIC)));
+    core.release(a, listener());
+    apply(&mut core, &mut new);
+    assert!(
+        new.writer().get(public).is_some(),
+        "the other allocation is still advertised on {PUBLIC:?}"
+    );
+    core.release(b, listener());
+    apply(&mut core, &mut new);
+    assert_eq!(
+        counts(&new),
+        [0; 7],
+        "the last release removes the public IP"
+    );
+}
+
 /// Whether the allocation of `client` at `relay_bind` is flagged complete, in ALLOCATIONS
 /// and CLIENTS alike.
 fn flagged_complete(maps: &XdpMaps<FakeMaps>, client: SocketAddr, relay_bind: SocketAddr) -> bool {

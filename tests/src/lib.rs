@@ -5,6 +5,7 @@
 //! tests are in `tests/`.
 
 pub mod browser;
+pub mod bumped_ebpf;
 pub mod cdp;
 pub mod certs;
 pub mod cmd;

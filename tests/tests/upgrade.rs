@@ -10,8 +10,13 @@
 //! message in order. An upgrade to a config the new process refuses leaves the old one
 //! serving; a killed relay leaves nothing behind that stops a fresh start.
 //!
-//! Needs root, `target/debug/relay` (`cargo build -p relay-user`) and Chromium (`cargo
-//! xtask setup` installs it).
+//! With XDP, the first of the two upgrades goes to a changed kernel program, swapped
+//! into the same bpf_links; an upgrade to a config with XDP off detaches the program.
+//!
+//! Needs root, `target/debug/relay` built with relay-user's `test-hooks` feature (`cargo
+//! build -p relay-user --features test-hooks`; `cargo xtask test` builds it so), the
+//! nightly toolchain that builds the kernel program (for its second build, with
+//! relay-ebpf's `version-bump`), and Chromium (`cargo xtask setup` installs both).
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -136,6 +141,12 @@ struct Env {
 
 impl Env {
     fn start(xdp: bool) -> Self {
+        Self::start_with(xdp, None)
+    }
+
+    /// `successor_object`: the XDP object the relay's successors load instead of their
+    /// embedded one (`RELAY_TEST_XDP_OBJECT`, honoured by a `test-hooks` build).
+    fn start_with(xdp: bool, successor_object: Option<PathBuf>) -> Self {
         let t = Topology::new(TopologyOptions::default()).expect("topology");
         let runtime =
             std::env::temp_dir().join(format!("relay-upgrade-{}", relay_tests::netns::unique_id()));
@@ -145,7 +156,7 @@ impl Env {
             pass.push(attach_pass(&t.firewall, t.firewall_inside_if()));
             pass.push(attach_pass(&t.media, t.media_if()));
         }
-        let relay = start(&t, &runtime, xdp);
+        let relay = start(&t, &runtime, xdp, successor_object);
         if xdp {
             warm_neighbours(&t);
         }
@@ -166,12 +177,24 @@ impl Drop for Env {
     }
 }
 
-fn start(t: &Topology, runtime: &Path, xdp: bool) -> RelayProcess {
+fn start(
+    t: &Topology,
+    runtime: &Path,
+    xdp: bool,
+    successor_object: Option<PathBuf>,
+) -> RelayProcess {
+    let mut env = vec![(
+        "RUNTIME_DIRECTORY".to_owned(),
+        runtime.display().to_string(),
+    )];
+    if let Some(object) = successor_object {
+        env.push((
+            relay_user::xdp::swap::TEST_OBJECT_ENV.to_owned(),
+            object.display().to_string(),
+        ));
+    }
     let launch = Launch {
-        env: vec![(
-            "RUNTIME_DIRECTORY".to_owned(),
-            runtime.display().to_string(),
-        )],
+        env,
         ..Launch::default()
     };
     RelayProcess::start_launched(&t.relay, &relay_config(t, "example.org", xdp), &launch)
@@ -322,6 +345,35 @@ fn xdp_prog_id(t: &Topology) -> Option<u64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
+/// The XDP bpf_links process `pid` holds, as (link id, program id), read from its
+/// descriptors' fdinfo (the kernel's own account: bpf_link_show_fdinfo).
+fn xdp_links(pid: u32) -> Vec<(u64, u64)> {
+    let mut links = Vec::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return links;
+    };
+    for entry in dir.flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if !text
+            .lines()
+            .any(|l| l.starts_with("link_type:") && l.ends_with("xdp"))
+        {
+            continue;
+        }
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        if let (Some(link), Some(prog)) = (field("link_id:"), field("prog_id:")) {
+            links.push((link, prog));
+        }
+    }
+    links.sort_unstable();
+    links.dedup();
+    links
+}
+
 #[test]
 fn allocations_and_nonces_survive_two_upgrades_under_load() {
     two_upgrades_under_load(false, RATE, MAX_LOSS);
@@ -348,10 +400,17 @@ fn echo_and_channel(t: &Topology) -> (Echo, String, SocketAddr, Client) {
     (echo, echo_addr, peer, client)
 }
 
+/// With XDP, the first upgrade goes to a changed kernel program (relay-ebpf built with
+/// `version-bump`, [`relay_tests::bumped_ebpf`]): the new process loads it onto the
+/// running maps and swaps it into the same bpf_links; the second goes to the same
+/// program as the first's.
 fn two_upgrades_under_load(xdp: bool, rate: u32, max_loss: f64) {
-    let env = Env::start(xdp);
+    let env = Env::start_with(xdp, xdp.then(relay_tests::bumped_ebpf::object));
     let prog = xdp_prog_id(&env.t);
     assert_eq!(prog.is_some(), xdp, "XDP attached: {prog:?}");
+    let links = xdp_links(env.relay.pid());
+    assert_eq!(!links.is_empty(), xdp, "XDP links of the relay: {links:?}");
+    let mut expected_prog = prog;
     let (t, relay, runtime, successors) = (&env.t, &env.relay, &env.runtime, &env.successors);
     // A client of our own whose nonce must stay good across the upgrades, with a channel
     // bound before them: the new processes must know it, and refreshing it (same number,
@@ -402,8 +461,34 @@ fn two_upgrades_under_load(xdp: bool, rate: u32, max_loss: f64) {
         relay
             .wait_for_log(&format!("generation={generation}"), Duration::from_secs(10))
             .unwrap_or_else(|e| panic!("{e}"));
-        // The same program, never detached: the kernel kept forwarding.
-        assert_eq!(xdp_prog_id(t), prog, "the XDP program changed");
+        if xdp {
+            // The same links throughout (never detached: the kernel kept forwarding);
+            // the first upgrade swapped the changed program into them, the second kept it.
+            let now = xdp_links(new_pid(&summary));
+            let ids = |l: &[(u64, u64)]| l.iter().map(|(link, _)| *link).collect::<Vec<_>>();
+            assert_eq!(
+                ids(&now),
+                ids(&links),
+                "the XDP links changed: {now:?}, before {links:?}"
+            );
+            let attached = xdp_prog_id(t);
+            assert!(
+                now.iter().all(|(_, p)| Some(*p) == attached),
+                "{now:?}, attached {attached:?}"
+            );
+            if generation == 2 {
+                assert_ne!(
+                    attached, prog,
+                    "the changed kernel program was not swapped in (is target/debug/relay built with relay-user's test-hooks feature?)"
+                );
+                relay
+                    .wait_for_log("replaced by this build's", Duration::from_secs(5))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                expected_prog = attached;
+            } else {
+                assert_eq!(attached, expected_prog, "the XDP program changed");
+            }
+        }
         std::thread::sleep(Duration::from_secs(2));
     }
     let (code, report) = load.finish(LOAD_TIMEOUT).report();
@@ -548,6 +633,27 @@ fn xdp_an_upgrade_the_new_process_refuses_after_taking_the_kernel_path_leaves_fo
     }
 }
 
+/// An upgrade to a config with `[xdp] mode = "off"`: the new process relays in userspace
+/// and takes the program off the interfaces at commit, rather than leaving it forwarding
+/// on maps nobody updates for as long as the old process lives (it may, for its TCP/TLS
+/// connections); the allocation made before goes on relaying.
+#[test]
+fn xdp_an_upgrade_to_a_config_with_xdp_off_detaches_the_program() {
+    let env = Env::start(true);
+    let (t, relay, runtime) = (&env.t, &env.relay, &env.runtime);
+    assert!(xdp_prog_id(t).is_some(), "XDP not attached");
+    let (_echo, _, _, client) = echo_and_channel(t);
+    relay.rewrite_config(&relay_config(t, "example.org", false));
+    let (ok, summary) = upgrade(relay, runtime);
+    assert!(ok, "relay upgrade failed: {summary}");
+    env.successors.add(new_pid(&summary));
+    relay
+        .wait_for_log("the new config turns XDP off", Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(xdp_prog_id(t), None, "the XDP program is still attached");
+    client.channel_round_trip(CHANNEL, b"after XDP went off");
+}
+
 #[test]
 fn sigusr2_upgrades_and_a_killed_relay_starts_again_cleanly() {
     sigusr2_then_kill(false);
@@ -596,7 +702,7 @@ fn sigusr2_then_kill(xdp: bool) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let again = start(t, runtime, env.xdp);
+    let again = start(t, runtime, env.xdp, None);
     if xdp {
         // The guard table the killed process took over is found and undone, then made
         // anew; the program attaches again.

@@ -6,9 +6,11 @@
 //! leaves no kernel object behind (a bpf_link detaches and a map is freed when the last
 //! descriptor closes) and the guard table is recovered by the next start as before.
 //!
-//! The program must be the same: the old process names its object
-//! ([`program_tag`](crate::xdp::adopt::program_tag)) in [`PROGRAM_ENV`], and a new build
-//! whose object differs refuses before the old one pauses anything (see
+//! The old process names its object ([`program_tag`](crate::xdp::adopt::program_tag)) in
+//! [`PROGRAM_ENV`] and its maps' layouts in [`MAPS_ENV`]. A new build whose object differs
+//! loads its own program onto the same maps and swaps it into the links at commit
+//! ([`crate::xdp::swap`]); one whose maps are laid out differently, or that lacks the
+//! capabilities to load a program, refuses before the old one pauses anything (see
 //! [`changed_program`]).
 
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -18,11 +20,14 @@ use serde::{Deserialize, Serialize};
 use crate::xdp::{
     ForwardingGuard, GuardState, XdpMaps, XdpPath,
     adopt::{AdoptError, AttachedInfo, program_tag},
+    swap::{MapLayouts, Prepared},
 };
 
 /// The old process's kernel object tag, for the new process to compare before it says
 /// it is prepared.
 pub const PROGRAM_ENV: &str = "RELAY_HANDOVER_XDP_PROGRAM";
+/// The old process's shared maps' layouts ([`MapLayouts`], JSON).
+pub const MAPS_ENV: &str = "RELAY_HANDOVER_XDP_MAPS";
 
 /// What the manifest says about the kernel path (its descriptors follow the sockets':
 /// the maps, then one per link).
@@ -71,20 +76,66 @@ pub fn describe<'a>(
     Ok((manifest, fds))
 }
 
-/// The new process, before it says it is prepared: why it cannot take over the running
-/// program, if it cannot. `None` also when the old process runs no XDP program.
-pub fn changed_program() -> Option<String> {
-    let theirs = std::env::var(PROGRAM_ENV).ok()?;
+/// The old process's side, when it starts the new one: what tells it the running
+/// program (environment variables).
+pub fn offer(xdp: &XdpPath) -> Vec<(&'static str, String)> {
+    let mut env = vec![(PROGRAM_ENV, program_tag())];
+    match MapLayouts::of(crate::xdp::swap::object(), xdp.max_allocations()) {
+        Ok(l) => env.push((MAPS_ENV, serde_json::to_string(&l).unwrap_or_default())),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot describe the XDP maps: a successor with another kernel program will refuse")
+        }
+    }
+    env
+}
+
+/// The new process, before it says it is prepared: `Ok(None)` when it runs the same
+/// program as the running relay (or that one runs none), `Ok(Some)` with this build's
+/// program loaded (maps not yet bound) when it differs and can be swapped in, `Err` with
+/// why it cannot.
+pub fn changed_program() -> Result<Option<Prepared>, String> {
+    let theirs = std::env::var(PROGRAM_ENV).ok();
+    let layouts = std::env::var(MAPS_ENV).ok();
     // SAFETY: read once before any other thread exists.
-    unsafe { std::env::remove_var(PROGRAM_ENV) };
+    unsafe {
+        std::env::remove_var(PROGRAM_ENV);
+        std::env::remove_var(MAPS_ENV);
+    }
+    let Some(theirs) = theirs.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
     let ours = program_tag();
-    (!theirs.is_empty() && theirs != ours).then(|| {
-        format!(
-            "this build's XDP program ({ours}) differs from the running one ({theirs}): swapping a changed \
-             kernel program in during an upgrade is not implemented yet; restart the relay to run it \
-             (allocations are lost), or upgrade to a build with the same kernel program"
-        )
-    })
+    if theirs == ours {
+        return Ok(None);
+    }
+    let changed =
+        format!("this build's XDP program ({ours}) differs from the running one ({theirs})");
+    let running: MapLayouts = layouts
+        .as_deref()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .ok_or_else(|| {
+            format!("{changed}, and the running relay (an older build) does not describe its maps: restart to run it (allocations are lost)")
+        })?;
+    let this = MapLayouts::of(crate::xdp::swap::object(), running.max_allocations)
+        .map_err(|e| format!("{changed}: {e}"))?;
+    if let Some(why) = this.incompatible(&running) {
+        return Err(format!(
+            "{changed} and cannot take its maps over ({why}): maps are not migrated; restart to run it (allocations are lost)"
+        ));
+    }
+    let missing = crate::privileges::missing_for_loading();
+    if !missing.is_empty() {
+        return Err(format!(
+            "{changed}; loading it needs {missing}, which this process did not inherit (the running relay keeps them for its successor only when it runs XDP from a config file: see README, \"Upgrading without dropping calls\")"
+        ));
+    }
+    let prepared = Prepared::new().map_err(|e| format!("{changed}; loading it: {e}"))?;
+    tracing::info!(
+        ours,
+        theirs,
+        "this build's XDP program differs from the running one: same map layouts, it will be loaded onto the running maps and swapped in at commit"
+    );
+    Ok(Some(prepared))
 }
 
 /// The new process's side: the path (holding the links), its map writer, and the guard
@@ -92,8 +143,9 @@ pub fn changed_program() -> Option<String> {
 pub fn adopt(
     manifest: &KernelManifest,
     fds: Vec<OwnedFd>,
+    swap: Option<Prepared>,
 ) -> Result<(XdpPath, XdpMaps, ForwardingGuard), AdoptError> {
-    let (path, maps) = XdpPath::adopt(manifest.max_allocations, &manifest.attached, fds)?;
+    let (path, maps) = XdpPath::adopt(manifest.max_allocations, &manifest.attached, fds, swap)?;
     Ok((
         path,
         maps,

@@ -111,16 +111,14 @@ impl Spawned {
     /// Starts `exe` with this process's arguments and waits until it is prepared. An
     /// `Err` (it refused its config, exited, took too long) costs nothing: nothing was
     /// paused yet.
-    /// `program`: the running XDP program's tag ([`kernel::PROGRAM_ENV`]).
-    pub fn start(exe: &Path, program: Option<String>) -> Result<Self, HandoverError> {
+    /// `program`: what describes the running XDP program ([`kernel::offer`]).
+    pub fn start(exe: &Path, program: Vec<(&'static str, String)>) -> Result<Self, HandoverError> {
         let (ours, theirs) = wire::pair().map_err(HandoverError::Channel)?;
         let theirs_raw = theirs.as_raw_fd();
         let args: Vec<OsString> = std::env::args_os().skip(1).collect();
         let mut cmd = std::process::Command::new(exe);
         cmd.args(&args).env(FD_ENV, CHILD_FD.to_string());
-        if let Some(tag) = program {
-            cmd.env(kernel::PROGRAM_ENV, tag);
-        }
+        cmd.envs(program);
         // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl).
         unsafe {
             cmd.pre_exec(move || {
@@ -298,6 +296,7 @@ impl Pending {
             workers,
             tcp,
             kernel_fds,
+            retired_xdp: None,
         })
     }
 
@@ -318,6 +317,8 @@ pub struct Incoming {
     pub tcp: Vec<tcp::Group>,
     /// The XDP maps' and links' descriptors ([`Manifest::kernel`]).
     pub kernel_fds: Vec<OwnedFd>,
+    /// The taken-over XDP path when the new config turns XDP off: detached at commit.
+    pub retired_xdp: Option<crate::xdp::XdpPath>,
 }
 
 impl Incoming {

@@ -49,7 +49,11 @@ impl Running {
         // The new process loads its config and decides its fast path while this one
         // still serves; a refusal here costs nothing.
         let exe_owned = exe.to_owned();
-        let program = self.xdp.as_ref().map(|_| crate::xdp::adopt::program_tag());
+        let program = self
+            .xdp
+            .as_ref()
+            .map(super::kernel::offer)
+            .unwrap_or_default();
         let spawned =
             tokio::task::spawn_blocking(move || super::Spawned::start(&exe_owned, program))
                 .await

@@ -19,6 +19,7 @@ pub(super) type FastPath = (Option<XdpPath>, Kernel, Option<ForwardingGuard>);
 pub(super) fn still_needed(
     config: &Config,
     (xdp, _, forwarding): &FastPath,
+    config_file: bool,
 ) -> crate::privileges::Needs {
     use crate::privileges::is_privileged_port;
     let low_ports = config
@@ -31,6 +32,7 @@ pub(super) fn still_needed(
         teardown: forwarding.as_ref().is_some_and(|f| f.restores_at_exit()),
         low_ports,
         bpf_maps: xdp.is_some() && crate::privileges::bpf_calls_need_cap(),
+        program_upgrade: xdp.is_some() && config_file,
     }
 }
 
@@ -67,20 +69,23 @@ pub(super) fn start_xdp(config: &Config) -> anyhow::Result<FastPath> {
 }
 
 /// Takes over the previous process's program, maps and forwarding guard
-/// ([`crate::handover::kernel`]). With `[xdp] mode = "off"` in the new config the
-/// program is not taken: it detaches when the previous process exits.
+/// ([`crate::handover::kernel`]); with `swap`, this build's program is loaded onto the
+/// maps, to replace the running one at commit. With `[xdp] mode = "off"` in the new
+/// config the program is not run here: it comes back as the second value, to be
+/// detached at commit ([`XdpPath::detach_now`]).
 pub(super) fn adopt_xdp(
     config: &Config,
     handed: &crate::handover::kernel::KernelManifest,
     fds: Vec<std::os::fd::OwnedFd>,
-) -> anyhow::Result<FastPath> {
-    let (xdp, mut maps, forwarding) =
-        crate::handover::kernel::adopt(handed, fds).context("taking over the XDP fast path")?;
+    swap: Option<crate::xdp::swap::Prepared>,
+) -> anyhow::Result<(FastPath, Option<XdpPath>)> {
+    let (xdp, mut maps, forwarding) = crate::handover::kernel::adopt(handed, fds, swap)
+        .context("taking over the XDP fast path")?;
     if config.xdp_mode == AttachMode::Off || config.xdp_interfaces.is_empty() {
         tracing::info!(
-            "XDP fast path off in the new config: the previous process's program detaches when it exits"
+            "XDP fast path off in the new config: the running program is detached once the previous process commits"
         );
-        return Ok((None, Kernel::off(), Some(forwarding)));
+        return Ok(((None, Kernel::off(), Some(forwarding)), Some(xdp)));
     }
     let max = u32::try_from(config.max_allocations).unwrap_or(u32::MAX);
     if max != xdp.max_allocations() {
@@ -98,7 +103,7 @@ pub(super) fn adopt_xdp(
     }
     maps.set_bandwidth_limits(bandwidth_limits(config));
     let kernel = Kernel::new(maps, xdp.reader());
-    Ok((Some(xdp), kernel, Some(forwarding)))
+    Ok(((Some(xdp), kernel, Some(forwarding)), None))
 }
 
 /// The map writer's settings from the config (bandwidth limits, shield).
@@ -125,11 +130,12 @@ fn install_shield(maps: &mut crate::xdp::XdpMaps, config: &Config) {
 
 /// The new process's takeover once the old one committed: the host's forwarding and the
 /// kernel's settings are this process's now (before, the old one could still resume with
-/// its own).
+/// its own). `retired`: the running program when the new config turns XDP off.
 pub(super) fn commit(
     xdp: Option<&mut XdpPath>,
     kernel: &Kernel,
     forwarding: Option<&mut ForwardingGuard>,
+    retired: Option<XdpPath>,
     config: &Config,
 ) {
     if let Some(f) = forwarding {
@@ -137,6 +143,12 @@ pub(super) fn commit(
     }
     if let Some(x) = xdp {
         x.mark_committed();
+    }
+    // The new config turns XDP off: the kernel must stop forwarding on maps nobody
+    // updates from now on, though the old process may live on for its TCP/TLS
+    // connections (its descriptors would keep the program attached).
+    if let Some(mut x) = retired {
+        x.detach_now();
     }
     kernel.with(|m| install_shield(m, config));
 }

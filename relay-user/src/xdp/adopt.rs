@@ -6,8 +6,10 @@
 //! bpf_link; this one opens the maps on them (map lookups and updates through a
 //! descriptor need no capability on Linux 6.5+, so a new process that inherited none
 //! works) and holds the links, which keep the program attached for as long as any
-//! descriptor of them is open. Nothing is loaded or attached anew, so none of the
-//! capabilities loading needs (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN) is needed either.
+//! descriptor of them is open. With the same program nothing is loaded or attached
+//! anew, so none of the capabilities loading needs (CAP_BPF, CAP_PERFMON,
+//! CAP_NET_ADMIN) is needed either; a changed program is loaded onto the same maps
+//! ([`super::swap`]).
 
 use std::{
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
@@ -24,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use super::{
-    Attached, OBJECT, XdpMaps, XdpMapsError, XdpPath, XdpReader,
+    Attached, XdpMaps, XdpMapsError, XdpPath, XdpReader,
     attach::Link,
     kernel_maps::KernelMaps,
     reader::{dup, from_fd},
@@ -56,7 +58,7 @@ pub const HANDED_MAPS: &[&str] = &[
 /// Two builds with the same tag run the same program on the same map layout (the
 /// layout is part of the object: BTF and map definitions).
 pub fn program_tag() -> String {
-    let digest = sha2::Sha256::digest(OBJECT);
+    let digest = sha2::Sha256::digest(super::swap::object());
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -84,7 +86,10 @@ pub(super) fn dup_handed(ebpf: &aya::Ebpf) -> Result<Vec<(&'static str, OwnedFd)
         .collect()
 }
 
-fn map_fd<'a>(map: &'a aya::maps::Map, name: &'static str) -> Result<BorrowedFd<'a>, XdpMapsError> {
+pub(super) fn map_fd<'a>(
+    map: &'a aya::maps::Map,
+    name: &'static str,
+) -> Result<BorrowedFd<'a>, XdpMapsError> {
     use aya::maps::Map;
     match map {
         Map::HashMap(d)
@@ -111,6 +116,8 @@ pub enum AdoptError {
     },
     #[error("opening the handed-over maps: {0}")]
     Maps(#[source] XdpMapsError),
+    #[error("loading this build's XDP program onto the running maps: {0}")]
+    Swap(#[source] super::XdpError),
 }
 
 impl XdpPath {
@@ -141,10 +148,13 @@ impl XdpPath {
     /// dropping it detaches) and the map writer, with bookkeeping empty: the restored
     /// allocations replay their entries into it, overwriting what the maps hold with the
     /// same keys and values (the counter slots are assigned and zeroed anew).
+    /// With `swap` (this build's program differs), the program is loaded onto the
+    /// handed maps here, and swapped into the links at commit ([`XdpPath::mark_committed`]).
     pub fn adopt(
         max_allocations: u32,
         attached: &[AttachedInfo],
         fds: Vec<OwnedFd>,
+        swap: Option<super::swap::Prepared>,
     ) -> Result<(Self, XdpMaps), AdoptError> {
         let expected = HANDED_MAPS.len();
         if fds.len() != expected + attached.len() {
@@ -167,6 +177,10 @@ impl XdpPath {
                 .map_err(|e| XdpMapsError::Cpus(format!("dup of {name}: {e}")))?;
             from_fd(fd, name)
         };
+        let ebpf = match swap {
+            Some(p) => Some(p.load_onto(&handed).map_err(AdoptError::Swap)?),
+            None => None,
+        };
         let reader = Arc::new(XdpReader::open_with(&mut open).map_err(AdoptError::Maps)?);
         let mut kernel = KernelMaps::open_with(&mut open).map_err(AdoptError::Maps)?;
         let attached: Vec<Attached> = attached
@@ -187,13 +201,18 @@ impl XdpPath {
             kernel
                 .add_redirect_interface(a.ifindex)
                 .map_err(AdoptError::Maps)?;
-            tracing::info!(interface = %a.interface, ifindex = a.ifindex, mode = a.mode,
-                "XDP program taken over from the previous process: still attached, same maps");
+            if ebpf.is_some() {
+                tracing::info!(interface = %a.interface, ifindex = a.ifindex, mode = a.mode,
+                    "XDP link taken over from the previous process; this build's program is loaded onto the same maps and replaces the running one at commit");
+            } else {
+                tracing::info!(interface = %a.interface, ifindex = a.ifindex, mode = a.mode,
+                    "XDP program taken over from the previous process: still attached, same maps");
+            }
         }
         let max_allocations = max_allocations.max(1);
         let maps = XdpMaps::with_writer(kernel, max_allocations);
         let path = Self {
-            ebpf: None,
+            ebpf,
             attached,
             max_allocations,
             reader,

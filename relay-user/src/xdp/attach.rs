@@ -50,6 +50,24 @@ struct LinkCreate {
     _rest: [u64; 6],
 }
 
+/// `bpf(cmd, attr)`: the kernel's result, or its error. `T` is the command's part of
+/// `union bpf_attr`, `#[repr(C)]`, zero where unused, as the kernel requires.
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
+    // SAFETY: bpf(2) reads `size_of::<T>()` bytes of `attr`, which are initialised.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(r)
+}
+
 /// A bpf_link of `program` on `ifindex`; `Err` with the kernel's error.
 fn link_create(program: &Xdp, ifindex: u32, mode: XdpMode) -> std::io::Result<OwnedFd> {
     let prog = program
@@ -65,18 +83,7 @@ fn link_create(program: &Xdp, ifindex: u32, mode: XdpMode) -> std::io::Result<Ow
         },
         ..LinkCreate::default()
     };
-    // SAFETY: bpf(BPF_LINK_CREATE) with an attr struct of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_CREATE,
-            &attr as *const LinkCreate,
-            std::mem::size_of::<LinkCreate>() as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = bpf(BPF_LINK_CREATE, &attr)?;
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

@@ -245,6 +245,12 @@ impl<W: MapWriter> XdpMaps<W> {
         &self.maps
     }
 
+    /// The writer, bookkeeping dropped: what a process handing over leaves in the kernel
+    /// (tests of the new process's replay over it).
+    pub fn into_writer(self) -> W {
+        self.maps
+    }
+
     /// Replays one command of the protocol core. Commands for TCP/TLS clients only touch
     /// the relay-IP set (hairpin detection); their data stays in userspace. Permissions and
     /// channels go through [`Offload`]: each allocation holds at most its share of the maps.

@@ -16,6 +16,7 @@ pub mod maps;
 mod offload;
 mod reader;
 pub mod shield;
+pub mod swap;
 mod writer;
 
 pub use attach::{Attached, Link};
@@ -28,7 +29,7 @@ pub use maps::XdpMaps;
 pub use reader::XdpReader;
 pub use writer::{Entry, Key, MapWriter, XdpMapsError};
 
-use std::sync::Arc;
+use std::{os::fd::AsFd as _, sync::Arc};
 
 use crate::config::AttachMode;
 use aya::{
@@ -103,27 +104,13 @@ impl XdpPath {
         for (name, size) in sizes.into_iter().chain(bandwidth) {
             loader.map_max_entries(name, size);
         }
-        let mut ebpf = loader.load(OBJECT).map_err(XdpError::Load)?;
+        let mut ebpf = loader.load(swap::object()).map_err(XdpError::Load)?;
         let program: &mut Xdp = ebpf
             .program_mut(XDP_PROGRAM)
             .ok_or(XdpError::MissingProgram)?
             .try_into()
             .map_err(XdpError::Verify)?;
-        // The verifier gives up with EAGAIN when a signal reaches the loading thread
-        // while it works (a child exiting, a stop/continue); the kernel means "try again",
-        // and libbpf retries the same way.
-        let mut attempts = 0;
-        loop {
-            match program.load() {
-                Ok(()) => break,
-                Err(aya::programs::ProgramError::LoadError { io_error, .. })
-                    if io_error.kind() == std::io::ErrorKind::WouldBlock && attempts < 5 =>
-                {
-                    attempts += 1;
-                }
-                Err(e) => return Err(XdpError::Verify(e)),
-            }
-        }
+        verify(program)?;
         let reader = Arc::new(XdpReader::open(&ebpf).map_err(XdpError::Counters)?);
         let handed = adopt::dup_handed(&ebpf).map_err(XdpError::Counters)?;
         Ok(Self {
@@ -202,9 +189,44 @@ impl XdpPath {
     }
 
     /// The old process committed the handover: the links are this process's alone now,
-    /// and dropping this path detaches the program.
+    /// and dropping this path detaches the program. A program of this build loaded onto
+    /// the taken-over maps ([`swap`]) replaces the running one in every link now.
     pub fn mark_committed(&mut self) {
+        if self.adopted_uncommitted
+            && let Some(ebpf) = &self.ebpf
+        {
+            let program = swap::program_fd(ebpf);
+            for a in &self.attached {
+                let Link::Fd(link) = &a.link else { continue };
+                let swapped = program
+                    .ok_or_else(|| std::io::Error::other("the loaded program has no descriptor"))
+                    .and_then(|p| swap::link_update(link.as_fd(), p));
+                match swapped {
+                    Ok(()) => tracing::info!(interface = %a.interface, tag = %adopt::program_tag(),
+                        "XDP program replaced by this build's in the running link (BPF_LINK_UPDATE): same maps, no gap"),
+                    Err(e) => tracing::error!(interface = %a.interface, error = %e,
+                        "replacing the XDP program failed: the previous build's program keeps forwarding on the same maps; restart to run this build's"),
+                }
+            }
+        }
         self.adopted_uncommitted = false;
+    }
+
+    /// Takes the program off every interface now (BPF_LINK_DETACH), though other
+    /// processes hold descriptors of the links: for a successor whose config turns XDP
+    /// off, which must not leave the kernel forwarding on maps nobody updates.
+    pub fn detach_now(&mut self) {
+        for a in &self.attached {
+            let Link::Fd(link) = &a.link else { continue };
+            match swap::link_detach(link.as_fd()) {
+                Ok(()) => {
+                    tracing::info!(interface = %a.interface, "XDP program detached (the new config turns XDP off)")
+                }
+                Err(e) => tracing::error!(interface = %a.interface, error = %e,
+                    "detaching the XDP program failed: it detaches when the previous process exits"),
+            }
+        }
+        self.attached.clear();
     }
 }
 
@@ -222,6 +244,25 @@ impl Drop for XdpPath {
     }
 }
 
+/// Has the kernel verify and load `program`.
+fn verify(program: &mut Xdp) -> Result<(), XdpError> {
+    // The verifier gives up with EAGAIN when a signal reaches the loading thread
+    // while it works (a child exiting, a stop/continue); the kernel means "try again",
+    // and libbpf retries the same way.
+    let mut attempts = 0;
+    loop {
+        match program.load() {
+            Ok(()) => return Ok(()),
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.kind() == std::io::ErrorKind::WouldBlock && attempts < 5 =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(XdpError::Verify(e)),
+        }
+    }
+}
+
 fn ifindex(interface: &str) -> Result<u32, XdpError> {
     let name = std::ffi::CString::new(interface)
         .map_err(|_| XdpError::UnknownInterface(interface.to_owned()))?;
@@ -233,7 +274,7 @@ fn ifindex(interface: &str) -> Result<u32, XdpError> {
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
-fn raise_memlock_limit() {
+pub(super) fn raise_memlock_limit() {
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
