@@ -43,7 +43,7 @@ mod tests {
     use rustls::{ClientConnection, pki_types::ServerName};
 
     use super::*;
-    use crate::tcp::test_tls::configs;
+    use crate::tcp::test_tls::{configs, handshake};
 
     /// A server and a client session with the handshake done.
     fn pair() -> (ServerConnection, ClientConnection) {
@@ -51,20 +51,7 @@ mod tests {
         let mut s = ServerConnection::new(server).unwrap();
         let name = ServerName::try_from("relay.test").unwrap();
         let mut c = ClientConnection::new(client, name).unwrap();
-        while s.is_handshaking() || c.is_handshaking() {
-            let mut wire = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut wire).unwrap();
-            }
-            s.read_tls(&mut &wire[..]).unwrap();
-            s.process_new_packets().unwrap();
-            wire.clear();
-            while s.wants_write() {
-                s.write_tls(&mut wire).unwrap();
-            }
-            c.read_tls(&mut &wire[..]).unwrap();
-            c.process_new_packets().unwrap();
-        }
+        handshake(&mut s, &mut c);
         (s, c)
     }
 

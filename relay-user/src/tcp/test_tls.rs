@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
 pub fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let ck = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).unwrap();
@@ -24,4 +24,22 @@ pub fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         .with_root_certificates(roots)
         .with_no_client_auth();
     (Arc::new(server), Arc::new(client))
+}
+
+/// Runs the handshake between `s` and `c` to the end, records passed in memory.
+pub fn handshake(s: &mut ServerConnection, c: &mut ClientConnection) {
+    while s.is_handshaking() || c.is_handshaking() {
+        let mut wire = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut wire).unwrap();
+        }
+        s.read_tls(&mut &wire[..]).unwrap();
+        s.process_new_packets().unwrap();
+        wire.clear();
+        while s.wants_write() {
+            s.write_tls(&mut wire).unwrap();
+        }
+        c.read_tls(&mut &wire[..]).unwrap();
+        c.process_new_packets().unwrap();
+    }
 }
