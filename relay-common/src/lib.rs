@@ -17,6 +17,12 @@ pub use shield::*;
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
 /// Capacity of [`IFACE_COUNTERS_MAP`]: more interfaces than any edge host has.
 pub const IFACE_COUNTERS_MAX: u32 = 256;
+/// Name of the per-interface counter array (`PerCpuArray<IfaceCounters>`) indexed by
+/// ifindex, for interfaces whose ifindex is below [`IFACE_LOW_MAX`]; the others count in
+/// [`IFACE_COUNTERS_MAP`]. An array lookup is inlined by the kernel, a hash lookup is not.
+pub const IFACE_LOW_MAP: &str = "IFACE_LOW";
+/// Entries of [`IFACE_LOW_MAP`].
+pub const IFACE_LOW_MAX: u32 = 256;
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "relay_xdp";
 
@@ -94,6 +100,10 @@ pub const RELAYS_PER_ALLOCATION: u32 = 2;
 pub const CHANNELS_PER_ALLOCATION: u32 = 4;
 /// Permission entries per allocation.
 pub const PERMISSIONS_PER_ALLOCATION: u32 = 8;
+/// Entries of the kernel program's per-CPU next-hop cache (`FIB_CACHE`: one per counter
+/// slot and direction, modulo this; a power of two). Fixed, not sized from
+/// `max_allocations`: it is per CPU, and a collision only costs a FIB lookup.
+pub const FIB_CACHE_SIZE: u32 = 8192;
 /// Capacity of [`REDIRECT_MAP`].
 pub const REDIRECT_MAX: u32 = 64;
 
@@ -386,4 +396,5 @@ const _: () = {
     assert!(core::mem::size_of::<ShieldConfig>() == 40);
     assert!(core::mem::size_of::<bench::BenchCounters>() == 16);
     assert!(core::mem::size_of::<bench::BenchRedirect>() == 16);
+    assert!(FIB_CACHE_SIZE.is_power_of_two());
 };
