@@ -17,6 +17,12 @@ pub use shield::*;
 pub const IFACE_COUNTERS_MAP: &str = "IFACE_COUNTERS";
 /// Capacity of [`IFACE_COUNTERS_MAP`]: more interfaces than any edge host has.
 pub const IFACE_COUNTERS_MAX: u32 = 256;
+/// Name of the per-interface counter array (`PerCpuArray<IfaceCounters>`) indexed by
+/// ifindex, for interfaces whose ifindex is below [`IFACE_LOW_MAX`]; the others count in
+/// [`IFACE_COUNTERS_MAP`]. An array lookup is inlined by the kernel, a hash lookup is not.
+pub const IFACE_LOW_MAP: &str = "IFACE_LOW";
+/// Entries of [`IFACE_LOW_MAP`].
+pub const IFACE_LOW_MAX: u32 = 256;
 /// Name of the XDP program in the object file.
 pub const XDP_PROGRAM: &str = "relay_xdp";
 
@@ -73,6 +79,47 @@ pub const REDIRECT_MAP: &str = "REDIRECT_IFACES";
 /// traffic: delivered to the other allocation's client without a round trip through the
 /// NAT (in the kernel when [`RELAY_ADDRS_MAP`] knows the port, else by userspace).
 pub const PUBLIC_IPS_MAP: &str = "PUBLIC_IPS";
+/// `Array<PublicIpBits>`, one entry: a bit per [`public_ip_bit`] value of the IPs in
+/// [`PUBLIC_IPS_MAP`], written by the daemon before an IP goes in and after it goes out.
+/// The kernel looks an IP up in [`PUBLIC_IPS_MAP`] only when its bit is set: every client
+/// request names a peer, nearly never one of ours, and a hash lookup of 16 bytes costs
+/// ~25 ns a packet (an array lookup is inlined).
+pub const PUBLIC_IP_BITS_MAP: &str = "PUBLIC_IP_BITS";
+
+/// The bit of `ip` in [`PublicIpBits`]: its bytes folded into one (IPv4-mapped addresses:
+/// the IPv4 address's four bytes, as the prefix's bytes cancel out).
+#[inline(always)]
+pub fn public_ip_bit(ip: &Ip) -> u32 {
+    let mut x = 0u8;
+    let mut i = 0;
+    while i < 16 {
+        x ^= ip[i];
+        i += 1;
+    }
+    x as u32
+}
+
+/// Value of [`PUBLIC_IP_BITS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublicIpBits {
+    pub words: [u64; 4],
+}
+
+impl PublicIpBits {
+    /// Whether `bit` (a [`public_ip_bit`]) is set.
+    #[inline(always)]
+    pub fn has(&self, bit: u32) -> bool {
+        let bit = bit & 0xff;
+        self.words[(bit >> 6) as usize] >> (bit & 63) & 1 != 0
+    }
+
+    pub fn set(&mut self, bit: u32) {
+        let bit = bit & 0xff;
+        self.words[(bit >> 6) as usize] |= 1 << (bit & 63);
+    }
+}
+
 /// Capacity of [`PUBLIC_IPS_MAP`].
 pub const PUBLIC_IPS_MAX: u32 = 256;
 /// `HashMap<RelayKey, RelayValue>`: every address a peer can name a relayed address of a UDP
@@ -94,6 +141,10 @@ pub const RELAYS_PER_ALLOCATION: u32 = 2;
 pub const CHANNELS_PER_ALLOCATION: u32 = 4;
 /// Permission entries per allocation.
 pub const PERMISSIONS_PER_ALLOCATION: u32 = 8;
+/// Entries of the kernel program's per-CPU next-hop cache (`FIB_CACHE`: one per counter
+/// slot and direction, modulo this; a power of two). Fixed, not sized from
+/// `max_allocations`: it is per CPU, and a collision only costs a FIB lookup.
+pub const FIB_CACHE_SIZE: u32 = 8192;
 /// Capacity of [`REDIRECT_MAP`].
 pub const REDIRECT_MAX: u32 = 64;
 
@@ -367,6 +418,7 @@ mod pod {
     unsafe impl aya::Pod for super::AllocCounters {}
     unsafe impl aya::Pod for super::SlotBandwidth {}
     unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::PublicIpBits {}
     unsafe impl aya::Pod for super::ShieldConfig {}
     unsafe impl aya::Pod for super::bench::BenchCounters {}
     unsafe impl aya::Pod for super::bench::BenchRedirect {}
@@ -386,4 +438,6 @@ const _: () = {
     assert!(core::mem::size_of::<ShieldConfig>() == 40);
     assert!(core::mem::size_of::<bench::BenchCounters>() == 16);
     assert!(core::mem::size_of::<bench::BenchRedirect>() == 16);
+    assert!(FIB_CACHE_SIZE.is_power_of_two());
+    assert!(core::mem::size_of::<PublicIpBits>() == 32);
 };

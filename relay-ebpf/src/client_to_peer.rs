@@ -7,7 +7,7 @@ use relay_common::{Reason, is_v4_mapped};
 use crate::{
     bandwidth, csum,
     emit::{self, Out},
-    fib,
+    fib, fib_cache,
     maps::count_to_peer,
     parse::{ETH_LEN, UDP_LEN, Udp},
     request::Request,
@@ -53,6 +53,7 @@ fn handle_inner(ctx: &XdpContext, udp: &Udp, req: &Request) -> Result<u32, Reaso
     let ip_len = Out::ip_hdr_len(out_v6);
     let hop = fib::lookup(
         ctx,
+        fib_cache::index(req.slot, false),
         out_v6,
         &req.relay_ip,
         &req.peer_ip,

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use relay_common::{Be16, Ip, Reason};
 
-use crate::maps::REDIRECT_IFACES;
+use crate::{fib_cache, maps::REDIRECT_IFACES};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -31,9 +31,12 @@ pub struct Hop {
 }
 
 /// `tot_len`: length of the IP packet that will be sent (checked against the MTU).
+/// `cache`: where the answer is remembered ([`fib_cache::index`]).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn lookup(
     ctx: &XdpContext,
+    cache: u32,
     v6: bool,
     src: &Ip,
     dst: &Ip,
@@ -43,6 +46,18 @@ pub fn lookup(
 ) -> Result<Hop, Reason> {
     // SAFETY: ctx.ctx is the xdp_md of this invocation.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let now = fib_cache::now();
+    let query = fib_cache::Query {
+        ingress,
+        src,
+        dst,
+        sport,
+        dport,
+        tot_len,
+    };
+    if let Some(hop) = fib_cache::get(cache, now, &query) {
+        return Ok(hop);
+    }
     let p = crate::maps::SCRATCH_FIB
         .get_ptr_mut(0)
         .ok_or(Reason::FibFailed)?;
@@ -95,11 +110,13 @@ pub fn lookup(
     } else {
         return Err(Reason::NoRedirectTarget);
     };
-    Ok(Hop {
+    let hop = Hop {
         smac: p.smac,
         dmac: p.dmac,
         redirect,
-    })
+    };
+    fib_cache::put(cache, now, &query, &hop);
+    Ok(hop)
 }
 
 /// The XDP action that sends the rewritten frame on its way.

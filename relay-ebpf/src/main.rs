@@ -23,6 +23,7 @@ mod counters;
 mod csum;
 mod emit;
 mod fib;
+mod fib_cache;
 mod hairpin;
 mod maps;
 mod parse;

@@ -4,12 +4,13 @@
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use aya_ebpf::{
     macros::map,
-    maps::{DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use relay_common::{
     AllocCounters, CHANNELS_PER_ALLOCATION, ChannelKey, ChannelValue, ClientKey, ClientTarget,
     DEFAULT_MAX_ALLOCATIONS, Ip, PERMISSIONS_PER_ALLOCATION, PUBLIC_IPS_MAX, PeerKey,
-    PermissionKey, REASON_COUNT, REDIRECT_MAX, RELAYS_PER_ALLOCATION, Reason, RelayKey, RelayValue,
+    PermissionKey, PublicIpBits, REASON_COUNT, REDIRECT_MAX, RELAYS_PER_ALLOCATION, Reason,
+    RelayKey, RelayValue, public_ip_bit,
 };
 
 use crate::{parse::Udp, request::Request};
@@ -38,6 +39,18 @@ pub static PERMISSIONS: HashMap<PermissionKey, ClientTarget> =
 
 #[map(name = "PUBLIC_IPS")]
 pub static PUBLIC_IPS: HashMap<Ip, u32> = HashMap::with_max_entries(PUBLIC_IPS_MAX, 0);
+
+#[map(name = "PUBLIC_IP_BITS")]
+pub static PUBLIC_IP_BITS: Array<PublicIpBits> = Array::with_max_entries(1, 0);
+
+/// Whether `ip` may be in PUBLIC_IPS (its bit is set; see `relay_common::PUBLIC_IP_BITS_MAP`).
+#[inline(always)]
+pub fn maybe_public(ip: &Ip) -> bool {
+    match PUBLIC_IP_BITS.get(0) {
+        Some(b) => b.has(public_ip_bit(ip)),
+        None => true,
+    }
+}
 
 #[map(name = "ALLOC_COUNTERS")]
 pub static ALLOC_COUNTERS: PerCpuArray<AllocCounters> = PerCpuArray::with_max_entries(RELAYS, 0);

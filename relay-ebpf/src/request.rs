@@ -11,7 +11,7 @@ use relay_common::{
 
 use crate::{
     csum::{self, Csum},
-    maps::{CHANNEL_MAP, PERMISSIONS, PUBLIC_IPS},
+    maps::{CHANNEL_MAP, PERMISSIONS, PUBLIC_IPS, maybe_public},
     parse::{UDP_LEN, Udp, ptr_at},
     send_indication,
 };
@@ -108,7 +108,7 @@ fn read_inner(ctx: &XdpContext, udp: &Udp, req: &mut Request) -> Result<u32, Rea
     if req.send && flags & PERMISSION_SOME_PORTS != 0 {
         return Err(Reason::SendPortCheck);
     }
-    if PUBLIC_IPS.get_ptr(&req.peer_ip).is_some() {
+    if maybe_public(&req.peer_ip) && PUBLIC_IPS.get_ptr(&req.peer_ip).is_some() {
         Ok(HAIRPIN)
     } else {
         Ok(TO_PEER)

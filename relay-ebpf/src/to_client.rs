@@ -8,7 +8,7 @@ use relay_common::{Be16, ClientTarget, Ip, Reason, is_v4_mapped};
 use crate::{
     csum::{self, Csum},
     emit::{self, Out},
-    fib,
+    fib, fib_cache,
     parse::{ETH_LEN, UDP_LEN, Udp, ptr_at},
 };
 
@@ -63,6 +63,7 @@ pub fn deliver(
     let ip_len = Out::ip_hdr_len(out_v6);
     let hop = fib::lookup(
         ctx,
+        fib_cache::index(t.slot, true),
         out_v6,
         &t.listener_ip,
         &t.client_ip,

@@ -8,10 +8,11 @@ use aya::{
 use relay_common::{
     ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, Bucket, CHANNELS_MAP, CLIENTS_MAP,
     ChannelKey, ChannelValue, ClientKey, ClientTarget, Ip, LISTENERS_MAP, PEER_CHANNELS_MAP,
-    PERMISSIONS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, REASON_COUNTERS_MAP, REDIRECT_MAP,
-    RELAY_ADDRS_MAP, RELAY_IPS_MAP, Reason, RelayKey, RelayValue, SHIELD_CONFIG_MAP, ShieldConfig,
-    SlotBandwidth,
+    PERMISSIONS_MAP, PUBLIC_IP_BITS_MAP, PUBLIC_IPS_MAP, PeerKey, PermissionKey, PublicIpBits,
+    REASON_COUNTERS_MAP, REDIRECT_MAP, RELAY_ADDRS_MAP, RELAY_IPS_MAP, Reason, RelayKey,
+    RelayValue, SHIELD_CONFIG_MAP, ShieldConfig, SlotBandwidth,
     bandwidth::{ALLOC_DROPS_MAP, BANDWIDTH_MAP, SLOT_BANDWIDTH_MAP},
+    public_ip_bit,
 };
 
 use super::writer::{Entry, Key, MapWriter, XdpMapsError, update_error as upd};
@@ -25,6 +26,10 @@ pub struct KernelMaps {
     peer_channels: HashMap<MapData, PeerKey, ClientTarget>,
     permissions: HashMap<MapData, PermissionKey, ClientTarget>,
     public_ips: HashMap<MapData, Ip, u32>,
+    /// The kernel's filter in front of `public_ips` (see `PUBLIC_IP_BITS_MAP`), and how
+    /// many IPs in `public_ips` have each bit.
+    public_bits: Array<MapData, PublicIpBits>,
+    public_bit_refs: [u32; 256],
     alloc_counters: PerCpuArray<MapData, AllocCounters>,
     reasons: PerCpuArray<MapData, u64>,
     redirect: Redirect,
@@ -93,6 +98,13 @@ impl KernelMaps {
     pub(super) fn open_with(ebpf: &mut MapSource<'_>) -> Result<Self, XdpMapsError> {
         let nr_cpus =
             aya::util::nr_cpus().map_err(|(what, e)| XdpMapsError::Cpus(format!("{what}: {e}")))?;
+        let public_ips: HashMap<MapData, Ip, u32> = take(ebpf, PUBLIC_IPS_MAP)?;
+        // Handed over by a running relay: its IPs are in already, their bits set.
+        let mut public_bit_refs = [0u32; 256];
+        for ip in public_ips.keys() {
+            let ip = ip.map_err(upd(PUBLIC_IPS_MAP, "walk"))?;
+            public_bit_refs[public_ip_bit(&ip) as usize] += 1;
+        }
         Ok(Self {
             allocations: take(ebpf, ALLOCATIONS_MAP)?,
             relay_addrs: take(ebpf, RELAY_ADDRS_MAP)?,
@@ -100,7 +112,9 @@ impl KernelMaps {
             channels: take(ebpf, CHANNELS_MAP)?,
             peer_channels: take(ebpf, PEER_CHANNELS_MAP)?,
             permissions: take(ebpf, PERMISSIONS_MAP)?,
-            public_ips: take(ebpf, PUBLIC_IPS_MAP)?,
+            public_ips,
+            public_bits: take(ebpf, PUBLIC_IP_BITS_MAP)?,
+            public_bit_refs,
             alloc_counters: take(ebpf, ALLOC_COUNTERS_MAP)?,
             reasons: take(ebpf, REASON_COUNTERS_MAP)?,
             redirect: redirect(ebpf)?,
@@ -170,6 +184,36 @@ impl KernelMaps {
     }
 }
 
+impl KernelMaps {
+    /// Counts an IP in (`add`) or out of PUBLIC_IPS for its bit, and writes the kernel's
+    /// filter when the bit turns on or off.
+    fn count_public_bit(&mut self, ip: &Ip, add: bool) -> Result<(), XdpMapsError> {
+        let bit = public_ip_bit(ip) as usize;
+        let refs = &mut self.public_bit_refs[bit];
+        let before = *refs;
+        *refs = if add {
+            before + 1
+        } else {
+            before.saturating_sub(1)
+        };
+        if (before == 0) == (*refs == 0) {
+            return Ok(());
+        }
+        let mut bits = PublicIpBits::default();
+        for (b, _) in self
+            .public_bit_refs
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+        {
+            bits.set(b as u32);
+        }
+        self.public_bits
+            .set(0, bits, 0)
+            .map_err(upd(PUBLIC_IP_BITS_MAP, "write"))
+    }
+}
+
 impl MapWriter for KernelMaps {
     fn insert(&mut self, entry: Entry) -> Result<(), XdpMapsError> {
         let result = match entry {
@@ -179,7 +223,11 @@ impl MapWriter for KernelMaps {
             Entry::Channel(k, v) => self.channels.insert(k, v, 0),
             Entry::PeerChannel(k, v) => self.peer_channels.insert(k, v, 0),
             Entry::Permission(k, v) => self.permissions.insert(k, v, 0),
-            Entry::PublicIp(ip) => self.public_ips.insert(ip, 1, 0),
+            Entry::PublicIp(ip) => {
+                // The bit first: the kernel must never see the IP without it.
+                self.count_public_bit(&ip, true)?;
+                self.public_ips.insert(ip, 1, 0)
+            }
         };
         result.map_err(upd(entry.key().map(), "insert"))
     }
@@ -194,7 +242,12 @@ impl MapWriter for KernelMaps {
             Key::Permission(k) => self.permissions.remove(k),
             Key::PublicIp(ip) => self.public_ips.remove(ip),
         };
-        result.map_err(upd(key.map(), "remove"))
+        result.map_err(upd(key.map(), "remove"))?;
+        if let Key::PublicIp(ip) = key {
+            // After the IP is out (a bit left set only costs the kernel a lookup).
+            self.count_public_bit(&ip, false)?;
+        }
+        Ok(())
     }
 
     fn relay_value(&self, key: Key) -> Option<RelayValue> {

@@ -12,8 +12,9 @@ use aya::{
     maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap},
 };
 use relay_common::{
-    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, IFACE_COUNTERS_MAP, IfaceCounters,
-    REASON_COUNTERS_MAP, Reason, RelayKey, RelayValue, bandwidth::ALLOC_DROPS_MAP,
+    ALLOC_COUNTERS_MAP, ALLOCATIONS_MAP, AllocCounters, IFACE_COUNTERS_MAP, IFACE_LOW_MAP,
+    IFACE_LOW_MAX, IfaceCounters, REASON_COUNTERS_MAP, Reason, RelayKey, RelayValue,
+    bandwidth::ALLOC_DROPS_MAP,
 };
 
 use super::{
@@ -31,6 +32,8 @@ pub struct XdpReader {
     alloc_drops: PerCpuArray<MapData, u64>,
     reasons: PerCpuArray<MapData, u64>,
     ifaces: PerCpuHashMap<MapData, u32, IfaceCounters>,
+    /// The same, indexed by ifindex, for ifindexes below `IFACE_LOW_MAX`.
+    ifaces_low: PerCpuArray<MapData, IfaceCounters>,
 }
 
 impl XdpReader {
@@ -54,6 +57,7 @@ impl XdpReader {
             alloc_drops: typed(get, ALLOC_DROPS_MAP)?,
             reasons: typed(get, REASON_COUNTERS_MAP)?,
             ifaces: typed(get, IFACE_COUNTERS_MAP)?,
+            ifaces_low: typed(get, IFACE_LOW_MAP)?,
         })
     }
 
@@ -86,6 +90,16 @@ impl XdpReader {
     /// Packets and bytes seen per ingress ifindex, summed over CPUs, by ifindex.
     pub fn iface_counters(&self) -> Result<Vec<(u32, IfaceCounters)>, XdpMapsError> {
         let mut out = Vec::new();
+        for ifindex in 0..IFACE_LOW_MAX {
+            let per_cpu = self
+                .ifaces_low
+                .get(&ifindex, 0)
+                .map_err(upd(IFACE_LOW_MAP, "read"))?;
+            let sum = IfaceCounters::sum(per_cpu.iter());
+            if sum.packets != 0 {
+                out.push((ifindex, sum));
+            }
+        }
         for entry in self.ifaces.iter() {
             let (ifindex, per_cpu) = entry.map_err(upd(IFACE_COUNTERS_MAP, "walk"))?;
             out.push((ifindex, IfaceCounters::sum(per_cpu.iter())));
