@@ -8,6 +8,7 @@
 //! that the data paths (userspace UDP, io_uring TCP, XDP maps) carry out.
 
 pub mod auth;
+pub mod fast_map;
 pub mod policy;
 pub mod proxy_header;
 pub mod server;

@@ -2,8 +2,9 @@
 //! (one index per family: there is one relay bind address per family, so the port names the
 //! allocation). Per-user counts for the quota live in [`Shared`](super::Shared), across shards.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+
+use crate::fast_map::FastMap;
 
 use super::allocation::{Allocation, AllocationId, Family};
 use super::five_tuple::FiveTuple;
@@ -25,8 +26,10 @@ pub(crate) struct Table {
     shard_bits: u32,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    by_tuple: HashMap<FiveTuple, AllocationId>,
-    by_port: [HashMap<u16, AllocationId>; 2],
+    /// Looked up for every client datagram, by port for every peer datagram: see
+    /// [`FastMap`] for the hasher.
+    by_tuple: FastMap<FiveTuple, AllocationId>,
+    by_port: [FastMap<u16, AllocationId>; 2],
 }
 
 impl Default for Table {
@@ -42,7 +45,7 @@ impl Table {
             shard_bits: (shard << SLOT_BITS) & !SLOT_MASK,
             slots: Vec::new(),
             free: Vec::new(),
-            by_tuple: HashMap::new(),
+            by_tuple: FastMap::default(),
             by_port: Default::default(),
         }
     }

@@ -7,11 +7,13 @@
 //! the connection stalled on it).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     io,
     net::{SocketAddr, UdpSocket},
     os::fd::{AsRawFd, RawFd},
 };
+
+use relay_proto::fast_map::FastMap;
 
 use super::slab::{Key, Slab};
 
@@ -50,7 +52,8 @@ pub enum Change {
 
 pub struct RelaySockets<T> {
     slab: Slab<RelaySocket<T>>,
-    by_addr: HashMap<SocketAddr, Key>,
+    /// Looked up for every datagram sent to a peer (keys: this relay's own addresses).
+    by_addr: FastMap<SocketAddr, Key>,
     registry: Registry,
     changes: VecDeque<Change>,
     /// Closed sockets whose fd a batch's queued sends may still name: kept until those
@@ -63,7 +66,7 @@ impl<T> Default for RelaySockets<T> {
     fn default() -> Self {
         Self {
             slab: Slab::default(),
-            by_addr: HashMap::new(),
+            by_addr: FastMap::default(),
             registry: Registry::Queued,
             changes: VecDeque::new(),
             retired: Vec::new(),
