@@ -70,7 +70,8 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
     });
     // A new build whose kernel program differs loads it now (or refuses, saying why)
     // before the old process pauses; it is bound to the running maps once they arrive.
-    let xdp_on = config.xdp_mode != crate::config::AttachMode::Off && !config.xdp_interfaces.is_empty();
+    let xdp_on =
+        config.xdp_mode != crate::config::AttachMode::Off && !config.xdp_interfaces.is_empty();
     let swap = match incoming {
         Some(_) if xdp_on => {
             crate::xdp::swap::use_test_object().map_err(anyhow::Error::msg)?;
