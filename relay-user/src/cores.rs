@@ -240,6 +240,7 @@ pub fn demo_config() -> anyhow::Result<(Config, String)> {
         xdp_interfaces: vec!["lo".into()],
         xdp_mode: crate::config::AttachMode::Auto,
         xdp_forwarding: crate::config::Forwarding::Auto,
+        xdp_program_upgrades: true,
         udp_workers: 0,
         udp_engine: crate::config::IoEngine::Auto,
         log_level: "info".into(),

@@ -77,7 +77,13 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
             crate::xdp::swap::use_test_object().map_err(anyhow::Error::msg)?;
             crate::handover::kernel::changed_program().map_err(anyhow::Error::msg)?
         }
-        _ => None,
+        Some(_) => {
+            // No program of ours to compare: the running one's description must not
+            // reach this process's own successor, which would take it for ours.
+            crate::handover::kernel::forget_running_program();
+            None
+        }
+        None => None,
     };
     // Prepared: the old process pauses and sends its sockets, allocations and kernel
     // state now.
@@ -102,7 +108,13 @@ fn run_with(args: ServeArgs, incoming: Option<Pending>) -> anyhow::Result<()> {
         }
         None => start_xdp(&config)?,
     };
-    crate::privileges::drop_after_setup(still_needed(&config, &fast_path, path.is_some()))?;
+    let retiring = incoming.as_ref().is_some_and(|i| i.retired_xdp.is_some());
+    crate::privileges::drop_after_setup(still_needed(
+        &config,
+        &fast_path,
+        path.is_some(),
+        retiring,
+    ))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -488,8 +488,21 @@ fn two_upgrades_under_load(xdp: bool, rate: u32, max_loss: f64) {
             } else {
                 assert_eq!(attached, expected_prog, "the XDP program changed");
             }
+            // ... and runs on the maps the allocations are in: a program left on maps
+            // of its own would forward nothing (every packet would go up to userspace,
+            // which carries this rate too, so the loss bound alone would not tell).
+            let before = kernel_forwarded(t);
+            std::thread::sleep(Duration::from_secs(2));
+            let forwarded = kernel_forwarded(t) - before;
+            assert!(
+                forwarded >= f64::from(rate),
+                "the kernel forwarded {forwarded} packets in 2 s after generation \
+                 {generation} took over (the load sends {rate}/s each way): the program does \
+                 not see the allocations' maps"
+            );
+        } else {
+            std::thread::sleep(Duration::from_secs(2));
         }
-        std::thread::sleep(Duration::from_secs(2));
     }
     let (code, report) = load.finish(LOAD_TIMEOUT).report();
     let call = call.finish(relay);

@@ -153,6 +153,10 @@ pub struct XdpSection {
     /// auto | manual: whether the relay enables IP forwarding on these interfaces (which
     /// the kernel's FIB lookup requires) and guards it with nftables.
     pub forwarding: Option<String>,
+    /// Keep CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN after setup so that an upgrade can
+    /// bring a changed kernel program (default true); false drops them and such an
+    /// upgrade is refused with the reason.
+    pub program_upgrades: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -35,6 +35,7 @@ workers = 4
 interfaces = ["eth1", "eth0"]
 mode = "native"
 forwarding = "manual"
+program_upgrades = false
 
 [log]
 level = "debug"
@@ -75,6 +76,7 @@ fn deployment_config_parses() {
     assert_eq!(c.max_allocations_per_user, 1800);
     assert_eq!(c.xdp_mode, AttachMode::Native);
     assert_eq!(c.xdp_forwarding, Forwarding::Manual);
+    assert!(!c.xdp_program_upgrades);
     assert_eq!(c.udp_workers, 4);
     assert_eq!(c.log_level, "debug");
 }
@@ -170,6 +172,7 @@ fn single_listener_supplies_the_relay_address() {
     assert_eq!(c.udp_workers, 0);
     assert_eq!(c.udp_engine, IoEngine::Auto);
     assert_eq!(c.xdp_forwarding, Forwarding::Auto);
+    assert!(c.xdp_program_upgrades);
     // Two listeners: which NIC relays is the operator's call.
     let two = "[[listen]]\naddress = \"127.0.0.1:3478\"\n[[listen]]\naddress = \"127.0.0.2:3478\"\n\
                [auth]\nshared_secrets = [\"x\"]\n";

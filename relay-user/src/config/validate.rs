@@ -90,6 +90,9 @@ pub struct Config {
     pub xdp_mode: AttachMode,
     /// Who turns on the IP forwarding the kernel fast path needs (`[xdp] forwarding`).
     pub xdp_forwarding: Forwarding,
+    /// Whether the capabilities to load a changed kernel program at an upgrade are kept
+    /// (`[xdp] program_upgrades`).
+    pub xdp_program_upgrades: bool,
     /// UDP data-path threads; 0 = one per CPU (`[udp] workers`).
     pub udp_workers: usize,
     /// Event loop of the UDP workers (`[udp] engine`).
@@ -455,6 +458,7 @@ impl ConfigFile {
             xdp_interfaces: self.xdp.interfaces,
             xdp_mode,
             xdp_forwarding,
+            xdp_program_upgrades: self.xdp.program_upgrades.unwrap_or(true),
             udp_workers,
             udp_engine,
             log_level,

@@ -186,7 +186,8 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     check(
         old.xdp_interfaces != new.xdp_interfaces
             || old.xdp_mode != new.xdp_mode
-            || old.xdp_forwarding != new.xdp_forwarding,
+            || old.xdp_forwarding != new.xdp_forwarding
+            || old.xdp_program_upgrades != new.xdp_program_upgrades,
         "xdp",
     );
     check(old.udp_workers != new.udp_workers, "udp.workers");

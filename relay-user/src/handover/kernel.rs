@@ -67,7 +67,7 @@ pub fn describe<'a>(
         fds.push(fd);
     }
     let manifest = KernelManifest {
-        program: program_tag(),
+        program: xdp.running_tag(),
         max_allocations,
         attached,
         forwarding: forwarding.map(ForwardingGuard::state).unwrap_or_default(),
@@ -79,7 +79,7 @@ pub fn describe<'a>(
 /// The old process's side, when it starts the new one: what tells it the running
 /// program (environment variables).
 pub fn offer(xdp: &XdpPath) -> Vec<(&'static str, String)> {
-    let mut env = vec![(PROGRAM_ENV, program_tag())];
+    let mut env = vec![(PROGRAM_ENV, xdp.running_tag())];
     match MapLayouts::of(crate::xdp::swap::object(), xdp.max_allocations()) {
         Ok(l) => env.push((MAPS_ENV, serde_json::to_string(&l).unwrap_or_default())),
         Err(e) => {
@@ -87,6 +87,16 @@ pub fn offer(xdp: &XdpPath) -> Vec<(&'static str, String)> {
         }
     }
     env
+}
+
+/// The new process when its config runs no XDP program: drops the old process's
+/// description of its program, as [`changed_program`] does after reading it.
+pub fn forget_running_program() {
+    // SAFETY: called once before any other thread exists.
+    unsafe {
+        std::env::remove_var(PROGRAM_ENV);
+        std::env::remove_var(MAPS_ENV);
+    }
 }
 
 /// The new process, before it says it is prepared: `Ok(None)` when it runs the same
@@ -126,7 +136,7 @@ pub fn changed_program() -> Result<Option<Prepared>, String> {
     let missing = crate::privileges::missing_for_loading();
     if !missing.is_empty() {
         return Err(format!(
-            "{changed}; loading it needs {missing}, which this process did not inherit (the running relay keeps them for its successor only when it runs XDP from a config file: see README, \"Upgrading without dropping calls\")"
+            "{changed}; loading it needs {missing}, which this process did not inherit (the running relay keeps them for its successor only when it runs XDP from a config file with `[xdp] program_upgrades` on: see README, \"Upgrading without dropping calls\")"
         ));
     }
     let prepared = Prepared::new().map_err(|e| format!("{changed}; loading it: {e}"))?;

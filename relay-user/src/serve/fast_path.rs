@@ -15,11 +15,14 @@ use crate::{
 /// it needs (restored when dropped).
 pub(super) type FastPath = (Option<XdpPath>, Kernel, Option<ForwardingGuard>);
 
-/// What the relay needs capabilities for once the fast path is set up.
+/// What the relay needs capabilities for once the fast path is set up. `retiring`: a
+/// taken-over program this process detaches at commit (the new config turns XDP off),
+/// which is a bpf() call too.
 pub(super) fn still_needed(
     config: &Config,
     (xdp, _, forwarding): &FastPath,
     config_file: bool,
+    retiring: bool,
 ) -> crate::privileges::Needs {
     use crate::privileges::is_privileged_port;
     let low_ports = config
@@ -31,8 +34,8 @@ pub(super) fn still_needed(
     crate::privileges::Needs {
         teardown: forwarding.as_ref().is_some_and(|f| f.restores_at_exit()),
         low_ports,
-        bpf_maps: xdp.is_some() && crate::privileges::bpf_calls_need_cap(),
-        program_upgrade: xdp.is_some() && config_file,
+        bpf_maps: (xdp.is_some() || retiring) && crate::privileges::bpf_calls_need_cap(),
+        program_upgrade: xdp.is_some() && config_file && config.xdp_program_upgrades,
     }
 }
 

@@ -222,6 +222,7 @@ impl XdpPath {
             handed,
             handed_over: false,
             adopted_uncommitted: true,
+            swap_failed: false,
         };
         Ok((path, maps))
     }

@@ -30,6 +30,10 @@ pub struct KernelMaps {
     /// many IPs in `public_ips` have each bit.
     public_bits: Array<MapData, PublicIpBits>,
     public_bit_refs: [u32; 256],
+    /// IPs a running relay handed over already in PUBLIC_IPS and counted in
+    /// `public_bit_refs`: the replay of its allocations inserts them again, which must
+    /// not count them twice (the bit would then never clear).
+    inherited_public: std::collections::HashSet<Ip>,
     alloc_counters: PerCpuArray<MapData, AllocCounters>,
     reasons: PerCpuArray<MapData, u64>,
     redirect: Redirect,
@@ -101,9 +105,11 @@ impl KernelMaps {
         let public_ips: HashMap<MapData, Ip, u32> = take(ebpf, PUBLIC_IPS_MAP)?;
         // Handed over by a running relay: its IPs are in already, their bits set.
         let mut public_bit_refs = [0u32; 256];
+        let mut inherited_public = std::collections::HashSet::new();
         for ip in public_ips.keys() {
             let ip = ip.map_err(upd(PUBLIC_IPS_MAP, "walk"))?;
             public_bit_refs[public_ip_bit(&ip) as usize] += 1;
+            inherited_public.insert(ip);
         }
         Ok(Self {
             allocations: take(ebpf, ALLOCATIONS_MAP)?,
@@ -115,6 +121,7 @@ impl KernelMaps {
             public_ips,
             public_bits: take(ebpf, PUBLIC_IP_BITS_MAP)?,
             public_bit_refs,
+            inherited_public,
             alloc_counters: take(ebpf, ALLOC_COUNTERS_MAP)?,
             reasons: take(ebpf, REASON_COUNTERS_MAP)?,
             redirect: redirect(ebpf)?,
@@ -224,8 +231,11 @@ impl MapWriter for KernelMaps {
             Entry::PeerChannel(k, v) => self.peer_channels.insert(k, v, 0),
             Entry::Permission(k, v) => self.permissions.insert(k, v, 0),
             Entry::PublicIp(ip) => {
-                // The bit first: the kernel must never see the IP without it.
-                self.count_public_bit(&ip, true)?;
+                // The bit first: the kernel must never see the IP without it. An IP the
+                // previous process left in the map is counted already.
+                if !self.inherited_public.remove(&ip) {
+                    self.count_public_bit(&ip, true)?;
+                }
                 self.public_ips.insert(ip, 1, 0)
             }
         };
@@ -244,6 +254,7 @@ impl MapWriter for KernelMaps {
         };
         result.map_err(upd(key.map(), "remove"))?;
         if let Key::PublicIp(ip) = key {
+            self.inherited_public.remove(&ip);
             // After the IP is out (a bit left set only costs the kernel a lookup).
             self.count_public_bit(&ip, false)?;
         }

@@ -84,6 +84,10 @@ pub struct XdpPath {
     /// Taken over from a running relay that has not committed the handover yet: it still
     /// holds the links, so dropping this (a refused upgrade) detaches nothing.
     adopted_uncommitted: bool,
+    /// Replacing the program in a taken-over link failed: some link may still run the
+    /// previous build's program, so this process must not tell a successor that the
+    /// running program is this build's ([`XdpPath::running_tag`]).
+    swap_failed: bool,
 }
 
 impl XdpPath {
@@ -121,6 +125,7 @@ impl XdpPath {
             handed,
             handed_over: false,
             adopted_uncommitted: false,
+            swap_failed: false,
         })
     }
 
@@ -204,12 +209,26 @@ impl XdpPath {
                 match swapped {
                     Ok(()) => tracing::info!(interface = %a.interface, tag = %adopt::program_tag(),
                         "XDP program replaced by this build's in the running link (BPF_LINK_UPDATE): same maps, no gap"),
-                    Err(e) => tracing::error!(interface = %a.interface, error = %e,
-                        "replacing the XDP program failed: the previous build's program keeps forwarding on the same maps; restart to run this build's"),
+                    Err(e) => {
+                        self.swap_failed = true;
+                        tracing::error!(interface = %a.interface, error = %e,
+                            "replacing the XDP program failed: the previous build's program keeps forwarding on the same maps; the next upgrade swaps it again, a restart runs this build's")
+                    }
                 }
             }
         }
         self.adopted_uncommitted = false;
+    }
+
+    /// What a successor is told runs in the links: this build's [`adopt::program_tag`],
+    /// or, after a failed swap, a tag no build has, so that any successor loads its own
+    /// program and swaps every link again.
+    pub fn running_tag(&self) -> String {
+        if self.swap_failed {
+            format!("{}-partly-swapped", adopt::program_tag())
+        } else {
+            adopt::program_tag()
+        }
     }
 
     /// Takes the program off every interface now (BPF_LINK_DETACH), though other

@@ -38,14 +38,14 @@ pub fn object() -> &'static [u8] {
 }
 
 /// Names a kernel object a relay started to take over loads instead of its embedded
-/// one. Honoured only by builds with the `test-hooks` cargo feature (never a release
-/// build: `cargo build --release -p relay-user` leaves it out), for the test of an
-/// upgrade to a changed kernel program without building a second relay.
+/// one. Honoured only by debug builds with the `test-hooks` cargo feature (never a
+/// release build, even one whose features a workspace-wide build unified), for the test
+/// of an upgrade to a changed kernel program without building a second relay.
 pub const TEST_OBJECT_ENV: &str = "RELAY_TEST_XDP_OBJECT";
 
 /// A relay started to take over ([`crate::handover`]): with `test-hooks`, loads
 /// [`TEST_OBJECT_ENV`] if set. A fresh start always runs the embedded object.
-#[cfg(feature = "test-hooks")]
+#[cfg(all(feature = "test-hooks", debug_assertions))]
 pub fn use_test_object() -> Result<(), String> {
     let Some(path) = std::env::var_os(TEST_OBJECT_ENV) else {
         return Ok(());
@@ -58,7 +58,7 @@ pub fn use_test_object() -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(not(feature = "test-hooks"))]
+#[cfg(not(all(feature = "test-hooks", debug_assertions)))]
 pub fn use_test_object() -> Result<(), String> {
     Ok(())
 }
@@ -78,6 +78,10 @@ pub struct MapLayout {
 pub struct MapLayouts {
     pub max_allocations: u32,
     pub maps: BTreeMap<String, MapLayout>,
+    /// The order the maps' descriptors travel in ([`HANDED_MAPS`] of the build that
+    /// wrote this): the receiver pairs descriptors with names by position.
+    #[serde(default)]
+    pub order: Vec<String>,
 }
 
 impl MapLayouts {
@@ -110,11 +114,19 @@ impl MapLayouts {
         Ok(Self {
             max_allocations,
             maps,
+            order: HANDED_MAPS.iter().map(|&n| n.to_owned()).collect(),
         })
     }
 
     /// Why a program built with `self` cannot run on maps laid out as `running`.
     pub fn incompatible(&self, running: &Self) -> Option<String> {
+        // Descriptors are paired with names by position: the same names in the same order.
+        if running.order != self.order {
+            return Some(format!(
+                "the running relay hands its maps over as {:?}, this build takes {:?}",
+                running.order, self.order
+            ));
+        }
         for &name in HANDED_MAPS {
             match (self.maps.get(name), running.maps.get(name)) {
                 (Some(ours), Some(theirs)) if ours == theirs => {}
