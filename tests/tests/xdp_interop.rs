@@ -643,7 +643,10 @@ fn cap_mask(status: &str, name: &str) -> u64 {
 /// As systemd starts it (`User=`, `AmbientCapabilities=`, `CapabilityBoundingSet=` of
 /// deploy/relay.service): a non-root uid with the capabilities to start. Once its
 /// program is attached it keeps CAP_NET_ADMIN alone, in every thread, and still relays in
-/// the kernel, reloads on SIGHUP, and puts the host back at SIGTERM.
+/// the kernel, reloads on SIGHUP, and puts the host back at SIGTERM. With `[xdp]
+/// program_upgrades = false`; by default it also keeps CAP_BPF and CAP_PERFMON for a
+/// successor that loads a changed kernel program (README, "Upgrading without dropping
+/// calls").
 #[test]
 fn runs_as_a_user_with_only_the_capabilities_it_keeps() {
     let caps = "-all,+bpf,+perfmon,+net_admin,+net_bind_service,+setpcap";
@@ -661,7 +664,12 @@ fn runs_as_a_user_with_only_the_capabilities_it_keeps() {
         ..Launch::default()
     };
     let env = Deployment::start_kernel_path(TopologyOptions::default(), |topo| {
-        RelayProcess::start_launched(&topo.relay, &config(topo), &launch)
+        let config = config(topo).replace(
+            "forwarding = \"auto\"\n",
+            "forwarding = \"auto\"\nprogram_upgrades = false\n",
+        );
+        assert!(config.contains("program_upgrades = false"), "{config}");
+        RelayProcess::start_launched(&topo.relay, &config, &launch)
             .unwrap_or_else(|e| panic!("relay did not start: {e}"))
     })
     .with_media_peer();
@@ -695,6 +703,11 @@ fn runs_as_a_user_with_only_the_capabilities_it_keeps() {
         .wait_for_log("capabilities dropped", Duration::ZERO)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(kept.contains("CAP_NET_ADMIN"), "{kept}");
+    let kept_field = kept
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("kept="))
+        .unwrap_or_else(|| panic!("no kept= in {kept}"));
+    assert_eq!(kept_field, "CAP_NET_ADMIN", "{kept}");
 
     let mut u = uclient(&env, env.addrs().public);
     u.clients = 2;
