@@ -89,8 +89,9 @@ pub fn offer(xdp: &XdpPath) -> Vec<(&'static str, String)> {
     env
 }
 
-/// The new process when its config runs no XDP program: drops the old process's
-/// description of its program, as [`changed_program`] does after reading it.
+/// Drops the old process's description of its program from this process's environment,
+/// so that its own successor never takes it for this process's: after
+/// [`changed_program`] read it, or at once when the new config runs no XDP program.
 pub fn forget_running_program() {
     // SAFETY: called once before any other thread exists.
     unsafe {
@@ -106,11 +107,7 @@ pub fn forget_running_program() {
 pub fn changed_program() -> Result<Option<Prepared>, String> {
     let theirs = std::env::var(PROGRAM_ENV).ok();
     let layouts = std::env::var(MAPS_ENV).ok();
-    // SAFETY: read once before any other thread exists.
-    unsafe {
-        std::env::remove_var(PROGRAM_ENV);
-        std::env::remove_var(MAPS_ENV);
-    }
+    forget_running_program();
     let Some(theirs) = theirs.filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
