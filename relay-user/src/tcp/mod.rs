@@ -26,7 +26,6 @@ mod conn;
 mod connection;
 mod epoll;
 mod limits;
-mod peer_sends;
 mod records;
 mod state;
 mod stream;

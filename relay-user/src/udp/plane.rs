@@ -235,7 +235,12 @@ pub(super) struct SendErrors {
 
 impl SendErrors {
     pub fn record(&mut self, e: std::io::Error) {
-        self.total += 1;
+        self.record_lost(e, 1);
+    }
+
+    /// `lost` datagrams failed with `e` (a GSO run fails as a whole).
+    pub fn record_lost(&mut self, e: std::io::Error, lost: u64) {
+        self.total += lost;
         self.last = Some(e);
     }
 

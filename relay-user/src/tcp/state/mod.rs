@@ -38,10 +38,9 @@ use std::{
 use relay_proto::server::{ConnectionId, FiveTuple, Server};
 use rustls::ServerConnection;
 
-use super::{
-    conn::Conn, connection::Queued, limits::SharedAdmission, peer_sends::PeerSends,
-    tls::TlsAcceptor,
-};
+use super::{conn::Conn, connection::Queued, limits::SharedAdmission, tls::TlsAcceptor};
+pub use relays::Origin;
+
 use crate::{
     config::TcpSettings,
     shard::{
@@ -49,6 +48,7 @@ use crate::{
         relays::{Change, RelaySockets},
         slab::{Key, Slab},
     },
+    uring::sends::SendPool,
 };
 
 /// How often idle and handshake timeouts are checked.
@@ -210,8 +210,8 @@ pub struct State {
     /// stops accepting on them and serves the connections it has until they end.
     pub listening: Arc<AtomicBool>,
     /// io_uring: datagrams to peers wait here for the loop's next submission (see
-    /// [`PeerSends`]); epoll sends each at once.
-    pub peer_sends: Option<PeerSends>,
+    /// [`SendPool`]); epoll sends each at once.
+    pub peer_sends: Option<SendPool<Origin>>,
 }
 
 impl State {

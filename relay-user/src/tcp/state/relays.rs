@@ -14,9 +14,17 @@ use crate::{
         apply::{Edge, Mirror},
         slab::Key,
     },
-    tcp::{conn::Stall, peer_sends::Origin},
+    tcp::conn::Stall,
     udp::bind_udp,
 };
+
+/// Who a datagram in the io_uring loop's send pool was for, to stall its client if the
+/// relay socket refused it (see [`State::peer_send_done`]).
+#[derive(Clone, Copy)]
+pub struct Origin {
+    pub conn: Key,
+    pub relay: Key,
+}
 
 /// Datagrams taken from one relay socket per readiness event (fairness).
 const PEER_BATCH: usize = 64;
@@ -43,9 +51,8 @@ impl State {
             let origin = Origin {
                 conn: id,
                 relay: rk,
-                peer,
             };
-            if sends.queue(r.sock.as_raw_fd(), payload, origin) {
+            if sends.push(r.sock.as_raw_fd(), payload, &peer, origin) {
                 return;
             }
         }
@@ -92,20 +99,20 @@ impl State {
         let Some(sends) = self.peer_sends.as_mut() else {
             return;
         };
-        let Some((o, bytes)) = sends.done(slot) else {
+        let Some(f) = sends.completed(slot, res) else {
             return;
         };
-        if res >= 0 {
-            return;
-        }
         // Copied out of the pool (rare: a full socket buffer) for the stall to keep.
-        let payload = bytes.to_vec();
+        let (o, peer, payload, e) = (f.tag, f.to, f.bytes.to_vec(), f.error);
+        // The rest of a gathered run that failed as a whole is lost, as UDP may.
+        for _ in 1..f.lost {
+            bump(&self.stats.peer_send_errors);
+        }
         let Some(relay) = self.relays.get(o.relay).map(|r| r.addr) else {
             return; // the allocation went meanwhile
         };
-        let e = io::Error::from_raw_os_error(-res);
         if e.kind() != io::ErrorKind::WouldBlock {
-            return self.peer_send_failed(relay, o.peer, &e);
+            return self.peer_send_failed(relay, peer, &e);
         }
         let waiting = self
             .relays
@@ -115,7 +122,7 @@ impl State {
             bump(&self.stats.peer_send_errors);
             return;
         }
-        self.stall(o.conn, o.relay, o.peer, &payload);
+        self.stall(o.conn, o.relay, peer, &payload);
     }
 
     /// The relay socket `rk` has room again: the stalled datagram goes, and its client

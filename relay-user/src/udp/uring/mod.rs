@@ -1,7 +1,7 @@
 //! The io_uring loop of a UDP worker. Every listener and relay socket has a multishot
 //! receive armed into one ring of provided buffers, and every outgoing datagram is a
 //! send queued on the ring (runs of equal datagrams to one destination gathered into one
-//! GSO send, see [`send`]): one `io_uring_enter` per loop turn submits all sends and
+//! GSO send, see [`SendPool`]): one `io_uring_enter` per loop turn submits all sends and
 //! waits for the next completions, where the epoll loop makes an epoll_wait, a recvmmsg
 //! per ready socket and a sendmmsg per socket written to. With one relay socket per
 //! allocation, that is most of a relay's syscalls.
@@ -11,8 +11,6 @@
 //! socket whose allocation ended is kept (its key never reaches a newcomer) until the cancelled
 //! receive's last completion (an armed receive would keep the port bound after close).
 
-mod send;
-
 use std::{
     collections::{HashMap, HashSet},
     io,
@@ -21,20 +19,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::{IoUring, cqueue, opcode, types};
 
 use super::{
     batch::DATAGRAM_MAX,
-    plane::{Plane, SendErrors},
+    plane::{Outbox, Plane, SendErrors},
 };
-use send::{RingOutbox, SendPool};
 
 use crate::{
     shard::{
         relays::{Change, Registry},
         slab::Key,
     },
-    uring::{BufRing, Completions, Unavailable, setup_error, submit_and_wait},
+    uring::{
+        BufRing, Completions, Unavailable, push, recvmsg_source as source, sends::SendPool,
+        setup_error, submit_and_wait,
+    },
 };
 
 const WAKE: u8 = 1;
@@ -99,30 +99,13 @@ pub fn probe() -> Result<(), Unavailable> {
     )
 }
 
-/// Queues a submission, submitting first when the queue is full. `false` if it could
-/// not be queued (the kernel refused to take the queue): the caller undoes what it
-/// prepared and tries again later.
-fn push(ring: &mut IoUring, e: &squeue::Entry) -> bool {
-    loop {
-        // SAFETY: every entry references descriptors and memory that outlive the
-        // operation (see the module comment).
-        if unsafe { ring.submission().push(e) }.is_ok() {
-            return true;
-        }
-        if let Err(err) = ring.submit() {
-            tracing::warn!(error = %err, "io_uring submit failed; retried on the next turn");
-            return false;
-        }
-    }
-}
-
 /// The memory the kernel writes (receive buffers) and reads (send slots). Closing the
 /// ring does not wait for the kernel to finish with it, so unless the loop's `stop`
 /// saw every operation complete (a panic, a stop past its grace period), it is leaked
 /// rather than freed under the kernel.
 struct Lent {
     bufs: Option<BufRing>,
-    sends: Option<SendPool>,
+    sends: Option<SendPool<()>>,
     idle: bool,
 }
 
@@ -365,15 +348,11 @@ impl UringLoop {
         self.plane.apply_commands(now);
     }
 
-    /// Queues the GSO run the batch's last sends were gathered into.
+    /// Puts the batch's sends on the ring (the next submit sends them).
     fn flush_sends(&mut self) {
         if let Some(pool) = self.mem.sends.as_mut() {
-            RingOutbox {
-                ring: &mut self.ring,
-                pool,
-                errors: &mut self.errors,
-            }
-            .flush();
+            let ring = &mut self.ring;
+            pool.submit(|e| push(ring, e), |slot| token(SEND, slot));
         }
     }
 }
@@ -388,7 +367,7 @@ impl Completions for UringLoop {
         match kind {
             SEND => {
                 if let Some(pool) = self.mem.sends.as_mut() {
-                    pool.completed(key.idx as usize, res, &mut self.errors);
+                    sent(pool, key.idx as usize, res, &mut self.errors);
                 }
             }
             LISTENER | RELAY => {
@@ -417,7 +396,6 @@ impl UringLoop {
     /// A received datagram in buffer `bid`: handed to the core, the buffer given back.
     fn datagram(&mut self, kind: u8, key: Key, bid: u16, len: usize, now: Instant) {
         let Self {
-            ring,
             mem,
             plane,
             msg,
@@ -434,7 +412,7 @@ impl UringLoop {
             if out.is_payload_truncated() {
                 *truncated += 1;
             } else {
-                let mut tx = RingOutbox { ring, pool, errors };
+                let mut tx = RingOutbox { pool, errors };
                 match kind {
                     LISTENER => plane.client_datagram(
                         now,
@@ -519,7 +497,7 @@ impl UringLoop {
                 match kind {
                     SEND => {
                         if let Some(pool) = self.mem.sends.as_mut() {
-                            pool.completed(key.idx as usize, res, &mut self.errors);
+                            sent(pool, key.idx as usize, res, &mut self.errors);
                         }
                     }
                     // Datagrams the kernel delivered before the cancel are still served:
@@ -561,20 +539,26 @@ impl UringLoop {
     }
 }
 
-/// The source address the kernel wrote into the recvmsg header.
-fn source(name: &[u8]) -> Option<SocketAddr> {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let n = name
-        .len()
-        .min(std::mem::size_of::<libc::sockaddr_storage>());
-    // SAFETY: copying at most the storage's size of plain bytes into it.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            name.as_ptr(),
-            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
-            n,
-        );
+/// Where a batch's datagrams go: the send pool, or at once with sendto when it has no
+/// room for them.
+struct RingOutbox<'a> {
+    pool: &'a mut SendPool<()>,
+    errors: &'a mut SendErrors,
+}
+
+impl Outbox for RingOutbox<'_> {
+    fn push(&mut self, fd: RawFd, bytes: &[u8], to: &SocketAddr) {
+        if !self.pool.push(fd, bytes, to, ())
+            && let Err(e) = crate::udp::send_raw(fd, bytes, to)
+        {
+            self.errors.record(e);
+        }
     }
-    super::sockaddr::from_storage(&storage)
+}
+
+/// The completion of the send in `slot`: what failed is counted.
+fn sent(pool: &mut SendPool<()>, slot: usize, res: i32, errors: &mut SendErrors) {
+    if let Some(f) = pool.completed(slot, res) {
+        errors.record_lost(f.error, u64::from(f.lost));
+    }
 }

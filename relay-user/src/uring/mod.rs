@@ -1,5 +1,5 @@
 //! What both io_uring event loops (TCP/TLS and UDP) share: why io_uring may be unusable,
-//! the capability probe, and rings of provided receive buffers.
+//! the capability probe, rings of provided receive buffers, and the send pool ([`sends`]).
 
 use std::{
     alloc::Layout,
@@ -12,6 +12,26 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use io_uring::{IoUring, Probe, cqueue, squeue, types};
 
 use crate::config::IoEngine;
+
+pub mod sends;
+
+/// Queues a submission, submitting first when the queue is full. `false` if it could not
+/// be queued (the kernel refused to take the queue): the caller undoes what it prepared
+/// and tries again later. Every entry must reference descriptors and memory that outlive
+/// its operation (each loop's module comment says how).
+pub fn push(ring: &mut IoUring, e: &squeue::Entry) -> bool {
+    loop {
+        // SAFETY: see above; the loops keep what their entries point at until the
+        // completion.
+        if unsafe { ring.submission().push(e) }.is_ok() {
+            return true;
+        }
+        if let Err(err) = ring.submit() {
+            tracing::warn!(error = %err, "io_uring submit failed");
+            return false;
+        }
+    }
+}
 
 /// Why an io_uring loop cannot run here.
 #[derive(Debug, thiserror::Error)]
@@ -367,4 +387,22 @@ pub fn probe_multishot(
     } else {
         Err(Unavailable::Missing(missing))
     }
+}
+
+/// The source address the kernel wrote into a multishot `recvmsg`'s name field.
+pub fn recvmsg_source(name: &[u8]) -> Option<std::net::SocketAddr> {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let n = name
+        .len()
+        .min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: copying at most the storage's size of plain bytes into it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            name.as_ptr(),
+            (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+            n,
+        );
+    }
+    crate::udp::sockaddr::from_storage(&storage)
 }

@@ -15,23 +15,25 @@
 //! their own kinds; a connect in progress is a one-shot writability poll, and a TCP
 //! allocation's listener a multishot accept that is cancelled when the allocation goes.
 
+mod relays;
+
 use std::{
     io,
     net::TcpStream,
-    os::fd::{AsRawFd, FromRawFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd},
     time::{Duration, Instant},
 };
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use relay_proto::server::Server;
 
-use super::{
-    peer_sends::PeerSends,
-    state::{RelayChange, Side, State, Work, connect_outcome, token},
-};
+use super::state::{Side, State, Work, connect_outcome, token};
 use crate::{
-    shard::{Inbox, apply::DATAGRAM_MAX, relays::Change, slab::Key},
-    uring::{BufRing, Completions, Unavailable, probe_multishot, setup_error, submit_and_wait},
+    shard::{Inbox, apply::DATAGRAM_MAX, slab::Key},
+    uring::{
+        BufRing, Completions, Unavailable, probe_multishot, push, recvmsg_source as source,
+        sends::SendPool, setup_error, submit_and_wait,
+    },
 };
 
 const WAKE: u8 = 1;
@@ -48,7 +50,7 @@ const PEER_SEND: u8 = 9;
 const PEER_CONNECT: u8 = 10;
 /// A TCP allocation's listener accepted a peer.
 const RELAY_ACCEPT: u8 = 11;
-/// A datagram to a peer left from a slot of the state's `PeerSends`.
+/// A datagram to a peer left from a slot of the state's send pool.
 const RELAY_SEND: u8 = 12;
 
 const RING_ENTRIES: u32 = 4096;
@@ -105,8 +107,6 @@ pub struct UringLoop {
     state: State,
     inbox: Inbox,
     cqes: Vec<(u64, i32, u32)>,
-    /// Peer sends taken from the state, being submitted.
-    fresh: Vec<(usize, RawFd)>,
     /// Listeners whose multishot accept ended on an error; re-armed at the next tick.
     accept_rearm: Vec<usize>,
     /// The same for TCP allocations' listeners.
@@ -170,7 +170,7 @@ impl UringLoop {
         // provided buffers until its cancel lands: at most the ring's worth of bytes that
         // were already on their way, kept rather than counted as an overrun.
         state.rx_in_flight = usize::from(BUFFERS) * BUFFER_SIZE;
-        state.peer_sends = Some(PeerSends::default());
+        state.peer_sends = Some(SendPool::new());
         let mut me = Self {
             ring,
             bufs: Some(bufs),
@@ -179,7 +179,6 @@ impl UringLoop {
             state,
             inbox,
             cqes: Vec::with_capacity(RING_ENTRIES as usize * 2),
-            fresh: Vec::new(),
             accept_rearm: Vec::new(),
             relay_accept_rearm: Vec::new(),
             stopping: false,
@@ -198,19 +197,10 @@ impl UringLoop {
         Ok(me)
     }
 
-    /// Queues a submission, submitting first when the queue is full.
+    /// Queues a submission (see [`push`]; one the ring refuses is lost, as it always
+    /// was here: the kernel failed to take the queue).
     fn push(&mut self, e: squeue::Entry) {
-        loop {
-            // SAFETY: every entry references descriptors and buffers that outlive the
-            // operation (see the module comment).
-            if unsafe { self.ring.submission().push(&e) }.is_ok() {
-                return;
-            }
-            if let Err(err) = self.ring.submit() {
-                tracing::error!(error = %err, "io_uring submit failed");
-                return;
-            }
-        }
+        push(&mut self.ring, &e);
     }
 
     fn arm_accept(&mut self, l: usize) {
@@ -468,52 +458,6 @@ impl UringLoop {
         }
     }
 
-    /// A relay socket's multishot receive completed: one datagram from a peer, or the
-    /// end of the receive (out of buffers, an ICMP error, a cancel), re-armed at once
-    /// while the socket lives.
-    fn datagram(&mut self, key: Key, res: i32, flags: u32, now: Instant) {
-        let bufs = self
-            .relay_bufs
-            .as_mut()
-            .expect("buffers live while the loop runs");
-        if let Some(bid) = cqueue::buffer_select(flags) {
-            if res >= 0
-                && let Ok(out) = types::RecvMsgOut::parse(bufs.get(bid, res as usize), &self.msg)
-                && !out.is_payload_truncated()
-                && let Some(from) = source(out.name_data())
-            {
-                self.state.peer_datagram(key, from, out.payload_data(), now);
-            }
-            // Only a datagram over DATAGRAM_MAX is truncated: dropped, as by `recvfrom`.
-            bufs.recycle(bid);
-        }
-        if !cqueue::more(flags)
-            && !self.stopping
-            && let Some(r) = self.state.relays.get(key)
-        {
-            let fd = r.sock.as_raw_fd();
-            self.arm_relay(key, fd);
-        }
-    }
-
-    fn arm_relay_accept(&mut self, k: Key) {
-        let Some(l) = self.state.relay_listeners.get(k) else {
-            return;
-        };
-        let e = opcode::AcceptMulti::new(types::Fd(l.sock.as_raw_fd()))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(k.token(RELAY_ACCEPT));
-        self.push(e);
-    }
-
-    fn arm_relay(&mut self, k: Key, fd: RawFd) {
-        let e = opcode::RecvMsgMulti::new(types::Fd(fd), &*self.msg, RELAY_BUFFER_GROUP)
-            .build()
-            .user_data(k.token(RELAY_IN));
-        self.push(e);
-    }
-
     /// Turns the state's requests into submissions.
     fn sync(&mut self, now: Instant) {
         while let Some(work) = self.state.next_work() {
@@ -523,77 +467,11 @@ impl UringLoop {
                 Work::Conn(side, id) => self.conn(side, id, now),
             }
         }
-        let mut fresh = std::mem::take(&mut self.fresh);
+        // A full socket buffer completes a send with EAGAIN at once: the state then
+        // stalls the client.
         if let Some(sends) = self.state.peer_sends.as_mut() {
-            let relays = &self.state.relays;
-            sends.take_fresh(&mut fresh, |k| relays.get(k).is_some());
-        }
-        for &(slot, fd) in &fresh {
-            let Some(sends) = self.state.peer_sends.as_ref() else {
-                break;
-            };
-            // MSG_DONTWAIT: a full socket buffer completes with EAGAIN at once (the state
-            // stalls the client) instead of parking the send and its slot.
-            let e = opcode::SendMsg::new(types::Fd(fd), sends.header(slot))
-                .flags(libc::MSG_DONTWAIT as u32)
-                .build()
-                .user_data(token(RELAY_SEND, slot as u32));
-            self.push(e);
-        }
-        fresh.clear();
-        self.fresh = fresh;
-    }
-
-    fn relay_socket(&mut self, change: Change) {
-        match change {
-            Change::Opened(k) => {
-                if let Some((_, fd)) = self.state.relays.addr_fd(k) {
-                    self.arm_relay(k, fd);
-                }
-            }
-            Change::Closed(k, sock) => {
-                // The receive and the poll hold their own references to the socket until
-                // cancelled; a datagram completing meanwhile finds no relay (its buffer
-                // goes back).
-                let e = opcode::AsyncCancel::new(k.token(RELAY_IN))
-                    .build()
-                    .user_data(token(IGNORE, 0));
-                self.push(e);
-                let e = opcode::PollRemove::new(k.token(RELAY_OUT))
-                    .build()
-                    .user_data(token(IGNORE, 0));
-                self.push(e);
-                drop(sock);
-            }
-        }
-    }
-
-    fn relay_change(&mut self, change: RelayChange) {
-        match change {
-            RelayChange::WantWritable(k) => {
-                if let Some(r) = self.state.relays.get_mut(k)
-                    && !r.edge.watching_out
-                {
-                    r.edge.watching_out = true;
-                    let fd = r.sock.as_raw_fd();
-                    let e = opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32)
-                        .build()
-                        .user_data(k.token(RELAY_OUT));
-                    self.push(e);
-                }
-            }
-            RelayChange::ListenerOpened(k) => self.arm_relay_accept(k),
-            RelayChange::ListenerClosed(k, sock) => {
-                // The multishot accept holds the socket open until cancelled; shutting it
-                // down stops listening at once, whatever the cancel's timing.
-                let e = opcode::AsyncCancel::new(k.token(RELAY_ACCEPT))
-                    .build()
-                    .user_data(token(IGNORE, 0));
-                self.push(e);
-                // SAFETY: shutdown(2) on our own listening socket.
-                unsafe { libc::shutdown(sock.as_raw_fd(), libc::SHUT_RDWR) };
-                drop(sock);
-            }
+            let ring = &mut self.ring;
+            sends.submit(|e| push(ring, e), |slot| token(RELAY_SEND, slot as u32));
         }
     }
 
@@ -671,22 +549,4 @@ impl UringLoop {
             self.push(e);
         }
     }
-}
-
-/// The peer's address from a multishot `recvmsg`'s name field.
-fn source(name: &[u8]) -> Option<std::net::SocketAddr> {
-    // SAFETY: at most the storage's size of plain bytes is copied into it, and the
-    // length set is what was copied.
-    let (_, addr) = unsafe {
-        socket2::SockAddr::try_init(|storage, len| {
-            let n = name
-                .len()
-                .min(std::mem::size_of::<socket2::SockAddrStorage>());
-            std::ptr::copy_nonoverlapping(name.as_ptr(), storage.cast::<u8>(), n);
-            *len = n as libc::socklen_t;
-            Ok(())
-        })
-    }
-    .ok()?;
-    addr.as_socket()
 }
