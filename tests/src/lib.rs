@@ -1,6 +1,7 @@
-//! Test harness: the real deployment shape of ../shared/CONTEXT.md built from network
-//! namespaces, veth pairs and nftables, so end-to-end tests run real clients through a
-//! static-NAT firewall to a dual-NIC relay host. Needs root (CI is root). The library is
+//! Test harness: the deployment this relay is made for (browsers on the internet, a
+//! static-NAT firewall, a dual-NIC relay host, the media server inside; README "Tests"
+//! draws it) built from network namespaces, veth pairs and nftables, so end-to-end tests
+//! run real clients through it. Needs root (CI is root). The library is
 //! the harness (topology, relay process, TURN clients, coturn and browser drivers); the
 //! tests are in `tests/`.
 
