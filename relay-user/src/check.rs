@@ -158,7 +158,13 @@ mod tests {
     use std::path::Path;
 
     use super::{certificates, render};
-    use crate::config::{ConfigFile, TlsFiles};
+    use crate::{
+        config::{
+            ConfigFile, TlsFiles,
+            tests::{DEPLOYMENT, parse},
+        },
+        cores::rest_policy_warning,
+    };
 
     const BASE: &str = r#"
 [[listen]]
@@ -296,5 +302,38 @@ mode = "off"
         let key = dir.join("key.pem");
         std::fs::write(&key, TEST_KEY).unwrap();
         key
+    }
+
+    /// REST users (browsers) that share the media server's `allow` list reach every port of
+    /// it: `relay check` and the start log say so, and how to restrict them.
+    #[test]
+    fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
+        let c = parse(DEPLOYMENT).unwrap();
+        let w = rest_policy_warning(&c).expect("a warning");
+        assert!(
+            w.contains("192.0.2.0/24") && w.contains("[peers.rest]"),
+            "{w}"
+        );
+        let report = render(Path::new("relay.toml"), &c);
+        assert!(
+            report.contains("warning: REST-credential users"),
+            "{report}"
+        );
+        let restricted = DEPLOYMENT.replace(
+            "[limits]",
+            "[peers.rest]\nallow = [\"192.0.2.10/32 udp 10000-20000\"]\n\n[limits]",
+        );
+        let c = parse(&restricted).unwrap();
+        assert_eq!(rest_policy_warning(&c), None);
+        let report = render(Path::new("relay.toml"), &c);
+        assert!(report.contains("peers for REST"), "{report}");
+        assert!(!report.contains("warning:"), "{report}");
+        let no_secrets = DEPLOYMENT.replace("shared_secrets = [\"s3cret\"]\n", "");
+        assert_eq!(rest_policy_warning(&parse(&no_secrets).unwrap()), None);
+        let ported = DEPLOYMENT.replace(
+            r#"allow = ["192.0.2.0/24", "10.1.2.3"]"#,
+            r#"allow = ["192.0.2.0/24 udp 10000-20000"]"#,
+        );
+        assert_eq!(rest_policy_warning(&parse(&ported).unwrap()), None);
     }
 }

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 mod control;
 pub mod cores;
+mod event_loop;
 mod events;
 pub mod handover;
 mod local_routes;

@@ -329,9 +329,11 @@ async fn serve(
     let stop_all = |shards: &[ShardHandle]| shards.iter().for_each(ShardHandle::stop);
     // `[cluster] nodes`: polled for the shards' redirect targets (idle without nodes; a
     // reload may add some). Ends with the runtime.
+    let (config_of, publisher) = (control.clone(), control.clone());
     let cluster_poller = tokio::spawn(crate::cluster::poll::run(
-        control.clone(),
         control.cluster().clone(),
+        move || config_of.config(),
+        move || publisher.publish_redirect_targets(),
     ));
     let admin = match crate::admin::start(control.clone()).await {
         Ok(a) => a,

@@ -9,10 +9,12 @@ use relay_admin_api::{StatusView, client::AdminClient};
 use rustls::ClientConfig;
 
 use super::{Cluster, Heard, POLL_EVERY, POLL_TIMEOUT};
-use crate::{config::ClusterNode, control::Control};
+use crate::config::{ClusterNode, Config};
 
-/// Polls until the task is aborted (the process ends).
-pub async fn run(control: Arc<Control>, cluster: Arc<Cluster>) {
+/// Polls until the task is aborted (the process ends). `config` gives the config in
+/// force (a reload may change the nodes); `publish` hands every shard the nodes it may
+/// redirect to now (`Control::publish_redirect_targets`).
+pub async fn run(cluster: Arc<Cluster>, config: impl Fn() -> Arc<Config>, publish: impl Fn()) {
     let mut tick = tokio::time::interval(POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The CA file's config, rebuilt when `[cluster] ca` changes (a reload).
@@ -22,12 +24,12 @@ pub async fn run(control: Arc<Control>, cluster: Arc<Cluster>) {
     let mut published = false;
     loop {
         tick.tick().await;
-        let config = control.config();
+        let config = config();
         let nodes = config.cluster.nodes.clone();
         cluster.set_nodes(&nodes);
         if nodes.is_empty() {
             if published {
-                publish(&control, &cluster);
+                publish();
                 published = false;
             }
             continue;
@@ -65,7 +67,7 @@ pub async fn run(control: Arc<Control>, cluster: Arc<Cluster>) {
                 log_change(node, &before, &answer);
             }
         }
-        publish(&control, &cluster);
+        publish();
         published = true;
     }
 }
@@ -103,14 +105,5 @@ fn log_change(node: ClusterNode, before: &super::NodeState, now: &Result<Heard, 
                 "cluster: node unreachable; no clients are redirected to it (check its [admin] address, the shared [admin] token, tls and [cluster] ca)")
         }
         _ => {}
-    }
-}
-
-/// Hands every shard the nodes it may redirect to now.
-fn publish(control: &Control, cluster: &Cluster) {
-    let targets = cluster.targets(Instant::now());
-    for shard in control.shards() {
-        let t = targets.clone();
-        shard.run(move |server| server.set_redirect_targets(t));
     }
 }

@@ -3,7 +3,7 @@ use std::path::Path;
 use super::*;
 
 /// The deployment of CONTEXT.md in the documented key names.
-const DEPLOYMENT: &str = r#"
+pub(crate) const DEPLOYMENT: &str = r#"
 realm = "example.org"
 
 [[listen]]
@@ -41,7 +41,7 @@ program_upgrades = false
 level = "debug"
 "#;
 
-fn parse(text: &str) -> Result<Config, ConfigError> {
+pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
     let file: ConfigFile =
         toml::from_str(text).map_err(|e| ConfigError::new("file", e.message().to_owned()))?;
     file.validate(Path::new("."))
@@ -557,45 +557,6 @@ fn rest_users_get_their_own_allow_list() {
     let c =
         parse(&text.replace("allow = [\"192.0.2.10/32 udp 10000-20000\"]", "allow = []")).unwrap();
     assert_eq!(c.peers_rest_allow.as_deref(), Some(&[][..]));
-}
-
-/// REST users (browsers) that share the media server's `allow` list reach every port of
-/// it: `relay check` and the start log say so, and how to restrict them.
-#[test]
-fn warns_when_rest_users_reach_every_port_of_an_allowed_host() {
-    let c = parse(DEPLOYMENT).unwrap();
-    let w = crate::cores::rest_policy_warning(&c).expect("a warning");
-    assert!(
-        w.contains("192.0.2.0/24") && w.contains("[peers.rest]"),
-        "{w}"
-    );
-    let report = crate::check::render(Path::new("relay.toml"), &c);
-    assert!(
-        report.contains("warning: REST-credential users"),
-        "{report}"
-    );
-    let restricted = DEPLOYMENT.replace(
-        "[limits]",
-        "[peers.rest]\nallow = [\"192.0.2.10/32 udp 10000-20000\"]\n\n[limits]",
-    );
-    let c = parse(&restricted).unwrap();
-    assert_eq!(crate::cores::rest_policy_warning(&c), None);
-    let report = crate::check::render(Path::new("relay.toml"), &c);
-    assert!(report.contains("peers for REST"), "{report}");
-    assert!(!report.contains("warning:"), "{report}");
-    let no_secrets = DEPLOYMENT.replace("shared_secrets = [\"s3cret\"]\n", "");
-    assert_eq!(
-        crate::cores::rest_policy_warning(&parse(&no_secrets).unwrap()),
-        None
-    );
-    let ported = DEPLOYMENT.replace(
-        r#"allow = ["192.0.2.0/24", "10.1.2.3"]"#,
-        r#"allow = ["192.0.2.0/24 udp 10000-20000"]"#,
-    );
-    assert_eq!(
-        crate::cores::rest_policy_warning(&parse(&ported).unwrap()),
-        None
-    );
 }
 
 #[test]

@@ -200,6 +200,16 @@ impl Control {
         &self.shards
     }
 
+    /// Hands every shard the cluster nodes it may redirect to now (the cluster poller
+    /// calls it after each round).
+    pub fn publish_redirect_targets(&self) {
+        let targets = self.cluster.targets(Instant::now());
+        for shard in self.shards() {
+            let t = targets.clone();
+            shard.run(move |server| server.set_redirect_targets(t));
+        }
+    }
+
     pub fn kernel(&self) -> &Kernel {
         &self.kernel
     }

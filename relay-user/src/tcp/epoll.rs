@@ -48,12 +48,12 @@ pub struct EpollLoop {
 }
 
 impl EpollLoop {
-    /// On failure the state comes back (the caller still owns the core).
+    /// On failure the state and inbox come back (the caller still owns the core).
     #[allow(clippy::result_large_err)]
-    pub fn new(state: State, inbox: Inbox) -> Result<Self, (io::Error, State)> {
+    pub fn new(state: State, inbox: Inbox) -> Result<Self, (io::Error, State, Inbox)> {
         let epoll = match Epoll::new() {
             Ok(e) => e,
-            Err(e) => return Err((e, state)),
+            Err(e) => return Err((e, state, inbox)),
         };
         let mut me = Self {
             state,
@@ -71,7 +71,7 @@ impl EpollLoop {
                 });
                 Ok(me)
             }
-            Err(e) => Err((e, me.state)),
+            Err(e) => Err((e, me.state, me.inbox)),
         }
     }
 

@@ -53,6 +53,7 @@ pub use uring::probe as probe_io_uring;
 
 use crate::{
     config::{Config, IoEngine, Transport},
+    event_loop::{EventLoop, Logs, run_loop},
     shard::{Inbox, apply::Mirror},
 };
 
@@ -63,6 +64,13 @@ pub const ENGINE_ENV: &str = "RELAY_TCP_ENGINE";
 pub const TLS_WATCH_EVERY: Duration = Duration::from_secs(2);
 /// Pending connections per listener and worker (a burst of browsers reconnecting).
 const BACKLOG: i32 = 4096;
+/// What a worker logs about its event loop.
+const LOGS: Logs = Logs {
+    running: "TCP/TLS event loop running",
+    running_at_info: true,
+    fallback: "io_uring loop cannot start; serving TCP/TLS with epoll",
+    failed: "cannot create the epoll instance; this worker's TCP/TLS clients are not served",
+};
 
 /// One TCP/TLS worker before it runs: its shard name (`tcp-0`, …), core and inbox.
 pub struct Worker {
@@ -324,33 +332,52 @@ impl Drop for Watch {
     }
 }
 
-fn run(worker: &str, engine: IoEngine, state: state::State, inbox: Inbox) -> Server {
-    if engine != IoEngine::Epoll {
-        match uring::UringLoop::new(state, inbox) {
-            Ok(l) => {
-                tracing::info!(worker, engine = "io_uring", "TCP/TLS event loop running");
-                return l.run();
-            }
-            Err((e, state, inbox)) => {
-                tracing::warn!(worker, reason = %e, "io_uring loop cannot start; serving TCP/TLS with epoll");
-                return run_epoll(worker, state, inbox);
-            }
-        }
-    }
-    run_epoll(worker, state, inbox)
+/// What a TCP/TLS worker's loops are built from: its state and inbox.
+pub struct Parts {
+    state: state::State,
+    inbox: Inbox,
 }
 
-fn run_epoll(worker: &str, state: state::State, inbox: Inbox) -> Server {
-    match epoll::EpollLoop::new(state, inbox) {
-        Ok(l) => {
-            tracing::info!(worker, engine = "epoll", "TCP/TLS event loop running");
-            l.run()
-        }
-        Err((e, state)) => {
-            tracing::error!(worker, error = %e, "cannot create the epoll instance; this worker's TCP/TLS clients are not served");
-            state.server
-        }
+/// A worker none of whose loops could start gives its core back.
+impl From<Parts> for Server {
+    fn from(parts: Parts) -> Self {
+        parts.state.server
     }
+}
+
+impl EventLoop for uring::UringLoop {
+    type Parts = Parts;
+    type Output = Server;
+    type Error = crate::uring::Unavailable;
+    const ENGINE: &'static str = "io_uring";
+
+    fn start(Parts { state, inbox }: Parts) -> Result<Self, (Self::Error, Parts)> {
+        Self::new(state, inbox).map_err(|(e, state, inbox)| (e, Parts { state, inbox }))
+    }
+
+    fn run(self) -> Server {
+        self.run()
+    }
+}
+
+impl EventLoop for epoll::EpollLoop {
+    type Parts = Parts;
+    type Output = Server;
+    type Error = std::io::Error;
+    const ENGINE: &'static str = "epoll";
+
+    fn start(Parts { state, inbox }: Parts) -> Result<Self, (Self::Error, Parts)> {
+        Self::new(state, inbox).map_err(|(e, state, inbox)| (e, Parts { state, inbox }))
+    }
+
+    fn run(self) -> Server {
+        self.run()
+    }
+}
+
+fn run(worker: &str, engine: IoEngine, state: state::State, inbox: Inbox) -> Server {
+    let parts = Parts { state, inbox };
+    run_loop::<uring::UringLoop, epoll::EpollLoop>(engine, parts, &LOGS, worker)
 }
 
 /// `[tcp] engine`, overridden by `RELAY_TCP_ENGINE`; with `auto`, io_uring if the probe

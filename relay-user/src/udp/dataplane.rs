@@ -27,11 +27,19 @@ use super::{
 };
 use crate::{
     config::IoEngine,
+    event_loop::{EventLoop, Logs, run_loop},
     shard::{Inbox, apply::Mirror},
 };
 
 /// Overrides `[udp] engine` (tests run both loops on one config).
 pub const ENGINE_ENV: &str = "RELAY_UDP_ENGINE";
+/// What a worker logs about its event loop.
+const LOGS: Logs = Logs {
+    running: "UDP worker running",
+    running_at_info: false,
+    fallback: "io_uring loop cannot start; this UDP worker uses epoll",
+    failed: "cannot create the epoll instance; this UDP worker stops",
+};
 
 /// A socket's address and descriptor.
 pub type Bound = (SocketAddr, RawFd);
@@ -121,32 +129,39 @@ impl Dataplane {
     }
 }
 
-fn run(plane: Plane, engine: IoEngine, name: &str) -> Plane {
-    let plane = if engine == IoEngine::Epoll {
-        plane
-    } else {
-        // The ring is built here: it belongs to this thread (single issuer).
-        match UringLoop::new(plane) {
-            Ok(l) => {
-                tracing::debug!(worker = name, engine = "io_uring", "UDP worker running");
-                return l.run();
-            }
-            Err((e, plane)) => {
-                tracing::warn!(worker = name, reason = %e, "io_uring loop cannot start; this UDP worker uses epoll");
-                plane
-            }
-        }
-    };
-    match EpollLoop::new(plane) {
-        Ok(l) => {
-            tracing::debug!(worker = name, engine = "epoll", "UDP worker running");
-            l.run()
-        }
-        Err((e, plane)) => {
-            tracing::error!(worker = name, error = %e, "cannot create the epoll instance; this UDP worker stops");
-            plane
-        }
+impl EventLoop for UringLoop {
+    type Parts = Plane;
+    type Output = Plane;
+    type Error = crate::uring::Unavailable;
+    const ENGINE: &'static str = "io_uring";
+
+    /// The ring is built here: it belongs to this thread (single issuer).
+    fn start(plane: Plane) -> Result<Self, (Self::Error, Plane)> {
+        Self::new(plane)
     }
+
+    fn run(self) -> Plane {
+        self.run()
+    }
+}
+
+impl EventLoop for EpollLoop {
+    type Parts = Plane;
+    type Output = Plane;
+    type Error = anyhow::Error;
+    const ENGINE: &'static str = "epoll";
+
+    fn start(plane: Plane) -> Result<Self, (Self::Error, Plane)> {
+        Self::new(plane)
+    }
+
+    fn run(self) -> Plane {
+        self.run()
+    }
+}
+
+fn run(plane: Plane, engine: IoEngine, name: &str) -> Plane {
+    run_loop::<UringLoop, EpollLoop>(engine, plane, &LOGS, name)
 }
 
 /// `[udp] engine`, overridden by `RELAY_UDP_ENGINE`; with `auto`, io_uring if the probe

@@ -8,22 +8,28 @@
 //! a Send indication). Its IPs, public and bind, are in PUBLIC_IPS for every transport, so
 //! the kernel recognises hairpin traffic even to TCP allocations (and passes it up).
 
+mod commands;
+mod entities;
+mod keys;
+
 use std::{
     collections::{HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
 use relay_common::{
-    ALLOCATION_COMPLETE, AllocCounters, ChannelKey, ChannelValue, ClientKey, ClientTarget,
-    FAMILY_V4, FAMILY_V6, Ip, PERMISSION_SOME_PORTS, PeerKey, PermissionKey, RELAYS_PER_ALLOCATION,
-    Reason, RelayKey, RelayValue, SHIELD_ALL_CLIENTS_KNOWN, ShieldConfig, v4_mapped,
+    AllocCounters, ClientKey, RELAYS_PER_ALLOCATION, Reason, SHIELD_ALL_CLIENTS_KNOWN, ShieldConfig,
 };
-use relay_proto::server::{Command, FiveTuple, Transport};
+use relay_proto::server::{FiveTuple, Transport};
+
+pub use keys::map_ip;
+pub(super) use keys::relay_key;
+use keys::{client_key, flagged, names, relay_value};
 
 use super::{
     bandwidth::{BandwidthBook, BandwidthLimits},
     kernel_maps::KernelMaps,
-    offload::{Offload, Write},
+    offload::Offload,
     writer::{Entry, Key, MapWriter, XdpMapsError},
 };
 
@@ -47,7 +53,7 @@ pub struct XdpMaps<W: MapWriter = KernelMaps> {
     bandwidth: BandwidthBook,
     /// UDP clients (client, listener) with a failed permission or channel write: the maps
     /// may lack an entry the bookkeeping counts as written, so their allocations are never
-    /// flagged [`ALLOCATION_COMPLETE`].
+    /// flagged [`ALLOCATION_COMPLETE`](relay_common::ALLOCATION_COMPLETE).
     tainted: HashSet<(SocketAddr, SocketAddr)>,
     /// The shield settings in force (see [`XdpMaps::set_shield`]).
     shield: ShieldConfig,
@@ -65,28 +71,8 @@ struct Relay {
     bandwidth: Option<u64>,
     /// A UDP client's (client, listener) addresses.
     owner: Option<(SocketAddr, SocketAddr)>,
-    /// Flagged [`ALLOCATION_COMPLETE`] in the maps.
+    /// Flagged [`ALLOCATION_COMPLETE`](relay_common::ALLOCATION_COMPLETE) in the maps.
     complete: bool,
-}
-
-/// The 16-byte map form of an address (IPv4, also when written v4-mapped, as `::ffff:a.b.c.d`).
-pub fn map_ip(ip: IpAddr) -> Ip {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => v4_mapped(v4.octets()),
-        IpAddr::V6(v6) => v6.octets(),
-    }
-}
-
-fn port(p: u16) -> [u8; 2] {
-    p.to_be_bytes()
-}
-
-pub(super) fn relay_key(relay: SocketAddr) -> RelayKey {
-    RelayKey {
-        ip: map_ip(relay.ip()),
-        port: port(relay.port()),
-        _pad: [0; 2],
-    }
 }
 
 impl XdpMaps<KernelMaps> {
@@ -213,33 +199,6 @@ impl<W: MapWriter> XdpMaps<W> {
         self.offload.complete(client) && !self.tainted.contains(&(client.client, client.listener))
     }
 
-    /// Flags `client`'s relayed addresses [`ALLOCATION_COMPLETE`] (`complete`) or not, in
-    /// ALLOCATIONS and CLIENTS.
-    fn mark(&mut self, client: FiveTuple, complete: bool) -> Result<(), XdpMapsError> {
-        let binds = self.owned.get(&(client.client, client.listener));
-        let mut changed: Vec<(SocketAddr, Relay)> = Vec::new();
-        for bind in binds.into_iter().flatten() {
-            if let Some(r) = self.relays.get_mut(bind)
-                && r.complete != complete
-            {
-                r.complete = complete;
-                changed.push((*bind, *r));
-            }
-        }
-        let mut result = Ok(());
-        for (bind, r) in changed {
-            result = result.and(self.maps.insert(Entry::Allocation(
-                relay_key(bind),
-                flagged(relay_value(r.public, r.slot), complete),
-            )));
-            if let Some(key) = r.client {
-                let v = flagged(relay_value(bind, r.slot), complete);
-                result = result.and(self.maps.insert(Entry::Client(key, v)));
-            }
-        }
-        result
-    }
-
     /// The writer, to see what it holds (tests).
     pub fn writer(&self) -> &W {
         &self.maps
@@ -249,168 +208,6 @@ impl<W: MapWriter> XdpMaps<W> {
     /// (tests of the new process's replay over it).
     pub fn into_writer(self) -> W {
         self.maps
-    }
-
-    /// Replays one command of the protocol core. Commands for TCP/TLS clients only touch
-    /// the relay-IP set (hairpin detection); their data stays in userspace. Permissions and
-    /// channels go through [`Offload`]: each allocation holds at most its share of the maps.
-    pub fn apply(&mut self, cmd: &Command) -> Result<(), XdpMapsError> {
-        let mut writes = Vec::new();
-        let udp_client = match cmd {
-            Command::PermissionCreated { client, .. }
-            | Command::PermissionRemoved { client, .. }
-            | Command::ChannelBound { client, .. }
-            | Command::ChannelUnbound { client, .. }
-                if client.transport == Transport::Udp =>
-            {
-                Some(*client)
-            }
-            _ => None,
-        };
-        // Every step is tried (a removal that fails must not keep a promotion out, nor
-        // leave entries behind); the first failure is returned.
-        let mut result = Ok(());
-        match cmd {
-            Command::AllocationCreated {
-                id,
-                client,
-                relay,
-                public,
-                user,
-                ..
-            } => {
-                let udp = client.transport == Transport::Udp;
-                let added = own_ips(*relay, *public)
-                    .try_for_each(|ip| self.add_public_ip(ip))
-                    .and_then(|()| match udp {
-                        true => self
-                            .add_udp_allocation(client.client, client.listener, *relay, *public)
-                            .map(drop),
-                        false => Ok(()),
-                    });
-                if added.is_err() && udp {
-                    self.clients_unknown();
-                }
-                added?;
-                if udp {
-                    self.limit_bandwidth(*relay, id.as_u64(), user)?;
-                }
-            }
-            Command::AllocationRemoved {
-                client,
-                relay,
-                public,
-                ..
-            } => {
-                if client.transport == Transport::Udp {
-                    if let Some(id) = self.relays.get(relay).and_then(|r| r.bandwidth) {
-                        self.bandwidth.detach(id);
-                    }
-                    result = self.remove_allocation(*relay);
-                    // Its permissions and channels were removed just before; this only
-                    // guards the bookkeeping against a command stream that skipped some.
-                    self.offload.forget(*client, &mut writes);
-                    self.tainted.remove(&(client.client, client.listener));
-                }
-                for ip in own_ips(*relay, *public) {
-                    result = result.and(self.remove_public_ip(ip));
-                }
-            }
-            Command::PermissionCreated {
-                client,
-                relay,
-                peer,
-                any_port,
-                ..
-            } if client.transport == Transport::Udp => {
-                self.offload
-                    .permission(*client, *relay, *peer, *any_port, true, &mut writes);
-            }
-            Command::PermissionRemoved {
-                client,
-                relay,
-                peer,
-                ..
-            } if client.transport == Transport::Udp => {
-                self.offload
-                    .permission(*client, *relay, *peer, true, false, &mut writes);
-            }
-            Command::ChannelBound {
-                client,
-                relay,
-                peer,
-                channel,
-                ..
-            } if client.transport == Transport::Udp => {
-                self.offload
-                    .channel(*client, *relay, *peer, *channel, true, &mut writes);
-            }
-            Command::ChannelUnbound {
-                client,
-                relay,
-                peer,
-                channel,
-                ..
-            } if client.transport == Transport::Udp => {
-                self.offload
-                    .channel(*client, *relay, *peer, *channel, false, &mut writes);
-            }
-            _ => {}
-        }
-        // A partial allocation loses its flag before the writes, a complete one gets it
-        // after them: the kernel never drops on the strength of entries not yet written.
-        if let Some(c) = udp_client
-            && !self.is_complete(c)
-        {
-            result = result.and(self.mark(c, false));
-        }
-        for w in writes {
-            let written = self.write(w);
-            if let (Err(_), Some(c)) = (&written, udp_client) {
-                self.tainted.insert((c.client, c.listener));
-                result = result.and(self.mark(c, false));
-            }
-            result = result.and(written);
-        }
-        if let Some(c) = udp_client
-            && self.is_complete(c)
-        {
-            result = result.and(self.mark(c, true));
-        }
-        result
-    }
-
-    /// One permission or channel write, as [`Offload`] decided it.
-    fn write(&mut self, w: Write) -> Result<(), XdpMapsError> {
-        match w {
-            Write::Permission {
-                client,
-                relay,
-                peer,
-                any_port,
-                add: true,
-            } => self.add_permission_for(client.client, client.listener, relay, peer, any_port),
-            Write::Permission {
-                relay,
-                peer,
-                add: false,
-                ..
-            } => self.remove_permission(relay, peer),
-            Write::Channel {
-                client,
-                relay,
-                peer,
-                channel,
-                add: true,
-            } => self.add_channel(client.client, client.listener, relay, peer, channel),
-            Write::Channel {
-                client,
-                relay,
-                peer,
-                channel,
-                add: false,
-            } => self.remove_channel(client.client, client.listener, relay, peer, channel),
-        }
     }
 
     /// Registers a relayed address (`relay` = the socket's bind address, advertised as
@@ -586,216 +383,5 @@ impl<W: MapWriter> XdpMaps<W> {
             .get(&relay)
             .map(|r| r.slot)
             .ok_or(XdpMapsError::UnknownRelay(relay))
-    }
-
-    fn target(
-        &self,
-        client: SocketAddr,
-        listener: SocketAddr,
-        channel: u16,
-        slot: u32,
-    ) -> ClientTarget {
-        ClientTarget {
-            client_ip: map_ip(client.ip()),
-            listener_ip: map_ip(listener.ip()),
-            client_port: port(client.port()),
-            listener_port: port(listener.port()),
-            channel: port(channel),
-            flags: 0,
-            _pad: [0; 1],
-            slot,
-        }
-    }
-
-    /// A permission for every port of `peer` (see [`Self::add_permission_for`]).
-    pub fn add_permission(
-        &mut self,
-        client: SocketAddr,
-        listener: SocketAddr,
-        relay: SocketAddr,
-        peer: IpAddr,
-    ) -> Result<(), XdpMapsError> {
-        self.add_permission_for(client, listener, relay, peer, true)
-    }
-
-    /// A permission for `peer`: its data reaches the client, and the client's bound
-    /// channels reach it. `any_port`: the client may reach every port of `peer`, so the
-    /// kernel forwards its Send indications too; otherwise they go up to userspace.
-    pub fn add_permission_for(
-        &mut self,
-        client: SocketAddr,
-        listener: SocketAddr,
-        relay: SocketAddr,
-        peer: IpAddr,
-        any_port: bool,
-    ) -> Result<(), XdpMapsError> {
-        let slot = self.slot(relay)?;
-        let mut value = self.target(client, listener, 0, slot);
-        if !any_port {
-            value.flags = PERMISSION_SOME_PORTS;
-        }
-        self.maps
-            .insert(Entry::Permission(permission_key(relay, peer), value))
-    }
-
-    pub fn remove_permission(
-        &mut self,
-        relay: SocketAddr,
-        peer: IpAddr,
-    ) -> Result<(), XdpMapsError> {
-        self.maps
-            .remove(Key::Permission(permission_key(relay, peer)))
-    }
-
-    pub fn add_channel(
-        &mut self,
-        client: SocketAddr,
-        listener: SocketAddr,
-        relay: SocketAddr,
-        peer: SocketAddr,
-        channel: u16,
-    ) -> Result<(), XdpMapsError> {
-        let slot = self.slot(relay)?;
-        let value = ChannelValue {
-            relay_ip: map_ip(relay.ip()),
-            peer_ip: map_ip(peer.ip()),
-            relay_port: port(relay.port()),
-            peer_port: port(peer.port()),
-            slot,
-        };
-        let key = channel_key(client, listener, channel);
-        self.maps.insert(Entry::Channel(key, value))?;
-        let back = self.target(client, listener, channel, slot);
-        if let Err(e) = self
-            .maps
-            .insert(Entry::PeerChannel(peer_key(relay, peer), back))
-        {
-            let _ = self.maps.remove(Key::Channel(key));
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    pub fn remove_channel(
-        &mut self,
-        client: SocketAddr,
-        listener: SocketAddr,
-        relay: SocketAddr,
-        peer: SocketAddr,
-        channel: u16,
-    ) -> Result<(), XdpMapsError> {
-        let a = self
-            .maps
-            .remove(Key::Channel(channel_key(client, listener, channel)));
-        let b = self.maps.remove(Key::PeerChannel(peer_key(relay, peer)));
-        a.and(b)
-    }
-
-    /// Counts one more relayed address advertised on `ip` (hairpin detection).
-    pub fn add_public_ip(&mut self, ip: IpAddr) -> Result<(), XdpMapsError> {
-        let ip = ip.to_canonical();
-        let n = self.public_refs.entry(ip).or_insert(0);
-        *n += 1;
-        let n = *n;
-        if n == 1
-            && let Err(e) = self.maps.insert(Entry::PublicIp(map_ip(ip)))
-        {
-            self.public_refs.remove(&ip);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    pub fn remove_public_ip(&mut self, ip: IpAddr) -> Result<(), XdpMapsError> {
-        let ip = ip.to_canonical();
-        match self.public_refs.get_mut(&ip) {
-            Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
-                self.public_refs.remove(&ip);
-                self.maps.remove(Key::PublicIp(map_ip(ip)))?;
-            }
-            None => {}
-        }
-        Ok(())
-    }
-
-    /// Permissions and channels written to the kernel (each allocation's share of its own:
-    /// the others are served in userspace).
-    pub fn permissions_and_channels(&self) -> (usize, usize) {
-        self.offload.in_kernel()
-    }
-}
-
-/// The IPs a relayed address can be named by: its public IP and, behind a static NAT, its
-/// bind IP (a wildcard bind names nothing).
-fn own_ips(relay: SocketAddr, public: SocketAddr) -> impl Iterator<Item = IpAddr> {
-    let (public, bind) = (public.ip().to_canonical(), relay.ip().to_canonical());
-    let bind = (bind != public && !bind.is_unspecified()).then_some(bind);
-    std::iter::once(public).chain(bind)
-}
-
-/// The addresses a peer can name a relayed address by: public, and bind if different.
-fn names(relay: SocketAddr, public: SocketAddr) -> impl Iterator<Item = SocketAddr> {
-    let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
-    let bind =
-        (canonical(relay) != canonical(public) && !relay.ip().is_unspecified()).then_some(relay);
-    std::iter::once(public).chain(bind)
-}
-
-fn relay_value(addr: SocketAddr, slot: u32) -> RelayValue {
-    RelayValue {
-        ip: map_ip(addr.ip()),
-        port: port(addr.port()),
-        _pad: [0; 2],
-        slot,
-    }
-}
-
-/// `v` with the [`ALLOCATION_COMPLETE`] flag set or cleared.
-fn flagged(mut v: RelayValue, complete: bool) -> RelayValue {
-    v._pad[0] = if complete { ALLOCATION_COMPLETE } else { 0 };
-    v
-}
-
-fn client_key(client: SocketAddr, listener: SocketAddr, relay: IpAddr) -> ClientKey {
-    ClientKey {
-        client_ip: map_ip(client.ip()),
-        listener_ip: map_ip(listener.ip()),
-        client_port: port(client.port()),
-        listener_port: port(listener.port()),
-        family: match relay.to_canonical() {
-            IpAddr::V4(_) => FAMILY_V4,
-            IpAddr::V6(_) => FAMILY_V6,
-        },
-        _pad: [0; 3],
-    }
-}
-
-fn permission_key(relay: SocketAddr, peer: IpAddr) -> PermissionKey {
-    PermissionKey {
-        relay_ip: map_ip(relay.ip()),
-        peer_ip: map_ip(peer),
-        relay_port: port(relay.port()),
-        _pad: [0; 2],
-    }
-}
-
-fn channel_key(client: SocketAddr, listener: SocketAddr, channel: u16) -> ChannelKey {
-    ChannelKey {
-        client_ip: map_ip(client.ip()),
-        listener_ip: map_ip(listener.ip()),
-        client_port: port(client.port()),
-        listener_port: port(listener.port()),
-        channel: port(channel),
-        _pad: [0; 2],
-    }
-}
-
-fn peer_key(relay: SocketAddr, peer: SocketAddr) -> PeerKey {
-    PeerKey {
-        relay_ip: map_ip(relay.ip()),
-        peer_ip: map_ip(peer.ip()),
-        relay_port: port(relay.port()),
-        peer_port: port(peer.port()),
     }
 }
