@@ -9,7 +9,6 @@ use std::{
     collections::VecDeque,
     io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
@@ -18,9 +17,7 @@ use relay_client::{
     Transport,
     blocking::{self, DriveError, Link},
 };
-use relay_proto::stun::{
-    AddressFamily, BufferTooSmall, Class, Message, MessageWriter, Method, TransactionId,
-};
+use relay_proto::stun::{AddressFamily, Class, Message, MessageWriter, Method};
 
 use crate::turn_codec::Attrs;
 
@@ -30,82 +27,7 @@ pub const MAX_RTO: Duration = Duration::from_millis(1600);
 /// Sends per transaction (1 + retransmissions): about 6 s in all.
 pub const MAX_SENDS: u32 = 6;
 
-#[derive(Debug)]
-pub enum TurnError {
-    Io(std::io::Error),
-    /// No response after every retransmission.
-    Timeout {
-        method: Method,
-    },
-    /// An error response.
-    Code {
-        method: Method,
-        code: u16,
-        reason: String,
-        /// ALTERNATE-SERVER of a 300.
-        alternate: Option<SocketAddr>,
-    },
-    /// Something the client cannot use (missing attribute, bad integrity, …).
-    Protocol(String),
-}
-
-impl TurnError {
-    /// The error response code, if that is what it is.
-    pub fn code(&self) -> Option<u16> {
-        match self {
-            TurnError::Code { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-
-    /// ALTERNATE-SERVER of a 300 response.
-    pub fn alternate(&self) -> Option<SocketAddr> {
-        match self {
-            TurnError::Code { alternate, .. } => *alternate,
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for TurnError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TurnError::Io(e) => write!(f, "I/O: {e}"),
-            TurnError::Timeout { method } => write!(f, "no response to {method:?}"),
-            TurnError::Code {
-                method,
-                code,
-                reason,
-                ..
-            } => write!(f, "{method:?} error {code} {reason:?}"),
-            TurnError::Protocol(s) => write!(f, "protocol: {s}"),
-        }
-    }
-}
-
-impl std::error::Error for TurnError {}
-
-impl From<std::io::Error> for TurnError {
-    fn from(e: std::io::Error) -> Self {
-        TurnError::Io(e)
-    }
-}
-
-impl From<BufferTooSmall> for TurnError {
-    fn from(_: BufferTooSmall) -> Self {
-        TurnError::Protocol("message does not fit the buffer".into())
-    }
-}
-
-/// Application data that reached the client from a peer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Received {
-    /// From a Data indication's XOR-PEER-ADDRESS.
-    pub peer: Option<SocketAddr>,
-    /// From a ChannelData message.
-    pub channel: Option<u16>,
-    pub data: Vec<u8>,
-}
+pub use crate::turn_codec::{Received, TurnError, new_txid};
 
 /// One client 5-tuple (one UDP socket) talking to one TURN server.
 pub struct TurnClient {
@@ -117,30 +39,6 @@ pub struct TurnClient {
     pub mapped: Option<SocketAddr>,
     /// Data that arrived while a transaction waited for its response.
     pending: VecDeque<Received>,
-}
-
-static NEXT_TXID: AtomicU64 = AtomicU64::new(1);
-
-/// A transaction id unique within the process (counter mixed with time and pid).
-pub fn new_txid() -> TransactionId {
-    let n = NEXT_TXID.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let a = splitmix(n ^ (u64::from(std::process::id()) << 32));
-    let b = splitmix(t ^ n);
-    let mut id = [0u8; 12];
-    id[..8].copy_from_slice(&a.to_be_bytes());
-    id[8..].copy_from_slice(&b.to_be_bytes()[..4]);
-    TransactionId(id)
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 /// RFC 8489's schedule, shortened for tests: sends at 0, 250, 750, 1750, 3350 and

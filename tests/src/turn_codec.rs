@@ -6,7 +6,10 @@
 //! stream client ([`stream_client`](crate::stream_client)) is built on it. The wire codec
 //! is relay-proto's; coturn's `turnutils_uclient` and the browsers check the wire itself.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use relay_proto::{
     auth::{Key, PasswordAlgorithm, long_term_key},
@@ -16,7 +19,106 @@ use relay_proto::{
     },
 };
 
-use crate::turn_client::{Received, TurnError, new_txid};
+#[derive(Debug)]
+pub enum TurnError {
+    Io(std::io::Error),
+    /// No response after every retransmission.
+    Timeout {
+        method: Method,
+    },
+    /// An error response.
+    Code {
+        method: Method,
+        code: u16,
+        reason: String,
+        /// ALTERNATE-SERVER of a 300.
+        alternate: Option<SocketAddr>,
+    },
+    /// Something the client cannot use (missing attribute, bad integrity, …).
+    Protocol(String),
+}
+
+impl TurnError {
+    /// The error response code, if that is what it is.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            TurnError::Code { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// ALTERNATE-SERVER of a 300 response.
+    pub fn alternate(&self) -> Option<SocketAddr> {
+        match self {
+            TurnError::Code { alternate, .. } => *alternate,
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for TurnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TurnError::Io(e) => write!(f, "I/O: {e}"),
+            TurnError::Timeout { method } => write!(f, "no response to {method:?}"),
+            TurnError::Code {
+                method,
+                code,
+                reason,
+                ..
+            } => write!(f, "{method:?} error {code} {reason:?}"),
+            TurnError::Protocol(s) => write!(f, "protocol: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for TurnError {}
+
+impl From<std::io::Error> for TurnError {
+    fn from(e: std::io::Error) -> Self {
+        TurnError::Io(e)
+    }
+}
+
+impl From<BufferTooSmall> for TurnError {
+    fn from(_: BufferTooSmall) -> Self {
+        TurnError::Protocol("message does not fit the buffer".into())
+    }
+}
+
+/// Application data that reached the client from a peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// From a Data indication's XOR-PEER-ADDRESS.
+    pub peer: Option<SocketAddr>,
+    /// From a ChannelData message.
+    pub channel: Option<u16>,
+    pub data: Vec<u8>,
+}
+
+static NEXT_TXID: AtomicU64 = AtomicU64::new(1);
+
+/// A transaction id unique within the process (counter mixed with time and pid).
+pub fn new_txid() -> TransactionId {
+    let n = NEXT_TXID.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let a = splitmix(n ^ (u64::from(std::process::id()) << 32));
+    let b = splitmix(t ^ n);
+    let mut id = [0u8; 12];
+    id[..8].copy_from_slice(&a.to_be_bytes());
+    id[8..].copy_from_slice(&b.to_be_bytes()[..4]);
+    TransactionId(id)
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
 
 /// Attributes of one request besides the authentication ones.
 pub type Attrs<'f> = &'f dyn Fn(&mut MessageWriter<'_>) -> Result<(), BufferTooSmall>;

@@ -37,7 +37,10 @@ mod embedded;
 mod reason;
 mod rule;
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
 
 use ipnet::IpNet;
 
@@ -335,6 +338,25 @@ fn covering(rules: &[AllowRule], peer: IpAddr) -> impl Iterator<Item = &AllowRul
                 IpNet::V6(_) => false,
             })
     })
+}
+
+/// What an allocation's relayed addresses carry (REQUESTED-TRANSPORT).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum RelayProtocol {
+    /// RFC 8656: a UDP socket; Send/ChannelData out, Data/ChannelData in.
+    Udp,
+    /// RFC 6062: a listening TCP socket; peer connections are spliced to client data
+    /// connections.
+    Tcp,
+}
+
+impl fmt::Display for RelayProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RelayProtocol::Udp => "udp",
+            RelayProtocol::Tcp => "tcp",
+        })
+    }
 }
 
 #[cfg(test)]

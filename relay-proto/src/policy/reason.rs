@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use super::RelayProtocol;
 use super::rule::AllowRule;
-use crate::server::RelayProtocol;
 
 /// A built-in default-deny range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

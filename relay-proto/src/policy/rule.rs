@@ -13,8 +13,8 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
+use super::RelayProtocol;
 use crate::auth::CredentialKind;
-use crate::server::RelayProtocol;
 
 /// Who asks to reach a peer, and over what: the two things besides the address that
 /// choose the `allow` rules in force.

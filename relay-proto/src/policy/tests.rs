@@ -3,9 +3,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::IpNet;
 use proptest::prelude::*;
 
+use super::RelayProtocol;
 use super::reason::{V4_RANGES, V6_RANGES};
 use super::*;
-use crate::server::RelayProtocol;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()

@@ -51,24 +51,8 @@ impl fmt::Display for ConnectionId {
     }
 }
 
-/// What an allocation's relayed addresses carry (REQUESTED-TRANSPORT).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum RelayProtocol {
-    /// RFC 8656: a UDP socket; Send/ChannelData out, Data/ChannelData in.
-    Udp,
-    /// RFC 6062: a listening TCP socket; peer connections are spliced to client data
-    /// connections.
-    Tcp,
-}
-
-impl fmt::Display for RelayProtocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RelayProtocol::Udp => "udp",
-            RelayProtocol::Tcp => "tcp",
-        })
-    }
-}
+// Defined beside the peer policy, whose rules name it; servers' code reaches it here.
+pub use crate::policy::RelayProtocol;
 
 /// Who opened a peer connection.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

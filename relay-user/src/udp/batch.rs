@@ -49,7 +49,7 @@ impl RecvBatch {
         if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return None;
         }
-        let from = super::sockaddr::from_storage(&self.slots.addrs[i])?;
+        let from = relay_sys::sockaddr::from_storage(&self.slots.addrs[i])?;
         Some((from, &self.slots.bufs[i][..h.msg_len as usize]))
     }
 }
@@ -79,7 +79,7 @@ impl SendBatch {
     pub fn push(&mut self, fd: RawFd, bytes: &[u8], to: &SocketAddr) {
         if bytes.len() > DATAGRAM_MAX {
             self.flush();
-            if let Err(e) = super::socket::send_raw(fd, bytes, to) {
+            if let Err(e) = relay_sys::sockaddr::send_raw(fd, bytes, to) {
                 self.fail(e);
             }
             return;
@@ -91,7 +91,7 @@ impl SendBatch {
         self.fd = fd;
         s.bufs[i][..bytes.len()].copy_from_slice(bytes);
         s.iovs[i].iov_len = bytes.len();
-        let (addr, len) = super::sockaddr::to_storage(to);
+        let (addr, len) = relay_sys::sockaddr::to_storage(to);
         s.addrs[i] = addr;
         s.hdrs[i].msg_hdr.msg_namelen = len;
         self.count += 1;

@@ -6,10 +6,8 @@ mod batch;
 mod dataplane;
 mod epoll;
 mod plane;
-pub(crate) mod sockaddr;
 mod socket;
 mod uring;
 
 pub use dataplane::{Dataplane, ENGINE_ENV, choose_engine};
-pub(crate) use socket::send_raw;
 pub use socket::{bind_udp, bind_udp_reuseport, claim_listener, with_bind_hint};

@@ -48,7 +48,7 @@ pub fn bind_udp_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
         set_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
     }
     set_buffers(fd.as_raw_fd(), SOCKET_BUFFER);
-    let (storage, len) = super::sockaddr::to_storage(&addr);
+    let (storage, len) = relay_sys::sockaddr::to_storage(&addr);
     // SAFETY: storage holds a sockaddr of `len` bytes.
     if unsafe {
         libc::bind(
@@ -87,28 +87,6 @@ pub fn with_bind_hint(e: io::Error) -> io::Error {
     match bind_hint(&e) {
         Some(hint) => io::Error::new(e.kind(), format!("{e}: {hint}")),
         None => e,
-    }
-}
-
-/// `sendto` without blocking; a full socket buffer drops the datagram (UDP semantics)
-/// and reports it.
-pub fn send_raw(fd: std::os::fd::RawFd, buf: &[u8], to: &SocketAddr) -> io::Result<()> {
-    let (s, len) = super::sockaddr::to_storage(to);
-    // SAFETY: buf and the address are valid for the call.
-    let n = unsafe {
-        libc::sendto(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT,
-            &s as *const _ as *const libc::sockaddr,
-            len,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
     }
 }
 

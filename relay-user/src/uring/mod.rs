@@ -404,5 +404,5 @@ pub fn recvmsg_source(name: &[u8]) -> Option<std::net::SocketAddr> {
             n,
         );
     }
-    crate::udp::sockaddr::from_storage(&storage)
+    relay_sys::sockaddr::from_storage(&storage)
 }

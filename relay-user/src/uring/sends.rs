@@ -18,7 +18,7 @@ use std::{io, net::SocketAddr, os::fd::RawFd};
 
 use io_uring::{opcode, squeue, types};
 
-use crate::udp::{send_raw, sockaddr};
+use relay_sys::sockaddr::{self, send_raw};
 
 /// Sends in flight at once; beyond, datagrams go out with a plain sendto.
 pub const SEND_SLOTS: usize = 1024;

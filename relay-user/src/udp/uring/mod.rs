@@ -549,7 +549,7 @@ struct RingOutbox<'a> {
 impl Outbox for RingOutbox<'_> {
     fn push(&mut self, fd: RawFd, bytes: &[u8], to: &SocketAddr) {
         if !self.pool.push(fd, bytes, to, ())
-            && let Err(e) = crate::udp::send_raw(fd, bytes, to)
+            && let Err(e) = relay_sys::sockaddr::send_raw(fd, bytes, to)
         {
             self.errors.record(e);
         }

@@ -1,6 +1,11 @@
-//! `SocketAddr` ⇄ `sockaddr_storage`, for recvmmsg and sendto.
+//! `SocketAddr` ⇄ `sockaddr_storage`, for recvmmsg, recvmsg and sendto, and a sendto
+//! that never blocks: what the daemon's UDP loops (epoll and io_uring) and the TCP/TLS
+//! loop's relay sockets share.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+};
 
 pub fn from_storage(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match s.ss_family as i32 {
@@ -53,6 +58,28 @@ pub fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t
         }
     };
     (s, len as libc::socklen_t)
+}
+
+/// `sendto` without blocking; a full socket buffer drops the datagram (UDP semantics)
+/// and reports it.
+pub fn send_raw(fd: std::os::fd::RawFd, buf: &[u8], to: &SocketAddr) -> io::Result<()> {
+    let (s, len) = to_storage(to);
+    // SAFETY: buf and the address are valid for the call.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            &s as *const _ as *const libc::sockaddr,
+            len,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
