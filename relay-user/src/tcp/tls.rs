@@ -112,6 +112,16 @@ fn server_config(
         })?;
     // Our order, not the client's (rustls clients, for one, offer AES-256 first).
     config.ignore_client_order = true;
+    // Stateless session tickets (TLS 1.3 PSK with a fresh ECDHE, so forward secrecy
+    // stays; TLS 1.2 tickets too): a client that reconnects, as a browser's TURN-over-TLS
+    // does after a network change, resumes without the certificate signature on our side
+    // or its check on theirs. The default (a 256-session cache per config) forgot most
+    // sessions of a busy relay, where OpenSSL servers such as coturn issue stateless
+    // tickets by default. The keys (AEAD, rotated every 6 hours by rustls) live in this
+    // process: a restart or an upgrade makes clients do a full handshake once.
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Refused {
+        detail: format!("session tickets: {e}"),
+    })?;
     Ok(Arc::new(config))
 }
 
@@ -286,5 +296,42 @@ mod tests {
         handshake(&mut s, &mut c);
         let suite = s.negotiated_cipher_suite().map(|s| s.suite());
         assert_eq!(suite, Some(CipherSuite::TLS13_AES_128_GCM_SHA256));
+    }
+
+    /// A client resumes its session after many other clients had theirs: the tickets are
+    /// stateless (the default 256-session cache would have forgotten it).
+    #[test]
+    fn a_client_resumes_after_many_others_had_sessions() {
+        let ck = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let server = server_config(vec![cert.clone()], key).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        // Each call is a client of its own (its own session store).
+        let client = || {
+            Arc::new(
+                ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+            )
+        };
+        let name = ServerName::try_from("relay.test").unwrap();
+        let connect = |config: &Arc<ClientConfig>| {
+            let mut s = ServerConnection::new(server.clone()).unwrap();
+            let mut c = ClientConnection::new(config.clone(), name.clone()).unwrap();
+            handshake(&mut s, &mut c);
+            c.handshake_kind()
+        };
+        let first = client();
+        assert_eq!(connect(&first), Some(rustls::HandshakeKind::Full));
+        for _ in 0..300 {
+            connect(&client());
+        }
+        assert_eq!(connect(&first), Some(rustls::HandshakeKind::Resumed));
     }
 }
