@@ -70,6 +70,13 @@ const BUFFER_GROUP: u16 = 0;
 /// 170-194/406-493; adaptive (one completion when the last wake-up found one, the batch
 /// doubling under load) 8.3-8.5, 171-182/483-704. Lower waits buy RTT with CPU per packet,
 /// which sets the relay's capacity; the 100 µs stays.
+/// The kernel's minimum wait runs from the start of the wait, and the turn's own sends
+/// complete at submit: a turn that sent anything sleeps the whole 100 µs unless 64
+/// completions come first. A count instead (wait for the queued submissions plus 4, at
+/// most 200 µs: the wait ends at the 4th reception, at once when they are already
+/// pending) was tried too (h16u, 2026-12-07): 6.1-6.8 µs/packet (mean 6.56), p50 289-408
+/// µs, against 100 µs's 5.4-6.8 (6.06), 370-432 and 70 µs's 6.2-7.3 (6.66), 287-364 in the
+/// same runs: one more point on the same curve (BENCHMARKS.md, "Userspace wait policy").
 const COALESCE: usize = 64;
 const COALESCE_WAIT_US: u32 = 100;
 /// How long a stopping loop waits for cancelled receives before leaving anyway.
