@@ -26,6 +26,7 @@ mod conn;
 mod connection;
 mod epoll;
 mod limits;
+mod pace;
 mod peer_sends;
 mod records;
 mod state;
