@@ -26,6 +26,7 @@ mod conn;
 mod connection;
 mod epoll;
 mod limits;
+mod pace;
 mod records;
 mod state;
 mod stream;

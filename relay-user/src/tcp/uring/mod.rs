@@ -27,7 +27,10 @@ use std::{
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use relay_proto::server::Server;
 
-use super::state::{Side, State, Work, connect_outcome, token};
+use super::{
+    pace::Pace,
+    state::{Side, State, Work, connect_outcome, token},
+};
 use crate::{
     shard::{Inbox, apply::DATAGRAM_MAX, slab::Key},
     uring::{
@@ -65,12 +68,6 @@ const BUFFER_GROUP: u16 = 0;
 const RELAY_BUFFERS: u16 = 256;
 const RELAY_BUFFER_SIZE: usize = 16 + std::mem::size_of::<libc::sockaddr_in6>() + DATAGRAM_MAX;
 const RELAY_BUFFER_GROUP: u16 = 1;
-/// Completions one wake-up gathers, and the longest the first of them waits for the
-/// others (see `UringLoop::wait`). Without deferred task work the kernel wakes the loop
-/// for each completion anyway (stop 23 measured no gain), so it is used only with it.
-/// 100 µs is about 1% of a TLS handshake's setup latency here, and what the UDP loop uses.
-const COALESCE: usize = 64;
-const COALESCE_WAIT_US: u32 = 100;
 /// How long a stopping loop waits for in-flight operations before leaving anyway.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -116,7 +113,11 @@ pub struct UringLoop {
     /// The client listeners' accepts were cancelled (a new process took them over).
     listeners_off: bool,
     /// Wake-ups gather completions (deferred task work and IORING_FEAT_MIN_TIMEOUT).
+    /// Without deferred task work the kernel wakes the loop for each completion anyway
+    /// (stop 23 measured no gain), so it is used only with it.
     coalesce: bool,
+    /// How long a wake-up waits for more completions.
+    pace: Pace,
 }
 
 impl UringLoop {
@@ -185,6 +186,7 @@ impl UringLoop {
             accept_errors: 0,
             listeners_off: false,
             coalesce,
+            pace: Pace::default(),
         };
         let wake = opcode::PollAdd::new(types::Fd(me.inbox.waker.fd()), libc::POLLIN as u32)
             .multi(true)
@@ -243,16 +245,17 @@ impl UringLoop {
     }
 
     /// Submits what is queued and sleeps until completions arrive or `wait` passes.
-    /// Where the kernel can (6.13, with deferred task work), a wake-up gathers up to
-    /// [`COALESCE`] completions for at most [`COALESCE_WAIT_US`]: at 20k echoes/s over
-    /// 1000 connections one turn then serves several frames and datagrams instead of one
-    /// wake-up (and two context switches) each.
+    /// Where the kernel can (6.13, with deferred task work), a wake-up gathers several
+    /// completions for as long as [`Pace`] says from the rate they come at: at 20k echoes/s
+    /// over 1000 connections one turn then serves several frames and datagrams instead of
+    /// one wake-up (and two context switches) each; a quiet loop does not wait.
     fn wait(&mut self, wait: Duration) -> io::Result<()> {
-        if self.coalesce {
-            submit_and_wait(&self.ring, COALESCE, wait, Some(COALESCE_WAIT_US))
-        } else {
-            submit_and_wait(&self.ring, 1, wait, None)
+        if !self.coalesce {
+            return submit_and_wait(&self.ring, 1, wait, None);
         }
+        // `cqes` still holds the last turn's completions.
+        let (want, min_wait_us) = self.pace.next(self.cqes.len(), Instant::now());
+        submit_and_wait(&self.ring, want, wait, min_wait_us)
     }
 
     /// Closes every connection and waits (bounded) until the kernel holds none of their
