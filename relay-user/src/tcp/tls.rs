@@ -270,6 +270,15 @@ mod tests {
     use super::*;
     use crate::tcp::test_tls::handshake;
 
+    /// A rustls client with its default suites and session store, trusting `roots`.
+    fn client_config(roots: RootCertStore) -> ClientConfig {
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    }
+
     /// A client that offers AES-256-GCM first (rustls' default order) gets AES-128-GCM.
     #[test]
     fn the_server_picks_aes_128_gcm_over_the_clients_first_choice() {
@@ -279,12 +288,7 @@ mod tests {
         let server = server_config(vec![cert.clone()], key).unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(cert).unwrap();
-        let client =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let client = client_config(roots);
         assert_eq!(
             client.crypto_provider().cipher_suites[0].suite(),
             CipherSuite::TLS13_AES_256_GCM_SHA384,
@@ -309,17 +313,7 @@ mod tests {
         let mut roots = RootCertStore::empty();
         roots.add(cert).unwrap();
         // Each call is a client of its own (its own session store).
-        let client = || {
-            Arc::new(
-                ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth(),
-            )
-        };
+        let client = || Arc::new(client_config(roots.clone()));
         let name = ServerName::try_from("relay.test").unwrap();
         let connect = |config: &Arc<ClientConfig>| {
             let mut s = ServerConnection::new(server.clone()).unwrap();
