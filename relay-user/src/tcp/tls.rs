@@ -279,15 +279,21 @@ mod tests {
             .with_no_client_auth()
     }
 
-    /// A client that offers AES-256-GCM first (rustls' default order) gets AES-128-GCM.
-    #[test]
-    fn the_server_picks_aes_128_gcm_over_the_clients_first_choice() {
+    /// The relay's server config for a fresh self-signed `relay.test`, and roots trusting it.
+    fn relay_test_server() -> (Arc<ServerConfig>, RootCertStore) {
         let ck = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).unwrap();
         let cert = ck.cert.der().clone();
         let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
         let server = server_config(vec![cert.clone()], key).unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(cert).unwrap();
+        (server, roots)
+    }
+
+    /// A client that offers AES-256-GCM first (rustls' default order) gets AES-128-GCM.
+    #[test]
+    fn the_server_picks_aes_128_gcm_over_the_clients_first_choice() {
+        let (server, roots) = relay_test_server();
         let client = client_config(roots);
         assert_eq!(
             client.crypto_provider().cipher_suites[0].suite(),
@@ -306,12 +312,7 @@ mod tests {
     /// stateless (the default 256-session cache would have forgotten it).
     #[test]
     fn a_client_resumes_after_many_others_had_sessions() {
-        let ck = rcgen::generate_simple_self_signed(vec!["relay.test".into()]).unwrap();
-        let cert = ck.cert.der().clone();
-        let key = PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
-        let server = server_config(vec![cert.clone()], key).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert).unwrap();
+        let (server, roots) = relay_test_server();
         // Each call is a client of its own (its own session store).
         let client = || Arc::new(client_config(roots.clone()));
         let name = ServerName::try_from("relay.test").unwrap();
