@@ -172,6 +172,9 @@ pub struct Pct {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct LoadCpu {
     pub cpus: usize,
+    /// Setup of the allocations (TLS handshakes included): CPU per setup from it.
+    #[serde(default)]
+    pub setup: LoadCpuPhase,
     pub traffic: LoadCpuPhase,
 }
 

@@ -197,8 +197,13 @@ impl<T: Copy> SendPool<T> {
                 }
                 keep
             });
-            for s in self.slots.iter_mut().filter(|s| s.fd == fd) {
-                s.fd = -1;
+            // Only taken slots can hold a send of `fd`: their meta is contiguous, the
+            // slots themselves are 64 KiB apart (a closing socket per ended allocation
+            // would otherwise touch 1,024 pages).
+            for (s, _) in self.meta.iter().enumerate().filter(|(_, m)| m.is_some()) {
+                if self.slots[s].fd == fd {
+                    self.slots[s].fd = -1;
+                }
             }
         }
     }
