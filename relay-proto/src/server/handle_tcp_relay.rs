@@ -50,6 +50,17 @@ impl Server {
         self.tcp.enabled = on;
     }
 
+    /// This core is `index` of `count` that share one transport's client connections (the
+    /// TCP/TLS workers): the CONNECTION-IDs it draws say so (`id % count == index`, see
+    /// [`ConnectionId::shard`]), so a ConnectionBind that reaches another worker can be
+    /// handed to this one. Unset, ids are any random value (one core).
+    ///
+    /// # Panics
+    /// If `index >= count`.
+    pub fn shard_connection_ids(&mut self, index: usize, count: usize) {
+        self.tcp.set_shard(index, count);
+    }
+
     pub fn tcp_relays_enabled(&self) -> bool {
         self.tcp.enabled
     }

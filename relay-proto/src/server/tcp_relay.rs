@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::Key;
-use crate::stun::{IntegrityKind, TransactionId};
+use crate::stun::{
+    Class, ConnectionId as ConnectionIdAttr, IntegrityKind, Message, Method, TransactionId,
+};
 
 use super::allocation::AllocationId;
 use super::five_tuple::FiveTuple;
@@ -43,6 +45,34 @@ impl ConnectionId {
     pub const fn as_u32(self) -> u32 {
         self.0
     }
+
+    /// Which of `count` cores drew this id (see [`Server::shard_connection_ids`]): a data
+    /// path whose connections spread over several cores sends a ConnectionBind there.
+    ///
+    /// [`Server::shard_connection_ids`]: super::Server::shard_connection_ids
+    pub fn shard(self, count: usize) -> usize {
+        (self.0 % count.max(1) as u32) as usize
+    }
+
+    /// The CONNECTION-ID of `frame` if it is a ConnectionBind request (unauthenticated:
+    /// only for routing it to the core that can check it).
+    pub fn of_connection_bind(frame: &[u8]) -> Option<Self> {
+        let msg = Message::parse(frame).ok()?;
+        if msg.class() != Class::Request || msg.method() != Method::CONNECTION_BIND {
+            return None;
+        }
+        match msg.attr::<ConnectionIdAttr>()? {
+            Ok(ConnectionIdAttr(c)) => Some(Self(c)),
+            Err(_) => None,
+        }
+    }
+}
+
+/// An id of shard `index` of `count` made from the random `raw`: its multiple of `count`
+/// plus `index`, so `id % count == index` and the rest of the bits stay random. `None`
+/// past `u32::MAX` (the caller draws again).
+fn fit(raw: u32, index: u32, count: u32) -> Option<u32> {
+    (raw - raw % count).checked_add(index)
 }
 
 impl fmt::Display for ConnectionId {
@@ -128,6 +158,9 @@ pub(crate) struct TcpRelays {
     deadlines: BinaryHeap<Reverse<(Instant, ConnectionId)>>,
     /// Where CONNECTION-IDs come from (keyed: seen ids do not tell the next ones).
     ids: Rng,
+    /// This core's index among the cores that share client connections, and their count:
+    /// its ids are `index` modulo `count` ((0, 1): any id).
+    shard: (u32, u32),
     /// Tests: ids drawn before the generator's, last first.
     #[cfg(test)]
     script: Vec<u32>,
@@ -145,18 +178,27 @@ impl TcpRelays {
             by_data: HashMap::new(),
             deadlines: BinaryHeap::new(),
             ids: Rng::new(seed),
+            shard: (0, 1),
             #[cfg(test)]
             script: Vec::new(),
         }
     }
 
-    fn draw_id(&mut self) -> u32 {
+    /// Ids from now on say that they are core `index`'s of `count`.
+    pub(crate) fn set_shard(&mut self, index: usize, count: usize) {
+        assert!(index < count, "connection id shard {index} of {count}");
+        self.shard = (index as u32, count as u32);
+    }
+
+    /// A random id of this core's shard, if the draw fits in 32 bits.
+    fn draw_id(&mut self) -> Option<u32> {
         #[cfg(test)]
-        if let Some(id) = self.script.pop() {
-            return id;
-        }
+        let scripted = self.script.pop();
+        #[cfg(not(test))]
+        let scripted = None;
         // The low half of a keyed hash output.
-        self.ids.next_u64() as u32
+        let raw = scripted.unwrap_or_else(|| self.ids.next_u64() as u32);
+        fit(raw, self.shard.0, self.shard.1)
     }
 
     pub(crate) fn add_allocation(&mut self, id: AllocationId) {
@@ -200,8 +242,10 @@ impl TcpRelays {
         // Random, never 0 (some clients treat 0 as "absent"), never an id still in use
         // (at most MAX_CONNECTIONS_PER_ALLOCATION per allocation: a retry is rare).
         let id = loop {
-            let c = ConnectionId(self.draw_id());
-            if c.0 != 0 && !self.conns.contains_key(&c) {
+            if let Some(c) = self.draw_id().map(ConnectionId)
+                && c.0 != 0
+                && !self.conns.contains_key(&c)
+            {
                 break c;
             }
         };
@@ -338,6 +382,53 @@ mod tests {
         assert_eq!(gone.len(), 2);
         assert_eq!(t.len(), 0);
         assert!(!t.is_tcp(a));
+    }
+
+    #[test]
+    fn ids_of_a_shard_say_which_core_drew_them_and_stay_random() {
+        let a = AllocationId::new(1, 0);
+        let mut seen = std::collections::HashSet::new();
+        for (seed, (index, count)) in [(0, 1), (0, 2), (1, 2), (2, 3), (5, 6)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut t = TcpRelays::new(11 + seed as u64);
+            t.set_shard(index, count);
+            t.add_allocation(a);
+            for port in 0..64 {
+                let c = t.insert(conn(a, port, None)).unwrap();
+                assert_eq!(c.shard(count), index, "{c} of shard {index}/{count}");
+                assert!(seen.insert(c.0), "{c} drawn twice");
+            }
+        }
+        // A draw past u32::MAX once fitted to its shard, and one that fits to 0, are
+        // drawn again.
+        let mut t = TcpRelays::new(3);
+        t.set_shard(2, 3);
+        t.add_allocation(a);
+        t.script = vec![7, 0, u32::MAX];
+        assert_eq!(t.insert(conn(a, 1, None)).unwrap().0, 2);
+        assert_eq!(t.insert(conn(a, 2, None)).unwrap().0, 8);
+        assert_eq!(fit(u32::MAX, 2, 3), None);
+        assert_eq!(fit(0, 0, 2), Some(0));
+    }
+
+    #[test]
+    fn a_connection_bind_is_told_apart_by_its_connection_id() {
+        use crate::stun::MessageWriter;
+        let mut buf = [0u8; 128];
+        let txid = TransactionId([1; 12]);
+        let mut w =
+            MessageWriter::new(&mut buf, Class::Request, Method::CONNECTION_BIND, txid).unwrap();
+        w.attr(&ConnectionIdAttr(0x1234_5677)).unwrap();
+        let len = w.finish();
+        let id = ConnectionId::of_connection_bind(&buf[..len]).unwrap();
+        assert_eq!((id.0, id.shard(2), id.shard(1)), (0x1234_5677, 1, 0));
+        let mut w = MessageWriter::new(&mut buf, Class::Request, Method::CONNECT, txid).unwrap();
+        w.attr(&ConnectionIdAttr(9)).unwrap();
+        let len = w.finish();
+        assert_eq!(ConnectionId::of_connection_bind(&buf[..len]), None);
+        assert_eq!(ConnectionId::of_connection_bind(b"\x40\x00\x00\x00"), None);
     }
 
     #[test]
