@@ -49,6 +49,10 @@ struct Cfg {
     /// `[limits] unauthenticated_rate` and `unauthenticated_global_rate`, both set to it;
     /// `None`: the relay's defaults.
     unauthenticated_rate: Option<u32>,
+    /// `[tcp] workers`; `None`: the relay's default (one per CPU).
+    workers: Option<usize>,
+    /// `[log] level`; `None`: the relay's default.
+    log_level: Option<&'static str>,
 }
 
 impl Default for Cfg {
@@ -61,6 +65,8 @@ impl Default for Cfg {
             idle_timeout: 60,
             relay_tcp: false,
             unauthenticated_rate: None,
+            workers: None,
+            log_level: None,
         }
     }
 }
@@ -88,9 +94,10 @@ max_connections_per_source = {per_source}
 handshake_timeout = {handshake}
 idle_timeout = {idle}
 relay_tcp = {relay_tcp}
-
+{workers}
 [xdp]
 mode = "off"
+{log}
 "#,
             max = cfg.max_allocations,
             engine = cfg.engine,
@@ -98,6 +105,14 @@ mode = "off"
             handshake = cfg.handshake_timeout,
             idle = cfg.idle_timeout,
             relay_tcp = cfg.relay_tcp,
+            workers = cfg
+                .workers
+                .map(|n| format!("workers = {n}\n"))
+                .unwrap_or_default(),
+            log = cfg
+                .log_level
+                .map(|l| format!("[log]\nlevel = \"{l}\"\n"))
+                .unwrap_or_default(),
             rate = cfg
                 .unauthenticated_rate
                 .map(|r| format!("unauthenticated_rate = {r}\nunauthenticated_global_rate = {r}"))
@@ -964,6 +979,113 @@ fn tcp_allocation_connect_bind_and_attempt_io_uring() {
 fn tcp_allocation_connect_bind_and_attempt_epoll() {
     let env = start_on("epoll");
     tcp_relay_connect_bind_and_attempt(&env);
+}
+
+/// Peers for [`data_connections_reach_their_allocation_on_any_worker`]: one echo each
+/// (a Connect to a peer that has a connection already is 446).
+const SPREAD_PEERS: u16 = 12;
+const SPREAD_PEER_PORT: u16 = 3490;
+
+/// `[tcp] workers = 2`: the kernel spreads connections by 4-tuple, so of twelve data
+/// connections from one address (other source ports) some reach the worker without the
+/// allocation (all on its owner: 2^-12) and move to the one that holds it. Every
+/// ConnectionBind succeeds and bytes go both ways on each; half are TLS (the session moves
+/// with the socket), half plain. The control connection stays usable.
+fn data_connections_reach_their_allocation_on_any_worker(engine: &'static str) {
+    let env = start(Cfg {
+        engine: if engine == "epoll" { "epoll" } else { "auto" },
+        relay_tcp: true,
+        workers: Some(2),
+        log_level: Some("info,relay_user::tcp=debug"),
+        ..Cfg::default()
+    });
+    assert_eq!(engine_in_use(&env), engine, "{}", env.relay.logs());
+    let a = env.addrs();
+    let _echoes: Vec<TcpEcho> = (0..SPREAD_PEERS)
+        .map(|i| TcpEcho::start(&env.topo.media, (a.media, SPREAD_PEER_PORT + i).into()))
+        .collect();
+    let mut control = env.tcp_client(3478);
+    allocate_tcp(&mut control);
+    let mut plain = Vec::new();
+    let mut tls = Vec::new();
+    for i in 0..SPREAD_PEERS {
+        let peer: SocketAddr = (a.media, SPREAD_PEER_PORT + i).into();
+        let resp = control
+            .transact(Method::CONNECT, &|w| {
+                w.attr(&relay_proto::stun::XorPeerAddress(peer))?;
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("Connect {peer}: {e}\n{}", env.relay.logs()));
+        let conn = connection_id(&resp);
+        if i % 2 == 0 {
+            plain.push(connection_bind(&env, &control, conn));
+        } else {
+            let mut data = env.tls_client();
+            let (realm, nonce) = control.credentials().expect("credentials");
+            data.prime(&realm, &nonce);
+            data.transact(Method::CONNECTION_BIND, &|w| {
+                w.attr(&relay_proto::stun::ConnectionId(conn))?;
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("ConnectionBind over TLS: {e}\n{}", env.relay.logs()));
+            tls.push(data.stream);
+        }
+    }
+    // Every data connection open at once, then bytes on each.
+    for (i, data) in plain.iter().enumerate() {
+        echo_round_trip(data, 256 * 1024)
+            .unwrap_or_else(|e| panic!("plain data connection {i}: {e}\n{}", env.relay.logs()));
+    }
+    for (i, data) in tls.iter_mut().enumerate() {
+        echo_in_steps(data, 64 * 1024)
+            .unwrap_or_else(|e| panic!("TLS data connection {i}: {e}\n{}", env.relay.logs()));
+    }
+    let moved = env
+        .relay
+        .log_lines("RFC 6062 data connection moved to the worker");
+    assert!(
+        !moved.is_empty(),
+        "no data connection reached the other worker (2^-12), or moves are not logged\n{}",
+        env.relay.logs()
+    );
+    assert!(
+        env.relay.log_lines("cannot move").is_empty(),
+        "{}",
+        env.relay.logs()
+    );
+    control
+        .refresh(600)
+        .expect("Refresh after the data connections");
+}
+
+/// Writes `total` patterned bytes in 4 KiB steps, reading each step's echo back before
+/// the next (one thread: a TLS stream cannot be split).
+fn echo_in_steps<S: Read + Write>(s: &mut S, total: usize) -> Result<(), String> {
+    let pattern = |i: usize| (i % 251) as u8;
+    let mut at = 0;
+    while at < total {
+        let step: Vec<u8> = (at..(at + 4096).min(total)).map(pattern).collect();
+        s.write_all(&step)
+            .map_err(|e| format!("write at {at}: {e}"))?;
+        let mut got = vec![0u8; step.len()];
+        s.read_exact(&mut got)
+            .map_err(|e| format!("read at {at} of {total}: {e}"))?;
+        if got != step {
+            return Err(format!("bytes from {at} differ"));
+        }
+        at += step.len();
+    }
+    Ok(())
+}
+
+#[test]
+fn data_connections_reach_their_allocation_on_any_worker_io_uring() {
+    data_connections_reach_their_allocation_on_any_worker("io_uring");
+}
+
+#[test]
+fn data_connections_reach_their_allocation_on_any_worker_epoll() {
+    data_connections_reach_their_allocation_on_any_worker("epoll");
 }
 
 /// coturn's uclient with TCP relays (`-T`, which implies `-t -y -c`): each client

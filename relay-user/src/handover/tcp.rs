@@ -1,7 +1,7 @@
 //! The TCP/TLS side of an upgrade. The new process takes the client listeners (every
 //! worker's member of each listener's SO_REUSEPORT group, plain, TLS and PROXY protocol
-//! alike: the same sockets, so the ports never close and the steering program stays on
-//! the group); connections that are open stay with the old process, which stops
+//! alike: the same sockets, so the ports never close and the group stays as it is);
+//! connections that are open stay with the old process, which stops
 //! accepting at once and serves them, with their allocations (RFC 6062 ones included)
 //! and relay sockets, until they end or `limits.drain_timeout` passes, then exits (as
 //! nginx does).

@@ -44,7 +44,7 @@ pub(super) fn check_handed_listeners(
 
 /// How many TCP/TLS workers run: `[tcp] workers`, or after an upgrade the handed-over
 /// count (each worker has its member of every listener's SO_REUSEPORT group, and the
-/// group's steering program picks among that many). The config's TCP/TLS listeners must
+/// cores' CONNECTION-IDs name one of that many). The config's TCP/TLS listeners must
 /// be the handed-over ones.
 pub(super) fn tcp_workers_for(
     config: &Config,
@@ -75,7 +75,7 @@ pub(super) fn tcp_workers_for(
         tracing::warn!(
             configured,
             kept,
-            "[tcp] workers differs from the running relay's: the handed-over count stays (the listeners' SO_REUSEPORT groups and their steering program); restart to change it"
+            "[tcp] workers differs from the running relay's: the handed-over count stays (one member of each listener's SO_REUSEPORT group per worker); restart to change it"
         );
     }
     Ok(kept)

@@ -77,6 +77,12 @@ pub struct Conn {
     /// On a `proxy_protocol` listener until the PROXY header is complete: the bytes of it
     /// received so far. The 5-tuple holds the balancer's address meanwhile.
     pub proxy_pending: Option<Vec<u8>>,
+    /// An RFC 6062 data connection whose ConnectionBind is another worker's: not read nor
+    /// processed here any more; the loop moves it to that worker once nothing of it is
+    /// in flight (see `state::moves`).
+    pub moving: Option<usize>,
+    /// It came from another worker (a connection moves at most once).
+    pub moved: bool,
     pub io: IoState,
 }
 
@@ -99,6 +105,8 @@ impl Conn {
             partner_full: false,
             counted: false,
             proxy_pending: None,
+            moving: None,
+            moved: false,
             io: IoState::default(),
         }
     }
@@ -112,14 +120,15 @@ impl Conn {
 
     /// Whether the loop should take more bytes from the socket now.
     pub fn wants_read(&self) -> bool {
-        wants_read(ReadGate {
-            closing: self.closing.is_some(),
-            finishing: self.finish_by.is_some(),
-            linked: self.link.is_some(),
-            partner_full: self.partner_full,
-            peer: self.relay_conn.is_some(),
-            backed_up: self.wire.tx_full || self.stall.is_some(),
-        })
+        self.moving.is_none()
+            && wants_read(ReadGate {
+                closing: self.closing.is_some(),
+                finishing: self.finish_by.is_some(),
+                linked: self.link.is_some(),
+                partner_full: self.partner_full,
+                peer: self.relay_conn.is_some(),
+                backed_up: self.wire.tx_full || self.stall.is_some(),
+            })
     }
 
     /// Whether queued frames may be processed (same as reading, minus the socket).

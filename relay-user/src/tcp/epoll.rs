@@ -140,6 +140,7 @@ impl EpollLoop {
                 self.inbox.waker.clear();
                 self.inbox.run_jobs(&mut self.state.server);
                 self.state.apply_commands(now);
+                self.state.adopt_moved(now);
                 self.stop_listening_if_asked();
             }
             LISTENER if self.listeners_off => {}
@@ -321,6 +322,14 @@ impl EpollLoop {
         if c.closing.is_some() {
             // Closing the socket also takes it out of the epoll set.
             return self.state.release_on(side, id, now);
+        }
+        if c.moving.is_some() {
+            // Out of this set first: the worker it moves to watches it in its own.
+            let (registered, fd) = (c.io.registered, c.stream.as_raw_fd());
+            if registered && let Err(e) = self.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0) {
+                return self.state.close_on(side, id, format!("epoll_ctl: {e}"));
+            }
+            return self.state.move_out(id, now);
         }
         if let Err(e) = self.flush(side, id, now) {
             return self.state.close_on(side, id, format!("send: {e}"));

@@ -3,8 +3,8 @@
 //! the relay sockets of their allocations, on an io_uring event loop, or an epoll one
 //! where io_uring is unavailable.
 //!
-//! - `workers`: the listeners' SO_REUSEPORT groups, one member per worker, steered by
-//!   client address.
+//! - `workers`: the listeners' SO_REUSEPORT groups, one member per worker, spread by
+//!   connection (RFC 6062 data connections move to their core's worker: `state::moves`).
 //! - `state`: everything both loops share: STUN/ChannelData framing over the stream
 //!   (`frame_len`, ChannelData padding) for the core, with the connections' lifecycle,
 //!   the relay sockets and the core's commands, the RFC 6062 splice and the timeouts in
@@ -141,7 +141,7 @@ impl Drop for StartGate {
 
 /// The client listeners as an upgrade sends them to the new process: each listener's
 /// SO_REUSEPORT group, member `i` worker `i`'s (duplicates of the workers' descriptors:
-/// the same sockets, so the group and its steering program stay as they are), and the
+/// the same sockets, so the group stays as it is), and the
 /// switch that makes every worker stop accepting once the new process has them.
 pub struct HandOff {
     pub groups: Vec<(std::net::SocketAddr, Vec<std::net::TcpListener>)>,
@@ -209,9 +209,14 @@ pub fn spawn(
                         group.len()
                     );
                 }
+                if let Err(e) = workers::spread_by_connection(&group[0]) {
+                    tracing::warn!(listen = %l.address, error = %e,
+                        "cannot take the previous relay's steering by client address off a handed-over listener; \
+                         its connections still reach workers by client address (correct, but one NAT's clients share one worker)");
+                }
                 group
             }
-            None => workers::bind_group(l.address, n, l.proxy_from.is_none())
+            None => workers::bind_group(l.address, n)
                 .map_err(crate::udp::with_bind_hint)
                 .with_context(|| format!("listen {} ({what})", l.address))?,
         };
@@ -269,6 +274,14 @@ pub fn spawn(
         },
         gate,
     };
+    // Several workers: RFC 6062 data connections move to the worker whose core awaits them.
+    let mut moves = if n > 1 {
+        let wakers: Vec<_> = workers.iter().map(|w| w.inbox.waker.clone()).collect();
+        state::Moves::for_workers(&wakers)
+    } else {
+        Vec::new()
+    }
+    .into_iter();
     for (w, listeners) in workers.into_iter().zip(listeners) {
         let mut state = state::State::new(
             w.server,
@@ -280,6 +293,9 @@ pub fn spawn(
             Instant::now(),
         );
         state.listening = listening.clone();
+        if let Some(m) = moves.next() {
+            state.set_moves(m, n);
+        }
         shards.stats.push((w.name.clone(), state.stats.clone()));
         let watch = watch.clone();
         let (inbox, name) = (w.inbox, w.name.clone());

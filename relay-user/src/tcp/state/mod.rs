@@ -8,6 +8,7 @@
 //! queueing what comes back. A client that does not read has data from its peers dropped
 //! once [`HIGH_WATER`](super::stream::HIGH_WATER) bytes wait for it, as a UDP path would.
 //! - `lifecycle`: accepting, closing and releasing connections;
+//! - `moves`: RFC 6062 data connections moved to the worker whose core awaits them;
 //! - `proxy`: the PROXY protocol header on listeners behind a load balancer;
 //! - `receive`: bytes read, through TLS and framing, to the core;
 //! - `relays`: the UDP relay sockets and the core's commands (through
@@ -17,6 +18,7 @@
 //! - `sweep`: timers and idle/handshake timeouts.
 
 mod lifecycle;
+mod moves;
 mod proxy;
 mod receive;
 mod relays;
@@ -39,6 +41,7 @@ use relay_proto::server::{ConnectionId, FiveTuple, Server};
 use rustls::ServerConnection;
 
 use super::{conn::Conn, connection::Queued, limits::SharedAdmission, tls::TlsAcceptor};
+pub use moves::Moves;
 pub use relays::Origin;
 
 use crate::{
@@ -212,6 +215,9 @@ pub struct State {
     /// io_uring: datagrams to peers wait here for the loop's next submission (see
     /// [`SendPool`]); epoll sends each at once.
     pub peer_sends: Option<SendPool<Origin>>,
+    /// With several workers: where RFC 6062 data connections for other workers' cores go,
+    /// and where theirs for this one arrive.
+    moves: Option<Moves>,
 }
 
 impl State {
@@ -253,7 +259,15 @@ impl State {
             rx_in_flight: 0,
             listening: Arc::new(AtomicBool::new(true)),
             peer_sends: None,
+            moves: None,
         }
+    }
+
+    /// This is one of several workers: its core draws CONNECTION-IDs of its own, and
+    /// ConnectionBinds for the others' move there.
+    pub fn set_moves(&mut self, moves: Moves, workers: usize) {
+        self.server.shard_connection_ids(moves.index(), workers);
+        self.moves = Some(moves);
     }
 
     pub fn table(&self, side: Side) -> &Slab<Conn> {

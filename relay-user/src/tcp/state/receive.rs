@@ -91,7 +91,7 @@ impl State {
         self.check_rx_limit(id);
     }
 
-    fn check_rx_limit(&mut self, id: Key) {
+    pub(super) fn check_rx_limit(&mut self, id: Key) {
         let in_flight = self.rx_in_flight;
         if self
             .conns
@@ -172,6 +172,10 @@ impl State {
             }
             match frame_len(&buf[at..]) {
                 Ok(Some(n)) => {
+                    if self.bind_elsewhere(id, &buf[at..at + n]) {
+                        // Unconsumed: the worker it moves to handles it.
+                        return at;
+                    }
                     self.frame(id, &buf[at..at + n], now);
                     at += n;
                     // A ConnectionBind spliced it: the rest is the peer's (RFC 6062 §5.4).

@@ -315,6 +315,7 @@ impl Completions for UringLoop {
                 self.inbox.waker.clear();
                 self.inbox.run_jobs(&mut self.state.server);
                 self.state.apply_commands(now);
+                self.state.adopt_moved(now);
                 self.stop_listening_if_asked();
             }
             ACCEPT => {
@@ -521,6 +522,24 @@ impl UringLoop {
                     .build()
                     .user_data(id.token(PEER_CONNECT));
                 self.push(e);
+            }
+            return;
+        }
+        if c.moving.is_some() {
+            // Another worker reads it next: first this loop's receive must have ended (its
+            // last completion delivered what it still read) and its send completed, so no
+            // byte is lost or reordered and the kernel holds no pointer into its queue.
+            // Their completions touch it again.
+            if c.io.recv_armed {
+                if !c.io.recv_cancelling {
+                    c.io.recv_cancelling = true;
+                    let e = opcode::AsyncCancel::new(recv_token)
+                        .build()
+                        .user_data(token(IGNORE, 0));
+                    self.push(e);
+                }
+            } else if !c.io.send_inflight {
+                self.state.move_out(id, now);
             }
             return;
         }
