@@ -192,12 +192,10 @@ impl TcpRelays {
 
     /// A random id of this core's shard, if the draw fits in 32 bits.
     fn draw_id(&mut self) -> Option<u32> {
-        #[cfg(test)]
-        let scripted = self.script.pop();
-        #[cfg(not(test))]
-        let scripted = None;
         // The low half of a keyed hash output.
-        let raw = scripted.unwrap_or_else(|| self.ids.next_u64() as u32);
+        let raw = self.ids.next_u64() as u32;
+        #[cfg(test)]
+        let raw = self.script.pop().unwrap_or(raw);
         fit(raw, self.shard.0, self.shard.1)
     }
 

@@ -169,3 +169,7 @@ impl State {
         self.check_rx_limit(id);
     }
 }
+
+#[cfg(test)]
+#[path = "moves_tests.rs"]
+mod tests;
