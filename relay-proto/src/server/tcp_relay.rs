@@ -57,6 +57,11 @@ impl ConnectionId {
     /// The CONNECTION-ID of `frame` if it is a ConnectionBind request (unauthenticated:
     /// only for routing it to the core that can check it).
     pub fn of_connection_bind(frame: &[u8]) -> Option<Self> {
+        // The message type first: every connection's first frame comes here, and most
+        // are not ConnectionBinds (an Allocate, a Binding) and need no parse.
+        if frame.get(..2) != Some(&[0x00, 0x0B]) {
+            return None;
+        }
         let msg = Message::parse(frame).ok()?;
         if msg.class() != Class::Request || msg.method() != Method::CONNECTION_BIND {
             return None;

@@ -315,7 +315,11 @@ impl Completions for UringLoop {
                 self.inbox.waker.clear();
                 self.inbox.run_jobs(&mut self.state.server);
                 self.state.apply_commands(now);
-                self.state.adopt_moved(now);
+                if !self.stopping {
+                    // A stopping loop leaves them in the channel: dropped with it, they
+                    // close and give their admission count back.
+                    self.state.adopt_moved(now);
+                }
                 self.stop_listening_if_asked();
             }
             ACCEPT => {
