@@ -1,7 +1,7 @@
-//! Several TCP/TLS workers (`[tcp] workers = 2`): clients of different addresses land on
-//! both workers (the per-worker metric says so), one client's connections all land on
-//! one, and `max_connections_per_source` and `max_connections` hold for the relay, not
-//! per worker. Clients connect from addresses of the relay namespace's loopback
+//! Several TCP/TLS workers (`[tcp] workers = 2`): the kernel spreads connections over
+//! both workers (the per-worker metric says so), and `max_connections_per_source` and
+//! `max_connections` hold for the relay, not per worker, wherever a source's
+//! connections land. Clients connect from addresses of the relay namespace's loopback
 //! (127.0.0.x) to a TCP listener there.
 //!
 //! Needs root and `target/debug/relay` (`cargo build -p relay-user`).
@@ -21,7 +21,8 @@ use relay_tools::status::AdminClient;
 
 const ADMIN: &str = "127.0.0.1:9641";
 const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 3478);
-const MAX_CONNECTIONS: usize = 6;
+/// Enough that the connections land on both workers (all on one: 2^-15).
+const MAX_CONNECTIONS: usize = 16;
 const PER_SOURCE: usize = 2;
 const LOG_WAIT: Duration = Duration::from_secs(5);
 
@@ -86,7 +87,7 @@ fn open_connections(env: &Deployment) -> (Vec<(String, u64)>, u64) {
 #[test]
 fn connections_spread_over_workers_within_the_relays_limits() {
     let env = start();
-    // One source: its connections share a worker, and the third is over the limit.
+    // One source: the third connection is over the limit, whichever workers hold the two.
     let mut held = Vec::new();
     for _ in 0..PER_SOURCE {
         let mut c = connect_from(&env, 11);
@@ -102,12 +103,7 @@ fn connections_spread_over_workers_within_the_relays_limits() {
     env.relay
         .wait_for_log("tcp.max_connections_per_source", LOG_WAIT)
         .unwrap_or_else(|e| panic!("{e}"));
-    let (workers, _) = open_connections(&env);
-    assert!(
-        workers.iter().any(|(_, n)| *n == PER_SOURCE as u64),
-        "one source's connections on one worker: {workers:?}"
-    );
-    // Other sources fill the relay: they land on both workers.
+    // Other sources fill the relay: the connections land on both workers.
     for last in 12..(12 + (MAX_CONNECTIONS - PER_SOURCE) as u8) {
         let mut c = connect_from(&env, last);
         assert!(
