@@ -103,6 +103,7 @@ struct TcpFigures {
     stalls: u64,
     peer_send_errors: u64,
     peer_connect_errors: u64,
+    moved: u64,
     /// (worker, connections open, accepted).
     workers: Vec<(String, u64, u64)>,
 }
@@ -124,6 +125,7 @@ impl TcpFigures {
             stalls: sum(|s| &s.stalls),
             peer_send_errors: sum(|s| &s.peer_send_errors),
             peer_connect_errors: sum(|s| &s.peer_connect_errors),
+            moved: sum(|s| &s.moved_out),
             workers: workers
                 .iter()
                 .map(|(name, s)| (name.clone(), get(&s.held), get(&s.accepted)))

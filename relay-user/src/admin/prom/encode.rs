@@ -378,6 +378,13 @@ impl Collector for Scrape {
                     (label("kind", "peer_connect_error"), t.peer_connect_errors),
                 ],
             )?;
+            single(
+                &mut enc,
+                "relay_tcp_data_connections_moved",
+                "RFC 6062 data connections whose ConnectionBind reached another [tcp] workers thread than the one holding their peer connection, handed over to that one.",
+                Counter,
+                t.moved,
+            )?;
             family(
                 &mut enc,
                 "relay_tcp_worker_connections_open",

@@ -162,6 +162,9 @@ pub struct Stats {
     pub peer_send_errors: AtomicU64,
     pub stalls: AtomicU64,
     pub peer_connect_errors: AtomicU64,
+    /// RFC 6062 data connections this worker handed to the worker holding their peer
+    /// connection (see `moves`).
+    pub moved_out: AtomicU64,
     /// Client connections open now (gauge).
     pub held: AtomicU64,
 }

@@ -130,6 +130,7 @@ impl State {
         match to.send(parcel) {
             Ok(()) => {
                 waker.wake();
+                super::bump(&self.stats.moved_out);
                 tracing::debug!(%client, worker = owner,
                     "RFC 6062 data connection moved to the worker holding its peer connection");
             }

@@ -4,7 +4,7 @@
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::Instant,
 };
 
@@ -124,6 +124,7 @@ fn a_connection_bind_for_the_other_worker_moves_there_with_its_bytes_counted_onc
     assert_eq!(c.wire.rx, connection_bind(0x5678_9abc));
     p.workers[1].move_out(id, now);
     assert!(p.workers[1].conns.is_empty());
+    assert_eq!(p.workers[1].stats.moved_out.load(Ordering::Relaxed), 1);
     assert_eq!(p.admission.held(), 1, "the count moves with it");
 
     p.workers[0].adopt_moved(now);
