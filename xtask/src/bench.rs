@@ -54,6 +54,13 @@ pub struct BenchArgs {
     /// Where results go (default: bench-results/ in the workspace).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// The coturn to measure (default: `turnserver` in PATH, Debian's package), e.g. a newer
+    /// release built from source.
+    #[arg(long, value_name = "PATH", default_value = "turnserver")]
+    pub coturn: String,
+    /// An argument added to coturn's command line (repeatable), e.g. `--coturn-arg=--udp-gso`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub coturn_arg: Vec<String>,
     /// Extra arguments for criterion (e.g. a filter).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub criterion_args: Vec<String>,
@@ -234,11 +241,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     servers.sort();
     servers.dedup();
-    if servers.contains(&Server::Coturn) && util::output("turnserver", &["--version"]).is_none() {
+    if servers.contains(&Server::Coturn) && util::output(&args.coturn, &["--version"]).is_none() {
         bail!(
-            "coturn's turnserver is missing: `cargo xtask setup` installs it (Debian package coturn)"
+            "coturn's turnserver ({}) is missing: `cargo xtask setup` installs Debian's (package \
+             coturn); --coturn PATH names another build",
+            args.coturn
         );
     }
+    procs::use_coturn(&args.coturn, &args.coturn_arg);
     let out = args
         .out
         .clone()

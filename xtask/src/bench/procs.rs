@@ -6,6 +6,7 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::{Child, Stdio},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -324,9 +325,26 @@ level = "info"
     Ok(p)
 }
 
+/// The coturn a run measures: `cargo xtask bench --coturn PATH` (a newer release built
+/// from source beside Debian's) and `--coturn-arg` extras (e.g. its opt-in fast paths).
+static COTURN: OnceLock<(String, Vec<String>)> = OnceLock::new();
+
+/// Sets the coturn of this run (once, before any scenario starts).
+pub fn use_coturn(bin: &str, extra: &[String]) {
+    let _ = COTURN.set((bin.to_owned(), extra.to_vec()));
+}
+
+/// The turnserver binary of this run, and the arguments added to the bench's own.
+pub fn coturn() -> (&'static str, &'static [String]) {
+    COTURN
+        .get()
+        .map_or(("turnserver", &[][..]), |(b, a)| (b.as_str(), a.as_slice()))
+}
+
 fn start_coturn(topo: &Topo, work: &Path, tag: &str, streams: Option<&TlsFiles>) -> Result<Proc> {
     let log = work.join(format!("coturn-{tag}.log"));
-    let mut cmd = topo.relay.command("turnserver");
+    let (bin, extra) = coturn();
+    let mut cmd = topo.relay.command(bin);
     cmd.args(["-n", "--no-cli", "--no-dtls", "--no-tcp-relay"]);
     match streams {
         None => {
@@ -362,7 +380,8 @@ fn start_coturn(topo: &Topo, work: &Path, tag: &str, streams: Option<&TlsFiles>)
     ])
     .arg(work.join(format!("coturn-{tag}.turnlog")))
     .arg("--pidfile")
-    .arg(work.join(format!("coturn-{tag}.pid")));
+    .arg(work.join(format!("coturn-{tag}.pid")))
+    .args(extra);
     let mut p = Proc::spawn(cmd, "coturn", log)?;
     let addr = format!("{RELAY_EXT}:3478");
     p.wait_ready(|_| listening(topo, true, &addr))?;

@@ -38,7 +38,14 @@ impl Machine {
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_gib: memory_kib / 1024.0 / 1024.0,
             kernel: out("uname", &["-r"]).unwrap_or_default(),
-            coturn: out("turnserver", &["--version"]),
+            coturn: out(super::procs::coturn().0, &["--version"]).map(|v| {
+                let extra = super::procs::coturn().1;
+                if extra.is_empty() {
+                    v
+                } else {
+                    format!("{v} ({})", extra.join(" "))
+                }
+            }),
             date: out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
         }
     }
