@@ -177,17 +177,24 @@ impl State {
         }
     }
 
-    /// Forgets a closed client connection (see [`release_on`](Self::release_on)).
-    pub fn release(&mut self, id: Key, now: Instant) {
-        let Some(c) = self.conns.remove(id) else {
-            return;
-        };
+    /// Takes client connection `id` out of this worker's tables (closed, or moving to
+    /// another worker).
+    pub(super) fn take_conn(&mut self, id: Key) -> Option<Conn> {
+        let c = self.conns.remove(id)?;
         self.stats
             .held
             .store(self.conns.len() as u64, Ordering::Relaxed);
         if self.by_tuple.get(&(c.five.client, c.five.listener)) == Some(&id) {
             self.by_tuple.remove(&(c.five.client, c.five.listener));
         }
+        Some(c)
+    }
+
+    /// Forgets a closed client connection (see [`release_on`](Self::release_on)).
+    pub fn release(&mut self, id: Key, now: Instant) {
+        let Some(c) = self.take_conn(id) else {
+            return;
+        };
         if c.counted {
             self.admission.release(c.five.client.ip());
         }

@@ -108,15 +108,9 @@ impl State {
         let Some(owner) = self.conns.get(id).and_then(|c| c.moving) else {
             return;
         };
-        let Some(mut c) = self.conns.remove(id) else {
+        let Some(mut c) = self.take_conn(id) else {
             return;
         };
-        self.stats
-            .held
-            .store(self.conns.len() as u64, Ordering::Relaxed);
-        if self.by_tuple.get(&(c.five.client, c.five.listener)) == Some(&id) {
-            self.by_tuple.remove(&(c.five.client, c.five.listener));
-        }
         c.moving = None;
         c.moved = true;
         c.io = IoState::default();
