@@ -819,6 +819,18 @@ fn connection_id(resp: &[u8]) -> u32 {
         .expect("CONNECTION-ID")
 }
 
+/// Connect (RFC 6062) from the allocation on `control` to `peer`: the CONNECTION-ID of the
+/// peer connection the relay opened.
+fn connect(env: &Deployment, control: &mut StreamClient<TcpStream>, peer: SocketAddr) -> u32 {
+    let resp = control
+        .transact(Method::CONNECT, &|w| {
+            w.attr(&relay_proto::stun::XorPeerAddress(peer))?;
+            Ok(())
+        })
+        .unwrap_or_else(|e| panic!("Connect {peer}: {e}\n{}", env.relay.logs()));
+    connection_id(&resp)
+}
+
 /// A new connection from the client host that binds peer connection `conn` to itself;
 /// afterwards it carries raw bytes.
 fn connection_bind(env: &Deployment, control: &StreamClient<TcpStream>, conn: u32) -> TcpStream {
@@ -895,13 +907,7 @@ fn tcp_relay_connect_bind_and_attempt(env: &Deployment) {
 
     // Outgoing: Connect, then ConnectionBind on a second connection.
     let peer: SocketAddr = (a.media, TCP_ECHO_PORT).into();
-    let resp = control
-        .transact(Method::CONNECT, &|w| {
-            w.attr(&relay_proto::stun::XorPeerAddress(peer))?;
-            Ok(())
-        })
-        .unwrap_or_else(|e| panic!("Connect: {e}\n{}", env.relay.logs()));
-    let conn = connection_id(&resp);
+    let conn = connect(env, &mut control, peer);
     let data = connection_bind(env, &control, conn);
     echo_round_trip(&data, 1 << 20)
         .unwrap_or_else(|e| panic!("echo through the relay: {e}\n{}", env.relay.logs()));
@@ -1010,13 +1016,7 @@ fn data_connections_reach_their_allocation_on_any_worker(engine: &'static str) {
     let mut tls = Vec::new();
     for i in 0..SPREAD_PEERS {
         let peer: SocketAddr = (a.media, SPREAD_PEER_PORT + i).into();
-        let resp = control
-            .transact(Method::CONNECT, &|w| {
-                w.attr(&relay_proto::stun::XorPeerAddress(peer))?;
-                Ok(())
-            })
-            .unwrap_or_else(|e| panic!("Connect {peer}: {e}\n{}", env.relay.logs()));
-        let conn = connection_id(&resp);
+        let conn = connect(&env, &mut control, peer);
         if i % 2 == 0 {
             plain.push(connection_bind(&env, &control, conn));
         } else {

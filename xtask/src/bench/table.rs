@@ -33,13 +33,14 @@ impl Machine {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0.0);
         let out = |p: &str, a: &[&str]| crate::util::output(p, a).map(|s| s.trim().to_owned());
+        let coturn = super::procs::coturn();
         Self {
             cpu,
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_gib: memory_kib / 1024.0 / 1024.0,
             kernel: out("uname", &["-r"]).unwrap_or_default(),
-            coturn: out(super::procs::coturn().0, &["--version"]).map(|v| {
-                let extra = super::procs::coturn().1;
+            coturn: out(coturn.0, &["--version"]).map(|v| {
+                let extra = coturn.1;
                 if extra.is_empty() {
                     v
                 } else {
